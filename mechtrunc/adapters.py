@@ -1,0 +1,286 @@
+"""One view of a model for the intervention and attribution layer.
+
+:func:`adapt` wraps either the toy model (:class:`~mechtrunc.toy_model.ToyTransformer`) or any
+TransformerLens ``TransformerBridge`` (GPT-NeoX/Pythia, GPT-2, ...) and answers the few
+questions interventions and attribution ask: sizes, hook names (TransformerLens' legacy names,
+which both models accept), the weight matrices as plain ``x @ W`` matrices that can be read and
+written in place, biases, the unembedding and the final LayerNorm.
+
+On bridges the weights are the raw Hugging Face parameters (no LayerNorm folding): truncating
+them is what LASER does.
+"""
+
+from __future__ import annotations
+
+import weakref
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+__all__ = ["MATRICES", "SITES", "ModelAdapter", "MatrixSite", "adapt"]
+
+#: matrices an intervention can edit, in TransformerLens names
+MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
+#: activation sites (hook outputs) an intervention can edit
+SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post", "mlp_pre", "mlp_post", "z")
+
+_SITE_HOOK = {
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "mlp_pre": "blocks.{l}.mlp.hook_pre",
+    "mlp_post": "blocks.{l}.mlp.hook_post",
+    "z": "blocks.{l}.attn.hook_z",
+}
+_MATRIX_OUT_HOOK = {
+    "mlp.W_in": "blocks.{l}.mlp.hook_pre",
+    "mlp.W_out": "blocks.{l}.hook_mlp_out",
+    "attn.W_Q": "blocks.{l}.attn.hook_q",
+    "attn.W_K": "blocks.{l}.attn.hook_k",
+    "attn.W_V": "blocks.{l}.attn.hook_v",
+    "attn.W_O": "blocks.{l}.hook_attn_out",
+}
+
+
+@dataclass
+class MatrixSite:
+    """A weight matrix seen as ``out = x @ W + bias`` with ``W`` of shape ``[d_in, d_out]``.
+
+    ``param`` is the stored parameter (any layout); ``to_full``/``from_full`` convert between
+    that layout and ``W``.  ``out_hook`` names the hook whose output is ``x @ W + bias`` (heads
+    split in its last two dimensions for Q, K, V).
+    """
+
+    layer: int
+    name: str
+    param: Tensor
+    to_full: Callable[[Tensor], Tensor]
+    from_full: Callable[[Tensor], Tensor]
+    bias: Tensor | None
+    out_hook: str
+
+    def get(self) -> Float[Tensor, "d_in d_out"]:
+        return self.to_full(self.param.detach())
+
+    def set(self, W: Float[Tensor, "d_in d_out"]) -> None:
+        with torch.no_grad():
+            self.param.copy_(self.from_full(W.to(self.param.dtype)))
+
+    @property
+    def max_rank(self) -> int:
+        return min(self.get().shape)
+
+
+class ModelAdapter(ABC):
+    """Common interface; see :class:`ToyAdapter` and :class:`BridgeAdapter`."""
+
+    model: nn.Module
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    kind: str
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._svd_cache: dict = {}
+
+    # --- names ---------------------------------------------------------------------------
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer!r} is out of range: valid layers are 0..{self.n_layers - 1}")
+        return layer
+
+    def check_head(self, head: int) -> int:
+        if not isinstance(head, int) or not 0 <= head < self.n_heads:
+            raise ValueError(f"head {head!r} is out of range: valid heads are 0..{self.n_heads - 1}")
+        return head
+
+    def site_hook(self, site: str, layer: int) -> str:
+        if site not in _SITE_HOOK:
+            raise ValueError(f"unknown site {site!r}; valid sites: {', '.join(SITES)}")
+        self.check_layer(layer)
+        if site in ("mlp_out", "mlp_pre", "mlp_post") and not self.has_mlp(layer):
+            raise ValueError(f"layer {layer} has no MLP, so site {site!r} does not exist")
+        return _SITE_HOOK[site].format(l=layer)
+
+    def hook_point(self, name: str):
+        try:
+            return self.model.hook_dict[name]
+        except KeyError:
+            raise ValueError(f"model has no hook point {name!r}") from None
+
+    def has_mlp(self, layer: int) -> bool:
+        return True
+
+    # --- weights -------------------------------------------------------------------------
+    def matrix(self, name: str, layer: int) -> MatrixSite:
+        if name not in MATRICES or name == "attn.OV":
+            valid = ", ".join(m for m in MATRICES if m != "attn.OV")
+            raise ValueError(f"unknown matrix {name!r}; valid matrices: {valid} (and 'attn.OV' for truncation)")
+        self.check_layer(layer)
+        if name.startswith("mlp.") and not self.has_mlp(layer):
+            raise ValueError(f"layer {layer} has no MLP, so matrix {name!r} does not exist")
+        return self._matrix(name, layer)
+
+    @abstractmethod
+    def _matrix(self, name: str, layer: int) -> MatrixSite:
+        """The site of a validated matrix name and layer."""
+
+    def svd(self, site: MatrixSite, method: str = "exact", rank: int | None = None):
+        """``U, S, Vh`` of a matrix (``W = U diag(S) Vh``), cached while the weight is unchanged."""
+        W = site.get()
+        key = (site.name, site.layer, method, rank if method == "randomized" else None,
+               site.param.data_ptr(), site.param._version)
+        hit = self._svd_cache.get(key)
+        if hit is not None:
+            return hit
+        Wf = W.float()
+        if method == "exact":
+            U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
+        elif method == "randomized":
+            q = min(min(Wf.shape), (rank or 1) + 10)
+            g = torch.random.fork_rng(devices=[Wf.device] if Wf.is_cuda else [])
+            with g:
+                torch.manual_seed(0)
+                U, S, V = torch.svd_lowrank(Wf, q=q, niter=4)
+            Vh = V.T
+        else:
+            raise ValueError(f"unknown svd method {method!r}; valid: 'exact', 'randomized'")
+        self._svd_cache = {k: v for k, v in self._svd_cache.items() if k[:2] != key[:2]}
+        self._svd_cache[key] = (U, S, Vh)
+        return U, S, Vh
+
+    def head_W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
+        W = self.matrix("attn.W_O", layer).get()
+        return W.reshape(self.n_heads, self.d_head, self.d_model)
+
+    def attn_out_bias(self, layer: int) -> Tensor | None:
+        return self.matrix("attn.W_O", layer).bias
+
+    # --- unembedding ---------------------------------------------------------------------
+    @abstractmethod
+    def W_U(self) -> Float[Tensor, "d_model vocab"]:
+        """The unembedding matrix."""
+
+    def b_U(self) -> Tensor | None:
+        return None
+
+    def final_ln(self) -> tuple[Tensor, Tensor | None] | None:
+        """``(weight, bias)`` of the final LayerNorm, or None when the model has none."""
+        return None
+
+    def has_pos_embed(self) -> bool:
+        return "hook_pos_embed" in self.model.hook_dict
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        out = self.model(tokens)
+        return out if isinstance(out, Tensor) else out.logits
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _heads_to_full(h: int, d: int, dh: int):
+    to = lambda p: p.permute(1, 0, 2).reshape(d, h * dh)
+    back = lambda W: W.reshape(d, h, dh).permute(1, 0, 2)
+    return to, back
+
+
+class ToyAdapter(ModelAdapter):
+    kind = "toy"
+
+    def __init__(self, model):
+        super().__init__(model)
+        c = model.cfg
+        self.n_layers, self.n_heads, self.d_model, self.d_head, self.d_vocab = (
+            c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab)
+
+    def has_mlp(self, layer: int) -> bool:
+        return self.model.blocks[layer].mlp is not None
+
+    def _matrix(self, name, layer):
+        block, h, d, dh = self.model.blocks[layer], self.n_heads, self.d_model, self.d_head
+        hook = _MATRIX_OUT_HOOK[name].format(l=layer)
+        if name.startswith("mlp."):
+            p = getattr(block.mlp, name[4:])
+            return MatrixSite(layer, name, p, lambda t: t, lambda W: W, None, hook)
+        p = getattr(block.attn, name[5:])
+        if name == "attn.W_O":
+            return MatrixSite(layer, name, p, lambda t: t.reshape(h * dh, d), lambda W: W.reshape(h, dh, d), None, hook)
+        to, back = _heads_to_full(h, d, dh)
+        return MatrixSite(layer, name, p, to, back, None, hook)
+
+    def W_U(self):
+        return self.model.W_U.detach()
+
+
+class BridgeAdapter(ModelAdapter):
+    kind = "bridge"
+    _LINEARS = {"mlp.W_in": ("mlp", "in"), "mlp.W_out": ("mlp", "out"), "attn.W_Q": ("attn", "q"),
+                "attn.W_K": ("attn", "k"), "attn.W_V": ("attn", "v"), "attn.W_O": ("attn", "o")}
+
+    def __init__(self, model):
+        super().__init__(model)
+        c = model.cfg
+        self.n_layers, self.n_heads, self.d_model, self.d_head, self.d_vocab = (
+            c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab)
+
+    def _matrix(self, name, layer):
+        part, attr = self._LINEARS[name]
+        linear = getattr(getattr(self.model.blocks[layer], part), attr).original_component
+        hook = _MATRIX_OUT_HOOK[name].format(l=layer)
+        if isinstance(linear, nn.Linear):  # weight [out, in]
+            to, back = (lambda t: t.T), (lambda W: W.T)
+        else:  # transformers' Conv1D (GPT-2): weight [in, out], used as x @ W
+            to, back = (lambda t: t), (lambda W: W)
+        bias = linear.bias.detach() if getattr(linear, "bias", None) is not None else None
+        return MatrixSite(layer, name, linear.weight, to, back, bias, hook)
+
+    def W_U(self):
+        return self.model.unembed.original_component.weight.detach().T
+
+    def b_U(self):
+        b = getattr(self.model.unembed.original_component, "bias", None)
+        return None if b is None else b.detach()
+
+    def final_ln(self):
+        ln = self.model.ln_final.original_component
+        w = getattr(ln, "weight", None)
+        return (w.detach() if w is not None else torch.ones(self.d_model, device=self.device),
+                ln.bias.detach() if getattr(ln, "bias", None) is not None else None)
+
+    @property
+    def ln_is_rms(self) -> bool:
+        return bool(getattr(self.model.cfg, "uses_rms_norm", False)) or self.model.cfg.normalization_type in ("RMS", "RMSPre")
+
+
+_ADAPTERS: "weakref.WeakKeyDictionary[nn.Module, ModelAdapter]" = weakref.WeakKeyDictionary()
+
+
+def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
+    """The (cached) adapter of a toy model or a ``TransformerBridge``."""
+    if isinstance(model, ModelAdapter):
+        return model
+    hit = _ADAPTERS.get(model)
+    if hit is not None:
+        return hit
+    from mechtrunc.toy_model import ToyTransformer
+
+    if isinstance(model, ToyTransformer):
+        adapter: ModelAdapter = ToyAdapter(model)
+    elif type(model).__name__ == "TransformerBridge" or hasattr(model, "adapter") and hasattr(model, "blocks"):
+        adapter = BridgeAdapter(model)
+    else:
+        raise TypeError(
+            f"mechtrunc supports ToyTransformer and transformer_lens.TransformerBridge models, got {type(model).__name__}"
+        )
+    _ADAPTERS[model] = adapter
+    return adapter

@@ -1,0 +1,461 @@
+"""Interventions: small, composable, reversible edits of a model.
+
+An intervention is a *value* (a frozen dataclass) that says what to change; it is bound to a
+model only while applied::
+
+    with mt.intervene(model, mt.Truncate("mlp.W_in", layer=1, keep=0.1)):
+        row = mt.evaluate(model, prompts)
+
+    sweep = [mt.Truncate("mlp.W_out", layer=l, keep=k) for l in range(6) for k in (0.5, 0.1)]
+
+Weight edits save the touched parameter and copy it back, bit for bit, when the block ends
+(also when it raises); hooks are removed.  Several interventions can be active at once, and
+``a + b`` composes two.  The same objects work on the toy model and on any TransformerBridge.
+
+Rank rule for ``keep`` (a fraction of the maximum rank ``r = min(d_in, d_out)``):
+``rule="round"`` (default) keeps ``round(keep * r)`` components (halves round up) and at least
+one when ``keep > 0``; ``rule="authors"`` keeps ``int(keep * d_model)`` as the paper's released
+code does (capped at ``r``).  ``keep = 0`` removes the matrix under both rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechtrunc.adapters import MATRICES, SITES, MatrixSite, ModelAdapter, adapt
+
+__all__ = [
+    "Intervention", "Compose", "Ablate", "Truncate", "RemoveComponents", "ProjectOut",
+    "intervene", "rank_for_keep",
+]
+
+
+class Intervention:
+    """Base class. Subclasses implement :meth:`_apply`, a generator that edits the model,
+    yields, and undoes the edit in a ``finally`` block."""
+
+    def apply(self, model) -> contextlib.AbstractContextManager:
+        """A context manager applying this intervention to ``model``."""
+        return contextlib.contextmanager(self._apply)(adapt(model))
+
+    def _apply(self, adapter: ModelAdapter) -> Iterator[None]:  # pragma: no cover - abstract
+        yield
+
+    def __add__(self, other: "Intervention") -> "Compose":
+        return Compose((*_flatten(self), *_flatten(other)))
+
+    @property
+    def label(self) -> str:
+        return repr(self)
+
+    def describe(self) -> dict:
+        """Flat description for result tables."""
+        return {"intervention": self.label}
+
+
+def _flatten(iv: Intervention) -> tuple[Intervention, ...]:
+    return iv.items if isinstance(iv, Compose) else (iv,)
+
+
+@dataclass(frozen=True)
+class Compose(Intervention):
+    """Several interventions applied together (in order, undone in reverse)."""
+
+    items: tuple[Intervention, ...] = ()
+
+    def _apply(self, adapter):
+        with contextlib.ExitStack() as stack:
+            for iv in self.items:
+                stack.enter_context(iv.apply(adapter))
+            yield
+
+    @property
+    def label(self) -> str:
+        return " + ".join(iv.label for iv in self.items) or "none"
+
+
+@contextlib.contextmanager
+def intervene(model, *interventions: Intervention):
+    """Apply any number of interventions to ``model`` for the duration of a ``with`` block."""
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise TypeError(f"expected Intervention objects, got {type(iv).__name__}: {iv!r}")
+    with Compose(tuple(interventions)).apply(model):
+        yield model
+
+
+def _add_hook(adapter: ModelAdapter, name: str, fn):
+    """Register ``fn(activation) -> activation`` on a hook point; returns a removable handle."""
+    return adapter.hook_point(name).register_forward_hook(lambda _mod, _inp, out: fn(out))
+
+
+@contextlib.contextmanager
+def _hooked(adapter: ModelAdapter, name: str, fn):
+    handle = _add_hook(adapter, name, fn)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _edited(site: MatrixSite, new_W: Tensor):
+    saved = site.param.detach().clone()
+    try:
+        site.set(new_W)
+        yield
+    finally:
+        with torch.no_grad():
+            site.param.copy_(saved)
+
+
+# ----------------------------------------------------------------------------------------
+# ablation
+# ----------------------------------------------------------------------------------------
+_ABLATE_COMPONENTS = ("mlp", "attn", "head")
+_ABLATE_METHODS = ("zero", "mean", "resample")
+
+
+@dataclass(frozen=True)
+class Ablate(Intervention):
+    """Ablate an MLP (``component="mlp"``), an attention layer (``"attn"``) or one head
+    (``"head"``, with ``head=``) by replacing its output with zero, its mean over a reference
+    set (``method="mean"``, mean over every sequence and position of ``reference``) or the
+    activation of a randomly chosen reference sequence at the same position (``"resample"``,
+    seeded).  ``reference`` is a PromptSet or a token tensor."""
+
+    component: str
+    layer: int
+    head: int | None = None
+    method: str = "zero"
+    reference: object = field(default=None, compare=False, repr=False)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.component not in _ABLATE_COMPONENTS:
+            raise ValueError(f"unknown component {self.component!r}; valid: {', '.join(_ABLATE_COMPONENTS)}")
+        if self.method not in _ABLATE_METHODS:
+            raise ValueError(f"unknown ablation method {self.method!r}; valid: {', '.join(_ABLATE_METHODS)}")
+        if (self.component == "head") != (self.head is not None):
+            raise ValueError("give head= exactly when component='head'")
+        if self.method != "zero" and self.reference is None:
+            raise ValueError(f"method={self.method!r} needs reference= (a PromptSet or tokens)")
+
+    @property
+    def label(self) -> str:
+        what = f"L{self.layer}H{self.head}" if self.component == "head" else f"L{self.layer}.{self.component}"
+        return f"ablate {what} ({self.method})"
+
+    def describe(self):
+        return {"intervention": self.label, "kind": "ablate", "component": self.component,
+                "layer": self.layer, "head": self.head, "method": self.method}
+
+    def _apply(self, adapter):
+        adapter.check_layer(self.layer)
+        if self.head is not None:
+            adapter.check_head(self.head)
+        site = {"mlp": "mlp_out", "attn": "attn_out", "head": "z"}[self.component]
+        name = adapter.site_hook(site, self.layer)
+        sel = (lambda a: a[:, :, self.head]) if self.head is not None else (lambda a: a)
+        ref = None
+        if self.method != "zero":
+            tokens = getattr(self.reference, "tokens", self.reference)
+            store: dict = {}
+            with _hooked(adapter, name, lambda a: store.__setitem__("a", sel(a).detach()) or a), torch.no_grad():
+                adapter.forward(tokens.to(adapter.device))
+            ref = store["a"]
+            if self.method == "mean":
+                ref = ref.reshape(-1, *ref.shape[2:]).mean(0)
+
+        def fn(act):
+            act = act.clone()
+            target = sel(act)
+            if self.method == "zero":
+                target.zero_()
+            elif self.method == "mean":
+                target.copy_(ref.to(target.dtype).expand_as(target))
+            else:
+                b, p = target.shape[:2]
+                if p > ref.shape[1]:
+                    raise ValueError(f"resample reference has {ref.shape[1]} positions, run has {p}")
+                g = torch.Generator().manual_seed(self.seed)
+                idx = torch.randint(0, ref.shape[0], (b,), generator=g).to(ref.device)
+                target.copy_(ref[idx, :p].to(target.dtype))
+            return act
+
+        with _hooked(adapter, name, fn):
+            yield
+
+
+# ----------------------------------------------------------------------------------------
+# low-rank edits: truncation and removal of singular components
+# ----------------------------------------------------------------------------------------
+_RULES = ("round", "authors")
+_MODES = ("weight", "hook")
+
+
+def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: str = "round") -> int:
+    """Number of singular components kept for a fraction ``keep`` (see the module docstring)."""
+    if not 0.0 <= float(keep) <= 1.0:
+        raise ValueError(f"keep must be in [0, 1], got {keep!r}")
+    if rule == "round":
+        k = math.floor(keep * max_rank + 0.5)
+        return max(k, 1) if keep > 0 else 0
+    if rule == "authors":
+        return min(int(keep * (d_model if d_model is not None else max_rank)), max_rank)
+    raise ValueError(f"unknown rank rule {rule!r}; valid: {', '.join(_RULES)}")
+
+
+def _project_out_hook(site: MatrixSite, basis: Float[Tensor, "d_out r"], mask: Tensor | None):
+    """Hook computing ``((out - b) @ basis * mask) @ basis.T + b``: the output of ``x @ W_k``
+    where ``W_k`` keeps the components in ``basis`` (per batch row when ``mask`` is [batch, r])."""
+    bias = site.bias
+
+    def fn(out):
+        flat = out.reshape(*out.shape[:2], -1) if out.ndim == 4 else out
+        centred = flat - bias if bias is not None else flat
+        B = basis.to(flat.dtype)
+        coef = centred @ B
+        if mask is not None:
+            if mask.shape[0] != coef.shape[0]:
+                raise ValueError(f"per-row ranks were given for {mask.shape[0]} rows but the batch has {coef.shape[0]}")
+            coef = coef * mask.to(coef.dtype)[:, None, :]
+        new = coef @ B.T
+        if bias is not None:
+            new = new + bias
+        return new.reshape(out.shape)
+
+    return fn
+
+
+@dataclass(frozen=True)
+class _SVDEdit(Intervention):
+    """Shared machinery: keep a set of singular components of a matrix (weight or hook mode).
+    Subclasses define ``_keep_masks(adapter, max_rank)``: a [r] or [batch, r] boolean mask of
+    the kept components, in order of descending singular value."""
+
+    matrix: str
+    layer: int
+
+    def _check_matrix(self, adapter, allow_ov=True):
+        if self.matrix not in MATRICES or (self.matrix == "attn.OV" and not allow_ov):
+            raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)}")
+        if getattr(self, "mode", "weight") not in _MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(_MODES)}")
+
+    def _apply(self, adapter):
+        self._check_matrix(adapter)
+        adapter.check_layer(self.layer)
+        if self.matrix == "attn.OV":
+            yield from self._apply_ov(adapter)
+            return
+        site = adapter.matrix(self.matrix, self.layer)
+        mask = self._keep_masks(adapter, site.max_rank)
+        if mask.ndim == 1 and bool(mask.all()):
+            yield  # nothing removed: identity, weights untouched
+            return
+        n_needed = int(mask.nonzero()[:, -1].max()) + 1 if bool(mask.any()) else 0
+        U, S, Vh = adapter.svd(site, self.svd, rank=n_needed)
+        if n_needed > S.shape[0]:
+            raise ValueError(f"randomized SVD returned {S.shape[0]} components, {n_needed} needed")
+        mask = mask[..., : S.shape[0]].to(S.device)
+        if self.mode == "weight":
+            if mask.ndim != 1:
+                raise ValueError("per-row ranks need mode='hook'")
+            W_new = (U * (S * mask)) @ Vh
+            with _edited(site, W_new.to(site.param.dtype)):
+                yield
+        else:
+            if mask.ndim == 1:
+                fn = _project_out_hook(site, Vh[mask].T, None)
+            else:
+                r = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
+                fn = _project_out_hook(site, Vh[:r].T, mask[:, :r])
+            with _hooked(adapter, site.out_hook, fn):
+                yield
+
+    def _apply_ov(self, adapter):
+        """Per head, keep components of W_OV = W_V[h] @ W_O[h].  Weight mode rewrites
+        W_O[h] <- W_O[h] V_k V_k^T (so W_V W_O' is the truncated product); hook mode applies
+        the equivalent map z_h <- z_h A_h at ``attn.hook_z``."""
+        h, dh, d = adapter.n_heads, adapter.d_head, adapter.d_model
+        site_o = adapter.matrix("attn.W_O", self.layer)
+        W_V = adapter.matrix("attn.W_V", self.layer).get().reshape(d, h, dh).permute(1, 0, 2).float()
+        W_O = site_o.get().reshape(h, dh, d).float()
+        mask = self._keep_masks(adapter, dh)
+        if mask.ndim != 1:
+            raise ValueError("per-row ranks are not supported for attn.OV")
+        if bool(mask.all()):
+            yield
+            return
+        _, _, Vh = torch.linalg.svd(W_V @ W_O, full_matrices=False)  # [h, dh, d]
+        Vk = Vh[:, : dh][:, mask.to(Vh.device)].transpose(1, 2)  # [h, d, k]
+        P = Vk @ Vk.transpose(1, 2)  # [h, d, d]
+        new_O = W_O @ P
+        if self.mode == "weight":
+            with _edited(site_o, new_O.reshape(h * dh, d).to(site_o.param.dtype)):
+                yield
+        else:
+            A = new_O @ torch.linalg.pinv(W_O)  # [h, dh, dh], A_h W_O[h] = W_O[h] P_h
+            fn = lambda z: torch.einsum("bphe,hef->bphf", z, A.to(z.dtype))
+            with _hooked(adapter, adapter.site_hook("z", self.layer), fn):
+                yield
+
+
+@dataclass(frozen=True)
+class Truncate(_SVDEdit):
+    """Low-rank truncation (LASER) of a weight matrix: keep its top singular components.
+
+    Give ``keep`` (fraction of the maximum rank, rounding by ``rule``) or ``rank`` (an integer).
+    Either may be a sequence, one value per batch row, with ``mode="hook"``: the forward pass
+    then evaluates a different rank for each row.  ``svd="randomized"`` uses
+    ``torch.svd_lowrank`` (for large matrices).  ``matrix="attn.OV"`` truncates each head's
+    ``W_V @ W_O`` product.
+    """
+
+    matrix: str = "mlp.W_out"
+    layer: int = 0
+    keep: float | Sequence[float] | None = None
+    rank: int | Sequence[int] | None = None
+    rule: str = "round"
+    svd: str = "exact"
+    mode: str = "weight"
+
+    def __post_init__(self):
+        if (self.keep is None) == (self.rank is None):
+            raise ValueError("give exactly one of keep= (fraction) or rank= (integer)")
+        if self.rule not in _RULES:
+            raise ValueError(f"unknown rank rule {self.rule!r}; valid: {', '.join(_RULES)}")
+        for v in _as_list(self.keep):
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"keep must be in [0, 1], got {v!r}")
+        for v in _as_list(self.rank):
+            if int(v) != v or v < 0:
+                raise ValueError(f"rank must be a non-negative integer, got {v!r}")
+
+    @property
+    def label(self) -> str:
+        amount = f"keep={self.keep}" if self.keep is not None else f"rank={self.rank}"
+        return f"truncate L{self.layer}.{self.matrix} {amount}"
+
+    def describe(self):
+        return {"intervention": self.label, "kind": "truncate", "matrix": self.matrix,
+                "layer": self.layer, "keep": self.keep if not _is_seq(self.keep) else None,
+                "rank": self.rank if not _is_seq(self.rank) else None}
+
+    def ranks(self, adapter, max_rank: int) -> list[int]:
+        if self.rank is not None:
+            ranks = [int(r) for r in _as_list(self.rank)]
+            for r in ranks:
+                if r > max_rank:
+                    raise ValueError(
+                        f"rank {r} is above the maximum rank {max_rank} of L{self.layer}.{self.matrix} "
+                        f"(valid: 0..{max_rank})"
+                    )
+            return ranks
+        d_model = adapter.d_head if self.matrix == "attn.OV" else adapter.d_model
+        return [rank_for_keep(float(k), max_rank, d_model, self.rule) for k in _as_list(self.keep)]
+
+    def _keep_masks(self, adapter, max_rank):
+        ranks = torch.tensor(self.ranks(adapter, max_rank))
+        mask = torch.arange(max_rank)[None, :] < ranks[:, None]
+        return mask if _is_seq(self.keep if self.keep is not None else self.rank) else mask[0]
+
+
+@dataclass(frozen=True)
+class RemoveComponents(_SVDEdit):
+    """Remove chosen singular components (0 = largest singular value) of a weight matrix."""
+
+    matrix: str = "mlp.W_out"
+    layer: int = 0
+    indices: tuple[int, ...] = ()
+    svd: str = "exact"
+    mode: str = "weight"
+
+    def __post_init__(self):
+        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        if self.svd == "randomized":
+            raise ValueError("RemoveComponents needs svd='exact' (arbitrary indices need the full spectrum)")
+
+    @property
+    def label(self) -> str:
+        shown = ",".join(map(str, self.indices[:8])) + ("..." if len(self.indices) > 8 else "")
+        return f"remove L{self.layer}.{self.matrix} components [{shown}]"
+
+    def describe(self):
+        return {"intervention": self.label, "kind": "remove", "matrix": self.matrix,
+                "layer": self.layer, "n_removed": len(self.indices)}
+
+    def _keep_masks(self, adapter, max_rank):
+        mask = torch.ones(max_rank, dtype=torch.bool)
+        for i in self.indices:
+            if not 0 <= i < max_rank:
+                raise ValueError(
+                    f"component index {i} is out of range for L{self.layer}.{self.matrix}: valid 0..{max_rank - 1}"
+                )
+            mask[i] = False
+        return mask
+
+
+# ----------------------------------------------------------------------------------------
+# projection of directions out of an activation
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProjectOut(Intervention):
+    """Remove the span of ``directions`` ([n, d] or [d]) from a site's output with a hook:
+    ``x <- x - (x Q) Q^T`` with ``Q`` an orthonormal basis of the directions.
+    Sites: ``mlp_out``, ``attn_out``, ``resid_pre``, ``resid_post`` (width d_model) and
+    ``mlp_pre``, ``mlp_post`` (width d_mlp)."""
+
+    site: str = "mlp_out"
+    layer: int = 0
+    directions: Tensor | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.site not in SITES or self.site == "z":
+            valid = ", ".join(s for s in SITES if s != "z")
+            raise ValueError(f"unknown site {self.site!r}; valid sites: {valid}")
+        if self.directions is None:
+            raise ValueError("ProjectOut needs directions= (a [n, d] tensor)")
+
+    @property
+    def label(self) -> str:
+        d = torch.as_tensor(self.directions)
+        n = 1 if d.ndim == 1 else d.shape[0]
+        return f"project out {n} dir(s) from L{self.layer}.{self.site}"
+
+    def describe(self):
+        return {"intervention": self.label, "kind": "project_out", "site": self.site, "layer": self.layer}
+
+    def _apply(self, adapter):
+        name = adapter.site_hook(self.site, self.layer)
+        D = torch.as_tensor(self.directions).detach().float().to(adapter.device)
+        D = D.unsqueeze(0) if D.ndim == 1 else D
+        width = adapter.d_model if self.site in ("mlp_out", "attn_out", "resid_pre", "resid_post") else None
+        if D.ndim != 2 or (width is not None and D.shape[1] != width):
+            raise ValueError(
+                f"directions must have shape [n, {width or 'd'}] for site {self.site!r}, got {tuple(D.shape)}"
+            )
+        Q, _ = torch.linalg.qr(D.T)  # [d, n] orthonormal
+        fn = lambda x: x - (x @ Q.to(x.dtype)) @ Q.T.to(x.dtype)
+        with _hooked(adapter, name, fn):
+            yield
+
+
+def _is_seq(v) -> bool:
+    return v is not None and not isinstance(v, (int, float)) and not (isinstance(v, Tensor) and v.ndim == 0)
+
+
+def _as_list(v) -> list:
+    if v is None:
+        return []
+    if isinstance(v, Tensor):
+        return v.flatten().tolist()
+    return list(v) if _is_seq(v) else [v]

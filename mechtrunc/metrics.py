@@ -1,0 +1,67 @@
+"""All task metrics, in one place.
+
+Given the logits at each read item of a :class:`~mechtrunc.prompts.PromptSet`:
+
+- ``accuracy``: the answer is the top-1 token (the paper's toy metric);
+- ``p_answer``: mean probability of the answer;
+- ``p_{name}``: mean probability of each competitor (``p_noise``, ``p_the``, ``p_subject``);
+- ``acc_vs_{name}``: fraction of items whose answer logit beats that competitor's;
+- ``logit_diff_{name}``: mean logit(answer) - logit(competitor);
+- ``loss``: mean cross-entropy of the answer.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from mechtrunc.interventions import Intervention, intervene
+from mechtrunc.prompts import PromptSet
+from mechtrunc.runner import item_logits
+
+__all__ = ["metrics_from_logits", "evaluate", "masked_cross_entropy"]
+
+
+def metrics_from_logits(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, float]:
+    """The metric dictionary (see module docstring) for logits at the prompt set's items."""
+    if logits.shape[0] != len(prompts):
+        raise ValueError(f"{logits.shape[0]} logit rows for {len(prompts)} items")
+    if len(prompts) == 0:
+        raise ValueError("the prompt set has no items to score")
+    logits = logits.float()
+    answer = prompts.answer.to(logits.device)
+    comps = prompts.competitors.to(logits.device)
+    logp = logits.log_softmax(-1)
+    la = logits.gather(1, answer[:, None]).squeeze(1)
+    out = {
+        "n_items": float(len(prompts)),
+        "accuracy": (logits.argmax(-1) == answer).float().mean().item(),
+        "p_answer": logp.gather(1, answer[:, None]).exp().mean().item(),
+        "loss": -logp.gather(1, answer[:, None]).mean().item(),
+    }
+    for j, name in enumerate(prompts.competitor_names):
+        lc = logits.gather(1, comps[:, j : j + 1]).squeeze(1)
+        out[f"p_{name}"] = logp.gather(1, comps[:, j : j + 1]).exp().mean().item()
+        out[f"acc_vs_{name}"] = (la > lc).float().mean().item()
+        out[f"logit_diff_{name}"] = (la - lc).mean().item()
+    return out
+
+
+def evaluate(
+    model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64, label: str | None = None
+) -> pd.DataFrame:
+    """One-row DataFrame of metrics on ``prompts`` with the interventions active."""
+    logits = item_logits(model, prompts, *interventions, batch_size=batch_size)
+    row = metrics_from_logits(logits, prompts)
+    name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
+    return pd.DataFrame([{"variant": name, **row}])
+
+
+def masked_cross_entropy(
+    logits: Float[Tensor, "batch pos vocab"], targets: Tensor, mask: Tensor
+) -> Tensor:
+    """Mean cross-entropy over the positions where ``mask`` is true (the training loss)."""
+    return F.cross_entropy(logits[mask].float(), targets[mask])

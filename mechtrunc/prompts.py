@@ -1,0 +1,89 @@
+"""The prompt-set type shared by every task (toy recall, IOI, factual recall, user files).
+
+A :class:`PromptSet` is a batch of token sequences plus a list of *read items*: for item ``i``,
+read the logits of sequence ``rows[i]`` at position ``pos[i]``, where ``answer[i]`` is the correct
+next token and ``competitors[i]`` the competing generic tokens (the noise token, " the", the IOI
+subject...).  One sequence may carry many items (the toy reads every repeated trigger); a
+Pythia prompt carries one, at its last real token.  Sequences of different lengths are padded on
+the right, which causal attention never reads from the positions we score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+__all__ = ["PromptSet"]
+
+
+@dataclass
+class PromptSet:
+    tokens: Int[Tensor, "seq pos"]
+    rows: Int[Tensor, "item"]
+    pos: Int[Tensor, "item"]
+    answer: Int[Tensor, "item"]
+    competitors: Int[Tensor, "item n_comp"]
+    competitor_names: tuple[str, ...] = ("generic",)
+    texts: list[str] | None = field(default=None, repr=False)
+    meta: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 2:
+            raise ValueError(f"tokens must be [seq, pos], got shape {tuple(self.tokens.shape)}")
+        n = self.rows.shape[0]
+        for name in ("pos", "answer"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},), got {tuple(getattr(self, name).shape)}")
+        if self.competitors.ndim == 1:
+            self.competitors = self.competitors.unsqueeze(-1)
+        if self.competitors.shape[0] != n:
+            raise ValueError(f"competitors must have {n} rows, got {self.competitors.shape[0]}")
+        if len(self.competitor_names) != self.competitors.shape[1]:
+            raise ValueError(
+                f"competitor_names {self.competitor_names} do not match "
+                f"{self.competitors.shape[1]} competitor columns"
+            )
+        if n and (int(self.rows.max()) >= self.tokens.shape[0] or int(self.pos.max()) >= self.tokens.shape[1]):
+            raise ValueError("rows/pos point outside tokens")
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    @property
+    def n_sequences(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def subset_sequences(self, seq_idx: Int[Tensor, "k"] | slice) -> "PromptSet":
+        """The prompt set restricted to some sequences (items re-indexed)."""
+        dev = self.tokens.device
+        idx = torch.arange(self.n_sequences, device=dev)[seq_idx]
+        remap = torch.full((self.n_sequences,), -1, dtype=torch.long, device=dev)
+        remap[idx] = torch.arange(len(idx), device=dev)
+        keep = remap[self.rows] >= 0
+        return PromptSet(
+            tokens=self.tokens[idx],
+            rows=remap[self.rows[keep]],
+            pos=self.pos[keep],
+            answer=self.answer[keep],
+            competitors=self.competitors[keep],
+            competitor_names=self.competitor_names,
+            texts=[self.texts[i] for i in idx.tolist()] if self.texts is not None else None,
+            meta=dict(self.meta),
+        )
+
+    def batches(self, batch_size: int):
+        """Yield ``(start, PromptSet)`` chunks of at most ``batch_size`` sequences."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, self.n_sequences, batch_size):
+            yield start, self.subset_sequences(slice(start, start + batch_size))
+
+    def to(self, device: torch.device | str) -> "PromptSet":
+        return PromptSet(
+            self.tokens.to(device), self.rows.to(device), self.pos.to(device),
+            self.answer.to(device), self.competitors.to(device), self.competitor_names,
+            self.texts, dict(self.meta),
+        )

@@ -1,0 +1,51 @@
+"""Forward passes over a :class:`~mechtrunc.prompts.PromptSet`, in batches, keeping only what
+is read: the logits at each item's position and, on request, activations at those positions."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechtrunc.adapters import adapt
+from mechtrunc.interventions import Intervention, intervene
+from mechtrunc.prompts import PromptSet
+
+__all__ = ["item_logits", "run_items"]
+
+
+@torch.no_grad()
+def run_items(
+    model, prompts: PromptSet, *interventions: Intervention, capture: tuple[str, ...] = (),
+    batch_size: int = 64,
+) -> tuple[Float[Tensor, "item vocab"], dict[str, Tensor]]:
+    """Logits at every read item, and the activations of the ``capture`` hooks at the items'
+    (sequence, position), both in item order.  Interventions are active during the run."""
+    adapter = adapt(model)
+    device = adapter.device
+    logits_out: list[Tensor] = []
+    acts: dict[str, list[Tensor]] = {name: [] for name in capture}
+    with intervene(model, *interventions):
+        for _, chunk in prompts.batches(batch_size):
+            chunk = chunk.to(device)
+            store: dict[str, Tensor] = {}
+            handles = [
+                adapter.hook_point(name).register_forward_hook(
+                    lambda _m, _i, out, name=name: store.__setitem__(name, out[chunk.rows, chunk.pos].detach())
+                )
+                for name in capture
+            ]
+            try:
+                logits = adapter.forward(chunk.tokens)
+            finally:
+                for h in handles:
+                    h.remove()
+            logits_out.append(logits[chunk.rows, chunk.pos].float())
+            for name in capture:
+                acts[name].append(store[name].float())
+    return torch.cat(logits_out), {k: torch.cat(v) for k, v in acts.items()}
+
+
+def item_logits(model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64):
+    """Logits ``[item, vocab]`` at every read item, with interventions active."""
+    return run_items(model, prompts, *interventions, batch_size=batch_size)[0]

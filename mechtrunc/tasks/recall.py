@@ -1,0 +1,264 @@
+"""Noisy in-context recall (Chen, Bruna, Bietti, arXiv 2406.03068), vectorised on torch.
+
+A sequence of ``seq_len + 1`` tokens is a Markov chain over a character vocabulary (tiny
+Shakespeare bigrams by default) in which ``k`` trigger tokens behave specially: the token after
+a trigger is the sequence's own output token for that trigger, except with probability
+``alpha`` it is a fixed noise token.  Inputs are tokens ``0..T-1``, targets tokens ``1..T``;
+the loss is taken at positions holding a trigger seen for the second time or later.
+
+Every sequence is generated in parallel; the only loop is over positions (the chain is
+sequential), so one call costs ``seq_len`` small batched tensor operations on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mechtrunc.prompts import PromptSet
+
+__all__ = ["RecallConfig", "RecallBatch", "RecallTask", "char_stats", "random_markov_stats"]
+
+
+@dataclass(frozen=True)
+class CharStats:
+    """Unigram and bigram counts of a vocabulary (token id = index)."""
+
+    itos: tuple[str, ...]
+    unigram: Float[Tensor, "vocab"]
+    bigram: Float[Tensor, "vocab vocab"]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+
+@lru_cache(maxsize=1)
+def char_stats() -> CharStats:
+    """The tiny-Shakespeare character statistics shipped with the package (65 characters)."""
+    raw = json.loads(
+        resources.files("mechtrunc.data").joinpath("tinyshakespeare_char_counts.json").read_text()
+    )
+    return CharStats(
+        itos=tuple(raw["itos"]),
+        unigram=torch.tensor(raw["unigram_counts"], dtype=torch.float64),
+        bigram=torch.tensor(raw["bigram_counts"], dtype=torch.float64),
+    )
+
+
+def random_markov_stats(vocab_size: int, seed: int = 0, concentration: float = 0.5) -> CharStats:
+    """A random Markov chain over ``vocab_size`` tokens, for users who want another vocabulary.
+
+    Each bigram row (and the unigram vector) is a vector of exponential variates raised to the
+    power ``1 / concentration`` (smaller = peakier rows), drawn from a seeded generator.
+    """
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    if concentration <= 0:
+        raise ValueError(f"concentration must be > 0, got {concentration}")
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda *shape: (-torch.rand(*shape, generator=g, dtype=torch.float64).log()) ** (
+        1.0 / concentration
+    )
+    return CharStats(
+        itos=tuple(f"<{i}>" for i in range(vocab_size)),
+        unigram=draw(vocab_size),
+        bigram=draw(vocab_size, vocab_size),
+    )
+
+
+@dataclass(frozen=True)
+class RecallConfig:
+    """Parameters of the noisy in-context recall distribution.
+
+    Defaults follow the authors' released run except ``alpha`` (0.3 is their default; the
+    released run and the ``paper`` preset use 0.5).
+    """
+
+    alpha: float = 0.3
+    k: int = 1
+    seq_len: int = 256
+    fixed_triggers: bool = True
+    noise_token: int | Literal["extra"] = 2
+    bigrams: Literal["shakespeare", "random"] = "shakespeare"
+    vocab_size: int = 65  # only used with bigrams="random"
+    markov_seed: int = 0  # only used with bigrams="random"
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= float(self.alpha) <= 1.0):
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha!r}")
+        if self.seq_len < 2:
+            raise ValueError(f"seq_len must be >= 2, got {self.seq_len!r}")
+        if self.bigrams not in ("shakespeare", "random"):
+            raise ValueError(f"bigrams must be 'shakespeare' or 'random', got {self.bigrams!r}")
+        base = self.base_vocab_size
+        if not (1 <= self.k <= base - 1):
+            raise ValueError(
+                f"k must be between 1 and {base - 1} (vocabulary of {base} tokens "
+                f"minus the noise token), got {self.k!r}"
+            )
+        if self.noise_token != "extra" and not (
+            isinstance(self.noise_token, int) and 0 <= self.noise_token < base
+        ):
+            raise ValueError(
+                f"noise_token must be a token id in [0, {base - 1}] or 'extra', "
+                f"got {self.noise_token!r}"
+            )
+
+    @property
+    def base_vocab_size(self) -> int:
+        return 65 if self.bigrams == "shakespeare" else self.vocab_size
+
+    @property
+    def d_vocab(self) -> int:
+        """Model vocabulary size: the base vocabulary, plus one if the noise token is extra."""
+        return self.base_vocab_size + (1 if self.noise_token == "extra" else 0)
+
+    @property
+    def noise_id(self) -> int:
+        return self.base_vocab_size if self.noise_token == "extra" else int(self.noise_token)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RecallBatch:
+    """One batch of the task. ``counts`` marks how often the trigger at each input position has
+    occurred so far (0 at non-trigger positions); the loss mask is ``counts >= 2``."""
+
+    inputs: Int[Tensor, "batch pos"]
+    targets: Int[Tensor, "batch pos"]
+    counts: Int[Tensor, "batch pos"]
+    triggers: Int[Tensor, "batch k"]
+    outputs: Int[Tensor, "batch k"]
+    noise_id: int
+
+    @property
+    def loss_mask(self) -> Bool[Tensor, "batch pos"]:
+        return self.counts >= 2
+
+    def clean_targets(self) -> Int[Tensor, "batch pos"]:
+        """Targets with every post-trigger token replaced by the sequence's output token."""
+        hit = self.inputs.unsqueeze(-1) == self.triggers.unsqueeze(1)  # [b, p, k]
+        out = (hit.long() * self.outputs.unsqueeze(1)).sum(-1)
+        return torch.where(hit.any(-1), out, self.targets)
+
+    def to_prompts(self) -> PromptSet:
+        """Read positions: every trigger occurrence with count >= 2; answer: the clean output
+        token; competitor: the noise token."""
+        rows, pos = self.loss_mask.nonzero(as_tuple=True)
+        answer = self.clean_targets()[rows, pos]
+        return PromptSet(
+            tokens=self.inputs,
+            rows=rows,
+            pos=pos,
+            answer=answer,
+            competitors=torch.full_like(answer, self.noise_id).unsqueeze(-1),
+            competitor_names=("noise",),
+        )
+
+
+class RecallTask:
+    """Sampler for the noisy in-context recall distribution.
+
+    >>> task = RecallTask(RecallConfig(alpha=0.5, seq_len=64))
+    >>> batch = task.sample(8, seed=0)
+    >>> batch.inputs.shape
+    torch.Size([8, 64])
+    """
+
+    def __init__(self, config: RecallConfig | None = None, device: str | torch.device = "cpu"):
+        self.config = config or RecallConfig()
+        self.device = torch.device(device)
+        cfg = self.config
+        stats = char_stats() if cfg.bigrams == "shakespeare" else random_markov_stats(
+            cfg.vocab_size, cfg.markov_seed
+        )
+        self.stats = stats
+        V = stats.vocab_size
+        self.unigram_cdf = torch.cumsum(stats.unigram / stats.unigram.sum(), 0).float().to(self.device)
+        rows = stats.bigram / stats.bigram.sum(1, keepdim=True).clamp_min(1e-12)
+        # one extra row, used after a dedicated ("extra") noise token: the unigram distribution
+        rows = torch.cat([rows, (stats.unigram / stats.unigram.sum()).unsqueeze(0)])
+        self.bigram_cdf = torch.cumsum(rows, 1).float().to(self.device)
+        # guard against float rounding: the last bin must catch u close to 1
+        self.unigram_cdf[-1] = 2.0
+        self.bigram_cdf[:, -1] = 2.0
+        order = torch.argsort(stats.unigram, descending=True, stable=True)
+        self.fixed_triggers = order[: cfg.k].to(self.device)
+        self.base_vocab = V
+
+    @property
+    def itos(self) -> tuple[str, ...]:
+        extra = ("<noise>",) if self.config.noise_token == "extra" else ()
+        return self.stats.itos + extra
+
+    def _triggers(self, batch: int, g: torch.Generator) -> Int[Tensor, "batch k"]:
+        cfg = self.config
+        if cfg.fixed_triggers:
+            return self.fixed_triggers.unsqueeze(0).expand(batch, -1).clone()
+        # k distinct non-noise tokens per sequence: top-k of random scores
+        scores = torch.rand(batch, self.base_vocab, generator=g, device=self.device)
+        if cfg.noise_token != "extra":
+            scores[:, cfg.noise_id] = -1.0
+        return scores.topk(cfg.k, dim=1).indices
+
+    def sample(
+        self, batch_size: int, seed: int | None = None, generator: torch.Generator | None = None,
+        alpha: float | None = None,
+    ) -> RecallBatch:
+        """Draw ``batch_size`` sequences.  Pass ``seed`` (reproducible) or a ``generator``
+        (a stream of batches); ``alpha`` overrides the configured noise level (0 = clean)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        cfg = self.config
+        alpha = cfg.alpha if alpha is None else alpha
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(0 if seed is None else seed)
+        g, dev, B, T = generator, self.device, batch_size, cfg.seq_len
+
+        triggers = self._triggers(B, g)
+        outputs = torch.randint(0, self.base_vocab, (B, cfg.k), generator=g, device=dev)
+        u_chain = torch.rand(B, T + 1, generator=g, device=dev)
+        u_noise = torch.rand(B, T, generator=g, device=dev)
+
+        # trig_out[b, v] = output token if v is a trigger of sequence b, else -1
+        trig_out = torch.full((B, self.base_vocab + 1), -1, dtype=torch.long, device=dev)
+        trig_out.scatter_(1, triggers, outputs)
+
+        seq = torch.empty(B, T + 1, dtype=torch.long, device=dev)
+        u_steps = u_chain.T.contiguous()  # [T + 1, B]: one contiguous row per position
+        seq[:, 0] = torch.searchsorted(self.unigram_cdf, u_steps[0])
+        noise = torch.full((B,), cfg.noise_id, dtype=torch.long, device=dev)
+        cdf = self.bigram_cdf
+        for t in range(T):
+            prev = seq[:, t]
+            markov = torch.searchsorted(cdf[prev], u_steps[t + 1].unsqueeze(1)).squeeze(1)
+            out = trig_out.gather(1, prev.unsqueeze(1)).squeeze(1)
+            after_trigger = torch.where(u_noise[:, t] < alpha, noise, out)
+            seq[:, t + 1] = torch.where(out >= 0, after_trigger, markov)
+
+        inputs, targets = seq[:, :-1], seq[:, 1:]
+        is_trig = (inputs.unsqueeze(-1) == triggers.unsqueeze(1))  # [B, T, k]
+        counts = (is_trig.long().cumsum(1) * is_trig.long()).sum(-1)
+        return RecallBatch(inputs, targets, counts, triggers, outputs, cfg.noise_id)
+
+    def batches(self, batch_size: int, seed: int = 0):
+        """An endless, reproducible stream of training batches."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        while True:
+            yield self.sample(batch_size, generator=g)
+
+    def test_set(self, n: int = 512, seed: int = 10_000) -> RecallBatch:
+        """The clean test set (alpha = 0), 512 sequences by default as in the paper."""
+        return self.sample(n, seed=seed, alpha=0.0)

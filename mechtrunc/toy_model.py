@@ -1,0 +1,210 @@
+"""The paper's toy Transformer, readable in one file (nanoGPT style) and hookable the
+TransformerLens way.
+
+Released configuration (Chen, Bruna, Bietti): 2 layers, d_model 256, one head per layer with
+d_head = d_model, no LayerNorm, residual connections, causal attention scaled by 1/sqrt(d_head),
+W_Q fixed to the identity, trained W_K, W_V, W_O, no biases, frozen random token embedding,
+unembedding and absolute positional embedding, ReLU FFN with hidden size 4 d_model per layer.
+
+Weights carry TransformerLens names and shapes (``W_E [vocab, d]``, ``W_pos``, ``W_U [d, vocab]``,
+``attn.W_Q/W_K/W_V [heads, d, d_head]``, ``attn.W_O [heads, d_head, d]``, ``mlp.W_in [d, d_mlp]``,
+``mlp.W_out [d_mlp, d]``) and hook points carry TransformerLens names (``hook_embed``,
+``blocks.{l}.hook_resid_pre``, ``blocks.{l}.attn.hook_pattern``, ``blocks.{l}.attn.hook_z``,
+``blocks.{l}.hook_attn_out``, ``blocks.{l}.mlp.hook_pre``, ``blocks.{l}.hook_mlp_out``, ...), so
+``run_with_hooks``/``run_with_cache`` and every mechtrunc intervention work on it exactly as on a
+``TransformerBridge``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+__all__ = ["ToyConfig", "ToyTransformer", "FFN_KINDS"]
+
+FFN_KINDS = ("relu", "linear", "none")
+
+
+@dataclass
+class ToyConfig:
+    n_layers: int = 2
+    d_model: int = 256
+    n_heads: int = 1
+    d_head: int | None = None  # default d_model // n_heads
+    d_mlp: int | None = None  # default 4 * d_model
+    d_vocab: int = 65
+    n_ctx: int = 256
+    ffn: list[str] | str = "relu"  # one kind for all layers, or one per layer
+    identity_query: bool = True
+    freeze_embed: bool = True
+    freeze_unembed: bool = True
+    freeze_pos: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.d_head is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+            self.d_head = self.d_model // self.n_heads
+        if self.d_mlp is None:
+            self.d_mlp = 4 * self.d_model
+        kinds = [self.ffn] * self.n_layers if isinstance(self.ffn, str) else list(self.ffn)
+        if len(kinds) != self.n_layers:
+            raise ValueError(f"ffn lists {len(kinds)} kinds for {self.n_layers} layers")
+        for kind in kinds:
+            if kind not in FFN_KINDS:
+                raise ValueError(f"unknown ffn kind {kind!r}; valid: {', '.join(FFN_KINDS)}")
+        self.ffn = kinds
+        if self.identity_query and self.n_heads * self.d_head != self.d_model:
+            raise ValueError("identity_query needs n_heads * d_head == d_model")
+
+    @property
+    def attn_only(self) -> bool:
+        return all(k == "none" for k in self.ffn)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        h, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+        bound = 1 / math.sqrt(d)  # nn.Linear's default init range
+        init = lambda *s: nn.Parameter(torch.empty(*s).uniform_(-bound, bound))
+        if cfg.identity_query:
+            self.W_Q = nn.Parameter(torch.eye(d).reshape(d, h, dh).permute(1, 0, 2).contiguous(), requires_grad=False)
+        else:
+            self.W_Q = init(h, d, dh)
+        self.W_K = init(h, d, dh)
+        self.W_V = init(h, d, dh)
+        self.W_O = nn.Parameter(torch.empty(h, dh, d).uniform_(-1 / math.sqrt(h * dh), 1 / math.sqrt(h * dh)))
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+        self.scale = 1 / math.sqrt(dh)
+
+    def forward(self, x: Float[Tensor, "b p d"]) -> Float[Tensor, "b p d"]:
+        q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q))
+        k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K))
+        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V))
+        if self.hook_attn_scores._forward_hooks or self.hook_pattern._forward_hooks:
+            # explicit path: scores and pattern are materialised so hooks can read or edit them
+            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
+            p = x.shape[1]
+            causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
+            scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+            pattern = self.hook_pattern(scores.softmax(-1))
+            z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+        else:  # fused kernel, same maths, used when nothing watches the pattern
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
+            ).transpose(1, 2)
+        z = self.hook_z(z)
+        return torch.einsum("bphe,hed->bpd", z, self.W_O)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ToyConfig, kind: str):
+        super().__init__()
+        d, m = cfg.d_model, cfg.d_mlp
+        self.kind = kind
+        self.W_in = nn.Parameter(torch.empty(d, m).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d)))
+        self.W_out = nn.Parameter(torch.empty(m, d).uniform_(-1 / math.sqrt(m), 1 / math.sqrt(m)))
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: Float[Tensor, "b p d"]) -> Float[Tensor, "b p d"]:
+        pre = self.hook_pre(x @ self.W_in)
+        post = self.hook_post(F.relu(pre) if self.kind == "relu" else pre)
+        return post @ self.W_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ToyConfig, ffn_kind: str):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.mlp = MLP(cfg, ffn_kind) if ffn_kind != "none" else None
+        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x: Float[Tensor, "b p d"]) -> Float[Tensor, "b p d"]:
+        x = self.hook_resid_pre(x)
+        x = self.hook_resid_mid(x + self.hook_attn_out(self.attn(x)))
+        if self.mlp is not None:
+            x = x + self.hook_mlp_out(self.mlp(x))
+        return self.hook_resid_post(x)
+
+
+class ToyTransformer(HookedRootModule):
+    """Two-layer (by default) attention + FFN model of the paper, with TransformerLens hooks."""
+
+    def __init__(self, cfg: ToyConfig | None = None, **overrides):
+        super().__init__()
+        cfg = cfg or ToyConfig(**overrides)
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(cfg.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            d = cfg.d_model
+            self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, d, generator=gen), requires_grad=not cfg.freeze_embed)
+            self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, d, generator=gen), requires_grad=not cfg.freeze_pos)
+            self.W_U = nn.Parameter(
+                torch.randn(d, cfg.d_vocab, generator=gen) / math.sqrt(d), requires_grad=not cfg.freeze_unembed
+            )
+            self.blocks = nn.ModuleList(Block(cfg, kind) for kind in cfg.ffn)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.setup()
+
+    def forward(self, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p vocab"]:
+        p = tokens.shape[1]
+        if p > self.cfg.n_ctx:
+            raise ValueError(f"sequence length {p} exceeds n_ctx {self.cfg.n_ctx}")
+        x = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:p]).unsqueeze(0)
+        for block in self.blocks:
+            x = block(x)
+        return x @ self.W_U
+
+    # --- persistence: safetensors weights + JSON config -------------------------------------
+    def save(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (plus ``extra`` metadata) to a directory."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
+        meta = {"model": self.cfg.to_dict(), **(extra or {})}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ToyTransformer":
+        """Load a model written by :meth:`save`; a missing or corrupt directory raises ``ValueError``."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
+        if not directory.is_dir():
+            raise ValueError(f"model directory {str(directory)!r} does not exist")
+        for path in (cfg_path, w_path):
+            if not path.is_file():
+                raise ValueError(f"{str(directory)!r} is not a mechtrunc model directory: {path.name} is missing")
+        try:
+            meta = json.loads(cfg_path.read_text())
+            model = cls(ToyConfig(**meta["model"]))
+            state = load_file(str(w_path))
+            model.load_state_dict(state, strict=True)
+        except Exception as err:  # any parse, shape or key failure means a corrupt directory
+            raise ValueError(f"corrupt model directory {str(directory)!r}: {err}") from err
+        return model.to(device)

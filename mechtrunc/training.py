@@ -1,0 +1,244 @@
+"""Training the toy model on noisy in-context recall, with an evaluation history.
+
+Presets:
+
+- ``paper``: the authors' released run (d 256, T 256, batch 512, SGD lr 0.03, momentum 0.9,
+  weight decay 1e-4, 5000 iterations, alpha 0.5, k 1).  Meant for a GPU.
+- ``cpu``: a small configuration that shows the same effect on 2 CPU cores in about two
+  minutes (see ``docs/results.md`` for the measured numbers and why these sizes).
+
+Training is resumable: with an output directory, a checkpoint (model, optimiser, step,
+history) is written at every evaluation, and ``train`` on the same directory continues from it.
+Batches are a pure function of ``(seed, step)``, so a resumed run sees the same data as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechtrunc.interventions import Ablate
+from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
+from mechtrunc.prompts import PromptSet
+from mechtrunc.runner import item_logits
+from mechtrunc.tasks.recall import RecallConfig, RecallTask
+from mechtrunc.toy_model import ToyConfig, ToyTransformer
+
+__all__ = ["TrainConfig", "PRESETS", "train", "evaluate_toy", "trigger_margin", "TrainResult"]
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    # task
+    alpha: float = 0.5
+    k: int = 1
+    seq_len: int = 256
+    fixed_triggers: bool = True
+    noise_token: int | str = 2
+    # model
+    d_model: int = 256
+    n_layers: int = 2
+    ffn: str = "relu"
+    # optimisation
+    steps: int = 5000
+    batch_size: int = 512
+    optimizer: str = "sgd"
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # bookkeeping
+    eval_every: int = 100
+    test_size: int = 512
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast, GPU)
+    preset: str = "custom"
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}; valid: fp32, tf32, bf16")
+        for name in ("steps", "batch_size", "eval_every", "test_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        self.recall_config()  # validates alpha, k, seq_len, noise token
+        self.model_config()
+
+    def recall_config(self) -> RecallConfig:
+        noise = self.noise_token if self.noise_token == "extra" else int(self.noise_token)
+        return RecallConfig(alpha=self.alpha, k=self.k, seq_len=self.seq_len,
+                            fixed_triggers=self.fixed_triggers, noise_token=noise)
+
+    def model_config(self) -> ToyConfig:
+        return ToyConfig(n_layers=self.n_layers, d_model=self.d_model, d_vocab=self.recall_config().d_vocab,
+                         n_ctx=self.seq_len, ffn=self.ffn, seed=self.seed)
+
+
+PRESETS: dict[str, dict] = {
+    "paper": dict(d_model=256, seq_len=256, batch_size=512, optimizer="sgd", lr=0.03, momentum=0.9,
+                  weight_decay=1e-4, steps=5000, alpha=0.5, eval_every=250),
+    "cpu": dict(d_model=64, seq_len=128, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.0,
+                steps=1000, alpha=0.5, eval_every=100, test_size=256),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The named preset with overrides (``None`` values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    valid = {f.name for f in fields(TrainConfig)}
+    for key in overrides:
+        if key not in valid:
+            raise ValueError(f"unknown training option {key!r}")
+    args = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}, "preset": name}
+    return TrainConfig(**args)
+
+
+@torch.no_grad()
+def trigger_margin(model: ToyTransformer, triggers: Tensor, noise_id: int, layer: int | None = None) -> float:
+    """Noise logit minus the best other logit when each trigger's embedding is sent through
+    one FFN (the last layer's by default) and the unembedding; mean over triggers."""
+    layer = model.cfg.n_layers - 1 if layer is None else layer
+    mlp = model.blocks[layer].mlp
+    if mlp is None:
+        return float("nan")
+    logits = mlp(model.W_E[triggers.to(model.W_E.device)]) @ model.W_U  # [k, vocab]
+    noise = logits[:, noise_id].clone()
+    logits[:, noise_id] = float("-inf")
+    return (noise - logits.max(-1).values).mean().item()
+
+
+def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 128) -> dict[str, dict[str, float]]:
+    """Clean-test metrics of the full model and with the last layer's FFN removed (output
+    zeroed by a hook): ``{"full": {...}, "ffn2_removed": {...}}`` with ``accuracy``,
+    ``p_noise``, ``p_correct`` (= p_answer) and ``logit_diff_noise``."""
+    out = {}
+    last = model.cfg.n_layers - 1
+    variants = {"full": ()}
+    if model.blocks[last].mlp is not None:
+        variants["ffn2_removed"] = (Ablate("mlp", layer=last),)
+    for name, ivs in variants.items():
+        m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=batch_size), prompts)
+        out[name] = {"accuracy": m["accuracy"], "p_noise": m["p_noise"], "p_correct": m["p_answer"],
+                     "logit_diff_noise": m["logit_diff_noise"]}
+    return out
+
+
+@dataclass
+class TrainResult:
+    model: ToyTransformer
+    history: pd.DataFrame
+    config: TrainConfig
+    seconds: float
+    final: dict = field(default_factory=dict)
+
+
+def _batch_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63 - 1)
+
+
+def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``."""
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+    torch.manual_seed(cfg.seed)
+    if cfg.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    task = RecallTask(cfg.recall_config(), device=device)
+    test = task.test_set(cfg.test_size, seed=cfg.seed + 10_000)
+    test_prompts = test.to_prompts()
+    model = ToyTransformer(cfg.model_config()).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start_step, rows = 0, []
+    ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if ckpt_path is not None and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["config"] != asdict(cfg):
+            raise ValueError(
+                f"{str(out_dir)!r} holds a run with a different configuration; use a new --out directory"
+            )
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_step, rows = ckpt["step"], ckpt["history"]
+
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext())
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    running = torch.zeros((), device=device)  # summed on device: no host sync per step
+    n_running = 0
+    for step in range(start_step + 1, cfg.steps + 1):
+        batch = task.sample(cfg.batch_size, seed=_batch_seed(cfg.seed, step))
+        with autocast:
+            logits = model(batch.inputs)
+        loss = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        running += loss.detach()
+        n_running += 1
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            model.eval()
+            ev = evaluate_toy(model, test_prompts)
+            row = {"step": step, "train_loss": running.item() / max(n_running, 1)}
+            for variant, m in ev.items():
+                row.update({f"{variant}_{k}": v for k, v in m.items()})
+            row["trigger_margin"] = trigger_margin(model, task.fixed_triggers, task.config.noise_id)
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            running, n_running = torch.zeros((), device=device), 0
+            model.train()
+            if bar is not None:
+                bar.set_postfix(acc=f"{row['full_accuracy']:.2f}", noise=f"{row['full_p_noise']:.2f}")
+            if ckpt_path is not None:
+                ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = ckpt_path.with_suffix(".tmp")
+                torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "step": step, "history": rows}, tmp)
+                tmp.replace(ckpt_path)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    seconds = time.perf_counter() - t0
+    history = pd.DataFrame(rows)
+    final = evaluate_toy(model, test_prompts)
+    if out_dir is not None:
+        model.save(out_dir, extra={"train": asdict(cfg), "task": task.config.to_dict(), "final": final})
+        history.to_csv(Path(out_dir) / "history.csv", index=False)
+    return TrainResult(model=model, history=history, config=cfg, seconds=seconds, final=final)
+
+
+def load_run(directory: str | Path, device: str = "cpu") -> tuple[ToyTransformer, TrainConfig, RecallTask]:
+    """Model, training configuration and task of a directory written by :func:`train`."""
+    model = ToyTransformer.load(directory, device=device)
+    meta = json.loads((Path(directory) / "config.json").read_text())
+    if "train" not in meta:
+        raise ValueError(f"{str(directory)!r} holds a model but no training configuration")
+    cfg = TrainConfig(**{**meta["train"], "device": device})
+    return model, cfg, RecallTask(cfg.recall_config(), device=device)
