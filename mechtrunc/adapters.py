@@ -12,6 +12,7 @@ them is what LASER does.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -118,6 +119,22 @@ class ModelAdapter(ABC):
 
     def has_mlp(self, layer: int) -> bool:
         return True
+
+    @contextlib.contextmanager
+    def hooked(self, name: str, fn: Callable[[Tensor], Tensor | None]):
+        """Run ``fn(activation)`` at hook ``name`` inside the block; a returned tensor replaces
+        the activation.  Uses TransformerLens' ``add_hook`` (so bridges hand over activations
+        in their documented shapes, e.g. ``hook_z`` as [batch, pos, head, d_head]) and
+        registers the hook as permanent so ``run_with_hooks``' final ``reset_hooks`` leaves
+        it in place; it is removed when the block ends."""
+        hp = self.hook_point(name)
+        handle = hp.add_hook(lambda act, hook: fn(act), dir="fwd", is_permanent=True)
+        try:
+            yield
+        finally:
+            handle.hook.remove()
+            if handle in hp.fwd_hooks:
+                hp.fwd_hooks.remove(handle)
 
     # --- weights -------------------------------------------------------------------------
     def matrix(self, name: str, layer: int) -> MatrixSite:

@@ -91,18 +91,8 @@ def intervene(model, *interventions: Intervention):
         yield model
 
 
-def _add_hook(adapter: ModelAdapter, name: str, fn):
-    """Register ``fn(activation) -> activation`` on a hook point; returns a removable handle."""
-    return adapter.hook_point(name).register_forward_hook(lambda _mod, _inp, out: fn(out))
-
-
-@contextlib.contextmanager
 def _hooked(adapter: ModelAdapter, name: str, fn):
-    handle = _add_hook(adapter, name, fn)
-    try:
-        yield
-    finally:
-        handle.remove()
+    return adapter.hooked(name, fn)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@ is read: the logits at each item's position and, on request, activations at thos
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -29,17 +31,11 @@ def run_items(
         for _, chunk in prompts.batches(batch_size):
             chunk = chunk.to(device)
             store: dict[str, Tensor] = {}
-            handles = [
-                adapter.hook_point(name).register_forward_hook(
-                    lambda _m, _i, out, name=name: store.__setitem__(name, out[chunk.rows, chunk.pos].detach())
-                )
-                for name in capture
-            ]
-            try:
+            with contextlib.ExitStack() as stack:
+                for name in capture:
+                    grab = lambda out, name=name, c=chunk: store.__setitem__(name, out[c.rows, c.pos].detach())
+                    stack.enter_context(adapter.hooked(name, grab))
                 logits = adapter.forward(chunk.tokens)
-            finally:
-                for h in handles:
-                    h.remove()
             logits_out.append(logits[chunk.rows, chunk.pos].float())
             for name in capture:
                 acts[name].append(store[name].float())

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny offline bridges (GPT-NeoX / Pythia-shaped and GPT-2), Pythia's real
+tokenizer from ../shared when present, and a quickly trained toy model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PYTHIA_TOKENIZER_JSON = SHARED_DATA / "gpt_neox_20b_tokenizer.json"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _word_level_tokenizer_dir(tmp: Path, vocab_size: int = 512) -> Path:
+    """A small word-level tokenizer saved with save_pretrained (bridges need one on disk)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size - 1)}
+    vocab["<unk>"] = vocab_size - 1
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<unk>", pad_token="<unk>")
+    fast.save_pretrained(tmp)
+    return tmp
+
+
+@pytest.fixture(scope="session")
+def pythia_tokenizer_dir(tmp_path_factory) -> Path:
+    """Pythia's real tokenizer (GPT-NeoX-20B BPE) saved as a Hugging Face tokenizer directory."""
+    if not PYTHIA_TOKENIZER_JSON.is_file():
+        pytest.skip(f"Pythia's tokenizer is not available at {PYTHIA_TOKENIZER_JSON} (../shared/data absent)")
+    from transformers import PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("pythia_tok")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(PYTHIA_TOKENIZER_JSON))
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_dir(tmp_path_factory) -> Path:
+    return _word_level_tokenizer_dir(tmp_path_factory.mktemp("small_tok"))
+
+
+def _boot(hf_model, name: str, tokenizer_dir: Path):
+    from transformer_lens import TransformerBridge
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model.eval(), tokenizer=tok, device="cpu")
+    bridge.eval()
+    return bridge
+
+
+@pytest.fixture(scope="session")
+def neox_bridge(small_tokenizer_dir):
+    """A tiny random GPT-NeoX (Pythia-shaped: parallel attention + MLP, partial rotary, LN)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GPTNeoXConfig(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=256, rotary_pct=0.25, max_position_embeddings=64,
+                        use_parallel_residual=True, attention_dropout=0.0, hidden_dropout=0.0)
+    return _boot(GPTNeoXForCausalLM(cfg), "EleutherAI/pythia-70m", small_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def gpt2_bridge(small_tokenizer_dir):
+    """A tiny random GPT-2 (sequential blocks, learned positions, Conv1D weights)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    cfg = GPT2Config(vocab_size=512, n_embd=64, n_layer=3, n_head=4, n_positions=64,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return _boot(GPT2LMHeadModel(cfg), "gpt2", small_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def random_toy():
+    from mechtrunc import ToyConfig, ToyTransformer
+
+    return ToyTransformer(ToyConfig(d_model=32, n_ctx=64, seed=3)).eval()
+
+
+@pytest.fixture(scope="session")
+def trained_toy():
+    """A small toy model trained briefly (seconds) on noisy recall, with its clean test prompts."""
+    from mechtrunc.training import preset, train
+
+    cfg = preset("cpu", d_model=32, seq_len=64, steps=300, eval_every=300, test_size=128, seed=0)
+    result = train(cfg, progress=False)
+    from mechtrunc import RecallTask
+
+    task = RecallTask(cfg.recall_config())
+    return result.model, task, task.test_set(128, seed=cfg.seed + 10_000).to_prompts()
