@@ -193,6 +193,8 @@ class ModelAdapter(ABC):
         """``(weight, bias)`` of the final LayerNorm, or None when the model has none."""
         return None
 
+    ln_is_rms = False
+
     def has_pos_embed(self) -> bool:
         return "hook_pos_embed" in self.model.hook_dict
 
@@ -263,6 +265,10 @@ class BridgeAdapter(ModelAdapter):
 
     def W_U(self):
         return self.model.unembed.original_component.weight.detach().T
+
+    def has_pos_embed(self) -> bool:
+        # rotary models list a hook_pos_embed alias that never fires
+        return self.model.cfg.positional_embedding_type == "standard" and super().has_pos_embed()
 
     def b_U(self):
         b = getattr(self.model.unembed.original_component, "bias", None)

@@ -171,7 +171,8 @@ class ToyTransformer(HookedRootModule):
         p = tokens.shape[1]
         if p > self.cfg.n_ctx:
             raise ValueError(f"sequence length {p} exceeds n_ctx {self.cfg.n_ctx}")
-        x = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:p]).unsqueeze(0)
+        pos = self.W_pos[:p].unsqueeze(0).expand(tokens.shape[0], -1, -1)  # [b, p, d] as in TransformerLens
+        x = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(pos)
         for block in self.blocks:
             x = block(x)
         return x @ self.W_U

@@ -147,6 +147,10 @@ class TrainResult:
     final: dict = field(default_factory=dict)
 
 
+#: options that may differ when a run is resumed (extend a run, move it to another device)
+_RESUMABLE_CHANGES = ("steps", "device")
+
+
 def _batch_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63 - 1)
 
@@ -174,7 +178,8 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = 
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["config"] != asdict(cfg):
+        same = lambda c: {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}
+        if same(ckpt["config"]) != same(asdict(cfg)):
             raise ValueError(
                 f"{str(out_dir)!r} holds a run with a different configuration; use a new --out directory"
             )
