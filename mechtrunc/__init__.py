@@ -5,10 +5,14 @@ from mechtrunc.adapters import MATRICES, SITES, adapt
 from mechtrunc.interventions import (
     Ablate, Compose, Intervention, ProjectOut, RemoveComponents, Truncate, intervene, rank_for_keep,
 )
+from mechtrunc.attribution import attribute, attribute_change
+from mechtrunc.directions import rank_components, token_directions, token_ids
 from mechtrunc.metrics import evaluate, metrics_from_logits
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits, run_items
-from mechtrunc.tasks import RecallConfig, RecallTask
+from mechtrunc.tasks import RecallConfig, RecallTask, factual_prompts, ioi_prompts, load_prompts
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
+from mechtrunc.training import PRESETS, TrainConfig, evaluate_toy, load_run, preset, train
+from mechtrunc.viz import attention_html, plot_attribution, plot_history
 
 __version__ = "0.1.0"

@@ -151,13 +151,19 @@ class ModelAdapter(ABC):
         """The site of a validated matrix name and layer."""
 
     def svd(self, site: MatrixSite, method: str = "exact", rank: int | None = None):
-        """``U, S, Vh`` of a matrix (``W = U diag(S) Vh``), cached while the weight is unchanged."""
+        """``U, S, Vh`` of a matrix (``W = U diag(S) Vh``), cached while the weight is unchanged.
+
+        The cache entry keeps a copy of the weight and is used only when the current weight is
+        equal to it: version counters miss edits made through ``.data`` (and a restored weight
+        bumps the version although its values are back), so they are not a safe key."""
         W = site.get()
-        key = (site.name, site.layer, method, rank if method == "randomized" else None,
-               site.param.data_ptr(), site.param._version)
+        key = (site.name, site.layer, method, rank if method == "randomized" else None)
         hit = self._svd_cache.get(key)
         if hit is not None:
-            return hit
+            W_seen, *usv = hit
+            if W_seen.shape == W.shape and W_seen.dtype == W.dtype and W_seen.device == W.device \
+                    and torch.equal(W_seen, W):
+                return tuple(usv)
         Wf = W.float()
         if method == "exact":
             U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
@@ -171,7 +177,7 @@ class ModelAdapter(ABC):
         else:
             raise ValueError(f"unknown svd method {method!r}; valid: 'exact', 'randomized'")
         self._svd_cache = {k: v for k, v in self._svd_cache.items() if k[:2] != key[:2]}
-        self._svd_cache[key] = (U, S, Vh)
+        self._svd_cache[key] = (W.clone(), U, S, Vh)
         return U, S, Vh
 
     def head_W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:

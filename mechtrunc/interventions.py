@@ -428,10 +428,13 @@ class ProjectOut(Intervention):
         name = adapter.site_hook(self.site, self.layer)
         D = torch.as_tensor(self.directions).detach().float().to(adapter.device)
         D = D.unsqueeze(0) if D.ndim == 1 else D
-        width = adapter.d_model if self.site in ("mlp_out", "attn_out", "resid_pre", "resid_post") else None
-        if D.ndim != 2 or (width is not None and D.shape[1] != width):
+        if self.site in ("mlp_out", "attn_out", "resid_pre", "resid_post"):
+            width = adapter.d_model
+        else:  # mlp_pre / mlp_post: the MLP's hidden width
+            width = adapter.matrix("mlp.W_in", self.layer).get().shape[1]
+        if D.ndim != 2 or D.shape[1] != width:
             raise ValueError(
-                f"directions must have shape [n, {width or 'd'}] for site {self.site!r}, got {tuple(D.shape)}"
+                f"directions must have shape [n, {width}] for site {self.site!r}, got {tuple(D.shape)}"
             )
         Q, _ = torch.linalg.qr(D.T)  # [d, n] orthonormal
         fn = lambda x: x - (x @ Q.to(x.dtype)) @ Q.T.to(x.dtype)

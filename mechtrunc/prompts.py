@@ -46,8 +46,14 @@ class PromptSet:
                 f"competitor_names {self.competitor_names} do not match "
                 f"{self.competitors.shape[1]} competitor columns"
             )
-        if n and (int(self.rows.max()) >= self.tokens.shape[0] or int(self.pos.max()) >= self.tokens.shape[1]):
-            raise ValueError("rows/pos point outside tokens")
+        if n and not (0 <= int(self.rows.min()) and int(self.rows.max()) < self.tokens.shape[0]):
+            raise ValueError(f"rows must be in [0, {self.tokens.shape[0] - 1}] (sequence indices)")
+        if n and not (0 <= int(self.pos.min()) and int(self.pos.max()) < self.tokens.shape[1]):
+            raise ValueError(f"pos must be in [0, {self.tokens.shape[1] - 1}] (positions)")
+        for name in ("answer", "competitors"):
+            t = getattr(self, name)
+            if t.numel() and int(t.min()) < 0:
+                raise ValueError(f"{name} holds a negative token id ({int(t.min())})")
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
@@ -56,30 +62,49 @@ class PromptSet:
     def n_sequences(self) -> int:
         return int(self.tokens.shape[0])
 
-    def subset_sequences(self, seq_idx: Int[Tensor, "k"] | slice) -> "PromptSet":
-        """The prompt set restricted to some sequences (items re-indexed)."""
+    def _subset(self, seq_idx) -> tuple["PromptSet", Tensor]:
         dev = self.tokens.device
         idx = torch.arange(self.n_sequences, device=dev)[seq_idx]
         remap = torch.full((self.n_sequences,), -1, dtype=torch.long, device=dev)
         remap[idx] = torch.arange(len(idx), device=dev)
-        keep = remap[self.rows] >= 0
-        return PromptSet(
+        keep = remap[self.rows.to(dev)] >= 0
+        items = keep.nonzero().squeeze(1)
+        n_seq, n_items = self.n_sequences, len(self)
+        idx_list = idx.tolist()
+
+        def slice_meta(value):
+            # per-sequence and per-item lists follow the subset; anything else is copied
+            if isinstance(value, list) and len(value) == n_seq:
+                return [value[i] for i in idx_list]
+            if isinstance(value, list) and len(value) == n_items:
+                return [value[i] for i in items.tolist()]
+            return value
+
+        subset = PromptSet(
             tokens=self.tokens[idx],
             rows=remap[self.rows[keep]],
             pos=self.pos[keep],
             answer=self.answer[keep],
             competitors=self.competitors[keep],
             competitor_names=self.competitor_names,
-            texts=[self.texts[i] for i in idx.tolist()] if self.texts is not None else None,
-            meta=dict(self.meta),
+            texts=[self.texts[i] for i in idx_list] if self.texts is not None else None,
+            meta={k: slice_meta(v) for k, v in self.meta.items()},
         )
+        return subset, items
+
+    def subset_sequences(self, seq_idx: Int[Tensor, "k"] | slice) -> "PromptSet":
+        """The prompt set restricted to some sequences (items re-indexed; per-sequence and
+        per-item lists in ``meta`` are sliced too)."""
+        return self._subset(seq_idx)[0]
 
     def batches(self, batch_size: int):
-        """Yield ``(start, PromptSet)`` chunks of at most ``batch_size`` sequences."""
+        """Yield ``(item_index, PromptSet)`` chunks of at most ``batch_size`` sequences, where
+        ``item_index`` holds the positions of the chunk's items in this prompt set."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         for start in range(0, self.n_sequences, batch_size):
-            yield start, self.subset_sequences(slice(start, start + batch_size))
+            chunk, items = self._subset(slice(start, start + batch_size))
+            yield items, chunk
 
     def to(self, device: torch.device | str) -> "PromptSet":
         return PromptSet(

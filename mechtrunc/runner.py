@@ -26,9 +26,11 @@ def run_items(
     adapter = adapt(model)
     device = adapter.device
     logits_out: list[Tensor] = []
+    order: list[Tensor] = []
     acts: dict[str, list[Tensor]] = {name: [] for name in capture}
     with intervene(model, *interventions):
-        for _, chunk in prompts.batches(batch_size):
+        for items, chunk in prompts.batches(batch_size):
+            order.append(items.cpu())
             chunk = chunk.to(device)
             store: dict[str, Tensor] = {}
             with contextlib.ExitStack() as stack:
@@ -39,7 +41,12 @@ def run_items(
             logits_out.append(logits[chunk.rows, chunk.pos].float())
             for name in capture:
                 acts[name].append(store[name].float())
-    return torch.cat(logits_out), {k: torch.cat(v) for k, v in acts.items()}
+    # chunks follow sequence order; put the results back in item order
+    inverse = torch.argsort(torch.cat(order)) if order else torch.zeros(0, dtype=torch.long)
+    put = lambda parts: torch.cat(parts)[inverse.to(parts[0].device)]
+    if not logits_out:
+        raise ValueError("the prompt set has no sequences")
+    return put(logits_out), {k: put(v) for k, v in acts.items()}
 
 
 def item_logits(model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64):

@@ -147,6 +147,9 @@ class TrainResult:
     final: dict = field(default_factory=dict)
 
 
+#: training steps whose batches are generated together
+GEN_CHUNK = 8
+
 #: options that may differ when a run is resumed (extend a run, move it to another device)
 _RESUMABLE_CHANGES = ("steps", "device")
 
@@ -196,8 +199,15 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = 
         bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     running = torch.zeros((), device=device)  # summed on device: no host sync per step
     n_running = 0
+    chunk_id, chunk = -1, None
     for step in range(start_step + 1, cfg.steps + 1):
-        batch = task.sample(cfg.batch_size, seed=_batch_seed(cfg.seed, step))
+        # data for GEN_CHUNK steps is drawn at once (fewer small kernels on a GPU); each chunk is
+        # a pure function of (seed, chunk index), so a resumed run sees the same batches
+        if (step - 1) // GEN_CHUNK != chunk_id:
+            chunk_id = (step - 1) // GEN_CHUNK
+            chunk = task.sample(cfg.batch_size * GEN_CHUNK, seed=_batch_seed(cfg.seed, chunk_id))
+        i = (step - 1) % GEN_CHUNK
+        batch = chunk.select(slice(i * cfg.batch_size, (i + 1) * cfg.batch_size))
         with autocast:
             logits = model(batch.inputs)
         loss = masked_cross_entropy(logits, batch.targets, batch.loss_mask)

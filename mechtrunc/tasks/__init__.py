@@ -1,5 +1,9 @@
 """Tasks build prompt sets: the toy noisy in-context recall, IOI, factual recall, user files."""
 
+from mechtrunc.tasks.factual import factual_prompts
+from mechtrunc.tasks.files import load_prompts
+from mechtrunc.tasks.ioi import ioi_prompts
 from mechtrunc.tasks.recall import RecallBatch, RecallConfig, RecallTask, char_stats, random_markov_stats
 
-__all__ = ["RecallBatch", "RecallConfig", "RecallTask", "char_stats", "random_markov_stats"]
+__all__ = ["RecallBatch", "RecallConfig", "RecallTask", "char_stats", "random_markov_stats",
+           "ioi_prompts", "factual_prompts", "load_prompts"]

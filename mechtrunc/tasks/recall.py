@@ -64,9 +64,10 @@ def random_markov_stats(vocab_size: int, seed: int = 0, concentration: float = 0
     if concentration <= 0:
         raise ValueError(f"concentration must be > 0, got {concentration}")
     g = torch.Generator().manual_seed(seed)
-    draw = lambda *shape: (-torch.rand(*shape, generator=g, dtype=torch.float64).log()) ** (
-        1.0 / concentration
-    )
+    # clamp: torch.rand can return exactly 0, whose -log is inf (a NaN row once normalised)
+    draw = lambda *shape: (
+        -torch.rand(*shape, generator=g, dtype=torch.float64).clamp_min(torch.finfo(torch.float64).tiny).log()
+    ) ** (1.0 / concentration)
     return CharStats(
         itos=tuple(f"<{i}>" for i in range(vocab_size)),
         unigram=draw(vocab_size),
@@ -151,6 +152,21 @@ class RecallBatch:
         out = (hit.long() * self.outputs.unsqueeze(1)).sum(-1)
         return torch.where(hit.any(-1), out, self.targets)
 
+    def select(self, idx: slice | Tensor) -> "RecallBatch":
+        """The batch restricted to some sequences."""
+        return RecallBatch(self.inputs[idx], self.targets[idx], self.counts[idx], self.triggers[idx],
+                           self.outputs[idx], self.noise_id)
+
+    def bigram_prompts(self) -> PromptSet:
+        """Read items at every non-trigger position (answer: the actual next token, produced by
+        the bigram chain): the collateral-damage measure for edits aimed at the trigger."""
+        rows, pos = (self.counts == 0).nonzero(as_tuple=True)
+        answer = self.targets[rows, pos]
+        return PromptSet(
+            tokens=self.inputs, rows=rows, pos=pos, answer=answer,
+            competitors=torch.full_like(answer, self.noise_id).unsqueeze(-1), competitor_names=("noise",),
+        )
+
     def to_prompts(self) -> PromptSet:
         """Read positions: every trigger occurrence with count >= 2; answer: the clean output
         token; competitor: the noise token."""
@@ -189,9 +205,13 @@ class RecallTask:
         # one extra row, used after a dedicated ("extra") noise token: the unigram distribution
         rows = torch.cat([rows, (stats.unigram / stats.unigram.sum()).unsqueeze(0)])
         self.bigram_cdf = torch.cumsum(rows, 1).float().to(self.device)
-        # guard against float rounding: the last bin must catch u close to 1
-        self.unigram_cdf[-1] = 2.0
-        self.bigram_cdf[:, -1] = 2.0
+        # guard against float rounding: the last bin with positive mass must catch u close to 1
+        # (with searchsorted(right=True) below, zero-mass bins are never drawn)
+        uni_last = int((stats.unigram > 0).nonzero().max())
+        self.unigram_cdf[uni_last:] = 2.0
+        cols = torch.arange(V, device=self.device)
+        row_last = torch.where(rows.to(self.device) > 0, cols, -1).max(1).values
+        self.bigram_cdf[cols[None, :] >= row_last[:, None]] = 2.0
         order = torch.argsort(stats.unigram, descending=True, stable=True)
         self.fixed_triggers = order[: cfg.k].to(self.device)
         self.base_vocab = V
@@ -238,12 +258,14 @@ class RecallTask:
 
         seq = torch.empty(B, T + 1, dtype=torch.long, device=dev)
         u_steps = u_chain.T.contiguous()  # [T + 1, B]: one contiguous row per position
-        seq[:, 0] = torch.searchsorted(self.unigram_cdf, u_steps[0])
+        # right=True: index = number of CDF entries <= u, so a zero-width bin (zero count) is never
+        # chosen, not even for u == 0.0, which torch.rand can return
+        seq[:, 0] = torch.searchsorted(self.unigram_cdf, u_steps[0], right=True)
         noise = torch.full((B,), cfg.noise_id, dtype=torch.long, device=dev)
         cdf = self.bigram_cdf
         for t in range(T):
             prev = seq[:, t]
-            markov = torch.searchsorted(cdf[prev], u_steps[t + 1].unsqueeze(1)).squeeze(1)
+            markov = torch.searchsorted(cdf[prev], u_steps[t + 1].unsqueeze(1), right=True).squeeze(1)
             out = trig_out.gather(1, prev.unsqueeze(1)).squeeze(1)
             after_trigger = torch.where(u_noise[:, t] < alpha, noise, out)
             seq[:, t + 1] = torch.where(out >= 0, after_trigger, markov)

@@ -1,0 +1,39 @@
+# Two entry points, each working on a fresh machine with nothing installed:
+#   make demo   set up .venv and run the main job (train the toy model, show the FFN effect)
+#   make test   set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned to the CPU wheel, so that installing the project never pulls a CUDA build;
+# the project itself only asks for torch>=2.6 (override TORCH= for another build).
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.mechtrunc-installed
+
+.PHONY: demo test test-fast bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mechtrunc demo
+
+# pytest exits 5 when it collected no test: that is a broken setup, not a pass.
+test: $(STAMP)
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests (broken setup)"; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(MAKE) test PYTEST_ARGS="-m 'not slow'"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_generator.py
+	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/bench_hook_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,28 @@
+"""Shared argument handling for the analysis scripts: a trained toy model directory (trained
+with the cpu preset on first use) and an output directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import mechtrunc as mt
+
+
+def toy_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default="runs/demo", help="trained toy model directory (trained with the cpu preset if missing)")
+    p.add_argument("--out", default="runs/analyses", help="output directory for CSV/PNG files")
+    p.add_argument("--device", default="cpu", help="torch device")
+    return p
+
+
+def load_toy(args):
+    """(model, train config, task, clean test batch) for the analysis."""
+    if not (Path(args.model) / "model.safetensors").exists():
+        print(f"{args.model} has no trained model: training the cpu preset there first")
+        mt.train(mt.preset("cpu", device=args.device), out_dir=args.model)
+    model, cfg, task = mt.load_run(args.model, device=args.device)
+    test = task.test_set(cfg.test_size, seed=cfg.seed + 10_000)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return model, cfg, task, test
