@@ -96,13 +96,16 @@ class Attention(nn.Module):
         self.scale = 1 / math.sqrt(dh)
 
     def forward(self, x: Float[Tensor, "b p d"]) -> Float[Tensor, "b p d"]:
-        q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q))
-        k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K))
-        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V))
+        b, p, d = x.shape
+        h, dh = self.W_Q.shape[0], self.W_Q.shape[2]
+        # plain matmuls on [d, h * d_head] views (cheaper than einsum at small sizes)
+        proj = lambda W: (x @ W.permute(1, 0, 2).reshape(d, h * dh)).view(b, p, h, dh)
+        q = self.hook_q(proj(self.W_Q))
+        k = self.hook_k(proj(self.W_K))
+        v = self.hook_v(proj(self.W_V))
         if self.hook_attn_scores._forward_hooks or self.hook_pattern._forward_hooks:
             # explicit path: scores and pattern are materialised so hooks can read or edit them
             scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
-            p = x.shape[1]
             causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
             scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
             pattern = self.hook_pattern(scores.softmax(-1))
@@ -112,7 +115,7 @@ class Attention(nn.Module):
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, scale=self.scale
             ).transpose(1, 2)
         z = self.hook_z(z)
-        return torch.einsum("bphe,hed->bpd", z, self.W_O)
+        return z.reshape(b, p, h * dh) @ self.W_O.reshape(h * dh, d)
 
 
 class MLP(nn.Module):

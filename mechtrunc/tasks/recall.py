@@ -75,6 +75,34 @@ def random_markov_stats(vocab_size: int, seed: int = 0, concentration: float = 0
     )
 
 
+def _alias_tables(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Walker/Vose alias tables of each row of a row-stochastic matrix: drawing column ``i``
+    uniformly, then keeping ``i`` with probability ``prob[r, i]`` and else taking
+    ``alias[r, i]``, samples row ``r`` exactly.  Zero-probability entries get ``prob = 0``
+    and are never drawn."""
+    n_rows, n = rows.shape
+    prob = torch.zeros(n_rows, n, dtype=torch.float64)
+    alias = torch.arange(n).repeat(n_rows, 1)
+    for r in range(n_rows):
+        scaled = (rows[r] / rows[r].sum() * n).tolist()
+        small = sorted((i for i in range(n) if scaled[i] < 1.0), key=lambda i: scaled[i], reverse=True)
+        large = [i for i in range(n) if scaled[i] >= 1.0]
+        while small and large:
+            lo, hi = small.pop(), large[-1]  # zero-mass columns are popped first
+            prob[r, lo], alias[r, lo] = scaled[lo], hi
+            scaled[hi] -= 1.0 - scaled[lo]
+            if scaled[hi] < 1.0:
+                large.pop()
+                small.append(hi)
+        best = int(rows[r].argmax())
+        for i in large + small:  # left over by rounding
+            if rows[r, i] > 0:
+                prob[r, i] = 1.0
+            else:  # never keep a zero-mass column: always jump to a positive one
+                prob[r, i], alias[r, i] = 0.0, best
+    return prob, alias
+
+
 @dataclass(frozen=True)
 class RecallConfig:
     """Parameters of the noisy in-context recall distribution.
@@ -200,18 +228,20 @@ class RecallTask:
         )
         self.stats = stats
         V = stats.vocab_size
-        self.unigram_cdf = torch.cumsum(stats.unigram / stats.unigram.sum(), 0).float().to(self.device)
+        self.unigram_cdf = torch.cumsum(stats.unigram / stats.unigram.sum(), 0).double()
         rows = stats.bigram / stats.bigram.sum(1, keepdim=True).clamp_min(1e-12)
         # one extra row, used after a dedicated ("extra") noise token: the unigram distribution
         rows = torch.cat([rows, (stats.unigram / stats.unigram.sum()).unsqueeze(0)])
-        self.bigram_cdf = torch.cumsum(rows, 1).float().to(self.device)
-        # guard against float rounding: the last bin with positive mass must catch u close to 1
-        # (with searchsorted(right=True) below, zero-mass bins are never drawn)
+        # guard against float rounding: from the last bin with positive mass on, the unigram
+        # CDF is exactly 1 (with searchsorted(right=True) below, zero-mass bins are never drawn)
         uni_last = int((stats.unigram > 0).nonzero().max())
-        self.unigram_cdf[uni_last:] = 2.0
-        cols = torch.arange(V, device=self.device)
-        row_last = torch.where(rows.to(self.device) > 0, cols, -1).max(1).values
-        self.bigram_cdf[cols[None, :] >= row_last[:, None]] = 2.0
+        self.unigram_cdf[uni_last:] = 1.0
+        self.unigram_cdf = self.unigram_cdf.to(self.device)
+        # bigram rows as alias tables (Walker/Vose): a draw is one uniform column i, then i or
+        # alias[i] by a second uniform -- two table lookups per token, no search.
+        prob, alias = _alias_tables(rows)
+        self.alias_prob = prob.flatten().float().to(self.device)  # [(V + 1) * V]
+        self.alias_index = alias.flatten().to(self.device)
         order = torch.argsort(stats.unigram, descending=True, stable=True)
         self.fixed_triggers = order[: cfg.k].to(self.device)
         self.base_vocab = V
@@ -249,30 +279,39 @@ class RecallTask:
 
         triggers = self._triggers(B, g)
         outputs = torch.randint(0, self.base_vocab, (B, cfg.k), generator=g, device=dev)
-        u_chain = torch.rand(B, T + 1, generator=g, device=dev)
-        u_noise = torch.rand(B, T, generator=g, device=dev)
+        # every uniform is drawn up front, position-major ([position, sequence], so each step
+        # reads contiguous rows): a column and an accept draw per Markov step (alias method) and
+        # the noise decision after each position
+        u_column = torch.rand(T + 1, B, generator=g, device=dev)
+        u_accept = torch.rand(T + 1, B, generator=g, device=dev)
+        is_noise = torch.rand(T, B, generator=g, device=dev) < alpha
 
         # trig_out[b, v] = output token if v is a trigger of sequence b, else -1
-        trig_out = torch.full((B, self.base_vocab + 1), -1, dtype=torch.long, device=dev)
+        V = self.base_vocab
+        trig_out = torch.full((B, V + 1), -1, dtype=torch.long, device=dev)
         trig_out.scatter_(1, triggers, outputs)
+        trig_flat = trig_out.flatten()
+        row_offset = torch.arange(B, device=dev) * (V + 1)
 
-        seq = torch.empty(B, T + 1, dtype=torch.long, device=dev)
-        u_steps = u_chain.T.contiguous()  # [T + 1, B]: one contiguous row per position
-        # right=True: index = number of CDF entries <= u, so a zero-width bin (zero count) is never
-        # chosen, not even for u == 0.0, which torch.rand can return
-        seq[:, 0] = torch.searchsorted(self.unigram_cdf, u_steps[0], right=True)
+        seq = torch.empty(T + 1, B, dtype=torch.long, device=dev)
+        # right=True: index = number of CDF entries <= u, so a zero-width bin is never chosen
+        seq[0] = torch.searchsorted(self.unigram_cdf, u_column[0].double(), right=True)
+        column = (u_column * V).long().clamp_max_(V - 1)
         noise = torch.full((B,), cfg.noise_id, dtype=torch.long, device=dev)
-        cdf = self.bigram_cdf
+        prob, alias = self.alias_prob, self.alias_index
         for t in range(T):
-            prev = seq[:, t]
-            markov = torch.searchsorted(cdf[prev], u_steps[t + 1].unsqueeze(1), right=True).squeeze(1)
-            out = trig_out.gather(1, prev.unsqueeze(1)).squeeze(1)
-            after_trigger = torch.where(u_noise[:, t] < alpha, noise, out)
-            seq[:, t + 1] = torch.where(out >= 0, after_trigger, markov)
+            prev = seq[t]
+            cell = prev * V + column[t + 1]
+            # index_select: the fastest 1-D lookup (about 3x advanced indexing on CPU)
+            markov = torch.where(u_accept[t + 1] < prob.index_select(0, cell), column[t + 1],
+                                 alias.index_select(0, cell))
+            out = trig_flat.index_select(0, row_offset + prev)
+            torch.where(out >= 0, torch.where(is_noise[t], noise, out), markov, out=seq[t + 1])
+        seq = seq.T
 
         inputs, targets = seq[:, :-1], seq[:, 1:]
-        is_trig = (inputs.unsqueeze(-1) == triggers.unsqueeze(1))  # [B, T, k]
-        counts = (is_trig.long().cumsum(1) * is_trig.long()).sum(-1)
+        is_trig = (inputs.unsqueeze(-1) == triggers.unsqueeze(1)).int()  # [B, T, k]
+        counts = (is_trig.cumsum(1) * is_trig).sum(-1).long()
         return RecallBatch(inputs, targets, counts, triggers, outputs, cfg.noise_id)
 
     def batches(self, batch_size: int, seed: int = 0):
