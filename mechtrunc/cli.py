@@ -149,16 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu", help="torch device")
     ev.set_defaults(func=cmd_toy_eval)
 
-    _add_pythia_commands(sub)
-    return parser
+    from mechtrunc import cli_pythia
 
-
-def _add_pythia_commands(sub) -> None:
-    try:
-        from mechtrunc import cli_pythia
-    except ImportError:  # the Pythia commands are optional at import time
-        return
     cli_pythia.add_commands(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

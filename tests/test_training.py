@@ -1,0 +1,280 @@
+"""Training the toy model: presets, determinism, resumption from a checkpoint (bit-identical to an
+uninterrupted run), configuration checks, and one slow end-to-end run of the ``cpu`` preset."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import mechtrunc as mt
+from mechtrunc.training import (
+    PRESETS, TrainConfig, evaluate_toy, load_run, preset, train, trigger_margin,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models: one intra-op thread is faster than two (and immune to OpenMP spin-waiting
+    when the machine is busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny(**kw) -> TrainConfig:
+    args = dict(d_model=16, seq_len=32, batch_size=16, steps=12, eval_every=6, test_size=16, lr=3e-3, seed=0)
+    args.update(kw)
+    return preset("cpu", **args)
+
+
+def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _history_wo_time(h: pd.DataFrame) -> pd.DataFrame:
+    return h.drop(columns=["seconds"]).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------
+# presets and configuration
+# ------------------------------------------------------------------------------------------
+def test_presets():
+    assert set(PRESETS) == {"paper", "cpu"}
+    p = preset("paper")
+    assert (p.d_model, p.seq_len, p.batch_size, p.optimizer, p.lr, p.momentum, p.weight_decay, p.steps,
+            p.alpha, p.k, p.noise_token, p.n_layers, p.ffn) == (256, 256, 512, "sgd", 0.03, 0.9, 1e-4, 5000,
+                                                                0.5, 1, 2, 2, "relu")
+    assert p.preset == "paper"
+    c = preset("cpu")
+    assert (c.d_model, c.seq_len, c.batch_size, c.optimizer, c.lr, c.steps, c.alpha) == (
+        64, 128, 64, "adamw", 1e-3, 1000, 0.5)
+    assert c.preset == "cpu"
+    # overrides; None values are ignored
+    o = preset("cpu", steps=7, lr=None)
+    assert o.steps == 7 and o.lr == 1e-3
+    mc = o.model_config()
+    assert (mc.d_model, mc.n_ctx, mc.d_vocab, mc.n_layers) == (64, 128, 65, 2)
+    assert preset("cpu", noise_token="extra").model_config().d_vocab == 66
+    rc = o.recall_config()
+    assert (rc.alpha, rc.k, rc.seq_len, rc.noise_id) == (0.5, 1, 128, 2)
+
+
+def test_unknown_preset_names_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; valid presets: paper, cpu"):
+        preset("nope")
+
+
+def test_unknown_override():
+    with pytest.raises(ValueError, match=r"unknown training option 'learning_rate'"):
+        preset("cpu", learning_rate=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(optimizer="adam"), r"unknown optimizer 'adam'; valid: sgd, adamw"),
+        (dict(precision="fp16"), r"unknown precision 'fp16'; valid: fp32, tf32, bf16"),
+        (dict(steps=0), r"steps must be >= 1, got 0"),
+        (dict(batch_size=0), r"batch_size must be >= 1, got 0"),
+        (dict(eval_every=0), r"eval_every must be >= 1, got 0"),
+        (dict(lr=0.0), r"lr must be > 0, got 0\.0"),
+        (dict(alpha=1.5), r"alpha must be in \[0, 1\], got 1\.5"),
+        (dict(k=99), r"k must be between 1 and 64 .*got 99"),
+        (dict(seq_len=1), r"seq_len must be >= 2, got 1"),
+        (dict(noise_token=70), r"noise_token .*got 70"),
+        (dict(ffn="gelu"), r"unknown ffn kind 'gelu'"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu():
+    with pytest.raises(ValueError, match=r"device 'cuda' was requested but no CUDA GPU is available"):
+        train(_tiny(device="cuda"), progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# determinism and what a run returns
+# ------------------------------------------------------------------------------------------
+def test_short_run_is_deterministic():
+    cfg = _tiny()
+    a, b = train(cfg, progress=False), train(cfg, progress=False)
+    assert _state_equal(a.model, b.model)
+    pd.testing.assert_frame_equal(_history_wo_time(a.history), _history_wo_time(b.history))
+    assert a.final == b.final
+    other = train(_tiny(seed=1), progress=False)
+    assert not torch.equal(other.model.blocks[0].mlp.W_in, a.model.blocks[0].mlp.W_in)
+    assert not torch.equal(other.model.W_E, a.model.W_E)
+
+
+def test_history_and_final_metrics():
+    cfg = _tiny(steps=10, eval_every=4)
+    r = train(cfg, progress=False)
+    h = r.history
+    assert h["step"].tolist() == [4, 8, 10]  # every eval_every steps and at the end
+    cols = {"step", "train_loss", "trigger_margin", "seconds"} | {
+        f"{v}_{m}" for v in ("full", "ffn2_removed") for m in ("accuracy", "p_noise", "p_correct", "logit_diff_noise")}
+    assert set(h.columns) == cols
+    assert (h["train_loss"] > 0).all() and (h["train_loss"] < 10).all()
+    assert h["seconds"].is_monotonic_increasing
+    assert r.config is cfg and r.seconds > 0
+    assert set(r.final) == {"full", "ffn2_removed"}
+    # the last history row is the final evaluation
+    for variant in ("full", "ffn2_removed"):
+        for m in ("accuracy", "p_noise", "p_correct", "logit_diff_noise"):
+            assert h.iloc[-1][f"{variant}_{m}"] == pytest.approx(r.final[variant][m], abs=1e-7)
+            assert 0 <= r.final[variant]["accuracy"] <= 1
+    # final metrics agree with an independent evaluation on the same clean test set
+    task = mt.RecallTask(cfg.recall_config())
+    prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
+    again = evaluate_toy(r.model, prompts)
+    assert again.keys() == r.final.keys()
+    for variant in again:
+        assert again[variant] == pytest.approx(r.final[variant], abs=1e-6)
+    full = mt.evaluate(r.model, prompts).iloc[0]
+    assert full["accuracy"] == pytest.approx(r.final["full"]["accuracy"])
+    assert full["p_noise"] == pytest.approx(r.final["full"]["p_noise"], abs=1e-6)
+    removed = mt.evaluate(r.model, prompts, mt.Ablate("mlp", layer=1)).iloc[0]
+    assert removed["p_noise"] == pytest.approx(r.final["ffn2_removed"]["p_noise"], abs=1e-6)
+    assert removed["p_answer"] == pytest.approx(r.final["ffn2_removed"]["p_correct"], abs=1e-6)
+    # the trigger margin is the noise logit minus the best other logit through layer-2's FFN
+    assert h.iloc[-1]["trigger_margin"] == pytest.approx(
+        trigger_margin(r.model, task.fixed_triggers, 2), abs=1e-6)
+
+
+def test_frozen_parameters_do_not_move():
+    cfg = _tiny()
+    r = train(cfg, progress=False)
+    init = mt.ToyTransformer(cfg.model_config())
+    for name in ("W_E", "W_pos", "W_U", "blocks.0.attn.W_Q", "blocks.1.attn.W_Q"):
+        assert torch.equal(r.model.state_dict()[name], init.state_dict()[name]), name
+    for name in ("blocks.0.attn.W_K", "blocks.1.mlp.W_out"):
+        assert not torch.equal(r.model.state_dict()[name], init.state_dict()[name]), name
+
+
+def test_short_run_learns_the_noise_association():
+    """The FFN picks up the trigger -> noise association first: after 60 steps P(noise) on the
+    clean test set is far above chance (1/65) and the training loss has fallen below ln(65)."""
+    r = train(_tiny(steps=60, eval_every=30, batch_size=32, test_size=32), progress=False)
+    assert r.final["full"]["p_noise"] > 0.15
+    assert r.history["train_loss"].iloc[-1] < math.log(65) - 0.4
+    assert r.history["train_loss"].iloc[-1] < r.history["train_loss"].iloc[0]
+
+
+def test_sgd_and_ffn_variants():
+    r = train(_tiny(optimizer="sgd", lr=0.03, steps=4, eval_every=4), progress=False)
+    assert torch.isfinite(torch.tensor(r.history["train_loss"].tolist())).all()
+    none = train(_tiny(ffn="none", steps=4, eval_every=4), progress=False)
+    assert set(none.final) == {"full"}
+    assert all(b.mlp is None for b in none.model.blocks)
+    assert math.isnan(none.history.iloc[-1]["trigger_margin"])
+    assert "ffn2_removed_accuracy" not in none.history.columns
+
+
+def test_trigger_margin_manual():
+    m = mt.ToyTransformer(mt.ToyConfig(d_model=16, n_ctx=8, seed=1))
+    trig = torch.tensor([1, 5])
+    with torch.no_grad():
+        logits = m.blocks[1].mlp(m.W_E[trig]) @ m.W_U
+    noise = logits[:, 2]
+    others = logits.clone()
+    others[:, 2] = -float("inf")
+    want = (noise - others.max(-1).values).mean().item()
+    assert trigger_margin(m, trig, 2) == pytest.approx(want, abs=1e-6)
+    with torch.no_grad():
+        l0 = m.blocks[0].mlp(m.W_E[trig]) @ m.W_U
+    o0 = l0.clone()
+    o0[:, 2] = -float("inf")
+    assert trigger_margin(m, trig, 2, layer=0) == pytest.approx((l0[:, 2] - o0.max(-1).values).mean().item(), abs=1e-6)
+
+
+def test_progress_bar_run(capsys):
+    r = train(_tiny(steps=2, eval_every=1), progress=True)
+    assert r.history["step"].tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------
+# output directory and resumption
+# ------------------------------------------------------------------------------------------
+def test_out_dir_files_and_load_run(tmp_path):
+    cfg = _tiny()
+    r = train(cfg, out_dir=tmp_path / "run", progress=False)
+    d = tmp_path / "run"
+    for name in ("checkpoint.pt", "model.safetensors", "config.json", "history.csv"):
+        assert (d / name).is_file(), name
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["train"]["d_model"] == 16 and meta["task"]["alpha"] == 0.5
+    assert meta["final"]["full"]["accuracy"] == pytest.approx(r.final["full"]["accuracy"])
+    model, cfg2, task = load_run(d)
+    assert _state_equal(model, r.model)
+    assert cfg2 == cfg
+    assert task.config == cfg.recall_config()
+    hist = pd.read_csv(d / "history.csv")
+    assert hist["step"].tolist() == r.history["step"].tolist()
+    assert hist["train_loss"].tolist() == pytest.approx(r.history["train_loss"].tolist())
+    # a model directory without training configuration
+    model.save(tmp_path / "bare")
+    with pytest.raises(ValueError, match=r"holds a model but no training configuration"):
+        load_run(tmp_path / "bare")
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    n = 6
+    cfg_2n = _tiny(steps=2 * n, eval_every=3)
+    full = train(cfg_2n, progress=False)  # uninterrupted, no output directory
+    first = train(_tiny(steps=n, eval_every=3), out_dir=tmp_path / "run", progress=False)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == n
+    assert not _state_equal(first.model, full.model)
+    resumed = train(cfg_2n, out_dir=tmp_path / "run", progress=False)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2 * n
+    assert _state_equal(resumed.model, full.model)
+    pd.testing.assert_frame_equal(_history_wo_time(resumed.history), _history_wo_time(full.history))
+    assert resumed.final == full.final
+    # calling again on a finished run does no further training
+    again = train(cfg_2n, out_dir=tmp_path / "run", progress=False)
+    assert _state_equal(again.model, full.model)
+    assert len(again.history) == len(full.history)
+
+
+def test_resume_sgd_momentum_state(tmp_path):
+    """The optimiser state (momentum buffers) is part of the checkpoint."""
+    cfg = _tiny(optimizer="sgd", lr=0.05, momentum=0.9, steps=8, eval_every=4)
+    full = train(cfg, progress=False)
+    train(_tiny(optimizer="sgd", lr=0.05, momentum=0.9, steps=4, eval_every=4), out_dir=tmp_path, progress=False)
+    resumed = train(cfg, out_dir=tmp_path, progress=False)
+    assert _state_equal(resumed.model, full.model)
+
+
+@pytest.mark.parametrize("change", [dict(lr=1e-2), dict(seed=1), dict(alpha=0.3), dict(d_model=32)])
+def test_mismatched_config_on_existing_dir(tmp_path, change):
+    train(_tiny(steps=3, eval_every=3), out_dir=tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"holds a run with a different configuration; use a new --out directory"):
+        train(_tiny(steps=3, eval_every=3, **change), out_dir=tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before  # left untouched
+
+
+# ------------------------------------------------------------------------------------------
+# the paper's effect, end to end (slow)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cpu_preset_reproduces_ffn_removal_effect():
+    cfg = preset("cpu")
+    r = train(cfg, progress=False)  # single-threaded (module fixture): faster here than two threads
+    full, removed = r.final["full"], r.final["ffn2_removed"]
+    print(f"cpu preset: {r.seconds:.0f} s, final {r.final}")
+    # the full model hedges towards the noise token at about the training noise rate
+    assert abs(full["p_noise"] - cfg.alpha) <= 0.1, full
+    # removing the last FFN removes the generic association: the in-context answer wins
+    assert removed["accuracy"] >= 0.95, removed
+    assert removed["p_noise"] <= 0.05, removed
+    assert removed["accuracy"] > full["accuracy"] + 0.3
