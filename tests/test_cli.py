@@ -1,0 +1,67 @@
+"""The command line: --help everywhere, exit status 2 and no traceback on user mistakes,
+`toy eval --json`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mechtrunc.cli import main
+
+SUBCOMMANDS = [[], ["demo"], ["toy"], ["toy", "train"], ["toy", "eval"], ["pythia"], ["pythia", "truncate"],
+               ["pythia", "checkpoints"]]
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_help_everywhere(cmd, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*cmd, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: mechtrunc" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["toy", "train", "--out", "X", "--alpha", "1.5"], "alpha"),
+    (["toy", "train", "--out", "X", "--k", "70"], "k must be between 1 and 64"),
+    (["toy", "train", "--out", "X", "--seq-len", "1"], "seq_len must be >= 2"),
+    (["toy", "train", "--out", "X", "--preset", "huge"], "unknown preset 'huge'; valid presets: paper, cpu"),
+    (["toy", "eval", "/nonexistent/dir"], "does not exist"),
+    (["pythia", "truncate", "--model", "EleutherAI/pythia-70m", "--step", "1500", "--out", "X"], "nearest valid steps: 1000, 2000"),
+    (["nope"], "invalid choice"),
+])
+def test_bad_usage_exits_2_without_traceback(argv, message, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_model_dir(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"garbage")
+    assert main(["toy", "eval", str(tmp_path)]) == 2
+    assert "corrupt model directory" in capsys.readouterr().err
+
+
+def test_train_then_eval_json(tmp_path):
+    out = tmp_path / "run"
+    args = ["toy", "train", "--out", str(out), "--d-model", "16", "--seq-len", "32", "--steps", "20",
+            "--eval-every", "10", "--batch-size", "8", "--no-progress"]
+    assert main(args) == 0
+    assert (out / "history.csv").read_text().count("\n") == 3  # header + 2 evaluations
+    proc = subprocess.run([sys.executable, "-m", "mechtrunc.cli", "toy", "eval", str(out), "--json"],
+                          capture_output=True, text=True, check=True)
+    data = json.loads(proc.stdout)
+    assert set(data) == {"full", "ffn2_removed"}
+    for variant in data.values():
+        assert set(variant) == {"accuracy", "p_noise", "p_correct"}
+        assert all(0.0 <= v <= 1.0 for v in variant.values())
+    # rerunning the same command resumes: nothing left to do, same final model
+    before = (out / "model.safetensors").read_bytes()
+    assert main(args) == 0
+    assert (out / "model.safetensors").read_bytes() == before
