@@ -173,7 +173,7 @@ def statistics_of(inputs, targets, counts, outputs, triggers, noise_id, V) -> di
 def main() -> None:
     p = base_parser(__doc__.split("\n\n")[0], default_threads=1, repeats=5, warmup=1)
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batch", type=int, default=512, help="sequences per vectorised call")
+    p.add_argument("--batch", type=int, default=4096, help="sequences per vectorised call")
     p.add_argument("--loop-seqs", type=int, default=64, help="sequences per loop call")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--k", type=int, default=1)
