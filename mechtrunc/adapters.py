@@ -13,7 +13,6 @@ them is what LASER does.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
@@ -291,14 +290,15 @@ class BridgeAdapter(ModelAdapter):
         return bool(getattr(self.model.cfg, "uses_rms_norm", False)) or self.model.cfg.normalization_type in ("RMS", "RMSPre")
 
 
-_ADAPTERS: "weakref.WeakKeyDictionary[nn.Module, ModelAdapter]" = weakref.WeakKeyDictionary()
+_ATTR = "_mechtrunc_adapter"
 
 
 def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
-    """The (cached) adapter of a toy model or a ``TransformerBridge``."""
+    """The adapter of a toy model or a ``TransformerBridge``, created once and kept on the model
+    itself (so it is freed with the model)."""
     if isinstance(model, ModelAdapter):
         return model
-    hit = _ADAPTERS.get(model)
+    hit = model.__dict__.get(_ATTR)
     if hit is not None:
         return hit
     from mechtrunc.toy_model import ToyTransformer
@@ -311,5 +311,5 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
         raise TypeError(
             f"mechtrunc supports ToyTransformer and transformer_lens.TransformerBridge models, got {type(model).__name__}"
         )
-    _ADAPTERS[model] = adapter
+    model.__dict__[_ATTR] = adapter  # a plain attribute: not a submodule, not in state_dict
     return adapter

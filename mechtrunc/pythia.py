@@ -1,0 +1,476 @@
+"""Pythia (and other Hugging Face causal LMs) as TransformerLens bridges, checkpoints included.
+
+- :data:`PYTHIA_SIZES`, :func:`pythia_steps`, :func:`check_step`: the Pythia suite's shapes and
+  its 154 training checkpoints (hub revisions ``step{N}``).
+- :func:`load_model`: a ``TransformerBridge`` in eval mode on the **raw** Hugging Face weights
+  (no LayerNorm folding, no weight centring: LASER truncates raw weights), from a hub id at an
+  optional checkpoint step or from a directory written by ``save_pretrained``.  The Hugging Face
+  model and tokenizer are loaded here and handed to ``TransformerBridge.boot_transformers``, so
+  the bridge itself never calls the hub.  A model that is neither cached nor downloadable raises
+  :class:`ModelNotAvailableError` within seconds (no long retry loop when the hub is unreachable).
+- :func:`build_random_pythia`: a randomly initialised Pythia-shaped model plus tokenizer saved
+  with ``save_pretrained``, to exercise the whole path offline.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "PYTHIA_SIZES", "PythiaSize", "ModelNotAvailableError", "pythia_steps", "check_step", "is_pythia",
+    "pythia_config", "load_model", "build_random_pythia", "free_model",
+]
+
+
+class PythiaSize(NamedTuple):
+    """Shape of one Pythia model (``d_mlp = 4 d_model``, ``d_head = d_model / n_heads``)."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    vocab_size: int = 50304  # padded embedding size (the tokenizer has 50280 tokens)
+
+    @property
+    def d_mlp(self) -> int:
+        return 4 * self.d_model
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+#: The ten Pythia sizes (also the ``-deduped`` models).  Layers / d_model / heads from the Pythia
+#: paper; the embedding sizes of 6.9b (50432) and 12b (50688) are the ones that reproduce the
+#: published total parameter counts (the others use 50304).
+PYTHIA_SIZES: dict[str, PythiaSize] = {
+    "14m": PythiaSize(6, 128, 4),
+    "31m": PythiaSize(6, 256, 8),
+    "70m": PythiaSize(6, 512, 8),
+    "160m": PythiaSize(12, 768, 12),
+    "410m": PythiaSize(24, 1024, 16),
+    "1b": PythiaSize(16, 2048, 8),
+    "1.4b": PythiaSize(24, 2048, 16),
+    "2.8b": PythiaSize(32, 2560, 32),
+    "6.9b": PythiaSize(32, 4096, 32, 50432),
+    "12b": PythiaSize(36, 5120, 40, 50688),
+}
+
+_STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, 143_001, 1000))
+_STEPS_TEXT = "0, 1, 2, 4, ..., 512, then 1000 to 143000 every 1000"
+_PYTHIA_RE = re.compile(r"^EleutherAI/pythia-[A-Za-z0-9.]+(-deduped)?(-v0)?$", re.IGNORECASE)
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+class ModelNotAvailableError(ValueError):
+    """The requested model (or checkpoint revision) is neither on disk nor downloadable."""
+
+
+def pythia_steps() -> list[int]:
+    """The 154 Pythia checkpoint steps: 0, 1, 2, 4, ..., 512, then 1000..143000 every 1000."""
+    return list(_STEPS)
+
+
+def check_step(step) -> int:
+    """``step`` as an int if it is a Pythia checkpoint; otherwise ValueError naming the nearest
+    valid steps."""
+    try:
+        s = int(step)
+    except (TypeError, ValueError):
+        raise ValueError(f"checkpoint step must be an integer, got {step!r}") from None
+    if s != step and not (isinstance(step, str) and str(s) == step.strip()):
+        raise ValueError(f"checkpoint step must be an integer, got {step!r}")
+    if s in _STEPS:
+        return s
+    i = bisect.bisect_left(_STEPS, s)
+    nearest = [str(_STEPS[j]) for j in (i - 1, i) if 0 <= j < len(_STEPS)]
+    raise ValueError(
+        f"step {s} is not a Pythia checkpoint; nearest valid steps: {', '.join(nearest)} "
+        f"(valid steps: {_STEPS_TEXT}; {len(_STEPS)} in all)"
+    )
+
+
+def is_pythia(name: str) -> bool:
+    """Whether ``name`` is a Pythia hub id (``EleutherAI/pythia-*``, ``-deduped`` included)."""
+    return bool(_PYTHIA_RE.match(str(name)))
+
+
+def _size_key(size: str) -> str:
+    key = str(size).lower().rsplit("/", 1)[-1]
+    key = key.removeprefix("pythia-").removesuffix("-v0").removesuffix("-deduped")
+    if key not in PYTHIA_SIZES:
+        raise ValueError(f"unknown Pythia size {size!r}; valid sizes: {', '.join(PYTHIA_SIZES)}")
+    return key
+
+
+def pythia_config(size: str = "70m", **overrides):
+    """A ``GPTNeoXConfig`` shaped like the given Pythia size (parallel attention and MLP,
+    rotary on 25% of each head's dimensions, LayerNorm, untied unembedding, ``d_mlp = 4 d``,
+    context 2048), with ``GPTNeoXConfig`` keyword overrides (``hidden_size`` without
+    ``intermediate_size`` keeps ``d_mlp = 4 d``)."""
+    from transformers import GPTNeoXConfig
+
+    s = PYTHIA_SIZES[_size_key(size)]
+    args = dict(
+        vocab_size=s.vocab_size, hidden_size=s.d_model, num_hidden_layers=s.n_layers,
+        num_attention_heads=s.n_heads, intermediate_size=s.d_mlp, rotary_pct=0.25,
+        rotary_emb_base=10000, max_position_embeddings=2048, use_parallel_residual=True,
+        tie_word_embeddings=False, hidden_act="gelu", layer_norm_eps=1e-5, initializer_range=0.02,
+        attention_dropout=0.0, hidden_dropout=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    if "hidden_size" in overrides and "intermediate_size" not in overrides:
+        args["intermediate_size"] = 4 * int(overrides["hidden_size"])
+    args.update(overrides)
+    if args["hidden_size"] % args["num_attention_heads"]:
+        raise ValueError(
+            f"hidden_size {args['hidden_size']} is not divisible by num_attention_heads {args['num_attention_heads']}"
+        )
+    return GPTNeoXConfig(**args)
+
+
+# ----------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------
+def _parse_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: float32, float16, bfloat16 (or a torch.dtype)")
+    return _DTYPES[key]
+
+
+def _offline_env() -> bool:
+    truthy = lambda v: str(v).strip().upper() in ("1", "ON", "YES", "TRUE")
+    if truthy(os.environ.get("HF_HUB_OFFLINE", "")) or truthy(os.environ.get("TRANSFORMERS_OFFLINE", "")):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return False
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT).rstrip("/")
+    except Exception:  # pragma: no cover
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_reachable(timeout: float = 4.0) -> bool:
+    """One HEAD request to the hub endpoint (proxies from the environment honoured), in a
+    daemon thread so a hanging DNS lookup cannot block for longer than ``timeout``."""
+    result: list[bool] = []
+
+    def probe():
+        try:
+            import httpx
+
+            httpx.head(_hub_endpoint(), timeout=timeout, follow_redirects=False)
+            result.append(True)
+        except Exception:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    return bool(result and result[0])
+
+
+def _hf_home() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover
+        return os.environ.get("HF_HOME", "~/.cache/huggingface")
+
+
+def _not_available(name: str, revision: str | None, why: str, cause: Exception | None = None) -> ModelNotAvailableError:
+    rev = revision or "main"
+    rev_arg = f" --revision {revision}" if revision else ""
+    msg = (
+        f"model {name!r} at revision {rev!r} is not available: {why}. "
+        f"It is not in the local Hugging Face cache ({_hf_home()}). To make it available, either "
+        f"(1) on a machine with internet run `huggingface-cli download {name}{rev_arg}` "
+        f"(or `hf download {name}{rev_arg}`) and copy that Hugging Face cache here, pointing HF_HOME "
+        f"(or HF_HUB_CACHE) at it; or (2) save the model and its tokenizer with save_pretrained "
+        f"(AutoModelForCausalLM.from_pretrained({name!r}{', revision=' + repr(revision) if revision else ''})"
+        f".save_pretrained(DIR), same for AutoTokenizer) and pass DIR instead of the name; or (3) set "
+        f"HF_HOME to a cache that already holds it"
+    )
+    if cause is not None:
+        msg += f". Underlying error: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+    return ModelNotAvailableError(msg)
+
+
+def _looks_like_path(s: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else that is not a directory is a
+    missing local path."""
+    return (s.startswith((".", "/", "~", "\\")) or s.endswith(("/", "\\")) or s.count("/") > 1
+            or "\\" in s or (len(s) > 1 and s[1] == ":"))
+
+
+def _ensure_saved_tokenizer(tok):
+    """A tokenizer built purely in memory crashes the bridge's boot; round-trip it through disk."""
+    if getattr(tok, "name_or_path", ""):
+        return tok
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        return AutoTokenizer.from_pretrained(d)
+
+
+def _load_tokenizer(source, revision, local_files_only):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(source), revision=revision, local_files_only=local_files_only)
+
+
+def _load_hf(source: str, revision, local_files_only: bool, model_kwargs: dict):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        source, revision=revision, local_files_only=local_files_only, **model_kwargs
+    )
+
+
+def load_model(
+    name_or_dir,
+    step: int | None = None,
+    revision: str | None = None,
+    device: str | torch.device | None = "cpu",
+    dtype=None,
+    device_map=None,
+    n_devices: int | None = None,
+    local_files_only: bool | None = None,
+    tokenizer=None,
+):
+    """A ``TransformerBridge`` (eval mode, raw Hugging Face weights) for a hub id or a local
+    directory written by ``save_pretrained``.
+
+    Args:
+        name_or_dir: a hub id (``EleutherAI/pythia-160m``, ``...-deduped``, ``gpt2``, any
+            GPT-NeoX / GPT-2 style causal LM TransformerLens supports) or a local directory
+            holding the model and its tokenizer.
+        step: a training step; loads the hub revision ``step{N}`` (validated for Pythia ids,
+            see :func:`check_step`).  Not with ``revision`` nor with a local directory.
+        revision: a hub revision (branch, tag or commit).
+        device: where the model goes (ignored when ``device_map``/``n_devices`` place it).
+        dtype: ``"float32"`` (default), ``"float16"``, ``"bfloat16"`` or a ``torch.dtype``.
+        device_map, n_devices: split a large model across devices (accelerate), as in
+            ``boot_transformers``; ``n_devices=k`` spreads it evenly over the first k GPUs.
+        local_files_only: ``True``: only the local cache; ``False``: ask the hub as
+            ``from_pretrained`` does (after a quick reachability check); ``None`` (default):
+            use the cache when it holds the model, otherwise download if the hub is reachable.
+            With ``HF_HUB_OFFLINE=1`` the hub is never asked.
+        tokenizer: optional tokenizer (object or directory) to use instead of the model's own.
+
+    Raises:
+        ModelNotAvailableError: the model/revision is not cached and cannot be downloaded (hub
+            unreachable or offline mode); raised within a few seconds.
+        ValueError: an invalid step, dtype, or argument combination.
+    """
+    from transformer_lens import TransformerBridge
+
+    if step is not None and revision is not None:
+        raise ValueError("give step= or revision=, not both")
+    torch_dtype = _parse_dtype(dtype)
+    src = str(name_or_dir)
+    local = Path(src).expanduser()
+    is_local = local.is_dir()
+    if is_local:
+        if step is not None or revision is not None:
+            raise ValueError(
+                f"{src!r} is a local directory, which holds a single checkpoint: step=/revision= "
+                "only apply to hub ids"
+            )
+        src = str(local.resolve())
+        if not (local / "config.json").is_file():
+            raise ModelNotAvailableError(
+                f"directory {src!r} holds no config.json: write it with model.save_pretrained(DIR) "
+                "and tokenizer.save_pretrained(DIR)"
+            )
+    elif _looks_like_path(src):
+        raise ModelNotAvailableError(f"no such model directory: {src!r}")
+    elif step is not None:
+        if is_pythia(src):
+            step = check_step(step)
+        else:
+            try:
+                step = int(step)
+            except (TypeError, ValueError):
+                raise ValueError(f"step must be an integer, got {step!r}") from None
+            if step < 0:
+                raise ValueError(f"step must be >= 0, got {step}")
+        revision = f"step{step}"
+
+    if n_devices is not None or device_map is not None:
+        from transformer_lens.utilities.multi_gpu import resolve_device_map
+
+        dm, max_memory = resolve_device_map(n_devices, device_map, None, None)
+    else:
+        dm, max_memory = None, None
+    model_kwargs: dict = {"dtype": torch_dtype}
+    if dm is not None:
+        model_kwargs["device_map"] = dm
+    if max_memory is not None:
+        model_kwargs["max_memory"] = max_memory
+
+    def load(lfo: bool):
+        if tokenizer is None:
+            tok = _load_tokenizer(src, revision, lfo)
+        elif isinstance(tokenizer, (str, Path)):
+            tok = _load_tokenizer(tokenizer, None, lfo or Path(tokenizer).expanduser().is_dir())
+        else:
+            tok = tokenizer
+        return _load_hf(src, revision, lfo, model_kwargs), tok
+
+    if is_local:
+        try:
+            hf, tok = load(True)
+        except OSError as e:
+            raise ModelNotAvailableError(
+                f"could not load the model and tokenizer from directory {src!r}: {e}. The directory must "
+                "hold both, written with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) "
+                "(or pass tokenizer=)"
+            ) from e
+    else:
+        cache_err: OSError | None = None
+        if local_files_only is not False:
+            try:
+                hf, tok = load(True)  # the local cache first: fast, and no network
+            except OSError as e:
+                cache_err = e
+        if cache_err is not None or local_files_only is False:
+            if local_files_only is True:
+                raise _not_available(src, revision, "local_files_only=True was given", cache_err) from cache_err
+            if _offline_env():
+                raise _not_available(src, revision, "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)",
+                                     cache_err) from cache_err
+            if not _hub_reachable():
+                raise _not_available(src, revision, f"the Hugging Face hub ({_hub_endpoint()}) is unreachable",
+                                     cache_err) from cache_err
+            try:
+                hf, tok = load(False)
+            except OSError as e:  # unknown repo or revision, gated model, ...
+                raise _not_available(src, revision, "the hub could not provide it", e) from e
+
+    tok = _ensure_saved_tokenizer(tok)
+    if dm is None and device is not None:
+        hf = hf.to(device)
+    hf.eval()
+    boot_device = None if dm is not None else (device if device is not None else str(next(hf.parameters()).device))
+    bridge = TransformerBridge.boot_transformers(src, hf_model=hf, tokenizer=tok, device=boot_device, dtype=torch_dtype)
+    bridge.eval()
+    bridge.cfg.revision = revision  # type: ignore[attr-defined]
+    if step is not None:
+        bridge.cfg.checkpoint_value = step  # type: ignore[attr-defined]
+        if is_pythia(src):
+            bridge.cfg.checkpoint_index = _STEPS.index(step)  # type: ignore[attr-defined]
+    return bridge
+
+
+def free_model(model) -> None:
+    """Drop what this process caches for ``model`` and return freed memory to the allocator
+    (the caller must also drop its own references)."""
+    model.__dict__.pop("_mechtrunc_adapter", None)  # drops the SVD cache with it
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------
+# random Pythia-shaped models for offline tests
+# ----------------------------------------------------------------------------------------
+def build_random_pythia(
+    size_or_config="70m",
+    tokenizer_dir=None,
+    out_dir=None,
+    seed: int = 0,
+    n_layers: int | None = None,
+    vocab_size: int | None = None,
+) -> Path:
+    """Write a randomly initialised Pythia-shaped ``GPTNeoXForCausalLM`` and a tokenizer with
+    ``save_pretrained``; return the directory (loadable with :func:`load_model`).
+
+    Args:
+        size_or_config: a Pythia size (``"70m"``, ``"pythia-160m"``...), a dict of
+            ``GPTNeoXConfig`` overrides of the 70m shape (e.g. ``{"hidden_size": 128,
+            "num_attention_heads": 4}``), or a ``GPTNeoXConfig``.
+        tokenizer_dir: the tokenizer: a Hugging Face tokenizer directory, a ``tokenizer.json``
+            file (e.g. the GPT-NeoX-20B BPE Pythia uses) or a tokenizer object.
+        out_dir: where to write (created); default a new temporary directory.
+        seed: torch seed of the initialisation (normal, std 0.02, as Hugging Face does).
+        n_layers: override the number of layers.
+        vocab_size: embedding rows; default the size's own (50304 for most Pythias) when the
+            tokenizer fits, else the tokenizer's length rounded up to a multiple of 128.
+    """
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    if tokenizer_dir is None:
+        raise ValueError("build_random_pythia needs tokenizer_dir= (a tokenizer directory, tokenizer.json or object)")
+    if isinstance(tokenizer_dir, (str, Path)):
+        p = Path(tokenizer_dir).expanduser()
+        if p.is_file():
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
+        elif p.is_dir():
+            tok = AutoTokenizer.from_pretrained(str(p))
+        else:
+            raise ValueError(f"tokenizer_dir {str(p)!r} is neither a directory nor a tokenizer.json file")
+    else:
+        tok = tokenizer_dir
+    if tok.eos_token is None and "<|endoftext|>" in tok.get_vocab():
+        # Pythia's own tokenizer uses <|endoftext|> (id 0) as bos, eos and unk
+        tok.bos_token = tok.eos_token = tok.unk_token = "<|endoftext|>"
+    n_tok = len(tok)
+
+    if isinstance(size_or_config, GPTNeoXConfig):
+        cfg = GPTNeoXConfig.from_dict(size_or_config.to_dict())
+    elif isinstance(size_or_config, dict):
+        overrides = dict(size_or_config)
+        size = overrides.pop("size", "70m")
+        cfg = pythia_config(size, **overrides)
+    else:
+        cfg = pythia_config(str(size_or_config))
+    if n_layers is not None:
+        if int(n_layers) < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        cfg.num_hidden_layers = int(n_layers)
+    if vocab_size is not None:
+        cfg.vocab_size = int(vocab_size)
+    elif cfg.vocab_size < n_tok:
+        cfg.vocab_size = -(-n_tok // 128) * 128
+    if cfg.vocab_size < n_tok:
+        raise ValueError(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {n_tok} tokens")
+    eos = tok.eos_token_id
+    if eos is not None:
+        cfg.bos_token_id = cfg.eos_token_id = int(eos)
+
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="random_pythia_"))
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(cfg).eval()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,0 +1,72 @@
+"""The paper's phenomenon on a Pythia architecture, end to end through the Pythia path.
+
+A small Hugging Face GPT-NeoX (parallel attention + MLP, rotary on 25% of head dims, LayerNorm,
+untied unembedding) is trained on noisy in-context recall (alpha 0.5, masked loss at repeated
+triggers), saved with ``save_pretrained`` together with a character tokenizer, loaded back with
+``mechtrunc.pythia.load_model`` and studied with ``truncation_study``.  On the clean test set
+the full model still puts about half of its mass on the noise token (it learned the generic
+trigger -> noise association); removing the last layer's MLP (``keep=0`` on its ``W_out``, or
+ablating its output) raises accuracy and lowers P(noise), as on the paper's toy model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import mechtrunc as mt
+from mechtrunc.pythia import load_model
+from mechtrunc.studies import best_configuration, train_neox_recall, truncation_study
+from mechtrunc.tasks.recall import RecallConfig
+
+# recipe (see docs/pythia.md): d_model 128, 2 layers, 4 heads, T = 64, batch 64, AdamW lr 1e-3
+RECIPE = dict(n_layers=2, d_model=128, n_heads=4, steps=600, batch_size=64, lr=1e-3, seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """These matmuls are small: one intra-op thread is as fast as two on an idle 2-core machine,
+    and several times faster when other processes share the cores (OpenMP threads then wait
+    on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_removing_last_mlp_helps_trained_neox(tmp_path, one_thread):
+    t0 = time.perf_counter()
+    out = tmp_path / "neox_recall"
+    hf_model, task, history = train_neox_recall(out, task_config=RecallConfig(alpha=0.5, seq_len=64), **RECIPE)
+    train_seconds = time.perf_counter() - t0
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+
+    bridge = load_model(out)
+    assert bridge.cfg.n_layers == 2 and bridge.cfg.d_vocab == 65 and not bridge.training
+    prompts = task.test_set(256).to_prompts()  # clean (alpha = 0); answer = the in-context token
+    with torch.no_grad():
+        ref = hf_model(prompts.tokens).logits[prompts.rows, prompts.pos]
+    assert (mt.item_logits(bridge, prompts) - ref).abs().max() < 1e-3
+
+    df = truncation_study(bridge, prompts, layers=[1], matrices=("mlp.W_in", "mlp.W_out"),
+                          keeps=(1, 0.5, 0.1, 0), progress=False)
+    full = df[df.baseline].iloc[0]
+    removed = df[(df.matrix == "mlp.W_out") & (df.keep == 0)].iloc[0]
+    ablated = mt.evaluate(bridge, prompts, mt.Ablate("mlp", layer=1)).iloc[0]
+    report = (f"trained in {train_seconds:.0f}s; full acc {full.accuracy:.3f} P(noise) {full.p_noise:.3f}; "
+              f"W_out keep=0 acc {removed.accuracy:.3f} P(noise) {removed.p_noise:.3f}; "
+              f"ablated acc {ablated.accuracy:.3f} P(noise) {ablated.p_noise:.3f}")
+    print(report)
+
+    # the full model learned the noise association: a large share of mass on the noise token
+    assert full.p_noise > 0.3, report
+    for variant in (removed, ablated):
+        assert variant.accuracy > full.accuracy + 0.1, report
+        assert variant.accuracy > 0.9, report
+        assert variant.p_noise < full.p_noise - 0.2, report
+        assert variant.p_answer > full.p_answer, report
+    best = best_configuration(df, "logit_diff_noise")
+    assert best["layer"] == 1 and best["improvement"] > 0, (best, report)
