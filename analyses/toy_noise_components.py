@@ -1,6 +1,7 @@
 """Which singular components of the layer-2 FFN promote the noise token?  Rank them, then
-compare removing only the top ones with removing the whole FFN and with LASER truncation; the
-collateral damage is the loss at non-trigger (bigram) positions.  Writes
+compare removing only the top ones with removing the whole FFN and with LASER truncation.
+Collateral damage: the loss on the training distribution (noisy sequences, the target being the
+token actually sampled, noise included) and the loss at non-trigger (bigram) positions.  Writes
 toy_noise_components.csv (the comparison) and toy_component_ranking.csv.
 
     python analyses/toy_noise_components.py --model runs/demo --out runs/analyses
@@ -22,6 +23,7 @@ def main() -> None:
     args = p.parse_args()
     model, cfg, task, test = load_toy(args)
     recall, bigram = test.to_prompts(), test.bigram_prompts()
+    noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)
     noise = task.config.noise_id
     ranking = mt.rank_components(model, layer=1, tokens=[noise], matrix="mlp.W_out", prompts=recall)
     ranking.to_csv(Path(args.out) / "toy_component_ranking.csv", index=False)
@@ -35,8 +37,9 @@ def main() -> None:
     for name, ivs in variants.items():
         r = mt.evaluate(model, recall, *ivs, label=name).iloc[0]
         b = mt.evaluate(model, bigram, *ivs, label=name).iloc[0]
+        n = mt.evaluate(model, noisy, *ivs, label=name).iloc[0]
         rows.append({"variant": name, "accuracy": r["accuracy"], "p_noise": r["p_noise"], "p_correct": r["p_answer"],
-                     "bigram_loss": b["loss"], "bigram_accuracy": b["accuracy"]})
+                     "train_distribution_loss": n["loss"], "bigram_loss": b["loss"], "bigram_accuracy": b["accuracy"]})
     table = pd.DataFrame(rows)
     table.to_csv(Path(args.out) / "toy_noise_components.csv", index=False)
     print(ranking.head(8).round(3).to_string(index=False))

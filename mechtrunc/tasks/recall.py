@@ -195,11 +195,12 @@ class RecallBatch:
             competitors=torch.full_like(answer, self.noise_id).unsqueeze(-1), competitor_names=("noise",),
         )
 
-    def to_prompts(self) -> PromptSet:
+    def to_prompts(self, clean: bool = True) -> PromptSet:
         """Read positions: every trigger occurrence with count >= 2; answer: the clean output
-        token; competitor: the noise token."""
+        token (``clean=False``: the token actually sampled there, noise included, i.e. the
+        training target); competitor: the noise token."""
         rows, pos = self.loss_mask.nonzero(as_tuple=True)
-        answer = self.clean_targets()[rows, pos]
+        answer = (self.clean_targets() if clean else self.targets)[rows, pos]
         return PromptSet(
             tokens=self.inputs,
             rows=rows,
