@@ -27,6 +27,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 @torch.no_grad()
 def attention_html(model, tokens, layer: int, path: str | Path, str_tokens: list[str] | None = None) -> Path:
     """Write the attention patterns of every head of ``layer`` on one sequence (``tokens``:
@@ -68,12 +77,7 @@ def plot_history(history: pd.DataFrame, path: str | Path) -> Path:
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_attribution(change: pd.DataFrame, path: str | Path, competitor: str | None = None, top: int = 20) -> Path:
@@ -93,9 +97,4 @@ def plot_attribution(change: pd.DataFrame, path: str | Path, competitor: str | N
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("direct logit attribution (answer - competitor)")
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

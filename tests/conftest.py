@@ -31,6 +31,17 @@ def _word_level_tokenizer_dir(tmp: Path, vocab_size: int = 512) -> Path:
     return tmp
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models and batches run faster on one intra-op thread than on two (and are immune to
+    OpenMP spin-waiting on a busy machine); modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def pythia_tokenizer_dir(tmp_path_factory) -> Path:
     """Pythia's real tokenizer (GPT-NeoX-20B BPE) saved as a Hugging Face tokenizer directory."""

@@ -18,14 +18,7 @@ BRIDGES_AND_TOY = ["toy", "neox", "gpt2"]
 VOCAB = 60  # below every model's vocabulary
 LAYER = 1
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models and batches are tiny: one intra-op thread is faster than two (and immune to
-    OpenMP spin-waiting when the machine is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

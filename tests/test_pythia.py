@@ -30,14 +30,7 @@ SHAPE = {"size": "14m", "hidden_size": 64, "num_attention_heads": 4}
 KEEPS = (1, 0.5, 0.1, 0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls: one intra-op thread is as fast as two on an idle machine and much faster
-    when other processes share the cores.  Restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

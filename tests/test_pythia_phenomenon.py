@@ -25,19 +25,10 @@ from mechtrunc.tasks.recall import RecallConfig
 RECIPE = dict(n_layers=2, d_model=128, n_heads=4, steps=600, batch_size=64, lr=1e-3, seed=0)
 
 
-@pytest.fixture
-def one_thread():
-    """These matmuls are small: one intra-op thread is as fast as two on an idle 2-core machine,
-    and several times faster when other processes share the cores (OpenMP threads then wait
-    on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow
-def test_removing_last_mlp_helps_trained_neox(tmp_path, one_thread):
+def test_removing_last_mlp_helps_trained_neox(tmp_path, single_thread):
     t0 = time.perf_counter()
     out = tmp_path / "neox_recall"
     hf_model, task, history = train_neox_recall(out, task_config=RecallConfig(alpha=0.5, seq_len=64), **RECIPE)

@@ -17,14 +17,7 @@ from mechtrunc.tasks.recall import (
 V = 65  # tiny Shakespeare characters
 SPACE, NOISE = 1, 2
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models and batches are tiny: one intra-op thread is faster than two (and immune to
-    OpenMP spin-waiting when the machine is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

@@ -14,14 +14,7 @@ from mechtrunc.toy_model import FFN_KINDS
 
 D, L, CTX, VOCAB = 32, 2, 32, 65
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models and batches are tiny: one intra-op thread is faster than two (and immune to
-    OpenMP spin-waiting when the machine is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 

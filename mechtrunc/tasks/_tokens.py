@@ -41,6 +41,14 @@ def single_token_id(tokenizer, text: str) -> int | None:
     return int(ids[0])
 
 
+def required_token_id(tokenizer, text: str, role: str) -> int:
+    """The single-token id of ``text`` (e.g. the competitor " the"), or a ValueError naming it."""
+    token = single_token_id(tokenizer, text)
+    if token is None:
+        raise ValueError(f"the {role} {text!r} is not a single token under {tokenizer_name(tokenizer)}")
+    return token
+
+
 def pad_id(tokenizer) -> int:
     """The padding id: the tokenizer's pad token, else its eos token, else 0."""
     for attr in ("pad_token_id", "eos_token_id"):

@@ -16,7 +16,7 @@ from importlib import resources
 import torch
 
 from mechtrunc.prompts import PromptSet
-from mechtrunc.tasks._tokens import single_token_id, tokenize_prompts, tokenizer_name
+from mechtrunc.tasks._tokens import required_token_id, single_token_id, tokenize_prompts, tokenizer_name
 
 __all__ = ["factual_facts", "factual_relations", "factual_prompts"]
 
@@ -76,9 +76,7 @@ def factual_prompts(tokenizer, relations: list[str] | None = None) -> PromptSet:
             f"no factual prompt has a single-token answer under {tokenizer_name(tokenizer)} "
             f"(relations {list(relations) if relations is not None else list(known)})"
         )
-    the_id = single_token_id(tokenizer, " the")
-    if the_id is None:
-        raise ValueError(f"the competitor ' the' is not a single token under {tokenizer_name(tokenizer)}")
+    the_id = required_token_id(tokenizer, " the", "competitor")
 
     texts = [f[1] for f, _ in kept]
     tokens, pos = tokenize_prompts(tokenizer, texts)

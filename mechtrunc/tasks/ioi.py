@@ -17,7 +17,7 @@ from importlib import resources
 import torch
 
 from mechtrunc.prompts import PromptSet
-from mechtrunc.tasks._tokens import single_token_id, tokenize_prompts, tokenizer_name
+from mechtrunc.tasks._tokens import required_token_id, single_token_id, tokenize_prompts, tokenizer_name
 
 __all__ = ["IOI_TEMPLATES", "ORDERS", "ioi_names", "ioi_prompts"]
 
@@ -132,9 +132,7 @@ def ioi_prompts(
             f"IOI needs at least 2 names that are single tokens under {tokenizer_name(tokenizer)}; "
             f"{len(name_ids)} remain ({list(name_ids)}), rejected: {rejected}"
         )
-    the_id = single_token_id(tokenizer, " the")
-    if the_id is None:
-        raise ValueError(f"the competitor ' the' is not a single token under {tokenizer_name(tokenizer)}")
+    the_id = required_token_id(tokenizer, " the", "competitor")
 
     rng = random.Random(seed)
     valid = list(name_ids)
