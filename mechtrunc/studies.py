@@ -21,7 +21,6 @@ that are missing; rerunning with different ones raises ValueError instead of mix
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import math
@@ -608,11 +607,8 @@ def checkpoint_study(
                            "intervention": ivs[0].label if ivs else "full", **metrics,
                            "seconds": time.perf_counter() - t0})
         finally:
-            pythia.free_model(model)
+            pythia.free_model(model)  # collects garbage and empties the CUDA cache
             del model
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -732,6 +728,7 @@ def train_neox_recall(
 
     from mechtrunc.metrics import masked_cross_entropy
     from mechtrunc.tasks.recall import RecallConfig, RecallTask
+    from mechtrunc.training import batch_seed
 
     cfg_task = task_config or RecallConfig(alpha=0.5, seq_len=64)
     task = RecallTask(cfg_task, device=device)
@@ -749,7 +746,7 @@ def train_neox_recall(
     history = []
     bar = _progress(steps, "train", progress)
     for step in range(1, steps + 1):
-        batch = task.sample(batch_size, seed=(seed * 1_000_003 + step) % (2**63 - 1))
+        batch = task.sample(batch_size, seed=batch_seed(seed, step))
         logits = model(batch.inputs).logits
         loss = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
         opt.zero_grad(set_to_none=True)

@@ -154,7 +154,8 @@ GEN_CHUNK = 8
 _RESUMABLE_CHANGES = ("steps", "device")
 
 
-def _batch_seed(seed: int, step: int) -> int:
+def batch_seed(seed: int, step: int) -> int:
+    """The data seed of a training step (or chunk): batches are a pure function of it."""
     return (seed * 1_000_003 + step) % (2**63 - 1)
 
 
@@ -205,7 +206,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = 
         # a pure function of (seed, chunk index), so a resumed run sees the same batches
         if (step - 1) // GEN_CHUNK != chunk_id:
             chunk_id = (step - 1) // GEN_CHUNK
-            chunk = task.sample(cfg.batch_size * GEN_CHUNK, seed=_batch_seed(cfg.seed, chunk_id))
+            chunk = task.sample(cfg.batch_size * GEN_CHUNK, seed=batch_seed(cfg.seed, chunk_id))
         i = (step - 1) % GEN_CHUNK
         batch = chunk.select(slice(i * cfg.batch_size, (i + 1) * cfg.batch_size))
         with autocast:
