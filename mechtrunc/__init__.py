@@ -7,7 +7,7 @@ from mechtrunc.interventions import (
 )
 from mechtrunc.attribution import attribute, attribute_change
 from mechtrunc.directions import rank_components, token_directions, token_ids
-from mechtrunc.metrics import evaluate, metrics_from_logits
+from mechtrunc.metrics import evaluate, metrics_from_logits, sweep
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits, run_items
 from mechtrunc.tasks import RecallConfig, RecallTask, factual_prompts, ioi_prompts, load_prompts

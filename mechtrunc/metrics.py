@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from mechtrunc.interventions import Intervention, intervene
+from mechtrunc.interventions import Intervention
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits
 
-__all__ = ["metrics_from_logits", "evaluate", "masked_cross_entropy"]
+__all__ = ["metrics_from_logits", "evaluate", "sweep", "masked_cross_entropy"]
 
 
 def metrics_from_logits(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, float]:
@@ -58,6 +58,28 @@ def evaluate(
     row = metrics_from_logits(logits, prompts)
     name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
     return pd.DataFrame([{"variant": name, **row}])
+
+
+def sweep(
+    model, prompts: PromptSet, interventions, batch_size: int = 64, progress: bool = False
+) -> pd.DataFrame:
+    """Evaluate each entry of ``interventions`` (an Intervention, or a list/tuple of them applied
+    together; ``None`` or ``()`` is the unmodified model): one row each, with the entry's
+    :meth:`~mechtrunc.interventions.Intervention.describe` columns (kind, layer, matrix, keep...)
+    next to the metrics.  For resumable LASER grids on large models see
+    :func:`mechtrunc.studies.truncation_study`."""
+    entries = list(interventions)
+    if progress:
+        from tqdm.auto import tqdm
+
+        entries = tqdm(entries, desc="sweep", unit="config")
+    rows = []
+    for entry in entries:
+        ivs = () if entry is None else (tuple(entry) if isinstance(entry, (list, tuple)) else (entry,))
+        row = evaluate(model, prompts, *ivs, batch_size=batch_size)
+        desc = ivs[0].describe() if len(ivs) == 1 else {"intervention": row["variant"].iloc[0]}
+        rows.append(row.assign(**{k: [v] for k, v in desc.items() if k != "intervention"}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
 def masked_cross_entropy(

@@ -104,3 +104,14 @@ def test_token_ids_errors(random_toy, neox_bridge):
         mt.token_ids(neox_bridge, ["w1 w2"])
     with pytest.raises(ValueError, match="mlp.W_out"):
         mt.rank_components(random_toy, 1, [2], matrix="mlp.W_in")
+
+
+def test_sweep_rows_match_single_evaluations(random_toy):
+    prompts = _random_prompts(65, seed=4)
+    grid = [None, mt.Truncate("mlp.W_in", layer=1, keep=0.5), [mt.Ablate("mlp", layer=0), mt.Ablate("attn", layer=1)]]
+    df = mt.sweep(random_toy, prompts, grid)
+    assert list(df["variant"]) == ["full", "truncate L1.mlp.W_in keep=0.5", "ablate L0.mlp (zero) + ablate L1.attn (zero)"]
+    assert df.loc[1, "kind"] == "truncate" and df.loc[1, "matrix"] == "mlp.W_in" and df.loc[1, "keep"] == 0.5
+    single = mt.evaluate(random_toy, prompts, grid[1]).iloc[0]
+    assert df.loc[1, "p_answer"] == pytest.approx(single["p_answer"], abs=1e-7)
+    assert df.loc[0, "p_answer"] == pytest.approx(mt.evaluate(random_toy, prompts).iloc[0]["p_answer"], abs=1e-7)
