@@ -25,6 +25,11 @@ def run_items(
     (sequence, position), both in item order.  Interventions are active during the run."""
     adapter = adapt(model)
     device = adapter.device
+    for name, t in (("tokens", prompts.tokens), ("answer", prompts.answer), ("competitors", prompts.competitors)):
+        if t.numel() and int(t.max()) >= adapter.d_vocab:
+            raise ValueError(
+                f"{name} holds token id {int(t.max())}, outside the model's vocabulary (valid ids 0..{adapter.d_vocab - 1})"
+            )
     logits_out: list[Tensor] = []
     order: list[Tensor] = []
     acts: dict[str, list[Tensor]] = {name: [] for name in capture}

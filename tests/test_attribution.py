@@ -115,3 +115,11 @@ def test_sweep_rows_match_single_evaluations(random_toy):
     single = mt.evaluate(random_toy, prompts, grid[1]).iloc[0]
     assert df.loc[1, "p_answer"] == pytest.approx(single["p_answer"], abs=1e-7)
     assert df.loc[0, "p_answer"] == pytest.approx(mt.evaluate(random_toy, prompts).iloc[0]["p_answer"], abs=1e-7)
+
+
+def test_token_ids_outside_vocabulary_are_rejected(random_toy):
+    prompts = _random_prompts(65)
+    bad = mt.PromptSet(prompts.tokens, prompts.rows, prompts.pos, prompts.answer + 100, prompts.competitors,
+                       prompts.competitor_names)
+    with pytest.raises(ValueError, match=r"answer holds token id \d+, outside the model's vocabulary \(valid ids 0..64\)"):
+        mt.evaluate(random_toy, bad)
