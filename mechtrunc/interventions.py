@@ -234,14 +234,14 @@ class _SVDEdit(Intervention):
     matrix: str
     layer: int
 
-    def _check_matrix(self, adapter, allow_ov=True):
-        if self.matrix not in MATRICES or (self.matrix == "attn.OV" and not allow_ov):
+    def _validate_common(self) -> None:
+        """Checks shared by the subclasses, run when the intervention is built."""
+        if self.matrix not in MATRICES:
             raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)}")
-        if getattr(self, "mode", "weight") not in _MODES:
+        if self.mode not in _MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(_MODES)}")
 
     def _apply(self, adapter):
-        self._check_matrix(adapter)
         adapter.check_layer(self.layer)
         if self.matrix == "attn.OV":
             yield from self._apply_ov(adapter)
@@ -319,6 +319,7 @@ class Truncate(_SVDEdit):
     mode: str = "weight"
 
     def __post_init__(self):
+        self._validate_common()
         if (self.keep is None) == (self.rank is None):
             raise ValueError("give exactly one of keep= (fraction) or rank= (integer)")
         if self.rule not in _RULES:
@@ -370,6 +371,7 @@ class RemoveComponents(_SVDEdit):
     mode: str = "weight"
 
     def __post_init__(self):
+        self._validate_common()
         object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
         if self.svd == "randomized":
             raise ValueError("RemoveComponents needs svd='exact' (arbitrary indices need the full spectrum)")
