@@ -38,18 +38,11 @@ TARGET = 1.1
 
 
 def word_level_tokenizer_dir(directory: Path, vocab_size: int) -> Path:
-    """A word-level tokenizer saved with ``save_pretrained`` (bridges boot from one on disk);
-    the same construction as ``tests/conftest.py::_word_level_tokenizer_dir``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The word-level tokenizer the tests use ("w0".., "<unk>"), saved on disk for the bridge."""
+    from mechtrunc.pythia import word_level_tokenizer_dir as save
 
-    vocab = {f"w{i}": i for i in range(vocab_size - 1)}
-    vocab["<unk>"] = vocab_size - 1
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<unk>", pad_token="<unk>")
-    fast.save_pretrained(directory)
-    return directory
+    tokens = [f"w{i}" for i in range(vocab_size - 1)] + ["<unk>"]
+    return save(directory, tokens, unk_token="<unk>", special_token="<unk>")
 
 
 def build_toy(args, device):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -31,9 +30,10 @@ SHAPES = {  # layers, d_model, heads
 
 
 def build(shape: str, device: str, dtype: torch.dtype, vocab: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformer_lens import TransformerBridge
-    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from mechtrunc.pythia import word_level_tokenizer_dir
 
     n_layers, d, heads = SHAPES[shape]
     cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layers, num_attention_heads=heads,
@@ -41,10 +41,7 @@ def build(shape: str, device: str, dtype: torch.dtype, vocab: int):
                         use_parallel_residual=True, tie_word_embeddings=False)
     with torch.device(device):
         hf = GPTNeoXForCausalLM(cfg).to(dtype).eval()
-    tmp = Path(tempfile.mkdtemp())
-    tok = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(vocab)}, unk_token="w0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", eos_token="w0", pad_token="w0").save_pretrained(tmp)
+    tmp = word_level_tokenizer_dir(tempfile.mkdtemp(), [f"w{i}" for i in range(vocab)], special_token="w0")
     bridge = TransformerBridge.boot_transformers("EleutherAI/pythia-1.4b", hf_model=hf,
                                                  tokenizer=AutoTokenizer.from_pretrained(tmp), device=device, dtype=dtype)
     bridge.eval()

@@ -21,7 +21,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -402,6 +402,31 @@ def free_model(model) -> None:
 # ----------------------------------------------------------------------------------------
 # random Pythia-shaped models for offline tests
 # ----------------------------------------------------------------------------------------
+def word_level_tokenizer_dir(
+    out_dir: str | os.PathLike, tokens: Sequence[str], unk_token: str | None = None,
+    special_token: str | None = None,
+) -> Path:
+    """Save a word-level tokenizer (token id = index in ``tokens``, split on whitespace) with
+    ``save_pretrained`` and return the directory.  Bridges boot only from a tokenizer on disk,
+    so offline models built from scratch (tests, benchmarks, recall-trained models) carry one.
+    ``unk_token`` defaults to the first token; ``special_token`` becomes the eos and pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ValueError("tokens must be distinct")
+    unk = unk_token if unk_token is not None else tokens[0]
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    extra = {"eos_token": special_token, "pad_token": special_token} if special_token is not None else {}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, **extra)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    return out
+
+
 def build_random_pythia(
     size_or_config="70m",
     tokenizer_dir=None,

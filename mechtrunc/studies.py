@@ -673,23 +673,16 @@ def recall_tokenizer_dir(out_dir: str | os.PathLike, itos: Sequence[str] | None 
     index in ``itos``, default the 65 tiny-Shakespeare characters) with ``save_pretrained``.
     It exists so a recall-trained Hugging Face model directory carries a tokenizer (the bridge
     needs one); prompts are built from token ids, not text."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from mechtrunc.pythia import word_level_tokenizer_dir
 
     if itos is None:
         from mechtrunc.tasks.recall import char_stats
 
         itos = char_stats().itos
-    vocab = {}
-    for i, ch in enumerate(itos):
-        vocab[ch if ch not in vocab and ch.strip() else f"<c{i}>"] = i
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=next(iter(vocab))))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=next(iter(vocab)))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(out)
-    return out
+    tokens: list[str] = []
+    for i, ch in enumerate(itos):  # whitespace characters and repeats get a <c{i}> name
+        tokens.append(ch if ch not in tokens and ch.strip() else f"<c{i}>")
+    return word_level_tokenizer_dir(out_dir, tokens)
 
 
 def train_neox_recall(

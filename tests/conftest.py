@@ -18,17 +18,11 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def _word_level_tokenizer_dir(tmp: Path, vocab_size: int = 512) -> Path:
-    """A small word-level tokenizer saved with save_pretrained (bridges need one on disk)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A small word-level tokenizer ("w0".."w510" and "<unk>") saved on disk (bridges need one)."""
+    from mechtrunc.pythia import word_level_tokenizer_dir
 
-    vocab = {f"w{i}": i for i in range(vocab_size - 1)}
-    vocab["<unk>"] = vocab_size - 1
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<unk>", pad_token="<unk>")
-    fast.save_pretrained(tmp)
-    return tmp
+    tokens = [f"w{i}" for i in range(vocab_size - 1)] + ["<unk>"]
+    return word_level_tokenizer_dir(tmp, tokens, unk_token="<unk>", special_token="<unk>")
 
 
 @pytest.fixture(scope="module")
