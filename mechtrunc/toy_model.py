@@ -13,6 +13,26 @@ Weights carry TransformerLens names and shapes (``W_E [vocab, d]``, ``W_pos``, `
 ``blocks.{l}.hook_attn_out``, ``blocks.{l}.mlp.hook_pre``, ``blocks.{l}.hook_mlp_out``, ...), so
 ``run_with_hooks``/``run_with_cache`` and every mechtrunc intervention work on it exactly as on a
 ``TransformerBridge``.
+
+Initialisation (``init="released"``, the default) is the released code's, parameter by parameter:
+
+==================  =====================================  ======================================
+weight              released code                          here
+==================  =====================================  ======================================
+``W_E``             ``nn.Embedding``: N(0, 1), frozen       N(0, 1), frozen
+``W_pos``           ``torch.randn``: N(0, 1), frozen        N(0, 1), frozen
+``W_U``             ``nn.Linear(d, vocab)``: U(+-1/sqrt(d)),  U(+-1/sqrt(d)) (std 1/sqrt(3 d)), frozen
+                    frozen
+``attn.W_Q``        identity, fixed                         identity, fixed
+``attn.W_K/W_V``    ``nn.Linear(d, d)``: U(+-1/sqrt(d))     U(+-1/sqrt(d_model))
+``attn.W_O``        ``nn.Linear(d, d)``: U(+-1/sqrt(d))     U(+-1/sqrt(n_heads d_head))
+``mlp.W_in``        ``nn.Linear(d, 4d)``: U(+-1/sqrt(d))    U(+-1/sqrt(d_model))
+``mlp.W_out``       ``nn.Linear(4d, d)``: U(+-1/sqrt(4d))   U(+-1/sqrt(d_mlp))
+==================  =====================================  ======================================
+
+``init="normal_unembed"`` keeps everything above but draws ``W_U`` from N(0, 1/d), mechtrunc's
+default before 0.2: an unembedding sqrt(3) = 1.7x larger, which makes the logits sharper and the
+layer-2 FFN's noise association easier to truncate away (see ``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -29,9 +49,10 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-__all__ = ["ToyConfig", "ToyTransformer", "FFN_KINDS"]
+__all__ = ["ToyConfig", "ToyTransformer", "FFN_KINDS", "INITS"]
 
 FFN_KINDS = ("relu", "linear", "none")
+INITS = ("released", "normal_unembed")
 
 
 @dataclass
@@ -48,6 +69,7 @@ class ToyConfig:
     freeze_embed: bool = True
     freeze_unembed: bool = True
     freeze_pos: bool = True
+    init: str = "released"  # "released" (the authors' code) or "normal_unembed" (W_U ~ N(0, 1/d))
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +89,8 @@ class ToyConfig:
             if kind not in FFN_KINDS:
                 raise ValueError(f"unknown ffn kind {kind!r}; valid: {', '.join(FFN_KINDS)}")
         self.ffn = kinds
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
         if self.identity_query and self.n_heads * self.d_head != self.d_model:
             raise ValueError("identity_query needs n_heads * d_head == d_model")
 
@@ -163,9 +187,11 @@ class ToyTransformer(HookedRootModule):
             d = cfg.d_model
             self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, d, generator=gen), requires_grad=not cfg.freeze_embed)
             self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, d, generator=gen), requires_grad=not cfg.freeze_pos)
-            self.W_U = nn.Parameter(
-                torch.randn(d, cfg.d_vocab, generator=gen) / math.sqrt(d), requires_grad=not cfg.freeze_unembed
-            )
+            if cfg.init == "released":  # nn.Linear(d, vocab, bias=False) default: U(-1/sqrt(d), 1/sqrt(d))
+                W_U = torch.empty(d, cfg.d_vocab).uniform_(-1 / math.sqrt(d), 1 / math.sqrt(d), generator=gen)
+            else:  # "normal_unembed"
+                W_U = torch.randn(d, cfg.d_vocab, generator=gen) / math.sqrt(d)
+            self.W_U = nn.Parameter(W_U, requires_grad=not cfg.freeze_unembed)
             self.blocks = nn.ModuleList(Block(cfg, kind) for kind in cfg.ffn)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.setup()
