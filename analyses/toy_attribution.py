@@ -12,10 +12,15 @@ import mechtrunc as mt
 from _common import load_toy, toy_parser
 
 
+def compute(model, cfg, task, test):
+    """Attribution per component, clean and with the layer-2 FFN removed, and the change."""
+    return mt.attribute_change(model, test.to_prompts(), mt.Ablate("mlp", layer=1))
+
+
 def main() -> None:
     args = toy_parser(__doc__).parse_args()
     model, cfg, task, test = load_toy(args)
-    change = mt.attribute_change(model, test.to_prompts(), mt.Ablate("mlp", layer=1))
+    change = compute(model, cfg, task, test)
     out = Path(args.out)
     change.to_csv(out / "toy_attribution.csv", index=False)
     mt.plot_attribution(change, out / "toy_attribution.png")

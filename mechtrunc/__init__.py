@@ -12,7 +12,9 @@ from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits, run_items
 from mechtrunc.tasks import RecallConfig, RecallTask, factual_prompts, ioi_prompts, load_prompts
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
-from mechtrunc.training import PRESETS, TrainConfig, evaluate_toy, load_run, preset, train
+from mechtrunc.training import (
+    PRESETS, TrainConfig, evaluate_toy, load_run, preset, train, truncation_table, truncation_variants,
+)
 from mechtrunc.viz import attention_html, plot_attribution, plot_history
 
 from mechtrunc import pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)

@@ -54,6 +54,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adamw"], help="optimiser")
     p.add_argument("--eval-every", type=_positive_int, help="evaluate every N steps")
     p.add_argument("--seed", type=int, help="random seed (model, data)")
+    p.add_argument("--init", choices=["released", "normal_unembed"],
+                   help="initialisation: released (the authors' code, default) or normal_unembed (W_U ~ N(0, 1/d))")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda")
     p.add_argument("--precision", choices=["fp32", "tf32", "bf16"], help="matmul precision (GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,6 +68,7 @@ def _train_config(args):
         args.preset, alpha=args.alpha, k=args.k, seq_len=args.seq_len, d_model=args.d_model,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         eval_every=args.eval_every, seed=args.seed, device=args.device, precision=args.precision,
+        init=args.init,
     )
 
 

@@ -26,14 +26,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechtrunc.interventions import Ablate
-from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
+from mechtrunc.interventions import Ablate, Intervention, Truncate
+from mechtrunc.metrics import evaluate, masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits
 from mechtrunc.tasks.recall import RecallConfig, RecallTask
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
 
-__all__ = ["TrainConfig", "PRESETS", "train", "evaluate_toy", "trigger_margin", "TrainResult"]
+__all__ = ["TrainConfig", "PRESETS", "train", "evaluate_toy", "trigger_margin", "TrainResult",
+           "truncation_variants", "truncation_table"]
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -50,6 +51,7 @@ class TrainConfig:
     d_model: int = 256
     n_layers: int = 2
     ffn: str = "relu"
+    init: str = "released"  # see mechtrunc.toy_model.INITS
     # optimisation
     steps: int = 5000
     batch_size: int = 512
@@ -63,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     precision: str = "fp32"  # fp32 | tf32 | bf16 (autocast, GPU)
+    threads: int | None = None  # CPU intra-op threads while training (None: torch's default)
     preset: str = "custom"
 
     def __post_init__(self):
@@ -70,7 +73,7 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ValueError(f"unknown precision {self.precision!r}; valid: fp32, tf32, bf16")
-        for name in ("steps", "batch_size", "eval_every", "test_size"):
+        for name in ("steps", "batch_size", "eval_every", "test_size") + (("threads",) if self.threads is not None else ()):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.lr <= 0:
@@ -85,14 +88,14 @@ class TrainConfig:
 
     def model_config(self) -> ToyConfig:
         return ToyConfig(n_layers=self.n_layers, d_model=self.d_model, d_vocab=self.recall_config().d_vocab,
-                         n_ctx=self.seq_len, ffn=self.ffn, seed=self.seed)
+                         n_ctx=self.seq_len, ffn=self.ffn, init=self.init, seed=self.seed)
 
 
 PRESETS: dict[str, dict] = {
     "paper": dict(d_model=256, seq_len=256, batch_size=512, optimizer="sgd", lr=0.03, momentum=0.9,
                   weight_decay=1e-4, steps=5000, alpha=0.5, eval_every=250),
     "cpu": dict(d_model=64, seq_len=128, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.0,
-                steps=1000, alpha=0.5, eval_every=100, test_size=256),
+                steps=1000, alpha=0.5, eval_every=100, test_size=256, threads=1),
 }
 
 
@@ -138,6 +141,38 @@ def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 12
     return out
 
 
+def truncation_variants(
+    rule: str = "authors", keeps: tuple[float, ...] = (0.1,), n_layers: int = 2
+) -> dict[str, list[Intervention]]:
+    """The paper's toy truncation table as named intervention lists: the full model, the last
+    layer's FFN ``W_in`` and ``W_out`` truncated to each keep, that FFN removed, the previous
+    layer's FFN removed, and the last layer's attention ``W_V`` and ``W_O`` at keep 0.1.
+
+    ``rule="authors"`` keeps ``int(keep * d_model)`` singular values, as the released code does.
+    Names say "layer-2" for the paper's two-layer model (layer index ``n_layers - 1``)."""
+    last = n_layers - 1
+    out: dict[str, list[Intervention]] = {"full model": []}
+    for matrix in ("mlp.W_in", "mlp.W_out"):
+        for keep in keeps:
+            out[f"layer-{last + 1} FFN {matrix[4:]} keep {keep:g}"] = [Truncate(matrix, layer=last, keep=keep, rule=rule)]
+    out[f"layer-{last + 1} FFN removed"] = [Ablate("mlp", layer=last)]
+    if last > 0:
+        out[f"layer-{last} FFN removed"] = [Ablate("mlp", layer=last - 1)]
+    for matrix in ("attn.W_V", "attn.W_O"):
+        out[f"layer-{last + 1} attention {matrix[5:]} keep 0.1"] = [Truncate(matrix, layer=last, keep=0.1, rule=rule)]
+    return out
+
+
+def truncation_table(
+    model: ToyTransformer, prompts: PromptSet, rule: str = "authors", keeps: tuple[float, ...] = (0.1,)
+) -> pd.DataFrame:
+    """:func:`truncation_variants` evaluated on ``prompts``: one row per variant with
+    ``variant, accuracy, p_noise, p_answer, logit_diff_noise``."""
+    variants = truncation_variants(rule, keeps, model.cfg.n_layers)
+    rows = [evaluate(model, prompts, *ivs, label=name) for name, ivs in variants.items()]
+    return pd.concat(rows, ignore_index=True)[["variant", "accuracy", "p_noise", "p_answer", "logit_diff_noise"]]
+
+
 @dataclass
 class TrainResult:
     model: ToyTransformer
@@ -151,7 +186,7 @@ class TrainResult:
 GEN_CHUNK = 8
 
 #: options that may differ when a run is resumed (extend a run, move it to another device)
-_RESUMABLE_CHANGES = ("steps", "device")
+_RESUMABLE_CHANGES = ("steps", "device", "threads")
 
 
 def batch_seed(seed: int, step: int) -> int:
@@ -160,7 +195,22 @@ def batch_seed(seed: int, step: int) -> int:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
-    """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``."""
+    """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``.
+
+    With ``cfg.threads`` set (the ``cpu`` preset uses 1), torch runs on that many CPU threads
+    during the call: at the cpu preset's sizes one thread is faster than two, and the numbers then
+    do not depend on how many cores the machine has."""
+    if cfg.threads is None:
+        return _train(cfg, out_dir, progress)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, out_dir, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool) -> TrainResult:
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but no CUDA GPU is available")

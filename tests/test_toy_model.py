@@ -101,12 +101,68 @@ def test_unfrozen_and_trained_query_options():
     assert not torch.equal(m.blocks[0].attn.W_Q[0], torch.eye(D))
 
 
-def test_embedding_init_statistics():
-    m = ToyTransformer(ToyConfig(d_model=64, n_ctx=256, d_vocab=200, seed=0))
-    # standard normal token and positional embeddings; unembedding scaled by 1/sqrt(d)
-    for W in (m.W_E, m.W_pos):
-        assert abs(float(W.mean())) < 0.05 and abs(float(W.std()) - 1) < 0.05
-    assert abs(float(m.W_U.std()) * math.sqrt(64) - 1) < 0.05
+# ------------------------------------------------------------------------------------------
+# initialisation: the released code's, parameter by parameter (issue 11)
+# ------------------------------------------------------------------------------------------
+_INIT_CFG = dict(d_model=64, n_ctx=128, d_vocab=65, seed=0)
+
+
+@pytest.fixture(scope="module")
+def init_toy():
+    return ToyTransformer(ToyConfig(**_INIT_CFG))
+
+
+def _param(model, name):
+    obj = model
+    for part in name.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+# name -> ("normal", std) for N(0, std^2), or ("uniform", bound) for U(-bound, bound)
+_D = _INIT_CFG["d_model"]
+_INITS = {
+    "W_E": ("normal", 1.0),  # nn.Embedding
+    "W_pos": ("normal", 1.0),  # torch.randn
+    "W_U": ("uniform", 1 / math.sqrt(_D)),  # nn.Linear(d, vocab): std 1/sqrt(3 d)
+    **{f"blocks.{l}.attn.{w}": ("uniform", 1 / math.sqrt(_D)) for l in (0, 1) for w in ("W_K", "W_V", "W_O")},
+    **{f"blocks.{l}.mlp.W_in": ("uniform", 1 / math.sqrt(_D)) for l in (0, 1)},  # nn.Linear(d, 4d)
+    **{f"blocks.{l}.mlp.W_out": ("uniform", 1 / math.sqrt(4 * _D)) for l in (0, 1)},  # nn.Linear(4d, d)
+}
+
+
+@pytest.mark.parametrize("name", list(_INITS))
+def test_parameter_init_distribution(init_toy, name):
+    W = _param(init_toy, name).detach().double()
+    kind, scale = _INITS[name]
+    assert abs(float(W.mean())) < 0.05 * scale * 4
+    if kind == "normal":
+        assert float(W.std()) == pytest.approx(scale, rel=0.05), name
+        assert float(W.abs().max()) > 2.5 * scale  # unbounded: not a uniform of the same std
+    else:
+        assert float(W.abs().max()) <= scale, name  # inside the bound
+        assert float(W.abs().max()) > 0.97 * scale  # and fills it
+        assert float(W.std()) == pytest.approx(scale / math.sqrt(3), rel=0.05), name
+
+
+def test_frozen_and_fixed_parameters(init_toy):
+    for name in ("W_E", "W_pos", "W_U", "blocks.0.attn.W_Q", "blocks.1.attn.W_Q"):
+        assert not _param(init_toy, name).requires_grad, name
+    for l in (0, 1):
+        assert torch.equal(init_toy.blocks[l].attn.W_Q[0], torch.eye(_D))
+        for w in ("W_K", "W_V", "W_O"):
+            assert getattr(init_toy.blocks[l].attn, w).requires_grad
+
+
+def test_normal_unembed_option_keeps_the_rest():
+    released = ToyTransformer(ToyConfig(**_INIT_CFG))
+    normal = ToyTransformer(ToyConfig(**_INIT_CFG, init="normal_unembed"))
+    assert float(normal.W_U.std()) == pytest.approx(1 / math.sqrt(_D), rel=0.05)
+    assert float(normal.W_U.abs().max()) > 2.5 / math.sqrt(_D)
+    sr, sn = released.state_dict(), normal.state_dict()
+    assert all(torch.equal(sr[k], sn[k]) for k in sr if k != "W_U")
+    with pytest.raises(ValueError, match="unknown init 'xavier'; valid: released, normal_unembed"):
+        ToyConfig(init="xavier")
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""Generated blocks of ``docs/results.md``: each block is rendered from one CSV in ``docs/data``
+that a committed analysis script wrote, between ``<!-- BEGIN generated:NAME -->`` and
+``<!-- END generated:NAME -->`` markers.  ``python analyses/make_results.py`` regenerates every
+CSV and block; ``tests/test_docs_results.py`` fails when a block and its CSV disagree (and, in the
+slow suite, when the CSV and the current code disagree)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results.md"
+DATA = ROOT / "docs" / "data"
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def table(header, rows) -> str:
+    return "\n".join([_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)])
+
+
+def render_seeds(df: pd.DataFrame) -> str:
+    """variant x (accuracy, P(noise), P(correct)), one ``a / b / c`` cell per metric over seeds."""
+    seeds = sorted(df["seed"].unique())
+    rows = []
+    for variant in dict.fromkeys(df["variant"]):
+        sub = df[df["variant"] == variant].set_index("seed").loc[seeds]
+        rows.append([variant, *(" / ".join(f"{v:.3f}" for v in sub[m]) for m in ("accuracy", "p_noise", "p_answer"))])
+    label = " / ".join(str(s) for s in seeds)
+    return table(["variant", f"accuracy (seeds {label})", "P(noise)", "P(correct)"], rows)
+
+
+def render_metrics(df: pd.DataFrame, columns: dict[str, str]) -> str:
+    """One row per ``variant``; ``columns`` maps CSV column -> header, values to 3 decimals."""
+    rows = [[r["variant"], *(f"{r[c]:.3f}" for c in columns)] for _, r in df.iterrows()]
+    return table(["variant", *columns.values()], rows)
+
+
+def render_attribution(df: pd.DataFrame) -> str:
+    rows = [[r["component"], f"{r['clean']:+.2f}", f"{r['intervened']:+.2f}", f"{r['change']:+.2f}"]
+            for _, r in df.iterrows()]
+    return table(["component", "clean", "layer-2 FFN removed", "change"], rows)
+
+
+_METRICS = {"accuracy": "accuracy", "p_noise": "P(noise)", "p_answer": "P(correct)"}
+
+#: block name -> (CSV in docs/data, renderer)
+BLOCKS = {
+    "cpu-seeds": ("cpu_seeds_truncation.csv", render_seeds),
+    "cpu-truncation": ("cpu_truncation.csv", lambda df: render_metrics(df, _METRICS)),
+    "cpu-noise-components": ("cpu_noise_components.csv", lambda df: render_metrics(df, {
+        "accuracy": "accuracy", "p_noise": "P(noise)", "p_correct": "P(correct)",
+        "train_distribution_loss": "loss on the training distribution"})),
+    "cpu-attribution": ("cpu_attribution.csv", render_attribution),
+}
+
+
+def render(name: str) -> str:
+    csv, fn = BLOCKS[name]
+    return fn(pd.read_csv(DATA / csv))
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"<!-- BEGIN generated:{re.escape(name)} -->\n(.*?)\n?<!-- END generated:{re.escape(name)} -->", re.S)
+
+
+def read_block(name: str, doc: Path = RESULTS) -> str | None:
+    m = _pattern(name).search(doc.read_text())
+    return None if m is None else m.group(1)
+
+
+def write_block(name: str, doc: Path = RESULTS) -> None:
+    """Replace block ``name`` of ``doc`` by its rendering from the CSV (the block must exist)."""
+    text = doc.read_text()
+    if not _pattern(name).search(text):
+        raise ValueError(f"{doc} has no generated block {name!r}")
+    block = f"<!-- BEGIN generated:{name} -->\n{render(name)}\n<!-- END generated:{name} -->"
+    doc.write_text(_pattern(name).sub(lambda m: block, text))

@@ -1,0 +1,49 @@
+"""The toy truncation table of the ``cpu`` preset at several seeds (rank rule ``authors``, 256
+clean test sequences), the comparison issue 11 makes with the released model.  Trains each seed
+into ``RUNS/cpu-seed{S}`` (resumable; an existing run is reused) and writes
+``cpu_seeds_truncation.csv``.
+
+    python analyses/toy_seeds_table.py --seeds 0 1 2 --out docs/data
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+import mechtrunc as mt
+
+
+def seed_table(model, cfg, task, seed: int) -> pd.DataFrame:
+    """The six-row table (keep 0.1) of one trained cpu-preset model."""
+    prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
+    table = mt.truncation_table(model, prompts, rule="authors", keeps=(0.1,))
+    table = table[table["variant"] != "layer-2 attention W_O keep 0.1"]
+    return table.assign(seed=seed)[["seed", "variant", "accuracy", "p_noise", "p_answer"]]
+
+
+def run_seed(seed: int, runs: Path) -> pd.DataFrame:
+    out = runs / f"cpu-seed{seed}"
+    if not (out / "model.safetensors").exists():
+        mt.train(mt.preset("cpu", seed=seed), out_dir=out, progress=False)
+    return seed_table(*mt.load_run(out), seed)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--runs", default="runs", help="where the trained runs live (default runs)")
+    p.add_argument("--out", default="runs/analyses", help="output directory for the CSV")
+    args = p.parse_args()
+    table = pd.concat([run_seed(s, Path(args.runs)) for s in args.seeds], ignore_index=True)
+    path = Path(args.out) / "cpu_seeds_truncation.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    print(table.round(3).to_string(index=False))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
