@@ -15,6 +15,7 @@ from mechtrunc.toy_model import ToyConfig, ToyTransformer
 from mechtrunc.training import PRESETS, TrainConfig, evaluate_toy, load_run, preset, train
 from mechtrunc.viz import attention_html, plot_attribution, plot_history
 
-from mechtrunc import pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)
+from mechtrunc.memory import LinearMemory, MemoryConfig, MemoryTrainConfig, train_memory
+from mechtrunc import memory, pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)
 
 __version__ = "0.1.0"
