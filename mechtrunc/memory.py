@@ -388,7 +388,7 @@ def spectrum_summary(spectra: pd.DataFrame) -> pd.DataFrame:
     ``noise_index`` (0 = top) of the component most aligned with the noise output direction, its
     ``noise_align``, ``noise_sv``, ``top_sv`` (largest singular value), ``gap`` (its singular value
     over the next one below), ``bulk_sv`` (median singular value), ``noise_logit_share`` (its
-    share of the mean noise logit) and ``location``: ``spread`` when no component has alignment
+    share of the mean noise logit) and ``location``: ``zero`` for a zero matrix, ``spread`` when no component has alignment
     >= 0.5, ``top spike`` (index 0 with gap >= 1.5), ``top`` (index 0), else ``inside``."""
     rows = []
     keys = [k for k in ("step", "matrix") if k in spectra.columns]
@@ -400,7 +400,9 @@ def spectrum_summary(spectra: pd.DataFrame) -> pd.DataFrame:
         row = g.iloc[i]
         total = g["noise_logit"].sum()
         gap = sv[i] / sv[i + 1] if i + 1 < len(sv) and sv[i + 1] > 0 else float("inf")
-        if row["align_noise"] < 0.5:
+        if sv[0] == 0:
+            loc = "zero"
+        elif row["align_noise"] < 0.5:
             loc = "spread"
         elif i == 0:
             loc = "top spike" if gap >= 1.5 else "top"
