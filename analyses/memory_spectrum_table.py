@@ -5,12 +5,14 @@ configuration (N = V = 64, d = 128, alpha = 0.3, Gaussian embeddings, W = 0 at s
 full-batch gradient descent on the population loss (lr = N, so each input's logits move at the
 same speed whatever N), and at steps 10, 100 and 1000 locates the component of W and of
 W - W_init most aligned with the noise output direction (mechtrunc.memory.spectrum_summary).
-At the last step it checks the prediction with the library's interventions: LASER
-(mt.Truncate("W", keep=...)) versus removing the noise component (mt.RemoveComponents).
+At each of those steps it checks what the location predicts with the library's interventions:
+LASER (mt.Truncate("W", keep=...)) versus removing the noise component of W
+(mt.RemoveComponents).
 
 Writes memory_spectrum_table.csv (one row per configuration, step, matrix) and
-memory_truncation_check.csv (one row per configuration: clean P(noise), P(correct) of the full
-memory, after LASER keep 0.1 and 0.5, and after removing the noise component).
+memory_truncation_check.csv (one row per configuration and step: clean P(noise), P(correct) of
+the full memory, after LASER keep 0.1 and 0.5, and after removing the noise component; and the
+first steps where P(noise) >= alpha/2 and P(correct) >= (1 - alpha)/2, -1 for never).
 
     python analyses/memory_spectrum_table.py --out runs/memory
 """
@@ -46,20 +48,30 @@ def main() -> None:
     with Timer() as timer:
         for factor, value in [("base", None)] + GRID:
             cfg = config_for(factor, value)
-            run = mt.train_memory(cfg, steps=STEPS, lr=float(cfg.n_inputs), log_every=STEPS, spectrum_steps=LOG_STEPS)
             desc = {"factor": factor, "alpha": cfg.alpha, "N": cfg.n_inputs, "d": cfg.d,
                     "init_scale": cfg.init_scale if cfg.init == "random" else 0.0}
-            summary = mt.memory.spectrum_summary(run.spectra)
-            tables.append(summary.assign(**desc))
-            model = run.model
-            i = mt.memory.noise_component(mt.memory.spectrum(model))
-            variants = {"full": [], "laser_0.1": [mt.Truncate("W", keep=0.1)], "laser_0.5": [mt.Truncate("W", keep=0.5)],
-                        "remove_noise": [mt.RemoveComponents("W", indices=[i])]}
-            row = dict(desc, noise_index=i)
-            for name, ivs in variants.items():
-                m = mt.memory.clean_metrics(model, *ivs)
-                row[f"p_noise_{name}"], row[f"p_correct_{name}"] = m["p_noise"], m["p_correct"]
-            checks.append(row)
+            model, done, hist = mt.LinearMemory(cfg), 0, []
+            for step in LOG_STEPS:  # train on in segments (GD is deterministic), check at each step
+                run = mt.train_memory(model, steps=step - done, lr=float(cfg.n_inputs), log_every=1,
+                                      spectrum_steps=[step - done])
+                hist.append(run.history.assign(step=run.history["step"] + done))
+                done = step
+                tables.append(mt.memory.spectrum_summary(run.spectra.assign(step=step)).assign(**desc))
+                i = mt.memory.noise_component(mt.memory.spectrum(model))
+                variants = {"full": [], "laser_0.1": [mt.Truncate("W", keep=0.1)],
+                            "laser_0.5": [mt.Truncate("W", keep=0.5)],
+                            "remove_noise": [mt.RemoveComponents("W", indices=[i])]}
+                row = dict(desc, step=step, noise_index=i)
+                for name, ivs in variants.items():
+                    m = mt.memory.clean_metrics(model, *ivs)
+                    row[f"p_noise_{name}"], row[f"p_correct_{name}"] = m["p_noise"], m["p_correct"]
+                checks.append(row)
+            # order of learning: first step where P(noise) >= alpha / 2, and P(correct) >= (1 - alpha) / 2
+            h = pd.concat(hist, ignore_index=True)
+            first = lambda ok: int(h.loc[ok, "step"].iloc[0]) if ok.any() else -1
+            for row in checks[-len(LOG_STEPS):]:
+                row["step_noise_half"] = first(h["p_noise"] >= cfg.alpha / 2)
+                row["step_correct_half"] = first(h["p_correct"] >= (1 - cfg.alpha) / 2)
     table = pd.concat(tables, ignore_index=True)
     cols = ["factor", "alpha", "N", "d", "init_scale", "step", "matrix"]
     table = table[cols + [c for c in table.columns if c not in cols]]
@@ -68,13 +80,13 @@ def main() -> None:
     check.to_csv(out / "memory_truncation_check.csv", index=False)
     pd.set_option("display.width", 250)
     show = table[table["step"] == STEPS]
-    print(show[cols[:-2] + ["matrix", "noise_index", "noise_align", "noise_sv", "top_sv", "gap", "bulk_sv", "location"]]
+    print(show[cols[:-2] + ["matrix", "noise_index", "n_nonzero", "noise_align", "noise_sv", "top_sv", "gap", "location"]]
           .round(3).to_string(index=False))
     print()
-    print(table[(table["step"] == 10) & (table["matrix"] == "W")][cols[:-2] + ["noise_index", "noise_align", "gap", "location"]]
+    print(table[table["step"] == 10][cols[:-2] + ["matrix", "noise_index", "n_nonzero", "noise_align", "noise_sv", "top_sv", "gap", "location"]]
           .round(3).to_string(index=False))
     print()
-    print(check.round(3).to_string(index=False))
+    print(check[check["step"].isin([10, STEPS])].round(3).to_string(index=False))
     print(f"\n{len(GRID) + 1} configurations in {timer.seconds:.1f} s -> {out}")
 
 

@@ -352,7 +352,8 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
         adapter = BridgeAdapter(model)
     else:
         raise TypeError(
-            f"mechtrunc supports ToyTransformer, LinearMemory and transformer_lens.TransformerBridge models, got {type(model).__name__}"
+            f"mechtrunc supports ToyTransformer and transformer_lens.TransformerBridge models, got {type(model).__name__} "
+            "(the linear memory, mechtrunc.memory.LinearMemory, is supported too)"
         )
     model.__dict__[_ATTR] = adapter  # a plain attribute: not a submodule, not in state_dict
     return adapter

@@ -389,7 +389,8 @@ def spectrum_summary(spectra: pd.DataFrame) -> pd.DataFrame:
     ``noise_align``, ``noise_sv``, ``top_sv`` (largest singular value), ``gap`` (its singular value
     over the next one below), ``bulk_sv`` (median singular value), ``noise_logit_share`` (its
     share of the mean noise logit) and ``location``: ``zero`` for a zero matrix, ``spread`` when no component has alignment
-    >= 0.5, ``top spike`` (index 0 with gap >= 1.5), ``top`` (index 0), else ``inside``."""
+    >= 0.5, ``top spike`` (index 0 with gap >= 1.5), ``top`` (index 0), else ``bulk``;
+    ``n_nonzero`` counts singular values above ``1e-9`` times the largest."""
     rows = []
     keys = [k for k in ("step", "matrix") if k in spectra.columns]
     groups = spectra.groupby(keys, sort=False) if keys else [((), spectra)]
@@ -407,12 +408,12 @@ def spectrum_summary(spectra: pd.DataFrame) -> pd.DataFrame:
         elif i == 0:
             loc = "top spike" if gap >= 1.5 else "top"
         else:
-            loc = "inside"
+            loc = "bulk"
         rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))),
                      "noise_index": i, "noise_align": float(row["align_noise"]),
                      "noise_align_assoc": float(row["align_noise_assoc"]),
                      "noise_sv": float(sv[i]), "top_sv": float(sv[0]), "gap": float(gap),
-                     "bulk_sv": float(pd.Series(sv).median()),
+                     "bulk_sv": float(pd.Series(sv).median()), "n_nonzero": int((sv > 1e-9 * sv[0]).sum()),
                      "noise_logit_share": float(row["noise_logit"] / total) if total != 0 else float("nan"),
                      "location": loc})
     return pd.DataFrame(rows)
