@@ -6,9 +6,9 @@ d = 128, Gaussian embeddings): alpha = 0.3 from W = 0; alpha = 0.05 from W = 0 (
 association starts at the bottom of the spectrum, below the correct associations); alpha = 0.3 from a random W_init of
 scale 30, shown for W and for W - W_init.  Writes memory_spectrum_training.png and
 memory_spectrum_training.csv (the spectra: step, run, matrix, component, singular value,
-alignments; see mechtrunc.memory.spectrum).
+alignments, see mechtrunc.memory.spectrum; the top 16 components and the noise-aligned one).
 
-    python analyses/memory_spectrum_training.py --out runs/memory
+    python analyses/memory_spectrum_training.py --out docs/memory
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ def main() -> None:
             spectra.append(run.spectra.assign(run=name))
             histories.append(run.history.assign(run=name))
         spectra, history = pd.concat(spectra, ignore_index=True), pd.concat(histories, ignore_index=True)
-        spectra.to_csv(out / "memory_spectrum_training.csv", index=False)
+        noise_rows = spectra.groupby(["run", "step", "matrix"])["align_noise"].idxmax()
+        small = spectra[(spectra["component"] < N_SHOWN) | spectra.index.isin(noise_rows)]
+        small.to_csv(out / "memory_spectrum_training.csv", index=False, float_format="%.6g")
         panels = [(name, "W") for name in RUNS] + [(list(RUNS)[-1], "W - W_init")]
         fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 7.2), sharex=True,
                                  gridspec_kw={"height_ratios": [2.2, 1]}, layout="constrained")

@@ -8,7 +8,7 @@ full-batch GD with lr = N): alpha = 0.3 after 1000 steps (noise = top spike); al
 W_init of scale 30 after 1000 steps (LASER also keeps random directions).  Writes
 memory_truncation_curves.png and memory_truncation_curves.csv.
 
-    python analyses/memory_truncation_curves.py --out runs/memory
+    python analyses/memory_truncation_curves.py --out docs/memory
 """
 
 from __future__ import annotations

@@ -297,8 +297,11 @@ class LinearMemory(HookedRootModule):
 # ------------------------------------------------------------------------------------------
 def population_loss(model: LinearMemory) -> Tensor:
     """Exact expected cross-entropy ``sum_x p(x) sum_y q(y|x) (-log softmax(U W e_x)_y)``."""
-    logp = model.all_logits().log_softmax(-1)
-    return -(model.p_x[:, None] * model.target_distribution() * logp).sum()
+    return _expected_ce(model, model.all_logits(), model.target_distribution())
+
+
+def _expected_ce(model: LinearMemory, logits: Tensor, q: Tensor) -> Tensor:
+    return -(model.p_x[:, None] * q * logits.log_softmax(-1)).sum()
 
 
 def closed_form_gradient_at_zero(model: LinearMemory) -> Float[Tensor, "d d"]:
@@ -479,20 +482,26 @@ def train_memory(
     spec_steps = set(tc.spectrum_steps)
     history, spectra = [], []
     t0 = time.perf_counter()
+    q = model.target_distribution()
+    x_all = torch.arange(model.cfg.n_inputs, device=model.W.device)
     for step in range(tc.steps + 1):
+        gd = tc.method == "gd" and step < tc.steps
+        logits = loss = None
+        if gd:  # one forward pass serves the gradient and the history
+            logits = model(x_all)
+            loss = _expected_ce(model, logits, q)
         if step in log_steps:
             with torch.no_grad():
-                logits = model.all_logits()
-                row = {"step": step, **_metrics(model, logits, prompts)}
-                logp = logits.log_softmax(-1)
-                row["loss"] = float(-(model.p_x[:, None] * model.target_distribution() * logp).sum())
+                lg = logits.detach() if logits is not None else model(x_all)
+                row = {"step": step, **_metrics(model, lg, prompts)}
+                row["loss"] = float(loss.detach()) if loss is not None else float(_expected_ce(model, lg, q))
             history.append(row)
         if step in spec_steps:
             spectra.append(_spectra_at(model, step))
         if step == tc.steps:
             break
-        if tc.method == "gd":
-            loss = population_loss(model)
+        if gd:
+            pass
         else:
             x, y = model.sample(tc.batch_size, gen)
             loss = nn.functional.cross_entropy(model(x), y)

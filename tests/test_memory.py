@@ -279,3 +279,22 @@ def test_cli_bad_input_exits_2(args, message, capsys, tmp_path, monkeypatch):
     assert code == 2
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_truncation_curves_script(tmp_path):
+    """The figure script runs on the public API and its numbers match the documented check."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "analyses" / "memory_truncation_curves.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "memory_truncation_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    t = pd.read_csv(tmp_path / "memory_truncation_curves.csv").set_index(["case", "variant"])
+    base = "alpha 0.3, 1000 steps"
+    assert t.loc[(base, "LASER rank 1"), "p_noise"] > 0.95  # documented: 0.992
+    assert t.loc[(base, "remove noise component #0"), "p_answer"] > 0.99  # documented: 0.995
+    assert t.loc[(base, "LASER rank 128"), "p_noise"] == pytest.approx(0.298, abs=0.005)
