@@ -314,6 +314,15 @@ class MemoryAdapter(ModelAdapter):
             raise ValueError(f"site {site!r} does not exist on the linear memory; valid: 'mlp_out' (its output W e_x)")
         return "hook_mem_out"
 
+    def hook_point(self, name: str):
+        try:
+            return self.model.hook_dict[name]
+        except KeyError:
+            raise ValueError(
+                f"the linear memory has no hook point {name!r} (its hooks: hook_embed, hook_mem_out); "
+                "Transformer-only tools such as mt.attribute do not apply to it"
+            ) from None
+
     def matrix(self, name: str, layer: int) -> MatrixSite:
         if name not in MEMORY_MATRICES:
             raise ValueError(f"unknown matrix {name!r} for the linear memory; valid: {', '.join(MEMORY_MATRICES)}")

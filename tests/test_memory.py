@@ -206,6 +206,20 @@ def test_bad_training_and_intervention_input(trained):
         trained.model(torch.tensor([32]))
 
 
+def test_project_out_and_transformer_only_tools(trained):
+    model = trained.model
+    i = noise_component(spectrum(model))
+    A = torch.linalg.svd(model.W.detach())[0]
+    # projecting the noise component's output direction out of W e_x == removing that component
+    a = clean_metrics(model, mt.ProjectOut("mlp_out", 0, A[:, i]))
+    b = clean_metrics(model, mt.RemoveComponents("W", indices=[i]))
+    assert a["p_noise"] == pytest.approx(b["p_noise"], abs=1e-6) and a["p_correct"] == pytest.approx(b["p_correct"], abs=1e-6)
+    with pytest.raises(ValueError, match="site 'resid_pre' does not exist on the linear memory"):
+        clean_metrics(model, mt.ProjectOut("resid_pre", 0, A[:, i]))
+    with pytest.raises(ValueError, match="Transformer-only tools such as mt.attribute do not apply"):
+        mt.attribute(model, model.prompts())
+
+
 def test_memory_matrix_is_refused_on_the_toy(random_toy):
     with pytest.raises(ValueError, match="exists only on a mechtrunc.memory.LinearMemory"):
         with mt.intervene(random_toy, mt.Truncate("W", keep=0.5)):
