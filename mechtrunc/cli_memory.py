@@ -36,6 +36,20 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     t.add_argument("--log-every", type=int, default=10, help="history every N steps (default 10)")
     t.add_argument("--spectrum-steps", type=int, nargs="+", default=None,
                    help="steps at which to record the SVD (default 0, 10, 100 and the last step)")
+    _threads_option(t)
+
+
+def _threads_option(p) -> None:
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the matrices are tiny and extra threads only spin-wait)")
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
 
 
 def _summary_of(spectra, step) -> dict:
@@ -49,6 +63,7 @@ def _summary_of(spectra, step) -> dict:
 def cmd_train(args) -> int:
     from mechtrunc.memory import MemoryConfig, MemoryTrainConfig, train_memory
 
+    _set_threads(args.threads)
     cfg = MemoryConfig(
         n_inputs=args.n_inputs, n_outputs=args.n_outputs, d=args.d, alpha=args.alpha, noise_token=args.noise_token,
         target_seed=args.target_seed, input_dist=args.input_dist, zipf_exponent=args.zipf_exponent,
@@ -85,6 +100,7 @@ def cmd_spectrum(args) -> int:
     from mechtrunc.interventions import RemoveComponents, Truncate
     from mechtrunc.memory import clean_metrics, load_memory_run, noise_component, spectrum, spectrum_summary
 
+    _set_threads(args.threads)
     run = load_memory_run(args.dir)
     model = run.model
     spec = spectrum(model)
@@ -133,5 +149,6 @@ def add_commands(sub) -> argparse._SubParsersAction:
     sp.add_argument("--keep", type=float, default=0.1, help="LASER kept fraction of the rank (default 0.1)")
     sp.add_argument("--top", type=int, default=8, help="components to print (default 8)")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _threads_option(sp)
     sp.set_defaults(func=cmd_spectrum)
     return msub

@@ -23,7 +23,9 @@ The memory works with the shared intervention layer: ``mt.Truncate("W", keep=0.1
 ``mt.RemoveComponents("W", indices=[i])`` act on ``W`` (layer 0), and :meth:`LinearMemory.prompts`
 gives the clean prompt set for ``mt.evaluate`` / ``mt.sweep``.
 
-Defaults are float64 so that tests can compare with closed forms.
+Defaults are float64 so that tests can compare with closed forms.  The matrices are tiny: run
+with ``torch.set_num_threads(1)`` (the CLI and the analysis scripts do); on a busy machine two
+OpenMP threads made 200 GD steps of the default memory take 42 s instead of 0.9 s.
 """
 
 from __future__ import annotations
@@ -500,9 +502,7 @@ def train_memory(
             spectra.append(_spectra_at(model, step))
         if step == tc.steps:
             break
-        if gd:
-            pass
-        else:
+        if not gd:  # SGD: a fresh seeded minibatch of noisy pairs
             x, y = model.sample(tc.batch_size, gen)
             loss = nn.functional.cross_entropy(model(x), y)
         grads = torch.autograd.grad(loss, params)
