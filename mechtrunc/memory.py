@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -66,7 +67,7 @@ def _check_choice(name: str, value, valid: tuple[str, ...]) -> None:
 
 
 def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
@@ -93,9 +94,9 @@ class MemoryConfig:
         _check_int("n_inputs (N)", self.n_inputs, 2)
         _check_int("n_outputs (V)", self.n_outputs, 2)
         _check_int("d", self.d, 1)
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0.0 <= float(self.alpha) <= 1.0:
+        if not isinstance(self.alpha, numbers.Real) or isinstance(self.alpha, bool) or not 0.0 <= float(self.alpha) <= 1.0:
             raise ValueError(f"alpha must be a probability in [0, 1], got {self.alpha!r}")
-        if isinstance(self.noise_token, bool) or not isinstance(self.noise_token, int) \
+        if isinstance(self.noise_token, bool) or not isinstance(self.noise_token, numbers.Integral) \
                 or not 0 <= self.noise_token < self.n_outputs:
             raise ValueError(f"noise_token must be an output index in 0..{self.n_outputs - 1}, got {self.noise_token!r}")
         _check_choice("input distribution", self.input_dist, INPUT_DISTS)
@@ -112,6 +113,8 @@ class MemoryConfig:
                 f"V={self.n_outputs}, d={self.d}; use embeddings='gaussian' or a larger d"
             )
         self.alpha = float(self.alpha)
+        self.n_inputs, self.n_outputs, self.d = int(self.n_inputs), int(self.n_outputs), int(self.d)
+        self.noise_token, self.zipf_exponent, self.init_scale = int(self.noise_token), float(self.zipf_exponent), float(self.init_scale)
 
     @property
     def torch_dtype(self) -> torch.dtype:
