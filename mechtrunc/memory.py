@@ -508,6 +508,8 @@ def train_memory(
         if not gd:  # SGD: a fresh seeded minibatch of noisy pairs
             x, y = model.sample(tc.batch_size, gen)
             loss = nn.functional.cross_entropy(model(x), y)
+        if not bool(torch.isfinite(loss)):
+            raise ValueError(f"training diverged at step {step} (loss {float(loss.detach())}): lower lr (now {tc.lr})")
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             for p, g in zip(params, grads):

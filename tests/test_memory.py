@@ -156,6 +156,19 @@ def test_seeds_reproduce():
     assert not torch.equal(LinearMemory(cfg).W_E, LinearMemory(MemoryConfig(**{**cfg.to_dict(), "seed": 1})).W_E)
 
 
+def test_learned_embeddings_train_too():
+    cfg = MemoryConfig(n_inputs=8, n_outputs=6, d=8, alpha=0.2, learn_embeddings=True, init="random", init_scale=0.5)
+    model = LinearMemory(cfg)
+    E0, U0 = model.W_E.detach().clone(), model.W_U.detach().clone()
+    with pytest.raises(ValueError, match="training diverged at step .* lower lr"):
+        train_memory(LinearMemory(cfg), steps=200, lr=8.0, spectrum_steps=[])
+    run = train_memory(model, steps=200, lr=1.0, log_every=200, spectrum_steps=[200])
+    assert not torch.equal(model.W_E, E0) and not torch.equal(model.W_U, U0)
+    assert run.history["loss"].iloc[-1] < run.history["loss"].iloc[0] - 0.5
+    frozen = LinearMemory(MemoryConfig(n_inputs=8, n_outputs=6, d=8))
+    assert not frozen.W_E.requires_grad and not frozen.W_U.requires_grad and frozen.W.requires_grad
+
+
 def test_sgd_samples_the_noisy_distribution():
     model = LinearMemory(MemoryConfig(n_inputs=4, n_outputs=5, d=4, alpha=0.25, input_dist="zipf"))
     x, y = model.sample(20000, torch.Generator().manual_seed(0))
