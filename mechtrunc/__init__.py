@@ -17,6 +17,7 @@ from mechtrunc.training import (
 )
 from mechtrunc.viz import attention_html, plot_attribution, plot_history
 
-from mechtrunc import pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)
+from mechtrunc.memory import LinearMemory, MemoryConfig, MemoryTrainConfig, train_memory
+from mechtrunc import memory, pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)
 
 __version__ = "0.1.0"

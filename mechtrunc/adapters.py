@@ -21,10 +21,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-__all__ = ["MATRICES", "SITES", "ModelAdapter", "MatrixSite", "adapt"]
+__all__ = ["MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "MemoryAdapter", "adapt"]
 
 #: matrices an intervention can edit, in TransformerLens names
 MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
+#: the matrix of a :class:`mechtrunc.memory.LinearMemory` (layer 0)
+MEMORY_MATRICES = ("W",)
 #: activation sites (hook outputs) an intervention can edit
 SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post", "mlp_pre", "mlp_post", "z")
 
@@ -137,6 +139,8 @@ class ModelAdapter(ABC):
 
     # --- weights -------------------------------------------------------------------------
     def matrix(self, name: str, layer: int) -> MatrixSite:
+        if name in MEMORY_MATRICES:
+            raise ValueError(f"matrix {name!r} exists only on a mechtrunc.memory.LinearMemory, not on a {self.kind} model")
         if name not in MATRICES or name == "attn.OV":
             valid = ", ".join(m for m in MATRICES if m != "attn.OV")
             raise ValueError(f"unknown matrix {name!r}; valid matrices: {valid} (and 'attn.OV' for truncation)")
@@ -163,7 +167,7 @@ class ModelAdapter(ABC):
             if W_seen.shape == W.shape and W_seen.dtype == W.dtype and W_seen.device == W.device \
                     and torch.equal(W_seen, W):
                 return tuple(usv)
-        Wf = W.float()
+        Wf = W if W.dtype == torch.float64 else W.float()  # float64 weights keep float64 SVDs
         if method == "exact":
             U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
         elif method == "randomized":
@@ -290,6 +294,51 @@ class BridgeAdapter(ModelAdapter):
         return bool(getattr(self.model.cfg, "uses_rms_norm", False)) or self.model.cfg.normalization_type in ("RMS", "RMSPre")
 
 
+class MemoryAdapter(ModelAdapter):
+    """The linear associative memory (:class:`mechtrunc.memory.LinearMemory`) as a one-layer
+    model: its matrix ``"W"`` (layer 0; seen as ``x @ W.T``, the memory's output ``W e_x`` is
+    hook ``hook_mem_out``) and the site ``"mlp_out"`` (the memory plays the FFN's role).
+    Inputs (``d_vocab_in`` = N) and outputs (``d_vocab`` = V) are different vocabularies."""
+
+    kind = "memory"
+
+    def __init__(self, model):
+        super().__init__(model)
+        c = model.cfg
+        self.n_layers, self.n_heads, self.d_model, self.d_head = 1, 0, c.d, c.d
+        self.d_vocab, self.d_vocab_in = c.n_outputs, c.n_inputs
+
+    def site_hook(self, site: str, layer: int) -> str:
+        self.check_layer(layer)
+        if site != "mlp_out":
+            raise ValueError(f"site {site!r} does not exist on the linear memory; valid: 'mlp_out' (its output W e_x)")
+        return "hook_mem_out"
+
+    def hook_point(self, name: str):
+        try:
+            return self.model.hook_dict[name]
+        except KeyError:
+            raise ValueError(
+                f"the linear memory has no hook point {name!r} (its hooks: hook_embed, hook_mem_out); "
+                "Transformer-only tools such as mt.attribute do not apply to it"
+            ) from None
+
+    def matrix(self, name: str, layer: int) -> MatrixSite:
+        if name not in MEMORY_MATRICES:
+            raise ValueError(f"unknown matrix {name!r} for the linear memory; valid: {', '.join(MEMORY_MATRICES)}")
+        self.check_layer(layer)
+        return self._matrix(name, layer)
+
+    def _matrix(self, name, layer):
+        return MatrixSite(layer, name, self.model.W, lambda t: t.T, lambda W: W.T, None, "hook_mem_out")
+
+    def W_U(self):
+        return self.model.W_U.detach()
+
+    def has_pos_embed(self) -> bool:
+        return False
+
+
 _ATTR = "_mechtrunc_adapter"
 
 
@@ -301,15 +350,19 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     hit = model.__dict__.get(_ATTR)
     if hit is not None:
         return hit
+    from mechtrunc.memory import LinearMemory
     from mechtrunc.toy_model import ToyTransformer
 
     if isinstance(model, ToyTransformer):
         adapter: ModelAdapter = ToyAdapter(model)
+    elif isinstance(model, LinearMemory):
+        adapter = MemoryAdapter(model)
     elif type(model).__name__ == "TransformerBridge" or hasattr(model, "adapter") and hasattr(model, "blocks"):
         adapter = BridgeAdapter(model)
     else:
         raise TypeError(
-            f"mechtrunc supports ToyTransformer and transformer_lens.TransformerBridge models, got {type(model).__name__}"
+            f"mechtrunc supports ToyTransformer and transformer_lens.TransformerBridge models, got {type(model).__name__} "
+            "(the linear memory, mechtrunc.memory.LinearMemory, is supported too)"
         )
     model.__dict__[_ATTR] = adapter  # a plain attribute: not a submodule, not in state_dict
     return adapter

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mechtrunc import cli_pythia
 
     cli_pythia.add_commands(sub)
+    from mechtrunc import cli_memory
+
+    cli_memory.add_commands(sub)
     return parser
 
 

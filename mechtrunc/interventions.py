@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechtrunc.adapters import MATRICES, SITES, MatrixSite, ModelAdapter, adapt
+from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
 
 __all__ = [
     "Intervention", "Compose", "Ablate", "Truncate", "RemoveComponents", "ProjectOut",
@@ -236,8 +236,9 @@ class _SVDEdit(Intervention):
 
     def _validate_common(self) -> None:
         """Checks shared by the subclasses, run when the intervention is built."""
-        if self.matrix not in MATRICES:
-            raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)}")
+        if self.matrix not in MATRICES + MEMORY_MATRICES:
+            raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)} "
+                             f"(and {', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
         if self.mode not in _MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(_MODES)}")
 

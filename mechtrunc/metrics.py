@@ -25,8 +25,12 @@ from mechtrunc.runner import item_logits
 __all__ = ["metrics_from_logits", "evaluate", "sweep", "masked_cross_entropy"]
 
 
-def metrics_from_logits(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, float]:
-    """The metric dictionary (see module docstring) for logits at the prompt set's items."""
+def metrics_from_logits(
+    logits: Float[Tensor, "item vocab"], prompts: PromptSet, weights: Float[Tensor, "item"] | None = None
+) -> dict[str, float]:
+    """The metric dictionary (see module docstring) for logits at the prompt set's items.
+    ``weights`` (one non-negative number per item, normalised here) turns every mean into a
+    weighted mean, e.g. the input distribution p(x) of :mod:`mechtrunc.memory`."""
     if logits.shape[0] != len(prompts):
         raise ValueError(f"{logits.shape[0]} logit rows for {len(prompts)} items")
     if len(prompts) == 0:
@@ -34,28 +38,38 @@ def metrics_from_logits(logits: Float[Tensor, "item vocab"], prompts: PromptSet)
     logits = logits.float()
     answer = prompts.answer.to(logits.device)
     comps = prompts.competitors.to(logits.device)
+    if weights is None:
+        mean = lambda t: t.float().mean().item()
+    else:
+        w = torch.as_tensor(weights, device=logits.device).reshape(-1).float()
+        if w.shape[0] != len(prompts) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(f"weights must be {len(prompts)} non-negative numbers with a positive sum")
+        w = w / w.sum()
+        mean = lambda t: (t.float() * w).sum().item()
     logp = logits.log_softmax(-1)
     la = logits.gather(1, answer[:, None]).squeeze(1)
     out = {
         "n_items": float(len(prompts)),
-        "accuracy": (logits.argmax(-1) == answer).float().mean().item(),
-        "p_answer": logp.gather(1, answer[:, None]).exp().mean().item(),
-        "loss": -logp.gather(1, answer[:, None]).mean().item(),
+        "accuracy": mean(logits.argmax(-1) == answer),
+        "p_answer": mean(logp.gather(1, answer[:, None]).squeeze(1).exp()),
+        "loss": mean(-logp.gather(1, answer[:, None]).squeeze(1)),
     }
     for j, name in enumerate(prompts.competitor_names):
         lc = logits.gather(1, comps[:, j : j + 1]).squeeze(1)
-        out[f"p_{name}"] = logp.gather(1, comps[:, j : j + 1]).exp().mean().item()
-        out[f"acc_vs_{name}"] = (la > lc).float().mean().item()
-        out[f"logit_diff_{name}"] = (la - lc).mean().item()
+        out[f"p_{name}"] = mean(logp.gather(1, comps[:, j : j + 1]).squeeze(1).exp())
+        out[f"acc_vs_{name}"] = mean(la > lc)
+        out[f"logit_diff_{name}"] = mean(la - lc)
     return out
 
 
 def evaluate(
-    model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64, label: str | None = None
+    model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64, label: str | None = None,
+    weights: Tensor | None = None,
 ) -> pd.DataFrame:
-    """One-row DataFrame of metrics on ``prompts`` with the interventions active."""
+    """One-row DataFrame of metrics on ``prompts`` with the interventions active (``weights``:
+    optional per-item weights, see :func:`metrics_from_logits`)."""
     logits = item_logits(model, prompts, *interventions, batch_size=batch_size)
-    row = metrics_from_logits(logits, prompts)
+    row = metrics_from_logits(logits, prompts, weights=weights)
     name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
     return pd.DataFrame([{"variant": name, **row}])
 

@@ -25,10 +25,12 @@ def run_items(
     (sequence, position), both in item order.  Interventions are active during the run."""
     adapter = adapt(model)
     device = adapter.device
-    for name, t in (("tokens", prompts.tokens), ("answer", prompts.answer), ("competitors", prompts.competitors)):
-        if t.numel() and int(t.max()) >= adapter.d_vocab:
+    n_in = getattr(adapter, "d_vocab_in", adapter.d_vocab)  # the memory's inputs are not its outputs
+    for name, t, n in (("tokens", prompts.tokens, n_in), ("answer", prompts.answer, adapter.d_vocab),
+                       ("competitors", prompts.competitors, adapter.d_vocab)):
+        if t.numel() and int(t.max()) >= n:
             raise ValueError(
-                f"{name} holds token id {int(t.max())}, outside the model's vocabulary (valid ids 0..{adapter.d_vocab - 1})"
+                f"{name} holds token id {int(t.max())}, outside the model's vocabulary (valid ids 0..{n - 1})"
             )
     logits_out: list[Tensor] = []
     order: list[Tensor] = []
