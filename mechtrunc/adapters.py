@@ -21,12 +21,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from mechtrunc._choices import MATRICES, SITES
+
 __all__ = ["MATRICES", "SITES", "ModelAdapter", "MatrixSite", "adapt"]
 
-#: matrices an intervention can edit, in TransformerLens names
-MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
-#: activation sites (hook outputs) an intervention can edit
-SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post", "mlp_pre", "mlp_post", "z")
+# MATRICES (matrices an intervention can edit, in TransformerLens names) and SITES (activation
+# sites, hook outputs, an intervention can edit) live in mechtrunc._choices, which the CLI reads.
 
 _SITE_HOOK = {
     "mlp_out": "blocks.{l}.hook_mlp_out",

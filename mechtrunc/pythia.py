@@ -14,16 +14,17 @@
 
 from __future__ import annotations
 
-import bisect
 import gc
 import os
-import re
 import tempfile
 import threading
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import torch
+
+from mechtrunc._choices import STEPS as _STEPS
+from mechtrunc._choices import check_device, check_step, is_pythia, pythia_steps
 
 __all__ = [
     "PYTHIA_SIZES", "PythiaSize", "ModelNotAvailableError", "pythia_steps", "check_step", "is_pythia",
@@ -64,9 +65,6 @@ PYTHIA_SIZES: dict[str, PythiaSize] = {
     "12b": PythiaSize(36, 5120, 40, 50688),
 }
 
-_STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, 143_001, 1000))
-_STEPS_TEXT = "0, 1, 2, 4, ..., 512, then 1000 to 143000 every 1000"
-_PYTHIA_RE = re.compile(r"^EleutherAI/pythia-[A-Za-z0-9.]+(-deduped)?(-v0)?$", re.IGNORECASE)
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -76,35 +74,6 @@ _DTYPES = {
 
 class ModelNotAvailableError(ValueError):
     """The requested model (or checkpoint revision) is neither on disk nor downloadable."""
-
-
-def pythia_steps() -> list[int]:
-    """The 154 Pythia checkpoint steps: 0, 1, 2, 4, ..., 512, then 1000..143000 every 1000."""
-    return list(_STEPS)
-
-
-def check_step(step) -> int:
-    """``step`` as an int if it is a Pythia checkpoint; otherwise ValueError naming the nearest
-    valid steps."""
-    try:
-        s = int(step)
-    except (TypeError, ValueError):
-        raise ValueError(f"checkpoint step must be an integer, got {step!r}") from None
-    if s != step and not (isinstance(step, str) and str(s) == step.strip()):
-        raise ValueError(f"checkpoint step must be an integer, got {step!r}")
-    if s in _STEPS:
-        return s
-    i = bisect.bisect_left(_STEPS, s)
-    nearest = [str(_STEPS[j]) for j in (i - 1, i) if 0 <= j < len(_STEPS)]
-    raise ValueError(
-        f"step {s} is not a Pythia checkpoint; nearest valid steps: {', '.join(nearest)} "
-        f"(valid steps: {_STEPS_TEXT}; {len(_STEPS)} in all)"
-    )
-
-
-def is_pythia(name: str) -> bool:
-    """Whether ``name`` is a Pythia hub id (``EleutherAI/pythia-*``, ``-deduped`` included)."""
-    return bool(_PYTHIA_RE.match(str(name)))
 
 
 def _size_key(size: str) -> str:
@@ -295,6 +264,8 @@ def load_model(
     if step is not None and revision is not None:
         raise ValueError("give step= or revision=, not both")
     torch_dtype = _parse_dtype(dtype)
+    if device is not None and device_map is None and n_devices is None:
+        check_device(device)
     src = str(name_or_dir)
     local = Path(src).expanduser()
     is_local = local.is_dir()

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate
 from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
@@ -35,7 +36,6 @@ from mechtrunc.toy_model import ToyConfig, ToyTransformer
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate_toy", "trigger_margin", "TrainResult"]
 
-OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -68,8 +68,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if self.precision not in ("fp32", "tf32", "bf16"):
-            raise ValueError(f"unknown precision {self.precision!r}; valid: fp32, tf32, bf16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         for name in ("steps", "batch_size", "eval_every", "test_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -86,14 +86,6 @@ class TrainConfig:
     def model_config(self) -> ToyConfig:
         return ToyConfig(n_layers=self.n_layers, d_model=self.d_model, d_vocab=self.recall_config().d_vocab,
                          n_ctx=self.seq_len, ffn=self.ffn, seed=self.seed)
-
-
-PRESETS: dict[str, dict] = {
-    "paper": dict(d_model=256, seq_len=256, batch_size=512, optimizer="sgd", lr=0.03, momentum=0.9,
-                  weight_decay=1e-4, steps=5000, alpha=0.5, eval_every=250),
-    "cpu": dict(d_model=64, seq_len=128, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.0,
-                steps=1000, alpha=0.5, eval_every=100, test_size=256),
-}
 
 
 def preset(name: str, **overrides) -> TrainConfig:
@@ -161,9 +153,7 @@ def batch_seed(seed: int, step: int) -> int:
 
 def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
     """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``."""
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+    device = torch.device(check_device(cfg.device))
     torch.manual_seed(cfg.seed)
     if cfg.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -252,7 +242,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = 
 
 def load_run(directory: str | Path, device: str = "cpu") -> tuple[ToyTransformer, TrainConfig, RecallTask]:
     """Model, training configuration and task of a directory written by :func:`train`."""
-    model = ToyTransformer.load(directory, device=device)
+    model = ToyTransformer.load(directory, device=check_device(device))
     meta = json.loads((Path(directory) / "config.json").read_text())
     if "train" not in meta:
         raise ValueError(f"{str(directory)!r} holds a model but no training configuration")
