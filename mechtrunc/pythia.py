@@ -28,8 +28,12 @@ from mechtrunc._choices import check_device, check_step, is_pythia, pythia_steps
 
 __all__ = [
     "PYTHIA_SIZES", "PythiaSize", "ModelNotAvailableError", "pythia_steps", "check_step", "is_pythia",
-    "pythia_config", "load_model", "build_random_pythia", "free_model",
+    "pythia_config", "load_model", "build_random_pythia", "free_model", "tokenizer", "tokenizer_dir",
+    "PYTHIA_TOKENIZER_JSON",
 ]
+
+#: Pythia's GPT-NeoX-20B BPE tokenizer, shipped with the package (Apache-2.0, see docs/dependencies.md)
+PYTHIA_TOKENIZER_JSON = Path(__file__).resolve().parent / "data" / "gpt_neox_20b_tokenizer.json"
 
 
 class PythiaSize(NamedTuple):
@@ -107,6 +111,94 @@ def pythia_config(size: str = "70m", **overrides):
             f"hidden_size {args['hidden_size']} is not divisible by num_attention_heads {args['num_attention_heads']}"
         )
     return GPTNeoXConfig(**args)
+
+
+# ----------------------------------------------------------------------------------------
+# Pythia's tokenizer, offline
+# ----------------------------------------------------------------------------------------
+def _cache_root() -> Path:
+    """``$MECHTRUNC_CACHE``, else ``$XDG_CACHE_HOME/mechtrunc`` (``~/.cache/mechtrunc``), else a
+    directory under the system temporary directory when the home cache is not writable."""
+    env = os.environ.get("MECHTRUNC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mechtrunc"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"mechtrunc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+def tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Pythia's tokenizer (GPT-NeoX-20B BPE, shipped in the package) as a Hugging Face tokenizer
+    directory, written once (``save_pretrained``) under ``cache_dir`` (default: see
+    ``MECHTRUNC_CACHE``; ``~/.cache/mechtrunc``).  A bridge boots offline only from a tokenizer
+    that was loaded from disk, hence the directory.  No network."""
+    import hashlib
+
+    from transformers import PreTrainedTokenizerFast
+
+    data = PYTHIA_TOKENIZER_JSON.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    out = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
+    out = out / f"gpt-neox-20b-{digest}"
+    if (out / "tokenizer_config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    eot = "<|endoftext|>"  # Pythia's bos, eos and unk token (id 0)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(PYTHIA_TOKENIZER_JSON), bos_token=eot, eos_token=eot,
+                                  unk_token=eot)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(out)  # atomic: a concurrent writer either wins or finds the finished directory
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "tokenizer.json").is_file():
+            raise
+    return out
+
+
+def tokenizer(name: str | None = None, cache_dir: str | os.PathLike | None = None):
+    """A ready Hugging Face tokenizer.
+
+    ``name=None``, ``"pythia"`` or any Pythia hub id (``EleutherAI/pythia-160m-deduped``...):
+    Pythia's GPT-NeoX-20B tokenizer from the copy shipped in the package, offline (loaded from
+    :func:`tokenizer_dir`, so it can be handed to ``load_model(..., tokenizer=)`` and to
+    ``TransformerBridge.boot_transformers``).  Any other name: a local tokenizer directory, or a
+    hub id loaded from the local Hugging Face cache, else the hub; a tokenizer that is neither
+    raises :class:`ModelNotAvailableError`.
+    """
+    from transformers import AutoTokenizer
+
+    if name is None or str(name).lower() == "pythia" or is_pythia(str(name)):
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir(cache_dir)))
+    src = str(name)
+    local = Path(src).expanduser()
+    if local.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(local))
+        except (OSError, ValueError) as e:
+            raise ModelNotAvailableError(f"directory {str(local)} holds no readable tokenizer: {e}") from e
+    if _looks_like_path(src):
+        raise ModelNotAvailableError(f"no such tokenizer directory: {src}")
+    try:
+        return AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except OSError as e:
+        cache_err = e
+    if _offline_env():
+        raise _not_available(src, None, "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)", cache_err)
+    if not _hub_reachable():
+        raise _not_available(src, None, f"the Hugging Face hub ({_hub_endpoint()}) is unreachable", cache_err)
+    try:
+        return AutoTokenizer.from_pretrained(src)
+    except OSError as e:
+        raise _not_available(src, None, "the hub could not provide it", e) from e
 
 
 # ----------------------------------------------------------------------------------------
