@@ -232,11 +232,15 @@ def progress_bars(enabled: bool):
         return
     saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
     os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    # modules imported before the block read the environment at import: switch them off too
-    for module, off in (("huggingface_hub.utils", "disable_progress_bars"),
-                        ("transformers.utils.logging", "disable_progress_bar")):
-        if module in sys.modules:
-            getattr(sys.modules[module], off)()
+    # modules imported before the block read the environment at their import: switch them off
+    # too (and back on afterwards); modules first imported inside the block read the variables
+    switched = []
+    for module, off, on in (("huggingface_hub.utils", "disable_progress_bars", "enable_progress_bars"),
+                            ("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar")):
+        mod = sys.modules.get(module)
+        if mod is not None and saved["HF_HUB_DISABLE_PROGRESS_BARS"] is None:
+            getattr(mod, off)()
+            switched.append(getattr(mod, on))
     try:
         yield
     finally:
@@ -245,11 +249,8 @@ def progress_bars(enabled: bool):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        if saved["HF_HUB_DISABLE_PROGRESS_BARS"] is None:  # back to the default: bars on
-            for module, on in (("huggingface_hub.utils", "enable_progress_bars"),
-                               ("transformers.utils.logging", "enable_progress_bar")):
-                if module in sys.modules:
-                    getattr(sys.modules[module], on)()
+        for on in switched:
+            on()
 
 
 def main(argv: list[str] | None = None) -> int:
