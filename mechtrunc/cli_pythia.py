@@ -37,6 +37,8 @@ def _check_task(task: str) -> None:
                          + (f" ({task} is a directory)" if path.is_dir() else ""))
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise UsageError(f"{task}: unknown extension {path.suffix!r}; valid extensions are '.csv' and '.jsonl'")
+    if not path.read_text(encoding="utf-8-sig", errors="replace").strip():
+        raise UsageError(f"{task}: the prompt file is empty")
 
 
 def _check_steps(model: str, steps) -> None:

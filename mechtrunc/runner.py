@@ -25,6 +25,12 @@ def run_items(
     (sequence, position), both in item order.  Interventions are active during the run."""
     adapter = adapt(model)
     device = adapter.device
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(n_ctx, int) and prompts.tokens.shape[1] > n_ctx:
+        raise ValueError(
+            f"the prompts are {prompts.tokens.shape[1]} tokens long but the model's context is {n_ctx} tokens: "
+            "shorten the prompts"
+        )
     for name, t in (("tokens", prompts.tokens), ("answer", prompts.answer), ("competitors", prompts.competitors)):
         if t.numel() and int(t.max()) >= adapter.d_vocab:
             raise ValueError(

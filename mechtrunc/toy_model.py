@@ -225,8 +225,10 @@ class ToyTransformer(HookedRootModule):
 
         directory = Path(directory)
         cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"{directory} is not a directory (expected a model directory written by `mechtrunc toy train`)")
         if not directory.is_dir():
-            raise ValueError(f"model directory {str(directory)!r} does not exist")
+            raise ValueError(f"model directory {directory} does not exist")
         for path in (cfg_path, w_path):
             if not path.is_file():
                 raise ValueError(f"{str(directory)!r} is not a mechtrunc model directory: {path.name} is missing")

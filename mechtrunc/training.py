@@ -171,7 +171,12 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = 
     start_step, rows = 0, []
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+            ckpt["config"], ckpt["step"]  # noqa: B018 - the keys a checkpoint must have
+        except Exception as err:  # truncated file, not a checkpoint, ...
+            raise ValueError(f"{ckpt_path} is corrupt or unreadable ({type(err).__name__}: {err}); delete it to "
+                             "start over, or use a new --out directory") from err
         same = lambda c: {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}
         if same(ckpt["config"]) != same(asdict(cfg)):
             raise ValueError(
