@@ -23,7 +23,7 @@ result = train(cfg, progress=False)
 task = RecallTask(cfg.recall_config())
 final = evaluate_toy(result.model, task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts())
 history = result.history.drop(columns=["seconds"]).to_dict(orient="list")
-weights = float(sum(p.double().abs().sum() for p in result.model.parameters()))
+weights = float(sum(p.detach().double().abs().sum() for p in result.model.parameters()))
 print(json.dumps({"final": final, "history": history, "weights": weights}))
 """
 
