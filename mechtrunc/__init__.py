@@ -1,23 +1,52 @@
 """mechtrunc: FFN truncation and attribution studies on the paper's toy model and on
-TransformerLens bridges (Pythia and friends).  See docs/api.md for the public API."""
+TransformerLens bridges (Pythia and friends).  See docs/api.md for the public API.
 
-from mechtrunc.adapters import MATRICES, SITES, adapt
-from mechtrunc.interventions import (
-    Ablate, Compose, Intervention, ProjectOut, RemoveComponents, Truncate, intervene, rank_for_keep,
-)
-from mechtrunc.attribution import attribute, attribute_change
-from mechtrunc.directions import rank_components, token_directions, token_ids
-from mechtrunc.metrics import evaluate, metrics_from_logits, sweep
-from mechtrunc.prompts import PromptSet
-from mechtrunc.runner import item_logits, run_items
-from mechtrunc.tasks import RecallConfig, RecallTask, factual_prompts, ioi_prompts, load_prompts
-from mechtrunc.toy_model import ToyConfig, ToyTransformer
-from mechtrunc.training import (
-    PRESETS, TrainConfig, evaluate_toy, load_run, preset, train, truncation_table, truncation_variants,
-)
-from mechtrunc.viz import attention_html, plot_attribution, plot_history
+Importing ``mechtrunc`` is cheap: the public names below are resolved on first use
+(PEP 562 module ``__getattr__``), so ``import mechtrunc.cli`` and ``mechtrunc --help`` never
+import torch, transformers, TransformerLens or pandas.  ``import mechtrunc as mt; mt.Truncate``,
+``from mechtrunc import Truncate`` and the submodules ``mt.pythia`` / ``mt.studies`` work as before.
+"""
 
-from mechtrunc.memory import LinearMemory, MemoryConfig, MemoryTrainConfig, train_memory
-from mechtrunc import memory, pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["MATRICES", "SITES", "adapt"], "mechtrunc.adapters"),
+    **dict.fromkeys(["Ablate", "Compose", "Intervention", "ProjectOut", "RemoveComponents", "Truncate",
+                     "intervene", "rank_for_keep"], "mechtrunc.interventions"),
+    **dict.fromkeys(["attribute", "attribute_change"], "mechtrunc.attribution"),
+    **dict.fromkeys(["rank_components", "token_directions", "token_ids"], "mechtrunc.directions"),
+    **dict.fromkeys(["evaluate", "metrics_from_logits", "sweep"], "mechtrunc.metrics"),
+    "PromptSet": "mechtrunc.prompts",
+    **dict.fromkeys(["item_logits", "run_items"], "mechtrunc.runner"),
+    **dict.fromkeys(["RecallConfig", "RecallTask", "factual_prompts", "ioi_prompts", "load_prompts"],
+                    "mechtrunc.tasks"),
+    **dict.fromkeys(["ToyConfig", "ToyTransformer"], "mechtrunc.toy_model"),
+    **dict.fromkeys(["PRESETS", "TrainConfig", "evaluate_toy", "load_run", "preset", "train",
+                     "truncation_table", "truncation_variants"], "mechtrunc.training"),
+    **dict.fromkeys(["LinearMemory", "MemoryConfig", "MemoryTrainConfig", "train_memory"], "mechtrunc.memory"),
+    **dict.fromkeys(["attention_html", "plot_attribution", "plot_history"], "mechtrunc.viz"),
+}
+#: submodules reachable as attributes (``mt.pythia.load_model``, ``mt.studies...``)
+_SUBMODULES = ("memory", "pythia", "studies")
+
+__all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"mechtrunc.{name}")
+    else:
+        raise AttributeError(f"module 'mechtrunc' has no attribute {name!r}")
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

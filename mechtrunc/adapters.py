@@ -21,14 +21,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from mechtrunc._choices import MATRICES, SITES
+
 __all__ = ["MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "MemoryAdapter", "adapt"]
 
-#: matrices an intervention can edit, in TransformerLens names
-MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
+# MATRICES (matrices an intervention can edit, in TransformerLens names) and SITES (activation
+# sites, hook outputs, an intervention can edit) live in mechtrunc._choices, which the CLI reads.
 #: the matrix of a :class:`mechtrunc.memory.LinearMemory` (layer 0)
 MEMORY_MATRICES = ("W",)
-#: activation sites (hook outputs) an intervention can edit
-SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post", "mlp_pre", "mlp_post", "z")
 
 _SITE_HOOK = {
     "mlp_out": "blocks.{l}.hook_mlp_out",

@@ -49,6 +49,8 @@ class Intervention:
         yield
 
     def __add__(self, other: "Intervention") -> "Compose":
+        if not isinstance(other, Intervention):
+            return NotImplemented  # Python raises TypeError naming both types
         return Compose((*_flatten(self), *_flatten(other)))
 
     @property
@@ -70,6 +72,11 @@ class Compose(Intervention):
 
     items: tuple[Intervention, ...] = ()
 
+    def __post_init__(self):
+        for iv in self.items:
+            if not isinstance(iv, Intervention):
+                raise TypeError(f"expected Intervention objects, got {type(iv).__name__}")
+
     def _apply(self, adapter):
         with contextlib.ExitStack() as stack:
             for iv in self.items:
@@ -86,7 +93,7 @@ def intervene(model, *interventions: Intervention):
     """Apply any number of interventions to ``model`` for the duration of a ``with`` block."""
     for iv in interventions:
         if not isinstance(iv, Intervention):
-            raise TypeError(f"expected Intervention objects, got {type(iv).__name__}: {iv!r}")
+            raise TypeError(f"expected Intervention objects, got {type(iv).__name__}")
     with Compose(tuple(interventions)).apply(model):
         yield model
 

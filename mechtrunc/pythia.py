@@ -14,10 +14,8 @@
 
 from __future__ import annotations
 
-import bisect
 import gc
 import os
-import re
 import tempfile
 import threading
 from pathlib import Path
@@ -25,10 +23,17 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from mechtrunc._choices import STEPS as _STEPS
+from mechtrunc._choices import check_device, check_step, is_pythia, pythia_steps
+
 __all__ = [
     "PYTHIA_SIZES", "PythiaSize", "ModelNotAvailableError", "pythia_steps", "check_step", "is_pythia",
-    "pythia_config", "load_model", "build_random_pythia", "free_model",
+    "pythia_config", "load_model", "build_random_pythia", "free_model", "tokenizer", "tokenizer_dir",
+    "PYTHIA_TOKENIZER_JSON",
 ]
+
+#: Pythia's GPT-NeoX-20B BPE tokenizer, shipped with the package (Apache-2.0, see docs/dependencies.md)
+PYTHIA_TOKENIZER_JSON = Path(__file__).resolve().parent / "data" / "gpt_neox_20b_tokenizer.json"
 
 
 class PythiaSize(NamedTuple):
@@ -64,9 +69,6 @@ PYTHIA_SIZES: dict[str, PythiaSize] = {
     "12b": PythiaSize(36, 5120, 40, 50688),
 }
 
-_STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, 143_001, 1000))
-_STEPS_TEXT = "0, 1, 2, 4, ..., 512, then 1000 to 143000 every 1000"
-_PYTHIA_RE = re.compile(r"^EleutherAI/pythia-[A-Za-z0-9.]+(-deduped)?(-v0)?$", re.IGNORECASE)
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -76,35 +78,6 @@ _DTYPES = {
 
 class ModelNotAvailableError(ValueError):
     """The requested model (or checkpoint revision) is neither on disk nor downloadable."""
-
-
-def pythia_steps() -> list[int]:
-    """The 154 Pythia checkpoint steps: 0, 1, 2, 4, ..., 512, then 1000..143000 every 1000."""
-    return list(_STEPS)
-
-
-def check_step(step) -> int:
-    """``step`` as an int if it is a Pythia checkpoint; otherwise ValueError naming the nearest
-    valid steps."""
-    try:
-        s = int(step)
-    except (TypeError, ValueError):
-        raise ValueError(f"checkpoint step must be an integer, got {step!r}") from None
-    if s != step and not (isinstance(step, str) and str(s) == step.strip()):
-        raise ValueError(f"checkpoint step must be an integer, got {step!r}")
-    if s in _STEPS:
-        return s
-    i = bisect.bisect_left(_STEPS, s)
-    nearest = [str(_STEPS[j]) for j in (i - 1, i) if 0 <= j < len(_STEPS)]
-    raise ValueError(
-        f"step {s} is not a Pythia checkpoint; nearest valid steps: {', '.join(nearest)} "
-        f"(valid steps: {_STEPS_TEXT}; {len(_STEPS)} in all)"
-    )
-
-
-def is_pythia(name: str) -> bool:
-    """Whether ``name`` is a Pythia hub id (``EleutherAI/pythia-*``, ``-deduped`` included)."""
-    return bool(_PYTHIA_RE.match(str(name)))
 
 
 def _size_key(size: str) -> str:
@@ -138,6 +111,94 @@ def pythia_config(size: str = "70m", **overrides):
             f"hidden_size {args['hidden_size']} is not divisible by num_attention_heads {args['num_attention_heads']}"
         )
     return GPTNeoXConfig(**args)
+
+
+# ----------------------------------------------------------------------------------------
+# Pythia's tokenizer, offline
+# ----------------------------------------------------------------------------------------
+def _cache_root() -> Path:
+    """``$MECHTRUNC_CACHE``, else ``$XDG_CACHE_HOME/mechtrunc`` (``~/.cache/mechtrunc``), else a
+    directory under the system temporary directory when the home cache is not writable."""
+    env = os.environ.get("MECHTRUNC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mechtrunc"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"mechtrunc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+def tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Pythia's tokenizer (GPT-NeoX-20B BPE, shipped in the package) as a Hugging Face tokenizer
+    directory, written once (``save_pretrained``) under ``cache_dir`` (default: see
+    ``MECHTRUNC_CACHE``; ``~/.cache/mechtrunc``).  A bridge boots offline only from a tokenizer
+    that was loaded from disk, hence the directory.  No network."""
+    import hashlib
+
+    from transformers import PreTrainedTokenizerFast
+
+    data = PYTHIA_TOKENIZER_JSON.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    out = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
+    out = out / f"gpt-neox-20b-{digest}"
+    if (out / "tokenizer_config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
+    eot = "<|endoftext|>"  # Pythia's bos, eos and unk token (id 0)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(PYTHIA_TOKENIZER_JSON), bos_token=eot, eos_token=eot,
+                                  unk_token=eot)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(out)  # atomic: a concurrent writer either wins or finds the finished directory
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "tokenizer.json").is_file():
+            raise
+    return out
+
+
+def tokenizer(name: str | None = None, cache_dir: str | os.PathLike | None = None):
+    """A ready Hugging Face tokenizer.
+
+    ``name=None``, ``"pythia"`` or any Pythia hub id (``EleutherAI/pythia-160m-deduped``...):
+    Pythia's GPT-NeoX-20B tokenizer from the copy shipped in the package, offline (loaded from
+    :func:`tokenizer_dir`, so it can be handed to ``load_model(..., tokenizer=)`` and to
+    ``TransformerBridge.boot_transformers``).  Any other name: a local tokenizer directory, or a
+    hub id loaded from the local Hugging Face cache, else the hub; a tokenizer that is neither
+    raises :class:`ModelNotAvailableError`.
+    """
+    from transformers import AutoTokenizer
+
+    if name is None or str(name).lower() == "pythia" or is_pythia(str(name)):
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir(cache_dir)))
+    src = str(name)
+    local = Path(src).expanduser()
+    if local.is_dir():
+        try:
+            return AutoTokenizer.from_pretrained(str(local))
+        except (OSError, ValueError) as e:
+            raise ModelNotAvailableError(f"directory {str(local)} holds no readable tokenizer: {e}") from e
+    if _looks_like_path(src):
+        raise ModelNotAvailableError(f"no such tokenizer directory: {src}")
+    try:
+        return AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except OSError as e:
+        cache_err = e
+    if _offline_env():
+        raise _not_available(src, None, "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)", cache_err)
+    if not _hub_reachable():
+        raise _not_available(src, None, f"the Hugging Face hub ({_hub_endpoint()}) is unreachable", cache_err)
+    try:
+        return AutoTokenizer.from_pretrained(src)
+    except OSError as e:
+        raise _not_available(src, None, "the hub could not provide it", e) from e
 
 
 # ----------------------------------------------------------------------------------------
@@ -295,6 +356,8 @@ def load_model(
     if step is not None and revision is not None:
         raise ValueError("give step= or revision=, not both")
     torch_dtype = _parse_dtype(dtype)
+    if device is not None and device_map is None and n_devices is None:
+        check_device(device)
     src = str(name_or_dir)
     local = Path(src).expanduser()
     is_local = local.is_dir()

@@ -25,6 +25,12 @@ def run_items(
     (sequence, position), both in item order.  Interventions are active during the run."""
     adapter = adapt(model)
     device = adapter.device
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(n_ctx, int) and prompts.tokens.shape[1] > n_ctx:
+        raise ValueError(
+            f"the prompts are {prompts.tokens.shape[1]} tokens long but the model's context is {n_ctx} tokens: "
+            "shorten the prompts"
+        )
     n_in = getattr(adapter, "d_vocab_in", adapter.d_vocab)  # the memory's inputs are not its outputs
     for name, t, n in (("tokens", prompts.tokens, n_in), ("answer", prompts.answer, adapter.d_vocab),
                        ("competitors", prompts.competitors, adapter.d_vocab)):

@@ -93,7 +93,11 @@ class _RowStore:
         self.path = out / "rows.jsonl"
         meta_path = out / "study.json"
         if meta_path.exists():
-            old = json.loads(meta_path.read_text())
+            try:
+                old = json.loads(meta_path.read_text())
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{meta_path} is corrupt (a half-written study?): {err}; delete {out} "
+                                 "or use a new output directory") from None
             diff = {k: (old.get(k), v) for k, v in meta.items() if k != "info" and old.get(k) != v}
             if diff:
                 detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())

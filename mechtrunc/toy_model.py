@@ -49,10 +49,11 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from mechtrunc._choices import INITS
+
 __all__ = ["ToyConfig", "ToyTransformer", "FFN_KINDS", "INITS"]
 
 FFN_KINDS = ("relu", "linear", "none")
-INITS = ("released", "normal_unembed")
 
 
 @dataclass
@@ -225,8 +226,10 @@ class ToyTransformer(HookedRootModule):
 
         directory = Path(directory)
         cfg_path, w_path = directory / "config.json", directory / "model.safetensors"
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"{directory} is not a directory (expected a model directory written by `mechtrunc toy train`)")
         if not directory.is_dir():
-            raise ValueError(f"model directory {str(directory)!r} does not exist")
+            raise ValueError(f"model directory {directory} does not exist")
         for path in (cfg_path, w_path):
             if not path.is_file():
                 raise ValueError(f"{str(directory)!r} is not a mechtrunc model directory: {path.name} is missing")

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate, Intervention, Truncate
 from mechtrunc.metrics import evaluate, masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
@@ -36,7 +37,6 @@ from mechtrunc.toy_model import ToyConfig, ToyTransformer
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate_toy", "trigger_margin", "TrainResult",
            "truncation_variants", "truncation_table"]
 
-OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -71,8 +71,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if self.precision not in ("fp32", "tf32", "bf16"):
-            raise ValueError(f"unknown precision {self.precision!r}; valid: fp32, tf32, bf16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         for name in ("steps", "batch_size", "eval_every", "test_size") + (("threads",) if self.threads is not None else ()):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -89,14 +89,6 @@ class TrainConfig:
     def model_config(self) -> ToyConfig:
         return ToyConfig(n_layers=self.n_layers, d_model=self.d_model, d_vocab=self.recall_config().d_vocab,
                          n_ctx=self.seq_len, ffn=self.ffn, init=self.init, seed=self.seed)
-
-
-PRESETS: dict[str, dict] = {
-    "paper": dict(d_model=256, seq_len=256, batch_size=512, optimizer="sgd", lr=0.03, momentum=0.9,
-                  weight_decay=1e-4, steps=5000, alpha=0.5, eval_every=250),
-    "cpu": dict(d_model=64, seq_len=128, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.0,
-                steps=1000, alpha=0.5, eval_every=100, test_size=256, threads=1),
-}
 
 
 def preset(name: str, **overrides) -> TrainConfig:
@@ -211,9 +203,7 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = 
 
 
 def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool) -> TrainResult:
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+    device = torch.device(check_device(cfg.device))
     torch.manual_seed(cfg.seed)
     if cfg.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -231,7 +221,12 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool) -> Trai
     start_step, rows = 0, []
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+            ckpt["config"], ckpt["step"]  # noqa: B018 - the keys a checkpoint must have
+        except Exception as err:  # truncated file, not a checkpoint, ...
+            raise ValueError(f"{ckpt_path} is corrupt or unreadable ({type(err).__name__}: {err}); delete it to "
+                             "start over, or use a new --out directory") from err
         same = lambda c: {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}
         if same(ckpt["config"]) != same(asdict(cfg)):
             raise ValueError(
@@ -302,7 +297,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool) -> Trai
 
 def load_run(directory: str | Path, device: str = "cpu") -> tuple[ToyTransformer, TrainConfig, RecallTask]:
     """Model, training configuration and task of a directory written by :func:`train`."""
-    model = ToyTransformer.load(directory, device=device)
+    model = ToyTransformer.load(directory, device=check_device(device))
     meta = json.loads((Path(directory) / "config.json").read_text())
     if "train" not in meta:
         raise ValueError(f"{str(directory)!r} holds a model but no training configuration")

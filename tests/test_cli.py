@@ -24,7 +24,7 @@ def test_help_everywhere(cmd, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["toy", "train", "--out", "X", "--alpha", "1.5"], "alpha"),
     (["toy", "train", "--out", "X", "--k", "70"], "k must be between 1 and 64"),
-    (["toy", "train", "--out", "X", "--seq-len", "1"], "seq_len must be >= 2"),
+    (["toy", "train", "--out", "X", "--seq-len", "1"], "--seq-len: expected an integer >= 2"),
     (["toy", "train", "--out", "X", "--preset", "huge"], "unknown preset 'huge'; valid presets: paper, cpu"),
     (["toy", "eval", "/nonexistent/dir"], "does not exist"),
     (["pythia", "truncate", "--model", "EleutherAI/pythia-70m", "--step", "1500", "--out", "X"], "nearest valid steps: 1000, 2000"),

@@ -1,5 +1,5 @@
 """Pythia prompt tasks: IOI, factual recall and user prompt files, checked against Pythia's real
-GPT-NeoX tokenizer (from ../shared) and a small word-level tokenizer."""
+GPT-NeoX tokenizer (shipped in the package) and a small word-level tokenizer."""
 
 from __future__ import annotations
 
@@ -311,7 +311,8 @@ def test_load_jsonl(pythia_tok, tmp_path):
         ("a.csv", "prompt,answer,competitors\nX, Spain, the\nY, Spain, the| John\n",
          r"row 2 \(line 3\): 2 competitors.*first record has 1"),
         ("a.csv", "prompt,competitors\nX, the\n", r"a\.csv: missing column\(s\) \['answer'\]; found \['prompt', 'competitors'\]"),
-        ("a.csv", "", r"a\.csv: missing column\(s\) \['prompt', 'answer'\]"),
+        ("a.csv", "", r"a\.csv: the prompt file is empty"),
+        ("a.jsonl", " \n\n", r"a\.jsonl: the prompt file is empty"),
         ("a.csv", "prompt,answer\n", r"a\.csv: no prompts found"),
         ("a.jsonl", '{"prompt": "X", "answer": " Spain"}\n{"prompt": "Y"}\n',
          r"a\.jsonl, line 2: missing field\(s\) \['answer'\]"),
@@ -342,3 +343,37 @@ def test_load_small_tokenizer_rejects_unknown(small_tok, tmp_path):
         load_prompts(p, small_tok)
     ok = load_prompts(_write(tmp_path, "t.csv", "prompt,answer,competitors\nw1 w2, w3, w4\n"), small_tok)
     assert ok.tokens.tolist() == [[1, 2]] and ok.answer.tolist() == [3] and ok.competitor_names == ("w4",)
+
+
+# ------------------------------------------------------------------------------------------
+# mt.pythia.tokenizer(): Pythia's tokenizer offline, from the copy shipped in the package
+# ------------------------------------------------------------------------------------------
+def test_shipped_pythia_tokenizer_offline(tmp_path, monkeypatch):
+    import mechtrunc as mt
+
+    monkeypatch.setenv("MECHTRUNC_CACHE", str(tmp_path / "cache"))
+    assert mt.pythia.PYTHIA_TOKENIZER_JSON.parent.name == "data"
+    assert mt.pythia.PYTHIA_TOKENIZER_JSON.parent.parent == __import__("pathlib").Path(mt.__file__).parent
+    for name in (None, "pythia", "EleutherAI/pythia-160m", "EleutherAI/pythia-1.4b-deduped"):
+        tok = mt.pythia.tokenizer(name)
+        assert [tok.encode(w)[0] for w in (" Mary", " John", " Spain", " the")] == [MARY, JOHN, SPAIN, THE]
+        assert len(tok) == 50280 and tok.eos_token_id == 0
+        # loaded from disk (name_or_path set), so a bridge can boot with it
+        assert str(tmp_path / "cache") in tok.name_or_path
+    # written once: one directory in the cache
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_non_pythia_tokenizer_falls_back_to_the_hub(tmp_path, monkeypatch, small_tokenizer_dir):
+    import huggingface_hub.constants as hub_constants
+
+    import mechtrunc as mt
+
+    # a local directory is loaded as is
+    assert mt.pythia.tokenizer(str(small_tokenizer_dir)).encode("w5 w7") == [5, 7]
+    # a hub id that is not cached, offline: a readable error naming it
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(mt.pythia.ModelNotAvailableError, match=r"model 'gpt2' .* offline mode is on"):
+        mt.pythia.tokenizer("gpt2")
+    with pytest.raises(mt.pythia.ModelNotAvailableError, match="no such tokenizer directory: ./nowhere/tok"):
+        mt.pythia.tokenizer("./nowhere/tok")

@@ -16,7 +16,7 @@ from torch import Tensor
 def tokenizer_name(tokenizer) -> str:
     """A short description of a tokenizer for error messages."""
     name = getattr(tokenizer, "name_or_path", "") or ""
-    return f"{type(tokenizer).__name__}({name!r})" if name else type(tokenizer).__name__
+    return f"the tokenizer {name}" if name else f"the tokenizer (a {type(tokenizer).__name__} with no name)"
 
 
 def encode(tokenizer, text: str) -> list[int]:

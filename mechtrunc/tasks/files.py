@@ -137,6 +137,9 @@ def load_prompts(path: str | os.PathLike, tokenizer) -> PromptSet:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt file {path} does not exist (expected a .csv or .jsonl file)")
+    if not path.read_text(encoding="utf-8-sig", errors="replace").strip():
+        raise ValueError(f"{path}: the prompt file is empty (expected a header line 'prompt,answer' then one row "
+                         "per prompt, or one JSON object per line)")
     ext = path.suffix.lower()
     if ext == ".csv":
         records = _read_csv(path)

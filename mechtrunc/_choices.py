@@ -1,0 +1,87 @@
+"""Light constants (standard library only) shared by the command line and the heavy modules.
+
+The CLI builds its parser, its ``choices`` and its argument validation from this module, so
+``mechtrunc --help`` and usage errors never import torch, transformers, TransformerLens or
+pandas.  The heavy modules import the same objects from here (one home per concept):
+:data:`PRESETS` and :data:`OPTIMIZERS` (``mechtrunc.training``), :data:`MATRICES` and
+:data:`SITES` (``mechtrunc.adapters``), the Pythia checkpoint steps and :func:`check_step`
+(``mechtrunc.pythia``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+
+#: training presets of the toy model (see mechtrunc.training.preset)
+PRESETS: dict[str, dict] = {
+    "paper": dict(d_model=256, seq_len=256, batch_size=512, optimizer="sgd", lr=0.03, momentum=0.9,
+                  weight_decay=1e-4, steps=5000, alpha=0.5, eval_every=250),
+    "cpu": dict(d_model=64, seq_len=128, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.0,
+                steps=1000, alpha=0.5, eval_every=100, test_size=256, threads=1),
+}
+OPTIMIZERS = ("sgd", "adamw")
+#: toy-model initialisations (see mechtrunc.toy_model)
+INITS = ("released", "normal_unembed")
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+#: weight matrices an intervention can edit, and activation sites it can hook
+MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
+SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post", "mlp_pre", "mlp_post", "z")
+
+#: dtype spellings accepted by mechtrunc.pythia.load_model
+DTYPE_NAMES = ("float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")
+
+#: the 154 Pythia checkpoint steps (hub revisions step{N})
+STEPS: tuple[int, ...] = (0, *(2**i for i in range(10)), *range(1000, 143_001, 1000))
+STEPS_TEXT = "0, 1, 2, 4, ..., 512, then 1000 to 143000 every 1000"
+_PYTHIA_RE = re.compile(r"^EleutherAI/pythia-[A-Za-z0-9.]+(-deduped)?(-v0)?$", re.IGNORECASE)
+
+
+def pythia_steps() -> list[int]:
+    """The 154 Pythia checkpoint steps: 0, 1, 2, 4, ..., 512, then 1000..143000 every 1000."""
+    return list(STEPS)
+
+
+def is_pythia(name: str) -> bool:
+    """Whether ``name`` is a Pythia hub id (``EleutherAI/pythia-*``, ``-deduped`` included)."""
+    return bool(_PYTHIA_RE.match(str(name)))
+
+
+def check_step(step) -> int:
+    """``step`` as an int if it is a Pythia checkpoint; otherwise ValueError naming the nearest
+    valid steps."""
+    try:
+        s = int(step)
+    except (TypeError, ValueError):
+        raise ValueError(f"checkpoint step must be an integer, got {step!r}") from None
+    if s != step and not (isinstance(step, str) and str(s) == step.strip()):
+        raise ValueError(f"checkpoint step must be an integer, got {step!r}")
+    if s in STEPS:
+        return s
+    i = bisect.bisect_left(STEPS, s)
+    nearest = [str(STEPS[j]) for j in (i - 1, i) if 0 <= j < len(STEPS)]
+    raise ValueError(
+        f"step {s} is not a Pythia checkpoint; nearest valid steps: {', '.join(nearest)} "
+        f"(valid steps: {STEPS_TEXT}; {len(STEPS)} in all)"
+    )
+
+
+def check_device(device) -> str:
+    """``device`` as a string if torch can use it here; otherwise ValueError saying why
+    (e.g. CUDA asked for on a machine without a GPU).  Imports torch when called."""
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)!r}; valid: cpu, cuda, cuda:N, mps") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {str(device)!r} was requested but no CUDA GPU is available here (use cpu)")
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"device {str(device)!r} was requested but only {n} CUDA GPU(s) exist (cuda:0..cuda:{n - 1})")
+    elif d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r} was requested but MPS is not available here (use cpu)")
+    return str(device)

@@ -1,0 +1,434 @@
+"""Bad input, mapped: one table of user mistakes across the CLI and the Python API, the error
+each gets, and one test per row.  ``docs/bad-inputs.md`` is generated from this table:
+
+    python tests/test_bad_inputs.py          # rewrite docs/bad-inputs.md from BAD_INPUTS
+
+and :func:`test_doc_is_up_to_date` fails when the doc and the table disagree.
+
+A CLI row is a command line (UPPERCASE words that name a fixture below are replaced by a path);
+it must exit with status 2, print ``error:`` and the expected text on stderr, and no traceback.
+An API row is a Python expression evaluated with ``mt`` (mechtrunc), ``torch``, small models
+(``toy``: a ToyTransformer, d_model 32, n_ctx 64, vocabulary 65; ``neox``: a 3-layer GPT-NeoX
+bridge, vocabulary 512, context 64) and the files below; it must raise the given exception
+type with the expected text in its message.  ``(no GPU)`` rows run as if CUDA were absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "bad-inputs.md"
+
+
+@dataclass(frozen=True)
+class Bad:
+    where: str  # "CLI" or "API"
+    given: str  # the command line (without "mechtrunc") or the Python expression
+    error: str  # exception type name (API) or "exit 2" (CLI)
+    message: str  # text the message must contain
+    no_gpu: bool = False  # run as if CUDA were absent
+
+
+def cli(given, message, **kw):
+    return Bad("CLI", given, "exit 2", message, **kw)
+
+
+def api(given, error, message, **kw):
+    return Bad("API", given, error, message, **kw)
+
+
+BAD_INPUTS: list[Bad] = [
+    # ---------------------------------------------------------------- CLI: toy train / eval / demo
+    cli("toy train --out OUT --alpha 1.5", "argument --alpha: expected a number in [0, 1], got '1.5'"),
+    cli("toy train --out OUT --alpha half", "argument --alpha: expected a number in [0, 1], got 'half'"),
+    cli("toy train --out OUT --k 0", "argument --k: expected a positive integer, got '0'"),
+    cli("toy train --out OUT --k 70", "k must be between 1 and 64"),
+    cli("toy train --out OUT --seq-len 1", "argument --seq-len: expected an integer >= 2, got '1'"),
+    cli("toy train --out OUT --steps 2.5", "argument --steps: expected a positive integer, got '2.5'"),
+    cli("toy train --out OUT --batch-size -3", "argument --batch-size: expected a positive integer, got '-3'"),
+    cli("toy train --out OUT --lr nan", "argument --lr: expected a positive number, got 'nan'"),
+    cli("toy train --out OUT --optimizer adam", "argument --optimizer: invalid choice: 'adam'"),
+    cli("toy train --out OUT --preset huge", "unknown preset 'huge'; valid presets: paper, cpu"),
+    cli("toy train --out OUT --precision fp8", "argument --precision: invalid choice: 'fp8'"),
+    cli("toy train --out OUT --device gpu", "argument --device: expected a torch device (cpu, cuda, cuda:N or mps), got 'gpu'"),
+    cli("toy train --out OUT --device cuda --steps 1", "device 'cuda' was requested but no CUDA GPU is available", no_gpu=True),
+    cli("toy train --steps 10", "the following arguments are required: --out"),
+    cli("toy train --out OUT --bogus-flag", "unrecognized arguments: --bogus-flag"),
+    cli("toy train --out RUN_OTHER_CONFIG --d-model 16 --seq-len 16 --steps 2",
+        "holds a run with a different configuration; use a new --out directory"),
+    cli("toy train --out RUN_CORRUPT_CHECKPOINT --d-model 16 --seq-len 16 --steps 2",
+        "checkpoint.pt is corrupt or unreadable"),
+    cli("toy eval NO_SUCH_DIR", "model directory NO_SUCH_DIR does not exist"),
+    cli("toy eval EMPTY_FILE", "is not a directory"),
+    cli("toy eval CORRUPT_MODEL_DIR", "corrupt model directory"),
+    cli("toy eval MODEL_WITHOUT_TRAIN_CONFIG", "holds a model but no training configuration"),
+    cli("toy eval TOY_RUN --device cuda", "device 'cuda' was requested but no CUDA GPU is available", no_gpu=True),
+    cli("demo --seed -1", "argument --seed: expected a non-negative integer, got '-1'"),
+    cli("nope", "argument COMMAND: invalid choice: 'nope'"),
+    # ---------------------------------------------------------------- CLI: pythia
+    cli("pythia truncate --model EleutherAI/pythia-70m --step 1500 --out OUT", "nearest valid steps: 1000, 2000"),
+    cli("pythia truncate --model ./no/such/model --out OUT", "no such model directory: './no/such/model'"),
+    cli("pythia truncate --model EMPTY_DIR --out OUT", "holds no config.json"),
+    cli("pythia truncate --model CORRUPT_HF_DIR --out OUT", "could not load the model and tokenizer from directory"),
+    cli("pythia truncate --model EleutherAI/pythia-70m --out OUT",
+        "model 'EleutherAI/pythia-70m' at revision 'main' is not available: offline mode is on"),
+    cli("pythia truncate --model TINY_PYTHIA --task no_such_prompts.csv --out OUT",
+        "unknown task 'no_such_prompts.csv': give 'ioi', 'factual' or the path of a CSV/JSONL prompt file"),
+    cli("pythia truncate --model TINY_PYTHIA --task PROMPTS_TXT --out OUT",
+        "unknown extension '.txt'; valid extensions are '.csv' and '.jsonl'"),
+    cli("pythia truncate --model TINY_PYTHIA --task EMPTY_CSV --out OUT", "the prompt file is empty"),
+    cli("pythia truncate --model TINY_PYTHIA --task MULTI_TOKEN_ANSWER_CSV --out OUT",
+        "answer ' Tegucigalpa' is not a single token"),
+    cli("pythia truncate --model TINY_PYTHIA --task LONG_PROMPT_CSV --out OUT --no-progress",
+        "tokens long but the model's context is 64 tokens"),
+    cli("pythia truncate --model TINY_PYTHIA --layers 3 --out OUT --no-progress", "layer 3 is out of range"),
+    cli("pythia truncate --model TINY_PYTHIA --keeps 1.5 --out OUT", "argument --keeps: expected a number in [0, 1], got '1.5'"),
+    cli("pythia truncate --model TINY_PYTHIA --matrices mlp.W_up --out OUT",
+        "unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in, mlp.W_out"),
+    cli("pythia truncate --model TINY_PYTHIA --n 0 --out OUT", "argument --n: expected a positive integer, got '0'"),
+    cli("pythia truncate --model TINY_PYTHIA --dtype float8 --out OUT", "unknown dtype 'float8'; valid dtypes: float32"),
+    cli("pythia truncate --model TINY_PYTHIA --n-devices 0 --out OUT", "argument --n-devices: expected a positive integer"),
+    cli("pythia truncate --model TINY_PYTHIA --device cuda --out OUT",
+        "device 'cuda' was requested but no CUDA GPU is available", no_gpu=True),
+    cli("pythia truncate --model TINY_PYTHIA --out HALF_WRITTEN_STUDY --no-progress",
+        "study.json is corrupt (a half-written study?)"),
+    cli("pythia checkpoints --model TINY_PYTHIA --steps -1 --out OUT", "argument --steps: expected a non-negative integer, got '-1'"),
+    cli("pythia checkpoints --model TINY_PYTHIA --out OUT", "the following arguments are required: --steps"),
+    cli("pythia checkpoints --model EleutherAI/pythia-70m --steps 0 3 --out OUT", "step 3 is not a Pythia checkpoint"),
+    # ---------------------------------------------------------------- API: interventions
+    api("mt.Truncate('mlp.W_up', layer=0, keep=0.5)", "ValueError", "unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),
+    api("mt.Truncate('mlp.W_in', layer=0, keep=1.5)", "ValueError", "keep must be in [0, 1], got 1.5"),
+    api("mt.Truncate('mlp.W_in', layer=0)", "ValueError", "give exactly one of keep= (fraction) or rank= (integer)"),
+    api("mt.Truncate('mlp.W_in', layer=0, rank=-1)", "ValueError", "rank must be a non-negative integer, got -1"),
+    api("mt.Truncate('mlp.W_in', layer=0, keep=0.5, mode='both')", "ValueError", "unknown mode 'both'"),
+    api("mt.Truncate('mlp.W_in', layer=0, keep=0.5, rule='floor')", "ValueError", "unknown rank rule 'floor'"),
+    api("apply(toy, mt.Truncate('mlp.W_in', layer=5, keep=0.5))", "ValueError", "layer 5 is out of range"),
+    api("apply(neox, mt.Truncate('mlp.W_out', layer=-4, keep=0.5))", "ValueError", "layer -4 is out of range"),
+    api("mt.Ablate('nope', layer=0)", "ValueError", "unknown component 'nope'"),
+    api("mt.Ablate('head', layer=0)", "ValueError", "give head= exactly when component='head'"),
+    api("mt.Ablate('mlp', layer=0, method='resample')", "ValueError", "method='resample' needs reference="),
+    api("mt.ProjectOut(site='nope', layer=0, directions=torch.ones(1, 32))", "ValueError", "unknown site 'nope'"),
+    api("mt.ProjectOut(site='mlp_out', layer=0)", "ValueError", "ProjectOut needs directions="),
+    api("apply(toy, mt.ProjectOut(site='mlp_out', layer=0, directions=torch.ones(2, 7)))", "ValueError",
+        "directions must have shape [n, 32] for site 'mlp_out', got (2, 7)"),
+    api("mt.Truncate('mlp.W_in', layer=0, keep=0.5) + 3", "TypeError", "unsupported operand type(s) for +: 'Truncate' and 'int'"),
+    api("mt.Compose((mt.Ablate('mlp', layer=0), 'mlp'))", "TypeError", "expected Intervention objects, got str"),
+    api("mt.RemoveComponents('mlp.W_in', layer=0, indices=[0], svd='randomized')", "ValueError",
+        "RemoveComponents needs svd='exact'"),
+    api("apply(toy, mt.RemoveComponents('mlp.W_in', layer=0, indices=[99]))", "ValueError", "out of range"),
+    # ---------------------------------------------------------------- API: models, tasks, training
+    api("mt.ToyConfig(d_model=30, n_heads=4)", "ValueError", "d_model 30 is not divisible by n_heads 4"),
+    api("mt.ToyConfig(ffn='gelu2')", "ValueError", "unknown ffn kind 'gelu2'"),
+    api("toy(torch.zeros(1, 100, dtype=torch.long))", "ValueError", "sequence length 100 exceeds n_ctx 64"),
+    api("mt.evaluate(toy, prompts_with_token(70))", "ValueError",
+        "tokens holds token id 70, outside the model's vocabulary (valid ids 0..64)"),
+    api("mt.evaluate(neox, neox_prompts_of_length(65))", "ValueError",
+        "the prompts are 65 tokens long but the model's context is 64 tokens"),
+    api("mt.TrainConfig(optimizer='adam')", "ValueError", "unknown optimizer 'adam'; valid: sgd, adamw"),
+    api("mt.TrainConfig(lr=0)", "ValueError", "lr must be > 0, got 0"),
+    api("mt.preset('cpu', learning_rate=0.1)", "ValueError", "unknown training option 'learning_rate'"),
+    api("mt.RecallConfig(alpha=2)", "ValueError", "alpha must be in [0, 1], got 2"),
+    api("mt.RecallTask(mt.RecallConfig()).sample(0, seed=0)", "ValueError", "batch_size must be >= 1, got 0"),
+    api("mt.load_run(NO_SUCH_DIR)", "ValueError", "model directory NO_SUCH_DIR does not exist"),
+    api("mt.ToyTransformer.load(CORRUPT_MODEL_DIR)", "ValueError", "corrupt model directory"),
+    api("mt.PromptSet(tokens=torch.zeros(2, 5, dtype=torch.long), rows=torch.tensor([0, 1]), pos=torch.tensor([4]), "
+        "answer=torch.tensor([1, 2]), competitors=torch.tensor([3, 3]))", "ValueError", "pos must have shape (2,), got (1,)"),
+    api("mt.evaluate(toy, prompts_with_position(70))", "ValueError", "pos must be in [0, 7] (positions)"),
+    # ---------------------------------------------------------------- API: Pythia tasks and loading
+    api("mt.load_prompts(NO_SUCH_DIR / 'p.csv', tok)", "ValueError", "does not exist (expected a .csv or .jsonl file)"),
+    api("mt.load_prompts(EMPTY_CSV, tok)", "ValueError", "the prompt file is empty"),
+    api("mt.load_prompts(EMPTY_PROMPT_CSV, tok)", "ValueError", "empty prompt"),
+    api("mt.load_prompts(MULTI_TOKEN_ANSWER_CSV, tok)", "ValueError", "answer ' Tegucigalpa' is not a single token"),
+    api("mt.load_prompts(MISSING_COLUMN_CSV, tok)", "ValueError", "missing column(s) ['answer']"),
+    api("mt.load_prompts(BAD_JSONL, tok)", "ValueError", "line 1"),
+    api("mt.ioi_prompts(tok, n=0)", "ValueError", "n must be >= 1"),
+    api("mt.ioi_prompts(tok, templates=['no names here'])", "ValueError", "must be in ABB form"),
+    api("mt.factual_prompts(tok, relations=['nope'])", "ValueError", "unknown relation(s)"),
+    api("mt.ioi_prompts(small_tok, n=4)", "ValueError", "IOI needs at least 2 names that are single tokens under the tokenizer /"),
+    api("mt.pythia.check_step(1500)", "ValueError", "step 1500 is not a Pythia checkpoint; nearest valid steps: 1000, 2000"),
+    api("mt.pythia.load_model('EleutherAI/pythia-70m', step=1000, revision='main')", "ValueError",
+        "give step= or revision=, not both"),
+    api("mt.pythia.load_model(TINY_PYTHIA, step=1000)", "ValueError", "is a local directory, which holds a single checkpoint"),
+    api("mt.pythia.load_model(TINY_PYTHIA, dtype='float8')", "ValueError", "unknown dtype 'float8'"),
+    api("mt.pythia.load_model(TINY_PYTHIA, device='cuda')", "ValueError", "no CUDA GPU is available", no_gpu=True),
+    api("mt.pythia.load_model('gpt2')", "ModelNotAvailableError", "model 'gpt2' at revision 'main' is not available"),
+    api("mt.pythia.tokenizer('./nowhere/tok')", "ModelNotAvailableError", "no such tokenizer directory: ./nowhere/tok"),
+    api("mt.pythia.pythia_config('3b')", "ValueError", "unknown Pythia size '3b'; valid sizes: 14m"),
+    api("mt.studies.truncation_study(neox, neox_prompts, layers=[0], keeps=[0.5], out=HALF_WRITTEN_STUDY, progress=False)",
+        "ValueError", "study.json is corrupt (a half-written study?)"),
+    api("mt.studies.truncation_study(neox, neox_prompts, layers=[0], keeps=[0.5], out=OTHER_STUDY, progress=False)",
+        "ValueError", "holds a study with different settings"),
+]
+
+PLACEHOLDER = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\b")
+
+
+# ------------------------------------------------------------------------------------------
+# the files and models rows refer to (built lazily, once per module)
+# ------------------------------------------------------------------------------------------
+class Ctx(dict):
+    """Names an API row may use, built on first use."""
+
+    def __init__(self, request, base: Path):
+        super().__init__()
+        self.request, self.base = request, base
+
+    def __missing__(self, name):
+        value = self._build(name)
+        self[name] = value
+        return value
+
+    def _build(self, name):  # noqa: C901 - a flat list of fixtures
+        import torch
+
+        import mechtrunc as mt
+
+        b = self.base
+        if name == "mt":
+            return mt
+        if name == "torch":
+            return torch
+        if name == "toy":
+            return mt.ToyTransformer(mt.ToyConfig(d_model=32, n_ctx=64, seed=3)).eval()
+        if name == "neox":
+            return self.request.getfixturevalue("neox_bridge")
+        if name == "tok":
+            return mt.pythia.tokenizer(cache_dir=b / "tok_cache")
+        if name == "small_tok":
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(self.request.getfixturevalue("small_tokenizer_dir")))
+        if name == "apply":
+            def apply(model, iv):
+                with mt.intervene(model, iv):
+                    pass
+            return apply
+        if name == "prompts_with_position":
+            def prompts_with_position(p):
+                return mt.PromptSet(tokens=torch.zeros(1, 8, dtype=torch.long), rows=torch.tensor([0]),
+                                    pos=torch.tensor([p]), answer=torch.tensor([1]), competitors=torch.tensor([2]))
+            return prompts_with_position
+        if name == "prompts_with_token":
+            def prompts_with_token(t):
+                return mt.PromptSet(tokens=torch.full((1, 8), t), rows=torch.tensor([0]), pos=torch.tensor([7]),
+                                    answer=torch.tensor([1]), competitors=torch.tensor([2]))
+            return prompts_with_token
+        if name == "neox_prompts_of_length":
+            def neox_prompts_of_length(n):
+                return mt.PromptSet(tokens=torch.ones(1, n, dtype=torch.long), rows=torch.tensor([0]),
+                                    pos=torch.tensor([n - 1]), answer=torch.tensor([1]), competitors=torch.tensor([2]))
+            return neox_prompts_of_length
+        if name == "neox_prompts":
+            return mt.PromptSet(tokens=torch.arange(16).reshape(2, 8), rows=torch.tensor([0, 1]),
+                                pos=torch.tensor([7, 7]), answer=torch.tensor([1, 2]), competitors=torch.tensor([3, 3]))
+        if name == "OUT":
+            return b / "out"
+        if name == "NO_SUCH_DIR":
+            return b / "no_such_dir"
+        if name == "EMPTY_DIR":
+            (b / "empty_dir").mkdir(exist_ok=True)
+            return b / "empty_dir"
+        if name == "EMPTY_FILE":
+            (b / "empty_file").write_text("")
+            return b / "empty_file"
+        if name == "CORRUPT_MODEL_DIR":
+            d = b / "corrupt_model"
+            d.mkdir(exist_ok=True)
+            (d / "config.json").write_text("{not json")
+            (d / "model.safetensors").write_bytes(b"garbage")
+            return d
+        if name == "MODEL_WITHOUT_TRAIN_CONFIG":
+            d = b / "bare_model"
+            self["toy"].save(d)
+            return d
+        if name == "TOY_RUN":
+            d = b / "toy_run"
+            if not d.exists():
+                cfg = mt.preset("cpu", d_model=16, seq_len=16, steps=2, eval_every=2, batch_size=4, test_size=8)
+                mt.train(cfg, out_dir=d, progress=False)
+            return d
+        if name == "RUN_OTHER_CONFIG":
+            d = b / "run_other"
+            d.mkdir(exist_ok=True)
+            torch.save({"config": {"alpha": 0.1}, "model": {}, "optimizer": {}, "step": 1, "history": []},
+                       d / "checkpoint.pt")
+            return d
+        if name == "RUN_CORRUPT_CHECKPOINT":
+            d = b / "run_corrupt"
+            d.mkdir(exist_ok=True)
+            (d / "checkpoint.pt").write_bytes(b"\x00half a checkpoint")
+            return d
+        if name == "CORRUPT_HF_DIR":
+            d = b / "corrupt_hf"
+            d.mkdir(exist_ok=True)
+            (d / "config.json").write_text('{"model_type": "gpt_neox"')
+            return d
+        if name == "TINY_PYTHIA":
+            return self.request.getfixturevalue("tiny_pythia")
+        if name == "PROMPTS_TXT":
+            (b / "prompts.txt").write_text("prompt,answer\nThe capital of France is, Paris\n")
+            return b / "prompts.txt"
+        if name == "EMPTY_CSV":
+            (b / "empty.csv").write_text("")
+            return b / "empty.csv"
+        if name == "EMPTY_PROMPT_CSV":
+            (b / "empty_prompt.csv").write_text("prompt,answer\n, Paris\n")
+            return b / "empty_prompt.csv"
+        if name == "MULTI_TOKEN_ANSWER_CSV":
+            (b / "multi.csv").write_text("prompt,answer\nThe capital of Honduras is, Tegucigalpa\n")
+            return b / "multi.csv"
+        if name == "MISSING_COLUMN_CSV":
+            (b / "missing_col.csv").write_text("prompt\nThe capital of France is\n")
+            return b / "missing_col.csv"
+        if name == "LONG_PROMPT_CSV":
+            (b / "long.csv").write_text("prompt,answer\n" + "the " * 100 + "capital of France is, Paris\n")
+            return b / "long.csv"
+        if name == "BAD_JSONL":
+            (b / "bad.jsonl").write_text('{"prompt": "The capital of France is", "answer": \n')
+            return b / "bad.jsonl"
+        if name == "HALF_WRITTEN_STUDY":
+            d = b / "half_study"
+            d.mkdir(exist_ok=True)
+            (d / "study.json").write_text('{"kind": "truncation", "model": ')
+            return d
+        if name == "OTHER_STUDY":
+            d = b / "other_study"
+            d.mkdir(exist_ok=True)
+            (d / "study.json").write_text(json.dumps({"kind": "truncation", "model": "another model"}))
+            return d
+        raise KeyError(name)
+
+
+@pytest.fixture(scope="module")
+def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
+    from mechtrunc.pythia import build_random_pythia
+
+    return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4, "max_position_embeddings": 64},
+                               tokenizer_dir=pythia_tokenizer_dir, out_dir=tmp_path_factory.mktemp("tiny_pythia"),
+                               n_layers=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ctx(request, tmp_path_factory):
+    return Ctx(request, tmp_path_factory.mktemp("bad_inputs"))
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.fixture
+def empty_hf_cache(monkeypatch, tmp_path):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+
+
+def _row_id(row: Bad) -> str:
+    return f"{row.where}: {row.given}"[:90]
+
+
+@pytest.mark.parametrize("row", BAD_INPUTS, ids=_row_id)
+def test_bad_input(row: Bad, ctx, capsys, request, empty_hf_cache, monkeypatch, tmp_path):
+    if row.no_gpu:
+        request.getfixturevalue("no_gpu")
+    monkeypatch.chdir(ctx.base)
+    if row.where == "CLI":
+        from mechtrunc.cli import main
+
+        fresh = {"OUT": tmp_path / "out"}  # a new output directory for every row
+        argv = [str(fresh.get(w) or ctx[w]) if PLACEHOLDER.fullmatch(w) else w for w in shlex.split(row.given)]
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        expected = PLACEHOLDER.sub(lambda m: str(ctx[m.group(0)]) if m.group(0) in _PATHS else m.group(0), row.message)
+        assert code == 2, err
+        assert "Traceback" not in err and "error:" in err
+        assert expected in err, err
+    else:
+        names = {w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", row.given)} - {"mt", "torch"}
+        scope = {"mt": ctx["mt"], "torch": ctx["torch"]}
+        scope.update({n: ctx[n] for n in names if _known(ctx, n)})
+        with pytest.raises(Exception) as info:
+            eval(row.given, scope)  # noqa: S307 - the table's own expressions
+        assert type(info.value).__name__ == row.error, repr(info.value)
+        expected = PLACEHOLDER.sub(lambda m: str(ctx[m.group(0)]) if m.group(0) in _PATHS else m.group(0), row.message)
+        assert expected in str(info.value), str(info.value)
+
+
+_PATHS = {"NO_SUCH_DIR", "OUT", "EMPTY_DIR", "EMPTY_FILE"}
+_NAMES = {"toy", "neox", "tok", "small_tok", "apply", "prompts_with_position", "neox_prompts", "prompts_with_token",
+          "neox_prompts_of_length"}
+
+
+def _known(ctx, name: str) -> bool:
+    return name in _NAMES or bool(PLACEHOLDER.fullmatch(name) and name not in {"ValueError"})
+
+
+# ------------------------------------------------------------------------------------------
+# the doc is generated from the table
+# ------------------------------------------------------------------------------------------
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_doc() -> str:
+    n_cli = sum(r.where == "CLI" for r in BAD_INPUTS)
+    lines = [
+        "# Bad inputs and the errors they get",
+        "",
+        "<!-- generated by `python tests/test_bad_inputs.py` from the table in tests/test_bad_inputs.py; "
+        "do not edit by hand (test_doc_is_up_to_date fails when they disagree) -->",
+        "",
+        f"{len(BAD_INPUTS)} user mistakes ({n_cli} on the command line, {len(BAD_INPUTS) - n_cli} in the Python API), "
+        "each checked by one test (`pytest tests/test_bad_inputs.py`).  Every command-line mistake exits with "
+        "status 2 and prints `mechtrunc: error: ...` (or argparse's usage line and `error: ...`), never a "
+        "traceback.  Argument values (ranges, choices, Pythia checkpoint steps, prompt-file names) are "
+        "checked before torch is imported, so those errors come back at once "
+        "(`python benchmarks/bench_cli_startup.py`).",
+        "",
+        "UPPERCASE words are paths the test creates: `OUT` a new output directory, `NO_SUCH_DIR` a missing "
+        "one, `EMPTY_DIR` / `EMPTY_FILE` empty ones, `TINY_PYTHIA` a 1-layer Pythia-shaped model with "
+        "Pythia's tokenizer and a 64-token context (saved with `save_pretrained`), `TOY_RUN` a finished toy "
+        "run, `HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
+        "files as named.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
+        "`neox` a 3-layer GPT-NeoX bridge (vocabulary 512, context 64), `tok` Pythia's tokenizer "
+        "(`mt.pythia.tokenizer()`), `small_tok` a word-level tokenizer, `apply(model, iv)` enters and leaves "
+        "`mt.intervene(model, iv)`.  \"(no GPU)\": run as if CUDA were absent.",
+        "",
+        "| # | where | input | error | the message contains |",
+        "|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(BAD_INPUTS, 1):
+        given = ("mechtrunc " + r.given) if r.where == "CLI" else r.given
+        where = r.where + (" (no GPU)" if r.no_gpu else "")
+        lines.append(f"| {i} | {where} | `{_md(given)}` | {r.error} | {_md(r.message)} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_table_is_big_and_distinct():
+    assert len(BAD_INPUTS) >= 40
+    assert len({(r.where, r.given) for r in BAD_INPUTS}) == len(BAD_INPUTS)
+
+
+def test_doc_is_up_to_date():
+    assert DOC.read_text() == render_doc(), "docs/bad-inputs.md is stale: run `python tests/test_bad_inputs.py`"
+
+
+if __name__ == "__main__":
+    DOC.write_text(render_doc())
+    print(f"wrote {DOC.relative_to(ROOT)} ({len(BAD_INPUTS)} rows)", file=sys.stderr)
