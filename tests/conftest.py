@@ -19,7 +19,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 def _word_level_tokenizer_dir(tmp: Path, vocab_size: int = 512) -> Path:
     """A small word-level tokenizer ("w0".."w510" and "<unk>") saved on disk (bridges need one)."""
-    from mechtrunc.pythia import word_level_tokenizer_dir
+    from mechtrunc.testing import word_level_tokenizer_dir
 
     tokens = [f"w{i}" for i in range(vocab_size - 1)] + ["<unk>"]
     return word_level_tokenizer_dir(tmp, tokens, unk_token="<unk>", special_token="<unk>")
