@@ -240,6 +240,19 @@ def _ensure_saved_tokenizer(tok):
         return AutoTokenizer.from_pretrained(d)
 
 
+def _local_tokenizer(tok, directory: str):
+    """``tok`` reloaded from a copy saved in ``directory``, unless its ``name_or_path`` already
+    is a local directory: whatever reloads it by name (the bridge adds a BOS token that way)
+    then finds it on disk instead of asking the hub for revision ``main``."""
+    name = str(getattr(tok, "name_or_path", "") or "")
+    if name and Path(name).expanduser().is_dir():
+        return tok
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
 def _load_tokenizer(source, revision, local_files_only):
     from transformers import AutoTokenizer
 
@@ -375,12 +388,21 @@ def load_model(
             except OSError as e:  # unknown repo or revision, gated model, ...
                 raise _not_available(src, revision, "the hub could not provide it", e) from e
 
-    tok = _ensure_saved_tokenizer(tok)
     if dm is None and device is not None:
         hf = hf.to(device)
     hf.eval()
     boot_device = None if dm is not None else (device if device is not None else str(next(hf.parameters()).device))
-    bridge = TransformerBridge.boot_transformers(src, hf_model=hf, tokenizer=tok, device=boot_device, dtype=torch_dtype)
+    try:
+        # The bridge may reload the tokenizer by its name_or_path (to add a BOS token) without a
+        # revision: a hub id then needs revision "main", absent from a cache that holds only
+        # step{N} revisions.  So the tokenizer is handed over from a local copy.
+        with tempfile.TemporaryDirectory(prefix="mechtrunc_tok_") as tok_dir:
+            tok = _local_tokenizer(tok, tok_dir)
+            bridge = TransformerBridge.boot_transformers(src, hf_model=hf, tokenizer=tok, device=boot_device,
+                                                         dtype=torch_dtype)
+            bridge.tokenizer.name_or_path = src if not is_local else bridge.tokenizer.name_or_path
+    except OSError as e:  # a file the bridge wanted is missing (offline, partial cache...)
+        raise _not_available(src, revision, "TransformerBridge could not boot from it", e) from e
     bridge.eval()
     bridge.cfg.revision = revision  # type: ignore[attr-defined]
     if step is not None:

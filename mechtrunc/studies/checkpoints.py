@@ -34,7 +34,7 @@ from mechtrunc.studies.store import (
     ShardStore, _metrics, _prompts_fingerprint, _write_tables, atomic_write_text, check_meta,
 )
 
-__all__ = ["checkpoint_study", "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
+__all__ = ["checkpoint_study", "best_by_step", "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -247,6 +247,59 @@ def _as_grid(grid) -> Grid | None:
     raise TypeError(f"grid must be a Grid, a dict of Grid options, True (the default grid) or None, got {grid!r}")
 
 
+def _n_layers_hint(loader, steps) -> int | None:
+    """The number of layers, when it is known without loading a model (a Pythia id, or the
+    config.json of a checkpoint directory); None otherwise."""
+    from mechtrunc import pythia
+
+    try:
+        if isinstance(loader, CheckpointDirectory):
+            cfg = json.loads((loader.dir(steps[0]) / "config.json").read_text())
+            n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+            return int(n) if n is not None else None
+        if isinstance(loader, HubCheckpoints) and pythia.is_pythia(loader.name):
+            return pythia.PYTHIA_SIZES[pythia._size_key(loader.name)].n_layers
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
+def _check_layers(n_layers: int | None, iv, grid) -> None:
+    if n_layers is None:
+        return
+    layers = list(grid.layers or ()) if grid is not None else []
+    items = iv.items if isinstance(iv, Compose) else ((iv,) if iv is not None else ())
+    layers += [getattr(i, "layer") for i in items if getattr(i, "layer", None) is not None]
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} is out of range: valid layers are 0..{n_layers - 1}")
+
+
+def best_by_step(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_better: bool = True) -> pd.DataFrame:
+    """From a grid checkpoint table (``checkpoint_study(..., grid=...)``): per step, the full
+    model (``variant="full"``) and the best configuration by ``metric`` (``variant="best"``,
+    with its ``layer, matrix, keep, rank``), in step order; plots with :func:`checkpoint_plot`."""
+    from mechtrunc.studies.grid import _NON_METRIC
+
+    if "baseline" not in df.columns or "step" not in df.columns:
+        raise ValueError("best_by_step needs a grid checkpoint table (columns step and baseline)")
+    if metric not in df.columns or metric in _NON_METRIC:
+        valid = [c for c in df.columns if c not in _NON_METRIC and c != "step"]
+        raise ValueError(f"unknown metric {metric!r}; metrics in this table: {', '.join(valid)}")
+    rows = []
+    for step, sub in df.groupby("step", sort=True):
+        base = sub[sub["baseline"].astype(bool)]
+        cand = sub[~sub["baseline"].astype(bool) & sub[metric].notna()]
+        if len(base):
+            rows.append({**base.iloc[0].to_dict(), "variant": "full"})
+        if len(cand):
+            idx = cand[metric].idxmax() if higher_is_better else cand[metric].idxmin()
+            rows.append({**cand.loc[idx].to_dict(), "variant": "best"})
+    out = pd.DataFrame(rows)
+    front = ["step", "variant", "intervention", "layer", "matrix", "keep", "rank"]
+    return out[front + [c for c in out.columns if c not in front]].reset_index(drop=True)
+
+
 def _gpus_for(load_kwargs: dict) -> float:
     device = str(load_kwargs.get("device") or "cpu")
     n = load_kwargs.get("n_devices")
@@ -363,6 +416,7 @@ def checkpoint_study(
     else:
         raise TypeError("prompts_fn must be a callable tokenizer -> PromptSet, a PromptSet or a task name")
     prompts = _Prompts(prompts_fn, n_prompts, prompt_seed)
+    _check_layers(_n_layers_hint(loader, steps), iv, the_grid)
     ex = resolve_executor(executor)  # bad executor names fail before study.json is written
     if out is None and getattr(ex, "needs_out", False):
         raise ValueError(f"the {ex.name} executor needs out= (results come back as shard files)")
@@ -397,4 +451,6 @@ def checkpoint_study(
         table = table[cols + [c for c in table.columns if c not in cols and c != "seconds"] + ["seconds"]]
     table = table.reset_index(drop=True)
     _write_tables(table, out, "checkpoints")
+    if out is not None and (Path(out) / "running").is_dir() and not any((Path(out) / "running").iterdir()):
+        (Path(out) / "running").rmdir()
     return table
