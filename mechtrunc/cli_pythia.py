@@ -80,7 +80,8 @@ def cmd_checkpoints(args) -> int:
     if args.grid:
         if args.from_dir is not None or args.layer is not None:
             raise ValueError("--grid evaluates the whole grid at each step: not with --from or --layer")
-        grid = Grid(layers=args.layers, matrices=args.matrices, keeps=args.keeps, rule=args.rule)
+        given = {"layers": args.layers, "matrices": args.matrices, "keeps": args.keeps}
+        grid = Grid(rule=args.rule, **{k: v for k, v in given.items() if v is not None})
         truncation = None
     elif args.layers is not None or args.keeps is not None or args.matrices is not None:
         raise ValueError("--layers, --matrices and --keeps only apply with --grid")

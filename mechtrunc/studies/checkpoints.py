@@ -167,14 +167,21 @@ class CheckpointUnit:
     def load(self):
         return self.loader(self.step)
 
-    def evaluate(self, model) -> pd.DataFrame:
-        """Evaluate the loaded checkpoint and (with ``out``) write its shard atomically."""
-        marker = None
-        if self.out is not None:
-            marker = Path(self.out) / "running" / f"{self.name}.json"
+    def _mark_running(self) -> Path | None:
+        """``out/running/step{N}.json`` (pid, host, start time) while a worker holds the unit:
+        shows who is on which checkpoint; removed when the shard is written."""
+        if self.out is None:
+            return None
+        marker = Path(self.out) / "running" / f"{self.name}.json"
+        if not marker.is_file() or json.loads(marker.read_text() or "{}").get("pid") != os.getpid():
             marker.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                   "started": time.time()}))
+        return marker
+
+    def evaluate(self, model) -> pd.DataFrame:
+        """Evaluate the loaded checkpoint and (with ``out``) write its shard atomically."""
+        marker = self._mark_running()
         prompts = self.prompts(getattr(model, "tokenizer", None))
         if self.grid is not None:
             rows = evaluate_grid(model, prompts, self.grid, batch_size=self.batch_size)  # THE grid call
@@ -200,6 +207,7 @@ class CheckpointUnit:
             return None  # finished by an earlier run or an earlier attempt of this task
         from mechtrunc.pythia import free_model
 
+        self._mark_running()
         model = self.load()
         try:
             return self.evaluate(model)

@@ -117,6 +117,9 @@ class Grid:
         m = (self.matrices,) if isinstance(self.matrices, str) else tuple(self.matrices)
         object.__setattr__(self, "matrices", m)
         object.__setattr__(self, "keeps", tuple(as_real_list(self.keeps, "keep")))
+        for k in self.keeps:
+            if not 0.0 <= k <= 1.0:
+                raise ValueError(f"keep must be in [0, 1], got {k!r}")
         Truncate(DEFAULT_MATRICES[0], layer=0, keep=0.5, rule=self.rule, svd="exact", mode=self.mode)  # rule, mode
         if self.svd not in ("exact", "randomized"):
             raise ValueError(f"unknown svd method {self.svd!r}; valid: 'exact', 'randomized'")
