@@ -313,3 +313,20 @@ def test_step_only_hub_cache_offline(step_only_hub, tmp_path):
     rc, err = got["cli"]["missing"]
     assert rc == 2, err[-3000:]
     assert "Traceback" not in err and "mechtrunc: error: model 'EleutherAI/pythia-14m' at revision 'step2000'" in err
+
+
+@pytest.mark.slow
+def test_projection_script_runs_at_tiny_shape(tmp_path):
+    """benchmarks/project_checkpoint_study.py end to end on CPU (the GPU run uses --shape 1.4b)."""
+    out = tmp_path / "proj.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "project_checkpoint_study.py"), "--shape", "tiny",
+                        "--threads", "1", "--checkpoints", "2", "--prompts", "16", "--keeps", "1", "0.5", "--json",
+                        str(out)], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["configurations"] == 2 * 2 * 2 and got["evaluated_configurations"] == 4
+    assert len(got["measured"]) == 2 and all(m["grid_s"] > 0 and m["load_s"] > 0 for m in got["measured"])
+    proj = got["projection_s"]
+    assert proj["one_gpu_prefetch"] <= proj["one_gpu_no_prefetch"] and proj["ray_8_gpus"] < proj["one_gpu_no_prefetch"]
+    assert got["validation"]["checkpoints"] == 2 and "projected 154-checkpoint study" in r.stdout
