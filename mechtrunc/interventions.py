@@ -350,7 +350,12 @@ class Truncate(_SVDEdit):
                 if not 0.0 <= v <= 1.0:
                     raise ValueError(f"keep must be in [0, 1], got {v!r}")
         else:
-            ranks = as_int_list(self.rank, "rank")
+            try:
+                ranks = as_int_list(self.rank, "rank")
+            except ValueError as e:
+                if "boolean" in str(e):
+                    raise
+                raise ValueError(f"rank must be a non-negative integer, got {self.rank!r}") from None
             object.__setattr__(self, "rank", ranks[0] if is_scalar(self.rank) else tuple(ranks))
             for v in ranks:
                 if v < 0:
