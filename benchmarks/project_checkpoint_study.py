@@ -27,6 +27,7 @@ Ray start-up is an assumption (``--ray-startup-s``), not measured here.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -37,6 +38,8 @@ from pathlib import Path
 import torch
 
 from _common import base_parser, machine_line, setup, sync
+
+print = functools.partial(print, flush=True)  # partial output survives a timeout
 
 SHAPES = {  # layers, d_model, heads, vocab
     "tiny": (2, 64, 4, 512),

@@ -207,7 +207,14 @@ class SlurmExecutor(Executor):
         bar = _bar(len(units), f"checkpoints ({self.cluster})", progress)
         results = []
         for job, chunk in zip(jobs, chunks):
-            results.extend(job.result())
+            try:
+                results.extend(job.result())
+            except Exception as e:  # noqa: BLE001 - name the job and its log, keep the cause
+                if isinstance(e, ValueError):
+                    raise  # a user mistake raised inside the job (e.g. a model that is not available)
+                raise RuntimeError(f"{self.cluster} job {job.job_id} (steps {[u.step for u in chunk]}) failed; "
+                                   f"its log: {job.paths.stderr}. Finished checkpoints are saved: rerun the same "
+                                   f"command to compute the rest") from e
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
