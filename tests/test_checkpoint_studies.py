@@ -328,5 +328,7 @@ def test_projection_script_runs_at_tiny_shape(tmp_path):
     assert got["configurations"] == 2 * 2 * 2 and got["evaluated_configurations"] == 4
     assert len(got["measured"]) == 2 and all(m["grid_s"] > 0 and m["load_s"] > 0 for m in got["measured"])
     proj = got["projection_s"]
-    assert proj["one_gpu_prefetch"] <= proj["one_gpu_no_prefetch"] and proj["ray_8_gpus"] < proj["one_gpu_no_prefetch"]
+    startup = got["assumptions"]["ray_startup_s"]
+    assert proj["one_gpu_prefetch"] <= proj["one_gpu_no_prefetch"]
+    assert proj["ray_8_gpus"] - startup < proj["one_gpu_no_prefetch"] / 7  # 20 rounds instead of 154 checkpoints
     assert got["validation"]["checkpoints"] == 2 and "projected 154-checkpoint study" in r.stdout
