@@ -22,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from mechtrunc._choices import MATRICES, SITES
+from mechtrunc._scalars import as_int
 
 __all__ = ["MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "MemoryAdapter", "adapt"]
 
@@ -95,19 +96,23 @@ class ModelAdapter(ABC):
 
     # --- names ---------------------------------------------------------------------------
     def check_layer(self, layer: int) -> int:
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+        """``layer`` as a Python int (any integer scalar type, not bool) if it is in range."""
+        layer = as_int(layer, "layer")
+        if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer {layer!r} is out of range: valid layers are 0..{self.n_layers - 1}")
         return layer
 
     def check_head(self, head: int) -> int:
-        if not isinstance(head, int) or not 0 <= head < self.n_heads:
+        """``head`` as a Python int (any integer scalar type, not bool) if it is in range."""
+        head = as_int(head, "head")
+        if not 0 <= head < self.n_heads:
             raise ValueError(f"head {head!r} is out of range: valid heads are 0..{self.n_heads - 1}")
         return head
 
     def site_hook(self, site: str, layer: int) -> str:
         if site not in _SITE_HOOK:
             raise ValueError(f"unknown site {site!r}; valid sites: {', '.join(SITES)}")
-        self.check_layer(layer)
+        layer = self.check_layer(layer)
         if site in ("mlp_out", "mlp_pre", "mlp_post") and not self.has_mlp(layer):
             raise ValueError(f"layer {layer} has no MLP, so site {site!r} does not exist")
         return _SITE_HOOK[site].format(l=layer)
@@ -144,7 +149,7 @@ class ModelAdapter(ABC):
         if name not in MATRICES or name == "attn.OV":
             valid = ", ".join(m for m in MATRICES if m != "attn.OV")
             raise ValueError(f"unknown matrix {name!r}; valid matrices: {valid} (and 'attn.OV' for truncation)")
-        self.check_layer(layer)
+        layer = self.check_layer(layer)
         if name.startswith("mlp.") and not self.has_mlp(layer):
             raise ValueError(f"layer {layer} has no MLP, so matrix {name!r} does not exist")
         return self._matrix(name, layer)

@@ -14,7 +14,8 @@ __all__ = ["add_commands"]
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hub id (EleutherAI/pythia-160m, gpt2, ...) or local directory")
+    p.add_argument("--model", required=True, help="hub id (EleutherAI/pythia-160m, gpt2, ...) or local directory "
+                   "(truncate: one save_pretrained model; checkpoints: see below)")
     p.add_argument("--task", default="ioi", help="'ioi', 'factual' or a CSV/JSONL prompt file (default ioi)")
     p.add_argument("--n", type=positive_int, default=200, help="number of IOI prompts (default 200)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the IOI prompts")
@@ -72,10 +73,49 @@ def cmd_truncate(args) -> int:
     return 0
 
 
+def _executor(args):
+    """The executor object of the checkpoint command's options (ValueError on bad values)."""
+    from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
+
+    slurm_opts = {"--slurm-partition": args.slurm_partition, "--slurm-time": args.slurm_time,
+                  "--slurm-gpus": args.slurm_gpus, "--slurm-array-parallelism": args.slurm_array_parallelism,
+                  "--slurm-units-per-task": args.slurm_units_per_task}
+    given_slurm = [k for k, v in slurm_opts.items() if v is not None]
+    if args.executor != "slurm" and given_slurm:
+        raise ValueError(f"{', '.join(given_slurm)} only apply with --executor slurm")
+    if args.executor != "ray" and args.ray_address is not None:
+        raise ValueError("--ray-address only applies with --executor ray")
+    if args.executor == "local":
+        return LocalExecutor(prefetch=not args.no_prefetch)
+    if args.no_prefetch:
+        raise ValueError("--no-prefetch only applies with --executor local")
+    if args.executor == "ray":
+        return RayExecutor(address=args.ray_address)
+    return SlurmExecutor(folder=Path(args.out) / "slurm", partition=args.slurm_partition,
+                         time_min=args.slurm_time if args.slurm_time is not None else 60,
+                         gpus_per_task=args.slurm_gpus,
+                         array_parallelism=args.slurm_array_parallelism if args.slurm_array_parallelism else 32,
+                         units_per_task=args.slurm_units_per_task or 1)
+
+
 def cmd_checkpoints(args) -> int:
     _check_task(args.task)
     _check_steps(args.model, args.steps)
-    if args.from_dir is not None:
+    if args.grid:
+        if args.from_dir is not None or args.layer is not None:
+            raise UsageError("--grid evaluates the whole grid at each step: not with --from or --layer")
+    elif args.layers is not None or args.keeps is not None or args.matrices is not None:
+        raise UsageError("--layers, --matrices and --keeps only apply with --grid")
+    from mechtrunc.studies import Grid, checkpoint_study
+    from mechtrunc.studies.checkpoints import best_by_step
+    from mechtrunc.viz import checkpoint_plot
+
+    grid = None
+    if args.grid:
+        given = {"layers": args.layers, "matrices": args.matrices, "keeps": args.keeps}
+        grid = Grid(rule=args.rule, **{k: v for k, v in given.items() if v is not None})
+        truncation = None
+    elif args.from_dir is not None:
         best_path = Path(args.from_dir) / "best.json"
         if not best_path.is_file():
             raise ValueError(f"{str(best_path)!r} does not exist: run `mechtrunc pythia truncate --out {args.from_dir}` first")
@@ -86,12 +126,18 @@ def cmd_checkpoints(args) -> int:
         truncation = Truncate(args.matrix, layer=args.layer, keep=args.keep)
     else:
         truncation = None
-    from mechtrunc.studies import checkpoint_plot, checkpoint_study
-
-    df = checkpoint_study(args.model, args.steps, args.task, truncation=truncation, batch_size=args.batch_size,
-                          out=args.out, progress=not args.no_progress, device=args.device, dtype=args.dtype,
-                          n_devices=args.n_devices)
-    plot = checkpoint_plot(df, Path(args.out) / "checkpoints.png", title=args.model)
+    executor = _executor(args)
+    df = checkpoint_study(args.model, args.steps, args.task, truncation=truncation, grid=grid,
+                          batch_size=args.batch_size, out=args.out, progress=not args.no_progress,
+                          n_prompts=args.n, prompt_seed=args.seed, executor=executor,
+                          device=args.device, dtype=args.dtype, n_devices=args.n_devices)
+    if grid is not None:
+        metric = "logit_diff_the" if "logit_diff_the" in df.columns else "p_answer"
+        plot_df = best_by_step(df, metric)
+        metrics = (metric,)
+    else:
+        plot_df, metrics = df, tuple(m for m in ("p_answer", "p_the") if m in df.columns) or ("p_answer",)
+    plot = checkpoint_plot(plot_df, Path(args.out) / "checkpoints.png", metrics=metrics, title=args.model)
     print(f"{df['step'].nunique()} checkpoints -> {args.out} (table checkpoints.csv, figure {plot.name})")
     return 0
 
@@ -119,8 +165,21 @@ def add_commands(sub) -> None:
     tr.add_argument("--metric", default=None, help="metric that picks the best configuration (default logit_diff_the)")
     tr.set_defaults(func=cmd_truncate)
 
-    ck = psub.add_parser("checkpoints", help="task metrics over training checkpoints, full and truncated",
-                         description="Evaluate the full model and one truncation at each training step.")
+    ck = psub.add_parser(
+        "checkpoints", help="task metrics over training checkpoints: full and truncated, or a whole grid",
+        description="Evaluate the full model and one truncation (or, with --grid, every layer x matrix x keep) "
+                    "at each training step.  One unit per checkpoint, written atomically to "
+                    "OUT/shards/step{N}.parquet as soon as it is finished; rerunning the same command skips "
+                    "finished steps; OUT/checkpoints.csv/.parquet hold the merged table.  Units run in this "
+                    "process (--executor local, loading the next checkpoint while the current one is "
+                    "evaluated), on Ray (--executor ray: one task per checkpoint, a GPU each with --device "
+                    "cuda) or as a SLURM job array (--executor slurm, through submitit).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="--model is one of:\n"
+               "  a hub id                 EleutherAI/pythia-160m (revision step{N}; from the local Hugging Face\n"
+               "                           cache when it holds those revisions, e.g. with HF_HUB_OFFLINE=1)\n"
+               "  a checkpoint directory   runs/neox (holding step0/, step1000/, ... each a save_pretrained model)\n"
+               "  a path template          /data/pythia-160m-step{step} (a save_pretrained model per step)\n")
     _model_options(ck)
     ck.add_argument("--steps", type=nonneg_int, nargs="+", required=True, help="training steps (e.g. 0 512 1000 143000)")
     ck.add_argument("--from", dest="from_dir", default=None,
@@ -129,4 +188,26 @@ def add_commands(sub) -> None:
     ck.add_argument("--matrix", type=choice(_choices.MATRICES, "matrix", "matrices"), default="mlp.W_out",
                     help="with --layer: the matrix (default mlp.W_out)")
     ck.add_argument("--keep", type=fraction, default=0.05, help="with --layer: the kept fraction (default 0.05)")
+    ck.add_argument("--grid", action="store_true",
+                    help="evaluate the whole grid (--layers x --matrices x --keeps) at every step")
+    ck.add_argument("--layers", type=nonneg_int, nargs="+", default=None, help="with --grid: layers (default all)")
+    ck.add_argument("--matrices", nargs="+", type=choice(_choices.MATRICES, "matrix", "matrices"), default=None, help="with --grid: matrices (default mlp.W_in mlp.W_out)")
+    ck.add_argument("--keeps", type=fraction, nargs="+", default=None,
+                    help="with --grid: kept fractions (default 1 0.5 0.2 0.1 0.05 0.01)")
+    ck.add_argument("--rule", choices=["round", "authors"], default="round", help="with --grid: rank rounding rule")
+    ck.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
+                    help="where checkpoints are evaluated (default local)")
+    ck.add_argument("--no-prefetch", action="store_true",
+                    help="local executor: do not load the next checkpoint while evaluating (one model in memory)")
+    ck.add_argument("--ray-address", default=None,
+                    help="join this Ray cluster ('auto' or ray://HOST:10001); default: start a local one")
+    ck.add_argument("--slurm-partition", default=None, help="SLURM partition")
+    ck.add_argument("--slurm-time", type=positive_int, default=None, help="minutes per array element (default 60)")
+    ck.add_argument("--slurm-gpus", type=nonneg_int, default=None,
+                    help="GPUs per array element (default 1 with --device cuda, else 0)")
+    ck.add_argument("--slurm-array-parallelism", type=positive_int, default=None,
+                    help="at most this many array elements at once (default 32)")
+    ck.add_argument("--slurm-units-per-task", type=positive_int, default=None,
+                    help="checkpoints per array element (default 1)")
     ck.set_defaults(func=cmd_checkpoints)
+

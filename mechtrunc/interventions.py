@@ -15,7 +15,16 @@ Weight edits save the touched parameter and copy it back, bit for bit, when the 
 Rank rule for ``keep`` (a fraction of the maximum rank ``r = min(d_in, d_out)``):
 ``rule="round"`` (default) keeps ``round(keep * r)`` components (halves round up) and at least
 one when ``keep > 0``; ``rule="authors"`` keeps ``int(keep * d_model)`` as the paper's released
-code does (capped at ``r``).  ``keep = 0`` removes the matrix under both rules.
+code does (capped at ``r``) for the weight matrices, and ``int(keep * d_head)`` for ``attn.OV``.
+The released code only truncates matrices whose maximum rank is ``d_model``, so its rule is
+"a fraction of the maximum rank, rounded down"; each head's ``W_V W_O`` has rank at most
+``d_head``, so the same fraction of *its* maximum rank is ``int(keep * d_head)``.  Scaling by
+``d_model`` instead would cap every ``keep >= d_head / d_model`` at the full rank (an identity
+edit: ``keep=0.1`` would change nothing on Pythia-1.4B, where ``d_head / d_model = 1/16``).
+``keep = 0`` removes the matrix under both rules.
+
+Layers, heads, ranks and keeps may be any integer/real scalar type (NumPy scalars, 0-d tensors,
+items of ``np.arange``/``np.linspace``); ``bool`` is rejected (see :mod:`mechtrunc._scalars`).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._scalars import as_int, as_int_list, as_real, as_real_list, is_scalar
 from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
 
 __all__ = [
@@ -136,6 +146,10 @@ class Ablate(Intervention):
     seed: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "layer", as_int(self.layer, "layer"))
+        if self.head is not None:
+            object.__setattr__(self, "head", as_int(self.head, "head"))
+        object.__setattr__(self, "seed", as_int(self.seed, "seed"))
         if self.component not in _ABLATE_COMPONENTS:
             raise ValueError(f"unknown component {self.component!r}; valid: {', '.join(_ABLATE_COMPONENTS)}")
         if self.method not in _ABLATE_METHODS:
@@ -200,7 +214,10 @@ _MODES = ("weight", "hook")
 
 def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: str = "round") -> int:
     """Number of singular components kept for a fraction ``keep`` (see the module docstring)."""
-    if not 0.0 <= float(keep) <= 1.0:
+    keep = as_real(keep, "keep")
+    max_rank = as_int(max_rank, "max_rank")
+    d_model = None if d_model is None else as_int(d_model, "d_model")
+    if not 0.0 <= keep <= 1.0:
         raise ValueError(f"keep must be in [0, 1], got {keep!r}")
     if rule == "round":
         k = math.floor(keep * max_rank + 0.5)
@@ -243,6 +260,7 @@ class _SVDEdit(Intervention):
 
     def _validate_common(self) -> None:
         """Checks shared by the subclasses, run when the intervention is built."""
+        object.__setattr__(self, "layer", as_int(self.layer, "layer"))
         if self.matrix not in MATRICES + MEMORY_MATRICES:
             raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)} "
                              f"(and {', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
@@ -332,12 +350,24 @@ class Truncate(_SVDEdit):
             raise ValueError("give exactly one of keep= (fraction) or rank= (integer)")
         if self.rule not in _RULES:
             raise ValueError(f"unknown rank rule {self.rule!r}; valid: {', '.join(_RULES)}")
-        for v in _as_list(self.keep):
-            if not 0.0 <= float(v) <= 1.0:
-                raise ValueError(f"keep must be in [0, 1], got {v!r}")
-        for v in _as_list(self.rank):
-            if int(v) != v or v < 0:
-                raise ValueError(f"rank must be a non-negative integer, got {v!r}")
+        # one value (any int/real scalar type) or one per batch row (list, array, tensor)
+        if self.keep is not None:
+            keeps = as_real_list(self.keep, "keep")
+            object.__setattr__(self, "keep", keeps[0] if is_scalar(self.keep) else tuple(keeps))
+            for v in keeps:
+                if not 0.0 <= v <= 1.0:
+                    raise ValueError(f"keep must be in [0, 1], got {v!r}")
+        else:
+            try:
+                ranks = as_int_list(self.rank, "rank")
+            except ValueError as e:
+                if "boolean" in str(e):
+                    raise
+                raise ValueError(f"rank must be a non-negative integer, got {self.rank!r}") from None
+            object.__setattr__(self, "rank", ranks[0] if is_scalar(self.rank) else tuple(ranks))
+            for v in ranks:
+                if v < 0:
+                    raise ValueError(f"rank must be a non-negative integer, got {v!r}")
 
     @property
     def label(self) -> str:
@@ -359,6 +389,8 @@ class Truncate(_SVDEdit):
                         f"(valid: 0..{max_rank})"
                     )
             return ranks
+        # rule="authors": int(keep * d) with d = the maximum rank the released code assumes:
+        # d_model for weight matrices, d_head for a head's W_V W_O (see the module docstring)
         d_model = adapter.d_head if self.matrix == "attn.OV" else adapter.d_model
         return [rank_for_keep(float(k), max_rank, d_model, self.rule) for k in _as_list(self.keep)]
 
@@ -380,7 +412,7 @@ class RemoveComponents(_SVDEdit):
 
     def __post_init__(self):
         self._validate_common()
-        object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+        object.__setattr__(self, "indices", tuple(as_int_list(self.indices, "indices")))
         if self.svd == "randomized":
             raise ValueError("RemoveComponents needs svd='exact' (arbitrary indices need the full spectrum)")
 
@@ -419,6 +451,7 @@ class ProjectOut(Intervention):
     directions: Tensor | None = field(default=None, compare=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "layer", as_int(self.layer, "layer"))
         if self.site not in SITES or self.site == "z":
             valid = ", ".join(s for s in SITES if s != "z")
             raise ValueError(f"unknown site {self.site!r}; valid sites: {valid}")

@@ -8,8 +8,8 @@
   model and tokenizer are loaded here and handed to ``TransformerBridge.boot_transformers``, so
   the bridge itself never calls the hub.  A model that is neither cached nor downloadable raises
   :class:`ModelNotAvailableError` within seconds (no long retry loop when the hub is unreachable).
-- :func:`build_random_pythia`: a randomly initialised Pythia-shaped model plus tokenizer saved
-  with ``save_pretrained``, to exercise the whole path offline.
+- ``build_random_pythia``, ``word_level_tokenizer_dir``: re-exported from :mod:`mechtrunc.testing`
+  (random Pythia-shaped models saved with ``save_pretrained``, to exercise the path offline).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -301,6 +301,19 @@ def _ensure_saved_tokenizer(tok):
         return AutoTokenizer.from_pretrained(d)
 
 
+def _local_tokenizer(tok, directory: str):
+    """``tok`` reloaded from a copy saved in ``directory``, unless its ``name_or_path`` already
+    is a local directory: whatever reloads it by name (the bridge adds a BOS token that way)
+    then finds it on disk instead of asking the hub for revision ``main``."""
+    name = str(getattr(tok, "name_or_path", "") or "")
+    if name and Path(name).expanduser().is_dir():
+        return tok
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
 def _load_tokenizer(source, revision, local_files_only):
     from transformers import AutoTokenizer
 
@@ -438,12 +451,21 @@ def load_model(
             except OSError as e:  # unknown repo or revision, gated model, ...
                 raise _not_available(src, revision, "the hub could not provide it", e) from e
 
-    tok = _ensure_saved_tokenizer(tok)
     if dm is None and device is not None:
         hf = hf.to(device)
     hf.eval()
     boot_device = None if dm is not None else (device if device is not None else str(next(hf.parameters()).device))
-    bridge = TransformerBridge.boot_transformers(src, hf_model=hf, tokenizer=tok, device=boot_device, dtype=torch_dtype)
+    try:
+        # The bridge may reload the tokenizer by its name_or_path (to add a BOS token) without a
+        # revision: a hub id then needs revision "main", absent from a cache that holds only
+        # step{N} revisions.  So the tokenizer is handed over from a local copy.
+        with tempfile.TemporaryDirectory(prefix="mechtrunc_tok_") as tok_dir:
+            tok = _local_tokenizer(tok, tok_dir)
+            bridge = TransformerBridge.boot_transformers(src, hf_model=hf, tokenizer=tok, device=boot_device,
+                                                         dtype=torch_dtype)
+            bridge.tokenizer.name_or_path = src if not is_local else bridge.tokenizer.name_or_path
+    except OSError as e:  # a file the bridge wanted is missing (offline, partial cache...)
+        raise _not_available(src, revision, "TransformerBridge could not boot from it", e) from e
     bridge.eval()
     bridge.cfg.revision = revision  # type: ignore[attr-defined]
     if step is not None:
@@ -462,103 +484,9 @@ def free_model(model) -> None:
         torch.cuda.empty_cache()
 
 
-# ----------------------------------------------------------------------------------------
-# random Pythia-shaped models for offline tests
-# ----------------------------------------------------------------------------------------
-def word_level_tokenizer_dir(
-    out_dir: str | os.PathLike, tokens: Sequence[str], unk_token: str | None = None,
-    special_token: str | None = None,
-) -> Path:
-    """Save a word-level tokenizer (token id = index in ``tokens``, split on whitespace) with
-    ``save_pretrained`` and return the directory.  Bridges boot only from a tokenizer on disk,
-    so offline models built from scratch (tests, benchmarks, recall-trained models) carry one.
-    ``unk_token`` defaults to the first token; ``special_token`` becomes the eos and pad token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+def __getattr__(name):  # re-exports of the model builders that now live in mechtrunc.testing
+    if name in ("build_random_pythia", "word_level_tokenizer_dir"):
+        from mechtrunc import testing
 
-    vocab = {t: i for i, t in enumerate(tokens)}
-    if len(vocab) != len(tokens):
-        raise ValueError("tokens must be distinct")
-    unk = unk_token if unk_token is not None else tokens[0]
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    extra = {"eos_token": special_token, "pad_token": special_token} if special_token is not None else {}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, **extra)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(out)
-    return out
-
-
-def build_random_pythia(
-    size_or_config="70m",
-    tokenizer_dir=None,
-    out_dir=None,
-    seed: int = 0,
-    n_layers: int | None = None,
-    vocab_size: int | None = None,
-) -> Path:
-    """Write a randomly initialised Pythia-shaped ``GPTNeoXForCausalLM`` and a tokenizer with
-    ``save_pretrained``; return the directory (loadable with :func:`load_model`).
-
-    Args:
-        size_or_config: a Pythia size (``"70m"``, ``"pythia-160m"``...), a dict of
-            ``GPTNeoXConfig`` overrides of the 70m shape (e.g. ``{"hidden_size": 128,
-            "num_attention_heads": 4}``), or a ``GPTNeoXConfig``.
-        tokenizer_dir: the tokenizer: a Hugging Face tokenizer directory, a ``tokenizer.json``
-            file (e.g. the GPT-NeoX-20B BPE Pythia uses) or a tokenizer object.
-        out_dir: where to write (created); default a new temporary directory.
-        seed: torch seed of the initialisation (normal, std 0.02, as Hugging Face does).
-        n_layers: override the number of layers.
-        vocab_size: embedding rows; default the size's own (50304 for most Pythias) when the
-            tokenizer fits, else the tokenizer's length rounded up to a multiple of 128.
-    """
-    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
-
-    if tokenizer_dir is None:
-        raise ValueError("build_random_pythia needs tokenizer_dir= (a tokenizer directory, tokenizer.json or object)")
-    if isinstance(tokenizer_dir, (str, Path)):
-        p = Path(tokenizer_dir).expanduser()
-        if p.is_file():
-            tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
-        elif p.is_dir():
-            tok = AutoTokenizer.from_pretrained(str(p))
-        else:
-            raise ValueError(f"tokenizer_dir {str(p)!r} is neither a directory nor a tokenizer.json file")
-    else:
-        tok = tokenizer_dir
-    if tok.eos_token is None and "<|endoftext|>" in tok.get_vocab():
-        # Pythia's own tokenizer uses <|endoftext|> (id 0) as bos, eos and unk
-        tok.bos_token = tok.eos_token = tok.unk_token = "<|endoftext|>"
-    n_tok = len(tok)
-
-    if isinstance(size_or_config, GPTNeoXConfig):
-        cfg = GPTNeoXConfig.from_dict(size_or_config.to_dict())
-    elif isinstance(size_or_config, dict):
-        overrides = dict(size_or_config)
-        size = overrides.pop("size", "70m")
-        cfg = pythia_config(size, **overrides)
-    else:
-        cfg = pythia_config(str(size_or_config))
-    if n_layers is not None:
-        if int(n_layers) < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-        cfg.num_hidden_layers = int(n_layers)
-    if vocab_size is not None:
-        cfg.vocab_size = int(vocab_size)
-    elif cfg.vocab_size < n_tok:
-        cfg.vocab_size = -(-n_tok // 128) * 128
-    if cfg.vocab_size < n_tok:
-        raise ValueError(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {n_tok} tokens")
-    eos = tok.eos_token_id
-    if eos is not None:
-        cfg.bos_token_id = cfg.eos_token_id = int(eos)
-
-    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="random_pythia_"))
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GPTNeoXForCausalLM(cfg).eval()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+        return getattr(testing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

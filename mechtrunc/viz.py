@@ -4,18 +4,21 @@
   file (the bundled JavaScript is inlined, so it renders from ``file://`` with no network).
 - :func:`plot_history`: the toy training curves (accuracy and P(noise), full model vs FFN removed).
 - :func:`plot_attribution`: a bar chart of an :func:`~mechtrunc.attribution.attribute_change` table.
+- :func:`truncation_heatmap`: a truncation study's metric, layers x keeps, one panel per matrix.
+- :func:`checkpoint_plot`: a checkpoint study's metrics against the training step.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
 
 from mechtrunc.adapters import adapt
 
-__all__ = ["attention_html", "plot_history", "plot_attribution"]
+__all__ = ["attention_html", "plot_history", "plot_attribution", "truncation_heatmap", "checkpoint_plot"]
 
 
 def _pyplot():
@@ -98,3 +101,107 @@ def plot_attribution(change: pd.DataFrame, path: str | Path, competitor: str | N
     ax.set_xlabel("direct logit attribution (answer - competitor)")
     ax.legend()
     return _save(plt, fig, path)
+
+
+# ----------------------------------------------------------------------------------------
+# study figures (Agg canvas directly: no display, pyplot untouched)
+# ----------------------------------------------------------------------------------------
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def truncation_heatmap(
+    df: pd.DataFrame, metric: str, path, higher_is_better: bool = True, title: str | None = None,
+) -> Path:
+    """One panel per matrix, layers (rows) by keep fractions (columns, largest first), each cell
+    annotated with ``metric``; colours diverge around the baseline value (blue = better).
+    Saved as PNG at ``path`` (the Agg canvas is used directly: no display, pyplot untouched)."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    from mechtrunc.studies.grid import _NON_METRIC
+
+    if metric not in df.columns or metric in _NON_METRIC:
+        valid = [c for c in df.columns if c not in _NON_METRIC]
+        raise ValueError(f"unknown metric {metric!r}; metrics in this table: {', '.join(valid)}")
+    is_base = df["baseline"].astype(bool)
+    grid = df[~is_base]
+    if grid.empty:
+        raise ValueError("the table has no truncation rows to plot")
+    base = float(df.loc[is_base, metric].iloc[0]) if is_base.any() else None
+    matrices = list(dict.fromkeys(grid["matrix"]))
+    layers = sorted(int(v) for v in grid["layer"].unique())
+    keeps = sorted({float(k) for k in grid["keep"]}, reverse=True)
+    vals = grid[metric].astype(float)
+    vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
+    if base is not None:
+        vmin, vmax = min(vmin, base), max(vmax, base)
+    if vmin == vmax:
+        vmin, vmax = vmin - 1e-6, vmax + 1e-6
+    center = base if base is not None and vmin < base < vmax else None
+    norm = TwoSlopeNorm(vcenter=center, vmin=vmin, vmax=vmax) if center is not None else None
+    cmap = "RdBu" if higher_is_better else "RdBu_r"
+    fs = max(5, min(9, int(120 / max(len(layers) * 1.0, len(keeps) * 1.5, 1))))
+    fig = _figure(1.2 + 0.75 * len(keeps) * len(matrices), 1.2 + 0.32 * len(layers) + 0.6)
+    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    im = None
+    for ax, m in zip(axes, matrices):
+        sub = grid[grid["matrix"] == m]
+        table = sub.pivot_table(index="layer", columns="keep", values=metric, aggfunc="first")
+        table = table.reindex(index=layers, columns=keeps)
+        data = table.to_numpy(dtype=float)
+        im = ax.imshow(data, aspect="auto", cmap=cmap, norm=norm,
+                       vmin=None if norm is not None else vmin, vmax=None if norm is not None else vmax)
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                if not np.isnan(data[i, j]):
+                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=fs)
+        ax.set_xticks(range(len(keeps)), [f"{k:g}" for k in keeps])
+        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+        ax.set_xlabel("keep (fraction of rank)")
+        ax.set_ylabel("layer")
+        ax.set_title(m)
+    if im is not None:
+        fig.colorbar(im, ax=list(axes), shrink=0.9, label=metric)
+    sup = title or metric
+    if base is not None:
+        sup += f" (full model: {base:.3g})"
+    fig.suptitle(sup)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def checkpoint_plot(
+    df: pd.DataFrame, path, metrics: Sequence[str] = ("p_answer", "p_the"), title: str | None = None,
+) -> Path:
+    """Metrics of a :func:`checkpoint_study` table against the training step (symlog axis):
+    one colour per metric, solid = full model, dashed = truncated.  Saved as PNG."""
+    missing = [m for m in metrics if m not in df.columns]
+    if missing:
+        valid = [c for c in df.columns if c not in ("step", "variant", "intervention", "seconds")]
+        raise ValueError(f"unknown metric(s) {missing}; metrics in this table: {', '.join(valid)}")
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    styles = {"full": "-", "truncated": "--"}
+    for i, m in enumerate(metrics):
+        for variant, sub in df.groupby("variant", sort=False):
+            sub = sub.sort_values("step")
+            ax.plot(sub["step"], sub[m], styles.get(variant, ":"), color=f"C{i}", marker="o", markersize=3,
+                    label=f"{m} ({variant})")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("training step")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+

@@ -43,7 +43,7 @@ def pytest_make_collect_report(collector):
 
 def _word_level_tokenizer_dir(tmp: Path, vocab_size: int = 512) -> Path:
     """A small word-level tokenizer ("w0".."w510" and "<unk>") saved on disk (bridges need one)."""
-    from mechtrunc.pythia import word_level_tokenizer_dir
+    from mechtrunc.testing import word_level_tokenizer_dir
 
     tokens = [f"w{i}" for i in range(vocab_size - 1)] + ["<unk>"]
     return word_level_tokenizer_dir(tmp, tokens, unk_token="<unk>", special_token="<unk>")
@@ -125,3 +125,18 @@ def trained_toy():
 
     task = RecallTask(cfg.recall_config())
     return result.model, task, task.test_set(128, seed=cfg.seed + 10_000).to_prompts()
+
+
+@pytest.fixture(scope="session")
+def recall_checkpoints(tmp_path_factory):
+    """Six checkpoints (steps 0, 1, 2, 4, 8, 16) of a tiny recall-trained GPT-NeoX (1 layer,
+    d_model 32) saved as DIR/step{N}/, and 32 clean recall prompts: (dir, steps, prompts)."""
+    from mechtrunc.tasks.recall import RecallConfig, RecallTask
+    from mechtrunc.testing import save_training_checkpoints
+
+    cfg = RecallConfig(alpha=0.5, seq_len=32)
+    out = tmp_path_factory.mktemp("recall_ckpts")
+    with torch.random.fork_rng(devices=[]):
+        dirs = save_training_checkpoints(out, [0, 1, 2, 4, 8, 16], n_layers=1, d_model=32, n_heads=2,
+                                         batch_size=16, task_config=cfg)
+    return out, list(dirs), RecallTask(cfg).test_set(32).to_prompts()

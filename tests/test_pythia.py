@@ -17,10 +17,11 @@ import pytest
 import torch
 
 import mechtrunc as mt
-import mechtrunc.studies as studies
+import mechtrunc.studies.grid as studies_grid
 from mechtrunc.pythia import (
-    PYTHIA_SIZES, ModelNotAvailableError, build_random_pythia, check_step, load_model, pythia_config, pythia_steps,
+    PYTHIA_SIZES, ModelNotAvailableError, check_step, load_model, pythia_config, pythia_steps,
 )
+from mechtrunc.testing import build_random_pythia
 from mechtrunc.studies import (
     as_truncate, best_configuration, checkpoint_plot, checkpoint_study, study_report, truncation_heatmap,
     truncation_study,
@@ -59,11 +60,11 @@ def factual(bridge):
 
 
 class _Counter:
-    """Wraps ``mechtrunc.studies.evaluate`` and counts calls."""
+    """Wraps ``mechtrunc.studies.grid.evaluate`` (what the grid engine calls) and counts calls."""
 
     def __init__(self):
         self.calls = []
-        self._orig = studies.evaluate
+        self._orig = studies_grid.evaluate
 
     def __call__(self, model, prompts, *ivs, **kw):
         self.calls.append(tuple(iv.label for iv in ivs))
@@ -73,11 +74,11 @@ class _Counter:
 @pytest.fixture(scope="module")
 def ioi_study(bridge, ioi):
     counter = _Counter()
-    studies.evaluate = counter
+    studies_grid.evaluate = counter
     try:
         df = truncation_study(bridge, ioi, keeps=KEEPS, progress=False)
     finally:
-        studies.evaluate = counter._orig
+        studies_grid.evaluate = counter._orig
     return df, counter.calls
 
 
@@ -297,7 +298,7 @@ def test_truncation_study_validates_everything_requested(bridge, ioi):
 def test_truncation_study_resumes(bridge, ioi, tmp_path, monkeypatch):
     kw = dict(layers=[1], keeps=(1, 0.5, 0.2, 0.1, 0), progress=False, out=tmp_path)
     first = _Counter()
-    monkeypatch.setattr(studies, "evaluate", first)
+    monkeypatch.setattr(studies_grid, "evaluate", first)
     df1 = truncation_study(bridge, ioi, **kw)
     assert len(first.calls) == 1 + 2 * 4
     assert (tmp_path / "truncation.csv").is_file() and (tmp_path / "truncation.parquet").is_file()
@@ -309,7 +310,7 @@ def test_truncation_study_resumes(bridge, ioi, tmp_path, monkeypatch):
     kept = [x for x in lines if json.loads(x) not in dropped]
     rows_path.write_text("\n".join(kept) + '\n{"baseline": false, "layer": 1, "matr')  # a half-written line
     second = _Counter()
-    monkeypatch.setattr(studies, "evaluate", second)
+    monkeypatch.setattr(studies_grid, "evaluate", second)
     with pytest.warns(UserWarning, match="unreadable"):
         df2 = truncation_study(bridge, ioi, **kw)
     assert sorted(second.calls) == sorted((f"truncate L1.{r['matrix']} keep={float(r['keep'])}",) for r in dropped)
@@ -318,7 +319,7 @@ def test_truncation_study_resumes(bridge, ioi, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "truncation.parquet")[cols], df2[cols])
 
     third = _Counter()  # nothing left to do; a larger grid computes only the new rows
-    monkeypatch.setattr(studies, "evaluate", third)
+    monkeypatch.setattr(studies_grid, "evaluate", third)
     truncation_study(bridge, ioi, **kw)
     assert third.calls == []
     df3 = truncation_study(bridge, ioi, **{**kw, "keeps": (1, 0.5, 0.2, 0.1, 0, 0.05)})
@@ -387,8 +388,8 @@ def test_checkpoint_study_with_fake_checkpoints(random_dir, pythia_tokenizer_dir
     assert all(r() is None for r in refs)  # every checkpoint was freed
 
     # resumable: finished steps are not even loaded
-    lines = (out / "rows.jsonl").read_text().splitlines()
-    (out / "rows.jsonl").write_text("\n".join(x for x in lines if not ('"step": 1000' in x and "truncated" in x)) + "\n")
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["step0.parquet", "step1000.parquet"]
+    (out / "shards" / "step1000.parquet").unlink()
     loads.clear()
     df2 = checkpoint_study(load, [0, 1000], prompts_fn, iv, out=out, progress=False)
     assert loads == [1000]

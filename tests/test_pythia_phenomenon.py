@@ -18,7 +18,8 @@ import torch
 
 import mechtrunc as mt
 from mechtrunc.pythia import load_model
-from mechtrunc.studies import best_configuration, train_neox_recall, truncation_study
+from mechtrunc.studies import best_configuration, truncation_study
+from mechtrunc.testing import train_neox_recall
 from mechtrunc.tasks.recall import RecallConfig
 
 # recipe (see docs/pythia.md): d_model 128, 2 layers, 4 heads, T = 64, batch 64, AdamW lr 1e-3

@@ -1,0 +1,44 @@
+"""Studies on language models (Pythia and friends): the LASER truncation grid, checkpoint
+studies at scale, and a report tying the best truncation to attribution.
+
+Modules:
+
+- :mod:`~mechtrunc.studies.store`: fingerprints, the resumable row store (``rows.jsonl`` +
+  ``study.json``), atomic Parquet shards, the final CSV/Parquet tables.
+- :mod:`~mechtrunc.studies.grid`: :class:`Grid`, :func:`evaluate_grid` (the one grid evaluation
+  on one model), :func:`truncation_study`, :func:`best_configuration`, :func:`as_truncate`.
+- :mod:`~mechtrunc.studies.checkpoints`: :func:`checkpoint_study`, one unit per checkpoint
+  (full model + one truncation, or full model + a whole grid), each written as its own shard.
+- :mod:`~mechtrunc.studies.executors`: where units run: :class:`LocalExecutor` (default,
+  prefetching), :class:`RayExecutor`, :class:`SlurmExecutor` (submitit).
+- :mod:`~mechtrunc.studies.report`: :func:`prompts_for_task`, :func:`study_report`.
+
+Figures live in :mod:`mechtrunc.viz` (:func:`truncation_heatmap`, :func:`checkpoint_plot`) and
+model builders in :mod:`mechtrunc.testing` (:func:`train_neox_recall`,
+:func:`recall_tokenizer_dir`); both are re-exported here.
+"""
+
+from __future__ import annotations
+
+from mechtrunc.studies.checkpoints import CheckpointDirectory, HubCheckpoints, checkpoint_study
+from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
+from mechtrunc.studies.grid import Grid, as_truncate, best_configuration, evaluate_grid, truncation_study
+from mechtrunc.studies.report import prompts_for_task, study_report
+
+__all__ = [
+    "truncation_study", "best_configuration", "as_truncate", "truncation_heatmap", "checkpoint_study",
+    "checkpoint_plot", "study_report", "prompts_for_task", "train_neox_recall", "recall_tokenizer_dir",
+    "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor", "RayExecutor",
+    "SlurmExecutor",
+]
+
+_ELSEWHERE = {"truncation_heatmap": "mechtrunc.viz", "checkpoint_plot": "mechtrunc.viz",
+              "train_neox_recall": "mechtrunc.testing", "recall_tokenizer_dir": "mechtrunc.testing"}
+
+
+def __getattr__(name):  # names that moved, re-exported lazily (no import cycle with viz)
+    if name in _ELSEWHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,464 @@
+"""Checkpoint studies: the same evaluation at many training checkpoints, one independent unit
+per checkpoint, each finished unit stored atomically as its own Parquet shard.
+
+A unit (:class:`CheckpointUnit`) loads one checkpoint, builds the prompts with its tokenizer,
+evaluates either the full model and one truncation (``truncation=``) or the full model and a
+whole :class:`~mechtrunc.studies.grid.Grid` (``grid=``, through
+:func:`~mechtrunc.studies.grid.evaluate_grid`), and writes ``OUT/shards/step{N}.parquet``
+(temporary file + ``os.replace``).  A rerun skips the steps whose shard exists; the final table
+is the merge of the shards, in step order.  Because a shard is written in one atomic step and
+rewriting it with the same rows is harmless, a kill at any moment (or a retried task) can
+neither lose nor duplicate rows.  Units run on an executor (:mod:`mechtrunc.studies.executors`):
+in process (default), on Ray, or on SLURM through submitit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from mechtrunc._scalars import as_int, as_int_list
+from mechtrunc.interventions import Compose, Intervention
+from mechtrunc.metrics import evaluate
+from mechtrunc.prompts import PromptSet
+from mechtrunc.studies.grid import Grid, _tidy, as_truncate, evaluate_grid
+from mechtrunc.studies.store import (
+    ShardStore, _metrics, _prompts_fingerprint, _write_tables, atomic_write_text, check_meta,
+)
+
+__all__ = ["checkpoint_study", "best_by_step", "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
+
+
+# ----------------------------------------------------------------------------------------
+# where checkpoints come from (picklable, so units travel to Ray and SLURM workers)
+# ----------------------------------------------------------------------------------------
+class HubCheckpoints:
+    """``step -> model``: :func:`mechtrunc.pythia.load_model` of a hub id at revision ``step{N}``
+    (from the local Hugging Face cache when it holds it)."""
+
+    def __init__(self, name: str, **load_kwargs):
+        self.name, self.load_kwargs = str(name), dict(load_kwargs)
+
+    def __call__(self, step: int):
+        from mechtrunc.pythia import load_model
+
+        return load_model(self.name, step=step, **self.load_kwargs)
+
+    def __repr__(self):
+        return f"HubCheckpoints({self.name!r})"
+
+
+_STEP_DIR = re.compile(r"^step(\d+)$")
+
+
+class CheckpointDirectory:
+    """``step -> model`` for checkpoints saved on disk with ``save_pretrained``: either a
+    directory holding ``step{N}/`` subdirectories (``runs/neox`` -> ``runs/neox/step1000``) or a
+    path template with ``{step}`` (``/data/pythia-160m-step{step}``).  :meth:`steps` lists the
+    steps present; :meth:`check` raises ValueError for missing ones before anything runs."""
+
+    def __init__(self, path, **load_kwargs):
+        self.path = str(path)
+        self.load_kwargs = dict(load_kwargs)
+        self.template = self.path if "{step}" in self.path else os.path.join(self.path, "step{step}")
+
+    @staticmethod
+    def looks_like(path) -> bool:
+        """Whether ``path`` names a checkpoint directory or template (rather than a hub id)."""
+        p = str(path)
+        return "{step}" in p or Path(p).expanduser().is_dir()
+
+    def dir(self, step: int) -> Path:
+        return Path(self.template.format(step=step)).expanduser()
+
+    def steps(self) -> list[int]:
+        if "{step}" in self.path:
+            pattern = re.compile("^" + re.escape(Path(self.template).name).replace(r"\{step\}", r"(\d+)") + "$")
+            parent = Path(self.template).expanduser().parent
+        else:
+            pattern, parent = _STEP_DIR, Path(self.path).expanduser()
+        if not parent.is_dir():
+            return []
+        found = []
+        for p in parent.iterdir():
+            m = pattern.match(p.name)
+            if m and (p / "config.json").is_file():
+                found.append(int(m.group(1)))
+        return sorted(found)
+
+    def check(self, steps: Iterable[int]) -> None:
+        missing = [s for s in steps if not (self.dir(s) / "config.json").is_file()]
+        if missing:
+            have = self.steps()
+            shown = ", ".join(map(str, have[:20])) + (" ..." if len(have) > 20 else "") if have else "none"
+            where = self.template.replace("{step}", "{N}")
+            if not have and "{step}" not in self.path and (Path(self.path).expanduser() / "config.json").is_file():
+                raise ValueError(
+                    f"{self.path!r} is a single saved model, not a directory of checkpoints: give a directory "
+                    f"with step{{N}}/ subdirectories or a path template with {{step}}"
+                )
+            raise ValueError(
+                f"no saved model for step(s) {', '.join(map(str, missing))} at {where!r} "
+                f"(each checkpoint is a save_pretrained directory with config.json); steps found: {shown}"
+            )
+
+    def __call__(self, step: int):
+        from mechtrunc.pythia import load_model
+
+        return load_model(self.dir(step), **self.load_kwargs)
+
+    def __repr__(self):
+        return f"CheckpointDirectory({self.template!r})"
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    """``tokenizer -> PromptSet``: a fixed PromptSet, a task for ``prompts_for_task`` (with
+    ``n`` and ``seed``), or a user callable."""
+
+    source: object
+    n: int = 200
+    seed: int = 0
+
+    def __call__(self, tokenizer) -> PromptSet:
+        if isinstance(self.source, PromptSet):
+            return self.source
+        if isinstance(self.source, (str, os.PathLike)):
+            from mechtrunc.studies.report import prompts_for_task
+
+            return prompts_for_task(self.source, tokenizer, n=self.n, seed=self.seed)
+        return self.source(tokenizer)
+
+
+# ----------------------------------------------------------------------------------------
+# the unit of work
+# ----------------------------------------------------------------------------------------
+@dataclass
+class CheckpointUnit:
+    """Everything one checkpoint needs: picklable, so it runs in this process, a Ray worker or
+    a SLURM job alike.  ``unit()`` = ``unit.evaluate(unit.load())`` (the model is freed after),
+    skipped when its shard already exists."""
+
+    step: int
+    loader: Callable[[int], object]
+    prompts: _Prompts
+    variants: tuple = ()  # ((name, Intervention | None), ...) when grid is None
+    grid: Grid | None = None
+    batch_size: int = 32
+    out: str | None = None
+    gpus: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"step{self.step}"
+
+    def done(self) -> bool:
+        return self.out is not None and ShardStore(self.out).done(self.name)
+
+    def load(self):
+        return self.loader(self.step)
+
+    def _mark_running(self) -> Path | None:
+        """``out/running/step{N}.json`` (pid, host, start time) while a worker holds the unit:
+        shows who is on which checkpoint; removed when the shard is written."""
+        if self.out is None:
+            return None
+        marker = Path(self.out) / "running" / f"{self.name}.json"
+        if not marker.is_file() or json.loads(marker.read_text() or "{}").get("pid") != os.getpid():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                  "started": time.time()}))
+        return marker
+
+    def evaluate(self, model) -> pd.DataFrame:
+        """Evaluate the loaded checkpoint and (with ``out``) write its shard atomically."""
+        marker = self._mark_running()
+        prompts = self.prompts(getattr(model, "tokenizer", None))
+        if self.grid is not None:
+            rows = evaluate_grid(model, prompts, self.grid, batch_size=self.batch_size)  # THE grid call
+            df = _tidy(pd.DataFrame(rows))
+            df.insert(0, "step", self.step)
+        else:
+            rows = []
+            for variant, iv in self.variants:
+                t0 = time.perf_counter()
+                ivs = () if iv is None else (iv,)
+                metrics = _metrics(evaluate(model, prompts, *ivs, batch_size=self.batch_size, label=variant))
+                rows.append({"step": self.step, "variant": variant, "intervention": iv.label if iv else "full",
+                             **metrics, "seconds": time.perf_counter() - t0})
+            df = pd.DataFrame(rows)
+        df["step"] = df["step"].astype("int64")
+        if self.out is not None:
+            ShardStore(self.out).write(self.name, df)
+            marker.unlink(missing_ok=True)
+        return df
+
+    def __call__(self) -> pd.DataFrame | None:
+        if self.done():
+            return None  # finished by an earlier run or an earlier attempt of this task
+        from mechtrunc.pythia import free_model
+
+        self._mark_running()
+        model = self.load()
+        try:
+            return self.evaluate(model)
+        finally:
+            free_model(model)
+            del model
+
+
+def run_unit(unit: CheckpointUnit) -> pd.DataFrame | None:
+    """Module-level entry point for workers (Ray tasks, submitit jobs)."""
+    return unit()
+
+
+def run_units(units: list) -> list:
+    """Several units in one worker, one after the other (a SLURM array element)."""
+    return [unit() for unit in units]
+
+
+# ----------------------------------------------------------------------------------------
+# the study
+# ----------------------------------------------------------------------------------------
+def _as_intervention(truncation) -> Intervention | None:
+    if truncation is None or isinstance(truncation, Intervention):
+        return truncation
+    if isinstance(truncation, dict):
+        return as_truncate(truncation)
+    if isinstance(truncation, (list, tuple)):
+        items = [_as_intervention(t) for t in truncation]
+        return Compose(tuple(i for i in items if i is not None))
+    raise TypeError(f"truncation must be an Intervention, a configuration dict or None, got {type(truncation).__name__}")
+
+
+def _as_grid(grid) -> Grid | None:
+    if grid is None or grid is False:
+        return None
+    if grid is True:
+        return Grid()
+    if isinstance(grid, Grid):
+        return grid
+    if isinstance(grid, dict):
+        unknown = set(grid) - {"layers", "matrices", "keeps", "rule", "svd", "mode"}
+        if unknown:
+            raise ValueError(f"unknown grid option(s) {sorted(unknown)}; valid: layers, matrices, keeps, rule, svd, mode")
+        return Grid(**grid)
+    raise TypeError(f"grid must be a Grid, a dict of Grid options, True (the default grid) or None, got {grid!r}")
+
+
+def _n_layers_hint(loader, steps) -> int | None:
+    """The number of layers, when it is known without loading a model (a Pythia id, or the
+    config.json of a checkpoint directory); None otherwise."""
+    from mechtrunc import pythia
+
+    try:
+        if isinstance(loader, CheckpointDirectory):
+            cfg = json.loads((loader.dir(steps[0]) / "config.json").read_text())
+            n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+            return int(n) if n is not None else None
+        if isinstance(loader, HubCheckpoints) and pythia.is_pythia(loader.name):
+            return pythia.PYTHIA_SIZES[pythia._size_key(loader.name)].n_layers
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
+def _check_layers(n_layers: int | None, iv, grid) -> None:
+    if n_layers is None:
+        return
+    layers = list(grid.layers or ()) if grid is not None else []
+    items = iv.items if isinstance(iv, Compose) else ((iv,) if iv is not None else ())
+    layers += [getattr(i, "layer") for i in items if getattr(i, "layer", None) is not None]
+    for layer in layers:
+        if not 0 <= layer < n_layers:
+            raise ValueError(f"layer {layer} is out of range: valid layers are 0..{n_layers - 1}")
+
+
+def best_by_step(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_better: bool = True) -> pd.DataFrame:
+    """From a grid checkpoint table (``checkpoint_study(..., grid=...)``): per step, the full
+    model (``variant="full"``) and the best configuration by ``metric`` (``variant="best"``,
+    with its ``layer, matrix, keep, rank``), in step order; plots with :func:`checkpoint_plot`."""
+    from mechtrunc.studies.grid import _NON_METRIC
+
+    if "baseline" not in df.columns or "step" not in df.columns:
+        raise ValueError("best_by_step needs a grid checkpoint table (columns step and baseline)")
+    if metric not in df.columns or metric in _NON_METRIC:
+        valid = [c for c in df.columns if c not in _NON_METRIC and c != "step"]
+        raise ValueError(f"unknown metric {metric!r}; metrics in this table: {', '.join(valid)}")
+    rows = []
+    for step, sub in df.groupby("step", sort=True):
+        base = sub[sub["baseline"].astype(bool)]
+        cand = sub[~sub["baseline"].astype(bool) & sub[metric].notna()]
+        if len(base):
+            rows.append({**base.iloc[0].to_dict(), "variant": "full"})
+        if len(cand):
+            idx = cand[metric].idxmax() if higher_is_better else cand[metric].idxmin()
+            rows.append({**cand.loc[idx].to_dict(), "variant": "best"})
+    out = pd.DataFrame(rows)
+    front = ["step", "variant", "intervention", "layer", "matrix", "keep", "rank"]
+    return out[front + [c for c in out.columns if c not in front]].reset_index(drop=True)
+
+
+def _gpus_for(load_kwargs: dict) -> float:
+    device = str(load_kwargs.get("device") or "cpu")
+    n = load_kwargs.get("n_devices")
+    if n is not None:
+        return float(n)
+    if load_kwargs.get("device_map") is not None or device.startswith("cuda"):
+        return 1.0
+    return 0.0
+
+
+def checkpoint_study(
+    load_fn_or_name: Callable[[int], object] | str | os.PathLike,
+    steps: Iterable[int],
+    prompts_fn: Callable[[object], PromptSet] | PromptSet | str,
+    truncation: Intervention | dict | None = None,
+    batch_size: int = 32,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    *,
+    grid: Grid | dict | bool | None = None,
+    n_prompts: int = 200,
+    prompt_seed: int = 0,
+    executor=None,
+    **load_kwargs,
+) -> pd.DataFrame:
+    """Evaluate every training step: the full model and one truncation, or a whole grid.
+
+    Args:
+        load_fn_or_name: ``step -> model`` (a TransformerBridge; must be picklable for Ray and
+            SLURM, e.g. a module-level function), a hub id (revision ``step{N}``, through
+            :func:`mechtrunc.pythia.load_model`; steps are checked up front for Pythia ids), or
+            a local directory of checkpoints: ``DIR`` holding ``step{N}/`` subdirectories, or a
+            path template with ``{step}``, each a ``save_pretrained`` model (missing steps raise
+            ValueError before anything runs).  ``load_kwargs`` (``device``, ``dtype``,
+            ``n_devices``...) go to ``load_model``.
+        steps: training steps (any integer types; duplicates dropped; the table is in this order).
+        prompts_fn: ``tokenizer -> PromptSet``, a fixed PromptSet, or a task for
+            :func:`mechtrunc.studies.prompts_for_task` (``"ioi"``, ``"factual"``, a CSV/JSONL
+            path) built with ``n_prompts`` and ``prompt_seed``.
+        truncation: an Intervention or a :func:`best_configuration` dict: rows ``full`` and
+            ``truncated`` per step.  Not with ``grid``.
+        grid: a :class:`Grid` (or dict of its options, or True for the default MLP grid): every
+            (layer, matrix, keep) at every step, through :func:`evaluate_grid`.
+        out: a directory.  Each finished step is written atomically to
+            ``out/shards/step{N}.parquet``; a rerun skips finished steps without loading them; at
+            the end ``out/checkpoints.csv`` and ``out/checkpoints.parquet`` hold the merged table
+            and ``out/study.json`` the settings (a rerun with other settings raises ValueError).
+            Needed by the Ray and SLURM executors (results come back through the shards).
+        executor: ``None``/``"local"`` (in process, prefetching the next checkpoint while the
+            current one is evaluated), ``"ray"``, ``"slurm"`` or an executor object from
+            :mod:`mechtrunc.studies.executors` (``RayExecutor(address=...)``,
+            ``SlurmExecutor(partition=...)``...).
+
+    Returns:
+        With ``truncation`` (or neither): ``step, variant ("full"/"truncated"), intervention``,
+        the metrics and ``seconds``, one row per step and variant.  With ``grid``: ``step`` then
+        the columns of :func:`truncation_study` (a baseline row and one row per configuration,
+        per step).  Rows in step order.
+    """
+    from mechtrunc import pythia
+    from mechtrunc.studies.executors import resolve_executor
+
+    iv = _as_intervention(truncation)
+    the_grid = _as_grid(grid)
+    if the_grid is not None and iv is not None:
+        raise ValueError("give truncation= (one configuration) or grid= (a whole grid), not both")
+    steps = list(dict.fromkeys(as_int_list(steps, "step")))
+    if not steps:
+        raise ValueError("steps is empty: give at least one training step")
+    for s in steps:
+        if s < 0:
+            raise ValueError(f"step must be >= 0, got {s}")
+    n_prompts, prompt_seed = as_int(n_prompts, "n_prompts"), as_int(prompt_seed, "prompt_seed")
+    if n_prompts < 1:
+        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+    batch_size = as_int(batch_size, "batch_size")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    if isinstance(load_fn_or_name, (str, os.PathLike)):
+        name = str(load_fn_or_name)
+        pythia._parse_dtype(load_kwargs.get("dtype"))  # a bad dtype fails before any work
+        if CheckpointDirectory.looks_like(name):
+            loader = CheckpointDirectory(name, **load_kwargs)
+            loader.check(steps)
+            source = loader.template
+        elif pythia._looks_like_path(name):
+            raise ValueError(
+                f"no such checkpoint directory: {name!r} (give a directory with step{{N}}/ subdirectories, "
+                "a path template with {step}, or a hub id)"
+            )
+        else:
+            if pythia.is_pythia(name):
+                steps = [pythia.check_step(s) for s in steps]
+            loader = HubCheckpoints(name, **load_kwargs)
+            source = name
+    elif callable(load_fn_or_name):
+        if load_kwargs:
+            raise TypeError(f"load options {sorted(load_kwargs)} only apply when a model name is given")
+        loader = load_fn_or_name
+        source = "callable"
+    else:
+        raise TypeError("load_fn_or_name must be a model name, a checkpoint directory or a callable step -> model")
+
+    if isinstance(prompts_fn, PromptSet):
+        prompt_desc = _prompts_fingerprint(prompts_fn)
+    elif isinstance(prompts_fn, (str, os.PathLike)):
+        task = str(prompts_fn)
+        if task not in ("ioi", "factual") and not Path(task).is_file():
+            raise ValueError(f"unknown task {task!r}: give 'ioi', 'factual' or the path of a CSV/JSONL prompt file")
+        prompt_desc = task + (f" n={n_prompts} seed={prompt_seed}" if task == "ioi" else "")
+    elif callable(prompts_fn):
+        prompt_desc = "callable"
+    else:
+        raise TypeError("prompts_fn must be a callable tokenizer -> PromptSet, a PromptSet or a task name")
+    prompts = _Prompts(prompts_fn, n_prompts, prompt_seed)
+    _check_layers(_n_layers_hint(loader, steps), iv, the_grid)
+    ex = resolve_executor(executor)  # bad executor names fail before study.json is written
+    if out is None and getattr(ex, "needs_out", False):
+        raise ValueError(f"the {ex.name} executor needs out= (results come back as shard files)")
+
+    variants = (("full", None),) + ((("truncated", iv),) if iv is not None else ())
+    # callables are described (info), not compared: a rerun from another script may name them differently
+    meta = {"kind": "checkpoints", "truncation": iv.label if iv is not None else None,
+            "grid": the_grid.to_dict() if the_grid is not None else None,
+            "source": source, "prompts": prompt_desc,
+            "info": {"source": getattr(loader, "__qualname__", repr(loader)), "steps": steps}}
+    if out is not None:
+        check_meta(out, meta)
+        ShardStore(out).clean_temporaries()
+    units = [CheckpointUnit(step=s, loader=loader, prompts=prompts, variants=variants if the_grid is None else (),
+                            grid=the_grid, batch_size=batch_size, out=None if out is None else str(out),
+                            gpus=_gpus_for(load_kwargs))
+             for s in steps]
+    todo = [u for u in units if not u.done()]
+    results = dict(zip((u.step for u in todo), ex.map(todo, progress=progress))) if todo else {}
+
+    store = ShardStore(out) if out is not None else None
+    parts = []
+    for s in steps:
+        # with out=, the table is the merge of the shards (the same on a first run and a rerun)
+        df = store.read(f"step{s}") if store is not None else results.get(s)
+        if df is None:
+            raise RuntimeError(f"step {s} produced no result (its shard is missing); rerun to compute it")
+        parts.append(df)
+    table = pd.concat(parts, ignore_index=True)
+    if the_grid is None:
+        cols = ["step", "variant", "intervention"]
+        table = table[cols + [c for c in table.columns if c not in cols and c != "seconds"] + ["seconds"]]
+    table = table.reset_index(drop=True)
+    _write_tables(table, out, "checkpoints")
+    if out is not None and (Path(out) / "running").is_dir() and not any((Path(out) / "running").iterdir()):
+        (Path(out) / "running").rmdir()
+    return table

@@ -1,0 +1,317 @@
+"""The LASER truncation grid on one model: every (layer, matrix, keep) evaluated on a prompt set.
+
+- :class:`Grid`: what to sweep (layers, matrices, keeps, rank rule, SVD method, mode).
+- :func:`evaluate_grid`: **the** grid evaluation on one model (baseline + every configuration),
+  as row dicts.  Both :func:`truncation_study` and every unit of
+  :func:`mechtrunc.studies.checkpoint_study` call it, and nothing else evaluates a grid: a faster
+  engine replaces this one function.
+- :func:`truncation_study`: :func:`evaluate_grid` with a resumable row store and the final table.
+- :func:`best_configuration`, :func:`as_truncate`: the best non-baseline row, and the
+  :class:`~mechtrunc.Truncate` that reproduces it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from mechtrunc._scalars import as_int, as_real_list
+from mechtrunc.adapters import MATRICES, adapt
+from mechtrunc.interventions import Truncate
+from mechtrunc.metrics import evaluate
+from mechtrunc.prompts import PromptSet
+from mechtrunc.studies.store import (
+    _metrics, _model_fingerprint, _progress, _prompts_fingerprint, _RowStore, _write_tables,
+)
+
+__all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate"]
+
+DEFAULT_KEEPS = (1, 0.5, 0.2, 0.1, 0.05, 0.01)
+DEFAULT_MATRICES = ("mlp.W_in", "mlp.W_out")
+
+
+def _keep_key(keep: float) -> float:
+    return round(float(keep), 12)
+
+
+def _study_key(row: dict) -> tuple:
+    if row.get("baseline"):
+        return ("baseline",)
+    return (int(row["layer"]), str(row["matrix"]), _keep_key(row["keep"]))
+
+
+def _validate_grid(adapter, layers, matrices, keeps):
+    if layers is None:
+        layers = list(range(adapter.n_layers))
+    else:
+        layers = [as_int(v, "layer") for v in _as_seq(layers, "layers")]
+    if not layers:
+        raise ValueError("layers is empty: give at least one layer (or None for all)")
+    checked_layers = [adapter.check_layer(layer) for layer in layers]
+    matrices = [matrices] if isinstance(matrices, str) else list(matrices)
+    if not matrices:
+        raise ValueError(f"matrices is empty: give at least one of {', '.join(MATRICES)}")
+    for m in matrices:
+        if m not in MATRICES:
+            raise ValueError(f"unknown matrix {m!r}; valid matrices: {', '.join(MATRICES)}")
+        if m != "attn.OV":
+            for layer in checked_layers:
+                adapter.matrix(m, layer)  # raises for a missing MLP
+    checked_keeps = as_real_list(keeps, "keep")
+    if not checked_keeps:
+        raise ValueError("keeps is empty: give at least one fraction in [0, 1]")
+    for k in checked_keeps:
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"keep must be in [0, 1], got {k!r}")
+    return _dedupe(checked_layers), _dedupe(matrices), _dedupe(checked_keeps, _keep_key)
+
+
+def _as_seq(values, name):
+    from mechtrunc._scalars import is_scalar
+
+    if is_scalar(values):
+        return [values]
+    if hasattr(values, "ndim") and hasattr(values, "tolist"):
+        return list(values.reshape(-1)) if values.ndim <= 1 else _bad_shape(values, name)
+    return list(values)
+
+
+def _bad_shape(values, name):
+    raise ValueError(f"{name} must be 1-dimensional, got shape {tuple(values.shape)}")
+
+
+def _dedupe(xs, key=lambda x: x) -> list:
+    seen, out = set(), []
+    for x in xs:
+        if key(x) not in seen:
+            seen.add(key(x))
+            out.append(x)
+    return out
+
+
+def _max_rank(adapter, matrix: str, layer: int) -> int:
+    return adapter.d_head if matrix == "attn.OV" else adapter.matrix(matrix, layer).max_rank
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A truncation grid: every ``Truncate(matrix, layer, keep, rule, svd, mode)`` for ``layer``
+    in ``layers`` (None: all), ``matrix`` in ``matrices``, ``keep`` in ``keeps``.  Values are
+    checked against a model by :meth:`resolve`; the rule / svd / mode names are checked here."""
+
+    layers: tuple[int, ...] | None = None
+    matrices: tuple[str, ...] = DEFAULT_MATRICES
+    keeps: tuple[float, ...] = DEFAULT_KEEPS
+    rule: str = "round"
+    svd: str = "exact"
+    mode: str = "weight"
+
+    def __post_init__(self):
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(as_int(v, "layer") for v in _as_seq(self.layers, "layers")))
+        m = (self.matrices,) if isinstance(self.matrices, str) else tuple(self.matrices)
+        object.__setattr__(self, "matrices", m)
+        object.__setattr__(self, "keeps", tuple(as_real_list(self.keeps, "keep")))
+        for k in self.keeps:
+            if not 0.0 <= k <= 1.0:
+                raise ValueError(f"keep must be in [0, 1], got {k!r}")
+        Truncate(DEFAULT_MATRICES[0], layer=0, keep=0.5, rule=self.rule, svd="exact", mode=self.mode)  # rule, mode
+        if self.svd not in ("exact", "randomized"):
+            raise ValueError(f"unknown svd method {self.svd!r}; valid: 'exact', 'randomized'")
+        for m in self.matrices:
+            if m not in MATRICES:
+                raise ValueError(f"unknown matrix {m!r}; valid matrices: {', '.join(MATRICES)}")
+
+    def resolve(self, model) -> tuple[list[int], list[str], list[float]]:
+        """The grid's (layers, matrices, keeps) checked against ``model`` (ValueError naming
+        a bad value and the valid range), duplicates dropped."""
+        return _validate_grid(adapt(model), None if self.layers is None else list(self.layers),
+                              list(self.matrices), list(self.keeps))
+
+    def to_dict(self) -> dict:
+        return {"layers": None if self.layers is None else list(self.layers), "matrices": list(self.matrices),
+                "keeps": list(self.keeps), "rule": self.rule, "svd": self.svd, "mode": self.mode}
+
+
+def evaluate_grid(
+    model,
+    prompts: PromptSet,
+    grid: Grid,
+    batch_size: int = 32,
+    store: _RowStore | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Evaluate the unmodified model and every configuration of ``grid`` on ``prompts``.
+
+    THE grid evaluation (one model): every study funnels through this call, so a faster engine
+    (same rows to 1e-4) swaps in here.  Returns row dicts, the baseline first, then one per
+    (layer, matrix, keep) in grid order, with the columns of :func:`truncation_study`.
+    ``store`` (optional) supplies rows already computed and receives each new one as soon as it
+    is finished.  Identity configurations (kept rank = maximum rank) reuse the baseline.
+    """
+    adapter = adapt(model)
+    layers, matrices, keeps = grid.resolve(model)
+    if len(prompts) == 0:
+        raise ValueError("the prompt set has no items to score")
+    rule, svd, mode = grid.rule, grid.svd, grid.mode
+    store = store if store is not None else _RowStore(None, {}, _study_key)
+    common = {"rule": rule, "svd": svd, "mode": mode}
+
+    configs = []
+    for layer in layers:
+        for m in matrices:
+            max_rank = _max_rank(adapter, m, layer)
+            for keep in keeps:
+                iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode=mode)
+                configs.append((layer, m, keep, iv, iv.ranks(adapter, max_rank)[0], max_rank))
+    todo = [g for g in configs if store.get((g[0], g[1], _keep_key(g[2]))) is None and g[4] != g[5]]
+    need_base = store.get(("baseline",)) is None
+    bar = _progress(len(todo) + int(need_base), "truncation", progress)
+
+    if need_base:
+        t0 = time.perf_counter()
+        metrics = _metrics(evaluate(model, prompts, batch_size=batch_size, label="full"))
+        store.add({"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None,
+                   "max_rank": None, "identity": False, **common, "intervention": "full", **metrics,
+                   "seconds": time.perf_counter() - t0})
+        if bar is not None:
+            bar.update(1)
+    base = store.get(("baseline",))
+    base_metrics = {k: v for k, v in base.items() if k not in _NON_METRIC}
+
+    rows = [base]
+    for layer, m, keep, iv, rank, max_rank in configs:
+        key = (layer, m, _keep_key(keep))
+        row = store.get(key)
+        if row is None:
+            desc = {"baseline": False, "layer": layer, "matrix": m, "keep": keep, "rank": rank,
+                    "max_rank": max_rank, "identity": rank == max_rank, **common, "intervention": iv.label}
+            if rank == max_rank:  # the identity: reuse the baseline evaluation
+                row = {**desc, **base_metrics, "seconds": 0.0}
+            else:
+                if bar is not None:
+                    bar.set_postfix_str(iv.label, refresh=False)
+                t0 = time.perf_counter()
+                metrics = _metrics(evaluate(model, prompts, iv, batch_size=batch_size))
+                row = {**desc, **metrics, "seconds": time.perf_counter() - t0}
+                if bar is not None:
+                    bar.update(1)
+            store.add(row)
+        rows.append(row)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
+def truncation_study(
+    model,
+    prompts: PromptSet,
+    layers: Iterable[int] | None = None,
+    matrices: Sequence[str] | str = ("mlp.W_in", "mlp.W_out"),
+    keeps: Sequence[float] | float = (1, 0.5, 0.2, 0.1, 0.05, 0.01),
+    rule: str = "round",
+    svd: str = "exact",
+    batch_size: int = 32,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    mode: str = "weight",
+) -> pd.DataFrame:
+    """Evaluate every ``Truncate(matrix, layer, keep)`` of the grid on ``prompts``.
+
+    Returns a tidy DataFrame, one row per (layer, matrix, keep) in the requested order, after
+    one ``baseline`` row (the unmodified model; ``layer``/``keep``/``rank`` empty, ``matrix``
+    ``"none"``).  Columns: ``baseline, layer, matrix, keep, rank, max_rank, identity, rule,
+    svd, mode, intervention`` then every metric of :func:`mechtrunc.metrics.metrics_from_logits`
+    (``n_items, accuracy, p_answer, loss, p_<comp>, acc_vs_<comp>, logit_diff_<comp>``) and
+    ``seconds``.  A configuration that keeps the full rank (``keep=1``) is the identity: its row
+    reuses the baseline evaluation (``identity`` true) instead of recomputing it.
+
+    Args:
+        layers: layers to truncate (default all); out of range -> ValueError.
+        matrices: names from :data:`mechtrunc.MATRICES` (``attn.OV`` included); unknown ->
+            ValueError.
+        keeps: fractions of the maximum rank in [0, 1] (rounded by ``rule``, see
+            :func:`mechtrunc.rank_for_keep`); 0 removes the matrix.
+        rule, svd, mode: passed to :class:`mechtrunc.Truncate` (``mode="hook"`` reuses one SVD
+            per matrix across keeps; ``"weight"``, the default, rewrites the weight as LASER does).
+        out: a directory; finished rows are appended to ``out/rows.jsonl`` and a rerun with the
+            same settings skips them; at the end ``out/truncation.csv`` and
+            ``out/truncation.parquet`` hold the returned table.
+        progress: show a tqdm bar.
+    """
+    grid = Grid(layers=layers, matrices=matrices, keeps=keeps, rule=rule, svd=svd, mode=mode)
+    grid.resolve(model)  # every bad value raises before anything is written
+    if len(prompts) == 0:
+        raise ValueError("the prompt set has no items to score")
+    cfg = getattr(model, "cfg", None)
+    meta = {"kind": "truncation", "model": _model_fingerprint(model), "prompts": _prompts_fingerprint(prompts),
+            "n_items": len(prompts), "rule": rule, "svd": svd, "mode": mode,
+            "info": {"model_name": str(getattr(cfg, "model_name", type(model).__name__)),
+                     "revision": getattr(cfg, "revision", None)}}
+    store = _RowStore(out, meta, _study_key)
+    rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress)
+    df = _tidy(pd.DataFrame(rows))
+    _write_tables(df, out, "truncation")
+    return df
+
+
+_NON_METRIC = {"baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "rule", "svd", "mode",
+               "intervention", "seconds"}
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for col in ("layer", "rank", "max_rank"):
+        df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+                            for v in df[col]], dtype="Int64")
+    df["keep"] = df["keep"].astype("float64")
+    df["baseline"] = df["baseline"].astype(bool)
+    df["identity"] = df["identity"].astype(bool)
+    front = ["baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "rule", "svd", "mode",
+             "intervention"]
+    rest = [c for c in df.columns if c not in front and c != "seconds"]
+    return df[front + rest + ["seconds"]].reset_index(drop=True)
+
+
+def best_configuration(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_better: bool = True) -> dict:
+    """The best non-baseline row of a :func:`truncation_study` table by ``metric``.
+
+    Returns ``{"layer", "matrix", "keep", "rank", "metric", "value", "baseline_value",
+    "improvement", "rule", "svd", "mode"}`` (``improvement`` > 0 means better than the
+    unmodified model; ties go to the first row in table order)."""
+    if metric not in df.columns or metric in _NON_METRIC:
+        valid = [c for c in df.columns if c not in _NON_METRIC]
+        raise ValueError(f"unknown metric {metric!r}; metrics in this table: {', '.join(valid)}")
+    is_base = df["baseline"].astype(bool) if "baseline" in df.columns else pd.Series(False, index=df.index)
+    cand = df[~is_base & df[metric].notna()]
+    if cand.empty:
+        raise ValueError(f"the table has no non-baseline rows with a value for {metric!r}")
+    idx = cand[metric].idxmax() if higher_is_better else cand[metric].idxmin()
+    row = cand.loc[idx]
+    base = df.loc[is_base, metric]
+    base_value = float(base.iloc[0]) if len(base) else None
+    value = float(row[metric])
+    return {
+        "layer": int(row["layer"]), "matrix": str(row["matrix"]), "keep": float(row["keep"]),
+        "rank": int(row["rank"]) if "rank" in row and not pd.isna(row["rank"]) else None,
+        "metric": metric, "value": value, "baseline_value": base_value,
+        "improvement": None if base_value is None else (value - base_value) * (1 if higher_is_better else -1),
+        "rule": str(row.get("rule", "round")), "svd": str(row.get("svd", "exact")), "mode": str(row.get("mode", "weight")),
+    }
+
+
+def as_truncate(config: dict) -> Truncate:
+    """The :class:`~mechtrunc.Truncate` of a configuration dict (e.g. from
+    :func:`best_configuration`)."""
+    missing = [k for k in ("layer", "matrix", "keep") if k not in config]
+    if missing:
+        raise ValueError(f"configuration {config!r} lacks {', '.join(missing)}")
+    return Truncate(config["matrix"], layer=int(config["layer"]), keep=float(config["keep"]),
+                    rule=config.get("rule", "round"), svd=config.get("svd", "exact"),
+                    mode=config.get("mode", "weight"))
+

@@ -1,0 +1,82 @@
+"""Prompt sets by task name, and the report tying a truncation study's best configuration to
+its attribution change."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from mechtrunc.attribution import attribute_change
+from mechtrunc.prompts import PromptSet
+from mechtrunc.studies.grid import _NON_METRIC, as_truncate, best_configuration
+
+__all__ = ["prompts_for_task", "study_report"]
+
+
+def prompts_for_task(task: str | os.PathLike, tokenizer, n: int = 200, seed: int = 0) -> PromptSet:
+    """``"ioi"`` (``n`` prompts from ``seed``), ``"factual"`` (the built-in facts) or the path
+    of a CSV/JSONL prompt file (see :mod:`mechtrunc.tasks.files`)."""
+    if str(task) == "ioi":
+        from mechtrunc.tasks.ioi import ioi_prompts
+
+        return ioi_prompts(tokenizer, n=n, seed=seed)
+    if str(task) == "factual":
+        from mechtrunc.tasks.factual import factual_prompts
+
+        return factual_prompts(tokenizer)
+    if not Path(task).is_file():
+        raise ValueError(f"unknown task {str(task)!r}: give 'ioi', 'factual' or the path of a CSV/JSONL prompt file")
+    from mechtrunc.tasks.files import load_prompts
+
+    return load_prompts(task, tokenizer)
+
+
+
+def study_report(
+    model,
+    prompts: PromptSet,
+    df: pd.DataFrame,
+    metric: str = "logit_diff_the",
+    out_dir: str | os.PathLike = "report",
+    higher_is_better: bool = True,
+    batch_size: int = 32,
+) -> dict[str, Path]:
+    """Write, for a :func:`truncation_study` table: the heatmap of ``metric``
+    (``heatmap_<metric>.png``), the best configuration with the full and truncated metrics
+    (``best.json``), its :func:`mechtrunc.attribute_change` table per component, i.e. per
+    layer and head, MLP, embedding and bias (``attribution_change.csv``) and the same summed
+    per layer and kind (``attribution_change_by_layer.csv``).  Returns the paths by name."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    paths["heatmap"] = _heatmap(df, metric, out / f"heatmap_{metric}.png", higher_is_better=higher_is_better)
+    best = best_configuration(df, metric, higher_is_better)
+    iv = as_truncate(best)
+    is_base = df["baseline"].astype(bool)
+    pick = lambda r: {k: (None if pd.isna(v) else float(v)) for k, v in r.items() if k not in _NON_METRIC}
+    base_row = df[is_base].iloc[0].to_dict() if is_base.any() else {}
+    match = df[~is_base & (df["layer"] == best["layer"]) & (df["matrix"] == best["matrix"])
+               & (df["keep"].astype(float).round(12) == round(best["keep"], 12))]
+    summary = {"best": best, "intervention": iv.label, "full": pick(base_row),
+               "truncated": pick(match.iloc[0].to_dict()) if len(match) else None}
+    paths["best"] = out / "best.json"
+    paths["best"].write_text(json.dumps(summary, indent=2))
+    change = attribute_change(model, prompts, iv, batch_size=batch_size)
+    paths["attribution"] = out / "attribution_change.csv"
+    change.to_csv(paths["attribution"], index=False)
+    by_layer = (change[change["kind"] != "total"]
+                .groupby(["competitor", "kind", "layer"], dropna=False)[["clean", "intervened", "change"]]
+                .sum().reset_index())
+    paths["attribution_by_layer"] = out / "attribution_change_by_layer.csv"
+    by_layer.to_csv(paths["attribution_by_layer"], index=False)
+    return paths
+
+
+
+def _heatmap(*args, **kwargs):
+    from mechtrunc.viz import truncation_heatmap
+
+    return truncation_heatmap(*args, **kwargs)

@@ -1,0 +1,306 @@
+"""Model builders for tests, benchmarks and offline demos (no hub needed).
+
+- :func:`word_level_tokenizer_dir`: a word-level tokenizer saved with ``save_pretrained``.
+- :func:`build_random_pythia`: a randomly initialised Pythia-shaped GPT-NeoX plus tokenizer.
+- :func:`recall_tokenizer_dir`, :func:`train_neox_recall`: a small GPT-NeoX trained on the noisy
+  in-context recall task (the paper's toy phenomenon on a Pythia architecture).
+- :func:`fake_hub_cache`: a Hugging Face hub cache directory (``models--ORG--NAME`` with
+  ``refs/step{N}`` and ``snapshots/<hash>/``) holding given local models as revisions, exactly
+  as ``huggingface-cli download ID --revision stepN`` leaves it, for offline tests of hub ids.
+- :func:`save_training_checkpoints`: train the recall NeoX and save it at several steps as
+  ``DIR/step{N}/`` (a local checkpoint directory for :func:`mechtrunc.studies.checkpoint_study`).
+- :class:`SlowLoader`: a picklable loader wrapper that sleeps (to test killing a worker mid-task).
+
+These were in :mod:`mechtrunc.pythia` / :mod:`mechtrunc.studies`, which still re-export them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "word_level_tokenizer_dir", "build_random_pythia", "recall_tokenizer_dir", "train_neox_recall",
+    "fake_hub_cache", "save_training_checkpoints", "SlowLoader",
+]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------
+# random Pythia-shaped models
+# ----------------------------------------------------------------------------------------
+def word_level_tokenizer_dir(
+    out_dir: str | os.PathLike, tokens: Sequence[str], unk_token: str | None = None,
+    special_token: str | None = None,
+) -> Path:
+    """Save a word-level tokenizer (token id = index in ``tokens``, split on whitespace) with
+    ``save_pretrained`` and return the directory.  Bridges boot only from a tokenizer on disk,
+    so offline models built from scratch (tests, benchmarks, recall-trained models) carry one.
+    ``unk_token`` defaults to the first token; ``special_token`` becomes the eos and pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise ValueError("tokens must be distinct")
+    unk = unk_token if unk_token is not None else tokens[0]
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    extra = {"eos_token": special_token, "pad_token": special_token} if special_token is not None else {}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, **extra)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(out)
+    return out
+
+
+def build_random_pythia(
+    size_or_config="70m",
+    tokenizer_dir=None,
+    out_dir=None,
+    seed: int = 0,
+    n_layers: int | None = None,
+    vocab_size: int | None = None,
+) -> Path:
+    """Write a randomly initialised Pythia-shaped ``GPTNeoXForCausalLM`` and a tokenizer with
+    ``save_pretrained``; return the directory (loadable with :func:`load_model`).
+
+    Args:
+        size_or_config: a Pythia size (``"70m"``, ``"pythia-160m"``...), a dict of
+            ``GPTNeoXConfig`` overrides of the 70m shape (e.g. ``{"hidden_size": 128,
+            "num_attention_heads": 4}``), or a ``GPTNeoXConfig``.
+        tokenizer_dir: the tokenizer: a Hugging Face tokenizer directory, a ``tokenizer.json``
+            file (e.g. the GPT-NeoX-20B BPE Pythia uses) or a tokenizer object.
+        out_dir: where to write (created); default a new temporary directory.
+        seed: torch seed of the initialisation (normal, std 0.02, as Hugging Face does).
+        n_layers: override the number of layers.
+        vocab_size: embedding rows; default the size's own (50304 for most Pythias) when the
+            tokenizer fits, else the tokenizer's length rounded up to a multiple of 128.
+    """
+    from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+    if tokenizer_dir is None:
+        raise ValueError("build_random_pythia needs tokenizer_dir= (a tokenizer directory, tokenizer.json or object)")
+    if isinstance(tokenizer_dir, (str, Path)):
+        p = Path(tokenizer_dir).expanduser()
+        if p.is_file():
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
+        elif p.is_dir():
+            tok = AutoTokenizer.from_pretrained(str(p))
+        else:
+            raise ValueError(f"tokenizer_dir {str(p)!r} is neither a directory nor a tokenizer.json file")
+    else:
+        tok = tokenizer_dir
+    if tok.eos_token is None and "<|endoftext|>" in tok.get_vocab():
+        # Pythia's own tokenizer uses <|endoftext|> (id 0) as bos, eos and unk
+        tok.bos_token = tok.eos_token = tok.unk_token = "<|endoftext|>"
+    n_tok = len(tok)
+
+    if isinstance(size_or_config, GPTNeoXConfig):
+        cfg = GPTNeoXConfig.from_dict(size_or_config.to_dict())
+    elif isinstance(size_or_config, dict):
+        overrides = dict(size_or_config)
+        size = overrides.pop("size", "70m")
+        cfg = _pythia_config(size, **overrides)
+    else:
+        cfg = _pythia_config(str(size_or_config))
+    if n_layers is not None:
+        if int(n_layers) < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        cfg.num_hidden_layers = int(n_layers)
+    if vocab_size is not None:
+        cfg.vocab_size = int(vocab_size)
+    elif cfg.vocab_size < n_tok:
+        cfg.vocab_size = -(-n_tok // 128) * 128
+    if cfg.vocab_size < n_tok:
+        raise ValueError(f"vocab_size {cfg.vocab_size} is smaller than the tokenizer's {n_tok} tokens")
+    eos = tok.eos_token_id
+    if eos is not None:
+        cfg.bos_token_id = cfg.eos_token_id = int(eos)
+
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="random_pythia_"))
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(cfg).eval()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _pythia_config(*args, **kwargs):
+    from mechtrunc.pythia import pythia_config
+
+    return pythia_config(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# the toy phenomenon on a Hugging Face GPT-NeoX
+# ----------------------------------------------------------------------------------------
+def recall_tokenizer_dir(out_dir: str | os.PathLike, itos: Sequence[str] | None = None) -> Path:
+    """Save a word-level tokenizer whose tokens are the recall task's characters (token id =
+    index in ``itos``, default the 65 tiny-Shakespeare characters) with ``save_pretrained``.
+    It exists so a recall-trained Hugging Face model directory carries a tokenizer (the bridge
+    needs one); prompts are built from token ids, not text."""
+    if itos is None:
+        from mechtrunc.tasks.recall import char_stats
+
+        itos = char_stats().itos
+    tokens: list[str] = []
+    for i, ch in enumerate(itos):  # whitespace characters and repeats get a <c{i}> name
+        tokens.append(ch if ch not in tokens and ch.strip() else f"<c{i}>")
+    return word_level_tokenizer_dir(out_dir, tokens)
+
+
+def train_neox_recall(
+    out_dir: str | os.PathLike | None = None,
+    *,
+    task_config=None,
+    n_layers: int = 2,
+    d_model: int = 128,
+    n_heads: int = 4,
+    steps: int = 600,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    callback: Callable[[int, object], None] | None = None,
+    **config_overrides,
+):
+    """Train a small Pythia-style Hugging Face ``GPTNeoXForCausalLM`` (parallel attention and
+    MLP, rotary on 25% of each head's dimensions, LayerNorm, untied unembedding, ``d_mlp = 4 d``)
+    on noisy in-context recall with the paper's masked loss (cross-entropy at trigger positions
+    seen for the second time or later), AdamW, batches a pure function of ``(seed, step)``.
+    The defaults (d_model 128, T = 64, batch 64, lr 1e-3, 600 steps) show the paper's effect:
+    removing the last MLP takes clean accuracy from about 0.5 to about 1.0 (see docs/pythia.md).
+
+    With ``out_dir`` the model and a word-level tokenizer over the task's characters are saved
+    with ``save_pretrained`` (loadable with :func:`mechtrunc.pythia.load_model`).
+    ``callback(step, model)`` is called after each step (e.g. to evaluate now and then; the
+    model is in training mode, dropout is zero).  Extra keyword arguments override the
+    ``GPTNeoXConfig``.
+
+    Returns ``(hf_model, task, history)`` with ``history`` a list of ``(step, loss)``.
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from mechtrunc.metrics import masked_cross_entropy
+    from mechtrunc.tasks.recall import RecallConfig, RecallTask
+    from mechtrunc.training import batch_seed
+
+    cfg_task = task_config or RecallConfig(alpha=0.5, seq_len=64)
+    task = RecallTask(cfg_task, device=device)
+    args = dict(vocab_size=cfg_task.d_vocab, hidden_size=d_model, num_hidden_layers=n_layers,
+                num_attention_heads=n_heads, intermediate_size=4 * d_model, rotary_pct=0.25,
+                max_position_embeddings=max(cfg_task.seq_len, 64), use_parallel_residual=True,
+                tie_word_embeddings=False, attention_dropout=0.0, hidden_dropout=0.0,
+                bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    args.update(config_overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(**args)).to(device)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    history = []
+    bar = _progress(steps, "train", progress)
+    for step in range(1, steps + 1):
+        batch = task.sample(batch_size, seed=batch_seed(seed, step))
+        logits = model(batch.inputs).logits
+        loss = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append((step, float(loss.detach())))
+        if callback is not None:
+            callback(step, model)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    if out_dir is not None:
+        out = Path(out_dir)
+        model.save_pretrained(out)
+        recall_tokenizer_dir(out, task.itos)
+    return model, task, history
+
+
+# ----------------------------------------------------------------------------------------
+# offline hub caches and checkpoint directories
+# ----------------------------------------------------------------------------------------
+def fake_hub_cache(cache_dir: str | os.PathLike, repo_id: str, revisions: Mapping[str, str | os.PathLike]) -> Path:
+    """Write ``revisions`` (``{"step1000": DIR, ...}``, each DIR a ``save_pretrained`` model and
+    tokenizer) into a Hugging Face hub cache at ``cache_dir`` (what ``HF_HUB_CACHE`` points at)
+    as the repository ``repo_id``: ``models--ORG--NAME/refs/<revision>`` holds a commit hash and
+    ``snapshots/<hash>/`` the files.  Only the given revisions exist (no ``main``), exactly as
+    ``huggingface-cli download ID --revision stepN`` leaves a cache.  Returns the repo folder."""
+    if "/" not in repo_id:
+        raise ValueError(f"repo_id must be 'owner/name', got {repo_id!r}")
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots").mkdir(parents=True, exist_ok=True)
+    for revision, src in revisions.items():
+        commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+        snap = repo / "snapshots" / commit
+        if snap.exists():
+            shutil.rmtree(snap)
+        shutil.copytree(Path(src), snap)
+        (repo / "refs" / revision).write_text(commit)
+    return repo
+
+
+def save_training_checkpoints(
+    out_dir: str | os.PathLike, steps: Sequence[int], *, seed: int = 0, **train_kwargs,
+) -> dict[int, Path]:
+    """Train :func:`train_neox_recall` for ``max(steps)`` steps and save the model at each of
+    ``steps`` as ``out_dir/step{N}/`` (model and tokenizer, ``save_pretrained``; step 0 is the
+    initialisation).  Returns ``{step: directory}``.  A tiny recipe (``d_model=32``, one layer)
+    takes well under a second per saved step on a CPU."""
+    from mechtrunc.tasks.recall import RecallConfig, RecallTask
+
+    out = Path(out_dir)
+    want = sorted({int(s) for s in steps})
+    itos = RecallTask(train_kwargs.get("task_config") or RecallConfig(alpha=0.5, seq_len=64)).itos
+    saved: dict[int, Path] = {}
+
+    def save(step, model):
+        d = out / f"step{step}"
+        model.save_pretrained(d)
+        recall_tokenizer_dir(d, itos)
+        saved[step] = d
+
+    if 0 in want:
+        save(0, train_neox_recall(None, steps=0, seed=seed, **train_kwargs)[0])
+    if want and want[-1] > 0:
+        train_neox_recall(None, steps=want[-1], seed=seed,
+                          callback=lambda step, model: save(step, model) if step in want else None, **train_kwargs)
+    return dict(sorted(saved.items()))
+
+
+class SlowLoader:
+    """``step -> model`` that calls ``inner(step)`` and then sleeps ``seconds`` (picklable, so it
+    runs in Ray and submitit workers); used to kill a worker while it holds a unit."""
+
+    def __init__(self, inner: Callable[[int], object], seconds: float):
+        self.inner, self.seconds = inner, float(seconds)
+
+    def __call__(self, step: int):
+        model = self.inner(step)
+        time.sleep(self.seconds)
+        return model
