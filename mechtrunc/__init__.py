@@ -16,5 +16,6 @@ from mechtrunc.training import PRESETS, TrainConfig, evaluate_toy, load_run, pre
 from mechtrunc.viz import attention_html, plot_attribution, plot_history
 
 from mechtrunc import pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)
+from mechtrunc import report  # noqa: E402  (callable package: mt.report(dir) writes dir/report.html)
 
 __version__ = "0.1.0"
