@@ -193,6 +193,23 @@ def test_interrupted_study_is_marked_incomplete(truncation_dir, tmp_path, capsys
     assert "Incomplete study" in html and "3 finished rows" in html
 
 
+def test_register_section_adds_a_section(checkpoint_dir):
+    from mechtrunc.report import SECTIONS, Section, build_report, read_result, register_section
+
+    def extra(ctx):
+        return Section("extra", "Extra analysis", parts=[f"<p>{len(ctx.result.table)} rows</p>"])
+
+    register_section("checkpoints", extra)
+    try:
+        rep = build_report(read_result(checkpoint_dir), progress=False)
+        assert [s.id for s in rep.sections] == EXPECTED_SECTIONS["checkpoints"] + ["extra"]
+        assert "<p>6 rows</p>" in rep.html()  # 3 steps x (full, truncated)
+    finally:
+        SECTIONS["checkpoints"].remove(extra)
+    with pytest.raises(ValueError, match="unknown report kind 'nope'"):
+        register_section("nope", extra)
+
+
 def test_report_objects_render_in_notebooks(truncation_dir, checkpoint_dir, toy_dir):
     from mechtrunc.report import read_result
 
@@ -211,7 +228,13 @@ def _run(argv, capsys):
         code = main(argv)
     except SystemExit as e:
         code = e.code
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, captured.err + (captured.out if code == 0 else "")
+
+
+def test_report_help(capsys):
+    code, _ = _run(["report", "--help"], capsys)
+    assert code == 0
 
 
 def test_report_bad_input(tmp_path, truncation_dir, capsys):
@@ -285,3 +308,14 @@ def test_report_renders_offline_in_chromium(reports, kind, tmp_path):
         min_w, min_h = MIN_VIEW.get(comp, (100, 10))
         assert w >= min_w and h >= min_h and n_nodes >= 5, (view_id, comp, w, h, n_nodes)
     assert res.screenshot_std > 10, "the screenshot is (nearly) blank"
+
+
+@pytest.mark.browser
+def test_report_figures_save_as_svg(reports, tmp_path):
+    """Every chart can be saved for a paper (plotly static export through kaleido and Chromium)."""
+    _browser_or_fail()
+    rep = reports["checkpoints"]
+    paths = rep.save_figures(tmp_path, "svg")
+    assert [p.name for p in paths] == [f"{k}.svg" for k in rep.figures]
+    svg = paths[0].read_text()
+    assert svg.startswith("<svg") and "P(answer), full" in svg

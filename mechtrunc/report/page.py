@@ -165,6 +165,34 @@ class Report:
                 out[f"{s.id}-{i}"] = f
         return out
 
+    def save_figures(self, directory, format: str = "svg", scale: float = 2.0) -> list[Path]:
+        """Write every chart as ``<section>-<n>.<format>`` (``svg``, ``png`` or ``pdf``) for a
+        paper, with plotly's static export (needs ``pip install kaleido`` and a Chromium, e.g.
+        Debian's, found on the PATH or through ``$MECHTRUNC_CHROMIUM``).  In the page itself,
+        each chart's camera button downloads it as SVG."""
+        import os
+
+        if format not in ("svg", "png", "pdf"):
+            raise ValueError(f"unknown figure format {format!r}; valid: svg, png, pdf")
+        try:
+            import kaleido  # noqa: F401
+        except ImportError:
+            raise ValueError("saving figures as images needs kaleido: pip install kaleido "
+                             "(or use the camera button of each chart in the HTML page)") from None
+        from mechtrunc.report.browser import find_chromium
+
+        chromium = find_chromium()
+        if chromium and "BROWSER_PATH" not in os.environ:  # kaleido's way to find a browser
+            os.environ["BROWSER_PATH"] = chromium
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, fig in self.figures.items():
+            p = out / f"{name}.{format}"
+            fig.write_image(str(p), format=format, scale=scale if format == "png" else 1, width=1100)
+            paths.append(p)
+        return paths
+
     # ------------------------------------------------------------------------------------
     def html(self) -> str:
         if self._html is None:
