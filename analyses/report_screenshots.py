@@ -41,9 +41,10 @@ def main() -> None:
     ap.add_argument("--toy", default="runs/demo")
     ap.add_argument("--work", default="out/report-examples")
     ap.add_argument("--img", default="docs/img")
-    ap.add_argument("--neox-steps", type=int, default=300)
+    ap.add_argument("--neox-steps", type=int, default=150)
     args = ap.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny models: one thread is faster on a busy machine
     work, img = Path(args.work), Path(args.img)
     built = {}
 
@@ -61,7 +62,7 @@ def main() -> None:
                                      command="python analyses/report_screenshots.py (truncation example)"),
                            time.perf_counter() - t0)
 
-    steps = [0, 4, 16, 64, 128, args.neox_steps]
+    steps = [0, 16, 64, 256, args.neox_steps]
     for s in steps:
         neox(work / f"ckpt/step{s}", s)
     best = as_truncate(best_configuration(df, "logit_diff_noise"))

@@ -304,9 +304,11 @@ def test_report_renders_offline_in_chromium(reports, kind, tmp_path):
         assert w >= 600 and h >= 250 and n_nodes > 20, (chart_id, w, h, n_nodes)
     n_views = sum(isinstance(p, __import__("mechtrunc").report.CircuitsView) for s in rep.sections for p in s.parts)
     assert len(res.views) == n_views
-    for view_id, comp, w, h, n_nodes in res.views:  # every circuitsvis view built its DOM
+    for view_id, comp, w, h, n_nodes, canvas in res.views:  # every circuitsvis view built its DOM
         min_w, min_h = MIN_VIEW.get(comp, (100, 10))
         assert w >= min_w and h >= min_h and n_nodes >= 5, (view_id, comp, w, h, n_nodes)
+        if comp == "AttentionHeads":  # the zoomed pattern was drawn, not just the thumbnails
+            assert canvas > 150, (view_id, canvas)
     assert res.screenshot_std > 10, "the screenshot is (nearly) blank"
 
 

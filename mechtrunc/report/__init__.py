@@ -99,6 +99,8 @@ def _meta(ctx: Context, command: str) -> dict:
         meta["revision"] = model_revision(r) or "not recorded (final weights)"
         prompts = r.study.get("prompts")
         task = ctx.task or info.get("task") or info.get("prompts")
+        if isinstance(task, str) and (task == prompts or "<" in task):  # a fingerprint or a function name
+            task = None
         p = ctx.prompts_arg
         desc = []
         if task:

@@ -37,7 +37,7 @@ class PageCheck:
     console_errors: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     charts: list = field(default_factory=list)  # (id, width, height, n_svg_nodes)
-    views: list = field(default_factory=list)  # (id, component, width, height, n_nodes)
+    views: list = field(default_factory=list)  # (id, component, width, height, n_nodes, largest canvas side)
     sections: list = field(default_factory=list)
     screenshot_std: float = 0.0
     screenshot: Path | None = None
@@ -53,7 +53,8 @@ _PROBE = """() => {
   });
   const views = [...document.querySelectorAll('.cv-view')].map(el => {
     const r = el.getBoundingClientRect();
-    return [el.id, el.dataset.component, Math.round(r.width), Math.round(r.height), el.querySelectorAll('*').length];
+    const canvas = Math.max(0, ...[...el.querySelectorAll('canvas')].map(c => Math.min(c.getBoundingClientRect().width, c.getBoundingClientRect().height)));
+    return [el.id, el.dataset.component, Math.round(r.width), Math.round(r.height), el.querySelectorAll('*').length, Math.round(canvas)];
   });
   const sections = [...document.querySelectorAll('section[data-section]')].map(s => s.dataset.section);
   return {charts, views, sections};
@@ -99,7 +100,10 @@ def check_page(path, screenshot=None, width: int = 1300, full_page: bool = True,
                 page.wait_for_function(
                     "() => [...document.querySelectorAll('.js-plotly-plot')].length == "
                     "document.querySelectorAll('.fig').length && "
-                    "[...document.querySelectorAll('.cv-view')].every(e => e.childElementCount > 0)",
+                    "[...document.querySelectorAll('.cv-view')].every(e => e.childElementCount > 0) && "
+                    # attention views: the zoomed pattern (chart.js) is sized asynchronously
+                    "[...document.querySelectorAll('.cv-view[data-component=AttentionHeads]')].every(e => "
+                    "[...e.querySelectorAll('canvas')].some(c => c.getBoundingClientRect().width > 150))",
                     timeout=20_000)
             except Exception:  # reported through the sizes below
                 pass

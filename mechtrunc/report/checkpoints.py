@@ -30,9 +30,12 @@ def crossover_steps(df, competitor: str) -> pd.DataFrame:
         sub = sub.sort_values("step")
         above = sub["p_answer"] > sub[f"p_{competitor}"]
         first = sub.loc[above, "step"]
+        # the step from which the answer stays above until the last checkpoint
+        below = sub.loc[~above, "step"]
+        later = sub.loc[above & (sub["step"] > (below.max() if len(below) else -1)), "step"]
         rows.append({"variant": variant,
                      "first step with P(answer) > P(" + competitor + ")": int(first.iloc[0]) if len(first) else None,
-                     "above at the last step": bool(above.iloc[-1]) if len(above) else None,
+                     "stays above from step": int(later.iloc[0]) if len(later) else None,
                      "steps evaluated": len(sub)})
     return pd.DataFrame(rows)
 

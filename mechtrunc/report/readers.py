@@ -186,7 +186,7 @@ def model_source(result) -> str | None:
     for key in ("model_path", "model_dir", "model_id", "model", "source", "model_name"):
         for d in (info, meta):
             v = d.get(key)
-            if isinstance(v, str) and v and v != "callable" and not v.startswith("<"):  # not a lambda's name
+            if isinstance(v, str) and v and v != "callable" and "<" not in v:  # not a function's qualname
                 return v
     return None
 

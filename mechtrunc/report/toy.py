@@ -106,7 +106,7 @@ def truncation_section(ctx: Context) -> Section | None:
                                  hovertemplate="keep %{x}<br>accuracy %{y:.3f}<br>P(noise) %{customdata[0]:.3f}"
                                                "<br>P(correct) %{customdata[1]:.3f}<extra>%{fullData.name}</extra>"))
     fig.add_hline(y=base, line=dict(color="#555", dash="dash"), annotation_text=f"full model {base:.2f}",
-                  annotation_position="bottom left")
+                  annotation_position="top right")
     ks = sorted({float(k) for k in grid["keep"]}, reverse=True)
     fig.update_xaxes(type="log", title_text="keep (fraction of the rank, log scale)", autorange="reversed",
                      tickvals=ks, ticktext=[f"{k:g}" for k in ks])
@@ -163,8 +163,11 @@ def attribution_section(ctx: Context) -> Section | None:
 
     ch = mt.attribute_change(model, prompts, mt.Ablate("mlp", layer=last))
     parts = ch[ch["kind"] != "total"].copy()
-    order = list(dict.fromkeys(["embed", "pos_embed"] + [c for c in parts["component"] if c not in ("embed", "pos_embed")]))
-    parts = parts.set_index("component").reindex([c for c in order if c in set(parts["component"])]).reset_index()
+    # residual-stream order: embeddings, then each layer's heads and MLP, then biases
+    rank = {"embed": 0, "pos_embed": 1, "head": 2, "attn_bias": 3, "mlp": 4, "bias": 5, "other": 6}
+    parts = parts.assign(_l=parts["layer"].fillna(-1).astype(float), _k=parts["kind"].map(rank))
+    parts.loc[parts["kind"].isin(["bias", "other"]), "_l"] = 1e9
+    parts = parts.sort_values(["_l", "_k", "head"], na_position="first").drop(columns=["_l", "_k"])
     fig = go.Figure([
         go.Bar(x=parts["component"], y=parts["clean"], name="full model", marker_color=FULL,
                hovertemplate="%{x}<br>clean %{y:.3f}<extra></extra>"),

@@ -146,7 +146,7 @@ def heatmap_section(ctx: Context) -> Section:
     s.add(fig)
     if not math.isnan(b):
         s.add(f'<p class="small">Full model: {esc(metric)} = {b:.4g}. Keep 1 is the identity (the full model).</p>')
-    s.add("<h3>Table</h3>", html_table(df.drop(columns=[c for c in ("rule", "svd", "mode") if c in df.columns]),
+    s.add("<h3>Table</h3>", html_table(df.drop(columns=[c for c in ("rule", "svd", "mode", "intervention") if c in df.columns]),
                                        highlight=[i for i, v in enumerate(df["baseline"]) if v]))
     return s
 
@@ -250,7 +250,8 @@ def attribution_section(ctx: Context) -> Section:
     for _, rr in heads.iterrows():
         z[rr["layer"]][rr["head"]] = float(rr["change"])
     mlp = ch[ch["kind"] == "mlp"].copy()
-    lim = max([abs(v) for row in z for v in row if v is not None] + [abs(float(v)) for v in mlp["change"]] + [1e-9])
+    # the heads' own scale: an MLP change (often much larger) would wash the heads out
+    lim = max([abs(v) for row in z for v in row if v is not None] + [1e-9])
     fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.12,
                         subplot_titles=["heads: change", "MLP per layer: clean vs truncated"])
     fig.add_trace(go.Heatmap(z=z, x=[str(h) for h in range(H)], y=[str(l) for l in range(L)], colorscale="RdBu",
@@ -267,8 +268,8 @@ def attribution_section(ctx: Context) -> Section:
                              hovertemplate="L%{y} MLP truncated %{x:.4f}<extra></extra>"), row=1, col=2)
         fig.update_yaxes(type="category", autorange="reversed", title_text="layer", row=1, col=2)
         fig.update_xaxes(title_text="attribution", row=1, col=2)
-    fig.update_layout(height=max(300, 120 + 24 * L), margin=dict(l=60, r=20, t=50, b=50), barmode="group",
-                      legend=dict(orientation="h", x=0.7, y=-0.15))
+    fig.update_layout(height=max(320, 140 + 24 * L), margin=dict(l=60, r=20, t=70, b=50), barmode="group",
+                      legend=dict(orientation="h", x=1.0, xanchor="right", y=1.12, yanchor="bottom"))
     s.add(f'<p class="small">Competitor: <b>{esc(str(comp))}</b>; source: {esc(source)}.</p>', fig)
     top = ch[ch["kind"] != "total"].reindex(ch[ch["kind"] != "total"]["change"].abs().sort_values(ascending=False).index)
     s.add("<h3>Largest changes</h3>", html_table(top[["component", "kind", "layer", "head", "clean", "intervened", "change"]].head(15)))
