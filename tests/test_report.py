@@ -321,3 +321,20 @@ def test_report_figures_save_as_svg(reports, tmp_path):
     assert [p.name for p in paths] == [f"{k}.svg" for k in rep.figures]
     svg = paths[0].read_text()
     assert svg.startswith("<svg") and "P(answer), full" in svg
+
+
+@pytest.mark.slow
+def test_demo_ends_with_the_report(tmp_path, monkeypatch, capsys):
+    """`mechtrunc demo` (make demo) writes the toy run's report and prints its path; the cpu
+    preset is shrunk here so the test takes seconds."""
+    import mechtrunc.training as training
+    from mechtrunc.cli import main
+
+    real = training.preset
+    monkeypatch.setattr(training, "preset", lambda name, **kw: real(
+        name, **{**kw, "d_model": 16, "seq_len": 32, "steps": 20, "eval_every": 10, "batch_size": 8, "test_size": 16}))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"Report: {(out / 'report.html').resolve()}"
+    assert "mechtrunc demo --out" in (out / "report.html").read_text()
