@@ -36,6 +36,30 @@ def neox(out: Path, steps: int):
     return task
 
 
+# the sections shown in the README image of each report kind
+README_SECTIONS = {"toy": ["training", "truncation"], "truncation": ["heatmaps", "best"],
+                   "checkpoints": ["about", "curves"]}
+
+
+def shoot_sections(html: Path, png: Path, sections: list[str], width: int = 1300) -> None:
+    """A PNG of the page from the top of the first section to the bottom of the last one."""
+    from playwright.sync_api import sync_playwright
+
+    from mechtrunc.report.browser import find_chromium
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=find_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(("file:", "data:")) else r.abort())
+        page.goto(html.resolve().as_uri())
+        page.wait_for_timeout(2500)
+        boxes = [page.locator(f"section#{s}").bounding_box() for s in sections]
+        top, bottom = boxes[0]["y"], max(b["y"] + b["height"] for b in boxes)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(png), full_page=True, clip={"x": 0, "y": top, "width": width, "height": bottom - top})
+        browser.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--toy", default="runs/demo")
@@ -74,7 +98,8 @@ def main() -> None:
                             time.perf_counter() - t0)
 
     for kind, (rep, secs) in built.items():
-        res = check_page(rep.path, screenshot=img / f"report-{kind}-full.png", full_page=True)
+        res = check_page(rep.path, screenshot=Path(args.work) / f"report-{kind}-full.png", full_page=True)
+        shoot_sections(rep.path, img / f"report-{kind}.png", README_SECTIONS[kind])
         print(f"{kind}: {rep.path} {rep.path.stat().st_size / 1e6:.2f} MB, built in {secs:.1f} s; "
               f"{len(res.charts)} charts, {len(res.views)} views, blocked {len(res.blocked)}, "
               f"console errors {len(res.console_errors)}")

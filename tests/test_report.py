@@ -193,6 +193,26 @@ def test_interrupted_study_is_marked_incomplete(truncation_dir, tmp_path, capsys
     assert "Incomplete study" in html and "3 finished rows" in html
 
 
+def test_interrupted_checkpoint_study_from_shards(checkpoint_dir, tmp_path):
+    """Per-checkpoint Parquet shards without the merged table: reported, marked incomplete."""
+    import pandas as pd
+
+    import mechtrunc as mt
+
+    d = tmp_path / "study"
+    (d / "shards").mkdir(parents=True)
+    shutil.copy(checkpoint_dir / "study.json", d)
+    df = pd.read_csv(checkpoint_dir / "checkpoints.csv")
+    for step in (0, 2):
+        df[df["step"] == step].to_parquet(d / "shards" / f"step{step}.parquet")
+    (d / "shards" / "step8.parquet").write_bytes(b"PAR1 cut")  # the one being written when killed
+    rep = mt.report(d, progress=False)
+    html = rep.path.read_text()
+    assert "Incomplete study" in html and "2 finished checkpoints" in html
+    assert "INCOMPLETE" in rep.meta["status"]
+    assert len(mt.report.read_result(d).table) == 4  # 2 finished steps x (full, truncated)
+
+
 def test_register_section_adds_a_section(checkpoint_dir):
     from mechtrunc.report import SECTIONS, Section, build_report, read_result, register_section
 
