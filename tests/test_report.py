@@ -180,6 +180,20 @@ def test_study_report_without_a_loadable_model(truncation_dir, tmp_path):
     assert "heatmaps-fig" in html
 
 
+def test_cli_study_report_reads_model_from_study_json(truncation_dir, tmp_path, capsys):
+    """study.json records the model directory: it is loaded; the recall prompts are not a named
+    task, so the example section says how to give them, and the rest renders."""
+    from mechtrunc.cli import main
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(truncation_dir), "--out", str(out), "--no-progress"]) == 0
+    html = out.read_text()
+    assert "does not record the prompt task" in html
+    assert "source: attribution_change.csv" in html  # the study's own file, not recomputed
+    assert f"mechtrunc report {truncation_dir} --out {out}" in html
+    assert "sections, " in capsys.readouterr().out
+
+
 def test_interrupted_study_is_marked_incomplete(truncation_dir, tmp_path, capsys):
     from mechtrunc.cli import main
 
