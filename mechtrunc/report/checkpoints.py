@@ -58,7 +58,7 @@ def curves_section(ctx: Context) -> Section:
                 intro=f"P(answer), P({esc(comp)}) and their logit difference at each training step (log axis; step 0 "
                       "is drawn at the left edge), full model (solid) and truncated (dashed)"
                       + (f": <code>{esc(str(r.study.get('truncation')))}</code>" if r.study.get("truncation") else "")
-                      + ". Dotted vertical lines: the first step where the answer overtakes the competitor.")
+                      + ". Dotted vertical line: the step from which P(answer) stays above the competitor's probability.")
     xs, zero_at = _x(df["step"].tolist())
     df = df.assign(_x=xs)
     fig = make_subplots(rows=1, cols=2, subplot_titles=["probabilities", f"logit(answer) - logit({comp})"],
@@ -82,9 +82,8 @@ def curves_section(ctx: Context) -> Section:
                                      hovertemplate="step %{customdata}<br>logit diff %{y:.3f}<extra>" + variant + "</extra>",
                                      **common), row=1, col=2)
     cross = crossover_steps(r.table, comp)
-    key = f"first step with P(answer) > P({comp})"
-    for _, c in cross.iterrows():
-        step = c[key]
+    for _, c in cross.iterrows():  # where the answer overtakes the competitor for good
+        step = c["stays above from step"]
         if step is None or pd.isna(step):
             continue
         x = step if step > 0 else zero_at

@@ -139,9 +139,7 @@ def heatmap_section(ctx: Context) -> Section:
     fig.update_layout(
         height=max(300, 120 + 26 * len(layers)), margin=dict(l=60, r=30, t=70, b=50),
         updatemenus=[dict(buttons=buttons, active=cols.index(metric), x=0, xanchor="left", y=1.22, yanchor="top",
-                          showactive=True)],
-        annotations=list(fig.layout.annotations) + [dict(text="colour:", x=-0.06, xref="paper", y=1.19, yref="paper",
-                                                        showarrow=False, xanchor="right")])
+                          showactive=True)])
     b = ranges[metric][2]
     s.add(fig)
     if not math.isnan(b):
