@@ -357,7 +357,6 @@ def test_report_figures_save_as_svg(reports, tmp_path):
     assert svg.startswith("<svg") and "P(answer), full" in svg
 
 
-@pytest.mark.slow
 def test_demo_ends_with_the_report(tmp_path, monkeypatch, capsys):
     """`mechtrunc demo` (make demo) writes the toy run's report and prints its path; the cpu
     preset is shrunk here so the test takes seconds."""
