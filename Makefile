@@ -23,7 +23,9 @@ demo: $(STAMP)
 	$(BIN)/mechtrunc demo
 
 # pytest exits 5 when it collected no test: that is a broken setup, not a pass.
+# tools/ensure-chromium.sh installs Debian's Chromium for the browser tests when it is missing.
 test: $(STAMP)
+	@bash tools/ensure-chromium.sh
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests (broken setup)"; exit 1; fi; exit $$rc
 

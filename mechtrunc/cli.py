@@ -185,6 +185,10 @@ def cmd_demo(args) -> int:
           f"and P(noise) {full['p_noise']:.2f} -> {cut['p_noise']:.2f}: the FFN stores the generic "
           f"noise association that competes with in-context recall.")
     print(f"Model and history saved in {args.out}; try `mechtrunc toy eval {args.out}`.")
+    from mechtrunc.report import report
+
+    rep = report(args.out, progress=not args.no_progress, command=f"mechtrunc demo --out {args.out} --seed {args.seed}")
+    print(f"Report: {rep.path.resolve()}")
     return 0
 
 
@@ -220,12 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", type=device, default="cpu", help="torch device")
     ev.set_defaults(func=cmd_toy_eval)
 
-    from mechtrunc import cli_pythia
+    from mechtrunc import cli_pythia, cli_report
 
     cli_pythia.add_commands(sub)
     from mechtrunc import cli_memory
 
     cli_memory.add_commands(sub)
+    cli_report.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,288 @@
+"""Sections of a toy-run report (a directory written by ``mechtrunc toy train`` or ``make demo``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from mechtrunc.report.context import Context, visible_token
+from mechtrunc.report.page import CircuitsView, Section, esc, html_table, note
+
+__all__ = ["SECTIONS"]
+
+FULL, CUT = "#1f5fa8", "#d9622b"
+LABELS = {"full": "full model", "ffn2_removed": "layer-2 FFN removed"}
+
+
+def _last_layer(ctx: Context) -> int:
+    return int(ctx.result.config["model"].get("n_layers", 2)) - 1
+
+
+def config_section(ctx: Context) -> Section:
+    r = ctx.result
+    rows = [("train", k, v) for k, v in r.config.get("train", {}).items()]
+    rows += [("model", k, v) for k, v in r.config.get("model", {}).items()]
+    rows += [("task", k, v) for k, v in r.config.get("task", {}).items()]
+    df = pd.DataFrame(rows, columns=["group", "option", "value"]).astype({"value": str})
+    s = Section("config", "Configuration", intro="Training, model and task options saved with the run (config.json).")
+    s.add('<div class="flex">' + "".join(html_table(df[df["group"] == g].drop(columns="group"), max_rows=60, scroll=False)
+                                          for g in ("train", "model", "task")) + "</div>")
+    final = r.config.get("final")
+    if final:
+        f = pd.DataFrame(final).T.reset_index(names="variant")
+        f["variant"] = f["variant"].map(lambda v: LABELS.get(v, v))
+        s.add("<h3>Final clean-test metrics</h3>", html_table(f))
+    return s
+
+
+def training_section(ctx: Context) -> Section | None:
+    h = ctx.result.history
+    s = Section("training", "Training curves",
+                intro="Clean test set evaluated during training: accuracy at repeated triggers, probability of the "
+                      "noise token and of the correct token, for the full model (solid) and the model without its "
+                      "layer-2 FFN (dashed).")
+    if h is None or h.empty:
+        return s.add(note("history.csv is missing: no training curves.", "warning"))
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    panels = [("accuracy", "accuracy"), ("p_noise", "P(noise)"), ("p_correct", "P(correct)")]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels], horizontal_spacing=0.07)
+    for j, (metric, _) in enumerate(panels, 1):
+        for variant, color, dash in (("full", FULL, "solid"), ("ffn2_removed", CUT, "dash")):
+            col = f"{variant}_{metric}"
+            if col not in h:
+                continue
+            fig.add_trace(go.Scatter(x=h["step"], y=h[col], mode="lines+markers", name=LABELS[variant],
+                                     line=dict(color=color, dash=dash), marker=dict(size=4),
+                                     legendgroup=variant, showlegend=j == 1,
+                                     hovertemplate=f"step %{{x}}<br>{metric} %{{y:.3f}}<extra>{LABELS[variant]}</extra>"),
+                          row=1, col=j)
+        fig.update_yaxes(range=[-0.02, 1.02], row=1, col=j)
+        fig.update_xaxes(title_text="training step", row=1, col=j)
+    fig.update_layout(height=340, margin=dict(l=40, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.25))
+    return s.add(fig)
+
+
+def _truncation_grid(model, prompts, last: int) -> pd.DataFrame:
+    import mechtrunc as mt
+
+    keeps = (0.5, 0.2, 0.1, 0.05)
+    entries = [None, mt.Ablate("mlp", layer=last)]
+    for layer in range(last + 1):
+        for m in ("mlp.W_in", "mlp.W_out", "attn.W_V"):
+            if m.startswith("mlp") and not mt.adapt(model).has_mlp(layer):
+                continue
+            entries += [mt.Truncate(m, layer=layer, keep=k) for k in keeps]
+    df = mt.sweep(model, prompts, entries)
+    df.insert(0, "intervention", df.pop("variant"))
+    if "layer" in df:
+        df["layer"] = df["layer"].astype("Int64")
+    keep_cols = [c for c in ("intervention", "layer", "matrix", "keep", "accuracy", "p_answer", "p_noise",
+                             "logit_diff_noise", "loss") if c in df.columns]
+    return df[keep_cols]
+
+
+def truncation_section(ctx: Context) -> Section | None:
+    model, prompts = ctx.model_and_prompts()
+    s = Section("truncation", "Truncation of the trained model",
+                intro="LASER (keep a fraction of the singular components) of both FFN matrices and of W_V in each "
+                      "layer, evaluated on the clean test set with <code>mt.sweep</code>; the first rows are the full "
+                      "model and the layer-2 FFN removed. Layers are 0-based: the paper's layer 2 is layer 1.")
+    if model is None:
+        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+    import plotly.graph_objects as go
+
+    df = _truncation_grid(model, prompts, _last_layer(ctx))
+    base = float(df["accuracy"].iloc[0])
+    fig = go.Figure()
+    grid = df.dropna(subset=["keep"]) if "keep" in df else df.iloc[0:0]
+    palette = ["#1f5fa8", "#d9622b", "#2e8b57", "#7b4ea3", "#b8860b", "#c23b6e"]
+    for i, ((layer, m), sub) in enumerate(grid.groupby(["layer", "matrix"], sort=False)):
+        fig.add_trace(go.Scatter(x=sub["keep"], y=sub["accuracy"], mode="lines+markers",
+                                 name=f"layer {int(layer)} {m}", line=dict(color=palette[i % len(palette)],
+                                                                       dash="solid" if int(layer) == _last_layer(ctx) else "dot"),
+                                 customdata=sub[["p_noise", "p_answer"]].to_numpy(),
+                                 hovertemplate="keep %{x}<br>accuracy %{y:.3f}<br>P(noise) %{customdata[0]:.3f}"
+                                               "<br>P(correct) %{customdata[1]:.3f}<extra>%{fullData.name}</extra>"))
+    fig.add_hline(y=base, line=dict(color="#555", dash="dash"), annotation_text=f"full model {base:.2f}",
+                  annotation_position="top right")
+    ks = sorted({float(k) for k in grid["keep"]}, reverse=True)
+    fig.update_xaxes(type="log", title_text="keep (fraction of the rank, log scale)", autorange="reversed",
+                     tickvals=ks, ticktext=[f"{k:g}" for k in ks])
+    fig.update_yaxes(title_text="clean accuracy", range=[-0.02, 1.02])
+    fig.update_layout(height=360, margin=dict(l=50, r=20, t=20, b=40))
+    return s.add(fig, html_table(df, highlight=[0, 1]))
+
+
+def components_section(ctx: Context) -> Section | None:
+    model, prompts = ctx.model_and_prompts()
+    last = _last_layer(ctx)
+    s = Section("components", "Singular components carrying the noise association",
+                intro=f"Singular components of layer {last}'s <code>mlp.W_out</code> ranked by how much they push the "
+                      "noise token's logit on the clean test items (<code>mt.rank_components</code>: mean coefficient "
+                      "of the FFN output on the component times its alignment with the noise direction). Removing the "
+                      "top components (<code>mt.RemoveComponents</code>) shows whether they carry the association.")
+    if model is None:
+        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+    import mechtrunc as mt
+    import plotly.graph_objects as go
+
+    noise = int(prompts.competitors[0, 0])
+    ranked = mt.rank_components(model, last, [noise], prompts=prompts)
+    top = ranked.head(20)
+    fig = go.Figure(go.Bar(x=[f"#{c}" for c in top["component"]], y=top["activation_score"],
+                           marker_color=[CUT if v > 0 else FULL for v in top["activation_score"]],
+                           customdata=top[["singular_value", "mean_coef"]].to_numpy(),
+                           hovertemplate="component %{x}<br>logit push %{y:.3f}<br>singular value %{customdata[0]:.3f}"
+                                         "<br>mean coefficient %{customdata[1]:.3f}<extra></extra>"))
+    fig.update_layout(height=320, margin=dict(l=50, r=20, t=20, b=60),
+                      xaxis_title="component (0 = largest singular value), top 20 by noise push",
+                      yaxis_title="mean push on logit(noise)")
+    rows = [mt.evaluate(model, prompts, label="full")]
+    for k in (1, 3):
+        idx = ranked["component"].head(k).tolist()
+        rows.append(mt.evaluate(model, prompts, mt.RemoveComponents("mlp.W_out", layer=last, indices=idx),
+                                label=f"remove top {k} {idx}"))
+    rows.append(mt.evaluate(model, prompts, mt.Ablate("mlp", layer=last), label="layer-2 FFN removed"))
+    eff = pd.concat(rows, ignore_index=True)[["variant", "accuracy", "p_answer", "p_noise", "logit_diff_noise"]]
+    return s.add(fig, html_table(ranked.head(10)), "<h3>Removing the top components</h3>", html_table(eff))
+
+
+def attribution_section(ctx: Context) -> Section | None:
+    model, prompts = ctx.model_and_prompts()
+    last = _last_layer(ctx)
+    s = Section("attribution", "Attribution of logit(correct) - logit(noise)",
+                intro="Direct logit attribution per component (<code>mt.attribute_change</code>), clean model vs "
+                      f"layer {last}'s FFN removed; averaged over the clean test items. The parts add up to the "
+                      "model's logit difference (row <i>total</i>).")
+    if model is None:
+        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+    import mechtrunc as mt
+    import plotly.graph_objects as go
+
+    ch = mt.attribute_change(model, prompts, mt.Ablate("mlp", layer=last))
+    parts = ch[ch["kind"] != "total"].copy()
+    # residual-stream order: embeddings, then each layer's heads and MLP, then biases
+    rank = {"embed": 0, "pos_embed": 1, "head": 2, "attn_bias": 3, "mlp": 4, "bias": 5, "other": 6}
+    parts = parts.assign(_l=parts["layer"].fillna(-1).astype(float), _k=parts["kind"].map(rank))
+    parts.loc[parts["kind"].isin(["bias", "other"]), "_l"] = 1e9
+    parts = parts.sort_values(["_l", "_k", "head"], na_position="first").drop(columns=["_l", "_k"])
+    fig = go.Figure([
+        go.Bar(x=parts["component"], y=parts["clean"], name="full model", marker_color=FULL,
+               hovertemplate="%{x}<br>clean %{y:.3f}<extra></extra>"),
+        go.Bar(x=parts["component"], y=parts["intervened"], name=f"layer-{last + 1} FFN removed", marker_color=CUT,
+               hovertemplate="%{x}<br>FFN removed %{y:.3f}<extra></extra>"),
+    ])
+    fig.update_layout(barmode="group", height=340, margin=dict(l=50, r=20, t=20, b=40),
+                      yaxis_title="attribution to logit(correct) - logit(noise)", legend=dict(orientation="h", y=1.1))
+    return s.add(fig, html_table(ch[["component", "kind", "layer", "head", "clean", "intervened", "change"]]))
+
+
+def _example_sequence(ctx: Context, max_len: int = 64):
+    """A clean test sequence, cut to ``max_len`` tokens, with at least two repeated-trigger items."""
+    _, cfg, task = ctx.result.load()
+    batch = task.test_set(min(cfg.test_size, 64), seed=cfg.seed + 10_000)
+    for i in range(batch.inputs.shape[0]):
+        if int((batch.counts[i, :max_len] >= 2).sum()) >= 2:
+            break
+    n = min(max_len, batch.inputs.shape[1])
+    return task, batch, i, n
+
+
+def attention_section(ctx: Context) -> Section | None:
+    model = ctx.model()
+    s = Section("attention", "Attention patterns on a clean test sequence",
+                intro="Every head of both layers (circuitsvis; hover a cell for its value). Trigger tokens are marked "
+                      "▸ (repeated occurrences, where the answer is read, ▸▸); whitespace shows as ␣ and ⏎. Layer 0 "
+                      "attends to the previous token; layer 1 attends from the trigger to the token that followed its "
+                      "earlier occurrence.")
+    if model is None:
+        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+    from mechtrunc.adapters import adapt
+
+    task, batch, i, n = _example_sequence(ctx)
+    toks = batch.inputs[i, :n]
+    labels = _labels(task, batch, i, n)
+    a = adapt(model)
+    store = {}
+    hooks = [f"blocks.{l}.attn.hook_pattern" for l in range(a.n_layers)]
+    with torch.no_grad():
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            for name in hooks:
+                stack.enter_context(a.hooked(name, lambda p, name=name: store.__setitem__(name, p.detach())))
+            a.forward(toks.reshape(1, -1).to(a.device))
+    for layer, name in enumerate(hooks):
+        pat = store[name][0].float().cpu()
+        names = [f"L{layer}H{h}" for h in range(pat.shape[0])]
+        s.add(CircuitsView("AttentionHeads", {"attention": pat, "tokens": labels, "attentionHeadNames": names,
+                                              "maskUpperTri": True},
+                           caption=f"<b>layer {layer}</b> ({len(names)} head{'s' if len(names) > 1 else ''})",
+                           height=420))
+    return s
+
+
+def _labels(task, batch, i, n) -> list[str]:
+    itos = task.itos
+    out = []
+    for p in range(n):
+        ch = visible_token(itos[int(batch.inputs[i, p])])
+        c = int(batch.counts[i, p])
+        out.append(("▸▸" if c >= 2 else "▸" if c == 1 else "") + ch)
+    return out
+
+
+def token_probability_section(ctx: Context) -> Section | None:
+    model = ctx.model()
+    last = _last_layer(ctx)
+    s = Section("token-probs", "Probability of the correct next token, clean vs FFN removed",
+                intro="On the same sequence: the probability the model gives to the correct next token at every "
+                      "position (after a trigger: the token that followed its first occurrence, i.e. the in-context "
+                      f"answer; elsewhere: the actual next character). Full model, then layer {last}'s FFN removed. "
+                      "Darker = higher probability. The chart below marks the repeated triggers.")
+    if model is None:
+        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+    import mechtrunc as mt
+    import plotly.graph_objects as go
+
+    task, batch, i, n = _example_sequence(ctx)
+    toks = batch.inputs[i:i + 1, :n]
+    target = batch.clean_targets()[i, :n]
+    with torch.no_grad():
+        clean = model(toks).softmax(-1)[0]
+        with mt.intervene(model, mt.Ablate("mlp", layer=last)):
+            cut = model(toks).softmax(-1)[0]
+    p_clean = clean.gather(1, target[:, None]).squeeze(1)
+    p_cut = cut.gather(1, target[:, None]).squeeze(1)
+    labels = _labels(task, batch, i, n)
+    for title, vals in (("full model", p_clean), (f"layer-{last + 1} FFN removed", p_cut)):
+        s.add(CircuitsView("ColoredTokens", {"tokens": labels, "values": vals, "minValue": 0.0, "maxValue": 1.0},
+                           caption=f"<b>{title}</b>: P(correct next token)", height=40))
+    rep = (batch.counts[i, :n] >= 2).nonzero().squeeze(1).tolist()
+    x = list(range(n))
+    fig = go.Figure([
+        go.Scatter(x=x, y=p_clean.tolist(), mode="lines", name="full model", line=dict(color=FULL),
+                   customdata=labels, hovertemplate="pos %{x} %{customdata}<br>P %{y:.3f}<extra>full</extra>"),
+        go.Scatter(x=x, y=p_cut.tolist(), mode="lines", name=f"layer-{last + 1} FFN removed", line=dict(color=CUT, dash="dash"),
+                   customdata=labels, hovertemplate="pos %{x} %{customdata}<br>P %{y:.3f}<extra>FFN removed</extra>"),
+        go.Scatter(x=rep, y=[p_clean[j].item() for j in rep], mode="markers", name="repeated trigger (full)",
+                   marker=dict(color=FULL, size=10, symbol="star")),
+        go.Scatter(x=rep, y=[p_cut[j].item() for j in rep], mode="markers", name="repeated trigger (FFN removed)",
+                   marker=dict(color=CUT, size=10, symbol="star")),
+    ])
+    fig.update_layout(height=300, margin=dict(l=50, r=20, t=20, b=40), xaxis_title="position",
+                      yaxis=dict(title="P(correct next token)", range=[-0.02, 1.02]), legend=dict(orientation="h", y=1.15))
+    noise = task.config.noise_id
+    p_noise = [(clean[j, noise].item(), cut[j, noise].item()) for j in rep]
+    tab = pd.DataFrame({"position": rep, "token": [labels[j] for j in rep],
+                        "correct": [visible_token(task.itos[int(target[j])]) for j in rep],
+                        "P(correct) full": [p_clean[j].item() for j in rep],
+                        "P(correct) FFN removed": [p_cut[j].item() for j in rep],
+                        "P(noise) full": [a for a, _ in p_noise], "P(noise) FFN removed": [b for _, b in p_noise]})
+    return s.add(fig, "<h3>At the repeated triggers</h3>", html_table(tab))
+
+
+SECTIONS = [config_section, training_section, truncation_section, components_section, attribution_section,
+            attention_section, token_probability_section]
