@@ -60,7 +60,8 @@ def cmd_truncate(args) -> int:
     prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
     df = truncation_study(model, prompts, layers=args.layers, matrices=args.matrices, keeps=args.keeps,
                           rule=args.rule, svd=args.svd, mode=args.mode, batch_size=args.batch_size,
-                          out=args.out, progress=not args.no_progress)
+                          out=args.out, progress=not args.no_progress,
+                          info={"task": str(args.task), "n": args.n, "seed": args.seed})
     metric = args.metric or ("logit_diff_the" if "logit_diff_the" in df.columns else "p_answer")
     paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size)
     best = json.loads(Path(paths["best"]).read_text())

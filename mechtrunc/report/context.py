@@ -127,8 +127,6 @@ class Context:
 
 
 def _fingerprint(prompts):
-    try:  # the studies module's own fingerprint, so the comparison is exact
-        from mechtrunc.studies import _prompts_fingerprint
-    except ImportError:
-        return None
+    from mechtrunc.studies.store import _prompts_fingerprint  # the studies' own: the comparison is exact
+
     return _prompts_fingerprint(prompts)

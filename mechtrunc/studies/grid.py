@@ -220,6 +220,7 @@ def truncation_study(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     mode: str = "weight",
+    info: dict | None = None,
 ) -> pd.DataFrame:
     """Evaluate every ``Truncate(matrix, layer, keep)`` of the grid on ``prompts``.
 
@@ -243,6 +244,9 @@ def truncation_study(
             same settings skips them; at the end ``out/truncation.csv`` and
             ``out/truncation.parquet`` hold the returned table.
         progress: show a tqdm bar.
+        info: extra entries for ``study.json``'s ``info`` (not compared on resume), e.g. the
+            ``task``, ``n`` and ``seed`` the prompts were built from, so ``mechtrunc report`` can
+            rebuild them.
     """
     grid = Grid(layers=layers, matrices=matrices, keeps=keeps, rule=rule, svd=svd, mode=mode)
     grid.resolve(model)  # every bad value raises before anything is written
@@ -252,7 +256,7 @@ def truncation_study(
     meta = {"kind": "truncation", "model": _model_fingerprint(model), "prompts": _prompts_fingerprint(prompts),
             "n_items": len(prompts), "rule": rule, "svd": svd, "mode": mode,
             "info": {"model_name": str(getattr(cfg, "model_name", type(model).__name__)),
-                     "revision": getattr(cfg, "revision", None)}}
+                     "revision": getattr(cfg, "revision", None), **(info or {})}}
     store = _RowStore(out, meta, _study_key)
     rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress)
     df = _tidy(pd.DataFrame(rows))
