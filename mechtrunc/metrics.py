@@ -22,7 +22,31 @@ from mechtrunc.interventions import Intervention
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits
 
-__all__ = ["metrics_from_logits", "evaluate", "sweep", "masked_cross_entropy"]
+__all__ = ["metrics_from_logits", "item_metrics", "evaluate", "sweep", "masked_cross_entropy"]
+
+
+def item_metrics(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, Tensor]:
+    """Per-item values ``[item]`` of every metric (see module docstring) except ``n_items``:
+    :func:`metrics_from_logits` is their mean.  Useful to score a prompt set in chunks."""
+    if logits.shape[0] != len(prompts):
+        raise ValueError(f"{logits.shape[0]} logit rows for {len(prompts)} items")
+    logits = logits.float()
+    answer = prompts.answer.to(logits.device)
+    comps = prompts.competitors.to(logits.device)
+    logp = logits.log_softmax(-1)
+    la = logits.gather(1, answer[:, None]).squeeze(1)
+    lpa = logp.gather(1, answer[:, None]).squeeze(1)
+    out = {
+        "accuracy": (logits.argmax(-1) == answer).float(),
+        "p_answer": lpa.exp(),
+        "loss": -lpa,
+    }
+    for j, name in enumerate(prompts.competitor_names):
+        lc = logits.gather(1, comps[:, j : j + 1]).squeeze(1)
+        out[f"p_{name}"] = logp.gather(1, comps[:, j : j + 1]).squeeze(1).exp()
+        out[f"acc_vs_{name}"] = (la > lc).float()
+        out[f"logit_diff_{name}"] = la - lc
+    return out
 
 
 def metrics_from_logits(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, float]:
@@ -31,23 +55,8 @@ def metrics_from_logits(logits: Float[Tensor, "item vocab"], prompts: PromptSet)
         raise ValueError(f"{logits.shape[0]} logit rows for {len(prompts)} items")
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
-    logits = logits.float()
-    answer = prompts.answer.to(logits.device)
-    comps = prompts.competitors.to(logits.device)
-    logp = logits.log_softmax(-1)
-    la = logits.gather(1, answer[:, None]).squeeze(1)
-    out = {
-        "n_items": float(len(prompts)),
-        "accuracy": (logits.argmax(-1) == answer).float().mean().item(),
-        "p_answer": logp.gather(1, answer[:, None]).exp().mean().item(),
-        "loss": -logp.gather(1, answer[:, None]).mean().item(),
-    }
-    for j, name in enumerate(prompts.competitor_names):
-        lc = logits.gather(1, comps[:, j : j + 1]).squeeze(1)
-        out[f"p_{name}"] = logp.gather(1, comps[:, j : j + 1]).exp().mean().item()
-        out[f"acc_vs_{name}"] = (la > lc).float().mean().item()
-        out[f"logit_diff_{name}"] = (la - lc).mean().item()
-    return out
+    per_item = item_metrics(logits, prompts)
+    return {"n_items": float(len(prompts)), **{k: v.mean().item() for k, v in per_item.items()}}
 
 
 def evaluate(
