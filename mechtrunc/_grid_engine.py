@@ -410,7 +410,8 @@ def evaluate_grid(
     """Evaluate ``Truncate(matrix, layer=layer, keep=keep, rule=rule)`` for every
     ``(layer, matrix, keep)`` of ``configs`` on ``prompts``; yield a :class:`GridResult` per
     configuration (the baseline first when ``baseline``), grouped by layer in increasing
-    order, each as soon as its layer is finished.  Each distinct configuration is yielded once.
+    order, each as soon as its layer is finished (configurations without a fast path come
+    last, one at a time).  Each distinct configuration is yielded once.
 
     Args:
         model: a ``TransformerBridge`` over a GPT-NeoX, a ``GPTNeoXForCausalLM``, the toy model
@@ -468,11 +469,14 @@ def _run(model, stack, prompts, grid, rule, batch_size, svd_cache, svd_method, p
 
         bar = tqdm(total=len(grid) + int(want_baseline), desc="grid", unit="config", dynamic_ncols=True)
     try:
-        if stack is None:
-            yield from _run_reference(model, prompts, grid, rule, batch_size, bar, want_baseline)
-        else:
-            yield from _run_fast(model, stack, prompts, grid, rule, batch_size, svd_cache, svd_method, bar,
+        fast = [c for c in grid if stack is not None and c[1] in FAST_MATRICES]
+        slow = [c for c in grid if c not in fast]
+        if fast or stack is not None and want_baseline:
+            yield from _run_fast(model, stack, prompts, fast, rule, batch_size, svd_cache, svd_method, bar,
                                  want_baseline)
+            want_baseline = False
+        if slow or want_baseline:
+            yield from _run_reference(model, prompts, slow, rule, batch_size, bar, want_baseline)
     finally:
         if bar is not None:
             bar.close()

@@ -235,6 +235,7 @@ def truncation_study(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     mode: str = "weight",
+    svd_cache: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Evaluate every ``Truncate(matrix, layer, keep)`` of the grid on ``prompts``.
 
@@ -253,7 +254,14 @@ def truncation_study(
         keeps: fractions of the maximum rank in [0, 1] (rounded by ``rule``, see
             :func:`mechtrunc.rank_for_keep`); 0 removes the matrix.
         rule, svd, mode: passed to :class:`mechtrunc.Truncate` (``mode="hook"`` reuses one SVD
-            per matrix across keeps; ``"weight"``, the default, rewrites the weight as LASER does).
+            per matrix across keeps; ``"weight"``, the default, rewrites the weight as LASER does;
+            ``"engine"`` runs :func:`mechtrunc._grid_engine.evaluate_grid`: the same numbers (to
+            ~1e-6 in float32) from cached clean residuals, all keeps of a layer in one batched
+            forward, logits only at the read positions; its rows arrive a layer at a time and
+            ``seconds`` is the time since the previous row; ``svd="exact"`` only).
+        svd_cache: ``mode="engine"``: a directory of decompositions keyed by the weights' hash
+            (default ``out/svd_cache`` when ``out`` is given), so reruns and other grids on the
+            same checkpoint skip them.
         out: a directory; finished rows are appended to ``out/rows.jsonl`` and a rerun with the
             same settings skips them; at the end ``out/truncation.csv`` and
             ``out/truncation.parquet`` hold the returned table.
@@ -261,11 +269,14 @@ def truncation_study(
     """
     adapter = adapt(model)
     layers, matrices, keeps = _validate_grid(adapter, layers, matrices, keeps)
-    Truncate(matrices[0], layer=layers[0], keep=keeps[0], rule=rule, svd=svd, mode=mode)  # validates rule
+    Truncate(matrices[0], layer=layers[0], keep=keeps[0], rule=rule, svd=svd,
+             mode="hook" if mode == "engine" else mode)  # validates rule
     if svd not in ("exact", "randomized"):
         raise ValueError(f"unknown svd method {svd!r}; valid: 'exact', 'randomized'")
-    if mode not in ("weight", "hook"):
-        raise ValueError(f"unknown mode {mode!r}; valid: 'weight', 'hook'")
+    if mode not in ("weight", "hook", "engine"):
+        raise ValueError(f"unknown mode {mode!r}; valid: 'weight', 'hook', 'engine'")
+    if mode == "engine" and svd != "exact":
+        raise ValueError(f"mode='engine' computes exact decompositions; give svd='exact', not {svd!r}")
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
     cfg = getattr(model, "cfg", None)
@@ -281,11 +292,32 @@ def truncation_study(
         for m in matrices:
             max_rank = _max_rank(adapter, m, layer)
             for keep in keeps:
-                iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode=mode)
+                iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode="hook" if mode == "engine" else mode)
                 grid.append((layer, m, keep, iv, iv.ranks(adapter, max_rank)[0], max_rank))
     todo = [g for g in grid if store.get((g[0], g[1], _keep_key(g[2]))) is None and g[4] != g[5]]
     need_base = store.get(("baseline",)) is None
     bar = _progress(len(todo) + int(need_base), "truncation", progress)
+
+    if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
+        from mechtrunc._grid_engine import evaluate_grid
+
+        labels = {(g[0], g[1], _keep_key(g[2])): (g[2], g[3].label) for g in todo}
+        cache_dir = svd_cache if svd_cache is not None else (Path(out) / "svd_cache" if out is not None else None)
+        t0 = time.perf_counter()
+        for r in evaluate_grid(model, prompts, [(g[0], g[1], g[2]) for g in todo], rule=rule,
+                               batch_size=batch_size, svd_cache=cache_dir, baseline=need_base):
+            seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+            if r.baseline:
+                desc = {"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None,
+                        "max_rank": None, "identity": False, **common, "intervention": "full"}
+            else:
+                keep, label = labels[(r.layer, r.matrix, _keep_key(r.keep))]
+                desc = {"baseline": False, "layer": r.layer, "matrix": r.matrix, "keep": keep, "rank": r.rank,
+                        "max_rank": r.max_rank, "identity": False, **common, "intervention": label}
+            store.add({**desc, **r.metrics, "seconds": seconds})
+            if bar is not None:
+                bar.update(1)
+        need_base = False
 
     if need_base:
         t0 = time.perf_counter()
