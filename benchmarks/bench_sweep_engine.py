@@ -25,6 +25,7 @@ Face model directly; mechtrunc's package ``__init__`` is bypassed when transform
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import math
 import os
 import sys
@@ -45,13 +46,12 @@ SHAPES = {  # layers, d_model, heads, vocab
 
 
 def import_engine():
-    """``mechtrunc._grid_engine``; on machines without transformer-lens (or jaxtyping/pandas)
-    the package ``__init__`` (which imports the toy model, hence transformer_lens) is skipped and
-    the missing annotation/table libraries are stubbed: the engine itself needs neither."""
+    """``mechtrunc._grid_engine``; on machines without transformer-lens (or jaxtyping) the
+    package ``__init__`` (which imports the toy model, hence transformer_lens) is skipped and a
+    missing jaxtyping (annotations only) is stubbed: the engine itself needs neither."""
     try:
         import transformer_lens  # noqa: F401
         import jaxtyping  # noqa: F401
-        import pandas  # noqa: F401
     except ImportError:
         pkg = types.ModuleType("mechtrunc")
         pkg.__path__ = [os.path.join(_ROOT, "mechtrunc")]
@@ -64,12 +64,9 @@ def import_engine():
                     return torch.Tensor
 
             jt = types.ModuleType("jaxtyping")
+            jt.__spec__ = importlib.machinery.ModuleSpec("jaxtyping", None)
             jt.Float = jt.Int = jt.Bool = _Ann
             sys.modules["jaxtyping"] = jt
-        try:
-            import pandas  # noqa: F401
-        except ImportError:
-            sys.modules["pandas"] = types.ModuleType("pandas")
     return importlib.import_module("mechtrunc._grid_engine")
 
 

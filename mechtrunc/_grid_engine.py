@@ -344,10 +344,11 @@ class _ToyStack(_Stack):
 
 
 def _stack_for(model) -> _Stack | None:
-    from mechtrunc.toy_model import ToyTransformer
+    if type(model).__name__ == "ToyTransformer":  # (no import: toy_model needs transformer_lens)
+        from mechtrunc.toy_model import ToyTransformer
 
-    if isinstance(model, ToyTransformer):
-        return _ToyStack(model)
+        if isinstance(model, ToyTransformer):
+            return _ToyStack(model)
     hf = getattr(model, "original_model", model)
     if type(hf).__name__ == "GPTNeoXForCausalLM":
         return _NeoXStack(hf)

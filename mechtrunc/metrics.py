@@ -12,7 +12,6 @@ Given the logits at each read item of a :class:`~mechtrunc.prompts.PromptSet`:
 
 from __future__ import annotations
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -63,6 +62,8 @@ def evaluate(
     model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64, label: str | None = None
 ) -> pd.DataFrame:
     """One-row DataFrame of metrics on ``prompts`` with the interventions active."""
+    import pandas as pd  # (here, not at the top: the grid engine and the CLI's startup avoid it)
+
     logits = item_logits(model, prompts, *interventions, batch_size=batch_size)
     row = metrics_from_logits(logits, prompts)
     name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
@@ -77,6 +78,8 @@ def sweep(
     :meth:`~mechtrunc.interventions.Intervention.describe` columns (kind, layer, matrix, keep...)
     next to the metrics.  For resumable LASER grids on large models see
     :func:`mechtrunc.studies.truncation_study`."""
+    import pandas as pd
+
     entries = list(interventions)
     if progress:
         from tqdm.auto import tqdm
