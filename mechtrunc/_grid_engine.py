@@ -389,6 +389,8 @@ def _as_keep(v) -> float:
 
 
 def _parse_configs(configs, n_layers: int) -> list[tuple[int, str, float]]:
+    if isinstance(configs, (str, bytes)) or not hasattr(configs, "__iter__"):
+        raise ValueError(f"configs must be an iterable of (layer, matrix, keep) triples, got {configs!r}")
     out, seen = [], set()
     for c in configs:
         try:

@@ -139,6 +139,8 @@ def test_bad_input_is_rejected(neox_bridge, random_toy):
         run([(0, "mlp.W_in", "half")])
     with pytest.raises(ValueError, match=r"\(layer, matrix, keep\) triple"):
         run([(0, "mlp.W_in")])
+    with pytest.raises(ValueError, match="configs must be an iterable"):
+        run("mlp.W_in")
     with pytest.raises(ValueError, match="rank rule 'floor'"):
         run([(0, "mlp.W_in", 0.5)], rule="floor")
     with pytest.raises(ValueError, match="svd_method 'qr'"):
