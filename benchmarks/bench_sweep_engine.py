@@ -259,12 +259,16 @@ def main() -> None:
     ref = {k: U64[:, :k] @ (U64[:, :k].T @ W64) for k in cut}
     methods = ["gram", "gram32", "gesdd"] + (["gesvd", "gesvdj"] if cuda else [])
     for meth in methods:
-        ge.truncation_basis(W, rmax, meth)  # warm-up (cuSOLVER handles, workspaces)
-        sync(device)
-        t0 = time.perf_counter()
-        Q, S = ge.truncation_basis(W, rmax, meth)
-        sync(device)
-        dt = time.perf_counter() - t0
+        try:
+            ge.truncation_basis(W, rmax, meth)  # warm-up (cuSOLVER handles, workspaces)
+            sync(device)
+            t0 = time.perf_counter()
+            Q, S = ge.truncation_basis(W, rmax, meth)
+            sync(device)
+            dt = time.perf_counter() - t0
+        except Exception as e:  # a driver that fails at this shape must not end the run
+            print(f"decomposition {meth:7s}: failed ({type(e).__name__}: {e})")
+            continue
         Qc = Q.double().cpu()
         err = max(float((Qc[:, :k] @ (Qc[:, :k].T @ W64) - ref[k]).norm() / W64.norm()) for k in cut)
         print(f"decomposition {meth:7s} of a {tuple(W.shape)} {str(W.dtype)[6:]} weight on {device.type}: "
