@@ -257,8 +257,9 @@ def truncation_study(
             per matrix across keeps; ``"weight"``, the default, rewrites the weight as LASER does;
             ``"engine"`` runs :func:`mechtrunc._grid_engine.evaluate_grid`: the same numbers (to
             ~1e-6 in float32) from cached clean residuals, all keeps of a layer in one batched
-            forward, logits only at the read positions; its rows arrive a layer at a time and
-            ``seconds`` is the time since the previous row; ``svd="exact"`` only).
+            forward of up to ``max(batch_size, 256)`` (prompt, configuration) rows, logits only
+            at the read positions; its rows arrive a layer at a time and ``seconds`` is the
+            time since the previous row; ``svd="exact"`` only).
         svd_cache: ``mode="engine"``: a directory of decompositions keyed by the weights' hash
             (default ``out/svd_cache`` when ``out`` is given), so reruns and other grids on the
             same checkpoint skip them.
@@ -305,7 +306,7 @@ def truncation_study(
         cache_dir = svd_cache if svd_cache is not None else (Path(out) / "svd_cache" if out is not None else None)
         t0 = time.perf_counter()
         for r in evaluate_grid(model, prompts, [(g[0], g[1], g[2]) for g in todo], rule=rule,
-                               batch_size=batch_size, svd_cache=cache_dir, baseline=need_base):
+                               batch_size=max(batch_size, 256), svd_cache=cache_dir, baseline=need_base):
             seconds, t0 = time.perf_counter() - t0, time.perf_counter()
             if r.baseline:
                 desc = {"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None,
