@@ -86,8 +86,8 @@ def truncation_basis(W: Tensor, rank: int, method: str = "gram") -> tuple[Tensor
     truncation is ``Q_k Q_k^T W`` (left) or ``W Q_k Q_k^T`` (right).
 
     Methods: ``"gram"`` eigendecomposition of the smaller Gram matrix ``W W^T`` (or ``W^T W``)
-    in float64 (default; on the 2-core CPU 2.5x faster than LAPACK's gesdd at 768 x 3072 with
-    the same truncation to 2e-5, see docs/benchmarks.md); ``"gram32"`` the same Gram matrix
+    in float64 (default; on the 2-core CPU about 3x faster than float32 LAPACK gesdd at
+    768 x 3072 and more accurate, see docs/benchmarks.md); ``"gram32"`` the same Gram matrix
     solved in float32 (faster on GPUs; its truncation error is printed by
     ``benchmarks/bench_sweep_engine.py``); ``"gesdd"`` ``torch.linalg.svd`` (LAPACK gesdd on
     CPU, cuSOLVER's default on CUDA); ``"gesvd"``, ``"gesvdj"``, ``"gesvda"`` cuSOLVER drivers."""
