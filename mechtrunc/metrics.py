@@ -12,7 +12,6 @@ Given the logits at each read item of a :class:`~mechtrunc.prompts.PromptSet`:
 
 from __future__ import annotations
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -22,7 +21,31 @@ from mechtrunc.interventions import Intervention
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits
 
-__all__ = ["metrics_from_logits", "evaluate", "sweep", "masked_cross_entropy"]
+__all__ = ["metrics_from_logits", "item_metrics", "evaluate", "sweep", "masked_cross_entropy"]
+
+
+def item_metrics(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, Tensor]:
+    """Per-item values ``[item]`` of every metric (see module docstring) except ``n_items``:
+    :func:`metrics_from_logits` is their mean.  Useful to score a prompt set in chunks."""
+    if logits.shape[0] != len(prompts):
+        raise ValueError(f"{logits.shape[0]} logit rows for {len(prompts)} items")
+    logits = logits.float()
+    answer = prompts.answer.to(logits.device)
+    comps = prompts.competitors.to(logits.device)
+    logp = logits.log_softmax(-1)
+    la = logits.gather(1, answer[:, None]).squeeze(1)
+    lpa = logp.gather(1, answer[:, None]).squeeze(1)
+    out = {
+        "accuracy": (logits.argmax(-1) == answer).float(),
+        "p_answer": lpa.exp(),
+        "loss": -lpa,
+    }
+    for j, name in enumerate(prompts.competitor_names):
+        lc = logits.gather(1, comps[:, j : j + 1]).squeeze(1)
+        out[f"p_{name}"] = logp.gather(1, comps[:, j : j + 1]).squeeze(1).exp()
+        out[f"acc_vs_{name}"] = (la > lc).float()
+        out[f"logit_diff_{name}"] = la - lc
+    return out
 
 
 def metrics_from_logits(
@@ -35,31 +58,16 @@ def metrics_from_logits(
         raise ValueError(f"{logits.shape[0]} logit rows for {len(prompts)} items")
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
-    logits = logits.float()
-    answer = prompts.answer.to(logits.device)
-    comps = prompts.competitors.to(logits.device)
+    per_item = item_metrics(logits, prompts)
     if weights is None:
-        mean = lambda t: t.float().mean().item()
+        mean = lambda t: t.mean().item()
     else:
         w = torch.as_tensor(weights, device=logits.device).reshape(-1).float()
         if w.shape[0] != len(prompts) or bool((w < 0).any()) or float(w.sum()) <= 0:
             raise ValueError(f"weights must be {len(prompts)} non-negative numbers with a positive sum")
         w = w / w.sum()
-        mean = lambda t: (t.float() * w).sum().item()
-    logp = logits.log_softmax(-1)
-    la = logits.gather(1, answer[:, None]).squeeze(1)
-    out = {
-        "n_items": float(len(prompts)),
-        "accuracy": mean(logits.argmax(-1) == answer),
-        "p_answer": mean(logp.gather(1, answer[:, None]).squeeze(1).exp()),
-        "loss": mean(-logp.gather(1, answer[:, None]).squeeze(1)),
-    }
-    for j, name in enumerate(prompts.competitor_names):
-        lc = logits.gather(1, comps[:, j : j + 1]).squeeze(1)
-        out[f"p_{name}"] = mean(logp.gather(1, comps[:, j : j + 1]).squeeze(1).exp())
-        out[f"acc_vs_{name}"] = mean(la > lc)
-        out[f"logit_diff_{name}"] = mean(la - lc)
-    return out
+        mean = lambda t: (t * w).sum().item()
+    return {"n_items": float(len(prompts)), **{k: mean(v) for k, v in per_item.items()}}
 
 
 def evaluate(
@@ -68,6 +76,8 @@ def evaluate(
 ) -> pd.DataFrame:
     """One-row DataFrame of metrics on ``prompts`` with the interventions active (``weights``:
     optional per-item weights, see :func:`metrics_from_logits`)."""
+    import pandas as pd  # (here, not at the top: the grid engine and the CLI's startup avoid it)
+
     logits = item_logits(model, prompts, *interventions, batch_size=batch_size)
     row = metrics_from_logits(logits, prompts, weights=weights)
     name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
@@ -82,6 +92,8 @@ def sweep(
     :meth:`~mechtrunc.interventions.Intervention.describe` columns (kind, layer, matrix, keep...)
     next to the metrics.  For resumable LASER grids on large models see
     :func:`mechtrunc.studies.truncation_study`."""
+    import pandas as pd
+
     entries = list(interventions)
     if progress:
         from tqdm.auto import tqdm

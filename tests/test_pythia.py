@@ -76,7 +76,7 @@ def ioi_study(bridge, ioi):
     counter = _Counter()
     studies_grid.evaluate = counter
     try:
-        df = truncation_study(bridge, ioi, keeps=KEEPS, progress=False)
+        df = truncation_study(bridge, ioi, keeps=KEEPS, progress=False, mode="weight")  # one evaluate each
     finally:
         studies_grid.evaluate = counter._orig
     return df, counter.calls
@@ -296,7 +296,7 @@ def test_truncation_study_validates_everything_requested(bridge, ioi):
 
 
 def test_truncation_study_resumes(bridge, ioi, tmp_path, monkeypatch):
-    kw = dict(layers=[1], keeps=(1, 0.5, 0.2, 0.1, 0), progress=False, out=tmp_path)
+    kw = dict(layers=[1], keeps=(1, 0.5, 0.2, 0.1, 0), progress=False, out=tmp_path, mode="weight")
     first = _Counter()
     monkeypatch.setattr(studies_grid, "evaluate", first)
     df1 = truncation_study(bridge, ioi, **kw)

@@ -33,6 +33,10 @@ __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "a
 
 DEFAULT_KEEPS = (1, 0.5, 0.2, 0.1, 0.05, 0.01)
 DEFAULT_MATRICES = ("mlp.W_in", "mlp.W_out")
+#: how a grid is evaluated: "engine" (default; :mod:`mechtrunc.studies.engine`: cached clean
+#: residuals, all keeps of a layer in one batched forward, logits only where read), or one
+#: reference evaluation per configuration with "weight" (LASER's dense write-back) or "hook"
+MODES = ("engine", "weight", "hook")
 
 
 def _keep_key(keep: float) -> float:
@@ -109,7 +113,7 @@ class Grid:
     keeps: tuple[float, ...] = DEFAULT_KEEPS
     rule: str = "round"
     svd: str = "exact"
-    mode: str = "weight"
+    mode: str = "engine"
 
     def __post_init__(self):
         if self.layers is not None:
@@ -120,12 +124,23 @@ class Grid:
         for k in self.keeps:
             if not 0.0 <= k <= 1.0:
                 raise ValueError(f"keep must be in [0, 1], got {k!r}")
-        Truncate(DEFAULT_MATRICES[0], layer=0, keep=0.5, rule=self.rule, svd="exact", mode=self.mode)  # rule, mode
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        Truncate(DEFAULT_MATRICES[0], layer=0, keep=0.5, rule=self.rule, svd="exact", mode=self.truncate_mode)  # rule
         if self.svd not in ("exact", "randomized"):
             raise ValueError(f"unknown svd method {self.svd!r}; valid: 'exact', 'randomized'")
+        if self.mode == "engine" and self.svd != "exact":
+            raise ValueError(f"mode 'engine' computes exact decompositions; give svd='exact' (not {self.svd!r}) "
+                             "or mode='weight' / 'hook'")
         for m in self.matrices:
             if m not in MATRICES:
                 raise ValueError(f"unknown matrix {m!r}; valid matrices: {', '.join(MATRICES)}")
+
+    @property
+    def truncate_mode(self) -> str:
+        """The :class:`~mechtrunc.Truncate` mode that reproduces one configuration (the engine's
+        rows equal hook mode's, which equals weight mode's)."""
+        return "hook" if self.mode == "engine" else self.mode
 
     def resolve(self, model) -> tuple[list[int], list[str], list[float]]:
         """The grid's (layers, matrices, keeps) checked against ``model`` (ValueError naming
@@ -145,6 +160,7 @@ def evaluate_grid(
     batch_size: int = 32,
     store: _RowStore | None = None,
     progress: bool = False,
+    svd_cache: str | os.PathLike | None = None,
 ) -> list[dict]:
     """Evaluate the unmodified model and every configuration of ``grid`` on ``prompts``.
 
@@ -153,6 +169,13 @@ def evaluate_grid(
     (layer, matrix, keep) in grid order, with the columns of :func:`truncation_study`.
     ``store`` (optional) supplies rows already computed and receives each new one as soon as it
     is finished.  Identity configurations (kept rank = maximum rank) reuse the baseline.
+
+    ``grid.mode == "engine"`` computes the rows with :func:`mechtrunc.studies.engine.evaluate_grid`
+    (the same numbers as one ``evaluate`` per configuration, to about 1e-6 in float32; rows arrive
+    a layer at a time, ``seconds`` is the time since the previous row; forwards of up to
+    ``max(batch_size, 256)`` (prompt, configuration) rows); ``svd_cache`` is a directory of its
+    decompositions keyed by the weights' hash, so a rerun or a second grid on the same
+    checkpoint computes none.
     """
     adapter = adapt(model)
     layers, matrices, keeps = grid.resolve(model)
@@ -167,11 +190,31 @@ def evaluate_grid(
         for m in matrices:
             max_rank = _max_rank(adapter, m, layer)
             for keep in keeps:
-                iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode=mode)
+                iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode=grid.truncate_mode)
                 configs.append((layer, m, keep, iv, iv.ranks(adapter, max_rank)[0], max_rank))
     todo = [g for g in configs if store.get((g[0], g[1], _keep_key(g[2]))) is None and g[4] != g[5]]
     need_base = store.get(("baseline",)) is None
     bar = _progress(len(todo) + int(need_base), "truncation", progress)
+
+    if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
+        from mechtrunc.studies import engine
+
+        labels = {(g[0], g[1], _keep_key(g[2])): (g[2], g[3].label) for g in todo}
+        t0 = time.perf_counter()
+        for r in engine.evaluate_grid(model, prompts, [(g[0], g[1], g[2]) for g in todo], rule=rule,
+                                      batch_size=max(batch_size, 256), svd_cache=svd_cache, baseline=need_base):
+            seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+            if r.baseline:
+                desc = {"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None,
+                        "max_rank": None, "identity": False, **common, "intervention": "full"}
+            else:
+                keep, label = labels[(r.layer, r.matrix, _keep_key(r.keep))]
+                desc = {"baseline": False, "layer": r.layer, "matrix": r.matrix, "keep": keep, "rank": r.rank,
+                        "max_rank": r.max_rank, "identity": False, **common, "intervention": label}
+            store.add({**desc, **r.metrics, "seconds": seconds})
+            if bar is not None:
+                bar.update(1)
+        need_base = False
 
     if need_base:
         t0 = time.perf_counter()
@@ -219,8 +262,9 @@ def truncation_study(
     batch_size: int = 32,
     out: str | os.PathLike | None = None,
     progress: bool = True,
-    mode: str = "weight",
+    mode: str = "engine",
     info: dict | None = None,
+    svd_cache: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Evaluate every ``Truncate(matrix, layer, keep)`` of the grid on ``prompts``.
 
@@ -238,8 +282,11 @@ def truncation_study(
             ValueError.
         keeps: fractions of the maximum rank in [0, 1] (rounded by ``rule``, see
             :func:`mechtrunc.rank_for_keep`); 0 removes the matrix.
-        rule, svd, mode: passed to :class:`mechtrunc.Truncate` (``mode="hook"`` reuses one SVD
-            per matrix across keeps; ``"weight"``, the default, rewrites the weight as LASER does).
+        rule, svd: passed to :class:`mechtrunc.Truncate`.
+        mode: ``"engine"`` (default): :mod:`mechtrunc.studies.engine` (see :func:`evaluate_grid`),
+            the same table as one reference evaluation per configuration, faster; ``"weight"``
+            rewrites the weight as LASER does, ``"hook"`` projects the matrix's output (one SVD per
+            matrix across keeps), one evaluation per configuration each.
         out: a directory; finished rows are appended to ``out/rows.jsonl`` and a rerun with the
             same settings skips them; at the end ``out/truncation.csv`` and
             ``out/truncation.parquet`` hold the returned table.
@@ -247,6 +294,8 @@ def truncation_study(
         info: extra entries for ``study.json``'s ``info`` (not compared on resume), e.g. the
             ``task``, ``n`` and ``seed`` the prompts were built from, so ``mechtrunc report`` can
             rebuild them.
+        svd_cache: ``mode="engine"``: the directory of cached decompositions (default
+            ``out/svd_cache`` when ``out`` is given).
     """
     grid = Grid(layers=layers, matrices=matrices, keeps=keeps, rule=rule, svd=svd, mode=mode)
     grid.resolve(model)  # every bad value raises before anything is written
@@ -258,7 +307,10 @@ def truncation_study(
             "info": {"model_name": str(getattr(cfg, "model_name", type(model).__name__)),
                      "revision": getattr(cfg, "revision", None), **(info or {})}}
     store = _RowStore(out, meta, _study_key)
-    rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress)
+    if svd_cache is None and out is not None and mode == "engine":
+        svd_cache = os.path.join(out, "svd_cache")
+    rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress,
+                         svd_cache=svd_cache)
     df = _tidy(pd.DataFrame(rows))
     _write_tables(df, out, "truncation")
     return df
@@ -315,7 +367,8 @@ def as_truncate(config: dict) -> Truncate:
     missing = [k for k in ("layer", "matrix", "keep") if k not in config]
     if missing:
         raise ValueError(f"configuration {config!r} lacks {', '.join(missing)}")
+    mode = config.get("mode", "weight")
     return Truncate(config["matrix"], layer=int(config["layer"]), keep=float(config["keep"]),
                     rule=config.get("rule", "round"), svd=config.get("svd", "exact"),
-                    mode=config.get("mode", "weight"))
+                    mode="hook" if mode == "engine" else mode)
 
