@@ -152,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     from mechtrunc import cli_pythia
 
     cli_pythia.add_commands(sub)
+
+    # the associative-memory group (issue 7); `dynamics` lives in cli_dynamics
+    from mechtrunc import cli_dynamics
+
+    memory = sub.add_parser("memory", help="associative-memory models: training dynamics",
+                            description="Associative-memory models of the FFN / attention split.")
+    memory_sub = memory.add_subparsers(dest="memory_command", metavar="SUBCOMMAND")
+    memory_sub.required = True
+    cli_dynamics.add_parser(memory_sub)
     return parser
 
 

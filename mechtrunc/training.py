@@ -20,6 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -159,8 +160,16 @@ def batch_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63 - 1)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
-    """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``."""
+def train(
+    cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
+    callback: Callable[[int, ToyTransformer], dict] | None = None,
+) -> TrainResult:
+    """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``.
+
+    ``callback(step, model)``, if given, is called at every evaluation (model in eval mode,
+    under ``torch.no_grad``) and returns extra history columns for that row (e.g.
+    :class:`mechtrunc.dynamics.ToyDynamicsRecorder`); it does not change the other columns.
+    Its time counts in the next rows' ``seconds``."""
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
@@ -227,6 +236,9 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = 
                 row.update({f"{variant}_{k}": v for k, v in m.items()})
             row["trigger_margin"] = trigger_margin(model, task.fixed_triggers, task.config.noise_id)
             row["seconds"] = time.perf_counter() - t0
+            if callback is not None:
+                with torch.no_grad():
+                    row.update(callback(step, model))
             rows.append(row)
             running, n_running = torch.zeros((), device=device), 0
             model.train()
