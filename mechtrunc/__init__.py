@@ -15,6 +15,6 @@ from mechtrunc.toy_model import ToyConfig, ToyTransformer
 from mechtrunc.training import PRESETS, TrainConfig, evaluate_toy, load_run, preset, train
 from mechtrunc.viz import attention_html, plot_attribution, plot_history
 
-from mechtrunc import pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies...)
+from mechtrunc import dynamics, pythia, studies  # noqa: E402  (submodules: mt.pythia.load_model, mt.studies, mt.dynamics...)
 
 __version__ = "0.1.0"

@@ -393,13 +393,17 @@ class MinimalResult:
     order: dict = field(default_factory=dict)
 
 
-def _evaluate_minimal(model: MinimalModel, prompts: PromptSet, clean: RecallBatch) -> dict[str, float]:
+def _evaluate_minimal(model: MinimalModel, prompts: PromptSet, clean: RecallBatch,
+                      noisy: PromptSet | None = None) -> dict[str, float]:
     row = {}
     for name, ivs in (("full", ()), ("ff_removed", (Ablate("mlp", layer=0),)), ("attn_removed", (Ablate("attn", layer=0),))):
         m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=len(prompts.tokens)), prompts)
         row.update({f"{name}_accuracy": m["accuracy"], f"{name}_p_noise": m["p_noise"],
                     f"{name}_p_correct": m["p_answer"]})
     row["induction_score"] = induction_score(model, clean, layer=0)
+    if noisy is not None:  # the training distribution: P(noise) should approach alpha there
+        m = metrics_from_logits(item_logits(model, noisy, batch_size=len(noisy.tokens)), noisy)
+        row["noisy_p_noise"] = m["p_noise"]
     return row
 
 
@@ -408,7 +412,8 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
 
     History (one row per evaluation, ``step`` 0 = initialisation): clean-test ``full_*``,
     ``ff_removed_*`` (FF output zeroed with ``mt.Ablate("mlp", layer=0)``) and ``attn_removed_*``
-    metrics (``accuracy``, ``p_noise``, ``p_correct``), ``induction_score``, the gradient
+    metrics (``accuracy``, ``p_noise``, ``p_correct``), ``noisy_p_noise`` (the full model's
+    P(noise) on held-out sequences of the training distribution), ``induction_score``, the gradient
     signals of the step's training batch (``signal_W_F`` ...) and, with ``snr_batches``, the SNR
     over that many fresh batches (``snr_W_F`` ...).  Seeded: the same config gives the same
     history."""
@@ -418,6 +423,7 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
     model = MinimalModel(cfg)
     clean = task.test_set(cfg.test_size, seed=cfg.seed + 10_000)
     prompts = clean.to_prompts()
+    noisy = task.sample(cfg.test_size, seed=cfg.seed + 30_000).to_prompts(clean=False)
     D = copy_directions(model, task)
     params = list(_params(model).values())
     opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd" else torch.optim.Adam(params, lr=cfg.lr))
@@ -428,7 +434,7 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
     def record(step: int, sig: dict) -> None:
         model.eval()
         with torch.no_grad():
-            row = {"step": step, **_evaluate_minimal(model, prompts, clean)}
+            row = {"step": step, **_evaluate_minimal(model, prompts, clean, noisy)}
         row.update({k: v for k, v in sig.items()})
         if cfg.snr_batches:
             snr = gradient_snr(model, task, cfg.batch_size, cfg.snr_batches, seed=cfg.seed + 7919 * (step + 1))

@@ -196,19 +196,21 @@ def test_induction_score_uniform_and_perfect():
 
 
 def test_short_run_ff_learns_noise_before_attention_copies():
-    cfg = _tiny(alpha=0.5, seq_len=32, batch_size=16, lr=5.0, steps=150, eval_every=5, dtype="float32",
-                test_size=32)
+    # tiny Shakespeare's 65 tokens, orthonormal embeddings in d = 130, T = 32
+    cfg = MinimalConfig(d_model=130, seq_len=32, batch_size=16, lr=5.0, steps=150, eval_every=10, test_size=24)
     res = train_minimal(cfg)
     o = res.order
+    # measured: step_noise 10, step_icl 120 (evaluations every 10 steps)
     assert o["ff_first"] and not math.isnan(o["step_icl"])
-    assert o["step_noise"] <= 10 and o["step_icl"] >= 2 * o["step_noise"]
+    assert o["step_noise"] <= 10 and o["step_icl"] >= 50
     h = res.history
-    # same config, same history
-    again = train_minimal(cfg).history
-    pd.testing.assert_frame_equal(h.drop(columns="seconds"), again.drop(columns="seconds"))
-    # at the end, removing the FF raises P(correct) over the full model (the FF holds the noise)
+    assert h["induction_score"].iloc[-1] > 0.8 > 0.2 > h["induction_score"].iloc[0]
     last = h.iloc[-1]
-    assert last["ff_removed_p_noise"] < last["full_p_noise"] - 0.2
+    assert last["ff_removed_p_noise"] < last["full_p_noise"] - 0.2  # the FF holds the noise
+    # seeded: the same config gives the same history
+    again = train_minimal(MinimalConfig(**{**cfg.to_dict(), "steps": 20})).history
+    pd.testing.assert_frame_equal(h.drop(columns="seconds").iloc[: len(again)],
+                                  again.drop(columns="seconds"), check_exact=False, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,3 +258,45 @@ def test_component_attributions_add_up_to_the_ffn_contribution(trained_toy):
     kept = comp[(comp["matrix"] == "mlp.W_out") & (comp["which"] == "W")].sort_values("component")
     assert summ.loc["mlp.W_out", "noise_kept"] == pytest.approx(
         kept["noise_attr"].iloc[:4].sum() / kept["noise_attr"].sum())
+
+
+# ------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["memory", "dynamics", "--alpha", "1.5"], "expected a number in [0, 1]"),
+    (["memory", "dynamics", "--embeddings", "sphere"], "unknown embeddings 'sphere'"),
+    (["memory", "dynamics", "--vocab-size", "200", "--d-model", "64"], "d_model >= 2 * vocabulary = 400"),
+    (["memory", "dynamics", "--seq-len", "1"], "seq_len must be >= 2"),
+    (["memory", "dynamics", "--snr-batches", "1"], "--snr-batches must be >= 2"),
+    (["memory", "dynamics", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
+])
+def test_cli_bad_input_exits_2(argv, message, capsys):
+    from mechtrunc.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_json_summary(tmp_path, capsys):
+    import json
+
+    from mechtrunc.cli import main
+
+    argv = ["memory", "dynamics", "--vocab-size", "8", "--d-model", "16", "--seq-len", "24", "--batch-size", "8",
+            "--steps", "4", "--eval-every", "2", "--snr-batches", "3", "--json", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["order"]) >= {"step_noise", "step_icl", "ff_first"}
+    assert summary["snr_init"]["W_KQ"]["mean"] == 0.0
+    assert summary["config"]["vocab_size"] == 8 and summary["config"]["bigrams"] == "random"
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["step"]) == [0, 2, 4]
+    with pytest.raises(SystemExit) as info:
+        main(["memory", "dynamics", "--help"])
+    assert info.value.code == 0
