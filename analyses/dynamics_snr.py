@@ -53,7 +53,8 @@ def main() -> None:
         if sweep == "seq_len":
             dk = table[(table["sweep"] == "seq_len (W_OV copies)") & (table["memory"] == "W_KQ")]
             ax.plot(dk[col], dk["snr"], "s--", color=colors["W_KQ"], label="W_KQ once W_OV copies")
-        ax.set_xscale("log", base=2)
+        if col != "alpha":
+            ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel); ax.set_ylabel("SNR = mean / std over batches")
         ax.axhline(0, color="k", lw=0.5)
         ax.legend(fontsize=7)
