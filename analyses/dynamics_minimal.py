@@ -18,19 +18,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+import torch
+
 import mechtrunc as mt
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/analyses", help="output directory")
-    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--alpha", type=float, default=0.5, help="noise probability (default 0.5)")
     p.add_argument("--seq-len", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: these models are small, one thread is fastest)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    cfg = mt.dynamics.MinimalConfig(alpha=args.alpha, seq_len=args.seq_len, steps=args.steps, lr=5.0,
+    cfg = mt.dynamics.MinimalConfig(alpha=args.alpha, seq_len=args.seq_len, steps=args.steps, lr=2.5,
                                     eval_every=10, seed=args.seed)
     res = mt.dynamics.train_minimal(cfg)
     out = Path(args.out)

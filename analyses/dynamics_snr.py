@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+import torch
+
 import mechtrunc as mt
 
 
@@ -25,7 +27,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/analyses", help="output directory")
     p.add_argument("--n-batches", type=int, default=16, help="independent batches per point (default 16)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: these models are small, one thread is fastest)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     base = mt.dynamics.MinimalConfig(seq_len=64, batch_size=32)
     n = args.n_batches

@@ -26,6 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+import torch
+
 import mechtrunc as mt
 
 
@@ -35,7 +37,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000, help="training steps of the cpu preset (default 1000)")
     p.add_argument("--eval-every", type=int, default=50, help="evaluation / snapshot interval (default 50)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: these models are small, one thread is fastest)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     cfg = mt.preset("cpu", steps=args.steps, eval_every=args.eval_every, seed=args.seed)
     res, spectra = mt.dynamics.train_toy_with_dynamics(cfg)

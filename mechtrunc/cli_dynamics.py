@@ -53,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="embedding dimension (default 160, or 2 x vocabulary when larger)")
     p.add_argument("--embeddings", default="orthonormal", help="orthonormal (default) or gaussian")
     p.add_argument("--optimizer", default="sgd", help="sgd (default) or adam")
-    p.add_argument("--lr", type=float, default=10.0, help="learning rate (default 10, SGD)")
+    p.add_argument("--lr", type=float, default=2.5, help="learning rate (default 2.5, SGD)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per step (default 32)")
     p.add_argument("--steps", type=_positive_int, default=300, help="training steps (default 300)")
     p.add_argument("--eval-every", type=_positive_int, default=10, help="evaluate every N steps (default 10)")

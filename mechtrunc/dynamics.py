@@ -100,7 +100,7 @@ class MinimalConfig:
     dtype: str = "float32"
     # training
     optimizer: str = "sgd"
-    lr: float = 10.0
+    lr: float = 2.5
     batch_size: int = 32
     steps: int = 300
     eval_every: int = 10
