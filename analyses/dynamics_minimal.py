@@ -55,7 +55,7 @@ def main() -> None:
         if s == s:
             ax1.axvline(s, color=c, lw=0.8, alpha=0.6)
             ax1.text(s, 1.02, f"{name}\nstep {s:g}", color=c, fontsize=7, ha="center", va="bottom")
-    ax1.set_xlabel("step"); ax1.set_ylim(0, 1.15); ax1.legend(fontsize=7, loc="center right")
+    ax1.set_xlabel("step"); ax1.set_ylim(0, 1.15); ax1.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.92))
     ax1.set_title(f"minimal model, clean test (alpha={cfg.alpha}, T={cfg.seq_len})", fontsize=9, pad=22)
     steps = h["step"][1:]
     for name, c in (("W_F", "C3"), ("W_OV", "C0"), ("W_KQ", "C1")):
