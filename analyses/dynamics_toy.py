@@ -84,8 +84,7 @@ def main() -> None:
                         cmap="Reds", vmin=0, vmax=1, s=18, zorder=3, edgecolor="k", lw=0.3)
         for st, comp, sv in zip(top["step"].iloc[::4], top["component"].iloc[::4], top["singular_value"].iloc[::4]):
             ax.annotate(str(int(comp)), (st, sv), fontsize=6, xytext=(2, 3), textcoords="offset points")
-        ax.set_title(f"layer-2 {m} ({which}): singular values; dot = most noise-carrying component (index shown)",
-                     fontsize=7)
+        ax.set_title(f"layer-2 {m} ({which}); dot: top noise component", fontsize=8)
         ax.set_yscale("log")
         if i == 1:
             ax.set_xlabel("step")
