@@ -300,3 +300,18 @@ def test_cli_json_summary(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["memory", "dynamics", "--help"])
     assert info.value.code == 0
+
+
+def test_minimal_analysis_script(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "analyses" / "dynamics_minimal.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--steps", "20"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hist = pd.read_csv(tmp_path / "dynamics_minimal_history.csv")
+    assert list(hist["step"]) == [0, 10, 20]
+    assert hist["full_p_noise"].iloc[-1] > 0.25  # the FF has the noise by step 20
+    assert (tmp_path / "dynamics_minimal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
