@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["attention_html", "plot_attribution", "plot_history"], "mechtrunc.viz"),
 }
 #: submodules reachable as attributes (``mt.pythia.load_model``, ``mt.studies...``)
-_SUBMODULES = ("memory", "pythia", "report", "studies")
+_SUBMODULES = ("dynamics", "memory", "pythia", "report", "studies")
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 

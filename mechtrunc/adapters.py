@@ -349,7 +349,9 @@ _ATTR = "_mechtrunc_adapter"
 
 def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     """The adapter of a toy model or a ``TransformerBridge``, created once and kept on the model
-    itself (so it is freed with the model)."""
+    itself (so it is freed with the model).  Another model class can take part by exposing a
+    ``mechtrunc_adapter`` attribute: the :class:`ModelAdapter` subclass to build for it (as
+    :class:`mechtrunc.dynamics.MinimalModel` does)."""
     if isinstance(model, ModelAdapter):
         return model
     hit = model.__dict__.get(_ATTR)
@@ -358,8 +360,11 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
     from mechtrunc.memory import LinearMemory
     from mechtrunc.toy_model import ToyTransformer
 
-    if isinstance(model, ToyTransformer):
-        adapter: ModelAdapter = ToyAdapter(model)
+    own = getattr(type(model), "mechtrunc_adapter", None)  # a model class may name its adapter class
+    if own is not None:
+        adapter: ModelAdapter = model.mechtrunc_adapter(model)
+    elif isinstance(model, ToyTransformer):
+        adapter = ToyAdapter(model)
     elif isinstance(model, LinearMemory):
         adapter = MemoryAdapter(model)
     elif type(model).__name__ == "TransformerBridge" or hasattr(model, "adapter") and hasattr(model, "blocks"):

@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_pythia.add_commands(sub)
     from mechtrunc import cli_memory
 
-    cli_memory.add_commands(sub)
+    from mechtrunc import cli_dynamics
+
+    cli_dynamics.add_parser(cli_memory.add_commands(sub))  # memory train | spectrum | dynamics
     cli_report.add_commands(sub)
     return parser
 

@@ -20,6 +20,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -186,23 +187,31 @@ def batch_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63 - 1)
 
 
-def train(cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
+    callback: Callable[[int, ToyTransformer], dict] | None = None,
+) -> TrainResult:
     """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``.
+
+    ``callback(step, model)``, if given, is called at every evaluation (model in eval mode,
+    under ``torch.no_grad``) and returns extra history columns for that row (e.g.
+    :class:`mechtrunc.dynamics.ToyDynamicsRecorder`); it does not change the other columns.
+    Its time counts in the next rows' ``seconds``.
 
     With ``cfg.threads`` set (the ``cpu`` preset uses 1), torch runs on that many CPU threads
     during the call: at the cpu preset's sizes one thread is faster than two, and the numbers then
     do not depend on how many cores the machine has."""
     if cfg.threads is None:
-        return _train(cfg, out_dir, progress)
+        return _train(cfg, out_dir, progress, callback)
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, out_dir, progress)
+        return _train(cfg, out_dir, progress, callback)
     finally:
         torch.set_num_threads(before)
 
 
-def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool) -> TrainResult:
+def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callback) -> TrainResult:
     device = torch.device(check_device(cfg.device))
     torch.manual_seed(cfg.seed)
     if cfg.precision == "tf32":
@@ -272,6 +281,9 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool) -> Trai
                 row.update({f"{variant}_{k}": v for k, v in m.items()})
             row["trigger_margin"] = trigger_margin(model, task.fixed_triggers, task.config.noise_id)
             row["seconds"] = time.perf_counter() - t0
+            if callback is not None:
+                with torch.no_grad():
+                    row.update(callback(step, model))
             rows.append(row)
             running, n_running = torch.zeros((), device=device), 0
             model.train()

@@ -10,7 +10,8 @@ import pytest
 from mechtrunc.cli import main
 
 SUBCOMMANDS = [[], ["demo"], ["toy"], ["toy", "train"], ["toy", "eval"], ["pythia"], ["pythia", "truncate"],
-               ["pythia", "checkpoints"]]
+               ["pythia", "checkpoints"], ["memory"], ["memory", "train"], ["memory", "spectrum"],
+               ["memory", "dynamics"], ["report"]]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=lambda c: " ".join(c) or "top")
