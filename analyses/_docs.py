@@ -49,6 +49,29 @@ def render_attribution(df: pd.DataFrame) -> str:
 
 _METRICS = {"accuracy": "accuracy", "p_noise": "P(noise)", "p_answer": "P(correct)"}
 
+#: paper-notes' reference numbers (the authors' model code, paper configuration, about 1,200
+#: iterations on an H200): variant -> (accuracy, P(noise), P(correct))
+PAPER_REFERENCE = {
+    "full model": ("0.53", "0.50", "0.50"),
+    "layer-2 FFN removed": ("0.992", "0.0005", "0.98"),
+    "layer-2 FFN W_in keep 0.1": ("0.999", "0.02", "0.97"),
+    "layer-2 FFN W_in keep 0.2": ("1.00", "0.08", "0.92"),
+    "layer-2 FFN W_out keep 0.1": ("0.02", "0.73", "0.28"),
+    "layer-1 FFN removed": ("0.02", "0.75", "0.24"),
+    "layer-2 attention W_V keep 0.1": ("0.03", "0.73", "0.27"),
+}
+
+
+def render_paper(_df=None) -> str:
+    """The paper preset's truncation table at 1250 and 5000 iterations next to the reference."""
+    at = {step: pd.read_csv(DATA / f"paper_h100_{step}_truncation.csv").set_index("variant") for step in (1250, 5000)}
+    rows = []
+    for variant, ref in PAPER_REFERENCE.items():
+        cells = [" / ".join(f"{at[s].loc[variant, m]:.3f}" for m in _METRICS) for s in (1250, 5000)]
+        rows.append([variant, *cells, " / ".join(ref)])
+    return table(["variant", "step 1250: accuracy / P(noise) / P(correct)", "step 5000", "reference (about 1,200 steps)"],
+                 rows)
+
 #: block name -> (CSV in docs/data, renderer)
 BLOCKS = {
     "cpu-seeds": ("cpu_seeds_truncation.csv", render_seeds),
@@ -57,6 +80,7 @@ BLOCKS = {
         "accuracy": "accuracy", "p_noise": "P(noise)", "p_correct": "P(correct)",
         "train_distribution_loss": "loss on the training distribution"})),
     "cpu-attribution": ("cpu_attribution.csv", render_attribution),
+    "paper-h100": ("paper_h100_5000_truncation.csv", render_paper),
 }
 
 

@@ -7,8 +7,10 @@ checkpoints to local disk (``save_pretrained``, the dtype of the run), then for 
 measures, as ``mechtrunc.studies.checkpoint_study`` spends them:
 
 - load: ``load_model(DIR, device, dtype)`` (disk -> host -> device, bridge boot);
-- svd: the exact SVD of every grid matrix (computed once per checkpoint and cached);
-- grid: ``evaluate_grid`` (the baseline + every configuration), SVDs already cached.
+- svd: with ``--mode weight`` or ``hook``, the exact SVD of every grid matrix (computed once per
+  checkpoint and cached); with ``--mode engine`` (the default, as in ``checkpoint_study``) the
+  engine's own decompositions happen inside the grid step and this is 0;
+- grid: ``evaluate_grid`` (the baseline + every configuration).
 
 It then projects the whole study: on one GPU with the local executor (the next checkpoint is
 loaded while the current one is evaluated, so a checkpoint costs max(load, svd + grid)), and on
@@ -94,6 +96,8 @@ def main() -> None:
                    help="assumed Ray cluster + worker start-up (imports) in the projection")
     p.add_argument("--disk-gbps", type=float, default=2.0, help="assumed cold read bandwidth of the local disk")
     p.add_argument("--no-validate", action="store_true", help="skip the end-to-end checkpoint_study run")
+    p.add_argument("--mode", choices=("engine", "weight", "hook"), default="engine",
+                   help="how each checkpoint's grid is evaluated (default engine, as checkpoint_study does)")
     p.add_argument("--workdir", default=None, help="where to write the checkpoints (default a temporary dir)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args()
@@ -121,7 +125,7 @@ def main() -> None:
     prompts = mt.PromptSet(tokens=torch.randint(0, v, (n, T), generator=g), rows=torch.arange(n),
                            pos=torch.full((n,), T - 1), answer=torch.randint(0, v, (n,), generator=g),
                            competitors=torch.randint(0, v, (n, 1), generator=g), competitor_names=("the",))
-    grid = Grid(matrices=("mlp.W_in", "mlp.W_out"), keeps=tuple(args.keeps))
+    grid = Grid(matrices=("mlp.W_in", "mlp.W_out"), keeps=tuple(args.keeps), mode=args.mode)
     n_configs = n_layers * 2 * len(args.keeps)
     n_eval = n_layers * 2 * sum(1 for k in args.keeps if k < 1)
 
@@ -137,9 +141,10 @@ def main() -> None:
         adapter = mt.adapt(model)
         sync(device)
         t0 = time.perf_counter()
-        for layer in range(n_layers):
-            for m in grid.matrices:
-                adapter.svd(adapter.matrix(m, layer), "exact")
+        if grid.mode != "engine":  # the reference modes reuse one cached SVD per matrix
+            for layer in range(n_layers):
+                for m in grid.matrices:
+                    adapter.svd(adapter.matrix(m, layer), "exact")
         sync(device)
         t_svd = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -167,7 +172,7 @@ def main() -> None:
     # pessimistic: the G concurrent loads share one disk's bandwidth
     ray_cold = args.ray_startup_s + rounds * (max(cold_load, G * size_gb / args.disk_gbps) + svd + grd)
     proj = {
-        "shape": args.shape, "device": str(device), "dtype": str(dtype), "checkpoint_gb": size_gb,
+        "mode": grid.mode, "shape": args.shape, "device": str(device), "dtype": str(dtype), "checkpoint_gb": size_gb,
         "prompts": n, "tokens": T, "layers": n_layers, "keeps": args.keeps, "configurations": n_configs,
         "evaluated_configurations": n_eval, "measured": rows, "per_checkpoint_mean": mean,
         "projection_s": {"one_gpu_no_prefetch": one_seq, "one_gpu_prefetch": one_pref,
