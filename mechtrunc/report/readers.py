@@ -85,8 +85,29 @@ def _html_summary(title: str, lines: list[str], df=None, max_rows: int = 12) -> 
     return f"<div><b>{esc(title)}</b><ul>{items}</ul>{table}</div>"
 
 
+class _Result:
+    """What every result object shares: :meth:`report` writes its HTML page."""
+
+    directory: Path
+
+    def report(self, **kwargs):
+        """``mt.report(self.directory, **kwargs)``: write (and return) this result's report."""
+        from mechtrunc.report import report
+
+        return report(self.directory, **kwargs)
+
+
+class _StudyResult(_Result):
+    study: dict
+
+    @property
+    def info(self) -> dict:
+        """``study.json``'s ``info`` entry (model name, revision, task...)."""
+        return self.study.get("info", {}) or {}
+
+
 @dataclass
-class ToyRun:
+class ToyRun(_Result):
     """A trained toy run directory."""
 
     directory: Path
@@ -104,11 +125,6 @@ class ToyRun:
 
         return load_run(self.directory, device=device)
 
-    def report(self, **kwargs):
-        from mechtrunc.report import report
-
-        return report(self.directory, **kwargs)
-
     def _repr_html_(self) -> str:
         t = self.train
         lines = [f"directory: {self.directory}",
@@ -122,7 +138,7 @@ class ToyRun:
 
 
 @dataclass
-class TruncationResults:
+class TruncationResults(_StudyResult):
     """A truncation study directory: the table (one row per layer x matrix x keep, plus the
     baseline row), ``study.json`` and, when written, ``best.json`` and the attribution change."""
 
@@ -134,15 +150,6 @@ class TruncationResults:
     kind: str = "truncation"
     incomplete: str | None = None
 
-    @property
-    def info(self) -> dict:
-        return self.study.get("info", {}) or {}
-
-    def report(self, **kwargs):
-        from mechtrunc.report import report
-
-        return report(self.directory, **kwargs)
-
     def _repr_html_(self) -> str:
         lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
                  f"{int((~self.table['baseline'].astype(bool)).sum())} configurations on "
@@ -153,7 +160,7 @@ class TruncationResults:
 
 
 @dataclass
-class CheckpointResults:
+class CheckpointResults(_StudyResult):
     """A checkpoint study directory: one row per (step, variant)."""
 
     directory: Path
@@ -161,15 +168,6 @@ class CheckpointResults:
     study: dict
     kind: str = "checkpoints"
     incomplete: str | None = None
-
-    @property
-    def info(self) -> dict:
-        return self.study.get("info", {}) or {}
-
-    def report(self, **kwargs):
-        from mechtrunc.report import report
-
-        return report(self.directory, **kwargs)
 
     def _repr_html_(self) -> str:
         lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
