@@ -21,6 +21,7 @@ so running one twice is harmless: that is what makes retries safe.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -41,14 +42,15 @@ def _bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="ckpt", dynamic_ncols=True)
 
 
-class Executor:
+class Executor(ABC):
     """The interface: ``map(units, progress=True) -> list`` (results in unit order)."""
 
     name = "executor"
     needs_out = False  # whether results come back only through the shard files
 
-    def map(self, units: list, progress: bool = True) -> list:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def map(self, units: list, progress: bool = True) -> list:
+        """Run every unit; their results in unit order."""
 
 
 class LocalExecutor(Executor):
