@@ -83,11 +83,23 @@ def checkpoint_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reports(toy_dir, truncation_dir, checkpoint_dir, neox):
+def memory_dir(tmp_path_factory) -> Path:
+    import mechtrunc as mt
+
+    out = tmp_path_factory.mktemp("memory") / "run"
+    run = mt.train_memory(mt.MemoryConfig(n_inputs=16, n_outputs=16, d=32, alpha=0.3),
+                          mt.MemoryTrainConfig(steps=200, lr=16.0, log_every=10, spectrum_steps=(0, 10, 50, 200)))
+    run.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reports(toy_dir, truncation_dir, checkpoint_dir, memory_dir, neox):
     import mechtrunc as mt
 
     _, bridge, prompts = neox
     return {
+        "memory": mt.report(memory_dir, progress=False),
         "toy": mt.report(toy_dir, progress=False),
         "truncation": mt.report(truncation_dir, model=bridge, prompts=prompts, progress=False),
         "checkpoints": mt.report(checkpoint_dir, progress=False),
@@ -101,10 +113,12 @@ EXPECTED_SECTIONS = {
     "toy": ["config", "training", "truncation", "components", "attribution", "attention", "token-probs"],
     "truncation": ["study", "heatmaps", "best", "attribution", "examples"],
     "checkpoints": ["curves", "table"],
+    "memory": ["config", "training", "spectrum", "truncation"],
 }
+KINDS = ["toy", "truncation", "checkpoints", "memory"]
 
 
-@pytest.mark.parametrize("kind", ["toy", "truncation", "checkpoints"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_report_sections_size_and_offline(reports, kind):
     rep = reports[kind]
     html = rep.path.read_text()
@@ -112,7 +126,7 @@ def test_report_sections_size_and_offline(reports, kind):
     assert rep.path.stat().st_size < 10 * MB
     # the JavaScript is inlined once: plotly.js once, circuitsvis' bundle at most once
     assert html.count("plotly.js v") == 1
-    assert html.count("var CircuitsVis=") == (0 if kind == "checkpoints" else 1)
+    assert html.count("var CircuitsVis=") == (0 if kind in ("checkpoints", "memory") else 1)
     # nothing is loaded from elsewhere: no element with a src/href to http(s) (outside the inlined
     # libraries' code), no CDN, no web font; the browser test checks the requests themselves
     markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S)
@@ -320,8 +334,21 @@ def _browser_or_fail():
 MIN_VIEW = {"AttentionHeads": (400, 150), "ColoredTokens": (200, 12)}
 
 
+def test_memory_report_numbers_match_the_run(reports, memory_dir):
+    import mechtrunc as mt
+
+    html = reports["memory"].path.read_text()
+    model = mt.LinearMemory.load(memory_dir)
+    spec = mt.memory.spectrum(model)
+    i = mt.memory.noise_component(spec)
+    removed = mt.memory.clean_metrics(model, mt.RemoveComponents("W", indices=[i]))
+    assert f"remove component {i} (noise-aligned)" in html
+    assert f"{removed['p_noise']:.4g}" in html  # the table shows the library's own numbers
+    assert i == 0  # the trained memory's noise association is its top singular component
+
+
 @pytest.mark.browser
-@pytest.mark.parametrize("kind", ["toy", "truncation", "checkpoints"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_report_renders_offline_in_chromium(reports, kind, tmp_path):
     _browser_or_fail()
     from mechtrunc.report.browser import check_page

@@ -34,9 +34,9 @@ SectionBuilder = Callable[[Context], "Section | list[Section] | None"]
 
 
 def _default_sections() -> dict[str, list[SectionBuilder]]:
-    from mechtrunc.report import checkpoints, toy, truncation
+    from mechtrunc.report import checkpoints, memory, toy, truncation
 
-    return {"toy": list(toy.SECTIONS), "truncation": list(truncation.SECTIONS),
+    return {"toy": list(toy.SECTIONS), "memory": list(memory.SECTIONS), "truncation": list(truncation.SECTIONS),
             "checkpoints": list(checkpoints.SECTIONS)}
 
 
@@ -51,7 +51,7 @@ def _sections() -> dict[str, list[SectionBuilder]]:
 
 def register_section(kind: str, builder: SectionBuilder, before: SectionBuilder | None = None) -> None:
     """Add a section builder to every report of ``kind`` (``"toy"``, ``"truncation"``,
-    ``"checkpoints"``), at the end or before another builder."""
+    ``"checkpoints"``, ``"memory"``), at the end or before another builder."""
     secs = _sections()
     if kind not in secs:
         raise ValueError(f"unknown report kind {kind!r}; valid: {', '.join(secs)}")
@@ -72,8 +72,8 @@ def _version() -> str:
 
 def _meta(ctx: Context, command: str) -> dict:
     r = ctx.result
-    meta: dict = {"report kind": {"toy": "toy run", "truncation": "truncation study",
-                                  "checkpoints": "checkpoint study"}[r.kind],
+    meta: dict = {"report kind": {"toy": "toy run", "memory": "associative-memory run",
+                                  "truncation": "truncation study", "checkpoints": "checkpoint study"}[r.kind],
                   "result directory": str(Path(r.directory).resolve())}
     if isinstance(r, ToyRun):
         m, t = r.config.get("model", {}), r.train
@@ -85,6 +85,14 @@ def _meta(ctx: Context, command: str) -> dict:
                            f"token {r.config.get('task', {}).get('noise_token')}")
         meta["seed"] = t.get("seed")
         meta["run made by"] = _toy_command(r)
+    elif r.kind == "memory":
+        m, t = r.config.get("memory", {}), r.config.get("train", {})
+        meta["model"] = (f"linear associative memory: N {m.get('n_inputs')} inputs, V {m.get('n_outputs')} outputs, "
+                         f"d {m.get('d')}, {m.get('embeddings')} embeddings, init {m.get('init')}")
+        meta["revision"] = f"final weights after {t.get('steps')} {t.get('method', '')} steps (model.safetensors)"
+        meta["prompts"] = f"every input x with its clean target y*(x), weighted by p(x) ({m.get('input_dist')})"
+        meta["seed"] = m.get("seed")
+        meta["run made by"] = f"mechtrunc memory train --out {r.directory} (options in config.json)"
     else:
         from mechtrunc.report.readers import model_revision, model_source
 
@@ -146,7 +154,8 @@ def _toy_command(r: ToyRun) -> str:
 
 def _title(r) -> str:
     name = Path(r.directory).resolve().name
-    return {"toy": f"Toy run report: {name}", "truncation": f"Truncation study report: {name}",
+    return {"toy": f"Toy run report: {name}", "memory": f"Associative-memory run report: {name}",
+            "truncation": f"Truncation study report: {name}",
             "checkpoints": f"Checkpoint study report: {name}"}[r.kind]
 
 

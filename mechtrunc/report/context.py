@@ -62,6 +62,8 @@ class Context:
 
     def _load_model(self):
         r = self.result
+        if self.kind == "memory":
+            return r.load()
         if self.kind == "toy":
             if self.model_arg is not None and not isinstance(self.model_arg, (str, os.PathLike)):
                 return self.model_arg

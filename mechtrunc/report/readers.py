@@ -138,6 +138,29 @@ class ToyRun(_Result):
 
 
 @dataclass
+class MemoryRun(_Result):
+    """An associative-memory run directory (``mechtrunc memory train --out DIR``)."""
+
+    directory: Path
+    config: dict  # config.json: memory, train, seconds
+    history: object  # DataFrame
+    spectra: object  # DataFrame or None
+    kind: str = "memory"
+    incomplete: str | None = None
+
+    def load(self):
+        from mechtrunc.memory import LinearMemory
+
+        return LinearMemory.load(self.directory)
+
+    def _repr_html_(self) -> str:
+        m = self.config.get("memory", {})
+        lines = [f"directory: {self.directory}",
+                 f"N {m.get('n_inputs')}, V {m.get('n_outputs')}, d {m.get('d')}, alpha {m.get('alpha')}"]
+        return _html_summary("mechtrunc associative-memory run", lines, self.history)
+
+
+@dataclass
 class TruncationResults(_StudyResult):
     """A truncation study directory: the table (one row per layer x matrix x keep, plus the
     baseline row), ``study.json`` and, when written, ``best.json`` and the attribution change."""
@@ -285,6 +308,20 @@ def _read_checkpoints(d: Path, study: dict) -> CheckpointResults:
                              study, incomplete=incomplete)
 
 
+def _read_memory(d: Path, cfg: dict) -> MemoryRun:
+    import pandas as pd
+
+    for name in ("model.safetensors", "history.csv"):
+        if not (d / name).is_file():
+            raise NotAResultError(f"{str(d)!r} holds a memory configuration but no {name}")
+    try:
+        hist = pd.read_csv(d / "history.csv")
+        spectra = pd.read_csv(d / "spectra.csv") if (d / "spectra.csv").is_file() else None
+    except Exception as e:
+        raise NotAResultError(f"{str(d)!r}: its history.csv or spectra.csv could not be read ({e})") from None
+    return MemoryRun(d, cfg, hist, spectra)
+
+
 def _read_toy(d: Path, cfg: dict) -> ToyRun:
     import pandas as pd
 
@@ -300,7 +337,7 @@ def _read_toy(d: Path, cfg: dict) -> ToyRun:
 
 
 def detect(path: str | os.PathLike) -> str:
-    """The kind of result at ``path`` (``"toy"``, ``"truncation"``, ``"checkpoints"``) without
+    """The kind of result at ``path`` (``"toy"``, ``"memory"``, ``"truncation"``, ``"checkpoints"``) without
     reading its tables; raises :class:`NotAResultError` with what was expected."""
     return _detect(_check_dir(path))[0]
 
@@ -332,6 +369,8 @@ def _detect(d: Path) -> tuple[str, dict]:
         cfg = _read_json(d / "config.json")
         if "train" in cfg and "model" in cfg:
             return "toy", cfg
+        if "memory" in cfg:
+            return "memory", cfg
     if (d / "checkpoint.pt").is_file():
         raise NotAResultError(
             f"{str(d)!r} holds an unfinished toy training run (checkpoint.pt but no saved model); rerun "
@@ -339,7 +378,8 @@ def _detect(d: Path) -> tuple[str, dict]:
     listing = sorted(p.name for p in d.iterdir())[:8]
     raise NotAResultError(
         f"{str(d)!r} holds none of the known results (found: {', '.join(listing) or 'nothing'}); expected a toy "
-        "run (config.json + model.safetensors + history.csv), a truncation study (study.json + truncation.csv) or "
+        "run (config.json + model.safetensors + history.csv), an associative-memory run (the same, from "
+        "`mechtrunc memory train`), a truncation study (study.json + truncation.csv) or "
         "a checkpoint study (study.json + checkpoints.csv)")
 
 
@@ -350,6 +390,8 @@ def read_result(path: str | os.PathLike):
     kind, meta = _detect(d)
     if kind == "toy":
         return _read_toy(d, meta)
+    if kind == "memory":
+        return _read_memory(d, meta)
     if kind == "truncation":
         return _read_truncation(d, meta)
     return _read_checkpoints(d, meta)
