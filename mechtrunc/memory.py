@@ -71,6 +71,15 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _config_from_dict(cls, data: dict):
+    """``cls(**data)`` for a config dataclass, naming unknown fields and the valid ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; valid: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
 @dataclass
 class MemoryConfig:
     """The memory and its data.  ``n_inputs`` = N, ``n_outputs`` = V, ``d`` the width."""
@@ -130,11 +139,7 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MemoryConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown MemoryConfig fields {sorted(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**data)
+        return _config_from_dict(cls, data)
 
     @classmethod
     def load(cls, path: str | Path) -> "MemoryConfig":
@@ -174,11 +179,7 @@ class MemoryTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MemoryTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown MemoryTrainConfig fields {sorted(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**data)
+        return _config_from_dict(cls, data)
 
 
 def _orthonormal_rows(n: int, d: int, gen: torch.Generator, dtype) -> Tensor:
