@@ -49,7 +49,7 @@ def main() -> None:
     h = res.history
     h.to_csv(out / "dynamics_toy_history.csv", index=False)
     spectra.to_csv(out / "dynamics_toy_spectra.csv", index=False)
-    summary = mt.dynamics.spectrum_summary(spectra, keep=0.1, d_model=cfg.d_model)
+    summary = mt.dynamics.noise_component_summary(spectra, keep=0.1, d_model=cfg.d_model)
     summary.to_csv(out / "dynamics_toy_summary.csv", index=False)
     order = mt.dynamics.order_of_learning(h, cfg.alpha, icl_column="ffn2_removed_accuracy")
     induction = mt.dynamics.first_step(h, "induction_score", 0.5)

@@ -15,7 +15,7 @@ import torch
 import mechtrunc as mt
 from mechtrunc.dynamics import (
     MinimalConfig, MinimalModel, component_attributions, copy_directions, ff_signal_closed_form,
-    first_step, gradient_signals, gradient_snr, induction_score, order_of_learning, spectrum_summary,
+    first_step, gradient_signals, gradient_snr, induction_score, noise_component_summary, order_of_learning,
     train_minimal, train_toy_with_dynamics, ToyDynamicsRecorder,
 )
 from mechtrunc.metrics import masked_cross_entropy
@@ -252,7 +252,7 @@ def test_component_attributions_add_up_to_the_ffn_contribution(trained_toy):
     # W - W_init with init = the model itself: nothing learned, every component zero
     delta = comp[comp["which"] == "W - W_init"]
     assert float(delta["singular_value"].abs().max()) < 1e-9
-    summ = spectrum_summary(comp[comp["which"] == "W"], keep=0.25, d_model=16).set_index("matrix")
+    summ = noise_component_summary(comp[comp["which"] == "W"], keep=0.25, d_model=16).set_index("matrix")
     assert summ.loc["mlp.W_out", "n_keep"] == 4
     assert 0 <= summ.loc["mlp.W_out", "noise_component"] < 16
     kept = comp[(comp["matrix"] == "mlp.W_out") & (comp["which"] == "W")].sort_values("component")

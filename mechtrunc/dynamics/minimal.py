@@ -1,8 +1,4 @@
-"""Why the feed-forward layer learns the generic association first: training dynamics.
-
-Two systems, measured the same way.
-
-**The minimal in-context model** (:class:`MinimalModel`), in the associative-memory viewpoint of
+"""**The minimal in-context model** (:class:`MinimalModel`), in the associative-memory viewpoint of
 "Birth of a Transformer" (Bietti et al. 2023).  With token embeddings ``e(v)`` (rows of ``W_E``),
 fixed previous-token embeddings ``p(v)`` (rows of ``W_prev``) and output embeddings ``u(v)``
 (columns of ``W_U``), the residual stream at position ``t`` of a sequence ``z`` is::
@@ -42,12 +38,8 @@ standard deviation is the signal-to-noise ratio (:func:`gradient_snr`).  With or
 embeddings and ``W_F = 0`` the FF signal of a batch is exactly (noise fraction of its
 loss positions) - 1/V, times ``sqrt(k_triggers)`` normalisation (:func:`ff_signal_closed_form`).
 
-**The toy Transformer**: :class:`ToyDynamicsRecorder` is a ``callback`` for
-:func:`mechtrunc.training.train` that logs, at every evaluation, the induction score of the
-layer-2 head, and the singular spectra of the layer-2 ``W_in`` / ``W_out`` (and ``W - W_init``)
-with each component's contribution to the noise and to the correct logit at repeated triggers.
-
-Everything returns tidy pandas DataFrames.
+The module is over 400 lines because it holds one system whole: the model, its adapter, the
+gradient signals with their closed forms, and its training loop.
 """
 
 from __future__ import annotations
@@ -71,12 +63,11 @@ from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits, run_items
 from mechtrunc.tasks.recall import RecallBatch, RecallConfig, RecallTask
+from mechtrunc.dynamics.measures import induction_score, order_of_learning
 
 __all__ = [
     "MinimalConfig", "MinimalModel", "MinimalAdapter", "copy_directions", "gradient_signals",
-    "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult",
-    "first_step", "order_of_learning", "induction_score", "ToyDynamicsRecorder",
-    "component_attributions", "spectrum_summary", "train_toy_with_dynamics", "EMBEDDINGS",
+    "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult", "EMBEDDINGS",
 ]
 
 EMBEDDINGS = ("orthonormal", "gaussian")
@@ -462,190 +453,3 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
     history = pd.DataFrame(rows)
     return MinimalResult(model=model, history=history, config=cfg, seconds=time.perf_counter() - t0,
                          order=order_of_learning(history, cfg.alpha))
-
-
-# ----------------------------------------------------------------------------------------
-# order of learning
-# ----------------------------------------------------------------------------------------
-def first_step(history: pd.DataFrame, column: str, threshold: float, step_column: str = "step") -> float:
-    """The first ``step`` at which ``history[column] >= threshold`` (NaN if never)."""
-    if column not in history.columns:
-        raise ValueError(f"history has no column {column!r}; columns: {', '.join(map(str, history.columns))}")
-    hit = history.loc[history[column] >= threshold, step_column]
-    return float(hit.iloc[0]) if len(hit) else float("nan")
-
-
-def order_of_learning(
-    history: pd.DataFrame, alpha: float, noise_column: str = "full_p_noise",
-    icl_column: str = "ff_removed_accuracy", icl_threshold: float = 0.5,
-) -> dict:
-    """``step_noise``: first step where P(noise) of the full model reaches ``alpha / 2``;
-    ``step_icl``: first step where the in-context answer (the model with its FF removed) reaches
-    accuracy ``icl_threshold``; ``ff_first``: ``step_noise < step_icl`` (a run that never
-    learns the in-context answer counts as FF-first if it learned the noise).  For the toy
-    Transformer pass ``icl_column="ffn2_removed_accuracy"``."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    h = history.sort_values("step")
-    s_noise = first_step(h, noise_column, alpha / 2)
-    s_icl = first_step(h, icl_column, icl_threshold)
-    ff_first = (not math.isnan(s_noise)) and (math.isnan(s_icl) or s_noise < s_icl)
-    return {"step_noise": s_noise, "step_icl": s_icl, "ff_first": bool(ff_first),
-            "noise_threshold": alpha / 2, "icl_threshold": icl_threshold}
-
-
-# ----------------------------------------------------------------------------------------
-# the toy Transformer
-# ----------------------------------------------------------------------------------------
-def _after_trigger_mask(batch: RecallBatch) -> Tensor:
-    """[b, p] true at positions whose previous token is one of the sequence's triggers."""
-    trig = (batch.inputs.unsqueeze(-1) == batch.triggers.unsqueeze(1)).any(-1)
-    return F.pad(trig[:, :-1], (1, 0), value=False)
-
-
-@torch.no_grad()
-def induction_score(model, batch: RecallBatch, layer: int) -> float:
-    """Mean attention mass, at every repeated trigger (count >= 2) of ``batch``, that the head(s)
-    of ``layer`` put on the positions right after the trigger's earlier occurrences (where the
-    answer sits in a clean sequence).  Averaged over heads.  About ``(count - 1) / t`` for a
-    uniform pattern, 1 for a perfect induction head."""
-    adapter = adapt(model)
-    store = {}
-    with adapter.hooked(f"blocks.{layer}.attn.hook_pattern", lambda p: store.__setitem__("p", p.detach())):
-        adapter.forward(batch.inputs.to(adapter.device))
-    pat = store["p"]
-    if pat.ndim == 3:
-        pat = pat.unsqueeze(1)  # [b, head, q, k]
-    after = _after_trigger_mask(batch).to(pat.device)  # key positions right after a trigger
-    # the earlier occurrence must be of the same trigger as the query
-    prev_tok = F.pad(batch.inputs[:, :-1], (1, 0), value=-1).to(pat.device)
-    rows, pos = batch.loss_mask.nonzero(as_tuple=True)
-    q_tok = batch.inputs[rows, pos].to(pat.device)
-    keys = (prev_tok[rows] == q_tok[:, None]) & after[rows]  # [item, p]
-    mass = (pat[rows.to(pat.device), :, pos.to(pat.device), :] * keys[:, None, :]).sum(-1)  # [item, head]
-    return float(mass.mean())
-
-
-def _svd(W: Tensor):
-    return torch.linalg.svd(W.double(), full_matrices=False)
-
-
-@torch.no_grad()
-def component_attributions(model, batch: RecallBatch, layer: int = 1, init=None) -> pd.DataFrame:
-    """Per singular component of the toy Transformer's ``mlp.W_in`` and ``mlp.W_out`` at
-    ``layer`` (and of ``W - W_init`` when ``init`` is given, a model with the initial
-    weights), its singular value and its direct contribution, mean over the repeated triggers
-    of ``batch`` (a clean test batch), to
-
-    - ``noise_attr``: logit(noise) - mean logit of the other tokens,
-    - ``correct_attr``: logit(correct answer) - mean logit of the other tokens.
-
-    ``W_out`` components are exact (the FFN output is ``sum_i`` of them).  ``W_in`` components
-    go through the ReLU with its on/off pattern held at the observed one (first order); the
-    sum over components equals the FFN's direct contribution exactly.  For ``W - W_init``
-    the components decompose the learned part's contribution.  Tidy: one row per
-    (matrix, which, component)."""
-    adapter = adapt(model)
-    prompts = batch.to_prompts()
-    mlp = model.blocks[layer].mlp
-    hooks = (f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.mlp.hook_pre")
-    _, acts = run_items(model, prompts, capture=hooks, batch_size=len(prompts.tokens))
-    x, pre = acts[hooks[0]].double(), acts[hooks[1]].double()
-    mask = (pre > 0).double() if mlp.kind == "relu" else torch.ones_like(pre)
-    h = pre * mask
-    W_U = adapter.W_U().double()
-    noise = batch.noise_id
-    V = W_U.shape[1]
-    # readout of "logit(tok) - mean logit of the other tokens": W_U[:, tok] - (sum_{v != tok} W_U[:, v]) / (V - 1)
-    tot = W_U.sum(1)
-    g_noise = W_U[:, noise] * (1 + 1 / (V - 1)) - tot / (V - 1)  # [d]
-    g_corr = (W_U[:, prompts.answer] * (1 + 1 / (V - 1)) - tot[:, None] / (V - 1)).T  # [item, d]
-    W_out = mlp.W_out.detach().double()
-    rows = []
-    mats = {"mlp.W_in": mlp.W_in.detach().double(), "mlp.W_out": W_out}
-    for mname, W in mats.items():
-        variants = {"W": W}
-        if init is not None:
-            variants["W - W_init"] = W - getattr(init.blocks[layer].mlp, mname[4:]).detach().double()
-        for which, M in variants.items():
-            U, S, Vh = _svd(M)
-            if mname == "mlp.W_in":
-                coef = (x @ U) * S  # [item, r]
-                a_noise = ((mask * (W_out @ g_noise)) @ Vh.T)  # [item, r]
-                a_corr = ((mask * (g_corr @ W_out.T)) @ Vh.T)
-            else:
-                coef = (h @ U) * S
-                a_noise = (Vh @ g_noise).expand_as(coef)
-                a_corr = g_corr @ Vh.T
-            na, ca = (coef * a_noise).mean(0), (coef * a_corr).mean(0)
-            for i in range(S.shape[0]):
-                rows.append({"matrix": mname, "which": which, "component": i, "singular_value": float(S[i]),
-                             "noise_attr": float(na[i]), "correct_attr": float(ca[i])})
-    return pd.DataFrame(rows)
-
-
-def spectrum_summary(comp: pd.DataFrame, keep: float = 0.1, d_model: int | None = None) -> pd.DataFrame:
-    """From :func:`component_attributions`, per (matrix, which[, step]): where the
-    noise-carrying component sits (``noise_component``: index of the largest ``noise_attr``,
-    0 = largest singular value; its ``noise_sv``, ``noise_sv_over_median`` and
-    ``noise_share`` of the total noise attribution) and what LASER keeping the top
-    ``int(keep * d_model)`` components keeps (``noise_kept``, ``correct_kept``: fractions of
-    the total noise / correct attribution in the kept components; first order for W_in)."""
-    keys = [c for c in ("step", "matrix", "which") if c in comp.columns]
-    out = []
-    for key, g in comp.groupby(keys, sort=True):
-        g = g.sort_values("component")
-        r = len(g)
-        n_keep = int(keep * (d_model if d_model is not None else r))
-        tot_n, tot_c = g["noise_attr"].sum(), g["correct_attr"].sum()
-        top = g.loc[g["noise_attr"].idxmax()]
-        out.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))),
-                    "noise_component": int(top["component"]), "noise_sv": float(top["singular_value"]),
-                    "noise_sv_over_median": float(top["singular_value"] / g["singular_value"].median()),
-                    "top_sv": float(g["singular_value"].iloc[0]),
-                    "noise_share": float(top["noise_attr"] / tot_n) if tot_n else float("nan"),
-                    "noise_total": float(tot_n), "correct_total": float(tot_c), "n_keep": n_keep,
-                    "noise_kept": float(g["noise_attr"].iloc[:n_keep].sum() / tot_n) if tot_n else float("nan"),
-                    "correct_kept": float(g["correct_attr"].iloc[:n_keep].sum() / tot_c) if tot_c else float("nan")})
-    return pd.DataFrame(out)
-
-
-class ToyDynamicsRecorder:
-    """A ``callback`` for :func:`mechtrunc.training.train`: at every evaluation it adds
-    ``induction_score`` (layer ``layer``'s head on the clean test batch) and the position of the
-    noise-carrying components of ``mlp.W_in`` / ``mlp.W_out`` (``win_noise_component``,
-    ``wout_noise_component``) to the history row, and keeps the full per-component table in
-    :attr:`components` (one DataFrame per evaluation; :meth:`spectra` concatenates them).
-
-    ``init``: a model with the initial weights (``ToyTransformer(cfg.model_config())`` rebuilds
-    them exactly), for the ``W - W_init`` spectra."""
-
-    def __init__(self, batch: RecallBatch, layer: int = 1, init=None):
-        self.batch, self.layer, self.init = batch, layer, init
-        self.components: list[pd.DataFrame] = []
-
-    def __call__(self, step: int, model) -> dict:
-        comp = component_attributions(model, self.batch, self.layer, self.init).assign(step=step)
-        self.components.append(comp)
-        summ = spectrum_summary(comp[comp["which"] == "W"], d_model=model.cfg.d_model).set_index("matrix")
-        return {"induction_score": induction_score(model, self.batch, self.layer),
-                "win_noise_component": int(summ.loc["mlp.W_in", "noise_component"]),
-                "wout_noise_component": int(summ.loc["mlp.W_out", "noise_component"])}
-
-    def spectra(self) -> pd.DataFrame:
-        return pd.concat(self.components, ignore_index=True) if self.components else pd.DataFrame()
-
-
-def train_toy_with_dynamics(cfg, out_dir=None, progress: bool = False, layer: int = 1):
-    """Train the toy Transformer (``mechtrunc.training.train``) with a
-    :class:`ToyDynamicsRecorder` on its clean test set.  Returns ``(TrainResult, spectra)``:
-    the history gains ``induction_score``, ``win_noise_component``, ``wout_noise_component``;
-    ``spectra`` is the per-component table at every evaluation (``step`` column)."""
-    from mechtrunc.toy_model import ToyTransformer
-    from mechtrunc.training import train
-
-    task = RecallTask(cfg.recall_config())
-    test = task.test_set(cfg.test_size, seed=cfg.seed + 10_000)  # the same test set as train()
-    rec = ToyDynamicsRecorder(test, layer=layer, init=ToyTransformer(cfg.model_config()))
-    result = train(cfg, out_dir=out_dir, progress=progress, callback=rec)
-    return result, rec.spectra()

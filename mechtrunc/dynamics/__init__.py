@@ -1,0 +1,29 @@
+"""Why the feed-forward layer learns the generic association first: training dynamics of two
+systems, measured the same way.
+
+- :mod:`mechtrunc.dynamics.minimal`: the minimal in-context model (attention and feed-forward
+  associative memories over fixed embeddings), its gradient signals and their closed forms,
+  gradient signal-to-noise ratios, and its training loop;
+- :mod:`mechtrunc.dynamics.toy`: the toy Transformer's dynamics (induction score, where the
+  noise-carrying singular components of the layer-2 FFN sit) as a training callback;
+- :mod:`mechtrunc.dynamics.measures`: the induction score and the order of learning, shared by both.
+
+Everything returns tidy pandas DataFrames.
+"""
+
+from mechtrunc.dynamics.minimal import (
+    EMBEDDINGS, MinimalAdapter, MinimalConfig, MinimalModel, MinimalResult, copy_directions,
+    ff_signal_closed_form, gradient_signals, gradient_snr, snr_sweep, train_minimal,
+)
+from mechtrunc.dynamics.measures import first_step, induction_score, order_of_learning
+from mechtrunc.dynamics.toy import (
+    ToyDynamicsRecorder, component_attributions, noise_component_summary,
+    train_toy_with_dynamics,
+)
+
+__all__ = [
+    "MinimalConfig", "MinimalModel", "MinimalAdapter", "copy_directions", "gradient_signals",
+    "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult",
+    "first_step", "order_of_learning", "induction_score", "ToyDynamicsRecorder",
+    "component_attributions", "noise_component_summary", "train_toy_with_dynamics", "EMBEDDINGS",
+]

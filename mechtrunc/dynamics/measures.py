@@ -1,0 +1,77 @@
+"""Measurements shared by the two systems: the induction score of a head, the first step a
+history column crosses a threshold, and the order of learning of the feed-forward (generic) and
+in-context associations.  Used by the minimal model (:mod:`mechtrunc.dynamics.minimal`) and the
+toy Transformer (:mod:`mechtrunc.dynamics.toy`)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mechtrunc.adapters import adapt
+from mechtrunc.tasks.recall import RecallBatch
+
+__all__ = ["first_step", "order_of_learning", "induction_score"]
+
+
+# ----------------------------------------------------------------------------------------
+# order of learning
+# ----------------------------------------------------------------------------------------
+def first_step(history: pd.DataFrame, column: str, threshold: float, step_column: str = "step") -> float:
+    """The first ``step`` at which ``history[column] >= threshold`` (NaN if never)."""
+    if column not in history.columns:
+        raise ValueError(f"history has no column {column!r}; columns: {', '.join(map(str, history.columns))}")
+    hit = history.loc[history[column] >= threshold, step_column]
+    return float(hit.iloc[0]) if len(hit) else float("nan")
+
+
+def order_of_learning(
+    history: pd.DataFrame, alpha: float, noise_column: str = "full_p_noise",
+    icl_column: str = "ff_removed_accuracy", icl_threshold: float = 0.5,
+) -> dict:
+    """``step_noise``: first step where P(noise) of the full model reaches ``alpha / 2``;
+    ``step_icl``: first step where the in-context answer (the model with its FF removed) reaches
+    accuracy ``icl_threshold``; ``ff_first``: ``step_noise < step_icl`` (a run that never
+    learns the in-context answer counts as FF-first if it learned the noise).  For the toy
+    Transformer pass ``icl_column="ffn2_removed_accuracy"``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    h = history.sort_values("step")
+    s_noise = first_step(h, noise_column, alpha / 2)
+    s_icl = first_step(h, icl_column, icl_threshold)
+    ff_first = (not math.isnan(s_noise)) and (math.isnan(s_icl) or s_noise < s_icl)
+    return {"step_noise": s_noise, "step_icl": s_icl, "ff_first": bool(ff_first),
+            "noise_threshold": alpha / 2, "icl_threshold": icl_threshold}
+
+
+def _after_trigger_mask(batch: RecallBatch) -> Tensor:
+    """[b, p] true at positions whose previous token is one of the sequence's triggers."""
+    trig = (batch.inputs.unsqueeze(-1) == batch.triggers.unsqueeze(1)).any(-1)
+    return F.pad(trig[:, :-1], (1, 0), value=False)
+
+
+@torch.no_grad()
+def induction_score(model, batch: RecallBatch, layer: int) -> float:
+    """Mean attention mass, at every repeated trigger (count >= 2) of ``batch``, that the head(s)
+    of ``layer`` put on the positions right after the trigger's earlier occurrences (where the
+    answer sits in a clean sequence).  Averaged over heads.  About ``(count - 1) / t`` for a
+    uniform pattern, 1 for a perfect induction head."""
+    adapter = adapt(model)
+    store = {}
+    with adapter.hooked(f"blocks.{layer}.attn.hook_pattern", lambda p: store.__setitem__("p", p.detach())):
+        adapter.forward(batch.inputs.to(adapter.device))
+    pat = store["p"]
+    if pat.ndim == 3:
+        pat = pat.unsqueeze(1)  # [b, head, q, k]
+    after = _after_trigger_mask(batch).to(pat.device)  # key positions right after a trigger
+    # the earlier occurrence must be of the same trigger as the query
+    prev_tok = F.pad(batch.inputs[:, :-1], (1, 0), value=-1).to(pat.device)
+    rows, pos = batch.loss_mask.nonzero(as_tuple=True)
+    q_tok = batch.inputs[rows, pos].to(pat.device)
+    keys = (prev_tok[rows] == q_tok[:, None]) & after[rows]  # [item, p]
+    mass = (pat[rows.to(pat.device), :, pos.to(pat.device), :] * keys[:, None, :]).sum(-1)  # [item, head]
+    return float(mass.mean())
