@@ -34,7 +34,7 @@ def toy_dir(tmp_path_factory) -> Path:
 
 
 def _neox(out: Path, steps: int):
-    from mechtrunc.studies import train_neox_recall
+    from mechtrunc.testing import train_neox_recall
     from mechtrunc.tasks.recall import RecallConfig
 
     return train_neox_recall(out, task_config=RecallConfig(alpha=0.5, seq_len=24), n_layers=2, d_model=32,
