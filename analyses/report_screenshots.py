@@ -74,7 +74,7 @@ def main() -> None:
     built = {}
 
     t0 = time.perf_counter()
-    built["toy"] = (mt.report(args.toy, progress=False), time.perf_counter() - t0)
+    built["toy"] = (mt.write_report(args.toy, progress=False), time.perf_counter() - t0)
 
     task = neox(work / "neox", args.neox_steps)
     bridge = load_model(work / "neox")
@@ -83,7 +83,7 @@ def main() -> None:
                           out=work / "truncation", progress=False)
     study_report(bridge, prompts, df, metric="logit_diff_noise", out_dir=work / "truncation")
     t0 = time.perf_counter()
-    built["truncation"] = (mt.report(work / "truncation", model=bridge, prompts=prompts, progress=False,
+    built["truncation"] = (mt.write_report(work / "truncation", model=bridge, prompts=prompts, progress=False,
                                      command="python analyses/report_screenshots.py (truncation example)"),
                            time.perf_counter() - t0)
 
@@ -94,7 +94,7 @@ def main() -> None:
     checkpoint_study(lambda s: load_model(work / f"ckpt/step{s}"), steps, prompts, truncation=best,
                      out=work / "checkpoints", progress=False)
     t0 = time.perf_counter()
-    built["checkpoints"] = (mt.report(work / "checkpoints", progress=False,
+    built["checkpoints"] = (mt.write_report(work / "checkpoints", progress=False,
                                       command="python analyses/report_screenshots.py (checkpoint example)"),
                             time.perf_counter() - t0)
 

@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
                      "truncation_table", "truncation_variants"], "mechtrunc.training"),
     **dict.fromkeys(["LinearMemory", "MemoryConfig", "MemoryTrainConfig", "train_memory"], "mechtrunc.memory"),
     **dict.fromkeys(["attention_html", "plot_attribution", "plot_history"], "mechtrunc.viz"),
+    **dict.fromkeys(["build_report", "write_report"], "mechtrunc.report"),
 }
 #: submodules reachable as attributes (``mt.pythia.load_model``, ``mt.studies...``)
 _SUBMODULES = ("dynamics", "memory", "pythia", "report", "studies", "testing", "viz")

@@ -87,7 +87,7 @@ def _html_summary(title: str, lines: list[str], df=None, max_rows: int = 12) -> 
 
 class _Result:
     """What every result object shares: the directory it was read from.  Its report is
-    ``mt.report(result.directory)`` (or ``build_report(result)``): this module sits below the
+    ``mt.write_report(result.directory)`` (or ``build_report(result)``): this module sits below the
     report builders and never calls them."""
 
     directory: Path
