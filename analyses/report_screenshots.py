@@ -4,7 +4,7 @@
 
 - toy: the report of a trained toy run (``make demo`` writes runs/demo);
 - truncation: a LASER grid on a small GPT-NeoX trained on noisy in-context recall
-  (``mt.studies.train_neox_recall``, saved with save_pretrained; everything offline);
+  (``mechtrunc.testing.train_neox_recall``, saved with save_pretrained; everything offline);
 - checkpoints: the same model retrained from scratch for 0, 4, 16, 64, 128 steps (training is a
   pure function of the seed, so "step s" is the model after s steps), full vs truncated.
 
@@ -22,7 +22,8 @@ import torch
 import mechtrunc as mt
 from mechtrunc.pythia import load_model
 from mechtrunc.report.browser import check_page
-from mechtrunc.studies import best_configuration, as_truncate, checkpoint_study, study_report, train_neox_recall, truncation_study
+from mechtrunc.studies import best_configuration, as_truncate, checkpoint_study, study_report, truncation_study
+from mechtrunc.testing import train_neox_recall
 from mechtrunc.tasks.recall import RecallConfig
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     built = {}
 
     t0 = time.perf_counter()
-    built["toy"] = (mt.report(args.toy, progress=False), time.perf_counter() - t0)
+    built["toy"] = (mt.write_report(args.toy, progress=False), time.perf_counter() - t0)
 
     task = neox(work / "neox", args.neox_steps)
     bridge = load_model(work / "neox")
@@ -82,7 +83,7 @@ def main() -> None:
                           out=work / "truncation", progress=False)
     study_report(bridge, prompts, df, metric="logit_diff_noise", out_dir=work / "truncation")
     t0 = time.perf_counter()
-    built["truncation"] = (mt.report(work / "truncation", model=bridge, prompts=prompts, progress=False,
+    built["truncation"] = (mt.write_report(work / "truncation", model=bridge, prompts=prompts, progress=False,
                                      command="python analyses/report_screenshots.py (truncation example)"),
                            time.perf_counter() - t0)
 
@@ -93,7 +94,7 @@ def main() -> None:
     checkpoint_study(lambda s: load_model(work / f"ckpt/step{s}"), steps, prompts, truncation=best,
                      out=work / "checkpoints", progress=False)
     t0 = time.perf_counter()
-    built["checkpoints"] = (mt.report(work / "checkpoints", progress=False,
+    built["checkpoints"] = (mt.write_report(work / "checkpoints", progress=False,
                                       command="python analyses/report_screenshots.py (checkpoint example)"),
                             time.perf_counter() - t0)
 

@@ -4,7 +4,11 @@ TransformerLens bridges (Pythia and friends).  See docs/api.md for the public AP
 Importing ``mechtrunc`` is cheap: the public names below are resolved on first use
 (PEP 562 module ``__getattr__``), so ``import mechtrunc.cli`` and ``mechtrunc --help`` never
 import torch, transformers, TransformerLens or pandas.  ``import mechtrunc as mt; mt.Truncate``,
-``from mechtrunc import Truncate`` and the submodules ``mt.pythia`` / ``mt.studies`` work as before.
+``from mechtrunc import Truncate`` and the submodules (``mt.pythia``, ``mt.studies``...) work.
+
+This is the package's only lazy re-export: every name here is the object its home module
+defines (tests/test_layers.py checks it), and modules of the package import from that home,
+never from here (docs/api.md, "Layers").
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ _EXPORTS: dict[str, str] = {
                      "truncation_table", "truncation_variants"], "mechtrunc.training"),
     **dict.fromkeys(["LinearMemory", "MemoryConfig", "MemoryTrainConfig", "train_memory"], "mechtrunc.memory"),
     **dict.fromkeys(["attention_html", "plot_attribution", "plot_history"], "mechtrunc.viz"),
+    **dict.fromkeys(["build_report", "write_report"], "mechtrunc.report"),
 }
 #: submodules reachable as attributes (``mt.pythia.load_model``, ``mt.studies...``)
-_SUBMODULES = ("dynamics", "memory", "pythia", "report", "studies")
+_SUBMODULES = ("dynamics", "memory", "pythia", "report", "studies", "testing", "viz")
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 

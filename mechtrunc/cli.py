@@ -185,9 +185,9 @@ def cmd_demo(args) -> int:
           f"and P(noise) {full['p_noise']:.2f} -> {cut['p_noise']:.2f}: the FFN stores the generic "
           f"noise association that competes with in-context recall.")
     print(f"Model and history saved in {args.out}; try `mechtrunc toy eval {args.out}`.")
-    from mechtrunc.report import report
+    from mechtrunc.report import write_report
 
-    rep = report(args.out, progress=not args.no_progress, command=f"mechtrunc demo --out {args.out} --seed {args.seed}")
+    rep = write_report(args.out, progress=not args.no_progress, command=f"mechtrunc demo --out {args.out} --seed {args.seed}")
     print(f"Report: {rep.path.resolve()}")
     return 0
 

@@ -12,7 +12,7 @@ __all__ = ["add_commands", "cmd_report"]
 def cmd_report(args) -> int:
     import time
 
-    from mechtrunc.report import report
+    from mechtrunc.report import write_report
 
     t0 = time.perf_counter()
     argv = ["mechtrunc", "report", args.dir]
@@ -22,7 +22,7 @@ def cmd_report(args) -> int:
     if args.examples != 3:
         argv += ["--examples", str(args.examples)]
     command = " ".join(shlex.quote(a) for a in argv)
-    rep = report(args.dir, args.out, model=args.model, task=args.task, examples=args.examples,
+    rep = write_report(args.dir, args.out, model=args.model, task=args.task, examples=args.examples,
                  device=args.device, progress=not args.no_progress, command=command)
     size = rep.path.stat().st_size
     print(f"{rep.kind} report ({len(rep.sections)} sections, {size / 1e6:.1f} MB, "

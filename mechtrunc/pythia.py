@@ -8,12 +8,21 @@
   model and tokenizer are loaded here and handed to ``TransformerBridge.boot_transformers``, so
   the bridge itself never calls the hub.  A model that is neither cached nor downloadable raises
   :class:`ModelNotAvailableError` within seconds (no long retry loop when the hub is unreachable).
-- ``build_random_pythia``, ``word_level_tokenizer_dir``: re-exported from :mod:`mechtrunc.testing`
-  (random Pythia-shaped models saved with ``save_pretrained``, to exercise the path offline).
+- :func:`check_dtype`, :func:`pythia_size`, :func:`looks_like_path`: the checks
+  :func:`load_model` applies, for callers that validate before any work (checkpoint studies).
+
+Random Pythia-shaped models to exercise this path offline are built by
+:mod:`mechtrunc.testing` (``build_random_pythia``).
+
+Why this module is over 400 lines: loading is one concept with many failure modes, each with
+its own actionable message (hub unreachable, offline mode, a cache holding only ``step{N}``
+revisions, a directory without tokenizer, device maps); splitting them apart would scatter
+that one decision path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import tempfile
@@ -28,8 +37,8 @@ from mechtrunc._choices import check_device, check_step, is_pythia, pythia_steps
 
 __all__ = [
     "PYTHIA_SIZES", "PythiaSize", "ModelNotAvailableError", "pythia_steps", "check_step", "is_pythia",
-    "pythia_config", "load_model", "build_random_pythia", "free_model", "tokenizer", "tokenizer_dir",
-    "PYTHIA_TOKENIZER_JSON",
+    "pythia_config", "pythia_size", "load_model", "free_model", "tokenizer", "tokenizer_dir", "check_dtype",
+    "looks_like_path", "PYTHIA_TOKENIZER_JSON",
 ]
 
 #: Pythia's GPT-NeoX-20B BPE tokenizer, shipped with the package (Apache-2.0, see docs/dependencies.md)
@@ -88,6 +97,12 @@ def _size_key(size: str) -> str:
     return key
 
 
+def pythia_size(size: str) -> PythiaSize:
+    """The shape of a Pythia size or model id (``"70m"``, ``"pythia-160m"``,
+    ``"EleutherAI/pythia-410m-deduped"``); ValueError naming the valid sizes otherwise."""
+    return PYTHIA_SIZES[_size_key(size)]
+
+
 def pythia_config(size: str = "70m", **overrides):
     """A ``GPTNeoXConfig`` shaped like the given Pythia size (parallel attention and MLP,
     rotary on 25% of each head's dimensions, LayerNorm, untied unembedding, ``d_mlp = 4 d``,
@@ -95,7 +110,7 @@ def pythia_config(size: str = "70m", **overrides):
     ``intermediate_size`` keeps ``d_mlp = 4 d``)."""
     from transformers import GPTNeoXConfig
 
-    s = PYTHIA_SIZES[_size_key(size)]
+    s = pythia_size(size)
     args = dict(
         vocab_size=s.vocab_size, hidden_size=s.d_model, num_hidden_layers=s.n_layers,
         num_attention_heads=s.n_heads, intermediate_size=s.d_mlp, rotary_pct=0.25,
@@ -185,7 +200,7 @@ def tokenizer(name: str | None = None, cache_dir: str | os.PathLike | None = Non
             return AutoTokenizer.from_pretrained(str(local))
         except (OSError, ValueError) as e:
             raise ModelNotAvailableError(f"directory {str(local)} holds no readable tokenizer: {e}") from e
-    if _looks_like_path(src):
+    if looks_like_path(src):
         raise ModelNotAvailableError(f"no such tokenizer directory: {src}")
     try:
         return AutoTokenizer.from_pretrained(src, local_files_only=True)
@@ -204,7 +219,9 @@ def tokenizer(name: str | None = None, cache_dir: str | os.PathLike | None = Non
 # ----------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------
-def _parse_dtype(dtype) -> torch.dtype:
+def check_dtype(dtype) -> torch.dtype:
+    """``None`` (float32), a ``torch.dtype`` or its name (``"float16"``, ``"bf16"``...) as a
+    ``torch.dtype``; ValueError naming the valid choices otherwise."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -283,8 +300,8 @@ def _not_available(name: str, revision: str | None, why: str, cause: Exception |
     return ModelNotAvailableError(msg)
 
 
-def _looks_like_path(s: str) -> bool:
-    """Hub ids are ``name`` or ``owner/name``; anything else that is not a directory is a
+def looks_like_path(s: str) -> bool:
+    """Whether ``s`` is meant as a local path rather than a hub id: hub ids are ``name`` or ``owner/name``; anything else that is not a directory is a
     missing local path."""
     return (s.startswith((".", "/", "~", "\\")) or s.endswith(("/", "\\")) or s.count("/") > 1
             or "\\" in s or (len(s) > 1 and s[1] == ":"))
@@ -320,12 +337,41 @@ def _load_tokenizer(source, revision, local_files_only):
     return AutoTokenizer.from_pretrained(str(source), revision=revision, local_files_only=local_files_only)
 
 
+_BARS_LOCK = threading.Lock()
+_BARS_OFF = [0, False]  # [loads in progress, whether transformers' bars were on before the first]
+
+
+@contextlib.contextmanager
+def _no_weight_bars():
+    """transformers' progress bars off while a model is read from disk (its "Loading weights"
+    bar would print on every checkpoint of a study), then back to what they were.  Counted, so
+    overlapping loads (a prefetching executor) restore the setting once, after the last one."""
+    from transformers.utils import logging as hf_logging
+
+    with _BARS_LOCK:
+        if _BARS_OFF[0] == 0:
+            _BARS_OFF[1] = hf_logging.is_progress_bar_enabled()
+            if _BARS_OFF[1]:
+                hf_logging.disable_progress_bar()
+        _BARS_OFF[0] += 1
+    try:
+        yield
+    finally:
+        with _BARS_LOCK:
+            _BARS_OFF[0] -= 1
+            if _BARS_OFF[0] == 0 and _BARS_OFF[1]:
+                hf_logging.enable_progress_bar()
+
+
 def _load_hf(source: str, revision, local_files_only: bool, model_kwargs: dict):
+    """The Hugging Face model; from disk (a directory or the cache) without progress bars, from
+    the hub with them (a download is worth watching)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        source, revision=revision, local_files_only=local_files_only, **model_kwargs
-    )
+    with _no_weight_bars() if local_files_only else contextlib.nullcontext():
+        return AutoModelForCausalLM.from_pretrained(
+            source, revision=revision, local_files_only=local_files_only, **model_kwargs
+        )
 
 
 def load_model(
@@ -368,7 +414,7 @@ def load_model(
 
     if step is not None and revision is not None:
         raise ValueError("give step= or revision=, not both")
-    torch_dtype = _parse_dtype(dtype)
+    torch_dtype = check_dtype(dtype)
     if device is not None and device_map is None and n_devices is None:
         check_device(device)
     src = str(name_or_dir)
@@ -386,7 +432,7 @@ def load_model(
                 f"directory {src!r} holds no config.json: write it with model.save_pretrained(DIR) "
                 "and tokenizer.save_pretrained(DIR)"
             )
-    elif _looks_like_path(src):
+    elif looks_like_path(src):
         raise ModelNotAvailableError(f"no such model directory: {src!r}")
     elif step is not None:
         if is_pythia(src):
@@ -483,10 +529,3 @@ def free_model(model) -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-def __getattr__(name):  # re-exports of the model builders that now live in mechtrunc.testing
-    if name in ("build_random_pythia", "word_level_tokenizer_dir"):
-        from mechtrunc import testing
-
-        return getattr(testing, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Model builders for tests, benchmarks and offline demos (no hub needed).
+"""Small offline models a user builds to try mechtrunc without the hub (demos, benchmarks,
+their own tests).
 
 - :func:`word_level_tokenizer_dir`: a word-level tokenizer saved with ``save_pretrained``.
 - :func:`build_random_pythia`: a randomly initialised Pythia-shaped GPT-NeoX plus tokenizer.
@@ -6,12 +7,10 @@
   in-context recall task (the paper's toy phenomenon on a Pythia architecture).
 - :func:`fake_hub_cache`: a Hugging Face hub cache directory (``models--ORG--NAME`` with
   ``refs/step{N}`` and ``snapshots/<hash>/``) holding given local models as revisions, exactly
-  as ``huggingface-cli download ID --revision stepN`` leaves it, for offline tests of hub ids.
-- :func:`save_training_checkpoints`: train the recall NeoX and save it at several steps as
-  ``DIR/step{N}/`` (a local checkpoint directory for :func:`mechtrunc.studies.checkpoint_study`).
-- :class:`SlowLoader`: a picklable loader wrapper that sleeps (to test killing a worker mid-task).
+  as ``huggingface-cli download ID --revision stepN`` leaves it, to run hub ids (a checkpoint
+  study of ``EleutherAI/pythia-70m`` steps, say) offline.
 
-These were in :mod:`mechtrunc.pythia` / :mod:`mechtrunc.studies`, which still re-export them.
+Helpers that only this repository's tests need live in ``tests/helpers.py``.
 """
 
 from __future__ import annotations
@@ -20,15 +19,16 @@ import hashlib
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 
+from mechtrunc.pythia import pythia_config
+
 __all__ = [
     "word_level_tokenizer_dir", "build_random_pythia", "recall_tokenizer_dir", "train_neox_recall",
-    "fake_hub_cache", "save_training_checkpoints", "SlowLoader",
+    "fake_hub_cache",
 ]
 
 
@@ -115,9 +115,9 @@ def build_random_pythia(
     elif isinstance(size_or_config, dict):
         overrides = dict(size_or_config)
         size = overrides.pop("size", "70m")
-        cfg = _pythia_config(size, **overrides)
+        cfg = pythia_config(size, **overrides)
     else:
-        cfg = _pythia_config(str(size_or_config))
+        cfg = pythia_config(str(size_or_config))
     if n_layers is not None:
         if int(n_layers) < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -140,12 +140,6 @@ def build_random_pythia(
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def _pythia_config(*args, **kwargs):
-    from mechtrunc.pythia import pythia_config
-
-    return pythia_config(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------
@@ -264,43 +258,3 @@ def fake_hub_cache(cache_dir: str | os.PathLike, repo_id: str, revisions: Mappin
         (repo / "refs" / revision).write_text(commit)
     return repo
 
-
-def save_training_checkpoints(
-    out_dir: str | os.PathLike, steps: Sequence[int], *, seed: int = 0, **train_kwargs,
-) -> dict[int, Path]:
-    """Train :func:`train_neox_recall` for ``max(steps)`` steps and save the model at each of
-    ``steps`` as ``out_dir/step{N}/`` (model and tokenizer, ``save_pretrained``; step 0 is the
-    initialisation).  Returns ``{step: directory}``.  A tiny recipe (``d_model=32``, one layer)
-    takes well under a second per saved step on a CPU."""
-    from mechtrunc.tasks.recall import RecallConfig, RecallTask
-
-    out = Path(out_dir)
-    want = sorted({int(s) for s in steps})
-    itos = RecallTask(train_kwargs.get("task_config") or RecallConfig(alpha=0.5, seq_len=64)).itos
-    saved: dict[int, Path] = {}
-
-    def save(step, model):
-        d = out / f"step{step}"
-        model.save_pretrained(d)
-        recall_tokenizer_dir(d, itos)
-        saved[step] = d
-
-    if 0 in want:
-        save(0, train_neox_recall(None, steps=0, seed=seed, **train_kwargs)[0])
-    if want and want[-1] > 0:
-        train_neox_recall(None, steps=want[-1], seed=seed,
-                          callback=lambda step, model: save(step, model) if step in want else None, **train_kwargs)
-    return dict(sorted(saved.items()))
-
-
-class SlowLoader:
-    """``step -> model`` that calls ``inner(step)`` and then sleeps ``seconds`` (picklable, so it
-    runs in Ray and submitit workers); used to kill a worker while it holds a unit."""
-
-    def __init__(self, inner: Callable[[int], object], seconds: float):
-        self.inner, self.seconds = inner, float(seconds)
-
-    def __call__(self, step: int):
-        model = self.inner(step)
-        time.sleep(self.seconds)
-        return model

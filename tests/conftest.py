@@ -131,8 +131,9 @@ def trained_toy():
 def recall_checkpoints(tmp_path_factory):
     """Six checkpoints (steps 0, 1, 2, 4, 8, 16) of a tiny recall-trained GPT-NeoX (1 layer,
     d_model 32) saved as DIR/step{N}/, and 32 clean recall prompts: (dir, steps, prompts)."""
+    from helpers import save_training_checkpoints
+
     from mechtrunc.tasks.recall import RecallConfig, RecallTask
-    from mechtrunc.testing import save_training_checkpoints
 
     cfg = RecallConfig(alpha=0.5, seq_len=32)
     out = tmp_path_factory.mktemp("recall_ckpts")

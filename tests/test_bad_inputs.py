@@ -309,7 +309,7 @@ class Ctx(dict):
 
 @pytest.fixture(scope="module")
 def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
-    from mechtrunc.pythia import build_random_pythia
+    from mechtrunc.testing import build_random_pythia
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4, "max_position_embeddings": 64},
                                tokenizer_dir=pythia_tokenizer_dir, out_dir=tmp_path_factory.mktemp("tiny_pythia"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import WORKER_PYTHONPATH, SlowLoader
 
 from mechtrunc.cli import main
 from mechtrunc.studies import CheckpointDirectory, Grid, LocalExecutor, checkpoint_study
@@ -108,7 +109,7 @@ _KILL_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from mechtrunc.studies import checkpoint_study, Grid, CheckpointDirectory
-from mechtrunc.testing import SlowLoader
+from helpers import SlowLoader
 from mechtrunc.tasks.recall import RecallConfig, RecallTask
 prompts = RecallTask(RecallConfig(alpha=0.5, seq_len=32)).test_set(32).to_prompts()
 checkpoint_study(SlowLoader(CheckpointDirectory(sys.argv[1]), 0.5), [0, 1, 2, 4, 8, 16], prompts,
@@ -119,7 +120,7 @@ checkpoint_study(SlowLoader(CheckpointDirectory(sys.argv[1]), 0.5), [0, 1, 2, 4,
 def test_killed_process_resumes_with_every_row_once(recall_checkpoints, reference, tmp_path):
     ckdir, steps, prompts = recall_checkpoints
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": WORKER_PYTHONPATH, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(ckdir), str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -135,8 +136,6 @@ def test_killed_process_resumes_with_every_row_once(recall_checkpoints, referenc
         proc.wait(30)
     n_done = len(list((out / "shards").glob("step*.parquet")))
     assert 2 <= n_done < 6
-    from mechtrunc.testing import SlowLoader
-
     df = checkpoint_study(SlowLoader(CheckpointDirectory(ckdir), 0), steps, prompts, grid=GRID, out=out, progress=False)
     _same(df, reference[0])
     assert not list((out / "shards").glob(".*.tmp"))  # temporaries of the killed writer are gone

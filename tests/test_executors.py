@@ -14,15 +14,13 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from helpers import WORKER_PYTHONPATH, SlowLoader
 from mechtrunc.studies import CheckpointDirectory, Grid, RayExecutor, SlurmExecutor, checkpoint_study
-from mechtrunc.testing import SlowLoader
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = Grid(keeps=(1, 0.5, 0.1, 0))
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_thread")]
 
@@ -42,7 +40,7 @@ def local_table(recall_checkpoints):
 def ray_cluster():
     ray = pytest.importorskip("ray")  # the test extra installs it; see pyproject.toml
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
+             runtime_env={"env_vars": {"PYTHONPATH": WORKER_PYTHONPATH, "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
 
@@ -88,7 +86,7 @@ def test_submitit_local_executor_same_table(recall_checkpoints, local_table, tmp
     out = tmp_path / "slurm"
     ex = SlurmExecutor(cluster="local", units_per_task=3, array_parallelism=2, time_min=10, cpus_per_task=1)
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(ROOT)  # submitit's local jobs inherit the environment
+    os.environ["PYTHONPATH"] = WORKER_PYTHONPATH  # submitit's local jobs inherit the environment
     try:
         df = checkpoint_study(SlowLoader(CheckpointDirectory(ckdir), 0), steps, prompts, grid=GRID, out=out,
                               progress=False, executor=ex)

@@ -1,5 +1,6 @@
-"""``--no-progress`` silences every progress bar (ours, tqdm's, transformers' "Loading weights");
-without it each long step shows its bar.  Checked on the stderr of CLI runs on a tiny local
+"""``--no-progress`` silences every progress bar (ours, tqdm's, transformers'); without it each
+long step shows its bar (loading a local model shows none: mechtrunc.pythia.load_model turns
+transformers' "Loading weights" bar off while it reads from disk).  Checked on the stderr of CLI runs on a tiny local
 Pythia-shaped model and a tiny toy training run: in this process (libraries already imported)
 and in a fresh process (libraries imported after the flag took effect)."""
 
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from mechtrunc.cli import main
-from mechtrunc.pythia import build_random_pythia
+from mechtrunc.testing import build_random_pythia
 
 BAR_MARKS = ("it/s", "s/it", "%|", "Loading weights", "\r")
 
@@ -37,7 +38,7 @@ def _truncate_args(model, out):
 def test_pythia_truncate_bars_and_no_progress(tiny_pythia, tmp_path, capfd, bars_allowed):
     assert main(_truncate_args(tiny_pythia, tmp_path / "loud")) == 0
     loud = capfd.readouterr().err
-    assert "Loading weights" in loud  # transformers' bar while loading
+    assert "Loading weights" not in loud  # transformers' bar is off while a local model is read
     assert "truncation" in loud and "%|" in loud  # the grid's bar (the SVDs are computed inside it)
     assert main([*_truncate_args(tiny_pythia, tmp_path / "quiet"), "--no-progress"]) == 0
     quiet = capfd.readouterr().err

@@ -21,11 +21,9 @@ import mechtrunc.studies.grid as studies_grid
 from mechtrunc.pythia import (
     PYTHIA_SIZES, ModelNotAvailableError, check_step, load_model, pythia_config, pythia_steps,
 )
+from mechtrunc.studies import as_truncate, best_configuration, checkpoint_study, study_report, truncation_study
 from mechtrunc.testing import build_random_pythia
-from mechtrunc.studies import (
-    as_truncate, best_configuration, checkpoint_plot, checkpoint_study, study_report, truncation_heatmap,
-    truncation_study,
-)
+from mechtrunc.viz import checkpoint_plot, truncation_heatmap
 
 SHAPE = {"size": "14m", "hidden_size": 64, "num_attention_heads": 4}
 KEEPS = (1, 0.5, 0.1, 0)
@@ -174,6 +172,35 @@ def test_load_local_directory_raw_weights(random_dir, bridge):
     assert next(half.original_model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         load_model(random_dir, dtype="float8")
+
+
+def test_loading_from_disk_prints_no_progress_bar(random_dir, tmp_path, capfd, monkeypatch):
+    """transformers prints a "Loading weights" bar on every from_pretrained; load_model turns it
+    off while it reads from disk (also for each checkpoint of a study with progress=False) and
+    leaves the setting as it was."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as tf_logging
+
+    from mechtrunc.tasks.factual import factual_prompts
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert tf_logging.is_progress_bar_enabled()
+    AutoModelForCausalLM.from_pretrained(str(random_dir))
+    assert "Loading weights" in capfd.readouterr().err  # what a plain load prints (the test can fail)
+
+    model = load_model(random_dir)
+    out = capfd.readouterr()
+    assert "Loading weights" not in out.err + out.out and "%|" not in out.err + out.out, out.err
+    assert tf_logging.is_progress_bar_enabled()  # restored
+
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "step0").symlink_to(Path(random_dir).resolve(), target_is_directory=True)
+    df = checkpoint_study(str(tmp_path / "ck"), [0], factual_prompts(model.tokenizer).subset_sequences(slice(0, 4)),
+                          progress=False)
+    assert df["variant"].tolist() == ["full"]
+    out = capfd.readouterr()
+    assert "Loading weights" not in out.err + out.out and "%|" not in out.err + out.out, out.err
+    assert tf_logging.is_progress_bar_enabled()
 
 
 def test_load_gpt2_style_directory(small_tokenizer_dir, tmp_path):

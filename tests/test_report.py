@@ -34,7 +34,7 @@ def toy_dir(tmp_path_factory) -> Path:
 
 
 def _neox(out: Path, steps: int):
-    from mechtrunc.studies import train_neox_recall
+    from mechtrunc.testing import train_neox_recall
     from mechtrunc.tasks.recall import RecallConfig
 
     return train_neox_recall(out, task_config=RecallConfig(alpha=0.5, seq_len=24), n_layers=2, d_model=32,
@@ -99,10 +99,10 @@ def reports(toy_dir, truncation_dir, checkpoint_dir, memory_dir, neox):
 
     _, bridge, prompts = neox
     return {
-        "memory": mt.report(memory_dir, progress=False),
-        "toy": mt.report(toy_dir, progress=False),
-        "truncation": mt.report(truncation_dir, model=bridge, prompts=prompts, progress=False),
-        "checkpoints": mt.report(checkpoint_dir, progress=False),
+        "memory": mt.write_report(memory_dir, progress=False),
+        "toy": mt.write_report(toy_dir, progress=False),
+        "truncation": mt.write_report(truncation_dir, model=bridge, prompts=prompts, progress=False),
+        "checkpoints": mt.write_report(checkpoint_dir, progress=False),
     }
 
 
@@ -187,7 +187,7 @@ def test_study_report_without_a_loadable_model(truncation_dir, tmp_path):
     shutil.copytree(truncation_dir, d)
     (d / "attribution_change.csv").unlink()
     (d / "report.html").unlink(missing_ok=True)
-    rep = mt.report(d, model=str(tmp_path / "no-such-model"), progress=False)
+    rep = mt.write_report(d, model=str(tmp_path / "no-such-model"), progress=False)
     html = rep.path.read_text()
     assert "Some sections are missing" in html and "no-such-model" in html
     assert [s.id for s in rep.sections] == EXPECTED_SECTIONS["truncation"]
@@ -234,7 +234,7 @@ def test_interrupted_checkpoint_study_from_shards(checkpoint_dir, tmp_path):
     for step in (0, 2):
         df[df["step"] == step].to_parquet(d / "shards" / f"step{step}.parquet")
     (d / "shards" / "step8.parquet").write_bytes(b"PAR1 cut")  # the one being written when killed
-    rep = mt.report(d, progress=False)
+    rep = mt.write_report(d, progress=False)
     html = rep.path.read_text()
     assert "Incomplete study" in html and "2 finished checkpoints" in html
     assert "INCOMPLETE" in rep.meta["status"]

@@ -1,7 +1,7 @@
 """Self-contained offline HTML reports of toy runs, truncation studies and checkpoint studies.
 
 >>> import mechtrunc as mt
->>> rep = mt.report("runs/demo")          # writes runs/demo/report.html, returns a Report
+>>> rep = mt.write_report("runs/demo")    # writes runs/demo/report.html, returns a Report
 >>> rep                                    # renders inline in Jupyter
 
 A report is a list of sections; each result kind has an ordered list of section builders
@@ -27,7 +27,7 @@ from mechtrunc.report.readers import (
     CheckpointResults, NotAResultError, ToyRun, TruncationResults, detect, read_result,
 )
 
-__all__ = ["report", "build_report", "register_section", "SECTIONS", "Report", "Section", "CircuitsView",
+__all__ = ["write_report", "build_report", "register_section", "SECTIONS", "Report", "Section", "CircuitsView",
            "Context", "NotAResultError", "read_result", "detect", "html_table", "note"]
 
 SectionBuilder = Callable[[Context], "Section | list[Section] | None"]
@@ -216,10 +216,10 @@ def _python_command(result, model, prompts, task) -> str:
         args.append("prompts=<PromptSet>")
     if task is not None:
         args.append(f"task={task!r}")
-    return f"mechtrunc.report({', '.join(args)})"
+    return f"mechtrunc.write_report({', '.join(args)})"
 
 
-def report(
+def write_report(
     path: str | os.PathLike, out: str | os.PathLike | None = None, *, model=None, prompts=None,
     task: str | None = None, examples: int = 3, device: str = "cpu", progress: bool = True,
     command: str | None = None,
@@ -247,13 +247,3 @@ def report(
     rep.save(Path(out) if out is not None else Path(path) / "report.html")
     return rep
 
-
-class _CallableModule(type(sys)):
-    """``mt.report(...)`` calls :func:`report` whether ``mechtrunc.report`` resolves to this
-    package or to the function (the package and the function share the name)."""
-
-    def __call__(self, *args, **kwargs):
-        return report(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -129,6 +129,6 @@ class Context:
 
 
 def _fingerprint(prompts):
-    from mechtrunc.studies.store import _prompts_fingerprint  # the studies' own: the comparison is exact
+    from mechtrunc.studies.store import prompts_fingerprint  # the studies' own: the comparison is exact
 
-    return _prompts_fingerprint(prompts)
+    return prompts_fingerprint(prompts)

@@ -86,15 +86,11 @@ def _html_summary(title: str, lines: list[str], df=None, max_rows: int = 12) -> 
 
 
 class _Result:
-    """What every result object shares: :meth:`report` writes its HTML page."""
+    """What every result object shares: the directory it was read from.  Its report is
+    ``mt.write_report(result.directory)`` (or ``build_report(result)``): this module sits below the
+    report builders and never calls them."""
 
     directory: Path
-
-    def report(self, **kwargs):
-        """``mt.report(self.directory, **kwargs)``: write (and return) this result's report."""
-        from mechtrunc.report import report
-
-        return report(self.directory, **kwargs)
 
 
 class _StudyResult(_Result):
@@ -385,7 +381,8 @@ def _detect(d: Path) -> tuple[str, dict]:
 
 def read_result(path: str | os.PathLike):
     """Read the result directory at ``path``: a :class:`ToyRun`, :class:`TruncationResults` or
-    :class:`CheckpointResults` (each renders a summary in Jupyter and has ``.report()``)."""
+    :class:`CheckpointResults` (each renders a summary in Jupyter; :func:`mechtrunc.report.build_report`
+    turns it into a report)."""
     d = _check_dir(path)
     kind, meta = _detect(d)
     if kind == "toy":

@@ -11,11 +11,11 @@ Modules:
   (full model + one truncation, or full model + a whole grid), each written as its own shard.
 - :mod:`~mechtrunc.studies.executors`: where units run: :class:`LocalExecutor` (default,
   prefetching), :class:`RayExecutor`, :class:`SlurmExecutor` (submitit).
-- :mod:`~mechtrunc.studies.report`: :func:`prompts_for_task`, :func:`study_report`.
+- :mod:`~mechtrunc.studies.report`: :func:`study_report`.
 
-Figures live in :mod:`mechtrunc.viz` (:func:`truncation_heatmap`, :func:`checkpoint_plot`) and
-model builders in :mod:`mechtrunc.testing` (:func:`train_neox_recall`,
-:func:`recall_tokenizer_dir`); both are re-exported here.
+Figures live in :mod:`mechtrunc.viz` (``truncation_heatmap``, ``checkpoint_plot``), prompt sets
+by task name in :mod:`mechtrunc.tasks` and model builders in :mod:`mechtrunc.testing`; this
+package re-exports none of them (it sits below the report and the command line, above them).
 """
 
 from __future__ import annotations
@@ -26,19 +26,7 @@ from mechtrunc.studies.grid import Grid, as_truncate, best_configuration, evalua
 from mechtrunc.studies.report import prompts_for_task, study_report
 
 __all__ = [
-    "truncation_study", "best_configuration", "as_truncate", "truncation_heatmap", "checkpoint_study",
-    "checkpoint_plot", "study_report", "prompts_for_task", "train_neox_recall", "recall_tokenizer_dir",
-    "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor", "RayExecutor",
-    "SlurmExecutor",
+    "truncation_study", "best_configuration", "as_truncate", "checkpoint_study", "study_report",
+    "prompts_for_task", "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
+    "RayExecutor", "SlurmExecutor",
 ]
-
-_ELSEWHERE = {"truncation_heatmap": "mechtrunc.viz", "checkpoint_plot": "mechtrunc.viz",
-              "train_neox_recall": "mechtrunc.testing", "recall_tokenizer_dir": "mechtrunc.testing"}
-
-
-def __getattr__(name):  # names that moved, re-exported lazily (no import cycle with viz)
-    if name in _ELSEWHERE:
-        import importlib
-
-        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

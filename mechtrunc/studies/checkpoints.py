@@ -31,7 +31,7 @@ from mechtrunc.metrics import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.studies.grid import Grid, _tidy, as_truncate, evaluate_grid
 from mechtrunc.studies.store import (
-    ShardStore, _metrics, _prompts_fingerprint, _write_tables, atomic_write_text, check_meta,
+    ShardStore, metric_values, prompts_fingerprint, write_tables, atomic_write_text, check_meta,
 )
 
 __all__ = ["checkpoint_study", "best_by_step", "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
@@ -192,7 +192,7 @@ class CheckpointUnit:
             for variant, iv in self.variants:
                 t0 = time.perf_counter()
                 ivs = () if iv is None else (iv,)
-                metrics = _metrics(evaluate(model, prompts, *ivs, batch_size=self.batch_size, label=variant))
+                metrics = metric_values(evaluate(model, prompts, *ivs, batch_size=self.batch_size, label=variant))
                 rows.append({"step": self.step, "variant": variant, "intervention": iv.label if iv else "full",
                              **metrics, "seconds": time.perf_counter() - t0})
             df = pd.DataFrame(rows)
@@ -214,16 +214,6 @@ class CheckpointUnit:
         finally:
             free_model(model)
             del model
-
-
-def run_unit(unit: CheckpointUnit) -> pd.DataFrame | None:
-    """Module-level entry point for workers (Ray tasks, submitit jobs)."""
-    return unit()
-
-
-def run_units(units: list) -> list:
-    """Several units in one worker, one after the other (a SLURM array element)."""
-    return [unit() for unit in units]
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,7 +256,7 @@ def _n_layers_hint(loader, steps) -> int | None:
             n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
             return int(n) if n is not None else None
         if isinstance(loader, HubCheckpoints) and pythia.is_pythia(loader.name):
-            return pythia.PYTHIA_SIZES[pythia._size_key(loader.name)].n_layers
+            return pythia.pythia_size(loader.name).n_layers
     except (OSError, ValueError, KeyError):
         return None
     return None
@@ -389,12 +379,12 @@ def checkpoint_study(
 
     if isinstance(load_fn_or_name, (str, os.PathLike)):
         name = str(load_fn_or_name)
-        pythia._parse_dtype(load_kwargs.get("dtype"))  # a bad dtype fails before any work
+        pythia.check_dtype(load_kwargs.get("dtype"))  # a bad dtype fails before any work
         if CheckpointDirectory.looks_like(name):
             loader = CheckpointDirectory(name, **load_kwargs)
             loader.check(steps)
             source = loader.template
-        elif pythia._looks_like_path(name):
+        elif pythia.looks_like_path(name):
             raise ValueError(
                 f"no such checkpoint directory: {name!r} (give a directory with step{{N}}/ subdirectories, "
                 "a path template with {step}, or a hub id)"
@@ -413,7 +403,7 @@ def checkpoint_study(
         raise TypeError("load_fn_or_name must be a model name, a checkpoint directory or a callable step -> model")
 
     if isinstance(prompts_fn, PromptSet):
-        prompt_desc = _prompts_fingerprint(prompts_fn)
+        prompt_desc = prompts_fingerprint(prompts_fn)
     elif isinstance(prompts_fn, (str, os.PathLike)):
         task = str(prompts_fn)
         if task not in ("ioi", "factual") and not Path(task).is_file():
@@ -458,7 +448,7 @@ def checkpoint_study(
         cols = ["step", "variant", "intervention"]
         table = table[cols + [c for c in table.columns if c not in cols and c != "seconds"] + ["seconds"]]
     table = table.reset_index(drop=True)
-    _write_tables(table, out, "checkpoints")
+    write_tables(table, out, "checkpoints")
     if out is not None and (Path(out) / "running").is_dir() and not any((Path(out) / "running").iterdir()):
         (Path(out) / "running").rmdir()
     return table

@@ -2,8 +2,10 @@
 
 An executor has ``map(units, progress=True) -> list`` returning, in order, what each unit
 returned (its table, or None when its shard already existed).  Units are picklable callables
-(:class:`~mechtrunc.studies.checkpoints.CheckpointUnit`) that write their own shard atomically,
-so running one twice is harmless: that is what makes retries safe.
+with ``load()``, ``evaluate(model)``, ``step``, ``name``, ``gpus`` and ``out`` (a checkpoint
+study's ``CheckpointUnit``) that write their own shard atomically, so running one twice is
+harmless: that is what makes retries safe.  This module knows nothing else about studies
+(checkpoint studies import it, never the other way round).
 
 - :class:`LocalExecutor` (default): in this process, one unit at a time, loading the next
   checkpoint on a background thread while the current one is evaluated (``prefetch=False``
@@ -29,7 +31,8 @@ from pathlib import Path
 
 from mechtrunc._scalars import as_int, as_real
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "SlurmExecutor", "resolve_executor", "EXECUTORS"]
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "SlurmExecutor", "resolve_executor", "run_unit", "run_units",
+           "EXECUTORS"]
 
 EXECUTORS = ("local", "ray", "slurm")
 
@@ -40,6 +43,16 @@ def _bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="ckpt", dynamic_ncols=True)
+
+
+def run_unit(unit):
+    """Module-level entry point for workers (Ray tasks, submitit jobs): ``unit()``."""
+    return unit()
+
+
+def run_units(units: list) -> list:
+    """Several units in one worker, one after the other (a SLURM array element)."""
+    return [unit() for unit in units]
 
 
 class Executor(ABC):
@@ -117,8 +130,6 @@ class RayExecutor(Executor):
     def map(self, units, progress=True):
         import ray
 
-        from mechtrunc.studies.checkpoints import run_unit
-
         started = False
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": True, **self.init_kwargs}
@@ -190,8 +201,6 @@ class SlurmExecutor(Executor):
 
     def map(self, units, progress=True):
         import submitit
-
-        from mechtrunc.studies.checkpoints import run_units
 
         units = list(units)
         if not units:

@@ -26,7 +26,7 @@ from mechtrunc.interventions import Truncate
 from mechtrunc.metrics import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.studies.store import (
-    _metrics, _model_fingerprint, _progress, _prompts_fingerprint, _RowStore, _write_tables,
+    metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, write_tables,
 )
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate"]
@@ -158,7 +158,7 @@ def evaluate_grid(
     prompts: PromptSet,
     grid: Grid,
     batch_size: int = 32,
-    store: _RowStore | None = None,
+    store: RowStore | None = None,
     progress: bool = False,
     svd_cache: str | os.PathLike | None = None,
 ) -> list[dict]:
@@ -182,7 +182,7 @@ def evaluate_grid(
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
     rule, svd, mode = grid.rule, grid.svd, grid.mode
-    store = store if store is not None else _RowStore(None, {}, _study_key)
+    store = store if store is not None else RowStore(None, {}, _study_key)
     common = {"rule": rule, "svd": svd, "mode": mode}
 
     configs = []
@@ -194,7 +194,7 @@ def evaluate_grid(
                 configs.append((layer, m, keep, iv, iv.ranks(adapter, max_rank)[0], max_rank))
     todo = [g for g in configs if store.get((g[0], g[1], _keep_key(g[2]))) is None and g[4] != g[5]]
     need_base = store.get(("baseline",)) is None
-    bar = _progress(len(todo) + int(need_base), "truncation", progress)
+    bar = progress_bar(len(todo) + int(need_base), "truncation", progress)
 
     if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
         from mechtrunc.studies import engine
@@ -218,7 +218,7 @@ def evaluate_grid(
 
     if need_base:
         t0 = time.perf_counter()
-        metrics = _metrics(evaluate(model, prompts, batch_size=batch_size, label="full"))
+        metrics = metric_values(evaluate(model, prompts, batch_size=batch_size, label="full"))
         store.add({"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None,
                    "max_rank": None, "identity": False, **common, "intervention": "full", **metrics,
                    "seconds": time.perf_counter() - t0})
@@ -240,7 +240,7 @@ def evaluate_grid(
                 if bar is not None:
                     bar.set_postfix_str(iv.label, refresh=False)
                 t0 = time.perf_counter()
-                metrics = _metrics(evaluate(model, prompts, iv, batch_size=batch_size))
+                metrics = metric_values(evaluate(model, prompts, iv, batch_size=batch_size))
                 row = {**desc, **metrics, "seconds": time.perf_counter() - t0}
                 if bar is not None:
                     bar.update(1)
@@ -302,17 +302,17 @@ def truncation_study(
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
     cfg = getattr(model, "cfg", None)
-    meta = {"kind": "truncation", "model": _model_fingerprint(model), "prompts": _prompts_fingerprint(prompts),
+    meta = {"kind": "truncation", "model": model_fingerprint(model), "prompts": prompts_fingerprint(prompts),
             "n_items": len(prompts), "rule": rule, "svd": svd, "mode": mode,
             "info": {"model_name": str(getattr(cfg, "model_name", type(model).__name__)),
                      "revision": getattr(cfg, "revision", None), **(info or {})}}
-    store = _RowStore(out, meta, _study_key)
+    store = RowStore(out, meta, _study_key)
     if svd_cache is None and out is not None and mode == "engine":
         svd_cache = os.path.join(out, "svd_cache")
     rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress,
                          svd_cache=svd_cache)
     df = _tidy(pd.DataFrame(rows))
-    _write_tables(df, out, "truncation")
+    write_tables(df, out, "truncation")
     return df
 
 

@@ -23,8 +23,15 @@ import torch
 from mechtrunc.adapters import adapt
 from mechtrunc.prompts import PromptSet
 
+__all__ = [
+    "prompts_fingerprint", "model_fingerprint", "check_meta", "atomic_write_text", "RowStore", "ShardStore",
+    "write_tables", "progress_bar", "metric_values",
+]
 
-def _prompts_fingerprint(prompts: PromptSet) -> str:
+
+def prompts_fingerprint(prompts: PromptSet) -> str:
+    """A 16-hex-digit hash of every tensor of ``prompts`` and its competitor names (two prompt
+    sets with the same fingerprint score identically)."""
     h = hashlib.sha1()
     for t in (prompts.tokens, prompts.rows, prompts.pos, prompts.answer, prompts.competitors):
         t = t.detach().to("cpu", torch.long).contiguous()
@@ -34,7 +41,7 @@ def _prompts_fingerprint(prompts: PromptSet) -> str:
     return h.hexdigest()[:16]
 
 
-def _model_fingerprint(model) -> dict:
+def model_fingerprint(model) -> dict:
     """Sizes and a hash of a few exact weight values (tells checkpoints apart; a model moved
     to another directory keeps its fingerprint)."""
     a = adapt(model)
@@ -91,7 +98,7 @@ def atomic_write_text(path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class _RowStore:
+class RowStore:
     """``rows.jsonl`` (one finished row per line) plus ``study.json`` (what rows depend on;
     its ``info`` entry is informational and not compared)."""
 
@@ -188,7 +195,7 @@ class ShardStore:
         return n
 
 
-def _write_tables(df: pd.DataFrame, out, stem: str) -> None:
+def write_tables(df: pd.DataFrame, out, stem: str) -> None:
     """``out/<stem>.csv`` and ``out/<stem>.parquet``, each written atomically."""
     if out is None:
         return
@@ -206,7 +213,8 @@ def _write_tables(df: pd.DataFrame, out, stem: str) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
+    """A tqdm bar counting evaluations, or None when ``enabled`` is false."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -214,7 +222,8 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     return tqdm(total=total, initial=initial, desc=desc, unit="eval", dynamic_ncols=True)
 
 
-def _metrics(df_row: pd.DataFrame) -> dict:
+def metric_values(df_row: pd.DataFrame) -> dict:
+    """The metrics of a one-row ``evaluate`` table as ``{name: float}`` (its label dropped)."""
     row = df_row.iloc[0].to_dict()
     row.pop("variant", None)
     return {k: float(v) for k, v in row.items()}
