@@ -11,7 +11,8 @@ import pandas as pd
 
 from mechtrunc.attribution import attribute_change
 from mechtrunc.prompts import PromptSet
-from mechtrunc.studies.grid import _NON_METRIC, as_truncate, best_configuration
+from mechtrunc.results import find_row, is_metric
+from mechtrunc.studies.grid import as_truncate, best_configuration
 
 __all__ = ["prompts_for_task", "study_report"]
 
@@ -56,12 +57,11 @@ def study_report(
     best = best_configuration(df, metric, higher_is_better)
     iv = as_truncate(best)
     is_base = df["baseline"].astype(bool)
-    pick = lambda r: {k: (None if pd.isna(v) else float(v)) for k, v in r.items() if k not in _NON_METRIC}
+    pick = lambda r: {k: (None if pd.isna(v) else float(v)) for k, v in r.items() if is_metric(k)}
     base_row = df[is_base].iloc[0].to_dict() if is_base.any() else {}
-    match = df[~is_base & (df["layer"] == best["layer"]) & (df["matrix"] == best["matrix"])
-               & (df["keep"].astype(float).round(12) == round(best["keep"], 12))]
+    match = find_row(df, best)
     summary = {"best": best, "intervention": iv.label, "full": pick(base_row),
-               "truncated": pick(match.iloc[0].to_dict()) if len(match) else None}
+               "truncated": pick(match.to_dict()) if match is not None else None}
     paths["best"] = out / "best.json"
     paths["best"].write_text(json.dumps(summary, indent=2))
     change = attribute_change(model, prompts, iv, batch_size=batch_size)
