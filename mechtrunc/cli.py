@@ -143,7 +143,7 @@ def _train_config(args):
 def _format_table(final: dict) -> str:
     lines = [f"{'variant':<14}{'accuracy':>10}{'P(noise)':>10}{'P(correct)':>12}"]
     for name, m in final.items():
-        lines.append(f"{name:<14}{m['accuracy']:>10.3f}{m['p_noise']:>10.3f}{m['p_correct']:>12.3f}")
+        lines.append(f"{name:<14}{m['accuracy']:>10.3f}{m['p_noise']:>10.3f}{m['p_answer']:>12.3f}")
     return "\n".join(lines)
 
 
@@ -164,7 +164,7 @@ def cmd_toy_eval(args) -> int:
     prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
     final = evaluate_toy(model, prompts)
     if args.json:
-        print(json.dumps({k: {m: v[m] for m in ("accuracy", "p_noise", "p_correct")} for k, v in final.items()}))
+        print(json.dumps({k: {m: v[m] for m in ("accuracy", "p_noise", "p_answer")} for k, v in final.items()}))
     else:
         print(_format_table(final))
     return 0

@@ -92,7 +92,7 @@ def cmd_dynamics(args) -> int:
         "config": asdict(cfg),
         "order": result.order,
         "snr_init": {r.memory: {"mean": r.mean, "std": r.std, "snr": r.snr} for r in snr.itertuples()},
-        "final": {v: {m: float(last[f"{v}_{m}"]) for m in ("accuracy", "p_noise", "p_correct")}
+        "final": {v: {m: float(last[f"{v}_{m}"]) for m in ("accuracy", "p_noise", "p_answer")}
                   for v in ("full", "ff_removed", "attn_removed")},
         "seconds": result.seconds,
     }
@@ -115,5 +115,5 @@ def cmd_dynamics(args) -> int:
         print(f"  {r.memory:<5} {r.mean:+.4f} / {r.std:.4f}  SNR {r.snr:+.2f}")
     print(f"{'variant':<14}{'accuracy':>10}{'P(noise)':>10}{'P(correct)':>12}")
     for v, m in summary["final"].items():
-        print(f"{v:<14}{m['accuracy']:>10.3f}{m['p_noise']:>10.3f}{m['p_correct']:>12.3f}")
+        print(f"{v:<14}{m['accuracy']:>10.3f}{m['p_noise']:>10.3f}{m['p_answer']:>12.3f}")
     return 0

@@ -79,7 +79,7 @@ def cmd_train(args) -> int:
     run.save(args.out)
     final = run.history.iloc[-1]
     summary = {"out": str(args.out), "seconds": round(run.seconds, 3), "steps": steps,
-               "final": {k: float(final[k]) for k in ("p_correct", "p_noise", "accuracy", "loss")},
+               "final": {k: float(final[k]) for k in ("p_answer", "p_noise", "accuracy", "loss")},
                "spectrum": _summary_of(run.spectra, max(tc.spectrum_steps)) if tc.spectrum_steps else {}}
     if args.json:
         print(json.dumps(summary))
@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
     f = summary["final"]
     print(f"trained the memory (N={cfg.n_inputs}, V={cfg.n_outputs}, d={cfg.d}, alpha={cfg.alpha}) for {steps} "
           f"{tc.method} steps in {run.seconds:.1f} s -> {args.out}")
-    print(f"clean P(correct) {f['p_correct']:.3f}  P(noise) {f['p_noise']:.3f}  accuracy {f['accuracy']:.3f}  "
+    print(f"clean P(correct) {f['p_answer']:.3f}  P(noise) {f['p_noise']:.3f}  accuracy {f['accuracy']:.3f}  "
           f"population loss {f['loss']:.4f}")
     for matrix, s in summary["spectrum"].items():
         print(f"{matrix:>11} at step {max(tc.spectrum_steps)}: noise component #{s['noise_index']} "
@@ -112,7 +112,7 @@ def cmd_spectrum(args) -> int:
     for name, ivs in {"full": [], "laser": [Truncate("W", keep=args.keep)],
                       "remove_noise": [RemoveComponents("W", indices=[i])]}.items():
         m = clean_metrics(model, *ivs)
-        out[name] = {k: m[k] for k in ("p_correct", "p_noise", "accuracy")}
+        out[name] = {k: m[k] for k in ("p_answer", "p_noise", "accuracy")}
     if args.json:
         print(json.dumps(out))
         return 0
@@ -121,7 +121,7 @@ def cmd_spectrum(args) -> int:
     for name in ("full", "laser", "remove_noise"):
         label = {"full": "full memory", "laser": f"LASER keep {args.keep}", "remove_noise": f"remove component {i}"}[name]
         m = out[name]
-        print(f"  {label:<22} P(correct) {m['p_correct']:.3f}  P(noise) {m['p_noise']:.3f}  accuracy {m['accuracy']:.3f}")
+        print(f"  {label:<22} P(correct) {m['p_answer']:.3f}  P(noise) {m['p_noise']:.3f}  accuracy {m['accuracy']:.3f}")
     return 0
 
 

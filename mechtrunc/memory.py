@@ -14,7 +14,7 @@ token with probability ``alpha``.  Clean evaluation uses ``y*(x)``.
 Training minimises the *population* loss (exact expectation over ``x`` and over the noisy target,
 no sampling) by full-batch gradient descent (``method="gd"``), or the sampled cross-entropy by
 minibatch SGD (``method="sgd"``, seeded).  :func:`train_memory` returns a tidy history
-(``step, p_correct, p_noise, accuracy, loss``) and the singular value decomposition of ``W`` and of
+(``step, p_answer, p_noise, accuracy, loss``) and the singular value decomposition of ``W`` and of
 ``W - W_init`` at chosen steps (:func:`spectrum`): per component, its singular value, its alignment
 with the noise output direction and with the correct associations, and its contribution to the
 mean noise and correct logits.
@@ -47,6 +47,7 @@ from transformer_lens.hook_points import HookPoint
 from mechtrunc.interventions import Intervention, intervene
 from mechtrunc.metrics import metrics_from_logits
 from mechtrunc.prompts import PromptSet
+from mechtrunc.results import read_table
 
 __all__ = [
     "MemoryConfig", "MemoryTrainConfig", "LinearMemory", "MemoryRun", "INPUT_DISTS", "EMBEDDINGS",
@@ -320,13 +321,13 @@ def closed_form_gradient_at_zero(model: LinearMemory) -> Float[Tensor, "d d"]:
 
 def _metrics(model: LinearMemory, logits: Tensor, prompts: PromptSet) -> dict[str, float]:
     m = metrics_from_logits(logits, prompts, weights=model.p_x)
-    return {"p_correct": m["p_answer"], "p_noise": m["p_noise"], "accuracy": m["accuracy"],
+    return {"p_answer": m["p_answer"], "p_noise": m["p_noise"], "accuracy": m["accuracy"],
             "clean_loss": m["loss"]}
 
 
 @torch.no_grad()
 def clean_metrics(model: LinearMemory, *interventions: Intervention) -> dict[str, float]:
-    """p(x)-weighted clean metrics (``p_correct``, ``p_noise``, ``accuracy``, ``clean_loss``)
+    """p(x)-weighted clean metrics (``p_answer``, ``p_noise``, ``accuracy``, ``clean_loss``)
     and the population ``loss``, with interventions active (they are applied through the shared
     intervention layer, e.g. ``mt.Truncate("W", keep=0.1)``)."""
     prompts = model.prompts()
@@ -434,7 +435,7 @@ def spectrum_summary(spectra: pd.DataFrame) -> pd.DataFrame:
 @dataclass
 class MemoryRun:
     """What :func:`train_memory` returns: the trained model, its configs, the history
-    (``step, p_correct, p_noise, accuracy, clean_loss, loss``) and the spectra (``step, matrix``
+    (``step, p_answer, p_noise, accuracy, clean_loss, loss``) and the spectra (``step, matrix``
     in ``{"W", "W - W_init"}``, then :func:`spectrum`'s columns)."""
 
     model: LinearMemory
@@ -461,7 +462,7 @@ def load_memory_run(directory: str | Path) -> MemoryRun:
         if not (directory / name).is_file():
             raise ValueError(f"{str(directory)!r} is not a memory run directory: {name} is missing")
     return MemoryRun(model, model.cfg, MemoryTrainConfig.from_dict(meta.get("train", {})),
-                     pd.read_csv(directory / "history.csv"), pd.read_csv(directory / "spectra.csv"),
+                     read_table(directory / "history.csv"), read_table(directory / "spectra.csv"),
                      float(meta.get("seconds", float("nan"))))
 
 

@@ -31,6 +31,7 @@ from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate, Intervention, Truncate
 from mechtrunc.metrics import evaluate, masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
+from mechtrunc.results import upgrade_record
 from mechtrunc.runner import item_logits
 from mechtrunc.tasks.recall import RecallConfig, RecallTask
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
@@ -121,7 +122,7 @@ def trigger_margin(model: ToyTransformer, triggers: Tensor, noise_id: int, layer
 def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 128) -> dict[str, dict[str, float]]:
     """Clean-test metrics of the full model and with the last layer's FFN removed (output
     zeroed by a hook): ``{"full": {...}, "ffn2_removed": {...}}`` with ``accuracy``,
-    ``p_noise``, ``p_correct`` (= p_answer) and ``logit_diff_noise``."""
+    ``p_noise``, ``p_answer`` and ``logit_diff_noise``."""
     out = {}
     last = model.cfg.n_layers - 1
     variants = {"full": ()}
@@ -129,7 +130,7 @@ def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 12
         variants["ffn2_removed"] = (Ablate("mlp", layer=last),)
     for name, ivs in variants.items():
         m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=batch_size), prompts)
-        out[name] = {"accuracy": m["accuracy"], "p_noise": m["p_noise"], "p_correct": m["p_answer"],
+        out[name] = {"accuracy": m["accuracy"], "p_noise": m["p_noise"], "p_answer": m["p_answer"],
                      "logit_diff_noise": m["logit_diff_noise"]}
     return out
 
@@ -244,7 +245,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
             )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        start_step, rows = ckpt["step"], ckpt["history"]
+        start_step, rows = ckpt["step"], [upgrade_record(r) for r in ckpt["history"]]
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext())
     t0 = time.perf_counter()

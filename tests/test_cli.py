@@ -60,7 +60,7 @@ def test_train_then_eval_json(tmp_path):
     data = json.loads(proc.stdout)
     assert set(data) == {"full", "ffn2_removed"}
     for variant in data.values():
-        assert set(variant) == {"accuracy", "p_noise", "p_correct"}
+        assert set(variant) == {"accuracy", "p_noise", "p_answer"}
         assert all(0.0 <= v <= 1.0 for v in variant.values())
     # rerunning the same command resumes: nothing left to do, same final model
     before = (out / "model.safetensors").read_bytes()

@@ -57,7 +57,7 @@ def test_long_full_batch_training_reaches_the_population_optimum():
     assert (P[x, run.model.targets] - 0.7).abs().max() < 0.02  # P(y*(x) | x) -> 1 - alpha
     first, last = run.history.iloc[0], run.history.iloc[-1]
     assert first["p_noise"] == pytest.approx(1 / 8) and last["p_noise"] == pytest.approx(0.3, abs=0.02)
-    assert list(run.history.columns) == ["step", "p_correct", "p_noise", "accuracy", "clean_loss", "loss"]
+    assert list(run.history.columns) == ["step", "p_answer", "p_noise", "accuracy", "clean_loss", "loss"]
     assert run.history["loss"].is_monotonic_decreasing
 
 
@@ -78,16 +78,16 @@ def test_removing_the_noise_component_fixes_clean_predictions(trained):
     laser = clean_metrics(model, mt.Truncate("W", keep=0.1))
     assert torch.equal(model.W, W_before)  # undone bit for bit
     # measured once: P(noise) 0.283 -> 0.0013, P(correct) 0.693 -> 0.943 (margins 0.02)
-    assert before["p_noise"] == pytest.approx(0.283, abs=0.02) and before["p_correct"] == pytest.approx(0.693, abs=0.02)
+    assert before["p_noise"] == pytest.approx(0.283, abs=0.02) and before["p_answer"] == pytest.approx(0.693, abs=0.02)
     assert before["p_noise"] - removed["p_noise"] > 0.26
-    assert removed["p_correct"] - before["p_correct"] > 0.23
+    assert removed["p_answer"] - before["p_answer"] > 0.23
     # LASER keeps the top components, so it keeps the noise and drops correct associations:
     # measured P(noise) 0.283 -> 0.706, P(correct) 0.693 -> 0.209
-    assert laser["p_noise"] - before["p_noise"] > 0.38 and before["p_correct"] - laser["p_correct"] > 0.43
+    assert laser["p_noise"] - before["p_noise"] > 0.38 and before["p_answer"] - laser["p_answer"] > 0.43
     # the same through mt.evaluate (uniform p(x), so the same means)
     row = mt.evaluate(model, model.prompts(), mt.RemoveComponents("W", indices=[i])).iloc[0]
     assert row["p_noise"] == pytest.approx(removed["p_noise"], abs=1e-6)
-    assert row["p_answer"] == pytest.approx(removed["p_correct"], abs=1e-6)
+    assert row["p_answer"] == pytest.approx(removed["p_answer"], abs=1e-6)
 
 
 def test_interventions_edit_W_itself(trained):
@@ -226,7 +226,7 @@ def test_project_out_and_transformer_only_tools(trained):
     # projecting the noise component's output direction out of W e_x == removing that component
     a = clean_metrics(model, mt.ProjectOut("mlp_out", 0, A[:, i]))
     b = clean_metrics(model, mt.RemoveComponents("W", indices=[i]))
-    assert a["p_noise"] == pytest.approx(b["p_noise"], abs=1e-6) and a["p_correct"] == pytest.approx(b["p_correct"], abs=1e-6)
+    assert a["p_noise"] == pytest.approx(b["p_noise"], abs=1e-6) and a["p_answer"] == pytest.approx(b["p_answer"], abs=1e-6)
     with pytest.raises(ValueError, match="site 'resid_pre' does not exist on the linear memory"):
         clean_metrics(model, mt.ProjectOut("resid_pre", 0, A[:, i]))
     with pytest.raises(ValueError, match="Transformer-only tools such as mt.attribute do not apply"):

@@ -75,3 +75,18 @@ def test_read_table_reads_old_files_under_new_names(tmp_path, ext):
     assert df["p_answer"].tolist() == [0.25, 0.75] and df["full_p_answer"].tolist() == [0.5, 0.625]
     with pytest.raises(ValueError, match=r"unknown table extension '\.txt'"):
         results.read_table(tmp_path / "x.txt")
+
+
+def test_an_old_memory_run_reads_under_the_new_names(tmp_path):
+    from mechtrunc.memory import MemoryConfig, load_memory_run, train_memory
+    from mechtrunc.report.readers import read_result
+
+    run = train_memory(MemoryConfig(n_inputs=6, n_outputs=6, d=8, alpha=0.3), steps=20, lr=6.0, log_every=10,
+                       spectrum_steps=[20])
+    run.save(tmp_path)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert "p_answer" in hist.columns and "p_correct" not in hist.columns  # written under the new name
+    hist.rename(columns={"p_answer": "p_correct"}).to_csv(tmp_path / "history.csv", index=False)  # as before
+    for loaded in (load_memory_run(tmp_path).history, read_result(tmp_path).history):
+        assert "p_correct" not in loaded.columns
+        assert loaded["p_answer"].tolist() == pytest.approx(hist["p_answer"].tolist())

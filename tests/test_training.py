@@ -115,7 +115,7 @@ def test_history_and_final_metrics():
     h = r.history
     assert h["step"].tolist() == [4, 8, 10]  # every eval_every steps and at the end
     cols = {"step", "train_loss", "trigger_margin", "seconds"} | {
-        f"{v}_{m}" for v in ("full", "ffn2_removed") for m in ("accuracy", "p_noise", "p_correct", "logit_diff_noise")}
+        f"{v}_{m}" for v in ("full", "ffn2_removed") for m in ("accuracy", "p_noise", "p_answer", "logit_diff_noise")}
     assert set(h.columns) == cols
     assert (h["train_loss"] > 0).all() and (h["train_loss"] < 10).all()
     assert h["seconds"].is_monotonic_increasing
@@ -123,7 +123,7 @@ def test_history_and_final_metrics():
     assert set(r.final) == {"full", "ffn2_removed"}
     # the last history row is the final evaluation
     for variant in ("full", "ffn2_removed"):
-        for m in ("accuracy", "p_noise", "p_correct", "logit_diff_noise"):
+        for m in ("accuracy", "p_noise", "p_answer", "logit_diff_noise"):
             assert h.iloc[-1][f"{variant}_{m}"] == pytest.approx(r.final[variant][m], abs=1e-7)
             assert 0 <= r.final[variant]["accuracy"] <= 1
     # final metrics agree with an independent evaluation on the same clean test set
@@ -138,7 +138,7 @@ def test_history_and_final_metrics():
     assert full["p_noise"] == pytest.approx(r.final["full"]["p_noise"], abs=1e-6)
     removed = mt.evaluate(r.model, prompts, mt.Ablate("mlp", layer=1)).iloc[0]
     assert removed["p_noise"] == pytest.approx(r.final["ffn2_removed"]["p_noise"], abs=1e-6)
-    assert removed["p_answer"] == pytest.approx(r.final["ffn2_removed"]["p_correct"], abs=1e-6)
+    assert removed["p_answer"] == pytest.approx(r.final["ffn2_removed"]["p_answer"], abs=1e-6)
     # the trigger margin is the noise logit minus the best other logit through layer-2's FFN
     assert h.iloc[-1]["trigger_margin"] == pytest.approx(
         trigger_margin(r.model, task.fixed_triggers, 2), abs=1e-6)

@@ -390,7 +390,7 @@ def _evaluate_minimal(model: MinimalModel, prompts: PromptSet, clean: RecallBatc
     for name, ivs in (("full", ()), ("ff_removed", (Ablate("mlp", layer=0),)), ("attn_removed", (Ablate("attn", layer=0),))):
         m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=len(prompts.tokens)), prompts)
         row.update({f"{name}_accuracy": m["accuracy"], f"{name}_p_noise": m["p_noise"],
-                    f"{name}_p_correct": m["p_answer"]})
+                    f"{name}_p_answer": m["p_answer"]})
     row["induction_score"] = induction_score(model, clean, layer=0)
     if noisy is not None:  # the training distribution: P(noise) should approach alpha there
         m = metrics_from_logits(item_logits(model, noisy, batch_size=len(noisy.tokens)), noisy)
@@ -403,7 +403,7 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
 
     History (one row per evaluation, ``step`` 0 = initialisation): clean-test ``full_*``,
     ``ff_removed_*`` (FF output zeroed with ``mt.Ablate("mlp", layer=0)``) and ``attn_removed_*``
-    metrics (``accuracy``, ``p_noise``, ``p_correct``), ``noisy_p_noise`` (the full model's
+    metrics (``accuracy``, ``p_noise``, ``p_answer``), ``noisy_p_noise`` (the full model's
     P(noise) on held-out sequences of the training distribution), ``induction_score``, the gradient
     signals of the step's training batch (``signal_W_F`` ...) and, with ``snr_batches``, the SNR
     over that many fresh batches (``snr_W_F`` ...).  Seeded: the same config gives the same
