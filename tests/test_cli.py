@@ -66,3 +66,30 @@ def test_train_then_eval_json(tmp_path):
     before = (out / "model.safetensors").read_bytes()
     assert main(args) == 0
     assert (out / "model.safetensors").read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
+    from mechtrunc.pythia import build_random_pythia
+
+    return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
+                               out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
+
+
+def test_pythia_truncate_runs_the_engine_by_default(tiny_pythia, tmp_path, capsys):
+    import pandas as pd
+
+    common = ["pythia", "truncate", "--model", str(tiny_pythia), "--n", "6", "--keeps", "1", "0.5", "0.1",
+              "--batch-size", "4", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0
+    engine = pd.read_csv(tmp_path / "default" / "truncation.csv")
+    assert len(engine) == 1 + 2 * 2 * 3 and set(engine["mode"]) == {"engine"}
+    if "path" in engine.columns:  # the engine says which path computed each configuration
+        assert set(engine.loc[~engine["baseline"] & ~engine["identity"], "path"]) == {"fast"}
+    # the reference (hook mode, one evaluation per configuration) gives the same numbers
+    assert main([*common, "--mode", "hook", "--out", str(tmp_path / "hook")]) == 0
+    hook = pd.read_csv(tmp_path / "hook" / "truncation.csv")
+    assert set(hook["mode"]) == {"hook"}
+    for col in ("p_answer", "logit_diff_the", "loss"):
+        assert engine[col].to_numpy() == pytest.approx(hook[col].to_numpy(), abs=1e-5), col
+    assert "best by logit_diff_the" in capsys.readouterr().out

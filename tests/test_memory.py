@@ -291,14 +291,16 @@ def test_cli_memory_train_and_spectrum(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--out", "x", "--alpha", "1.5"], "alpha must be a probability in [0, 1], got 1.5"),
-    (["train", "--out", "x", "--n-inputs", "1"], "n_inputs (N) must be an integer >= 2, got 1"),
-    (["train", "--out", "x", "--d", "0"], "d must be an integer >= 1, got 0"),
+    (["train", "--out", "x", "--alpha", "1.5"], "argument --alpha: expected a number in [0, 1], got '1.5'"),
+    (["train", "--out", "x", "--n-inputs", "1"], "argument --n-inputs: expected an integer >= 2, got '1'"),
+    (["train", "--out", "x", "--d", "0"], "argument --d: expected a positive integer, got '0'"),
+    (["train", "--out", "x", "--method", "adam"], "unknown method 'adam'; valid methods: gd, sgd"),
+    (["train", "--out", "x", "--threads", "0"], "argument --threads: expected a positive integer, got '0'"),
     (["train", "--out", "x", "--init", "gauss"], "unknown init 'gauss'"),
     (["train", "--out", "x", "--input-dist", "pareto"], "unknown input distribution 'pareto'"),
     (["train", "--out", "x", "--steps", "5", "--spectrum-steps", "9"], "spectrum step 9 is outside 0..5"),
     (["spectrum", "/nonexistent/run"], "not a memory run directory"),
-    (["spectrum", "/nonexistent/run", "--keep", "abc"], "invalid float value"),
+    (["spectrum", "/nonexistent/run", "--keep", "abc"], "argument --keep: expected a number in [0, 1], got 'abc'"),
 ])
 def test_cli_bad_input_exits_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -133,7 +133,7 @@ class _Prompts:
         if isinstance(self.source, PromptSet):
             return self.source
         if isinstance(self.source, (str, os.PathLike)):
-            from mechtrunc.studies.report import prompts_for_task
+            from mechtrunc.tasks.registry import prompts_for_task
 
             return prompts_for_task(self.source, tokenizer, n=self.n, seed=self.seed)
         return self.source(tokenizer)
@@ -342,7 +342,7 @@ def checkpoint_study(
             ``n_devices``...) go to ``load_model``.
         steps: training steps (any integer types; duplicates dropped; the table is in this order).
         prompts_fn: ``tokenizer -> PromptSet``, a fixed PromptSet, or a task for
-            :func:`mechtrunc.studies.prompts_for_task` (``"ioi"``, ``"factual"``, a CSV/JSONL
+            :func:`mechtrunc.tasks.prompts_for_task` (``"ioi"``, ``"factual"``, a CSV/JSONL
             path) built with ``n_prompts`` and ``prompt_seed``.
         truncation: an Intervention or a :func:`best_configuration` dict: rows ``full`` and
             ``truncated`` per step.  Not with ``grid``.

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
 from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
 from mechtrunc.interventions import Truncate
@@ -33,12 +34,11 @@ from mechtrunc.studies.store import (
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate"]
 
-DEFAULT_KEEPS = (1, 0.5, 0.2, 0.1, 0.05, 0.01)
-DEFAULT_MATRICES = ("mlp.W_in", "mlp.W_out")
-#: how a grid is evaluated: "engine" (default; :mod:`mechtrunc.studies.engine`: cached clean
-#: residuals, all keeps of a layer in one batched forward, logits only where read), or one
-#: reference evaluation per configuration with "weight" (LASER's dense write-back) or "hook"
-MODES = ("engine", "weight", "hook")
+#: defaults of a grid, and how a grid is evaluated: "engine" (default;
+#: :mod:`mechtrunc.studies.engine`: cached clean residuals, all keeps of a layer in one batched
+#: forward, logits only where read), or one reference evaluation per configuration with "weight"
+#: (LASER's dense write-back) or "hook"
+DEFAULT_KEEPS, DEFAULT_MATRICES, MODES = GRID_KEEPS, GRID_MATRICES, GRID_MODES
 
 
 def _study_key(row: dict) -> tuple:
@@ -109,9 +109,9 @@ class Grid:
     layers: tuple[int, ...] | None = None
     matrices: tuple[str, ...] = DEFAULT_MATRICES
     keeps: tuple[float, ...] = DEFAULT_KEEPS
-    rule: str = "round"
-    svd: str = "exact"
-    mode: str = "engine"
+    rule: str = RULES[0]
+    svd: str = SVD_METHODS[0]
+    mode: str = GRID_MODES[0]
 
     def __post_init__(self):
         if self.layers is not None:
@@ -125,8 +125,8 @@ class Grid:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
         Truncate(DEFAULT_MATRICES[0], layer=0, keep=0.5, rule=self.rule, svd="exact", mode=self.truncate_mode)  # rule
-        if self.svd not in ("exact", "randomized"):
-            raise ValueError(f"unknown svd method {self.svd!r}; valid: 'exact', 'randomized'")
+        if self.svd not in SVD_METHODS:
+            raise ValueError(f"unknown svd method {self.svd!r}; valid: {', '.join(map(repr, SVD_METHODS))}")
         if self.mode == "engine" and self.svd != "exact":
             raise ValueError(f"mode 'engine' computes exact decompositions; give svd='exact' (not {self.svd!r}) "
                              "or mode='weight' / 'hook'")
