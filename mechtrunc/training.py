@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice, check_int, check_real
 from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate, Intervention, Truncate
 from mechtrunc.metrics import evaluate, masked_cross_entropy, metrics_from_logits
@@ -71,15 +72,14 @@ class TrainConfig:
     preset: str = "custom"
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("precision", self.precision, PRECISIONS)
         for name in ("steps", "batch_size", "eval_every", "test_size") + (("threads",) if self.threads is not None else ()):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            setattr(self, name, check_int(name, getattr(self, name), 1))
+        self.seed = check_int("seed", self.seed)
+        self.lr = check_real("lr", self.lr, 0, above=True)
+        self.momentum = check_real("momentum", self.momentum, 0)
+        self.weight_decay = check_real("weight_decay", self.weight_decay, 0)
         self.recall_config()  # validates alpha, k, seq_len, noise token
         self.model_config()
 

@@ -193,15 +193,17 @@ def test_config_json_round_trip_and_run_save_load(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(alpha=1.5), "alpha must be a probability in \\[0, 1\\], got 1.5"),
+    (dict(alpha=1.5), "alpha must be a number in \\[0, 1\\], got 1.5"),
     (dict(alpha=-0.1), "got -0.1"),
     (dict(n_inputs=1), "n_inputs \\(N\\) must be an integer >= 2, got 1"),
     (dict(d=0), "d must be an integer >= 1, got 0"),
-    (dict(init="gauss"), "unknown init 'gauss'; valid: 'zero', 'random'"),
-    (dict(input_dist="pareto"), "unknown input distribution 'pareto'; valid: 'uniform', 'zipf'"),
+    (dict(init="gauss"), "unknown init 'gauss'; valid: zero, random"),
+    (dict(input_dist="pareto"), "unknown input distribution 'pareto'; valid: uniform, zipf"),
     (dict(embeddings="sphere"), "unknown embeddings 'sphere'"),
     (dict(embeddings="orthonormal", n_inputs=20, d=16), "needs n_inputs <= d and n_outputs <= d, got N=20, V=64, d=16"),
-    (dict(noise_token=64), "noise_token must be an output index in 0..63, got 64"),
+    (dict(noise_token=64), "noise_token must be an integer in 0..63, got 64"),
+    (dict(n_inputs=2.5), "n_inputs \\(N\\) must be an integer"),
+    (dict(init_scale=float("inf")), "init_scale must be a number >= 0, got inf"),
 ])
 def test_bad_config_names_the_value(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -213,6 +215,10 @@ def test_bad_training_and_intervention_input(trained):
         MemoryTrainConfig(method="adam")
     with pytest.raises(ValueError, match="spectrum step 50 is outside 0..10"):
         MemoryTrainConfig(steps=10, spectrum_steps=[50])
+    with pytest.raises(ValueError, match="lr must be a number > 0, got 0"):
+        MemoryTrainConfig(lr=0)
+    with pytest.raises(ValueError, match="log_every must be an integer >= 1, got 0"):
+        MemoryTrainConfig(log_every=0)
     with pytest.raises(ValueError, match="unknown matrix 'mlp.W_in' for the linear memory; valid: W"):
         clean_metrics(trained.model, mt.Truncate("mlp.W_in", layer=0, keep=0.5))
     with pytest.raises(ValueError, match="input ids must be in 0..31"):

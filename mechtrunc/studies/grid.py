@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
 from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
@@ -47,30 +48,16 @@ def _study_key(row: dict) -> tuple:
     return (int(row["layer"]), str(row["matrix"]), keep_key(row["keep"]))
 
 
-def _validate_grid(adapter, layers, matrices, keeps):
-    if layers is None:
-        layers = list(range(adapter.n_layers))
-    else:
-        layers = [as_int(v, "layer") for v in _as_seq(layers, "layers")]
-    if not layers:
-        raise ValueError("layers is empty: give at least one layer (or None for all)")
-    checked_layers = [adapter.check_layer(layer) for layer in layers]
-    matrices = [matrices] if isinstance(matrices, str) else list(matrices)
-    if not matrices:
-        raise ValueError(f"matrices is empty: give at least one of {', '.join(MATRICES)}")
-    for m in matrices:
-        if m not in MATRICES:
-            raise ValueError(f"unknown matrix {m!r}; valid matrices: {', '.join(MATRICES)}")
+def _resolve(adapter, grid: "Grid") -> tuple[list[int], list[str], list[float]]:
+    """``grid``'s values against the model behind ``adapter``: the layers exist (all of them
+    when ``grid.layers`` is None), every matrix exists at every layer; duplicates dropped.  The
+    values themselves were checked when ``grid`` was built."""
+    layers = list(range(adapter.n_layers)) if grid.layers is None else [adapter.check_layer(v) for v in grid.layers]
+    for m in grid.matrices:
         if m != "attn.OV":
-            for layer in checked_layers:
+            for layer in layers:
                 adapter.matrix(m, layer)  # raises for a missing MLP
-    checked_keeps = as_real_list(keeps, "keep")
-    if not checked_keeps:
-        raise ValueError("keeps is empty: give at least one fraction in [0, 1]")
-    for k in checked_keeps:
-        if not 0.0 <= k <= 1.0:
-            raise ValueError(f"keep must be in [0, 1], got {k!r}")
-    return _dedupe(checked_layers), _dedupe(matrices), _dedupe(checked_keeps, keep_key)
+    return _dedupe(layers), _dedupe(grid.matrices), _dedupe(grid.keeps, keep_key)
 
 
 def _as_seq(values, name):
@@ -113,26 +100,34 @@ class Grid:
     svd: str = SVD_METHODS[0]
     mode: str = GRID_MODES[0]
 
-    def __post_init__(self):
+    def __post_init__(self):  # every value is checked here, once; evaluation code trusts a Grid
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(as_int(v, "layer") for v in _as_seq(self.layers, "layers")))
+            layers = tuple(as_int(v, "layer") for v in _as_seq(self.layers, "layers"))
+            if not layers:
+                raise ValueError("layers is empty: give at least one layer (or None for all)")
+            object.__setattr__(self, "layers", layers)
         m = (self.matrices,) if isinstance(self.matrices, str) else tuple(self.matrices)
+        if not m:
+            raise ValueError(f"matrices is empty: give at least one of {', '.join(MATRICES)}")
+        for name in m:
+            if name not in MATRICES:
+                raise ValueError(f"unknown matrix {name!r}; valid matrices: {', '.join(MATRICES)}")
         object.__setattr__(self, "matrices", m)
-        object.__setattr__(self, "keeps", tuple(as_real_list(self.keeps, "keep")))
-        for k in self.keeps:
+        keeps = tuple(as_real_list(self.keeps, "keep"))
+        if not keeps:
+            raise ValueError("keeps is empty: give at least one fraction in [0, 1]")
+        for k in keeps:
             if not 0.0 <= k <= 1.0:
                 raise ValueError(f"keep must be in [0, 1], got {k!r}")
+        object.__setattr__(self, "keeps", keeps)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
-        Truncate(DEFAULT_MATRICES[0], layer=0, keep=0.5, rule=self.rule, svd="exact", mode=self.truncate_mode)  # rule
+        check_choice("rank rule", self.rule, RULES)
         if self.svd not in SVD_METHODS:
             raise ValueError(f"unknown svd method {self.svd!r}; valid: {', '.join(map(repr, SVD_METHODS))}")
         if self.mode == "engine" and self.svd != "exact":
             raise ValueError(f"mode 'engine' computes exact decompositions; give svd='exact' (not {self.svd!r}) "
                              "or mode='weight' / 'hook'")
-        for m in self.matrices:
-            if m not in MATRICES:
-                raise ValueError(f"unknown matrix {m!r}; valid matrices: {', '.join(MATRICES)}")
 
     @property
     def truncate_mode(self) -> str:
@@ -143,8 +138,7 @@ class Grid:
     def resolve(self, model) -> tuple[list[int], list[str], list[float]]:
         """The grid's (layers, matrices, keeps) checked against ``model`` (ValueError naming
         a bad value and the valid range), duplicates dropped."""
-        return _validate_grid(adapt(model), None if self.layers is None else list(self.layers),
-                              list(self.matrices), list(self.keeps))
+        return _resolve(adapt(model), self)
 
     def to_dict(self) -> dict:
         return {"layers": None if self.layers is None else list(self.layers), "matrices": list(self.matrices),
@@ -177,8 +171,6 @@ def evaluate_grid(
     """
     adapter = adapt(model)
     layers, matrices, keeps = grid.resolve(model)
-    if len(prompts) == 0:
-        raise ValueError("the prompt set has no items to score")
     rule, svd, mode = grid.rule, grid.svd, grid.mode
     store = store if store is not None else _RowStore(None, {}, _study_key)
     common = {"rule": rule, "svd": svd, "mode": mode}
