@@ -93,3 +93,26 @@ def test_pythia_truncate_runs_the_engine_by_default(tiny_pythia, tmp_path, capsy
     for col in ("p_answer", "logit_diff_the", "loss"):
         assert engine[col].to_numpy() == pytest.approx(hook[col].to_numpy(), abs=1e-5), col
     assert "best by logit_diff_the" in capsys.readouterr().out
+
+
+def test_command_groups_import_no_package_init_and_nothing_heavy_at_top():
+    """No cycle between the dispatcher and the groups: a group module imports the checkers
+    module, never ``mechtrunc.cli`` itself; at module top only light modules."""
+    import ast
+    from pathlib import Path
+
+    import mechtrunc.cli as cli
+
+    light = {"mechtrunc", "mechtrunc._choices", "mechtrunc.results", "mechtrunc.cli.checks", "mechtrunc.cli.toy"}
+    for path in sorted(Path(cli.__file__).parent.glob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                assert "mechtrunc.cli" != node.module or all(n.endswith((".checks", ".toy")) for n in names[1:]), \
+                    f"{path.name} imports the cli package itself"
+        for node in tree.body:  # module top
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mechtrunc"):
+                assert node.module in light, f"{path.name} imports {node.module} at module top"
