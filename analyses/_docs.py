@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mechtrunc.results import read_table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results.md"
 DATA = ROOT / "docs" / "data"
@@ -64,7 +66,7 @@ PAPER_REFERENCE = {
 
 def render_paper(_df=None) -> str:
     """The paper preset's truncation table at 1250 and 5000 iterations next to the reference."""
-    at = {step: pd.read_csv(DATA / f"paper_h100_{step}_truncation.csv").set_index("variant") for step in (1250, 5000)}
+    at = {step: read_table(DATA / f"paper_h100_{step}_truncation.csv").set_index("variant") for step in (1250, 5000)}
     rows = []
     for variant, ref in PAPER_REFERENCE.items():
         cells = [" / ".join(f"{at[s].loc[variant, m]:.3f}" for m in _METRICS) for s in (1250, 5000)]
@@ -77,7 +79,7 @@ BLOCKS = {
     "cpu-seeds": ("cpu_seeds_truncation.csv", render_seeds),
     "cpu-truncation": ("cpu_truncation.csv", lambda df: render_metrics(df, _METRICS)),
     "cpu-noise-components": ("cpu_noise_components.csv", lambda df: render_metrics(df, {
-        "accuracy": "accuracy", "p_noise": "P(noise)", "p_correct": "P(correct)",
+        "accuracy": "accuracy", "p_noise": "P(noise)", "p_answer": "P(correct)",
         "train_distribution_loss": "loss on the training distribution"})),
     "cpu-attribution": ("cpu_attribution.csv", render_attribution),
     "paper-h100": ("paper_h100_5000_truncation.csv", render_paper),
@@ -86,7 +88,7 @@ BLOCKS = {
 
 def render(name: str) -> str:
     csv, fn = BLOCKS[name]
-    return fn(pd.read_csv(DATA / csv))
+    return fn(read_table(DATA / csv))
 
 
 def _pattern(name: str) -> re.Pattern:

@@ -47,9 +47,9 @@ def main() -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(h["step"], h["full_p_noise"], color="C3", label="full model: P(noise)")
     ax1.plot(h["step"], h["noisy_p_noise"], color="C3", ls=":", label="full model: P(noise), noisy (training) sequences")
-    ax1.plot(h["step"], h["full_p_correct"], color="C2", label="full model: P(correct)")
+    ax1.plot(h["step"], h["full_p_answer"], color="C2", label="full model: P(correct)")
     ax1.plot(h["step"], h["ff_removed_accuracy"], color="C0", label="FF removed: accuracy (in-context)")
-    ax1.plot(h["step"], h["ff_removed_p_correct"], color="C0", ls="--", label="FF removed: P(correct)")
+    ax1.plot(h["step"], h["ff_removed_p_answer"], color="C0", ls="--", label="FF removed: P(correct)")
     ax1.plot(h["step"], h["induction_score"], color="C7", ls=":", label="attention on token after trigger")
     for s, c, name in ((o["step_noise"], "C3", "P(noise) >= alpha/2"), (o["step_icl"], "C0", "in-context acc >= 0.5")):
         if s == s:
@@ -68,7 +68,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "dynamics_minimal.png", dpi=120)
     print(json.dumps(o))
-    print(h[["step", "full_p_noise", "noisy_p_noise", "full_p_correct", "ff_removed_accuracy", "ff_removed_p_correct",
+    print(h[["step", "full_p_noise", "noisy_p_noise", "full_p_answer", "ff_removed_accuracy", "ff_removed_p_answer",
              "induction_score"]].iloc[::5].round(3).to_string(index=False))
     print(f"wrote {out / 'dynamics_minimal.png'} in {time.perf_counter() - t0:.1f} s")
 

@@ -56,7 +56,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(h["step"], h["full_p_noise"], color="C3", label="full: P(noise)")
-    ax.plot(h["step"], h["full_p_correct"], color="C2", label="full: P(correct)")
+    ax.plot(h["step"], h["full_p_answer"], color="C2", label="full: P(correct)")
     ax.plot(h["step"], h["ffn2_removed_p_noise"], color="C3", ls="--", label="layer-2 FFN removed: P(noise)")
     ax.plot(h["step"], h["ffn2_removed_accuracy"], color="C0", label="layer-2 FFN removed: accuracy")
     ax.plot(h["step"], h["induction_score"], color="C7", ls=":", label="layer-2 attention on token after trigger")

@@ -70,7 +70,7 @@ def main() -> None:
                 row = dict(desc, step=step, noise_index=i)
                 for name, ivs in variants.items():
                     m = mt.memory.clean_metrics(model, *ivs)
-                    row[f"p_noise_{name}"], row[f"p_correct_{name}"] = m["p_noise"], m["p_correct"]
+                    row[f"p_noise_{name}"], row[f"p_answer_{name}"] = m["p_noise"], m["p_answer"]
                 checks.append(row)
             # order of learning: first step where P(noise), resp. P(correct), is halfway from chance
             # (1/V) to its population optimum (alpha, resp. 1 - alpha)
@@ -79,7 +79,7 @@ def main() -> None:
             chance = 1 / cfg.n_outputs
             for row in checks[-len(LOG_STEPS):]:
                 row["step_noise_half"] = first(h["p_noise"] >= chance + (cfg.alpha - chance) / 2)
-                row["step_correct_half"] = first(h["p_correct"] >= chance + (1 - cfg.alpha - chance) / 2)
+                row["step_answer_half"] = first(h["p_answer"] >= chance + (1 - cfg.alpha - chance) / 2)
     table = pd.concat(tables, ignore_index=True)
     cols = ["factor", "alpha", "N", "d", "init_scale", "method", "batch", "step", "matrix"]
     table = table[cols + [c for c in table.columns if c not in cols]]

@@ -76,7 +76,7 @@ def main() -> None:
             h = history[history["run"] == name]
             ax2 = axes[1, j]
             ax2.plot(h["step"].clip(lower=1), h["p_noise"], color="tab:red", label="P(noise)")
-            ax2.plot(h["step"].clip(lower=1), h["p_correct"], color="tab:blue", label="P(correct)")
+            ax2.plot(h["step"].clip(lower=1), h["p_answer"], color="tab:blue", label="P(correct)")
             ax2.axhline(RUNS[name]["alpha"], color="tab:red", ls=":", lw=0.8)
             ax2.set_xlabel("GD step (lr = N)")
             ax2.set_ylim(0, 1)

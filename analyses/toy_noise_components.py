@@ -34,7 +34,7 @@ def compute(model, cfg, task, test, top=(1, 2, 4, 8)) -> tuple[pd.DataFrame, pd.
         r = mt.evaluate(model, recall, *ivs, label=name).iloc[0]
         b = mt.evaluate(model, bigram, *ivs, label=name).iloc[0]
         n = mt.evaluate(model, noisy, *ivs, label=name).iloc[0]
-        rows.append({"variant": name, "accuracy": r["accuracy"], "p_noise": r["p_noise"], "p_correct": r["p_answer"],
+        rows.append({"variant": name, "accuracy": r["accuracy"], "p_noise": r["p_noise"], "p_answer": r["p_answer"],
                      "train_distribution_loss": n["loss"], "bigram_loss": b["loss"], "bigram_accuracy": b["accuracy"]})
     return ranking, pd.DataFrame(rows)
 

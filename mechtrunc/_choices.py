@@ -4,7 +4,9 @@ The CLI builds its parser, its ``choices`` and its argument validation from this
 ``mechtrunc --help`` and usage errors never import torch, transformers, TransformerLens or
 pandas.  The heavy modules import the same objects from here (one home per concept):
 :data:`PRESETS` and :data:`OPTIMIZERS` (``mechtrunc.training``), :data:`MATRICES` and
-:data:`SITES` (``mechtrunc.adapters``), the Pythia checkpoint steps and :func:`check_step`
+:data:`SITES` (``mechtrunc.adapters``), the grid defaults (``mechtrunc.studies.grid``), the
+memory's and the minimal model's option names (``mechtrunc.memory``,
+``mechtrunc.dynamics.minimal``), the Pythia checkpoint steps and :func:`check_step`
 (``mechtrunc.pythia``).
 """
 
@@ -28,6 +30,27 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 #: weight matrices an intervention can edit, and activation sites it can hook
 MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
 SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post", "mlp_pre", "mlp_post", "z")
+
+#: the truncation grid (mechtrunc.studies.grid): default matrices and keeps, how a grid is
+#: evaluated ("engine": cached residuals, all keeps of a layer in one batched forward; "weight" /
+#: "hook": one reference evaluation per configuration), the rank rules and SVD methods
+GRID_MATRICES = ("mlp.W_in", "mlp.W_out")
+GRID_KEEPS = (1, 0.5, 0.2, 0.1, 0.05, 0.01)
+GRID_MODES = ("engine", "weight", "hook")
+RULES = ("round", "authors")
+SVD_METHODS = ("exact", "randomized")
+#: built-in prompt tasks of the language-model studies (mechtrunc.tasks.prompts_for_task)
+TASKS = ("ioi", "factual")
+
+#: the linear associative memory (mechtrunc.memory)
+MEMORY_INPUT_DISTS = ("uniform", "zipf")
+MEMORY_EMBEDDINGS = ("gaussian", "orthonormal")
+MEMORY_INITS = ("zero", "random")
+MEMORY_METHODS = ("gd", "sgd")
+MEMORY_DTYPES = ("float64", "float32")
+#: the minimal in-context model (mechtrunc.dynamics.minimal)
+MINIMAL_EMBEDDINGS = ("orthonormal", "gaussian")
+MINIMAL_OPTIMIZERS = ("sgd", "adam")
 
 #: dtype spellings accepted by mechtrunc.pythia.load_model
 DTYPE_NAMES = ("float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")

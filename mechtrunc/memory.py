@@ -14,7 +14,7 @@ token with probability ``alpha``.  Clean evaluation uses ``y*(x)``.
 Training minimises the *population* loss (exact expectation over ``x`` and over the noisy target,
 no sampling) by full-batch gradient descent (``method="gd"``), or the sampled cross-entropy by
 minibatch SGD (``method="sgd"``, seeded).  :func:`train_memory` returns a tidy history
-(``step, p_correct, p_noise, accuracy, loss``) and the singular value decomposition of ``W`` and of
+(``step, p_answer, p_noise, accuracy, loss``) and the singular value decomposition of ``W`` and of
 ``W - W_init`` at chosen steps (:func:`spectrum`): per component, its singular value, its alignment
 with the noise output direction and with the correct associations, and its contribution to the
 mean noise and correct logits.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -44,9 +43,13 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from mechtrunc._checks import check_choice, check_fraction, check_int, check_real
+from mechtrunc._choices import MEMORY_DTYPES, MEMORY_EMBEDDINGS, MEMORY_INITS, MEMORY_INPUT_DISTS, MEMORY_METHODS
+from mechtrunc._scalars import as_int_list
 from mechtrunc.interventions import Intervention, intervene
 from mechtrunc.metrics import metrics_from_logits
 from mechtrunc.prompts import PromptSet
+from mechtrunc.results import read_table
 
 __all__ = [
     "MemoryConfig", "MemoryTrainConfig", "LinearMemory", "MemoryRun", "INPUT_DISTS", "EMBEDDINGS",
@@ -54,21 +57,8 @@ __all__ = [
     "spectrum", "noise_component", "spectrum_summary", "clean_metrics", "load_memory_run",
 ]
 
-INPUT_DISTS = ("uniform", "zipf")
-EMBEDDINGS = ("gaussian", "orthonormal")
-INITS = ("zero", "random")
-METHODS = ("gd", "sgd")
-DTYPES = ("float64", "float32")
-
-
-def _check_choice(name: str, value, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(repr(v) for v in valid)}")
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+INPUT_DISTS, EMBEDDINGS, INITS = MEMORY_INPUT_DISTS, MEMORY_EMBEDDINGS, MEMORY_INITS
+METHODS, DTYPES = MEMORY_METHODS, MEMORY_DTYPES
 
 
 def _config_from_dict(cls, data: dict):
@@ -100,30 +90,23 @@ class MemoryConfig:
     dtype: str = "float64"
 
     def __post_init__(self) -> None:
-        _check_int("n_inputs (N)", self.n_inputs, 2)
-        _check_int("n_outputs (V)", self.n_outputs, 2)
-        _check_int("d", self.d, 1)
-        if not isinstance(self.alpha, numbers.Real) or isinstance(self.alpha, bool) or not 0.0 <= float(self.alpha) <= 1.0:
-            raise ValueError(f"alpha must be a probability in [0, 1], got {self.alpha!r}")
-        if isinstance(self.noise_token, bool) or not isinstance(self.noise_token, numbers.Integral) \
-                or not 0 <= self.noise_token < self.n_outputs:
-            raise ValueError(f"noise_token must be an output index in 0..{self.n_outputs - 1}, got {self.noise_token!r}")
-        _check_choice("input distribution", self.input_dist, INPUT_DISTS)
-        _check_choice("embeddings", self.embeddings, EMBEDDINGS)
-        _check_choice("init", self.init, INITS)
-        _check_choice("dtype", self.dtype, DTYPES)
-        if not math.isfinite(float(self.zipf_exponent)) or self.zipf_exponent < 0:
-            raise ValueError(f"zipf_exponent must be a finite number >= 0, got {self.zipf_exponent!r}")
-        if not math.isfinite(float(self.init_scale)) or self.init_scale < 0:
-            raise ValueError(f"init_scale must be a finite number >= 0, got {self.init_scale!r}")
+        self.n_inputs = check_int("n_inputs (N)", self.n_inputs, 2)
+        self.n_outputs = check_int("n_outputs (V)", self.n_outputs, 2)
+        self.d = check_int("d", self.d, 1)
+        self.alpha = check_fraction("alpha", self.alpha)
+        self.noise_token = check_int("noise_token", self.noise_token, 0, self.n_outputs - 1)
+        self.target_seed, self.seed = check_int("target_seed", self.target_seed), check_int("seed", self.seed)
+        check_choice("input distribution", self.input_dist, INPUT_DISTS)
+        check_choice("embeddings", self.embeddings, EMBEDDINGS)
+        check_choice("init", self.init, INITS)
+        check_choice("dtype", self.dtype, DTYPES)
+        self.zipf_exponent = check_real("zipf_exponent", self.zipf_exponent, 0)
+        self.init_scale = check_real("init_scale", self.init_scale, 0)
         if self.embeddings == "orthonormal" and (self.n_inputs > self.d or self.n_outputs > self.d):
             raise ValueError(
                 f"embeddings='orthonormal' needs n_inputs <= d and n_outputs <= d, got N={self.n_inputs}, "
                 f"V={self.n_outputs}, d={self.d}; use embeddings='gaussian' or a larger d"
             )
-        self.alpha = float(self.alpha)
-        self.n_inputs, self.n_outputs, self.d = int(self.n_inputs), int(self.n_outputs), int(self.d)
-        self.noise_token, self.zipf_exponent, self.init_scale = int(self.noise_token), float(self.zipf_exponent), float(self.init_scale)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -162,13 +145,13 @@ class MemoryTrainConfig:
     spectrum_steps: list[int] = field(default_factory=lambda: [0, 10, 100, 1000, 2000])
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        _check_int("steps", self.steps, 0)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("log_every", self.log_every, 1)
-        if not math.isfinite(float(self.lr)) or self.lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        steps = [int(s) for s in self.spectrum_steps]
+        check_choice("method", self.method, METHODS)
+        self.steps = check_int("steps", self.steps, 0)
+        self.batch_size = check_int("batch_size", self.batch_size, 1)
+        self.log_every = check_int("log_every", self.log_every, 1)
+        self.seed = check_int("seed", self.seed)
+        self.lr = check_real("lr", self.lr, 0, above=True)
+        steps = as_int_list(self.spectrum_steps, "spectrum step")
         for s in steps:
             if not 0 <= s <= self.steps:
                 raise ValueError(f"spectrum step {s} is outside 0..{self.steps}")
@@ -320,13 +303,13 @@ def closed_form_gradient_at_zero(model: LinearMemory) -> Float[Tensor, "d d"]:
 
 def _metrics(model: LinearMemory, logits: Tensor, prompts: PromptSet) -> dict[str, float]:
     m = metrics_from_logits(logits, prompts, weights=model.p_x)
-    return {"p_correct": m["p_answer"], "p_noise": m["p_noise"], "accuracy": m["accuracy"],
+    return {"p_answer": m["p_answer"], "p_noise": m["p_noise"], "accuracy": m["accuracy"],
             "clean_loss": m["loss"]}
 
 
 @torch.no_grad()
 def clean_metrics(model: LinearMemory, *interventions: Intervention) -> dict[str, float]:
-    """p(x)-weighted clean metrics (``p_correct``, ``p_noise``, ``accuracy``, ``clean_loss``)
+    """p(x)-weighted clean metrics (``p_answer``, ``p_noise``, ``accuracy``, ``clean_loss``)
     and the population ``loss``, with interventions active (they are applied through the shared
     intervention layer, e.g. ``mt.Truncate("W", keep=0.1)``)."""
     prompts = model.prompts()
@@ -434,7 +417,7 @@ def spectrum_summary(spectra: pd.DataFrame) -> pd.DataFrame:
 @dataclass
 class MemoryRun:
     """What :func:`train_memory` returns: the trained model, its configs, the history
-    (``step, p_correct, p_noise, accuracy, clean_loss, loss``) and the spectra (``step, matrix``
+    (``step, p_answer, p_noise, accuracy, clean_loss, loss``) and the spectra (``step, matrix``
     in ``{"W", "W - W_init"}``, then :func:`spectrum`'s columns)."""
 
     model: LinearMemory
@@ -461,7 +444,7 @@ def load_memory_run(directory: str | Path) -> MemoryRun:
         if not (directory / name).is_file():
             raise ValueError(f"{str(directory)!r} is not a memory run directory: {name} is missing")
     return MemoryRun(model, model.cfg, MemoryTrainConfig.from_dict(meta.get("train", {})),
-                     pd.read_csv(directory / "history.csv"), pd.read_csv(directory / "spectra.csv"),
+                     read_table(directory / "history.csv"), read_table(directory / "spectra.csv"),
                      float(meta.get("seconds", float("nan"))))
 
 

@@ -27,10 +27,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice, check_int, check_real
 from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate, Intervention, Truncate
 from mechtrunc.metrics import evaluate, masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
+from mechtrunc.results import upgrade_record
 from mechtrunc.runner import item_logits
 from mechtrunc.tasks.recall import RecallConfig, RecallTask
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
@@ -70,15 +72,14 @@ class TrainConfig:
     preset: str = "custom"
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("precision", self.precision, PRECISIONS)
         for name in ("steps", "batch_size", "eval_every", "test_size") + (("threads",) if self.threads is not None else ()):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            setattr(self, name, check_int(name, getattr(self, name), 1))
+        self.seed = check_int("seed", self.seed)
+        self.lr = check_real("lr", self.lr, 0, above=True)
+        self.momentum = check_real("momentum", self.momentum, 0)
+        self.weight_decay = check_real("weight_decay", self.weight_decay, 0)
         self.recall_config()  # validates alpha, k, seq_len, noise token
         self.model_config()
 
@@ -121,7 +122,7 @@ def trigger_margin(model: ToyTransformer, triggers: Tensor, noise_id: int, layer
 def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 128) -> dict[str, dict[str, float]]:
     """Clean-test metrics of the full model and with the last layer's FFN removed (output
     zeroed by a hook): ``{"full": {...}, "ffn2_removed": {...}}`` with ``accuracy``,
-    ``p_noise``, ``p_correct`` (= p_answer) and ``logit_diff_noise``."""
+    ``p_noise``, ``p_answer`` and ``logit_diff_noise``."""
     out = {}
     last = model.cfg.n_layers - 1
     variants = {"full": ()}
@@ -129,7 +130,7 @@ def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 12
         variants["ffn2_removed"] = (Ablate("mlp", layer=last),)
     for name, ivs in variants.items():
         m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=batch_size), prompts)
-        out[name] = {"accuracy": m["accuracy"], "p_noise": m["p_noise"], "p_correct": m["p_answer"],
+        out[name] = {"accuracy": m["accuracy"], "p_noise": m["p_noise"], "p_answer": m["p_answer"],
                      "logit_diff_noise": m["logit_diff_noise"]}
     return out
 
@@ -244,7 +245,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
             )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        start_step, rows = ckpt["step"], ckpt["history"]
+        start_step, rows = ckpt["step"], [upgrade_record(r) for r in ckpt["history"]]
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext())
     t0 = time.perf_counter()

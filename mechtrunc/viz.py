@@ -124,11 +124,9 @@ def truncation_heatmap(
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
 
-    from mechtrunc.studies.grid import _NON_METRIC
+    from mechtrunc.results import check_metric
 
-    if metric not in df.columns or metric in _NON_METRIC:
-        valid = [c for c in df.columns if c not in _NON_METRIC]
-        raise ValueError(f"unknown metric {metric!r}; metrics in this table: {', '.join(valid)}")
+    check_metric(df, metric)
     is_base = df["baseline"].astype(bool)
     grid = df[~is_base]
     if grid.empty:

@@ -60,9 +60,59 @@ def test_train_then_eval_json(tmp_path):
     data = json.loads(proc.stdout)
     assert set(data) == {"full", "ffn2_removed"}
     for variant in data.values():
-        assert set(variant) == {"accuracy", "p_noise", "p_correct"}
+        assert set(variant) == {"accuracy", "p_noise", "p_answer"}
         assert all(0.0 <= v <= 1.0 for v in variant.values())
     # rerunning the same command resumes: nothing left to do, same final model
     before = (out / "model.safetensors").read_bytes()
     assert main(args) == 0
     assert (out / "model.safetensors").read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
+    from mechtrunc.pythia import build_random_pythia
+
+    return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
+                               out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
+
+
+def test_pythia_truncate_runs_the_engine_by_default(tiny_pythia, tmp_path, capsys):
+    import pandas as pd
+
+    common = ["pythia", "truncate", "--model", str(tiny_pythia), "--n", "6", "--keeps", "1", "0.5", "0.1",
+              "--batch-size", "4", "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "default")]) == 0
+    engine = pd.read_csv(tmp_path / "default" / "truncation.csv")
+    assert len(engine) == 1 + 2 * 2 * 3 and set(engine["mode"]) == {"engine"}
+    if "path" in engine.columns:  # the engine says which path computed each configuration
+        assert set(engine.loc[~engine["baseline"] & ~engine["identity"], "path"]) == {"fast"}
+    # the reference (hook mode, one evaluation per configuration) gives the same numbers
+    assert main([*common, "--mode", "hook", "--out", str(tmp_path / "hook")]) == 0
+    hook = pd.read_csv(tmp_path / "hook" / "truncation.csv")
+    assert set(hook["mode"]) == {"hook"}
+    for col in ("p_answer", "logit_diff_the", "loss"):
+        assert engine[col].to_numpy() == pytest.approx(hook[col].to_numpy(), abs=1e-5), col
+    assert "best by logit_diff_the" in capsys.readouterr().out
+
+
+def test_command_groups_import_no_package_init_and_nothing_heavy_at_top():
+    """No cycle between the dispatcher and the groups: a group module imports the checkers
+    module, never ``mechtrunc.cli`` itself; at module top only light modules."""
+    import ast
+    from pathlib import Path
+
+    import mechtrunc.cli as cli
+
+    light = {"mechtrunc", "mechtrunc._choices", "mechtrunc.results", "mechtrunc.cli.checks", "mechtrunc.cli.toy"}
+    for path in sorted(Path(cli.__file__).parent.glob("*.py")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                assert "mechtrunc.cli" != node.module or all(n.endswith((".checks", ".toy")) for n in names[1:]), \
+                    f"{path.name} imports the cli package itself"
+        for node in tree.body:  # module top
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mechtrunc"):
+                assert node.module in light, f"{path.name} imports {node.module} at module top"

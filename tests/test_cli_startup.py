@@ -59,7 +59,7 @@ def _probe(usage_errors):
 
 
 def test_import_cli_is_light():
-    code = f"import sys, mechtrunc, mechtrunc.cli, mechtrunc.cli_pythia; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    code = f"import sys, mechtrunc, mechtrunc.cli, mechtrunc.cli.toy, mechtrunc.cli.pythia, mechtrunc.cli.memory, mechtrunc.cli.report, mechtrunc.results; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

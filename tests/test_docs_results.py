@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import mechtrunc as mt
+from mechtrunc.results import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "analyses"))
@@ -80,6 +81,6 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path):
     doc = pd.read_csv(_docs.DATA / "cpu_seeds_truncation.csv")
     for seed in (0, 1, 2):
         _close(fresh[fresh["seed"] == seed], doc[doc["seed"] == seed], "variant", ["accuracy", "p_noise", "p_answer"])
-    _close(noise_table, pd.read_csv(_docs.DATA / "cpu_noise_components.csv"), "variant",
-           ["accuracy", "p_noise", "p_correct", "train_distribution_loss"])
+    _close(noise_table, read_table(_docs.DATA / "cpu_noise_components.csv"), "variant",
+           ["accuracy", "p_noise", "p_answer", "train_distribution_loss"])
     _close(attribution, pd.read_csv(_docs.DATA / "cpu_attribution.csv"), "component", ["clean", "intervened"], atol=0.02)

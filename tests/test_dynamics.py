@@ -267,8 +267,8 @@ def test_component_attributions_add_up_to_the_ffn_contribution(trained_toy):
     (["memory", "dynamics", "--alpha", "1.5"], "expected a number in [0, 1]"),
     (["memory", "dynamics", "--embeddings", "sphere"], "unknown embeddings 'sphere'"),
     (["memory", "dynamics", "--vocab-size", "200", "--d-model", "64"], "d_model >= 2 * vocabulary = 400"),
-    (["memory", "dynamics", "--seq-len", "1"], "seq_len must be >= 2"),
-    (["memory", "dynamics", "--snr-batches", "1"], "--snr-batches must be >= 2"),
+    (["memory", "dynamics", "--seq-len", "1"], "argument --seq-len: expected an integer >= 2, got '1'"),
+    (["memory", "dynamics", "--snr-batches", "1"], "argument --snr-batches: expected an integer >= 2, got '1'"),
     (["memory", "dynamics", "--optimizer", "lbfgs"], "unknown optimizer 'lbfgs'"),
 ])
 def test_cli_bad_input_exits_2(argv, message, capsys):

@@ -57,7 +57,7 @@ def test_long_full_batch_training_reaches_the_population_optimum():
     assert (P[x, run.model.targets] - 0.7).abs().max() < 0.02  # P(y*(x) | x) -> 1 - alpha
     first, last = run.history.iloc[0], run.history.iloc[-1]
     assert first["p_noise"] == pytest.approx(1 / 8) and last["p_noise"] == pytest.approx(0.3, abs=0.02)
-    assert list(run.history.columns) == ["step", "p_correct", "p_noise", "accuracy", "clean_loss", "loss"]
+    assert list(run.history.columns) == ["step", "p_answer", "p_noise", "accuracy", "clean_loss", "loss"]
     assert run.history["loss"].is_monotonic_decreasing
 
 
@@ -78,16 +78,16 @@ def test_removing_the_noise_component_fixes_clean_predictions(trained):
     laser = clean_metrics(model, mt.Truncate("W", keep=0.1))
     assert torch.equal(model.W, W_before)  # undone bit for bit
     # measured once: P(noise) 0.283 -> 0.0013, P(correct) 0.693 -> 0.943 (margins 0.02)
-    assert before["p_noise"] == pytest.approx(0.283, abs=0.02) and before["p_correct"] == pytest.approx(0.693, abs=0.02)
+    assert before["p_noise"] == pytest.approx(0.283, abs=0.02) and before["p_answer"] == pytest.approx(0.693, abs=0.02)
     assert before["p_noise"] - removed["p_noise"] > 0.26
-    assert removed["p_correct"] - before["p_correct"] > 0.23
+    assert removed["p_answer"] - before["p_answer"] > 0.23
     # LASER keeps the top components, so it keeps the noise and drops correct associations:
     # measured P(noise) 0.283 -> 0.706, P(correct) 0.693 -> 0.209
-    assert laser["p_noise"] - before["p_noise"] > 0.38 and before["p_correct"] - laser["p_correct"] > 0.43
+    assert laser["p_noise"] - before["p_noise"] > 0.38 and before["p_answer"] - laser["p_answer"] > 0.43
     # the same through mt.evaluate (uniform p(x), so the same means)
     row = mt.evaluate(model, model.prompts(), mt.RemoveComponents("W", indices=[i])).iloc[0]
     assert row["p_noise"] == pytest.approx(removed["p_noise"], abs=1e-6)
-    assert row["p_answer"] == pytest.approx(removed["p_correct"], abs=1e-6)
+    assert row["p_answer"] == pytest.approx(removed["p_answer"], abs=1e-6)
 
 
 def test_interventions_edit_W_itself(trained):
@@ -193,15 +193,17 @@ def test_config_json_round_trip_and_run_save_load(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(alpha=1.5), "alpha must be a probability in \\[0, 1\\], got 1.5"),
+    (dict(alpha=1.5), "alpha must be a number in \\[0, 1\\], got 1.5"),
     (dict(alpha=-0.1), "got -0.1"),
     (dict(n_inputs=1), "n_inputs \\(N\\) must be an integer >= 2, got 1"),
     (dict(d=0), "d must be an integer >= 1, got 0"),
-    (dict(init="gauss"), "unknown init 'gauss'; valid: 'zero', 'random'"),
-    (dict(input_dist="pareto"), "unknown input distribution 'pareto'; valid: 'uniform', 'zipf'"),
+    (dict(init="gauss"), "unknown init 'gauss'; valid: zero, random"),
+    (dict(input_dist="pareto"), "unknown input distribution 'pareto'; valid: uniform, zipf"),
     (dict(embeddings="sphere"), "unknown embeddings 'sphere'"),
     (dict(embeddings="orthonormal", n_inputs=20, d=16), "needs n_inputs <= d and n_outputs <= d, got N=20, V=64, d=16"),
-    (dict(noise_token=64), "noise_token must be an output index in 0..63, got 64"),
+    (dict(noise_token=64), "noise_token must be an integer in 0..63, got 64"),
+    (dict(n_inputs=2.5), "n_inputs \\(N\\) must be an integer"),
+    (dict(init_scale=float("inf")), "init_scale must be a number >= 0, got inf"),
 ])
 def test_bad_config_names_the_value(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -213,6 +215,10 @@ def test_bad_training_and_intervention_input(trained):
         MemoryTrainConfig(method="adam")
     with pytest.raises(ValueError, match="spectrum step 50 is outside 0..10"):
         MemoryTrainConfig(steps=10, spectrum_steps=[50])
+    with pytest.raises(ValueError, match="lr must be a number > 0, got 0"):
+        MemoryTrainConfig(lr=0)
+    with pytest.raises(ValueError, match="log_every must be an integer >= 1, got 0"):
+        MemoryTrainConfig(log_every=0)
     with pytest.raises(ValueError, match="unknown matrix 'mlp.W_in' for the linear memory; valid: W"):
         clean_metrics(trained.model, mt.Truncate("mlp.W_in", layer=0, keep=0.5))
     with pytest.raises(ValueError, match="input ids must be in 0..31"):
@@ -226,7 +232,7 @@ def test_project_out_and_transformer_only_tools(trained):
     # projecting the noise component's output direction out of W e_x == removing that component
     a = clean_metrics(model, mt.ProjectOut("mlp_out", 0, A[:, i]))
     b = clean_metrics(model, mt.RemoveComponents("W", indices=[i]))
-    assert a["p_noise"] == pytest.approx(b["p_noise"], abs=1e-6) and a["p_correct"] == pytest.approx(b["p_correct"], abs=1e-6)
+    assert a["p_noise"] == pytest.approx(b["p_noise"], abs=1e-6) and a["p_answer"] == pytest.approx(b["p_answer"], abs=1e-6)
     with pytest.raises(ValueError, match="site 'resid_pre' does not exist on the linear memory"):
         clean_metrics(model, mt.ProjectOut("resid_pre", 0, A[:, i]))
     with pytest.raises(ValueError, match="Transformer-only tools such as mt.attribute do not apply"):
@@ -291,14 +297,16 @@ def test_cli_memory_train_and_spectrum(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--out", "x", "--alpha", "1.5"], "alpha must be a probability in [0, 1], got 1.5"),
-    (["train", "--out", "x", "--n-inputs", "1"], "n_inputs (N) must be an integer >= 2, got 1"),
-    (["train", "--out", "x", "--d", "0"], "d must be an integer >= 1, got 0"),
+    (["train", "--out", "x", "--alpha", "1.5"], "argument --alpha: expected a number in [0, 1], got '1.5'"),
+    (["train", "--out", "x", "--n-inputs", "1"], "argument --n-inputs: expected an integer >= 2, got '1'"),
+    (["train", "--out", "x", "--d", "0"], "argument --d: expected a positive integer, got '0'"),
+    (["train", "--out", "x", "--method", "adam"], "unknown method 'adam'; valid methods: gd, sgd"),
+    (["train", "--out", "x", "--threads", "0"], "argument --threads: expected a positive integer, got '0'"),
     (["train", "--out", "x", "--init", "gauss"], "unknown init 'gauss'"),
     (["train", "--out", "x", "--input-dist", "pareto"], "unknown input distribution 'pareto'"),
     (["train", "--out", "x", "--steps", "5", "--spectrum-steps", "9"], "spectrum step 9 is outside 0..5"),
     (["spectrum", "/nonexistent/run"], "not a memory run directory"),
-    (["spectrum", "/nonexistent/run", "--keep", "abc"], "invalid float value"),
+    (["spectrum", "/nonexistent/run", "--keep", "abc"], "argument --keep: expected a number in [0, 1], got 'abc'"),
 ])
 def test_cli_bad_input_exits_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

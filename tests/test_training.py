@@ -73,10 +73,12 @@ def test_unknown_override():
     [
         (dict(optimizer="adam"), r"unknown optimizer 'adam'; valid: sgd, adamw"),
         (dict(precision="fp16"), r"unknown precision 'fp16'; valid: fp32, tf32, bf16"),
-        (dict(steps=0), r"steps must be >= 1, got 0"),
-        (dict(batch_size=0), r"batch_size must be >= 1, got 0"),
-        (dict(eval_every=0), r"eval_every must be >= 1, got 0"),
-        (dict(lr=0.0), r"lr must be > 0, got 0\.0"),
+        (dict(steps=0), r"steps must be an integer >= 1, got 0"),
+        (dict(steps=2.5), r"steps must be an integer, got 2\.5"),
+        (dict(batch_size=0), r"batch_size must be an integer >= 1, got 0"),
+        (dict(eval_every=0), r"eval_every must be an integer >= 1, got 0"),
+        (dict(lr=0.0), r"lr must be a number > 0, got 0\.0"),
+        (dict(momentum=-1), r"momentum must be a number >= 0, got -1"),
         (dict(alpha=1.5), r"alpha must be in \[0, 1\], got 1\.5"),
         (dict(k=99), r"k must be between 1 and 64 .*got 99"),
         (dict(seq_len=1), r"seq_len must be >= 2, got 1"),
@@ -115,7 +117,7 @@ def test_history_and_final_metrics():
     h = r.history
     assert h["step"].tolist() == [4, 8, 10]  # every eval_every steps and at the end
     cols = {"step", "train_loss", "trigger_margin", "seconds"} | {
-        f"{v}_{m}" for v in ("full", "ffn2_removed") for m in ("accuracy", "p_noise", "p_correct", "logit_diff_noise")}
+        f"{v}_{m}" for v in ("full", "ffn2_removed") for m in ("accuracy", "p_noise", "p_answer", "logit_diff_noise")}
     assert set(h.columns) == cols
     assert (h["train_loss"] > 0).all() and (h["train_loss"] < 10).all()
     assert h["seconds"].is_monotonic_increasing
@@ -123,7 +125,7 @@ def test_history_and_final_metrics():
     assert set(r.final) == {"full", "ffn2_removed"}
     # the last history row is the final evaluation
     for variant in ("full", "ffn2_removed"):
-        for m in ("accuracy", "p_noise", "p_correct", "logit_diff_noise"):
+        for m in ("accuracy", "p_noise", "p_answer", "logit_diff_noise"):
             assert h.iloc[-1][f"{variant}_{m}"] == pytest.approx(r.final[variant][m], abs=1e-7)
             assert 0 <= r.final[variant]["accuracy"] <= 1
     # final metrics agree with an independent evaluation on the same clean test set
@@ -138,7 +140,7 @@ def test_history_and_final_metrics():
     assert full["p_noise"] == pytest.approx(r.final["full"]["p_noise"], abs=1e-6)
     removed = mt.evaluate(r.model, prompts, mt.Ablate("mlp", layer=1)).iloc[0]
     assert removed["p_noise"] == pytest.approx(r.final["ffn2_removed"]["p_noise"], abs=1e-6)
-    assert removed["p_answer"] == pytest.approx(r.final["ffn2_removed"]["p_correct"], abs=1e-6)
+    assert removed["p_answer"] == pytest.approx(r.final["ffn2_removed"]["p_answer"], abs=1e-6)
     # the trigger margin is the noise logit minus the best other logit through layer-2's FFN
     assert h.iloc[-1]["trigger_margin"] == pytest.approx(
         trigger_margin(r.model, task.fixed_triggers, 2), abs=1e-6)

@@ -57,6 +57,8 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from mechtrunc._checks import check_choice, check_int, check_real
+from mechtrunc._choices import MINIMAL_EMBEDDINGS, MINIMAL_OPTIMIZERS
 from mechtrunc.adapters import MatrixSite, ModelAdapter, adapt
 from mechtrunc.interventions import Ablate, intervene
 from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
@@ -70,7 +72,7 @@ __all__ = [
     "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult", "EMBEDDINGS",
 ]
 
-EMBEDDINGS = ("orthonormal", "gaussian")
+EMBEDDINGS = MINIMAL_EMBEDDINGS
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -100,21 +102,16 @@ class MinimalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.embeddings not in EMBEDDINGS:
-            raise ValueError(f"unknown embeddings {self.embeddings!r}; valid: {', '.join(EMBEDDINGS)}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; valid: {', '.join(_DTYPES)}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adam")
-        if int(self.d_model) < 1:
-            raise ValueError(f"d_model must be >= 1, got {self.d_model!r}")
-        for name in ("batch_size", "steps", "eval_every", "test_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.snr_batches < 0 or self.snr_batches == 1:
-            raise ValueError(f"snr_batches must be 0 (off) or >= 2, got {self.snr_batches!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        check_choice("embeddings", self.embeddings, EMBEDDINGS)
+        check_choice("dtype", self.dtype, tuple(_DTYPES))
+        check_choice("optimizer", self.optimizer, MINIMAL_OPTIMIZERS)
+        for name in ("d_model", "batch_size", "steps", "eval_every", "test_size"):
+            setattr(self, name, check_int(name, getattr(self, name), 1))
+        self.seed = check_int("seed", self.seed)
+        self.snr_batches = check_int("snr_batches", self.snr_batches, 0)
+        if self.snr_batches == 1:
+            raise ValueError(f"snr_batches must be 0 (off) or an integer >= 2, got {self.snr_batches!r}")
+        self.lr = check_real("lr", self.lr, 0, above=True)
         rc = self.recall_config()  # validates alpha, k, seq_len, vocabulary
         if self.embeddings == "orthonormal" and self.d_model < 2 * rc.d_vocab:
             raise ValueError(
@@ -390,7 +387,7 @@ def _evaluate_minimal(model: MinimalModel, prompts: PromptSet, clean: RecallBatc
     for name, ivs in (("full", ()), ("ff_removed", (Ablate("mlp", layer=0),)), ("attn_removed", (Ablate("attn", layer=0),))):
         m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=len(prompts.tokens)), prompts)
         row.update({f"{name}_accuracy": m["accuracy"], f"{name}_p_noise": m["p_noise"],
-                    f"{name}_p_correct": m["p_answer"]})
+                    f"{name}_p_answer": m["p_answer"]})
     row["induction_score"] = induction_score(model, clean, layer=0)
     if noisy is not None:  # the training distribution: P(noise) should approach alpha there
         m = metrics_from_logits(item_logits(model, noisy, batch_size=len(noisy.tokens)), noisy)
@@ -403,7 +400,7 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
 
     History (one row per evaluation, ``step`` 0 = initialisation): clean-test ``full_*``,
     ``ff_removed_*`` (FF output zeroed with ``mt.Ablate("mlp", layer=0)``) and ``attn_removed_*``
-    metrics (``accuracy``, ``p_noise``, ``p_correct``), ``noisy_p_noise`` (the full model's
+    metrics (``accuracy``, ``p_noise``, ``p_answer``), ``noisy_p_noise`` (the full model's
     P(noise) on held-out sequences of the training distribution), ``induction_score``, the gradient
     signals of the step's training batch (``signal_W_F`` ...) and, with ``snr_batches``, the SNR
     over that many fresh batches (``snr_W_F`` ...).  Seeded: the same config gives the same

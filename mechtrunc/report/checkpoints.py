@@ -7,7 +7,8 @@ import pandas as pd
 
 from mechtrunc.report.context import Context
 from mechtrunc.report.page import Section, esc, html_table, note
-from mechtrunc.report.truncation import competitor_of, metric_columns
+from mechtrunc.report.truncation import competitor_of
+from mechtrunc.results import P_ANSWER, metric_columns
 
 __all__ = ["SECTIONS", "crossover_steps"]
 
@@ -28,7 +29,7 @@ def crossover_steps(df, competitor: str) -> pd.DataFrame:
     rows = []
     for variant, sub in df.groupby("variant", sort=False):
         sub = sub.sort_values("step")
-        above = sub["p_answer"] > sub[f"p_{competitor}"]
+        above = sub[P_ANSWER] > sub[f"p_{competitor}"]
         first = sub.loc[above, "step"]
         # the step from which the answer stays above until the last checkpoint
         below = sub.loc[~above, "step"]
@@ -68,7 +69,7 @@ def curves_section(ctx: Context) -> Section:
         sub = sub.sort_values("step")
         dash = DASH.get(variant, "dot")
         common = dict(mode="lines+markers", marker=dict(size=5), customdata=sub["step"])
-        fig.add_trace(go.Scatter(x=sub["_x"], y=sub["p_answer"], name=f"P(answer), {variant}",
+        fig.add_trace(go.Scatter(x=sub["_x"], y=sub[P_ANSWER], name=f"P(answer), {variant}",
                                  line=dict(color=COLORS["answer"], dash=dash),
                                  hovertemplate="step %{customdata}<br>P(answer) %{y:.4f}<extra>" + variant + "</extra>",
                                  **common), row=1, col=1)

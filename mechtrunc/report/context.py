@@ -108,7 +108,7 @@ class Context:
             self.model_missing = ("study.json does not record the prompt task; pass it with "
                                   "`mechtrunc report DIR --task ioi|factual|FILE` (or prompts= in Python)")
             return None
-        from mechtrunc.studies import prompts_for_task
+        from mechtrunc.tasks import prompts_for_task
 
         try:
             self._prompts = prompts_for_task(task, model.tokenizer, n=int(info.get("n", 200)),

@@ -34,7 +34,7 @@ def training_section(ctx: Context) -> Section:
                 intro="Clean (noise-free) targets, weighted by p(x): probability of the correct association and of "
                       "the noise token. The population optimum is P(correct) = 1 - alpha, P(noise) = alpha.")
     fig = go.Figure()
-    for col, name, color in (("p_correct", "P(correct)", "#1f5fa8"), ("p_noise", "P(noise)", NOISE)):
+    for col, name, color in (("p_answer", "P(correct)", "#1f5fa8"), ("p_noise", "P(noise)", NOISE)):
         if col in h:
             fig.add_trace(go.Scatter(x=h["step"], y=h[col], mode="lines", name=name, line=dict(color=color),
                                      hovertemplate=f"step %{{x}}<br>{name} %{{y:.3f}}<extra></extra>"))

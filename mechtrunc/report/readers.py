@@ -25,6 +25,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mechtrunc.results import upgrade_columns, upgrade_record
+
 __all__ = ["NotAResultError", "ToyRun", "TruncationResults", "CheckpointResults", "read_result", "KINDS"]
 
 KINDS = ("toy", "truncation", "checkpoints")
@@ -51,13 +53,13 @@ def _read_table(directory: Path, stem: str):
     pq, csv = directory / f"{stem}.parquet", directory / f"{stem}.csv"
     if pq.is_file():
         try:
-            return pd.read_parquet(pq)
+            return upgrade_columns(pd.read_parquet(pq))
         except Exception as e:  # pyarrow missing or a partly written file: fall back to the CSV
             if not csv.is_file():
                 raise NotAResultError(f"{str(pq)!r} could not be read ({e})") from None
     if csv.is_file():
         try:
-            return pd.read_csv(csv)
+            return upgrade_columns(pd.read_csv(csv))
         except Exception as e:
             raise NotAResultError(f"{str(csv)!r} could not be read ({e})") from None
     return None
@@ -71,7 +73,7 @@ def _read_rows_jsonl(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(upgrade_record(json.loads(line)))
         except json.JSONDecodeError:  # a line cut by the interruption
             continue
     return rows
@@ -311,7 +313,7 @@ def _read_memory(d: Path, cfg: dict) -> MemoryRun:
         if not (d / name).is_file():
             raise NotAResultError(f"{str(d)!r} holds a memory configuration but no {name}")
     try:
-        hist = pd.read_csv(d / "history.csv")
+        hist = upgrade_columns(pd.read_csv(d / "history.csv"))
         spectra = pd.read_csv(d / "spectra.csv") if (d / "spectra.csv").is_file() else None
     except Exception as e:
         raise NotAResultError(f"{str(d)!r}: its history.csv or spectra.csv could not be read ({e})") from None
@@ -326,7 +328,7 @@ def _read_toy(d: Path, cfg: dict) -> ToyRun:
     hist = None
     if (d / "history.csv").is_file():
         try:
-            hist = pd.read_csv(d / "history.csv")
+            hist = upgrade_columns(pd.read_csv(d / "history.csv"))
         except Exception as e:
             raise NotAResultError(f"{str(d / 'history.csv')!r} could not be read ({e})") from None
     return ToyRun(d, cfg, hist)

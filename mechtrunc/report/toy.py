@@ -46,7 +46,7 @@ def training_section(ctx: Context) -> Section | None:
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
-    panels = [("accuracy", "accuracy"), ("p_noise", "P(noise)"), ("p_correct", "P(correct)")]
+    panels = [("accuracy", "accuracy"), ("p_noise", "P(noise)"), ("p_answer", "P(correct)")]
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels], horizontal_spacing=0.07)
     for j, (metric, _) in enumerate(panels, 1):
         for variant, color, dash in (("full", FULL, "solid"), ("ffn2_removed", CUT, "dash")):

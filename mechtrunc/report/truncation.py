@@ -13,16 +13,9 @@ import torch
 
 from mechtrunc.report.context import Context, token_strings, visible_token
 from mechtrunc.report.page import CircuitsView, Section, esc, html_table, note
+from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER, default_metric, find_row, metric_columns
 
-__all__ = ["SECTIONS", "metric_columns", "choose_metric"]
-
-_NON_METRIC = {"baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "rule", "svd", "mode",
-               "intervention", "seconds", "variant", "step"}
-
-
-def metric_columns(df) -> list[str]:
-    return [c for c in df.columns if c not in _NON_METRIC and pd.api.types.is_numeric_dtype(df[c]) and c != "n_items"]
-
+__all__ = ["SECTIONS", "choose_metric"]
 
 def choose_metric(result) -> str:
     best = result.best or {}
@@ -30,22 +23,19 @@ def choose_metric(result) -> str:
     cols = metric_columns(result.table)
     if m in cols:
         return m
-    for c in ("logit_diff_the", "logit_diff_noise", "p_answer", "accuracy"):
-        if c in cols:
-            return c
-    return cols[0]
+    try:
+        return default_metric(cols)
+    except ValueError:
+        return cols[0]
 
 
 def competitor_of(metric: str, cols) -> str | None:
-    comps = [c[len("p_"):] for c in cols if c.startswith("p_") and c != "p_answer"]
+    comps = [c[len("p_"):] for c in cols if c.startswith("p_") and c != P_ANSWER]
     if metric.startswith("logit_diff_") or metric.startswith("acc_vs_"):
         name = metric.split("_", 2)[-1]
         if name in comps:
             return name
     return "the" if "the" in comps else (comps[0] if comps else None)
-
-
-_LOWER_IS_BETTER = {"loss"}
 
 
 def study_section(ctx: Context) -> Section:
@@ -114,7 +104,7 @@ def heatmap_section(ctx: Context) -> Section:
             half = max(abs(hi - b), abs(b - lo), 1e-9)
             lo, hi = b - half, b + half
         ranges[c] = (lo, hi, b)
-    scale = lambda c: "RdBu_r" if c in _LOWER_IS_BETTER else "RdBu"
+    scale = lambda c: "RdBu_r" if c in LOWER_IS_BETTER else "RdBu"
     xlabels = [f"{k:g}" for k in keeps]
     for j, m in enumerate(matrices, 1):
         lo, hi, b = ranges[metric]
@@ -177,15 +167,9 @@ def best_config(result) -> dict | None:
 
     metric = choose_metric(result)
     try:
-        return best_configuration(result.table, metric, higher_is_better=metric not in _LOWER_IS_BETTER)
+        return best_configuration(result.table, metric, higher_is_better=metric not in LOWER_IS_BETTER)
     except ValueError:
         return None
-
-
-def _best_row(df, best):
-    m = df[~df["baseline"] & (df["layer"] == best["layer"]) & (df["matrix"] == best["matrix"])
-           & (df["keep"].astype(float).round(12) == round(float(best["keep"]), 12))]
-    return m.iloc[0] if len(m) else None
 
 
 def best_section(ctx: Context) -> Section:
@@ -195,7 +179,7 @@ def best_section(ctx: Context) -> Section:
     best = best_config(r)
     if best is None:
         return s.add(note("No truncation row has a value for the chosen metric yet.", "warning"))
-    row = _best_row(df, best)
+    row = find_row(df, best)
     base = df[df["baseline"]]
     s.intro = (f"Best by <b>{esc(best['metric'])}</b>: layer {best['layer']} <code>{esc(best['matrix'])}</code> keep "
                f"{best['keep']:g} (rank {best.get('rank')}); source: {'best.json' if r.best else 'the table'}.")

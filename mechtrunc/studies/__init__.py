@@ -11,7 +11,8 @@ Modules:
   (full model + one truncation, or full model + a whole grid), each written as its own shard.
 - :mod:`~mechtrunc.studies.executors`: where units run: :class:`LocalExecutor` (default,
   prefetching), :class:`RayExecutor`, :class:`SlurmExecutor` (submitit).
-- :mod:`~mechtrunc.studies.report`: :func:`study_report`.
+- :mod:`~mechtrunc.studies.summary`: :func:`study_report` (heatmap, best configuration and its
+  attribution change).  Prompt sets by task name: :func:`mechtrunc.tasks.prompts_for_task`.
 
 Figures live in :mod:`mechtrunc.viz` (``truncation_heatmap``, ``checkpoint_plot``), prompt sets
 by task name in :mod:`mechtrunc.tasks` and model builders in :mod:`mechtrunc.testing`; this
@@ -23,10 +24,10 @@ from __future__ import annotations
 from mechtrunc.studies.checkpoints import CheckpointDirectory, HubCheckpoints, checkpoint_study
 from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
 from mechtrunc.studies.grid import Grid, as_truncate, best_configuration, evaluate_grid, truncation_study
-from mechtrunc.studies.report import prompts_for_task, study_report
+from mechtrunc.studies.summary import study_report
 
 __all__ = [
     "truncation_study", "best_configuration", "as_truncate", "checkpoint_study", "study_report",
-    "prompts_for_task", "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
+    "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
     "RayExecutor", "SlurmExecutor",
 ]

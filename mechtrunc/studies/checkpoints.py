@@ -29,7 +29,8 @@ from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.interventions import Compose, Intervention
 from mechtrunc.metrics import evaluate
 from mechtrunc.prompts import PromptSet
-from mechtrunc.studies.grid import Grid, _tidy, as_truncate, evaluate_grid
+from mechtrunc.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
+from mechtrunc.studies.grid import Grid, as_truncate, evaluate_grid
 from mechtrunc.studies.store import (
     ShardStore, metric_values, prompts_fingerprint, write_tables, atomic_write_text, check_meta,
 )
@@ -132,7 +133,7 @@ class _Prompts:
         if isinstance(self.source, PromptSet):
             return self.source
         if isinstance(self.source, (str, os.PathLike)):
-            from mechtrunc.studies.report import prompts_for_task
+            from mechtrunc.tasks.registry import prompts_for_task
 
             return prompts_for_task(self.source, tokenizer, n=self.n, seed=self.seed)
         return self.source(tokenizer)
@@ -185,7 +186,7 @@ class CheckpointUnit:
         prompts = self.prompts(getattr(model, "tokenizer", None))
         if self.grid is not None:
             rows = evaluate_grid(model, prompts, self.grid, batch_size=self.batch_size)  # THE grid call
-            df = _tidy(pd.DataFrame(rows))
+            df = tidy_truncation(pd.DataFrame(rows))
             df.insert(0, "step", self.step)
         else:
             rows = []
@@ -193,8 +194,8 @@ class CheckpointUnit:
                 t0 = time.perf_counter()
                 ivs = () if iv is None else (iv,)
                 metrics = metric_values(evaluate(model, prompts, *ivs, batch_size=self.batch_size, label=variant))
-                rows.append({"step": self.step, "variant": variant, "intervention": iv.label if iv else "full",
-                             **metrics, "seconds": time.perf_counter() - t0})
+                rows.append(variant_row(self.step, variant, iv.label if iv else "full", metrics,
+                                        seconds=time.perf_counter() - t0))
             df = pd.DataFrame(rows)
         df["step"] = df["step"].astype("int64")
         if self.out is not None:
@@ -277,13 +278,9 @@ def best_by_step(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_bet
     """From a grid checkpoint table (``checkpoint_study(..., grid=...)``): per step, the full
     model (``variant="full"``) and the best configuration by ``metric`` (``variant="best"``,
     with its ``layer, matrix, keep, rank``), in step order; plots with :func:`checkpoint_plot`."""
-    from mechtrunc.studies.grid import _NON_METRIC
-
     if "baseline" not in df.columns or "step" not in df.columns:
         raise ValueError("best_by_step needs a grid checkpoint table (columns step and baseline)")
-    if metric not in df.columns or metric in _NON_METRIC:
-        valid = [c for c in df.columns if c not in _NON_METRIC and c != "step"]
-        raise ValueError(f"unknown metric {metric!r}; metrics in this table: {', '.join(valid)}")
+    check_metric(df, metric)
     rows = []
     for step, sub in df.groupby("step", sort=True):
         base = sub[sub["baseline"].astype(bool)]
@@ -335,7 +332,7 @@ def checkpoint_study(
             ``n_devices``...) go to ``load_model``.
         steps: training steps (any integer types; duplicates dropped; the table is in this order).
         prompts_fn: ``tokenizer -> PromptSet``, a fixed PromptSet, or a task for
-            :func:`mechtrunc.studies.prompts_for_task` (``"ioi"``, ``"factual"``, a CSV/JSONL
+            :func:`mechtrunc.tasks.prompts_for_task` (``"ioi"``, ``"factual"``, a CSV/JSONL
             path) built with ``n_prompts`` and ``prompt_seed``.
         truncation: an Intervention or a :func:`best_configuration` dict: rows ``full`` and
             ``truncated`` per step.  Not with ``grid``.
@@ -445,8 +442,8 @@ def checkpoint_study(
         parts.append(df)
     table = pd.concat(parts, ignore_index=True)
     if the_grid is None:
-        cols = ["step", "variant", "intervention"]
-        table = table[cols + [c for c in table.columns if c not in cols and c != "seconds"] + ["seconds"]]
+        cols = [*CHECKPOINT_COLUMNS, "intervention"]
+        table = table[cols + [c for c in table.columns if c not in cols and c != SECONDS] + [SECONDS]]
     table = table.reset_index(drop=True)
     write_tables(table, out, "checkpoints")
     if out is not None and (Path(out) / "running").is_dir() and not any((Path(out) / "running").iterdir()):

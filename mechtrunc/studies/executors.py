@@ -29,6 +29,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mechtrunc._checks import check_int
 from mechtrunc._scalars import as_int, as_real
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "SlurmExecutor", "resolve_executor", "run_unit", "run_units",
@@ -182,14 +183,14 @@ class SlurmExecutor(Executor):
                  units_per_task: int = 1, cluster: str = "slurm", additional: dict | None = None):
         self.folder = None if folder is None else str(folder)
         self.partition = partition
-        self.time_min = _positive_int(time_min, "time_min")
+        self.time_min = check_int("time_min", time_min, 1)
         self.gpus_per_task = None if gpus_per_task is None else as_int(gpus_per_task, "gpus_per_task")
         if self.gpus_per_task is not None and self.gpus_per_task < 0:
             raise ValueError(f"gpus_per_task must be >= 0, got {gpus_per_task}")
-        self.cpus_per_task = _positive_int(cpus_per_task, "cpus_per_task")
+        self.cpus_per_task = check_int("cpus_per_task", cpus_per_task, 1)
         self.mem_gb = None if mem_gb is None else as_real(mem_gb, "mem_gb")
-        self.array_parallelism = _positive_int(array_parallelism, "array_parallelism")
-        self.units_per_task = _positive_int(units_per_task, "units_per_task")
+        self.array_parallelism = check_int("array_parallelism", array_parallelism, 1)
+        self.units_per_task = check_int("units_per_task", units_per_task, 1)
         if cluster not in ("slurm", "local", "debug"):
             raise ValueError(f"unknown submitit cluster {cluster!r}; valid: 'slurm', 'local', 'debug'")
         self.cluster = cluster
@@ -231,13 +232,6 @@ class SlurmExecutor(Executor):
         if bar is not None:
             bar.close()
         return results
-
-
-def _positive_int(value, name: str) -> int:
-    v = as_int(value, name)
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return v
 
 
 def _package_root() -> str:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -20,59 +19,45 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
+from mechtrunc._checks import check_choice
+from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
 from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
 from mechtrunc.interventions import Truncate
 from mechtrunc.metrics import evaluate
 from mechtrunc.prompts import PromptSet
+from mechtrunc.results import (
+    baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
+)
 from mechtrunc.studies.store import (
     metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, write_tables,
 )
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate"]
 
-DEFAULT_KEEPS = (1, 0.5, 0.2, 0.1, 0.05, 0.01)
-DEFAULT_MATRICES = ("mlp.W_in", "mlp.W_out")
-#: how a grid is evaluated: "engine" (default; :mod:`mechtrunc.studies.engine`: cached clean
-#: residuals, all keeps of a layer in one batched forward, logits only where read), or one
-#: reference evaluation per configuration with "weight" (LASER's dense write-back) or "hook"
-MODES = ("engine", "weight", "hook")
-
-
-def _keep_key(keep: float) -> float:
-    return round(float(keep), 12)
+#: defaults of a grid, and how a grid is evaluated: "engine" (default;
+#: :mod:`mechtrunc.studies.engine`: cached clean residuals, all keeps of a layer in one batched
+#: forward, logits only where read), or one reference evaluation per configuration with "weight"
+#: (LASER's dense write-back) or "hook"
+DEFAULT_KEEPS, DEFAULT_MATRICES, MODES = GRID_KEEPS, GRID_MATRICES, GRID_MODES
 
 
 def _study_key(row: dict) -> tuple:
     if row.get("baseline"):
         return ("baseline",)
-    return (int(row["layer"]), str(row["matrix"]), _keep_key(row["keep"]))
+    return (int(row["layer"]), str(row["matrix"]), keep_key(row["keep"]))
 
 
-def _validate_grid(adapter, layers, matrices, keeps):
-    if layers is None:
-        layers = list(range(adapter.n_layers))
-    else:
-        layers = [as_int(v, "layer") for v in _as_seq(layers, "layers")]
-    if not layers:
-        raise ValueError("layers is empty: give at least one layer (or None for all)")
-    checked_layers = [adapter.check_layer(layer) for layer in layers]
-    matrices = [matrices] if isinstance(matrices, str) else list(matrices)
-    if not matrices:
-        raise ValueError(f"matrices is empty: give at least one of {', '.join(MATRICES)}")
-    for m in matrices:
-        if m not in MATRICES:
-            raise ValueError(f"unknown matrix {m!r}; valid matrices: {', '.join(MATRICES)}")
+def _resolve(adapter, grid: "Grid") -> tuple[list[int], list[str], list[float]]:
+    """``grid``'s values against the model behind ``adapter``: the layers exist (all of them
+    when ``grid.layers`` is None), every matrix exists at every layer; duplicates dropped.  The
+    values themselves were checked when ``grid`` was built."""
+    layers = list(range(adapter.n_layers)) if grid.layers is None else [adapter.check_layer(v) for v in grid.layers]
+    for m in grid.matrices:
         if m != "attn.OV":
-            for layer in checked_layers:
+            for layer in layers:
                 adapter.matrix(m, layer)  # raises for a missing MLP
-    checked_keeps = as_real_list(keeps, "keep")
-    if not checked_keeps:
-        raise ValueError("keeps is empty: give at least one fraction in [0, 1]")
-    for k in checked_keeps:
-        if not 0.0 <= k <= 1.0:
-            raise ValueError(f"keep must be in [0, 1], got {k!r}")
-    return _dedupe(checked_layers), _dedupe(matrices), _dedupe(checked_keeps, _keep_key)
+    return _dedupe(layers), _dedupe(grid.matrices), _dedupe(grid.keeps, keep_key)
 
 
 def _as_seq(values, name):
@@ -111,30 +96,38 @@ class Grid:
     layers: tuple[int, ...] | None = None
     matrices: tuple[str, ...] = DEFAULT_MATRICES
     keeps: tuple[float, ...] = DEFAULT_KEEPS
-    rule: str = "round"
-    svd: str = "exact"
-    mode: str = "engine"
+    rule: str = RULES[0]
+    svd: str = SVD_METHODS[0]
+    mode: str = GRID_MODES[0]
 
-    def __post_init__(self):
+    def __post_init__(self):  # every value is checked here, once; evaluation code trusts a Grid
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(as_int(v, "layer") for v in _as_seq(self.layers, "layers")))
+            layers = tuple(as_int(v, "layer") for v in _as_seq(self.layers, "layers"))
+            if not layers:
+                raise ValueError("layers is empty: give at least one layer (or None for all)")
+            object.__setattr__(self, "layers", layers)
         m = (self.matrices,) if isinstance(self.matrices, str) else tuple(self.matrices)
+        if not m:
+            raise ValueError(f"matrices is empty: give at least one of {', '.join(MATRICES)}")
+        for name in m:
+            if name not in MATRICES:
+                raise ValueError(f"unknown matrix {name!r}; valid matrices: {', '.join(MATRICES)}")
         object.__setattr__(self, "matrices", m)
-        object.__setattr__(self, "keeps", tuple(as_real_list(self.keeps, "keep")))
-        for k in self.keeps:
+        keeps = tuple(as_real_list(self.keeps, "keep"))
+        if not keeps:
+            raise ValueError("keeps is empty: give at least one fraction in [0, 1]")
+        for k in keeps:
             if not 0.0 <= k <= 1.0:
                 raise ValueError(f"keep must be in [0, 1], got {k!r}")
+        object.__setattr__(self, "keeps", keeps)
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
-        Truncate(DEFAULT_MATRICES[0], layer=0, keep=0.5, rule=self.rule, svd="exact", mode=self.truncate_mode)  # rule
-        if self.svd not in ("exact", "randomized"):
-            raise ValueError(f"unknown svd method {self.svd!r}; valid: 'exact', 'randomized'")
+        check_choice("rank rule", self.rule, RULES)
+        if self.svd not in SVD_METHODS:
+            raise ValueError(f"unknown svd method {self.svd!r}; valid: {', '.join(map(repr, SVD_METHODS))}")
         if self.mode == "engine" and self.svd != "exact":
             raise ValueError(f"mode 'engine' computes exact decompositions; give svd='exact' (not {self.svd!r}) "
                              "or mode='weight' / 'hook'")
-        for m in self.matrices:
-            if m not in MATRICES:
-                raise ValueError(f"unknown matrix {m!r}; valid matrices: {', '.join(MATRICES)}")
 
     @property
     def truncate_mode(self) -> str:
@@ -145,8 +138,7 @@ class Grid:
     def resolve(self, model) -> tuple[list[int], list[str], list[float]]:
         """The grid's (layers, matrices, keeps) checked against ``model`` (ValueError naming
         a bad value and the valid range), duplicates dropped."""
-        return _validate_grid(adapt(model), None if self.layers is None else list(self.layers),
-                              list(self.matrices), list(self.keeps))
+        return _resolve(adapt(model), self)
 
     def to_dict(self) -> dict:
         return {"layers": None if self.layers is None else list(self.layers), "matrices": list(self.matrices),
@@ -179,8 +171,6 @@ def evaluate_grid(
     """
     adapter = adapt(model)
     layers, matrices, keeps = grid.resolve(model)
-    if len(prompts) == 0:
-        raise ValueError("the prompt set has no items to score")
     rule, svd, mode = grid.rule, grid.svd, grid.mode
     store = store if store is not None else RowStore(None, {}, _study_key)
     common = {"rule": rule, "svd": svd, "mode": mode}
@@ -192,26 +182,25 @@ def evaluate_grid(
             for keep in keeps:
                 iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode=grid.truncate_mode)
                 configs.append((layer, m, keep, iv, iv.ranks(adapter, max_rank)[0], max_rank))
-    todo = [g for g in configs if store.get((g[0], g[1], _keep_key(g[2]))) is None and g[4] != g[5]]
+    todo = [g for g in configs if store.get((g[0], g[1], keep_key(g[2]))) is None and g[4] != g[5]]
     need_base = store.get(("baseline",)) is None
     bar = progress_bar(len(todo) + int(need_base), "truncation", progress)
 
     if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
         from mechtrunc.studies import engine
 
-        labels = {(g[0], g[1], _keep_key(g[2])): (g[2], g[3].label) for g in todo}
+        labels = {(g[0], g[1], keep_key(g[2])): (g[2], g[3].label) for g in todo}
         t0 = time.perf_counter()
         for r in engine.evaluate_grid(model, prompts, [(g[0], g[1], g[2]) for g in todo], rule=rule,
                                       batch_size=max(batch_size, 256), svd_cache=svd_cache, baseline=need_base):
             seconds, t0 = time.perf_counter() - t0, time.perf_counter()
             if r.baseline:
-                desc = {"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None,
-                        "max_rank": None, "identity": False, **common, "intervention": "full"}
+                row = baseline_row(r.metrics, **common, seconds=seconds)
             else:
-                keep, label = labels[(r.layer, r.matrix, _keep_key(r.keep))]
-                desc = {"baseline": False, "layer": r.layer, "matrix": r.matrix, "keep": keep, "rank": r.rank,
-                        "max_rank": r.max_rank, "identity": False, **common, "intervention": label}
-            store.add({**desc, **r.metrics, "seconds": seconds})
+                keep, label = labels[(r.layer, r.matrix, keep_key(r.keep))]
+                row = configuration_row(r.layer, r.matrix, keep, r.rank, r.max_rank, r.metrics, **common,
+                                        intervention=label, seconds=seconds)
+            store.add(row)
             if bar is not None:
                 bar.update(1)
         need_base = False
@@ -219,31 +208,29 @@ def evaluate_grid(
     if need_base:
         t0 = time.perf_counter()
         metrics = metric_values(evaluate(model, prompts, batch_size=batch_size, label="full"))
-        store.add({"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None,
-                   "max_rank": None, "identity": False, **common, "intervention": "full", **metrics,
-                   "seconds": time.perf_counter() - t0})
+        store.add(baseline_row(metrics, **common, seconds=time.perf_counter() - t0))
         if bar is not None:
             bar.update(1)
     base = store.get(("baseline",))
-    base_metrics = {k: v for k, v in base.items() if k not in _NON_METRIC}
+    base_metrics = {k: v for k, v in base.items() if is_metric(k)}
 
     rows = [base]
     for layer, m, keep, iv, rank, max_rank in configs:
-        key = (layer, m, _keep_key(keep))
+        key = (layer, m, keep_key(keep))
         row = store.get(key)
         if row is None:
-            desc = {"baseline": False, "layer": layer, "matrix": m, "keep": keep, "rank": rank,
-                    "max_rank": max_rank, "identity": rank == max_rank, **common, "intervention": iv.label}
             if rank == max_rank:  # the identity: reuse the baseline evaluation
-                row = {**desc, **base_metrics, "seconds": 0.0}
+                metrics, seconds = base_metrics, 0.0
             else:
                 if bar is not None:
                     bar.set_postfix_str(iv.label, refresh=False)
                 t0 = time.perf_counter()
                 metrics = metric_values(evaluate(model, prompts, iv, batch_size=batch_size))
-                row = {**desc, **metrics, "seconds": time.perf_counter() - t0}
+                seconds = time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
+            row = configuration_row(layer, m, keep, rank, max_rank, metrics, **common, intervention=iv.label,
+                                    seconds=seconds)
             store.add(row)
         rows.append(row)
     if bar is not None:
@@ -255,8 +242,8 @@ def truncation_study(
     model,
     prompts: PromptSet,
     layers: Iterable[int] | None = None,
-    matrices: Sequence[str] | str = ("mlp.W_in", "mlp.W_out"),
-    keeps: Sequence[float] | float = (1, 0.5, 0.2, 0.1, 0.05, 0.01),
+    matrices: Sequence[str] | str = DEFAULT_MATRICES,
+    keeps: Sequence[float] | float = DEFAULT_KEEPS,
     rule: str = "round",
     svd: str = "exact",
     batch_size: int = 32,
@@ -311,27 +298,9 @@ def truncation_study(
         svd_cache = os.path.join(out, "svd_cache")
     rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress,
                          svd_cache=svd_cache)
-    df = _tidy(pd.DataFrame(rows))
+    df = tidy_truncation(pd.DataFrame(rows))
     write_tables(df, out, "truncation")
     return df
-
-
-_NON_METRIC = {"baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "rule", "svd", "mode",
-               "intervention", "seconds"}
-
-
-def _tidy(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.copy()
-    for col in ("layer", "rank", "max_rank"):
-        df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
-                            for v in df[col]], dtype="Int64")
-    df["keep"] = df["keep"].astype("float64")
-    df["baseline"] = df["baseline"].astype(bool)
-    df["identity"] = df["identity"].astype(bool)
-    front = ["baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "rule", "svd", "mode",
-             "intervention"]
-    rest = [c for c in df.columns if c not in front and c != "seconds"]
-    return df[front + rest + ["seconds"]].reset_index(drop=True)
 
 
 def best_configuration(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_better: bool = True) -> dict:
@@ -340,9 +309,7 @@ def best_configuration(df: pd.DataFrame, metric: str = "logit_diff_the", higher_
     Returns ``{"layer", "matrix", "keep", "rank", "metric", "value", "baseline_value",
     "improvement", "rule", "svd", "mode"}`` (``improvement`` > 0 means better than the
     unmodified model; ties go to the first row in table order)."""
-    if metric not in df.columns or metric in _NON_METRIC:
-        valid = [c for c in df.columns if c not in _NON_METRIC]
-        raise ValueError(f"unknown metric {metric!r}; metrics in this table: {', '.join(valid)}")
+    check_metric(df, metric)
     is_base = df["baseline"].astype(bool) if "baseline" in df.columns else pd.Series(False, index=df.index)
     cand = df[~is_base & df[metric].notna()]
     if cand.empty:

@@ -4,6 +4,7 @@ from mechtrunc.tasks.factual import factual_prompts
 from mechtrunc.tasks.files import load_prompts
 from mechtrunc.tasks.ioi import ioi_prompts
 from mechtrunc.tasks.recall import RecallBatch, RecallConfig, RecallTask, char_stats, random_markov_stats
+from mechtrunc.tasks.registry import prompts_for_task
 
 __all__ = ["RecallBatch", "RecallConfig", "RecallTask", "char_stats", "random_markov_stats",
-           "ioi_prompts", "factual_prompts", "load_prompts"]
+           "ioi_prompts", "factual_prompts", "load_prompts", "prompts_for_task"]

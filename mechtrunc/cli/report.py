@@ -6,6 +6,8 @@ from __future__ import annotations
 import shlex
 import sys
 
+from mechtrunc.cli.checks import device, nonneg_int
+
 __all__ = ["add_commands", "cmd_report"]
 
 
@@ -45,7 +47,7 @@ def add_commands(sub) -> None:
                    help="studies: the model (hub id or directory) when study.json does not record a loadable one")
     p.add_argument("--task", default=None,
                    help="studies: the prompts of the example sections: ioi, factual or a CSV/JSONL file")
-    p.add_argument("--examples", type=int, default=3, help="example prompts in a truncation report (default 3)")
-    p.add_argument("--device", default="cpu", help="torch device for the example sections (default cpu)")
+    p.add_argument("--examples", type=nonneg_int, default=3, help="example prompts in a truncation report (default 3)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device for the example sections (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)

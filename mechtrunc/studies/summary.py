@@ -1,5 +1,5 @@
-"""Prompt sets by task name, and the report tying a truncation study's best configuration to
-its attribution change."""
+"""The summary of a truncation study: its heatmap, its best configuration and that
+configuration's attribution change (:func:`study_report`)."""
 
 from __future__ import annotations
 
@@ -11,28 +11,10 @@ import pandas as pd
 
 from mechtrunc.attribution import attribute_change
 from mechtrunc.prompts import PromptSet
-from mechtrunc.studies.grid import _NON_METRIC, as_truncate, best_configuration
+from mechtrunc.results import find_row, is_metric
+from mechtrunc.studies.grid import as_truncate, best_configuration
 
-__all__ = ["prompts_for_task", "study_report"]
-
-
-def prompts_for_task(task: str | os.PathLike, tokenizer, n: int = 200, seed: int = 0) -> PromptSet:
-    """``"ioi"`` (``n`` prompts from ``seed``), ``"factual"`` (the built-in facts) or the path
-    of a CSV/JSONL prompt file (see :mod:`mechtrunc.tasks.files`)."""
-    if str(task) == "ioi":
-        from mechtrunc.tasks.ioi import ioi_prompts
-
-        return ioi_prompts(tokenizer, n=n, seed=seed)
-    if str(task) == "factual":
-        from mechtrunc.tasks.factual import factual_prompts
-
-        return factual_prompts(tokenizer)
-    if not Path(task).is_file():
-        raise ValueError(f"unknown task {str(task)!r}: give 'ioi', 'factual' or the path of a CSV/JSONL prompt file")
-    from mechtrunc.tasks.files import load_prompts
-
-    return load_prompts(task, tokenizer)
-
+__all__ = ["study_report"]
 
 
 def study_report(
@@ -56,12 +38,11 @@ def study_report(
     best = best_configuration(df, metric, higher_is_better)
     iv = as_truncate(best)
     is_base = df["baseline"].astype(bool)
-    pick = lambda r: {k: (None if pd.isna(v) else float(v)) for k, v in r.items() if k not in _NON_METRIC}
+    pick = lambda r: {k: (None if pd.isna(v) else float(v)) for k, v in r.items() if is_metric(k)}
     base_row = df[is_base].iloc[0].to_dict() if is_base.any() else {}
-    match = df[~is_base & (df["layer"] == best["layer"]) & (df["matrix"] == best["matrix"])
-               & (df["keep"].astype(float).round(12) == round(best["keep"], 12))]
+    match = find_row(df, best)
     summary = {"best": best, "intervention": iv.label, "full": pick(base_row),
-               "truncated": pick(match.iloc[0].to_dict()) if len(match) else None}
+               "truncated": pick(match.to_dict()) if match is not None else None}
     paths["best"] = out / "best.json"
     paths["best"].write_text(json.dumps(summary, indent=2))
     change = attribute_change(model, prompts, iv, batch_size=batch_size)
@@ -73,7 +54,6 @@ def study_report(
     paths["attribution_by_layer"] = out / "attribution_change_by_layer.csv"
     by_layer.to_csv(paths["attribution_by_layer"], index=False)
     return paths
-
 
 
 def _heatmap(*args, **kwargs):

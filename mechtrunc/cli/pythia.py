@@ -1,5 +1,6 @@
 """``mechtrunc pythia truncate`` and ``mechtrunc pythia checkpoints``: thin wrappers over
-:mod:`mechtrunc.studies` and :func:`mechtrunc.pythia.load_model`."""
+:mod:`mechtrunc.studies` and :func:`mechtrunc.pythia.load_model`.  Both evaluate a grid with the
+grid engine by default (``--mode engine``, :data:`mechtrunc.studies.grid.MODES`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,27 @@ import json
 from pathlib import Path
 
 from mechtrunc import _choices
-from mechtrunc.cli import UsageError, choice, device, fraction, nonneg_int, positive_int
+from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
 
 __all__ = ["add_commands"]
+
+
+_matrix = choice(_choices.MATRICES, "matrix", "matrices")
+
+
+def _words(values) -> str:
+    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _rule_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--rule", choices=_choices.RULES, default=_choices.RULES[0],
+                   help=f"{prefix}rank rounding rule (default {_choices.RULES[0]})")
+
+
+def _mode_option(p: argparse.ArgumentParser, default, prefix: str = "") -> None:
+    p.add_argument("--mode", choices=_choices.GRID_MODES, default=default,
+                   help=f"{prefix}how the grid is evaluated: engine (default; the fast grid engine, same numbers), "
+                        "weight (rewrite each weight as LASER does) or hook (project the matrix's output)")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -30,7 +49,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 def _check_task(task: str) -> None:
     """Before any heavy import: the task is 'ioi', 'factual' or an existing prompt file."""
-    if task in ("ioi", "factual"):
+    if task in _choices.TASKS:
         return
     path = Path(task)
     if not path.is_file():
@@ -54,15 +73,19 @@ def cmd_truncate(args) -> int:
     _check_task(args.task)
     _check_steps(args.model, [args.step])
     from mechtrunc.pythia import load_model
-    from mechtrunc.studies import prompts_for_task, study_report, truncation_study
+    from mechtrunc.results import default_metric
+    from mechtrunc.studies import Grid, study_report, truncation_study
+    from mechtrunc.tasks import prompts_for_task
 
+    grid = Grid(layers=args.layers, matrices=args.matrices, keeps=args.keeps, rule=args.rule, svd=args.svd,
+                mode=args.mode)  # every grid value checked before the model loads
     model = load_model(args.model, step=args.step, device=args.device, dtype=args.dtype, n_devices=args.n_devices)
     prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
-    df = truncation_study(model, prompts, layers=args.layers, matrices=args.matrices, keeps=args.keeps,
-                          rule=args.rule, svd=args.svd, mode=args.mode, batch_size=args.batch_size,
+    df = truncation_study(model, prompts, layers=grid.layers, matrices=grid.matrices, keeps=grid.keeps,
+                          rule=grid.rule, svd=grid.svd, mode=grid.mode, batch_size=args.batch_size,
                           out=args.out, progress=not args.no_progress,
                           info={"task": str(args.task), "n": args.n, "seed": args.seed})
-    metric = args.metric or ("logit_diff_the" if "logit_diff_the" in df.columns else "p_answer")
+    metric = args.metric or default_metric(df.columns)
     paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size)
     best = json.loads(Path(paths["best"]).read_text())
     b = best["best"]
@@ -105,15 +128,16 @@ def cmd_checkpoints(args) -> int:
     if args.grid:
         if args.from_dir is not None or args.layer is not None:
             raise UsageError("--grid evaluates the whole grid at each step: not with --from or --layer")
-    elif args.layers is not None or args.keeps is not None or args.matrices is not None:
-        raise UsageError("--layers, --matrices and --keeps only apply with --grid")
+    elif args.layers is not None or args.keeps is not None or args.matrices is not None or args.mode is not None:
+        raise UsageError("--layers, --matrices, --keeps and --mode only apply with --grid")
+    from mechtrunc.results import P_ANSWER, default_metric
     from mechtrunc.studies import Grid, checkpoint_study
     from mechtrunc.studies.checkpoints import best_by_step
     from mechtrunc.viz import checkpoint_plot
 
     grid = None
     if args.grid:
-        given = {"layers": args.layers, "matrices": args.matrices, "keeps": args.keeps}
+        given = {"layers": args.layers, "matrices": args.matrices, "keeps": args.keeps, "mode": args.mode}
         grid = Grid(rule=args.rule, **{k: v for k, v in given.items() if v is not None})
         truncation = None
     elif args.from_dir is not None:
@@ -133,11 +157,11 @@ def cmd_checkpoints(args) -> int:
                           n_prompts=args.n, prompt_seed=args.seed, executor=executor,
                           device=args.device, dtype=args.dtype, n_devices=args.n_devices)
     if grid is not None:
-        metric = "logit_diff_the" if "logit_diff_the" in df.columns else "p_answer"
+        metric = default_metric(df.columns)
         plot_df = best_by_step(df, metric)
         metrics = (metric,)
     else:
-        plot_df, metrics = df, tuple(m for m in ("p_answer", "p_the") if m in df.columns) or ("p_answer",)
+        plot_df, metrics = df, tuple(m for m in (P_ANSWER, "p_the") if m in df.columns) or (P_ANSWER,)
     plot = checkpoint_plot(plot_df, Path(args.out) / "checkpoints.png", metrics=metrics, title=args.model)
     print(f"{df['step'].nunique()} checkpoints -> {args.out} (table checkpoints.csv, figure {plot.name})")
     return 0
@@ -156,14 +180,16 @@ def add_commands(sub) -> None:
     _model_options(tr)
     tr.add_argument("--step", type=nonneg_int, default=None, help="training checkpoint (revision step{N})")
     tr.add_argument("--layers", type=nonneg_int, nargs="+", default=None, help="layers (default all)")
-    tr.add_argument("--matrices", nargs="+", type=choice(_choices.MATRICES, "matrix", "matrices"), default=["mlp.W_in", "mlp.W_out"],
-                    help="matrices (default mlp.W_in mlp.W_out)")
-    tr.add_argument("--keeps", type=fraction, nargs="+", default=[1, 0.5, 0.2, 0.1, 0.05, 0.01],
-                    help="kept fractions of the rank (default 1 0.5 0.2 0.1 0.05 0.01)")
-    tr.add_argument("--rule", choices=["round", "authors"], default="round", help="rank rounding rule")
-    tr.add_argument("--svd", choices=["exact", "randomized"], default="exact", help="SVD method")
-    tr.add_argument("--mode", choices=["weight", "hook"], default="weight", help="edit weights or project outputs")
-    tr.add_argument("--metric", default=None, help="metric that picks the best configuration (default logit_diff_the)")
+    tr.add_argument("--matrices", nargs="+", type=_matrix, default=list(_choices.GRID_MATRICES),
+                    help=f"matrices (default {_words(_choices.GRID_MATRICES)})")
+    tr.add_argument("--keeps", type=fraction, nargs="+", default=list(_choices.GRID_KEEPS),
+                    help=f"kept fractions of the rank (default {_words(_choices.GRID_KEEPS)})")
+    _rule_option(tr)
+    tr.add_argument("--svd", choices=_choices.SVD_METHODS, default=_choices.SVD_METHODS[0],
+                    help=f"SVD method (default {_choices.SVD_METHODS[0]}; mode engine needs exact)")
+    _mode_option(tr, default=_choices.GRID_MODES[0])
+    tr.add_argument("--metric", default=None, help="metric that picks the best configuration (default: logit_diff_the when the task has a "
+                         "' the' competitor, else p_answer)")
     tr.set_defaults(func=cmd_truncate)
 
     ck = psub.add_parser(
@@ -186,16 +212,18 @@ def add_commands(sub) -> None:
     ck.add_argument("--from", dest="from_dir", default=None,
                     help="a `pythia truncate` output directory: use its best configuration")
     ck.add_argument("--layer", type=nonneg_int, default=None, help="or: the layer to truncate")
-    ck.add_argument("--matrix", type=choice(_choices.MATRICES, "matrix", "matrices"), default="mlp.W_out",
+    ck.add_argument("--matrix", type=_matrix, default="mlp.W_out",
                     help="with --layer: the matrix (default mlp.W_out)")
     ck.add_argument("--keep", type=fraction, default=0.05, help="with --layer: the kept fraction (default 0.05)")
     ck.add_argument("--grid", action="store_true",
                     help="evaluate the whole grid (--layers x --matrices x --keeps) at every step")
     ck.add_argument("--layers", type=nonneg_int, nargs="+", default=None, help="with --grid: layers (default all)")
-    ck.add_argument("--matrices", nargs="+", type=choice(_choices.MATRICES, "matrix", "matrices"), default=None, help="with --grid: matrices (default mlp.W_in mlp.W_out)")
+    ck.add_argument("--matrices", nargs="+", type=_matrix, default=None,
+                    help=f"with --grid: matrices (default {_words(_choices.GRID_MATRICES)})")
     ck.add_argument("--keeps", type=fraction, nargs="+", default=None,
-                    help="with --grid: kept fractions (default 1 0.5 0.2 0.1 0.05 0.01)")
-    ck.add_argument("--rule", choices=["round", "authors"], default="round", help="with --grid: rank rounding rule")
+                    help=f"with --grid: kept fractions (default {_words(_choices.GRID_KEEPS)})")
+    _rule_option(ck, "with --grid: ")
+    _mode_option(ck, default=None, prefix="with --grid: ")
     ck.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
                     help="where checkpoints are evaluated (default local)")
     ck.add_argument("--no-prefetch", action="store_true",

@@ -1,0 +1,63 @@
+"""The field checkers of the value objects (``Grid``, ``TrainConfig``, ``MemoryConfig``,
+``MemoryTrainConfig``, ``MinimalConfig``): one style for every configuration.
+
+Each checker takes the field's name and value, returns the value as a plain Python number or
+string (any integer / real scalar type is accepted, see :mod:`mechtrunc._scalars`) and raises a
+``ValueError`` naming the field, the bad value and the valid range::
+
+    steps must be an integer >= 1, got 0
+    alpha must be a number in [0, 1], got 1.5
+    lr must be a number > 0, got 0.0
+    unknown optimizer 'adam'; valid: sgd, adamw
+
+A value object checks its fields once, in ``__post_init__``; code that takes the object does
+not check them again.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mechtrunc._scalars import as_int, as_real
+
+__all__ = ["check_int", "check_real", "check_fraction", "check_choice"]
+
+
+def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int in ``low..high`` (either bound optional)."""
+    v = as_int(value, name)
+    if (low is not None and v < low) or (high is not None and v > high):
+        if high is None:
+            valid = f">= {low}"
+        elif low is None:
+            valid = f"<= {high}"
+        else:
+            valid = f"in {low}..{high}"
+        raise ValueError(f"{name} must be an integer {valid}, got {value!r}")
+    return v
+
+
+def check_real(name: str, value, low: float | None = None, *, above: bool = False) -> float:
+    """``value`` as a finite float, ``>= low`` (``> low`` with ``above=True``) when ``low`` is
+    given."""
+    v = as_real(value, name)
+    bad_low = low is not None and (v <= low if above else v < low)
+    if not math.isfinite(v) or bad_low:
+        valid = "a finite number" if low is None else f"a number {'>' if above else '>='} {low:g}"
+        raise ValueError(f"{name} must be {valid}, got {value!r}")
+    return v
+
+
+def check_fraction(name: str, value) -> float:
+    """``value`` as a float in [0, 1]."""
+    v = as_real(value, name)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return v
+
+
+def check_choice(name: str, value, valid) -> str:
+    """``value`` if it is one of ``valid``; otherwise ``unknown <name> ...; valid: ...``."""
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    return value

@@ -1,0 +1,36 @@
+"""The one style of configuration checks (mechtrunc._checks): plain values back, errors that
+name the field, the value and the valid range."""
+
+import numpy as np
+import pytest
+import torch
+
+from mechtrunc._checks import check_choice, check_fraction, check_int, check_real
+
+
+def test_values_come_back_as_plain_python():
+    assert check_int("steps", np.int64(3), 1) == 3 and type(check_int("steps", torch.tensor(3), 1)) is int
+    assert check_int("steps", 4.0, 1) == 4
+    assert check_real("lr", np.float32(0.5), 0, above=True) == 0.5 and type(check_real("lr", 1, 0)) is float
+    assert check_fraction("alpha", 1) == 1.0 and check_choice("method", "gd", ("gd", "sgd")) == "gd"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: check_int("steps", 0, 1), "steps must be an integer >= 1, got 0"),
+    (lambda: check_int("noise_token", 9, 0, 7), "noise_token must be an integer in 0..7, got 9"),
+    (lambda: check_int("top", 9, high=8), "top must be an integer <= 8, got 9"),
+    (lambda: check_int("steps", 2.5), "steps must be an integer, got 2.5"),
+    (lambda: check_int("steps", True), "steps must be an integer, got the boolean True"),
+    (lambda: check_real("lr", 0, 0, above=True), "lr must be a number > 0, got 0"),
+    (lambda: check_real("scale", -1, 0), "scale must be a number >= 0, got -1"),
+    (lambda: check_real("scale", float("inf"), 0), "scale must be a number >= 0, got inf"),
+    (lambda: check_real("x", float("inf")), "x must be a finite number, got inf"),
+    (lambda: check_real("lr", float("nan"), 0), "lr must be a number, got NaN"),
+    (lambda: check_fraction("alpha", 1.5), "alpha must be a number in [0, 1], got 1.5"),
+    (lambda: check_choice("method", "adam", ("gd", "sgd")), "unknown method 'adam'; valid: gd, sgd"),
+    (lambda: check_choice("method", 3, ("gd", "sgd")), "unknown method 3; valid: gd, sgd"),
+])
+def test_errors_name_field_value_and_range(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value).startswith(message), str(info.value)

@@ -1,0 +1,92 @@
+"""The results schema (mechtrunc.results): metric columns, the keep key, row builders, the
+default metric, and reading old result files with their old column names."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mechtrunc import results
+
+
+def test_metric_columns_exclude_descriptors_timing_and_counts():
+    row = results.configuration_row(3, "mlp.W_in", 0.5, 4, 8, {"n_items": 10, "p_answer": 0.25, "loss": 1.5},
+                                    rule="round", svd="exact", mode="engine", intervention="x", seconds=0.1)
+    df = pd.DataFrame([row]).assign(step=7, variant="best", path="fast")
+    assert results.metric_columns(df) == ["p_answer", "loss"]
+    assert results.check_metric(df, "loss") == "loss"
+    with pytest.raises(ValueError, match=r"unknown metric 'keep'; metrics in this table: p_answer, loss"):
+        results.check_metric(df, "keep")
+    with pytest.raises(ValueError, match="unknown metric 'nope'"):
+        results.check_metric(df, "nope")
+
+
+def test_rows_have_the_table_columns_in_order():
+    base = results.baseline_row({"p_answer": 0.5}, rule="round", svd="exact", mode="engine", seconds=1.0)
+    conf = results.configuration_row(0, "mlp.W_out", 1.0, 8, 8, {"p_answer": 0.5}, rule="round", svd="exact",
+                                     mode="engine", intervention="full rank", seconds=0.0)
+    assert conf["identity"] is True and base["identity"] is False and base["matrix"] == "none"
+    df = results.tidy_truncation(pd.DataFrame([base, conf]))
+    assert list(df.columns) == [*results.CONFIG_COLUMNS, "p_answer", "seconds"]
+    assert str(df["layer"].dtype) == "Int64" and df["layer"].isna().tolist() == [True, False]
+
+
+def test_keep_key_and_find_row():
+    assert results.keep_key(0.1 + 0.2) == results.keep_key(0.3) and results.keep_key(0.3) != results.keep_key(0.31)
+    rows = [results.configuration_row(1, "mlp.W_in", k, 1, 8, {"p_answer": k}, rule="round", svd="exact",
+                                      mode="hook", intervention="", seconds=0) for k in (0.3, 0.5)]
+    df = pd.DataFrame(rows)
+    assert results.find_row(df, {"layer": 1, "matrix": "mlp.W_in", "keep": 0.1 + 0.2})["p_answer"] == 0.3
+    assert results.find_row(df, {"layer": 2, "matrix": "mlp.W_in", "keep": 0.3}) is None
+
+
+def test_default_metric_prefers_the_logit_difference():
+    assert results.default_metric(["accuracy", "p_answer", "logit_diff_the"]) == "logit_diff_the"
+    assert results.default_metric(["accuracy", "logit_diff_noise", "p_answer"]) == "logit_diff_noise"
+    assert results.default_metric(["accuracy", "p_answer"]) == "p_answer"
+    with pytest.raises(ValueError, match="none of the default metrics"):
+        results.default_metric(["loss"])
+
+
+def test_legacy_names_are_upgraded():
+    assert results.upgrade_name("p_correct") == "p_answer"
+    assert results.upgrade_name("full_p_correct") == "full_p_answer"
+    assert results.upgrade_name("p_correct_laser") == "p_answer_laser"
+    assert results.upgrade_name("p_correctness") == "p_correctness"
+    assert results.upgrade_record({"p_correct": 0.5, "x": 1}) == {"p_answer": 0.5, "x": 1}
+    both = pd.DataFrame({"p_correct": [0.1], "p_answer": [0.2]})
+    assert results.upgrade_columns(both).to_dict("list") == {"p_answer": [0.2]}
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet", "jsonl"])
+def test_read_table_reads_old_files_under_new_names(tmp_path, ext):
+    old = pd.DataFrame({"step": [0, 10], "p_correct": [0.25, 0.75], "full_p_correct": [0.5, 0.625],
+                        "p_noise": [0.5, 0.125]})
+    path = tmp_path / f"history.{ext}"
+    if ext == "csv":
+        old.to_csv(path, index=False)
+    elif ext == "parquet":
+        pytest.importorskip("pyarrow")
+        old.to_parquet(path, index=False)
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in old.to_dict("records")))
+    df = results.read_table(path)
+    assert list(df.columns) == ["step", "p_answer", "full_p_answer", "p_noise"]
+    assert df["p_answer"].tolist() == [0.25, 0.75] and df["full_p_answer"].tolist() == [0.5, 0.625]
+    with pytest.raises(ValueError, match=r"unknown table extension '\.txt'"):
+        results.read_table(tmp_path / "x.txt")
+
+
+def test_an_old_memory_run_reads_under_the_new_names(tmp_path):
+    from mechtrunc.memory import MemoryConfig, load_memory_run, train_memory
+    from mechtrunc.report.readers import read_result
+
+    run = train_memory(MemoryConfig(n_inputs=6, n_outputs=6, d=8, alpha=0.3), steps=20, lr=6.0, log_every=10,
+                       spectrum_steps=[20])
+    run.save(tmp_path)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert "p_answer" in hist.columns and "p_correct" not in hist.columns  # written under the new name
+    hist.rename(columns={"p_answer": "p_correct"}).to_csv(tmp_path / "history.csv", index=False)  # as before
+    for loaded in (load_memory_run(tmp_path).history, read_result(tmp_path).history):
+        assert "p_correct" not in loaded.columns
+        assert loaded["p_answer"].tolist() == pytest.approx(hist["p_answer"].tolist())
