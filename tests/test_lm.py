@@ -151,3 +151,130 @@ def test_config_round_trips_through_a_dict():
     assert CorpusConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
+
+
+# ------------------------------------------------------------------ prompts
+def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+
+    cfg = CorpusConfig()
+    ioi = lm_ioi_prompts(tok, cfg, n=40, seed=1)
+    assert set(ioi.meta["io"]) | set(ioi.meta["subject"]) <= set(cfg.heldout_names)
+    assert all(" showed a " in t or " threw a " in t for t in ioi.texts)  # held-out templates 6, 7
+    for i in range(len(ioi)):
+        assert tok.decode(ioi.answer[i]) == " " + ioi.meta["io"][i]
+        assert tok.decode(ioi.competitors[i, 1]) == " " + ioi.meta["subject"][i]
+        assert tok.decode(ioi.competitors[i, 0]) == " the"
+    train = lm_ioi_prompts(tok, cfg, n=40, seed=1, split="train")
+    assert not (set(train.meta["io"]) & set(cfg.heldout_names))
+    facts = lm_fact_prompts(tok, cfg, n=30, seed=2)
+    for i, text in enumerate(facts.texts):
+        who = text.split()[0]
+        assert who in cfg.heldout_names and text.endswith(" in")
+        assert text.startswith(f" {who} {facts.meta['relation'][i]}{facts.meta['answer_text'][i]}.")
+        assert facts.tokens[i, facts.pos[i]] == tok.encode(" in")[0]
+    with pytest.raises(ValueError, match=r"split must be one of \('heldout', 'train'\), got 'test'"):
+        lm_ioi_prompts(tok, cfg, split="test")
+
+
+# ------------------------------------------------------------------ training
+from mechtrunc.lm.train import LMConfig, checkpoint_steps, lm_preset, train_lm  # noqa: E402
+
+
+def _nano(**kw):
+    return lm_preset("nano", **kw)
+
+
+@pytest.fixture(scope="module")
+def nano_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm") / "nano"
+    summary = train_lm(_nano(), out, progress=False)
+    return out, summary
+
+
+def test_checkpoint_schedule_is_pythias():
+    assert checkpoint_steps(200, 50) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 200]
+    assert checkpoint_steps(1300, 250) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 750, 1000, 1250, 1300]
+    assert checkpoint_steps(3, 1) == [0, 1, 2, 3]
+
+
+def test_nano_trains_and_its_checkpoints_load(nano_run):
+    import mechtrunc as mt
+    from transformers import AutoTokenizer
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+    from mechtrunc.studies.checkpoints import CheckpointDirectory
+
+    out, summary = nano_run
+    assert CheckpointDirectory(out).steps() == checkpoint_steps(200, 50) == summary["checkpoints"]
+    import csv
+
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == 200
+    first, last = float(rows[0]["loss"]), summary["final_loss"]
+    assert first > 6.5 and last < 3.0  # ln(1302) = 7.2 at initialisation; the corpus is learnable
+    tok = AutoTokenizer.from_pretrained(out / "step200")
+    model = mt.pythia.load_model(out / "step200")
+    assert type(model).__name__ == "TransformerBridge"
+    assert model.cfg.n_layers == 2 and model.cfg.d_vocab == len(tok)
+    ioi = mt.evaluate(model, lm_ioi_prompts(tok, n=32)).iloc[0]
+    # after 200 steps a name or " the" follows "to": most of the mass on the two candidates' kinds
+    assert ioi["p_the"] > 0.05 and 0.0 <= ioi["p_answer"] <= 1.0
+    fact = mt.evaluate(model, lm_fact_prompts(tok, n=32)).iloc[0]
+    assert fact["n_items"] == 32
+    # the built-in IOI prompts work unchanged on the tokenizer too
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every built-in IOI name is a lexicon name
+        assert len(mt.ioi_prompts(tok, n=8)) == 8
+
+
+def test_resume_after_interrupt_gives_the_same_weights(nano_run, tmp_path):
+    import torch
+
+    out, _ = nano_run
+    other = tmp_path / "resumed"
+
+    def interrupt(step, loss):
+        if step == 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(_nano(), other, progress=False, callback=interrupt)
+    assert not (other / "step200").exists() and (other / "step64").is_dir()
+    summary = train_lm(_nano(), other, progress=False)
+    assert summary["resumed_from"] == 64
+    a = torch.load(out / "state.pt", weights_only=False)["model"]
+    b = torch.load(other / "state.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run reruns as a no-op
+    assert train_lm(_nano(), other, progress=False)["resumed_from"] == 200
+
+
+def test_a_directory_holding_another_run_is_refused(nano_run, tmp_path):
+    out, _ = nano_run
+    before = (out / "run.json").read_text()
+    with pytest.raises(ValueError, match=r"holds another run \(d_model: 64 there, 32 here\).*nothing was overwritten"):
+        train_lm(_nano(d_model=32), out, progress=False)
+    assert (out / "run.json").read_text() == before
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"not a mechtrunc lm run directory"):
+        train_lm(_nano(), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(d_model=30), r"d_model 30 is not divisible by n_heads 4"),
+    (dict(steps=0), r"steps must be an integer >= 1, got 0"),
+    (dict(lr=-1.0), r"lr must be a number in \(0, inf\], got -1\.0"),
+    (dict(precision="fp8"), r"precision must be one of \('fp32', 'bf16'\), got 'fp8'"),
+])
+def test_bad_lm_configs_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _nano(**kwargs)
+
+
+def test_unknown_model_preset_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown model preset 'medium'; valid presets: nano, small, gpu"):
+        lm_preset("medium")
+    assert LMConfig.from_dict(_nano().to_dict()) == _nano()

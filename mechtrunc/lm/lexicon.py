@@ -10,6 +10,7 @@ preceded by a space (the sentence itself starts with one), which belongs to the 
 
 from __future__ import annotations
 
+#: first names: every name of mechtrunc/data/ioi_names.txt and more (210)
 NAMES: tuple[str, ...] = tuple("""
 Mary John Michael James Robert David William Richard Joseph Thomas Charles Daniel Matthew Anthony
 Mark Paul Steven Andrew Kevin Brian George Edward Ryan Jacob Gary Eric Jonathan Stephen Larry
@@ -25,7 +26,7 @@ Christina Lauren Joan Judith Megan Andrea Hannah Martha Frances Gloria Ann Teres
 Alice Madison Julia Judy Grace Amber Beverly Theresa Marie Diana Natalie Charlotte Rose Max Leo
 Sam Tom Tim Ben Dan Bob Bill Jim Kate Lucy Sue Eve Jane Paula Ivan Hugo Oscar Felix Victor Simon
 Martin Carlos Luis Jose Pedro Diego Marco Omar Ali Ahmed Hassan Chen Wei Mike Chris Alex Nick
-Tony Steve Lee Kim
+Tony Steve Lee Kim Jason Jeff
 """.split())
 
 #: names held out of training by default (evaluation only): every 8th name

@@ -12,11 +12,13 @@ CORPUS_PRESETS: dict[str, dict] = {
 
 #: model + training presets (LMConfig fields).  nano: the test model (<= 60 s on 2 CPU cores);
 #: small: the study model (<= 10 min on 2 CPU cores); gpu: a larger model for an accelerator.
+#: One torch thread: at these widths a second thread only spin-waits (12x slower per step when
+#: the cores are shared, measured); run two seeds side by side to use two cores.
 LM_PRESETS: dict[str, dict] = {
-    "nano": dict(n_layers=2, d_model=64, n_heads=4, ctx=32, batch_size=16, steps=200, lr=3e-3,
-                 checkpoint_interval=50, threads=2),
+    "nano": dict(n_layers=2, d_model=64, n_heads=4, ctx=64, batch_size=8, steps=200, lr=3e-3,
+                 checkpoint_interval=50, threads=1),
     "small": dict(n_layers=4, d_model=128, n_heads=4, ctx=64, batch_size=32, steps=3000, lr=1e-3,
-                  checkpoint_interval=250, threads=2),
+                  checkpoint_interval=250, threads=1),
     "gpu": dict(n_layers=8, d_model=512, n_heads=8, ctx=256, batch_size=64, steps=20000, lr=6e-4,
                 checkpoint_interval=1000, device="cuda", threads=None),
 }
