@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
 }
 #: submodules reachable as attributes (``mt.pythia.load_model``, ``mt.studies...``)
 _SUBMODULES = ("dynamics", "memory", "pythia", "report", "studies")
+_SUBMODULES += ("lm",)  # mt.lm: the language model of our own (issue 15)
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 

@@ -278,3 +278,73 @@ def test_unknown_model_preset_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown model preset 'medium'; valid presets: nano, small, gpu"):
         lm_preset("medium")
     assert LMConfig.from_dict(_nano().to_dict()) == _nano()
+
+
+# ------------------------------------------------------------------ command line
+def _cli(argv, monkeypatch):
+    """Run ``mechtrunc`` with the lm group wired in (the merge wires it into build_parser)."""
+    import argparse
+
+    import mechtrunc.cli as cli
+    from mechtrunc import cli_lm
+
+    build = cli.build_parser
+
+    def with_lm():
+        parser = build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "lm" not in sub.choices:
+            cli_lm.add_commands(sub)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", with_lm)
+    return cli.main(argv)
+
+
+def test_cli_module_imports_no_torch_or_numpy():
+    import subprocess
+    import sys
+
+    code = ("import sys, mechtrunc.cli_lm; "
+            "print(sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cli_corpus_and_train(monkeypatch, tmp_path, capsys):
+    import json
+
+    assert _cli(["lm", "corpus", "--stories", "50", "--seed", "4", "--json"], monkeypatch) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["stories"] == 50 and stats["p_the_after_of"] == 1.0 and stats["config"]["seed"] == 4
+    text = tmp_path / "stories.txt"
+    assert _cli(["lm", "corpus", "--stories", "5", "--out", str(text), "--to-the-share", "0.2"], monkeypatch) == 0
+    assert text.read_text().count("<|endoftext|>") == 5
+    out = tmp_path / "run"
+    argv = ["lm", "train", "--preset", "nano", "--out", str(out), "--steps", "4", "--json", "--no-progress"]
+    assert _cli(argv, monkeypatch) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["checkpoints"] == [0, 1, 2, 4] and (out / "step4" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lm", "train", "--preset", "medium", "--out", "x"], "unknown model preset 'medium'; valid model presets: nano, small, gpu"),
+    (["lm", "corpus", "--to-the-share", "1.5"], "expected a number in [0, 1], got '1.5'"),
+    (["lm", "corpus", "--corpus", "nope"], "unknown corpus preset 'nope'; valid corpus presets: default, rare_the"),
+    (["lm", "train", "--preset", "nano", "--out", "x", "--steps", "0"], "expected a positive integer, got '0'"),
+])
+def test_cli_bad_usage_exits_2_without_traceback(argv, message, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        _cli(argv, monkeypatch)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_refuses_another_runs_directory(nano_run, monkeypatch, capsys):
+    out, _ = nano_run
+    before = sorted(p.name for p in out.iterdir())
+    assert _cli(["lm", "train", "--preset", "nano", "--out", str(out), "--steps", "7", "--no-progress"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "holds another run (steps: 200 there, 7 here)" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
