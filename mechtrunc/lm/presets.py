@@ -17,10 +17,10 @@ CORPUS_PRESETS: dict[str, dict] = {
 LM_PRESETS: dict[str, dict] = {
     "nano": dict(n_layers=2, d_model=64, n_heads=4, ctx=64, batch_size=8, steps=200, lr=3e-3,
                  checkpoint_interval=50, threads=1),
-    "small": dict(n_layers=4, d_model=128, n_heads=4, ctx=64, batch_size=32, steps=3000, lr=1e-3,
+    "small": dict(n_layers=4, d_model=128, n_heads=4, ctx=64, batch_size=16, steps=3000, lr=1e-3,
                   checkpoint_interval=250, threads=1),
     "gpu": dict(n_layers=8, d_model=512, n_heads=8, ctx=256, batch_size=64, steps=20000, lr=6e-4,
-                checkpoint_interval=1000, device="cuda", threads=None),
+                checkpoint_interval=1000, device="cuda", precision="bf16", threads=None),
 }
 
 
