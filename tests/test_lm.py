@@ -175,6 +175,8 @@ def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
         assert facts.tokens[i, facts.pos[i]] == tok.encode(" in")[0]
     with pytest.raises(ValueError, match=r"split must be one of \('heldout', 'train'\), got 'test'"):
         lm_ioi_prompts(tok, cfg, split="test")
+    with pytest.raises(ValueError, match=r"holds out no IOI template \(heldout_templates=\[\]\)"):
+        lm_ioi_prompts(tok, CorpusConfig(heldout_templates=()))
 
 
 # ------------------------------------------------------------------ training

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from mechtrunc._scalars import as_int, as_real
 from mechtrunc.lm import lexicon
 from mechtrunc.lm.presets import CORPUS_PRESETS, check_preset
 
@@ -41,13 +42,28 @@ _SLOT = re.compile(r" \{([A-Z])\}")
 
 
 def _rate(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    v = as_real(value, name)
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
+
+
+def check_int(name: str, value, low: int) -> int:
+    """``value`` as an int >= ``low``, or ValueError naming ``name`` (shared by the lm configs)."""
+    v = as_int(value, name)
+    if v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return v
+
+
+def config_from_dict(cls, data: dict, tuples: tuple[str, ...] = ()):
+    """``cls(**data)`` for an lm config dataclass, naming unknown fields; list values of the
+    fields ``tuples`` become tuples (JSON has no tuples)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(known)}")
+    return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)
@@ -76,8 +92,7 @@ class CorpusConfig:
     heldout_templates: tuple[int, ...] = lexicon.DEFAULT_HELDOUT_TEMPLATES
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
         rates = {f: _rate(f, getattr(self, f)) for f in FAMILIES}
         total = sum(rates.values())
         if abs(total - 1.0) > 1e-6:
@@ -90,9 +105,7 @@ class CorpusConfig:
             rates[name] = v
         for k, v in rates.items():
             object.__setattr__(self, k, v)
-        n = self.sentences_per_story
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"sentences_per_story must be an integer >= 1, got {n!r}")
+        object.__setattr__(self, "sentences_per_story", check_int("sentences_per_story", self.sentences_per_story, 1))
         known = set(lexicon.NAMES)
         held = tuple(dict.fromkeys(str(x) for x in self.heldout_names))
         bad = [x for x in held if x not in known]
@@ -112,7 +125,7 @@ class CorpusConfig:
             object.__setattr__(self, "train_names", train)
         if len(self.names_for_training()) < 3:
             raise ValueError(f"training needs at least 3 names, got {list(self.names_for_training())}")
-        tpl = tuple(dict.fromkeys(int(i) for i in self.heldout_templates))
+        tpl = tuple(dict.fromkeys(as_int(i, "heldout_templates") for i in self.heldout_templates))
         bad = [i for i in tpl if not 0 <= i < len(lexicon.IOI)]
         if bad:
             raise ValueError(f"heldout_templates {bad} are not IOI template indices (valid: 0..{len(lexicon.IOI) - 1})")
@@ -134,12 +147,7 @@ class CorpusConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CorpusConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown CorpusConfig field(s) {unknown}; valid: {sorted(names)}")
-        tuples = ("heldout_names", "train_names", "heldout_templates")
-        return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in d.items()})
+        return config_from_dict(cls, d, ("heldout_names", "train_names", "heldout_templates"))
 
 
 def corpus_preset(name: str = "default", **overrides) -> CorpusConfig:

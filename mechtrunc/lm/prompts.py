@@ -61,6 +61,9 @@ def lm_ioi_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200, 
     from mechtrunc.tasks.ioi import ioi_prompts
 
     config, names, templates = _split(config, split)
+    if not templates:
+        raise ValueError(f"the corpus config holds out no IOI template (heldout_templates={list(config.heldout_templates)}); "
+                         "give some, or use split='train'")
     if fillings < 1:
         raise ValueError(f"fillings must be >= 1, got {fillings}")
     rng = random.Random(seed)

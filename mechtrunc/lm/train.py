@@ -27,12 +27,12 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from mechtrunc.lm.corpus import Corpus, CorpusConfig
+from mechtrunc.lm.corpus import Corpus, CorpusConfig, check_int, config_from_dict
 from mechtrunc.lm.presets import LM_PRESETS, check_preset
 
 __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
@@ -41,11 +41,6 @@ RUN_FORMAT = "mechtrunc-lm-run/1"
 PRECISIONS = ("fp32", "bf16")
 #: fields that do not change the run's numbers on one device (resuming may change them)
 _NOT_IDENTITY = ("threads",)
-
-
-def _pos_int(name: str, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +67,7 @@ class LMConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "ctx", "batch_size", "steps", "checkpoint_interval"):
-            _pos_int(name, getattr(self, name))
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if (self.d_model // self.n_heads) % 4:
@@ -83,12 +78,11 @@ class LMConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi or (name == "lr" and v == 0):
                 raise ValueError(f"{name} must be a number in {'(' if name == 'lr' else '['}{lo}, {hi}], got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.threads is not None:
-            _pos_int("threads", self.threads)
+            object.__setattr__(self, "threads", check_int("threads", self.threads, 1))
         if isinstance(self.corpus, dict):
             object.__setattr__(self, "corpus", CorpusConfig.from_dict(self.corpus))
         if not isinstance(self.corpus, CorpusConfig):
@@ -114,11 +108,7 @@ class LMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LMConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown LMConfig field(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def lm_preset(name: str, **overrides) -> LMConfig:
@@ -130,8 +120,7 @@ def lm_preset(name: str, **overrides) -> LMConfig:
 def checkpoint_steps(steps: int, interval: int) -> list[int]:
     """Pythia's schedule scaled down: 0, 1, 2, 4, ..., 512 (those <= ``steps``), then every
     ``interval`` steps after 512, and always the final step."""
-    _pos_int("steps", steps)
-    _pos_int("interval", interval)
+    steps, interval = check_int("steps", steps, 1), check_int("interval", interval, 1)
     out = {0, steps, *(2**i for i in range(10) if 2**i <= steps)}
     out |= {s for s in range(interval, steps + 1, interval) if s > 512}
     return sorted(out)
@@ -294,7 +283,3 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None) -> dic
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
-
-def with_corpus(config: LMConfig, **corpus_overrides) -> LMConfig:
-    """``config`` with its corpus config's fields replaced."""
-    return replace(config, corpus=replace(config.corpus, **corpus_overrides))
