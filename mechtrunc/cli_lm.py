@@ -1,4 +1,4 @@
-"""``mechtrunc lm corpus`` and ``mechtrunc lm train``: the language model of :mod:`mechtrunc.lm`
+"""``mechtrunc lm corpus``, ``mechtrunc lm prompts`` and ``mechtrunc lm train``: the language model of :mod:`mechtrunc.lm`
 (a small GPT-NeoX trained on a generated English corpus).  Heavy imports happen inside the
 command functions; presets are read from the light :mod:`mechtrunc.lm.presets`."""
 
@@ -62,6 +62,23 @@ def cmd_corpus(args) -> int:
     return 0
 
 
+def cmd_prompts(args) -> int:
+    out = Path(args.out)
+    if out.suffix != ".jsonl":
+        raise UsageError(f"--out {out} must end in .jsonl (a JSONL prompt file)")
+    if out.exists():
+        raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts, prompt_records
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+
+    tok = lm_tokenizer()
+    build = lm_ioi_prompts if args.task == "ioi" else lm_fact_prompts
+    records = prompt_records(build(tok, _corpus_config(args), n=args.n, seed=args.seed, split=args.split), tok)
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"wrote {len(records)} {args.split} {args.task} prompts to {out}; use it as --task {out}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from mechtrunc.lm.train import lm_preset, train_lm
 
@@ -82,7 +99,7 @@ def cmd_train(args) -> int:
 
 def add_commands(sub) -> argparse._SubParsersAction:
     """Add the ``lm`` group to the top-level subparsers ``sub``; returns the group's subparsers."""
-    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, train",
+    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, prompts, train",
                         description="A language model of our own (mechtrunc.lm): a seeded generated corpus with "
                                     "IOI sentences, facts and generic 'to the', and Pythia-style training with "
                                     "Pythia's checkpoint schedule.")
@@ -96,6 +113,18 @@ def add_commands(sub) -> argparse._SubParsersAction:
     co.add_argument("--json", action="store_true", help="print statistics as JSON instead of the text")
     _corpus_options(co, "--seed")
     co.set_defaults(func=cmd_corpus)
+    pr = lsub.add_parser("prompts", help="write held-out IOI or factual prompts as a JSONL prompt file",
+                         description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
+                                     "templates by default) as a JSONL prompt file, for --task FILE of "
+                                     "`mechtrunc pythia truncate|checkpoints`.")
+    pr.add_argument("--task", type=choice(("ioi", "factual"), "task"), default="ioi", help="ioi (default) or factual")
+    pr.add_argument("--n", type=positive_int, default=200, help="number of prompts (default 200)")
+    pr.add_argument("--seed", type=nonneg_int, default=0, help="prompt seed (default 0)")
+    pr.add_argument("--split", type=choice(("heldout", "train"), "split"), default="heldout",
+                    help="heldout (default: names and templates never trained on) or train")
+    pr.add_argument("--out", required=True, help="new .jsonl file")
+    _corpus_options(pr, "--corpus-seed")
+    pr.set_defaults(func=cmd_prompts)
     tr = lsub.add_parser("train", help="train a preset; checkpoints OUT/step{N}/ at Pythia's schedule",
                          description="Train (or resume: rerun the same command) a GPT-NeoX preset on the corpus. "
                                      "OUT gets run.json, step{N}/ save_pretrained checkpoints (model and "

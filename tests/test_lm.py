@@ -313,6 +313,19 @@ def test_cli_module_imports_no_torch_or_numpy():
     assert out.stdout.strip() == "[]"
 
 
+def test_cli_prompt_file_loads_back_as_the_same_prompt_set(monkeypatch, tmp_path, tok):
+    import mechtrunc as mt
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+
+    for task, build in (("ioi", lm_ioi_prompts), ("factual", lm_fact_prompts)):
+        path = tmp_path / f"{task}.jsonl"
+        assert _cli(["lm", "prompts", "--task", task, "--n", "12", "--seed", "3", "--out", str(path)], monkeypatch) == 0
+        back, want = mt.load_prompts(path, tok), build(tok, n=12, seed=3)
+        assert back.texts == want.texts and back.tokens.equal(want.tokens)
+        assert back.answer.equal(want.answer) and back.competitors.equal(want.competitors)
+    assert _cli(["lm", "prompts", "--out", str(tmp_path / "ioi.jsonl")], monkeypatch) == 2  # exists
+
+
 def test_cli_corpus_and_train(monkeypatch, tmp_path, capsys):
     import json
 

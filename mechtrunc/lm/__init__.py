@@ -15,7 +15,7 @@ import importlib
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["CorpusConfig", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats"], "mechtrunc.lm.corpus"),
     **dict.fromkeys(["lm_tokenizer", "build_tokenizer_json"], "mechtrunc.lm.tokenizer"),
-    **dict.fromkeys(["lm_ioi_prompts", "lm_fact_prompts"], "mechtrunc.lm.prompts"),
+    **dict.fromkeys(["lm_ioi_prompts", "lm_fact_prompts", "prompt_records"], "mechtrunc.lm.prompts"),
     **dict.fromkeys(["LMConfig", "lm_preset", "train_lm", "checkpoint_steps", "build_model"], "mechtrunc.lm.train"),
 }
 __all__ = list(_EXPORTS)

@@ -8,7 +8,9 @@ as every sentence of the corpus does.
 - :func:`lm_ioi_prompts`: the corpus' IOI templates with place and object filled in, handed to
   :func:`mechtrunc.ioi_prompts` (answer: the indirect object; competitors " the" and the subject);
 - :func:`lm_fact_prompts`: "Sarah lives in Oslo. <distractor sentences> Sarah lives in" -> " Oslo",
-  competitor " the" (the generic continuation of " in").
+  competitor " the" (the generic continuation of " in");
+- :func:`prompt_records`: a prompt set as records of a JSONL prompt file (``mechtrunc lm
+  prompts``), which :func:`mechtrunc.load_prompts` and ``--task FILE`` read back unchanged.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import CorpusConfig
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["SPLITS", "lm_ioi_prompts", "lm_fact_prompts"]
+__all__ = ["SPLITS", "lm_ioi_prompts", "lm_fact_prompts", "prompt_records"]
 
 SPLITS = ("heldout", "train")
 _SLOT = re.compile(r"\{([A-Z])\}")
@@ -115,3 +117,15 @@ def lm_fact_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200,
         texts=texts,
         meta={"task": "factual", "relation": relations, "answer_text": answers, "split": split, "seed": seed},
     )
+
+
+def prompt_records(prompts: PromptSet, tokenizer) -> list[dict]:
+    """One record per item of a one-item-per-prompt set: ``prompt``, ``answer``, ``competitors``
+    (decoded tokens) and the per-item ``meta`` lists, the format of :func:`mechtrunc.load_prompts`."""
+    if prompts.texts is None or len(prompts) != prompts.n_sequences:
+        raise ValueError("prompt_records needs a prompt set with texts and one item per prompt")
+    n = len(prompts)
+    extra = {k: v for k, v in prompts.meta.items() if isinstance(v, list) and len(v) == n}
+    return [{"prompt": prompts.texts[int(prompts.rows[i])], "answer": tokenizer.decode(prompts.answer[i]),
+             "competitors": [tokenizer.decode(c) for c in prompts.competitors[i]],
+             **{k: v[i] for k, v in extra.items()}} for i in range(n)]
