@@ -231,6 +231,19 @@ def test_nano_trains_and_its_checkpoints_load(nano_run):
         assert len(mt.ioi_prompts(tok, n=8)) == 8
 
 
+def test_checkpoint_study_reads_the_run_directory_as_it_is(nano_run):
+    import mechtrunc as mt
+    from mechtrunc.lm.prompts import lm_ioi_prompts
+
+    out, _ = nano_run
+    table = mt.studies.checkpoint_study(out, [0, 128], lambda tok: lm_ioi_prompts(tok, n=16),
+                                        truncation=mt.Truncate("mlp.W_out", layer=1, keep=0.1), progress=False)
+    full = table[table["variant"] == "full"].set_index("step")
+    assert list(full.index) == [0, 128] and (table["n_items"] == 16).all()
+    # " the" after "to" is learned within 128 steps of nano (at initialisation: about 1/1306)
+    assert full.loc[0, "p_the"] < 0.01 < 0.1 < full.loc[128, "p_the"]
+
+
 def test_resume_after_interrupt_gives_the_same_weights(nano_run, tmp_path):
     import torch
 
