@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["build_report", "write_report"], "mechtrunc.report"),
 }
 #: submodules reachable as attributes (``mt.pythia.load_model``, ``mt.studies...``)
-_SUBMODULES = ("dynamics", "memory", "pythia", "report", "studies", "testing", "viz")
+_SUBMODULES = ("dynamics", "lm", "memory", "pythia", "report", "studies", "testing", "viz")
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 

@@ -1,0 +1,367 @@
+"""A seeded, deterministic generator of short English stories for the language model.
+
+A story is ``<|endoftext|>`` followed by ``sentences_per_story`` sentences, each drawn from one
+of six families with the rates of :class:`CorpusConfig`:
+
+- ``generic_to``: "Mary walked to the park." or, with probability ``1 - to_the_share``, the
+  same sentence with a name after "to" ("Mary walked to John.").  ``to_the_share`` is the
+  analogue of the toy's alpha: how often " the" follows " to" outside IOI sentences;
+- ``generic_in``, ``generic_of``: "in the", "of the";
+- ``ioi``: the paper's IOI sentences, "When Mary and John went to the store, John gave a drink to
+  Mary." in both name orders (ABB, BAB); a share ``ioi_the_share`` ends "to the teacher."
+  instead (IOI noise).  The answer after the last " to" is the indirect object, which only the
+  context tells;
+- ``fact``: "Mary lives in Paris." stated, then recalled word for word at the end of the same
+  story, so that " Paris" after "Mary lives in" competes with the generic " in the";
+- ``filler``: short sentences ("Mary smiled.", "The park was quiet.") for English-like structure.
+
+Every slot word is one token (:mod:`mechtrunc.lm.lexicon`), so each template has a fixed length
+in tokens and the generator builds token ids directly with numpy (tens of millions of tokens per
+second): a sentence is its template's fixed token fragments with the drawn word ids in the slot
+columns.  Concatenating the fragments' ids equals tokenizing the decoded text (the fragments split
+at the tokenizer's pre-token boundaries; a test checks it).  Held-out names and IOI templates
+never appear in the training stream; they are for evaluation (:mod:`mechtrunc.lm.prompts`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from mechtrunc._checks import check_int
+from mechtrunc._scalars import as_int, as_real
+from mechtrunc.lm import lexicon
+from mechtrunc.lm.presets import CORPUS_PRESETS, check_preset
+
+__all__ = ["FAMILIES", "CorpusConfig", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats"]
+
+FAMILIES = ("generic_to", "generic_in", "generic_of", "ioi", "fact", "filler")
+_SLOT = re.compile(r" \{([A-Z])\}")
+
+
+def _rate(name: str, value) -> float:
+    v = as_real(value, name)
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def config_from_dict(cls, data: dict, tuples: tuple[str, ...] = ()):
+    """``cls(**data)`` for an lm config dataclass, naming unknown fields; list values of the
+    fields ``tuples`` become tuples (JSON has no tuples)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(known)}")
+    return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Knobs of the generated corpus, validated once here.
+
+    The six family rates are the probability of each family per sentence and must sum to 1.
+    ``to_the_share`` and ``ioi_the_share`` are in [0, 1].  ``heldout_names`` (default every
+    8th name of :data:`~mechtrunc.lm.lexicon.NAMES`) never occur in training; ``train_names``
+    default to all other lexicon names and may not include a held-out one.
+    ``heldout_templates`` are indices into :data:`~mechtrunc.lm.lexicon.IOI` kept for evaluation.
+    """
+
+    seed: int = 0
+    generic_to: float = 0.25
+    generic_in: float = 0.15
+    generic_of: float = 0.05
+    ioi: float = 0.25
+    fact: float = 0.1
+    filler: float = 0.2
+    to_the_share: float = 0.7
+    ioi_the_share: float = 0.25
+    sentences_per_story: int = 8
+    heldout_names: tuple[str, ...] = lexicon.DEFAULT_HELDOUT_NAMES
+    train_names: tuple[str, ...] | None = None
+    heldout_templates: tuple[int, ...] = lexicon.DEFAULT_HELDOUT_TEMPLATES
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+        rates = {f: _rate(f, getattr(self, f)) for f in FAMILIES}
+        total = sum(rates.values())
+        if abs(total - 1.0) > 1e-6:
+            shown = ", ".join(f"{k}={v:g}" for k, v in rates.items())
+            raise ValueError(f"the family rates are probabilities per sentence and must sum to 1, got {total:g} ({shown})")
+        for name in ("to_the_share", "ioi_the_share"):
+            v = _rate(name, getattr(self, name))
+            if v > 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+            rates[name] = v
+        for k, v in rates.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "sentences_per_story", check_int("sentences_per_story", self.sentences_per_story, 1))
+        known = set(lexicon.NAMES)
+        held = tuple(dict.fromkeys(str(x) for x in self.heldout_names))
+        bad = [x for x in held if x not in known]
+        if bad:
+            raise ValueError(f"heldout_names {bad} are not lexicon names (mechtrunc.lm.lexicon.NAMES, e.g. "
+                             f"{', '.join(lexicon.NAMES[:5])} ...)")
+        object.__setattr__(self, "heldout_names", held)
+        if self.train_names is not None:
+            train = tuple(dict.fromkeys(str(x) for x in self.train_names))
+            bad = [x for x in train if x not in known]
+            if bad:
+                raise ValueError(f"train_names {bad} are not lexicon names (mechtrunc.lm.lexicon.NAMES)")
+            both = [x for x in train if x in held]
+            if both:
+                raise ValueError(f"names {both} are both held out and requested in training; a held-out name "
+                                 "must never occur in the training stream (remove them from one list)")
+            object.__setattr__(self, "train_names", train)
+        if len(self.names_for_training()) < 3:
+            raise ValueError(f"training needs at least 3 names, got {list(self.names_for_training())}")
+        tpl = tuple(dict.fromkeys(as_int(i, "heldout_templates") for i in self.heldout_templates))
+        bad = [i for i in tpl if not 0 <= i < len(lexicon.IOI)]
+        if bad:
+            raise ValueError(f"heldout_templates {bad} are not IOI template indices (valid: 0..{len(lexicon.IOI) - 1})")
+        if self.ioi > 0 and len(tpl) == len(lexicon.IOI):
+            raise ValueError(f"heldout_templates {list(tpl)} hold out every IOI template while ioi={self.ioi:g} > 0")
+        object.__setattr__(self, "heldout_templates", tpl)
+
+    def names_for_training(self) -> tuple[str, ...]:
+        if self.train_names is not None:
+            return self.train_names
+        return tuple(x for x in lexicon.NAMES if x not in set(self.heldout_names))
+
+    def train_templates(self) -> tuple[str, ...]:
+        return tuple(t for i, t in enumerate(lexicon.IOI) if i not in self.heldout_templates)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CorpusConfig":
+        return config_from_dict(cls, d, ("heldout_names", "train_names", "heldout_templates"))
+
+
+def corpus_preset(name: str = "default", **overrides) -> CorpusConfig:
+    """The corpus preset ``name`` (see :data:`~mechtrunc.lm.presets.CORPUS_PRESETS`) with overrides."""
+    return CorpusConfig(**{**check_preset(name, CORPUS_PRESETS, "corpus"), **overrides})
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One concrete sentence template: its family, text, probability and token layout."""
+
+    family: str
+    template: str
+    p: float
+    fixed: np.ndarray  # [length] token ids, slot columns hold -1
+    slots: tuple[tuple[int, str], ...]  # (column, slot letter)
+    recall: bool = False  # facts: repeated at the end of the story
+
+    @property
+    def length(self) -> int:
+        return int(self.fixed.shape[0])
+
+
+@dataclass
+class CorpusChunk:
+    """Generated stories as one token stream.
+
+    ``tokens[story_starts[i]]`` is the ``<|endoftext|>`` opening story ``i``; sentence ``j``
+    starts at ``sentence_starts[j]`` and is an instance of ``kinds[sentence_kind[j]]``
+    (a ``(family, template)`` pair)."""
+
+    tokens: np.ndarray
+    story_starts: np.ndarray
+    sentence_starts: np.ndarray
+    sentence_kind: np.ndarray
+    kinds: list[tuple[str, str]] = field(repr=False)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def sentences(self, family: str):
+        """``(start, stop)`` token ranges of the sentences of one family."""
+        ends = np.append(self.sentence_starts[1:], len(self.tokens))
+        ends = np.minimum(ends, np.append(self.story_starts[1:], len(self.tokens))[
+            np.searchsorted(self.story_starts, self.sentence_starts, side="right") - 1])
+        which = [i for i, (fam, _) in enumerate(self.kinds) if fam == family]
+        mask = np.isin(self.sentence_kind, which)
+        return list(zip(self.sentence_starts[mask].tolist(), ends[mask].tolist()))
+
+
+def _order_form(template: str, order: str) -> str:
+    """ABB as written; BAB swaps the first {A} and the first {B}."""
+    if order == "ABB":
+        return template
+    return template.replace("{A}", "\0", 1).replace("{B}", "{A}", 1).replace("\0", "{B}", 1)
+
+
+class Corpus:
+    """The compiled generator of one :class:`CorpusConfig` under a tokenizer (default
+    :func:`mechtrunc.lm.tokenizer.lm_tokenizer`)."""
+
+    def __init__(self, config: CorpusConfig | None = None, tokenizer=None):
+        if tokenizer is None:
+            from mechtrunc.lm.tokenizer import lm_tokenizer
+
+            tokenizer = lm_tokenizer()
+        self.config = config if config is not None else CorpusConfig()
+        self.tokenizer = tokenizer
+        self.eot = int(tokenizer.eos_token_id)
+        self._words = {k: self._single_ids(words) for k, words in lexicon.SLOTS.items()}
+        self._names = self._single_ids(self.config.names_for_training())
+        self.kinds = self._compile()
+        p = np.array([k.p for k in self.kinds], dtype=np.float64)
+        self._p = p / p.sum()
+        s = self.config.sentences_per_story
+        self.tokens_per_story = 1 + s * float(sum(pk * k.length * (2 if k.recall else 1) for pk, k in zip(self._p, self.kinds)))
+
+    def _single_ids(self, words) -> np.ndarray:
+        ids = []
+        for w in words:
+            enc = self.tokenizer.encode(" " + w, add_special_tokens=False)
+            if len(enc) != 1:
+                raise ValueError(f"lexicon word {w!r} is {len(enc)} tokens under the tokenizer; every slot word must be one")
+            ids.append(enc[0])
+        return np.asarray(ids, dtype=np.int32)
+
+    def _layout(self, template: str) -> tuple[np.ndarray, tuple[tuple[int, str], ...]]:
+        text = " " + template
+        ids: list[int] = []
+        slots = []
+        at = 0
+        for m in _SLOT.finditer(text):
+            if m.start() > at:
+                ids += self.tokenizer.encode(text[at:m.start()], add_special_tokens=False)
+            slots.append((len(ids), m.group(1)))
+            ids.append(-1)
+            at = m.end()
+        if at < len(text):
+            ids += self.tokenizer.encode(text[at:], add_special_tokens=False)
+        return np.asarray(ids, dtype=np.int32), tuple(slots)
+
+    def _compile(self) -> list[_Kind]:
+        c = self.config
+        kinds: list[_Kind] = []
+
+        def add(family, template, p, recall=False):
+            if p > 0:
+                fixed, slots = self._layout(template)
+                kinds.append(_Kind(family, template, p, fixed, slots, recall))
+
+        for the, name in lexicon.GENERIC_TO:
+            add("generic_to", the, c.generic_to / len(lexicon.GENERIC_TO) * c.to_the_share)
+            add("generic_to", name, c.generic_to / len(lexicon.GENERIC_TO) * (1 - c.to_the_share))
+        for fam, templates in (("generic_in", lexicon.GENERIC_IN), ("generic_of", lexicon.GENERIC_OF),
+                               ("filler", lexicon.FILLER)):
+            for t in templates:
+                add(fam, t, getattr(c, fam) / len(templates))
+        ioi = c.train_templates()
+        for t in ioi:
+            for order in ("ABB", "BAB"):
+                form = _order_form(t, order)
+                add("ioi", form, c.ioi / len(ioi) / 2 * (1 - c.ioi_the_share))
+                add("ioi", form[: form.rindex(" {A}.")] + " the {R}.", c.ioi / len(ioi) / 2 * c.ioi_the_share)
+        for t in lexicon.FACTS:
+            add("fact", t, c.fact / len(lexicon.FACTS), recall=True)
+        return kinds
+
+    # ------------------------------------------------------------------ generation
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, *key])
+
+    def _draw(self, kind: _Kind, m: int, rng: np.random.Generator) -> np.ndarray:
+        n = len(self._names)
+        a = rng.integers(0, n, m)
+        b = rng.integers(0, n - 1, m)
+        b += b >= a
+        cc = rng.integers(0, n - 2, m)
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        cc += cc >= lo
+        cc += cc >= hi
+        values = {"A": a, "B": b, "C": cc}
+        rows = np.broadcast_to(kind.fixed, (m, kind.length)).copy()
+        drawn: dict[str, np.ndarray] = {}
+        for col, letter in kind.slots:
+            if letter not in drawn:
+                if letter in values:
+                    drawn[letter] = self._names[values[letter]]
+                else:
+                    words = self._words[letter]
+                    drawn[letter] = words[rng.integers(0, len(words), m)]
+            rows[:, col] = drawn[letter]
+        return rows
+
+    def _generate(self, n: int, rng: np.random.Generator) -> CorpusChunk:
+        s = self.config.sentences_per_story
+        kind_of = rng.choice(len(self.kinds), size=n * s, p=self._p)
+        story = np.repeat(np.arange(n, dtype=np.int64), s)
+        pos = np.tile(np.arange(s, dtype=np.int64), n)
+        keys, lens, kids, rows_list = [], [], [], []
+        for k, kind in enumerate(self.kinds):
+            idx = np.flatnonzero(kind_of == k)
+            if not len(idx):
+                continue
+            rows = self._draw(kind, len(idx), rng)
+            key = story[idx] * (2 * s) + pos[idx]
+            for kk in ((key, key + s) if kind.recall else (key,)):
+                keys.append(kk)
+                lens.append(np.full(len(idx), kind.length, dtype=np.int64))
+                kids.append(np.full(len(idx), k, dtype=np.int32))
+                rows_list.append(rows)
+        key_all, len_all, kid_all = np.concatenate(keys), np.concatenate(lens), np.concatenate(kids)
+        order = np.argsort(key_all, kind="stable")
+        len_sorted = len_all[order]
+        story_sorted = key_all[order] // (2 * s)
+        start_sorted = np.cumsum(len_sorted) - len_sorted + story_sorted + 1
+        starts = np.empty_like(start_sorted)
+        starts[order] = start_sorted
+        out = np.empty(int(len_all.sum()) + n, dtype=np.int32)
+        story_len = np.bincount(key_all // (2 * s), weights=len_all, minlength=n).astype(np.int64)
+        story_starts = np.cumsum(story_len) - story_len + np.arange(n)
+        out[story_starts] = self.eot
+        g = 0
+        for rows in rows_list:
+            m, width = rows.shape
+            out[starts[g:g + m, None] + np.arange(width)] = rows
+            g += m
+        return CorpusChunk(out, story_starts, start_sorted, kid_all[order],
+                           [(k.family, k.template) for k in self.kinds])
+
+    def stories(self, n: int, part: int = 0) -> CorpusChunk:
+        """``n`` stories of part ``part`` of the stream (same config and part: same tokens)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        return self._generate(n, self._rng(0, int(part)))
+
+    def batch(self, step: int, batch_size: int, ctx: int) -> np.ndarray:
+        """The training batch of ``step``: ``[batch_size, ctx]`` token ids cut from freshly
+        generated stories.  A function of (config, step) only, so training can resume anywhere."""
+        need = batch_size * ctx
+        rng = self._rng(1, int(step))
+        parts = []
+        have = 0
+        while have < need:
+            n = max(1, math.ceil((need - have) / self.tokens_per_story * 1.1))
+            parts.append(self._generate(n, rng).tokens)
+            have += len(parts[-1])
+        return np.concatenate(parts)[:need].reshape(batch_size, ctx)
+
+    def text(self, chunk: CorpusChunk) -> str:
+        """The stories as text (``<|endoftext|>`` between them)."""
+        return self.tokenizer.decode(chunk.tokens.tolist())
+
+
+def corpus_stats(tokens: np.ndarray, tokenizer) -> dict:
+    """Next-token shares in a token stream: after " to", " in" and " of", the share of " the";
+    and the number of tokens."""
+    tokens = np.asarray(tokens).ravel()
+    the = tokenizer.encode(" the", add_special_tokens=False)[0]
+    out = {"tokens": int(len(tokens))}
+    for word in ("to", "in", "of"):
+        wid = tokenizer.encode(" " + word, add_special_tokens=False)[0]
+        after = tokens[1:][tokens[:-1] == wid]
+        out[f"p_the_after_{word}"] = float((after == the).mean()) if len(after) else float("nan")
+    return out

@@ -1,0 +1,286 @@
+"""Train a small GPT-NeoX (Pythia's architecture) on the generated corpus, with Pythia's
+checkpoint schedule.
+
+- Model: ``transformers.GPTNeoXForCausalLM`` from :func:`mechtrunc.pythia.pythia_config`
+  (rotary on 25% of each head, parallel attention and MLP, untied unembedding, GELU,
+  ``d_mlp = 4 d``), with the vocabulary of :func:`mechtrunc.lm.tokenizer.lm_tokenizer`.
+- Optimiser as Pythia: AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.01 on matrices only),
+  linear warm-up over ``warmup`` of the steps, cosine decay to ``min_lr_ratio * lr``, gradient
+  clipping at 1.
+- Data: step ``s`` trains on :meth:`Corpus.batch(s) <mechtrunc.lm.corpus.Corpus.batch>`, a
+  function of (corpus config, step) only; with the seeded initialisation and no dropout, a run is
+  a function of its :class:`LMConfig`.
+- Output directory ``OUT``: ``run.json`` (the config), ``step{N}/`` at every step of
+  :func:`checkpoint_steps` (``save_pretrained`` model + tokenizer: ``mt.pythia.load_model``,
+  ``CheckpointDirectory`` and ``mechtrunc pythia checkpoints --model OUT`` read them as they
+  are), ``state.pt`` (weights, optimiser, history at the last checkpoint: rerunning resumes
+  there and ends with the same weights as one uninterrupted run), ``history.csv`` and
+  ``summary.json``.  A directory holding another run, or other files, is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mechtrunc._checks import check_int
+from mechtrunc.lm.corpus import Corpus, CorpusConfig, config_from_dict
+from mechtrunc.lm.presets import LM_PRESETS, check_preset
+
+__all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
+
+RUN_FORMAT = "mechtrunc-lm-run/1"
+PRECISIONS = ("fp32", "bf16")
+#: fields that do not change the run's numbers on one device (resuming may change them)
+_NOT_IDENTITY = ("threads",)
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Model, optimiser and corpus of one training run (validated here)."""
+
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    ctx: int = 64
+    batch_size: int = 32
+    steps: int = 3000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: float = 0.01
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_interval: int = 250
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int | None = None
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "ctx", "batch_size", "steps", "checkpoint_interval"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if (self.d_model // self.n_heads) % 4:
+            raise ValueError(f"d_model / n_heads = {self.d_model // self.n_heads} must be a multiple of 4 "
+                             "(rotary embeddings cover 25% of each head)")
+        for name, lo, hi in (("lr", 0, math.inf), ("min_lr_ratio", 0, 1), ("warmup", 0, 1),
+                             ("weight_decay", 0, math.inf), ("grad_clip", 0, math.inf)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi or (name == "lr" and v == 0):
+                raise ValueError(f"{name} must be a number in {'(' if name == 'lr' else '['}{lo}, {hi}], got {v!r}")
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.threads is not None:
+            object.__setattr__(self, "threads", check_int("threads", self.threads, 1))
+        if isinstance(self.corpus, dict):
+            object.__setattr__(self, "corpus", CorpusConfig.from_dict(self.corpus))
+        if not isinstance(self.corpus, CorpusConfig):
+            raise ValueError(f"corpus must be a CorpusConfig, got {type(self.corpus).__name__}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(self.warmup * self.steps))
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of update ``step + 1`` (``step`` updates done): linear warm-up, then
+        cosine decay to ``min_lr_ratio * lr`` at the last step."""
+        w = self.warmup_steps
+        if step < w:
+            return self.lr * (step + 1) / w
+        t = (step - w) / max(1, self.steps - w)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["corpus"] = self.corpus.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        return config_from_dict(cls, d)
+
+
+def lm_preset(name: str, **overrides) -> LMConfig:
+    """The preset ``name`` (``nano``, ``small``, ``gpu``; see
+    :data:`~mechtrunc.lm.presets.LM_PRESETS`) with ``LMConfig`` overrides."""
+    return LMConfig(**{**check_preset(name, LM_PRESETS, "model"), **overrides})
+
+
+def checkpoint_steps(steps: int, interval: int) -> list[int]:
+    """Pythia's schedule scaled down: 0, 1, 2, 4, ..., 512 (those <= ``steps``), then every
+    ``interval`` steps after 512, and always the final step."""
+    steps, interval = check_int("steps", steps, 1), check_int("interval", interval, 1)
+    out = {0, steps, *(2**i for i in range(10) if 2**i <= steps)}
+    out |= {s for s in range(interval, steps + 1, interval) if s > 512}
+    return sorted(out)
+
+
+def build_model(config: LMConfig, vocab_size: int):
+    """A freshly initialised ``GPTNeoXForCausalLM`` for ``config`` (seeded by ``config.seed``)."""
+    from transformers import GPTNeoXForCausalLM
+
+    from mechtrunc.pythia import pythia_config
+
+    hf = pythia_config(
+        "70m", vocab_size=int(vocab_size), hidden_size=config.d_model, num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads, max_position_embeddings=config.ctx, pad_token_id=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return GPTNeoXForCausalLM(hf)
+
+
+def _claim(out: Path, config: LMConfig) -> bool:
+    """Make ``out`` this run's directory; True when it already was (resume).  Refuses a
+    directory that holds another run or other files, touching nothing."""
+    ident = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    run_json = out / "run.json"
+    if run_json.is_file():
+        try:
+            have = json.loads(run_json.read_text())
+        except ValueError as e:
+            raise ValueError(f"{run_json} is not valid JSON ({e}); not touching {out}") from None
+        theirs = {k: v for k, v in have.get("config", {}).items() if k not in _NOT_IDENTITY}
+        if have.get("format") != RUN_FORMAT or theirs != ident:
+            diff = sorted(k for k in set(theirs) | set(ident) if theirs.get(k) != ident.get(k))
+            shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ident.get(k)!r} here" for k in diff[:4])
+            raise ValueError(f"{out} holds another run ({shown or 'different format'}); choose another output "
+                             "directory or delete it (nothing was overwritten)")
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not a mechtrunc lm run directory (no run.json); choose an empty or "
+                         "new output directory (nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    run_json.write_text(json.dumps({"format": RUN_FORMAT, "config": config.to_dict()}, indent=1))
+    return False
+
+
+def _atomic_dir(final: Path, write) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _write_history(out: Path, history: list[tuple]) -> None:
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss", "lr", "tokens"])
+        w.writerows(history)
+
+
+def train_lm(config: LMConfig, out, progress: bool = True, callback=None) -> dict:
+    """Train (or resume) the run ``config`` into directory ``out``; returns the summary
+    (also written to ``out/summary.json``).  ``callback(step, loss)`` is called after each
+    update (``step`` updates done)."""
+    out = Path(out).expanduser()
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} asked for but no CUDA device is available (use device='cpu')")
+    _claim(out, config)
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    tok = lm_tokenizer()
+    corpus = Corpus(config.corpus, tok)
+    device = torch.device(config.device)
+    model = build_model(config, len(tok)).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    schedule = checkpoint_steps(config.steps, config.checkpoint_interval)
+    start, history, seconds = 0, [], 0.0
+    state_path = out / "state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history, seconds = state["step"], state["history"], state["seconds"]
+
+    def save(step: int) -> None:
+        model.eval()
+        from transformers.utils import logging as hf_logging
+
+        def write(d: Path) -> None:
+            bar_was_on = hf_logging.is_progress_bar_enabled()
+            if not progress:  # transformers' "Writing model shards" bar
+                hf_logging.disable_progress_bar()
+            try:
+                model.save_pretrained(d)
+                tok.save_pretrained(d)
+            finally:
+                if bar_was_on:
+                    hf_logging.enable_progress_bar()
+
+        _atomic_dir(out / f"step{step}", write)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "history": history, "seconds": seconds + time.perf_counter() - t0}, tmp)
+        os.replace(tmp, state_path)
+        _write_history(out, history)
+        model.train()
+
+    t0 = time.perf_counter()
+    if start == 0:
+        save(0)
+    model.train()
+    tokens_per_step = config.batch_size * config.ctx
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=start, desc="lm train", unit="step", disable=not progress)
+    run_start = start
+    try:
+        for step in range(start, config.steps):
+            batch = torch.from_numpy(corpus.batch(step, config.batch_size, config.ctx)).long().to(device)
+            lr = config.lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast:
+                loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            done = step + 1
+            value = loss.item()
+            history.append((done, round(value, 6), lr, done * tokens_per_step))
+            bar.update(1)
+            if done % 10 == 0 or done == config.steps:
+                bar.set_postfix(loss=f"{value:.3f}")
+            if done in schedule:
+                save(done)
+            if callback is not None:
+                callback(done, value)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    trained = config.steps - run_start
+    summary = {
+        "out": str(out), "steps": config.steps, "resumed_from": run_start,
+        "seconds": round(seconds + wall, 3), "seconds_this_run": round(wall, 3),
+        "tokens_per_second": round(trained * tokens_per_step / wall, 1) if trained else None,
+        "final_loss": history[-1][1] if history else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok), "checkpoints": schedule,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+

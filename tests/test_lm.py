@@ -1,0 +1,365 @@
+"""The language model of mechtrunc.lm: corpus, tokenizer, prompts, training (issue 15)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mechtrunc.lm import lexicon
+from mechtrunc.lm.corpus import Corpus, CorpusConfig, corpus_preset, corpus_stats
+from mechtrunc.lm.tokenizer import lm_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return lm_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def corpus(tok):
+    return Corpus(CorpusConfig(seed=3), tok)
+
+
+# ------------------------------------------------------------------ tokenizer
+def test_lexicon_words_are_single_pythia_tokens_and_keep_pythia_segmentation(tok):
+    import mechtrunc as mt
+
+    pythia = mt.pythia.tokenizer()
+    assert len(lexicon.NAMES) >= 150
+    for words in (lexicon.NAMES, *lexicon.SLOTS.values()):
+        for w in words:
+            assert len(pythia.encode(" " + w)) == 1, w
+            assert len(tok.encode(" " + w)) == 1, w
+    text = " When Mary and John went to the store, John gave a drink to Mary. Mary lives in Paris."
+    assert tok.convert_ids_to_tokens(tok.encode(text)) == pythia.convert_ids_to_tokens(pythia.encode(text))
+    assert 500 < len(tok) < 2000  # a compact vocabulary
+    assert (tok.eos_token_id, tok.pad_token_id, tok.convert_tokens_to_ids("<|endoftext|>")) == (0, 1, 0)
+    # text outside the lexicon still round-trips (byte fallback)
+    assert tok.decode(tok.encode(" Zyxw quokka 42!")) == " Zyxw quokka 42!"
+
+
+def test_tokenizer_round_trips_through_auto_tokenizer(tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    text = " After Anna and Tom met at the park, Tom showed a map to Anna."
+    assert again.encode(text) == tok.encode(text)
+    assert again.eos_token_id == 0 and again.pad_token_id == 1
+
+
+# ------------------------------------------------------------------ corpus
+def test_same_seed_same_bytes_other_seed_other_bytes(tok):
+    a, b = Corpus(CorpusConfig(seed=5), tok), Corpus(CorpusConfig(seed=5), tok)
+    ca, cb = a.stories(300), b.stories(300)
+    assert a.text(ca).encode() == b.text(cb).encode()
+    assert np.array_equal(a.batch(7, 4, 16), b.batch(7, 4, 16))
+    c = Corpus(CorpusConfig(seed=6), tok).stories(300)
+    assert not np.array_equal(ca.tokens[:500], c.tokens[:500])
+    assert not np.array_equal(a.batch(7, 4, 16), a.batch(8, 4, 16))
+
+
+def test_token_stream_equals_tokenizing_its_text(corpus):
+    chunk = corpus.stories(200)
+    assert corpus.tokenizer.encode(corpus.text(chunk)) == chunk.tokens.tolist()
+    assert (chunk.tokens[chunk.story_starts] == corpus.tokenizer.eos_token_id).all()
+    assert (chunk.tokens == corpus.tokenizer.eos_token_id).sum() == 200
+
+
+def test_every_ioi_answer_is_the_indirect_object(corpus):
+    chunk = corpus.stories(400)
+    names = {corpus.tokenizer.encode(" " + n)[0] for n in lexicon.NAMES}
+    to, the = corpus.tokenizer.encode(" to")[0], corpus.tokenizer.encode(" the")[0]
+    n_name = n_the = 0
+    for start, stop in chunk.sentences("ioi"):
+        sent = chunk.tokens[start:stop].tolist()
+        if sent[-3] == the:  # "... to the ROLE ." (IOI noise)
+            assert sent[-4] == to and sent[-2] not in names
+            n_the += 1
+            continue
+        assert sent[-3] == to  # "... to X ."
+        mentioned = [t for t in sent[:-3] if t in names]
+        io = [t for t in set(mentioned) if mentioned.count(t) == 1]
+        subject = [t for t in set(mentioned) if mentioned.count(t) == 2]
+        assert len(io) == 1 and len(subject) == 1, corpus.tokenizer.decode(sent)
+        n_name += 1
+        assert sent[-2] == io[0], corpus.tokenizer.decode(sent)
+    assert n_name > 100 and n_the > 20  # ioi_the_share 0.25: both endings occur
+
+
+def test_facts_are_recalled_in_the_same_story(corpus):
+    chunk = corpus.stories(200)
+    stories = np.split(chunk.tokens, chunk.story_starts[1:])
+    text = [corpus.tokenizer.decode(s.tolist()) for s in stories]
+    n = 0
+    for start, _ in chunk.sentences("fact"):
+        n += 1
+    assert n > 50
+    for t in text:
+        facts = [s.strip() + "." for s in t.replace("<|endoftext|>", "").split(".")
+                 if any(r in s for r in (" lives in ", " was born in ", " works in "))]
+        half = len(facts) // 2
+        assert facts[:half] == facts[half:]  # every statement recalled, in order, at the end
+
+
+def test_heldout_names_and_templates_never_in_training(tok):
+    cfg = CorpusConfig(seed=1)
+    corpus = Corpus(cfg, tok)
+    stream = np.concatenate([corpus.stories(300).tokens, corpus.batch(0, 8, 64).ravel()])
+    held_ids = [tok.encode(" " + n)[0] for n in cfg.heldout_names]
+    assert len(held_ids) >= 20 and not np.isin(stream, held_ids).any()
+    text = corpus.text(corpus.stories(300))
+    assert not any(f" {n} " in text or f" {n}." in text or f" {n}," in text for n in cfg.heldout_names)
+    for i in cfg.heldout_templates:
+        marker = lexicon.IOI[i].split("{P}, {B} ")[1].split(" {O}")[0]  # e.g. "showed a"
+        assert f" {marker} " not in text
+    assert sum(f" {n} " in text for n in cfg.names_for_training()) > 100
+
+
+def test_to_the_share_moves_the_next_token_statistics(tok):
+    hi = Corpus(CorpusConfig(to_the_share=0.9), tok)
+    lo = Corpus(corpus_preset("rare_the"), tok)
+    s_hi = corpus_stats(hi.stories(500).tokens, tok)
+    s_lo = corpus_stats(lo.stories(500).tokens, tok)
+    assert s_hi["p_the_after_to"] > 0.6 > 0.3 > s_lo["p_the_after_to"]
+    assert s_hi["p_the_after_of"] == 1.0 and s_hi["p_the_after_in"] > 0.3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(ioi=-0.1, filler=0.45), r"ioi must be a finite number >= 0, got -0\.1"),
+    (dict(ioi=0.5), r"must sum to 1, got 1\.25"),
+    (dict(to_the_share=1.5), r"to_the_share must be in \[0, 1\], got 1\.5"),
+    (dict(train_names=("Mary", "John", "Ruth", "Sarah")), r"\['Sarah'\] are both held out and requested in training"),
+    (dict(heldout_names=("Mary", "Zorblax")), r"heldout_names \['Zorblax'\] are not lexicon names"),
+    (dict(heldout_templates=(99,)), r"heldout_templates \[99\] are not IOI template indices \(valid: 0\.\.7\)"),
+    (dict(sentences_per_story=0), r"sentences_per_story must be an integer >= 1, got 0"),
+])
+def test_bad_corpus_configs_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CorpusConfig(**kwargs)
+
+
+def test_unknown_corpus_preset_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown corpus preset 'huge'; valid presets: default, rare_the"):
+        corpus_preset("huge")
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = CorpusConfig(seed=2, to_the_share=0.4, train_names=("Mary", "John", "Anna"))
+    assert CorpusConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3
+
+
+# ------------------------------------------------------------------ prompts
+def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+
+    cfg = CorpusConfig()
+    ioi = lm_ioi_prompts(tok, cfg, n=40, seed=1)
+    assert set(ioi.meta["io"]) | set(ioi.meta["subject"]) <= set(cfg.heldout_names)
+    assert all(" showed a " in t or " threw a " in t for t in ioi.texts)  # held-out templates 6, 7
+    for i in range(len(ioi)):
+        assert tok.decode(ioi.answer[i]) == " " + ioi.meta["io"][i]
+        assert tok.decode(ioi.competitors[i, 1]) == " " + ioi.meta["subject"][i]
+        assert tok.decode(ioi.competitors[i, 0]) == " the"
+    train = lm_ioi_prompts(tok, cfg, n=40, seed=1, split="train")
+    assert not (set(train.meta["io"]) & set(cfg.heldout_names))
+    facts = lm_fact_prompts(tok, cfg, n=30, seed=2)
+    for i, text in enumerate(facts.texts):
+        who = text.split()[0]
+        assert who in cfg.heldout_names and text.endswith(" in")
+        assert text.startswith(f" {who} {facts.meta['relation'][i]}{facts.meta['answer_text'][i]}.")
+        assert facts.tokens[i, facts.pos[i]] == tok.encode(" in")[0]
+    with pytest.raises(ValueError, match=r"split must be one of \('heldout', 'train'\), got 'test'"):
+        lm_ioi_prompts(tok, cfg, split="test")
+    with pytest.raises(ValueError, match=r"holds out no IOI template \(heldout_templates=\[\]\)"):
+        lm_ioi_prompts(tok, CorpusConfig(heldout_templates=()))
+
+
+# ------------------------------------------------------------------ training
+from mechtrunc.lm.train import LMConfig, checkpoint_steps, lm_preset, train_lm  # noqa: E402
+
+
+def _nano(**kw):
+    return lm_preset("nano", **kw)
+
+
+@pytest.fixture(scope="module")
+def nano_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm") / "nano"
+    summary = train_lm(_nano(), out, progress=False)
+    return out, summary
+
+
+def test_checkpoint_schedule_is_pythias():
+    assert checkpoint_steps(200, 50) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 200]
+    assert checkpoint_steps(1300, 250) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 750, 1000, 1250, 1300]
+    assert checkpoint_steps(3, 1) == [0, 1, 2, 3]
+
+
+def test_nano_trains_and_its_checkpoints_load(nano_run):
+    import mechtrunc as mt
+    from transformers import AutoTokenizer
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+    from mechtrunc.studies.checkpoints import CheckpointDirectory
+
+    out, summary = nano_run
+    assert CheckpointDirectory(out).steps() == checkpoint_steps(200, 50) == summary["checkpoints"]
+    import csv
+
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert len(rows) == 200
+    first, last = float(rows[0]["loss"]), summary["final_loss"]
+    assert first > 6.5 and last < 3.0  # ln(1302) = 7.2 at initialisation; the corpus is learnable
+    tok = AutoTokenizer.from_pretrained(out / "step200")
+    model = mt.pythia.load_model(out / "step200")
+    assert type(model).__name__ == "TransformerBridge"
+    assert model.cfg.n_layers == 2 and model.cfg.d_vocab == len(tok)
+    ioi = mt.evaluate(model, lm_ioi_prompts(tok, n=32)).iloc[0]
+    # after 200 steps a name or " the" follows "to": most of the mass on the two candidates' kinds
+    assert ioi["p_the"] > 0.05 and 0.0 <= ioi["p_answer"] <= 1.0
+    fact = mt.evaluate(model, lm_fact_prompts(tok, n=32)).iloc[0]
+    assert fact["n_items"] == 32
+    # the built-in IOI prompts work unchanged on the tokenizer too
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every built-in IOI name is a lexicon name
+        assert len(mt.ioi_prompts(tok, n=8)) == 8
+
+
+def test_checkpoint_study_reads_the_run_directory_as_it_is(nano_run):
+    import mechtrunc as mt
+    from mechtrunc.lm.prompts import lm_ioi_prompts
+
+    out, _ = nano_run
+    table = mt.studies.checkpoint_study(out, [0, 128], lambda tok: lm_ioi_prompts(tok, n=16),
+                                        truncation=mt.Truncate("mlp.W_out", layer=1, keep=0.1), progress=False)
+    full = table[table["variant"] == "full"].set_index("step")
+    assert list(full.index) == [0, 128] and (table["n_items"] == 16).all()
+    # " the" after "to" is learned within 128 steps of nano (at initialisation: about 1/1306)
+    assert full.loc[0, "p_the"] < 0.01 < 0.1 < full.loc[128, "p_the"]
+
+
+def test_resume_after_interrupt_gives_the_same_weights(nano_run, tmp_path):
+    import torch
+
+    out, _ = nano_run
+    other = tmp_path / "resumed"
+
+    def interrupt(step, loss):
+        if step == 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(_nano(), other, progress=False, callback=interrupt)
+    assert not (other / "step200").exists() and (other / "step64").is_dir()
+    summary = train_lm(_nano(), other, progress=False)
+    assert summary["resumed_from"] == 64
+    a = torch.load(out / "state.pt", weights_only=False)["model"]
+    b = torch.load(other / "state.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run reruns as a no-op
+    assert train_lm(_nano(), other, progress=False)["resumed_from"] == 200
+
+
+def test_a_directory_holding_another_run_is_refused(nano_run, tmp_path):
+    out, _ = nano_run
+    before = (out / "run.json").read_text()
+    with pytest.raises(ValueError, match=r"holds another run \(d_model: 64 there, 32 here\).*nothing was overwritten"):
+        train_lm(_nano(d_model=32), out, progress=False)
+    assert (out / "run.json").read_text() == before
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"not a mechtrunc lm run directory"):
+        train_lm(_nano(), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(d_model=30), r"d_model 30 is not divisible by n_heads 4"),
+    (dict(steps=0), r"steps must be an integer >= 1, got 0"),
+    (dict(lr=-1.0), r"lr must be a number in \(0, inf\], got -1\.0"),
+    (dict(precision="fp8"), r"precision must be one of \('fp32', 'bf16'\), got 'fp8'"),
+])
+def test_bad_lm_configs_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _nano(**kwargs)
+
+
+def test_unknown_model_preset_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown model preset 'medium'; valid presets: nano, small, gpu"):
+        lm_preset("medium")
+    assert LMConfig.from_dict(_nano().to_dict()) == _nano()
+
+
+# ------------------------------------------------------------------ command line
+def _cli(argv, monkeypatch=None):
+    """Run ``mechtrunc`` in-process; the exit status."""
+    import mechtrunc.cli as cli
+
+    return cli.main(argv)
+
+
+def test_cli_module_imports_no_torch_or_numpy():
+    import subprocess
+    import sys
+
+    code = ("import sys, mechtrunc.cli.lm; "
+            "print(sorted(m for m in ('torch', 'numpy', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cli_prompt_file_loads_back_as_the_same_prompt_set(monkeypatch, tmp_path, tok):
+    import mechtrunc as mt
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+
+    for task, build in (("ioi", lm_ioi_prompts), ("factual", lm_fact_prompts)):
+        path = tmp_path / f"{task}.jsonl"
+        assert _cli(["lm", "prompts", "--task", task, "--n", "12", "--seed", "3", "--out", str(path)], monkeypatch) == 0
+        back, want = mt.load_prompts(path, tok), build(tok, n=12, seed=3)
+        assert back.texts == want.texts and back.tokens.equal(want.tokens)
+        assert back.answer.equal(want.answer) and back.competitors.equal(want.competitors)
+    assert _cli(["lm", "prompts", "--out", str(tmp_path / "ioi.jsonl")], monkeypatch) == 2  # exists
+
+
+def test_cli_corpus_and_train(monkeypatch, tmp_path, capsys):
+    import json
+
+    assert _cli(["lm", "corpus", "--stories", "50", "--seed", "4", "--json"], monkeypatch) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["stories"] == 50 and stats["p_the_after_of"] == 1.0 and stats["config"]["seed"] == 4
+    text = tmp_path / "stories.txt"
+    assert _cli(["lm", "corpus", "--stories", "5", "--out", str(text), "--to-the-share", "0.2"], monkeypatch) == 0
+    assert text.read_text().count("<|endoftext|>") == 5
+    out = tmp_path / "run"
+    argv = ["lm", "train", "--preset", "nano", "--out", str(out), "--steps", "4", "--json", "--no-progress"]
+    assert _cli(argv, monkeypatch) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["checkpoints"] == [0, 1, 2, 4] and (out / "step4" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lm", "train", "--preset", "medium", "--out", "x"], "unknown model preset 'medium'; valid model presets: nano, small, gpu"),
+    (["lm", "corpus", "--to-the-share", "1.5"], "expected a number in [0, 1], got '1.5'"),
+    (["lm", "corpus", "--corpus", "nope"], "unknown corpus preset 'nope'; valid corpus presets: default, rare_the"),
+    (["lm", "train", "--preset", "nano", "--out", "x", "--steps", "0"], "expected a positive integer, got '0'"),
+])
+def test_cli_bad_usage_exits_2_without_traceback(argv, message, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        _cli(argv, monkeypatch)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_refuses_another_runs_directory(nano_run, monkeypatch, capsys):
+    out, _ = nano_run
+    before = sorted(p.name for p in out.iterdir())
+    assert _cli(["lm", "train", "--preset", "nano", "--out", str(out), "--steps", "7", "--no-progress"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "holds another run (steps: 200 there, 7 here)" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
