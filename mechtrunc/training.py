@@ -29,7 +29,8 @@ from torch import Tensor
 
 from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate, Intervention, Truncate
-from mechtrunc.metrics import evaluate, masked_cross_entropy, metrics_from_logits
+from mechtrunc.evaluation import evaluate
+from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits
 from mechtrunc.tasks.recall import RecallConfig, RecallTask
