@@ -241,6 +241,11 @@ class TruncatedProduct:
     left: bool = False
     W: Tensor | None = None
     bias: Tensor | None = None
+    B: Tensor | None = field(default=None, init=False, repr=False, compare=False)  # Q^T W (left form)
+
+    def __post_init__(self):
+        if self.left:
+            object.__setattr__(self, "B", self.Q.T.to(self.W.dtype) @ self.W)
 
     def coefficients(self, x: Tensor) -> Tensor:
         """``x @ Q`` (left) or ``(x @ W) @ Q`` (right), ``[..., k]``."""
@@ -261,7 +266,7 @@ class TruncatedProduct:
         if mask is not None:
             m = mask[..., :r].to(coef.dtype)
             coef = coef * (m[:, None, :] if m.ndim == 2 and coef.ndim == 3 else m)
-        out = coef @ (Q.T @ self.W.to(coef.dtype) if self.left else Q.T)
+        out = coef @ (self.B[:r].to(coef.dtype) if self.left else Q.T)
         return out + self.bias.to(out.dtype) if self.bias is not None else out
 
 
