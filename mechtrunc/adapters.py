@@ -368,7 +368,7 @@ def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
         return hit
     own = getattr(type(model), "mechtrunc_adapter", None)  # a model class may name its adapter class
     if own is not None:
-        adapter: ModelAdapter = own(model)
+        adapter: ModelAdapter = model.mechtrunc_adapter(model)
     elif type(model).__name__ == "TransformerBridge" or hasattr(model, "adapter") and hasattr(model, "blocks"):
         adapter = BridgeAdapter(model)
     elif type(model).__name__ == "GPTNeoXForCausalLM":

@@ -111,3 +111,18 @@ def test_sweep_uses_the_engine_for_plain_truncations(neox_bridge, monkeypatch):
     mixed = mt.sweep(neox_bridge, prompts, [ts[0], mt.Ablate("mlp", layer=0)])
     assert calls == [1] and list(mixed["variant"]) == [ts[0].label, "ablate L0.mlp (zero)"]
     assert abs(mixed["loss"].iloc[0] - fast["loss"].iloc[0]) < 1e-5
+
+
+def test_the_minimal_model_takes_the_reference_path():
+    from mechtrunc.dynamics.minimal import MinimalConfig, MinimalModel
+    from mechtrunc.tasks.recall import RecallTask
+
+    torch.manual_seed(0)
+    cfg = MinimalConfig(bigrams="random", vocab_size=16, d_model=32, seq_len=16)
+    model = MinimalModel(cfg)
+    with torch.no_grad():  # a non-zero memory to truncate
+        model.blocks[0].mlp.W_F.copy_(torch.randn_like(model.blocks[0].mlp.W_F))
+    prompts = RecallTask(cfg.recall_config()).test_set(8).to_prompts()
+    assert adapt(model).stack is None
+    rows = check(model, prompts, [mt.Truncate("mlp.W_out", layer=0, keep=0.25)], fast=False)
+    assert [r.path for r in rows] == ["reference", "reference"] and rows[1].rank == 8
