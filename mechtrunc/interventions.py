@@ -23,6 +23,11 @@ The released code only truncates matrices whose maximum rank is ``d_model``, so 
 edit: ``keep=0.1`` would change nothing on Pythia-1.4B, where ``d_head / d_model = 1/16``).
 ``keep = 0`` removes the matrix under both rules.
 
+The low-rank products behind ``Truncate`` (:class:`TruncatedProduct`, and :func:`ov_basis` /
+:func:`ov_W_O` for ``attn.OV``) are public because the grid engine (:mod:`mechtrunc.engine`)
+evaluates truncations with the very same code.  (Over 400 lines: one concept, the intervention
+values and the products they apply, kept together so each edit is written once.)
+
 Layers, heads, ranks and keeps may be any integer/real scalar type (NumPy scalars, 0-d tensors,
 items of ``np.arange``/``np.linspace``); ``bool`` is rejected (see :mod:`mechtrunc._scalars`).
 """

@@ -43,6 +43,11 @@ class Stack:
     #: matrices :meth:`split` handles on this architecture
     matrices: tuple[str, ...] = STACK_MATRICES
 
+    @staticmethod
+    def supports(cfg) -> bool:
+        """Whether this stack computes a model with Hugging Face config ``cfg`` exactly."""
+        return True
+
     # --- primitives ----------------------------------------------------------------------
     def embed(self, tokens: Tensor) -> Tensor:
         raise NotImplementedError
@@ -242,10 +247,13 @@ class NeoXStack(_HFStack):
 class GPT2Stack(_HFStack):
     """GPT-2: learned positions, sequential residual, Conv1D weights."""
 
+    @staticmethod
+    def supports(cfg) -> bool:
+        """Attention scaled by 1/sqrt(d_head) only (the layer-index scaling is not written here)."""
+        return not getattr(cfg, "scale_attn_by_inverse_layer_idx", False) and getattr(cfg, "scale_attn_weights", True)
+
     def __init__(self, hf):
         cfg = hf.config
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or not getattr(cfg, "scale_attn_weights", True):
-            self.matrices = ()  # an attention scaling this stack does not write: no fast path
         core = _raw(hf.transformer)
         self.n_layers, self.n_heads = cfg.n_layer, cfg.n_head
         self.d_head = cfg.n_embd // self.n_heads
@@ -314,5 +322,8 @@ _HF_STACKS = {"GPTNeoXForCausalLM": NeoXStack, "GPT2LMHeadModel": GPT2Stack, "GP
 
 def hf_stack(hf) -> Stack | None:
     """The stack of a Hugging Face causal LM of a supported architecture, else None."""
-    cls = _HF_STACKS.get(type(_raw(hf)).__name__)
-    return cls(_raw(hf)) if cls is not None else None
+    hf = _raw(hf)
+    cls = _HF_STACKS.get(type(hf).__name__)
+    if cls is None or not cls.supports(hf.config):
+        return None
+    return cls(hf)

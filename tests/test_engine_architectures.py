@@ -126,3 +126,12 @@ def test_the_minimal_model_takes_the_reference_path():
     assert adapt(model).stack is None
     rows = check(model, prompts, [mt.Truncate("mlp.W_out", layer=0, keep=0.25)], fast=False)
     assert [r.path for r in rows] == ["reference", "reference"] and rows[1].rank == 8
+
+
+def test_a_gpt2_variant_the_stack_does_not_write_takes_the_reference_path(small_tokenizer_dir):
+    from mechtrunc.testing import tiny_bridge
+
+    model = tiny_bridge("gpt2", small_tokenizer_dir, seed=4, n_layer=2, scale_attn_by_inverse_layer_idx=True)
+    assert adapt(model).stack is None
+    rows = check(model, _prompts(512, n=3), [mt.Truncate("mlp.W_in", layer=1, keep=0.25)], fast=False)
+    assert [r.path for r in rows] == ["reference", "reference"]
