@@ -1,10 +1,19 @@
-"""One view of a model for the intervention and attribution layer.
+"""One view of a model: the only door to an architecture.
 
-:func:`adapt` wraps either the toy model (:class:`~mechtrunc.toy_model.ToyTransformer`) or any
-TransformerLens ``TransformerBridge`` (GPT-NeoX/Pythia, GPT-2, ...) and answers the few
-questions interventions and attribution ask: sizes, hook names (TransformerLens' legacy names,
-which both models accept), the weight matrices as plain ``x @ W`` matrices that can be read and
-written in place, biases, the unembedding and the final LayerNorm.
+:func:`adapt` gives the :class:`ModelAdapter` of a model, which answers every question the rest
+of mechtrunc asks about it: sizes, hook names (TransformerLens' legacy names), the weight
+matrices as plain ``x @ W`` matrices that can be read and written in place, biases, the
+unembedding and the final LayerNorm, the decompositions of its matrices (:meth:`ModelAdapter.svd`,
+:meth:`ModelAdapter.basis`, through :mod:`mechtrunc.decomposition`), and its layer stack as the
+few operations the grid engine needs (:attr:`ModelAdapter.stack`, a :class:`mechtrunc.stacks.Stack`).
+
+Built in: any TransformerLens ``TransformerBridge`` (:class:`BridgeAdapter`; GPT-NeoX/Pythia,
+GPT-2 and GPT-J have a stack) and a bare Hugging Face ``GPTNeoXForCausalLM``
+(:class:`HFNeoXAdapter`, no hook points).  Any other model class joins through a
+``mechtrunc_adapter`` class attribute naming its :class:`ModelAdapter` subclass: the toy model
+(:class:`mechtrunc.toy_model.ToyAdapter`), the linear memory
+(:class:`mechtrunc.memory.MemoryAdapter`) and the minimal model do, so this module imports none
+of them.
 
 On bridges the weights are the raw Hugging Face parameters (no LayerNorm folding): truncating
 them is what LASER does.
@@ -23,8 +32,11 @@ from torch import Tensor, nn
 
 from mechtrunc._choices import MATRICES, SITES
 from mechtrunc._scalars import as_int
+from mechtrunc.decomposition import SVDCache, full_svd
+from mechtrunc.stacks import Stack, hf_stack
 
-__all__ = ["MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "MemoryAdapter", "adapt"]
+__all__ = ["MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "BridgeAdapter", "HFNeoXAdapter",
+           "adapt"]
 
 # MATRICES (matrices an intervention can edit, in TransformerLens names) and SITES (activation
 # sites, hook outputs, an intervention can edit) live in mechtrunc._choices, which the CLI reads.
@@ -80,7 +92,7 @@ class MatrixSite:
 
 
 class ModelAdapter(ABC):
-    """Common interface; see :class:`ToyAdapter` and :class:`BridgeAdapter`."""
+    """Common interface; see :class:`BridgeAdapter` (and the module docstring for the others)."""
 
     model: nn.Module
     n_layers: int
@@ -90,9 +102,31 @@ class ModelAdapter(ABC):
     d_vocab: int
     kind: str
 
+    #: whether the model has TransformerLens hook points (hook-mode interventions, attribution)
+    has_hooks = True
+
     def __init__(self, model: nn.Module):
         self.model = model
         self._svd_cache: dict = {}
+        self._stack: Stack | None = None
+        self._stack_built = False
+
+    # --- the layer stack (the grid engine's view) -----------------------------------------
+    def _build_stack(self) -> Stack | None:
+        """The model's :class:`~mechtrunc.stacks.Stack`, or None (no engine fast path)."""
+        return None
+
+    @property
+    def stack(self) -> Stack | None:
+        """The layer stack the grid engine runs (built once), or None for a model without one."""
+        if not self._stack_built:
+            self._stack, self._stack_built = self._build_stack(), True
+        return self._stack
+
+    @property
+    def fast_matrices(self) -> tuple[str, ...]:
+        """Matrices whose truncations the grid engine computes from cached clean activations."""
+        return self.stack.matrices if self.stack is not None else ()
 
     # --- names ---------------------------------------------------------------------------
     def check_layer(self, layer: int) -> int:
@@ -154,6 +188,10 @@ class ModelAdapter(ABC):
             raise ValueError(f"layer {layer} has no MLP, so matrix {name!r} does not exist")
         return self._matrix(name, layer)
 
+    def out_hook(self, name: str, layer: int) -> str:
+        """The hook whose output is matrix ``name``'s output ``x @ W + b`` (TransformerLens names)."""
+        return _MATRIX_OUT_HOOK[name].format(l=layer)
+
     @abstractmethod
     def _matrix(self, name: str, layer: int) -> MatrixSite:
         """The site of a validated matrix name and layer."""
@@ -172,21 +210,16 @@ class ModelAdapter(ABC):
             if W_seen.shape == W.shape and W_seen.dtype == W.dtype and W_seen.device == W.device \
                     and torch.equal(W_seen, W):
                 return tuple(usv)
-        Wf = W if W.dtype == torch.float64 else W.float()  # float64 weights keep float64 SVDs
-        if method == "exact":
-            U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
-        elif method == "randomized":
-            q = min(min(Wf.shape), (rank or 1) + 10)
-            g = torch.random.fork_rng(devices=[Wf.device] if Wf.is_cuda else [])
-            with g:
-                torch.manual_seed(0)
-                U, S, V = torch.svd_lowrank(Wf, q=q, niter=4)
-            Vh = V.T
-        else:
-            raise ValueError(f"unknown svd method {method!r}; valid: 'exact', 'randomized'")
+        U, S, Vh = full_svd(W, method, rank)
         self._svd_cache = {k: v for k, v in self._svd_cache.items() if k[:2] != key[:2]}
         self._svd_cache[key] = (W.clone(), U, S, Vh)
         return U, S, Vh
+
+    def basis(self, site: MatrixSite, rank: int, cache: SVDCache | None = None) -> tuple[Tensor, Tensor]:
+        """Top-``rank`` singular basis of the smaller side of a matrix and its singular values
+        (:func:`mechtrunc.decomposition.truncation_basis`), through ``cache`` (an
+        :class:`~mechtrunc.decomposition.SVDCache`: on disk, keyed by the weight's hash)."""
+        return (cache if cache is not None else SVDCache()).get(site.get(), rank)
 
     def head_W_O(self, layer: int) -> Float[Tensor, "head d_head d_model"]:
         W = self.matrix("attn.W_O", layer).get()
@@ -221,40 +254,6 @@ class ModelAdapter(ABC):
         return next(self.model.parameters()).device
 
 
-def _heads_to_full(h: int, d: int, dh: int):
-    to = lambda p: p.permute(1, 0, 2).reshape(d, h * dh)
-    back = lambda W: W.reshape(d, h, dh).permute(1, 0, 2)
-    return to, back
-
-
-class ToyAdapter(ModelAdapter):
-    kind = "toy"
-
-    def __init__(self, model):
-        super().__init__(model)
-        c = model.cfg
-        self.n_layers, self.n_heads, self.d_model, self.d_head, self.d_vocab = (
-            c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab)
-
-    def has_mlp(self, layer: int) -> bool:
-        return self.model.blocks[layer].mlp is not None
-
-    def _matrix(self, name, layer):
-        block, h, d, dh = self.model.blocks[layer], self.n_heads, self.d_model, self.d_head
-        hook = _MATRIX_OUT_HOOK[name].format(l=layer)
-        if name.startswith("mlp."):
-            p = getattr(block.mlp, name[4:])
-            return MatrixSite(layer, name, p, lambda t: t, lambda W: W, None, hook)
-        p = getattr(block.attn, name[5:])
-        if name == "attn.W_O":
-            return MatrixSite(layer, name, p, lambda t: t.reshape(h * dh, d), lambda W: W.reshape(h, dh, d), None, hook)
-        to, back = _heads_to_full(h, d, dh)
-        return MatrixSite(layer, name, p, to, back, None, hook)
-
-    def W_U(self):
-        return self.model.W_U.detach()
-
-
 class BridgeAdapter(ModelAdapter):
     kind = "bridge"
     _LINEARS = {"mlp.W_in": ("mlp", "in"), "mlp.W_out": ("mlp", "out"), "attn.W_Q": ("attn", "q"),
@@ -269,13 +268,16 @@ class BridgeAdapter(ModelAdapter):
     def _matrix(self, name, layer):
         part, attr = self._LINEARS[name]
         linear = getattr(getattr(self.model.blocks[layer], part), attr).original_component
-        hook = _MATRIX_OUT_HOOK[name].format(l=layer)
+        hook = self.out_hook(name, layer)
         if isinstance(linear, nn.Linear):  # weight [out, in]
             to, back = (lambda t: t.T), (lambda W: W.T)
         else:  # transformers' Conv1D (GPT-2): weight [in, out], used as x @ W
             to, back = (lambda t: t), (lambda W: W)
         bias = linear.bias.detach() if getattr(linear, "bias", None) is not None else None
         return MatrixSite(layer, name, linear.weight, to, back, bias, hook)
+
+    def _build_stack(self):
+        return hf_stack(self.model.original_model)
 
     def W_U(self):
         return self.model.unembed.original_component.weight.detach().T
@@ -299,46 +301,53 @@ class BridgeAdapter(ModelAdapter):
         return bool(getattr(self.model.cfg, "uses_rms_norm", False)) or self.model.cfg.normalization_type in ("RMS", "RMSPre")
 
 
-class MemoryAdapter(ModelAdapter):
-    """The linear associative memory (:class:`mechtrunc.memory.LinearMemory`) as a one-layer
-    model: its matrix ``"W"`` (layer 0; seen as ``x @ W.T``, the memory's output ``W e_x`` is
-    hook ``hook_mem_out``) and the site ``"mlp_out"`` (the memory plays the FFN's role).
-    Inputs (``d_vocab_in`` = N) and outputs (``d_vocab`` = V) are different vocabularies."""
+class HFNeoXAdapter(ModelAdapter):
+    """A bare Hugging Face ``GPTNeoXForCausalLM`` (no TransformerLens bridge): weights and the
+    engine's stack, but no hook points (hook-mode interventions need a bridge).  Query, key and
+    value are views of the fused ``query_key_value`` weight."""
 
-    kind = "memory"
+    kind = "hf"
+    has_hooks = False
+    _LINEARS = {"mlp.W_in": ("mlp", "dense_h_to_4h"), "mlp.W_out": ("mlp", "dense_4h_to_h"),
+                "attn.W_O": ("attention", "dense")}
 
     def __init__(self, model):
         super().__init__(model)
-        c = model.cfg
-        self.n_layers, self.n_heads, self.d_model, self.d_head = 1, 0, c.d, c.d
-        self.d_vocab, self.d_vocab_in = c.n_outputs, c.n_inputs
+        c = model.config
+        self.n_layers, self.n_heads, self.d_model = c.num_hidden_layers, c.num_attention_heads, c.hidden_size
+        self.d_head, self.d_vocab = self.d_model // self.n_heads, model.get_output_embeddings().weight.shape[0]
 
-    def site_hook(self, site: str, layer: int) -> str:
-        self.check_layer(layer)
-        if site != "mlp_out":
-            raise ValueError(f"site {site!r} does not exist on the linear memory; valid: 'mlp_out' (its output W e_x)")
-        return "hook_mem_out"
+    def _build_stack(self):
+        return hf_stack(self.model)
 
     def hook_point(self, name: str):
-        try:
-            return self.model.hook_dict[name]
-        except KeyError:
-            raise ValueError(
-                f"the linear memory has no hook point {name!r} (its hooks: hook_embed, hook_mem_out); "
-                "Transformer-only tools such as mt.attribute do not apply to it"
-            ) from None
-
-    def matrix(self, name: str, layer: int) -> MatrixSite:
-        if name not in MEMORY_MATRICES:
-            raise ValueError(f"unknown matrix {name!r} for the linear memory; valid: {', '.join(MEMORY_MATRICES)}")
-        self.check_layer(layer)
-        return self._matrix(name, layer)
+        raise ValueError(f"a bare Hugging Face model has no hook point {name!r}: boot a TransformerBridge over it "
+                         "(mechtrunc.pythia.load_model) for hook-mode interventions")
 
     def _matrix(self, name, layer):
-        return MatrixSite(layer, name, self.model.W, lambda t: t.T, lambda W: W.T, None, "hook_mem_out")
+        block = self.model.gpt_neox.layers[layer]
+        hook = self.out_hook(name, layer)
+        if name in self._LINEARS:
+            part, attr = self._LINEARS[name]
+            lin = getattr(getattr(block, part), attr)
+            return MatrixSite(layer, name, lin.weight, lambda t: t.T, lambda W: W.T, lin.bias.detach(), hook)
+        qkv, h, dh, d = block.attention.query_key_value, self.n_heads, self.d_head, self.d_model
+        j = "QKV".index(name[-1])  # the fused weight is [head, (q, k, v), d_head] x d
+        to = lambda t: t.view(h, 3, dh, d)[:, j].reshape(h * dh, d).T
+
+        def back(W, p=qkv.weight):
+            full = p.detach().clone()
+            full.view(h, 3, dh, d)[:, j] = W.T.reshape(h, dh, d)
+            return full
+
+        return MatrixSite(layer, name, qkv.weight, to, back, qkv.bias.detach().view(h, 3, dh)[:, j].reshape(-1), hook)
 
     def W_U(self):
-        return self.model.W_U.detach()
+        return self.model.get_output_embeddings().weight.detach().T
+
+    def final_ln(self):
+        ln = self.model.gpt_neox.final_layer_norm
+        return ln.weight.detach(), ln.bias.detach()
 
     def has_pos_embed(self) -> bool:
         return False
@@ -348,31 +357,27 @@ _ATTR = "_mechtrunc_adapter"
 
 
 def adapt(model: nn.Module | ModelAdapter) -> ModelAdapter:
-    """The adapter of a toy model or a ``TransformerBridge``, created once and kept on the model
-    itself (so it is freed with the model).  Another model class can take part by exposing a
-    ``mechtrunc_adapter`` attribute: the :class:`ModelAdapter` subclass to build for it (as
-    :class:`mechtrunc.dynamics.MinimalModel` does)."""
+    """The adapter of a model, created once and kept on the model itself (so it is freed with
+    the model): a ``TransformerBridge``, a bare ``GPTNeoXForCausalLM``, or any model class
+    exposing a ``mechtrunc_adapter`` attribute, the :class:`ModelAdapter` subclass to build for
+    it (the toy model, the linear memory and the minimal model do)."""
     if isinstance(model, ModelAdapter):
         return model
     hit = model.__dict__.get(_ATTR)
     if hit is not None:
         return hit
-    from mechtrunc.memory import LinearMemory
-    from mechtrunc.toy_model import ToyTransformer
-
     own = getattr(type(model), "mechtrunc_adapter", None)  # a model class may name its adapter class
     if own is not None:
         adapter: ModelAdapter = model.mechtrunc_adapter(model)
-    elif isinstance(model, ToyTransformer):
-        adapter = ToyAdapter(model)
-    elif isinstance(model, LinearMemory):
-        adapter = MemoryAdapter(model)
     elif type(model).__name__ == "TransformerBridge" or hasattr(model, "adapter") and hasattr(model, "blocks"):
         adapter = BridgeAdapter(model)
+    elif type(model).__name__ == "GPTNeoXForCausalLM":
+        adapter = HFNeoXAdapter(model)
     else:
         raise TypeError(
-            f"mechtrunc supports ToyTransformer and transformer_lens.TransformerBridge models, got {type(model).__name__} "
-            "(the linear memory, mechtrunc.memory.LinearMemory, is supported too)"
+            f"mechtrunc supports transformer_lens.TransformerBridge models, a Hugging Face GPTNeoXForCausalLM and "
+            f"model classes with a mechtrunc_adapter attribute (ToyTransformer, LinearMemory, MinimalModel), "
+            f"got {type(model).__name__}"
         )
     model.__dict__[_ATTR] = adapter  # a plain attribute: not a submodule, not in state_dict
     return adapter

@@ -23,6 +23,11 @@ The released code only truncates matrices whose maximum rank is ``d_model``, so 
 edit: ``keep=0.1`` would change nothing on Pythia-1.4B, where ``d_head / d_model = 1/16``).
 ``keep = 0`` removes the matrix under both rules.
 
+The low-rank products behind ``Truncate`` (:class:`TruncatedProduct`, and :func:`ov_basis` /
+:func:`ov_W_O` for ``attn.OV``) are public because the grid engine (:mod:`mechtrunc.engine`)
+evaluates truncations with the very same code.  (Over 400 lines: one concept, the intervention
+values and the products they apply, kept together so each edit is written once.)
+
 Layers, heads, ranks and keeps may be any integer/real scalar type (NumPy scalars, 0-d tensors,
 items of ``np.arange``/``np.linspace``); ``bool`` is rejected (see :mod:`mechtrunc._scalars`).
 """
@@ -43,7 +48,7 @@ from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, Mod
 
 __all__ = [
     "Intervention", "Compose", "Ablate", "Truncate", "RemoveComponents", "ProjectOut",
-    "intervene", "rank_for_keep",
+    "intervene", "rank_for_keep", "TruncatedProduct", "ov_basis", "ov_W_O",
 ]
 
 
@@ -227,26 +232,78 @@ def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: 
     raise ValueError(f"unknown rank rule {rule!r}; valid: {', '.join(_RULES)}")
 
 
+@dataclass(frozen=True)
+class TruncatedProduct:
+    """``x @ W_r + b`` for every rank ``r`` up to ``Q.shape[1]``, from one top singular basis of
+    ``W``'s smaller side (``W`` as ``[d_in, d_out]``, used as ``x @ W``): ``left`` (``d_in <=
+    d_out``): ``Q = U_k`` and ``x @ W_r = (x @ Q_r)(Q_r^T W)``; right: ``Q = V_k`` and
+    ``x @ W_r = (x @ W) Q_r Q_r^T``.  :meth:`coefficients` is computed once and :meth:`output`
+    once per rank, which is how hook-mode truncation and the grid engine evaluate a truncated
+    matrix without a dense write-back.  ``W`` may be None for the right form when the
+    coefficients are taken from the clean output (:meth:`coefficients_from_output`)."""
+
+    Q: Tensor
+    left: bool = False
+    W: Tensor | None = None
+    bias: Tensor | None = None
+    B: Tensor | None = field(default=None, init=False, repr=False, compare=False)  # Q^T W (left form)
+
+    def __post_init__(self):
+        if self.left:
+            object.__setattr__(self, "B", self.Q.T.to(self.W.dtype) @ self.W)
+
+    def coefficients(self, x: Tensor) -> Tensor:
+        """``x @ Q`` (left) or ``(x @ W) @ Q`` (right), ``[..., k]``."""
+        Q = self.Q.to(x.dtype)
+        return x @ Q if self.left else (x @ self.W.to(x.dtype)) @ Q
+
+    def coefficients_from_output(self, out: Tensor) -> Tensor:
+        """Right form from the clean output ``out = x @ W + b``: ``(out - b) @ Q``."""
+        if self.left:
+            raise ValueError("coefficients_from_output needs the right form (left=False)")
+        return (out - self.bias if self.bias is not None else out) @ self.Q.to(out.dtype)
+
+    def output(self, coef: Tensor, rank: int | None = None, mask: Tensor | None = None) -> Tensor:
+        """``x @ W_r + b`` from :meth:`coefficients`: the first ``rank`` components (default
+        all), or those selected by ``mask`` (``[k]``, or ``[batch, k]`` per batch row)."""
+        r = coef.shape[-1] if rank is None else rank
+        coef, Q = coef[..., :r], self.Q[:, :r].to(coef.dtype)
+        if mask is not None:
+            m = mask[..., :r].to(coef.dtype)
+            coef = coef * (m[:, None, :] if m.ndim == 2 and coef.ndim == 3 else m)
+        out = coef @ (self.B[:r].to(coef.dtype) if self.left else Q.T)
+        return out + self.bias.to(out.dtype) if self.bias is not None else out
+
+
 def _project_out_hook(site: MatrixSite, basis: Float[Tensor, "d_out r"], mask: Tensor | None):
-    """Hook computing ``((out - b) @ basis * mask) @ basis.T + b``: the output of ``x @ W_k``
-    where ``W_k`` keeps the components in ``basis`` (per batch row when ``mask`` is [batch, r])."""
-    bias = site.bias
+    """Hook computing ``x @ W_k + b`` from the clean output ``x @ W + b``, ``W_k`` keeping the
+    components in ``basis`` (per batch row when ``mask`` is [batch, r])."""
 
     def fn(out):
         flat = out.reshape(*out.shape[:2], -1) if out.ndim == 4 else out
-        centred = flat - bias if bias is not None else flat
-        B = basis.to(flat.dtype)
-        coef = centred @ B
-        if mask is not None:
-            if mask.shape[0] != coef.shape[0]:
-                raise ValueError(f"per-row ranks were given for {mask.shape[0]} rows but the batch has {coef.shape[0]}")
-            coef = coef * mask.to(coef.dtype)[:, None, :]
-        new = coef @ B.T
-        if bias is not None:
-            new = new + bias
-        return new.reshape(out.shape)
+        if mask is not None and mask.shape[0] != flat.shape[0]:
+            raise ValueError(f"per-row ranks were given for {mask.shape[0]} rows but the batch has {flat.shape[0]}")
+        tp = TruncatedProduct(basis.to(flat.dtype), bias=site.bias)
+        return tp.output(tp.coefficients_from_output(flat), mask=mask).reshape(out.shape)
 
     return fn
+
+
+def ov_basis(adapter: ModelAdapter, layer: int) -> tuple[Tensor, Tensor]:
+    """``(W_O [head, d_head, d], Vh [head, d_head, d])``: each head's output matrix and the right
+    singular vectors of its ``W_V[h] @ W_O[h]`` (float32), what ``attn.OV`` truncation keeps."""
+    h, dh, d = adapter.n_heads, adapter.d_head, adapter.d_model
+    W_V = adapter.matrix("attn.W_V", layer).get().reshape(d, h, dh).permute(1, 0, 2).float()
+    W_O = adapter.matrix("attn.W_O", layer).get().reshape(h, dh, d).float()
+    _, _, Vh = torch.linalg.svd(W_V @ W_O, full_matrices=False)  # [h, dh, d]
+    return W_O, Vh[:, :dh]
+
+
+def ov_W_O(W_O: Tensor, Vh: Tensor, mask: Tensor) -> Tensor:
+    """The output matrix ``W_O[h] V_k V_k^T`` per head (``[head, d_head, d]``) that makes each
+    head's ``W_V W_O`` keep the components ``mask`` (``[d_head]``) of its SVD."""
+    Vk = Vh[:, mask.to(Vh.device)].transpose(1, 2)  # [h, d, k]
+    return W_O @ (Vk @ Vk.transpose(1, 2))
 
 
 @dataclass(frozen=True)
@@ -303,18 +360,14 @@ class _SVDEdit(Intervention):
         the equivalent map z_h <- z_h A_h at ``attn.hook_z``."""
         h, dh, d = adapter.n_heads, adapter.d_head, adapter.d_model
         site_o = adapter.matrix("attn.W_O", self.layer)
-        W_V = adapter.matrix("attn.W_V", self.layer).get().reshape(d, h, dh).permute(1, 0, 2).float()
-        W_O = site_o.get().reshape(h, dh, d).float()
         mask = self._keep_masks(adapter, dh)
         if mask.ndim != 1:
             raise ValueError("per-row ranks are not supported for attn.OV")
         if bool(mask.all()):
             yield
             return
-        _, _, Vh = torch.linalg.svd(W_V @ W_O, full_matrices=False)  # [h, dh, d]
-        Vk = Vh[:, : dh][:, mask.to(Vh.device)].transpose(1, 2)  # [h, d, k]
-        P = Vk @ Vk.transpose(1, 2)  # [h, d, d]
-        new_O = W_O @ P
+        W_O, Vh = ov_basis(adapter, self.layer)
+        new_O = ov_W_O(W_O, Vh, mask)
         if self.mode == "weight":
             with _edited(site_o, new_O.reshape(h * dh, d).to(site_o.param.dtype)):
                 yield

@@ -46,13 +46,15 @@ from transformer_lens.hook_points import HookPoint
 from mechtrunc._checks import check_choice, check_fraction, check_int, check_real
 from mechtrunc._choices import MEMORY_DTYPES, MEMORY_EMBEDDINGS, MEMORY_INITS, MEMORY_INPUT_DISTS, MEMORY_METHODS
 from mechtrunc._scalars import as_int_list
+from mechtrunc.adapters import MEMORY_MATRICES, MatrixSite, ModelAdapter
 from mechtrunc.interventions import Intervention, intervene
 from mechtrunc.metrics import metrics_from_logits
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import read_table
+from mechtrunc.stacks import Stack
 
 __all__ = [
-    "MemoryConfig", "MemoryTrainConfig", "LinearMemory", "MemoryRun", "INPUT_DISTS", "EMBEDDINGS",
+    "MemoryConfig", "MemoryTrainConfig", "LinearMemory", "MemoryAdapter", "MemoryRun", "INPUT_DISTS", "EMBEDDINGS",
     "INITS", "METHODS", "population_loss", "closed_form_gradient_at_zero", "train_memory",
     "spectrum", "noise_component", "spectrum_summary", "clean_metrics", "load_memory_run",
 ]
@@ -171,11 +173,87 @@ def _orthonormal_rows(n: int, d: int, gen: torch.Generator, dtype) -> Tensor:
     return q[:, :n].T.contiguous().to(dtype)
 
 
+class MemoryStack(Stack):
+    """The memory as a one-layer stack for the grid engine: the embedding ``e_x``, one "layer"
+    whose output is ``W e_x`` (no residual connection), the unembedding."""
+
+    n_layers, n_heads, d_head = 1, 0, 0
+    matrices = MEMORY_MATRICES
+
+    def __init__(self, model: "LinearMemory"):
+        self.model = model
+
+    def embed(self, tokens):
+        return self.model.W_E[tokens]
+
+    def layer(self, l, resid):
+        return resid @ self.model.W.T
+
+    def split(self, l, name, resid):
+        return resid, lambda y: y
+
+    def last_layer_at(self, resid, rows, pos):
+        return self.layer(0, resid[rows, pos])
+
+    def unembed(self, x):
+        return x @ self.model.W_U
+
+
+class MemoryAdapter(ModelAdapter):
+    """The linear associative memory (:class:`LinearMemory`) as a one-layer model: its matrix
+    ``"W"`` (layer 0; seen as ``x @ W.T``, the memory's output ``W e_x`` is hook
+    ``hook_mem_out``) and the site ``"mlp_out"`` (the memory plays the FFN's role).  Inputs
+    (``d_vocab_in`` = N) and outputs (``d_vocab`` = V) are different vocabularies."""
+
+    kind = "memory"
+
+    def __init__(self, model):
+        super().__init__(model)
+        c = model.cfg
+        self.n_layers, self.n_heads, self.d_model, self.d_head = 1, 0, c.d, c.d
+        self.d_vocab, self.d_vocab_in = c.n_outputs, c.n_inputs
+
+    def _build_stack(self):
+        return MemoryStack(self.model)
+
+    def site_hook(self, site: str, layer: int) -> str:
+        self.check_layer(layer)
+        if site != "mlp_out":
+            raise ValueError(f"site {site!r} does not exist on the linear memory; valid: 'mlp_out' (its output W e_x)")
+        return "hook_mem_out"
+
+    def hook_point(self, name: str):
+        try:
+            return self.model.hook_dict[name]
+        except KeyError:
+            raise ValueError(
+                f"the linear memory has no hook point {name!r} (its hooks: hook_embed, hook_mem_out); "
+                "Transformer-only tools such as mt.attribute do not apply to it"
+            ) from None
+
+    def matrix(self, name: str, layer: int) -> MatrixSite:
+        if name not in MEMORY_MATRICES:
+            raise ValueError(f"unknown matrix {name!r} for the linear memory; valid: {', '.join(MEMORY_MATRICES)}")
+        self.check_layer(layer)
+        return self._matrix(name, layer)
+
+    def _matrix(self, name, layer):
+        return MatrixSite(layer, name, self.model.W, lambda t: t.T, lambda W: W.T, None, "hook_mem_out")
+
+    def W_U(self):
+        return self.model.W_U.detach()
+
+    def has_pos_embed(self) -> bool:
+        return False
+
+
 class LinearMemory(HookedRootModule):
     """``logits = U W e_x`` with TransformerLens-style names: ``W_E [N, d]``, ``W [d, d]``,
     ``W_U [d, V]`` (``U = W_U.T``); hook points ``hook_embed`` (``e_x``) and ``hook_mem_out``
     (``W e_x``).  ``forward`` takes input ids of any shape ``[...]`` and returns ``[..., V]``.
     The data (``p(x)``, ``y*(x)``, the noise token) is kept as buffers."""
+
+    mechtrunc_adapter = MemoryAdapter
 
     def __init__(self, cfg: MemoryConfig | None = None, **overrides):
         super().__init__()

@@ -1,4 +1,5 @@
-"""All task metrics, in one place.
+"""All task metrics, in one place (pure maths on logits; running a model to get them is
+:mod:`mechtrunc.evaluation`'s job).
 
 Given the logits at each read item of a :class:`~mechtrunc.prompts.PromptSet`:
 
@@ -17,11 +18,9 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from mechtrunc.interventions import Intervention
 from mechtrunc.prompts import PromptSet
-from mechtrunc.runner import item_logits
 
-__all__ = ["metrics_from_logits", "item_metrics", "evaluate", "sweep", "masked_cross_entropy"]
+__all__ = ["metrics_from_logits", "item_metrics", "masked_cross_entropy"]
 
 
 def item_metrics(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, Tensor]:
@@ -68,44 +67,6 @@ def metrics_from_logits(
         w = w / w.sum()
         mean = lambda t: (t * w).sum().item()
     return {"n_items": float(len(prompts)), **{k: mean(v) for k, v in per_item.items()}}
-
-
-def evaluate(
-    model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64, label: str | None = None,
-    weights: Tensor | None = None,
-) -> pd.DataFrame:
-    """One-row DataFrame of metrics on ``prompts`` with the interventions active (``weights``:
-    optional per-item weights, see :func:`metrics_from_logits`)."""
-    import pandas as pd  # (here, not at the top: the grid engine and the CLI's startup avoid it)
-
-    logits = item_logits(model, prompts, *interventions, batch_size=batch_size)
-    row = metrics_from_logits(logits, prompts, weights=weights)
-    name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
-    return pd.DataFrame([{"variant": name, **row}])
-
-
-def sweep(
-    model, prompts: PromptSet, interventions, batch_size: int = 64, progress: bool = False
-) -> pd.DataFrame:
-    """Evaluate each entry of ``interventions`` (an Intervention, or a list/tuple of them applied
-    together; ``None`` or ``()`` is the unmodified model): one row each, with the entry's
-    :meth:`~mechtrunc.interventions.Intervention.describe` columns (kind, layer, matrix, keep...)
-    next to the metrics.  For resumable LASER grids on large models see
-    :func:`mechtrunc.studies.truncation_study`."""
-    import pandas as pd
-
-    entries = list(interventions)
-    if progress:
-        from tqdm.auto import tqdm
-
-        entries = tqdm(entries, desc="sweep", unit="config")
-    rows = []
-    for entry in entries:
-        ivs = () if entry is None else (tuple(entry) if isinstance(entry, (list, tuple)) else (entry,))
-        row = evaluate(model, prompts, *ivs, batch_size=batch_size)
-        desc = ivs[0].describe() if len(ivs) == 1 else {"intervention": row["variant"].iloc[0]}
-        rows.append(row.assign(**{k: [v] for k, v in desc.items() if k != "intervention"}))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
 def masked_cross_entropy(

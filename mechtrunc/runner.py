@@ -13,19 +13,14 @@ from mechtrunc.adapters import adapt
 from mechtrunc.interventions import Intervention, intervene
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["item_logits", "run_items"]
+__all__ = ["item_logits", "run_items", "check_prompts"]
 
 
-@torch.no_grad()
-def run_items(
-    model, prompts: PromptSet, *interventions: Intervention, capture: tuple[str, ...] = (),
-    batch_size: int = 64,
-) -> tuple[Float[Tensor, "item vocab"], dict[str, Tensor]]:
-    """Logits at every read item, and the activations of the ``capture`` hooks at the items'
-    (sequence, position), both in item order.  Interventions are active during the run."""
+def check_prompts(model, prompts: PromptSet) -> None:
+    """ValueError when ``prompts`` do not fit ``model`` (a model or its adapter): longer than
+    its context, or token ids outside its vocabularies."""
     adapter = adapt(model)
-    device = adapter.device
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    n_ctx = getattr(getattr(adapter.model, "cfg", None), "n_ctx", None)
     if isinstance(n_ctx, int) and prompts.tokens.shape[1] > n_ctx:
         raise ValueError(
             f"the prompts are {prompts.tokens.shape[1]} tokens long but the model's context is {n_ctx} tokens: "
@@ -38,6 +33,18 @@ def run_items(
             raise ValueError(
                 f"{name} holds token id {int(t.max())}, outside the model's vocabulary (valid ids 0..{n - 1})"
             )
+
+
+@torch.no_grad()
+def run_items(
+    model, prompts: PromptSet, *interventions: Intervention, capture: tuple[str, ...] = (),
+    batch_size: int = 64,
+) -> tuple[Float[Tensor, "item vocab"], dict[str, Tensor]]:
+    """Logits at every read item, and the activations of the ``capture`` hooks at the items'
+    (sequence, position), both in item order.  Interventions are active during the run."""
+    adapter = adapt(model)
+    device = adapter.device
+    check_prompts(adapter, prompts)
     logits_out: list[Tensor] = []
     order: list[Tensor] = []
     acts: dict[str, list[Tensor]] = {name: [] for name in capture}

@@ -28,7 +28,7 @@ from mechtrunc.pythia import pythia_config
 
 __all__ = [
     "word_level_tokenizer_dir", "build_random_pythia", "recall_tokenizer_dir", "train_neox_recall",
-    "fake_hub_cache",
+    "fake_hub_cache", "tiny_bridge", "TINY_ARCHITECTURES",
 ]
 
 
@@ -258,3 +258,43 @@ def fake_hub_cache(cache_dir: str | os.PathLike, repo_id: str, revisions: Mappin
         (repo / "refs" / revision).write_text(commit)
     return repo
 
+
+
+# ----------------------------------------------------------------------------------------
+# tiny random bridges (offline)
+# ----------------------------------------------------------------------------------------
+#: architectures :func:`tiny_bridge` builds, and the TransformerLens name each boots as
+TINY_ARCHITECTURES = {"gpt_neox": "EleutherAI/pythia-70m", "gpt2": "gpt2", "gptj": "EleutherAI/gpt-j-6B"}
+
+
+def tiny_bridge(arch: str, tokenizer_dir: str | os.PathLike, *, seed: int = 0, **config):
+    """A tiny randomly initialised ``TransformerBridge`` booted offline: ``arch`` one of
+    ``"gpt_neox"`` (Pythia-shaped; ``use_parallel_residual=False`` for sequential blocks),
+    ``"gpt2"``, ``"gptj"``; 3 layers, d_model 64, 4 heads, vocabulary 512 unless ``config``
+    (Hugging Face config keyword arguments) says otherwise.  ``tokenizer_dir``: a tokenizer
+    directory (e.g. :func:`word_level_tokenizer_dir`), since a bridge boots only with one."""
+    from transformer_lens import TransformerBridge
+    from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM,
+                              GPTNeoXConfig, GPTNeoXForCausalLM)
+
+    if arch not in TINY_ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(TINY_ARCHITECTURES)}")
+    if arch == "gpt_neox":
+        kw = dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+                  rotary_pct=0.25, max_position_embeddings=64, attention_dropout=0.0, hidden_dropout=0.0)
+        cfg_cls, model_cls = GPTNeoXConfig, GPTNeoXForCausalLM
+    elif arch == "gpt2":
+        kw = dict(vocab_size=512, n_embd=64, n_layer=3, n_head=4, n_positions=64, resid_pdrop=0.0,
+                  embd_pdrop=0.0, attn_pdrop=0.0)
+        cfg_cls, model_cls = GPT2Config, GPT2LMHeadModel
+    else:
+        kw = dict(vocab_size=512, n_embd=64, n_layer=3, n_head=4, rotary_dim=8, n_positions=64, resid_pdrop=0.0,
+                  embd_pdrop=0.0, attn_pdrop=0.0)
+        cfg_cls, model_cls = GPTJConfig, GPTJForCausalLM
+    kw.update(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = model_cls(cfg_cls(**kw)).eval()
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    bridge = TransformerBridge.boot_transformers(TINY_ARCHITECTURES[arch], hf_model=hf, tokenizer=tok, device="cpu")
+    return bridge.eval()

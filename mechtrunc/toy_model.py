@@ -50,8 +50,10 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from mechtrunc._choices import INITS
+from mechtrunc.adapters import MatrixSite, ModelAdapter
+from mechtrunc.stacks import Stack
 
-__all__ = ["ToyConfig", "ToyTransformer", "FFN_KINDS", "INITS"]
+__all__ = ["ToyConfig", "ToyTransformer", "ToyAdapter", "FFN_KINDS", "INITS"]
 
 FFN_KINDS = ("relu", "linear", "none")
 
@@ -175,8 +177,85 @@ class Block(nn.Module):
         return self.hook_resid_post(x)
 
 
+class ToyStack(Stack):
+    """The toy model's layers for the grid engine: no LayerNorm, sequential residual, no biases."""
+
+    def __init__(self, model: "ToyTransformer"):
+        self.model, c = model, model.cfg
+        self.n_layers, self.n_heads, self.d_head = c.n_layers, c.n_heads, c.d_head
+
+    def embed(self, tokens):
+        p = tokens.shape[1]
+        if p > self.model.cfg.n_ctx:
+            raise ValueError(f"sequence length {p} exceeds n_ctx {self.model.cfg.n_ctx}")
+        return self.model.W_E[tokens] + self.model.W_pos[:p]
+
+    def ln1(self, l, x):
+        return x
+
+    ln2 = ln1
+
+    def has_mlp(self, l):
+        return self.model.blocks[l].mlp is not None
+
+    def qkv(self, l, x):
+        att, (b, p, d) = self.model.blocks[l].attn, x.shape
+        proj = lambda W: (x @ W.permute(1, 0, 2).reshape(d, -1)).view(b, p, self.n_heads, self.d_head).transpose(1, 2)
+        return proj(att.W_Q), proj(att.W_K), proj(att.W_V)
+
+    def o_proj(self, l, z):
+        return z @ self.model.blocks[l].attn.W_O.reshape(self.n_heads * self.d_head, -1)
+
+    def mlp_in(self, l, x):
+        return x @ self.model.blocks[l].mlp.W_in
+
+    def act(self, l, x):
+        return F.relu(x) if self.model.blocks[l].mlp.kind == "relu" else x
+
+    def mlp_out(self, l, h):
+        return h @ self.model.blocks[l].mlp.W_out
+
+    def unembed(self, x):
+        return x @ self.model.W_U
+
+
+class ToyAdapter(ModelAdapter):
+    """The toy model for mechtrunc's interventions, attribution and grid engine."""
+
+    kind = "toy"
+
+    def __init__(self, model: "ToyTransformer"):
+        super().__init__(model)
+        c = model.cfg
+        self.n_layers, self.n_heads, self.d_model, self.d_head, self.d_vocab = (
+            c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab)
+
+    def _build_stack(self):
+        return ToyStack(self.model)
+
+    def has_mlp(self, layer: int) -> bool:
+        return self.model.blocks[layer].mlp is not None
+
+    def _matrix(self, name, layer):
+        block, h, d, dh = self.model.blocks[layer], self.n_heads, self.d_model, self.d_head
+        hook = self.out_hook(name, layer)
+        if name.startswith("mlp."):
+            return MatrixSite(layer, name, getattr(block.mlp, name[4:]), lambda t: t, lambda W: W, None, hook)
+        p = getattr(block.attn, name[5:])
+        if name == "attn.W_O":
+            return MatrixSite(layer, name, p, lambda t: t.reshape(h * dh, d), lambda W: W.reshape(h, dh, d), None, hook)
+        to = lambda t: t.permute(1, 0, 2).reshape(d, h * dh)  # [head, d, d_head] <-> [d, head * d_head]
+        back = lambda W: W.reshape(d, h, dh).permute(1, 0, 2)
+        return MatrixSite(layer, name, p, to, back, None, hook)
+
+    def W_U(self):
+        return self.model.W_U.detach()
+
+
 class ToyTransformer(HookedRootModule):
     """Two-layer (by default) attention + FFN model of the paper, with TransformerLens hooks."""
+
+    mechtrunc_adapter = ToyAdapter
 
     def __init__(self, cfg: ToyConfig | None = None, **overrides):
         super().__init__()

@@ -30,7 +30,8 @@ from torch import Tensor
 from mechtrunc._checks import check_choice, check_int, check_real
 from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate, Intervention, Truncate
-from mechtrunc.metrics import evaluate, masked_cross_entropy, metrics_from_logits
+from mechtrunc.evaluation import evaluate
+from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import upgrade_record
 from mechtrunc.runner import item_logits

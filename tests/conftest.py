@@ -141,3 +141,19 @@ def recall_checkpoints(tmp_path_factory):
         dirs = save_training_checkpoints(out, [0, 1, 2, 4, 8, 16], n_layers=1, d_model=32, n_heads=2,
                                          batch_size=16, task_config=cfg)
     return out, list(dirs), RecallTask(cfg).test_set(32).to_prompts()
+
+
+@pytest.fixture(scope="session")
+def neox_seq_bridge(small_tokenizer_dir):
+    """A tiny random GPT-NeoX with sequential residual blocks (``use_parallel_residual=False``)."""
+    from mechtrunc.testing import tiny_bridge
+
+    return tiny_bridge("gpt_neox", small_tokenizer_dir, seed=2, use_parallel_residual=False)
+
+
+@pytest.fixture(scope="session")
+def gptj_bridge(small_tokenizer_dir):
+    """A tiny random GPT-J (parallel attention + MLP reading one LayerNorm, interleaved rotary)."""
+    from mechtrunc.testing import tiny_bridge
+
+    return tiny_bridge("gptj", small_tokenizer_dir, seed=3)

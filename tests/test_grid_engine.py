@@ -1,7 +1,7 @@
-"""The grid engine (mechtrunc.studies.engine.evaluate_grid) gives the reference evaluation's numbers
+"""The grid engine (mechtrunc.engine.run_grid) gives the reference evaluation's numbers
 (``mt.evaluate(model, prompts, Truncate(...))``) on the toy model, a tiny GPT-NeoX and GPT-2;
 its decomposition cache is hit on a rerun and invalidated by a weight change; bad input is
-rejected with a clear error."""
+rejected with a clear error.  (Every architecture and matrix: tests/test_engine_architectures.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.studies import engine as ge
+from mechtrunc import engine as ge
+from mechtrunc.decomposition import SVDCache, truncation_basis
 from mechtrunc.studies import truncation_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -30,8 +31,12 @@ def _prompts(vocab: int, n: int = 9, T: int = 10, seed: int = 0) -> mt.PromptSet
                         competitors=torch.randint(0, vocab, (k, 2), generator=g), competitor_names=("the", "x"))
 
 
+def _truncations(configs, **kw):
+    return [mt.Truncate(m, layer=l, keep=k, **kw) for l, m, k in configs]
+
+
 def _assert_matches_reference(model, prompts, configs, **kw):
-    results = list(ge.evaluate_grid(model, prompts, configs, **kw))
+    results = list(ge.run_grid(model, prompts, _truncations(configs), **kw))
     assert results[0].baseline and results[0].matrix == "none"
     assert {(r.layer, r.matrix, r.keep) for r in results[1:]} == {(l, m, float(k)) for l, m, k in configs}
     worst = 0.0
@@ -54,7 +59,7 @@ def test_neox_equals_reference_in_chunks(neox_bridge):
     # the layers come in order, each configuration once
     assert [r.layer for r in results[1:]] == sorted(r.layer for r in results[1:])
     # the Hugging Face model under the bridge gives the same table
-    raw = list(ge.evaluate_grid(neox_bridge.original_model, prompts, configs, batch_size=64))
+    raw = list(ge.run_grid(neox_bridge.original_model, prompts, _truncations(configs), batch_size=64))
     for a, b in zip(results, raw):
         assert max(abs(a.metrics[k] - b.metrics[k]) for k in a.metrics) < 1e-5
 
@@ -71,17 +76,17 @@ def test_removal_only_layers(neox_bridge, random_toy):
     _assert_matches_reference(random_toy, _prompts(65, n=4), [(1, "mlp.W_out", 0), (0, "mlp.W_in", 0)])
 
 
-def test_gpt2_and_attention_matrices_take_the_reference_path(gpt2_bridge, neox_bridge):
-    assert ge._stack_for(gpt2_bridge) is None
-    _assert_matches_reference(gpt2_bridge, _prompts(512, n=4), [(2, "mlp.W_out", 0.2), (1, "mlp.W_in", 0.5)])
-    # a NeoX grid mixing fast and reference matrices
-    _assert_matches_reference(neox_bridge, _prompts(512, n=4), [(1, "attn.W_O", 0.25), (1, "mlp.W_in", 0.25)])
+def test_gpt2_and_a_grid_mixing_fast_and_reference_matrices(gpt2_bridge, neox_bridge):
+    rows = _assert_matches_reference(gpt2_bridge, _prompts(512, n=4), [(2, "mlp.W_out", 0.2), (1, "mlp.W_in", 0.5)])
+    assert [r.path for r in rows] == ["fast"] * 3
+    rows = _assert_matches_reference(neox_bridge, _prompts(512, n=4), [(1, "attn.W_Q", 0.25), (1, "mlp.W_in", 0.25)])
+    assert [(r.matrix, r.path) for r in rows] == [("none", "fast"), ("mlp.W_in", "fast"), ("attn.W_Q", "reference")]
 
 
 def test_rule_authors_and_numpy_scalars(neox_bridge):
     prompts = _prompts(512, n=4)
-    res = list(ge.evaluate_grid(neox_bridge, prompts, [(np.int64(1), "mlp.W_out", np.float32(0.5))],
-                                rule="authors", baseline=False))
+    res = list(ge.run_grid(neox_bridge, prompts, [mt.Truncate("mlp.W_out", layer=np.int64(1), keep=np.float32(0.5),
+                                                                rule="authors")], baseline=False))
     assert len(res) == 1 and res[0].layer == 1 and isinstance(res[0].layer, int)
     assert res[0].rank == mt.rank_for_keep(0.5, 64, 64, "authors")
     ref = mt.evaluate(neox_bridge, prompts, mt.Truncate("mlp.W_out", layer=1, keep=0.5, rule="authors"))
@@ -92,24 +97,24 @@ def test_decomposition_methods_agree():
     torch.manual_seed(0)
     W = torch.randn(24, 80)
     for Wt in (W, W.T):  # both sides
-        Qg, Sg = ge.truncation_basis(Wt, 10, "gram")
-        Qs, Ss = ge.truncation_basis(Wt, 10, "gesdd")
+        Qg, Sg = truncation_basis(Wt, 10, "gram")
+        Qs, Ss = truncation_basis(Wt, 10, "gesdd")
         assert Qg.shape == (24, 10) and torch.allclose(Sg, Ss, rtol=1e-5)
         assert torch.allclose(Qg @ Qg.T, Qs @ Qs.T, atol=1e-5)
     with pytest.raises(ValueError, match="rank 30 is outside 0..24"):
-        ge.truncation_basis(W, 30)
+        truncation_basis(W, 30)
     with pytest.raises(ValueError, match="CUDA"):
-        ge.truncation_basis(W, 3, "gesvdj")
+        truncation_basis(W, 3, "gesvdj")
 
 
 def test_svd_cache_hit_on_rerun_and_invalidated_by_a_weight_change(neox_bridge, tmp_path):
     prompts = _prompts(512, n=4)
-    configs = [(l, m, k) for l in (0, 2) for m in MATS for k in (1, 0.5, 0.2)]
-    first = ge.SVDCache(tmp_path)
-    a = list(ge.evaluate_grid(neox_bridge, prompts, configs, svd_cache=first))
+    configs = _truncations([(l, m, k) for l in (0, 2) for m in MATS for k in (1, 0.5, 0.2)])
+    first = SVDCache(tmp_path)
+    a = list(ge.run_grid(neox_bridge, prompts, configs, svd_cache=first))
     assert (first.n_computed, first.n_loaded) == (4, 0) and len(list(tmp_path.glob("*.pt"))) == 4
-    again = ge.SVDCache(tmp_path)
-    b = list(ge.evaluate_grid(neox_bridge, prompts, configs, svd_cache=again))
+    again = SVDCache(tmp_path)
+    b = list(ge.run_grid(neox_bridge, prompts, configs, svd_cache=again))
     assert (again.n_computed, again.n_loaded) == (0, 4)
     assert [r.metrics for r in a] == [r.metrics for r in b]
     # a changed weight: its decomposition is recomputed, the others are read back
@@ -119,8 +124,8 @@ def test_svd_cache_hit_on_rerun_and_invalidated_by_a_weight_change(neox_bridge, 
     try:
         with torch.no_grad():
             lin.weight[0, 0] += 0.5
-        changed = ge.SVDCache(tmp_path)
-        c = {(r.layer, r.matrix, r.keep): r for r in ge.evaluate_grid(neox_bridge, prompts, configs, svd_cache=changed)}
+        changed = SVDCache(tmp_path)
+        c = {(r.layer, r.matrix, r.keep): r for r in ge.run_grid(neox_bridge, prompts, configs, svd_cache=changed)}
         assert (changed.n_computed, changed.n_loaded) == (1, 3)
         ref = mt.evaluate(neox_bridge, prompts, mt.Truncate("mlp.W_out", layer=2, keep=0.2))
         assert abs(ref["loss"].item() - c[(2, "mlp.W_out", 0.2)].metrics["loss"]) < 1e-5
@@ -130,39 +135,39 @@ def test_svd_cache_hit_on_rerun_and_invalidated_by_a_weight_change(neox_bridge, 
 
 
 def test_bad_input_is_rejected(neox_bridge, random_toy):
+    # layer / matrix / keep values are checked once, by Truncate (and the model's adapter)
     prompts = _prompts(512, n=3)
-    run = lambda configs, model=neox_bridge, p=prompts, **kw: list(ge.evaluate_grid(model, p, configs, **kw))
+    run = lambda ts, model=neox_bridge, p=prompts, **kw: list(ge.run_grid(model, p, ts, **kw))
+    T = lambda *a, **k: [mt.Truncate(*a, **k)]
     with pytest.raises(ValueError, match=r"layer 3 is out of range: valid layers are 0..2"):
-        run([(3, "mlp.W_in", 0.5)])
-    with pytest.raises(ValueError, match="layer True is not an integer"):
-        run([(True, "mlp.W_in", 0.5)])
-    with pytest.raises(ValueError, match="layer 0.5 is not an integer"):
-        run([(0.5, "mlp.W_in", 0.5)])
+        run(T("mlp.W_in", layer=3, keep=0.5))
     with pytest.raises(ValueError, match=r"unknown matrix 'mlp.W_up'"):
-        run([(0, "mlp.W_up", 0.5)])
-    with pytest.raises(ValueError, match=r"keep must be in \[0, 1\], got 1.5"):
-        run([(0, "mlp.W_in", 1.5)])
-    with pytest.raises(ValueError, match="keep 'half' is not a number"):
-        run([(0, "mlp.W_in", "half")])
-    with pytest.raises(ValueError, match=r"\(layer, matrix, keep\) triple"):
-        run([(0, "mlp.W_in")])
-    with pytest.raises(ValueError, match="configs must be an iterable"):
-        run("mlp.W_in")
-    with pytest.raises(ValueError, match="rank rule 'floor'"):
-        run([(0, "mlp.W_in", 0.5)], rule="floor")
+        run(T("mlp.W_up", layer=0, keep=0.5))
+    with pytest.raises(ValueError, match=r"matrix 'W' exists only on a mechtrunc.memory.LinearMemory"):
+        run(T("W", layer=0, keep=0.5))
+    with pytest.raises(TypeError, match=r"evaluates mechtrunc.Truncate values, got tuple"):
+        run([(0, "mlp.W_in", 0.5)])
+    with pytest.raises(ValueError, match="truncations must be an iterable"):
+        run(mt.Truncate("mlp.W_in", layer=0, keep=0.5))
+    with pytest.raises(ValueError, match="one keep or rank per truncation"):
+        run(T("mlp.W_in", layer=0, keep=[0.5, 0.1], mode="hook"))
+    with pytest.raises(ValueError, match="exact decompositions"):
+        run(T("mlp.W_in", layer=0, keep=0.5, svd="randomized"))
+    with pytest.raises(ValueError, match=r"rank 65 is above the maximum rank 64"):
+        run(T("mlp.W_in", layer=0, rank=65))
     with pytest.raises(ValueError, match="svd_method 'qr'"):
-        run([(0, "mlp.W_in", 0.5)], svd_method="qr")
+        run(T("mlp.W_in", layer=0, keep=0.5), svd_method="qr")
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
-        run([(0, "mlp.W_in", 0.5)], batch_size=0)
+        run(T("mlp.W_in", layer=0, keep=0.5), batch_size=0)
     with pytest.raises(ValueError, match=r"token id 600, outside the model's vocabulary \(valid ids 0..511\)"):
         bad = _prompts(512, n=3)
         bad.tokens[0, 0] = 600
-        run([(0, "mlp.W_in", 0.5)], p=bad)
+        run(T("mlp.W_in", layer=0, keep=0.5), p=bad)
     with pytest.raises(TypeError, match="PromptSet"):
-        run([(0, "mlp.W_in", 0.5)], p=prompts.tokens)
+        run(T("mlp.W_in", layer=0, keep=0.5), p=prompts.tokens)
     toy = mt.ToyTransformer(mt.ToyConfig(d_model=16, n_ctx=16, ffn=["relu", "none"], seed=0))
     with pytest.raises(ValueError, match="layer 1 has no MLP"):
-        run([(1, "mlp.W_in", 0.5)], model=toy, p=_prompts(65, n=2))
+        run(T("mlp.W_in", layer=1, keep=0.5), model=toy, p=_prompts(65, n=2))
 
 
 def test_truncation_study_engine_mode_equals_weight_mode(neox_bridge, tmp_path):

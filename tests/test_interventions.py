@@ -763,5 +763,5 @@ def test_error_messages(model):
 
 
 def test_unsupported_model_type():
-    with pytest.raises(TypeError, match=r"mechtrunc supports ToyTransformer and .*TransformerBridge models, got Linear"):
+    with pytest.raises(TypeError, match=r"mechtrunc supports transformer_lens.TransformerBridge models, .*mechtrunc_adapter attribute .*got Linear"):
         adapt(torch.nn.Linear(2, 2))

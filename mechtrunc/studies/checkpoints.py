@@ -27,7 +27,7 @@ import pandas as pd
 
 from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.interventions import Compose, Intervention
-from mechtrunc.metrics import evaluate
+from mechtrunc.evaluation import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
 from mechtrunc.studies.grid import Grid, as_truncate, evaluate_grid

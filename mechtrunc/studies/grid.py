@@ -24,7 +24,7 @@ from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD
 from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
 from mechtrunc.interventions import Truncate
-from mechtrunc.metrics import evaluate
+from mechtrunc.evaluation import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
@@ -187,12 +187,12 @@ def evaluate_grid(
     bar = progress_bar(len(todo) + int(need_base), "truncation", progress)
 
     if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
-        from mechtrunc.studies import engine
+        from mechtrunc.engine import run_grid
 
         labels = {(g[0], g[1], keep_key(g[2])): (g[2], g[3].label) for g in todo}
         t0 = time.perf_counter()
-        for r in engine.evaluate_grid(model, prompts, [(g[0], g[1], g[2]) for g in todo], rule=rule,
-                                      batch_size=max(batch_size, 256), svd_cache=svd_cache, baseline=need_base):
+        for r in run_grid(model, prompts, [g[3] for g in todo], batch_size=max(batch_size, 256),
+                          svd_cache=svd_cache, baseline=need_base):
             seconds, t0 = time.perf_counter() - t0, time.perf_counter()
             if r.baseline:
                 row = baseline_row(r.metrics, **common, seconds=seconds)

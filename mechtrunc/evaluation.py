@@ -1,0 +1,90 @@
+"""Running a model on a prompt set and scoring it: :func:`evaluate` (one row) and :func:`sweep`
+(one row per intervention; plain truncations go through the grid engine,
+:func:`mechtrunc.engine.run_grid`).  The metric maths itself is :mod:`mechtrunc.metrics`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from mechtrunc.adapters import adapt
+from mechtrunc.interventions import Intervention, Truncate
+from mechtrunc.metrics import metrics_from_logits
+from mechtrunc.prompts import PromptSet
+from mechtrunc.runner import item_logits
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["evaluate", "sweep"]
+
+
+def evaluate(
+    model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64, label: str | None = None,
+    weights: Tensor | None = None,
+) -> pd.DataFrame:
+    """One-row DataFrame of metrics on ``prompts`` with the interventions active (``weights``:
+    optional per-item weights, see :func:`mechtrunc.metrics.metrics_from_logits`)."""
+    import pandas as pd  # (here, not at the top: the grid engine and the CLI's startup avoid it)
+
+    logits = item_logits(model, prompts, *interventions, batch_size=batch_size)
+    row = metrics_from_logits(logits, prompts, weights=weights)
+    name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
+    return pd.DataFrame([{"variant": name, **row}])
+
+
+def _entries(interventions) -> list[tuple[Intervention, ...]]:
+    return [() if e is None else (tuple(e) if isinstance(e, (list, tuple)) else (e,)) for e in interventions]
+
+
+def _engine_rows(model, prompts: PromptSet, entries, batch_size: int, progress: bool) -> tuple | None:
+    """``(metrics by key, key)`` from the grid engine when every entry is one plain
+    :class:`~mechtrunc.Truncate` (one keep or rank, exact SVD) of a matrix with a fast path;
+    else None (the per-entry path runs)."""
+    if not entries:
+        return None
+    fast = adapt(model).fast_matrices
+    for ivs in entries:
+        if len(ivs) != 1 or type(ivs[0]) is not Truncate:
+            return None
+        t = ivs[0]
+        if t.matrix not in fast or t.svd != "exact" or isinstance(t.keep, tuple) or isinstance(t.rank, tuple):
+            return None
+    from mechtrunc.engine import run_grid
+
+    key = lambda t: (t.layer, t.matrix, t.keep, t.rank, t.rule)
+    return {key(r.truncation): r.metrics
+            for r in run_grid(model, prompts, [e[0] for e in entries], batch_size=max(batch_size, 256),
+                              progress=progress, baseline=False)}, key
+
+
+def sweep(
+    model, prompts: PromptSet, interventions, batch_size: int = 64, progress: bool = False
+) -> pd.DataFrame:
+    """Evaluate each entry of ``interventions`` (an Intervention, or a list/tuple of them applied
+    together; ``None`` or ``()`` is the unmodified model): one row each, with the entry's
+    :meth:`~mechtrunc.interventions.Intervention.describe` columns (kind, layer, matrix, keep...)
+    next to the metrics.  When every entry is a single plain :class:`~mechtrunc.Truncate` of a
+    matrix the grid engine has a fast path for (``adapt(model).fast_matrices``), the rows come
+    from :func:`mechtrunc.engine.run_grid` (the same numbers to ~1e-5, much faster).  For
+    resumable LASER grids on large models see :func:`mechtrunc.studies.truncation_study`."""
+    import pandas as pd
+
+    entries = _entries(interventions)
+    engine = _engine_rows(model, prompts, entries, batch_size, progress)
+    if engine is not None:
+        table, key = engine
+        rows = [pd.DataFrame([{"variant": e[0].label, **table[key(e[0])]}]) for e in entries]
+    else:
+        it = entries
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(entries, desc="sweep", unit="config")
+        rows = [evaluate(model, prompts, *ivs, batch_size=batch_size) for ivs in it]
+    out = []
+    for ivs, row in zip(entries, rows):
+        desc = ivs[0].describe() if len(ivs) == 1 else {"intervention": row["variant"].iloc[0]}
+        out.append(row.assign(**{k: [v] for k, v in desc.items() if k != "intervention"}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
