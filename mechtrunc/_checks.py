@@ -20,7 +20,7 @@ import math
 
 from mechtrunc._scalars import as_int, as_real
 
-__all__ = ["check_int", "check_real", "check_fraction", "check_choice"]
+__all__ = ["check_int", "check_real", "check_fraction", "check_choice", "check_preset"]
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
@@ -61,3 +61,10 @@ def check_choice(name: str, value, valid) -> str:
     if not isinstance(value, str) or value not in valid:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
     return value
+
+
+def check_preset(name: str, table: dict, what: str) -> dict:
+    """A copy of the preset ``name`` of ``table``, or ValueError naming the valid ones."""
+    if name not in table:
+        raise ValueError(f"unknown {what} preset {name!r}; valid presets: {', '.join(table)}")
+    return dict(table[name])

@@ -38,7 +38,8 @@ CONFIG_COLUMNS = ("baseline", "layer", "matrix", "keep", "rank", "max_rank", "id
 SECONDS = "seconds"
 #: columns a checkpoint study adds in front: the training step and (full/truncated/best) variant
 CHECKPOINT_COLUMNS = ("step", "variant")
-#: how the grid engine computed a row ("fast" or "reference"), when it says
+#: how a truncation row was computed: "fast" (the grid engine's low-rank path), "reference" (one
+#: full evaluation with the intervention applied), "identity" (full rank: the baseline's metrics)
 PATH = "path"
 #: every column that is not a metric
 NON_METRIC = frozenset(CONFIG_COLUMNS + CHECKPOINT_COLUMNS + (SECONDS, PATH))
@@ -112,20 +113,23 @@ def find_row(df, config: Mapping):
     return m.iloc[0] if len(m) else None
 
 
-def baseline_row(metrics: Mapping, *, rule: str, svd: str, mode: str, seconds: float) -> dict:
+def baseline_row(metrics: Mapping, *, rule: str, svd: str, mode: str, seconds: float,
+                 path: str = "reference") -> dict:
     """The row of the unmodified model in a truncation table."""
     return {"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None, "max_rank": None,
             "identity": False, "rule": rule, "svd": svd, "mode": mode, "intervention": "full",
-            **metrics, SECONDS: seconds}
+            **metrics, PATH: path, SECONDS: seconds}
 
 
 def configuration_row(layer: int, matrix: str, keep: float, rank: int, max_rank: int, metrics: Mapping, *,
-                      rule: str, svd: str, mode: str, intervention: str, seconds: float) -> dict:
+                      rule: str, svd: str, mode: str, intervention: str, seconds: float,
+                      path: str = "reference") -> dict:
     """The row of one (layer, matrix, keep) configuration in a truncation table; ``identity`` is
-    true when the kept rank is the full rank."""
+    true when the kept rank is the full rank (its ``path`` is then ``"identity"``)."""
+    identity = rank == max_rank
     return {"baseline": False, "layer": layer, "matrix": matrix, "keep": keep, "rank": rank, "max_rank": max_rank,
-            "identity": rank == max_rank, "rule": rule, "svd": svd, "mode": mode, "intervention": intervention,
-            **metrics, SECONDS: seconds}
+            "identity": identity, "rule": rule, "svd": svd, "mode": mode, "intervention": intervention,
+            **metrics, PATH: "identity" if identity else path, SECONDS: seconds}
 
 
 def variant_row(step: int, variant: str, intervention: str, metrics: Mapping, *, seconds: float) -> dict:
@@ -148,8 +152,9 @@ def tidy_truncation(df):
     df["keep"] = df["keep"].astype("float64")
     df["baseline"] = df["baseline"].astype(bool)
     df["identity"] = df["identity"].astype(bool)
-    rest = [c for c in df.columns if c not in CONFIG_COLUMNS and c != SECONDS]
-    return df[list(CONFIG_COLUMNS) + rest + [SECONDS]].reset_index(drop=True)
+    rest = [c for c in df.columns if c not in CONFIG_COLUMNS and c not in (PATH, SECONDS)]
+    tail = [PATH, SECONDS] if PATH in df.columns else [SECONDS]
+    return df[list(CONFIG_COLUMNS) + rest + tail].reset_index(drop=True)
 
 
 def upgrade_name(column: str) -> str:

@@ -70,7 +70,7 @@ def test_train_then_eval_json(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
-    from mechtrunc.pythia import build_random_pythia
+    from mechtrunc.testing import build_random_pythia
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
                                out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
@@ -84,12 +84,13 @@ def test_pythia_truncate_runs_the_engine_by_default(tiny_pythia, tmp_path, capsy
     assert main([*common, "--out", str(tmp_path / "default")]) == 0
     engine = pd.read_csv(tmp_path / "default" / "truncation.csv")
     assert len(engine) == 1 + 2 * 2 * 3 and set(engine["mode"]) == {"engine"}
-    if "path" in engine.columns:  # the engine says which path computed each configuration
-        assert set(engine.loc[~engine["baseline"] & ~engine["identity"], "path"]) == {"fast"}
+    # the engine says which path computed each configuration: its low-rank fast path, not the fallback
+    assert set(engine.loc[~engine["baseline"] & ~engine["identity"], "path"]) == {"fast"}
     # the reference (hook mode, one evaluation per configuration) gives the same numbers
     assert main([*common, "--mode", "hook", "--out", str(tmp_path / "hook")]) == 0
     hook = pd.read_csv(tmp_path / "hook" / "truncation.csv")
     assert set(hook["mode"]) == {"hook"}
+    assert set(hook.loc[~hook["baseline"] & ~hook["identity"], "path"]) == {"reference"}
     for col in ("p_answer", "logit_diff_the", "loss"):
         assert engine[col].to_numpy() == pytest.approx(hook[col].to_numpy(), abs=1e-5), col
     assert "best by logit_diff_the" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import torch
 import mechtrunc as mt
 from mechtrunc import engine as ge
 from mechtrunc.decomposition import SVDCache, truncation_basis
+from mechtrunc.results import is_metric
 from mechtrunc.studies import truncation_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -177,9 +178,13 @@ def test_truncation_study_engine_mode_equals_weight_mode(neox_bridge, tmp_path):
     engine = truncation_study(neox_bridge, prompts, mode="engine", out=tmp_path, **kw)
     cols = ["baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "intervention"]
     assert weight[cols].astype(str).equals(engine[cols].astype(str))
-    metrics = [c for c in weight.columns if c not in cols + ["rule", "svd", "mode", "seconds"]]
+    metrics = [c for c in weight.columns if is_metric(c)]
     assert np.abs(weight[metrics].to_numpy(float) - engine[metrics].to_numpy(float)).max() < 1e-4
     assert (engine["mode"] == "engine").all() and len(list((tmp_path / "svd_cache").glob("*.pt"))) == 4
+    # which path computed each row: the engine's fast path, the reference for weight mode
+    computed = ~engine["baseline"] & ~engine["identity"]
+    assert set(engine.loc[computed, "path"]) == {"fast"} and set(weight.loc[computed, "path"]) == {"reference"}
+    assert set(engine.loc[engine["identity"], "path"]) == {"identity"}
     # resumable: a rerun computes nothing and gives the same table
     again = truncation_study(neox_bridge, prompts, mode="engine", out=tmp_path, **kw)
     assert engine.drop(columns="seconds").equals(again.drop(columns="seconds"))

@@ -27,7 +27,8 @@ def test_rows_have_the_table_columns_in_order():
                                      mode="engine", intervention="full rank", seconds=0.0)
     assert conf["identity"] is True and base["identity"] is False and base["matrix"] == "none"
     df = results.tidy_truncation(pd.DataFrame([base, conf]))
-    assert list(df.columns) == [*results.CONFIG_COLUMNS, "p_answer", "seconds"]
+    assert list(df.columns) == [*results.CONFIG_COLUMNS, "p_answer", "path", "seconds"]
+    assert df["path"].tolist() == ["reference", "identity"]  # a full-rank configuration reuses the baseline
     assert str(df["layer"].dtype) == "Int64" and df["layer"].isna().tolist() == [True, False]
 
 

@@ -1,6 +1,6 @@
 """``mechtrunc lm corpus``, ``mechtrunc lm prompts`` and ``mechtrunc lm train``: the language model of :mod:`mechtrunc.lm`
 (a small GPT-NeoX trained on a generated English corpus).  Heavy imports happen inside the
-command functions; presets are read from the light :mod:`mechtrunc.lm.presets`."""
+command functions; presets are read from the light :mod:`mechtrunc._choices`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
-from mechtrunc.lm.presets import CORPUS_PRESETS, LM_PRESETS
+from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS
 
 __all__ = ["add_commands"]
 

@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from mechtrunc._checks import check_int
+from mechtrunc._checks import check_int, check_preset
 from mechtrunc._scalars import as_int, as_real
 from mechtrunc.lm import lexicon
-from mechtrunc.lm.presets import CORPUS_PRESETS, check_preset
+from mechtrunc._choices import CORPUS_PRESETS
 
 __all__ = ["FAMILIES", "CorpusConfig", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats"]
 
@@ -144,7 +144,7 @@ class CorpusConfig:
 
 
 def corpus_preset(name: str = "default", **overrides) -> CorpusConfig:
-    """The corpus preset ``name`` (see :data:`~mechtrunc.lm.presets.CORPUS_PRESETS`) with overrides."""
+    """The corpus preset ``name`` (see :data:`~mechtrunc._choices.CORPUS_PRESETS`) with overrides."""
     return CorpusConfig(**{**check_preset(name, CORPUS_PRESETS, "corpus"), **overrides})
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from mechtrunc._checks import check_int
+from mechtrunc._checks import check_int, check_preset
 from mechtrunc.lm.corpus import Corpus, CorpusConfig, config_from_dict
-from mechtrunc.lm.presets import LM_PRESETS, check_preset
+from mechtrunc._choices import LM_PRESETS
 
 __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
 
@@ -114,7 +114,7 @@ class LMConfig:
 
 def lm_preset(name: str, **overrides) -> LMConfig:
     """The preset ``name`` (``nano``, ``small``, ``gpu``; see
-    :data:`~mechtrunc.lm.presets.LM_PRESETS`) with ``LMConfig`` overrides."""
+    :data:`~mechtrunc._choices.LM_PRESETS`) with ``LMConfig`` overrides."""
     return LMConfig(**{**check_preset(name, LM_PRESETS, "model"), **overrides})
 
 

@@ -36,7 +36,7 @@ from mechtrunc.studies.store import (
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate"]
 
 #: defaults of a grid, and how a grid is evaluated: "engine" (default;
-#: :mod:`mechtrunc.studies.engine`: cached clean residuals, all keeps of a layer in one batched
+#: :mod:`mechtrunc.engine`: cached clean residuals, all keeps of a layer in one batched
 #: forward, logits only where read), or one reference evaluation per configuration with "weight"
 #: (LASER's dense write-back) or "hook"
 DEFAULT_KEEPS, DEFAULT_MATRICES, MODES = GRID_KEEPS, GRID_MATRICES, GRID_MODES
@@ -162,7 +162,7 @@ def evaluate_grid(
     ``store`` (optional) supplies rows already computed and receives each new one as soon as it
     is finished.  Identity configurations (kept rank = maximum rank) reuse the baseline.
 
-    ``grid.mode == "engine"`` computes the rows with :func:`mechtrunc.studies.engine.evaluate_grid`
+    ``grid.mode == "engine"`` computes the rows with :func:`mechtrunc.engine.run_grid`
     (the same numbers as one ``evaluate`` per configuration, to about 1e-6 in float32; rows arrive
     a layer at a time, ``seconds`` is the time since the previous row; forwards of up to
     ``max(batch_size, 256)`` (prompt, configuration) rows); ``svd_cache`` is a directory of its
@@ -195,11 +195,11 @@ def evaluate_grid(
                           svd_cache=svd_cache, baseline=need_base):
             seconds, t0 = time.perf_counter() - t0, time.perf_counter()
             if r.baseline:
-                row = baseline_row(r.metrics, **common, seconds=seconds)
+                row = baseline_row(r.metrics, **common, seconds=seconds, path=r.path)
             else:
                 keep, label = labels[(r.layer, r.matrix, keep_key(r.keep))]
                 row = configuration_row(r.layer, r.matrix, keep, r.rank, r.max_rank, r.metrics, **common,
-                                        intervention=label, seconds=seconds)
+                                        intervention=label, seconds=seconds, path=r.path)
             store.add(row)
             if bar is not None:
                 bar.update(1)
@@ -270,7 +270,7 @@ def truncation_study(
         keeps: fractions of the maximum rank in [0, 1] (rounded by ``rule``, see
             :func:`mechtrunc.rank_for_keep`); 0 removes the matrix.
         rule, svd: passed to :class:`mechtrunc.Truncate`.
-        mode: ``"engine"`` (default): :mod:`mechtrunc.studies.engine` (see :func:`evaluate_grid`),
+        mode: ``"engine"`` (default): :mod:`mechtrunc.engine` (see :func:`evaluate_grid`),
             the same table as one reference evaluation per configuration, faster; ``"weight"``
             rewrites the weight as LASER does, ``"hook"`` projects the matrix's output (one SVD per
             matrix across keeps), one evaluation per configuration each.
