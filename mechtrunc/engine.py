@@ -293,9 +293,9 @@ def _run_fast(adapter, prompts, plans, batch_size, cache, tick, want_baseline):
         acc: list[dict] = [{} for _ in order]
         if order:
             for s, e, idx in chunks(max(1, batch_size // len(order))):
-                outs = []
+                outs, memo = [], {}  # the layer's clean parts, shared by its matrices' splits
                 for m, ps in per_matrix.items():
-                    x, rest = stack.split(l, "attn.W_O" if m == "attn.OV" else m, resid_all[s:e])
+                    x, rest = stack.split(l, "attn.W_O" if m == "attn.OV" else m, resid_all[s:e], memo)
                     coef = products[m].coefficients(x)
                     outs.extend(rest(products[m].output(coef, p.rank)) for p in ps)
                     del x, rest, coef
@@ -303,7 +303,7 @@ def _run_fast(adapter, prompts, plans, batch_size, cache, tick, want_baseline):
                 rows_c, pos_c = rows_all[idx] - s, pos_all[idx]
                 rep_rows = torch.cat([rows_c + j * b for j in range(n_rep)])
                 lg = run_from(l + 1, torch.cat(outs), rep_rows, pos_c.repeat(n_rep))
-                del outs
+                del outs, memo
                 for j in range(n_rep):
                     store(acc[j], lg[j * len(idx):(j + 1) * len(idx)], idx)
                 del lg

@@ -189,7 +189,7 @@ class MemoryStack(Stack):
     def layer(self, l, resid):
         return resid @ self.model.W.T
 
-    def split(self, l, name, resid):
+    def split(self, l, name, resid, memo=None):
         return resid, lambda y: y
 
     def last_layer_at(self, resid, rows, pos):

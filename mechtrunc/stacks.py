@@ -123,32 +123,41 @@ class Stack:
         q, k, v = self.qkv(l, self.ln1(l, resid))
         return self._finish(l, resid, self.o_proj(l, self.attend(l, q, k, v)))
 
-    def split(self, l: int, name: str, resid: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def split(self, l: int, name: str, resid: Tensor, memo: dict | None = None
+              ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """``(x, rest)``: the clean input ``x`` of matrix ``name`` at layer ``l`` and ``rest(y)``,
         the layer's output ``[b, p, d]`` when that matrix outputs ``y`` (bias included) instead
-        of ``x @ W + b``.  ``attn.OV`` is split at ``attn.W_O`` (its truncation is a new W_O)."""
+        of ``x @ W + b``.  ``attn.OV`` is split at ``attn.W_O`` (its truncation is a new W_O).
+        ``memo``: a dict shared by splits of the same layer and residual (computed once)."""
         if name not in self.matrices:
             raise ValueError(f"matrix {name!r} has no split on this stack; valid: {', '.join(self.matrices)}")
-        x1 = self.ln1(l, resid)
-        q, k, v = self.qkv(l, x1)
+        memo = {} if memo is None else memo
+
+        def once(key, fn):
+            if key not in memo:
+                memo[key] = fn()
+            return memo[key]
+
+        x1 = once("x1", lambda: self.ln1(l, resid))
+        q, k, v = once("qkv", lambda: self.qkv(l, x1))
+        z = (lambda: once("z", lambda: self.attend(l, q, k, v)))
         if name.startswith("mlp."):
-            base = resid + self.o_proj(l, self.attend(l, q, k, v))
-            m = self.ln2(l, resid if self.parallel else base)
+            base = once("base", lambda: resid + self.o_proj(l, z()))
+            m = once("m", lambda: self.ln2(l, resid if self.parallel else base))
             if name == "mlp.W_in":
                 return m, lambda y: base + self.mlp_out(l, self.act(l, y))
             return self.act(l, self.mlp_in(l, m)), lambda y: base + y
-        mo = self.mlp(l, self.ln2(l, resid)) if self.parallel and self.has_mlp(l) else None
+        mo = once("mo", lambda: self.mlp(l, self.ln2(l, resid))) if self.parallel and self.has_mlp(l) else None
         if name == "attn.W_V":
             pat = self.pattern(l, q, k)
             b, h, p, dh = v.shape
 
             def rest(y):
-                z = (pat @ y.view(b, p, h, dh).transpose(1, 2)).transpose(1, 2).reshape(b, p, h * dh)
-                return self._finish(l, resid, self.o_proj(l, z), mo)
+                zy = (pat @ y.view(b, p, h, dh).transpose(1, 2)).transpose(1, 2).reshape(b, p, h * dh)
+                return self._finish(l, resid, self.o_proj(l, zy), mo)
 
             return x1, rest
-        z = self.attend(l, q, k, v)  # attn.W_O, attn.OV
-        return z, lambda y: self._finish(l, resid, y, mo)
+        return z(), lambda y: self._finish(l, resid, y, mo)  # attn.W_O, attn.OV
 
     def last_layer_at(self, resid: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
         """The last layer's output ``[item, d]`` at the read positions only."""
