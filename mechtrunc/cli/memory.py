@@ -100,7 +100,7 @@ def cmd_train(args) -> int:
     f = summary["final"]
     print(f"trained the memory (N={cfg.n_inputs}, V={cfg.n_outputs}, d={cfg.d}, alpha={cfg.alpha}) for {steps} "
           f"{tc.method} steps in {run.seconds:.1f} s -> {args.out}")
-    print(f"clean P(correct) {f['p_answer']:.3f}  P(noise) {f['p_noise']:.3f}  accuracy {f['accuracy']:.3f}  "
+    print(f"clean P(answer) {f['p_answer']:.3f}  P(noise) {f['p_noise']:.3f}  accuracy {f['accuracy']:.3f}  "
           f"population loss {f['loss']:.4f}")
     for matrix, s in summary["spectrum"].items():
         print(f"{matrix:>11} at step {max(tc.spectrum_steps)}: noise component #{s['noise_index']} "
@@ -134,7 +134,7 @@ def cmd_spectrum(args) -> int:
     for name in ("full", "laser", "remove_noise"):
         label = {"full": "full memory", "laser": f"LASER keep {args.keep}", "remove_noise": f"remove component {i}"}[name]
         m = out[name]
-        print(f"  {label:<22} P(correct) {m['p_answer']:.3f}  P(noise) {m['p_noise']:.3f}  accuracy {m['accuracy']:.3f}")
+        print(f"  {label:<22} P(answer) {m['p_answer']:.3f}  P(noise) {m['p_noise']:.3f}  accuracy {m['accuracy']:.3f}")
     return 0
 
 

@@ -47,7 +47,7 @@ def _train_config(args):
 def format_table(final: dict) -> str:
     """``{variant: {accuracy, p_noise, p_answer}}`` (:data:`~mechtrunc.results.VARIANT_METRICS`) as
     a text table, one line per variant."""
-    lines = [f"{'variant':<14}{'accuracy':>10}{'P(noise)':>10}{'P(correct)':>12}"]
+    lines = [f"{'variant':<14}{'accuracy':>10}{'P(noise)':>10}{'P(answer)':>12}"]
     for name, m in final.items():
         lines.append(f"{name:<14}{m['accuracy']:>10.3f}{m['p_noise']:>10.3f}{m['p_answer']:>12.3f}")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """Sections of an associative-memory run report (a directory written by ``mechtrunc memory
-train`` or :meth:`mechtrunc.memory.MemoryRun.save`): the configuration, P(noise) / P(correct)
+train`` or :meth:`mechtrunc.memory.MemoryRun.save`): the configuration, P(noise) / P(answer)
 over training, the singular values of W (and W - W_init) over training with the noise-aligned
 component highlighted, and LASER against removing that one component on the trained memory."""
 
@@ -32,9 +32,9 @@ def training_section(ctx: Context) -> Section:
     h = ctx.result.history
     s = Section("training", "Training curves",
                 intro="Clean (noise-free) targets, weighted by p(x): probability of the correct association and of "
-                      "the noise token. The population optimum is P(correct) = 1 - alpha, P(noise) = alpha.")
+                      "the noise token. The population optimum is P(answer) = 1 - alpha, P(noise) = alpha.")
     fig = go.Figure()
-    for col, name, color in (("p_answer", "P(correct)", "#1f5fa8"), ("p_noise", "P(noise)", NOISE)):
+    for col, name, color in (("p_answer", "P(answer)", "#1f5fa8"), ("p_noise", "P(noise)", NOISE)):
         if col in h:
             fig.add_trace(go.Scatter(x=h["step"], y=h[col], mode="lines", name=name, line=dict(color=color),
                                      hovertemplate=f"step %{{x}}<br>{name} %{{y:.3f}}<extra></extra>"))

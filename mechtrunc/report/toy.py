@@ -46,7 +46,7 @@ def training_section(ctx: Context) -> Section | None:
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
-    panels = [("accuracy", "accuracy"), ("p_noise", "P(noise)"), ("p_answer", "P(correct)")]
+    panels = [("accuracy", "accuracy"), ("p_noise", "P(noise)"), ("p_answer", "P(answer)")]
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels], horizontal_spacing=0.07)
     for j, (metric, _) in enumerate(panels, 1):
         for variant, color, dash in (("full", FULL, "solid"), ("ffn2_removed", CUT, "dash")):
@@ -104,7 +104,7 @@ def truncation_section(ctx: Context) -> Section | None:
                                                                        dash="solid" if int(layer) == _last_layer(ctx) else "dot"),
                                  customdata=sub[["p_noise", "p_answer"]].to_numpy(),
                                  hovertemplate="keep %{x}<br>accuracy %{y:.3f}<br>P(noise) %{customdata[0]:.3f}"
-                                               "<br>P(correct) %{customdata[1]:.3f}<extra>%{fullData.name}</extra>"))
+                                               "<br>P(answer) %{customdata[1]:.3f}<extra>%{fullData.name}</extra>"))
     fig.add_hline(y=base, line=dict(color="#555", dash="dash"), annotation_text=f"full model {base:.2f}",
                   annotation_position="top right")
     ks = sorted({float(k) for k in grid["keep"]}, reverse=True)
@@ -278,8 +278,8 @@ def token_probability_section(ctx: Context) -> Section | None:
     p_noise = [(clean[j, noise].item(), cut[j, noise].item()) for j in rep]
     tab = pd.DataFrame({"position": rep, "token": [labels[j] for j in rep],
                         "correct": [visible_token(task.itos[int(target[j])]) for j in rep],
-                        "P(correct) full": [p_clean[j].item() for j in rep],
-                        "P(correct) FFN removed": [p_cut[j].item() for j in rep],
+                        "P(answer) full": [p_clean[j].item() for j in rep],
+                        "P(answer) FFN removed": [p_cut[j].item() for j in rep],
                         "P(noise) full": [a for a, _ in p_noise], "P(noise) FFN removed": [b for _, b in p_noise]})
     return s.add(fig, "<h3>At the repeated triggers</h3>", html_table(tab))
 
