@@ -1,9 +1,9 @@
 """A model's layer stack as the few operations the grid engine needs, on raw weights (no hooks).
 
-:class:`Stack` is a pre-LayerNorm Transformer written once in terms of per-architecture
-primitives (embedding, the two LayerNorms, the query/key/value projection with its positional
-rotation, the output projection, the MLP's two matrices and activation, the unembedding); from
-them it derives what the engine calls:
+:class:`Stack` is what the engine calls; :class:`TransformerStack` is a pre-LayerNorm
+Transformer written once in terms of per-architecture primitives (embedding, the two LayerNorms,
+the query/key/value projection with its positional rotation, the output projection, the MLP's
+two matrices and activation, the unembedding), from which it derives those calls:
 
 - :meth:`Stack.layer`: run layer ``l`` on a residual stream ``[b, p, d]``;
 - :meth:`Stack.split`: layer ``l`` seen from one of its matrices: the matrix's clean input ``x``
@@ -20,28 +20,59 @@ memory's with the memory.  :meth:`mechtrunc.adapters.ModelAdapter.stack` gives a
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Stack", "NeoXStack", "GPT2Stack", "GPTJStack", "hf_stack", "STACK_MATRICES"]
+__all__ = ["Stack", "TransformerStack", "NeoXStack", "GPT2Stack", "GPTJStack", "hf_stack", "STACK_MATRICES"]
 
 #: matrices whose truncation :meth:`Stack.split` expresses (``attn.OV`` through ``attn.W_O``)
 STACK_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_V", "attn.W_O", "attn.OV")
 
 
-class Stack:
+class Stack(ABC):
+    """What the grid engine runs on a model: embed, a layer, a layer split at one of its
+    matrices, the last layer at the read positions and the unembedding.  Transformers derive
+    these from primitives (:class:`TransformerStack`); a model that is no Transformer (the linear
+    memory) implements them directly."""
+
+    n_layers: int
+    #: matrices :meth:`split` handles on this architecture
+    matrices: tuple[str, ...] = STACK_MATRICES
+
+    @abstractmethod
+    def embed(self, tokens: Tensor) -> Tensor:
+        """The residual stream ``[b, p, d]`` before the first layer."""
+
+    @abstractmethod
+    def layer(self, l: int, resid: Tensor) -> Tensor:
+        """Layer ``l``'s output on the residual stream ``resid``."""
+
+    @abstractmethod
+    def split(self, l: int, name: str, resid: Tensor, memo: dict | None = None
+              ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """``(x, rest)``: the clean input of matrix ``name`` at layer ``l`` and the layer's output
+        as a function of that matrix's output."""
+
+    @abstractmethod
+    def last_layer_at(self, resid: Tensor, rows: Tensor, pos: Tensor) -> Tensor:
+        """The last layer's output ``[item, d]`` at the read positions only."""
+
+    @abstractmethod
+    def unembed(self, x: Tensor) -> Tensor:
+        """Logits from final residuals ``[..., d]`` (final LayerNorm included)."""
+
+
+class TransformerStack(Stack):
     """Pre-LayerNorm Transformer layers from per-architecture primitives (see module docstring).
     ``parallel``: attention and MLP read the same residual (GPT-NeoX's parallel residual, GPT-J)."""
 
-    n_layers: int
     n_heads: int
     d_head: int
     parallel: bool = False
-    #: matrices :meth:`split` handles on this architecture
-    matrices: tuple[str, ...] = STACK_MATRICES
 
     @staticmethod
     def supports(cfg) -> bool:
@@ -49,38 +80,36 @@ class Stack:
         return True
 
     # --- primitives ----------------------------------------------------------------------
-    def embed(self, tokens: Tensor) -> Tensor:
-        raise NotImplementedError
-
+    @abstractmethod
     def ln1(self, l: int, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The attention's input LayerNorm of layer ``l``."""
 
+    @abstractmethod
     def ln2(self, l: int, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The MLP's input LayerNorm of layer ``l``."""
 
+    @abstractmethod
     def qkv(self, l: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``q, k, v`` as ``[b, head, p, d_head]`` (``q``, ``k`` after any positional rotation)."""
-        raise NotImplementedError
 
     def scale(self, l: int) -> float:
         return self.d_head ** -0.5
 
+    @abstractmethod
     def o_proj(self, l: int, z: Tensor) -> Tensor:
         """The attention output from ``z`` (heads flattened, ``[..., head * d_head]``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mlp_in(self, l: int, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """``x @ W_in + b_in`` of layer ``l``'s MLP."""
 
+    @abstractmethod
     def act(self, l: int, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The MLP's activation function."""
 
+    @abstractmethod
     def mlp_out(self, l: int, h: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def unembed(self, x: Tensor) -> Tensor:
-        """Logits from final residuals ``[..., d]`` (final LayerNorm included)."""
-        raise NotImplementedError
+        """``h @ W_out + b_out`` of layer ``l``'s MLP."""
 
     def has_mlp(self, l: int) -> bool:
         return True
@@ -178,7 +207,7 @@ def _ln(m, x: Tensor) -> Tensor:
     return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
 
 
-class _HFStack(Stack):
+class _HFStack(TransformerStack):
     """Shared by the Hugging Face stacks: LayerNorms, MLP and unembedding on raw modules."""
 
     layers: list[dict]

@@ -51,7 +51,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechtrunc._choices import INITS
 from mechtrunc.adapters import MatrixSite, ModelAdapter
-from mechtrunc.stacks import Stack
+from mechtrunc.stacks import TransformerStack
 
 __all__ = ["ToyConfig", "ToyTransformer", "ToyAdapter", "FFN_KINDS", "INITS"]
 
@@ -177,7 +177,7 @@ class Block(nn.Module):
         return self.hook_resid_post(x)
 
 
-class ToyStack(Stack):
+class ToyStack(TransformerStack):
     """The toy model's layers for the grid engine: no LayerNorm, sequential residual, no biases."""
 
     def __init__(self, model: "ToyTransformer"):
