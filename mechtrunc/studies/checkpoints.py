@@ -10,6 +10,10 @@ is the merge of the shards, in step order.  Because a shard is written in one at
 rewriting it with the same rows is harmless, a kill at any moment (or a retried task) can
 neither lose nor duplicate rows.  Units run on an executor (:mod:`mechtrunc.studies.executors`):
 in process (default), on Ray, or on SLURM through submitit.
+
+The module is over 400 lines because the unit, its checkpoint sources (a local directory
+template, the hub with its offline cache) and the study that plans, runs and merges the units
+share one shard format and one resume rule; split apart they would pass both around.
 """
 
 from __future__ import annotations
