@@ -17,10 +17,11 @@ not check them again.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 from mechtrunc._scalars import as_int, as_real
 
-__all__ = ["check_int", "check_real", "check_fraction", "check_choice", "check_preset"]
+__all__ = ["check_int", "check_real", "check_fraction", "check_choice", "check_preset", "config_from_dict"]
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
@@ -68,3 +69,13 @@ def check_preset(name: str, table: dict, what: str) -> dict:
     if name not in table:
         raise ValueError(f"unknown {what} preset {name!r}; valid presets: {', '.join(table)}")
     return dict(table[name])
+
+
+def config_from_dict(cls, data: dict, tuples: tuple[str, ...] = ()):
+    """``cls(**data)`` for a config dataclass (e.g. read back from JSON), naming unknown fields and
+    the valid ones; list values of the fields ``tuples`` become tuples (JSON has no tuples)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {', '.join(sorted(known))}")
+    return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from mechtrunc._checks import check_choice, check_fraction, check_int, check_real
+from mechtrunc._checks import check_choice, check_fraction, check_int, check_real, config_from_dict
 from mechtrunc._choices import MEMORY_DTYPES, MEMORY_EMBEDDINGS, MEMORY_INITS, MEMORY_INPUT_DISTS, MEMORY_METHODS
 from mechtrunc._scalars import as_int_list
 from mechtrunc.adapters import MEMORY_MATRICES, MatrixSite, ModelAdapter
@@ -65,15 +65,6 @@ __all__ = [
 
 INPUT_DISTS, EMBEDDINGS, INITS = MEMORY_INPUT_DISTS, MEMORY_EMBEDDINGS, MEMORY_INITS
 METHODS, DTYPES = MEMORY_METHODS, MEMORY_DTYPES
-
-
-def _config_from_dict(cls, data: dict):
-    """``cls(**data)`` for a config dataclass, naming unknown fields and the valid ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; valid: {', '.join(sorted(known))}")
-    return cls(**data)
 
 
 @dataclass
@@ -128,7 +119,7 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MemoryConfig":
-        return _config_from_dict(cls, data)
+        return config_from_dict(cls, data)
 
     @classmethod
     def load(cls, path: str | Path) -> "MemoryConfig":
@@ -168,7 +159,7 @@ class MemoryTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "MemoryTrainConfig":
-        return _config_from_dict(cls, data)
+        return config_from_dict(cls, data)
 
 
 def _orthonormal_rows(n: int, d: int, gen: torch.Generator, dtype) -> Tensor:

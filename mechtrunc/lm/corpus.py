@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from mechtrunc._checks import check_int, check_preset
+from mechtrunc._checks import check_int, check_preset, config_from_dict
 from mechtrunc._scalars import as_int, as_real
 from mechtrunc.lm import lexicon
 from mechtrunc._choices import CORPUS_PRESETS
@@ -47,16 +47,6 @@ def _rate(name: str, value) -> float:
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return v
-
-
-def config_from_dict(cls, data: dict, tuples: tuple[str, ...] = ()):
-    """``cls(**data)`` for an lm config dataclass, naming unknown fields; list values of the
-    fields ``tuples`` become tuples (JSON has no tuples)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; valid: {sorted(known)}")
-    return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)

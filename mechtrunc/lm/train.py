@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from mechtrunc._checks import check_int, check_preset
-from mechtrunc.lm.corpus import Corpus, CorpusConfig, config_from_dict
+from mechtrunc._checks import check_int, check_preset, config_from_dict
+from mechtrunc.lm.corpus import Corpus, CorpusConfig
 from mechtrunc._choices import LM_PRESETS
 
 __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
