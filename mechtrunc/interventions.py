@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._choices import RULES
 from mechtrunc._scalars import as_int, as_int_list, as_real, as_real_list, is_scalar
 from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
 
@@ -213,7 +214,6 @@ class Ablate(Intervention):
 # ----------------------------------------------------------------------------------------
 # low-rank edits: truncation and removal of singular components
 # ----------------------------------------------------------------------------------------
-_RULES = ("round", "authors")
 _MODES = ("weight", "hook")
 
 
@@ -229,7 +229,7 @@ def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: 
         return max(k, 1) if keep > 0 else 0
     if rule == "authors":
         return min(int(keep * (d_model if d_model is not None else max_rank)), max_rank)
-    raise ValueError(f"unknown rank rule {rule!r}; valid: {', '.join(_RULES)}")
+    raise ValueError(f"unknown rank rule {rule!r}; valid: {', '.join(RULES)}")
 
 
 @dataclass(frozen=True)
@@ -401,8 +401,8 @@ class Truncate(_SVDEdit):
         self._validate_common()
         if (self.keep is None) == (self.rank is None):
             raise ValueError("give exactly one of keep= (fraction) or rank= (integer)")
-        if self.rule not in _RULES:
-            raise ValueError(f"unknown rank rule {self.rule!r}; valid: {', '.join(_RULES)}")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown rank rule {self.rule!r}; valid: {', '.join(RULES)}")
         # one value (any int/real scalar type) or one per batch row (list, array, tensor)
         if self.keep is not None:
             keeps = as_real_list(self.keep, "keep")
