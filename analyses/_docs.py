@@ -1,4 +1,4 @@
-"""Generated blocks of ``docs/results.md``: each block is rendered from one CSV in ``docs/data``
+"""Generated blocks of ``docs/results.md`` and ``docs/lm.md``: each block is rendered from one CSV in ``docs/data``
 that a committed analysis script wrote, between ``<!-- BEGIN generated:NAME -->`` and
 ``<!-- END generated:NAME -->`` markers.  ``python analyses/make_results.py`` regenerates every
 CSV and block; ``tests/test_docs_results.py`` fails when a block and its CSV disagree (and, in the
@@ -86,8 +86,74 @@ BLOCKS = {
 }
 
 
+# ---------------------------------------------------------------- docs/lm.md (analyses/lm_study.py)
+LM = ROOT / "docs" / "lm.md"
+
+
+def _step(v) -> str:
+    return "never" if pd.isna(v) else f"{int(v):,}"
+
+
+def render_lm_order(df: pd.DataFrame) -> str:
+    rows = [[r["run"], _step(r["step_the"]), _step(r["step_fact_beats_the"]), _step(r["step_ioi_beats_the"]),
+             _step(r["step_io_beats_s"]), _step(r["step_competition"]), f"{r['final_loss']:.3f}",
+             f"{r['seconds']:.0f} s"] for _, r in df.iterrows()]
+    return table(["run", "\" the\" learned after \" to\"", "factual answer beats \" the\"", "IOI: IO beats \" the\"",
+                  "IO-vs-S accuracy >= 0.75", "strongest IO/\" the\" competition", "final training loss", "training time"],
+                 rows)
+
+
+def _change(sub: pd.DataFrame, metric: str) -> str:
+    r = sub[sub["metric"] == metric]
+    if r.empty:
+        return "-"
+    r = r.iloc[0]
+    return f"{r['full']:.3f} -> {r['intervened']:.3f} ({r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
+
+
+def render_lm_best(df: pd.DataFrame) -> str:
+    rows = []
+    for (run, when, task), sub in df.groupby(["run", "checkpoint", "task"], sort=False):
+        r = sub.iloc[0]
+        chosen = "none beats the full model" if r["baseline"] else f"L{int(r['layer'])} {r['matrix']} keep {r['keep']:g}"
+        rows.append([run, f"{when} ({int(r['step']):,})", task, chosen, f"{r['loss_increase']:+.3f}",
+                     _change(sub, "p_answer"), _change(sub, "p_the"), _change(sub, "logit_diff_the")])
+    return table(["run", "checkpoint", "task", "chosen on the select prompts", "corpus loss change",
+                  "P(answer) on eval prompts", "P(\" the\")", "logit(answer) - logit(\" the\")"], rows)
+
+
+def render_lm_where(df: pd.DataFrame) -> str:
+    rows = [[r["run"], int(r["layer"]), f"{r['p_the_full']:.3f} -> {r['p_the_mlp_removed']:.3f}",
+             f"{r['mlp_dla_io_minus_the']:+.2f}", f"#{int(r['top_component'])}: {r['top_component_push']:+.2f}"]
+            for _, r in df.iterrows()]
+    return table(["run", "layer", "P(\" the\") after \" to\": full -> this MLP removed",
+                  "MLP's direct attribution to logit(IO) - logit(\" the\")", "top \" the\" component of W_out: push"],
+                 rows)
+
+
+def render_lm_attribution(df: pd.DataFrame) -> str:
+    sub = df[(df["competitor"] == "the") & (df["kind"] != "total")].head(8)
+    total = df[(df["competitor"] == "the") & (df["kind"] == "total")]
+    rows = [[r["component"], f"{r['clean']:+.2f}", f"{r['intervened']:+.2f}", f"{r['change']:+.2f}"]
+            for _, r in pd.concat([sub, total]).iterrows()]
+    return table(["component", "clean", "truncated", "change"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/lm.md
+LM_BLOCKS = {
+    "lm-order": ("lm_summary.csv", render_lm_order),
+    "lm-best": ("lm_best_truncation.csv", render_lm_best),
+    "lm-where": ("lm_where_the.csv", render_lm_where),
+    "lm-attribution": ("lm_attribution_default_L4_s0.csv", render_lm_attribution),
+}
+
+
+def doc_of(name: str) -> Path:
+    return LM if name in LM_BLOCKS else RESULTS
+
+
 def render(name: str) -> str:
-    csv, fn = BLOCKS[name]
+    csv, fn = LM_BLOCKS[name] if name in LM_BLOCKS else BLOCKS[name]
     return fn(read_table(DATA / csv))
 
 
@@ -95,13 +161,15 @@ def _pattern(name: str) -> re.Pattern:
     return re.compile(rf"<!-- BEGIN generated:{re.escape(name)} -->\n(.*?)\n?<!-- END generated:{re.escape(name)} -->", re.S)
 
 
-def read_block(name: str, doc: Path = RESULTS) -> str | None:
-    m = _pattern(name).search(doc.read_text())
+def read_block(name: str, doc: Path | None = None) -> str | None:
+    m = _pattern(name).search((doc or doc_of(name)).read_text())
     return None if m is None else m.group(1)
 
 
-def write_block(name: str, doc: Path = RESULTS) -> None:
-    """Replace block ``name`` of ``doc`` by its rendering from the CSV (the block must exist)."""
+def write_block(name: str, doc: Path | None = None) -> None:
+    """Replace block ``name`` of ``doc`` (default: the page it belongs to) by its rendering from
+    the CSV (the block must exist)."""
+    doc = doc or doc_of(name)
     text = doc.read_text()
     if not _pattern(name).search(text):
         raise ValueError(f"{doc} has no generated block {name!r}")

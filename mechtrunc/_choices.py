@@ -128,3 +128,7 @@ LM_PRESETS: dict[str, dict] = {
     "gpu": dict(n_layers=8, d_model=512, n_heads=8, ctx=256, batch_size=64, steps=20000, lr=6e-4,
                 checkpoint_interval=1000, device="cuda", precision="bf16", threads=None),
 }
+
+#: prompt splits of mechtrunc.lm.prompts: held-out templates with training names (default),
+#: held-out templates and names, training templates and names
+LM_SPLITS = ("heldout", "heldout_names", "train")

@@ -9,6 +9,9 @@ Given the logits at each read item of a :class:`~mechtrunc.prompts.PromptSet`:
 - ``acc_vs_{name}``: fraction of items whose answer logit beats that competitor's;
 - ``logit_diff_{name}``: mean logit(answer) - logit(competitor);
 - ``loss``: mean cross-entropy of the answer.
+
+:func:`bootstrap_ci` gives a percentile interval of a mean over items (resampling the items), for
+a metric or for a paired difference of two runs on the same items.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import Tensor
 
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["metrics_from_logits", "item_metrics", "masked_cross_entropy"]
+__all__ = ["metrics_from_logits", "item_metrics", "masked_cross_entropy", "bootstrap_ci"]
 
 
 def item_metrics(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, Tensor]:
@@ -74,3 +77,24 @@ def masked_cross_entropy(
 ) -> Tensor:
     """Mean cross-entropy over the positions where ``mask`` is true (the training loss)."""
     return F.cross_entropy(logits[mask].float(), targets[mask])
+
+
+def bootstrap_ci(
+    values: Float[Tensor, "item"], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (one number per item; for a paired
+    difference pass ``after - before`` on the same items): ``n_boot`` resamples of the items
+    with replacement, seeded by ``seed``.  Returns ``(low, high)``."""
+    v = torch.as_tensor(values).reshape(-1).double().cpu()
+    if v.numel() == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=gen)
+    means = v[idx].mean(1)
+    a = (1.0 - level) / 2
+    lo, hi = torch.quantile(means, torch.tensor([a, 1.0 - a], dtype=torch.double)).tolist()
+    return float(lo), float(hi)

@@ -6,6 +6,8 @@
 - :func:`plot_attribution`: a bar chart of an :func:`~mechtrunc.attribution.attribute_change` table.
 - :func:`truncation_heatmap`: a truncation study's metric, layers x keeps, one panel per matrix.
 - :func:`checkpoint_plot`: a checkpoint study's metrics against the training step.
+- :func:`learning_curves_plot`: :func:`mechtrunc.studies.lm.learning_curves` of several runs,
+  one panel per prompt set, one colour per metric, one line per run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 
 from mechtrunc.adapters import adapt
 
-__all__ = ["attention_html", "plot_history", "plot_attribution", "truncation_heatmap", "checkpoint_plot"]
+__all__ = ["attention_html", "plot_history", "plot_attribution", "truncation_heatmap", "checkpoint_plot",
+           "learning_curves_plot"]
 
 
 def _pyplot():
@@ -203,3 +206,40 @@ def checkpoint_plot(
     fig.savefig(path, dpi=120)
     return path
 
+
+def learning_curves_plot(
+    curves: pd.DataFrame, path, panels: dict[str, Sequence[str]], rows: dict[str, Sequence[str]] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Path:
+    """Learning curves of several runs (a tidy table with ``run, step, prompts`` and metric
+    columns): one panel per entry of ``panels`` (``prompts -> metrics``), one colour per metric,
+    one thin line per run; ``rows`` (``row title -> runs``) stacks groups of runs as rows of
+    panels (default: one row of every run).  ``labels`` renames metrics in the legend.  Symlog
+    step axis.  Saved as PNG."""
+    for col in ("run", "step", "prompts"):
+        if col not in curves.columns:
+            raise ValueError(f"curves need a {col!r} column; columns: {', '.join(map(str, curves.columns))}")
+    rows = rows if rows is not None else {"": list(dict.fromkeys(curves["run"]))}
+    labels = labels or {}
+    fig = _figure(4.2 * len(panels), 3.2 * len(rows))
+    axes = fig.subplots(len(rows), len(panels), squeeze=False)
+    for r, (row_title, runs) in enumerate(rows.items()):
+        for c, (prompts, metrics) in enumerate(panels.items()):
+            ax = axes[r][c]
+            sub = curves[(curves["prompts"] == prompts) & curves["run"].isin(list(runs))]
+            if sub.empty:
+                raise ValueError(f"no curves for prompts {prompts!r} and runs {list(runs)}")
+            for i, m in enumerate(metrics):
+                for k, (_, one) in enumerate(sub.groupby("run", sort=False)):
+                    one = one.sort_values("step")
+                    ax.plot(one["step"], one[m], color=f"C{i}", lw=1.2, alpha=0.85,
+                            label=labels.get(m, m) if k == 0 else None)
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("training step")
+            ax.set_title(f"{row_title}: {prompts}" if row_title else prompts, fontsize=10)
+            ax.legend(fontsize=7, loc="upper left")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path

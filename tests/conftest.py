@@ -157,3 +157,12 @@ def gptj_bridge(small_tokenizer_dir):
     from mechtrunc.testing import tiny_bridge
 
     return tiny_bridge("gptj", small_tokenizer_dir, seed=3)
+
+
+@pytest.fixture(scope="session")
+def nano_run(tmp_path_factory):
+    """The ``nano`` language model (mechtrunc.lm) trained once per session: ``(run dir, summary)``."""
+    from mechtrunc.lm import lm_preset, train_lm
+
+    out = tmp_path_factory.mktemp("lm") / "nano"
+    return out, train_lm(lm_preset("nano"), out, progress=False)

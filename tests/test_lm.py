@@ -155,10 +155,13 @@ def test_config_round_trips_through_a_dict():
 
 # ------------------------------------------------------------------ prompts
 def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
-    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts
 
     cfg = CorpusConfig()
-    ioi = lm_ioi_prompts(tok, cfg, n=40, seed=1)
+    heldout = lm_ioi_prompts(tok, cfg, n=40, seed=1)  # held-out templates, training names
+    assert not (set(heldout.meta["io"]) | set(heldout.meta["subject"])) & set(cfg.heldout_names)
+    assert all(" showed a " in t or " threw a " in t for t in heldout.texts)
+    ioi = lm_ioi_prompts(tok, cfg, n=40, seed=1, split="heldout_names")
     assert set(ioi.meta["io"]) | set(ioi.meta["subject"]) <= set(cfg.heldout_names)
     assert all(" showed a " in t or " threw a " in t for t in ioi.texts)  # held-out templates 6, 7
     for i in range(len(ioi)):
@@ -167,13 +170,17 @@ def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
         assert tok.decode(ioi.competitors[i, 0]) == " the"
     train = lm_ioi_prompts(tok, cfg, n=40, seed=1, split="train")
     assert not (set(train.meta["io"]) & set(cfg.heldout_names))
-    facts = lm_fact_prompts(tok, cfg, n=30, seed=2)
+    generic = lm_generic_prompts(tok, cfg, n=10, seed=0)
+    assert generic.texts[0] == " Rebecca walked to" and all(t.endswith(" to") for t in generic.texts)
+    assert (generic.answer == tok.encode(" the")[0]).all() and generic.competitor_names == ("name",)
+    assert all(tok.decode(c) not in t for c, t in zip(generic.competitors[:, 0], generic.texts))
+    facts = lm_fact_prompts(tok, cfg, n=30, seed=2, split="heldout_names")
     for i, text in enumerate(facts.texts):
         who = text.split()[0]
         assert who in cfg.heldout_names and text.endswith(" in")
         assert text.startswith(f" {who} {facts.meta['relation'][i]}{facts.meta['answer_text'][i]}.")
         assert facts.tokens[i, facts.pos[i]] == tok.encode(" in")[0]
-    with pytest.raises(ValueError, match=r"split must be one of \('heldout', 'train'\), got 'test'"):
+    with pytest.raises(ValueError, match=r"split must be one of \('heldout', 'heldout_names', 'train'\), got 'test'"):
         lm_ioi_prompts(tok, cfg, split="test")
     with pytest.raises(ValueError, match=r"holds out no IOI template \(heldout_templates=\[\]\)"):
         lm_ioi_prompts(tok, CorpusConfig(heldout_templates=()))
@@ -185,13 +192,6 @@ from mechtrunc.lm.train import LMConfig, checkpoint_steps, lm_preset, train_lm  
 
 def _nano(**kw):
     return lm_preset("nano", **kw)
-
-
-@pytest.fixture(scope="module")
-def nano_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lm") / "nano"
-    summary = train_lm(_nano(), out, progress=False)
-    return out, summary
 
 
 def test_checkpoint_schedule_is_pythias():

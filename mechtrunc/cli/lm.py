@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
-from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS
+from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_SPLITS
 
 __all__ = ["add_commands"]
 
@@ -120,8 +120,9 @@ def add_commands(sub) -> argparse._SubParsersAction:
     pr.add_argument("--task", type=choice(("ioi", "factual"), "task"), default="ioi", help="ioi (default) or factual")
     pr.add_argument("--n", type=positive_int, default=200, help="number of prompts (default 200)")
     pr.add_argument("--seed", type=nonneg_int, default=0, help="prompt seed (default 0)")
-    pr.add_argument("--split", type=choice(("heldout", "train"), "split"), default="heldout",
-                    help="heldout (default: names and templates never trained on) or train")
+    pr.add_argument("--split", type=choice(LM_SPLITS, "split"), default="heldout",
+                    help="heldout (default: held-out templates, training names), heldout_names (held-out "
+                         "templates and names: the model cannot say those) or train")
     pr.add_argument("--out", required=True, help="new .jsonl file")
     _corpus_options(pr, "--corpus-seed")
     pr.set_defaults(func=cmd_prompts)

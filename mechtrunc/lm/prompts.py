@@ -1,14 +1,23 @@
 """Evaluation prompt sets for the language model, as the project's :class:`~mechtrunc.PromptSet`.
 
-``split="heldout"`` (default) uses only what training never saw: the held-out names and, for IOI,
-the held-out templates of the :class:`~mechtrunc.lm.corpus.CorpusConfig`.  ``split="train"``
-uses the training names and templates (an in-distribution check).  Prompts start with a space,
+Splits (:data:`SPLITS`):
+
+- ``"heldout"`` (default): the held-out IOI templates of the
+  :class:`~mechtrunc.lm.corpus.CorpusConfig` with training names in fresh combinations (and, for
+  facts, fresh name-city pairs): the sentences were never trained on, the names were;
+- ``"heldout_names"``: held-out templates *and* held-out names.  A model cannot say a name it
+  never saw: with untied embeddings (Pythia's), the unembedding row of a token that never occurs
+  as a target is only ever pushed down, so P(held-out name) stays near 1e-7 at every step
+  (measured on the ``small`` preset); this split probes exactly that;
+- ``"train"``: training templates and names (an in-distribution check).  Prompts start with a space,
 as every sentence of the corpus does.
 
 - :func:`lm_ioi_prompts`: the corpus' IOI templates with place and object filled in, handed to
   :func:`mechtrunc.ioi_prompts` (answer: the indirect object; competitors " the" and the subject);
 - :func:`lm_fact_prompts`: "Sarah lives in Oslo. <distractor sentences> Sarah lives in" -> " Oslo",
   competitor " the" (the generic continuation of " in");
+- :func:`lm_generic_prompts`: "Sarah walked to" -> " the" (the generic association alone; competitor:
+  another name of the split, the other continuation the corpus gives " to");
 - :func:`prompt_records`: a prompt set as records of a JSONL prompt file (``mechtrunc lm
   prompts``), which :func:`mechtrunc.load_prompts` and ``--task FILE`` read back unchanged.
 """
@@ -20,13 +29,14 @@ import re
 
 import torch
 
+from mechtrunc._choices import LM_SPLITS
 from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import CorpusConfig
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["SPLITS", "lm_ioi_prompts", "lm_fact_prompts", "prompt_records"]
+__all__ = ["SPLITS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "prompt_records"]
 
-SPLITS = ("heldout", "train")
+SPLITS = LM_SPLITS
 _SLOT = re.compile(r"\{([A-Z])\}")
 
 
@@ -34,10 +44,10 @@ def _split(config: CorpusConfig | None, split: str) -> tuple[CorpusConfig, tuple
     config = config if config is not None else CorpusConfig()
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split == "heldout":
-        templates = tuple(lexicon.IOI[i] for i in config.heldout_templates)
-        return config, config.heldout_names, templates
-    return config, config.names_for_training(), config.train_templates()
+    if split == "train":
+        return config, config.names_for_training(), config.train_templates()
+    templates = tuple(lexicon.IOI[i] for i in config.heldout_templates)
+    return config, config.heldout_names if split == "heldout_names" else config.names_for_training(), templates
 
 
 def _fill(template: str, rng: random.Random, names, **fixed: str) -> str:
@@ -116,6 +126,36 @@ def lm_fact_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200,
         competitor_names=("the",),
         texts=texts,
         meta={"task": "factual", "relation": relations, "answer_text": answers, "split": split, "seed": seed},
+    )
+
+
+def lm_generic_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
+                       split: str = "heldout") -> PromptSet:
+    """``n`` prompts of the generic "to" family cut before " the" ("Sarah walked to" -> " the"),
+    names from ``split``; competitor ``name``: another name of the split.  Measures the generic
+    association alone: its ``p_answer`` is P(" the") after " to"."""
+    config, names, _ = _split(config, split)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = random.Random(seed)
+    texts, others = [], []
+    for i in range(n):
+        the_form = lexicon.GENERIC_TO[i % len(lexicon.GENERIC_TO)][0]
+        stem = " " + the_form[: the_form.index(" to the ") + len(" to")]
+        texts.append(_fill(stem, rng, names))
+        others.append(" " + rng.choice([x for x in names if " " + x not in texts[-1]]))
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    (the_id,) = tokenizer.encode(" the", add_special_tokens=False)
+    other_ids = [tokenizer.encode(x, add_special_tokens=False) for x in others]
+    return PromptSet(
+        tokens=enc["input_ids"],
+        rows=torch.arange(n),
+        pos=enc["attention_mask"].sum(1) - 1,
+        answer=torch.full((n,), the_id, dtype=torch.long),
+        competitors=torch.tensor([ids[:1] for ids in other_ids], dtype=torch.long),
+        competitor_names=("name",),
+        texts=texts,
+        meta={"task": "generic", "split": split, "seed": seed},
     )
 
 

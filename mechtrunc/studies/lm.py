@@ -1,0 +1,251 @@
+"""The paper's language-model findings measured on a run of :mod:`mechtrunc.lm` (issue 15).
+
+A run directory (``mechtrunc lm train --out OUT``) holds ``step{N}/`` checkpoints at Pythia's
+schedule.  The pieces, each a tidy DataFrame:
+
+- :func:`lm_study_prompts`: the evaluation prompt sets of a corpus: held-out IOI, factual recall
+  and generic "to" prompts, each in a *select* draw (used to choose a truncation) and an *eval*
+  draw (used to report it), never the same prompts;
+- :func:`learning_curves`: every checkpoint on every prompt set (P(answer), P(" the"),
+  P(subject), accuracies), the paper's Pythia training-dynamics figure;
+- :func:`learning_steps`: from those curves, the step where " the" after " to" is learned and
+  the step (if any) from which the answer beats " the" for good, per task;
+- :func:`truncation_grid`: the LASER grid (layers x matrices x keeps) through the engine on every
+  prompt set, with the loss on held-out corpus text of every configuration (the collateral cost);
+- :func:`choose_truncation`: the best configuration on the *select* prompts within a loss budget,
+  and its numbers on the *eval* prompts;
+- :func:`paired_change`: an intervention's change of each metric on the same prompts, with a
+  bootstrap interval over the prompts;
+- :func:`where_the_lives`: per layer, what removing the MLP does to P(" the") after " to", the
+  MLP's direct logit attribution to logit(IO) - logit(" the"), and its top " the"-writing
+  singular component (:func:`mechtrunc.directions.rank_components`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mechtrunc.attribution import attribute
+from mechtrunc.directions import rank_components
+from mechtrunc.dynamics.measures import first_step
+from mechtrunc.evaluation import evaluate
+from mechtrunc.interventions import Truncate, intervene
+from mechtrunc.metrics import bootstrap_ci, item_metrics
+from mechtrunc.prompts import PromptSet
+from mechtrunc.runner import item_logits
+from mechtrunc.studies.grid import as_truncate, truncation_study
+from mechtrunc.studies.store import metric_values
+
+__all__ = [
+    "STUDY_TASKS", "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
+    "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives",
+]
+
+#: prompt sets of the study: task -> what its answer and competitors are
+STUDY_TASKS = ("ioi", "factual", "generic")
+_DRAWS = {"select": 0, "eval": 1}
+
+
+def lm_study_prompts(tokenizer, corpus=None, n: int = 200, seed: int = 0) -> dict[str, PromptSet]:
+    """``{"ioi/select", "ioi/eval", "factual/select", ..., "generic/eval"}``, all of the
+    ``heldout`` split (held-out IOI templates, training names in new combinations, see
+    :mod:`mechtrunc.lm.prompts`); the select and eval draws use prompt seeds ``2 seed`` and
+    ``2 seed + 1``."""
+    from mechtrunc.lm.prompts import lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts
+
+    build = {"ioi": lm_ioi_prompts, "factual": lm_fact_prompts, "generic": lm_generic_prompts}
+    return {f"{task}/{draw}": build[task](tokenizer, corpus, n=n, seed=2 * seed + k)
+            for task in STUDY_TASKS for draw, k in _DRAWS.items()}
+
+
+def run_steps(run) -> list[int]:
+    """The checkpoint steps a run directory holds (``step{N}/`` with a model), ascending."""
+    run = Path(run)
+    if not run.is_dir():
+        raise ValueError(f"{run} is not a directory of checkpoints (mechtrunc lm train --out DIR)")
+    steps = sorted(int(m.group(1)) for p in run.iterdir() if (m := re.fullmatch(r"step(\d+)", p.name))
+                   and (p / "config.json").is_file())
+    if not steps:
+        raise ValueError(f"{run} holds no step{{N}}/ checkpoint")
+    return steps
+
+
+def _load(run, step):
+    from mechtrunc.pythia import load_model
+
+    return load_model(Path(run) / f"step{step}", local_files_only=True)
+
+
+def learning_curves(run, prompts: dict[str, PromptSet], steps=None, batch_size: int = 200) -> pd.DataFrame:
+    """Every checkpoint of ``run`` (or ``steps``) on every prompt set: columns ``step, prompts``
+    then the metrics of :func:`mechtrunc.evaluate`."""
+    rows = []
+    for step in (run_steps(run) if steps is None else list(steps)):
+        model = _load(run, step)
+        for name, ps in prompts.items():
+            rows.append({"step": step, "prompts": name,
+                         **metric_values(evaluate(model, ps, batch_size=batch_size))})
+        del model
+    return pd.DataFrame(rows)
+
+
+def _first_for_good(steps: np.ndarray, ok: np.ndarray) -> float:
+    """The first step from which ``ok`` holds at every later checkpoint (NaN if not at the end)."""
+    if not len(ok) or not ok[-1]:
+        return float("nan")
+    bad = np.flatnonzero(~ok)
+    return float(steps[0] if not len(bad) else steps[bad[-1] + 1])
+
+
+def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval") -> dict:
+    """The order of learning in a run's :func:`learning_curves`:
+
+    - ``step_the``: first checkpoint where P(" the") after " to" (generic prompts) reaches
+      ``the_threshold``: pass half the corpus' ``to_the_share`` (the toy's ``alpha / 2`` rule of
+      :func:`mechtrunc.dynamics.order_of_learning`);
+    - ``step_ioi_beats_the`` / ``step_fact_beats_the``: first checkpoint from which mean
+      P(answer) > mean P(" the") at every later checkpoint (NaN: not by the end);
+    - ``step_io_beats_s``: the same for IO-vs-S accuracy >= 0.75;
+    - ``step_competition``: the checkpoint (at or after ``step_the``) maximising
+      min(P(IO), P(" the")) on IOI: where the two predictions compete most evenly;
+    - ``the_first``: " the" was learned before the IOI answer beat it (or the answer never did).
+    """
+    def task(name):
+        sub = curves[curves["prompts"] == f"{name}/{draw}"].sort_values("step")
+        if sub.empty:
+            raise ValueError(f"curves hold no rows for prompts {name}/{draw}; have {sorted(curves['prompts'].unique())}")
+        return sub
+
+    gen, ioi, fact = task("generic"), task("ioi"), task("factual")
+    step_the = first_step(gen, "p_answer", the_threshold)
+    steps = ioi["step"].to_numpy()
+    out = {
+        "step_the": step_the,
+        "step_ioi_beats_the": _first_for_good(steps, (ioi["p_answer"] > ioi["p_the"]).to_numpy()),
+        "step_io_beats_s": _first_for_good(steps, (ioi["acc_vs_subject"] >= 0.75).to_numpy()),
+        "step_fact_beats_the": _first_for_good(fact["step"].to_numpy(), (fact["p_answer"] > fact["p_the"]).to_numpy()),
+    }
+    after = ioi[ioi["step"] >= (step_the if not math.isnan(step_the) else 0)]
+    contest = np.minimum(after["p_answer"], after["p_the"])
+    out["step_competition"] = float(after["step"].iloc[int(np.argmax(contest.to_numpy()))])
+    out["the_first"] = bool(not math.isnan(step_the) and not step_the >= out["step_ioi_beats_the"])
+    return out
+
+
+def corpus_tokens(corpus_config=None, n_windows: int = 64, ctx: int = 64, part: int = 7) -> torch.Tensor:
+    """``[n_windows, ctx]`` token ids of held-out corpus text: stories of part ``part`` of the
+    generator's evaluation stream (training batches come from another stream)."""
+    from mechtrunc.lm.corpus import Corpus
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+
+    corpus = Corpus(corpus_config, lm_tokenizer())
+    need = n_windows * ctx
+    n = max(1, math.ceil(need / corpus.tokens_per_story * 1.2))
+    while len(chunk := corpus.stories(n, part=part)) < need:
+        n *= 2
+    return torch.from_numpy(np.asarray(chunk.tokens[:need])).long().reshape(n_windows, ctx)
+
+
+@torch.no_grad()
+def corpus_loss(model, tokens: torch.Tensor, *interventions) -> float:
+    """Mean next-token cross-entropy of ``model`` on ``tokens`` with the interventions active."""
+    with intervene(model, *interventions):
+        logits = model(tokens)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten()).item()
+
+
+def truncation_grid(model, prompts: dict[str, PromptSet], tokens: torch.Tensor | None = None,
+                    matrices=("mlp.W_in", "mlp.W_out"), keeps=(0.0, 0.05, 0.1, 0.2, 0.5),
+                    layers=None, svd_cache: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The truncation grid on every prompt set (rows of :func:`truncation_study` with a
+    ``prompts`` column) and, with ``tokens``, ``corpus_loss`` of every configuration (the
+    baseline's on its rows)."""
+    frames = []
+    for name, ps in prompts.items():
+        df = truncation_study(model, ps, layers=layers, matrices=matrices, keeps=keeps, progress=False,
+                              svd_cache=svd_cache)
+        frames.append(df.assign(prompts=name))
+    df = pd.concat(frames, ignore_index=True)
+    if tokens is not None:
+        losses = {}
+        for _, row in df.drop_duplicates(["baseline", "layer", "matrix", "keep"]).iterrows():
+            key = _key(row)
+            if row["baseline"] or row["identity"]:
+                losses[key] = None
+            else:
+                losses[key] = corpus_loss(model, tokens, as_truncate(row.to_dict()))
+        base = corpus_loss(model, tokens)
+        df["corpus_loss"] = [base if losses[_key(r)] is None else losses[_key(r)] for _, r in df.iterrows()]
+    return df
+
+
+def _key(row) -> tuple:
+    return ("baseline",) if row["baseline"] else (int(row["layer"]), row["matrix"], round(float(row["keep"]), 6))
+
+
+def choose_truncation(grid: pd.DataFrame, task: str = "ioi", metric: str = "p_answer",
+                      max_loss_increase: float | None = 0.1) -> dict:
+    """The grid row (a dict) with the highest ``metric`` on the ``task/select`` prompts among the
+    configurations whose corpus loss rises by at most ``max_loss_increase`` nats (None: no
+    budget); the baseline row when none beats the full model.  Added: ``select_gain`` (its
+    ``metric`` minus the baseline's) and ``loss_increase``.  Report it on the ``task/eval``
+    prompts (:func:`paired_change`): the select prompts chose it."""
+    sel = grid[grid["prompts"] == f"{task}/select"]
+    if sel.empty:
+        raise ValueError(f"the grid holds no {task}/select rows; prompts: {sorted(grid['prompts'].unique())}")
+    base = sel[sel["baseline"].astype(bool)].iloc[0]
+    cand = sel[~sel["baseline"].astype(bool) & ~sel["identity"].astype(bool)]
+    has_loss = "corpus_loss" in grid
+    if max_loss_increase is not None and has_loss:
+        cand = cand[cand["corpus_loss"] <= base["corpus_loss"] + max_loss_increase]
+    best = cand.loc[cand[metric].idxmax()] if len(cand) and cand[metric].max() > base[metric] else base
+    return best.to_dict() | {"select_gain": float(best[metric] - base[metric]),
+                             "loss_increase": float(best["corpus_loss"] - base["corpus_loss"]) if has_loss else float("nan")}
+
+
+def paired_change(model, prompts: PromptSet, intervention, metrics=("p_answer", "p_the", "logit_diff_the", "accuracy"),
+                  n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per metric: the mean over ``prompts`` of the full model (``full``) and with
+    ``intervention`` (``intervened``), the ``change`` and its 95% bootstrap interval over the
+    prompts (``ci_low``, ``ci_high``; the same items resampled for both runs)."""
+    before = item_metrics(item_logits(model, prompts), prompts)
+    after = item_metrics(item_logits(model, prompts, intervention), prompts)
+    rows = []
+    for m in metrics:
+        if m not in before:
+            raise ValueError(f"unknown metric {m!r}; metrics of these prompts: {', '.join(before)}")
+        diff = after[m] - before[m]
+        lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+        rows.append({"metric": m, "full": before[m].mean().item(), "intervened": after[m].mean().item(),
+                     "change": diff.mean().item(), "ci_low": lo, "ci_high": hi, "n_items": len(prompts),
+                     "intervention": intervention.label})
+    return pd.DataFrame(rows)
+
+
+def where_the_lives(model, generic: PromptSet, ioi: PromptSet, tokens=(" the",)) -> pd.DataFrame:
+    """Per layer: P(" the") after " to" (generic prompts) with that layer's MLP output removed
+    (``mlp.W_out`` keep 0) and its drop from the full model; the MLP's mean direct logit
+    attribution to logit(IO) - logit(" the") on IOI prompts (negative: it pushes " the"); and the
+    top " the"-promoting singular component of its ``W_out`` on the generic prompts."""
+    from mechtrunc.adapters import adapt
+
+    full = evaluate(model, generic).iloc[0]
+    dla = attribute(model, ioi)
+    dla = dla[(dla["kind"] == "mlp") & (dla["competitor"] == "the")].set_index("layer")["attribution"]
+    rows = []
+    for layer in range(adapt(model).n_layers):
+        removed = evaluate(model, generic, Truncate("mlp.W_out", layer=layer, keep=0.0)).iloc[0]
+        comps = rank_components(model, layer, list(tokens), "mlp.W_out", prompts=generic)
+        top = comps.iloc[0]
+        rows.append({"layer": layer, "p_the_full": full["p_answer"], "p_the_mlp_removed": removed["p_answer"],
+                     "p_the_drop": full["p_answer"] - removed["p_answer"],
+                     "mlp_dla_io_minus_the": float(dla.get(layer, float("nan"))),
+                     "top_component": int(top["component"]), "top_component_push": float(top["activation_score"])})
+    return pd.DataFrame(rows)
