@@ -15,7 +15,6 @@ copies with ``--lane 0/2`` and ``--lane 1/2`` to use two cores, then once withou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,15 +22,16 @@ import pandas as pd
 
 import _docs
 import mechtrunc as mt
-from mechtrunc.lm import corpus_preset, lm_preset, lm_tokenizer, train_lm
+from mechtrunc.lm import corpus_preset, lm_preset, train_lm
 from mechtrunc.studies import lm as S
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: (corpus preset, layers, seed, steps): three seeds of the study model, the "rare the" control,
 #: depths 2 and 8, and the study model trained three times longer (9,000 steps)
 RUNS = [("default", 4, 0, 3000), ("default", 4, 1, 3000), ("default", 4, 2, 3000), ("rare_the", 4, 0, 3000),
         ("default", 2, 0, 3000), ("default", 8, 0, 3000), ("default", 4, 0, 9000)]
 N_PROMPTS = 200
-KEEPS = (0.0, 0.05, 0.1, 0.2, 0.5)
 #: the loss budget of the chosen truncation: at most this rise of the held-out corpus loss (nats)
 LOSS_BUDGET = 0.1
 
@@ -44,54 +44,12 @@ def run_config(corpus: str, layers: int, seed: int, steps: int):
     return lm_preset("small", n_layers=layers, seed=seed, steps=steps, corpus=corpus_preset(corpus, seed=seed))
 
 
-def _cached(path: Path, compute) -> pd.DataFrame:
-    if path.is_file():
-        return pd.read_csv(path)
-    df = compute()
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return df
-
-
 def study_run(runs: Path, spec) -> dict[str, pd.DataFrame]:
-    """Every table of one run (computed once, then read from ``NAME/study/``)."""
-    corpus, layers, seed, n_steps = spec
-    cfg = run_config(*spec)
+    """Train (or resume) one run, then measure it (cached in ``NAME/study/``)."""
     run = runs / run_name(*spec)
-    train_lm(cfg, run, progress=False)
-    out = run / "study"
-    out.mkdir(exist_ok=True)
-    tok = lm_tokenizer()
-    prompts = S.lm_study_prompts(tok, cfg.corpus, n=N_PROMPTS, seed=0)
-    curves = _cached(out / "curves.csv", lambda: S.learning_curves(run, prompts))
-    steps = S.learning_steps(curves, the_threshold=cfg.corpus.to_the_share / 2)
-    tokens = S.corpus_tokens(cfg.corpus, ctx=cfg.ctx)
-    tables = {"curves": curves}
-    best_rows, grids = [], []
-    for when, step in (("final", cfg.steps), ("competition", int(steps["step_competition"]))):
-        model = mt.pythia.load_model(run / f"step{step}", local_files_only=True)
-        grid = _cached(out / f"grid_{when}.csv", lambda: S.truncation_grid(model, prompts, tokens, keeps=KEEPS))
-        grids.append(grid.assign(checkpoint=when, step=step))
-        for task in ("ioi", "factual"):
-            row = S.choose_truncation(grid, task, max_loss_increase=LOSS_BUDGET)
-            chosen = {k: row[k] for k in ("baseline", "layer", "matrix", "keep", "select_gain", "loss_increase")}
-            change = (_cached(out / f"best_{when}_{task}.csv", lambda: S.paired_change(
-                model, prompts[f"{task}/eval"], mt.studies.as_truncate(row)))
-                      if not row["baseline"] else pd.DataFrame())
-            best_rows.append(change.assign(checkpoint=when, step=step, task=task, **chosen))
-            if when == "final" and task == "ioi":
-                tables["attribution"] = _cached(out / "attribution.csv", lambda: mt.attribute_change(
-                    model, prompts["ioi/eval"], mt.studies.as_truncate(row)) if not row["baseline"] else pd.DataFrame())
-        if when == "final":
-            tables["where"] = _cached(out / "where_the.csv",
-                                      lambda: S.where_the_lives(model, prompts["generic/eval"], prompts["ioi/eval"]))
-    tables["grid"] = pd.concat(grids, ignore_index=True)
-    tables["best"] = pd.concat(best_rows, ignore_index=True)
-    summary = {"run": run_name(*spec), "corpus": corpus, "layers": layers, "seed": seed, "steps": n_steps, **steps,
-               **{k: v for k, v in json.loads((run / "summary.json").read_text()).items()
-                  if k in ("seconds", "tokens_per_second", "final_loss", "parameters")}}
-    tables["summary"] = pd.DataFrame([summary])
+    train_lm(run_config(*spec), run, progress=False)
+    tables = S.study_run(run, n_prompts=N_PROMPTS, keeps=S.STUDY_KEEPS, loss_budget=LOSS_BUDGET)
+    tables["summary"] = tables["summary"].assign(corpus=spec[0])
     return tables
 
 
@@ -115,7 +73,26 @@ def main(argv=None) -> None:
     cat("where").to_csv(_docs.DATA / "lm_where_the.csv", index=False)
     cat("grid").to_csv(_docs.DATA / "lm_grid.csv", index=False)
     per_run["default-L4-s0"]["attribution"].to_csv(_docs.DATA / "lm_attribution_default_L4_s0.csv", index=False)
-    print(cat("summary").to_string())
+    figures(cat("curves"), cat("grid"))
+    for name in _docs.LM_BLOCKS:
+        _docs.write_block(name)
+        print(f"--- {name}\n{_docs.render(name)}\n")
+
+
+def figures(curves: pd.DataFrame, grid: pd.DataFrame) -> None:
+    fig = ROOT / "docs" / "figures"
+    rows = {"4 layers, seeds 0-2": ["default-L4-s0", "default-L4-s1", "default-L4-s2"],
+            "4 layers, 9,000 steps": ["default-L4-s0-9000steps"], 'control: rare " the"': ["rare_the-L4-s0"],
+            "2 layers": ["default-L2-s0"], "8 layers": ["default-L8-s0"]}
+    panels = {"ioi/eval": {"p_answer": "P(IO)", "p_subject": "P(S)", "p_the": 'P(" the")'},
+              "factual/eval": {"p_answer": "P(answer)", "p_the": 'P(" the")'},
+              "generic/eval": {"p_answer": 'P(" the") after " to"', "p_name": "P(a name)"}}
+    mt.viz.learning_curves_plot(curves, fig / "lm_learning_curves.png", panels, rows=rows)
+    final = grid[(grid["run"] == "default-L4-s0-9000steps") & (grid["checkpoint"] == "final")
+                 & (grid["prompts"] == "ioi/eval")]
+    for metric in ("p_answer", "p_the"):
+        mt.viz.truncation_heatmap(final, metric, fig / f"lm_truncation_{metric}.png", higher_is_better=metric != "p_the",
+                                  title=f"{metric} on held-out IOI prompts, 4 layers, 9,000 steps")
 
 
 if __name__ == "__main__":

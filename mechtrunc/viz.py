@@ -208,19 +208,19 @@ def checkpoint_plot(
 
 
 def learning_curves_plot(
-    curves: pd.DataFrame, path, panels: dict[str, Sequence[str]], rows: dict[str, Sequence[str]] | None = None,
-    labels: dict[str, str] | None = None,
+    curves: pd.DataFrame, path, panels: dict[str, Sequence[str] | dict[str, str]],
+    rows: dict[str, Sequence[str]] | None = None,
 ) -> Path:
     """Learning curves of several runs (a tidy table with ``run, step, prompts`` and metric
-    columns): one panel per entry of ``panels`` (``prompts -> metrics``), one colour per metric,
-    one thin line per run; ``rows`` (``row title -> runs``) stacks groups of runs as rows of
-    panels (default: one row of every run).  ``labels`` renames metrics in the legend.  Symlog
+    columns): one panel per entry of ``panels`` (``prompts -> metrics``, or ``prompts ->
+    {metric: legend label}``), one colour per metric, one line per run; ``rows`` (``row title ->
+    runs``) stacks groups of runs as rows of panels (default: one row of every run).  Symlog
     step axis.  Saved as PNG."""
     for col in ("run", "step", "prompts"):
         if col not in curves.columns:
             raise ValueError(f"curves need a {col!r} column; columns: {', '.join(map(str, curves.columns))}")
     rows = rows if rows is not None else {"": list(dict.fromkeys(curves["run"]))}
-    labels = labels or {}
+    panels = {k: dict(v) if isinstance(v, dict) else {m: m for m in v} for k, v in panels.items()}
     fig = _figure(4.2 * len(panels), 3.2 * len(rows))
     axes = fig.subplots(len(rows), len(panels), squeeze=False)
     for r, (row_title, runs) in enumerate(rows.items()):
@@ -229,11 +229,10 @@ def learning_curves_plot(
             sub = curves[(curves["prompts"] == prompts) & curves["run"].isin(list(runs))]
             if sub.empty:
                 raise ValueError(f"no curves for prompts {prompts!r} and runs {list(runs)}")
-            for i, m in enumerate(metrics):
+            for i, (m, label) in enumerate(metrics.items()):
                 for k, (_, one) in enumerate(sub.groupby("run", sort=False)):
                     one = one.sort_values("step")
-                    ax.plot(one["step"], one[m], color=f"C{i}", lw=1.2, alpha=0.85,
-                            label=labels.get(m, m) if k == 0 else None)
+                    ax.plot(one["step"], one[m], color=f"C{i}", lw=1.2, alpha=0.85, label=label if k == 0 else None)
             ax.set_xscale("symlog", linthresh=1)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("training step")

@@ -140,7 +140,7 @@ def test_where_the_lives_removes_each_mlp_in_turn(final, prompts):
 def test_learning_curves_plot_writes_a_png(tmp_path):
     curves = pd.DataFrame([{"run": r, "step": s, "prompts": "ioi/eval", "p_answer": s / 10, "p_the": 0.5}
                            for r in ("a", "b") for s in (0, 1, 4, 10)])
-    path = mt.viz.learning_curves_plot(curves, tmp_path / "c.png", {"ioi/eval": ["p_answer", "p_the"]},
+    path = mt.viz.learning_curves_plot(curves, tmp_path / "c.png", {"ioi/eval": {"p_answer": "P(IO)", "p_the": "P(the)"}},
                                        rows={"first": ["a"], "second": ["b"]})
     assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match=r"no curves for prompts 'factual/eval'"):

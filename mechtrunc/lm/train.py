@@ -184,12 +184,17 @@ def _write_history(out: Path, history: list[tuple]) -> None:
 
 def train_lm(config: LMConfig, out, progress: bool = True, callback=None) -> dict:
     """Train (or resume) the run ``config`` into directory ``out``; returns the summary
-    (also written to ``out/summary.json``).  ``callback(step, loss)`` is called after each
+    (also written to ``out/summary.json``; a finished run returns its summary untouched).  ``callback(step, loss)`` is called after each
     update (``step`` updates done)."""
     out = Path(out).expanduser()
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for but no CUDA device is available (use device='cpu')")
     _claim(out, config)
+    done_summary = out / "summary.json"
+    if done_summary.is_file() and (out / f"step{config.steps}").is_dir():
+        summary = json.loads(done_summary.read_text())
+        if summary.get("steps") == config.steps:  # finished: nothing to train, keep its numbers
+            return summary
     from mechtrunc.lm.tokenizer import lm_tokenizer
 
     if config.threads is not None:

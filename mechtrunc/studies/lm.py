@@ -16,6 +16,8 @@ schedule.  The pieces, each a tidy DataFrame:
   and its numbers on the *eval* prompts;
 - :func:`paired_change`: an intervention's change of each metric on the same prompts, with a
   bootstrap interval over the prompts;
+- :func:`study_run`: all of the above on one finished run, cached in ``OUT/study/`` (a rerun
+  reads the tables; ``mechtrunc lm study OUT`` and ``mechtrunc report OUT`` use it);
 - :func:`where_the_lives`: per layer, what removing the MLP does to P(" the") after " to", the
   MLP's direct logit attribution to logit(IO) - logit(" the"), and its top " the"-writing
   singular component (:func:`mechtrunc.directions.rank_components`).
@@ -45,12 +47,15 @@ from mechtrunc.studies.store import metric_values
 
 __all__ = [
     "STUDY_TASKS", "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
-    "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives",
+    "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives", "study_run",
+    "STUDY_KEEPS",
 ]
 
 #: prompt sets of the study: task -> what its answer and competitors are
 STUDY_TASKS = ("ioi", "factual", "generic")
 _DRAWS = {"select": 0, "eval": 1}
+#: keep fractions of the study's truncation grid (layers x {W_in, W_out})
+STUDY_KEEPS = (0.0, 0.05, 0.1, 0.2, 0.5)
 
 
 def lm_study_prompts(tokenizer, corpus=None, n: int = 200, seed: int = 0) -> dict[str, PromptSet]:
@@ -249,3 +254,87 @@ def where_the_lives(model, generic: PromptSet, ioi: PromptSet, tokens=(" the",))
                      "mlp_dla_io_minus_the": float(dla.get(layer, float("nan"))),
                      "top_component": int(top["component"]), "top_component_push": float(top["activation_score"])})
     return pd.DataFrame(rows)
+
+
+def _cached(path: Path, compute) -> pd.DataFrame:
+    if path.is_file():
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:  # an empty table (e.g. no truncation to attribute)
+            return pd.DataFrame()
+    df = compute()
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return df
+
+
+def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float = 0.1) -> dict[str, pd.DataFrame]:
+    """The study of one finished run directory (``mechtrunc lm train --out RUN``), every table
+    cached in ``RUN/study/`` as it is finished (a rerun, or a rerun after an interruption, reads
+    what is there; other settings than the cached ones raise ValueError).
+
+    Returns ``curves`` (:func:`learning_curves` at every checkpoint), ``summary`` (one row:
+    :func:`learning_steps`, training time and loss), ``grid`` (:func:`truncation_grid` at the final
+    checkpoint and, when it differs, at ``step_competition``; column ``checkpoint``), ``best``
+    (per checkpoint and task, :func:`choose_truncation` on the select prompts within
+    ``loss_budget`` nats and its :func:`paired_change` on the eval prompts), ``where``
+    (:func:`where_the_lives`, final checkpoint) and ``attribution`` (``attribute_change`` of the
+    IOI choice at the final checkpoint; empty when no truncation beats the full model)."""
+    import json
+
+    from mechtrunc.attribution import attribute_change
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.lm.train import LMConfig
+
+    run = Path(run)
+    run_json = run / "run.json"
+    if not run_json.is_file():
+        raise ValueError(f"{run} is not a mechtrunc lm run directory (no run.json); train one with "
+                         "`mechtrunc lm train --preset small --out DIR`")
+    cfg = LMConfig.from_dict(json.loads(run_json.read_text())["config"])
+    if not (run / f"step{cfg.steps}").is_dir() or not (run / "summary.json").is_file():
+        raise ValueError(f"{run} has not finished training (no step{cfg.steps}/); rerun `mechtrunc lm train` on it "
+                         "to resume, then study it")
+    out = run / "study"
+    out.mkdir(exist_ok=True)
+    settings = {"n_prompts": int(n_prompts), "keeps": [float(k) for k in keeps], "loss_budget": float(loss_budget)}
+    have = out / "study.json"
+    if have.is_file() and (old := json.loads(have.read_text())) != settings:
+        diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in settings.items() if old.get(k) != v)
+        raise ValueError(f"{out} holds a study with other settings ({diff}); delete it or use those settings")
+    have.write_text(json.dumps(settings))
+    prompts = lm_study_prompts(lm_tokenizer(), cfg.corpus, n=n_prompts, seed=0)
+    curves = _cached(out / "curves.csv", lambda: learning_curves(run, prompts))
+    steps = learning_steps(curves, the_threshold=cfg.corpus.to_the_share / 2)
+    tokens = corpus_tokens(cfg.corpus, ctx=cfg.ctx)
+    tables = {"curves": curves}
+    best_rows, grids = [], []
+    checkpoints = {"final": cfg.steps}
+    if int(steps["step_competition"]) != cfg.steps:  # else the final checkpoint is the competition's
+        checkpoints["competition"] = int(steps["step_competition"])
+    for when, step in checkpoints.items():
+        model = _load(run, step)
+        grid = _cached(out / f"grid_{when}.csv", lambda: truncation_grid(model, prompts, tokens, keeps=keeps))
+        grids.append(grid.assign(checkpoint=when, step=step))
+        for task in ("ioi", "factual"):
+            row = choose_truncation(grid, task, max_loss_increase=loss_budget)
+            chosen = {k: row[k] for k in ("baseline", "layer", "matrix", "keep", "select_gain", "loss_increase")}
+            iv = None if row["baseline"] else as_truncate(row)
+            change = _cached(out / f"best_{when}_{task}.csv",
+                             lambda: pd.DataFrame() if iv is None else paired_change(model, prompts[f"{task}/eval"], iv))
+            best_rows.append(change.assign(checkpoint=when, step=step, task=task, **chosen))
+            if when == "final" and task == "ioi":
+                tables["attribution"] = _cached(out / "attribution.csv", lambda: pd.DataFrame() if iv is None
+                                                else attribute_change(model, prompts["ioi/eval"], iv))
+        if when == "final":
+            tables["where"] = _cached(out / "where_the.csv",
+                                      lambda: where_the_lives(model, prompts["generic/eval"], prompts["ioi/eval"]))
+    tables["grid"] = pd.concat(grids, ignore_index=True)
+    tables["best"] = pd.concat(best_rows, ignore_index=True)
+    trained = json.loads((run / "summary.json").read_text())
+    summary = {"run": run.name, "layers": cfg.n_layers, "d_model": cfg.d_model, "seed": cfg.seed, "steps": cfg.steps,
+               "to_the_share": cfg.corpus.to_the_share, "ioi_the_share": cfg.corpus.ioi_the_share, **steps,
+               **{k: trained.get(k) for k in ("seconds", "tokens_per_second", "final_loss", "parameters")}}
+    tables["summary"] = pd.DataFrame([summary])
+    return tables
