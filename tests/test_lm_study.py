@@ -145,3 +145,31 @@ def test_learning_curves_plot_writes_a_png(tmp_path):
     assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match=r"no curves for prompts 'factual/eval'"):
         mt.viz.learning_curves_plot(curves, tmp_path / "d.png", {"factual/eval": ["p_answer"]})
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_small_preset_learns_the_first_and_keeps_it_in_the_first_mlp(tmp_path, prompts):
+    """End to end, the first 256 steps of the study model (``small``, seed 0: the run of
+    docs/lm.md): " the" after " to" is learned, no name is copied yet, the association sits in
+    layer 0's MLP, and removing a late MLP raises P(" the") instead of lowering it.  Measured once
+    on that run's step256 checkpoint (docs/lm.md): P(" the") 0.634, layer-0 removal -> 0.006,
+    layer-2 / layer-3 removal -> 0.834 / 0.822, IO-vs-S accuracy 0.49."""
+    from mechtrunc.lm import lm_preset, train_lm
+
+    def stop(step, loss):
+        if step == 256:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train_lm(lm_preset("small", seed=0), tmp_path, progress=False, callback=stop)
+    model = mt.pythia.load_model(tmp_path / "step256", local_files_only=True)
+    where = S.where_the_lives(model, prompts["generic/eval"], prompts["ioi/eval"]).set_index("layer")
+    assert where["p_the_full"].iloc[0] > 0.45  # learned: above half the corpus share (0.35)
+    assert where.loc[0, "p_the_drop"] > 0.4  # the first MLP holds it
+    assert where.loc[2, "p_the_drop"] < -0.08 and where.loc[3, "p_the_drop"] < -0.08  # late MLPs oppose it
+    ioi = mt.evaluate(model, prompts["ioi/eval"]).iloc[0]
+    assert 0.3 < ioi["acc_vs_subject"] < 0.7 and ioi["p_answer"] < 0.02 < 0.3 < ioi["p_the"]

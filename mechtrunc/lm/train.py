@@ -240,7 +240,7 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None) -> dic
         _write_history(out, history)
         model.train()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if start == 0:
         save(0)
     model.train()
@@ -280,6 +280,7 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None) -> dic
     summary = {
         "out": str(out), "steps": config.steps, "resumed_from": run_start,
         "seconds": round(seconds + wall, 3), "seconds_this_run": round(wall, 3),
+        "cpu_seconds_this_run": round(time.process_time() - cpu0, 3),
         "tokens_per_second": round(trained * tokens_per_step / wall, 1) if trained else None,
         "final_loss": history[-1][1] if history else None,
         "parameters": sum(p.numel() for p in model.parameters()),
