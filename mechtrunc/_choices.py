@@ -132,3 +132,7 @@ LM_PRESETS: dict[str, dict] = {
 #: prompt splits of mechtrunc.lm.prompts: held-out templates with training names (default),
 #: held-out templates and names, training templates and names
 LM_SPLITS = ("heldout", "heldout_names", "train")
+
+#: the ``format`` of a language-model run's run.json (mechtrunc.lm.train writes it; the command
+#: line and the report reader recognise a run directory by it)
+LM_RUN_FORMAT = "mechtrunc-lm-run/1"

@@ -113,6 +113,12 @@ BAD_INPUTS: list[Bad] = [
     cli("pythia checkpoints --model TINY_PYTHIA --steps -1 --out OUT", "argument --steps: expected a non-negative integer, got '-1'"),
     cli("pythia checkpoints --model TINY_PYTHIA --out OUT", "the following arguments are required: --steps"),
     cli("pythia checkpoints --model EleutherAI/pythia-70m --steps 0 3 --out OUT", "step 3 is not a Pythia checkpoint"),
+    # ---------------------------------------------------------------- CLI: lm study
+    cli("lm study NO_SUCH_DIR", "NO_SUCH_DIR does not exist; give the --out directory of `mechtrunc lm train`"),
+    cli("lm study EMPTY_FILE", "EMPTY_FILE is a file, not a directory"),
+    cli("lm study EMPTY_DIR", "EMPTY_DIR is not a mechtrunc lm run directory (no run.json)"),
+    cli("lm study UNFINISHED_LM_RUN", "has not finished training (no step200/)"),
+    cli("lm study EMPTY_DIR --n 0", "argument --n: expected a positive integer, got '0'"),
     # ---------------------------------------------------------------- API: interventions
     api("mt.Truncate('mlp.W_up', layer=0, keep=0.5)", "ValueError", "unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),
     api("mt.Truncate('mlp.W_in', layer=0, keep=1.5)", "ValueError", "keep must be in [0, 1], got 1.5"),
@@ -286,6 +292,13 @@ class Ctx(dict):
             d.mkdir(exist_ok=True)
             (d / "checkpoint.pt").write_bytes(b"\x00half a checkpoint")
             return d
+        if name == "UNFINISHED_LM_RUN":
+            from mechtrunc.lm import lm_preset
+
+            d = b / "lm_run_unfinished"
+            d.mkdir(exist_ok=True)
+            (d / "run.json").write_text(json.dumps({"format": "mechtrunc-lm-run/1", "config": lm_preset("nano").to_dict()}))
+            return d
         if name == "CORRUPT_HF_DIR":
             d = b / "corrupt_hf"
             d.mkdir(exist_ok=True)
@@ -424,7 +437,8 @@ def render_doc() -> str:
         "UPPERCASE words are paths the test creates: `OUT` a new output directory, `NO_SUCH_DIR` a missing "
         "one, `EMPTY_DIR` / `EMPTY_FILE` empty ones, `TINY_PYTHIA` a 1-layer Pythia-shaped model with "
         "Pythia's tokenizer and a 64-token context (saved with `save_pretrained`), `TOY_RUN` a finished toy "
-        "run, `HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
+        "run, `UNFINISHED_LM_RUN` a `mechtrunc lm train --preset nano` directory holding only its `run.json`, "
+        "`HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
         "files as named.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
         "`neox` a 3-layer GPT-NeoX bridge (vocabulary 512, context 64), `tok` Pythia's tokenizer "
         "(`mt.pythia.tokenizer()`), `small_tok` a word-level tokenizer, `apply(model, iv)` enters and leaves "

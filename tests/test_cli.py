@@ -11,7 +11,7 @@ from mechtrunc.cli import main
 
 SUBCOMMANDS = [[], ["demo"], ["toy"], ["toy", "train"], ["toy", "eval"], ["pythia"], ["pythia", "truncate"],
                ["pythia", "checkpoints"], ["memory"], ["memory", "train"], ["memory", "spectrum"],
-               ["memory", "dynamics"], ["report"]]
+               ["memory", "dynamics"], ["lm"], ["lm", "study"], ["report"]]
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=lambda c: " ".join(c) or "top")

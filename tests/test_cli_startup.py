@@ -48,6 +48,8 @@ USAGE_ERRORS = [
     ["pythia", "truncate", "--model", "m", "--task", "no_such_file.csv", "--out", "X"],
     ["pythia", "truncate", "--model", "m", "--matrices", "mlp.W_up", "--out", "X"],
     ["pythia", "checkpoints", "--model", "m", "--steps", "-1", "--out", "X"],
+    ["lm", "study", "no_such_run_dir"],
+    ["lm", "study", "X", "--n", "0"],
     ["nope"],
 ]
 

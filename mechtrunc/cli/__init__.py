@@ -8,7 +8,7 @@ transformers'/huggingface_hub's "Loading weights" / download bars).
 
 The package has one module per command group, each with ``add_commands(sub)``:
 :mod:`~mechtrunc.cli.toy` (``demo``, ``toy train|eval``), :mod:`~mechtrunc.cli.pythia`
-(``pythia truncate|checkpoints``), :mod:`~mechtrunc.cli.memory` (``memory train|spectrum|dynamics``), :mod:`~mechtrunc.cli.lm` (``lm corpus|prompts|train``)
+(``pythia truncate|checkpoints``), :mod:`~mechtrunc.cli.memory` (``memory train|spectrum|dynamics``), :mod:`~mechtrunc.cli.lm` (``lm corpus|prompts|train|study``)
 and :mod:`~mechtrunc.cli.report` (``report``); :mod:`~mechtrunc.cli.checks` holds the argument
 checkers and :class:`UsageError`.  The CLI must answer ``--help`` and usage errors in well under
 0.5 s (``benchmarks/bench_cli_startup.py``, ``tests/test_cli_startup.py``), so every group module

@@ -1,5 +1,6 @@
-"""``mechtrunc lm corpus``, ``mechtrunc lm prompts`` and ``mechtrunc lm train``: the language model of :mod:`mechtrunc.lm`
-(a small GPT-NeoX trained on a generated English corpus).  Heavy imports happen inside the
+"""``mechtrunc lm corpus``, ``mechtrunc lm prompts``, ``mechtrunc lm train`` and ``mechtrunc lm study``: the language
+model of :mod:`mechtrunc.lm` (a small GPT-NeoX trained on a generated English corpus) and its study
+(:func:`mechtrunc.studies.lm.study_run`).  Heavy imports happen inside the
 command functions; presets are read from the light :mod:`mechtrunc._choices`."""
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import json
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
-from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_SPLITS
+from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_RUN_FORMAT, LM_SPLITS
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "study_summary"]
 
 
 def _corpus_options(p: argparse.ArgumentParser, seed_flag: str) -> None:
@@ -97,9 +98,110 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_run_dir(run: Path) -> None:
+    """What can be checked without torch: RUN is a directory holding a language-model run."""
+    if not run.exists():
+        raise UsageError(f"{run} does not exist; give the --out directory of `mechtrunc lm train`")
+    if not run.is_dir():
+        raise UsageError(f"{run} is a file, not a directory; give the --out directory of `mechtrunc lm train`")
+    try:
+        fmt = json.loads((run / "run.json").read_text()).get("format")
+    except FileNotFoundError:
+        raise UsageError(f"{run} is not a mechtrunc lm run directory (no run.json); train one with "
+                         "`mechtrunc lm train --preset small --out DIR`") from None
+    except (OSError, ValueError, AttributeError) as e:
+        raise UsageError(f"{run / 'run.json'} is not readable JSON of a run ({e}); the run directory looks corrupt") from None
+    if fmt != LM_RUN_FORMAT:
+        raise UsageError(f"{run / 'run.json'} has format {fmt!r}, not {LM_RUN_FORMAT!r}: not a mechtrunc lm run directory")
+
+
+def _plain(v):
+    """A JSON-ready value: numpy scalars to Python, NaN to None."""
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def study_summary(tables: dict, run: Path, n_prompts: int, loss_budget: float) -> dict:
+    """The JSON object of ``mechtrunc lm study``: the summary row (order-of-learning steps,
+    training time and loss) and, per checkpoint and task, the chosen truncation with its change on
+    the eval prompts (``metrics``: full, intervened, change, ci_low, ci_high; empty when no
+    truncation beats the full model within the loss budget)."""
+    summary = {k: _plain(v) for k, v in tables["summary"].iloc[0].items()}
+    best, grid = tables["best"], tables["grid"]
+    chosen = []
+    for when in dict.fromkeys(grid["checkpoint"]):
+        step = int(grid.loc[grid["checkpoint"] == when, "step"].iloc[0])
+        for task in ("ioi", "factual"):
+            rows = best[(best["checkpoint"] == when) & (best["task"] == task)] if len(best) else best
+            entry = {"checkpoint": when, "step": step, "task": task, "baseline": True, "layer": None, "matrix": None,
+                     "keep": None, "intervention": None, "select_gain": 0.0, "loss_increase": 0.0, "n_items": None,
+                     "metrics": {}}
+            if len(rows):
+                first = rows.iloc[0]
+                entry.update({k: _plain(first[k]) for k in ("baseline", "matrix", "keep", "intervention",
+                                                             "select_gain", "loss_increase")})
+                entry["baseline"] = bool(entry["baseline"])
+                entry["layer"] = int(first["layer"])
+                entry["n_items"] = int(first["n_items"])
+                entry["metrics"] = {r["metric"]: {k: _plain(r[k]) for k in ("full", "intervened", "change", "ci_low",
+                                                                             "ci_high")}
+                                    for _, r in rows.iterrows()}
+            chosen.append(entry)
+    return {"run": str(run), "study_dir": str(run / "study"), "n_prompts": n_prompts, "loss_budget": loss_budget,
+            "summary": summary, "truncations": chosen}
+
+
+def _step_text(v) -> str:
+    return "never (not by the last checkpoint)" if v is None else f"step {int(v)}"
+
+
+def _change_text(name: str, m: dict) -> str:
+    return (f"{name} {m['full']:.4f} -> {m['intervened']:.4f} ({m['change']:+.4f}, 95% CI "
+            f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}])")
+
+
+def cmd_study(args) -> int:
+    run = Path(args.run)
+    _check_run_dir(run)
+    from mechtrunc.studies.lm import study_run
+
+    tables = study_run(run, n_prompts=args.n)
+    loss_budget = json.loads((run / "study" / "study.json").read_text())["loss_budget"]  # the settings used
+    rep = study_summary(tables, run, args.n, loss_budget)
+    if args.json:
+        print(json.dumps(rep))
+        return 0
+    s = rep["summary"]
+    print(f"study of {run} ({s['layers']} layers, d_model {s['d_model']}, seed {s['seed']}, {s['steps']} steps; "
+          f"{args.n} prompts per set) -> {rep['study_dir']}")
+    print("order of learning (eval prompts):")
+    for key, what in (("step_the", f"P(' the') after ' to' reaches {s['to_the_share'] / 2:g} (to_the_share / 2)"),
+                      ("step_fact_beats_the", "factual answer beats ' the' for good"),
+                      ("step_ioi_beats_the", "IOI answer (IO) beats ' the' for good"),
+                      ("step_io_beats_s", "IO beats S (accuracy >= 0.75) for good"),
+                      ("step_competition", "IO and ' the' compete most evenly (max min(P(IO), P(' the')))")):
+        print(f"  {key:20s} {_step_text(s[key]):36s} {what}")
+    print(f"chosen truncations (best P(answer) on the select prompts within +{loss_budget:g} nats of corpus loss; "
+          "change on the eval prompts):")
+    for t in rep["truncations"]:
+        where = f"  {t['checkpoint']} (step {t['step']}) {t['task']}:"
+        if t["baseline"] or not t["metrics"]:
+            print(f"{where} none (no truncation beats the full model within the loss budget)")
+            continue
+        print(f"{where} layer {t['layer']} {t['matrix']} keep {t['keep']:g} (corpus loss {t['loss_increase']:+.3f} nats)")
+        for metric, name in (("p_answer", "P(answer)"), ("p_the", "P(' the')")):
+            if metric in t["metrics"]:
+                print(f"    {_change_text(name, t['metrics'][metric])}")
+    print(f"tables in {rep['study_dir']}; HTML page: mechtrunc report {run}")
+    return 0
+
+
 def add_commands(sub) -> argparse._SubParsersAction:
     """Add the ``lm`` group to the top-level subparsers ``sub``; returns the group's subparsers."""
-    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, prompts, train",
+    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, prompts, train, study",
                         description="A language model of our own (mechtrunc.lm): a seeded generated corpus with "
                                     "IOI sentences, facts and generic 'to the', and Pythia-style training with "
                                     "Pythia's checkpoint schedule.")
@@ -144,4 +246,16 @@ def add_commands(sub) -> argparse._SubParsersAction:
     tr.add_argument("--json", action="store_true", help="print the summary as JSON")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+    st = lsub.add_parser("study", help="measure a finished run: learning curves, order of learning, truncation grid",
+                         description="The study of one finished run (mechtrunc.studies.lm.study_run): learning "
+                                     "curves of every checkpoint on held-out IOI, factual and generic 'to' prompts, "
+                                     "the order of learning, the truncation grid with its corpus loss, the chosen "
+                                     "truncations with bootstrap intervals, and where the ' the' association lives. "
+                                     "Tables are cached in RUN/study/ (a rerun reads them; an interrupted study "
+                                     "resumes); `mechtrunc report RUN` shows them.")
+    st.add_argument("run", help="the run directory (the --out of `mechtrunc lm train`)")
+    st.add_argument("--n", type=positive_int, default=200, help="prompts per prompt set and draw (default 200)")
+    st.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    st.add_argument("--no-progress", action="store_true", help="no progress bars (model loading)")
+    st.set_defaults(func=cmd_study)
     return lsub

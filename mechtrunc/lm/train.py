@@ -34,11 +34,11 @@ import torch
 
 from mechtrunc._checks import check_int, check_preset, config_from_dict
 from mechtrunc.lm.corpus import Corpus, CorpusConfig
-from mechtrunc._choices import LM_PRESETS
+from mechtrunc._choices import LM_PRESETS, LM_RUN_FORMAT
 
 __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
 
-RUN_FORMAT = "mechtrunc-lm-run/1"
+RUN_FORMAT = LM_RUN_FORMAT
 PRECISIONS = ("fp32", "bf16")
 #: fields that do not change the run's numbers on one device (resuming may change them)
 _NOT_IDENTITY = ("threads",)

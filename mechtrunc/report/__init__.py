@@ -1,4 +1,5 @@
-"""Self-contained offline HTML reports of toy runs, truncation studies and checkpoint studies.
+"""Self-contained offline HTML reports of toy runs, associative-memory runs, language-model runs
+(with their study), truncation studies and checkpoint studies.
 
 >>> import mechtrunc as mt
 >>> rep = mt.write_report("runs/demo")    # writes runs/demo/report.html, returns a Report
@@ -34,10 +35,10 @@ SectionBuilder = Callable[[Context], "Section | list[Section] | None"]
 
 
 def _default_sections() -> dict[str, list[SectionBuilder]]:
-    from mechtrunc.report import checkpoints, memory, toy, truncation
+    from mechtrunc.report import checkpoints, lm, memory, toy, truncation
 
     return {"toy": list(toy.SECTIONS), "memory": list(memory.SECTIONS), "truncation": list(truncation.SECTIONS),
-            "checkpoints": list(checkpoints.SECTIONS)}
+            "checkpoints": list(checkpoints.SECTIONS), "lm": list(lm.SECTIONS)}
 
 
 SECTIONS: dict[str, list[SectionBuilder]] = {}
@@ -51,7 +52,7 @@ def _sections() -> dict[str, list[SectionBuilder]]:
 
 def register_section(kind: str, builder: SectionBuilder, before: SectionBuilder | None = None) -> None:
     """Add a section builder to every report of ``kind`` (``"toy"``, ``"truncation"``,
-    ``"checkpoints"``, ``"memory"``), at the end or before another builder."""
+    ``"checkpoints"``, ``"memory"``, ``"lm"``), at the end or before another builder."""
     secs = _sections()
     if kind not in secs:
         raise ValueError(f"unknown report kind {kind!r}; valid: {', '.join(secs)}")
@@ -72,7 +73,7 @@ def _version() -> str:
 
 def _meta(ctx: Context, command: str) -> dict:
     r = ctx.result
-    meta: dict = {"report kind": {"toy": "toy run", "memory": "associative-memory run",
+    meta: dict = {"report kind": {"toy": "toy run", "memory": "associative-memory run", "lm": "language-model run",
                                   "truncation": "truncation study", "checkpoints": "checkpoint study"}[r.kind],
                   "result directory": str(Path(r.directory).resolve())}
     if isinstance(r, ToyRun):
@@ -93,6 +94,26 @@ def _meta(ctx: Context, command: str) -> dict:
         meta["prompts"] = f"every input x with its clean target y*(x), weighted by p(x) ({m.get('input_dist')})"
         meta["seed"] = m.get("seed")
         meta["run made by"] = f"mechtrunc memory train --out {r.directory} (options in config.json)"
+    elif r.kind == "lm":
+        c, summ = r.config, r.summary or {}
+        size = f", {summ['parameters']:,} parameters" if summ.get("parameters") else ""
+        vocab = f", vocabulary {summ['vocab_size']:,}" if summ.get("vocab_size") else ""
+        meta["model"] = (f"GPT-NeoX of mechtrunc.lm: {c.get('n_layers')} layers, d_model {c.get('d_model')}, "
+                         f"{c.get('n_heads')} heads, context {c.get('ctx')}{size}{vocab}")
+        meta["revision"] = (f"{len(r.steps)} checkpoints, step{r.steps[0]} ... step{r.steps[-1]} of {c.get('steps')} "
+                            "steps; the truncation grid uses the final one")
+        if r.study:
+            meta["prompts"] = (f"held-out IOI, factual and generic ' to' prompts (mechtrunc.studies.lm.lm_study_prompts, "
+                               f"seed 0): {r.study.get('n_prompts')} per set in a select draw (chooses a truncation) "
+                               "and an eval draw (reports it)")
+        else:
+            meta["prompts"] = f"no study yet (mechtrunc lm study {r.directory})"
+        meta["seed"] = f"{c.get('seed')} (initialisation), corpus seed {c.get('corpus', {}).get('seed')}"
+        meta["run made by"] = f"mechtrunc lm train --out {r.directory} (options in run.json)"
+        if r.study:
+            n = r.study.get("n_prompts")
+            meta["study made by"] = (f"mechtrunc lm study {r.directory}" + (f" --n {n}" if n != 200 else "")
+                                     + f"   (settings in study/study.json: {r.study})")
     else:
         from mechtrunc.report.readers import model_revision, model_source
 
@@ -155,6 +176,7 @@ def _toy_command(r: ToyRun) -> str:
 def _title(r) -> str:
     name = Path(r.directory).resolve().name
     return {"toy": f"Toy run report: {name}", "memory": f"Associative-memory run report: {name}",
+            "lm": f"Language-model run report: {name}",
             "truncation": f"Truncation study report: {name}",
             "checkpoints": f"Checkpoint study report: {name}"}[r.kind]
 
@@ -190,7 +212,8 @@ def build_report(
         rep.meta["model-based sections"] = "missing: " + ctx.model_missing
     lead = []
     if getattr(result, "incomplete", None):
-        lead.append(note("<b>Incomplete study.</b> " + _esc(result.incomplete), "warning"))
+        what = "run" if result.kind in ("toy", "memory", "lm") else "study"
+        lead.append(note(f"<b>Incomplete {what}.</b> " + _esc(result.incomplete), "warning"))
     if ctx.model_missing:
         lead.append(note("<b>Some sections are missing:</b> " + _esc(ctx.model_missing), "warning"))
     for n in ctx.notes:
@@ -224,8 +247,9 @@ def write_report(
     task: str | None = None, examples: int = 3, device: str = "cpu", progress: bool = True,
     command: str | None = None,
 ) -> Report:
-    """Write the HTML report of the result directory ``path`` (a toy run, a truncation study or a
-    checkpoint study) to ``out`` (default ``path/report.html``) and return it.
+    """Write the HTML report of the result directory ``path`` (a toy run, an associative-memory run,
+    a language-model run, a truncation study or a checkpoint study) to ``out`` (default
+    ``path/report.html``) and return it.
 
     Args:
         model: for studies, the model (object, directory or hub id) when ``study.json`` does not

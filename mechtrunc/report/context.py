@@ -64,6 +64,11 @@ class Context:
         r = self.result
         if self.kind == "memory":
             return r.load()
+        if self.kind == "lm":  # the final (or last saved) checkpoint
+            from mechtrunc import pythia
+
+            return pythia.load_model(Path(r.directory) / f"step{r.steps[-1]}", device=self.device,
+                                     local_files_only=True)
         if self.kind == "toy":
             if self.model_arg is not None and not isinstance(self.model_arg, (str, os.PathLike)):
                 return self.model_arg
@@ -92,6 +97,8 @@ class Context:
         if self.prompts_arg is not None:
             self._prompts = self.prompts_arg
             return self._prompts
+        if self.kind == "lm":  # several prompt sets: sections build theirs (mechtrunc.studies.lm.lm_study_prompts)
+            return None
         model = self.model()
         if model is None:
             return None

@@ -10,6 +10,12 @@ results through it and never recompute a study.
   ``best.json`` and ``attribution_change.csv``.
 - checkpoint study: ``study.json`` (``kind: checkpoints``), ``checkpoints.parquet`` or
   ``checkpoints.csv``.
+- associative-memory run (``mechtrunc memory train``): ``config.json`` with a ``memory`` entry,
+  ``model.safetensors``, ``history.csv``, optional ``spectra.csv``.
+- language-model run (``mechtrunc lm train --out RUN``): ``run.json`` (``format:
+  mechtrunc-lm-run/1``), ``history.csv``, ``summary.json`` (when finished), ``step{N}/``
+  checkpoints and, once ``mechtrunc lm study RUN`` has run, the study's tables in ``RUN/study/``
+  (:func:`mechtrunc.studies.lm.study_run`).
 
 An interrupted study (``rows.jsonl`` or per-checkpoint Parquet shards, no final table) is read
 from its finished rows and marked ``incomplete``; one with no finished row at all raises
@@ -25,11 +31,23 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mechtrunc._choices import LM_RUN_FORMAT
 from mechtrunc.results import upgrade_columns, upgrade_record
 
-__all__ = ["NotAResultError", "ToyRun", "TruncationResults", "CheckpointResults", "read_result", "KINDS"]
+__all__ = ["NotAResultError", "ToyRun", "MemoryRun", "TruncationResults", "CheckpointResults", "LMRun", "read_result",
+           "KINDS", "LM_STUDY_TABLES"]
 
-KINDS = ("toy", "truncation", "checkpoints")
+KINDS = ("toy", "memory", "truncation", "checkpoints", "lm")
+
+#: the tables of a language-model run's study (``RUN/study/``, written by
+#: :func:`mechtrunc.studies.lm.study_run`): name -> file; the competition checkpoint's grid and
+#: choices exist only when that checkpoint is not the final one
+LM_STUDY_TABLES = {
+    "curves": "curves.csv", "grid_final": "grid_final.csv", "best_final_ioi": "best_final_ioi.csv",
+    "best_final_factual": "best_final_factual.csv", "attribution": "attribution.csv", "where": "where_the.csv",
+    "grid_competition": "grid_competition.csv", "best_competition_ioi": "best_competition_ioi.csv",
+    "best_competition_factual": "best_competition_factual.csv",
+}
 
 
 class NotAResultError(ValueError):
@@ -156,6 +174,36 @@ class MemoryRun(_Result):
         lines = [f"directory: {self.directory}",
                  f"N {m.get('n_inputs')}, V {m.get('n_outputs')}, d {m.get('d')}, alpha {m.get('alpha')}"]
         return _html_summary("mechtrunc associative-memory run", lines, self.history)
+
+
+@dataclass
+class LMRun(_Result):
+    """A language-model run directory (``mechtrunc lm train --out RUN``) and, when
+    ``mechtrunc lm study RUN`` has run, its study tables (``RUN/study/``, read, never recomputed)."""
+
+    directory: Path
+    run: dict  # run.json: format, config (LMConfig.to_dict())
+    history: object  # DataFrame (history.csv: step, loss, lr, tokens) or None
+    summary: dict | None  # summary.json; None while training has not finished
+    steps: list  # checkpoint steps on disk (step{N}/ with a config.json), ascending
+    study: dict | None = None  # RUN/study/study.json (the study's settings); None: no study
+    tables: dict = field(default_factory=dict)  # study tables present: LM_STUDY_TABLES name -> DataFrame
+    kind: str = "lm"
+    incomplete: str | None = None
+
+    @property
+    def config(self) -> dict:
+        return self.run.get("config", {})
+
+    def _repr_html_(self) -> str:
+        c = self.config
+        lines = [f"directory: {self.directory}",
+                 f"{c.get('n_layers')} layers, d_model {c.get('d_model')}, {c.get('steps')} steps, seed {c.get('seed')}",
+                 f"checkpoints: {', '.join(str(s) for s in self.steps)}",
+                 "study: " + (f"{len(self.tables)} tables in study/" if self.study else "none (mechtrunc lm study RUN)")]
+        if self.incomplete:
+            lines.append(f"INCOMPLETE: {self.incomplete}")
+        return _html_summary("mechtrunc language-model run", lines, self.tables.get("curves"))
 
 
 @dataclass
@@ -334,8 +382,45 @@ def _read_toy(d: Path, cfg: dict) -> ToyRun:
     return ToyRun(d, cfg, hist)
 
 
+def _read_csv_or_empty(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # the study writes an empty table when there is nothing to show
+        return pd.DataFrame()
+    except Exception as e:
+        raise NotAResultError(f"{str(path)!r} could not be read ({e})") from None
+
+
+def _read_lm(d: Path, run: dict) -> LMRun:
+    import re
+
+    if not isinstance(run.get("config"), dict):
+        raise NotAResultError(f"{str(d / 'run.json')!r} has no 'config' entry; the run directory looks corrupt")
+    steps = sorted(int(m.group(1)) for p in d.iterdir()
+                   if (m := re.fullmatch(r"step(\d+)", p.name)) and (p / "config.json").is_file())
+    if not steps:
+        raise NotAResultError(
+            f"{str(d)!r} holds a language-model run that has not saved a single checkpoint yet; rerun "
+            f"`mechtrunc lm train --out {d}` with the same options to resume it")
+    history = _read_csv_or_empty(d / "history.csv") if (d / "history.csv").is_file() else None
+    summary = _read_json(d / "summary.json") if (d / "summary.json").is_file() else None
+    total = run["config"].get("steps")
+    incomplete = None
+    if summary is None:
+        incomplete = (f"training has not finished: the last checkpoint is step {steps[-1]} of {total}; rerun "
+                      f"`mechtrunc lm train --out {d}` with the same options to resume it")
+    study, tables = None, {}
+    sd = d / "study"
+    if (sd / "study.json").is_file():
+        study = _read_json(sd / "study.json")
+        tables = {name: _read_csv_or_empty(sd / file) for name, file in LM_STUDY_TABLES.items() if (sd / file).is_file()}
+    return LMRun(d, run, history, summary, steps, study, tables, incomplete=incomplete)
+
+
 def detect(path: str | os.PathLike) -> str:
-    """The kind of result at ``path`` (``"toy"``, ``"memory"``, ``"truncation"``, ``"checkpoints"``) without
+    """The kind of result at ``path`` (``"toy"``, ``"memory"``, ``"truncation"``, ``"checkpoints"``, ``"lm"``) without
     reading its tables; raises :class:`NotAResultError` with what was expected."""
     return _detect(_check_dir(path))[0]
 
@@ -352,11 +437,18 @@ def _check_dir(path) -> Path:
 
 
 def _detect(d: Path) -> tuple[str, dict]:
+    if (d / "run.json").is_file():
+        run = _read_json(d / "run.json")
+        if run.get("format") == LM_RUN_FORMAT:
+            return "lm", run
     if (d / "study.json").is_file():
         study = _read_json(d / "study.json")
         kind = study.get("kind")
         if kind in ("truncation", "checkpoints"):
             return kind, study
+        if kind is None and (d.parent / "run.json").is_file():
+            raise NotAResultError(f"{str(d)!r} is the study folder of a language-model run; give the run directory "
+                                  f"itself: mechtrunc report {d.parent}")
         raise NotAResultError(f"{str(d / 'study.json')!r} has an unknown study kind {kind!r}; "
                               "known kinds: truncation, checkpoints")
     if (d / "truncation.csv").is_file() or (d / "truncation.parquet").is_file():
@@ -377,20 +469,22 @@ def _detect(d: Path) -> tuple[str, dict]:
     raise NotAResultError(
         f"{str(d)!r} holds none of the known results (found: {', '.join(listing) or 'nothing'}); expected a toy "
         "run (config.json + model.safetensors + history.csv), an associative-memory run (the same, from "
-        "`mechtrunc memory train`), a truncation study (study.json + truncation.csv) or "
-        "a checkpoint study (study.json + checkpoints.csv)")
+        "`mechtrunc memory train`), a language-model run (run.json + step{N}/, from `mechtrunc lm train`), a "
+        "truncation study (study.json + truncation.csv) or a checkpoint study (study.json + checkpoints.csv)")
 
 
 def read_result(path: str | os.PathLike):
-    """Read the result directory at ``path``: a :class:`ToyRun`, :class:`TruncationResults` or
-    :class:`CheckpointResults` (each renders a summary in Jupyter; :func:`mechtrunc.report.build_report`
-    turns it into a report)."""
+    """Read the result directory at ``path``: a :class:`ToyRun`, :class:`MemoryRun`, :class:`LMRun`,
+    :class:`TruncationResults` or :class:`CheckpointResults` (each renders a summary in Jupyter;
+    :func:`mechtrunc.report.build_report` turns it into a report)."""
     d = _check_dir(path)
     kind, meta = _detect(d)
     if kind == "toy":
         return _read_toy(d, meta)
     if kind == "memory":
         return _read_memory(d, meta)
+    if kind == "lm":
+        return _read_lm(d, meta)
     if kind == "truncation":
         return _read_truncation(d, meta)
     return _read_checkpoints(d, meta)

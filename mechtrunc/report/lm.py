@@ -1,0 +1,486 @@
+"""Sections of a language-model run report (``mechtrunc lm train --out RUN``): the configuration,
+the training loss, the checkpoints and, once ``mechtrunc lm study RUN`` has written its tables
+to ``RUN/study/``, the study (:func:`mechtrunc.studies.lm.study_run`): learning curves on the
+eval prompts, the order of learning, the truncation grid, the chosen truncations and where the
+" the" association lives.
+
+Everything comes from the run's files; the study is never recomputed (the order of learning and
+the chosen configurations are the study's own pure-pandas rules applied to its tables:
+:func:`~mechtrunc.studies.lm.learning_steps`, :func:`~mechtrunc.studies.lm.choose_truncation`).
+Without ``RUN/study/`` the page says how to make it."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from mechtrunc.report.context import Context
+from mechtrunc.report.page import Section, esc, html_table, note
+
+__all__ = ["SECTIONS", "study_steps", "chosen_truncations"]
+
+ANSWER, THE, SUBJECT, LOSS = "#1f5fa8", "#d9622b", "#2e8b57", "#6b4fa0"
+#: the order-of-learning steps of :func:`mechtrunc.studies.lm.learning_steps`, in the order shown
+STEP_LABELS = {
+    "step_the": "' the' after ' to' learned: P(' the') on the generic prompts reaches to_the_share / 2",
+    "step_fact_beats_the": "factual answer beats ' the' (mean P(answer) > mean P(' the')) at every later checkpoint",
+    "step_ioi_beats_the": "IOI answer (the indirect object) beats ' the' at every later checkpoint",
+    "step_io_beats_s": "IO beats the subject (accuracy >= 0.75) at every later checkpoint",
+    "step_competition": "IO and ' the' compete most evenly: max of min(P(IO), P(' the')) from step_the on",
+}
+TASKS = ("ioi", "factual")
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------
+def _study_command(r) -> str:
+    n = (r.study or {}).get("n_prompts")
+    return f"mechtrunc lm study {r.directory}" + (f" --n {n}" if n not in (None, 200) else "")
+
+
+def _missing(r, file: str) -> str:
+    return note(f"<code>study/{esc(file)}</code> is missing: the study was interrupted before writing it. Rerun "
+                f"<code>{esc(_study_command(r))}</code> to finish it (finished tables are kept).", "warning")
+
+
+def _the_threshold(r) -> float:
+    return float(r.config.get("corpus", {}).get("to_the_share", 0.7)) / 2
+
+
+def study_steps(r) -> dict | None:
+    """The order of learning of a run's study (:func:`mechtrunc.studies.lm.learning_steps` on
+    ``study/curves.csv``, threshold ``to_the_share / 2`` from run.json); None without curves."""
+    curves = r.tables.get("curves")
+    if curves is None or curves.empty:
+        return None
+    from mechtrunc.studies.lm import learning_steps
+
+    return learning_steps(curves, the_threshold=_the_threshold(r))
+
+
+def _grids(r) -> dict:
+    """``{"final": (step, grid), "competition": (step, grid)}`` for the grids the study wrote."""
+    out = {}
+    steps = study_steps(r)
+    for when in ("final", "competition"):
+        g = r.tables.get(f"grid_{when}")
+        if g is None or g.empty:
+            continue
+        step = int(r.config.get("steps")) if when == "final" else (
+            int(steps["step_competition"]) if steps else None)
+        out[when] = (step, g)
+    return out
+
+
+def chosen_truncations(r) -> list[dict]:
+    """Per grid checkpoint and task: the study's choice (:func:`~mechtrunc.studies.lm.choose_truncation`
+    on the select prompts within the study's loss budget, as :func:`~mechtrunc.studies.lm.study_run`
+    makes it) and its change on the eval prompts (``change``: the rows of ``study/best_*.csv``,
+    None when that file is missing, empty when the full model was kept)."""
+    from mechtrunc.studies.lm import choose_truncation
+
+    budget = (r.study or {}).get("loss_budget", 0.1)
+    out = []
+    for when, (step, grid) in _grids(r).items():
+        for task in TASKS:
+            if not (grid["prompts"] == f"{task}/select").any():
+                continue
+            row = choose_truncation(grid, task, max_loss_increase=budget)
+            out.append({"checkpoint": when, "step": step, "task": task, "baseline": bool(row["baseline"]),
+                        "layer": None if row["baseline"] else int(row["layer"]),
+                        "matrix": None if row["baseline"] else row["matrix"],
+                        "keep": None if row["baseline"] else float(row["keep"]),
+                        "select_gain": float(row["select_gain"]), "loss_increase": float(row["loss_increase"]),
+                        "change": r.tables.get(f"best_{when}_{task}")})
+    return out
+
+
+def _log_x(steps):
+    """Log-axis positions: step 0 drawn at half the smallest positive step (labelled 0)."""
+    pos = sorted(s for s in set(steps) if s > 0)
+    zero_at = pos[0] / 2 if pos else 0.5
+    return [s if s > 0 else zero_at for s in steps], zero_at
+
+
+def _fmt_step(v, last) -> str:
+    return f"not by step {last}" if v is None or (isinstance(v, float) and math.isnan(v)) else str(int(v))
+
+
+# ----------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------
+def config_section(ctx: Context) -> Section:
+    r = ctx.result
+    cfg = dict(r.config)
+    corpus = dict(cfg.pop("corpus", {}) or {})
+    for key in ("heldout_names", "train_names"):
+        v = corpus.get(key)
+        if isinstance(v, list):
+            corpus[key] = f"{len(v)} names: " + ", ".join(v[:6]) + (", ..." if len(v) > 6 else "")
+    model = pd.DataFrame({"option": list(cfg), "value": [str(v) for v in cfg.values()]})
+    corp = pd.DataFrame({"option": list(corpus), "value": [str(v) for v in corpus.values()]})
+    s = Section("config", "Configuration",
+                intro="Model and training options (LMConfig) and corpus options (CorpusConfig) saved with the run "
+                      "(run.json), and the training summary (summary.json).")
+    parts = ["<div><h3>Model and training</h3>" + html_table(model, max_rows=60, scroll=False) + "</div>",
+             "<div><h3>Corpus</h3>" + html_table(corp, max_rows=60, scroll=False) + "</div>"]
+    if r.summary is not None:
+        keys = ("parameters", "vocab_size", "steps", "final_loss", "seconds", "tokens_per_second", "resumed_from",
+                "peak_rss_mb")
+        summ = pd.DataFrame({"": [k for k in keys if k in r.summary], "value": [str(r.summary[k]) for k in keys
+                                                                                if k in r.summary]})
+        parts.append("<div><h3>Training summary</h3>" + html_table(summ, scroll=False) + "</div>")
+    s.add('<div class="flex">' + "".join(parts) + "</div>")
+    if r.summary is None:
+        s.add(note(esc(r.incomplete or "summary.json is missing"), "warning"))
+    return s
+
+
+def training_section(ctx: Context) -> Section:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    r = ctx.result
+    h = r.history
+    s = Section("training", "Training loss",
+                intro="Next-token cross-entropy of each training batch (history.csv; fresh generated stories every "
+                      "step) and the learning rate (right axis: linear warm-up, cosine decay). Dots: the saved "
+                      "checkpoints.")
+    if h is None or h.empty or "loss" not in h:
+        return s.add(note("history.csv is missing or empty.", "warning"))
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Scatter(x=h["step"], y=h["loss"], mode="lines", name="training loss", line=dict(color=ANSWER),
+                             hovertemplate="step %{x}<br>loss %{y:.4f}<extra></extra>"), secondary_y=False)
+    at = h[h["step"].isin(r.steps)]
+    fig.add_trace(go.Scatter(x=at["step"], y=at["loss"], mode="markers", name="checkpoint",
+                             marker=dict(color=THE, size=7),
+                             hovertemplate="checkpoint step%{x}<br>loss %{y:.4f}<extra></extra>"), secondary_y=False)
+    if "lr" in h:
+        fig.add_trace(go.Scatter(x=h["step"], y=h["lr"], mode="lines", name="learning rate",
+                                 line=dict(color="#9aa5b1", dash="dot"),
+                                 hovertemplate="step %{x}<br>lr %{y:.3g}<extra></extra>"), secondary_y=True)
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="loss (nats per token)", secondary_y=False)
+    fig.update_yaxes(title_text="learning rate", secondary_y=True, showgrid=False, tickformat=".2g", rangemode="tozero")
+    fig.update_layout(height=340, margin=dict(l=60, r=60, t=30, b=40), legend=dict(orientation="h", y=-0.2))
+    return s.add(fig)
+
+
+def checkpoints_section(ctx: Context) -> Section:
+    r = ctx.result
+    h = r.history if r.history is not None and not r.history.empty else None
+    rows = []
+    for step in r.steps:
+        rec = {"step": step, "directory": f"step{step}/"}
+        if h is not None:
+            hit = h[h["step"] == step]
+            rec["tokens seen"] = int(hit["tokens"].iloc[0]) if len(hit) and "tokens" in hit else (0 if step == 0 else None)
+            rec["training loss at this step"] = float(hit["loss"].iloc[0]) if len(hit) else None
+            rec["learning rate"] = float(hit["lr"].iloc[0]) if len(hit) and "lr" in hit else None
+        rows.append(rec)
+    s = Section("checkpoints", "Checkpoints",
+                intro=f"{len(r.steps)} checkpoints at Pythia's schedule (save_pretrained directories with the "
+                      "tokenizer): load one with <code>mt.pythia.load_model(RUN / 'step{N}')</code>, or study them "
+                      f"all with <code>mechtrunc pythia checkpoints --model {esc(str(r.directory))}</code>.")
+    return s.add(html_table(pd.DataFrame(rows), scroll=False))
+
+
+# ----------------------------------------------------------------------------------------
+# the study (RUN/study/)
+# ----------------------------------------------------------------------------------------
+def study_missing_section(ctx: Context) -> Section | None:
+    r = ctx.result
+    if r.study is not None:
+        return None
+    why = ("it can be made once training has finished" if r.incomplete else "this run has not been studied yet")
+    return Section("study", "Study").add(note(
+        f"<b>No study yet:</b> <code>{esc(str(r.directory))}/study/</code> does not exist ({why}). Run "
+        f"<code>mechtrunc lm study {esc(str(r.directory))}</code> (learning curves of every checkpoint, the order of "
+        "learning, the truncation grid with its corpus loss, the chosen truncations and where the ' the' "
+        "association lives; <code>--n</code> sets the prompts per set, 200 by default), then write this report "
+        "again: the study's sections appear here.", "info"))
+
+
+def curves_section(ctx: Context) -> Section | None:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    r = ctx.result
+    if r.study is None:
+        return None
+    thr = _the_threshold(r)
+    s = Section("curves", "Learning curves",
+                intro="Every checkpoint on the held-out <i>eval</i> prompts (study/curves.csv; step 0 drawn at the "
+                      "left edge of the log axis). IOI: P(IO) (the answer), P(S) (the subject) and P(' the'); "
+                      "factual recall: P(answer) and P(' the'); generic prompts ending in ' to': P(' the') (their "
+                      f"answer), with the threshold {thr:g} = to_the_share / 2. Dotted vertical lines: the "
+                      "order-of-learning steps (next section).")
+    curves = r.tables.get("curves")
+    if curves is None:
+        return s.add(_missing(r, "curves.csv"))
+    panels = [("ioi/eval", "IOI (held-out templates)", [("p_answer", "P(IO)", ANSWER), ("p_subject", "P(S)", SUBJECT),
+                                                        ("p_the", "P(' the')", THE)]),
+              ("factual/eval", "factual recall", [("p_answer", "P(answer)", ANSWER), ("p_the", "P(' the')", THE)]),
+              ("generic/eval", "generic ' to' prompts", [("p_answer", "P(' the') after ' to'", THE)])]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t, _ in panels], horizontal_spacing=0.06,
+                        shared_yaxes=True)
+    steps = sorted(set(curves["step"].astype(int)))
+    _, zero_at = _log_x(steps)
+    for j, (name, title, traces) in enumerate(panels, 1):
+        sub = curves[curves["prompts"] == name].sort_values("step")
+        xs, _ = _log_x(sub["step"].astype(int).tolist())
+        for col, label, color in traces:
+            if col not in sub or sub[col].isna().all():
+                continue
+            fig.add_trace(go.Scatter(x=xs, y=sub[col], customdata=sub["step"], mode="lines+markers", name=label,
+                                     legendgroup=label, showlegend=label not in {t.name for t in fig.data},
+                                     marker=dict(size=5, color=color), line=dict(color=color),
+                                     hovertemplate="step %{customdata}<br>" + label + " %{y:.4f}<extra>" + title
+                                                   + "</extra>"), row=1, col=j)
+    fig.add_hline(y=thr, line=dict(dash="dot", color=THE, width=1), row=1, col=3,
+                  annotation_text=f"to_the_share / 2 = {thr:g}", annotation_position="top left")
+    marks = study_steps(r) or {}
+    for key, cols in (("step_the", (1, 2, 3)), ("step_ioi_beats_the", (1,)), ("step_fact_beats_the", (2,))):
+        v = marks.get(key)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        for col in cols:
+            fig.add_vline(x=v if v > 0 else zero_at, line=dict(color="#777", dash="dot", width=1), row=1, col=col)
+    tickvals, ticktext = _log_x(steps)[0], [str(st) for st in steps]
+    if len(steps) > 12:  # thin the labels so they never overlap
+        keep = set(range(0, len(steps), max(1, len(steps) // 10))) | {len(steps) - 1}
+        tickvals = [t for i, t in enumerate(tickvals) if i in keep]
+        ticktext = [t for i, t in enumerate(ticktext) if i in keep]
+    for col in (1, 2, 3):
+        fig.update_xaxes(type="log", tickvals=tickvals, ticktext=ticktext, title_text="training step", row=1, col=col)
+    fig.update_yaxes(title_text="mean probability", range=[-0.02, 1.02], row=1, col=1)
+    fig.update_layout(height=380, margin=dict(l=60, r=20, t=40, b=50), legend=dict(orientation="h", y=-0.25))
+    return s.add(fig)
+
+
+def order_section(ctx: Context) -> Section | None:
+    r = ctx.result
+    if r.study is None:
+        return None
+    s = Section("order", "Order of learning",
+                intro="From the learning curves on the eval prompts, with the study's own rules "
+                      "(<code>mechtrunc.studies.lm.learning_steps</code>, threshold to_the_share / 2 = "
+                      f"{_the_threshold(r):g}).")
+    steps = study_steps(r)
+    if steps is None:
+        return s.add(_missing(r, "curves.csv"))
+    last = int(r.tables["curves"]["step"].max())
+    df = pd.DataFrame([{"step": key, "checkpoint": _fmt_step(steps[key], last), "meaning": label}
+                       for key, label in STEP_LABELS.items()])
+    the, ioi = steps["step_the"], steps["step_ioi_beats_the"]
+    if steps["the_first"]:
+        verdict = (f"' the' after ' to' was learned (step {_fmt_step(the, last)}) before the IOI answer beat ' the' "
+                   f"({_fmt_step(ioi, last)}): the paper's order.")
+    elif isinstance(the, float) and math.isnan(the):
+        verdict = f"' the' after ' to' never reached the threshold by step {last}."
+    else:
+        verdict = (f"The IOI answer beat ' the' (step {_fmt_step(ioi, last)}) no later than ' the' after ' to' was "
+                   f"learned (step {_fmt_step(the, last)}).")
+    return s.add(html_table(df, scroll=False), note(esc(verdict), "info"))
+
+
+def _grid_figure(grid, title: str):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    ev = grid[grid["prompts"] == "ioi/eval"]
+    base = ev[ev["baseline"].astype(bool)]
+    cells = ev[~ev["baseline"].astype(bool) & ~ev["identity"].astype(bool)]
+    matrices = list(dict.fromkeys(cells["matrix"]))
+    layers = sorted(int(v) for v in cells["layer"].dropna().unique())
+    keeps = sorted({float(k) for k in cells["keep"].dropna()}, reverse=True)
+    b = base.iloc[0] if len(base) else None
+    rows = [("p_answer", "P(IO)"), ("p_the", "P(' the')"), ("loss_increase", "corpus loss increase (nats)")]
+    cells = cells.assign(loss_increase=cells["corpus_loss"] - (b["corpus_loss"] if b is not None else float("nan")))
+    fig = make_subplots(rows=len(rows), cols=len(matrices), shared_xaxes=True, vertical_spacing=0.09,
+                        horizontal_spacing=0.12, subplot_titles=[f"{label}: {m}" for _, label in rows for m in matrices])
+    hover = ("layer %{y}, keep %{x}<br>rank %{customdata[0]}<br>P(IO) %{customdata[1]:.4f}<br>P(' the') "
+             "%{customdata[2]:.4f}<br>P(S) %{customdata[3]:.4f}<br>corpus loss %{customdata[4]:.4f} "
+             "(%{customdata[5]:+.4f})<extra>%{fullData.name}</extra>")
+    for i, (col, label) in enumerate(rows, 1):
+        vals = cells[col].astype(float)
+        if col == "loss_increase":
+            lo, hi, scale = 0.0, max(float(vals.max()), 1e-9), "Reds"
+        else:
+            center = float(b[col]) if b is not None else float(vals.mean())
+            half = max(abs(float(vals.max()) - center), abs(center - float(vals.min())), 1e-9)
+            lo, hi, scale = center - half, center + half, "RdBu"
+        for j, m in enumerate(matrices, 1):
+            sub = cells[cells["matrix"] == m].set_index(["layer", "keep"])
+            z, text, custom = [], [], []
+            for layer in layers:
+                zr, tr, cr = [], [], []
+                for k in keeps:
+                    try:
+                        rec = sub.loc[(layer, k)]
+                        rec = rec.iloc[0] if isinstance(rec, pd.DataFrame) else rec
+                    except KeyError:
+                        zr.append(None)
+                        tr.append("")
+                        cr.append([None] * 6)
+                        continue
+                    v = float(rec[col])
+                    zr.append(v)
+                    tr.append(f"{v:+.2f}" if col == "loss_increase" else f"{v:.3g}")
+                    cr.append([_num(rec.get("rank")), _num(rec["p_answer"]), _num(rec["p_the"]),
+                               _num(rec.get("p_subject")), _num(rec["corpus_loss"]), _num(rec["loss_increase"])])
+                z.append(zr)
+                text.append(tr)
+                custom.append(cr)
+            fig.add_trace(go.Heatmap(
+                z=z, x=[f"{k:g}" for k in keeps], y=[str(x) for x in layers], text=text, texttemplate="%{text}",
+                textfont=dict(size=10), customdata=custom, hovertemplate=hover, name=m, colorscale=scale, zmin=lo,
+                zmax=hi, showscale=j == len(matrices),
+                colorbar=dict(title=dict(text=label, side="right"), len=0.9 / len(rows), thickness=12,
+                              y=1 - (i - 0.5) / len(rows), yanchor="middle")), row=i, col=j)
+            fig.update_yaxes(title_text="layer" if j == 1 else None, type="category", autorange="reversed",
+                             row=i, col=j)
+            fig.update_xaxes(type="category", title_text="keep (fraction of rank)" if i == len(rows) else None,
+                             row=i, col=j)
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=170 + len(rows) * (60 + 32 * len(layers)),
+                      margin=dict(l=60, r=30, t=80, b=50))
+    return fig, b
+
+
+def _num(v):
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def grid_section(ctx: Context) -> Section | None:
+    r = ctx.result
+    if r.study is None:
+        return None
+    s = Section("grid", "Truncation grid",
+                intro="LASER on each layer's <code>mlp.W_in</code> and <code>mlp.W_out</code> at the study's keeps, "
+                      "on the held-out IOI <i>eval</i> prompts (study/grid_final.csv): mean P(IO) and P(' the') "
+                      "coloured around the full model's value (blue: higher, red: lower), and the rise of the loss "
+                      "on held-out corpus text (the collateral cost). Hover a cell for every number.")
+    grids = _grids(r)
+    if "final" not in grids:
+        return s.add(_missing(r, "grid_final.csv"))
+    for when, (step, grid) in grids.items():
+        fig, b = _grid_figure(grid, f"{when} checkpoint (step {step})")
+        s.add(fig)
+        if b is not None:
+            s.add(f'<p class="small">Full model at step {step}: P(IO) {b["p_answer"]:.4f}, P(\' the\') '
+                  f'{b["p_the"]:.4f}, corpus loss {b["corpus_loss"]:.4f} nats.</p>')
+        ev = grid[grid["prompts"] == "ioi/eval"]
+        cols = [c for c in ("baseline", "layer", "matrix", "keep", "rank", "p_answer", "p_the", "p_subject",
+                            "acc_vs_subject", "logit_diff_the", "corpus_loss") if c in ev]
+        s.add(f"<details><summary>Table: {esc(when)} checkpoint, ioi/eval</summary>"
+              + html_table(ev[cols], highlight=[i for i, v in enumerate(ev["baseline"].astype(bool)) if v])
+              + "</details>")
+    return s
+
+
+def _ci(m: pd.Series) -> str:
+    return f"{m['change']:+.4f} [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]"
+
+
+def best_section(ctx: Context) -> Section | None:
+    import plotly.graph_objects as go
+
+    r = ctx.result
+    if r.study is None:
+        return None
+    budget = (r.study or {}).get("loss_budget", 0.1)
+    s = Section("best", "Chosen truncations",
+                intro=f"Per task, the configuration with the highest P(answer) on the <i>select</i> prompts whose "
+                      f"corpus loss rises by at most {budget:g} nats (<code>choose_truncation</code>), reported on the "
+                      "<i>eval</i> prompts (other prompts, study/best_*.csv): mean of the full and the truncated "
+                      "model, and the change with its 95% bootstrap interval over the prompts.")
+    chosen = chosen_truncations(r)
+    if not chosen:
+        return s.add(_missing(r, "grid_final.csv"))
+    rows, bars, missing = [], [], []
+    for c in chosen:
+        config = ("none (no truncation beats the full model)" if c["baseline"]
+                  else f"layer {c['layer']} {c['matrix']} keep {c['keep']:g}")
+        rec = {"checkpoint": f"{c['checkpoint']} (step {c['step']})", "task": c["task"], "truncation": config,
+               "select gain in P(answer)": c["select_gain"], "corpus loss increase": c["loss_increase"]}
+        ch = c["change"]
+        if ch is None:
+            missing.append(f"best_{c['checkpoint']}_{c['task']}.csv")
+        elif not ch.empty:
+            by = ch.set_index("metric")
+            for metric, label in (("p_answer", "P(answer)"), ("p_the", "P(' the')")):
+                if metric in by.index:
+                    m = by.loc[metric]
+                    rec[f"{label} full"] = float(m["full"])
+                    rec[f"{label} truncated"] = float(m["intervened"])
+                    rec[f"{label} change [95% CI]"] = _ci(m)
+                    bars.append((f"{c['checkpoint']} {c['task']}", label, m))
+        rows.append(rec)
+    s.add(html_table(pd.DataFrame(rows), scroll=False))
+    for file in missing:
+        s.add(_missing(r, file))
+    if bars:
+        fig = go.Figure()
+        for label, color in (("P(answer)", ANSWER), ("P(' the')", THE)):
+            sel = [(x, m) for x, lab, m in bars if lab == label]
+            fig.add_trace(go.Bar(
+                x=[x for x, _ in sel], y=[float(m["change"]) for _, m in sel], name=f"change of {label}",
+                marker_color=color,
+                error_y=dict(type="data", symmetric=False, array=[float(m["ci_high"] - m["change"]) for _, m in sel],
+                             arrayminus=[float(m["change"] - m["ci_low"]) for _, m in sel]),
+                hovertemplate="%{x}<br>change %{y:+.4f}<extra>" + label + "</extra>"))
+        fig.add_hline(y=0, line=dict(color="#999", width=1))
+        fig.update_layout(barmode="group", height=320, margin=dict(l=60, r=20, t=30, b=40),
+                          yaxis_title="change on the eval prompts", legend=dict(orientation="h", y=-0.2))
+        s.add(fig)
+    frames = [c["change"].assign(checkpoint=c["checkpoint"], task=c["task"]) for c in chosen
+              if c["change"] is not None and not c["change"].empty]
+    if frames:
+        df = pd.concat(frames, ignore_index=True)
+        cols = ["checkpoint", "task", "intervention"] + [c for c in ("metric", "full", "intervened", "change", "ci_low",
+                                                                     "ci_high", "n_items") if c in df]
+        s.add("<h3>Every metric of the chosen truncations (eval prompts)</h3>", html_table(df[cols], scroll=False))
+    att = r.tables.get("attribution")
+    if att is None:
+        s.add(_missing(r, "attribution.csv"))
+    elif not att.empty:
+        top = att.reindex(att["change"].abs().sort_values(ascending=False).index).head(12)
+        s.add("<h3>Attribution change of the IOI choice (final checkpoint)</h3>"
+              '<p class="small">Direct logit attribution to logit(IO) - logit(competitor) per component, full vs '
+              "truncated, on the eval prompts (study/attribution.csv, <code>mt.attribute_change</code>): the 12 "
+              "largest changes.</p>", html_table(top, scroll=False))
+    return s
+
+
+def where_section(ctx: Context) -> Section | None:
+    r = ctx.result
+    if r.study is None:
+        return None
+    s = Section("where", "Where the ' the' association lives",
+                intro="Final checkpoint, per layer (study/where_the.csv): P(' the') after ' to' on the generic eval "
+                      "prompts with that layer's MLP output removed (<code>mlp.W_out</code> keep 0) and its drop from "
+                      "the full model; the MLP's mean direct logit attribution to logit(IO) - logit(' the') on IOI "
+                      "prompts (negative: it pushes ' the'); and the singular component of its <code>W_out</code> "
+                      "that pushes ' the' most (<code>mt.rank_components</code>).")
+    where = r.tables.get("where")
+    if where is None:
+        return s.add(_missing(r, "where_the.csv"))
+    names = {"p_the_full": "P(' the') full", "p_the_mlp_removed": "P(' the') MLP removed",
+             "p_the_drop": "drop", "mlp_dla_io_minus_the": "MLP DLA to IO - ' the'",
+             "top_component": "top ' the' component", "top_component_push": "its push"}
+    s.add(html_table(where.rename(columns=names), scroll=False))
+    if len(where) and "p_the_drop" in where:
+        top = where.loc[where["p_the_drop"].idxmax()]
+        s.add(note(f"Removing layer {int(top['layer'])}'s MLP lowers P(' the') after ' to' most: "
+                   f"{top['p_the_full']:.3f} -> {top['p_the_mlp_removed']:.3f}.", "info"))
+    return s
+
+
+SECTIONS = [config_section, training_section, checkpoints_section, study_missing_section, curves_section,
+            order_section, grid_section, best_section, where_section]
