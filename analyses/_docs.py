@@ -94,12 +94,22 @@ def _step(v) -> str:
     return "never" if pd.isna(v) else f"{int(v):,}"
 
 
+def render_lm_timing(df: pd.DataFrame) -> str:
+    def cpu(r):
+        ok = not pd.isna(r.get("cpu_seconds_this_run")) and r.get("resumed_from", 0) == 0
+        return f"{r['cpu_seconds_this_run']:.0f}" if ok else "not recorded"
+    rows = [[r["run"], f"{int(r['parameters']):,}", f"{int(r['steps']):,}", f"{r['seconds']:.0f}", cpu(r),
+             f"{r['tokens_per_second']:,.0f}", f"{r['peak_rss_mb']:.0f}" if not pd.isna(r.get("peak_rss_mb")) else "-"]
+            for _, r in df.iterrows()]
+    return table(["run", "parameters", "steps", "wall s", "CPU s", "tokens/s (wall)", "peak RSS MB"], rows)
+
+
 def render_lm_order(df: pd.DataFrame) -> str:
     rows = [[r["run"], _step(r["step_the"]), _step(r["step_fact_beats_the"]), _step(r["step_ioi_beats_the"]),
-             _step(r["step_io_beats_s"]), _step(r["step_competition"]), f"{r['final_loss']:.3f}",
-             f"{r['seconds']:.0f} s"] for _, r in df.iterrows()]
+             _step(r["step_io_beats_s"]), _step(r["step_competition"]), f"{r['final_loss']:.3f}"]
+            for _, r in df.iterrows()]
     return table(["run", "\" the\" learned after \" to\"", "factual answer beats \" the\"", "IOI: IO beats \" the\"",
-                  "IO-vs-S accuracy >= 0.75", "strongest IO/\" the\" competition", "final training loss", "training time"],
+                  "IO-vs-S accuracy >= 0.75", "strongest IO/\" the\" competition", "final training loss"],
                  rows)
 
 
@@ -139,12 +149,20 @@ def render_lm_attribution(df: pd.DataFrame) -> str:
     return table(["component", "clean", "truncated", "change"], rows)
 
 
+def render_lm_heldout_names(df: pd.DataFrame) -> str:
+    rows = [[r["split"], f"{r['p_answer']:.2g}", f"{r['p_subject']:.2g}", f"{r['p_the']:.3f}", f"{r['acc_vs_subject']:.3f}"]
+            for _, r in df.iterrows()]
+    return table(["split", "P(IO)", "P(S)", "P(\" the\")", "IO-vs-S accuracy"], rows)
+
+
 #: block name -> (CSV in docs/data, renderer) of docs/lm.md
 LM_BLOCKS = {
     "lm-order": ("lm_summary.csv", render_lm_order),
+    "lm-timing": ("lm_summary.csv", render_lm_timing),
     "lm-best": ("lm_best_truncation.csv", render_lm_best),
     "lm-where": ("lm_where_the.csv", render_lm_where),
-    "lm-attribution": ("lm_attribution_default_L4_s0.csv", render_lm_attribution),
+    "lm-attribution": ("lm_attribution.csv", render_lm_attribution),
+    "lm-heldout-names": ("lm_heldout_names.csv", render_lm_heldout_names),
 }
 
 

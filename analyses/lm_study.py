@@ -72,11 +72,28 @@ def main(argv=None) -> None:
     cat("best").to_csv(_docs.DATA / "lm_best_truncation.csv", index=False)
     cat("where").to_csv(_docs.DATA / "lm_where_the.csv", index=False)
     cat("grid").to_csv(_docs.DATA / "lm_grid.csv", index=False)
-    per_run["default-L4-s0"]["attribution"].to_csv(_docs.DATA / "lm_attribution_default_L4_s0.csv", index=False)
+    per_run[run_name(*RUNS[-1])]["attribution"].to_csv(_docs.DATA / "lm_attribution.csv", index=False)
+    heldout_names_probe(runs / run_name(*RUNS[-1])).to_csv(_docs.DATA / "lm_heldout_names.csv", index=False)
     figures(cat("curves"), cat("grid"))
     for name in _docs.LM_BLOCKS:
         _docs.write_block(name)
         print(f"--- {name}\n{_docs.render(name)}\n")
+
+
+def heldout_names_probe(run: Path) -> pd.DataFrame:
+    """IOI at the run's final checkpoint with training names and with held-out names (the model
+    never saw the latter as targets): why the study's prompts do not hold names out."""
+    from mechtrunc.lm import lm_ioi_prompts, lm_tokenizer
+
+    steps = S.run_steps(run)
+    model = mt.pythia.load_model(run / f"step{steps[-1]}", local_files_only=True)
+    tok = lm_tokenizer()
+    rows = []
+    for split in ("heldout", "heldout_names"):
+        r = mt.evaluate(model, lm_ioi_prompts(tok, n=N_PROMPTS, seed=1, split=split)).iloc[0]
+        rows.append({"run": run.name, "step": steps[-1], "split": split,
+                     **{k: float(r[k]) for k in ("p_answer", "p_subject", "p_the", "acc_vs_subject")}})
+    return pd.DataFrame(rows)
 
 
 def figures(curves: pd.DataFrame, grid: pd.DataFrame) -> None:

@@ -335,6 +335,7 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     trained = json.loads((run / "summary.json").read_text())
     summary = {"run": run.name, "layers": cfg.n_layers, "d_model": cfg.d_model, "seed": cfg.seed, "steps": cfg.steps,
                "to_the_share": cfg.corpus.to_the_share, "ioi_the_share": cfg.corpus.ioi_the_share, **steps,
-               **{k: trained.get(k) for k in ("seconds", "tokens_per_second", "final_loss", "parameters")}}
+               **{k: trained.get(k) for k in ("seconds", "cpu_seconds_this_run", "resumed_from", "tokens_per_second",
+                                              "peak_rss_mb", "final_loss", "parameters")}}
     tables["summary"] = pd.DataFrame([summary])
     return tables
