@@ -53,14 +53,25 @@ def study_run(runs: Path, spec) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def _lane(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lane must be K/N with integers, e.g. 0/2; got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--lane K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/lm", help="where the runs live (default runs/lm)")
-    p.add_argument("--lane", default=None, help="K/N: only train runs K, K+N, K+2N, ... (no tables written)")
+    p.add_argument("--lane", default=None, type=_lane,
+                   help="K/N (0 <= K < N): only train runs K, K+N, K+2N, ... (no tables written)")
     args = p.parse_args(argv)
     runs = Path(args.runs)
     if args.lane is not None:
-        k, n = (int(x) for x in args.lane.split("/"))
+        k, n = args.lane
         for spec in RUNS[k::n]:
             print(train_lm(run_config(*spec), runs / run_name(*spec), progress=False), flush=True)
         return

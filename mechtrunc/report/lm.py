@@ -249,10 +249,18 @@ def curves_section(ctx: Context) -> Section | None:
         for col in cols:
             fig.add_vline(x=v if v > 0 else zero_at, line=dict(color="#777", dash="dot", width=1), row=1, col=col)
     tickvals, ticktext = _log_x(steps)[0], [str(st) for st in steps]
-    if len(steps) > 12:  # thin the labels so they never overlap
-        keep = set(range(0, len(steps), max(1, len(steps) // 10))) | {len(steps) - 1}
-        tickvals = [t for i, t in enumerate(tickvals) if i in keep]
-        ticktext = [t for i, t in enumerate(ticktext) if i in keep]
+    if len(steps) > 12:  # thin the labels so they never overlap on the log axis: >= 2.5x apart
+        keep, last = [], None
+        for i, x in enumerate(tickvals):
+            if last is None or x >= 2.5 * last:
+                keep.append(i)
+                last = x
+        if keep[-1] != len(steps) - 1:  # the final step always, in place of a too-close neighbour
+            if tickvals[-1] < 1.5 * tickvals[keep[-1]] and len(keep) > 1:
+                keep.pop()
+            keep.append(len(steps) - 1)
+        tickvals = [tickvals[i] for i in keep]
+        ticktext = [ticktext[i] for i in keep]
     for col in (1, 2, 3):
         fig.update_xaxes(type="log", tickvals=tickvals, ticktext=ticktext, title_text="training step", row=1, col=col)
     fig.update_yaxes(title_text="mean probability", range=[-0.02, 1.02], row=1, col=1)
