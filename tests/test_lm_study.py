@@ -147,30 +147,32 @@ def test_learning_curves_plot_writes_a_png(tmp_path):
         mt.viz.learning_curves_plot(curves, tmp_path / "d.png", {"factual/eval": ["p_answer"]})
 
 
-class _Stop(Exception):
-    pass
+def test_end_to_end_the_headline_directions_on_the_nano_run(nano_run, tmp_path):
+    """The whole study (``study_run``) on the nano model trained in this suite shows the
+    headline directions of docs/lm.md's 3,000-step runs: " the" after " to" is learned first and
+    IOI never; layer 0's MLP holds the association and the last MLP opposes it; the chosen IOI
+    truncation removes " the" mass without giving the answer any.  Margins measured once on
+    this run (24 prompts): step_the 32; P(" the") after " to" 0.605, drop 0.463 when layer 0's MLP
+    is removed, -0.259 (a rise) for layer 1's; layer 0's direct attribution -3.13; chosen IOI
+    edit: P(" the") -0.095, P(IO) +0.0005.  (A study-model variant that trains ``small`` for 256
+    steps was dropped to keep the suite under 15 minutes; it measured the same signs.)"""
+    import shutil
 
-
-@pytest.mark.slow
-def test_small_preset_learns_the_first_and_keeps_it_in_the_first_mlp(tmp_path, prompts):
-    """End to end, the first 256 steps of the study model (``small``, seed 0: the run of
-    docs/lm.md): " the" after " to" is learned, no name is copied yet, the association sits in
-    layer 0's MLP, and removing a late MLP raises P(" the") instead of lowering it.  Measured once
-    on that run's step256 checkpoint (docs/lm.md): P(" the") 0.634, layer-0 removal -> 0.006,
-    layer-2 / layer-3 removal -> 0.834 / 0.822; on IOI prompts P(" the") 0.24, P(IO) 0.004, IO-vs-S
-    accuracy 0.49."""
-    from mechtrunc.lm import lm_preset, train_lm
-
-    def stop(step, loss):
-        if step == 256:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        train_lm(lm_preset("small", seed=0), tmp_path, progress=False, callback=stop)
-    model = mt.pythia.load_model(tmp_path / "step256", local_files_only=True)
-    where = S.where_the_lives(model, prompts["generic/eval"], prompts["ioi/eval"]).set_index("layer")
-    assert where["p_the_full"].iloc[0] > 0.45  # learned: above half the corpus share (0.35)
-    assert where.loc[0, "p_the_drop"] > 0.4  # the first MLP holds it
-    assert where.loc[2, "p_the_drop"] < -0.08 and where.loc[3, "p_the_drop"] < -0.08  # late MLPs oppose it
-    ioi = mt.evaluate(model, prompts["ioi/eval"]).iloc[0]
-    assert 0.3 < ioi["acc_vs_subject"] < 0.7 and ioi["p_answer"] < 0.02 < 0.15 < ioi["p_the"]  # 0.24 measured
+    run = tmp_path / "nano"
+    shutil.copytree(nano_run[0], run)
+    t = S.study_run(run, n_prompts=24)
+    steps = t["summary"].iloc[0]
+    assert steps["step_the"] <= 64 and steps["the_first"] and math.isnan(steps["step_io_beats_s"])
+    where = t["where"].set_index("layer")
+    assert where["p_the_full"].iloc[0] > 0.45
+    assert where.loc[0, "p_the_drop"] > 0.3 and where.loc[0, "mlp_dla_io_minus_the"] < -1.0
+    assert where.loc[1, "p_the_drop"] < -0.1
+    best = t["best"]
+    ioi = best[(best["checkpoint"] == "final") & (best["task"] == "ioi")].set_index("metric")
+    assert ioi.loc["p_the", "change"] < -0.05 and ioi.loc["p_answer", "change"] < 0.005
+    assert (ioi["ci_low"] <= ioi["change"]).all() and (ioi["change"] <= ioi["ci_high"]).all()
+    # a rerun reads the cached tables
+    again = S.study_run(run, n_prompts=24)
+    pd.testing.assert_frame_equal(again["best"], t["best"], check_dtype=False)
+    with pytest.raises(ValueError, match=r"holds a study with other settings \(n_prompts: 24 there, 30 here\)"):
+        S.study_run(run, n_prompts=30)
