@@ -195,10 +195,18 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None) -> dic
         summary = json.loads(done_summary.read_text())
         if summary.get("steps") == config.steps:  # finished: nothing to train, keep its numbers
             return summary
-    from mechtrunc.lm.tokenizer import lm_tokenizer
-
+    threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    try:
+        return _train(config, out, progress, callback)
+    finally:  # the caller's thread count is not ours to keep
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+
     tok = lm_tokenizer()
     corpus = Corpus(config.corpus, tok)
     device = torch.device(config.device)
