@@ -8,6 +8,12 @@ BIN := $(VENV)/bin
 # the project itself only asks for torch>=2.6 (override TORCH= for another build).
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.mechtrunc-installed
+# The reference kernels (docs/results.md, "Same numbers on every x86-64 CPU"): torch's AVX2
+# kernels on any x86-64 CPU, so the demo and the tests give the documented numbers on AVX2 and
+# AVX-512 machines alike (set ATEN_CPU_CAPABILITY= yourself to override).
+ifneq ($(filter x86_64 amd64,$(shell uname -m)),)
+export ATEN_CPU_CAPABILITY ?= avx2
+endif
 
 .PHONY: demo test test-fast bench setup clean
 

@@ -9,10 +9,17 @@ a deliberate partial run."""
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 
-import pytest
-import torch
+# The reference kernels (docs/reproducibility.md): torch's AVX2 kernels on every x86-64 CPU, so
+# that a trained model's numbers are the same on AVX2 and AVX-512 machines (the docs' numbers are
+# computed with the same setting by analyses/make_results.py).  Must precede the import of torch.
+if platform.machine().lower() in ("x86_64", "amd64"):
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
