@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["MATRICES", "SITES", "adapt"], "mechtrunc.adapters"),
-    **dict.fromkeys(["Ablate", "Compose", "Intervention", "ProjectOut", "RemoveComponents", "Truncate",
+    **dict.fromkeys(["Ablate", "Compose", "Intervention", "Patch", "ProjectOut", "RemoveComponents", "Truncate",
                      "intervene", "rank_for_keep"], "mechtrunc.interventions"),
     **dict.fromkeys(["attribute", "attribute_change"], "mechtrunc.attribution"),
     **dict.fromkeys(["rank_components", "token_directions", "token_ids"], "mechtrunc.directions"),
@@ -28,8 +28,9 @@ _EXPORTS: dict[str, str] = {
     "metrics_from_logits": "mechtrunc.metrics",
     "PromptSet": "mechtrunc.prompts",
     **dict.fromkeys(["item_logits", "run_items"], "mechtrunc.runner"),
-    **dict.fromkeys(["RecallConfig", "RecallTask", "factual_prompts", "ioi_prompts", "load_prompts"],
-                    "mechtrunc.tasks"),
+    **dict.fromkeys(["RecallConfig", "RecallTask", "factual_prompts", "ioi_prompts", "load_prompts", "ioi_abc",
+                     "factual_swap", "recall_pair"], "mechtrunc.tasks"),
+    **dict.fromkeys(["patching_scan", "path_patch", "path_patching_scan"], "mechtrunc.patching"),
     **dict.fromkeys(["ToyConfig", "ToyTransformer"], "mechtrunc.toy_model"),
     **dict.fromkeys(["PRESETS", "TrainConfig", "evaluate_toy", "load_run", "preset", "train",
                      "truncation_table", "truncation_variants"], "mechtrunc.training"),

@@ -29,7 +29,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 #: weight matrices an intervention can edit, and activation sites it can hook
 MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
-SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post", "mlp_pre", "mlp_post", "z")
+SITES = ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post", "mlp_pre", "mlp_post", "z")
 
 #: the truncation grid (mechtrunc.studies.grid): default matrices and keeps, how a grid is
 #: evaluated ("engine": cached residuals, all keeps of a layer in one batched forward; "weight" /

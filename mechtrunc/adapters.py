@@ -47,6 +47,7 @@ _SITE_HOOK = {
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "attn_out": "blocks.{l}.hook_attn_out",
     "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
     "resid_post": "blocks.{l}.hook_resid_post",
     "mlp_pre": "blocks.{l}.mlp.hook_pre",
     "mlp_post": "blocks.{l}.mlp.hook_post",
@@ -149,7 +150,15 @@ class ModelAdapter(ABC):
         layer = self.check_layer(layer)
         if site in ("mlp_out", "mlp_pre", "mlp_post") and not self.has_mlp(layer):
             raise ValueError(f"layer {layer} has no MLP, so site {site!r} does not exist")
+        if site == "resid_mid" and self.mlp_input_site(layer) != "resid_mid":
+            raise ValueError("this model runs attention and MLP in parallel, so site 'resid_mid' does not exist "
+                             "(its MLP reads resid_pre)")
         return _SITE_HOOK[site].format(l=layer)
+
+    def mlp_input_site(self, layer: int) -> str:
+        """The residual site layer ``layer``'s MLP reads (before its LayerNorm): ``"resid_mid"``
+        in a sequential block, ``"resid_pre"`` where attention and MLP run in parallel."""
+        return "resid_mid"
 
     def hook_point(self, name: str):
         try:
@@ -264,6 +273,9 @@ class BridgeAdapter(ModelAdapter):
         c = model.cfg
         self.n_layers, self.n_heads, self.d_model, self.d_head, self.d_vocab = (
             c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab)
+
+    def mlp_input_site(self, layer: int) -> str:
+        return "resid_pre" if getattr(self.model.cfg, "parallel_attn_mlp", False) else "resid_mid"
 
     def _matrix(self, name, layer):
         part, attr = self._LINEARS[name]

@@ -35,6 +35,7 @@ items of ``np.arange``/``np.linspace``); ``bool`` is rejected (see :mod:`mechtru
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -48,8 +49,8 @@ from mechtrunc._scalars import as_int, as_int_list, as_real, as_real_list, is_sc
 from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
 
 __all__ = [
-    "Intervention", "Compose", "Ablate", "Truncate", "RemoveComponents", "ProjectOut",
-    "intervene", "rank_for_keep", "TruncatedProduct", "ov_basis", "ov_W_O",
+    "Intervention", "Compose", "Ablate", "Truncate", "RemoveComponents", "ProjectOut", "Patch",
+    "intervene", "batch_rows", "current_rows", "record_activations", "rank_for_keep", "TruncatedProduct", "ov_basis", "ov_W_O",
 ]
 
 
@@ -112,6 +113,52 @@ def intervene(model, *interventions: Intervention):
             raise TypeError(f"expected Intervention objects, got {type(iv).__name__}")
     with Compose(tuple(interventions)).apply(model):
         yield model
+
+
+#: (sequence indices of the batch being run, number of sequences of the whole prompt set), set by
+#: the runner around each forward pass; a :class:`Patch` reads it to pair rows with its source
+_BATCH_ROWS: contextvars.ContextVar = contextvars.ContextVar("mechtrunc_batch_rows", default=None)
+
+
+@contextlib.contextmanager
+def batch_rows(rows: Tensor, n_sequences: int):
+    """Declare, for the forward passes inside the block, that the batch holds sequences ``rows``
+    of a prompt set of ``n_sequences`` sequences (what :func:`mechtrunc.runner.run_items` does
+    for every chunk), so that a :class:`Patch` takes row ``i`` of its source for sequence ``i``."""
+    token = _BATCH_ROWS.set((torch.as_tensor(rows).long(), int(n_sequences)))
+    try:
+        yield
+    finally:
+        _BATCH_ROWS.reset(token)
+
+
+def current_rows(batch: int, n_sequences: int) -> Tensor:
+    """The sequence indices (into a prompt set of ``n_sequences``) of the ``batch`` rows a hook
+    sees now: those :func:`batch_rows` declared, else ``0..batch-1`` when the batch is the whole
+    set.  ValueError when the run and the paired set differ in size."""
+    ctx = _BATCH_ROWS.get()
+    n_run = ctx[1] if ctx is not None else batch
+    if n_run != n_sequences:
+        raise ValueError(f"the run has {n_run} sequences but the paired source has {n_sequences}: "
+                         "paired prompt sets need the same number of sequences")
+    return ctx[0] if ctx is not None else torch.arange(batch)
+
+
+@torch.no_grad()
+def record_activations(model, tokens: Tensor, names, batch_size: int = 64) -> dict[str, Tensor]:
+    """Full activations ``[seq, pos, ...]`` at the hooks ``names`` for ``tokens``, run in chunks
+    of ``batch_size`` sequences (declared with :func:`batch_rows`, so that active row-paired
+    interventions apply), with whatever interventions are active."""
+    adapter = adapt(model)
+    parts: dict[str, list[Tensor]] = {n: [] for n in names}
+    with contextlib.ExitStack() as stack:
+        for n in names:
+            stack.enter_context(_hooked(adapter, n, lambda a, n=n: parts[n].append(a.detach().clone()) or None))
+        for start in range(0, tokens.shape[0], batch_size):
+            chunk = tokens[start:start + batch_size]
+            with batch_rows(torch.arange(start, start + chunk.shape[0]), tokens.shape[0]):
+                adapter.forward(chunk.to(adapter.device))
+    return {n: torch.cat(v) for n, v in parts.items()}
 
 
 def _hooked(adapter: ModelAdapter, name: str, fn):
@@ -496,7 +543,7 @@ class RemoveComponents(_SVDEdit):
 class ProjectOut(Intervention):
     """Remove the span of ``directions`` ([n, d] or [d]) from a site's output with a hook:
     ``x <- x - (x Q) Q^T`` with ``Q`` an orthonormal basis of the directions.
-    Sites: ``mlp_out``, ``attn_out``, ``resid_pre``, ``resid_post`` (width d_model) and
+    Sites: ``mlp_out``, ``attn_out``, ``resid_pre``, ``resid_mid`` (sequential blocks), ``resid_post`` (width d_model) and
     ``mlp_pre``, ``mlp_post`` (width d_mlp)."""
 
     site: str = "mlp_out"
@@ -524,7 +571,7 @@ class ProjectOut(Intervention):
         name = adapter.site_hook(self.site, self.layer)
         D = torch.as_tensor(self.directions).detach().float().to(adapter.device)
         D = D.unsqueeze(0) if D.ndim == 1 else D
-        if self.site in ("mlp_out", "attn_out", "resid_pre", "resid_post"):
+        if self.site in ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post"):
             width = adapter.d_model
         else:  # mlp_pre / mlp_post: the MLP's hidden width
             width = adapter.matrix("mlp.W_in", self.layer).get().shape[1]
@@ -534,6 +581,160 @@ class ProjectOut(Intervention):
             )
         Q, _ = torch.linalg.qr(D.T)  # [d, n] orthonormal
         fn = lambda x: x - (x @ Q.to(x.dtype)) @ Q.T.to(x.dtype)
+        with _hooked(adapter, name, fn):
+            yield
+
+
+# ----------------------------------------------------------------------------------------
+# activation patching from a paired source run
+# ----------------------------------------------------------------------------------------
+_PATCH_SITES = SITES
+
+
+def _positions(value, name: str):
+    """None, a tuple of ints (same positions in every row) or a [seq] / [seq, m] long tensor
+    (per-row positions)."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor) and value.ndim >= 1:
+        if value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer positions, got a {value.dtype} tensor")
+        if value.ndim > 2:
+            raise ValueError(f"{name} must be [seq] or [seq, m] per-row positions, got shape {tuple(value.shape)}")
+        if value.numel() and int(value.min()) < 0:
+            raise ValueError(f"{name} holds a negative position ({int(value.min())}); positions count from 0")
+        return value.detach().long().cpu()
+    out = tuple(as_int_list(value, name))
+    for p in out:
+        if p < 0:
+            raise ValueError(f"{name} holds a negative position ({p}); positions count from 0")
+    if not out:
+        raise ValueError(f"{name} is empty; give at least one position (or None for all)")
+    return out
+
+
+@dataclass(frozen=True)
+class Patch(Intervention):
+    """Activation patching: replace the activation at a site by its value on a **paired** source
+    prompt set (sequence ``i`` of the run takes row ``i`` of the source).
+
+    ``site`` is one of :data:`SITES` (``z`` is per head: give ``head=`` to patch one head, or
+    leave it None for all heads); ``positions`` is None (every position), a position or a list of
+    positions (the same in every row), or a ``[seq]`` / ``[seq, m]`` integer tensor of per-row
+    positions (row ``i`` patches ``positions[i]``: e.g. the position of each prompt's subject).
+    ``source_positions`` maps them to the source's positions (same form; default: the same
+    positions, which needs source and run of the same length when ``positions`` is None).
+    ``source`` is a :class:`~mechtrunc.prompts.PromptSet` or a token tensor ``[seq, pos]``.
+
+    The source activations are recorded when the patch is applied, on the model as it is then
+    (interventions applied before this one in a composition are active), in chunks of
+    ``batch_size`` sequences as :func:`mechtrunc.runner.run_items` runs the prompts, so that a
+    patch whose source is the run's own prompts is the identity, bit for bit.  Inside
+    :func:`~mechtrunc.evaluate`, :func:`~mechtrunc.sweep`, :func:`~mechtrunc.attribute` the runner
+    tells the patch which rows each batch holds (:func:`batch_rows`); a bare forward pass must
+    run all the source's sequences at once."""
+
+    site: str = "resid_pre"
+    layer: int = 0
+    source: object = field(default=None, compare=False, repr=False)
+    head: int | None = None
+    positions: object = field(default=None, compare=False)
+    source_positions: object = field(default=None, compare=False, repr=False)
+    batch_size: int = 64
+
+    def __post_init__(self):
+        object.__setattr__(self, "layer", as_int(self.layer, "layer"))
+        if self.site not in _PATCH_SITES:
+            raise ValueError(f"unknown site {self.site!r}; valid sites: {', '.join(_PATCH_SITES)}")
+        if self.head is not None:
+            object.__setattr__(self, "head", as_int(self.head, "head"))
+            if self.site != "z":
+                raise ValueError(f"site {self.site!r} has no heads: give head= only with site='z'")
+        if self.source is None:
+            raise ValueError("Patch needs source= (the paired PromptSet or a [seq, pos] token tensor)")
+        tokens = getattr(self.source, "tokens", self.source)
+        if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
+            raise ValueError(f"source must be a PromptSet or a [seq, pos] integer token tensor, got {type(self.source).__name__}")
+        object.__setattr__(self, "positions", _positions(self.positions, "positions"))
+        object.__setattr__(self, "source_positions", _positions(self.source_positions, "source_positions"))
+        bs = as_int(self.batch_size, "batch_size")
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        object.__setattr__(self, "batch_size", bs)
+        self._check_position_shapes()
+
+    def _check_position_shapes(self) -> None:
+        p, q = self.positions, self.source_positions
+        n_src, len_src = getattr(self.source, "tokens", self.source).shape
+        for name, v in (("positions", p), ("source_positions", q)):
+            if isinstance(v, Tensor) and v.shape[0] != n_src:
+                raise ValueError(f"{name} gives per-row positions for {v.shape[0]} rows but the source has "
+                                 f"{n_src} sequences")
+        if q is not None:
+            if p is None:
+                raise ValueError("source_positions needs positions= (the run's positions they map to)")
+            width = lambda v: (v.shape[1] if v.ndim == 2 else 1) if isinstance(v, Tensor) else len(v)
+            if width(p) != width(q):
+                raise ValueError(f"positions and source_positions must pair up: {width(p)} position(s) vs {width(q)}")
+        src_pos = q if q is not None else p
+        if src_pos is not None:
+            top = int(src_pos.max()) if isinstance(src_pos, Tensor) else max(src_pos)
+            if top >= len_src:
+                raise ValueError(f"position {top} is outside the source prompts (length {len_src}; valid 0..{len_src - 1})")
+
+    @property
+    def label(self) -> str:
+        what = f"L{self.layer}H{self.head}.z" if self.head is not None else f"L{self.layer}.{self.site}"
+        if self.positions is None:
+            where = ""
+        elif isinstance(self.positions, Tensor):
+            where = " @per-row"
+        else:
+            where = " @" + ",".join(map(str, self.positions[:6])) + ("..." if len(self.positions) > 6 else "")
+        return f"patch {what}{where}"
+
+    def describe(self):
+        pos = None if self.positions is None or isinstance(self.positions, Tensor) else ",".join(map(str, self.positions))
+        return {"intervention": self.label, "kind": "patch", "site": self.site, "layer": self.layer,
+                "head": self.head, "position": pos}
+
+    def _apply(self, adapter):
+        adapter.check_layer(self.layer)
+        if self.head is not None:
+            adapter.check_head(self.head)
+        name = adapter.site_hook(self.site, self.layer)
+        tokens = getattr(self.source, "tokens", self.source)
+        src = record_activations(adapter, tokens, [name], batch_size=self.batch_size)[name]
+        n_src = src.shape[0]
+        p, q = self.positions, self.source_positions
+        q = q if q is not None else p
+
+        def fn(act):
+            rows = current_rows(act.shape[0], n_src)
+            b, length = act.shape[:2]
+            if p is None and length != src.shape[1]:
+                raise ValueError(f"the run's prompts are {length} tokens long but the source's are {src.shape[1]}: "
+                                 "give positions= and source_positions= to pair positions of prompts of different lengths")
+            if p is not None:
+                top = int(p.max()) if isinstance(p, Tensor) else max(p)
+                if top >= length:
+                    raise ValueError(f"position {top} is outside the prompts (length {length}; valid 0..{length - 1})")
+            act = act.clone()
+            s = src[rows.to(src.device)].to(act.dtype)
+            sel_t = (lambda a: a[:, :, self.head]) if self.head is not None else (lambda a: a)
+            target, source = sel_t(act), sel_t(s)
+            if p is None:
+                target.copy_(source)
+            elif isinstance(p, Tensor) or isinstance(q, Tensor):
+                r = torch.arange(b)
+                pt = p[rows] if isinstance(p, Tensor) else torch.tensor(p).expand(b, -1)
+                qt = q[rows] if isinstance(q, Tensor) else torch.tensor(q).expand(b, -1)
+                pt, qt = pt.reshape(b, -1), qt.reshape(b, -1)
+                target[r[:, None], pt] = source[r[:, None], qt]
+            else:
+                target[:, list(p)] = source[:, list(q)]
+            return act
+
         with _hooked(adapter, name, fn):
             yield
 

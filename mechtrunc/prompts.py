@@ -97,6 +97,16 @@ class PromptSet:
         per-item lists in ``meta`` are sliced too)."""
         return self._subset(seq_idx)[0]
 
+    def role_positions(self) -> dict[str, Tensor]:
+        """``{role: [seq] positions}`` for a set whose ``meta`` names its roles (``roles``, one
+        name each, and ``role_pos``, one tuple per sequence: the pairs of
+        :mod:`mechtrunc.tasks.corrupt`); empty when it has none."""
+        roles = self.meta.get("roles")
+        if not roles:
+            return {}
+        table = torch.tensor(self.meta["role_pos"], dtype=torch.long).reshape(-1, len(roles))
+        return {r: table[:, j] for j, r in enumerate(roles)}
+
     def batches(self, batch_size: int):
         """Yield ``(item_index, PromptSet)`` chunks of at most ``batch_size`` sequences, where
         ``item_index`` holds the positions of the chunk's items in this prompt set."""

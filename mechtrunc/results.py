@@ -28,7 +28,7 @@ __all__ = [
     "DEFAULT_METRICS", "is_metric", "metric_columns", "check_metric", "keep_key", "same_keep", "find_row",
     "baseline_row", "configuration_row", "variant_row", "tidy_truncation", "default_metric", "upgrade_columns",
     "read_table", "upgrade_name", "upgrade_record", "PATH", "N_ITEMS", "LOWER_IS_BETTER",
-    "VARIANT_METRICS",
+    "VARIANT_METRICS", "PATCHING_COLUMNS",
 ]
 
 #: descriptor columns of a truncation-study row, in table order (the metrics follow them)
@@ -45,6 +45,9 @@ PATH = "path"
 NON_METRIC = frozenset(CONFIG_COLUMNS + CHECKPOINT_COLUMNS + (SECONDS, PATH))
 #: the probability of the right answer (the name in every table of every system)
 P_ANSWER = "p_answer"
+#: the columns of a patching scan (mechtrunc.patching): one row per patched activation
+PATCHING_COLUMNS = ("direction", "site", "layer", "head", "position", "metric", "value", "clean", "corrupted",
+                    "effect")
 #: the metrics shown for each variant of a trained toy model, memory or minimal model
 VARIANT_METRICS = ("accuracy", "p_noise", P_ANSWER)
 #: the number of scored items: a metric column, but not one to judge a configuration by

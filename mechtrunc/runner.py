@@ -10,7 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechtrunc.adapters import adapt
-from mechtrunc.interventions import Intervention, intervene
+from mechtrunc.interventions import Intervention, batch_rows, intervene
 from mechtrunc.prompts import PromptSet
 
 __all__ = ["item_logits", "run_items", "check_prompts"]
@@ -48,12 +48,14 @@ def run_items(
     logits_out: list[Tensor] = []
     order: list[Tensor] = []
     acts: dict[str, list[Tensor]] = {name: [] for name in capture}
+    n_seq = prompts.n_sequences
     with intervene(model, *interventions):
-        for items, chunk in prompts.batches(batch_size):
+        for start, (items, chunk) in zip(range(0, n_seq, batch_size), prompts.batches(batch_size)):
             order.append(items.cpu())
             chunk = chunk.to(device)
             store: dict[str, Tensor] = {}
             with contextlib.ExitStack() as stack:
+                stack.enter_context(batch_rows(torch.arange(start, start + chunk.n_sequences), n_seq))
                 for name in capture:
                     grab = lambda out, name=name, c=chunk: store.__setitem__(name, out[c.rows, c.pos].detach())
                     stack.enter_context(adapter.hooked(name, grab))

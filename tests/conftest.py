@@ -135,6 +135,17 @@ def trained_toy():
 
 
 @pytest.fixture(scope="session")
+def demo_toy():
+    """The ``cpu`` preset at seed 0, trained once per session (about 2 minutes on one thread):
+    ``make demo``'s model, the one docs/results.md and docs/causal.md describe (a
+    :class:`mechtrunc.training.TrainResult`; never edit it in place outside a reversible
+    intervention)."""
+    from mechtrunc.training import preset, train
+
+    return train(preset("cpu", seed=0), progress=False)
+
+
+@pytest.fixture(scope="session")
 def recall_checkpoints(tmp_path_factory):
     """Six checkpoints (steps 0, 1, 2, 4, 8, 16) of a tiny recall-trained GPT-NeoX (1 layer,
     d_model 32) saved as DIR/step{N}/, and 32 clean recall prompts: (dir, steps, prompts)."""

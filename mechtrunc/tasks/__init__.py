@@ -1,5 +1,6 @@
 """Tasks build prompt sets: the toy noisy in-context recall, IOI, factual recall, user files."""
 
+from mechtrunc.tasks.corrupt import factual_swap, ioi_abc, recall_pair
 from mechtrunc.tasks.factual import factual_prompts
 from mechtrunc.tasks.files import load_prompts
 from mechtrunc.tasks.ioi import ioi_prompts
@@ -7,4 +8,5 @@ from mechtrunc.tasks.recall import RecallBatch, RecallConfig, RecallTask, char_s
 from mechtrunc.tasks.registry import prompts_for_task
 
 __all__ = ["RecallBatch", "RecallConfig", "RecallTask", "char_stats", "random_markov_stats",
-           "ioi_prompts", "factual_prompts", "load_prompts", "prompts_for_task"]
+           "ioi_prompts", "factual_prompts", "load_prompts", "prompts_for_task", "ioi_abc", "factual_swap",
+           "recall_pair"]

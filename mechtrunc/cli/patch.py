@@ -1,0 +1,184 @@
+"""``mechtrunc patch scan MODEL`` and ``mechtrunc patch path MODEL``: activation patching and path
+patching (:mod:`mechtrunc.patching`) between a task's clean prompts and their corrupted twins
+(:mod:`mechtrunc.tasks.corrupt`).  MODEL is a toy run directory (task ``recall``), a language-model
+run of ``mechtrunc lm train`` (its final checkpoint; tasks ``ioi``, ``factual``) or anything
+:func:`mechtrunc.pythia.load_model` loads (a hub id or a Hugging Face directory)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from mechtrunc import _choices
+from mechtrunc.cli.checks import UsageError, choice, device, nonneg_int, positive_int
+
+__all__ = ["add_commands", "parse_receiver"]
+
+PATCH_TASKS = ("recall", "ioi", "factual")
+_SCAN_SITES = ("resid_pre", "attn_out", "mlp_out", "z")
+
+
+def parse_receiver(text: str):
+    """``logits``, ``mlp:L`` or ``q:L:H`` / ``k:L:H`` / ``v:L:H`` -> the receiver value."""
+    if text == "logits":
+        return "logits"
+    m = re.fullmatch(r"mlp:(\d+)", text)
+    if m:
+        return ("mlp", int(m.group(1)))
+    m = re.fullmatch(r"([qkv]):(\d+):(\d+)", text)
+    if m:
+        return (m.group(1), int(m.group(2)), int(m.group(3)))
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"invalid receiver {text!r}: give logits, mlp:LAYER or q|k|v:LAYER:HEAD")
+
+
+def _load(args):
+    """(model, clean, corrupted) for MODEL and --task."""
+    path = Path(args.model)
+    kind = None
+    if path.is_dir():
+        if (path / "config.json").is_file() and "train" in json.loads((path / "config.json").read_text()):
+            kind = "toy"
+        elif (path / "run.json").is_file() and json.loads((path / "run.json").read_text()).get("format") == \
+                _choices.LM_RUN_FORMAT:
+            kind = "lm"
+    if kind == "toy":
+        if args.task != "recall":
+            raise UsageError(f"--task {args.task} does not fit a toy run: the toy model is studied on --task recall")
+        from mechtrunc.tasks.corrupt import recall_pair
+        from mechtrunc.training import load_run
+
+        model, _, task = load_run(path, device=args.device)
+        return model, *recall_pair(task, n=args.n, seed=10_000 + args.seed)  # the test-set seeds of training
+    if args.task == "recall":
+        raise UsageError(f"--task recall needs a toy run directory; {args.model} is not one (no config.json "
+                         "with a training configuration)")
+    from mechtrunc.pythia import load_model
+    from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
+
+    if kind == "lm":
+        run = json.loads((path / "run.json").read_text())
+        steps = sorted(int(p.name[4:]) for p in path.glob("step*") if p.name[4:].isdigit())
+        if not steps:
+            raise UsageError(f"{path} holds no checkpoint (step*/); finish it with `mechtrunc lm train --out {path}`")
+        model = load_model(path / f"step{steps[-1]}", device=args.device, local_files_only=True)
+        from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+        from mechtrunc.lm.train import LMConfig
+
+        corpus = LMConfig.from_dict(run["config"]).corpus
+        build = lm_ioi_prompts if args.task == "ioi" else lm_fact_prompts
+        prompts = build(model.tokenizer, corpus, n=args.n, seed=args.seed)
+    else:
+        from mechtrunc.tasks.registry import prompts_for_task
+
+        model = load_model(args.model, device=args.device)
+        prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
+    corrupt = ioi_abc if args.task == "ioi" else factual_swap
+    return model, *corrupt(prompts, model.tokenizer, seed=args.seed)
+
+
+def _common(p) -> None:
+    p.add_argument("model", help="a toy run directory, a `mechtrunc lm train` run, or a hub id / model directory")
+    p.add_argument("--task", type=choice(PATCH_TASKS, "task"), default=None,
+                   help="recall (toy runs, the default there), ioi (default otherwise) or factual")
+    p.add_argument("--n", type=positive_int, default=128, help="number of prompt pairs (default 128)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the prompts and of the corruption")
+    p.add_argument("--metric", default=None, help="metric (default logit_diff of the first competitor)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass (default 64)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
+    p.add_argument("--out", default=None, help="write the table to this CSV file")
+    p.add_argument("--json", action="store_true", help="print the table as JSON records")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _default_task(args) -> None:
+    if args.task is None:
+        cfg = Path(args.model) / "config.json"
+        args.task = "recall" if cfg.is_file() and "train" in json.loads(cfg.read_text()) else "ioi"
+
+
+def _pairs_text(clean, task: str) -> str:
+    dropped = int(clean.meta.get("dropped", 0) or 0)
+    why = {"recall": "the trigger occurs fewer than twice", "factual": "no same-length twin with another answer"}
+    return f"{clean.n_sequences} {task} pairs" + (f" ({dropped} left out: {why.get(task, '')})" if dropped else "")
+
+
+def _emit(df, args, text: str) -> int:
+    if args.out:
+        out = Path(args.out)
+        if out.suffix != ".csv":
+            raise UsageError(f"--out {out} must end in .csv")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+    if args.json:
+        print(json.dumps({"clean": df.attrs["clean"], "corrupted": df.attrs["corrupted"], "metric": df.attrs["metric"],
+                          "rows": json.loads(df.to_json(orient="records"))}))
+    else:
+        print(text)
+    return 0
+
+
+def cmd_scan(args) -> int:
+    _default_task(args)
+    if not Path(args.model).exists() and args.task == "recall":
+        raise UsageError(f"{args.model} does not exist; give a toy run directory (e.g. runs/demo)")
+    model, clean, corrupted = _load(args)
+    from mechtrunc.patching import patching_scan
+
+    df = patching_scan(model, clean, corrupted, sites=args.sites, metric=args.metric, direction=args.direction,
+                       batch_size=args.batch_size, progress=not args.no_progress)
+    # what a patch moves: denoising restores (effect towards 1), noising breaks (towards 0)
+    moved = df["effect"].where(df["direction"] == "denoising", 1 - df["effect"])
+    top = df.assign(moved=moved).sort_values("moved", ascending=False).head(args.top)
+    shown = top[["direction", "site", "layer", "head", "position", "value", "effect"]].round(3).to_string(index=False)
+    text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
+            f"{df.attrs['corrupted']:.4f}; {len(df)} patches in {df.attrs['forwards']} forward passes\n"
+            f"the {len(top)} patches that move the metric most (effect: 1 = clean, 0 = corrupted; denoising "
+            f"restores, noising breaks):\n{shown}")
+    return _emit(df, args, text)
+
+
+def cmd_path(args) -> int:
+    _default_task(args)
+    model, clean, corrupted = _load(args)
+    from mechtrunc.patching import path_patching_scan
+
+    senders = [tuple(args.sender)] if args.sender else None
+    df = path_patching_scan(model, clean, corrupted, args.receiver, senders=senders, metric=args.metric,
+                            direction=args.direction, batch_size=args.batch_size)
+    shown = df[["sender_layer", "sender_head", "receiver", "value", "effect"]].round(3).to_string(index=False)
+    text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
+            f"{df.attrs['corrupted']:.4f}; paths ({args.direction}) into {df['receiver'].iloc[0]}:\n{shown}")
+    return _emit(df, args, text)
+
+
+def add_commands(sub) -> None:
+    pa = sub.add_parser("patch", help="activation patching and path patching between clean and corrupted prompts",
+                        description="Localise where a model computes the in-context answer: patch activations "
+                                    "between a task's clean prompts and their corrupted twins (IOI: the ABC "
+                                    "names; factual: another subject; toy recall: the first trigger replaced).")
+    psub = pa.add_subparsers(dest="patch_command", metavar="COMMAND")
+    psub.required = True
+    sc = psub.add_parser("scan", help="every site x layer x head x position group; one row per patch",
+                         description="Activation patching scan (mechtrunc.patching_scan): the normalised effect "
+                                     "of each patch, 1 = the clean run's metric, 0 = the corrupted run's.")
+    _common(sc)
+    sc.add_argument("--sites", nargs="+", type=choice(_choices.SITES, "site"), default=list(_SCAN_SITES),
+                    help=f"sites to scan (default {' '.join(_SCAN_SITES)}; z is per head)")
+    sc.add_argument("--direction", type=choice(("denoising", "noising", "both"), "direction"), default="denoising",
+                    help="denoising (corrupted run, one clean activation; default), noising or both")
+    sc.add_argument("--top", type=positive_int, default=15, help="rows shown in the terminal (default 15)")
+    sc.set_defaults(func=cmd_scan)
+    pp = psub.add_parser("path", help="path patching from sender heads into a receiver",
+                         description="Path patching (mechtrunc.path_patching_scan): a sender head's output "
+                                     "reaching only the receiver, everything else frozen.")
+    _common(pp)
+    pp.add_argument("--receiver", type=parse_receiver, default="logits",
+                    help="logits (default), mlp:LAYER, or q|k|v:LAYER:HEAD")
+    pp.add_argument("--sender", type=nonneg_int, nargs=2, metavar=("LAYER", "HEAD"), default=None,
+                    help="one sender head (default: every head that reaches the receiver)")
+    pp.add_argument("--direction", type=choice(("noising", "denoising"), "direction"), default="noising",
+                    help="noising (clean run, the sender's corrupted output; default) or denoising")
+    pp.set_defaults(func=cmd_path)
