@@ -208,3 +208,35 @@ def test_generic_components_appear_over_training(trained_toy):
     start, end = df.iloc[0], df.iloc[1]
     assert end["generic_rank"] == 1 and int(end["component"]) == 0
     assert end["generic_score"] > 2 * start["generic_score"] and end["generic_z"] > start["generic_z"] + 1.5
+
+
+# ------------------------------------------------------------------------------- command line
+def _cli_json(argv, capsys):
+    import json
+
+    from mechtrunc.cli import main
+
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_lens_on_a_toy_run_and_a_memory_run(tmp_path, capsys):
+    run = tmp_path / "toy"
+    mt.train(mt.preset("cpu", d_model=16, seq_len=32, steps=40, eval_every=40, test_size=32), out_dir=run,
+             progress=False)
+    out = _cli_json(["lens", "logit", str(run), "--remove-ffn", "1", "--json"], capsys)
+    assert out["resid_mid"] == "hook_resid_mid" and len(out["rows"]) == 12
+    last = [r for r in out["rows"] if r["label"] == "full model" and r["layer"] == 1 and r["site"] == "resid_post"][0]
+    own = _cli_json(["toy", "eval", str(run), "--json"], capsys)["full"]
+    assert last["p_answer"] == pytest.approx(own["p_answer"], abs=1e-5)
+    assert last["p_noise"] == pytest.approx(own["p_noise"], abs=1e-5)
+    vocab = _cli_json(["lens", "vocab", str(run), "--layer", "1", "--k", "2", "--top", "2", "--json"], capsys)
+    assert len(vocab["ranking"]) == 2 and len(vocab["lens"]) == 2 * 2 * 2
+    assert vocab["generic"][0]["token"] == vocab["generic_counts"][0]["token"]
+    cfg = MemoryConfig(n_inputs=16, n_outputs=16, d=32, alpha=0.3, seed=1, target_seed=2, noise_token=3)
+    mem = tmp_path / "memory"
+    train_memory(cfg, steps=200, lr=32.0, log_every=200, spectrum_steps=[200]).save(mem)
+    got = _cli_json(["lens", "vocab", str(mem), "--matrix", "W", "--k", "1", "--top", "1", "--json"], capsys)
+    assert got["generic"][0]["token"] == 3 and got["ranking"][0]["top_token"] == 3
+    top = [r for r in got["lens"] if r["side"] == "top"][0]
+    assert top["token"] == 3 and top["component"] == got["ranking"][0]["component"]
