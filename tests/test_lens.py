@@ -73,7 +73,7 @@ def test_resid_mid_is_read_at_its_hook_or_computed_on_parallel_blocks(request, t
                           acts["blocks.1.hook_resid_mid"], atol=1e-6)
 
 
-def test_logit_lens_compare_shows_where_removing_the_ffn_acts(trained_toy):
+def test_logit_lens_compare_shows_where_removing_the_ffn_acts(trained_toy, tmp_path):
     model, _, prompts = trained_toy
     df = mt.logit_lens_compare(model, prompts, {"full": [], "FFN removed": mt.Ablate("mlp", layer=1)})
     assert list(df["label"].unique()) == ["full", "FFN removed"] and len(df) == 12
@@ -83,6 +83,10 @@ def test_logit_lens_compare_shows_where_removing_the_ffn_acts(trained_toy):
     assert cut.loc[5, "p_noise"] == pytest.approx(cut.loc[4, "p_noise"], abs=1e-6)  # no FFN: mid == post
     # measured: P(noise) 0.472 with the FFN, 0.230 without (the FFN writes the noise association)
     assert full.loc[5, "p_noise"] > cut.loc[5, "p_noise"] + 0.15
+    png = mt.viz.logit_lens_plot(df, tmp_path / "lens.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="unknown metric"):
+        mt.viz.logit_lens_plot(df, tmp_path / "x.png", metrics=["p_the"])
 
 
 # ------------------------------------------------------------------------------- vocabulary lens
