@@ -38,8 +38,9 @@ hidden units it uses are active.
 oriented so that its largest-magnitude push is positive (the ``top`` side is then the side the
 component pushes hardest); with ``prompts`` it is oriented by the sign of the mean coefficient
 of the observed output on ``o_i`` at the read items (``mean_coef``; for ``W_in`` the
-coefficient of the pre-activation on ``Vh[i]``), so ``top`` is what the component actually
-promotes on that data.  Both ends are always reported (``side`` = ``top`` / ``bottom``).
+coefficient of the post-activation hidden vector, what ``W_out`` reads, on ``Vh[i]``: the
+pre-activation's sign would say nothing about what a ReLU lets through), so ``top`` is what the
+component actually promotes on that data.  Both ends are always reported (``side`` = ``top`` / ``bottom``).
 
 **Generic tokens from data** (:func:`generic_tokens`): for a token tensor or text, the unigram
 frequency of all tokens (on English text this finds " the", "." and ","); for a
@@ -154,8 +155,9 @@ def component_directions(model, matrix: str, layer: int, head: int | None = None
         site = adapter.matrix("mlp.W_in", layer)
         _, S, Vh = adapter.svd(site)
         W_out = adapter.matrix("mlp.W_out", layer).get().float()
-        return {"S": S.float(), "out": Vh.float() @ W_out, "coef_basis": Vh.float(), "hook": site.out_hook,
-                "bias": site.bias, "head": None}
+        # observed coefficient: the post-activation hidden vector (what W_out reads) on Vh[i]
+        return {"S": S.float(), "out": Vh.float() @ W_out, "coef_basis": Vh.float(),
+                "hook": adapter.site_hook("mlp_post", layer), "bias": None, "head": None}
     h, dh, d = adapter.n_heads, adapter.d_head, adapter.d_model
     W_O = adapter.matrix("attn.W_O", layer).get().reshape(h, dh, d)[head].float()
     if matrix == "attn.W_O":

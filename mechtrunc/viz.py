@@ -34,6 +34,7 @@ def _pyplot():
 
 
 def _save(plt, fig, path) -> Path:
+    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -239,7 +240,6 @@ def logit_lens_plot(
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
