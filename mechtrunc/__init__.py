@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["attribute", "attribute_change"], "mechtrunc.attribution"),
     **dict.fromkeys(["rank_components", "token_directions", "token_ids"], "mechtrunc.directions"),
     **dict.fromkeys(["evaluate", "sweep"], "mechtrunc.evaluation"),
+    **dict.fromkeys(["generic_components_by_step", "generic_tokens", "logit_lens", "logit_lens_compare",
+                     "rank_generic_components", "vocab_lens"], "mechtrunc.lens"),
     "metrics_from_logits": "mechtrunc.metrics",
     "PromptSet": "mechtrunc.prompts",
     **dict.fromkeys(["item_logits", "run_items"], "mechtrunc.runner"),

@@ -21,7 +21,7 @@ import torch
 from mechtrunc.adapters import adapt
 
 __all__ = ["attention_html", "plot_history", "plot_attribution", "truncation_heatmap", "checkpoint_plot",
-           "learning_curves_plot"]
+           "learning_curves_plot", "logit_lens_plot"]
 
 
 def _pyplot():
@@ -199,6 +199,45 @@ def checkpoint_plot(
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("training step")
     ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def logit_lens_plot(
+    df: pd.DataFrame, path, metrics: Sequence[str] | None = None, title: str | None = None,
+) -> Path:
+    """A :func:`mechtrunc.lens.logit_lens` / :func:`~mechtrunc.lens.logit_lens_compare` table
+    along the residual stream (x: ``L{layer} {site}`` in depth order): one colour per metric
+    (default ``p_answer`` and every competitor's ``p_{name}``, e.g. P(noise), P(' the')), one
+    line style per ``label`` (solid = the first, e.g. the full model).  Saved as PNG."""
+    for col in ("layer", "site", "depth"):
+        if col not in df.columns:
+            raise ValueError(f"a logit-lens table needs a {col!r} column; columns: {', '.join(map(str, df.columns))}")
+    if metrics is None:
+        metrics = ["p_answer"] + [c for c in df.columns if c.startswith("p_") and c != "p_answer"]
+    missing = [m for m in metrics if m not in df.columns]
+    if missing:
+        raise ValueError(f"unknown metric(s) {missing}; metrics in this table: "
+                         f"{', '.join(c for c in df.columns if c not in ('label', 'layer', 'site', 'depth'))}")
+    df = df if "label" in df.columns else df.assign(label="model")
+    fig = _figure(7.5, 4)
+    ax = fig.subplots()
+    styles = ["-", "--", ":", "-."]
+    for j, (label, sub) in enumerate(df.groupby("label", sort=False)):
+        sub = sub.sort_values("depth")
+        for i, m in enumerate(metrics):
+            ax.plot(sub["depth"], sub[m], styles[j % len(styles)], color=f"C{i}", marker="o", markersize=3,
+                    label=f"{m} ({label})")
+    ticks = df.drop_duplicates("depth").sort_values("depth")
+    ax.set_xticks(ticks["depth"], [f"L{l} {s.replace('resid_', '')}" for l, s in zip(ticks["layer"], ticks["site"])],
+                  rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("probability (logit lens)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
     if title:
         ax.set_title(title)
     path = Path(path)

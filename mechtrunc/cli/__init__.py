@@ -9,7 +9,7 @@ transformers'/huggingface_hub's "Loading weights" / download bars).
 The package has one module per command group, each with ``add_commands(sub)``:
 :mod:`~mechtrunc.cli.toy` (``demo``, ``toy train|eval``), :mod:`~mechtrunc.cli.pythia`
 (``pythia truncate|checkpoints``), :mod:`~mechtrunc.cli.memory` (``memory train|spectrum|dynamics``), :mod:`~mechtrunc.cli.lm` (``lm corpus|prompts|train|study``),
-:mod:`~mechtrunc.cli.patch` (``patch scan|path``)
+:mod:`~mechtrunc.cli.patch` (``patch scan|path``), :mod:`~mechtrunc.cli.lens` (``lens vocab|logit``)
 and :mod:`~mechtrunc.cli.report` (``report``); :mod:`~mechtrunc.cli.checks` holds the argument
 checkers and :class:`UsageError`.  The CLI must answer ``--help`` and usage errors in well under
 0.5 s (``benchmarks/bench_cli_startup.py``, ``tests/test_cli_startup.py``), so every group module
@@ -45,7 +45,7 @@ __all__ = ["main", "build_parser", "progress_bars", "UsageError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mechtrunc.cli import lm, memory, patch, pythia, report, toy
+    from mechtrunc.cli import lens, lm, memory, patch, pythia, report, toy
 
     parser = argparse.ArgumentParser(
         prog="mechtrunc",
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (toy, pythia, memory, lm, patch, report):
+    for group in (toy, pythia, memory, lm, patch, lens, report):
         group.add_commands(sub)
     return parser
 

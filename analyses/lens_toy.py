@@ -1,0 +1,71 @@
+"""Lenses on the toy model (the cpu preset): which weight components promote the generic token
+found in the training data (the noise token, not told to the lens), what they write in the
+vocabulary, and the logit lens along the residual stream for the full model, LASER on the
+layer-2 FFN's W_in (keep 0.1) and the layer-2 FFN removed.  Writes to --data:
+cpu_lens_generic.csv, cpu_lens_components.csv, cpu_lens_vocab.csv, cpu_logit_lens.csv; to
+--figures: cpu_logit_lens.png.
+
+    python analyses/lens_toy.py --model runs/demo
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+import mechtrunc as mt
+from _common import load_toy, toy_parser
+
+MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV")
+
+
+def compute(model, cfg, task, test, top: int = 3, k: int = 5) -> dict[str, pd.DataFrame]:
+    clean = test.to_prompts()
+    noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)  # training targets
+    generic = mt.generic_tokens(noisy, k=3)
+    generic.insert(1, "token_str", [task.itos[t] for t in generic["token"]])
+    found = generic.head(1)  # the most frequent training target: the lens is not told which is noise
+    ranked = pd.concat([mt.rank_generic_components(model, m, None, found, prompts=clean, itos=task.itos)
+                        .sort_values("generic_score", ascending=False).head(top) for m in MATRICES],
+                       ignore_index=True)
+    lenses = []
+    for (matrix, layer, head), g in ranked.groupby(["matrix", "layer", "head"], sort=False, dropna=False):
+        lenses.append(mt.vocab_lens(model, matrix, int(layer), k=k, head=None if pd.isna(head) else int(head),
+                                    components=[int(c) for c in g["component"]], prompts=clean, itos=task.itos))
+    vocab = pd.concat(lenses, ignore_index=True)
+    logit = mt.logit_lens_compare(model, clean, {
+        "full model": [],
+        "LASER L2 W_in keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
+        "L2 FFN removed": [mt.Ablate("mlp", layer=1)],
+    })
+    return {"generic": generic, "components": ranked, "vocab": vocab, "logit": logit}
+
+
+def main() -> None:
+    p = toy_parser(__doc__)
+    p.add_argument("--data", default="docs/data", help="directory for the CSV files")
+    p.add_argument("--figures", default="docs/figures", help="directory for the PNG")
+    args = p.parse_args()
+    model, cfg, task, test = load_toy(args)
+    out = compute(model, cfg, task, test)
+    data, figures = Path(args.data), Path(args.figures)
+    data.mkdir(parents=True, exist_ok=True)
+    for name, df in (("generic", out["generic"]), ("components", out["components"]), ("vocab", out["vocab"])):
+        df.to_csv(data / f"cpu_lens_{name}.csv", index=False)
+    out["logit"].to_csv(data / "cpu_logit_lens.csv", index=False)
+    png = mt.viz.logit_lens_plot(out["logit"], figures / "cpu_logit_lens.png", metrics=["p_answer", "p_noise"],
+                                 title="logit lens, cpu-preset toy model (clean recall items)")
+    print(out["generic"].to_string(index=False))
+    cols = ["matrix", "layer", "head", "component", "singular_value", "generic_score", "generic_z", "generic_rank",
+            "top_str", "mean_coef", "activation_score"]
+    print(out["components"][cols].round(3).to_string(index=False))
+    top = out["vocab"][out["vocab"]["side"] == "top"]
+    print(top.groupby(["matrix", "layer", "head", "component"], dropna=False, sort=False)["token_str"]
+          .agg(lambda s: " ".join(repr(t) for t in s)).to_string())
+    print(out["logit"][["label", "layer", "site", "accuracy", "p_answer", "p_noise"]].round(3).to_string(index=False))
+    print(f"wrote {data}/cpu_lens_*.csv, {data / 'cpu_logit_lens.csv'} and {png}")
+
+
+if __name__ == "__main__":
+    main()
