@@ -166,12 +166,73 @@ LM_BLOCKS = {
 }
 
 
+# ------------------------------------------- docs/causal.md (analyses/causal_toy.py, lens_toy.py)
+CAUSAL = ROOT / "docs" / "causal.md"
+_ROLES = ("trigger1", "after1", "end", "all")
+
+
+def render_patching(df: pd.DataFrame) -> str:
+    rows = []
+    for (direction, site, layer, head), g in df.groupby(["direction", "site", "layer", "head"], sort=False,
+                                                        dropna=False):
+        eff = g.set_index("position")["effect"]
+        what = f"L{layer + 1} head {head}" if site == "z" else f"L{layer + 1} {site}"
+        rows.append([direction, what, *(f"{eff[r]:.2f}" for r in _ROLES)])
+    return table(["direction", "activation", "first trigger", "after it", "repeated trigger (read)",
+                  "all positions"], rows)
+
+
+def render_path_patching(df: pd.DataFrame) -> str:
+    rows = [[r["direction"], f"L{r['sender_layer'] + 1} head {r['sender_head']}", r["receiver"],
+             f"{r['value']:+.3f}", f"{r['effect']:.2f}"] for _, r in df.iterrows()]
+    return table(["direction", "sender", "receiver (0-based layers)", "logit(answer) - logit(noise)", "effect"], rows)
+
+
+def render_lens_generic(df: pd.DataFrame) -> str:
+    return table(["token", "id", "share of the noisy training targets"],
+                 [[repr(r["token_str"]), int(r["token"]), f"{r['frequency']:.3f}"] for _, r in df.iterrows()])
+
+
+def render_lens_components(df: pd.DataFrame) -> str:
+    best = df.sort_values("generic_score", ascending=False).groupby(["matrix", "layer"], sort=False).head(1)
+    rows = []
+    for _, r in best.iterrows():
+        head = "" if pd.isna(r["head"]) else f" head {int(r['head'])}"
+        rows.append([f"`{r['matrix']}`{head}", f"{int(r['layer'])} (layer {int(r['layer']) + 1})", int(r["component"]),
+                     f"{r['singular_value']:.3f}", f"{r['generic_score']:.3f}", f"{r['generic_z']:.2f}",
+                     int(r["generic_rank"]), f"{r['activation_score']:+.2f}"])
+    return table(["matrix", "layer", "component", "singular value", "generic score", "z", "rank of the generic token",
+                  "activation score"], rows)
+
+
+def render_logit_lens(df: pd.DataFrame) -> str:
+    last = int(df["layer"].max())
+    rows = []
+    for label, g in df[df["layer"] == last].groupby("label", sort=False):
+        g = g.set_index("site")
+        cell = lambda s: f"{g.loc[s, 'p_answer']:.3f} / {g.loc[s, 'p_noise']:.3f}"
+        rows.append([label, cell("resid_pre"), cell("resid_mid"), cell("resid_post"),
+                     f"{g.loc['resid_mid', 'accuracy']:.3f}", f"{g.loc['resid_post', 'accuracy']:.3f}"])
+    return table(["run", f"L{last + 1} resid_pre P(answer) / P(noise)", f"L{last + 1} resid_mid (after attention)",
+                  f"L{last + 1} resid_post (the output)", "accuracy at resid_mid", "accuracy at the output"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/causal.md
+CAUSAL_BLOCKS = {
+    "cpu-patching": ("cpu_patching.csv", render_patching),
+    "cpu-path-patching": ("cpu_path_patching.csv", render_path_patching),
+    "cpu-lens-generic": ("cpu_lens_generic.csv", render_lens_generic),
+    "cpu-lens-components": ("cpu_lens_components.csv", render_lens_components),
+    "cpu-logit-lens": ("cpu_logit_lens.csv", render_logit_lens),
+}
+
+
 def doc_of(name: str) -> Path:
-    return LM if name in LM_BLOCKS else RESULTS
+    return LM if name in LM_BLOCKS else CAUSAL if name in CAUSAL_BLOCKS else RESULTS
 
 
 def render(name: str) -> str:
-    csv, fn = LM_BLOCKS[name] if name in LM_BLOCKS else BLOCKS[name]
+    csv, fn = LM_BLOCKS.get(name) or CAUSAL_BLOCKS.get(name) or BLOCKS[name]
     return fn(read_table(DATA / csv))
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from _common import load_toy, toy_parser  # first: it pins the reference kernels
 import mechtrunc as mt
-from _common import load_toy, toy_parser
 
 MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV")
 
@@ -42,20 +42,28 @@ def compute(model, cfg, task, test, top: int = 3, k: int = 5) -> dict[str, pd.Da
     return {"generic": generic, "components": ranked, "vocab": vocab, "logit": logit}
 
 
+def write(model, cfg, task, test, data: Path, figures: Path) -> dict[str, pd.DataFrame]:
+    """Compute and write the CSVs and the figure (also called by make_results.py)."""
+    out = compute(model, cfg, task, test)
+    data.mkdir(parents=True, exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    for name, df in (("generic", out["generic"]), ("components", out["components"]), ("vocab", out["vocab"])):
+        df.to_csv(data / f"cpu_lens_{name}.csv", index=False)
+    out["logit"].to_csv(data / "cpu_logit_lens.csv", index=False)
+    out["png"] = mt.viz.logit_lens_plot(out["logit"], figures / "cpu_logit_lens.png", metrics=["p_answer", "p_noise"],
+                                        title="logit lens, cpu-preset toy model (clean recall items)")
+    return out
+
+
 def main() -> None:
     p = toy_parser(__doc__)
     p.add_argument("--data", default="docs/data", help="directory for the CSV files")
     p.add_argument("--figures", default="docs/figures", help="directory for the PNG")
     args = p.parse_args()
     model, cfg, task, test = load_toy(args)
-    out = compute(model, cfg, task, test)
     data, figures = Path(args.data), Path(args.figures)
-    data.mkdir(parents=True, exist_ok=True)
-    for name, df in (("generic", out["generic"]), ("components", out["components"]), ("vocab", out["vocab"])):
-        df.to_csv(data / f"cpu_lens_{name}.csv", index=False)
-    out["logit"].to_csv(data / "cpu_logit_lens.csv", index=False)
-    png = mt.viz.logit_lens_plot(out["logit"], figures / "cpu_logit_lens.png", metrics=["p_answer", "p_noise"],
-                                 title="logit lens, cpu-preset toy model (clean recall items)")
+    out = write(model, cfg, task, test, data, figures)
+    png = out["png"]
     print(out["generic"].to_string(index=False))
     cols = ["matrix", "layer", "head", "component", "singular_value", "generic_score", "generic_z", "generic_rank",
             "top_str", "mean_coef", "activation_score"]

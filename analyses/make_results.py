@@ -1,21 +1,15 @@
 """Regenerate every toy number of ``docs/results.md`` from the current code: trains the ``cpu``
 preset at seeds 0, 1, 2 (``runs/cpu-seed{S}``; seed 0 is exactly what ``make demo`` trains),
-runs the toy analyses on the seed-0 model, writes their CSVs to ``docs/data`` and rewrites the
-generated blocks of ``docs/results.md``.  About 4 minutes on 2 cores (most of it training).
+runs the toy analyses on the seed-0 model (truncation, noise components, attribution, lenses,
+patching), writes their CSVs to ``docs/data`` and figures to ``docs/figures``, and rewrites the
+generated blocks of ``docs/results.md`` and ``docs/causal.md``.  About 4 minutes on 2 cores (most of it training).
 
     python analyses/make_results.py
 """
 
 from __future__ import annotations
 
-import os
-import platform
-
-# The reference kernels (docs/reproducibility.md): torch's AVX2 kernels on every x86-64 CPU, so
-# that these numbers come out the same on AVX2 and AVX-512 machines; set before torch loads.
-if platform.machine().lower() in ("x86_64", "amd64"):
-    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
-
+import _common  # noqa: F401  (first: it pins the reference kernels before torch loads)
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -23,6 +17,8 @@ import pandas as pd  # noqa: E402
 
 import mechtrunc as mt  # noqa: E402
 import _docs  # noqa: E402
+import causal_toy  # noqa: E402
+import lens_toy  # noqa: E402
 import toy_attribution  # noqa: E402
 import toy_noise_components  # noqa: E402
 import toy_seeds_table  # noqa: E402
@@ -44,10 +40,15 @@ def main() -> None:
     table.to_csv(_docs.DATA / "cpu_noise_components.csv", index=False)
     toy_attribution.compute(model, cfg, task, test).to_csv(_docs.DATA / "cpu_attribution.csv", index=False)
 
-    for name in _docs.BLOCKS:
+    figures = _docs.ROOT / "docs" / "figures"
+    lens_toy.write(model, cfg, task, test, _docs.DATA, figures)
+    causal_toy.write(model, cfg, task, _docs.DATA, figures)
+
+    blocks = list(_docs.BLOCKS) + list(_docs.CAUSAL_BLOCKS)
+    for name in blocks:
         _docs.write_block(name)
         print(f"--- {name}\n{_docs.render(name)}\n")
-    print(f"rewrote {len(_docs.BLOCKS)} blocks of {_docs.RESULTS}")
+    print(f"rewrote {len(blocks)} blocks of {_docs.RESULTS} and {_docs.CAUSAL}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ into ``RUNS/cpu-seed{S}`` (resumable; an existing run is reused) and writes
 
 from __future__ import annotations
 
+import _common  # noqa: F401  (first: it pins the reference kernels before torch loads)
 import argparse
 from pathlib import Path
 

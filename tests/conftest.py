@@ -12,7 +12,7 @@ import os
 import platform
 from pathlib import Path
 
-# The reference kernels (docs/reproducibility.md): torch's AVX2 kernels on every x86-64 CPU, so
+# The reference kernels (docs/results.md, "Same numbers on every x86-64 CPU"): torch's AVX2 kernels on every x86-64 CPU, so
 # that a trained model's numbers are the same on AVX2 and AVX-512 machines (the docs' numbers are
 # computed with the same setting by analyses/make_results.py).  Must precede the import of torch.
 if platform.machine().lower() in ("x86_64", "amd64"):

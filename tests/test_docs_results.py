@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "analyses"))
 import _docs  # noqa: E402
 
 
-@pytest.mark.parametrize("name", list(_docs.BLOCKS) + list(_docs.LM_BLOCKS))
+@pytest.mark.parametrize("name", list(_docs.BLOCKS) + list(_docs.LM_BLOCKS) + list(_docs.CAUSAL_BLOCKS))
 def test_results_block_matches_its_csv(name):
     block = _docs.read_block(name)
     page = _docs.doc_of(name).name
@@ -57,6 +57,8 @@ BANDS = {
 
 @pytest.mark.slow
 def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, demo_toy):
+    import causal_toy
+    import lens_toy
     import toy_attribution
     import toy_noise_components
     import toy_seeds_table
@@ -77,6 +79,8 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, dem
             test = task.test_set(r.config.test_size, seed=r.config.seed + 10_000)
             _, noise_table = toy_noise_components.compute(r.model, r.config, task, test)
             attribution = toy_attribution.compute(r.model, r.config, task, test)
+            lens = lens_toy.compute(r.model, r.config, task, test)  # docs/causal.md
+            causal = causal_toy.compute(r.model, r.config, task)
             demo = r.final
     log, _ = other.communicate(timeout=1200)
     assert other.returncode == 0, log
@@ -98,3 +102,18 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, dem
     _close(noise_table, read_table(_docs.DATA / "cpu_noise_components.csv"), "variant",
            ["accuracy", "p_noise", "p_answer", "train_distribution_loss"])
     _close(attribution, pd.read_csv(_docs.DATA / "cpu_attribution.csv"), "component", ["clean", "intervened"], atol=0.02)
+    # docs/causal.md: lenses and patching of the same model
+    _close_on(causal["scan"], "cpu_patching.csv", ["direction", "site", "layer", "position"], ["value", "effect"])
+    _close_on(causal["paths"], "cpu_path_patching.csv", ["direction", "sender_layer", "sender_head", "receiver"],
+              ["value", "effect"])
+    _close_on(lens["components"], "cpu_lens_components.csv", ["matrix", "layer", "component"],
+              ["generic_score", "activation_score"])
+    _close_on(lens["logit"], "cpu_logit_lens.csv", ["label", "layer", "site"], ["accuracy", "p_answer", "p_noise"])
+
+
+def _close_on(fresh: pd.DataFrame, csv: str, keys: list[str], cols: list[str], atol: float = 5e-3) -> None:
+    """``fresh`` equals the docs CSV ``csv`` on ``cols``, rows matched on ``keys`` (same rows)."""
+    doc = pd.read_csv(_docs.DATA / csv)
+    label = lambda df: df[keys].astype(str).agg("|".join, axis=1)
+    _close(fresh.assign(_key=label(fresh)), doc.assign(_key=label(doc)), "_key", cols, atol)
+    assert sorted(label(fresh)) == sorted(label(doc)), csv
