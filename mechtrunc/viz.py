@@ -360,8 +360,7 @@ def patching_heatmap(
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
     import matplotlib
 
-    cmap = matplotlib.colormaps["RdBu"].copy()
-    cmap.set_bad("#bdbdbd")
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#bdbdbd")
     n_cells = max(p[0].size for row in panels for p in row)
     if annotate is None:
         annotate = n_cells <= max_annotated
