@@ -395,7 +395,9 @@ def patching_heatmap(
                 ax.set_ylabel(f"{d}\nlayer", fontsize=9)
             ax.set_title(f"{d}: {s}", fontsize=9)
     cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, pad=0.02)
-    ticks = sorted({-limit, 0.0, 1.0, limit} | ({-1.0} if limit >= 1 else set()))
+    ticks = sorted({-limit, 0.0, limit} | ({-1.0, 1.0} if limit >= 1 else set()))
+    if 1 <= limit < 1.25:  # the range's ends would overprint -1 and 1
+        ticks = [-1.0, 0.0, 1.0]
     cb.set_ticks(ticks, labels=["1 = clean" if t == 1 else "0 = corrupted" if t == 0 else f"{t:.3g}" for t in ticks])
     cb.ax.axhline(1.0, color="black", lw=1.5)
     cb.ax.axhline(0.0, color="#555", lw=0.8, ls=":")
