@@ -8,6 +8,8 @@
 - :func:`checkpoint_plot`: a checkpoint study's metrics against the training step.
 - :func:`learning_curves_plot`: :func:`mechtrunc.studies.lm.learning_curves` of several runs,
   one panel per prompt set, one colour per metric, one line per run.
+- :func:`patching_heatmap`: a :func:`mechtrunc.patching.patching_scan` table, per direction a
+  layer x position panel per site and a layer x head panel for ``z`` (1 = clean, 0 = corrupted).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from mechtrunc.adapters import adapt
 
 __all__ = ["attention_html", "plot_history", "plot_attribution", "truncation_heatmap", "checkpoint_plot",
-           "learning_curves_plot", "logit_lens_plot"]
+           "learning_curves_plot", "logit_lens_plot", "patching_heatmap"]
 
 
 def _pyplot():
@@ -281,3 +283,132 @@ def learning_curves_plot(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
+
+
+def _patch_positions(df: pd.DataFrame) -> list[str]:
+    """Position groups in reading order: ``all`` first, then the roles (or absolute positions,
+    numerically) in the order the scan wrote them."""
+    seen = [str(p) for p in dict.fromkeys(df["position"])]
+    rest = [p for p in seen if p != "all"]
+    if rest and all(p.lstrip("-").isdigit() for p in rest):
+        rest = sorted(rest, key=int)
+    return (["all"] if "all" in seen else []) + rest
+
+
+def patching_heatmap(
+    df: pd.DataFrame, path=None, *, directions: Sequence[str] | None = None, sites: Sequence[str] | None = None,
+    annotate: bool | None = None, max_annotated: int = 80, limit: float | None = None, title: str | None = None,
+):
+    """Heatmaps of a :func:`mechtrunc.patching.patching_scan` table's normalised ``effect``:
+    one row of panels per direction (denoising first), one panel per site: layers (rows) by
+    position group (columns: ``all``, then the roles) for ``resid_pre``, ``attn_out``, ``mlp_out``...,
+    layers by heads for ``z`` (its ``all`` positions).  Diverging colours centred at 0 (= the
+    corrupted run's metric, white) with 1 (= the clean run's) marked on the colour bar; the colour
+    range is ``[-limit, limit]`` (default: the largest ``|effect|``, at least 1 and at most 2;
+    larger values saturate, their annotation still tells them).  Cells are annotated with the
+    effect when ``annotate`` (default: when every panel has at most ``max_annotated`` cells).
+    NaN effects (clean and corrupted runs score alike) are grey.
+
+    Returns the matplotlib Figure (Agg canvas, pyplot untouched); with ``path`` it is also saved
+    there as PNG."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    need = ("direction", "site", "layer", "head", "position", "effect")
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise ValueError(f"not a patching_scan table: missing column(s) {', '.join(missing)}; "
+                         f"columns: {', '.join(map(str, df.columns))}")
+    if df.empty:
+        raise ValueError("the patching table has no rows to plot")
+    order = {"denoising": 0, "noising": 1}
+    have = sorted(dict.fromkeys(df["direction"]), key=lambda d: order.get(d, 2))
+    directions = have if directions is None else list(directions)
+    bad = [d for d in directions if d not in have]
+    if bad:
+        raise ValueError(f"direction(s) {bad} not in the table; it holds: {', '.join(have)}")
+    site_have = list(dict.fromkeys(df["site"]))
+    sites = site_have if sites is None else list(sites)
+    bad = [s for s in sites if s not in site_have]
+    if bad:
+        raise ValueError(f"site(s) {bad} not in the table; it holds: {', '.join(site_have)}")
+    sites = [s for s in sites if s != "z"] + (["z"] if "z" in sites else [])  # heads last
+
+    def grid(sub: pd.DataFrame, site: str):
+        layers = sorted(int(v) for v in sub["layer"].unique())
+        if site == "z":
+            sub = sub[sub["position"].astype(str) == "all"] if (sub["position"].astype(str) == "all").any() else sub
+            cols = sorted(int(h) for h in sub["head"].dropna().unique())
+            table = sub.assign(_c=sub["head"].astype(int)).pivot_table(index="layer", columns="_c", values="effect",
+                                                                       aggfunc="first", dropna=False)
+            xlabels, xtitle = [str(c) for c in cols], "head (all positions)"
+        else:
+            cols = _patch_positions(sub)
+            table = sub.assign(_c=sub["position"].astype(str)).pivot_table(index="layer", columns="_c", values="effect",
+                                                                           aggfunc="first", dropna=False)
+            xlabels, xtitle = cols, "position"
+        data = table.reindex(index=layers, columns=cols).to_numpy(dtype=float)
+        return data, layers, xlabels, xtitle
+
+    panels = [[grid(df[(df["direction"] == d) & (df["site"] == s)], s) for s in sites] for d in directions]
+    vals = df["effect"].astype(float).to_numpy()
+    finite = vals[np.isfinite(vals)]
+    if limit is None:
+        limit = min(2.0, max(1.0, float(np.abs(finite).max()) if finite.size else 1.0))
+    if not limit > 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#bdbdbd")
+    n_cells = max(p[0].size for row in panels for p in row)
+    if annotate is None:
+        annotate = n_cells <= max_annotated
+    widths = [max(2, len(p[2])) for p in panels[0]]
+    n_layers = max(len(p[1]) for row in panels for p in row)
+    fig = _figure(min(24.0, 1.6 + 0.62 * sum(widths) + 0.5 * len(sites)),
+                  min(30.0, len(directions) * (1.3 + 0.34 * n_layers) + 0.9))
+    axes = fig.subplots(len(directions), len(sites), squeeze=False, gridspec_kw={"width_ratios": widths})
+    fs = max(5, min(9, int(140 / max(max(widths) * 2.2, n_layers * 1.2, 1))))
+    im = None
+    for r, d in enumerate(directions):
+        for c, s in enumerate(sites):
+            ax = axes[r][c]
+            data, layers, xlabels, xtitle = panels[r][c]
+            im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+            if annotate:
+                for i in range(data.shape[0]):
+                    for j in range(data.shape[1]):
+                        v = data[i, j]
+                        if np.isnan(v):
+                            continue
+                        dark = abs(v) > 0.6 * limit
+                        text = f"{v:.2f}"
+                        ax.text(j, i, "0.00" if text == "-0.00" else text, ha="center", va="center", fontsize=fs,
+                                color="white" if dark else "#1d2330")
+            ax.set_xticks(range(len(xlabels)), xlabels, rotation=45 if max(map(len, xlabels)) > 4 else 0,
+                          ha="right" if max(map(len, xlabels)) > 4 else "center", fontsize=8)
+            ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
+            if r == len(directions) - 1:
+                ax.set_xlabel(xtitle, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{d}\nlayer", fontsize=9)
+            ax.set_title(f"{d}: {s}", fontsize=9)
+    cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, pad=0.02)
+    ticks = sorted({-limit, 0.0, limit} | ({-1.0, 1.0} if limit >= 1 else set()))
+    if 1 <= limit < 1.25:  # the range's ends would overprint -1 and 1
+        ticks = [-1.0, 0.0, 1.0]
+    cb.set_ticks(ticks, labels=["1 = clean" if t == 1 else "0 = corrupted" if t == 0 else f"{t:.3g}" for t in ticks])
+    cb.ax.axhline(1.0, color="black", lw=1.5)
+    cb.ax.axhline(0.0, color="#555", lw=0.8, ls=":")
+    cb.set_label("effect (normalised patching)")
+    metric = df["metric"].iloc[0] if "metric" in df.columns else None
+    sup = title or (f"activation patching, {metric}" if metric is not None else "activation patching")
+    if "clean" in df.columns and "corrupted" in df.columns:
+        sup += f" (clean {float(df['clean'].iloc[0]):.3g}, corrupted {float(df['corrupted'].iloc[0]):.3g})"
+    fig.suptitle(sup, fontsize=10)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig

@@ -110,7 +110,7 @@ def reports(toy_dir, truncation_dir, checkpoint_dir, memory_dir, neox):
 # content, size, offline
 # ----------------------------------------------------------------------------------------
 EXPECTED_SECTIONS = {
-    "toy": ["config", "training", "truncation", "components", "attribution", "attention", "token-probs"],
+    "toy": ["config", "training", "truncation", "components", "attribution", "causal", "attention", "token-probs"],
     "truncation": ["study", "heatmaps", "best", "attribution", "examples"],
     "checkpoints": ["curves", "table"],
     "memory": ["config", "training", "spectrum", "truncation"],

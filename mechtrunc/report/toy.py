@@ -284,5 +284,176 @@ def token_probability_section(ctx: Context) -> Section | None:
     return s.add(fig, "<h3>At the repeated triggers</h3>", html_table(tab))
 
 
+# ----------------------------------------------------------------------------------------
+# causal localisation: activation patching, logit lens, generic components
+# ----------------------------------------------------------------------------------------
+#: pairs of the patching scan (recall_pair's n; the CLI's --n) and its sites
+CAUSAL_PAIRS = 64
+CAUSAL_SITES = ("resid_pre", "attn_out", "mlp_out", "z")
+_DIRECTION_ORDER = ("denoising", "noising")
+
+
+def causal_scan(ctx: Context) -> pd.DataFrame:
+    """The section's patching scan: ``mt.patching_scan`` on the run's model and
+    ``mt.recall_pair(task, n=CAUSAL_PAIRS)``, direction ``both`` (what ``mechtrunc patch scan RUN
+    --direction both --n 64`` computes)."""
+    import mechtrunc as mt
+
+    _, _, task = ctx.result.load()
+    clean, corrupted = mt.recall_pair(task, n=CAUSAL_PAIRS)
+    df = mt.patching_scan(ctx.model(), clean, corrupted, sites=CAUSAL_SITES, direction="both")
+    df.attrs.update(pairs=clean.n_sequences, dropped=int(clean.meta.get("dropped", 0) or 0))
+    return df
+
+
+def _patching_figure(df: pd.DataFrame):
+    """Plotly heatmaps of a patching scan: one row per direction, one column per site (layer x
+    position group; z: layer x head at position ``all``), colours centred at 0, 1 marked."""
+    import math
+
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    directions = [d for d in _DIRECTION_ORDER if (df["direction"] == d).any()]
+    sites = [s for s in CAUSAL_SITES if (df["site"] == s).any()]
+    positions = ["all"] + [p for p in dict.fromkeys(df["position"].astype(str)) if p != "all"]
+    layers = sorted(int(v) for v in df["layer"].unique())
+    heads = sorted(int(h) for h in df["head"].dropna().unique())
+    vals = [abs(float(v)) for v in df["effect"] if not math.isnan(float(v))]
+    lim = min(2.0, max([1.0] + vals))
+    ticks = [-lim, -1.0, 0.0, 1.0, lim] if lim > 1.25 else [-1.0, 0.0, 1.0]
+    tick_text = {0.0: "0 = corrupted", 1.0: "1 = clean"}
+    widths = [max(2, len(heads)) if s == "z" else len(positions) for s in sites]
+    fig = make_subplots(rows=len(directions), cols=len(sites), column_widths=[w / sum(widths) for w in widths],
+                        horizontal_spacing=0.05, vertical_spacing=0.22 if len(directions) > 1 else 0.1,
+                        subplot_titles=[f"{d}: {s}" + (" per head" if s == "z" else "") for d in directions
+                                        for s in sites])
+    small = len(layers) * max(widths) <= 80
+    for r, d in enumerate(directions, 1):
+        for c, s in enumerate(sites, 1):
+            sub = df[(df["direction"] == d) & (df["site"] == s)]
+            if s == "z":
+                sub = sub[sub["position"].astype(str) == "all"]
+                cols, key = heads, sub["head"].astype(int)
+                xl = [f"H{h}" for h in heads]
+            else:
+                cols, key = positions, sub["position"].astype(str)
+                xl = positions
+            t = sub.assign(_c=key).pivot_table(index="layer", columns="_c", values="effect", aggfunc="first",
+                                               dropna=False).reindex(index=layers, columns=cols)
+            v = sub.assign(_c=key).pivot_table(index="layer", columns="_c", values="value", aggfunc="first",
+                                               dropna=False).reindex(index=layers, columns=cols)
+            z = [[None if math.isnan(x) else float(x) for x in row] for row in t.to_numpy(dtype=float)]
+            text = [["" if x is None else f"{x:.2f}".replace("-0.00", "0.00") for x in row] for row in z]
+            fig.add_trace(go.Heatmap(
+                z=z, x=xl, y=[f"L{l}" for l in layers], customdata=v.to_numpy(dtype=float), colorscale="RdBu",
+                zmid=0, zmin=-lim, zmax=lim, showscale=(r, c) == (1, len(sites)), name=f"{d} {s}",
+                text=text, texttemplate="%{text}" if small else None, textfont=dict(size=11),
+                hovertemplate=f"{d}, {s}<br>%{{y}} %{{x}}<br>effect %{{z:.4f}}<br>{df.attrs.get('metric', 'metric')} "
+                              "%{customdata:.4f}<extra></extra>",
+                colorbar=dict(title=dict(text="effect", side="right"), len=0.9, tickvals=ticks,
+                              ticktext=[tick_text.get(t, f"{t:.3g}") for t in ticks])), row=r, col=c)
+            last_row = r == len(directions)
+            fig.update_xaxes(type="category", row=r, col=c,
+                             title_text=("head (all positions)" if s == "z" else "position") if last_row else None)
+            fig.update_yaxes(type="category", autorange="reversed", row=r, col=c,
+                             title_text=f"{d}: layer" if c == 1 else None)
+    fig.update_layout(height=max(320, 60 + len(directions) * (110 + 34 * len(layers))),
+                      margin=dict(l=60, r=30, t=50, b=50))
+    return fig
+
+
+def _largest_effects(df: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The patches that move the metric most: denoising towards 1 (restores), noising towards 0
+    (breaks), as ``mechtrunc patch scan`` prints them."""
+    moved = df["effect"].where(df["direction"] == "denoising", 1 - df["effect"])
+    top = df.assign(moved=moved).sort_values("moved", ascending=False, kind="stable").head(n)
+    return top[["direction", "site", "layer", "head", "position", "value", "effect"]].reset_index(drop=True)
+
+
+def _lens_runs(last: int) -> dict:
+    """The logit-lens runs, labelled as ``mechtrunc lens logit RUN --truncate mlp.W_in:L:0.1
+    --remove-ffn L`` labels them."""
+    import mechtrunc as mt
+
+    return {"full model": [],
+            f"mlp.W_in L{last} keep 0.1": [mt.Truncate("mlp.W_in", layer=last, keep=0.1, rule="authors")],
+            f"FFN L{last} removed": [mt.Ablate("mlp", layer=last)]}
+
+
+def _lens_figure(lens: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    colors = {"p_answer": FULL, "p_noise": CUT}
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    ticks = lens.drop_duplicates("depth").sort_values("depth")
+    xt = [f"L{l} {s.replace('resid_', '')}" for l, s in zip(ticks["layer"], ticks["site"])]
+    fig = go.Figure()
+    for j, (label, sub) in enumerate(lens.groupby("label", sort=False)):
+        sub = sub.sort_values("depth")
+        for m, name in (("p_answer", "P(answer)"), ("p_noise", "P(noise)")):
+            fig.add_trace(go.Scatter(x=sub["depth"], y=sub[m], mode="lines+markers", name=f"{name}, {label}",
+                                     line=dict(color=colors[m], dash=dashes[j % len(dashes)]), marker=dict(size=5),
+                                     hovertemplate=f"%{{y:.3f}}<extra>{name}, {label}</extra>"))
+    fig.update_xaxes(tickvals=list(ticks["depth"]), ticktext=xt, title_text="residual stream (layer, site)")
+    fig.update_yaxes(title_text="probability (logit lens)", range=[-0.02, 1.02])
+    fig.update_layout(height=360, margin=dict(l=50, r=20, t=20, b=50), hovermode="x unified",
+                      legend=dict(orientation="v", x=1.02, y=1))
+    return fig
+
+
+def causal_section(ctx: Context) -> Section | None:
+    model = ctx.model()
+    last = _last_layer(ctx)
+    run = esc(str(ctx.result.directory))
+    s = Section("causal", "Causal localisation",
+                intro="Activation patching between the clean recall items and their corruption (the trigger's first "
+                      f"occurrence replaced; <code>mt.recall_pair(task, n={CAUSAL_PAIRS})</code>), scored with "
+                      "logit(answer) - logit(noise): <i>denoising</i> runs the corrupted prompts and restores one "
+                      "clean activation, <i>noising</i> runs the clean prompts and breaks one with the corrupted "
+                      "run's (<code>mt.patching_scan</code>, sites resid_pre, attn_out, mlp_out per position group "
+                      "and z per head). Then the logit lens along the residual stream and the <code>mlp.W_out</code> "
+                      "components that promote the generic token found in the training data. Layers are 0-based.")
+    if model is None:
+        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+    import mechtrunc as mt
+
+    df = causal_scan(ctx)
+    s.add(f'<p class="small"><b>Effect: 1 = the clean run\'s metric, 0 = the corrupted run\'s.</b> Same numbers: '
+          f'<code>mechtrunc patch scan {run} --direction both --n {CAUSAL_PAIRS}</code>, '
+          f'<code>mechtrunc lens logit {run} --truncate mlp.W_in:{last}:0.1 --remove-ffn {last}</code>, '
+          f'<code>mechtrunc lens vocab {run} --matrix mlp.W_out --top 5</code>.</p>')
+    a = df.attrs
+    left = f", {a['dropped']} left out: trigger seen fewer than twice" if a["dropped"] else ""
+    s.add(f'<p class="small">{a["pairs"]} pairs{left}; {esc(a["metric"])}: clean {a["clean"]:.4g}, corrupted '
+          f'{a["corrupted"]:.4g} ({len(df)} patches in {a["forwards"]} forward passes).</p>')
+    s.add(_patching_figure(df), "<h3>Largest effects</h3>",
+          '<p class="small">Denoising patches ranked by how far they restore (effect towards 1), noising patches by '
+          "how far they break (effect towards 0).</p>", html_table(_largest_effects(df)))
+    # logit lens on the clean test set (the CLI's prompts), full vs truncated vs FFN removed
+    prompts = ctx.prompts()
+    lens = mt.logit_lens_compare(model, prompts, _lens_runs(last))
+    s.add("<h3>Logit lens</h3>",
+          f'<p class="small">P(answer) (blue) and P(noise) (orange) read off the residual stream on the clean test '
+          f"set; solid: full model, dashed: LASER on layer {last}'s <code>mlp.W_in</code> (keep 0.1), dotted: "
+          f"layer {last}'s FFN removed. At L{last} post the lens is the model's output.</p>", _lens_figure(lens))
+    # components of every layer's W_out that promote the most frequent training target
+    _, cfg, task = ctx.result.load()
+    noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)
+    generic = mt.generic_tokens(noisy, k=1)
+    tok = int(generic["token"].iloc[0])
+    ranked = mt.rank_generic_components(model, "mlp.W_out", None, generic, prompts=prompts, itos=task.itos)
+    ranked = ranked.sort_values("generic_score", ascending=False, kind="stable").head(5)
+    noise = "" if tok != task.config.noise_id else " (the noise token, not told to the lens)"
+    s.add("<h3>Top generic components</h3>",
+          f'<p class="small">Generic token: <span class="tok">{esc(visible_token(task.itos[tok]))}</span>, the most '
+          f"frequent noisy training target ({float(generic['frequency'].iloc[0]):.1%}){noise}. Components of every "
+          "layer's <code>mlp.W_out</code> by <code>generic_score</code> (<code>mt.rank_generic_components</code>: "
+          "weights only); <code>activation_score</code>: their mean push on the clean test items.</p>",
+          html_table(ranked[["layer", "component", "singular_value", "generic_score", "generic_z", "generic_rank",
+                             "top_str", "mean_coef", "activation_score"]]))
+    return s
+
+
 SECTIONS = [config_section, training_section, truncation_section, components_section, attribution_section,
-            attention_section, token_probability_section]
+            causal_section, attention_section, token_probability_section]
