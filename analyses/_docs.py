@@ -176,16 +176,25 @@ def render_patching(df: pd.DataFrame) -> str:
     for (direction, site, layer, head), g in df.groupby(["direction", "site", "layer", "head"], sort=False,
                                                         dropna=False):
         eff = g.set_index("position")["effect"]
-        what = f"L{layer + 1} head {head}" if site == "z" else f"L{layer + 1} {site}"
+        what = f"L{layer + 1} head {int(head)}" if site == "z" else f"L{layer + 1} {site}"
         rows.append([direction, what, *(f"{eff[r]:.2f}" for r in _ROLES)])
     return table(["direction", "activation", "first trigger", "after it", "repeated trigger (read)",
                   "all positions"], rows)
 
 
+def _receiver(label: str) -> str:
+    """The library's 0-based receiver label (``L1H0.k``, ``L0.mlp``) in the page's 1-based layers."""
+    m = re.fullmatch(r"L(\d+)H(\d+)\.([qkv])", label)
+    if m:
+        return f"L{int(m.group(1)) + 1} head {m.group(2)} {m.group(3)}"
+    m = re.fullmatch(r"L(\d+)\.mlp", label)
+    return f"L{int(m.group(1)) + 1} FFN input" if m else label
+
+
 def render_path_patching(df: pd.DataFrame) -> str:
-    rows = [[r["direction"], f"L{r['sender_layer'] + 1} head {r['sender_head']}", r["receiver"],
+    rows = [[r["direction"], f"L{r['sender_layer'] + 1} head {r['sender_head']}", _receiver(r["receiver"]),
              f"{r['value']:+.3f}", f"{r['effect']:.2f}"] for _, r in df.iterrows()]
-    return table(["direction", "sender", "receiver (0-based layers)", "logit(answer) - logit(noise)", "effect"], rows)
+    return table(["direction", "sender", "receiver", "logit(answer) - logit(noise)", "effect"], rows)
 
 
 def render_lens_generic(df: pd.DataFrame) -> str:

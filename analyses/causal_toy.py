@@ -2,8 +2,8 @@
 carried, between the clean test sequences and their corruption with the trigger's first
 occurrence replaced (``mt.recall_pair``).  Writes to --data: cpu_patching.csv (every site x
 layer x head x role, both directions), cpu_path_patching.csv (the previous-token head's paths
-into the induction head's query, key, value and into the layer-2 FFN; both heads' paths into the
-logits); to --figures: cpu_patching.png.
+into the induction head's query, key, value and into both FFNs; both heads' paths into the
+logits and the layer-2 FFN); to --figures: cpu_patching.png.
 
     python analyses/causal_toy.py --model runs/demo
 """
@@ -19,7 +19,7 @@ import mechtrunc as mt
 
 #: (receiver, senders) of the path-patching table
 PATHS = (("logits", None), (("q", 1, 0), [(0, 0)]), (("k", 1, 0), [(0, 0)]), (("v", 1, 0), [(0, 0)]),
-         (("mlp", 1), None))
+         (("mlp", 0), [(0, 0)]), (("mlp", 1), None))
 
 
 def compute(model, cfg, task, n: int = 256) -> dict[str, pd.DataFrame]:

@@ -239,7 +239,7 @@ def logit_lens_plot(
                   rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("probability (logit lens)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, handlelength=4, loc="upper left")  # long handles: the dashes show
     if title:
         ax.set_title(title)
     path = Path(path)
