@@ -56,35 +56,36 @@ BANDS = {
 
 
 @pytest.mark.slow
-def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, demo_toy):
+def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, request):
     import causal_toy
     import lens_toy
     import toy_attribution
     import toy_noise_components
     import toy_seeds_table
 
-    # seed 2 trains in a second process (the cpu preset uses one thread, the machine has two
-    # cores; a seed gives the same numbers in any process, tests/test_reproducible.py), through
-    # the committed script that wrote docs/data
+    # seeds 1 and 2 train in two other processes, through the committed script that wrote
+    # docs/data, while this one trains seed 0 (the session's demo model, conftest.demo_toy,
+    # requested only once the others have started); the cpu preset uses one thread, and a seed
+    # gives the same numbers in any process (tests/test_reproducible.py)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    other = subprocess.Popen([sys.executable, str(ROOT / "analyses" / "toy_seeds_table.py"), "--seeds", "2",
-                              "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tables = []
-    for seed in (0, 1):  # seed 0: the session's demo model (conftest.demo_toy)
-        r = demo_toy if seed == 0 else mt.train(mt.preset("cpu", seed=seed), progress=False)
-        task = mt.RecallTask(r.config.recall_config())
-        tables.append(toy_seeds_table.seed_table(r.model, r.config, task, seed))
-        if seed == 0:  # the demo's model: the toy analyses of docs/results.md
-            test = task.test_set(r.config.test_size, seed=r.config.seed + 10_000)
-            _, noise_table = toy_noise_components.compute(r.model, r.config, task, test)
-            attribution = toy_attribution.compute(r.model, r.config, task, test)
-            lens = lens_toy.compute(r.model, r.config, task, test)  # docs/causal.md
-            causal = causal_toy.compute(r.model, r.config, task)
-            demo = r.final
-    log, _ = other.communicate(timeout=1200)
-    assert other.returncode == 0, log
-    tables.append(pd.read_csv(tmp_path / "out" / "cpu_seeds_truncation.csv"))
+    others = {seed: subprocess.Popen([sys.executable, str(ROOT / "analyses" / "toy_seeds_table.py"), "--seeds",
+                                      str(seed), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / f"out{seed}")],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for seed in (1, 2)}
+    r = request.getfixturevalue("demo_toy")
+    task = mt.RecallTask(r.config.recall_config())
+    tables = [toy_seeds_table.seed_table(r.model, r.config, task, 0)]
+    # the demo's model: the toy analyses of docs/results.md and docs/causal.md
+    test = task.test_set(r.config.test_size, seed=r.config.seed + 10_000)
+    _, noise_table = toy_noise_components.compute(r.model, r.config, task, test)
+    attribution = toy_attribution.compute(r.model, r.config, task, test)
+    lens = lens_toy.compute(r.model, r.config, task, test)
+    causal = causal_toy.compute(r.model, r.config, task)
+    demo = r.final
+    for seed, other in others.items():
+        log, _ = other.communicate(timeout=1200)
+        assert other.returncode == 0, log
+        tables.append(pd.read_csv(tmp_path / f"out{seed}" / "cpu_seeds_truncation.csv"))
     fresh = pd.concat(tables, ignore_index=True)
     print(fresh.round(3).to_string(index=False))
 

@@ -244,3 +244,26 @@ def test_cli_lens_on_a_toy_run_and_a_memory_run(tmp_path, capsys):
     assert got["generic"][0]["token"] == 3 and got["ranking"][0]["top_token"] == 3
     top = [r for r in got["lens"] if r["side"] == "top"][0]
     assert top["token"] == 3 and top["component"] == got["ranking"][0]["component"]
+
+
+def test_a_the_component_appears_in_the_language_models_ffn(nano_run):
+    """On the project's own language model (the session's nano run, 200 steps): " the" is found
+    from held-out corpus text without being named, and an FFN output component promoting it
+    appears early in training (measured once: none at step 0, rank 1 with z > 5 from step 4; the
+    analysis is analyses/lens_lm.py)."""
+    from mechtrunc.pythia import load_model
+    from mechtrunc.studies.lm import corpus_tokens
+
+    out, _ = nano_run
+    steps = sorted(int(p.name[4:]) for p in out.glob("step*"))
+    tok = load_model(out / f"step{steps[-1]}", local_files_only=True).tokenizer
+    found = mt.generic_tokens(corpus_tokens(n_windows=64), k=3, tokenizer=tok)
+    the = tok.encode(" the", add_special_tokens=False)[0]
+    assert the in found["token"].tolist()[:2], found
+    df = mt.generic_components_by_step(((s, load_model(out / f"step{s}", local_files_only=True)) for s in (0, 8, steps[-1])),
+                                       "mlp.W_out", [the])
+    first = df[df["step"] == 0]
+    assert (first["generic_rank"] > 1).all() and (first["generic_z"] < 4).all(), first
+    for s in (8, steps[-1]):
+        later = df[df["step"] == s]
+        assert ((later["generic_rank"] == 1) & (later["generic_z"] > 5)).any(), later

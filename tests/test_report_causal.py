@@ -12,7 +12,6 @@ import base64
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -185,21 +184,6 @@ def test_causal_section_commands_give_the_same_numbers(toy_report, toy_dir, dire
     lens = direct["lens"]
     assert list(rows["label"].unique()) == list(lens["label"].unique())
     np.testing.assert_allclose(rows["p_noise"], lens["p_noise"], atol=1e-6)
-
-
-def test_causal_section_is_fast_on_a_small_run(toy_dir):
-    """The section adds little to a report's build time (model already loaded, as in a report)."""
-    from mechtrunc.report import read_result
-    from mechtrunc.report.context import Context
-    from mechtrunc.report.toy import causal_section
-
-    ctx = Context(read_result(toy_dir))
-    assert ctx.model_and_prompts()[0] is not None
-    t0 = time.perf_counter()
-    sec = causal_section(ctx)
-    took = time.perf_counter() - t0
-    assert sec.id == "causal" and len(sec.figures) == 2
-    assert took < 5.0, f"the causal section took {took:.1f} s"
 
 
 def test_causal_section_without_a_model(toy_dir, tmp_path):
