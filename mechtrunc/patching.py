@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import pandas as pd
 import torch
@@ -106,8 +106,7 @@ class _Spec:
     group: str
     pos: Tensor | None  # [seq, m] or None (all positions)
     hook: str = ""
-    total: float = 0.0
-    extra: dict = field(default_factory=dict)
+    total: float = 0.0  # the metric's sum over items, filled by _run_patches
 
 
 def _plan(adapter: ModelAdapter, sites, layers, groups) -> tuple[list[_Spec], list[str]]:
@@ -123,10 +122,6 @@ def _plan(adapter: ModelAdapter, sites, layers, groups) -> tuple[list[_Spec], li
                 for label, pos in groups:
                     specs.append(_Spec(site, layer, head, label, pos, hook))
     return specs, skipped
-
-
-def _record(adapter, tokens: Tensor, names: Sequence[str], batch_size: int) -> dict[str, Tensor]:
-    return record_activations(adapter, tokens, names, batch_size=batch_size)
 
 
 @torch.no_grad()
@@ -239,10 +234,12 @@ def patching_scan(
     groups = _groups(clean, positions)
     specs_template, skipped = _plan(adapter, sites, layers, groups)
     names = sorted({s.hook for s in specs_template})
-    cache = {"clean": _record(adapter, clean.tokens, names, bs), "corrupted": _record(adapter, corrupted.tokens, names, bs)}
+    cache = {"clean": record_activations(adapter, clean.tokens, names, batch_size=bs),
+             "corrupted": record_activations(adapter, corrupted.tokens, names, batch_size=bs)}
     base = {"clean": metrics_from_logits(item_logits(adapter, clean, batch_size=bs), clean)[metric],
             "corrupted": metrics_from_logits(item_logits(adapter, corrupted, batch_size=bs), corrupted)[metric]}
-    rows, forwards, n_rows = [], 4, 0
+    # the two recordings and the two baselines, in chunks of bs sequences
+    rows, forwards, n_rows = [], 4 * -(-clean.n_sequences // bs), 0
     for d in (("denoising", "noising") if direction == "both" else (direction,)):
         target, source = (corrupted, cache["clean"]) if d == "denoising" else (clean, cache["corrupted"])
         specs = [_Spec(s.site, s.layer, s.head, s.group, s.pos, s.hook) for s in specs_template]

@@ -268,3 +268,31 @@ def test_bad_patching_input_names_the_value(neox_bridge, call, err, message):
     clean, corrupted = _random_pair(mt.adapt(neox_bridge).d_vocab)
     with pytest.raises(err, match=__import__("re").escape(message)):
         call(neox_bridge, clean, corrupted)
+
+
+def test_cli_patch_scan_and_path_on_a_toy_run_and_a_language_model_run(tmp_path, nano_run, capsys):
+    import json
+
+    from mechtrunc.cli import main
+
+    cfg = mt.preset("cpu", d_model=16, seq_len=32, steps=4, eval_every=4, batch_size=8, test_size=8, seed=0)
+    mt.train(cfg, out_dir=tmp_path / "toy", progress=False)
+    out_csv = tmp_path / "scan.csv"
+    assert main(["patch", "scan", str(tmp_path / "toy"), "--n", "16", "--sites", "z", "resid_pre", "--json",
+                 "--out", str(out_csv), "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    model, _, task = mt.load_run(tmp_path / "toy")
+    clean, corrupted = mt.recall_pair(task, n=16, seed=10_000)
+    want = mt.patching_scan(model, clean, corrupted, sites=("z", "resid_pre"))
+    assert [r["value"] for r in rep["rows"]] == pytest.approx(want["value"].tolist(), abs=1e-6)
+    assert len(__import__("pandas").read_csv(out_csv)) == len(want)
+    assert main(["patch", "path", str(tmp_path / "toy"), "--n", "16", "--receiver", "k:1:0", "--json"]) == 0
+    path = json.loads(capsys.readouterr().out)
+    assert [r["receiver"] for r in path["rows"]] == ["L1H0.k"]
+    # a language-model run: its last checkpoint, IOI prompts of the corpus, the ABC corruption
+    run, _ = nano_run
+    assert main(["patch", "scan", str(run), "--task", "ioi", "--n", "8", "--sites", "z", "--json", "--no-progress"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    adapter = mt.adapt(__import__("mechtrunc.pythia", fromlist=["x"]).load_model(run / "step200", local_files_only=True))
+    assert len(rep["rows"]) == adapter.n_layers * adapter.n_heads * 5  # groups: all, io, s1, s2, end
+    assert rep["metric"] == "logit_diff_the"
