@@ -64,7 +64,8 @@ def _sines(A: Tensor, B: Tensor) -> tuple[float, float]:
     return float(s.max()), float(s.square().mean().sqrt())
 
 
-def weight_distances(W: Tensor, W_trunc: Tensor, rank: int, reference: str = "float64") -> dict[str, float]:
+def weight_distances(W: Tensor, W_trunc: Tensor, rank: int, reference: str = "float64",
+                     svd: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, float]:
     """How far ``W_trunc`` (a rank-``rank`` truncation of ``W``, both ``[d_in, d_out]``) is from
     the exact rank-``rank`` truncation ``W_r`` of ``W`` computed by ``torch.linalg.svd`` in
     ``reference`` precision:
@@ -80,11 +81,14 @@ def weight_distances(W: Tensor, W_trunc: Tensor, rank: int, reference: str = "fl
       ``subspace_rms_sin`` the root mean square of those sines (0 to 1: how much of the kept
       subspace moved);
     - ``singular_value_error``: ``||S(W_trunc)_:r - S_:r||_2 / ||S_:r||_2``.
+
+    ``svd``: ``torch.linalg.svd(W.to(reference dtype), full_matrices=False)`` when already
+    computed (it does not depend on ``rank``).
     """
     if reference not in REFERENCES:
         raise ValueError(f"unknown reference {reference!r}; valid: {', '.join(REFERENCES)}")
     dtype = torch.float64 if reference == "float64" else torch.float32
-    U, S, Vh = torch.linalg.svd(W.to(dtype), full_matrices=False)
+    U, S, Vh = svd if svd is not None else torch.linalg.svd(W.to(dtype), full_matrices=False)
     U, S, Vh = U.double(), S.double(), Vh.double()
     r = int(rank)
     W64, Wt = W.double(), W_trunc.double()
@@ -165,31 +169,42 @@ def svd_sensitivity(
     if not ivs:
         raise ValueError("truncations is empty: give at least one (layer, matrix, keep)")
     adapter = adapt(model)
+    dtype = torch.float64 if reference == "float64" else torch.float32
 
     t0 = time.perf_counter()
     base = metric_values(evaluate(model, prompts, batch_size=batch_size, label="full"))
     rows = [{**baseline_row(base, rule=rule, svd="none", mode="weight", seconds=time.perf_counter() - t0),
              **{c: 0.0 for c in DISTANCE_COLUMNS}}]
+    weights, refs, ranks = {}, {}, []
     for iv in ivs:
         adapter.check_layer(iv.layer)
         site = adapter.matrix(iv.matrix, iv.layer)
-        W = site.get().clone()
-        rank = iv.ranks(adapter, site.max_rank)[0]
-        by_method = {}
-        for m in methods:
+        key = (iv.layer, iv.matrix)
+        if key not in weights:  # the reference SVD does not depend on the rank: once per matrix
+            weights[key] = site.get().clone()
+            refs[key] = torch.linalg.svd(weights[key].to(dtype), full_matrices=False)
+        ranks.append((iv.ranks(adapter, site.max_rank)[0], site.max_rank))
+    # method by method, so the adapter's decomposition of a matrix (cached while its weight is
+    # unchanged, one method at a time) serves every keep of that matrix
+    found: dict[tuple[int, str], dict] = {}
+    for m in methods:
+        for i, iv in enumerate(ivs):
             t0 = time.perf_counter()
             ivm = dataclasses.replace(iv, svd=m, mode="weight")
+            rank, max_rank = ranks[i]
+            key = (iv.layer, iv.matrix)
             with intervene(model, ivm):
                 W_m = adapter.matrix(iv.matrix, iv.layer).get().clone()
                 metrics = metric_values(evaluate(model, prompts, batch_size=batch_size, label=ivm.label))
-            dist = weight_distances(W, W_m, rank, reference)
-            row = configuration_row(iv.layer, iv.matrix, iv.keep if iv.keep is not None else rank / site.max_rank,
-                                    rank, site.max_rank, metrics, rule=iv.rule, svd=m, mode="weight",
+            dist = weight_distances(weights[key], W_m, rank, reference, svd=refs[key])
+            row = configuration_row(iv.layer, iv.matrix, iv.keep if iv.keep is not None else rank / max_rank,
+                                    rank, max_rank, metrics, rule=iv.rule, svd=m, mode="weight",
                                     intervention=ivm.label, seconds=time.perf_counter() - t0)
-            by_method[m] = {**row, **dist}
-        exact = by_method["exact"]
+            found[(i, m)] = {**row, **dist}
+    for i in range(len(ivs)):
+        exact = found[(i, "exact")]
         for m in methods:
-            row = by_method[m]
+            row = found[(i, m)]
             for k in [c for c in exact if c in (P_ANSWER, "accuracy") or c.startswith("logit_diff_")]:
                 row[f"delta_{k}"] = row[k] - exact[k]
             rows.append(row)
