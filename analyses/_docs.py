@@ -236,12 +236,56 @@ CAUSAL_BLOCKS = {
 }
 
 
+# ------------------------------- docs/results.md, SVD sensitivity (analyses/svd_sensitivity.py)
+_SVD_MODELS = {"toy": ("toy (cpu preset)", "logit_diff_noise"), "pythia": ("random Pythia-70m shape", "logit_diff_the")}
+
+
+def _layer_label(model: str, layer: int) -> str:
+    return f"layer-{layer + 1} FFN" if model == "toy" else f"L{layer}"
+
+
+def render_svd_sensitivity(_df=None) -> str:
+    """Per model and truncation: the LASER setting's distances from the float64 exact truncation
+    and the metrics, exact -> LASER."""
+    rows = []
+    for model, (label, ld) in _SVD_MODELS.items():
+        df = read_table(DATA / f"svd_sensitivity_{model}.csv")
+        df = df[~df["baseline"].astype(bool)]
+        for (layer, matrix, keep), g in df.groupby(["layer", "matrix", "keep"], sort=False):
+            g = g.set_index("svd")
+            e, l = g.loc["exact"], g.loc["laser"]
+            arrow = lambda c, f: f"{e[c]:{f}} -> {l[c]:{f}}"
+            rows.append([label, f"{_layer_label(model, int(layer))} {matrix.split('.')[1]} keep {keep:g}", int(l["rank"]),
+                         f"{e['weight_distance']:.0e}", f"{l['weight_distance']:.3f}", f"{l['excess_error']:+.3f}",
+                         f"{l['subspace_rms_sin']:.3f}", arrow("p_answer", ".3g"), arrow(ld, ".3f"),
+                         arrow("accuracy", ".3f")])
+    return table(["model", "truncation", "rank", "exact: distance", "LASER: distance", "LASER: excess error",
+                  "LASER: subspace RMS sin", "P(answer) exact -> LASER", "logit diff exact -> LASER",
+                  "accuracy exact -> LASER"], rows)
+
+
+def render_svd_best(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        label, _ = _SVD_MODELS[r["model"]]
+        rows.append([label, r["svd"], f"{_layer_label(r['model'], int(r['layer']))} {r['matrix'].split('.')[1]} keep {r['keep']:g}",
+                     r["metric"], f"{r['value']:.3f}", f"{r['baseline_value']:.3f}", "yes" if r["same_as_exact"] else "**no**"])
+    return table(["model", "SVD", "best configuration", "metric", "value", "full model", "same as exact"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/results.md's SVD sensitivity section
+SVD_BLOCKS = {
+    "svd-sensitivity": ("svd_sensitivity_toy.csv", render_svd_sensitivity),
+    "svd-sensitivity-best": ("svd_sensitivity_best.csv", render_svd_best),
+}
+
+
 def doc_of(name: str) -> Path:
     return LM if name in LM_BLOCKS else CAUSAL if name in CAUSAL_BLOCKS else RESULTS
 
 
 def render(name: str) -> str:
-    csv, fn = LM_BLOCKS.get(name) or CAUSAL_BLOCKS.get(name) or BLOCKS[name]
+    csv, fn = LM_BLOCKS.get(name) or CAUSAL_BLOCKS.get(name) or SVD_BLOCKS.get(name) or BLOCKS[name]
     return fn(read_table(DATA / csv))
 
 

@@ -38,7 +38,7 @@ GRID_MATRICES = ("mlp.W_in", "mlp.W_out")
 GRID_KEEPS = (1, 0.5, 0.2, 0.1, 0.05, 0.01)
 GRID_MODES = ("engine", "weight", "hook")
 RULES = ("round", "authors")
-SVD_METHODS = ("exact", "randomized")
+SVD_METHODS = ("exact", "randomized", "laser")
 #: built-in prompt tasks of the language-model studies (mechtrunc.tasks.prompts_for_task)
 TASKS = ("ioi", "factual")
 

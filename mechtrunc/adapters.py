@@ -212,7 +212,7 @@ class ModelAdapter(ABC):
         equal to it: version counters miss edits made through ``.data`` (and a restored weight
         bumps the version although its values are back), so they are not a safe key."""
         W = site.get()
-        key = (site.name, site.layer, method, rank if method == "randomized" else None)
+        key = (site.name, site.layer, method, rank if method != "exact" else None)
         hit = self._svd_cache.get(key)
         if hit is not None:
             W_seen, *usv = hit

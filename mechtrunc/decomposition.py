@@ -2,7 +2,8 @@
 interventions (:class:`~mechtrunc.Truncate`, :class:`~mechtrunc.RemoveComponents`) and the grid
 engine (:mod:`mechtrunc.engine`), with an optional on-disk cache keyed by the weight's hash.
 
-- :func:`full_svd`: ``U, S, Vh`` (``W = U diag(S) Vh``), exact (LAPACK / cuSOLVER) or randomized.
+- :func:`full_svd`: ``U, S, Vh`` (``W = U diag(S) Vh``), exact (LAPACK / cuSOLVER), randomized,
+  or ``"laser"``: the LASER paper's own call (``torch.svd_lowrank(q=rank, niter=2)``), seeded.
 - :func:`truncation_basis`: the top-``rank`` singular basis of the *smaller* side of ``W``
   only (what a truncation needs), by a float64 Gram eigendecomposition or an SVD driver.
 - :class:`SVDCache`: :func:`truncation_basis` results kept in a directory as
@@ -22,25 +23,51 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["SVD_METHODS", "BASIS_METHODS", "full_svd", "truncation_basis", "SVDCache", "weight_key"]
+__all__ = ["SVD_METHODS", "BASIS_METHODS", "LASER_NITER", "SVD_SEED", "full_svd", "truncation_basis", "SVDCache", "weight_key"]
 
 #: methods of :func:`full_svd`
-SVD_METHODS = ("exact", "randomized")
+SVD_METHODS = ("exact", "randomized", "laser")
+#: the LASER paper's setting of ``torch.svd_lowrank`` (pratyushasharma/laser,
+#: ``laser/matrix_utils.py: do_low_rank``): ``q`` = the kept rank (no oversampling), ``niter=2``
+LASER_NITER = 2
+#: the seed of the randomized methods (``torch.manual_seed`` in a forked RNG: runs repeat, and
+#: the caller's random state is untouched)
+SVD_SEED = 0
 #: methods of :func:`truncation_basis`
 BASIS_METHODS = ("gram", "gram32", "gesdd", "gesvd", "gesvdj", "gesvda")
 
 
 def full_svd(W: Tensor, method: str = "exact", rank: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``U, S, Vh`` of ``W`` in float32 (float64 weights keep float64).  ``"randomized"`` runs
-    ``torch.svd_lowrank`` (seeded) for the top ``rank + 10`` components only."""
+    """``U, S, Vh`` of ``W`` (``[d_in, d_out]``, used as ``x @ W``) in float32 (float64 weights
+    keep float64).
+
+    - ``"exact"``: ``torch.linalg.svd``, every component.
+    - ``"randomized"``: ``torch.svd_lowrank(q=rank + 10, niter=4)`` (seeded): the top
+      ``rank + 10`` components, accurate enough to stand in for ``"exact"``.
+    - ``"laser"``: exactly the LASER paper's truncation (``do_low_rank`` in the authors' code):
+      ``torch.svd_lowrank(q=rank, niter=2)`` in float32 on the matrix in ``nn.Linear`` layout
+      (``[d_out, d_in]``, the parameter the authors pass), seeded with :data:`SVD_SEED`; ``rank``
+      components, an approximation of the top ``rank`` whose error grows as the spectrum flattens.
+      ``U diag(S) Vh`` is the weight LASER writes back.
+    """
     Wf = W if W.dtype == torch.float64 else W.float()
     if method == "exact":
         return torch.linalg.svd(Wf, full_matrices=False)
-    if method == "randomized":
-        q = min(min(Wf.shape), (rank or 1) + 10)
+    if method in ("randomized", "laser"):
+        if method == "laser":
+            Wf = W.float()  # the authors cast to float32 whatever the weight's dtype
+            q, niter = min(min(Wf.shape), rank if rank is not None else 1), LASER_NITER
+            if q == 0:  # nothing kept (svd_lowrank needs q >= 1)
+                m, n = Wf.shape
+                return Wf.new_zeros(m, 0), Wf.new_zeros(0), Wf.new_zeros(0, n)
+        else:
+            q, niter = min(min(Wf.shape), (rank or 1) + 10), 4
         with torch.random.fork_rng(devices=[Wf.device] if Wf.is_cuda else []):
-            torch.manual_seed(0)
-            U, S, V = torch.svd_lowrank(Wf, q=q, niter=4)
+            torch.manual_seed(SVD_SEED)
+            if method == "laser":  # nn.Linear layout: W^T = U' S V'^T, so W = V' S U'^T
+                U_, S, V_ = torch.svd_lowrank(Wf.T.contiguous(), q=q, niter=niter)
+                return V_, S, U_.T
+            U, S, V = torch.svd_lowrank(Wf, q=q, niter=niter)
         return U, S, V.T
     raise ValueError(f"unknown svd method {method!r}; valid: {', '.join(repr(m) for m in SVD_METHODS)}")
 

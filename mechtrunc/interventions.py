@@ -432,7 +432,10 @@ class Truncate(_SVDEdit):
     Give ``keep`` (fraction of the maximum rank, rounding by ``rule``) or ``rank`` (an integer).
     Either may be a sequence, one value per batch row, with ``mode="hook"``: the forward pass
     then evaluates a different rank for each row.  ``svd="randomized"`` uses
-    ``torch.svd_lowrank`` (for large matrices).  ``matrix="attn.OV"`` truncates each head's
+    ``torch.svd_lowrank`` (for large matrices); ``svd="laser"`` is the LASER paper's own call
+    (``torch.svd_lowrank(q=rank, niter=2)``, seeded; with ``rule="authors"`` the paper's
+    truncation exactly, :func:`mechtrunc.decomposition.full_svd`), weight mode only (its rank-``r``
+    weight is not a projection of ``W``'s output).  ``matrix="attn.OV"`` truncates each head's
     ``W_V @ W_O`` product.
     """
 
@@ -468,6 +471,9 @@ class Truncate(_SVDEdit):
             for v in ranks:
                 if v < 0:
                     raise ValueError(f"rank must be a non-negative integer, got {v!r}")
+        if self.svd == "laser" and self.mode != "weight":
+            raise ValueError("svd='laser' writes LASER's approximate weight back: give mode='weight' "
+                             "(hook mode projects the exact output, which differs)")
 
     @property
     def label(self) -> str:
@@ -513,7 +519,7 @@ class RemoveComponents(_SVDEdit):
     def __post_init__(self):
         self._validate_common()
         object.__setattr__(self, "indices", tuple(as_int_list(self.indices, "indices")))
-        if self.svd == "randomized":
+        if self.svd in ("randomized", "laser"):
             raise ValueError("RemoveComponents needs svd='exact' (arbitrary indices need the full spectrum)")
 
     @property
