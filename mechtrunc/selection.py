@@ -212,11 +212,13 @@ def change_intervals(before: Mapping[str, Tensor], after: Mapping[str, Tensor], 
     if not metrics:
         return pd.DataFrame(columns=["metric", "full", "intervened", "change", "ci_low", "ci_high", "n_items",
                                      "n_boot", "level"])
-    b = torch.stack([torch.as_tensor(before[m]).reshape(-1).double().cpu() for m in metrics])
-    a = torch.stack([torch.as_tensor(after[m]).reshape(-1).double().cpu() for m in metrics])
-    lo, hi = bootstrap_intervals(a - b, n_boot=n_boot, level=level, seed=seed)
-    return pd.DataFrame({"metric": list(metrics), "full": b.mean(1).numpy(), "intervened": a.mean(1).numpy(),
-                         "change": (a - b).mean(1).numpy(), "ci_low": lo.numpy(), "ci_high": hi.numpy(),
+    b = torch.stack([torch.as_tensor(before[m]).reshape(-1).cpu() for m in metrics])
+    a = torch.stack([torch.as_tensor(after[m]).reshape(-1).cpu() for m in metrics])
+    diff = (a - b).double()  # the difference in the values' own precision, as bootstrap_ci(after - before)
+    lo, hi = bootstrap_intervals(diff, n_boot=n_boot, level=level, seed=seed)
+    return pd.DataFrame({"metric": list(metrics), "full": b.double().mean(1).numpy(),
+                         "intervened": a.double().mean(1).numpy(), "change": diff.mean(1).numpy(),
+                         "ci_low": lo.numpy(), "ci_high": hi.numpy(),
                          "n_items": b.shape[1], "n_boot": n_boot, "level": level})
 
 
