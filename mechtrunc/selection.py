@@ -44,7 +44,7 @@ from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER
 __all__ = [
     "DEFAULT_SELECT", "DEFAULT_BUDGET", "DEFAULT_N_BOOT", "HELDOUT_METRIC", "ITEM_COLUMNS", "PARTS",
     "sequence_groups", "split_sequences", "split_prompts", "item_table", "change_intervals",
-    "choose_configuration", "heldout_choice", "heldout_selection",
+    "choose_configuration", "heldout_choice", "heldout_selection", "next_token_prompts", "text_prompts",
 ]
 
 #: the fraction of sequences (by group) in the select part
@@ -139,6 +139,30 @@ def split_prompts(prompts: PromptSet, select: float = DEFAULT_SELECT, seed: int 
                             "sequences": idx.tolist()}
         parts.append(ps)
     return parts[0], parts[1]
+
+
+def next_token_prompts(tokens: Tensor) -> PromptSet:
+    """Every next-token prediction of ``tokens [seq, pos]`` as items (position ``p`` reads
+    token ``p + 1``; no competitors): the collateral of a held-out selection, whose mean
+    ``loss`` is the language-modelling loss on that text."""
+    tokens = torch.as_tensor(tokens).long()
+    if tokens.ndim != 2 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be [seq, pos] with at least 2 positions, got shape {tuple(tokens.shape)}")
+    n_seq, n_pos = tokens.shape
+    rows = torch.arange(n_seq).repeat_interleave(n_pos - 1)
+    pos = torch.arange(n_pos - 1).repeat(n_seq)
+    return PromptSet(tokens=tokens, rows=rows, pos=pos, answer=tokens[rows, pos + 1],
+                     competitors=torch.zeros(len(rows), 0, dtype=torch.long), competitor_names=())
+
+
+def text_prompts(text: str, tokenizer, ctx: int = 64, max_windows: int = 64) -> PromptSet:
+    """:func:`next_token_prompts` of ``text`` tokenized with ``tokenizer`` and cut into at most
+    ``max_windows`` windows of ``ctx`` tokens (reference text for a collateral loss)."""
+    ids = tokenizer(text)["input_ids"]
+    n = min(max_windows, len(ids) // ctx)
+    if n < 1:
+        raise ValueError(f"the reference text has {len(ids)} tokens: fewer than one window of {ctx}")
+    return next_token_prompts(torch.tensor(ids[: n * ctx]).reshape(n, ctx))
 
 
 # --- per-item values -------------------------------------------------------------------------

@@ -192,3 +192,47 @@ def test_heldout_selection_on_the_toy_layer2_ffn(trained_toy):
     capped = heldout_selection(model, prompts, truncs, metric="p_noise", higher_is_better=False, n_boot=200,
                                collateral=prompts, budget=0.1).set_index("part")
     assert capped.loc["eval", "collateral_change"] <= 0.1 and capped.loc["eval", "budget"] == 0.1
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
+    from mechtrunc.testing import build_random_pythia
+
+    return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
+                               out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--select", "0.3"], "--select only apply with --heldout"),
+    (["--heldout", "--select", "1"], "--select must be a fraction in (0, 1)"),
+    (["--heldout", "--budget", "0.2"], "--budget bounds the loss on --collateral text"),
+    (["--heldout", "--collateral", "/nonexistent/text.txt"], "no such file"),
+    (["--heldout", "--svd", "randomized", "--mode", "hook"], "--heldout runs on the grid engine"),
+])
+def test_pythia_truncate_heldout_usage_errors_exit_2(extra, message, capsys):
+    from mechtrunc.cli import main
+
+    code = main(["pythia", "truncate", "--model", "EleutherAI/pythia-70m", "--out", "X", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "mechtrunc: error:" in err and "Traceback" not in err
+
+
+def test_pythia_truncate_heldout_prints_the_eval_change_and_the_collateral(tiny_pythia, tmp_path, capsys):
+    from mechtrunc.cli import main
+
+    text = tmp_path / "ref.txt"
+    text.write_text("The cat sat on the mat and looked at the garden, where the birds were singing. " * 20)
+    out = tmp_path / "run"
+    assert main(["pythia", "truncate", "--model", str(tiny_pythia), "--n", "36", "--keeps", "0.5", "0.1",
+                 "--batch-size", "8", "--no-progress", "--out", str(out), "--heldout", "--collateral", str(text),
+                 "--budget", "0.5", "--n-boot", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out choice by p_answer" in printed and "grouped by template" in printed
+    assert "eval (held out):" in printed and "200 resamples" in printed
+    assert f"collateral: loss on {text}" in printed and "budget 0.5" in printed
+    table = pd.read_csv(out / "heldout.csv")
+    assert list(table["part"]) == ["select", "eval"] and (table["n_boot"] == 200).all()
+    assert table["n_items"].sum() == 36 and (table["collateral_change"] <= 0.5).all()
