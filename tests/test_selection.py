@@ -192,6 +192,15 @@ def test_heldout_selection_on_the_toy_layer2_ffn(trained_toy):
     capped = heldout_selection(model, prompts, truncs, metric="p_noise", higher_is_better=False, n_boot=200,
                                collateral=prompts, budget=0.1).set_index("part")
     assert capped.loc["eval", "collateral_change"] <= 0.1 and capped.loc["eval", "budget"] == 0.1
+    # a callable collateral (lower is better): the unconstrained choice costs 1 nat, so another is chosen
+    seen = []
+    first = (ev["matrix"], float(ev["keep"]))
+    cost = lambda iv: seen.append(iv) or (1.0 if iv is not None and (iv.matrix, iv.keep) == first else 0.0)
+    other = heldout_selection(model, prompts, truncs, metric="p_noise", higher_is_better=False, n_boot=200,
+                              collateral=cost).set_index("part")
+    assert (other.loc["eval", "matrix"], other.loc["eval", "keep"]) != first and not other.loc["eval", "baseline"]
+    assert other.loc["eval", "collateral_change"] == 0.0 and other.loc["eval", "budget"] == 0.1
+    assert None in seen and len(seen) == 1 + len(truncs)  # once per configuration, the full model included
 
 
 # --- the command line ------------------------------------------------------------------------
