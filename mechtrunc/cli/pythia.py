@@ -114,8 +114,8 @@ def _print_heldout(model, prompts, grid, metric, args) -> None:
     print(f"held-out choice by {metric} on {sel['n_items']} select prompts ({select:g} of them, grouped by "
           f"{h['groups']}, seed {args.seed}): {what}")
     for name, part in (("select (in-sample)", sel), ("eval (held out)", ev)):
-        print(f"  {name}: {part['truncated']:.4f} vs {part['full']:.4f} full, change {part['change']:+.4f} "
-              f"[{part['ci_low']:+.4f}, {part['ci_high']:+.4f}] ({pct}% paired bootstrap, {h['n_boot']} resamples, "
+        print(f"  {name}: {part['truncated']:.4g} vs {part['full']:.4g} full, change {part['change']:+.3g} "
+              f"[{part['ci_low']:+.3g}, {part['ci_high']:+.3g}] ({pct}% paired bootstrap, {h['n_boot']} resamples, "
               f"{part['n_items']} prompts)")
     if collateral is None:
         print("  collateral: none measured (give --collateral FILE: the loss on reference text, within --budget)")
