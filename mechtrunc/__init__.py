@@ -41,7 +41,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["build_report", "write_report"], "mechtrunc.report"),
 }
 #: submodules reachable as attributes (``mt.pythia.load_model``, ``mt.studies...``)
-_SUBMODULES = ("dynamics", "lm", "memory", "pythia", "report", "studies", "testing", "viz")
+_SUBMODULES = ("dynamics", "lm", "memory", "pythia", "report", "selection", "studies", "testing", "viz")
 
 __all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 

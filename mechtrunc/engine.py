@@ -76,6 +76,9 @@ class GridResult:
     metrics: dict
     path: str
     baseline: bool = False
+    #: with ``run_grid(..., items=True)``: the per-item values ``{metric: [item] tensor}`` whose
+    #: means are ``metrics`` (no extra forward pass); None otherwise
+    items: dict | None = None
 
 
 @dataclass
@@ -85,10 +88,10 @@ class _Plan:
     max_rank: int
     fast: bool
 
-    def result(self, metrics: dict, path: str) -> GridResult:
+    def result(self, metrics: dict, path: str, items: dict | None = None) -> GridResult:
         t = self.truncation
         return GridResult(t, t.layer, t.matrix, t.keep, self.rank, self.max_rank, self.rank == self.max_rank,
-                          metrics, path)
+                          metrics, path, items=items)
 
 
 def _plan(adapter, truncations) -> list[_Plan]:
@@ -126,6 +129,7 @@ def run_grid(
     svd_method: str = "gram",
     progress: bool = False,
     baseline: bool = True,
+    items: bool = False,
 ) -> Iterator[GridResult]:
     """Evaluate every :class:`~mechtrunc.Truncate` of ``truncations`` (one keep or rank each,
     ``svd="exact"``) on ``prompts``; yield a :class:`GridResult` per truncation (the baseline
@@ -141,6 +145,9 @@ def run_grid(
             ``svd_method``); None: nothing kept.
         svd_method: see :func:`mechtrunc.decomposition.truncation_basis` (``"gram"`` default).
         progress: a tqdm bar over truncations.
+        items: also give each result's per-item values (``GridResult.items``, CPU tensors, one
+            value per item of ``prompts``), the values the means are taken over: for paired
+            bootstrap intervals at no extra forward pass (:mod:`mechtrunc.selection`).
     """
     adapter = adapt(model)
     batch_size = as_int(batch_size, "batch_size")
@@ -153,10 +160,10 @@ def run_grid(
         raise ValueError("the prompt set has no items to score")
     check_prompts(adapter, prompts)
     plans = _plan(adapter, truncations)
-    return _run(adapter, prompts, plans, batch_size, cache, progress, baseline)
+    return _run(adapter, prompts, plans, batch_size, cache, progress, baseline, bool(items))
 
 
-def _run(adapter, prompts, plans, batch_size, cache, progress, want_baseline):
+def _run(adapter, prompts, plans, batch_size, cache, progress, want_baseline, items=False):
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -167,33 +174,42 @@ def _run(adapter, prompts, plans, batch_size, cache, progress, want_baseline):
         fast = [p for p in plans if p.fast]
         slow = [p for p in plans if not p.fast]
         if adapter.stack is not None and (fast or want_baseline):
-            yield from _run_fast(adapter, prompts, fast, batch_size, cache, tick, want_baseline)
+            yield from _run_fast(adapter, prompts, fast, batch_size, cache, tick, want_baseline, items)
             want_baseline = False
         if slow or want_baseline:
-            yield from _run_reference(adapter, prompts, slow, batch_size, tick, want_baseline)
+            yield from _run_reference(adapter, prompts, slow, batch_size, tick, want_baseline, items)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _baseline(metrics: dict, path: str) -> GridResult:
-    return GridResult(None, None, "none", None, None, None, False, metrics, path, baseline=True)
+def _baseline(metrics: dict, path: str, items: dict | None = None) -> GridResult:
+    return GridResult(None, None, "none", None, None, None, False, metrics, path, baseline=True, items=items)
 
 
-def _run_reference(adapter, prompts, plans, batch_size, tick, want_baseline):
+def _cpu(per_item: dict[str, Tensor] | None) -> dict | None:
+    return None if per_item is None else {k: v.detach().cpu() for k, v in per_item.items()}
+
+
+def _run_reference(adapter, prompts, plans, batch_size, tick, want_baseline, items=False):
     """One evaluation per truncation (hook mode; weight mode on a model without hook points)."""
     mode = "hook" if adapter.has_hooks else "weight"
-    base = metrics_from_logits(item_logits(adapter, prompts, batch_size=batch_size), prompts)
+
+    def score(*ivs):
+        logits = item_logits(adapter, prompts, *ivs, batch_size=batch_size)
+        per_item = _cpu(item_metrics(logits, prompts)) if items else None
+        return metrics_from_logits(logits, prompts), per_item
+
+    base, base_items = score()
     if want_baseline:
-        yield _baseline(base, "reference")
+        yield _baseline(base, "reference", base_items)
         tick()
     for p in sorted(plans, key=lambda p: p.truncation.layer):
         if p.rank == p.max_rank:
-            metrics = dict(base)
+            metrics, per_item = dict(base), base_items
         else:
-            iv = dataclasses.replace(p.truncation, mode=mode)
-            metrics = metrics_from_logits(item_logits(adapter, prompts, iv, batch_size=batch_size), prompts)
-        yield p.result(metrics, "reference")
+            metrics, per_item = score(dataclasses.replace(p.truncation, mode=mode))
+        yield p.result(metrics, "reference", per_item)
         tick()
 
 
@@ -230,7 +246,7 @@ class _Products:
 
 
 @torch.no_grad()
-def _run_fast(adapter, prompts, plans, batch_size, cache, tick, want_baseline):
+def _run_fast(adapter, prompts, plans, batch_size, cache, tick, want_baseline, items=False):
     stack = adapter.stack
     dev = adapter.device
     dtype = next(adapter.model.parameters()).dtype
@@ -269,8 +285,9 @@ def _run_fast(adapter, prompts, plans, batch_size, cache, tick, want_baseline):
     for s, e, idx in chunks(seq_chunk):
         store(base_items, run_from(0, stack.embed(tokens[s:e]), rows_all[idx] - s, pos_all[idx]), idx)
     base = _reduce(base_items, n_items)
+    base_items = _cpu(base_items) if items else None
     if want_baseline:
-        yield _baseline(base, "fast")
+        yield _baseline(base, "fast", base_items)
         tick()
 
     by_layer: dict[int, list[_Plan]] = {}
@@ -307,7 +324,8 @@ def _run_fast(adapter, prompts, plans, batch_size, cache, tick, want_baseline):
                 for j in range(n_rep):
                     store(acc[j], lg[j * len(idx):(j + 1) * len(idx)], idx)
                 del lg
-        done = {id(p): _reduce(a, n_items) for p, a in zip(order, acc)}
+        done = {id(p): (_reduce(a, n_items), _cpu(a) if items else None) for p, a in zip(order, acc)}
         for p in by_layer[l]:
-            yield p.result(done.get(id(p), dict(base)), "fast")
+            metrics, per_item = done.get(id(p), (dict(base), base_items))
+            yield p.result(metrics, "fast", per_item)
             tick()

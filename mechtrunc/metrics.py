@@ -11,7 +11,8 @@ Given the logits at each read item of a :class:`~mechtrunc.prompts.PromptSet`:
 - ``loss``: mean cross-entropy of the answer.
 
 :func:`bootstrap_ci` gives a percentile interval of a mean over items (resampling the items), for
-a metric or for a paired difference of two runs on the same items.
+a metric or for a paired difference of two runs on the same items; :func:`bootstrap_intervals`
+gives many at once (a grid's configurations, the same resampled items for every row).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from torch import Tensor
 
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["metrics_from_logits", "item_metrics", "masked_cross_entropy", "bootstrap_ci"]
+__all__ = ["metrics_from_logits", "item_metrics", "masked_cross_entropy", "bootstrap_ci", "bootstrap_means",
+           "bootstrap_intervals"]
 
 
 def item_metrics(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, Tensor]:
@@ -79,22 +81,75 @@ def masked_cross_entropy(
     return F.cross_entropy(logits[mask].float(), targets[mask])
 
 
+def _check_bootstrap(n_boot, level) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+
+
+def bootstrap_means(
+    values: Float[Tensor, "k item"], n_boot: int = 2000, seed: int = 0, clusters: Tensor | None = None
+) -> Float[Tensor, "k n_boot"]:
+    """The means of ``n_boot`` bootstrap resamples of the items, for each of ``k`` rows of
+    ``values`` (float64, CPU).  Every row is resampled with the *same* items (draw ``b`` takes
+    item ``i`` as many times in every row), so rows holding two runs on the same items, or
+    their difference, are paired.  The draws are seeded by ``seed`` and do not depend on ``k``:
+    one matrix of resample counts ``[n_boot, item]`` times ``values``, so a whole grid's
+    intervals cost one matrix product.
+
+    ``clusters`` (one id per item, e.g. the item's sequence): resample clusters instead of
+    items (all items of a drawn cluster enter together; the mean is over the drawn items), for
+    items that are not independent (the toy task reads many items per sequence).  With one item
+    per cluster, in item order, it draws exactly what the item bootstrap draws."""
+    v = torch.as_tensor(values).double().cpu()
+    if v.ndim == 1:
+        v = v[None]
+    if v.ndim != 2 or v.shape[1] == 0:
+        raise ValueError(f"bootstrap needs [k, item] values with at least one item, got shape {tuple(v.shape)}")
+    _check_bootstrap(n_boot, 0.5)
+    n = v.shape[1]
+    size = None
+    if clusters is not None:
+        c = torch.as_tensor(clusters).reshape(-1).cpu()
+        if c.shape[0] != n:
+            raise ValueError(f"clusters must give one id per item ({n}), got {c.shape[0]}")
+        _, code = torch.unique(c, return_inverse=True)
+        n_c = int(code.max()) + 1
+        member = torch.zeros(n, n_c, dtype=torch.double)
+        member[torch.arange(n), code] = 1.0
+        v, size, n = v @ member, member.sum(0), n_c  # per-cluster sums and sizes
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, n, (n_boot, n), generator=gen)
+    counts = torch.zeros(n_boot, n, dtype=torch.double).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.double))
+    if size is None:
+        return v @ counts.T / n
+    return (v @ counts.T) / (counts @ size)[None]
+
+
+def bootstrap_intervals(
+    values: Float[Tensor, "k item"], n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+    clusters: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Percentile bootstrap intervals ``(low [k], high [k])`` of the mean of each row of
+    ``values`` (the rows resampled together, by item or by ``clusters``, see
+    :func:`bootstrap_means`); for paired differences pass ``after - before`` row by row."""
+    _check_bootstrap(n_boot, level)
+    means = bootstrap_means(values, n_boot=n_boot, seed=seed, clusters=clusters)
+    a = (1.0 - level) / 2
+    q = torch.quantile(means, torch.tensor([a, 1.0 - a], dtype=torch.double), dim=1)
+    return q[0], q[1]
+
+
 def bootstrap_ci(
     values: Float[Tensor, "item"], n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (one number per item; for a paired
     difference pass ``after - before`` on the same items): ``n_boot`` resamples of the items
-    with replacement, seeded by ``seed``.  Returns ``(low, high)``."""
+    with replacement, seeded by ``seed``.  Returns ``(low, high)``; the interval of one row of
+    :func:`bootstrap_intervals`."""
     v = torch.as_tensor(values).reshape(-1).double().cpu()
     if v.numel() == 0:
         raise ValueError("bootstrap_ci needs at least one value")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=gen)
-    means = v[idx].mean(1)
-    a = (1.0 - level) / 2
-    lo, hi = torch.quantile(means, torch.tensor([a, 1.0 - a], dtype=torch.double)).tolist()
-    return float(lo), float(hi)
+    lo, hi = bootstrap_intervals(v[None], n_boot=n_boot, level=level, seed=seed)
+    return float(lo[0]), float(hi[0])

@@ -190,3 +190,20 @@ def test_truncation_study_engine_mode_equals_weight_mode(neox_bridge, tmp_path):
     assert engine.drop(columns="seconds").equals(again.drop(columns="seconds"))
     with pytest.raises(ValueError, match="svd='exact'"):
         truncation_study(neox_bridge, prompts, mode="engine", svd="randomized", **kw)
+
+
+def test_items_are_the_values_the_means_are_taken_over(trained_toy):
+    """``run_grid(..., items=True)``: per-item values on both paths (fast: W_in; reference:
+    W_Q), whose means are the rows' metrics, with no change to the metrics themselves."""
+    model, _, prompts = trained_toy
+    truncs = [mt.Truncate("mlp.W_in", layer=1, keep=0.1), mt.Truncate("attn.W_Q", layer=0, keep=0.5),
+              mt.Truncate("mlp.W_out", layer=0, keep=1.0)]
+    plain = list(ge.run_grid(model, prompts, truncs))
+    with_items = list(ge.run_grid(model, prompts, truncs, items=True))
+    assert {r.path for r in with_items} == {"fast", "reference"}
+    for a, b in zip(plain, with_items):
+        assert a.items is None and a.metrics == b.metrics
+        assert set(b.items) == set(b.metrics) - {"n_items"}
+        for k, v in b.items.items():
+            assert v.shape == (len(prompts),) and v.device.type == "cpu"
+            assert v.mean().item() == pytest.approx(b.metrics[k], abs=1e-6)

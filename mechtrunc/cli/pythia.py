@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
+from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_float, nonneg_int, positive_int
 
 __all__ = ["add_commands"]
 
@@ -69,9 +69,67 @@ def _check_steps(model: str, steps) -> None:
                 _choices.check_step(step)
 
 
+def _check_heldout(args) -> None:
+    """Before any heavy import: the held-out options."""
+    given = [f for f, v in (("--select", args.select), ("--collateral", args.collateral), ("--budget", args.budget),
+                            ("--n-boot", args.n_boot)) if v is not None]
+    if not args.heldout:
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply with --heldout")
+        return
+    if args.select is not None and not 0.0 < args.select < 1.0:
+        raise UsageError(f"--select must be a fraction in (0, 1) (the share of prompts that chooses), got {args.select:g}")
+    if args.svd != "exact":
+        raise UsageError(f"--heldout runs on the grid engine: give --svd exact (not {args.svd})")
+    if args.budget is not None and args.collateral is None:
+        raise UsageError("--budget bounds the loss on --collateral text: give --collateral FILE")
+    if args.collateral is not None:
+        path = Path(args.collateral)
+        if not path.is_file():
+            raise UsageError(f"--collateral {args.collateral}: no such file (give a plain-text file of reference text)")
+        if not path.read_text(encoding="utf-8", errors="replace").strip():
+            raise UsageError(f"--collateral {args.collateral}: the file is empty")
+
+
+def _print_heldout(model, prompts, grid, metric, args) -> None:
+    from mechtrunc.selection import DEFAULT_BUDGET, DEFAULT_N_BOOT, DEFAULT_SELECT, text_prompts
+    from mechtrunc.studies import heldout_configuration
+
+    collateral = None
+    if args.collateral is not None:
+        collateral = text_prompts(Path(args.collateral).read_text(encoding="utf-8", errors="replace"), model.tokenizer)
+    select = DEFAULT_SELECT if args.select is None else args.select
+    n_boot = DEFAULT_N_BOOT if args.n_boot is None else args.n_boot
+    try:
+        h = heldout_configuration(model, prompts, grid, metric=metric, select=select, seed=args.seed,
+                                  collateral=collateral, budget=args.budget, n_boot=n_boot,
+                                  batch_size=max(args.batch_size, 256))
+    except ValueError as e:  # e.g. too few templates or prompts to split
+        raise UsageError(f"--heldout: {e}") from None
+    h["table"].to_csv(Path(args.out) / "heldout.csv", index=False)
+    sel, ev = h["select"], h["eval"]
+    pct = round(100 * h["level"])
+    what = "the full model (no configuration beat it)" if h["baseline"] else \
+        f"layer {h['layer']} {h['matrix']} keep {h['keep']:g} (rank {h['rank']})"
+    print(f"held-out choice by {metric} on {sel['n_items']} select prompts ({select:g} of them, grouped by "
+          f"{h['groups']}, seed {args.seed}): {what}")
+    for name, part in (("select (in-sample)", sel), ("eval (held out)", ev)):
+        print(f"  {name}: {part['truncated']:.4g} vs {part['full']:.4g} full, change {part['change']:+.3g} "
+              f"[{part['ci_low']:+.3g}, {part['ci_high']:+.3g}] ({pct}% paired bootstrap, {h['n_boot']} resamples, "
+              f"{part['n_items']} prompts)")
+    if collateral is None:
+        print("  collateral: none measured (give --collateral FILE: the loss on reference text, within --budget)")
+    else:
+        budget = DEFAULT_BUDGET if args.budget is None else args.budget
+        print(f"  collateral: loss on {args.collateral} {ev['collateral_truncated']:.4f} vs {ev['collateral_full']:.4f} "
+              f"full ({ev['collateral_change']:+.4f} nats; budget {budget:g})")
+    print(f"  heldout: {Path(args.out) / 'heldout.csv'}")
+
+
 def cmd_truncate(args) -> int:
     _check_task(args.task)
     _check_steps(args.model, [args.step])
+    _check_heldout(args)
     from mechtrunc.pythia import load_model
     from mechtrunc.results import default_metric
     from mechtrunc.studies import Grid, study_report, truncation_study
@@ -94,6 +152,10 @@ def cmd_truncate(args) -> int:
           f"{b['value']:.4f} vs {b['baseline_value']:.4f} for the full model")
     for name, path in paths.items():
         print(f"  {name}: {path}")
+    if args.heldout:
+        from mechtrunc.selection import HELDOUT_METRIC
+
+        _print_heldout(model, prompts, grid, args.metric or HELDOUT_METRIC, args)
     return 0
 
 
@@ -190,6 +252,19 @@ def add_commands(sub) -> None:
     _mode_option(tr, default=_choices.GRID_MODES[0])
     tr.add_argument("--metric", default=None, help="metric that picks the best configuration (default: logit_diff_the when the task has a "
                          "' the' competitor, else p_answer)")
+    tr.add_argument("--heldout", action="store_true",
+                    help="also choose the configuration on part of the prompts (--select) and report it on the rest, "
+                         "with paired bootstrap intervals of the change and the collateral (OUT/heldout.csv); "
+                         "metric: --metric, default p_answer")
+    tr.add_argument("--select", type=fraction, default=None,
+                    help="with --heldout: share of the prompts that chooses, grouped by IOI template (default 0.5)")
+    tr.add_argument("--collateral", default=None,
+                    help="with --heldout: a plain-text file; configurations raising its loss by more than --budget "
+                         "nats are not chosen")
+    tr.add_argument("--budget", type=nonneg_float, default=None,
+                    help="with --collateral: largest loss increase allowed, in nats (default 0.1)")
+    tr.add_argument("--n-boot", type=positive_int, default=None,
+                    help="with --heldout: bootstrap resamples (default 1000)")
     tr.set_defaults(func=cmd_truncate)
 
     ck = psub.add_parser(

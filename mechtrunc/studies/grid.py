@@ -7,7 +7,9 @@
   engine replaces this one function.
 - :func:`truncation_study`: :func:`evaluate_grid` with a resumable row store and the final table.
 - :func:`best_configuration`, :func:`as_truncate`: the best non-baseline row, and the
-  :class:`~mechtrunc.Truncate` that reproduces it.
+  :class:`~mechtrunc.Truncate` that reproduces it.  :func:`heldout_configuration`: its
+  held-out sibling (chosen on part of the prompts, reported on the rest with paired bootstrap
+  intervals: :func:`mechtrunc.selection.heldout_selection`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from mechtrunc.studies.store import (
     metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, write_tables,
 )
 
-__all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate"]
+__all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate",
+           "heldout_configuration"]
 
 #: defaults of a grid, and how a grid is evaluated: "engine" (default;
 #: :mod:`mechtrunc.engine`: cached clean residuals, all keeps of a layer in one batched
@@ -304,7 +307,9 @@ def truncation_study(
 
 
 def best_configuration(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_better: bool = True) -> dict:
-    """The best non-baseline row of a :func:`truncation_study` table by ``metric``.
+    """The best non-baseline row of a :func:`truncation_study` table by ``metric``, chosen and
+    valued on the same prompts (in-sample: biased upward over a large grid; see
+    :func:`heldout_configuration` for a choice reported on held-out prompts).
 
     Returns ``{"layer", "matrix", "keep", "rank", "metric", "value", "baseline_value",
     "improvement", "rule", "svd", "mode"}`` (``improvement`` > 0 means better than the
@@ -339,3 +344,36 @@ def as_truncate(config: dict) -> Truncate:
                     rule=config.get("rule", "round"), svd=config.get("svd", "exact"),
                     mode="hook" if mode == "engine" else mode)
 
+
+
+def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, metric: str = "p_answer",
+                          select: float = 0.5, seed: int = 0, collateral=None, budget: float | None = None,
+                          n_boot: int = 1000, **kwargs) -> dict:
+    """:func:`best_configuration`'s held-out sibling: the grid's configurations (``grid``,
+    default ``Grid()``, rule and layers checked against the model; exact SVD) chosen on the
+    select part of ``prompts`` and reported on the eval part
+    (:func:`mechtrunc.selection.heldout_selection`; ``kwargs`` go to it).  Returns
+    ``{"layer", "matrix", "keep", "rank", "metric", "baseline" (nothing beat the full model),
+    "select": {...}, "eval": {...}, "n_boot", "level", "groups", "table"}`` where each part holds
+    ``full, truncated, change, ci_low, ci_high, n_items, collateral_change`` and ``table`` is the
+    DataFrame."""
+    from mechtrunc.selection import heldout_selection
+
+    grid = Grid() if grid is None else grid
+    if grid.svd != "exact":
+        raise ValueError(f"held-out selection runs on the grid engine: give svd='exact' (not {grid.svd!r})")
+    layers, matrices, keeps = grid.resolve(model)
+    truncs = [Truncate(m, layer=l, keep=k, rule=grid.rule) for l in layers for m in matrices for k in keeps]
+    df = heldout_selection(model, prompts, truncs, metric=metric, select=select, seed=seed, collateral=collateral,
+                           budget=budget, n_boot=n_boot, **kwargs)
+    rows = df.set_index("part")
+    first = rows.iloc[0]
+    base = bool(first["baseline"])
+    part = lambda r: {k: (None if pd.isna(r[k]) else float(r[k])) for k in
+                      ("full", "truncated", "change", "ci_low", "ci_high", "collateral_full", "collateral_truncated",
+                       "collateral_change", "budget")} | {"n_items": int(r["n_items"])}
+    return {"layer": None if base else int(first["layer"]), "matrix": str(first["matrix"]),
+            "keep": None if base else float(first["keep"]), "rank": None if base else int(first["rank"]),
+            "rule": grid.rule, "svd": "exact", "mode": "hook", "metric": metric, "baseline": base,
+            "select": part(rows.loc["select"]), "eval": part(rows.loc["eval"]), "n_boot": int(df.attrs["n_boot"]),
+            "level": float(df.attrs["level"]), "groups": df.attrs["groups"], "table": df}

@@ -13,9 +13,10 @@ schedule.  The pieces, each a tidy DataFrame:
 - :func:`truncation_grid`: the LASER grid (layers x matrices x keeps) through the engine on every
   prompt set, with the loss on held-out corpus text of every configuration (the collateral cost);
 - :func:`choose_truncation`: the best configuration on the *select* prompts within a loss budget,
-  and its numbers on the *eval* prompts;
+  and its numbers on the *eval* prompts (:func:`mechtrunc.selection.choose_configuration`, the
+  held-out selection every model shares);
 - :func:`paired_change`: an intervention's change of each metric on the same prompts, with a
-  bootstrap interval over the prompts;
+  bootstrap interval over the prompts (:func:`mechtrunc.selection.change_intervals`);
 - :func:`study_run`: all of the above on one finished run, cached in ``OUT/study/`` (a rerun
   reads the tables; ``mechtrunc lm study OUT`` and ``mechtrunc report OUT`` use it);
 - :func:`where_the_lives`: per layer, what removing the MLP does to P(" the") after " to", the
@@ -39,9 +40,10 @@ from mechtrunc.directions import rank_components
 from mechtrunc.dynamics.measures import first_step
 from mechtrunc.evaluation import evaluate
 from mechtrunc.interventions import Truncate, intervene
-from mechtrunc.metrics import bootstrap_ci, item_metrics
+from mechtrunc.metrics import item_metrics
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits
+from mechtrunc.selection import DEFAULT_BUDGET, change_intervals, choose_configuration
 from mechtrunc.studies.grid import as_truncate, truncation_study
 from mechtrunc.studies.store import metric_values
 
@@ -196,7 +198,7 @@ def _key(row) -> tuple:
 
 
 def choose_truncation(grid: pd.DataFrame, task: str = "ioi", metric: str = "p_answer",
-                      max_loss_increase: float | None = 0.1) -> dict:
+                      max_loss_increase: float | None = DEFAULT_BUDGET) -> dict:
     """The grid row (a dict) with the highest ``metric`` on the ``task/select`` prompts among the
     configurations whose corpus loss rises by at most ``max_loss_increase`` nats (None: no
     budget); the baseline row when none beats the full model.  Added: ``select_gain`` (its
@@ -205,33 +207,23 @@ def choose_truncation(grid: pd.DataFrame, task: str = "ioi", metric: str = "p_an
     sel = grid[grid["prompts"] == f"{task}/select"]
     if sel.empty:
         raise ValueError(f"the grid holds no {task}/select rows; prompts: {sorted(grid['prompts'].unique())}")
-    base = sel[sel["baseline"].astype(bool)].iloc[0]
-    cand = sel[~sel["baseline"].astype(bool) & ~sel["identity"].astype(bool)]
     has_loss = "corpus_loss" in grid
-    if max_loss_increase is not None and has_loss:
-        cand = cand[cand["corpus_loss"] <= base["corpus_loss"] + max_loss_increase]
-    best = cand.loc[cand[metric].idxmax()] if len(cand) and cand[metric].max() > base[metric] else base
-    return best.to_dict() | {"select_gain": float(best[metric] - base[metric]),
-                             "loss_increase": float(best["corpus_loss"] - base["corpus_loss"]) if has_loss else float("nan")}
+    row = choose_configuration(sel, metric, collateral="corpus_loss" if has_loss else None,
+                               budget=max_loss_increase if has_loss else None)
+    gain, increase = row.pop("gain"), row.pop("collateral_increase")
+    return row | {"select_gain": gain, "loss_increase": increase}
 
 
 def paired_change(model, prompts: PromptSet, intervention, metrics=("p_answer", "p_the", "logit_diff_the", "accuracy"),
                   n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per metric: the mean over ``prompts`` of the full model (``full``) and with
     ``intervention`` (``intervened``), the ``change`` and its 95% bootstrap interval over the
-    prompts (``ci_low``, ``ci_high``; the same items resampled for both runs)."""
+    prompts (``ci_low``, ``ci_high``; the same items resampled for both runs:
+    :func:`mechtrunc.selection.change_intervals`)."""
     before = item_metrics(item_logits(model, prompts), prompts)
     after = item_metrics(item_logits(model, prompts, intervention), prompts)
-    rows = []
-    for m in metrics:
-        if m not in before:
-            raise ValueError(f"unknown metric {m!r}; metrics of these prompts: {', '.join(before)}")
-        diff = after[m] - before[m]
-        lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-        rows.append({"metric": m, "full": before[m].mean().item(), "intervened": after[m].mean().item(),
-                     "change": diff.mean().item(), "ci_low": lo, "ci_high": hi, "n_items": len(prompts),
-                     "intervention": intervention.label})
-    return pd.DataFrame(rows)
+    return change_intervals(before, after, metrics, n_boot=n_boot, seed=seed).assign(
+        intervention=intervention.label)
 
 
 def where_the_lives(model, generic: PromptSet, ioi: PromptSet, tokens=(" the",)) -> pd.DataFrame:
@@ -269,7 +261,7 @@ def _cached(path: Path, compute) -> pd.DataFrame:
     return df
 
 
-def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float = 0.1) -> dict[str, pd.DataFrame]:
+def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float = DEFAULT_BUDGET) -> dict[str, pd.DataFrame]:
     """The study of one finished run directory (``mechtrunc lm train --out RUN``), every table
     cached in ``RUN/study/`` as it is finished (a rerun, or a rerun after an interruption, reads
     what is there; other settings than the cached ones raise ValueError).
