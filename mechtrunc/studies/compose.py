@@ -160,6 +160,9 @@ def compose_search(
 
     def eval_value(ivs) -> float:
         row = evaluate(model, eval_prompts, *ivs, batch_size=batch_size)
+        if metric not in row.columns:
+            valid = [c for c in row.columns if c not in ("variant", N_ITEMS)]
+            raise ValueError(f"unknown metric {metric!r}; metrics of these prompts: {', '.join(valid)}")
         return float(row[metric].iloc[0])
 
     def collateral_value(ivs) -> float:
