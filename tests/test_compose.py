@@ -173,6 +173,7 @@ def test_a_truncated_matrix_is_never_truncated_again(toy, search):
     ({"matrices": ("mlp.W_gate",)}, "'mlp.W_gate'"),
     ({"max_steps": 0}, "max_steps must be at least 1, got 0"),
     ({"min_gain": -0.1}, "min_gain .* got -0.1"),
+    ({"tol": float("nan")}, "(?i)tol must be .* got nan"),
     ({"layers": [7]}, "7"),
     ({"metric": "p_banana"}, "'p_banana'"),
     ({"budget": 0.1}, "budget=0.1 needs a collateral"),

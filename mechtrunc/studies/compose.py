@@ -88,6 +88,7 @@ def compose_search(
     rule: str = "round",
     batch_size: int = 256,
     svd_cache: str | os.PathLike | None = None,
+    tol: float = 1e-5,
 ) -> pd.DataFrame:
     """Greedy search for a composition of truncations (see the module docstring).
 
@@ -101,6 +102,9 @@ def compose_search(
         metric: the metric to improve (``loss``: lower is better; any other: higher).
         max_steps: at most this many truncations (>= 1).
         min_gain: a step must improve the selection metric by more than this (>= 0).
+        tol: and by more than this numerical tolerance (the engine's rows match ``mt.evaluate``
+            to about 1e-5 in float32), so a step that changes nothing (the ``W_out`` of an MLP
+            whose ``W_in`` was removed: a gain of 2e-6 on the toy model) is not taken.
         collateral: None, a callable ``model -> float`` (lower is better, e.g. the loss on
             reference text; called with the composition applied) or a PromptSet whose ``loss``
             metric is used.
@@ -142,6 +146,10 @@ def compose_search(
     min_gain = as_real(min_gain, "min_gain")
     if not (min_gain >= 0.0 and math.isfinite(min_gain)):
         raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
+    tol = as_real(tol, "tol")
+    if not (tol >= 0.0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    threshold = max(min_gain, tol)
     if not isinstance(metric, str) or metric == N_ITEMS:
         raise ValueError(f"metric must be the name of a metric column, got {metric!r}")
     if budget is not None:
@@ -214,8 +222,8 @@ def compose_search(
         gain = (best["value"] - current) * sign
         pick = next(r for r in results[1:] if (r.layer, r.matrix, keep_key(r.keep)) ==
                     (best["layer"], best["matrix"], keep_key(best["keep"])))
-        if not gain > min_gain:
-            stop = f"no gain above min_gain={min_gain:g}"
+        if not gain > threshold:
+            stop = f"no gain above {threshold:g}"
             break
         trial = [*chosen, pick.truncation]
         coll = collateral_value(trial)
