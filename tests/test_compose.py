@@ -11,7 +11,12 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.studies import as_interventions, best_configuration, compose_search, truncation_study
+from mechtrunc.studies import (
+    as_interventions,
+    best_configuration,
+    compose_search,
+    truncation_study,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

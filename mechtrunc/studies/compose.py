@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -129,7 +129,7 @@ def compose_search(
         search ended on every last row).  ``df.attrs["interventions"]`` holds the accepted
         composition (also :func:`as_interventions`).
     """
-    adapter = adapt(model)
+    adapt(model)  # a model mechtrunc cannot adapt raises here, before any work
     if not isinstance(select_prompts, PromptSet) or not isinstance(eval_prompts, PromptSet):
         bad = select_prompts if not isinstance(select_prompts, PromptSet) else eval_prompts
         raise TypeError(f"select_prompts and eval_prompts must be PromptSets, got {type(bad).__name__}")
