@@ -109,18 +109,24 @@ def main() -> None:
         clean = PromptSet(clean_tokens, torch.arange(n), torch.full((n,), T - 1),
                           torch.randint(0, args.vocab, (n,), generator=g), torch.randint(0, args.vocab, (n, 1), generator=g))
         L, H = 12, 12
-        scan = lambda: mt.patching_scan(bridge, clean, corrupted, sites=("z",), positions={}, batch_size=64)
+        scans = []
+        scan = lambda: scans.append(mt.patching_scan(bridge, clean, corrupted, sites=("z",), positions={},
+                                                     batch_size=64))
         for _ in range(args.warmup):
             plain_forwards(hf, clean_tokens, 2)
             mt.item_logits(bridge, clean)
-        df = scan()
-        n_fwd = df.attrs["forwards"]
-        rows_per = df.attrs["rows"] // max(1, n_fwd - 4)
+        # the forward passes the scan needs: 2 recordings + 2 baselines, then one per group of
+        # patches (copies of the prompts per forward: 64 // pairs, at least 1)
+        per = max(1, 64 // n)
+        n_fwd = 4 + -(-(L * H) // per)
+        rows_per = n * per
         t_scan, t_floor, t_hand = [], [], []
         for _ in range(args.repeats):
             t_floor.append(timed(lambda: plain_forwards(hf, clean_tokens, n_fwd, rows_per), device))
             t_scan.append(timed(scan, device))
             t_hand.append(timed(lambda: plain_scan(hf, clean_tokens, corrupted, L, H), device))
+        df = scans[-1]
+        assert df.attrs["forwards"] == n_fwd, (df.attrs["forwards"], n_fwd)
         sync(device)
     print(machine_line(device))
     print(f"{len(df)} head patches on {n} pairs x {T} tokens; {n_fwd} forward passes ({rows_per} rows each after "

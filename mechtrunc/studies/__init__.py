@@ -8,6 +8,8 @@ Modules:
 - :mod:`~mechtrunc.studies.grid`: :class:`Grid`, :func:`evaluate_grid` (the one grid evaluation
   on one model), :func:`truncation_study`, :func:`best_configuration`, :func:`as_truncate`,
   :func:`heldout_configuration` (chosen on part of the prompts, reported on the rest).
+- :mod:`~mechtrunc.studies.compose`: :func:`compose_search` (greedy search for a composition of
+  truncations, chosen on selection prompts, reported on evaluation prompts), :func:`as_interventions`.
 - :mod:`~mechtrunc.studies.checkpoints`: :func:`checkpoint_study`, one unit per checkpoint
   (full model + one truncation, or full model + a whole grid), each written as its own shard.
 - :mod:`~mechtrunc.studies.executors`: where units run: :class:`LocalExecutor` (default,
@@ -23,6 +25,7 @@ package re-exports none of them (it sits below the report and the command line, 
 from __future__ import annotations
 
 from mechtrunc.studies.checkpoints import CheckpointDirectory, HubCheckpoints, checkpoint_study
+from mechtrunc.studies.compose import as_interventions, compose_search
 from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
 from mechtrunc.studies.grid import (
     Grid, as_truncate, best_configuration, evaluate_grid, heldout_configuration, truncation_study,
@@ -32,5 +35,5 @@ from mechtrunc.studies.summary import study_report
 __all__ = [
     "truncation_study", "best_configuration", "heldout_configuration", "as_truncate", "checkpoint_study", "study_report",
     "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
-    "RayExecutor", "SlurmExecutor",
+    "RayExecutor", "SlurmExecutor", "compose_search", "as_interventions",
 ]
