@@ -74,8 +74,21 @@ def render_paper(_df=None) -> str:
     return table(["variant", "step 1250: accuracy / P(noise) / P(correct)", "step 5000", "reference (about 1,200 steps)"],
                  rows)
 
+def render_heldout(df: pd.DataFrame) -> str:
+    rows = []
+    for seed, g in df.groupby("split_seed", sort=True):
+        g = g.set_index("part")
+        sel, ev = g.loc["select"], g.loc["eval"]
+        what = "full model (nothing beats it)" if bool(sel["baseline"]) else f"layer-2 FFN {sel['matrix'][4:]} keep {sel['keep']:g}"
+        cell = lambda r: f"{r['full']:.3f} -> {r['truncated']:.3f} ({r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
+        rows.append([int(seed), what, cell(sel), cell(ev), f"{int(sel['n_sequences'])} / {int(ev['n_sequences'])}"])
+    return table(["split seed", "chosen on the select half", "P(correct), select half (in-sample)",
+                  "P(correct), eval half (held out)", "sequences select / eval"], rows)
+
+
 #: block name -> (CSV in docs/data, renderer)
 BLOCKS = {
+    "cpu-heldout": ("cpu_heldout.csv", render_heldout),
     "cpu-seeds": ("cpu_seeds_truncation.csv", render_seeds),
     "cpu-truncation": ("cpu_truncation.csv", lambda df: render_metrics(df, _METRICS)),
     "cpu-noise-components": ("cpu_noise_components.csv", lambda df: render_metrics(df, {

@@ -20,6 +20,7 @@ import _docs  # noqa: E402
 import causal_toy  # noqa: E402
 import lens_toy  # noqa: E402
 import toy_attribution  # noqa: E402
+import toy_heldout  # noqa: E402
 import toy_noise_components  # noqa: E402
 import toy_seeds_table  # noqa: E402
 
@@ -40,6 +41,7 @@ def main() -> None:
     table.to_csv(_docs.DATA / "cpu_noise_components.csv", index=False)
     toy_attribution.compute(model, cfg, task, test).to_csv(_docs.DATA / "cpu_attribution.csv", index=False)
 
+    toy_heldout.compute(model, test).to_csv(_docs.DATA / "cpu_heldout.csv", index=False)
     figures = _docs.ROOT / "docs" / "figures"
     lens_toy.write(model, cfg, task, test, _docs.DATA, figures)
     causal_toy.write(model, cfg, task, _docs.DATA, figures)

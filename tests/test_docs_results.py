@@ -62,6 +62,7 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, req
     import causal_toy
     import lens_toy
     import toy_attribution
+    import toy_heldout
     import toy_noise_components
     import toy_seeds_table
 
@@ -83,6 +84,7 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, req
     attribution = toy_attribution.compute(r.model, r.config, task, test)
     lens = lens_toy.compute(r.model, r.config, task, test)
     causal = causal_toy.compute(r.model, r.config, task)
+    heldout = toy_heldout.compute(r.model, test)
     demo = r.final
     for seed, other in others.items():
         log, _ = other.communicate(timeout=1200)
@@ -112,6 +114,10 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(tmp_path, req
     _close_on(lens["components"], "cpu_lens_components.csv", ["matrix", "layer", "component"],
               ["generic_score", "activation_score"])
     _close_on(lens["logit"], "cpu_logit_lens.csv", ["label", "layer", "site"], ["accuracy", "p_answer", "p_noise"])
+    _close_on(heldout, "cpu_heldout.csv", ["split_seed", "part", "config"], ["truncated", "change", "ci_low", "ci_high"])
+    # the headline survives held-out selection: every split's eval-half interval excludes zero
+    ev = heldout[heldout["part"] == "eval"]
+    assert (~ev["baseline"].astype(bool)).all() and (ev["ci_low"] > 0).all(), ev
 
 
 def _close_on(fresh: pd.DataFrame, csv: str, keys: list[str], cols: list[str], atol: float = 5e-3) -> None:
