@@ -144,6 +144,22 @@ class ModelAdapter(ABC):
             raise ValueError(f"head {head!r} is out of range: valid heads are 0..{self.n_heads - 1}")
         return head
 
+    def token_id(self, token: int | str) -> int:
+        """A token id from an id or a string that is exactly one token of the model's tokenizer
+        (e.g. ``" the"``), checked against the vocabulary."""
+        if isinstance(token, str):
+            tok = getattr(self.model, "tokenizer", None)
+            if tok is None:
+                raise ValueError(f"token {token!r} given as text but the model has no tokenizer; pass token ids")
+            ids = tok.encode(token, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ValueError(f"{token!r} is not a single token for this tokenizer (it is {len(ids)} tokens: {ids})")
+            token = ids[0]
+        t = as_int(token, "token")
+        if not 0 <= t < self.d_vocab:
+            raise ValueError(f"token id {t} is out of range: valid ids are 0..{self.d_vocab - 1}")
+        return t
+
     def site_hook(self, site: str, layer: int) -> str:
         if site not in _SITE_HOOK:
             raise ValueError(f"unknown site {site!r}; valid sites: {', '.join(SITES)}")

@@ -30,21 +30,7 @@ def token_ids(model, tokens: Sequence[int | str] | int | str) -> list[int]:
     tokenizer, e.g. ``" the"``)."""
     adapter = adapt(model)
     items = [tokens] if isinstance(tokens, (int, str)) else list(tokens)
-    out = []
-    for t in items:
-        if isinstance(t, str):
-            tok = getattr(adapter.model, "tokenizer", None)
-            if tok is None:
-                raise ValueError(f"token {t!r} given as text but the model has no tokenizer; pass token ids")
-            ids = tok.encode(t, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ValueError(f"{t!r} is not a single token for this tokenizer (it is {len(ids)} tokens: {ids})")
-            t = ids[0]
-        t = int(t)
-        if not 0 <= t < adapter.d_vocab:
-            raise ValueError(f"token id {t} is out of range: valid ids are 0..{adapter.d_vocab - 1}")
-        out.append(t)
-    return out
+    return [adapter.token_id(t) for t in items]
 
 
 def token_directions(model, tokens, center: bool = True) -> Float[Tensor, "n d_model"]:

@@ -35,11 +35,17 @@ def _pyplot():
     return plt
 
 
-def _save(plt, fig, path) -> Path:
-    fig.tight_layout()
+def _write_png(fig, path) -> Path:
+    """Save ``fig`` at ``path`` (parents created), 120 dpi; the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    return path
+
+
+def _save(plt, fig, path) -> Path:
+    fig.tight_layout()
+    path = _write_png(fig, path)
     plt.close(fig)
     return path
 
@@ -175,10 +181,7 @@ def truncation_heatmap(
     if base is not None:
         sup += f" (full model: {base:.3g})"
     fig.suptitle(sup)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _write_png(fig, path)
 
 
 def checkpoint_plot(
@@ -203,10 +206,7 @@ def checkpoint_plot(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _write_png(fig, path)
 
 
 def logit_lens_plot(
@@ -242,10 +242,7 @@ def logit_lens_plot(
     ax.legend(fontsize=7, handlelength=4, loc="upper left")  # long handles: the dashes show
     if title:
         ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _write_png(fig, path)
 
 
 def learning_curves_plot(
@@ -279,10 +276,7 @@ def learning_curves_plot(
             ax.set_xlabel("training step")
             ax.set_title(f"{row_title}: {prompts}" if row_title else prompts, fontsize=10)
             ax.legend(fontsize=7, loc="upper left")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return _write_png(fig, path)
 
 
 def _patch_positions(df: pd.DataFrame) -> list[str]:
@@ -408,7 +402,5 @@ def patching_heatmap(
         sup += f" (clean {float(df['clean'].iloc[0]):.3g}, corrupted {float(df['corrupted'].iloc[0]):.3g})"
     fig.suptitle(sup, fontsize=10)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        _write_png(fig, path)
     return fig
