@@ -245,3 +245,32 @@ def test_pythia_truncate_heldout_prints_the_eval_change_and_the_collateral(tiny_
     table = pd.read_csv(out / "heldout.csv")
     assert list(table["part"]) == ["select", "eval"] and (table["n_boot"] == 200).all()
     assert table["n_items"].sum() == 36 and (table["collateral_change"] <= 0.5).all()
+
+
+def test_the_collateral_budget_closes_the_logit_difference_trap_on_a_language_model(nano_run):
+    """Issue 17's measured case, as a regression test on the project's own language model (the
+    session's nano run): choosing in-sample by logit(IO) - logit(" the") picks an edit that wrecks
+    the model (measured once: layer 0 W_in keep 0.05, +5.1 logit difference, held-out text loss
+    2.31 -> 4.65 nats); held-out selection with the default 0.1-nat budget on that loss never
+    returns a configuration outside the budget, whatever the metric."""
+    from mechtrunc.lm.prompts import lm_ioi_prompts
+    from mechtrunc.pythia import load_model
+    from mechtrunc.selection import heldout_selection, item_table, next_token_prompts
+    from mechtrunc.studies import best_configuration, truncation_study
+    from mechtrunc.studies.lm import corpus_tokens
+
+    run, _ = nano_run
+    model = load_model(run / "step200", local_files_only=True)
+    ioi = lm_ioi_prompts(model.tokenizer, n=100, seed=0)
+    text = next_token_prompts(corpus_tokens(n_windows=16))
+    keeps = (0.5, 0.2, 0.1, 0.05, 0.01)
+    grid = [mt.Truncate(m, layer=l, keep=k) for l in range(mt.adapt(model).n_layers)
+            for m in ("mlp.W_in", "mlp.W_out") for k in keeps]
+    trap = best_configuration(truncation_study(model, ioi, keeps=(1, *keeps), progress=False), "logit_diff_the")
+    loss = item_table(model, text, [mt.Truncate(trap["matrix"], layer=trap["layer"], keep=trap["keep"])],
+                      metrics=["loss"]).groupby("config")["loss"].mean()
+    assert trap["improvement"] > 2 and loss.iloc[1] - loss.iloc[0] > 1.0, (trap, loss)
+    for metric in ("logit_diff_the", "p_answer"):
+        t = heldout_selection(model, ioi, grid, metric=metric, collateral=text)
+        assert (t["collateral_change"] <= t["budget"] + 1e-9).all(), t
+        assert t["budget"].iloc[0] == pytest.approx(0.1)
