@@ -315,3 +315,52 @@ def test_minimal_analysis_script(tmp_path):
     assert list(hist["step"]) == [0, 10, 20]
     assert hist["full_p_noise"].iloc[-1] > 0.25  # the FF has the noise by step 20
     assert (tmp_path / "dynamics_minimal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ff_signal_closed_form_with_several_triggers():
+    """K > 1 fixed triggers: the signal along the unit-norm D_F carries 1/sqrt(K) (review gap:
+    with one trigger a missing 1/sqrt(K) survived)."""
+    model, task, cfg = _model_task(alpha=0.4, k=3, seq_len=32)
+    batch = task.sample(16, seed=5)
+    assert len(task.fixed_triggers) == 3
+    sig = gradient_signals(model, batch, copy_directions(model, task))
+    V = model.d_vocab
+    y = batch.targets[batch.loss_mask]
+    frac = float((y == batch.noise_id).double().mean())
+    assert sig["signal_W_F"] == pytest.approx((frac - 1 / V) / math.sqrt(3), abs=1e-6)
+    assert sig["signal_W_F"] == pytest.approx(ff_signal_closed_form(batch, 3, V), abs=1e-6)
+    assert abs(sig["signal_W_F"] - ff_signal_closed_form(batch, 1, V)) > 0.05  # the 1/sqrt(K) matters
+
+
+def test_snr_absolute_values_are_the_batches_mean_and_unbiased_std():
+    """gradient_snr's mean and std are those of the very batches it draws (std with ddof=1: a
+    ddof change fails here), each batch's FF signal is its closed form, and the FF signal's
+    spread is the binomial one of the noise decisions, sqrt(alpha (1 - alpha) E[1/N]) with N the
+    batch's loss positions, corrected for the sequences whose output token is the noise token
+    itself (all their targets are noise: 1/V of them), within sampling error of 200 batches."""
+    alpha, n_batches, bs = 0.3, 200, 8
+    model, task, cfg = _model_task(alpha=alpha, seq_len=32)
+    df = gradient_snr(model, task, batch_size=bs, n_batches=n_batches, seed=4).set_index("memory")
+    g = torch.Generator().manual_seed(1_000_003 * 4 + 17)  # gradient_snr's stream for seed=4
+    D = copy_directions(model, task)
+    V = model.d_vocab
+    signals, cond_var, cond_mean = [], [], []
+    for _ in range(n_batches):
+        batch = task.sample(bs, generator=g)
+        s = gradient_signals(model, batch, D)["signal_W_F"]
+        assert s == pytest.approx(ff_signal_closed_form(batch, 1, V), abs=1e-6)
+        signals.append(s)
+        n_s = batch.loss_mask.sum(1).double()  # loss positions per sequence
+        c_s = (batch.outputs[:, 0] == batch.noise_id).double()  # output token = noise token
+        N = float(n_s.sum())
+        cond_var.append(alpha * (1 - alpha) * float((n_s * (1 - c_s)).sum()) / N**2)
+        cond_mean.append(float((n_s * (c_s + (1 - c_s) * alpha)).sum()) / N)
+    signals = torch.tensor(signals, dtype=torch.float64)
+    assert df.loc["W_F", "mean"] == pytest.approx(float(signals.mean()), abs=1e-12)
+    assert df.loc["W_F", "std"] == pytest.approx(float(signals.std(unbiased=True)), rel=1e-9)
+    assert df.loc["W_F", "std"] != pytest.approx(float(signals.std(unbiased=False)), rel=1e-4)
+    assert df.loc["W_F", "snr"] == pytest.approx(float(signals.mean() / signals.std(unbiased=True)), rel=1e-9)
+    # law of total variance over the batches' structure (positions, outputs)
+    binomial = math.sqrt(sum(cond_var) / n_batches + float(torch.tensor(cond_mean).var(unbiased=True)))
+    # measured once: 0.1113 observed, 0.1122 predicted (the uncorrected binomial gives 0.087)
+    assert df.loc["W_F", "std"] == pytest.approx(binomial, rel=0.15), (df.loc["W_F", "std"], binomial)
