@@ -333,3 +333,33 @@ def test_truncation_curves_script(tmp_path):
     assert t.loc[(base, "LASER rank 1"), "p_noise"] > 0.95  # documented: 0.992
     assert t.loc[(base, "remove noise component #0"), "p_answer"] > 0.99  # documented: 0.995
     assert t.loc[(base, "LASER rank 128"), "p_noise"] == pytest.approx(0.298, abs=0.005)
+
+
+def test_spectrum_training_script_gives_the_documented_order_of_learning(tmp_path):
+    """analyses/memory_spectrum_training.py (docs/theory.md, figure 1) reproduces its committed
+    CSV, and the order of learning it documents holds: from W = 0 at alpha 0.3 the most
+    noise-aligned component is component 0 from the first step on; from a random W_init it starts
+    inside the bulk and climbs to component 0; at alpha 0.05 it starts at the bottom."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "analyses" / "memory_spectrum_training.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh = pd.read_csv(tmp_path / "memory_spectrum_training.csv")
+    doc = pd.read_csv(root / "docs" / "memory" / "memory_spectrum_training.csv")
+    keys = ["run", "matrix", "step", "component"]
+    both = fresh.merge(doc, on=keys, suffixes=("", "_doc"))
+    assert len(both) == len(doc) == len(fresh)
+    for col in ("singular_value", "align_noise_assoc"):
+        assert (both[col] - both[f"{col}_doc"]).abs().max() < 1e-3, col
+    w = fresh[fresh["matrix"] == "W"]
+    top = w.loc[w.groupby(["run", "step"])["align_noise_assoc"].idxmax()].set_index(["run", "step"])["component"]
+    zero = top["alpha 0.3, W_init = 0"]
+    assert (zero[zero.index >= 1] == 0).all()
+    rand = top["alpha 0.3, random W_init (scale 30)"]
+    assert rand.loc[1] >= 3 and rand.iloc[-1] == 0
+    low = top["alpha 0.05, W_init = 0"]
+    assert low.loc[1] >= 16 and low.iloc[-1] == 0
