@@ -1,7 +1,9 @@
 """Gradient signal-to-noise ratio of each memory of the minimal model at initialisation (every
 memory zero), over independent batches: versus sequence length T, batch size, alpha and
-vocabulary size; plus W_KQ's SNR once W_OV copies (``state="copy_ov"``).  Writes
-dynamics_snr.csv and dynamics_snr.png.
+vocabulary size; plus W_KQ's SNR once W_OV copies (``state="copy_ov"``); each with the
+directional SNR (along the memory's direction) and the full-gradient SNR.  Writes dynamics_snr.csv,
+dynamics_snr.png and dynamics_snr_intervals.csv (the base point, 64 batches, 95% bootstrap
+intervals over the batches).
 
     python analyses/dynamics_snr.py --out runs/analyses
 """
@@ -45,6 +47,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "dynamics_snr.csv", index=False)
+    # the base point with 64 batches and bootstrap intervals over them (directional and full SNR)
+    model = mt.dynamics.MinimalModel(base)
+    task = mt.RecallTask(base.recall_config())
+    ci = mt.dynamics.gradient_snr(model, task, base.batch_size, n_batches=64, seed=0, n_boot=1000)
+    ci.to_csv(out / "dynamics_snr_intervals.csv", index=False)
 
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
     colors = {"W_F": "C3", "W_OV": "C0", "W_KQ": "C1"}
@@ -70,7 +77,9 @@ def main() -> None:
     show = table[["sweep", "memory", "seq_len", "batch_size", "alpha", "vocab", "mean", "std", "snr"]]
     print(show[show["memory"] != "W_KQ"].round(4).to_string(index=False))
     print(show[(show["memory"] == "W_KQ") & (show["sweep"] == "seq_len (W_OV copies)")].round(4).to_string(index=False))
-    print(f"wrote {out / 'dynamics_snr.png'} in {time.perf_counter() - t0:.1f} s")
+    print(ci[["memory", "snr", "snr_low", "snr_high", "full_snr", "full_snr_low", "full_snr_high"]].round(3)
+          .to_string(index=False))
+    print(f"wrote {out / 'dynamics_snr.png'} and {out / 'dynamics_snr_intervals.csv'} in {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

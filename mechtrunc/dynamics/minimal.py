@@ -278,11 +278,8 @@ def _params(model: MinimalModel) -> dict[str, nn.Parameter]:
     return {"W_F": b.mlp.W_F, "W_OV": b.attn.W_OV, "W_KQ": b.attn.W_KQ}
 
 
-def gradient_signals(model: MinimalModel, batch: RecallBatch, directions: dict[str, Tensor]) -> dict[str, float]:
-    """One batch's gradient signals: for each learned memory ``W``, ``signal_W = -<grad L, D_W>``
-    (``D_W`` of unit norm, so this is the loss decrease per unit step along ``D_W``) and
-    ``gradnorm_W = ||grad L||_F``; ``L`` is the training loss (mean cross-entropy at repeated
-    triggers, noisy targets).  Leaves the model's ``.grad`` untouched."""
+def _batch_gradients(model: MinimalModel, batch: RecallBatch) -> tuple[float, dict[str, Tensor]]:
+    """The training loss of one batch and its gradient for each learned memory (``.grad`` untouched)."""
     params = _params(model)
     device = model.W_E.device
     if not bool(batch.loss_mask.any()):
@@ -290,8 +287,17 @@ def gradient_signals(model: MinimalModel, batch: RecallBatch, directions: dict[s
     logits = model(batch.inputs.to(device))
     loss = masked_cross_entropy(logits, batch.targets.to(device), batch.loss_mask.to(device))
     grads = torch.autograd.grad(loss, list(params.values()))
-    out = {"loss": float(loss.detach())}
-    for (name, _), g in zip(params.items(), grads):
+    return float(loss.detach()), dict(zip(params, grads))
+
+
+def gradient_signals(model: MinimalModel, batch: RecallBatch, directions: dict[str, Tensor]) -> dict[str, float]:
+    """One batch's gradient signals: for each learned memory ``W``, ``signal_W = -<grad L, D_W>``
+    (``D_W`` of unit norm, so this is the loss decrease per unit step along ``D_W``) and
+    ``gradnorm_W = ||grad L||_F``; ``L`` is the training loss (mean cross-entropy at repeated
+    triggers, noisy targets).  Leaves the model's ``.grad`` untouched."""
+    loss, grads = _batch_gradients(model, batch)
+    out = {"loss": loss}
+    for name, g in grads.items():
         out[f"signal_{name}"] = float(-(g * directions[name]).sum())
         out[f"gradnorm_{name}"] = float(g.norm())
     return out
@@ -307,28 +313,71 @@ def ff_signal_closed_form(batch: RecallBatch, n_triggers: int, vocab: int) -> fl
     return float(((y == batch.noise_id).double().mean() - 1.0 / vocab) / math.sqrt(n_triggers))
 
 
+def _full_snr(G: Tensor) -> float:
+    """``||mean g|| / sqrt(sum ||g - mean g||^2 / (n - 1))`` over the rows of ``G [n, ...]``."""
+    m = G.mean(0)
+    var = float(((G - m) ** 2).sum()) / (G.shape[0] - 1)
+    return float(m.norm()) / math.sqrt(var) if var > 0 else float("nan")
+
+
 def gradient_snr(
     model: MinimalModel, task: RecallTask, batch_size: int, n_batches: int = 16, seed: int = 0,
+    n_boot: int = 0, level: float = 0.95,
 ) -> pd.DataFrame:
     """Gradient signals of ``n_batches`` independent batches (seeds ``seed .. seed + n - 1`` mixed
-    by a fixed stream): one row per memory with ``mean``, ``std`` (unbiased), ``snr = mean/std``,
-    ``mean_gradnorm`` and ``n_batches``."""
+    by a fixed stream): one row per memory with ``mean``, ``std`` (unbiased), ``snr = mean/std``
+    (along the memory's direction ``D_W``), ``full_snr`` (the whole gradient's:
+    ``||E g|| / sqrt(E ||g - E g||^2)``, unbiased), ``mean_gradnorm`` and ``n_batches``.  With
+    ``n_boot > 0``, percentile bootstrap intervals over the batches (seeded, ``level``):
+    ``snr_low, snr_high, full_snr_low, full_snr_high`` and ``n_boot``."""
     if n_batches < 2:
         raise ValueError(f"n_batches must be >= 2 to estimate a standard deviation, got {n_batches}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
     D = copy_directions(model, task)
     g = torch.Generator().manual_seed(1_000_003 * seed + 17)
-    rows = [gradient_signals(model, task.sample(batch_size, generator=g), D) for _ in range(n_batches)]
-    df = pd.DataFrame(rows)
+    signals: dict[str, list[float]] = {name: [] for name in D}
+    norms: dict[str, list[float]] = {name: [] for name in D}
+    full: dict[str, list[Tensor]] = {name: [] for name in D}
+    for _ in range(n_batches):
+        _, grads = _batch_gradients(model, task.sample(batch_size, generator=g))
+        for name, gr in grads.items():
+            signals[name].append(float(-(gr * D[name]).sum()))
+            norms[name].append(float(gr.norm()))
+            full[name].append(gr.detach().double().flatten())
+    boot = torch.Generator().manual_seed(seed) if n_boot else None
+    idx = torch.randint(0, n_batches, (n_boot, n_batches), generator=boot) if n_boot else None
+    a = (1 - level) / 2
     out = []
     for name in ("W_F", "W_OV", "W_KQ"):
-        s = df[f"signal_{name}"]
+        s = pd.Series(signals[name])
         std = float(s.std(ddof=1))
-        out.append({"memory": name, "mean": float(s.mean()), "std": std,
-                    "snr": float(s.mean()) / std if std > 0 else float("nan"),
-                    "mean_gradnorm": float(df[f"gradnorm_{name}"].mean()), "n_batches": n_batches,
-                    "batch_size": batch_size})
+        G = torch.stack(full[name])
+        row = {"memory": name, "mean": float(s.mean()), "std": std,
+               "snr": float(s.mean()) / std if std > 0 else float("nan"), "full_snr": _full_snr(G),
+               "mean_gradnorm": float(pd.Series(norms[name]).mean()), "n_batches": n_batches,
+               "batch_size": batch_size}
+        if n_boot:
+            sig = torch.tensor(signals[name], dtype=torch.float64)[idx]  # [n_boot, n_batches]
+            sd = sig.std(1, unbiased=True)
+            snr_b = torch.where(sd > 0, sig.mean(1) / sd, torch.full_like(sd, float("nan")))
+            # every resample's full SNR at once: counts [n_boot, n] of each batch in the resample
+            counts = torch.zeros(n_boot, n_batches, dtype=torch.float64).scatter_add_(
+                1, idx, torch.ones(n_boot, n_batches, dtype=torch.float64))
+            M = counts @ G / n_batches  # resampled mean gradients
+            sq = counts @ (G * G).sum(1)  # sum of squared norms over the resample
+            var = (sq - n_batches * (M * M).sum(1)) / (n_batches - 1)
+            full_b = torch.where(var > 0, M.norm(dim=1) / var.clamp_min(1e-300).sqrt(),
+                                 torch.full_like(var, float("nan")))
+            for key, vals in (("snr", snr_b), ("full_snr", full_b)):
+                ok = vals[~torch.isnan(vals)]
+                lo, hi = (torch.quantile(ok.double(), torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
+                          if ok.numel() else (float("nan"), float("nan")))
+                row[f"{key}_low"], row[f"{key}_high"] = lo, hi
+            row["n_boot"] = n_boot
+        out.append(row)
     return pd.DataFrame(out)
 
 
