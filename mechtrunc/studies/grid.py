@@ -153,12 +153,9 @@ def read_items(out: str | os.PathLike) -> pd.DataFrame:
 
 def _evaluate_items(model, prompts: PromptSet, ivs, batch_size: int) -> tuple[dict, dict]:
     """``evaluate``'s metrics and the per-item values they are the mean of, from one forward."""
-    from mechtrunc.metrics import item_metrics, metrics_from_logits
-    from mechtrunc.runner import item_logits
-
-    logits = item_logits(model, prompts, *ivs, batch_size=batch_size)
-    metrics = {k: float(v) for k, v in metrics_from_logits(logits, prompts).items()}
-    return metrics, item_metrics(logits, prompts)
+    row, per_item = evaluate(model, prompts, *ivs, batch_size=batch_size, items=True,
+                             **({} if ivs else {"label": "full"}))
+    return metric_values(row), per_item
 
 
 def _resolve(adapter, grid: "Grid") -> tuple[list[int], list[str], list[float]]:
