@@ -154,3 +154,24 @@ def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
                                out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
+
+
+def test_cli_best_json_holds_the_intervals(tiny_pythia, tmp_path, capsys):
+    from mechtrunc.cli import main
+    from mechtrunc.results import find_row
+    from mechtrunc.selection import table_change_intervals
+
+    out = tmp_path / "run"
+    assert main(["pythia", "truncate", "--model", str(tiny_pythia), "--n", "24", "--keeps", "0.5", "0.1",
+                 "--batch-size", "8", "--no-progress", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "paired bootstrap, 1000 resamples" in printed
+    best = json.loads((out / "best.json").read_text())
+    iv = best["intervals"]
+    assert iv["n_boot"] == 1000 and iv["level"] == 0.95 and iv["n_items"] == 24
+    m = best["best"]["metric"]
+    df = pd.read_parquet(out / "truncation.parquet")
+    t = table_change_intervals(df, read_items(out), m)
+    i = list(df.index).index(find_row(df, best["best"]).name)
+    assert iv["metrics"][m] == pytest.approx({k: t[k].iloc[i] for k in ("change", "ci_low", "ci_high")})
+    assert iv["metrics"][m]["ci_low"] <= iv["metrics"][m]["change"] <= iv["metrics"][m]["ci_high"]

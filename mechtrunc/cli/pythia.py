@@ -144,12 +144,19 @@ def cmd_truncate(args) -> int:
                                  out=args.out, progress=not args.no_progress, return_items=True,
                                  info={"task": str(args.task), "n": args.n, "seed": args.seed})
     metric = args.metric or default_metric(df.columns)
-    paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size)
+    paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size,
+                         items=items)
     best = json.loads(Path(paths["best"]).read_text())
     b = best["best"]
     print(f"{len(df) - 1} configurations on {len(prompts)} prompts -> {args.out}")
     print(f"best by {metric}: layer {b['layer']} {b['matrix']} keep {b['keep']} (rank {b['rank']}): "
           f"{b['value']:.4f} vs {b['baseline_value']:.4f} for the full model")
+    ci = (best.get("intervals") or {}).get("metrics", {}).get(metric)
+    if ci is not None:
+        iv = best["intervals"]
+        print(f"  change {ci['change']:+.4g} [{ci['ci_low']:+.4g}, {ci['ci_high']:+.4g}] "
+              f"({round(100 * iv['level'])}% paired bootstrap, {iv['n_boot']} resamples, {iv['n_items']} prompts; "
+              "in-sample)")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     if args.heldout:

@@ -39,49 +39,18 @@ def competitor_of(metric: str, cols) -> str | None:
 
 
 def change_intervals_of(result, metric: str, n_boot: int | None = None, level: float = 0.95, seed: int = 0):
-    """Per row of ``result.table``: the change of ``metric`` against the full model on the same
-    items and its paired percentile bootstrap interval, from the study's per-item side table
-    (``items.parquet``; resampling whole sequences, the same draws for every row, ``n_boot``
-    resamples, default :data:`mechtrunc.selection.DEFAULT_N_BOOT`, seeded).  A DataFrame
-    aligned with the table (``change, ci_low, ci_high``; NaN for a row without items) with
-    ``attrs`` ``n_boot, level, seed, n_items``; None without a side table or the metric."""
-    import numpy as np
-
-    from mechtrunc.metrics import bootstrap_intervals
-    from mechtrunc.results import keep_key
-    from mechtrunc.selection import DEFAULT_N_BOOT
+    """:func:`mechtrunc.selection.table_change_intervals` of ``result``'s table and per-item side
+    table (``items.parquet``), cached on ``result``; None without a side table or the metric."""
+    from mechtrunc.selection import DEFAULT_N_BOOT, table_change_intervals
 
     items = getattr(result, "items", None)
     if items is None or metric not in getattr(items, "columns", ()):
         return None
     n_boot = DEFAULT_N_BOOT if n_boot is None else n_boot
     cache = result.__dict__.setdefault("_intervals", {})
-    if (metric, n_boot, level, seed) in cache:
-        return cache[(metric, n_boot, level, seed)]
-    key = lambda r: ("baseline",) if bool(r["baseline"]) else (int(r["layer"]), str(r["matrix"]), keep_key(r["keep"]))
-    configs = items.drop_duplicates("config").set_index("config")
-    by_key = {key(r): c for c, r in configs.iterrows()}
-    wide = items.pivot(index="config", columns="item", values=metric).sort_index()
-    seq = items[items["config"] == wide.index[0]].sort_values("item")["sequence"].to_numpy()
-    if ("baseline",) not in by_key or wide.isna().to_numpy().any():
-        return None
-    vals = wide.to_numpy(dtype=np.float64)
-    pos = {c: i for i, c in enumerate(wide.index)}
-    diff = vals - vals[pos[by_key[("baseline",)]]][None]
-    lo, hi = bootstrap_intervals(torch.from_numpy(diff), n_boot=n_boot, level=level, seed=seed,
-                                 clusters=torch.from_numpy(np.array(seq, dtype=np.int64)))
-    change, low, high = [], [], []
-    for r in result.table.to_dict("records"):
-        c = by_key.get(key(r))
-        i = None if c is None else pos[c]
-        change.append(float("nan") if i is None else float(diff[i].mean()))
-        low.append(float("nan") if i is None else float(lo[i]))
-        high.append(float("nan") if i is None else float(hi[i]))
-    out = pd.DataFrame({"change": change, "ci_low": low, "ci_high": high}, index=result.table.index)
-    out.attrs.update({"n_boot": n_boot, "level": level, "seed": seed, "n_items": int(vals.shape[1]),
-                      "n_sequences": int(len(np.unique(seq)))})
-    cache[(metric, n_boot, level, seed)] = out
-    return out
+    if (metric, n_boot, level, seed) not in cache:
+        cache[(metric, n_boot, level, seed)] = table_change_intervals(result.table, items, metric, n_boot, level, seed)
+    return cache[(metric, n_boot, level, seed)]
 
 
 def _interval_note(iv, metric: str) -> str:
