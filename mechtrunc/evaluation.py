@@ -22,16 +22,23 @@ __all__ = ["evaluate", "sweep"]
 
 def evaluate(
     model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64, label: str | None = None,
-    weights: Tensor | None = None,
-) -> pd.DataFrame:
+    weights: Tensor | None = None, items: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Tensor]]:
     """One-row DataFrame of metrics on ``prompts`` with the interventions active (``weights``:
-    optional per-item weights, see :func:`mechtrunc.metrics.metrics_from_logits`)."""
+    optional per-item weights, see :func:`mechtrunc.metrics.metrics_from_logits`).  ``items``:
+    also return the per-item values ``{metric: [item] tensor}`` of the same forward pass
+    (:func:`mechtrunc.metrics.item_metrics`), as ``(row, items)``."""
     import pandas as pd  # (here, not at the top: the grid engine and the CLI's startup avoid it)
 
     logits = item_logits(model, prompts, *interventions, batch_size=batch_size)
     row = metrics_from_logits(logits, prompts, weights=weights)
     name = label if label is not None else (" + ".join(iv.label for iv in interventions) or "full")
-    return pd.DataFrame([{"variant": name, **row}])
+    out = pd.DataFrame([{"variant": name, **row}])
+    if items:
+        from mechtrunc.metrics import item_metrics
+
+        return out, {k: v.detach().cpu() for k, v in item_metrics(logits, prompts).items()}
+    return out
 
 
 def _entries(interventions) -> list[tuple[Intervention, ...]]:

@@ -44,7 +44,7 @@ from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER
 __all__ = [
     "DEFAULT_SELECT", "DEFAULT_BUDGET", "DEFAULT_N_BOOT", "HELDOUT_METRIC", "ITEM_COLUMNS", "PARTS",
     "sequence_groups", "split_sequences", "split_prompts", "item_table", "change_intervals",
-    "choose_configuration", "heldout_choice", "heldout_selection", "next_token_prompts", "text_prompts",
+    "choose_configuration", "heldout_choice", "table_change_intervals", "heldout_selection", "next_token_prompts", "text_prompts",
 ]
 
 #: the fraction of sequences (by group) in the select part
@@ -244,6 +244,45 @@ def change_intervals(before: Mapping[str, Tensor], after: Mapping[str, Tensor], 
                          "intervened": a.double().mean(1).numpy(), "change": diff.mean(1).numpy(),
                          "ci_low": lo.numpy(), "ci_high": hi.numpy(),
                          "n_items": b.shape[1], "n_boot": n_boot, "level": level})
+
+
+def table_change_intervals(table, items, metric: str, n_boot: int = DEFAULT_N_BOOT, level: float = 0.95,
+                           seed: int = 0):
+    """Per row of a truncation-study ``table``: the change of ``metric`` against the full model
+    on the same items and its paired percentile bootstrap interval, from the study's per-item
+    side table ``items`` (:func:`mechtrunc.studies.read_items`; rows matched by baseline /
+    layer, matrix, keep).  Whole sequences are resampled (the item bootstrap when each sequence
+    has one item), the same draws for every row (one matrix product for the grid), ``n_boot``
+    resamples, seeded.  A DataFrame aligned with ``table`` (``change, ci_low, ci_high``; NaN for
+    a row without items) with ``attrs`` ``n_boot, level, seed, n_items, n_sequences``; None when
+    the side table lacks the baseline or an item."""
+    import pandas as pd
+
+    from mechtrunc.results import keep_key
+
+    key = lambda r: ("baseline",) if bool(r["baseline"]) else (int(r["layer"]), str(r["matrix"]), keep_key(r["keep"]))
+    configs = items.drop_duplicates("config").set_index("config")
+    by_key = {key(r): c for c, r in configs.iterrows()}
+    wide = items.pivot(index="config", columns="item", values=metric).sort_index()
+    if ("baseline",) not in by_key or wide.isna().to_numpy().any():
+        return None
+    seq = items[items["config"] == wide.index[0]].sort_values("item")["sequence"].to_numpy()
+    vals = wide.to_numpy(dtype=np.float64)
+    pos = {c: i for i, c in enumerate(wide.index)}
+    diff = vals - vals[pos[by_key[("baseline",)]]][None]
+    lo, hi = bootstrap_intervals(torch.from_numpy(diff), n_boot=n_boot, level=level, seed=seed,
+                                 clusters=torch.from_numpy(np.array(seq, dtype=np.int64)))
+    change, low, high = [], [], []
+    for r in table.to_dict("records"):
+        c = by_key.get(key(r))
+        i = None if c is None else pos[c]
+        change.append(float("nan") if i is None else float(diff[i].mean()))
+        low.append(float("nan") if i is None else float(lo[i]))
+        high.append(float("nan") if i is None else float(hi[i]))
+    out = pd.DataFrame({"change": change, "ci_low": low, "ci_high": high}, index=table.index)
+    out.attrs.update({"n_boot": int(n_boot), "level": float(level), "seed": int(seed), "n_items": int(vals.shape[1]),
+                      "n_sequences": int(len(np.unique(seq)))})
+    return out
 
 
 def choose_configuration(table, metric: str = HELDOUT_METRIC, higher_is_better: bool | None = None,

@@ -163,6 +163,36 @@ def test_truncation_report_best_and_examples(reports, truncation_dir):
     assert html.count('data-component="AttentionHeads"') == 3
 
 
+def test_truncation_report_shows_paired_intervals(reports, truncation_dir):
+    """With the study's per-item table the best configuration and the main table carry the
+    change against the full model and its paired bootstrap interval, n_boot stated; the numbers
+    are those of mechtrunc.selection.change_intervals on the stored items."""
+    from mechtrunc.report.readers import read_result
+    from mechtrunc.report.truncation import change_intervals_of
+    from mechtrunc.selection import change_intervals
+    from mechtrunc.studies import read_items
+
+    html = reports["truncation"].path.read_text()
+    assert "paired bootstrap interval" in html and "1000 resamples" in html
+    assert "<th>ci_low</th>" in html and "<th>ci_high</th>" in html and "<th>change logit_diff_noise</th>" in html
+    res = read_result(truncation_dir)
+    iv = change_intervals_of(res, "logit_diff_noise")
+    best = json.loads((truncation_dir / "best.json").read_text())["best"]
+    from mechtrunc.results import find_row
+
+    row = find_row(res.table, best)
+    i = list(res.table.index).index(row.name)
+    assert f"{iv['ci_low'].iloc[i]:.4g}" in html and f"{iv['ci_high'].iloc[i]:.4g}" in html
+    items = read_items(truncation_dir)
+    one = lambda c: {"logit_diff_noise": torch.tensor(items[items["config"] == c].sort_values("item")[
+        "logit_diff_noise"].to_numpy())}
+    ref = change_intervals(one(0), one(i), ["logit_diff_noise"], n_boot=1000).iloc[0]
+    assert iv["change"].iloc[i] == pytest.approx(ref["change"], abs=1e-9)
+    # one item per sequence here: the sequence bootstrap is the item bootstrap
+    if items[items["config"] == 0]["sequence"].is_unique and items[items["config"] == 0]["sequence"].is_monotonic_increasing:
+        assert (iv["ci_low"].iloc[i], iv["ci_high"].iloc[i]) == pytest.approx((ref["ci_low"], ref["ci_high"]), abs=1e-9)
+
+
 def test_checkpoint_report_crossover(reports, checkpoint_dir):
     import pandas as pd
 

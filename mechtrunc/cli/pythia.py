@@ -91,7 +91,7 @@ def _check_heldout(args) -> None:
             raise UsageError(f"--collateral {args.collateral}: the file is empty")
 
 
-def _print_heldout(model, prompts, grid, metric, args) -> None:
+def _print_heldout(model, prompts, grid, metric, args, items=None) -> None:
     from mechtrunc.selection import DEFAULT_BUDGET, DEFAULT_N_BOOT, DEFAULT_SELECT, text_prompts
     from mechtrunc.studies import heldout_configuration
 
@@ -102,7 +102,7 @@ def _print_heldout(model, prompts, grid, metric, args) -> None:
     n_boot = DEFAULT_N_BOOT if args.n_boot is None else args.n_boot
     try:
         h = heldout_configuration(model, prompts, grid, metric=metric, select=select, seed=args.seed,
-                                  collateral=collateral, budget=args.budget, n_boot=n_boot,
+                                  collateral=collateral, budget=args.budget, n_boot=n_boot, items=items,
                                   batch_size=max(args.batch_size, 256))
     except ValueError as e:  # e.g. too few templates or prompts to split
         raise UsageError(f"--heldout: {e}") from None
@@ -139,23 +139,31 @@ def cmd_truncate(args) -> int:
                 mode=args.mode)  # every grid value checked before the model loads
     model = load_model(args.model, step=args.step, device=args.device, dtype=args.dtype, n_devices=args.n_devices)
     prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
-    df = truncation_study(model, prompts, layers=grid.layers, matrices=grid.matrices, keeps=grid.keeps,
-                          rule=grid.rule, svd=grid.svd, mode=grid.mode, batch_size=args.batch_size,
-                          out=args.out, progress=not args.no_progress,
-                          info={"task": str(args.task), "n": args.n, "seed": args.seed})
+    df, items = truncation_study(model, prompts, layers=grid.layers, matrices=grid.matrices, keeps=grid.keeps,
+                                 rule=grid.rule, svd=grid.svd, mode=grid.mode, batch_size=args.batch_size,
+                                 out=args.out, progress=not args.no_progress, return_items=True,
+                                 info={"task": str(args.task), "n": args.n, "seed": args.seed})
     metric = args.metric or default_metric(df.columns)
-    paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size)
+    paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size,
+                         items=items)
     best = json.loads(Path(paths["best"]).read_text())
     b = best["best"]
     print(f"{len(df) - 1} configurations on {len(prompts)} prompts -> {args.out}")
     print(f"best by {metric}: layer {b['layer']} {b['matrix']} keep {b['keep']} (rank {b['rank']}): "
           f"{b['value']:.4f} vs {b['baseline_value']:.4f} for the full model")
+    ci = (best.get("intervals") or {}).get("metrics", {}).get(metric)
+    if ci is not None:
+        iv = best["intervals"]
+        print(f"  change {ci['change']:+.4g} [{ci['ci_low']:+.4g}, {ci['ci_high']:+.4g}] "
+              f"({round(100 * iv['level'])}% paired bootstrap, {iv['n_boot']} resamples, {iv['n_items']} prompts; "
+              "in-sample)")
     for name, path in paths.items():
         print(f"  {name}: {path}")
     if args.heldout:
         from mechtrunc.selection import HELDOUT_METRIC
 
-        _print_heldout(model, prompts, grid, args.metric or HELDOUT_METRIC, args)
+        # chosen on the study's per-item side table: no second pass over the grid
+        _print_heldout(model, prompts, grid, args.metric or HELDOUT_METRIC, args, items=items)
     return 0
 
 

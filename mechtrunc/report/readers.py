@@ -218,6 +218,10 @@ class TruncationResults(_StudyResult):
     attribution: object = None  # DataFrame (attribution_change.csv) or None
     kind: str = "truncation"
     incomplete: str | None = None
+    #: the per-item side table (items.parquet: one row per configuration and item) or None
+    items: object = None
+    #: heldout.csv (``pythia truncate --heldout``: the held-out choice, with collateral) or None
+    heldout: object = None
 
     def _repr_html_(self) -> str:
         lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
@@ -310,7 +314,23 @@ def _read_truncation(d: Path, study: dict) -> TruncationResults:
             attribution = pd.read_csv(d / "attribution_change.csv")
         except Exception as e:
             warnings.warn(f"attribution_change.csv could not be read ({e}); it will be recomputed if possible")
-    return TruncationResults(d, table, study, best, attribution, incomplete=incomplete)
+    items = heldout = None
+    if incomplete is None and (d / "items.parquet").is_file():
+        import pandas as pd
+
+        try:
+            items = pd.read_parquet(d / "items.parquet")
+        except Exception as e:  # noqa: BLE001 - the report then shows no intervals
+            warnings.warn(f"items.parquet could not be read ({e}); the report shows no intervals")
+    if (d / "heldout.csv").is_file():
+        import pandas as pd
+
+        try:
+            heldout = pd.read_csv(d / "heldout.csv")
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"heldout.csv could not be read ({e})")
+    return TruncationResults(d, table, study, best, attribution, incomplete=incomplete, items=items,
+                             heldout=heldout)
 
 
 def _read_shards(d: Path):

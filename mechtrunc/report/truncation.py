@@ -38,6 +38,30 @@ def competitor_of(metric: str, cols) -> str | None:
     return "the" if "the" in comps else (comps[0] if comps else None)
 
 
+def change_intervals_of(result, metric: str, n_boot: int | None = None, level: float = 0.95, seed: int = 0):
+    """:func:`mechtrunc.selection.table_change_intervals` of ``result``'s table and per-item side
+    table (``items.parquet``), cached on ``result``; None without a side table or the metric."""
+    from mechtrunc.selection import DEFAULT_N_BOOT, table_change_intervals
+
+    items = getattr(result, "items", None)
+    if items is None or metric not in getattr(items, "columns", ()):
+        return None
+    n_boot = DEFAULT_N_BOOT if n_boot is None else n_boot
+    cache = result.__dict__.setdefault("_intervals", {})
+    if (metric, n_boot, level, seed) not in cache:
+        cache[(metric, n_boot, level, seed)] = table_change_intervals(result.table, items, metric, n_boot, level, seed)
+    return cache[(metric, n_boot, level, seed)]
+
+
+def _interval_note(iv, metric: str) -> str:
+    a = iv.attrs
+    return (f'<p class="small">Change of {esc(metric)} against the full model with its {round(100 * a["level"])}% '
+            f'paired bootstrap interval [ci_low, ci_high] (the same resampled items for both; {a["n_boot"]} '
+            f'resamples of the {a["n_sequences"]} sequences, {a["n_items"]} items; seed {a["seed"]}), from the '
+            f'study\'s per-item table items.parquet. In-sample: the best of many configurations is biased upward '
+            f'(see the held-out choice).</p>')
+
+
 def study_section(ctx: Context) -> Section:
     r = ctx.result
     df = r.table
@@ -134,8 +158,16 @@ def heatmap_section(ctx: Context) -> Section:
     s.add(fig)
     if not math.isnan(b):
         s.add(f'<p class="small">Full model: {esc(metric)} = {b:.4g}. Keep 1 is the identity (the full model).</p>')
-    s.add("<h3>Table</h3>", html_table(df.drop(columns=[c for c in ("rule", "svd", "mode", "intervention") if c in df.columns]),
-                                       highlight=[i for i, v in enumerate(df["baseline"]) if v]))
+    shown = df.drop(columns=[c for c in ("rule", "svd", "mode", "intervention") if c in df.columns])
+    iv = change_intervals_of(r, metric)
+    if iv is not None:
+        at = list(shown.columns).index(metric) + 1
+        for j, (name, col) in enumerate(((f"change {metric}", "change"), ("ci_low", "ci_low"), ("ci_high", "ci_high"))):
+            shown.insert(at + j, name, iv[col].to_numpy())
+    s.add("<h3>Table</h3>")
+    if iv is not None:
+        s.add(_interval_note(iv, metric))
+    s.add(html_table(shown, highlight=[i for i, v in enumerate(df["baseline"]) if v]))
     return s
 
 
@@ -188,7 +220,34 @@ def best_section(ctx: Context) -> Section:
                         "full model": [float(base[c].iloc[0]) if len(base) else None for c in cols],
                         "best truncation": [float(row[c]) if row is not None else None for c in cols]})
     tab["change"] = tab["best truncation"] - tab["full model"]
-    return s.add(html_table(tab, highlight=[cols.index(best["metric"])] if best["metric"] in cols else []))
+    note_iv = None
+    if row is not None:
+        pos = list(df.index).index(row.name) if row.name in df.index else None
+        low, high = [], []
+        for c in cols:
+            iv = change_intervals_of(r, c)
+            ok = iv is not None and pos is not None
+            low.append(float(iv["ci_low"].iloc[pos]) if ok else float("nan"))
+            high.append(float(iv["ci_high"].iloc[pos]) if ok else float("nan"))
+            note_iv = note_iv if note_iv is not None or not ok else iv
+        if note_iv is not None:
+            tab["ci_low"], tab["ci_high"] = low, high
+    s.add(html_table(tab, highlight=[cols.index(best["metric"])] if best["metric"] in cols else []))
+    if note_iv is not None:
+        s.add(_interval_note(note_iv, "each metric"))
+    else:
+        s.add('<p class="small">No per-item table (items.parquet) in this study: no intervals. Rerun the study '
+              'with this version to add one (finished rows are recomputed once for their items).</p>')
+    h = getattr(r, "heldout", None)
+    if h is not None and len(h):
+        keep = [c for c in ("part", "intervention", "metric", "full", "truncated", "change", "ci_low", "ci_high",
+                            "n_items", "n_boot", "collateral_full", "collateral_truncated", "collateral_change",
+                            "budget") if c in h.columns and not h[c].isna().all()]
+        s.add("<h3>Held-out choice (heldout.csv)</h3>",
+              '<p class="small">Chosen on the select part of the prompts, reported on both parts (eval: held out) '
+              'with paired bootstrap intervals of the change; collateral: the loss on reference text.</p>',
+              html_table(h[keep]))
+    return s
 
 
 def _attribution(ctx: Context):

@@ -28,7 +28,8 @@ from mechtrunc.studies.checkpoints import CheckpointDirectory, HubCheckpoints, c
 from mechtrunc.studies.compose import as_interventions, compose_search
 from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
 from mechtrunc.studies.grid import (
-    Grid, as_truncate, best_configuration, evaluate_grid, heldout_configuration, truncation_study,
+    Grid, ItemStore, as_truncate, best_configuration, evaluate_grid, heldout_configuration, read_items,
+    truncation_study,
 )
 from mechtrunc.studies.summary import study_report
 
@@ -36,4 +37,5 @@ __all__ = [
     "truncation_study", "best_configuration", "heldout_configuration", "as_truncate", "checkpoint_study", "study_report",
     "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
     "RayExecutor", "SlurmExecutor", "compose_search", "as_interventions",
+    "read_items", "ItemStore",
 ]

@@ -9,7 +9,10 @@
 - :func:`best_configuration`, :func:`as_truncate`: the best non-baseline row, and the
   :class:`~mechtrunc.Truncate` that reproduces it.  :func:`heldout_configuration`: its
   held-out sibling (chosen on part of the prompts, reported on the rest with paired bootstrap
-  intervals: :func:`mechtrunc.selection.heldout_selection`).
+  intervals: :func:`mechtrunc.selection.heldout_selection`); given a study's per-item side table
+  (:func:`read_items`) it chooses on the stored values, without evaluating the grid again.
+- :class:`ItemStore`, :func:`read_items`: the per-item side table of a truncation study (the
+  values each row's means are taken over, from the same forward passes).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import pandas as pd
+from pathlib import Path
 
 from mechtrunc._checks import check_choice
 from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
@@ -32,11 +36,16 @@ from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
 )
 from mechtrunc.studies.store import (
-    metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, write_tables,
+    metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, ShardStore, write_tables,
 )
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate",
-           "heldout_configuration"]
+           "heldout_configuration", "ItemStore", "read_items", "ITEMS_FILE"]
+
+#: the per-item side table of a truncation study (in its output directory)
+ITEMS_FILE = "items.parquet"
+#: where a truncation study keeps one per-item shard per finished configuration (resumable)
+ITEM_SHARDS = "item_shards"
 
 #: defaults of a grid, and how a grid is evaluated: "engine" (default;
 #: :mod:`mechtrunc.engine`: cached clean residuals, all keeps of a layer in one batched
@@ -49,6 +58,104 @@ def _study_key(row: dict) -> tuple:
     if row.get("baseline"):
         return ("baseline",)
     return (int(row["layer"]), str(row["matrix"]), keep_key(row["keep"]))
+
+
+class ItemStore:
+    """The per-item values of a truncation study's rows, one shard per finished configuration
+    (``out/item_shards/<key>.parquet``, written atomically by :class:`ShardStore` *before* the
+    row is appended to ``rows.jsonl``), or in memory when ``out`` is None.
+
+    A row counts as finished only when its items are stored too: a row without items (a crash
+    between the two writes, or a directory written before the side table existed) is
+    recomputed, and its shard replaced, so every (configuration, item) is stored exactly once.
+    Each shard holds ``item, sequence`` and every per-item metric
+    (:func:`mechtrunc.metrics.item_metrics`)."""
+
+    def __init__(self, out=None):
+        self.mem: dict[tuple, pd.DataFrame] = {}
+        self.shards = None
+        if out is not None:
+            self.shards = ShardStore(out)
+            self.shards.dir = Path(out) / ITEM_SHARDS
+            self.shards.clean_temporaries()
+
+    @staticmethod
+    def name(key: tuple) -> str:
+        if key == ("baseline",):
+            return "baseline"
+        layer, matrix, keep = key
+        return f"L{int(layer)}_{matrix}_k{keep!r}"
+
+    def has(self, key: tuple) -> bool:
+        return key in self.mem or (self.shards is not None and self.shards.done(self.name(key)))
+
+    def add(self, key: tuple, items: dict, sequence) -> None:
+        import numpy as np
+
+        n = len(sequence)
+        frame = pd.DataFrame({"item": np.arange(n), "sequence": np.asarray(sequence),
+                              **{m: torch_to_numpy(v) for m, v in items.items()}})
+        if self.shards is not None:
+            self.shards.write(self.name(key), frame)
+        else:
+            self.mem[key] = frame
+
+    def get(self, key: tuple) -> pd.DataFrame | None:
+        if key in self.mem:
+            return self.mem[key]
+        return None if self.shards is None else self.shards.read(self.name(key))
+
+    def table(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The side table of a study table ``df``: one row per (configuration, item), columns
+        :data:`mechtrunc.selection.ITEM_COLUMNS` (``config`` is the row's index in ``df``, 0 the
+        baseline; an identity configuration holds the baseline's values) then the metrics."""
+        from mechtrunc.selection import ITEM_COLUMNS
+
+        base = self.get(("baseline",))
+        frames = []
+        for cid, row in enumerate(df.to_dict("records")):
+            key = _study_key(row)
+            frame = self.get(key)
+            if frame is None and (row.get("identity") or row.get("baseline")):
+                frame = base
+            if frame is None:
+                raise ValueError(f"no per-item values stored for {row.get('intervention') or key}")
+            desc = {c: row.get(c) for c in ITEM_COLUMNS if c not in ("item", "sequence")}
+            desc["config"] = cid
+            if row.get("baseline"):
+                desc["intervention"] = "full"
+            frames.append(frame.assign(**{c: [v] * len(frame) for c, v in desc.items()}))
+        out = pd.concat(frames, ignore_index=True)
+        metrics = [c for c in out.columns if c not in ITEM_COLUMNS]
+        out = out[[c for c in ITEM_COLUMNS] + metrics]
+        for col in ("layer", "rank", "max_rank"):
+            out[col] = pd.array([None if v is None or pd.isna(v) else int(v) for v in out[col]], dtype="Int64")
+        out["keep"] = out["keep"].astype("float64")
+        out["baseline"] = out["baseline"].fillna(False).astype(bool)
+        out["identity"] = out["identity"].fillna(False).astype(bool)
+        return out
+
+
+def torch_to_numpy(v):
+    return v.detach().double().cpu().numpy() if hasattr(v, "detach") else v
+
+
+def read_items(out: str | os.PathLike) -> pd.DataFrame:
+    """The per-item side table a finished :func:`truncation_study` wrote to ``out/items.parquet``
+    (see :meth:`ItemStore.table`); FileNotFoundError when there is none (an unfinished study, or
+    one written before the side table existed: rerun it with the same ``out``)."""
+    path = Path(out) / ITEMS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-item side table (an unfinished study, or one written before the "
+                                "side table existed); rerun the study with the same output directory")
+    return pd.read_parquet(path)
+
+
+def _evaluate_items(model, prompts: PromptSet, ivs, batch_size: int) -> tuple[dict, dict]:
+    """``evaluate``'s metrics and the per-item values they are the mean of, from one forward."""
+    row, per_item = evaluate(model, prompts, *ivs, batch_size=batch_size, items=True,
+                             **({} if ivs else {"label": "full"}))
+    return metric_values(row), per_item
 
 
 def _resolve(adapter, grid: "Grid") -> tuple[list[int], list[str], list[float]]:
@@ -156,6 +263,7 @@ def evaluate_grid(
     store: RowStore | None = None,
     progress: bool = False,
     svd_cache: str | os.PathLike | None = None,
+    items: ItemStore | None = None,
 ) -> list[dict]:
     """Evaluate the unmodified model and every configuration of ``grid`` on ``prompts``.
 
@@ -171,6 +279,10 @@ def evaluate_grid(
     ``max(batch_size, 256)`` (prompt, configuration) rows); ``svd_cache`` is a directory of its
     decompositions keyed by the weights' hash, so a rerun or a second grid on the same
     checkpoint computes none.
+
+    ``items`` (an :class:`ItemStore`): also keep every computed row's per-item values (from the
+    same forward passes: ``run_grid(..., items=True)`` or the logits ``evaluate`` averages); a
+    stored row whose items are missing there is recomputed.
     """
     adapter = adapt(model)
     layers, matrices, keeps = grid.resolve(model)
@@ -185,8 +297,12 @@ def evaluate_grid(
             for keep in keeps:
                 iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode=grid.truncate_mode)
                 configs.append((layer, m, keep, iv, iv.ranks(adapter, max_rank)[0], max_rank))
-    todo = [g for g in configs if store.get((g[0], g[1], keep_key(g[2]))) is None and g[4] != g[5]]
-    need_base = store.get(("baseline",)) is None
+    def done(key):
+        return store.get(key) is not None and (items is None or items.has(key))
+
+    seq = prompts.rows.cpu().numpy() if items is not None else None
+    todo = [g for g in configs if not done((g[0], g[1], keep_key(g[2]))) and g[4] != g[5]]
+    need_base = not done(("baseline",))
     bar = progress_bar(len(todo) + int(need_base), "truncation", progress)
 
     if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
@@ -195,8 +311,10 @@ def evaluate_grid(
         labels = {(g[0], g[1], keep_key(g[2])): (g[2], g[3].label) for g in todo}
         t0 = time.perf_counter()
         for r in run_grid(model, prompts, [g[3] for g in todo], batch_size=max(batch_size, 256),
-                          svd_cache=svd_cache, baseline=need_base):
+                          svd_cache=svd_cache, baseline=need_base, items=items is not None):
             seconds, t0 = time.perf_counter() - t0, time.perf_counter()
+            if items is not None:  # the items first: a row without its items is not finished
+                items.add(("baseline",) if r.baseline else (r.layer, r.matrix, keep_key(r.keep)), r.items, seq)
             if r.baseline:
                 row = baseline_row(r.metrics, **common, seconds=seconds, path=r.path)
             else:
@@ -210,7 +328,11 @@ def evaluate_grid(
 
     if need_base:
         t0 = time.perf_counter()
-        metrics = metric_values(evaluate(model, prompts, batch_size=batch_size, label="full"))
+        if items is None:
+            metrics = metric_values(evaluate(model, prompts, batch_size=batch_size, label="full"))
+        else:
+            metrics, per_item = _evaluate_items(model, prompts, (), batch_size)
+            items.add(("baseline",), per_item, seq)
         store.add(baseline_row(metrics, **common, seconds=time.perf_counter() - t0))
         if bar is not None:
             bar.update(1)
@@ -220,7 +342,7 @@ def evaluate_grid(
     rows = [base]
     for layer, m, keep, iv, rank, max_rank in configs:
         key = (layer, m, keep_key(keep))
-        row = store.get(key)
+        row = store.get(key) if (rank == max_rank or done(key)) else None
         if row is None:
             if rank == max_rank:  # the identity: reuse the baseline evaluation
                 metrics, seconds = base_metrics, 0.0
@@ -228,7 +350,11 @@ def evaluate_grid(
                 if bar is not None:
                     bar.set_postfix_str(iv.label, refresh=False)
                 t0 = time.perf_counter()
-                metrics = metric_values(evaluate(model, prompts, iv, batch_size=batch_size))
+                if items is None:
+                    metrics = metric_values(evaluate(model, prompts, iv, batch_size=batch_size))
+                else:
+                    metrics, per_item = _evaluate_items(model, prompts, (iv,), batch_size)
+                    items.add(key, per_item, seq)
                 seconds = time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
@@ -255,7 +381,8 @@ def truncation_study(
     mode: str = "engine",
     info: dict | None = None,
     svd_cache: str | os.PathLike | None = None,
-) -> pd.DataFrame:
+    return_items: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate every ``Truncate(matrix, layer, keep)`` of the grid on ``prompts``.
 
     Returns a tidy DataFrame, one row per (layer, matrix, keep) in the requested order, after
@@ -286,6 +413,17 @@ def truncation_study(
             rebuild them.
         svd_cache: ``mode="engine"``: the directory of cached decompositions (default
             ``out/svd_cache`` when ``out`` is given).
+        return_items: also return the per-item side table: ``(table, items)``.
+
+    Per-item values: the same forward passes also give each row's per-item metric values (the
+    values its means are taken over; no extra forward pass).  They are kept as one shard per
+    finished configuration in ``out/item_shards/`` (written before the row, so a resumed study
+    recomputes a row whose items are missing and never holds an item twice; see
+    :class:`ItemStore`), and at the end ``out/items.parquet`` holds the side table of the
+    returned table (:meth:`ItemStore.table`: ``config`` = row index, one row per
+    (configuration, item); read it with :func:`read_items`).  It feeds paired bootstrap
+    intervals of a change (:mod:`mechtrunc.selection`) and :func:`heldout_configuration`
+    without a second pass.
     """
     grid = Grid(layers=layers, matrices=matrices, keeps=keeps, rule=rule, svd=svd, mode=mode)
     grid.resolve(model)  # every bad value raises before anything is written
@@ -299,11 +437,26 @@ def truncation_study(
     store = RowStore(out, meta, _study_key)
     if svd_cache is None and out is not None and mode == "engine":
         svd_cache = os.path.join(out, "svd_cache")
+    item_store = ItemStore(out)
     rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress,
-                         svd_cache=svd_cache)
+                         svd_cache=svd_cache, items=item_store)
     df = tidy_truncation(pd.DataFrame(rows))
+    items = item_store.table(df)
+    if out is not None:
+        _write_parquet(items, Path(out) / ITEMS_FILE)
     write_tables(df, out, "truncation")
-    return df
+    return (df, items) if return_items else df
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    import uuid
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def best_configuration(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_better: bool = True) -> dict:
@@ -348,7 +501,7 @@ def as_truncate(config: dict) -> Truncate:
 
 def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, metric: str = "p_answer",
                           select: float = 0.5, seed: int = 0, collateral=None, budget: float | None = None,
-                          n_boot: int = 1000, **kwargs) -> dict:
+                          n_boot: int = 1000, items: pd.DataFrame | None = None, **kwargs) -> dict:
     """:func:`best_configuration`'s held-out sibling: the grid's configurations (``grid``,
     default ``Grid()``, rule and layers checked against the model; exact SVD) chosen on the
     select part of ``prompts`` and reported on the eval part
@@ -356,7 +509,12 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
     ``{"layer", "matrix", "keep", "rank", "metric", "baseline" (nothing beat the full model),
     "select": {...}, "eval": {...}, "n_boot", "level", "groups", "table"}`` where each part holds
     ``full, truncated, change, ci_low, ci_high, n_items, collateral_change`` and ``table`` is the
-    DataFrame."""
+    DataFrame.
+
+    ``items``: a per-item side table of ``prompts`` (:func:`read_items` of a
+    :func:`truncation_study` run with this grid, or its ``return_items``): the choice is made on
+    the stored values, with no forward pass on ``prompts`` (a collateral prompt set still takes
+    one pass on its own prompts).  The same result as without it."""
     from mechtrunc.selection import heldout_selection
 
     grid = Grid() if grid is None else grid
@@ -364,8 +522,12 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
         raise ValueError(f"held-out selection runs on the grid engine: give svd='exact' (not {grid.svd!r})")
     layers, matrices, keeps = grid.resolve(model)
     truncs = [Truncate(m, layer=l, keep=k, rule=grid.rule) for l in layers for m in matrices for k in keeps]
-    df = heldout_selection(model, prompts, truncs, metric=metric, select=select, seed=seed, collateral=collateral,
-                           budget=budget, n_boot=n_boot, **kwargs)
+    if items is None:
+        df = heldout_selection(model, prompts, truncs, metric=metric, select=select, seed=seed,
+                               collateral=collateral, budget=budget, n_boot=n_boot, **kwargs)
+    else:
+        df = _heldout_from_items(model, prompts, truncs, items, metric=metric, select=select, seed=seed,
+                                 collateral=collateral, budget=budget, n_boot=n_boot, **kwargs)
     rows = df.set_index("part")
     first = rows.iloc[0]
     base = bool(first["baseline"])
@@ -377,3 +539,57 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
             "rule": grid.rule, "svd": "exact", "mode": "hook", "metric": metric, "baseline": base,
             "select": part(rows.loc["select"]), "eval": part(rows.loc["eval"]), "n_boot": int(df.attrs["n_boot"]),
             "level": float(df.attrs["level"]), "groups": df.attrs["groups"], "table": df}
+
+
+def _item_key(row) -> tuple:
+    if bool(row["baseline"]):
+        return ("baseline",)
+    return (int(row["layer"]), str(row["matrix"]), keep_key(row["keep"]))
+
+
+def _heldout_from_items(model, prompts: PromptSet, truncs: list, items: pd.DataFrame, metric: str, select: float,
+                        seed: int, collateral, budget, n_boot: int, *, groups=None, level: float = 0.95,
+                        higher_is_better: bool | None = None, batch_size: int = 256, svd_cache=None,
+                        progress: bool = False) -> pd.DataFrame:
+    """:func:`mechtrunc.selection.heldout_selection` on a stored side table: the grid's
+    configurations (and the baseline) picked out of ``items``, no forward pass on ``prompts``."""
+    from mechtrunc.selection import heldout_choice, item_table, sequence_groups, split_sequences
+
+    if not isinstance(prompts, PromptSet):
+        raise TypeError(f"prompts must be a PromptSet, got {type(prompts).__name__}")
+    n = len(prompts)
+    seq = prompts.rows.cpu().numpy()
+    sel_seq, _ = split_sequences(prompts, select, seed, groups)
+    if budget is not None and collateral is None:
+        raise ValueError("a collateral budget needs a collateral (a PromptSet or a callable) to measure it on")
+    configs = items.drop_duplicates("config").set_index("config")
+    by_key = {_item_key(r): int(c) for c, r in configs.iterrows()}
+    want = [("baseline",)] + [(t.layer, t.matrix, keep_key(t.keep)) for t in truncs]
+    missing = [k for k in want if k not in by_key]
+    if missing:
+        raise ValueError(f"the item table lacks {len(missing)} configuration(s) of the grid, e.g. {missing[0]}")
+    keep_ids = sorted({by_key[k] for k in want})
+    sub = items[items["config"].isin(keep_ids)]
+    for cid in keep_ids:
+        rows = sub[sub["config"] == cid]
+        if len(rows) != n or not (rows.sort_values("item")["sequence"].to_numpy() == seq).all():
+            raise ValueError("the item table does not belong to these prompts (its items or sequences differ)")
+    coll = None
+    if collateral is not None:
+        trunc_of = {(t.layer, t.matrix, keep_key(t.keep)): t for t in truncs}
+        if isinstance(collateral, PromptSet):
+            c_items = item_table(model, collateral, truncs, metrics=["loss"], batch_size=batch_size,
+                                 svd_cache=svd_cache)
+            c_conf = c_items.drop_duplicates("config").set_index("config")
+            means = c_items.groupby("config")["loss"].mean()
+            by_c = {_item_key(r): float(means[c]) for c, r in c_conf.iterrows()}
+            coll = {by_key[k]: by_c[k] for k in want}
+        elif callable(collateral):
+            coll = {by_key[k]: float(collateral(None if k == ("baseline",) else trunc_of[k])) for k in want}
+        else:
+            raise TypeError(f"collateral must be a PromptSet or a callable, got {type(collateral).__name__}")
+    out = heldout_choice(sub, metric, sel_seq.numpy(), seed=seed, higher_is_better=higher_is_better,
+                         collateral=coll, budget=budget, n_boot=n_boot, level=level)
+    out.attrs["groups"] = sequence_groups(prompts, groups)[1]
+    out.attrs["select"] = float(select)
+    return out

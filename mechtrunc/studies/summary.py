@@ -25,12 +25,20 @@ def study_report(
     out_dir: str | os.PathLike = "report",
     higher_is_better: bool = True,
     batch_size: int = 32,
+    items: pd.DataFrame | None = None,
+    n_boot: int | None = None,
 ) -> dict[str, Path]:
     """Write, for a :func:`truncation_study` table: the heatmap of ``metric``
     (``heatmap_<metric>.png``), the best configuration with the full and truncated metrics
     (``best.json``), its :func:`mechtrunc.attribute_change` table per component, i.e. per
     layer and head, MLP, embedding and bias (``attribution_change.csv``) and the same summed
-    per layer and kind (``attribution_change_by_layer.csv``).  Returns the paths by name."""
+    per layer and kind (``attribution_change_by_layer.csv``).  Returns the paths by name.
+
+    ``items`` (the study's per-item side table, :func:`mechtrunc.studies.read_items`): ``best.json``
+    also holds ``intervals``: per metric, the best configuration's ``change`` against the full
+    model and its paired bootstrap interval ``ci_low, ci_high``
+    (:func:`mechtrunc.selection.table_change_intervals`), with ``n_boot``, ``level``, ``seed``,
+    ``n_items`` (in-sample: see held-out selection for an unbiased estimate)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -43,6 +51,18 @@ def study_report(
     match = find_row(df, best)
     summary = {"best": best, "intervention": iv.label, "full": pick(base_row),
                "truncated": pick(match.to_dict()) if match is not None else None}
+    if items is not None and match is not None:
+        from mechtrunc.selection import DEFAULT_N_BOOT, table_change_intervals
+
+        i = list(df.index).index(match.name)
+        per, attrs = {}, None
+        for m in [c for c in df.columns if is_metric(c) and c in items.columns]:
+            t = table_change_intervals(df, items, m, DEFAULT_N_BOOT if n_boot is None else n_boot)
+            if t is not None:
+                per[m] = {k: float(t[k].iloc[i]) for k in ("change", "ci_low", "ci_high")}
+                attrs = t.attrs
+        if attrs is not None:
+            summary["intervals"] = {"metrics": per, **attrs}
     paths["best"] = out / "best.json"
     paths["best"].write_text(json.dumps(summary, indent=2))
     change = attribute_change(model, prompts, iv, batch_size=batch_size)
