@@ -231,10 +231,8 @@ class Ablate(Intervention):
         ref = None
         if self.method != "zero":
             tokens = getattr(self.reference, "tokens", self.reference)
-            store: dict = {}
-            with _hooked(adapter, name, lambda a: store.__setitem__("a", sel(a).detach()) or a), torch.no_grad():
-                adapter.forward(tokens.to(adapter.device))
-            ref = store["a"]
+            # one forward over every reference sequence
+            ref = sel(record_activations(adapter, tokens, [name], batch_size=max(1, tokens.shape[0]))[name])
             if self.method == "mean":
                 ref = ref.reshape(-1, *ref.shape[2:]).mean(0)
 

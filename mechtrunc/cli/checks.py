@@ -5,10 +5,12 @@ imported."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
 
 __all__ = ["UsageError", "fraction", "int_at_least", "positive_int", "nonneg_int", "positive_float",
-           "nonneg_float", "device", "choice"]
+           "nonneg_float", "device", "choice", "model_kind", "last_checkpoint"]
 
 
 class UsageError(ValueError):
@@ -87,3 +89,33 @@ def choice(options, what: str, plural: str | None = None):
 
     check.__name__ = what.replace(" ", "_")
     return check
+
+
+def model_kind(model: str) -> str:
+    """What a MODEL argument names, from its files alone: ``"toy"`` (a toy run or saved toy
+    model), ``"memory"`` (a linear-memory run), ``"lm"`` (a `mechtrunc lm train` run) or ``"hf"``
+    (anything :func:`mechtrunc.pythia.load_model` reads: a hub id or a Hugging Face directory)."""
+    d = Path(model)
+    if d.is_dir() and (d / "run.json").is_file():
+        return "lm"
+    if d.is_dir() and (d / "config.json").is_file():
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+        except (OSError, ValueError):
+            raise UsageError(f"{model}: config.json is corrupt or unreadable") from None
+        if isinstance(cfg, dict) and "memory" in cfg:
+            return "memory"
+        if isinstance(cfg, dict) and "model" in cfg and "model_type" not in cfg:
+            return "toy"
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"{model} is a file, not a model directory")
+    return "hf"
+
+
+def last_checkpoint(run: Path) -> Path:
+    """The last ``step{N}`` checkpoint directory of a language-model run."""
+    steps = sorted((int(m.group(1)), p) for p in Path(run).iterdir()
+                   if (m := re.fullmatch(r"step(\d+)", p.name)) and p.is_dir())
+    if not steps:
+        raise UsageError(f"{run} is a language-model run without checkpoints (no step*/ directory): train it first")
+    return steps[-1][1]

@@ -10,48 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
+from mechtrunc.cli.checks import (
+    UsageError, choice, device, fraction, last_checkpoint, model_kind, nonneg_int, positive_int,
+)
 
 __all__ = ["add_commands", "load_lens_model"]
 
 _LENS_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV", "W")  # mechtrunc.lens.LENS_MATRICES
 
 
-def _kind(model: str) -> str:
-    """``toy``, ``memory``, ``lm`` (a run directory) or ``hf`` (load_model), without heavy imports."""
-    d = Path(model)
-    if d.is_dir() and (d / "run.json").is_file():
-        return "lm"
-    if d.is_dir() and (d / "config.json").is_file():
-        try:
-            cfg = json.loads((d / "config.json").read_text())
-        except (OSError, ValueError):
-            raise UsageError(f"{model}: config.json is corrupt or unreadable") from None
-        if isinstance(cfg, dict) and "memory" in cfg:
-            return "memory"
-        if isinstance(cfg, dict) and "model" in cfg and "model_type" not in cfg:
-            return "toy"
-    if d.exists() and not d.is_dir():
-        raise UsageError(f"{model} is a file, not a model directory")
-    return "hf"
-
-
-def _lm_checkpoint(run: Path) -> Path:
-    steps = sorted((int(m.group(1)), p) for p in run.iterdir() if (m := re.fullmatch(r"step(\d+)", p.name)) and p.is_dir())
-    if not steps:
-        raise UsageError(f"{run} is a language-model run without checkpoints (no step*/ directory): train it first")
-    return steps[-1][1]
-
-
 def load_lens_model(args) -> dict:
     """``{"model", "kind", "itos", "prompts", "generic_data", "tokenizer"}`` for a lens command:
     the clean prompts to score and the data generic tokens are counted on (toy: the noisy
     training targets; memory: sampled targets; language models: all tokens of the prompts)."""
-    kind = _kind(args.model)
+    kind = model_kind(args.model)
     if kind == "toy":
         from mechtrunc.training import load_run
 
@@ -70,7 +45,7 @@ def load_lens_model(args) -> dict:
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks import prompts_for_task
 
-    path = _lm_checkpoint(Path(args.model)) if kind == "lm" else args.model
+    path = last_checkpoint(Path(args.model)) if kind == "lm" else args.model
     model = load_model(str(path), device=args.device)
     prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
     return dict(model=model, kind=kind, itos=None, prompts=prompts, generic_data=prompts.tokens, tokenizer=model.tokenizer)
@@ -153,7 +128,7 @@ def _truncation(text: str):
 
 
 def cmd_logit(args) -> int:
-    if _kind(args.model) == "memory":
+    if model_kind(args.model) == "memory":
         raise UsageError("the logit lens reads a Transformer's residual stream; the linear memory has none "
                          "(use `mechtrunc lens vocab` on it)")
     loaded = load_lens_model(args)

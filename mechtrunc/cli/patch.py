@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import UsageError, choice, device, nonneg_int, positive_int
+from mechtrunc.cli.checks import UsageError, choice, device, last_checkpoint, model_kind, nonneg_int, positive_int
 
 __all__ = ["add_commands", "parse_receiver"]
 
@@ -37,13 +37,10 @@ def parse_receiver(text: str):
 def _load(args):
     """(model, clean, corrupted) for MODEL and --task."""
     path = Path(args.model)
-    kind = None
-    if path.is_dir():
-        if (path / "config.json").is_file() and "train" in json.loads((path / "config.json").read_text()):
-            kind = "toy"
-        elif (path / "run.json").is_file() and json.loads((path / "run.json").read_text()).get("format") == \
-                _choices.LM_RUN_FORMAT:
-            kind = "lm"
+    kind = model_kind(args.model)
+    if kind == "memory":
+        raise UsageError(f"{args.model} is a linear-memory run: patching needs a Transformer (a toy run, a language-model "
+                         "run or a Hugging Face model)")
     if kind == "toy":
         if args.task != "recall":
             raise UsageError(f"--task {args.task} does not fit a toy run: the toy model is studied on --task recall")
@@ -54,16 +51,13 @@ def _load(args):
         return model, *recall_pair(task, n=args.n, seed=10_000 + args.seed)  # the test-set seeds of training
     if args.task == "recall":
         raise UsageError(f"--task recall needs a toy run directory; {args.model} is not one (no config.json "
-                         "with a training configuration)")
+                         "of a toy model)")
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
 
     if kind == "lm":
         run = json.loads((path / "run.json").read_text())
-        steps = sorted(int(p.name[4:]) for p in path.glob("step*") if p.name[4:].isdigit())
-        if not steps:
-            raise UsageError(f"{path} holds no checkpoint (step*/); finish it with `mechtrunc lm train --out {path}`")
-        model = load_model(path / f"step{steps[-1]}", device=args.device, local_files_only=True)
+        model = load_model(last_checkpoint(path), device=args.device, local_files_only=True)
         from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
         from mechtrunc.lm.train import LMConfig
 
@@ -95,8 +89,7 @@ def _common(p) -> None:
 
 def _default_task(args) -> None:
     if args.task is None:
-        cfg = Path(args.model) / "config.json"
-        args.task = "recall" if cfg.is_file() and "train" in json.loads(cfg.read_text()) else "ioi"
+        args.task = "recall" if model_kind(args.model) == "toy" else "ioi"
 
 
 def _pairs_text(clean, task: str) -> str:
