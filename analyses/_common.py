@@ -18,11 +18,16 @@ from pathlib import Path  # noqa: E402
 import mechtrunc as mt  # noqa: E402
 
 
-def toy_parser(description: str) -> argparse.ArgumentParser:
+def toy_parser(description: str, docs_outputs: bool = False) -> argparse.ArgumentParser:
+    """Arguments of a toy analysis; ``docs_outputs`` adds ``--data`` and ``--figures`` (where a
+    script writes the CSVs and PNGs of the docs)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="runs/demo", help="trained toy model directory (trained with the cpu preset if missing)")
     p.add_argument("--out", default="runs/analyses", help="output directory for CSV/PNG files")
     p.add_argument("--device", default="cpu", help="torch device")
+    if docs_outputs:
+        p.add_argument("--data", default="docs/data", help="directory for the CSV files")
+        p.add_argument("--figures", default="docs/figures", help="directory for the PNG")
     return p
 
 

@@ -56,10 +56,7 @@ def write(model, cfg, task, test, data: Path, figures: Path) -> dict[str, pd.Dat
 
 
 def main() -> None:
-    p = toy_parser(__doc__)
-    p.add_argument("--data", default="docs/data", help="directory for the CSV files")
-    p.add_argument("--figures", default="docs/figures", help="directory for the PNG")
-    args = p.parse_args()
+    args = toy_parser(__doc__, docs_outputs=True).parse_args()
     model, cfg, task, test = load_toy(args)
     data, figures = Path(args.data), Path(args.figures)
     out = write(model, cfg, task, test, data, figures)
