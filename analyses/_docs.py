@@ -86,8 +86,21 @@ def render_heldout(df: pd.DataFrame) -> str:
                   "P(correct), eval half (held out)", "sequences select / eval"], rows)
 
 
+def render_compose(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df[df["accepted"].astype(bool) & (df["step"] > 0)].iterrows():
+        ci = lambda v, lo, hi: f"{r[v]:+.3f} [{r[lo]:+.3f}, {r[hi]:+.3f}]"
+        rows.append([r["metric"], int(r["step"]), r["intervention"].replace("truncate ", ""), f"{r['select_gain']:+.3f}",
+                     ci("eval_change", "eval_ci_low", "eval_ci_high"), ci("eval_step_gain", "eval_step_low", "eval_step_high"),
+                     f"{r['collateral_increase']:+.3f}", int(r["candidates"])])
+    return table(["metric", "step", "added truncation (0-based layer)", "gain on the select half",
+                  "change vs full model, eval half [95% CI]", "this step's gain, eval half [95% CI]",
+                  "training-distribution loss change (nats)", "candidates"], rows)
+
+
 #: block name -> (CSV in docs/data, renderer)
 BLOCKS = {
+    "cpu-compose": ("cpu_compose.csv", render_compose),
     "cpu-heldout": ("cpu_heldout.csv", render_heldout),
     "cpu-seeds": ("cpu_seeds_truncation.csv", render_seeds),
     "cpu-truncation": ("cpu_truncation.csv", lambda df: render_metrics(df, _METRICS)),
@@ -184,15 +197,20 @@ CAUSAL = ROOT / "docs" / "causal.md"
 _ROLES = ("trigger1", "after1", "end", "all")
 
 
+def _effect_cell(r) -> str:
+    """``effect [low, high]`` (the 95% bootstrap interval), two decimals."""
+    return f"{r['effect']:.2f} [{r['effect_low']:.2f}, {r['effect_high']:.2f}]"
+
+
 def render_patching(df: pd.DataFrame) -> str:
     rows = []
     for (direction, site, layer, head), g in df.groupby(["direction", "site", "layer", "head"], sort=False,
                                                         dropna=False):
-        eff = g.set_index("position")["effect"]
+        g = g.set_index("position")
         what = f"L{layer + 1} head {int(head)}" if site == "z" else f"L{layer + 1} {site}"
-        rows.append([direction, what, *(f"{eff[r]:.2f}" for r in _ROLES)])
+        rows.append([direction, what, *(_effect_cell(g.loc[r]) for r in _ROLES)])
     return table(["direction", "activation", "first trigger", "after it", "repeated trigger (read)",
-                  "all positions"], rows)
+                  "all positions"], rows) + "\n\nEach cell: the normalised effect [its 95% bootstrap interval over the 256 sequences, 1000 resamples]."
 
 
 def _receiver(label: str) -> str:
@@ -206,8 +224,8 @@ def _receiver(label: str) -> str:
 
 def render_path_patching(df: pd.DataFrame) -> str:
     rows = [[r["direction"], f"L{r['sender_layer'] + 1} head {r['sender_head']}", _receiver(r["receiver"]),
-             f"{r['value']:+.3f}", f"{r['effect']:.2f}"] for _, r in df.iterrows()]
-    return table(["direction", "sender", "receiver", "logit(answer) - logit(noise)", "effect"], rows)
+             f"{r['value']:+.3f}", _effect_cell(r)] for _, r in df.iterrows()]
+    return table(["direction", "sender", "receiver", "logit(answer) - logit(noise)", "effect [95% CI]"], rows)
 
 
 def render_lens_generic(df: pd.DataFrame) -> str:

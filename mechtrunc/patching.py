@@ -36,7 +36,7 @@ from mechtrunc._choices import SITES
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, current_rows, intervene, record_activations
-from mechtrunc.metrics import item_metrics, metrics_from_logits
+from mechtrunc.metrics import bootstrap_means, item_metrics
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.runner import check_prompts, item_logits
@@ -106,7 +106,7 @@ class _Spec:
     group: str
     pos: Tensor | None  # [seq, m] or None (all positions)
     hook: str = ""
-    total: float = 0.0  # the metric's sum over items, filled by _run_patches
+    values: Tensor | None = None  # the metric per item, filled by _run_patches
 
 
 def _plan(adapter: ModelAdapter, sites, layers, groups) -> tuple[list[_Spec], list[str]]:
@@ -127,7 +127,7 @@ def _plan(adapter: ModelAdapter, sites, layers, groups) -> tuple[list[_Spec], li
 @torch.no_grad()
 def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Tensor], specs: list[_Spec],
                  metric: str, batch_size: int, progress: bool) -> dict:
-    """Fill ``spec.total`` with the metric's sum over items; many specs per forward pass."""
+    """Fill ``spec.values`` with the metric per item; many specs per forward pass."""
     n = read.n_sequences
     c = min(n, batch_size)
     k = max(1, batch_size // c)
@@ -164,10 +164,12 @@ def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Ten
 
         bar = tqdm(total=len(groups) * ((n + c - 1) // c), desc="patching", unit="forward")
     forwards = rows = 0
+    for spec in specs:
+        spec.values = torch.empty(len(read), dtype=torch.float64)
     with contextlib.ExitStack() as stack:
         for name in names:
             stack.enter_context(adapter.hooked(name, make_hook(name)))
-        for start, (_, chunk) in zip(range(0, n, c), read.batches(c)):
+        for start, (items, chunk) in zip(range(0, n, c), read.batches(c)):
             cc = chunk.n_sequences
             state.update(seq=torch.arange(start, start + cc), cc=cc)
             tokens = target[start:start + cc].to(adapter.device)
@@ -180,7 +182,7 @@ def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Ten
                 rows += cc * len(group)
                 for r, spec in enumerate(group):
                     lg = logits[r * cc + chunk.rows.to(logits.device), chunk.pos.to(logits.device)]
-                    spec.total += float(item_metrics(lg, chunk)[metric].sum())
+                    spec.values[items.cpu()] = item_metrics(lg, chunk)[metric].double().cpu()
                 if bar is not None:
                     bar.update(1)
     if bar is not None:
@@ -191,7 +193,7 @@ def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Ten
 def patching_scan(
     model, clean: PromptSet, corrupted, *, sites: Iterable[str] = ("resid_pre", "attn_out", "mlp_out", "z"),
     metric: str | None = None, direction: str = "denoising", positions=None, layers: Iterable[int] | None = None,
-    batch_size: int = 64, progress: bool = False,
+    batch_size: int = 64, progress: bool = False, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
 ) -> pd.DataFrame:
     """Activation patching of every (site, layer, head, position group) between a paired clean
     and corrupted prompt set.
@@ -209,12 +211,16 @@ def patching_scan(
             position at once) is always scanned too.
         layers: the layers to scan (default all).
         batch_size: rows per forward pass (copies of the prompts x patches).
+        n_boot, level, seed: the percentile bootstrap interval of each effect (``effect_low``,
+            ``effect_high``): the prompts' sequences resampled, the clean, corrupted and patched
+            runs together, no extra forward pass (``n_boot=0``: none).
 
     Returns:
         A DataFrame with :data:`mechtrunc.results.PATCHING_COLUMNS` (``direction, site, layer,
-        head, position, metric, value, clean, corrupted, effect``); ``attrs`` hold the clean and
-        corrupted values, ``forwards`` (forward passes run, the two recording runs included),
-        ``rows`` and ``skipped`` (sites that do not exist at a layer, with the reason).
+        head, position, metric, value, clean, corrupted, effect, effect_low, effect_high``);
+        ``attrs`` hold the clean and corrupted values, ``forwards`` (forward passes run, the two
+        recording runs included), ``rows``, ``skipped`` (sites that do not exist at a layer, with
+        the reason), ``n_boot`` and ``level``.
     """
     adapter = adapt(model)
     corrupted = _paired(clean, corrupted)
@@ -226,6 +232,7 @@ def patching_scan(
         if s not in SITES:
             raise ValueError(f"unknown site {s!r}; valid sites: {', '.join(SITES)}")
     layers = list(range(adapter.n_layers)) if layers is None else [adapter.check_layer(x) for x in layers]
+    _check_boot(n_boot, level)
     bs = as_int(batch_size, "batch_size")
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")
@@ -236,8 +243,8 @@ def patching_scan(
     names = sorted({s.hook for s in specs_template})
     cache = {"clean": record_activations(adapter, clean.tokens, names, batch_size=bs),
              "corrupted": record_activations(adapter, corrupted.tokens, names, batch_size=bs)}
-    base = {"clean": metrics_from_logits(item_logits(adapter, clean, batch_size=bs), clean)[metric],
-            "corrupted": metrics_from_logits(item_logits(adapter, corrupted, batch_size=bs), corrupted)[metric]}
+    base_items = _base_items(adapter, clean, corrupted, metric, bs)
+    base = {k: float(v.mean()) for k, v in base_items.items()}
     # the two recordings and the two baselines, in chunks of bs sequences
     rows, forwards, n_rows = [], 4 * -(-clean.n_sequences // bs), 0
     for d in (("denoising", "noising") if direction == "both" else (direction,)):
@@ -245,16 +252,50 @@ def patching_scan(
         specs = [_Spec(s.site, s.layer, s.head, s.group, s.pos, s.hook) for s in specs_template]
         count = _run_patches(adapter, clean, target.tokens, source, specs, metric, bs, progress)
         forwards, n_rows = forwards + count["forwards"], n_rows + count["rows"]
-        span = base["clean"] - base["corrupted"]
-        for s in specs:
-            v = s.total / len(clean)
+        low, high = _effect_intervals(base_items, [s.values for s in specs], clean, n_boot, level, seed)
+        for s, lo, hi in zip(specs, low, high):
+            v = float(s.values.mean())
             rows.append((d, s.site, s.layer, s.head, s.group, metric, v, base["clean"], base["corrupted"],
-                         (v - base["corrupted"]) / span if span != 0 else float("nan")))
+                         _effect(v, base), lo, hi))
     df = pd.DataFrame(rows, columns=list(PATCHING_COLUMNS))
     df["head"] = df["head"].astype("Int64")
     df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, forwards=forwards,
-                    rows=n_rows, skipped=skipped)
+                    rows=n_rows, skipped=skipped, n_boot=n_boot, level=level)
     return df
+
+
+def _check_boot(n_boot, level) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise ValueError(f"n_boot must be a non-negative integer (0: no intervals), got {n_boot!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+
+
+def _base_items(adapter, clean: PromptSet, corrupted: PromptSet, metric: str, batch_size: int) -> dict[str, Tensor]:
+    """The metric per item on the clean and on the corrupted run."""
+    return {"clean": item_metrics(item_logits(adapter, clean, batch_size=batch_size), clean)[metric].double().cpu(),
+            "corrupted": item_metrics(item_logits(adapter, corrupted, batch_size=batch_size), clean)[metric]
+            .double().cpu()}
+
+
+def _effect(value: float, base: dict) -> float:
+    span = base["clean"] - base["corrupted"]
+    return (value - base["corrupted"]) / span if span != 0 else float("nan")
+
+
+def _effect_intervals(base_items: dict, values: list[Tensor], read: PromptSet, n_boot: int, level: float,
+                      seed: int) -> tuple[list[float], list[float]]:
+    """Percentile bootstrap intervals of each normalised effect: the clean, corrupted and patched
+    runs resampled together (whole sequences, :func:`mechtrunc.metrics.bootstrap_means`), the
+    effect recomputed on every resample.  NaN without ``n_boot``."""
+    if not n_boot or not values:
+        return [float("nan")] * len(values), [float("nan")] * len(values)
+    rows = torch.stack([base_items["clean"], base_items["corrupted"], *values])
+    means = bootstrap_means(rows, n_boot=n_boot, seed=seed, clusters=read.rows.cpu())
+    effects = (means[2:] - means[1]) / (means[0] - means[1])
+    a = (1.0 - level) / 2
+    q = torch.nanquantile(effects, torch.tensor([a, 1.0 - a], dtype=torch.float64), dim=1)
+    return q[0].tolist(), q[1].tolist()
 
 
 # ----------------------------------------------------------------------------------------
@@ -326,7 +367,8 @@ def _sender_delta(adapter, z_src: Tensor, z_tgt: Tensor, layer: int, head: int) 
 
 @torch.no_grad()
 def _path_value(adapter, read: PromptSet, target: PromptSet, delta: Tensor, rec: tuple, metric: str,
-                batch_size: int) -> float:
+                batch_size: int) -> Tensor:
+    """The metric per item of ``read`` with the path patched."""
     if rec[0] == "logits":
         name = f"blocks.{adapter.n_layers - 1}.hook_resid_post"
         ivs = (_SetAt(name=name, values=delta, add=True),)
@@ -345,24 +387,27 @@ def _path_value(adapter, read: PromptSet, target: PromptSet, delta: Tensor, rec:
             new = record_activations(adapter, target.tokens, [qkv], batch_size=batch_size)[qkv]
         ivs = (_SetAt(name=qkv, values=new, add=False, head=head),)
     logits = item_logits(adapter, target, *ivs, batch_size=batch_size)
-    return metrics_from_logits(logits, read)[metric]
+    return item_metrics(logits, read)[metric].double().cpu()
 
 
 def path_patching_scan(
     model, clean: PromptSet, corrupted, receiver="logits", *, senders: Iterable[tuple[int, int]] | None = None,
-    metric: str | None = None, direction: str = "noising", batch_size: int = 64,
+    metric: str | None = None, direction: str = "noising", batch_size: int = 64, n_boot: int = 1000,
+    level: float = 0.95, seed: int = 0,
 ) -> pd.DataFrame:
     """Path patching from each sender head (default: every head of every layer that can reach
     ``receiver``) to ``receiver`` (``"logits"``, ``("mlp", layer)`` or ``("q"|"k"|"v", layer,
     head)``).  ``direction="noising"`` (default, Wang et al.): the clean run, with the sender's
     corrupted output reaching only the receiver; ``"denoising"``: the corrupted run, with the
     sender's clean output.  Columns: ``direction, sender_layer, sender_head, receiver, metric,
-    value, clean, corrupted, effect`` (0 = corrupted, 1 = clean)."""
+    value, clean, corrupted, effect`` (0 = corrupted, 1 = clean) and the effect's bootstrap
+    interval ``effect_low, effect_high`` (as :func:`patching_scan`'s)."""
     adapter = adapt(model)
     corrupted = _paired(clean, corrupted)
     metric = _metric(clean, metric)
     if direction not in ("denoising", "noising"):
         raise ValueError(f"unknown direction {direction!r} for path patching; valid: denoising, noising")
+    _check_boot(n_boot, level)
     bs = as_int(batch_size, "batch_size")
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")
@@ -381,28 +426,32 @@ def path_patching_scan(
     names = sorted({adapter.site_hook("z", layer) for layer, _ in senders})
     z_tgt = record_activations(adapter, target.tokens, names, batch_size=bs)
     z_src = record_activations(adapter, source.tokens, names, batch_size=bs)
-    base = {"clean": metrics_from_logits(item_logits(adapter, clean, batch_size=bs), clean)[metric],
-            "corrupted": metrics_from_logits(item_logits(adapter, corrupted, batch_size=bs), clean)[metric]}
-    span = base["clean"] - base["corrupted"]
-    rows = []
+    base_items = _base_items(adapter, clean, corrupted, metric, bs)
+    base = {k: float(v.mean()) for k, v in base_items.items()}
+    values = []
     for layer, head in senders:
         name = adapter.site_hook("z", layer)
         delta = _sender_delta(adapter, z_src[name], z_tgt[name], layer, head)
-        v = _path_value(adapter, clean, target, delta, recs[(layer, head)], metric, bs)
+        values.append(_path_value(adapter, clean, target, delta, recs[(layer, head)], metric, bs))
+    low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed)
+    rows = []
+    for (layer, head), vals, lo, hi in zip(senders, values, low, high):
+        v = float(vals.mean())
         rows.append((direction, layer, head, _receiver_label(recs[(layer, head)]), metric, v, base["clean"],
-                     base["corrupted"], (v - base["corrupted"]) / span if span != 0 else float("nan")))
+                     base["corrupted"], _effect(v, base), lo, hi))
     df = pd.DataFrame(rows, columns=["direction", "sender_layer", "sender_head", "receiver", "metric", "value",
-                                     "clean", "corrupted", "effect"])
-    df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric)
+                                     "clean", "corrupted", "effect", "effect_low", "effect_high"])
+    df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, n_boot=n_boot, level=level)
     return df
 
 
 def path_patch(model, clean: PromptSet, corrupted, sender: tuple[int, int], receiver="logits", *,
-               metric: str | None = None, direction: str = "noising", batch_size: int = 64) -> dict:
-    """One path (see :func:`path_patching_scan`): ``{"value", "clean", "corrupted", "effect"}``."""
+               metric: str | None = None, direction: str = "noising", batch_size: int = 64, n_boot: int = 1000) -> dict:
+    """One path (see :func:`path_patching_scan`): ``{"value", "clean", "corrupted", "effect",
+    "effect_low", "effect_high"}``."""
     row = path_patching_scan(model, clean, corrupted, receiver, senders=[sender], metric=metric,
-                             direction=direction, batch_size=batch_size).iloc[0]
-    return {k: float(row[k]) for k in ("value", "clean", "corrupted", "effect")}
+                             direction=direction, batch_size=batch_size, n_boot=n_boot).iloc[0]
+    return {k: float(row[k]) for k in ("value", "clean", "corrupted", "effect", "effect_low", "effect_high")}
 
 
 def _receiver_layer(receiver) -> int:

@@ -47,7 +47,7 @@ NON_METRIC = frozenset(CONFIG_COLUMNS + CHECKPOINT_COLUMNS + (SECONDS, PATH))
 P_ANSWER = "p_answer"
 #: the columns of a patching scan (mechtrunc.patching): one row per patched activation
 PATCHING_COLUMNS = ("direction", "site", "layer", "head", "position", "metric", "value", "clean", "corrupted",
-                    "effect")
+                    "effect", "effect_low", "effect_high")
 #: the metrics shown for each variant of a trained toy model, memory or minimal model
 VARIANT_METRICS = ("accuracy", "p_noise", P_ANSWER)
 #: the number of scored items: a metric column, but not one to judge a configuration by

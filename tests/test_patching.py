@@ -296,3 +296,29 @@ def test_cli_patch_scan_and_path_on_a_toy_run_and_a_language_model_run(tmp_path,
     adapter = mt.adapt(__import__("mechtrunc.pythia", fromlist=["x"]).load_model(run / "step200", local_files_only=True))
     assert len(rep["rows"]) == adapter.n_layers * adapter.n_heads * 5  # groups: all, io, s1, s2, end
     assert rep["metric"] == "logit_diff_the"
+
+
+def test_effects_carry_bootstrap_intervals(neox_bridge):
+    adapter = mt.adapt(neox_bridge)
+    clean, corrupted = _random_pair(adapter.d_vocab, n=20, length=6, seed=8)
+    df = mt.patching_scan(neox_bridge, clean, corrupted, sites=("resid_pre", "z"), positions=[2], metric="p_answer",
+                          direction="both", n_boot=500)
+    assert df.attrs["n_boot"] == 500
+    inner = df[df["effect_low"].notna()]
+    assert len(inner) == len(df)
+    assert ((inner["effect_low"] <= inner["effect"] + 1e-9) & (inner["effect"] <= inner["effect_high"] + 1e-9)).all()
+    # a whole residual reproduces the clean (or corrupted) run in every resample: a zero-width interval
+    whole = df[(df["site"] == "resid_pre") & (df["position"] == "all")]
+    for d, want in (("denoising", 1.0), ("noising", 0.0)):
+        w = whole[whole["direction"] == d]
+        assert w["effect_low"].tolist() == pytest.approx([want] * 3, abs=1e-6)
+        assert w["effect_high"].tolist() == pytest.approx([want] * 3, abs=1e-6)
+    # one head at one position moves a random model a little: its interval has width
+    heads = df[(df["site"] == "z") & (df["position"] == "2")]
+    assert (heads["effect_high"] - heads["effect_low"]).max() > 1e-3
+    none = mt.patching_scan(neox_bridge, clean, corrupted, sites=("z",), positions=[2], n_boot=0)
+    assert none["effect_low"].isna().all()
+    path = mt.path_patch(neox_bridge, clean, corrupted, (1, 0), ("v", 2, 1), metric="p_answer", n_boot=500)
+    assert path["effect_low"] <= path["effect"] <= path["effect_high"]
+    with pytest.raises(ValueError, match="n_boot must be a non-negative integer"):
+        mt.patching_scan(neox_bridge, clean, corrupted, n_boot=-1)

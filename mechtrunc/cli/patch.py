@@ -125,7 +125,8 @@ def cmd_scan(args) -> int:
     # what a patch moves: denoising restores (effect towards 1), noising breaks (towards 0)
     moved = df["effect"].where(df["direction"] == "denoising", 1 - df["effect"])
     top = df.assign(moved=moved).sort_values("moved", ascending=False).head(args.top)
-    shown = top[["direction", "site", "layer", "head", "position", "value", "effect"]].round(3).to_string(index=False)
+    shown = top[["direction", "site", "layer", "head", "position", "value", "effect", "effect_low", "effect_high"]] \
+        .round(3).to_string(index=False)
     text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
             f"{df.attrs['corrupted']:.4f}; {len(df)} patches in {df.attrs['forwards']} forward passes\n"
             f"the {len(top)} patches that move the metric most (effect: 1 = clean, 0 = corrupted; denoising "
@@ -141,7 +142,8 @@ def cmd_path(args) -> int:
     senders = [tuple(args.sender)] if args.sender else None
     df = path_patching_scan(model, clean, corrupted, args.receiver, senders=senders, metric=args.metric,
                             direction=args.direction, batch_size=args.batch_size)
-    shown = df[["sender_layer", "sender_head", "receiver", "value", "effect"]].round(3).to_string(index=False)
+    shown = df[["sender_layer", "sender_head", "receiver", "value", "effect", "effect_low", "effect_high"]] \
+        .round(3).to_string(index=False)
     text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
             f"{df.attrs['corrupted']:.4f}; paths ({args.direction}) into {df['receiver'].iloc[0]}:\n{shown}")
     return _emit(df, args, text)
