@@ -1,4 +1,4 @@
-"""Generated blocks of ``docs/results.md`` and ``docs/lm.md``: each block is rendered from one CSV in ``docs/data``
+"""Generated blocks of the docs pages (``docs/results.md``, ``docs/lm.md``, ``docs/causal.md``, ``docs/theory.md``): each block is rendered from one CSV in ``docs/data``
 that a committed analysis script wrote, between ``<!-- BEGIN generated:NAME -->`` and
 ``<!-- END generated:NAME -->`` markers.  ``python analyses/make_results.py`` regenerates every
 CSV and block; ``tests/test_docs_results.py`` fails when a block and its CSV disagree (and, in the
@@ -311,12 +311,47 @@ SVD_BLOCKS = {
 }
 
 
+THEORY = ROOT / "docs" / "theory.md"
+
+#: block name -> (CSV in docs/data, renderer) of docs/theory.md's minimal-model sections (issue 18)
+THEORY_MINIMAL_BLOCKS: dict = {}
+#: block name -> (CSV in docs/data, renderer) of docs/theory.md's toy attention-only section (issue 18)
+THEORY_TOY_BLOCKS: dict = {}
+
+#: every registry of generated blocks: (blocks, page, the script that regenerates them)
+REGISTRIES = [
+    (BLOCKS, RESULTS, "make_results.py"),
+    (LM_BLOCKS, LM, "lm_study.py"),
+    (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),
+    (SVD_BLOCKS, RESULTS, "svd_sensitivity.py"),
+    (THEORY_MINIMAL_BLOCKS, THEORY, "dynamics_theory.py"),
+    (THEORY_TOY_BLOCKS, THEORY, "dynamics_toy_attention.py"),
+]
+
+
+def _registry(name: str) -> tuple[dict, Path, str]:
+    for blocks, page, script in REGISTRIES:
+        if name in blocks:
+            return blocks, page, script
+    raise KeyError(f"no generated block {name!r}")
+
+
+def all_blocks() -> list[str]:
+    return [name for blocks, _, _ in REGISTRIES for name in blocks]
+
+
 def doc_of(name: str) -> Path:
-    return LM if name in LM_BLOCKS else CAUSAL if name in CAUSAL_BLOCKS else RESULTS
+    return _registry(name)[1]
+
+
+def script_of(name: str) -> str:
+    """The committed script (in ``analyses/``) that regenerates block ``name``."""
+    return _registry(name)[2]
 
 
 def render(name: str) -> str:
-    csv, fn = LM_BLOCKS.get(name) or CAUSAL_BLOCKS.get(name) or SVD_BLOCKS.get(name) or BLOCKS[name]
+    blocks, _, _ = _registry(name)
+    csv, fn = blocks[name]
     return fn(read_table(DATA / csv))
 
 

@@ -22,13 +22,11 @@ sys.path.insert(0, str(ROOT / "analyses"))
 import _docs  # noqa: E402
 
 
-@pytest.mark.parametrize("name", list(_docs.BLOCKS) + list(_docs.LM_BLOCKS) + list(_docs.CAUSAL_BLOCKS)
-                         + list(_docs.SVD_BLOCKS))
+@pytest.mark.parametrize("name", _docs.all_blocks())
 def test_results_block_matches_its_csv(name):
     block = _docs.read_block(name)
     page = _docs.doc_of(name).name
-    script = ("lm_study.py" if name in _docs.LM_BLOCKS else "svd_sensitivity.py" if name in _docs.SVD_BLOCKS
-              else "make_results.py")
+    script = _docs.script_of(name)
     assert block is not None, f"docs/{page} lost its generated block {name!r}"
     assert block == _docs.render(name), f"block {name!r} differs from docs/data: run `python analyses/{script}`"
 
