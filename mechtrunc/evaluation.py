@@ -67,19 +67,25 @@ def _engine_rows(model, prompts: PromptSet, entries, batch_size: int, progress: 
 
 
 def sweep(
-    model, prompts: PromptSet, interventions, batch_size: int = 64, progress: bool = False
-) -> pd.DataFrame:
+    model, prompts: PromptSet, interventions, batch_size: int = 64, progress: bool = False,
+    return_items: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, list[dict]]:
     """Evaluate each entry of ``interventions`` (an Intervention, or a list/tuple of them applied
     together; ``None`` or ``()`` is the unmodified model): one row each, with the entry's
     :meth:`~mechtrunc.interventions.Intervention.describe` columns (kind, layer, matrix, keep...)
     next to the metrics.  When every entry is a single plain :class:`~mechtrunc.Truncate` of a
     matrix the grid engine has a fast path for (``adapt(model).fast_matrices``), the rows come
     from :func:`mechtrunc.engine.run_grid` (the same numbers to ~1e-5, much faster).  For
-    resumable LASER grids on large models see :func:`mechtrunc.studies.truncation_study`."""
+    resumable LASER grids on large models see :func:`mechtrunc.studies.truncation_study`.
+
+    ``return_items``: also return each entry's per-item values (``{metric: tensor [item]}``, the
+    values its row averages, from the same forward pass; one :func:`evaluate` per entry), e.g.
+    for :func:`mechtrunc.selection.change_intervals`: ``(table, [items of entry 0, ...])``."""
     import pandas as pd
 
     entries = _entries(interventions)
-    engine = _engine_rows(model, prompts, entries, batch_size, progress)
+    engine = None if return_items else _engine_rows(model, prompts, entries, batch_size, progress)
+    per_item = []
     if engine is not None:
         table, key = engine
         rows = [pd.DataFrame([{"variant": e[0].label, **table[key(e[0])]}]) for e in entries]
@@ -89,9 +95,17 @@ def sweep(
             from tqdm.auto import tqdm
 
             it = tqdm(entries, desc="sweep", unit="config")
-        rows = [evaluate(model, prompts, *ivs, batch_size=batch_size) for ivs in it]
+        rows = []
+        for ivs in it:
+            if return_items:
+                row, items = evaluate(model, prompts, *ivs, batch_size=batch_size, items=True)
+                per_item.append(items)
+            else:
+                row = evaluate(model, prompts, *ivs, batch_size=batch_size)
+            rows.append(row)
     out = []
     for ivs, row in zip(entries, rows):
         desc = ivs[0].describe() if len(ivs) == 1 else {"intervention": row["variant"].iloc[0]}
         out.append(row.assign(**{k: [v] for k, v in desc.items() if k != "intervention"}))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+    table = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+    return (table, per_item) if return_items else table

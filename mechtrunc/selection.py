@@ -223,11 +223,12 @@ def _matrix(items, metric: str) -> tuple[np.ndarray, "object"]:
 
 
 def change_intervals(before: Mapping[str, Tensor], after: Mapping[str, Tensor], metrics: Sequence[str],
-                     n_boot: int = DEFAULT_N_BOOT, level: float = 0.95, seed: int = 0):
+                     n_boot: int = DEFAULT_N_BOOT, level: float = 0.95, seed: int = 0, clusters=None):
     """Per metric of ``metrics``: the mean of the per-item values ``before`` (``full``) and
     ``after`` (``intervened``) on the same items, the ``change`` and its paired percentile
     bootstrap interval (``ci_low``, ``ci_high``: the same resampled items for both), with
-    ``n_items``, ``n_boot`` and ``level``."""
+    ``n_items``, ``n_boot`` and ``level``.  ``clusters`` (one id per item, e.g. the prompts'
+    ``rows``): resample whole clusters (all items of a sequence together) instead of items."""
     import pandas as pd
 
     unknown = [m for m in metrics if m not in before or m not in after]
@@ -239,7 +240,8 @@ def change_intervals(before: Mapping[str, Tensor], after: Mapping[str, Tensor], 
     b = torch.stack([torch.as_tensor(before[m]).reshape(-1).cpu() for m in metrics])
     a = torch.stack([torch.as_tensor(after[m]).reshape(-1).cpu() for m in metrics])
     diff = (a - b).double()  # the difference in the values' own precision, as bootstrap_ci(after - before)
-    lo, hi = bootstrap_intervals(diff, n_boot=n_boot, level=level, seed=seed)
+    lo, hi = bootstrap_intervals(diff, n_boot=n_boot, level=level, seed=seed,
+                                 clusters=None if clusters is None else torch.as_tensor(clusters).reshape(-1).cpu())
     return pd.DataFrame({"metric": list(metrics), "full": b.double().mean(1).numpy(),
                          "intervened": a.double().mean(1).numpy(), "change": diff.mean(1).numpy(),
                          "ci_low": lo.numpy(), "ci_high": hi.numpy(),

@@ -15,12 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import WORKER_PYTHONPATH, SlowLoader
 
 from mechtrunc.cli import main
 from mechtrunc.studies import CheckpointDirectory, Grid, LocalExecutor, checkpoint_study
+from mechtrunc.studies.checkpoints import best_by_step, heldout_by_step, read_checkpoint_items
 from mechtrunc.testing import build_random_pythia, fake_hub_cache, word_level_tokenizer_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -67,6 +69,70 @@ def test_grid_units_write_one_shard_per_checkpoint(recall_checkpoints, reference
     again = checkpoint_study(ckdir, steps, prompts, grid=GRID, out=out, progress=False,
                              executor=_NoRun())
     _same(df, again)
+
+
+def test_grid_items_feed_intervals_and_heldout_choice_per_step(recall_checkpoints, reference, tmp_path):
+    """Every (step, configuration, prompt) value is kept, exactly once, from the same forwards;
+    a step whose item shard is missing is recomputed; ``heldout_by_step`` chooses on the select
+    prompts and reports the choice on the others."""
+    ckdir, steps, prompts = recall_checkpoints
+    df, out = reference
+    items = read_checkpoint_items(out)
+    assert len(items) == len(df) * len(prompts)
+    assert not items.duplicated(["step", "config", "item"]).any()
+    # each row's metric is the mean of its items (config = the row's index within its step)
+    for step, sub in df.groupby("step"):
+        means = items[items.step == step].groupby("config")["p_answer"].mean().to_numpy()
+        np.testing.assert_allclose(means, sub["p_answer"].to_numpy(), atol=1e-6)
+    # a step without its item shard is not finished: only that checkpoint is loaded again
+    work = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out, work)
+    (work / "item_shards" / "step4.parquet").unlink()
+    (work / "items.parquet").unlink()
+    runs = _Records()
+    again, again_items = checkpoint_study(ckdir, steps, prompts, grid=GRID, out=work, progress=False,
+                                          return_items=True, executor=runs)
+    assert runs.steps == [4]
+    _same(again, df)
+    pd.testing.assert_frame_equal(again_items.reset_index(drop=True), items.reset_index(drop=True))
+
+    h = heldout_by_step(items, "p_answer", select=0.5, seed=3, n_boot=200)
+    assert h[["step", "part"]].values.tolist() == [[s, p] for s in steps for p in ("select", "eval")]
+    chosen_sequences = h.attrs["select_sequences"]
+    assert len(chosen_sequences) == 16  # half of the 32 sequences, the same at every step
+    for step in steps:
+        sub = items[items.step == step]
+        rows = h[h.step == step].set_index("part")
+        wide = sub.pivot(index="config", columns="item", values="p_answer")
+        seq = sub[sub.config == 0].sort_values("item")["sequence"].to_numpy()
+        on_sel = np.isin(seq, chosen_sequences)
+        base = int(sub[sub.baseline].config.iloc[0])
+        cid = int(rows.loc["select", "config"])
+        assert int(rows.loc["eval", "config"]) == cid
+        for part, mask in (("select", on_sel), ("eval", ~on_sel)):
+            assert rows.loc[part, "n_items"] == mask.sum() and rows.loc[part, "n_sequences"] == 16
+            assert rows.loc[part, "truncated"] == pytest.approx(wide.loc[cid].to_numpy()[mask].mean(), abs=1e-12)
+            assert rows.loc[part, "full"] == pytest.approx(wide.loc[base].to_numpy()[mask].mean(), abs=1e-12)
+            assert rows.loc[part, "ci_low"] <= rows.loc[part, "change"] <= rows.loc[part, "ci_high"]
+        # nothing beats the choice on the select part (non-identity candidates, or the baseline)
+        cand = sub[~sub.baseline & ~sub.identity].config.unique()
+        best_sel = max([wide.loc[base].to_numpy()[on_sel].mean()]
+                       + [wide.loc[c].to_numpy()[on_sel].mean() for c in cand])
+        assert rows.loc["select", "truncated"] == pytest.approx(best_sel, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown metric 'p_nothing'"):
+        heldout_by_step(items, "p_nothing")
+    # in-sample best_by_step still works on the table
+    assert set(best_by_step(df, "p_answer")["variant"]) == {"full", "best"}
+
+
+class _Records(LocalExecutor):
+    """The local executor, recording which checkpoints it was given."""
+
+    def map(self, units, progress=True):
+        self.steps = [u.step for u in units]
+        return super().map(units, progress)
 
 
 class _NoRun:
@@ -150,6 +216,13 @@ def test_truncation_units_template_and_local_checks(recall_checkpoints, tmp_path
     df = checkpoint_study(str(ckdir / "step{step}"), steps[:3], prompts, iv, out=tmp_path / "t", progress=False)
     assert df[["step", "variant"]].values.tolist() == [[s, v] for s in steps[:3] for v in ("full", "truncated")]
     assert (df[df.variant == "full"]["loss"].values != df[df.variant == "truncated"]["loss"].values).all()
+    # per-item values of both variants at every step: their means are the table's metrics
+    items = read_checkpoint_items(tmp_path / "t")
+    assert len(items) == 3 * 2 * len(prompts)
+    means = items.groupby(["step", "variant"])[["p_answer", "loss"]].mean()
+    for _, r in df.iterrows():
+        for m in ("p_answer", "loss"):
+            assert means.loc[(r["step"], r["variant"]), m] == pytest.approx(r[m], abs=1e-6)
     # bad layers and missing steps fail before anything is written
     with pytest.raises(ValueError, match=r"layer 3 is out of range: valid layers are 0..0"):
         checkpoint_study(ckdir, steps, prompts, mt.Truncate("mlp.W_out", layer=3, keep=0.1), out=tmp_path / "a")
@@ -185,11 +258,20 @@ def test_cli_checkpoints_directory_and_template(recall_checkpoints, recall_promp
     assert df[["step", "variant"]].values.tolist() == [[0, "full"], [0, "truncated"], [16, "full"], [16, "truncated"]]
     assert df["n_items"].tolist() == [3.0] * 4
     assert (out / "checkpoints.png").read_bytes()[:4] == b"\x89PNG"
+    iv = pd.read_csv(out / "intervals.csv")  # every step and variant with its interval
+    assert iv[["step", "config"]].values.tolist() == [[0, 0], [0, 1], [16, 0], [16, 1]]
+    assert ((iv["low"] <= iv["value"]) & (iv["value"] <= iv["high"])).all()
+    np.testing.assert_allclose(iv["value"], df["p_answer"], atol=1e-6)
+    assert "change against the full model" in capsys.readouterr().out
     out2 = tmp_path / "cli_grid"
     rc = main(["pythia", "checkpoints", "--model", str(ckdir / "step{step}"), "--steps", "0", "16", "--task",
                str(recall_prompt_file), "--grid", "--keeps", "1", "0", "--out", str(out2), "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     assert len(pd.read_csv(out2 / "checkpoints.csv")) == 2 * (1 + 2 * 2)
+    h = pd.read_csv(out2 / "heldout_by_step.csv")  # chosen on 2 of the 3 prompts, reported on the third
+    assert h[["step", "part"]].values.tolist() == [[0, "select"], [0, "eval"], [16, "select"], [16, "eval"]]
+    assert h["n_sequences"].tolist() == [2, 1, 2, 1]
+    assert "held-out choice by p_answer per step" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -112,7 +112,7 @@ def reports(toy_dir, truncation_dir, checkpoint_dir, memory_dir, neox):
 EXPECTED_SECTIONS = {
     "toy": ["config", "training", "truncation", "components", "attribution", "causal", "attention", "token-probs"],
     "truncation": ["study", "heatmaps", "best", "attribution", "examples"],
-    "checkpoints": ["curves", "table"],
+    "checkpoints": ["curves", "intervals", "table"],
     "memory": ["config", "training", "spectrum", "truncation"],
 }
 KINDS = ["toy", "truncation", "checkpoints", "memory"]
@@ -209,6 +209,34 @@ def test_checkpoint_report_crossover(reports, checkpoint_dir):
     assert sorted(reports["checkpoints"].meta) and "callable" not in str(reports["checkpoints"].meta["model"])
 
 
+def test_checkpoint_report_intervals(reports, checkpoint_dir):
+    """The intervals section's numbers are step_intervals of the study's per-item values: each
+    P(answer) the table's, inside its interval, and the paired change's interval that of the
+    per-prompt differences."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from mechtrunc.metrics import bootstrap_intervals
+    from mechtrunc.studies import read_checkpoint_items, step_intervals
+
+    df = pd.read_csv(checkpoint_dir / "checkpoints.csv")
+    items = read_checkpoint_items(checkpoint_dir)
+    iv = step_intervals(items, "p_answer")
+    np.testing.assert_allclose(iv["value"], df["p_answer"], atol=1e-6)
+    assert ((iv["low"] <= iv["value"]) & (iv["value"] <= iv["high"]) & (iv["high"] > iv["low"])).all()
+    at8 = items[items.step == 8]
+    full = at8[at8.variant == "full"].sort_values("item")
+    trunc = at8[at8.variant == "truncated"].sort_values("item")
+    diff = torch.tensor(trunc["p_answer"].to_numpy() - full["p_answer"].to_numpy())[None]
+    lo, hi = bootstrap_intervals(diff, n_boot=1000, seed=0, clusters=torch.tensor(full["sequence"].to_numpy()))
+    r = iv[(iv.step == 8) & (iv.variant == "truncated")].iloc[0]
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((float(lo[0]), float(hi[0])), abs=1e-12)
+    html = reports["checkpoints"].path.read_text()
+    assert f"{r['change']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]" in html
+    assert "Error bars on P(answer): 95% bootstrap intervals" in html
+
+
 def test_study_report_without_a_loadable_model(truncation_dir, tmp_path):
     """No model: the table sections render, the page says why the others are missing."""
     import mechtrunc as mt
@@ -249,6 +277,12 @@ def test_interrupted_study_is_marked_incomplete(truncation_dir, tmp_path, capsys
     assert main(["report", str(d), "--out", str(tmp_path / "r.html"), "--no-progress"]) == 0
     html = (tmp_path / "r.html").read_text()
     assert "Incomplete study" in html and "3 finished rows" in html
+    assert "paired bootstrap interval" not in html  # no per-item values were copied: no intervals
+    # with the finished rows' item shards (written before each row), the partial table has intervals
+    shutil.copytree(truncation_dir / "item_shards", d / "item_shards")
+    assert main(["report", str(d), "--out", str(tmp_path / "r2.html"), "--no-progress"]) == 0
+    html = (tmp_path / "r2.html").read_text()
+    assert "Incomplete study" in html and "paired bootstrap interval" in html
 
 
 def test_interrupted_checkpoint_study_from_shards(checkpoint_dir, tmp_path):
@@ -428,3 +462,28 @@ def test_demo_ends_with_the_report(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"Report: {(out / 'report.html').resolve()}"
     assert "mechtrunc demo --out" in (out / "report.html").read_text()
+
+
+def test_toy_truncation_section_intervals_are_paired_over_sequences(trained_toy):
+    """Each change cell of the toy report's truncation table is the change against the full
+    model with the paired interval over test sequences (all items of a sequence resampled
+    together), computed here independently from the per-item values."""
+    import torch
+
+    import mechtrunc as mt
+    from mechtrunc.metrics import bootstrap_intervals
+    from mechtrunc.report.toy import N_BOOT, _truncation_grid
+
+    model, _, prompts = trained_toy
+    df = _truncation_grid(model, prompts, last=1)
+    assert df["change of accuracy [95% CI]"].iloc[0] == ""  # the full model itself
+    _, full = mt.evaluate(model, prompts, items=True)
+    _, cut = mt.evaluate(model, prompts, mt.Ablate("mlp", layer=1), items=True)
+    diff = (cut["p_noise"] - full["p_noise"]).double()[None]
+    lo, hi = bootstrap_intervals(diff, n_boot=N_BOOT, seed=0, clusters=prompts.rows)
+    want = f"{float(diff.mean()):+.3f} [{float(lo[0]):+.3f}, {float(hi[0]):+.3f}]"
+    assert df["change of p_noise [95% CI]"].iloc[1] == want
+    # clustering matters: the interval over sequences is wider than the naive item bootstrap
+    lo_i, hi_i = bootstrap_intervals(diff, n_boot=N_BOOT, seed=0)
+    assert float(hi[0] - lo[0]) > float(hi_i[0] - lo_i[0])
+    assert len(torch.unique(prompts.rows)) < len(prompts)

@@ -202,7 +202,8 @@ def cmd_checkpoints(args) -> int:
         raise UsageError("--layers, --matrices, --keeps and --mode only apply with --grid")
     from mechtrunc.results import P_ANSWER, default_metric
     from mechtrunc.studies import Grid, checkpoint_study
-    from mechtrunc.studies.checkpoints import best_by_step
+    from mechtrunc.selection import HELDOUT_METRIC
+    from mechtrunc.studies.checkpoints import best_by_step, heldout_by_step, step_intervals
     from mechtrunc.viz import checkpoint_plot
 
     grid = None
@@ -222,10 +223,10 @@ def cmd_checkpoints(args) -> int:
     else:
         truncation = None
     executor = _executor(args)
-    df = checkpoint_study(args.model, args.steps, args.task, truncation=truncation, grid=grid,
-                          batch_size=args.batch_size, out=args.out, progress=not args.no_progress,
-                          n_prompts=args.n, prompt_seed=args.seed, executor=executor,
-                          device=args.device, dtype=args.dtype, n_devices=args.n_devices)
+    df, items = checkpoint_study(args.model, args.steps, args.task, truncation=truncation, grid=grid,
+                                 batch_size=args.batch_size, out=args.out, progress=not args.no_progress,
+                                 n_prompts=args.n, prompt_seed=args.seed, executor=executor, return_items=True,
+                                 device=args.device, dtype=args.dtype, n_devices=args.n_devices)
     if grid is not None:
         metric = default_metric(df.columns)
         plot_df = best_by_step(df, metric)
@@ -234,6 +235,30 @@ def cmd_checkpoints(args) -> int:
         plot_df, metrics = df, tuple(m for m in (P_ANSWER, "p_the") if m in df.columns) or (P_ANSWER,)
     plot = checkpoint_plot(plot_df, Path(args.out) / "checkpoints.png", metrics=metrics, title=args.model)
     print(f"{df['step'].nunique()} checkpoints -> {args.out} (table checkpoints.csv, figure {plot.name})")
+    last = int(df["step"].iloc[-1])
+    try:
+        if grid is not None:  # the honest choice: made on half of the prompts, reported on the other half
+            h = heldout_by_step(items, HELDOUT_METRIC, seed=args.seed)
+            h.to_csv(Path(args.out) / "heldout_by_step.csv", index=False)
+            ev = h[(h["step"] == last) & (h["part"] == "eval")].iloc[0]
+            what = "the full model" if bool(ev["baseline"]) else \
+                f"layer {int(ev['layer'])} {ev['matrix']} keep {float(ev['keep']):g}"
+            print(f"held-out choice by {HELDOUT_METRIC} per step -> {Path(args.out) / 'heldout_by_step.csv'}; at step "
+                  f"{last}: {what}, on the held-out prompts {ev['truncated']:.4g} vs {ev['full']:.4g} full, change "
+                  f"{ev['change']:+.3g} [{ev['ci_low']:+.3g}, {ev['ci_high']:+.3g}] ({round(100 * ev['level'])}% "
+                  f"paired bootstrap, {int(ev['n_boot'])} resamples, {int(ev['n_items'])} prompts)")
+        else:
+            iv = step_intervals(items, P_ANSWER)
+            iv.to_csv(Path(args.out) / "intervals.csv", index=False)
+            print(f"P(answer) per step with 95% bootstrap intervals -> {Path(args.out) / 'intervals.csv'}")
+            t = iv[(iv["step"] == last) & (iv["config"] == 1)]
+            if len(t):
+                r = t.iloc[0]
+                print(f"  step {last}, truncated: {r['value']:.4g} [{r['low']:.4g}, {r['high']:.4g}], change against the "
+                      f"full model {r['change']:+.3g} [{r['ci_low']:+.3g}, {r['ci_high']:+.3g}] (paired, "
+                      f"{int(r['n_boot'])} resamples, {int(r['n_items'])} prompts)")
+    except ValueError as e:  # e.g. too few prompts to split
+        raise UsageError(f"intervals: {e}") from None
     return 0
 
 

@@ -59,20 +59,29 @@ def curves_section(ctx: Context) -> Section:
                 intro=f"P(answer), P({esc(comp)}) and their logit difference at each training step (log axis; step 0 "
                       "is drawn at the left edge), full model (solid) and truncated (dashed)"
                       + (f": <code>{esc(str(r.study.get('truncation')))}</code>" if r.study.get("truncation") else "")
-                      + ". Dotted vertical line: the step from which P(answer) stays above the competitor's probability.")
+                      + ". Dotted vertical line: the step from which P(answer) stays above the competitor's probability."
+                      + (" Error bars on P(answer): 95% bootstrap intervals over the prompts."
+                         if _intervals(ctx, P_ANSWER) is not None else ""))
     xs, zero_at = _x(df["step"].tolist())
     df = df.assign(_x=xs)
     fig = make_subplots(rows=1, cols=2, subplot_titles=["probabilities", f"logit(answer) - logit({comp})"],
                         horizontal_spacing=0.09)
     ld = f"logit_diff_{comp}"
+    iv = _intervals(ctx, P_ANSWER)
     for variant, sub in df.groupby("variant", sort=False):
         sub = sub.sort_values("step")
         dash = DASH.get(variant, "dot")
         common = dict(mode="lines+markers", marker=dict(size=5), customdata=sub["step"])
+        bars = {}
+        if iv is not None:  # 95% bootstrap interval of P(answer) at each step, as error bars
+            b = iv[iv["variant"] == variant].set_index("step").reindex(sub["step"])
+            if b["value"].notna().all():
+                bars = dict(error_y=dict(type="data", symmetric=False, array=(b["high"] - b["value"]).tolist(),
+                                         arrayminus=(b["value"] - b["low"]).tolist(), thickness=1, width=3))
         fig.add_trace(go.Scatter(x=sub["_x"], y=sub[P_ANSWER], name=f"P(answer), {variant}",
                                  line=dict(color=COLORS["answer"], dash=dash),
                                  hovertemplate="step %{customdata}<br>P(answer) %{y:.4f}<extra>" + variant + "</extra>",
-                                 **common), row=1, col=1)
+                                 **bars, **common), row=1, col=1)
         fig.add_trace(go.Scatter(x=sub["_x"], y=sub[f"p_{comp}"], name=f"P({comp}), {variant}",
                                  line=dict(color=COLORS["competitor"], dash=dash),
                                  hovertemplate="step %{customdata}<br>P(" + comp + ") %{y:.4f}<extra>" + variant + "</extra>",
@@ -107,10 +116,53 @@ def curves_section(ctx: Context) -> Section:
     return s
 
 
+def _intervals(ctx: Context, metric: str):
+    """:func:`mechtrunc.studies.step_intervals` of the study's per-item values (cached on the
+    context), or None when the study kept none (a directory written before they existed)."""
+    from mechtrunc.studies import step_intervals
+
+    items = getattr(ctx.result, "items", None)
+    if items is None or metric not in items.columns or "variant" not in items.columns:
+        return None
+    cache = ctx.__dict__.setdefault("_step_intervals", {})
+    if metric not in cache:
+        cache[metric] = step_intervals(items, metric)
+    return cache[metric]
+
+
+def intervals_section(ctx: Context) -> Section | None:
+    """Per step and variant: P(answer) and P(competitor) with their bootstrap intervals, and the
+    truncation's change against the full model with its paired interval."""
+    df = ctx.result.table
+    comp = _competitor(df)
+    metrics = [P_ANSWER, f"p_{comp}"]
+    ivs = {m: _intervals(ctx, m) for m in metrics}
+    if any(v is None for v in ivs.values()):
+        return None
+    first = ivs[P_ANSWER].iloc[0]
+    s = Section("intervals", "Uncertainty at each step",
+                intro=f"Means over the {int(first['n_items'])} prompts with 95% percentile bootstrap intervals "
+                      f"({int(first['n_boot'])} resamples of the prompts, seeded, the same at every step); the change "
+                      "against the full model is paired: the same resampled prompts for both, so its interval is "
+                      "that of the difference, narrower than the two intervals side by side.")
+    rows = []
+    for _, r in ivs[P_ANSWER].iterrows():
+        c = ivs[f"p_{comp}"]
+        c = c[(c["step"] == r["step"]) & (c["config"] == r["config"])].iloc[0]
+        row = {"step": int(r["step"]), "variant": r["variant"],
+               "P(answer) [95% interval]": f"{r['value']:.4f} [{r['low']:.4f}, {r['high']:.4f}]",
+               f"P({comp}) [95% interval]": f"{c['value']:.4f} [{c['low']:.4f}, {c['high']:.4f}]"}
+        if not bool(r["config"] == 0):
+            row["change of P(answer) [paired]"] = f"{r['change']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]"
+            row[f"change of P({comp}) [paired]"] = f"{c['change']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        rows.append(row)
+    return s.add(html_table(pd.DataFrame(rows).fillna("")))
+
+
 def table_section(ctx: Context) -> Section:
     df = ctx.result.table
     s = Section("table", "Table", intro="Every (step, variant) row of the study.")
     return s.add(html_table(df))
 
 
-SECTIONS = [curves_section, table_section]
+SECTIONS = [curves_section, intervals_section, table_section]

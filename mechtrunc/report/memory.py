@@ -91,7 +91,9 @@ def truncation_section(ctx: Context) -> Section:
     s = Section("truncation", "LASER vs removing the noise component",
                 intro="The trained memory under the shared interventions: mt.Truncate('W', keep) keeps the top "
                       "singular components (LASER); mt.RemoveComponents('W', [i]) removes only the component most "
-                      "aligned with the noise. Clean metrics weighted by p(x).")
+                      "aligned with the noise. Clean metrics weighted by p(x). These are exact expectations over "
+                      "the memory's whole data distribution (every input, weighted by its probability), not estimates "
+                      "from sampled prompts, so they carry no sampling uncertainty and no interval is shown.")
     model = ctx.model()
     if model is None:
         return s.add(note(f"Not computed: {ctx.model_missing}", "warning"))

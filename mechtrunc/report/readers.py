@@ -241,6 +241,7 @@ class CheckpointResults(_StudyResult):
     study: dict
     kind: str = "checkpoints"
     incomplete: str | None = None
+    items: object = None  # per-item side table (items.parquet or the finished steps' item shards), or None
 
     def _repr_html_(self) -> str:
         lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
@@ -322,6 +323,18 @@ def _read_truncation(d: Path, study: dict) -> TruncationResults:
             items = pd.read_parquet(d / "items.parquet")
         except Exception as e:  # noqa: BLE001 - the report then shows no intervals
             warnings.warn(f"items.parquet could not be read ({e}); the report shows no intervals")
+    elif incomplete is not None and (d / "item_shards").is_dir():
+        # an interrupted study: every finished row's items were written before the row itself
+        from mechtrunc.studies.grid import ITEM_SHARDS, ItemStore
+        from mechtrunc.studies.store import ShardStore
+
+        store = ItemStore(None)  # read only: ItemStore(d) would clean a running writer's temporaries
+        store.shards = ShardStore(d)
+        store.shards.dir = d / ITEM_SHARDS
+        try:
+            items = store.table(table)
+        except Exception as e:  # noqa: BLE001 - the report then shows no intervals
+            warnings.warn(f"the finished rows' per-item values could not be read ({e}); the report shows no intervals")
     if (d / "heldout.csv").is_file():
         import pandas as pd
 
@@ -346,7 +359,7 @@ def _read_shards(d: Path):
             f = pd.read_parquet(p)
         except Exception:  # a shard cut by the interruption
             continue
-        if {"step", "variant"} <= set(f.columns):
+        if {"step", "variant"} <= set(f.columns) and "item" not in f.columns:  # not a per-item shard
             frames.append(f)
     return pd.concat(frames, ignore_index=True) if frames else None
 
@@ -370,8 +383,18 @@ def _read_checkpoints(d: Path, study: dict) -> CheckpointResults:
     if missing:
         raise NotAResultError(f"{str(d)!r}: the checkpoint table lacks column(s) {sorted(missing)}")
     table["step"] = table["step"].astype("int64")
+    items = None
+    if (d / "items.parquet").is_file() or (d / "item_shards").is_dir():  # finished, or the finished steps so far
+        from mechtrunc.studies.checkpoints import read_checkpoint_items
+
+        try:
+            items = read_checkpoint_items(d)
+            items = items[items["step"].isin(set(table["step"]))]
+        except Exception as e:  # noqa: BLE001 - the report then shows no intervals
+            warnings.warn(f"the per-item values could not be read ({e}); the report shows no intervals")
+            items = None
     return CheckpointResults(d, table.sort_values(["step", "variant"], kind="stable").reset_index(drop=True),
-                             study, incomplete=incomplete)
+                             study, incomplete=incomplete, items=items)
 
 
 def _read_memory(d: Path, cfg: dict) -> MemoryRun:

@@ -7,8 +7,12 @@ import torch
 
 from mechtrunc.report.context import Context, visible_token
 from mechtrunc.report.page import CircuitsView, Section, esc, html_table, note
+from mechtrunc.selection import change_intervals
 
 __all__ = ["SECTIONS"]
+
+#: bootstrap resamples of the intervals in the truncation section
+N_BOOT = 1000
 
 FULL, CUT = "#1f5fa8", "#d9622b"
 LABELS = {"full": "full model", "ffn2_removed": "layer-2 FFN removed"}
@@ -74,13 +78,22 @@ def _truncation_grid(model, prompts, last: int) -> pd.DataFrame:
             if m.startswith("mlp") and not mt.adapt(model).has_mlp(layer):
                 continue
             entries += [mt.Truncate(m, layer=layer, keep=k) for k in keeps]
-    df = mt.sweep(model, prompts, entries)
+    df, items = mt.sweep(model, prompts, entries, return_items=True)
     df.insert(0, "intervention", df.pop("variant"))
     if "layer" in df:
         df["layer"] = df["layer"].astype("Int64")
     keep_cols = [c for c in ("intervention", "layer", "matrix", "keep", "accuracy", "p_answer", "p_noise",
                              "logit_diff_noise", "loss") if c in df.columns]
-    return df[keep_cols]
+    df = df[keep_cols].copy()
+    # the change of each metric against the full model, with its paired interval over the test
+    # sequences (all repeated triggers of a sequence resampled together)
+    for m in ("accuracy", "p_noise"):
+        cells = [""]
+        for it in items[1:]:
+            r = change_intervals(items[0], it, [m], n_boot=N_BOOT, clusters=prompts.rows).iloc[0]
+            cells.append(f"{r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+        df[f"change of {m} [95% CI]"] = cells
+    return df
 
 
 def truncation_section(ctx: Context) -> Section | None:
@@ -88,7 +101,11 @@ def truncation_section(ctx: Context) -> Section | None:
     s = Section("truncation", "Truncation of the trained model",
                 intro="LASER (keep a fraction of the singular components) of both FFN matrices and of W_V in each "
                       "layer, evaluated on the clean test set with <code>mt.sweep</code>; the first rows are the full "
-                      "model and the layer-2 FFN removed. Layers are 0-based: the paper's layer 2 is layer 1.")
+                      "model and the layer-2 FFN removed. Layers are 0-based: the paper's layer 2 is layer 1. "
+                      f"The change columns give each configuration's change against the full model with its 95% "
+                      f"paired bootstrap interval ({N_BOOT} resamples of the test sequences, all repeated triggers of "
+                      "a sequence together, seeded). The configurations are not chosen here: nothing is selected on "
+                      "these sequences, so no held-out split is needed.")
     if model is None:
         return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
     import plotly.graph_objects as go

@@ -24,7 +24,10 @@ package re-exports none of them (it sits below the report and the command line, 
 
 from __future__ import annotations
 
-from mechtrunc.studies.checkpoints import CheckpointDirectory, HubCheckpoints, checkpoint_study
+from mechtrunc.studies.checkpoints import (
+    CheckpointDirectory, HubCheckpoints, best_by_step, checkpoint_study, heldout_by_step, read_checkpoint_items,
+    step_intervals,
+)
 from mechtrunc.studies.compose import as_interventions, compose_search
 from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
 from mechtrunc.studies.grid import (
@@ -37,5 +40,5 @@ __all__ = [
     "truncation_study", "best_configuration", "heldout_configuration", "as_truncate", "checkpoint_study", "study_report",
     "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
     "RayExecutor", "SlurmExecutor", "compose_search", "as_interventions",
-    "read_items", "ItemStore",
+    "read_items", "ItemStore", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
 ]

@@ -34,12 +34,14 @@ from mechtrunc.interventions import Compose, Intervention
 from mechtrunc.evaluation import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
-from mechtrunc.studies.grid import Grid, as_truncate, evaluate_grid
+from mechtrunc.studies.grid import ITEM_SHARDS, ITEMS_FILE, Grid, ItemStore, _write_parquet, as_truncate, evaluate_grid
 from mechtrunc.studies.store import (
     ShardStore, metric_values, prompts_fingerprint, write_tables, atomic_write_text, check_meta,
 )
 
-__all__ = ["checkpoint_study", "best_by_step", "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
+__all__ = ["checkpoint_study", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
+           "CheckpointUnit",
+           "CheckpointDirectory", "HubCheckpoints"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -167,7 +169,9 @@ class CheckpointUnit:
         return f"step{self.step}"
 
     def done(self) -> bool:
-        return self.out is not None and ShardStore(self.out).done(self.name)
+        # finished = the row shard and its per-item shard (a directory written before the side
+        # table existed, or a crash between the two writes, recomputes the step)
+        return self.out is not None and ShardStore(self.out).done(self.name) and _item_shards(self.out).done(self.name)
 
     def load(self):
         return self.loader(self.step)
@@ -184,30 +188,43 @@ class CheckpointUnit:
                                                   "started": time.time()}))
         return marker
 
-    def evaluate(self, model) -> pd.DataFrame:
-        """Evaluate the loaded checkpoint and (with ``out``) write its shard atomically."""
+    def evaluate(self, model) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Evaluate the loaded checkpoint: ``(table, items)``, its rows and their per-item
+        values (from the same forward passes).  With ``out`` both are written atomically, the
+        items first (``out/item_shards/step{N}.parquet``, then ``out/shards/step{N}.parquet``)."""
         marker = self._mark_running()
         prompts = self.prompts(getattr(model, "tokenizer", None))
+        seq = prompts.rows.cpu().numpy()
         if self.grid is not None:
-            rows = evaluate_grid(model, prompts, self.grid, batch_size=self.batch_size)  # THE grid call
+            store = ItemStore(None)
+            rows = evaluate_grid(model, prompts, self.grid, batch_size=self.batch_size, items=store)  # THE grid call
             df = tidy_truncation(pd.DataFrame(rows))
+            items = store.table(df)
             df.insert(0, "step", self.step)
         else:
-            rows = []
-            for variant, iv in self.variants:
+            rows, frames = [], []
+            for cid, (variant, iv) in enumerate(self.variants):
                 t0 = time.perf_counter()
                 ivs = () if iv is None else (iv,)
-                metrics = metric_values(evaluate(model, prompts, *ivs, batch_size=self.batch_size, label=variant))
-                rows.append(variant_row(self.step, variant, iv.label if iv else "full", metrics,
+                row, per_item = evaluate(model, prompts, *ivs, batch_size=self.batch_size, label=variant, items=True)
+                rows.append(variant_row(self.step, variant, iv.label if iv else "full", metric_values(row),
                                         seconds=time.perf_counter() - t0))
+                frames.append(pd.DataFrame({"config": cid, "variant": variant, "baseline": iv is None,
+                                            "intervention": iv.label if iv else "full",
+                                            "item": range(len(seq)), "sequence": seq,
+                                            **{m: v.double().numpy() for m, v in per_item.items()}}))
             df = pd.DataFrame(rows)
+            items = pd.concat(frames, ignore_index=True)
         df["step"] = df["step"].astype("int64")
+        items.insert(0, "step", self.step)
+        items["step"] = items["step"].astype("int64")
         if self.out is not None:
+            _item_shards(self.out).write(self.name, items)  # the items first: a step without them is not done
             ShardStore(self.out).write(self.name, df)
             marker.unlink(missing_ok=True)
-        return df
+        return df, items
 
-    def __call__(self) -> pd.DataFrame | None:
+    def __call__(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         if self.done():
             return None  # finished by an earlier run or an earlier attempt of this task
         from mechtrunc.pythia import free_model
@@ -224,6 +241,32 @@ class CheckpointUnit:
 # ----------------------------------------------------------------------------------------
 # the study
 # ----------------------------------------------------------------------------------------
+def _item_shards(out) -> ShardStore:
+    store = ShardStore(out)
+    store.dir = Path(out) / ITEM_SHARDS
+    return store
+
+
+def read_checkpoint_items(out: str | os.PathLike) -> pd.DataFrame:
+    """The per-item side table of a checkpoint study's directory: ``out/items.parquet`` when
+    the study finished, else the merge of the finished steps' ``out/item_shards/``.  One row per
+    (step, configuration, item): ``step``, the configuration's descriptors (``config`` = its
+    row within the step; with ``grid=`` the columns of
+    :func:`mechtrunc.studies.read_items`, else ``variant``), ``item, sequence`` and every
+    per-item metric (:func:`mechtrunc.metrics.item_metrics`)."""
+    out = Path(out)
+    if (out / ITEMS_FILE).is_file():
+        return pd.read_parquet(out / ITEMS_FILE)
+    store = _item_shards(out)
+    names = sorted(p.stem for p in store.dir.glob("step*.parquet")) if store.dir.is_dir() else []
+    frames = [f for f in (store.read(n) for n in names) if f is not None]
+    if not frames:
+        raise ValueError(f"{str(out)!r} holds no per-item values (no items.parquet, no item_shards/); "
+                         "rerun the checkpoint study with the same output directory to compute them")
+    return pd.concat(frames, ignore_index=True).sort_values(["step", "config", "item"], kind="stable",
+                                                            ignore_index=True)
+
+
 def _as_intervention(truncation) -> Intervention | None:
     if truncation is None or isinstance(truncation, Intervention):
         return truncation
@@ -299,6 +342,86 @@ def best_by_step(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_bet
     return out[front + [c for c in out.columns if c not in front]].reset_index(drop=True)
 
 
+def step_intervals(items: pd.DataFrame, metric: str = "p_answer", n_boot: int = 1000, level: float = 0.95,
+                   seed: int = 0) -> pd.DataFrame:
+    """Per (step, configuration) of a checkpoint study's per-item side table
+    (:func:`read_checkpoint_items`): the mean of ``metric`` with its percentile bootstrap
+    interval (``low, high``) and its change against the same step's full model with the paired
+    interval (``change, ci_low, ci_high``: the same resampled prompts for both).  Whole
+    sequences are resampled (all items of a sequence together), ``n_boot`` resamples, the same
+    draws at every step (seeded).  Columns: ``step, config`` (and ``variant`` / ``intervention``
+    when the table has them), ``value, low, high, change, ci_low, ci_high, n_items, n_boot,
+    level``."""
+    import numpy as np
+    import torch
+
+    from mechtrunc.metrics import bootstrap_intervals
+
+    if metric not in items.columns:
+        raise ValueError(f"unknown metric {metric!r}; columns: {', '.join(map(str, items.columns))}")
+    rows = []
+    for step, sub in items.groupby("step", sort=True):
+        wide = sub.pivot(index="config", columns="item", values=metric).sort_index()
+        desc = sub.drop_duplicates("config").set_index("config").sort_index()
+        base = desc.index[desc["baseline"].astype(bool)]
+        if len(base) != 1:
+            raise ValueError(f"step {step}: the item table must hold one full-model (baseline) configuration")
+        seq = torch.tensor(sub[sub["config"] == wide.index[0]].sort_values("item")["sequence"].to_numpy()
+                           .astype(np.int64))
+        vals = torch.tensor(wide.to_numpy(dtype=np.float64))
+        diff = vals - vals[list(wide.index).index(base[0])][None]
+        lo, hi = bootstrap_intervals(vals, n_boot=n_boot, level=level, seed=seed, clusters=seq)
+        dlo, dhi = bootstrap_intervals(diff, n_boot=n_boot, level=level, seed=seed, clusters=seq)
+        for i, cid in enumerate(wide.index):
+            d = desc.loc[cid]
+            rows.append({"step": int(step), "config": int(cid),
+                         **{c: d[c] for c in ("variant", "intervention") if c in desc.columns},
+                         "value": float(vals[i].mean()), "low": float(lo[i]), "high": float(hi[i]),
+                         "change": float(diff[i].mean()), "ci_low": float(dlo[i]), "ci_high": float(dhi[i]),
+                         "n_items": int(vals.shape[1]), "n_boot": int(n_boot), "level": float(level)})
+    return pd.DataFrame(rows)
+
+
+def heldout_by_step(items: pd.DataFrame, metric: str = "p_answer", select: float = 0.5, seed: int = 0,
+                    higher_is_better: bool | None = None, n_boot: int = 1000, level: float = 0.95) -> pd.DataFrame:
+    """:func:`best_by_step`'s held-out sibling, from a grid checkpoint study's per-item side
+    table (``checkpoint_study(..., return_items=True)`` or :func:`read_checkpoint_items`):
+    at each step the configuration with the best mean ``metric`` on the *select* part of the
+    prompts (one seeded split of the sequences, ``select`` of them, the same at every step),
+    reported on both parts with the paired bootstrap interval of its change against the full
+    model (:func:`mechtrunc.selection.heldout_choice`; ``eval`` is the held-out estimate,
+    ``select`` is in-sample and biased upward).  No model is run.  One row per (step, part), in
+    step order, with :func:`~mechtrunc.selection.heldout_choice`'s columns (``layer, matrix,
+    keep, rank, baseline`` of the choice, ``full, truncated, change, ci_low, ci_high, n_items``...)."""
+    import numpy as np
+
+    from mechtrunc.selection import heldout_choice
+
+    if not {"baseline", "step", "layer"} <= set(items.columns):
+        raise ValueError("heldout_by_step needs a grid checkpoint study's item table (columns step, baseline, layer)")
+    if metric not in items.columns:
+        raise ValueError(f"unknown metric {metric!r}; columns: {', '.join(map(str, items.columns))}")
+    frames = []
+    select_sequences = None
+    for step, sub in items.groupby("step", sort=True):
+        if select_sequences is None:  # one split for every step: the same prompts choose throughout
+            seqs = np.unique(sub["sequence"].to_numpy())
+            if len(seqs) < 2:
+                raise ValueError(f"held-out selection needs at least 2 prompts (sequences), step {step} has {len(seqs)}")
+            n_sel = min(len(seqs) - 1, max(1, int(round(select * len(seqs)))))
+            select_sequences = np.sort(np.random.default_rng(seed).permutation(seqs)[:n_sel])
+        h = heldout_choice(sub.drop(columns="step"), metric, select_sequences, seed=seed,
+                           higher_is_better=higher_is_better, n_boot=n_boot, level=level)
+        frames.append(h.assign(step=int(step)))
+    out = pd.concat(frames, ignore_index=True)
+    front = ["step", "part", "baseline", "layer", "matrix", "keep", "rank", "metric", "full", "truncated", "change",
+             "ci_low", "ci_high"]
+    out = out[[c for c in front if c in out.columns] + [c for c in out.columns if c not in front]]
+    out.attrs.update({"metric": metric, "select": float(select), "seed": int(seed), "n_boot": int(n_boot),
+                      "level": float(level), "select_sequences": [int(v) for v in select_sequences]})
+    return out
+
+
 def _gpus_for(load_kwargs: dict) -> float:
     device = str(load_kwargs.get("device") or "cpu")
     n = load_kwargs.get("n_devices")
@@ -322,8 +445,9 @@ def checkpoint_study(
     n_prompts: int = 200,
     prompt_seed: int = 0,
     executor=None,
+    return_items: bool = False,
     **load_kwargs,
-) -> pd.DataFrame:
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate every training step: the full model and one truncation, or a whole grid.
 
     Args:
@@ -347,6 +471,9 @@ def checkpoint_study(
             the end ``out/checkpoints.csv`` and ``out/checkpoints.parquet`` hold the merged table
             and ``out/study.json`` the settings (a rerun with other settings raises ValueError).
             Needed by the Ray and SLURM executors (results come back through the shards).
+            The per-item values go to ``out/item_shards/step{N}.parquet`` (written before the
+            step's shard: a step counts as finished only with both) and, at the end, to
+            ``out/items.parquet``.
         executor: ``None``/``"local"`` (in process, prefetching the next checkpoint while the
             current one is evaluated), ``"ray"``, ``"slurm"`` or an executor object from
             :mod:`mechtrunc.studies.executors` (``RayExecutor(address=...)``,
@@ -356,7 +483,10 @@ def checkpoint_study(
         With ``truncation`` (or neither): ``step, variant ("full"/"truncated"), intervention``,
         the metrics and ``seconds``, one row per step and variant.  With ``grid``: ``step`` then
         the columns of :func:`truncation_study` (a baseline row and one row per configuration,
-        per step).  Rows in step order.
+        per step).  Rows in step order.  With ``return_items``: ``(table, items)``, the
+        per-item side table (:func:`read_checkpoint_items`: every row's values on every prompt,
+        from the same forward passes), which feeds paired bootstrap intervals of each step's
+        change and :func:`heldout_by_step`.
     """
     from mechtrunc import pythia
     from mechtrunc.studies.executors import resolve_executor
@@ -437,19 +567,27 @@ def checkpoint_study(
     results = dict(zip((u.step for u in todo), ex.map(todo, progress=progress))) if todo else {}
 
     store = ShardStore(out) if out is not None else None
-    parts = []
+    item_store = _item_shards(out) if out is not None else None
+    parts, item_parts = [], []
     for s in steps:
-        # with out=, the table is the merge of the shards (the same on a first run and a rerun)
-        df = store.read(f"step{s}") if store is not None else results.get(s)
-        if df is None:
+        # with out=, the tables are the merge of the shards (the same on a first run and a rerun)
+        if store is not None:
+            df, items = store.read(f"step{s}"), item_store.read(f"step{s}")
+        else:
+            df, items = results.get(s) or (None, None)
+        if df is None or items is None:
             raise RuntimeError(f"step {s} produced no result (its shard is missing); rerun to compute it")
         parts.append(df)
+        item_parts.append(items)
     table = pd.concat(parts, ignore_index=True)
+    items = pd.concat(item_parts, ignore_index=True)
     if the_grid is None:
         cols = [*CHECKPOINT_COLUMNS, "intervention"]
         table = table[cols + [c for c in table.columns if c not in cols and c != SECONDS] + [SECONDS]]
     table = table.reset_index(drop=True)
     write_tables(table, out, "checkpoints")
+    if out is not None:
+        _write_parquet(items, Path(out) / ITEMS_FILE)
     if out is not None and (Path(out) / "running").is_dir() and not any((Path(out) / "running").iterdir()):
         (Path(out) / "running").rmdir()
-    return table
+    return (table, items) if return_items else table
