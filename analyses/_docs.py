@@ -268,7 +268,8 @@ CAUSAL_BLOCKS = {
 
 
 # ------------------------------- docs/results.md, SVD sensitivity (analyses/svd_sensitivity.py)
-_SVD_MODELS = {"toy": ("toy (cpu preset)", "logit_diff_noise"), "pythia": ("random Pythia-70m shape", "logit_diff_the")}
+_SVD_MODELS = {"toy": ("toy (cpu preset)", "logit_diff_noise"), "pythia": ("random Pythia-70m shape", "logit_diff_the"),
+               "lm": ("our LM (small, seed 0)", "logit_diff_the")}
 
 
 def _layer_label(model: str, layer: int) -> str:

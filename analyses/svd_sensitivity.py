@@ -11,11 +11,19 @@ Two models, rank rule ``authors`` (the released code's ``int(keep x d_model)``),
   ``W_in`` / ``W_out`` of layer 2 (0-based) on 16 IOI prompts (its 50,304-token unembedding
   makes each evaluation cost about a second on 2 cores).
 
-Writes ``svd_sensitivity_toy.csv``, ``svd_sensitivity_pythia.csv`` (one row per truncation and
-method, :func:`mechtrunc.studies.svd_sensitivity.svd_sensitivity`) and
-``svd_sensitivity_best.csv`` (the best configuration per model and method) to ``--data``, and
-rewrites the generated blocks of docs/results.md.  About 3 minutes on 2 cores when the toy
-model must be trained, 1 minute otherwise.
+- the project's own language model (docs/lm.md): the ``small`` preset at seed 0, 3,000 steps
+  (``--lm-run``, default ``runs/lm/default-L4-s0``, the run ``analyses/lm_study.py`` trains;
+  trained there, resumably, when missing: about 15 minutes of one core), the ``W_in`` /
+  ``W_out`` of every layer at the final checkpoint on the study's 200 held-out IOI *eval*
+  prompts; best configuration by P(answer) (a metric the study's trap, ``logit_diff_the``,
+  showed cannot be trusted to choose, docs/lm.md).
+
+Writes ``svd_sensitivity_toy.csv``, ``svd_sensitivity_pythia.csv``, ``svd_sensitivity_lm.csv``
+(one row per truncation and method, :func:`mechtrunc.studies.svd_sensitivity.svd_sensitivity`)
+and ``svd_sensitivity_best.csv`` (the best configuration per model and method) to ``--data``,
+and rewrites the generated blocks of docs/results.md.  About 3 minutes on 2 cores when the toy
+model must be trained, 1 minute otherwise, plus the language model's training when its run is
+missing.
 
     python analyses/svd_sensitivity.py
 """
@@ -56,20 +64,43 @@ def pythia() -> pd.DataFrame:
     return svd_sensitivity(model, prompts, grid, methods=METHODS, rule="authors")
 
 
+LM_SPEC = ("default", 4, 0, 3000)  # corpus, layers, seed, steps: analyses/lm_study.py's study model at seed 0
+N_LM = 200
+
+
+def lm(args) -> pd.DataFrame:
+    import lm_study
+    from mechtrunc.lm import train_lm
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.studies import lm as S
+
+    run = Path(args.lm_run)
+    cfg = lm_study.run_config(*LM_SPEC)
+    if not (run / f"step{cfg.steps}").is_dir():
+        print(f"training the language model into {run} (resumable; about 15 minutes of one core)")
+    train_lm(cfg, run, progress=False)  # a finished run is only checked, not retrained
+    model = mt.pythia.load_model(run / f"step{cfg.steps}", local_files_only=True)
+    prompts = S.lm_study_prompts(lm_tokenizer(), cfg.corpus, n=N_LM, seed=0)["ioi/eval"]
+    grid = [(layer, m, k) for layer in range(cfg.n_layers) for m in MATRICES for k in KEEPS]
+    return svd_sensitivity(model, prompts, grid, methods=METHODS, rule="authors")
+
+
 def main() -> None:
     p = _common.toy_parser(__doc__)
     p.add_argument("--data", default=str(_docs.DATA), help="where the CSVs go (default docs/data)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/results.md's blocks")
+    p.add_argument("--lm-run", default="runs/lm/default-L4-s0",
+                   help="the language-model run (trained there when missing; default runs/lm/default-L4-s0)")
     args = p.parse_args()
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     tables = {}
-    for name, fn in (("toy", lambda: toy(args)), ("pythia", pythia)):
+    for name, fn in (("toy", lambda: toy(args)), ("pythia", pythia), ("lm", lambda: lm(args))):
         t0 = time.perf_counter()
         tables[name] = fn()
         tables[name].to_csv(data / f"svd_sensitivity_{name}.csv", index=False)
         print(f"{name}: {time.perf_counter() - t0:.0f} s")
-    metrics = {"toy": "logit_diff_noise", "pythia": "logit_diff_the"}
+    metrics = {"toy": "logit_diff_noise", "pythia": "logit_diff_the", "lm": "p_answer"}
     best = pd.concat([best_by_method(tables[n], metrics[n]).assign(model=n) for n in tables], ignore_index=True)
     best.to_csv(data / "svd_sensitivity_best.csv", index=False)
     if not args.no_docs and data.resolve() == _docs.DATA.resolve():

@@ -136,6 +136,24 @@ def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 12
     return out
 
 
+def toy_change_intervals(model: ToyTransformer, prompts: PromptSet, n_boot: int = 1000, level: float = 0.95,
+                         seed: int = 0, batch_size: int = 128) -> pd.DataFrame:
+    """The change of ``accuracy``, ``p_noise``, ``p_answer`` and ``logit_diff_noise`` when the
+    last layer's FFN is removed, against the full model on the same clean test items, with the
+    paired percentile bootstrap interval over the test sequences (all repeated triggers of a
+    sequence resampled together; ``n_boot`` resamples, seeded): one row per metric, columns of
+    :func:`mechtrunc.selection.change_intervals`."""
+    from mechtrunc.selection import change_intervals
+
+    last = model.cfg.n_layers - 1
+    if model.blocks[last].mlp is None:
+        raise ValueError(f"the model's last layer ({last}) has no FFN to remove")
+    _, full = evaluate(model, prompts, batch_size=batch_size, items=True, label="full")
+    _, cut = evaluate(model, prompts, Ablate("mlp", layer=last), batch_size=batch_size, items=True)
+    return change_intervals(full, cut, ["accuracy", "p_noise", "p_answer", "logit_diff_noise"], n_boot=n_boot,
+                            level=level, seed=seed, clusters=prompts.rows)
+
+
 def truncation_variants(
     rule: str = "authors", keeps: tuple[float, ...] = (0.1,), n_layers: int = 2
 ) -> dict[str, list[Intervention]]:

@@ -64,15 +64,27 @@ def cmd_toy_train(args) -> int:
 
 
 def cmd_toy_eval(args) -> int:
-    from mechtrunc.training import evaluate_toy, load_run
+    from mechtrunc.training import evaluate_toy, load_run, toy_change_intervals
 
     model, cfg, task = load_run(args.dir, device=args.device)
     prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
     final = evaluate_toy(model, prompts)
+    iv = toy_change_intervals(model, prompts) if "ffn2_removed" in final else None
     if args.json:
-        print(json.dumps({k: {m: v[m] for m in VARIANT_METRICS} for k, v in final.items()}))
+        out = {k: {m: v[m] for m in VARIANT_METRICS} for k, v in final.items()}
+        if iv is not None:
+            out["change"] = {r["metric"]: {"change": r["change"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}
+                             for _, r in iv.iterrows() if r["metric"] in VARIANT_METRICS}
+            out["intervals"] = {"level": float(iv["level"].iloc[0]), "n_boot": int(iv["n_boot"].iloc[0]),
+                                "resampled": "test sequences", "n_sequences": int(prompts.rows.unique().numel())}
+        print(json.dumps(out))
     else:
         print(format_table(final))
+        if iv is not None:
+            cells = ", ".join(f"{r['metric']} {r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                              for _, r in iv.iterrows() if r["metric"] in VARIANT_METRICS)
+            print(f"change with the layer-2 FFN removed: {cells} (95% paired bootstrap over the "
+                  f"{int(prompts.rows.unique().numel())} test sequences, {int(iv['n_boot'].iloc[0])} resamples)")
     return 0
 
 
