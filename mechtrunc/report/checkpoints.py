@@ -141,8 +141,9 @@ def intervals_section(ctx: Context) -> Section | None:
         return None
     first = ivs[P_ANSWER].iloc[0]
     s = Section("intervals", "Uncertainty at each step",
-                intro=f"Means over the {int(first['n_items'])} prompts with 95% percentile bootstrap intervals "
-                      f"({int(first['n_boot'])} resamples of the prompts, seeded, the same at every step); the change "
+                intro=f"Means over the {int(first['n_items'])} scored items with 95% percentile bootstrap intervals "
+                      f"({int(first['n_boot'])} resamples of the prompt sequences, all items of a sequence together, "
+                      "seeded, the same at every step); the change "
                       "against the full model is paired: the same resampled prompts for both, so its interval is "
                       "that of the difference, narrower than the two intervals side by side.")
     rows = []
