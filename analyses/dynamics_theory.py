@@ -108,7 +108,7 @@ def part_noff(args) -> None:
                           "noise_share": comp.loc[top, "noise_share"], "answer_push_of_it": comp.loc[top, "answer_push"],
                           "top1_noise_share": comp.loc[0, "noise_share"], "top1_sigma_over_median": comp.loc[0, "sigma_over_median"],
                           "ov_trigger_noise": last["ov_trigger_noise"], "ov_copy_mean": last["ov_copy_mean"],
-                          "init_share": init["share"], "init_copy_share": init["copy_share"],
+                          "init_share": init["share"], "init_share_token_rows": init["share_of_token_rows"], "init_copy_share": init["copy_share"],
                           "init_top_is_trigger_noise": init["top_entry_is_trigger_noise"]})
             ivs = {"full model": (), "W_OV keep 0.1 (rank 16)": (mt.Truncate("attn.W_O", layer=0, keep=0.1),),
                    "W_OV keep 0.5 (rank 80 > rank of W_OV)": (mt.Truncate("attn.W_O", layer=0, keep=0.5),),

@@ -18,8 +18,15 @@ fixed as in the paper's toy model (and Bietti et al.), so that every learned mat
 ``W_F``.  At zero the attention is uniform and every memory is empty, so the first gradient step
 is the pure "signal" of each memory; ``W_KQ``'s gradient is exactly zero there (the attention
 output is zero whatever the scores), so attention must first grow ``W_OV`` and only then learns
-where to look.  The attention and FF branches read the same ``r_t`` in parallel (the FF does not
-see the attention output), the simplest form of "both write to the same logits".
+where to look.  By default (``ff="parallel"``) the attention and FF branches read the same
+``r_t`` (the FF does not see the attention output), the simplest form of "both write to the same
+logits"; ``ff="sequential"`` makes the FF read ``r_t + o_t`` as in a Transformer block
+(``f_t = (r_t + o_t) W_F``), ``ff="none"`` removes it (``W_F`` stays 0, not trained).
+
+Options that separate the size of the gradient signal from its noise (issue 18, all off by
+default): ``lr_scale`` (per-memory learning-rate factors, see :func:`equal_signal_lr_scale`),
+``ov_gradient_batch`` (``W_OV``'s gradient from a large fresh batch every step) and
+``ff_grad_noise`` (Gaussian noise along ``D_F`` added to ``W_F``'s gradient).
 
 Embeddings are exactly orthonormal by default (``embeddings="orthonormal"``, needs
 ``d_model >= 2 * vocab``), which makes the closed forms exact; ``"gaussian"`` draws them
@@ -480,7 +487,9 @@ def ov_gradient_share(
 ) -> dict[str, float]:
     """The mean ``W_OV`` gradient over ``n_batches`` independent batches, in the embeddings'
     basis: ``entry`` = its (negated) trigger->noise entry, ``share`` = that entry's square over the
-    mean gradient's squared Frobenius norm, ``copy_share`` = the copy diagonal's share,
+    mean gradient's squared Frobenius norm, ``share_of_token_rows`` = over the squared norm of
+    its token-embedding rows ``e(v)`` only (the rows ``p(v)`` left out), ``copy_share`` = the
+    copy diagonal's share,
     ``top_entry_is_trigger_noise`` (bool)."""
     g = torch.Generator().manual_seed(1_000_003 * seed + 29)
     G = None
@@ -496,6 +505,7 @@ def ov_gradient_share(
     V = model.d_vocab
     top = int(M.abs().argmax())
     return {"entry": float(entry.mean()), "share": float(entry.pow(2).sum()) / total,
+            "share_of_token_rows": float(entry.pow(2).sum()) / float(M[:V].pow(2).sum()),
             "copy_share": float(M[:V].diagonal().pow(2).sum()) / total,
             "top_entry_is_trigger_noise": bool(top // V in trig.tolist() and top % V == noise), "n_batches": n_batches}
 
