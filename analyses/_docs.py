@@ -348,7 +348,7 @@ def render_theory_noff_speedup(df: pd.DataFrame) -> str:
                   "seeds without the event by the end (counted at the run's length)", "ratio no FF / FF [95% CI]"], rows)
 
 
-_PAPER_STEPS = (0, 100, 200, 400)
+_PAPER_STEPS = (0, 20, 50, 100, 200, 400, 1000)
 
 
 def render_theory_noff_paper(df: pd.DataFrame) -> str:
