@@ -367,11 +367,12 @@ def render_theory_noff_paper(df: pd.DataFrame) -> str:
 def render_theory_signal(df: pd.DataFrame) -> str:
     rows = []
     for variant, g in df.groupby("variant", sort=False):
-        rows.append([variant, " / ".join(f"{v:.3g}" for v in g["ff_lr_scale"]), _steps(g["step_ff_alone_noise"]),
+        factors = " / ".join(f"{f:.3g}, {o:.3g}" for f, o in zip(g["ff_lr_scale"], g["ov_lr_scale"]))
+        rows.append([variant, factors, _steps(g["step_ff_alone_noise"]),
                      _steps(g["step_full_noise"]), _steps(g["step_induction"]), _steps(g["step_icl"]),
                      f"{g['final_ff_noise_push'].mean():+.2f} / {g['final_attn_noise_push'].mean():+.2f}"])
     seeds = " / ".join(str(s) for s in dict.fromkeys(df["seed"]))
-    return table(["variant", "FF lr factor", f"FF alone P(noise) >= alpha/2 (seeds {seeds})", "full model P(noise) >= alpha/2",
+    return table(["variant", "lr factor FF, OV (per seed)", f"FF alone P(noise) >= alpha/2 (seeds {seeds})", "full model P(noise) >= alpha/2",
                   "induction score >= 0.5", "FF-removed accuracy >= 0.5", f"end (step {int(df['steps'].iloc[0])}): noise push FF / attention"], rows)
 
 

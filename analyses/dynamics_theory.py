@@ -172,6 +172,7 @@ def signal_variants(seed: int) -> dict[str, dict]:
     return {
         "SGD lr 2.5 (baseline)": {},
         "equal mean signals: FF lr x mean(OV)/mean(FF)": {"lr_scale": equal_signal_lr_scale(base, 64, "W_F", seed=seed)},
+        "equal mean signals: OV lr x mean(FF)/mean(OV)": {"lr_scale": equal_signal_lr_scale(base, 64, "W_OV", seed=seed)},
         "Adam lr 1e-3": {"optimizer": "adam", "lr": 1e-3},
         "W_OV gradient from 512 fresh sequences": {"ov_gradient_batch": 512},
         "noise along D_F, k = 3": {"ff_grad_noise": 3.0},
@@ -186,8 +187,8 @@ def part_signal(args) -> None:
             cfg = MinimalConfig(steps=args.signal_steps, eval_every=10, seed=seed, **over)
             res = train_minimal(cfg)
             hist.append(res.history.assign(variant=name, seed=seed))
-            scale = cfg.lr_scale.get("W_F", 1.0)
-            summ.append({"variant": name, "seed": seed, "ff_lr_scale": scale, **_events(res.history, cfg.alpha),
+            summ.append({"variant": name, "seed": seed, "ff_lr_scale": cfg.lr_scale.get("W_F", 1.0),
+                         "ov_lr_scale": cfg.lr_scale.get("W_OV", 1.0), **_events(res.history, cfg.alpha),
                          "seconds": res.seconds})
             print(name, seed, f"{res.seconds:.1f}s", {k: summ[-1][k] for k in ("step_ff_alone_noise", "step_full_noise",
                                                                                "step_icl", "step_induction")}, flush=True)
@@ -195,7 +196,7 @@ def part_signal(args) -> None:
     H.to_csv(args.data / "theory_signal_history.csv", index=False)
     S.assign(steps=args.signal_steps).to_csv(args.data / "theory_signal_summary.csv", index=False)
     names = list(dict.fromkeys(S.variant))
-    fig, axes = plt.subplots(2, 3, figsize=(14, 6.5), sharex=True)
+    fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), sharex=True)
     for ax, name in zip(axes.flat, names):
         for seed, h in H[H.variant == name].groupby("seed"):
             lab = seed == args.signal_seeds[0]
@@ -221,7 +222,7 @@ def part_scaling(args) -> None:
     base = MinimalConfig()
     grids = {"T": dict(seq_len=(16, 32, 64, 128)), "alpha": dict(seq_len=(None,), alpha=(0.1, 0.3, 0.5, 0.7, 0.9)),
              "batch": dict(seq_len=(None,), batch_size=(8, 32, 128)),
-             "V (random chain)": dict(seq_len=(None,), vocab_size=(16, 32, 64, 128))}
+             "V (random chain)": dict(seq_len=(None,), vocab_size=(16, 32, 64))}
     rows = []
     for sweep, grid in grids.items():
         df = snr_sweep(base, n_batches=args.scaling_batches, seed=0, **grid)
@@ -251,6 +252,9 @@ def part_scaling(args) -> None:
         ax.plot(x, g.ov_mean_closed, color="C0", ls=":", label="OV per-batch closed form, averaged")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(x))
+        ax.set_xticklabels([f"{v:g}" for v in x])
         ax.set_xlabel(sweep)
     axes[0].set_ylabel("signal at initialisation")
     axes[0].legend(fontsize=6)
