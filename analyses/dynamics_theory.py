@@ -269,9 +269,10 @@ def part_scaling(args) -> None:
 def part_assumptions(args) -> None:
     hist, summ = [], []
     for seed in args.signal_seeds:
-        for ff in ("parallel", "sequential"):
-            cfg = MinimalConfig(ff=ff, steps=args.assumption_steps, eval_every=10, seed=seed)
+        for ff, lr in (("parallel", 2.5), ("sequential", 2.5), ("parallel", 1.0), ("sequential", 1.0)):
+            cfg = MinimalConfig(ff=ff, lr=lr, steps=args.assumption_steps, eval_every=10, seed=seed)
             res = train_minimal(cfg)
+            ff = f"{ff}, lr {lr:g}"
             hist.append(res.history.assign(variant=ff, seed=seed))
             ev = {c: learning_events(res.history, cfg.alpha, c) for c in ("default", "probability", "argmax")}
             row = {"variant": ff, "seed": seed, **_events(res.history, cfg.alpha)}
@@ -282,8 +283,8 @@ def part_assumptions(args) -> None:
     H, S = pd.concat(hist), pd.DataFrame(summ)
     H.to_csv(args.data / "theory_assumptions_history.csv", index=False)
     S.assign(steps=args.assumption_steps).to_csv(args.data / "theory_assumptions_summary.csv", index=False)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
-    for ax, ff in zip(axes, ("parallel", "sequential")):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharey=True, sharex=True)
+    for ax, ff in zip(axes.flat, dict.fromkeys(H.variant)):
         for seed, h in H[H.variant == ff].groupby("seed"):
             lab = seed == args.signal_seeds[0]
             ax.plot(h.step, h.full_p_noise, color="C3", lw=1, label="full: P(noise), clean test" if lab else None)
@@ -293,7 +294,7 @@ def part_assumptions(args) -> None:
             ax.plot(h.step, h.induction_score, color="C7", lw=1, ls="--", label="induction score" if lab else None)
         ax.set_title(f"{ff} FF", fontsize=9)
         ax.set_xlabel("step")
-    axes[0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.figures / "theory_assumptions.png", dpi=110)
     plt.close(fig)
