@@ -241,3 +241,24 @@ def test_closed_forms_of_the_signals_match_measurements():
     gen = torch.Generator().manual_seed(1_000_003 * 2 + 17)
     ov = [ov_signal_closed_form(task.sample(8, generator=gen), model.d_vocab) for _ in range(n)]
     assert df.loc["W_OV", "mean"] == pytest.approx(sum(ov) / n, abs=1e-9)
+
+
+def test_theory_script_assumptions_part(tmp_path):
+    """analyses/dynamics_theory.py (the numbers of docs/theory.md 2.8), a short run into tmp_path:
+    both wirings at both learning rates, the events under the three criteria."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "analyses" / "dynamics_theory.py"), "--only", "assumptions",
+                          "--signal-seeds", "0", "--assumption-steps", "20", "--data", str(tmp_path),
+                          "--figures", str(tmp_path)], capture_output=True, text=True, cwd=root,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    S = pd.read_csv(tmp_path / "theory_assumptions_summary.csv")
+    assert list(S["variant"]) == ["parallel, lr 2.5", "sequential, lr 2.5", "parallel, lr 1", "sequential, lr 1"]
+    for c in ("default", "probability", "argmax"):
+        assert {f"{c}_ff", f"{c}_attn", f"{c}_ff_first"} <= set(S.columns)
+    assert (S["default_ff"] == 10).all()  # the FF's P(noise) >= alpha/2 at the first evaluation
+    assert (tmp_path / "theory_assumptions.png").exists()
