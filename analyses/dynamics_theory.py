@@ -22,7 +22,6 @@ docs/figures/theory_<part>.png and rewrites its generated blocks in docs/theory.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -207,6 +206,8 @@ def part_signal(args) -> None:
         ax.set_title(name, fontsize=8)
         ax.set_ylim(0, 1.02)
     axes[0, 0].legend(fontsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
     for ax in axes[1]:
         ax.set_xlabel("step")
     fig.suptitle(f"signal size vs noise: clean-test curves, seeds {args.signal_seeds}", fontsize=9)
