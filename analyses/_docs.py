@@ -314,8 +314,121 @@ SVD_BLOCKS = {
 
 THEORY = ROOT / "docs" / "theory.md"
 
+def _steps(values) -> str:
+    """Per-seed steps, ``never`` for NaN, joined by ' / '."""
+    return " / ".join("never" if pd.isna(v) else f"{int(v)}" for v in values)
+
+
+def render_theory_noff_where(df: pd.DataFrame) -> str:
+    rows = [[int(r["seed"]), int(r["top_noise_component"]), f"{r['sigma_over_median']:.2f}", f"{r['noise_share']:.2f}",
+             f"{r['top1_noise_share']:.2f} ({r['top1_sigma_over_median']:.2f}x)",
+             f"{r['ov_trigger_noise']:.2f} / {r['ov_copy_mean']:.2f}",
+             f"{r['init_share']:.2f} ({r['init_share_token_rows']:.2f})",
+             "yes" if r["init_top_is_trigger_noise"] else "no"] for _, r in df.iterrows()]
+    return table(["seed", "W_OV component with the largest noise push (0 = top)", "its sigma / median sigma",
+                  "its share of attention's noise push", "component 0: share (sigma / median)",
+                  "end: trigger->noise entry / mean copy entry", "init: trigger->noise share of the mean W_OV gradient's squared norm (of its e(v) rows)",
+                  "init: largest entry is trigger->noise"], rows)
+
+
+def render_theory_noff_truncation(df: pd.DataFrame) -> str:
+    rows = []
+    for variant, g in df.groupby("variant", sort=False):
+        cell = lambda c: f"{g[c].mean():.3f} [{g[c].min():.3f}, {g[c].max():.3f}]"
+        rows.append([variant, cell("accuracy"), cell("p_noise"), cell("p_answer")])
+    n = df["seed"].nunique()
+    return table(["no-FF model (end of training)", f"accuracy: mean [min, max] over {n} seeds", "P(noise)", "P(correct)"], rows)
+
+
+def render_theory_noff_speedup(df: pd.DataFrame) -> str:
+    rows = [[r["event"], f"{r['with_ff_mean']:.0f} [{r['with_ff_low']:.0f}, {r['with_ff_high']:.0f}] ({r['with_ff_values']})",
+             f"{r['no_ff_mean']:.0f} [{r['no_ff_low']:.0f}, {r['no_ff_high']:.0f}] ({r['no_ff_values']})",
+             int(r["no_ff_censored"]), f"{r['ratio']:.1f} [{r['ratio_low']:.1f}, {r['ratio_high']:.1f}]"]
+            for _, r in df.iterrows()]
+    return table(["event", "steps with the parallel FF: mean [95% CI] (per seed)", "steps without an FF: mean [95% CI] (per seed)",
+                  "seeds without the event by the end (counted at the run's length)", "ratio no FF / FF [95% CI]"], rows)
+
+
+_PAPER_STEPS = (0, 20, 50, 100, 200, 400, 1000)
+
+
+def render_theory_noff_paper(df: pd.DataFrame) -> str:
+    rows = []
+    for variant, g in df.groupby("variant", sort=False):
+        g = g[g["step"].isin(_PAPER_STEPS)].groupby("step")
+        m = g[["ov_trigger_noise", "ov_copy_mean", "attn_noise_push", "ff_noise_push", "induction_score"]].mean()
+        for step, r in m.iterrows():
+            rows.append([variant, int(step), f"{r['ov_trigger_noise']:.2f}", f"{r['ov_copy_mean']:.2f}",
+                         f"{r['attn_noise_push']:+.2f}", f"{r['ff_noise_push']:+.2f}", f"{r['induction_score']:.2f}"])
+    n = df["seed"].nunique()
+    return table(["model", "step", f"W_OV trigger->noise entry (mean of {n} seeds)", "W_OV mean copy entry",
+                  "attention's push on the noise margin", "FF's push", "induction score"], rows)
+
+
+def render_theory_signal(df: pd.DataFrame) -> str:
+    rows = []
+    for variant, g in df.groupby("variant", sort=False):
+        factors = " / ".join(f"{f:.3g}, {o:.3g}" for f, o in zip(g["ff_lr_scale"], g["ov_lr_scale"]))
+        rows.append([variant, factors, _steps(g["step_ff_alone_noise"]),
+                     _steps(g["step_full_noise"]), _steps(g["step_induction"]), _steps(g["step_icl"]),
+                     f"{g['final_ff_noise_push'].mean():+.2f} / {g['final_attn_noise_push'].mean():+.2f}"])
+    seeds = " / ".join(str(s) for s in dict.fromkeys(df["seed"]))
+    return table(["variant", "lr factor FF, OV (per seed)", f"FF alone P(noise) >= alpha/2 (seeds {seeds})", "full model P(noise) >= alpha/2",
+                  "induction score >= 0.5", "FF-removed accuracy >= 0.5", f"end (step {int(df['steps'].iloc[0])}): noise push FF / attention"], rows)
+
+
+def render_theory_scaling(df: pd.DataFrame, what: str) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        v = r["value"]
+        v = f"{v:g}" if isinstance(v, float) else v
+        f, o = r[f"ff_{what}"], r[f"ov_{what}"]
+        rows.append([r["sweep"], v, f"{f:.4f}", f"{r[f'ff_{what}_closed']:.4f}", f"{o:.5f}", f"{r[f'ov_{what}_closed']:.5f}",
+                     f"{f / o:.1f}"])
+    name = {"mean": "mean signal", "std": "std of the signal"}[what]
+    cf = {"mean": "alpha (1 - 1/V)", "std": "sqrt(p(1-p) E[1/n])"}[what]
+    return table(["sweep", "value", f"FF {name} (measured)", f"FF closed form {cf}", f"OV {name} (measured)",
+                  "OV per-batch closed form over 400 batches", "FF / OV"], rows)
+
+
+def render_theory_assumptions_events(df: pd.DataFrame) -> str:
+    label = {"default": "default (full P(noise) >= alpha/2; FF-removed accuracy >= 0.5)",
+             "probability": "probability (full P(noise) >= alpha/2; full P(correct) >= (1-alpha)/2)",
+             "argmax": "argmax (attention removed: argmax noise on half the items; FF removed: accuracy >= 0.5)"}
+    rows = []
+    for c, text in label.items():
+        for variant, g in df.groupby("variant", sort=False):
+            rows.append([text, variant, _steps(g[f"{c}_ff"]), _steps(g[f"{c}_attn"]),
+                         f"{int(g[f'{c}_ff_first'].astype(bool).sum())} of {len(g)}"])
+    seeds = " / ".join(str(s) for s in dict.fromkeys(df["seed"]))
+    return table(["criterion", "FF wiring", f"FF's event (seeds {seeds})", "attention's event", "FF first"], rows)
+
+
+def render_theory_assumptions_final(df: pd.DataFrame) -> str:
+    rows = []
+    for variant, g in df.groupby("variant", sort=False):
+        j = lambda c, f=".3f": " / ".join(f"{v:{f}}" for v in g[c])
+        rows.append([variant, _steps(g["step_induction"]), j("final_full_p_noise"), j("final_noisy_p_noise"),
+                     j("final_ff_removed_accuracy"), j("final_induction"), j("final_ff_noise_push", "+.2f"),
+                     j("final_attn_noise_push", "+.2f")])
+    steps = int(df["steps"].iloc[0])
+    return table(["FF wiring", "induction score >= 0.5 at step", f"step {steps}: full P(noise), clean test",
+                  "full P(noise), noisy held-out", "FF-removed accuracy", "induction score", "FF's noise push",
+                  "attention's noise push"], rows)
+
+
 #: block name -> (CSV in docs/data, renderer) of docs/theory.md's minimal-model sections (issue 18)
-THEORY_MINIMAL_BLOCKS: dict = {}
+THEORY_MINIMAL_BLOCKS: dict = {
+    "theory-noff-where": ("theory_noff_where.csv", render_theory_noff_where),
+    "theory-noff-truncation": ("theory_noff_truncation.csv", render_theory_noff_truncation),
+    "theory-noff-speedup": ("theory_noff_speedup.csv", render_theory_noff_speedup),
+    "theory-noff-paper": ("theory_noff_history.csv", render_theory_noff_paper),
+    "theory-signal-order": ("theory_signal_summary.csv", render_theory_signal),
+    "theory-scaling-mean": ("theory_scaling.csv", lambda df: render_theory_scaling(df, "mean")),
+    "theory-scaling-std": ("theory_scaling.csv", lambda df: render_theory_scaling(df, "std")),
+    "theory-assumptions-events": ("theory_assumptions_summary.csv", render_theory_assumptions_events),
+    "theory-assumptions-final": ("theory_assumptions_summary.csv", render_theory_assumptions_final),
+}
 #: block name -> (CSV in docs/data, renderer) of docs/theory.md's toy attention-only section (issue 18)
 THEORY_TOY_BLOCKS: dict = {}
 

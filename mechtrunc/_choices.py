@@ -51,6 +51,10 @@ MEMORY_DTYPES = ("float64", "float32")
 #: the minimal in-context model (mechtrunc.dynamics.minimal)
 MINIMAL_EMBEDDINGS = ("orthonormal", "gaussian")
 MINIMAL_OPTIMIZERS = ("sgd", "adam")
+#: how the minimal model's FF is wired: reads r_t (parallel), r_t + o_t (sequential), or absent
+MINIMAL_FF = ("parallel", "sequential", "none")
+#: the minimal model's learned memories (keys of MinimalConfig.lr_scale)
+MINIMAL_MEMORIES = ("W_F", "W_OV", "W_KQ")
 
 #: dtype spellings accepted by mechtrunc.pythia.load_model
 DTYPE_NAMES = ("float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")

@@ -12,10 +12,14 @@ Everything returns tidy pandas DataFrames.
 """
 
 from mechtrunc.dynamics.minimal import (
-    EMBEDDINGS, MinimalAdapter, MinimalConfig, MinimalModel, MinimalResult, copy_directions,
-    ff_signal_closed_form, gradient_signals, gradient_snr, snr_sweep, train_minimal,
+    EMBEDDINGS, FF_WIRINGS, MinimalAdapter, MinimalConfig, MinimalModel, MinimalResult, copy_directions,
+    equal_signal_lr_scale, ff_signal_closed_form, ff_signal_std_at_init, gradient_signals, gradient_snr,
+    ov_batch_gradient, ov_entry_matrix, ov_gradient_share, ov_noise_components, ov_signal_closed_form,
+    signal_closed_forms, snr_sweep, train_minimal,
 )
-from mechtrunc.dynamics.measures import first_step, induction_score, order_of_learning
+from mechtrunc.dynamics.measures import (
+    EVENT_CRITERIA, first_step, induction_score, learning_events, order_of_learning,
+)
 from mechtrunc.dynamics.toy import (
     ToyDynamicsRecorder, component_attributions, noise_component_summary,
     train_toy_with_dynamics,
@@ -26,4 +30,7 @@ __all__ = [
     "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult",
     "first_step", "order_of_learning", "induction_score", "ToyDynamicsRecorder",
     "component_attributions", "noise_component_summary", "train_toy_with_dynamics", "EMBEDDINGS",
+    "FF_WIRINGS", "EVENT_CRITERIA", "learning_events", "ov_signal_closed_form", "ov_entry_matrix",
+    "ov_gradient_share", "ov_noise_components", "equal_signal_lr_scale", "ov_batch_gradient",
+    "ff_signal_std_at_init", "signal_closed_forms",
 ]

@@ -15,7 +15,10 @@ from torch import Tensor
 from mechtrunc.adapters import adapt
 from mechtrunc.tasks.recall import RecallBatch
 
-__all__ = ["first_step", "order_of_learning", "induction_score"]
+__all__ = ["first_step", "order_of_learning", "learning_events", "EVENT_CRITERIA", "induction_score"]
+
+#: the criteria of :func:`learning_events`
+EVENT_CRITERIA = ("default", "probability", "argmax")
 
 
 # ----------------------------------------------------------------------------------------
@@ -46,6 +49,37 @@ def order_of_learning(
     ff_first = (not math.isnan(s_noise)) and (math.isnan(s_icl) or s_noise < s_icl)
     return {"step_noise": s_noise, "step_icl": s_icl, "ff_first": bool(ff_first),
             "noise_threshold": alpha / 2, "icl_threshold": icl_threshold}
+
+
+def learning_events(history: pd.DataFrame, alpha: float, criterion: str = "default") -> dict:
+    """The step at which the FF's generic association (``step_ff``) and attention's in-context
+    answer (``step_attn``) are learned, under one of three criteria (columns of
+    :func:`mechtrunc.dynamics.train_minimal`'s history, clean test sequences):
+
+    - ``"default"``: today's pair (:func:`order_of_learning`): full-model P(noise) >= alpha/2,
+      FF-removed argmax accuracy >= 0.5 (a probability for one, an argmax for the other);
+    - ``"probability"``: the full model's probability of each target type reaches half its
+      asymptote (the Bayes-optimal prediction of the training distribution given a clean
+      context: P(noise) = alpha, P(correct) = 1 - alpha): P(noise) >= alpha/2 and
+      P(correct) >= (1 - alpha)/2;
+    - ``"argmax"``: each memory alone, its target type is the argmax on half the items:
+      attention removed, argmax = noise on >= 0.5 of the items; FF removed, accuracy >= 0.5.
+
+    ``ff_first``: ``step_ff < step_attn`` (or the FF's event happened and attention's never)."""
+    if criterion not in EVENT_CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(EVENT_CRITERIA)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    h = history.sort_values("step")
+    col_ff, thr_ff, col_attn, thr_attn = {
+        "default": ("full_p_noise", alpha / 2, "ff_removed_accuracy", 0.5),
+        "probability": ("full_p_noise", alpha / 2, "full_p_answer", (1 - alpha) / 2),
+        "argmax": ("attn_removed_argmax_noise", 0.5, "ff_removed_accuracy", 0.5),
+    }[criterion]
+    s_ff, s_attn = first_step(h, col_ff, thr_ff), first_step(h, col_attn, thr_attn)
+    ff_first = (not math.isnan(s_ff)) and (math.isnan(s_attn) or s_ff < s_attn)
+    return {"criterion": criterion, "step_ff": s_ff, "step_attn": s_attn, "ff_first": bool(ff_first),
+            "ff_column": col_ff, "ff_threshold": thr_ff, "attn_column": col_attn, "attn_threshold": thr_attn}
 
 
 def _after_trigger_mask(batch: RecallBatch) -> Tensor:

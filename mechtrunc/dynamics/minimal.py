@@ -18,8 +18,15 @@ fixed as in the paper's toy model (and Bietti et al.), so that every learned mat
 ``W_F``.  At zero the attention is uniform and every memory is empty, so the first gradient step
 is the pure "signal" of each memory; ``W_KQ``'s gradient is exactly zero there (the attention
 output is zero whatever the scores), so attention must first grow ``W_OV`` and only then learns
-where to look.  The attention and FF branches read the same ``r_t`` in parallel (the FF does not
-see the attention output), the simplest form of "both write to the same logits".
+where to look.  By default (``ff="parallel"``) the attention and FF branches read the same
+``r_t`` (the FF does not see the attention output), the simplest form of "both write to the same
+logits"; ``ff="sequential"`` makes the FF read ``r_t + o_t`` as in a Transformer block
+(``f_t = (r_t + o_t) W_F``), ``ff="none"`` removes it (``W_F`` stays 0, not trained).
+
+Options that separate the size of the gradient signal from its noise (issue 18, all off by
+default): ``lr_scale`` (per-memory learning-rate factors, see :func:`equal_signal_lr_scale`),
+``ov_gradient_batch`` (``W_OV``'s gradient from a large fresh batch every step) and
+``ff_grad_noise`` (Gaussian noise along ``D_F`` added to ``W_F``'s gradient).
 
 Embeddings are exactly orthonormal by default (``embeddings="orthonormal"``, needs
 ``d_model >= 2 * vocab``), which makes the closed forms exact; ``"gaussian"`` draws them
@@ -58,7 +65,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from mechtrunc._checks import check_choice, check_int, check_real
-from mechtrunc._choices import MINIMAL_EMBEDDINGS, MINIMAL_OPTIMIZERS
+from mechtrunc._choices import MINIMAL_EMBEDDINGS, MINIMAL_FF, MINIMAL_MEMORIES, MINIMAL_OPTIMIZERS
 from mechtrunc.adapters import MatrixSite, ModelAdapter, adapt
 from mechtrunc.interventions import Ablate, intervene
 from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
@@ -70,7 +77,10 @@ from mechtrunc.dynamics.measures import induction_score, order_of_learning
 __all__ = [
     "MinimalConfig", "MinimalModel", "MinimalAdapter", "copy_directions", "gradient_signals",
     "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult", "EMBEDDINGS",
+    "ov_signal_closed_form", "ov_entry_matrix", "ov_gradient_share", "ov_noise_components",
+    "equal_signal_lr_scale", "ov_batch_gradient", "signal_closed_forms", "ff_signal_std_at_init", "FF_WIRINGS",
 ]
+FF_WIRINGS = MINIMAL_FF
 
 EMBEDDINGS = MINIMAL_EMBEDDINGS
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -91,6 +101,9 @@ class MinimalConfig:
     d_model: int = 160
     embeddings: str = "orthonormal"
     dtype: str = "float32"
+    #: "parallel": the FF reads r_t; "sequential": it reads r_t + o_t (the attention output);
+    #: "none": no FF (W_F stays exactly 0, it is not trained)
+    ff: str = "parallel"
     # training
     optimizer: str = "sgd"
     lr: float = 2.5
@@ -100,11 +113,34 @@ class MinimalConfig:
     test_size: int = 64
     snr_batches: int = 0  # > 0: gradient SNR over this many fresh batches at every evaluation
     seed: int = 0
+    # separating the size of the gradient signal from its noise (issue 18; defaults: off)
+    #: per-memory learning-rate factors, e.g. {"W_F": 0.02}: memory W steps with lr * lr_scale[W]
+    lr_scale: dict = field(default_factory=dict)
+    #: > 0: W_OV's gradient at every step comes from this many fresh sequences (drawn only for it),
+    #: not from the training batch: a near-population gradient for attention's first memory
+    ov_gradient_batch: int = 0
+    #: k > 0: add k * s * xi * D_F to W_F's gradient at every step (xi ~ N(0, 1), s = the natural
+    #: std of the FF signal along D_F at initialisation, measured on 32 batches): the FF's SNR
+    #: along its association falls by sqrt(1 + k^2), no other direction changes
+    ff_grad_noise: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("embeddings", self.embeddings, EMBEDDINGS)
         check_choice("dtype", self.dtype, tuple(_DTYPES))
         check_choice("optimizer", self.optimizer, MINIMAL_OPTIMIZERS)
+        check_choice("ff", self.ff, MINIMAL_FF)
+        if not isinstance(self.lr_scale, dict):
+            raise ValueError(f"lr_scale must be a dict memory -> factor (memories: {', '.join(MINIMAL_MEMORIES)}), "
+                             f"got {self.lr_scale!r}")
+        scale = {}
+        for name, v in self.lr_scale.items():
+            check_choice("lr_scale memory", name, MINIMAL_MEMORIES)
+            scale[name] = check_real(f"lr_scale[{name!r}]", v, 0, above=True)
+        self.lr_scale = scale
+        self.ov_gradient_batch = check_int("ov_gradient_batch", self.ov_gradient_batch, 0)
+        self.ff_grad_noise = check_real("ff_grad_noise", self.ff_grad_noise, 0)
+        if self.ff == "none" and (self.ff_grad_noise > 0 or "W_F" in self.lr_scale):
+            raise ValueError("ff='none' has no FF to train: drop ff_grad_noise and lr_scale['W_F']")
         for name in ("d_model", "batch_size", "steps", "eval_every", "test_size"):
             setattr(self, name, check_int(name, getattr(self, name), 1))
         self.seed = check_int("seed", self.seed)
@@ -161,15 +197,20 @@ class _FF(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, d: int, dtype: torch.dtype):
+    def __init__(self, d: int, dtype: torch.dtype, ff: str = "parallel"):
         super().__init__()
         self.attn, self.mlp = _Attention(d, dtype), _FF(d, dtype)
+        self.ff = ff
         self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
+        self.hook_resid_mid = HookPoint()
 
     def forward(self, r):
         r = self.hook_resid_pre(r)
-        # parallel branches: the FF reads r_t, not the attention output
+        if self.ff == "sequential":  # the FF reads r_t + o_t (resid_mid), as in a Transformer block
+            mid = self.hook_resid_mid(r + self.hook_attn_out(self.attn(r)))
+            return self.hook_resid_post(mid + self.hook_mlp_out(self.mlp(mid)))
+        # parallel branches: the FF reads r_t, not the attention output (ff="none": W_F stays 0)
         return self.hook_resid_post(r + self.hook_attn_out(self.attn(r)) + self.hook_mlp_out(self.mlp(r)))
 
 
@@ -206,7 +247,7 @@ class MinimalModel(HookedRootModule):
         self.register_buffer("W_E", W_E.to(dt).contiguous())
         self.register_buffer("W_prev", W_prev.to(dt).contiguous())
         self.register_buffer("W_U", W_U.to(dt).contiguous())
-        self.blocks = nn.ModuleList([_Block(d, dt)])
+        self.blocks = nn.ModuleList([_Block(d, dt, cfg.ff)])
         self.hook_embed, self.hook_prev_embed = HookPoint(), HookPoint()
         self.d_vocab = V
         self.setup()
@@ -418,6 +459,136 @@ def snr_sweep(
     return pd.concat(rows, ignore_index=True)
 
 
+def ov_signal_closed_form(batch: RecallBatch, vocab: int) -> float:
+    """The OV gradient signal at ``W = 0`` with orthonormal embeddings, in closed form: under
+    uniform attention ``-grad_{W_OV} L = mean_i rbar_i^T (e_{y_i} - 1/V) W_U^T`` and its
+    projection on ``D_OV = sum_v e(v) u(v)^T / sqrt(V)`` is the mean over loss items of
+    (fraction of the tokens ``z_s, s <= t`` equal to the target ``y`` - 1/V) / sqrt(V).  Needs
+    only the tokens (cheap to average over many batches: the expectation numerically)."""
+    rows, pos = batch.loss_mask.nonzero(as_tuple=True)
+    y = batch.targets[rows, pos]
+    seen = batch.inputs[rows] == y[:, None]  # [item, p]
+    upto = torch.arange(batch.inputs.shape[1])[None, :] <= pos[:, None]
+    frac = (seen & upto).double().sum(1) / (pos + 1).double()
+    return float((frac - 1.0 / vocab).mean() / math.sqrt(vocab))
+
+
+def ov_entry_matrix(model: MinimalModel, W: Tensor | None = None) -> Float[Tensor, "two_vocab vocab"]:
+    """``W_OV`` (or ``W``) in the embeddings' basis: rows ``e(v)`` (first ``V``) then ``p(v)``,
+    columns ``u(w)``: entry ``[v, w]`` is ``e(v) W u(w)``; ``[trigger, noise]`` is the
+    trigger->noise entry, the diagonal of the first ``V`` rows the copy entries."""
+    W = model.blocks[0].attn.W_OV if W is None else W
+    B = torch.cat([model.W_E, model.W_prev]).to(W.dtype)
+    return (B @ W.detach() @ model.W_U.to(W.dtype)).detach()
+
+
+def ov_gradient_share(
+    model: MinimalModel, task: RecallTask, batch_size: int, n_batches: int = 64, seed: int = 0,
+) -> dict[str, float]:
+    """The mean ``W_OV`` gradient over ``n_batches`` independent batches, in the embeddings'
+    basis: ``entry`` = its (negated) trigger->noise entry, ``share`` = that entry's square over the
+    mean gradient's squared Frobenius norm, ``share_of_token_rows`` = over the squared norm of
+    its token-embedding rows ``e(v)`` only (the rows ``p(v)`` left out), ``copy_share`` = the
+    copy diagonal's share,
+    ``top_entry_is_trigger_noise`` (bool)."""
+    g = torch.Generator().manual_seed(1_000_003 * seed + 29)
+    G = None
+    for _ in range(n_batches):
+        gr = _batch_gradients(model, task.sample(batch_size, generator=g))[1]["W_OV"].double()
+        G = gr if G is None else G + gr
+    G = -G / n_batches
+    M = ov_entry_matrix(model, G)
+    trig = _trigger_ids(model, task)
+    noise = task.config.noise_id
+    total = float(G.pow(2).sum())
+    entry = M[trig, noise]
+    V = model.d_vocab
+    top = int(M.abs().argmax())
+    return {"entry": float(entry.mean()), "share": float(entry.pow(2).sum()) / total,
+            "share_of_token_rows": float(entry.pow(2).sum()) / float(M[:V].pow(2).sum()),
+            "copy_share": float(M[:V].diagonal().pow(2).sum()) / total,
+            "top_entry_is_trigger_noise": bool(top // V in trig.tolist() and top % V == noise), "n_batches": n_batches}
+
+
+@torch.no_grad()
+def ov_noise_components(model: MinimalModel, prompts: PromptSet) -> pd.DataFrame:
+    """Per singular component ``i`` of ``W_OV = sum_i s_i a_i b_i^T`` (0 = largest): ``sigma``,
+    ``sigma_over_median`` (median of the top ``V`` singular values: ``W_OV``'s output lies in
+    the ``V``-dimensional span of ``W_U``, so it has rank <= V), and its direct push at the
+    prompts' items (attended residual ``z`` times ``s_i a_i b_i^T W_U``) on logit(noise) minus
+    the mean other logit (``noise_push``, ``noise_share`` of the total) and on logit(answer)
+    minus the mean other logit (``answer_push``).  Components sum exactly to the attention's
+    contribution."""
+    adapter = adapt(model)
+    store = {}
+    with adapter.hooked("blocks.0.attn.hook_z", lambda z: store.__setitem__("z", z.detach())):
+        adapter.forward(prompts.tokens.to(adapter.device))
+    z = store["z"][:, :, 0][prompts.rows, prompts.pos].double()  # [item, d]
+    W = model.blocks[0].attn.W_OV.detach().double()
+    U, S, Vh = torch.linalg.svd(W)
+    WU = model.W_U.double()
+    V = model.d_vocab
+    noise = int(prompts.competitors[0, 0])
+
+    def margin(cols: Tensor, target: Tensor) -> Tensor:  # [item, comp]: logit(target) - mean others
+        L = cols  # [item, comp, V]
+        tgt = L.gather(2, target[:, None, None].expand(-1, L.shape[1], 1)).squeeze(2)
+        return tgt - (L.sum(2) - tgt) / (V - 1)
+
+    coef = (z @ U) * S  # [item, comp]
+    logits = coef[:, :, None] * (Vh @ WU)[None]  # [item, comp, V]
+    n_push = margin(logits, torch.full((z.shape[0],), noise)).mean(0)
+    a_push = margin(logits, prompts.answer.long()).mean(0)
+    med = float(S[:V].median())
+    return pd.DataFrame({"component": range(len(S)), "sigma": S.numpy(), "sigma_over_median": (S / med).numpy(),
+                         "noise_push": n_push.numpy(), "noise_share": (n_push / n_push.sum()).numpy(),
+                         "answer_push": a_push.numpy()})
+
+
+def signal_closed_forms(cfg: MinimalConfig, n_batches: int = 2000, batch_size: int | None = None,
+                        seed: int = 0) -> dict[str, float]:
+    """The mean and std of the FF and OV signals at initialisation from their closed forms
+    (orthonormal embeddings): ``ff_mean = alpha (1 - 1/V) / sqrt(K)`` (E[noise fraction] =
+    alpha + (1 - alpha)/V, the answer being uniform); ``ff_std = sqrt(p (1 - p) E[1/n]) / sqrt(K)``,
+    the binomial std of a fraction of ``n`` independent items with ``p = alpha + (1 - alpha)/V``
+    (``E[1/n]`` over ``n_batches`` sampled batches, ``n`` = loss items per batch); ``ov_mean``,
+    ``ov_std``: mean and std over ``n_batches`` sampled batches of :func:`ov_signal_closed_form`
+    (no closed form of its expectation: it depends on the chain's token frequencies; this is
+    its expectation computed numerically, from tokens only).  ``K`` = number of triggers."""
+    task = RecallTask(cfg.recall_config())
+    rc = task.config
+    V = rc.d_vocab
+    K = len(task.fixed_triggers) if rc.fixed_triggers else V - 1
+    bs = batch_size or cfg.batch_size
+    g = torch.Generator().manual_seed(1_000_003 * seed + 31)
+    inv_n, ov = [], []
+    for _ in range(n_batches):
+        b = task.sample(bs, generator=g)
+        inv_n.append(1.0 / int(b.loss_mask.sum()))
+        ov.append(ov_signal_closed_form(b, V))
+    p = rc.alpha + (1 - rc.alpha) / V
+    ov_t = torch.tensor(ov, dtype=torch.float64)
+    return {"ff_mean": rc.alpha * (1 - 1 / V) / math.sqrt(K),
+            "ff_std": math.sqrt(p * (1 - p) * sum(inv_n) / n_batches) / math.sqrt(K),
+            "ov_mean": float(ov_t.mean()), "ov_std": float(ov_t.std()), "n_batches": n_batches}
+
+
+def equal_signal_lr_scale(
+    cfg: MinimalConfig, n_batches: int = 64, scale: Literal["W_F", "W_OV"] = "W_F", seed: int = 0,
+) -> dict[str, float]:
+    """Per-memory learning-rate factors (``MinimalConfig.lr_scale``) that make the first SGD
+    step's mean movement along ``D_F`` and ``D_OV`` equal: the two mean signals at
+    initialisation are measured on ``n_batches`` batches (``gradient_snr``) and ``scale`` gets
+    the factor ``mean(other) / mean(scale)`` (``"W_F"``: the FF slowed down; ``"W_OV"``:
+    attention's value memory sped up)."""
+    model, task = MinimalModel(cfg), RecallTask(cfg.recall_config())
+    m = gradient_snr(model, task, cfg.batch_size, n_batches, seed=seed).set_index("memory")["mean"]
+    other = "W_OV" if scale == "W_F" else "W_F"
+    if scale not in ("W_F", "W_OV"):
+        raise ValueError(f"unknown scale {scale!r}; valid: 'W_F', 'W_OV'")
+    return {scale: float(m[other] / m[scale])}
+
+
 # ----------------------------------------------------------------------------------------
 # training the minimal model
 # ----------------------------------------------------------------------------------------
@@ -430,13 +601,27 @@ class MinimalResult:
     order: dict = field(default_factory=dict)
 
 
+def _noise_margin(logits: Tensor, noise: int) -> Tensor:
+    """Per item: logit(noise) - mean logit of the other tokens."""
+    others = (logits.sum(-1) - logits[:, noise]) / (logits.shape[-1] - 1)
+    return logits[:, noise] - others
+
+
 def _evaluate_minimal(model: MinimalModel, prompts: PromptSet, clean: RecallBatch,
                       noisy: PromptSet | None = None) -> dict[str, float]:
-    row = {}
+    row, margin = {}, {}
+    noise = clean.noise_id
     for name, ivs in (("full", ()), ("ff_removed", (Ablate("mlp", layer=0),)), ("attn_removed", (Ablate("attn", layer=0),))):
-        m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=len(prompts.tokens)), prompts)
+        logits = item_logits(model, prompts, *ivs, batch_size=len(prompts.tokens))
+        m = metrics_from_logits(logits, prompts)
         row.update({f"{name}_accuracy": m["accuracy"], f"{name}_p_noise": m["p_noise"],
                     f"{name}_p_answer": m["p_answer"]})
+        row[f"{name}_argmax_noise"] = float((logits.argmax(-1) == noise).double().mean())
+        margin[name] = _noise_margin(logits.double(), noise)
+    # each branch's push on logit(noise) - mean other logit at the clean test's repeated triggers
+    # (exact for the parallel FF; sequential: the total effect of removing the branch)
+    row["attn_noise_push"] = float((margin["full"] - margin["attn_removed"]).mean())
+    row["ff_noise_push"] = float((margin["full"] - margin["ff_removed"]).mean())
     row["induction_score"] = induction_score(model, clean, layer=0)
     if noisy is not None:  # the training distribution: P(noise) should approach alpha there
         m = metrics_from_logits(item_logits(model, noisy, batch_size=len(noisy.tokens)), noisy)
@@ -444,16 +629,47 @@ def _evaluate_minimal(model: MinimalModel, prompts: PromptSet, clean: RecallBatc
     return row
 
 
+def _optimizer(cfg: MinimalConfig, model: MinimalModel) -> torch.optim.Optimizer:
+    """SGD or Adam on the learned memories (``ff="none"``: W_F is not trained), with
+    ``lr * lr_scale[W]`` per memory when ``lr_scale`` is given."""
+    params = _params(model)
+    if cfg.ff == "none":
+        params.pop("W_F")
+    make = torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam
+    if not cfg.lr_scale:
+        return make(list(params.values()), lr=cfg.lr)
+    return make([{"params": [p], "lr": cfg.lr * cfg.lr_scale.get(n, 1.0)} for n, p in params.items()], lr=cfg.lr)
+
+
+def ov_batch_gradient(model: MinimalModel, batch: RecallBatch) -> Float[Tensor, "d d"]:
+    """The gradient of the training loss on ``batch`` for ``W_OV`` only (``ov_gradient_batch``
+    draws a large fresh batch for it at every step)."""
+    return _batch_gradients(model, batch)[1]["W_OV"]
+
+
+def ff_signal_std_at_init(cfg: MinimalConfig, n_batches: int = 32) -> float:
+    """The natural std of the FF signal along ``D_F`` at initialisation (``n_batches`` batches of
+    ``cfg.batch_size``, seeded by ``cfg.seed``): the scale of ``ff_grad_noise``."""
+    model, task = MinimalModel(cfg), RecallTask(cfg.recall_config())
+    df = gradient_snr(model, task, cfg.batch_size, n_batches, seed=cfg.seed + 40_000).set_index("memory")
+    return float(df.loc["W_F", "std"])
+
+
 def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> MinimalResult:
     """Train the minimal model on noisy recall (SGD, or Adam, on the three memories from zero).
 
     History (one row per evaluation, ``step`` 0 = initialisation): clean-test ``full_*``,
     ``ff_removed_*`` (FF output zeroed with ``mt.Ablate("mlp", layer=0)``) and ``attn_removed_*``
-    metrics (``accuracy``, ``p_noise``, ``p_answer``), ``noisy_p_noise`` (the full model's
-    P(noise) on held-out sequences of the training distribution), ``induction_score``, the gradient
-    signals of the step's training batch (``signal_W_F`` ...) and, with ``snr_batches``, the SNR
-    over that many fresh batches (``snr_W_F`` ...).  Seeded: the same config gives the same
-    history."""
+    metrics (``accuracy``, ``p_noise``, ``p_answer``, ``argmax_noise``: the fraction of items
+    whose argmax is the noise token), ``attn_noise_push`` / ``ff_noise_push`` (each branch's
+    push on logit(noise) minus the mean other logit), ``ov_trigger_noise`` / ``ov_copy_mean``
+    (W_OV's trigger->noise entry and mean copy entry, :func:`ov_entry_matrix`),
+    ``noisy_p_noise`` (the full model's P(noise) on held-out sequences of the training
+    distribution), ``induction_score``, the gradient signals of the step's training batch
+    (``signal_W_F`` ...: of the gradient actually applied, i.e. after ``ov_gradient_batch`` /
+    ``ff_grad_noise``) and, with ``snr_batches``, the SNR over that many fresh batches
+    (``snr_W_F`` ...).  ``ff="none"``: W_F is not trained and stays exactly 0.  Seeded: the same
+    config gives the same history."""
     cfg = cfg or MinimalConfig()
     torch.manual_seed(cfg.seed)
     task = RecallTask(cfg.recall_config())
@@ -462,9 +678,12 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
     prompts = clean.to_prompts()
     noisy = task.sample(cfg.test_size, seed=cfg.seed + 30_000).to_prompts(clean=False)
     D = copy_directions(model, task)
-    params = list(_params(model).values())
-    opt = (torch.optim.SGD(params, lr=cfg.lr) if cfg.optimizer == "sgd" else torch.optim.Adam(params, lr=cfg.lr))
+    trig = _trigger_ids(model, task)
+    opt = _optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
+    gen_ov = torch.Generator().manual_seed(cfg.seed + 60_000) if cfg.ov_gradient_batch else None
+    gen_noise = torch.Generator().manual_seed(cfg.seed + 50_000) if cfg.ff_grad_noise else None
+    noise_scale = cfg.ff_grad_noise * ff_signal_std_at_init(cfg) if cfg.ff_grad_noise else 0.0
     rows: list[dict] = []
     t0 = time.perf_counter()
 
@@ -472,6 +691,10 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
         model.eval()
         with torch.no_grad():
             row = {"step": step, **_evaluate_minimal(model, prompts, clean, noisy)}
+            M = ov_entry_matrix(model)
+            V = model.d_vocab
+            row["ov_trigger_noise"] = float(M[trig, task.config.noise_id].mean())
+            row["ov_copy_mean"] = float(M[:V].diagonal().mean())
         row.update({k: v for k, v in sig.items()})
         if cfg.snr_batches:
             snr = gradient_snr(model, task, cfg.batch_size, cfg.snr_batches, seed=cfg.seed + 7919 * (step + 1))
@@ -482,14 +705,20 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
 
     sig0 = gradient_signals(model, task.sample(cfg.batch_size, seed=cfg.seed + 20_000), D)
     record(0, sig0)
+    params = _params(model)
     for step in range(1, cfg.steps + 1):
         batch = task.sample(cfg.batch_size, generator=gen)
         logits = model(batch.inputs)
         loss = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.ov_gradient_batch:
+            params["W_OV"].grad = ov_batch_gradient(model, task.sample(cfg.ov_gradient_batch, generator=gen_ov))
+        if cfg.ff_grad_noise:
+            xi = torch.randn((), generator=gen_noise, dtype=torch.float64)
+            params["W_F"].grad.add_(D["W_F"], alpha=-float(noise_scale * xi))  # signal = -<g, D>: +s xi
         sig = {"loss": float(loss.detach())}
-        for name, p in _params(model).items():
+        for name, p in params.items():
             sig[f"signal_{name}"] = float(-(p.grad * D[name]).sum())
             sig[f"gradnorm_{name}"] = float(p.grad.norm())
         opt.step()
