@@ -50,6 +50,23 @@ PARTS = ("noff", "signal", "scaling", "assumptions")
 RNG_BOOT = 2000
 
 
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _map(fn, jobs: list[tuple], args) -> list:
+    """``[fn(*job) for job in jobs]``, in order, on ``args.jobs`` processes (each run is seeded
+    by its own config, so the results do not depend on how many)."""
+    if args.jobs <= 1 or len(jobs) <= 1:
+        return [fn(*job) for job in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                             initargs=(args.threads,)) as pool:
+        return list(pool.map(fn, *zip(*jobs)))
+
+
 def _boot(values, n=RNG_BOOT, seed=0):
     """Percentile 95% interval of the mean over seeds (resampled)."""
     v = np.asarray(values, float)
@@ -83,41 +100,47 @@ def _events(h: pd.DataFrame, alpha: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 # part noff: attention without an FF
 # ----------------------------------------------------------------------------------------------
-def part_noff(args) -> None:
-    hist, summ, trunc, where = [], [], [], []
-    for seed in args.seeds:
-        for variant, steps, every in (("no FF", args.noff_steps, 50), ("parallel FF", 400, 20)):
-            cfg = MinimalConfig(ff="none" if variant == "no FF" else "parallel", steps=steps, eval_every=every,
-                                seed=seed)
-            res = train_minimal(cfg)
-            h = res.history.assign(variant=variant, seed=seed)
-            hist.append(h)
-            summ.append({"variant": variant, "seed": seed, "steps": steps, **_events(res.history, cfg.alpha)})
-            print(variant, seed, f"{res.seconds:.1f}s", summ[-1]["step_induction"], summ[-1]["step_icl"], flush=True)
-            if variant != "no FF":
-                continue
-            task = RecallTask(cfg.recall_config())
-            test = task.test_set(256, seed=seed + 10_000)
-            prompts = test.to_prompts()
-            comp = ov_noise_components(res.model, prompts)
-            top = int(comp["noise_push"].abs().idxmax())
-            init = ov_gradient_share(mt.dynamics.MinimalModel(cfg), task, cfg.batch_size, 64, seed=seed)
-            last = res.history.iloc[-1]
-            where.append({"seed": seed, "top_noise_component": top, "sigma_over_median": comp.loc[top, "sigma_over_median"],
+def _noff_run(seed: int, variant: str, steps: int, every: int):
+    """One run of part noff: (history, summary row, where row or None, truncation rows)."""
+    trunc, where = [], None
+    cfg = MinimalConfig(ff="none" if variant == "no FF" else "parallel", steps=steps, eval_every=every, seed=seed)
+    res = train_minimal(cfg)
+    h = res.history.assign(variant=variant, seed=seed)
+    summ = {"variant": variant, "seed": seed, "steps": steps, **_events(res.history, cfg.alpha)}
+    print(variant, seed, f"{res.seconds:.1f}s", summ["step_induction"], summ["step_icl"], flush=True)
+    if variant == "no FF":
+        task = RecallTask(cfg.recall_config())
+        test = task.test_set(256, seed=seed + 10_000)
+        prompts = test.to_prompts()
+        comp = ov_noise_components(res.model, prompts)
+        top = int(comp["noise_push"].abs().idxmax())
+        init = ov_gradient_share(mt.dynamics.MinimalModel(cfg), task, cfg.batch_size, 64, seed=seed)
+        last = res.history.iloc[-1]
+        where = ({"seed": seed, "top_noise_component": top, "sigma_over_median": comp.loc[top, "sigma_over_median"],
                           "noise_share": comp.loc[top, "noise_share"], "answer_push_of_it": comp.loc[top, "answer_push"],
                           "top1_noise_share": comp.loc[0, "noise_share"], "top1_sigma_over_median": comp.loc[0, "sigma_over_median"],
                           "ov_trigger_noise": last["ov_trigger_noise"], "ov_copy_mean": last["ov_copy_mean"],
                           "init_share": init["share"], "init_share_token_rows": init["share_of_token_rows"], "init_copy_share": init["copy_share"],
                           "init_top_is_trigger_noise": init["top_entry_is_trigger_noise"]})
-            ivs = {"full model": (), "W_OV keep 0.1 (rank 16)": (mt.Truncate("attn.W_O", layer=0, keep=0.1),),
+        ivs = {"full model": (), "W_OV keep 0.1 (rank 16)": (mt.Truncate("attn.W_O", layer=0, keep=0.1),),
                    "W_OV keep 0.5 (rank 80 > rank of W_OV)": (mt.Truncate("attn.W_O", layer=0, keep=0.5),),
                    "W_OV rank 1": (mt.Truncate("attn.W_O", layer=0, rank=1),),
                    "W_OV noise component removed": (mt.RemoveComponents("attn.W_O", layer=0, indices=(top,)),)}
-            for name, iv in ivs.items():
-                m = metrics_from_logits(item_logits(res.model, prompts, *iv, batch_size=256), prompts)
-                trunc.append({"seed": seed, "variant": name, "accuracy": m["accuracy"], "p_noise": m["p_noise"],
-                              "p_answer": m["p_answer"]})
-    H, S, T, W = pd.concat(hist), pd.DataFrame(summ), pd.DataFrame(trunc), pd.DataFrame(where)
+        for name, iv in ivs.items():
+            m = metrics_from_logits(item_logits(res.model, prompts, *iv, batch_size=256), prompts)
+            trunc.append({"seed": seed, "variant": name, "accuracy": m["accuracy"], "p_noise": m["p_noise"],
+                          "p_answer": m["p_answer"]})
+    return h, summ, where, trunc
+
+
+def part_noff(args) -> None:
+    jobs = [(seed, variant, steps, every) for seed in args.seeds
+            for variant, steps, every in (("no FF", args.noff_steps, 50), ("parallel FF", 400, 20))]
+    out = _map(_noff_run, jobs, args)
+    H = pd.concat([o[0] for o in out])
+    S = pd.DataFrame([o[1] for o in out])
+    W = pd.DataFrame([o[2] for o in out if o[2] is not None])
+    T = pd.DataFrame([r for o in out for r in o[3]])
     H.to_csv(args.data / "theory_noff_history.csv", index=False)
     S.to_csv(args.data / "theory_noff_summary.csv", index=False)
     T.to_csv(args.data / "theory_noff_truncation.csv", index=False)
@@ -179,19 +202,24 @@ def signal_variants(seed: int) -> dict[str, dict]:
     }
 
 
+def _signal_run(seed: int, name: str, over: dict, steps: int):
+    cfg = MinimalConfig(steps=steps, eval_every=10, seed=seed, **over)
+    res = train_minimal(cfg)
+    summ = {"variant": name, "seed": seed, "ff_lr_scale": cfg.lr_scale.get("W_F", 1.0),
+            "ov_lr_scale": cfg.lr_scale.get("W_OV", 1.0), **_events(res.history, cfg.alpha), "seconds": res.seconds}
+    print(name, seed, f"{res.seconds:.1f}s", {k: summ[k] for k in ("step_ff_alone_noise", "step_full_noise",
+                                                                     "step_icl", "step_induction")}, flush=True)
+    return res.history.assign(variant=name, seed=seed), summ
+
+
 def part_signal(args) -> None:
-    hist, summ = [], []
-    for seed in args.signal_seeds:
-        for name, over in signal_variants(seed).items():
-            cfg = MinimalConfig(steps=args.signal_steps, eval_every=10, seed=seed, **over)
-            res = train_minimal(cfg)
-            hist.append(res.history.assign(variant=name, seed=seed))
-            summ.append({"variant": name, "seed": seed, "ff_lr_scale": cfg.lr_scale.get("W_F", 1.0),
-                         "ov_lr_scale": cfg.lr_scale.get("W_OV", 1.0), **_events(res.history, cfg.alpha),
-                         "seconds": res.seconds})
-            print(name, seed, f"{res.seconds:.1f}s", {k: summ[-1][k] for k in ("step_ff_alone_noise", "step_full_noise",
-                                                                               "step_icl", "step_induction")}, flush=True)
-    H, S = pd.concat(hist), pd.DataFrame(summ)
+    jobs = [(seed, name, over, args.signal_steps) for seed in args.signal_seeds
+            for name, over in signal_variants(seed).items()]
+    first = sorted(range(len(jobs)), key=lambda i: "ov_gradient_batch" not in jobs[i][2])  # slowest first
+    out = [None] * len(jobs)
+    for i, r in zip(first, _map(_signal_run, [jobs[i] for i in first], args)):
+        out[i] = r  # back in (seed, variant) order
+    H, S = pd.concat([o[0] for o in out]), pd.DataFrame([o[1] for o in out])
     H.to_csv(args.data / "theory_signal_history.csv", index=False)
     S.assign(steps=args.signal_steps).to_csv(args.data / "theory_signal_summary.csv", index=False)
     names = list(dict.fromkeys(S.variant))
@@ -267,21 +295,23 @@ def part_scaling(args) -> None:
 # ----------------------------------------------------------------------------------------------
 # part assumptions: parallel or sequential FF, one criterion
 # ----------------------------------------------------------------------------------------------
+def _assumption_run(seed: int, ff: str, lr: float, steps: int):
+    cfg = MinimalConfig(ff=ff, lr=lr, steps=steps, eval_every=10, seed=seed)
+    res = train_minimal(cfg)
+    ff = f"{ff}, lr {lr:g}"
+    ev = {c: learning_events(res.history, cfg.alpha, c) for c in ("default", "probability", "argmax")}
+    row = {"variant": ff, "seed": seed, **_events(res.history, cfg.alpha)}
+    for c, e in ev.items():
+        row[f"{c}_ff"], row[f"{c}_attn"], row[f"{c}_ff_first"] = e["step_ff"], e["step_attn"], e["ff_first"]
+    print(ff, seed, f"{res.seconds:.1f}s", {c: (e["step_ff"], e["step_attn"]) for c, e in ev.items()}, flush=True)
+    return res.history.assign(variant=ff, seed=seed), row
+
+
 def part_assumptions(args) -> None:
-    hist, summ = [], []
-    for seed in args.signal_seeds:
-        for ff, lr in (("parallel", 2.5), ("sequential", 2.5), ("parallel", 1.0), ("sequential", 1.0)):
-            cfg = MinimalConfig(ff=ff, lr=lr, steps=args.assumption_steps, eval_every=10, seed=seed)
-            res = train_minimal(cfg)
-            ff = f"{ff}, lr {lr:g}"
-            hist.append(res.history.assign(variant=ff, seed=seed))
-            ev = {c: learning_events(res.history, cfg.alpha, c) for c in ("default", "probability", "argmax")}
-            row = {"variant": ff, "seed": seed, **_events(res.history, cfg.alpha)}
-            for c, e in ev.items():
-                row[f"{c}_ff"], row[f"{c}_attn"], row[f"{c}_ff_first"] = e["step_ff"], e["step_attn"], e["ff_first"]
-            summ.append(row)
-            print(ff, seed, f"{res.seconds:.1f}s", {c: (e["step_ff"], e["step_attn"]) for c, e in ev.items()}, flush=True)
-    H, S = pd.concat(hist), pd.DataFrame(summ)
+    jobs = [(seed, ff, lr, args.assumption_steps) for seed in args.signal_seeds
+            for ff, lr in (("parallel", 2.5), ("sequential", 2.5), ("parallel", 1.0), ("sequential", 1.0))]
+    out = _map(_assumption_run, jobs, args)
+    H, S = pd.concat([o[0] for o in out]), pd.DataFrame([o[1] for o in out])
     H.to_csv(args.data / "theory_assumptions_history.csv", index=False)
     S.assign(steps=args.assumption_steps).to_csv(args.data / "theory_assumptions_summary.csv", index=False)
     fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharey=True, sharex=True)
@@ -314,7 +344,9 @@ def main() -> None:
     p.add_argument("--scaling-batches", type=int, default=64)
     p.add_argument("--closed-batches", type=int, default=400)
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/theory.md's blocks")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    p.add_argument("--jobs", type=int, default=2, help="training runs in parallel processes (default 2: the "
+                                                      "project's 2-core machine; results do not depend on it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.data.mkdir(parents=True, exist_ok=True)

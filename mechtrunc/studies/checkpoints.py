@@ -34,9 +34,9 @@ from mechtrunc.interventions import Compose, Intervention
 from mechtrunc.evaluation import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
-from mechtrunc.studies.grid import ITEM_SHARDS, ITEMS_FILE, Grid, ItemStore, _write_parquet, as_truncate, evaluate_grid
+from mechtrunc.studies.grid import ITEM_SHARDS, ITEMS_FILE, Grid, ItemStore, as_truncate, evaluate_grid
 from mechtrunc.studies.store import (
-    ShardStore, metric_values, prompts_fingerprint, write_tables, atomic_write_text, check_meta,
+    ShardStore, metric_values, prompts_fingerprint, write_tables, atomic_write_parquet, atomic_write_text, check_meta,
 )
 
 __all__ = ["checkpoint_study", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
@@ -587,7 +587,7 @@ def checkpoint_study(
     table = table.reset_index(drop=True)
     write_tables(table, out, "checkpoints")
     if out is not None:
-        _write_parquet(items, Path(out) / ITEMS_FILE)
+        atomic_write_parquet(items, Path(out) / ITEMS_FILE)
     if out is not None and (Path(out) / "running").is_dir() and not any((Path(out) / "running").iterdir()):
         (Path(out) / "running").rmdir()
     return (table, items) if return_items else table

@@ -36,7 +36,7 @@ from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
 )
 from mechtrunc.studies.store import (
-    metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, ShardStore, write_tables,
+    atomic_write_parquet, metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, ShardStore, write_tables,
 )
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate",
@@ -443,20 +443,9 @@ def truncation_study(
     df = tidy_truncation(pd.DataFrame(rows))
     items = item_store.table(df)
     if out is not None:
-        _write_parquet(items, Path(out) / ITEMS_FILE)
+        atomic_write_parquet(items, Path(out) / ITEMS_FILE)
     write_tables(df, out, "truncation")
     return (df, items) if return_items else df
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    import uuid
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def best_configuration(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_better: bool = True) -> dict:

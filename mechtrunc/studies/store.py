@@ -98,6 +98,17 @@ def atomic_write_text(path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def atomic_write_parquet(df: pd.DataFrame, path) -> None:
+    """Write ``df`` to the Parquet file ``path`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class RowStore:
     """``rows.jsonl`` (one finished row per line) plus ``study.json`` (what rows depend on;
     its ``info`` entry is informational and not compared)."""
