@@ -17,8 +17,9 @@ from mechtrunc.dynamics.minimal import (
 )
 from mechtrunc.dynamics.measures import first_step, induction_score, order_of_learning
 from mechtrunc.dynamics.toy import (
-    ToyDynamicsRecorder, component_attributions, noise_component_summary,
-    train_toy_with_dynamics,
+    ATTENTION_MATRICES, SnapshotRecorder, ToyDynamicsRecorder, attention_component_attributions,
+    component_attributions, noise_component_summary, paired_seed_intervals, residual_attributions,
+    seed_interval, train_toy_with_dynamics,
 )
 
 __all__ = [
@@ -26,4 +27,6 @@ __all__ = [
     "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult",
     "first_step", "order_of_learning", "induction_score", "ToyDynamicsRecorder",
     "component_attributions", "noise_component_summary", "train_toy_with_dynamics", "EMBEDDINGS",
+    "attention_component_attributions", "residual_attributions", "SnapshotRecorder", "seed_interval",
+    "paired_seed_intervals", "ATTENTION_MATRICES",
 ]
