@@ -314,7 +314,7 @@ def _check_boot(n_boot: int, level: float) -> None:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
 
 
-def seed_interval(values: Float[np.ndarray, "seed"], n_boot: int = 10_000, level: float = 0.95,
+def seed_interval(values: Float[np.ndarray, " seed"], n_boot: int = 10_000, level: float = 0.95,
                   seed: int = 0) -> dict:
     """Mean over seeds (replicates) of ``values`` and its percentile bootstrap interval
     (seeds resampled with replacement): ``{"n", "mean", "lo", "hi"}``.  NaN values (a run that
@@ -332,7 +332,7 @@ def seed_interval(values: Float[np.ndarray, "seed"], n_boot: int = 10_000, level
             "hi": float(np.quantile(means, 1 - a))}
 
 
-def paired_seed_intervals(a: Float[np.ndarray, "seed"], b: Float[np.ndarray, "seed"], n_boot: int = 10_000,
+def paired_seed_intervals(a: Float[np.ndarray, " seed"], b: Float[np.ndarray, " seed"], n_boot: int = 10_000,
                           level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Means of ``a`` and ``b`` (one value per seed, paired by seed), their difference
     ``mean(a) - mean(b)`` and ratio ``mean(a) / mean(b)``, each with a percentile bootstrap
