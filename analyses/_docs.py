@@ -370,14 +370,28 @@ _TOY_EVENTS = {"induction_0.5": "induction score >= 0.5", "icl_accuracy_0.5": "i
 
 def render_toy_speed(df: pd.DataFrame) -> str:
     rows = []
-    for (variant, event), g in df.groupby(["variant", "event"], sort=False):
+    for (variant, event, basis), g in df.groupby(["variant", "event", "basis"], sort=False):
         g = g.set_index("quantity")
         c = lambda q, fmt=".0f": _ci(g.loc[q, "estimate"], g.loc[q, "lo"], g.loc[q, "hi"], fmt)
         first = g.iloc[0]
-        rows.append([_TOY_EVENTS[event], _TOY_VARIANTS[variant], f"{first['per_seed_a']} (mean {c('a')})",
-                     f"{first['per_seed_b']} (mean {c('b')})", c("a - b", "+.0f"), c("a / b", ".2f")])
+        rows.append([_TOY_EVENTS[event], _TOY_VARIANTS[variant], first["per_seed_a"], first["per_seed_b"],
+                     f"{basis} (n = {int(first['n'])})", c("a"), c("b"), c("a - b", "+.0f"), c("a / b", ".2f")])
     return table(["event (first evaluation)", "model A", "step in A, per seed", "step with FFNs (B), per seed",
-                  "A - B", "A / B"], rows)
+                  "seeds used", "mean A", "mean B", "A - B", "A / B"], rows)
+
+
+_TOY_GRAD = {"noise_entry_fraction": "share of ||dOV||^2 in the trigger -> noise entry",
+             "noise_push_rate": "noise push rate of dOV", "ov_grad_norm": "||dOV||"}
+
+
+def render_toy_gradient(df: pd.DataFrame) -> str:
+    rows = []
+    for (variant, step), g in df.groupby(["variant", "step"], sort=False):
+        g = g.set_index("quantity")
+        rows.append([_TOY_VARIANTS[variant], int(step),
+                     *(_ci(g.loc[q, "estimate"], g.loc[q, "lo"], g.loc[q, "hi"], ".2f" if q != "noise_push_rate" else "+.2f")
+                       for q in _TOY_GRAD)])
+    return table(["model", "step", *_TOY_GRAD.values()], rows)
 
 
 def render_toy_early(df: pd.DataFrame) -> str:
@@ -398,6 +412,7 @@ THEORY_TOY_BLOCKS: dict = {
     "theory-toy-interventions": ("theory_toy_interventions.csv", render_toy_interventions),
     "theory-toy-speed": ("theory_toy_speed.csv", render_toy_speed),
     "theory-toy-early": ("theory_toy_early.csv", render_toy_early),
+    "theory-toy-ov-gradient": ("theory_toy_ov_gradient.csv", render_toy_gradient),
 }
 
 #: every registry of generated blocks: (blocks, page, the script that regenerates them)

@@ -18,8 +18,8 @@ from mechtrunc.dynamics.minimal import (
 from mechtrunc.dynamics.measures import first_step, induction_score, order_of_learning
 from mechtrunc.dynamics.toy import (
     ATTENTION_MATRICES, SnapshotRecorder, ToyDynamicsRecorder, attention_component_attributions,
-    component_attributions, noise_component_summary, paired_seed_intervals, residual_attributions,
-    seed_interval, train_toy_with_dynamics,
+    component_attributions, noise_component_summary, ov_gradient_noise, paired_seed_intervals,
+    residual_attributions, seed_interval, train_toy_with_dynamics,
 )
 
 __all__ = [
@@ -28,5 +28,5 @@ __all__ = [
     "first_step", "order_of_learning", "induction_score", "ToyDynamicsRecorder",
     "component_attributions", "noise_component_summary", "train_toy_with_dynamics", "EMBEDDINGS",
     "attention_component_attributions", "residual_attributions", "SnapshotRecorder", "seed_interval",
-    "paired_seed_intervals", "ATTENTION_MATRICES",
+    "paired_seed_intervals", "ATTENTION_MATRICES", "ov_gradient_noise",
 ]

@@ -29,7 +29,8 @@ from mechtrunc.tasks.recall import RecallBatch, RecallTask
 
 __all__ = ["component_attributions", "noise_component_summary", "ToyDynamicsRecorder",
            "train_toy_with_dynamics", "attention_component_attributions", "residual_attributions",
-           "SnapshotRecorder", "seed_interval", "paired_seed_intervals", "ATTENTION_MATRICES"]
+           "SnapshotRecorder", "seed_interval", "paired_seed_intervals", "ATTENTION_MATRICES",
+           "ov_gradient_noise"]
 
 #: the attention matrices :func:`attention_component_attributions` decomposes
 ATTENTION_MATRICES = ("attn.W_V", "attn.W_O", "attn.OV")
@@ -354,3 +355,54 @@ def paired_seed_intervals(a: Float[np.ndarray, " seed"], b: Float[np.ndarray, " 
                "a / b": a.mean() / b.mean() if b.mean() != 0 else math.nan}
     return pd.DataFrame([{"quantity": k, "estimate": float(est[k]), "lo": float(np.nanquantile(v, q)),
                           "hi": float(np.nanquantile(v, 1 - q)), "n": int(a.size)} for k, v in boots.items()])
+
+
+def ov_gradient_noise(model, batch: RecallBatch, layer: int = 1) -> dict:
+    """How much the loss gradient on ``batch`` (a training batch: noisy targets) moves attention
+    layer ``layer``'s ``OV = W_V W_O`` (one head) toward the trigger -> noise association.
+
+    The first-order change of ``OV`` under a gradient step is ``dOV = -(G_V W_O + W_V G_O)``
+    (``G``: the loss gradients of ``W_V``, ``W_O``).  With ``u`` the unit mean head input at the
+    repeated triggers (``xbar = sum_k A[q, k] x_k``, the direction the head reads there) and ``v``
+    the unit readout of logit(noise) - mean of the others:
+
+    - ``noise_entry_fraction``: ``(u^T dOV v)^2 / ||dOV||_F^2``, the share of the OV gradient's
+      squared norm in that single "trigger -> noise" entry (1 = the gradient is only that entry);
+    - ``noise_push_rate``: ``mean_q xbar_q dOV g_noise``, the first-order change of the head's
+      noise push per unit learning rate (positive: the step adds noise to the head);
+    - ``ov_grad_norm``: ``||dOV||_F``; ``loss``: the batch loss."""
+    if model.cfg.n_heads != 1:
+        raise ValueError(f"ov_gradient_noise needs one head per layer, got n_heads {model.cfg.n_heads}")
+    from mechtrunc.metrics import masked_cross_entropy
+
+    att = model.blocks[layer].attn
+    store: dict[str, Tensor] = {}
+    adapter = adapt(model)
+    was_training = model.training
+    model.eval()
+    params = [att.W_V, att.W_O]
+    flags = [p.requires_grad for p in params]
+    try:
+        with torch.enable_grad():
+            import contextlib
+
+            with contextlib.ExitStack() as stack:
+                for name in (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_pattern"):
+                    stack.enter_context(adapter.hooked(name, lambda out, name=name: store.__setitem__(name, out.detach())))
+                logits = model(batch.inputs)
+            loss = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
+            G_V, G_O = torch.autograd.grad(loss, params)
+    finally:
+        model.train(was_training)
+    W_V, W_O = att.W_V.detach()[0].double(), att.W_O.detach()[0].double()
+    dOV = -(G_V[0].double() @ W_O + W_V @ G_O[0].double())
+    rows, pos = batch.loss_mask.nonzero(as_tuple=True)
+    pat = store[f"blocks.{layer}.attn.hook_pattern"]
+    pat = (pat.unsqueeze(1) if pat.ndim == 3 else pat)[rows, 0, pos].double()
+    xbar = torch.einsum("ik,ikd->id", pat, store[f"blocks.{layer}.hook_resid_pre"][rows].double())
+    g_noise, _ = _readouts(adapter.W_U().double(), batch.noise_id, batch.clean_targets()[rows, pos])
+    u, v = xbar.mean(0) / xbar.mean(0).norm(), g_noise / g_noise.norm()
+    norm2 = float((dOV ** 2).sum())
+    return {"loss": float(loss.detach()), "ov_grad_norm": norm2 ** 0.5,
+            "noise_entry_fraction": float((u @ dOV @ v) ** 2) / norm2 if norm2 else float("nan"),
+            "noise_push_rate": float(((xbar @ dOV) @ g_noise).mean())}
