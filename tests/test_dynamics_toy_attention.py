@@ -223,3 +223,28 @@ def test_script_end_to_end_on_a_tiny_config(tmp_path):
     # resumable: a second invocation trains nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "trained " not in again.stdout
+
+
+def test_ov_gradient_push_rate_is_the_first_order_change_of_the_head_push(attn_only_run):
+    """A small step -eps * (G_V, G_O) on layer-2 W_V, W_O changes the head's noise push (on the
+    same sequences, pattern unchanged) by eps * noise_push_rate to first order."""
+    from mechtrunc.metrics import masked_cross_entropy
+
+    res, _, test, cfg = attn_only_run
+    batch = RecallTask(cfg.recall_config()).sample(32, seed=7)
+    model = _f64(res.model)
+    g = mt.dynamics.ov_gradient_noise(model, batch, layer=1)
+    assert 0.0 <= g["noise_entry_fraction"] <= 1.0 and g["ov_grad_norm"] > 0
+    att = model.blocks[1].attn
+    loss = masked_cross_entropy(model(batch.inputs), batch.targets, batch.loss_mask)
+    G_V, G_O = torch.autograd.grad(loss, [att.W_V, att.W_O])
+    assert g["loss"] == pytest.approx(float(loss.detach()), rel=1e-9)
+    push = lambda m: mt.dynamics.residual_attributions(m, batch).set_index("term").loc["attn.1", "noise_attr"]
+    before, eps = push(model), 1e-5
+    with torch.no_grad():
+        att.W_V -= eps * G_V
+        att.W_O -= eps * G_O
+    assert (push(model) - before) / eps == pytest.approx(g["noise_push_rate"], rel=1e-3, abs=1e-6)
+    with pytest.raises(ValueError, match="one head"):
+        mt.dynamics.ov_gradient_noise(ToyTransformer(ToyConfig(d_model=16, n_ctx=32, n_heads=2, identity_query=False,
+                                                               ffn="none")), batch)

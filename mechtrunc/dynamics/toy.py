@@ -381,7 +381,6 @@ def ov_gradient_noise(model, batch: RecallBatch, layer: int = 1) -> dict:
     was_training = model.training
     model.eval()
     params = [att.W_V, att.W_O]
-    flags = [p.requires_grad for p in params]
     try:
         with torch.enable_grad():
             import contextlib
