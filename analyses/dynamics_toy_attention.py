@@ -294,6 +294,30 @@ def gradient_table(runs) -> tuple[pd.DataFrame, pd.DataFrame]:
     return per, pd.DataFrame(rows)
 
 
+@torch.no_grad()
+def attention_targets(runs) -> pd.DataFrame:
+    """Where each head looks from the repeated triggers of the clean test set at the last step:
+    attention mass on earlier occurrences of the same token (the query itself included), on
+    the positions right after them (the induction score), on the query itself, on the
+    previous position.  One row per (variant, seed, layer)."""
+    import torch.nn.functional as F
+
+    rows = []
+    for run in runs:
+        model = mt.dynamics.SnapshotRecorder.model_at(run["init"], run["snapshots"][max(run["snapshots"])])
+        b = run["test"]
+        _, cache = model.run_with_cache(b.inputs)
+        r, p = b.loss_mask.nonzero(as_tuple=True)
+        same = (b.inputs[r] == b.inputs[r, p][:, None]).float()
+        masks = {"same_token": same, "after_same_token": F.pad(same[:, :-1], (1, 0)),
+                 "self": F.one_hot(p, b.inputs.shape[1]).float(), "previous": F.one_hot(p - 1, b.inputs.shape[1]).float()}
+        for layer in range(run["cfg"].n_layers):
+            pat = cache[f"blocks.{layer}.attn.hook_pattern"][r, 0, p]
+            rows.append({"variant": run["variant"], "seed": run["seed"], "layer": layer,
+                         **{k: float((pat * m).sum(1).mean()) for k, m in masks.items()}})
+    return pd.DataFrame(rows)
+
+
 def early_table(push: pd.DataFrame, summ: pd.DataFrame) -> pd.DataFrame:
     """With vs without the FFNs, at early evaluations: the layer-2 head's direct noise push, its
     share of the model's, the model's, and the push of the learned part of the head's OV
@@ -410,6 +434,8 @@ def analyse(runs, args) -> None:
     speed.to_csv(data / "theory_toy_speed.csv", index=False)
     early = early_table(push, summ)
     early.to_csv(data / "theory_toy_early.csv", index=False)
+    targets = attention_targets(runs)
+    targets.to_csv(data / "theory_toy_attention_targets.csv", index=False)
     grad_per, grad = gradient_table(runs)
     grad_per.to_csv(data / "theory_toy_ov_gradient_per_seed.csv", index=False)
     grad.to_csv(data / "theory_toy_ov_gradient.csv", index=False)
@@ -430,6 +456,7 @@ def analyse(runs, args) -> None:
         print(speed.round(3).to_string(index=False))
         print(early.round(3).to_string(index=False))
         print(grad.round(3).to_string(index=False))
+        print(targets.round(3).to_string(index=False))
     print("wrote", ", ".join(map(str, paths)))
 
 

@@ -216,7 +216,10 @@ def test_script_end_to_end_on_a_tiny_config(tmp_path):
     assert {"none", "L2 OV keep 0.1", "L2 W_V remove noise component"} <= set(inter["intervention"])
     speed = pd.read_csv(data / "theory_toy_speed.csv")
     assert set(speed["event"]) == {"induction_0.5", "icl_accuracy_0.5", "p_noise_half_alpha"}
-    for name in ("theory_toy_where.csv", "theory_toy_where_components.csv", "theory_toy_early.csv"):
+    targets = pd.read_csv(data / "theory_toy_attention_targets.csv")
+    assert ((targets["after_same_token"] <= 1 + 1e-6) & (targets["self"] <= targets["same_token"] + 1e-6)).all()
+    for name in ("theory_toy_where.csv", "theory_toy_where_components.csv", "theory_toy_early.csv",
+                 "theory_toy_ov_gradient.csv"):
         assert len(pd.read_csv(data / name)) > 0
     for png in ("theory_toy_dynamics.png", "theory_toy_spectra.png"):
         assert (tmp_path / "fig" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
