@@ -340,6 +340,10 @@ def early_table(push: pd.DataFrame, summ: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def run_d_head(runs) -> int:
+    return int(runs[0]["init"].cfg.d_head)
+
+
 def figures(runs, push: pd.DataFrame, last_comp: pd.DataFrame, fig_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -348,7 +352,7 @@ def figures(runs, push: pd.DataFrame, last_comp: pd.DataFrame, fig_dir: Path) ->
 
     colors = {"full": "C0", "attn_only": "C3", "no_ffn2": "C2"}
     labels = {"full": "with FFNs (cpu preset)", "attn_only": "attention only", "no_ffn2": "layer-2 FFN removed"}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
     ax = axes[0]
     for run in runs:
         h = run["history"]
@@ -374,30 +378,36 @@ def figures(runs, push: pd.DataFrame, last_comp: pd.DataFrame, fig_dir: Path) ->
                 label=f"{labels[variant]}: {TERMS[term]}")
     ax.set_xlabel("step"); ax.set_ylabel("direct push on logit(noise) - mean other")
     ax.set_title("where the noise push comes from (mean over seeds)", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     out = [fig_dir / "theory_toy_dynamics.png"]
     fig.savefig(out[0], dpi=110)
     plt.close(fig)
 
-    c = last_comp[(last_comp["variant"] == "attn_only") & (last_comp["which"] == "W")]
+    c = last_comp[(last_comp["variant"] == "attn_only") & (last_comp["which"] == "W") & (last_comp["matrix"] == "attn.OV")]
     if len(c):
-        seed0 = c["seed"].min()
-        c = c[c["seed"] == seed0]
-        layers = sorted(c["layer"].unique())
-        fig, axes = plt.subplots(len(layers), 3, figsize=(13, 3.2 * len(layers)), squeeze=False)
+        seeds, layers = sorted(c["seed"].unique()), sorted(c["layer"].unique())
+        fig, axes = plt.subplots(len(layers), len(seeds), figsize=(3.3 * len(seeds), 3.0 * len(layers)), squeeze=False)
         for i, layer in enumerate(layers):
-            for j, mname in enumerate(MATRICES):
+            for j, seed in enumerate(seeds):
                 ax = axes[i, j]
-                g = c[(c["layer"] == layer) & (c["matrix"] == mname)].sort_values("component")
-                ax.bar(g["component"], g["noise_attr"], color="C3", width=0.8, label="noise push")
-                ax.set_ylabel("noise push", fontsize=8)
+                g = c[(c["layer"] == layer) & (c["seed"] == seed)].sort_values("component")
+                g = g[g["component"] < 40]
+                ax.bar(g["component"], g["noise_attr"], color="C3", width=0.8)
                 ax2 = ax.twinx()
-                ax2.plot(g["component"], g["singular_value"], color="0.3", lw=1, label="singular value")
-                ax2.set_ylabel("singular value", fontsize=8)
-                ax.axvline(int(0.1 * len(g)) - 0.5, color="C0", ls=":", lw=0.8)
-                ax.set_title(f"attention-only, seed {seed0}, final: layer-{layer + 1} {mname[5:]}", fontsize=9)
-                ax.set_xlabel("component (0 = largest singular value); dotted: LASER keep 0.1", fontsize=8)
+                ax2.plot(g["component"], g["singular_value"], color="0.3", lw=1)
+                ax2.tick_params(labelsize=7)
+                ax.tick_params(labelsize=7)
+                ax.axvline(int(0.1 * run_d_head(runs)) - 0.5, color="C0", ls=":", lw=0.8)
+                ax.set_title(f"seed {seed}: layer-{layer + 1} OV", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel("noise push (bars)", fontsize=8)
+                if j == len(seeds) - 1:
+                    ax2.set_ylabel("singular value (line)", fontsize=8)
+                if i == len(layers) - 1:
+                    ax.set_xlabel("component (0 = largest)", fontsize=8)
+        fig.suptitle("attention-only models, final step: each OV component's noise push (first 40 components; "
+                     "dotted: LASER keep 0.1)", fontsize=9)
         fig.tight_layout()
         out.append(fig_dir / "theory_toy_spectra.png")
         fig.savefig(out[-1], dpi=110)
