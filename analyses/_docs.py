@@ -380,8 +380,8 @@ def render_toy_speed(df: pd.DataFrame) -> str:
                   "seeds used", "mean A", "mean B", "A - B", "A / B"], rows)
 
 
-_TOY_GRAD = {"noise_entry_fraction": "share of ||dOV||^2 in the trigger -> noise entry",
-             "noise_push_rate": "noise push rate of dOV", "ov_grad_norm": "||dOV||"}
+_TOY_GRAD = {"noise_entry_fraction": "share of the squared norm of dOV in the trigger -> noise entry",
+             "noise_push_rate": "noise push rate of dOV", "ov_grad_norm": "Frobenius norm of dOV"}
 
 
 def render_toy_gradient(df: pd.DataFrame) -> str:
