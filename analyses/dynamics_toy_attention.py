@@ -19,8 +19,9 @@ the FFNs, with bootstrap intervals over seeds (``mt.dynamics.seed_interval`` /
 invocation loses no finished run).  Writes ``docs/data/theory_toy_*.csv``,
 ``docs/figures/theory_toy_*.png`` and the generated blocks of ``docs/theory.md``.
 
-    python analyses/dynamics_toy_attention.py                 # 3 seeds x 3 variants
-    python analyses/dynamics_toy_attention.py --seeds 0       # one seed (no intervals)
+    python analyses/dynamics_toy_attention.py                 # 5 seeds x 3 variants
+    # one seed, two variants, outside docs/ (no intervals):
+    python analyses/dynamics_toy_attention.py --seeds 1 --variants full attn_only --runs /tmp/cheap --data /tmp/cheap --figures /tmp/cheap --doc ''
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--doc", default="docs/theory.md", help="page whose generated blocks are rewritten ('' = none)")
     p.add_argument("--runs", default="runs", help="cache of finished training runs (default runs/)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--variants", nargs="+", default=["full", "attn_only"], choices=list(VARIANTS),
-                   help="default: full attn_only (no_ffn2, the layer-2 FFN alone removed, is optional)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="default: all three (full, attn_only, no_ffn2)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000, the cpu preset)")
     p.add_argument("--eval-every", type=int, default=25, help="evaluation / snapshot interval (default 25)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
