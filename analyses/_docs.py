@@ -418,6 +418,7 @@ def render_theory_assumptions_final(df: pd.DataFrame) -> str:
 
 
 #: block name -> (CSV in docs/data, renderer) of docs/theory.md's minimal-model sections (issue 18)
+<<<<<<< HEAD
 THEORY_MINIMAL_BLOCKS: dict = {
     "theory-noff-where": ("theory_noff_where.csv", render_theory_noff_where),
     "theory-noff-truncation": ("theory_noff_truncation.csv", render_theory_noff_truncation),
@@ -429,8 +430,108 @@ THEORY_MINIMAL_BLOCKS: dict = {
     "theory-assumptions-events": ("theory_assumptions_summary.csv", render_theory_assumptions_events),
     "theory-assumptions-final": ("theory_assumptions_summary.csv", render_theory_assumptions_final),
 }
+=======
+THEORY_MINIMAL_BLOCKS: dict = {}
+def _ci(est, lo, hi, fmt: str = ".3f") -> str:
+    """``est [lo, hi]`` (just ``est`` without an interval; "not reached" for NaN)."""
+    if pd.isna(est):
+        return "n/a"
+    if pd.isna(lo) or pd.isna(hi):
+        return f"{est:{fmt}}"
+    return f"{est:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+_TOY_VARIANTS = {"full": "with FFNs", "attn_only": "attention only", "no_ffn2": "layer-2 FFN removed"}
+_TOY_TERMS = {"embed": "token embedding", "pos_embed": "positional embedding", "attn.0": "layer-1 attention",
+              "attn.1": "layer-2 attention", "mlp.0": "layer-1 FFN", "mlp.1": "layer-2 FFN"}
+
+
+def render_toy_where(df: pd.DataFrame) -> str:
+    """Per (variant, residual term): noise push, its share, correct push, mean [95% interval] over seeds."""
+    rows = []
+    for (variant, term), g in df.groupby(["variant", "term"], sort=False):
+        g = g.set_index("quantity")
+        cell = lambda q, fmt="+.2f": _ci(g.loc[q, "estimate"], g.loc[q, "lo"], g.loc[q, "hi"], fmt)
+        rows.append([_TOY_VARIANTS[variant], _TOY_TERMS[term], cell("noise push"), cell("share of noise push", ".2f"),
+                     cell("correct push")])
+    return table(["model", "residual term", "noise push", "share of the noise push", "correct push"], rows)
+
+
+def render_toy_where_components(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        c = lambda col, fmt=".2f": _ci(r[col], r[f"{col}_lo"], r[f"{col}_hi"], fmt)
+        rows.append([_TOY_VARIANTS[r["variant"]], f"layer-{int(r['layer']) + 1} {r['matrix'][5:]}", r["noise_component"],
+                     c("noise_sv_over_median"), c("noise_share"), c("noise_total", "+.2f"), c("noise_kept"), c("correct_kept")])
+    return table(["model", "matrix", "top noise component (per seed)", "its sigma / median sigma",
+                  "its share of the matrix's noise push", "matrix's noise push", "noise push kept at keep 0.1",
+                  "correct push kept at keep 0.1"], rows)
+
+
+def render_toy_interventions(df: pd.DataFrame) -> str:
+    rows = []
+    for (variant, iv), g in df.groupby(["variant", "intervention"], sort=False):
+        g = g.set_index("metric")
+        cells = []
+        for m in ("accuracy", "p_noise", "p_answer"):
+            r = g.loc[m]
+            cells.append(_ci(r["estimate"], r["lo"], r["hi"]))
+            cells.append("" if iv == "none" else _ci(r["change"], r["change_lo"], r["change_hi"], "+.3f"))
+        rows.append([_TOY_VARIANTS[variant], iv, *cells])
+    return table(["model", "edit", "accuracy", "change", "P(noise)", "change", "P(correct)", "change"], rows)
+
+
+_TOY_EVENTS = {"induction_0.5": "induction score >= 0.5", "icl_accuracy_0.5": "in-context accuracy >= 0.5",
+               "p_noise_half_alpha": "P(noise) >= alpha / 2"}
+
+
+def render_toy_speed(df: pd.DataFrame) -> str:
+    rows = []
+    for (variant, event, basis), g in df.groupby(["variant", "event", "basis"], sort=False):
+        g = g.set_index("quantity")
+        c = lambda q, fmt=".0f": _ci(g.loc[q, "estimate"], g.loc[q, "lo"], g.loc[q, "hi"], fmt)
+        first = g.iloc[0]
+        rows.append([_TOY_EVENTS[event], _TOY_VARIANTS[variant], first["per_seed_a"], first["per_seed_b"],
+                     f"{basis} (n = {int(first['n'])})", c("a"), c("b"), c("a - b", "+.0f"), c("a / b", ".2f")])
+    return table(["event (first evaluation)", "model A", "step in A, per seed", "step with FFNs (B), per seed",
+                  "seeds used", "mean A", "mean B", "A - B", "A / B"], rows)
+
+
+_TOY_GRAD = {"noise_entry_fraction": "share of the squared norm of dOV in the trigger -> noise entry",
+             "noise_push_rate": "noise push rate of dOV", "ov_grad_norm": "Frobenius norm of dOV"}
+
+
+def render_toy_gradient(df: pd.DataFrame) -> str:
+    rows = []
+    for (variant, step), g in df.groupby(["variant", "step"], sort=False):
+        g = g.set_index("quantity")
+        rows.append([_TOY_VARIANTS[variant], int(step),
+                     *(_ci(g.loc[q, "estimate"], g.loc[q, "lo"], g.loc[q, "hi"], ".2f" if q != "noise_push_rate" else "+.2f")
+                       for q in _TOY_GRAD)])
+    return table(["model", "step", *_TOY_GRAD.values()], rows)
+
+
+def render_toy_early(df: pd.DataFrame) -> str:
+    quantities = list(dict.fromkeys(df["quantity"]))
+    rows = []
+    for (variant, step), g in df.groupby(["variant", "step"], sort=False):
+        g = g.set_index("quantity")
+        rows.append([_TOY_VARIANTS[variant], int(step),
+                     *(_ci(g.loc[q, "estimate"], g.loc[q, "lo"], g.loc[q, "hi"], ".2f" if "share" in q else "+.2f")
+                       for q in quantities)])
+    return table(["model", "step", *quantities], rows)
+
+
+>>>>>>> theory-toyattn
 #: block name -> (CSV in docs/data, renderer) of docs/theory.md's toy attention-only section (issue 18)
-THEORY_TOY_BLOCKS: dict = {}
+THEORY_TOY_BLOCKS: dict = {
+    "theory-toy-where": ("theory_toy_where.csv", render_toy_where),
+    "theory-toy-where-components": ("theory_toy_where_components.csv", render_toy_where_components),
+    "theory-toy-interventions": ("theory_toy_interventions.csv", render_toy_interventions),
+    "theory-toy-speed": ("theory_toy_speed.csv", render_toy_speed),
+    "theory-toy-early": ("theory_toy_early.csv", render_toy_early),
+    "theory-toy-ov-gradient": ("theory_toy_ov_gradient.csv", render_toy_gradient),
+}
 
 #: every registry of generated blocks: (blocks, page, the script that regenerates them)
 REGISTRIES = [

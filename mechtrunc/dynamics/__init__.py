@@ -21,8 +21,9 @@ from mechtrunc.dynamics.measures import (
     EVENT_CRITERIA, first_step, induction_score, learning_events, order_of_learning,
 )
 from mechtrunc.dynamics.toy import (
-    ToyDynamicsRecorder, component_attributions, noise_component_summary,
-    train_toy_with_dynamics,
+    ATTENTION_MATRICES, SnapshotRecorder, ToyDynamicsRecorder, attention_component_attributions,
+    component_attributions, noise_component_summary, ov_gradient_noise, paired_seed_intervals,
+    residual_attributions, seed_interval, train_toy_with_dynamics,
 )
 
 __all__ = [
@@ -33,4 +34,6 @@ __all__ = [
     "FF_WIRINGS", "EVENT_CRITERIA", "learning_events", "ov_signal_closed_form", "ov_entry_matrix",
     "ov_gradient_share", "ov_noise_components", "equal_signal_lr_scale", "ov_batch_gradient",
     "ff_signal_std_at_init", "signal_closed_forms",
+    "attention_component_attributions", "residual_attributions", "SnapshotRecorder", "seed_interval",
+    "paired_seed_intervals", "ATTENTION_MATRICES", "ov_gradient_noise",
 ]
