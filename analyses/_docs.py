@@ -418,7 +418,6 @@ def render_theory_assumptions_final(df: pd.DataFrame) -> str:
 
 
 #: block name -> (CSV in docs/data, renderer) of docs/theory.md's minimal-model sections (issue 18)
-<<<<<<< HEAD
 THEORY_MINIMAL_BLOCKS: dict = {
     "theory-noff-where": ("theory_noff_where.csv", render_theory_noff_where),
     "theory-noff-truncation": ("theory_noff_truncation.csv", render_theory_noff_truncation),
@@ -430,8 +429,8 @@ THEORY_MINIMAL_BLOCKS: dict = {
     "theory-assumptions-events": ("theory_assumptions_summary.csv", render_theory_assumptions_events),
     "theory-assumptions-final": ("theory_assumptions_summary.csv", render_theory_assumptions_final),
 }
-=======
-THEORY_MINIMAL_BLOCKS: dict = {}
+
+
 def _ci(est, lo, hi, fmt: str = ".3f") -> str:
     """``est [lo, hi]`` (just ``est`` without an interval; "not reached" for NaN)."""
     if pd.isna(est):
@@ -522,7 +521,6 @@ def render_toy_early(df: pd.DataFrame) -> str:
     return table(["model", "step", *quantities], rows)
 
 
->>>>>>> theory-toyattn
 #: block name -> (CSV in docs/data, renderer) of docs/theory.md's toy attention-only section (issue 18)
 THEORY_TOY_BLOCKS: dict = {
     "theory-toy-where": ("theory_toy_where.csv", render_toy_where),
