@@ -61,3 +61,13 @@ class SlowLoader:
         model = self.inner(step)
         time.sleep(self.seconds)
         return model
+
+
+def tiny_minimal_config(**kw):
+    """A minimal-model config small enough for a test (random 8-token chain, d 16, float64)."""
+    from mechtrunc.dynamics import MinimalConfig
+
+    args = dict(bigrams="random", vocab_size=8, d_model=16, seq_len=24, batch_size=8, dtype="float64",
+                test_size=16, steps=10, eval_every=5)
+    args.update(kw)
+    return MinimalConfig(**args)

@@ -21,14 +21,12 @@ from mechtrunc.dynamics import (
 from mechtrunc.metrics import masked_cross_entropy
 from mechtrunc.tasks.recall import RecallTask
 
+from helpers import tiny_minimal_config  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def _tiny(**kw) -> MinimalConfig:
-    args = dict(bigrams="random", vocab_size=8, d_model=16, seq_len=24, batch_size=8, dtype="float64",
-                test_size=16, steps=10, eval_every=5)
-    args.update(kw)
-    return MinimalConfig(**args)
+_tiny = tiny_minimal_config
 
 
 def _model_task(**kw):
