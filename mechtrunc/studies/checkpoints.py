@@ -40,8 +40,7 @@ from mechtrunc.studies.store import (
 )
 
 __all__ = ["checkpoint_study", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
-           "CheckpointUnit",
-           "CheckpointDirectory", "HubCheckpoints"]
+           "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
 
 
 # ----------------------------------------------------------------------------------------
