@@ -325,14 +325,10 @@ def _read_truncation(d: Path, study: dict) -> TruncationResults:
             warnings.warn(f"items.parquet could not be read ({e}); the report shows no intervals")
     elif incomplete is not None and (d / "item_shards").is_dir():
         # an interrupted study: every finished row's items were written before the row itself
-        from mechtrunc.studies.grid import ITEM_SHARDS, ItemStore
-        from mechtrunc.studies.store import ShardStore
+        from mechtrunc.studies.grid import ItemStore
 
-        store = ItemStore(None)  # read only: ItemStore(d) would clean a running writer's temporaries
-        store.shards = ShardStore(d)
-        store.shards.dir = d / ITEM_SHARDS
-        try:
-            items = store.table(table)
+        try:  # read only: the study may still be running, its writer's temporaries stay
+            items = ItemStore(d, clean=False).table(table)
         except Exception as e:  # noqa: BLE001 - the report then shows no intervals
             warnings.warn(f"the finished rows' per-item values could not be read ({e}); the report shows no intervals")
     if (d / "heldout.csv").is_file():

@@ -71,13 +71,16 @@ class ItemStore:
     Each shard holds ``item, sequence`` and every per-item metric
     (:func:`mechtrunc.metrics.item_metrics`)."""
 
-    def __init__(self, out=None):
+    def __init__(self, out=None, clean: bool = True):
+        """``clean``: remove temporaries left by an interrupted writer (False: only read, e.g.
+        a report on a study that may still be running)."""
         self.mem: dict[tuple, pd.DataFrame] = {}
         self.shards = None
         if out is not None:
             self.shards = ShardStore(out)
             self.shards.dir = Path(out) / ITEM_SHARDS
-            self.shards.clean_temporaries()
+            if clean:
+                self.shards.clean_temporaries()
 
     @staticmethod
     def name(key: tuple) -> str:
