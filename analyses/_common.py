@@ -40,3 +40,17 @@ def load_toy(args):
     test = task.test_set(cfg.test_size, seed=cfg.seed + 10_000)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     return model, cfg, task, test
+
+
+def save_table(df, path, digits: int = 4, columns=None) -> Path:
+    """Write ``df`` to the CSV ``path`` (its folder created), print it rounded to ``digits``
+    (only ``columns`` when given) and the path: the ending every table script shares."""
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    with pd.option_context("display.width", 250, "display.max_colwidth", 40):
+        print((df if columns is None else df[columns]).round(digits).to_string(index=False))
+    print(f"wrote {path}")
+    return path

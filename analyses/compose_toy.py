@@ -62,15 +62,10 @@ def main() -> None:
             pd.DataFrame(ci, index=df.index)
         frames.append(df.assign(n_select=len(select), n_eval=len(evaluation)))
     table = pd.concat(frames, ignore_index=True)
-    path = Path(args.out) / "cpu_compose.csv"
-    table.to_csv(path, index=False)
     cols = ["metric", "step", "accepted", "stop", "intervention", "select_value", "select_gain", "eval_value",
             "eval_change", "eval_ci_low", "eval_ci_high", "eval_step_gain", "eval_step_low", "eval_step_high",
-            "collateral_increase", "candidates", "rows_evaluated",
-            "seconds"]
-    with pd.option_context("display.width", 250, "display.max_colwidth", 40):
-        print(table[cols].round(4).to_string(index=False))
-    print(f"wrote {path}")
+            "collateral_increase", "candidates", "rows_evaluated", "seconds"]
+    _common.save_table(table, Path(args.out) / "cpu_compose.csv", columns=cols)
 
 
 if __name__ == "__main__":

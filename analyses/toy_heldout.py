@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from _common import load_toy, toy_parser  # first: it pins the reference kernels
+from _common import load_toy, save_table, toy_parser  # first: it pins the reference kernels
 import mechtrunc as mt
 
 KEEPS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)
@@ -35,10 +35,7 @@ def main() -> None:
     args = p.parse_args()
     model, _, _, test = load_toy(args)
     df = compute(model, test)
-    out = Path(args.out) / "cpu_heldout.csv"
-    df.to_csv(out, index=False)
-    print(df.round(4).to_string(index=False))
-    print(f"wrote {out}")
+    save_table(df, Path(args.out) / "cpu_heldout.csv")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ into ``RUNS/cpu-seed{S}`` (resumable; an existing run is reused) and writes
 
 from __future__ import annotations
 
-import _common  # noqa: F401  (first: it pins the reference kernels before torch loads)
+import _common  # first: it pins the reference kernels before torch loads
 import argparse
 from pathlib import Path
 
@@ -39,11 +39,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/analyses", help="output directory for the CSV")
     args = p.parse_args()
     table = pd.concat([run_seed(s, Path(args.runs)) for s in args.seeds], ignore_index=True)
-    path = Path(args.out) / "cpu_seeds_truncation.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False)
-    print(table.round(3).to_string(index=False))
-    print(f"wrote {path}")
+    _common.save_table(table, Path(args.out) / "cpu_seeds_truncation.csv", digits=3)
 
 
 if __name__ == "__main__":

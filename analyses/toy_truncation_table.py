@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mechtrunc as mt
-from _common import load_toy, toy_parser
+from _common import load_toy, save_table, toy_parser
 
 
 def main() -> None:
@@ -19,10 +19,7 @@ def main() -> None:
     model, cfg, task, test = load_toy(args)
     prompts = test.to_prompts()
     table = mt.truncation_table(model, prompts, rule=args.rule, keeps=(0, 0.1, 0.2, 0.5, 1))
-    path = Path(args.out) / "toy_truncation.csv"
-    table.to_csv(path, index=False)
-    print(table.round(3).to_string(index=False))
-    print(f"wrote {path}")
+    save_table(table, Path(args.out) / "toy_truncation.csv", digits=3)
 
 
 if __name__ == "__main__":
