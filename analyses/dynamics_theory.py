@@ -30,14 +30,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 
 import mechtrunc as mt
 from mechtrunc.dynamics import (
     MinimalConfig, equal_signal_lr_scale, first_step, learning_events, ov_gradient_share, ov_noise_components,
-    signal_closed_forms, snr_sweep, train_minimal,
+    paired_seed_intervals, signal_closed_forms, snr_sweep, train_minimal,
 )
 from mechtrunc.metrics import metrics_from_logits
 from mechtrunc.runner import item_logits
@@ -65,23 +64,6 @@ def _map(fn, jobs: list[tuple], args) -> list:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("fork"), initializer=_init_worker,
                              initargs=(args.threads,)) as pool:
         return list(pool.map(fn, *zip(*jobs)))
-
-
-def _boot(values, n=RNG_BOOT, seed=0):
-    """Percentile 95% interval of the mean over seeds (resampled)."""
-    v = np.asarray(values, float)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), (n, len(v)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def _boot_ratio(a, b, n=RNG_BOOT, seed=0):
-    """Interval of mean(a) / mean(b), seeds resampled jointly (paired by seed)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), (n, len(a)))
-    r = a[idx].mean(1) / b[idx].mean(1)
-    return float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
 
 
 def _events(h: pd.DataFrame, alpha: float) -> dict:
@@ -133,6 +115,26 @@ def _noff_run(seed: int, variant: str, steps: int, every: int):
     return h, summ, where, trunc
 
 
+def speedup(S: pd.DataFrame, noff_steps: int) -> pd.DataFrame:
+    """Steps to induction score 0.5 (and FF-removed accuracy 0.5) with / without the FF: means
+    over seeds with percentile bootstrap intervals and the ratio's, seeds resampled jointly
+    (``mt.dynamics.paired_seed_intervals``); a run without the event counts at ``noff_steps``."""
+    rows = []
+    for col, label in (("step_induction", "induction score >= 0.5"), ("step_icl", "FF-removed accuracy >= 0.5")):
+        a = S[S.variant == "no FF"].set_index("seed")[col]
+        b = S[S.variant == "parallel FF"].set_index("seed")[col]
+        a_f = a.fillna(noff_steps)  # censored at the run's length: a lower bound
+        iv = paired_seed_intervals(a_f.loc[b.index].to_numpy(), b.to_numpy(), n_boot=RNG_BOOT).set_index("quantity")
+        rows.append({"event": label, "with_ff_mean": b.mean(), "with_ff_low": iv.loc["b", "lo"],
+                     "with_ff_high": iv.loc["b", "hi"], "with_ff_values": " ".join(f"{v:g}" for v in b),
+                     "no_ff_mean": a_f.mean(), "no_ff_low": iv.loc["a", "lo"], "no_ff_high": iv.loc["a", "hi"],
+                     "no_ff_values": " ".join("never" if v != v else f"{v:g}" for v in a),
+                     "no_ff_censored": int(a.isna().sum()), "ratio": a_f.mean() / b.mean(),
+                     "ratio_low": iv.loc["a / b", "lo"], "ratio_high": iv.loc["a / b", "hi"], "n_seeds": len(b),
+                     "no_ff_steps": noff_steps})
+    return pd.DataFrame(rows)
+
+
 def part_noff(args) -> None:
     jobs = [(seed, variant, steps, every) for seed in args.seeds
             for variant, steps, every in (("no FF", args.noff_steps, 50), ("parallel FF", 400, 20))]
@@ -145,22 +147,7 @@ def part_noff(args) -> None:
     S.to_csv(args.data / "theory_noff_summary.csv", index=False)
     T.to_csv(args.data / "theory_noff_truncation.csv", index=False)
     W.to_csv(args.data / "theory_noff_where.csv", index=False)
-    # speed-up: steps to induction 0.5 (and FF-removed accuracy 0.5) with / without FF
-    rows = []
-    for col, label in (("step_induction", "induction score >= 0.5"), ("step_icl", "FF-removed accuracy >= 0.5")):
-        a = S[S.variant == "no FF"].set_index("seed")[col]
-        b = S[S.variant == "parallel FF"].set_index("seed")[col]
-        ncens = int(a.isna().sum())
-        a_f = a.fillna(args.noff_steps)  # censored at the run's length: a lower bound
-        lo_a, hi_a = _boot(a_f)
-        lo_b, hi_b = _boot(b)
-        lo_r, hi_r = _boot_ratio(a_f.loc[b.index], b)
-        rows.append({"event": label, "with_ff_mean": b.mean(), "with_ff_low": lo_b, "with_ff_high": hi_b,
-                     "with_ff_values": " ".join(f"{v:g}" for v in b), "no_ff_mean": a_f.mean(), "no_ff_low": lo_a,
-                     "no_ff_high": hi_a, "no_ff_values": " ".join("never" if v != v else f"{v:g}" for v in a),
-                     "no_ff_censored": ncens, "ratio": a_f.mean() / b.mean(), "ratio_low": lo_r, "ratio_high": hi_r,
-                     "n_seeds": len(b), "no_ff_steps": args.noff_steps})
-    pd.DataFrame(rows).to_csv(args.data / "theory_noff_speedup.csv", index=False)
+    speedup(S, args.noff_steps).to_csv(args.data / "theory_noff_speedup.csv", index=False)
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for (variant, seed), h in H.groupby(["variant", "seed"]):
