@@ -325,7 +325,7 @@ def render_theory_noff_where(df: pd.DataFrame) -> str:
              f"{r['ov_trigger_noise']:.2f} / {r['ov_copy_mean']:.2f}",
              f"{r['init_share']:.2f} ({r['init_share_token_rows']:.2f})",
              "yes" if r["init_top_is_trigger_noise"] else "no"] for _, r in df.iterrows()]
-    return table(["seed", "W_OV component with the largest noise push (0 = top)", "its sigma / median sigma",
+    return table(["seed", "W_OV component with the largest noise push (0 = top; chosen on the selection batch)", "its sigma / median sigma",
                   "its share of attention's noise push", "component 0: share (sigma / median)",
                   "end: trigger->noise entry / mean copy entry", "init: trigger->noise share of the mean W_OV gradient's squared norm (of its e(v) rows)",
                   "init: largest entry is trigger->noise"], rows)
@@ -338,6 +338,40 @@ def render_theory_noff_truncation(df: pd.DataFrame) -> str:
         rows.append([variant, cell("accuracy"), cell("p_noise"), cell("p_answer")])
     n = df["seed"].nunique()
     return table(["no-FF model (end of training)", f"accuracy: mean [min, max] over {n} seeds", "P(noise)", "P(correct)"], rows)
+
+
+_RANK_STEPS = (50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000)
+
+
+def render_theory_noff_rank(df: pd.DataFrame) -> str:
+    """Per seed of the no-FF runs: the index of W_OV's noise component (0 = top) at chosen
+    evaluations, and the last evaluation at which it is the top one."""
+    h = df[df["variant"] == "no FF"]
+    steps = [s for s in _RANK_STEPS if s in set(h["step"])]
+    rows = []
+    for seed, g in h.groupby("seed", sort=True):
+        idx = g.set_index("step")["ov_noise_component"]
+        top = idx[idx == 0].index
+        rows.append([int(seed), *(f"{int(idx[s])}" for s in steps), f"{int(top.max())}" if len(top) else "never"])
+    return table(["seed", *(f"step {s}" for s in steps), "last evaluation at which it is component 0"], rows)
+
+
+_REMOVAL_METRICS = {"accuracy": "accuracy", "p_noise": "P(noise)", "p_answer": "P(correct)"}
+
+
+def render_theory_noff_removal(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        n = int(r["n_seeds"])
+        rows.append([_REMOVAL_METRICS[r["metric"]], _ci(r["full"], r["full_low"], r["full_high"]),
+                     _ci(r["removed"], r["removed_low"], r["removed_high"]),
+                     _ci(r["change"], r["change_low"], r["change_high"], "+.3f"),
+                     f"{int(r['n_up'])} / {int(r['n_down'])} of {n}",
+                     " / ".join(f"{float(a):.3f} -> {float(b):.3f}" for a, b in zip(str(r["per_seed_full"]).split(), str(r["per_seed_removed"]).split()))])
+    seeds = str(df["seeds"].iloc[0]).replace(" ", ", ")
+    return table(["metric (held-out test set)", "full no-FF model: mean [95% CI]", "noise component removed",
+                  "change, paired by seed [95% CI]", "seeds where it rose / fell",
+                  f"per seed ({seeds}): full -> removed"], rows)
 
 
 def render_theory_noff_speedup(df: pd.DataFrame) -> str:
@@ -421,6 +455,8 @@ def render_theory_assumptions_final(df: pd.DataFrame) -> str:
 THEORY_MINIMAL_BLOCKS: dict = {
     "theory-noff-where": ("theory_noff_where.csv", render_theory_noff_where),
     "theory-noff-truncation": ("theory_noff_truncation.csv", render_theory_noff_truncation),
+    "theory-noff-rank": ("theory_noff_history.csv", render_theory_noff_rank),
+    "theory-noff-removal": ("theory_noff_removal.csv", render_theory_noff_removal),
     "theory-noff-speedup": ("theory_noff_speedup.csv", render_theory_noff_speedup),
     "theory-noff-paper": ("theory_noff_history.csv", render_theory_noff_paper),
     "theory-signal-order": ("theory_signal_summary.csv", render_theory_signal),

@@ -5,7 +5,9 @@ Parts (``--only``; default all), each writes docs/data/theory_<part>_*.csv, one 
 docs/figures/theory_<part>.png and rewrites its generated blocks in docs/theory.md:
 
 - ``noff``: no FF (``ff="none"``) against the parallel FF, several seeds: where the noise goes
-  (W_OV's trigger->noise entry, its singular components), LASER / component removal on W_OV,
+  (W_OV's trigger->noise entry, its singular components; the index of W_OV's noise component at
+  every evaluation), LASER / removal of that component on W_OV (the component chosen on a
+  selection batch, ``mt.dynamics.selection_set``, the edits evaluated on held-out test sequences),
   steps to induction score 0.5 and to FF-removed accuracy 0.5 with bootstrap intervals over
   seeds, and the W_OV gradient's trigger->noise share at initialisation;
 - ``signal``: equal mean signals (per-memory learning rates), Adam, a near-population W_OV
@@ -35,8 +37,8 @@ import torch
 
 import mechtrunc as mt
 from mechtrunc.dynamics import (
-    MinimalConfig, equal_signal_lr_scale, first_step, learning_events, ov_gradient_share, ov_noise_components,
-    paired_seed_intervals, signal_closed_forms, snr_sweep, train_minimal,
+    MinimalConfig, OVNoiseRecorder, equal_signal_lr_scale, first_step, learning_events, ov_gradient_share,
+    paired_seed_intervals, selection_set, signal_closed_forms, snr_sweep, train_minimal,
 )
 from mechtrunc.metrics import metrics_from_logits
 from mechtrunc.runner import item_logits
@@ -82,54 +84,84 @@ def _events(h: pd.DataFrame, alpha: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 # part noff: attention without an FF
 # ----------------------------------------------------------------------------------------------
+#: clean sequences per seed of part noff: the held-out test set (seed + 10000) on which the edits
+#: are evaluated, and the selection batch (``mt.dynamics.selection_set``) on which W_OV's noise
+#: component is chosen, at every evaluation and for the removal
+N_NOFF = 256
+
+
 def _noff_run(seed: int, variant: str, steps: int, every: int):
     """One run of part noff: (history, summary row, where row or None, truncation rows)."""
     trunc, where = [], None
     cfg = MinimalConfig(ff="none" if variant == "no FF" else "parallel", steps=steps, eval_every=every, seed=seed)
-    res = train_minimal(cfg)
+    task = RecallTask(cfg.recall_config())
+    recorder = OVNoiseRecorder(selection_set(task, N_NOFF, seed).to_prompts()) if variant == "no FF" else None
+    res = train_minimal(cfg, callback=recorder)
     h = res.history.assign(variant=variant, seed=seed)
     summ = {"variant": variant, "seed": seed, "steps": steps, **_events(res.history, cfg.alpha)}
     print(variant, seed, f"{res.seconds:.1f}s", summ["step_induction"], summ["step_icl"], flush=True)
     if variant == "no FF":
-        task = RecallTask(cfg.recall_config())
-        test = task.test_set(256, seed=seed + 10_000)
-        prompts = test.to_prompts()
-        comp = ov_noise_components(res.model, prompts)
-        top = int(comp["noise_push"].abs().idxmax())
-        init = ov_gradient_share(mt.dynamics.MinimalModel(cfg), task, cfg.batch_size, 64, seed=seed)
+        prompts = task.test_set(N_NOFF, seed=seed + 10_000).to_prompts()  # held out: only evaluates
         last = res.history.iloc[-1]
-        where = ({"seed": seed, "top_noise_component": top, "sigma_over_median": comp.loc[top, "sigma_over_median"],
-                          "noise_share": comp.loc[top, "noise_share"], "answer_push_of_it": comp.loc[top, "answer_push"],
-                          "top1_noise_share": comp.loc[0, "noise_share"], "top1_sigma_over_median": comp.loc[0, "sigma_over_median"],
-                          "ov_trigger_noise": last["ov_trigger_noise"], "ov_copy_mean": last["ov_copy_mean"],
-                          "init_share": init["share"], "init_share_token_rows": init["share_of_token_rows"], "init_copy_share": init["copy_share"],
-                          "init_top_is_trigger_noise": init["top_entry_is_trigger_noise"]})
+        top = int(last["ov_noise_component"])  # chosen on the selection batch, not on ``prompts``
+        init = ov_gradient_share(mt.dynamics.MinimalModel(cfg), task, cfg.batch_size, 64, seed=seed)
+        where = ({"seed": seed, "top_noise_component": top, "sigma_over_median": last["ov_noise_sigma_over_median"],
+                  "noise_share": last["ov_noise_share"], "top1_noise_share": last["ov_top_noise_share"],
+                  "top1_sigma_over_median": last["ov_top_sigma_over_median"],
+                  "ov_trigger_noise": last["ov_trigger_noise"], "ov_copy_mean": last["ov_copy_mean"],
+                  "init_share": init["share"], "init_share_token_rows": init["share_of_token_rows"],
+                  "init_copy_share": init["copy_share"], "init_top_is_trigger_noise": init["top_entry_is_trigger_noise"]})
         ivs = {"full model": (), "W_OV keep 0.1 (rank 16)": (mt.Truncate("attn.W_O", layer=0, keep=0.1),),
-                   "W_OV keep 0.5 (rank 80 > rank of W_OV)": (mt.Truncate("attn.W_O", layer=0, keep=0.5),),
-                   "W_OV rank 1": (mt.Truncate("attn.W_O", layer=0, rank=1),),
-                   "W_OV noise component removed": (mt.RemoveComponents("attn.W_O", layer=0, indices=(top,)),)}
+               "W_OV keep 0.5 (rank 80 > rank of W_OV)": (mt.Truncate("attn.W_O", layer=0, keep=0.5),),
+               "W_OV rank 1": (mt.Truncate("attn.W_O", layer=0, rank=1),),
+               "W_OV noise component removed": (mt.RemoveComponents("attn.W_O", layer=0, indices=(top,)),)}
         for name, iv in ivs.items():
-            m = metrics_from_logits(item_logits(res.model, prompts, *iv, batch_size=256), prompts)
+            m = metrics_from_logits(item_logits(res.model, prompts, *iv, batch_size=N_NOFF), prompts)
             trunc.append({"seed": seed, "variant": name, "accuracy": m["accuracy"], "p_noise": m["p_noise"],
                           "p_answer": m["p_answer"]})
     return h, summ, where, trunc
 
 
-def speedup(S: pd.DataFrame, noff_steps: int) -> pd.DataFrame:
+REMOVED = "W_OV noise component removed"
+
+
+def removal(T: pd.DataFrame) -> pd.DataFrame:
+    """Removing W_OV's noise component (chosen on the selection batch) against the full no-FF
+    model, on the held-out test set: per metric the means over seeds, the paired change with its
+    percentile bootstrap interval over seeds (``mt.dynamics.paired_seed_intervals``) and in how
+    many seeds the metric went up / down."""
+    full = T[T.variant == "full model"].set_index("seed")
+    cut = T[T.variant == REMOVED].set_index("seed").loc[full.index]
+    rows = []
+    for metric in ("accuracy", "p_noise", "p_answer"):
+        a, b = cut[metric].to_numpy(), full[metric].to_numpy()
+        iv = paired_seed_intervals(a, b, n_boot=RNG_BOOT).set_index("quantity")
+        rows.append({"metric": metric, "full": b.mean(), "full_low": iv.loc["b", "lo"], "full_high": iv.loc["b", "hi"],
+                     "removed": a.mean(), "removed_low": iv.loc["a", "lo"], "removed_high": iv.loc["a", "hi"],
+                     "change": iv.loc["a - b", "estimate"], "change_low": iv.loc["a - b", "lo"],
+                     "change_high": iv.loc["a - b", "hi"], "n_up": int((a > b).sum()), "n_down": int((a < b).sum()),
+                     "n_seeds": len(a), "seeds": " ".join(str(int(s)) for s in full.index),
+                     "per_seed_full": " ".join(f"{v:.3f}" for v in b), "per_seed_removed": " ".join(f"{v:.3f}" for v in a),
+                     "n_boot": RNG_BOOT})
+    return pd.DataFrame(rows)
+
+
+def speedup(S: pd.DataFrame, noff_steps: int, ff_steps: int) -> pd.DataFrame:
     """Steps to induction score 0.5 (and FF-removed accuracy 0.5) with / without the FF: means
     over seeds with percentile bootstrap intervals and the ratio's, seeds resampled jointly
-    (``mt.dynamics.paired_seed_intervals``); a run without the event counts at ``noff_steps``."""
+    (``mt.dynamics.paired_seed_intervals``); a run without the event counts at its length
+    (``noff_steps`` without the FF, ``ff_steps`` with it)."""
     rows = []
     for col, label in (("step_induction", "induction score >= 0.5"), ("step_icl", "FF-removed accuracy >= 0.5")):
         a = S[S.variant == "no FF"].set_index("seed")[col]
         b = S[S.variant == "parallel FF"].set_index("seed")[col]
-        a_f = a.fillna(noff_steps)  # censored at the run's length: a lower bound
-        iv = paired_seed_intervals(a_f.loc[b.index].to_numpy(), b.to_numpy(), n_boot=RNG_BOOT).set_index("quantity")
-        rows.append({"event": label, "with_ff_mean": b.mean(), "with_ff_low": iv.loc["b", "lo"],
-                     "with_ff_high": iv.loc["b", "hi"], "with_ff_values": " ".join(f"{v:g}" for v in b),
+        a_f, b_f = a.fillna(noff_steps), b.fillna(ff_steps)  # censored at the run's length: a lower bound
+        iv = paired_seed_intervals(a_f.loc[b.index].to_numpy(), b_f.to_numpy(), n_boot=RNG_BOOT).set_index("quantity")
+        rows.append({"event": label, "with_ff_mean": b_f.mean(), "with_ff_low": iv.loc["b", "lo"],
+                     "with_ff_high": iv.loc["b", "hi"], "with_ff_values": " ".join("never" if v != v else f"{v:g}" for v in b),
                      "no_ff_mean": a_f.mean(), "no_ff_low": iv.loc["a", "lo"], "no_ff_high": iv.loc["a", "hi"],
                      "no_ff_values": " ".join("never" if v != v else f"{v:g}" for v in a),
-                     "no_ff_censored": int(a.isna().sum()), "ratio": a_f.mean() / b.mean(),
+                     "no_ff_censored": int(a.isna().sum()), "ratio": a_f.mean() / b_f.mean(),
                      "ratio_low": iv.loc["a / b", "lo"], "ratio_high": iv.loc["a / b", "hi"], "n_seeds": len(b),
                      "no_ff_steps": noff_steps})
     return pd.DataFrame(rows)
@@ -137,7 +169,7 @@ def speedup(S: pd.DataFrame, noff_steps: int) -> pd.DataFrame:
 
 def part_noff(args) -> None:
     jobs = [(seed, variant, steps, every) for seed in args.seeds
-            for variant, steps, every in (("no FF", args.noff_steps, 50), ("parallel FF", 400, 20))]
+            for variant, steps, every in (("no FF", args.noff_steps, 50), ("parallel FF", args.ff_steps, 20))]
     out = _map(_noff_run, jobs, args)
     H = pd.concat([o[0] for o in out])
     S = pd.DataFrame([o[1] for o in out])
@@ -147,9 +179,10 @@ def part_noff(args) -> None:
     S.to_csv(args.data / "theory_noff_summary.csv", index=False)
     T.to_csv(args.data / "theory_noff_truncation.csv", index=False)
     W.to_csv(args.data / "theory_noff_where.csv", index=False)
-    speedup(S, args.noff_steps).to_csv(args.data / "theory_noff_speedup.csv", index=False)
+    speedup(S, args.noff_steps, args.ff_steps).to_csv(args.data / "theory_noff_speedup.csv", index=False)
+    removal(T).to_csv(args.data / "theory_noff_removal.csv", index=False)
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     for (variant, seed), h in H.groupby(["variant", "seed"]):
         c = "C0" if variant == "no FF" else "C3"
         lab = variant if seed == args.seeds[0] else None
@@ -159,10 +192,13 @@ def part_noff(args) -> None:
         axes[2].plot(h.step, h.attn_noise_push, color=c, lw=1, label=f"{variant}: attention" if lab else None)
         if variant != "no FF":
             axes[2].plot(h.step, h.ff_noise_push, color="C1", lw=1, ls=":", label="parallel FF: FF" if lab else None)
+        else:
+            axes[3].plot(h.step, h.ov_noise_component, lw=1, marker=".", label=f"seed {seed}")
     axes[0].axhline(0.5, color="k", lw=0.5)
     axes[0].set_title("induction score (attention on the token after the trigger)", fontsize=9)
     axes[1].set_title("W_OV entries e(v) W_OV u(w)", fontsize=9)
     axes[2].set_title("push on logit(noise) - mean other logit, clean test", fontsize=9)
+    axes[3].set_title("no FF: index of W_OV's noise component (0 = top), selection batch", fontsize=9)
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
@@ -325,6 +361,7 @@ def main() -> None:
     p.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of part noff")
     p.add_argument("--noff-steps", type=int, default=1000, help="steps of the runs without an FF")
+    p.add_argument("--ff-steps", type=int, default=400, help="steps of part noff's runs with the parallel FF")
     p.add_argument("--signal-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of parts signal, assumptions")
     p.add_argument("--signal-steps", type=int, default=300)
     p.add_argument("--assumption-steps", type=int, default=600)

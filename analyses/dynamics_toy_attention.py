@@ -180,13 +180,14 @@ def where_table(push: pd.DataFrame, summ: pd.DataFrame) -> tuple[pd.DataFrame, p
 def intervention_table(runs, variant: str) -> pd.DataFrame:
     """LASER (keep 0.1, 0.5; the authors' rank rule) and removal of the noise-carrying singular
     component of each attention layer's W_V / W_O / OV, on the final models of ``variant``.
-    The removed component is chosen on a separate batch (test seed + 20000), not the test set."""
+    The removed component is chosen on a separate batch (`mt.dynamics.selection_set`: seed + 20000),
+    not the test set."""
     per = []
     for run in (r for r in runs if r["variant"] == variant):
         model = mt.dynamics.SnapshotRecorder.model_at(run["init"], run["snapshots"][max(run["snapshots"])])
         cfg = run["cfg"]
         prompts = run["test"].to_prompts()
-        select = RecallTask(cfg.recall_config()).test_set(cfg.test_size, seed=cfg.seed + 20_000)
+        select = mt.dynamics.selection_set(RecallTask(cfg.recall_config()), cfg.test_size, cfg.seed)
         ivs = {"none": []}
         for layer in range(cfg.n_layers):
             comp = mt.dynamics.attention_component_attributions(model, select, layer)

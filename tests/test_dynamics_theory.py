@@ -260,3 +260,76 @@ def test_theory_script_assumptions_part(tmp_path):
         assert {f"{c}_ff", f"{c}_attn", f"{c}_ff_first"} <= set(S.columns)
     assert (S["default_ff"] == 10).all()  # the FF's P(noise) >= alpha/2 at the first evaluation
     assert (tmp_path / "theory_assumptions.png").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# the noise component of W_OV: chosen on a selection batch, tracked over training
+# ------------------------------------------------------------------------------------------
+def test_selection_set_is_a_separate_seeded_batch():
+    task = RecallTask(_tiny().recall_config())
+    sel = mt.dynamics.selection_set(task, 16, seed=3)
+    assert torch.equal(sel.inputs, task.test_set(16, seed=3 + mt.dynamics.SELECTION_SEED_OFFSET).inputs)
+    assert not torch.equal(sel.inputs, task.test_set(16, seed=3 + 10_000).inputs)  # not the clean test set
+    with pytest.raises(ValueError, match=r"n \(selection sequences\) must be an integer >= 1, got 0"):
+        mt.dynamics.selection_set(task, 0, seed=3)
+
+
+def test_ov_noise_recorder_tracks_the_component_and_changes_nothing_else():
+    cfg = _tiny(alpha=0.5, ff="none", steps=30, eval_every=10, lr=5.0)
+    task = RecallTask(cfg.recall_config())
+    select = mt.dynamics.selection_set(task, 16, cfg.seed).to_prompts()
+    plain = train_minimal(cfg)
+    rec = train_minimal(cfg, callback=mt.dynamics.OVNoiseRecorder(select))
+    shared = [c for c in plain.history.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(rec.history[shared], plain.history[shared])  # the recorder trains nothing
+    h = rec.history.set_index("step")
+    assert math.isnan(h.loc[0, "ov_noise_component"])  # W_OV = 0: no component yet
+    comp = ov_noise_components(rec.model, select)
+    idx = mt.dynamics.ov_noise_component(comp)
+    assert idx == int(comp["noise_push"].idxmax()) and h.loc[30, "ov_noise_component"] == idx
+    assert h.loc[30, "ov_noise_share"] == pytest.approx(float(comp.loc[idx, "noise_share"]))
+    assert h.loc[30, "ov_top_sigma_over_median"] == pytest.approx(float(comp.loc[0, "sigma_over_median"]))
+    assert mt.dynamics.ov_noise_component(comp.assign(sigma=0.0)) is None
+
+
+def test_theory_script_noff_part_chooses_the_component_off_the_test_set(tmp_path):
+    """analyses/dynamics_theory.py --only noff (docs/theory.md 2.5), a short run: W_OV's noise
+    component is chosen on the selection batch at every evaluation, the removal is evaluated on
+    the held-out test set, and its effect is summarised over seeds with paired intervals."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "analyses" / "dynamics_theory.py"), "--only", "noff",
+                          "--seeds", "0", "1", "--noff-steps", "50", "--ff-steps", "20", "--jobs", "1",
+                          "--data", str(tmp_path), "--figures", str(tmp_path)], capture_output=True, text=True,
+                         cwd=root, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    H = pd.read_csv(tmp_path / "theory_noff_history.csv")
+    W = pd.read_csv(tmp_path / "theory_noff_where.csv").set_index("seed")
+    T = pd.read_csv(tmp_path / "theory_noff_truncation.csv")
+    R = pd.read_csv(tmp_path / "theory_noff_removal.csv").set_index("metric")
+    noff = H[H["variant"] == "no FF"]
+    assert noff[noff["step"] > 0]["ov_noise_component"].notna().all()
+    # seed 0 again, in-process: the component is the selection batch's, the numbers the test set's
+    cfg = MinimalConfig(ff="none", steps=50, eval_every=50, seed=0)
+    model = train_minimal(cfg).model
+    task = RecallTask(cfg.recall_config())
+    select = mt.dynamics.selection_set(task, 256, 0).to_prompts()
+    test = task.test_set(256, seed=10_000).to_prompts()
+    top = mt.dynamics.ov_noise_component(ov_noise_components(model, select))
+    assert W.loc[0, "top_noise_component"] == top == noff[(noff["seed"] == 0) & (noff["step"] == 50)]["ov_noise_component"].item()
+    cut = mt.evaluate(model, test, mt.RemoveComponents("attn.W_O", layer=0, indices=(top,))).iloc[0]
+    row = T[(T["seed"] == 0) & (T["variant"] == "W_OV noise component removed")].iloc[0]
+    assert row["accuracy"] == pytest.approx(float(cut["accuracy"]), abs=1e-6)
+    assert row["p_noise"] == pytest.approx(float(cut["p_noise"]), abs=1e-6)
+    # the summary over seeds: paired change = mean(removed) - mean(full), seeds counted
+    full = T[T["variant"] == "full model"].set_index("seed")
+    gone = T[T["variant"] == "W_OV noise component removed"].set_index("seed")
+    for m in ("accuracy", "p_noise", "p_answer"):
+        assert R.loc[m, "change"] == pytest.approx(gone[m].mean() - full[m].mean())
+        assert R.loc[m, "change_low"] <= R.loc[m, "change"] <= R.loc[m, "change_high"]
+        assert R.loc[m, "n_up"] == int((gone[m] > full[m]).sum()) and R.loc[m, "n_seeds"] == 2
+    assert str(R.loc["accuracy", "seeds"]) == "0 1"
+    assert (tmp_path / "theory_noff.png").exists()

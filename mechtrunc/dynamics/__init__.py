@@ -12,13 +12,14 @@ Everything returns tidy pandas DataFrames.
 """
 
 from mechtrunc.dynamics.minimal import (
-    EMBEDDINGS, FF_WIRINGS, MinimalAdapter, MinimalConfig, MinimalModel, MinimalResult, copy_directions,
-    equal_signal_lr_scale, ff_signal_closed_form, ff_signal_std_at_init, gradient_signals, gradient_snr,
-    ov_batch_gradient, ov_entry_matrix, ov_gradient_share, ov_noise_components, ov_signal_closed_form,
-    signal_closed_forms, snr_sweep, train_minimal,
+    EMBEDDINGS, FF_WIRINGS, MinimalAdapter, MinimalConfig, MinimalModel, MinimalResult, OVNoiseRecorder,
+    copy_directions, equal_signal_lr_scale, ff_signal_closed_form, ff_signal_std_at_init, gradient_signals,
+    gradient_snr, ov_batch_gradient, ov_entry_matrix, ov_gradient_share, ov_noise_component, ov_noise_components,
+    ov_signal_closed_form, signal_closed_forms, snr_sweep, train_minimal,
 )
 from mechtrunc.dynamics.measures import (
-    EVENT_CRITERIA, first_step, induction_score, learning_events, order_of_learning,
+    EVENT_CRITERIA, SELECTION_SEED_OFFSET, first_step, induction_score, learning_events, order_of_learning,
+    selection_set,
 )
 from mechtrunc.dynamics.toy import (
     ATTENTION_MATRICES, SnapshotRecorder, ToyDynamicsRecorder, attention_component_attributions,
@@ -35,5 +36,6 @@ __all__ = [
     "ov_gradient_share", "ov_noise_components", "equal_signal_lr_scale", "ov_batch_gradient",
     "ff_signal_std_at_init", "signal_closed_forms",
     "attention_component_attributions", "residual_attributions", "SnapshotRecorder", "seed_interval",
-    "paired_seed_intervals", "ATTENTION_MATRICES", "ov_gradient_noise",
+    "paired_seed_intervals", "ATTENTION_MATRICES", "ov_gradient_noise", "ov_noise_component",
+    "OVNoiseRecorder", "selection_set", "SELECTION_SEED_OFFSET",
 ]

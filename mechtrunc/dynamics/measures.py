@@ -12,10 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mechtrunc._checks import check_int
 from mechtrunc.adapters import adapt
-from mechtrunc.tasks.recall import RecallBatch
+from mechtrunc.tasks.recall import RecallBatch, RecallTask
 
-__all__ = ["first_step", "order_of_learning", "learning_events", "EVENT_CRITERIA", "induction_score"]
+__all__ = ["first_step", "order_of_learning", "learning_events", "EVENT_CRITERIA", "induction_score",
+           "SELECTION_SEED_OFFSET", "selection_set"]
+
+#: the selection batch's seed is the run's seed plus this (the clean test set's is seed + 10000)
+SELECTION_SEED_OFFSET = 20_000
 
 #: the criteria of :func:`learning_events`
 EVENT_CRITERIA = ("default", "probability", "argmax")
@@ -80,6 +85,19 @@ def learning_events(history: pd.DataFrame, alpha: float, criterion: str = "defau
     ff_first = (not math.isnan(s_ff)) and (math.isnan(s_attn) or s_ff < s_attn)
     return {"criterion": criterion, "step_ff": s_ff, "step_attn": s_attn, "ff_first": bool(ff_first),
             "ff_column": col_ff, "ff_threshold": thr_ff, "attn_column": col_attn, "attn_threshold": thr_attn}
+
+
+# ----------------------------------------------------------------------------------------
+# choosing a component on data the evaluation does not see
+# ----------------------------------------------------------------------------------------
+def selection_set(task: RecallTask, n: int, seed: int) -> RecallBatch:
+    """The clean batch on which a component to edit is *chosen* (e.g. the most noise-carrying
+    singular component before ``mt.RemoveComponents``), so that the edit is then evaluated on
+    sequences that did not choose it: ``task.test_set(n, seed=seed + SELECTION_SEED_OFFSET)``,
+    ``seed`` being the run's seed (its clean test set is ``seed + 10000``, training batches come
+    from ``seed`` itself).  Used by the minimal model and the toy Transformer alike."""
+    n = check_int("n (selection sequences)", n, 1)
+    return task.test_set(n, seed=check_int("seed", seed) + SELECTION_SEED_OFFSET)
 
 
 def _after_trigger_mask(batch: RecallBatch) -> Tensor:

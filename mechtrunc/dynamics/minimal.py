@@ -78,7 +78,7 @@ __all__ = [
     "MinimalConfig", "MinimalModel", "MinimalAdapter", "copy_directions", "gradient_signals",
     "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult", "EMBEDDINGS",
     "ov_signal_closed_form", "ov_entry_matrix", "ov_gradient_share", "ov_noise_components",
-    "equal_signal_lr_scale", "ov_batch_gradient", "signal_closed_forms", "ff_signal_std_at_init", "FF_WIRINGS",
+    "ov_noise_component", "OVNoiseRecorder", "equal_signal_lr_scale", "ov_batch_gradient", "signal_closed_forms", "ff_signal_std_at_init", "FF_WIRINGS",
 ]
 FF_WIRINGS = MINIMAL_FF
 
@@ -545,6 +545,39 @@ def ov_noise_components(model: MinimalModel, prompts: PromptSet) -> pd.DataFrame
                          "answer_push": a_push.numpy()})
 
 
+def ov_noise_component(comp: pd.DataFrame) -> int | None:
+    """The noise component of :func:`ov_noise_components`' table: the index (0 = largest singular
+    value) of the component with the largest (signed) ``noise_push``; ``None`` while ``W_OV`` is
+    exactly 0 (no component exists)."""
+    if not (comp["sigma"] > 0).any():
+        return None
+    return int(comp.loc[comp["noise_push"].idxmax(), "component"])
+
+
+class OVNoiseRecorder:
+    """A ``callback`` for :func:`train_minimal`: at every evaluation it finds ``W_OV``'s noise
+    component on ``prompts`` (:func:`ov_noise_component`; pass a selection batch,
+    :func:`mechtrunc.dynamics.selection_set`, to keep it off the test set) and adds to the
+    history row ``ov_noise_component`` (its index, 0 = the top component; NaN while ``W_OV = 0``),
+    ``ov_noise_share`` and ``ov_noise_sigma_over_median`` (its share of attention's noise push,
+    its singular value over the median), ``ov_top_noise_share`` and ``ov_top_sigma_over_median``
+    (the same for component 0) and ``ov_noise_total`` (attention's noise push on ``prompts``)."""
+
+    def __init__(self, prompts: PromptSet):
+        self.prompts = prompts
+
+    def __call__(self, step: int, model: MinimalModel) -> dict:
+        comp = ov_noise_components(model, self.prompts)
+        idx = ov_noise_component(comp)
+        nan = float("nan")
+        pick = (lambda col: nan) if idx is None else (lambda col: float(comp.loc[idx, col]))
+        top = (lambda col: nan) if idx is None else (lambda col: float(comp.loc[0, col]))
+        return {"ov_noise_component": nan if idx is None else float(idx), "ov_noise_share": pick("noise_share"),
+                "ov_noise_sigma_over_median": pick("sigma_over_median"), "ov_top_noise_share": top("noise_share"),
+                "ov_top_sigma_over_median": top("sigma_over_median"),
+                "ov_noise_total": float(comp["noise_push"].sum())}
+
+
 def signal_closed_forms(cfg: MinimalConfig, n_batches: int = 2000, batch_size: int | None = None,
                         seed: int = 0) -> dict[str, float]:
     """The mean and std of the FF and OV signals at initialisation from their closed forms
@@ -655,7 +688,7 @@ def ff_signal_std_at_init(cfg: MinimalConfig, n_batches: int = 32) -> float:
     return float(df.loc["W_F", "std"])
 
 
-def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> MinimalResult:
+def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False, callback=None) -> MinimalResult:
     """Train the minimal model on noisy recall (SGD, or Adam, on the three memories from zero).
 
     History (one row per evaluation, ``step`` 0 = initialisation): clean-test ``full_*``,
@@ -668,8 +701,10 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
     distribution), ``induction_score``, the gradient signals of the step's training batch
     (``signal_W_F`` ...: of the gradient actually applied, i.e. after ``ov_gradient_batch`` /
     ``ff_grad_noise``) and, with ``snr_batches``, the SNR over that many fresh batches
-    (``snr_W_F`` ...).  ``ff="none"``: W_F is not trained and stays exactly 0.  Seeded: the same
-    config gives the same history."""
+    (``snr_W_F`` ...).  ``callback(step, model) -> dict`` (e.g. :class:`OVNoiseRecorder`), called
+    at every evaluation, adds its entries to the row (it must not train the model; it does not
+    change the other columns).  ``ff="none"``: W_F is not trained and stays exactly 0.  Seeded:
+    the same config gives the same history."""
     cfg = cfg or MinimalConfig()
     torch.manual_seed(cfg.seed)
     task = RecallTask(cfg.recall_config())
@@ -695,6 +730,8 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False) -> M
             V = model.d_vocab
             row["ov_trigger_noise"] = float(M[trig, task.config.noise_id].mean())
             row["ov_copy_mean"] = float(M[:V].diagonal().mean())
+            if callback is not None:
+                row.update(callback(step, model))
         row.update({k: v for k, v in sig.items()})
         if cfg.snr_batches:
             snr = gradient_snr(model, task, cfg.batch_size, cfg.snr_batches, seed=cfg.seed + 7919 * (step + 1))
