@@ -318,8 +318,12 @@ def test_theory_script_noff_part_chooses_the_component_off_the_test_set(tmp_path
     task = RecallTask(cfg.recall_config())
     select = mt.dynamics.selection_set(task, 256, 0).to_prompts()
     test = task.test_set(256, seed=10_000).to_prompts()
-    top = mt.dynamics.ov_noise_component(ov_noise_components(model, select))
+    comp_sel, comp_test = ov_noise_components(model, select), ov_noise_components(model, test)
+    top = mt.dynamics.ov_noise_component(comp_sel)
     assert W.loc[0, "top_noise_component"] == top == noff[(noff["seed"] == 0) & (noff["step"] == 50)]["ov_noise_component"].item()
+    # its share is the selection batch's, not the test set's
+    assert W.loc[0, "noise_share"] == pytest.approx(float(comp_sel.loc[top, "noise_share"]), abs=1e-6)
+    assert abs(float(comp_sel.loc[top, "noise_share"]) - float(comp_test.loc[top, "noise_share"])) > 1e-5
     cut = mt.evaluate(model, test, mt.RemoveComponents("attn.W_O", layer=0, indices=(top,))).iloc[0]
     row = T[(T["seed"] == 0) & (T["variant"] == "W_OV noise component removed")].iloc[0]
     assert row["accuracy"] == pytest.approx(float(cut["accuracy"]), abs=1e-6)

@@ -78,7 +78,8 @@ __all__ = [
     "MinimalConfig", "MinimalModel", "MinimalAdapter", "copy_directions", "gradient_signals",
     "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult", "EMBEDDINGS",
     "ov_signal_closed_form", "ov_entry_matrix", "ov_gradient_share", "ov_noise_components",
-    "ov_noise_component", "OVNoiseRecorder", "equal_signal_lr_scale", "ov_batch_gradient", "signal_closed_forms", "ff_signal_std_at_init", "FF_WIRINGS",
+    "ov_noise_component", "OVNoiseRecorder", "equal_signal_lr_scale", "ov_batch_gradient", "signal_closed_forms",
+    "ff_signal_std_at_init", "FF_WIRINGS",
 ]
 FF_WIRINGS = MINIMAL_FF
 
