@@ -19,7 +19,7 @@ import json
 import re
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -63,7 +63,11 @@ BAD_INPUTS: list[Bad] = [
     cli("toy train --steps 10", "the following arguments are required: --out"),
     cli("toy train --out OUT --bogus-flag", "unrecognized arguments: --bogus-flag"),
     cli("toy train --out RUN_OTHER_CONFIG --d-model 16 --seq-len 16 --steps 2",
-        "holds a run with a different configuration; use a new --out directory"),
+        "holds a different run (alpha: 0.1 there, 0.5 asked; steps: 3 there, 2 asked); nothing was changed"),
+    cli("toy train --out RUN_OTHER_CONFIG --d-model 16 --seq-len 16 --steps 2 --alpha 0.1 --extend",
+        "(steps: 3 there, 2 asked); nothing was changed: --extend only lengthens a run"),
+    cli("toy train --out RUN_OTHER_CONFIG --d-model 16 --seq-len 16 --steps 6 --alpha 0.1",
+        "(steps: 3 there, 6 asked); nothing was changed: add --extend (extend=True) to train this run on from step 3 to 6"),
     cli("toy train --out RUN_CORRUPT_CHECKPOINT --d-model 16 --seq-len 16 --steps 2",
         "checkpoint.pt is corrupt or unreadable"),
     cli("toy eval NO_SUCH_DIR", "model directory NO_SUCH_DIR does not exist"),
@@ -123,6 +127,11 @@ BAD_INPUTS: list[Bad] = [
     cli("lm study EMPTY_FILE", "EMPTY_FILE is a file, not a directory"),
     cli("lm study EMPTY_DIR", "EMPTY_DIR is not a mechtrunc lm run directory (no run.json)"),
     cli("lm study UNFINISHED_LM_RUN", "has not finished training (no step200/)"),
+    cli("lm train --preset nano --out UNFINISHED_LM_RUN --steps 100 --precision bf16",
+        "holds a different run (steps: 200 there, 100 asked; precision: 'fp32' there, 'bf16' asked); nothing was changed"),
+    cli("lm train --preset nano --out UNFINISHED_LM_RUN --steps 300 --extend",
+        "(steps: 200 there, 300 asked); nothing was changed: it cannot be extended to 300 steps, because its learning "
+        "rate depends on steps"),
     cli("lm study EMPTY_DIR --n 0", "argument --n: expected a positive integer, got '0'"),
     # ---------------------------------------------------------------- CLI: lens
     cli("lens vocab TOY_RUN --matrix mlp.W_up", "argument --matrix: unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),
@@ -348,7 +357,8 @@ class Ctx(dict):
         if name == "RUN_OTHER_CONFIG":
             d = b / "run_other"
             d.mkdir(exist_ok=True)
-            torch.save({"config": {"alpha": 0.1}, "model": {}, "optimizer": {}, "step": 1, "history": []},
+            other = mt.preset("cpu", d_model=16, seq_len=16, steps=3, alpha=0.1)
+            torch.save({"config": asdict(other), "model": {}, "optimizer": {}, "step": 1, "history": []},
                        d / "checkpoint.pt")
             return d
         if name == "RUN_CORRUPT_CHECKPOINT":

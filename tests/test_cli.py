@@ -68,10 +68,37 @@ def test_train_then_eval_json(tmp_path):
         assert c["change"] == pytest.approx(data["ffn2_removed"][m] - data["full"][m], abs=1e-6)
         assert c["ci_low"] <= c["change"] <= c["ci_high"]
     assert data["intervals"]["n_boot"] == 1000 and data["intervals"]["level"] == 0.95
-    # rerunning the same command resumes: nothing left to do, same final model
-    before = (out / "model.safetensors").read_bytes()
-    assert main(args) == 0
-    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_toy_train_never_changes_a_finished_or_different_run(tmp_path, capsys):
+    from helpers import dir_snapshot
+
+    out = tmp_path / "run"
+    args = ["toy", "train", "--out", str(out), "--d-model", "16", "--seq-len", "32", "--eval-every", "10",
+            "--batch-size", "8", "--no-progress"]
+    assert main([*args, "--steps", "20"]) == 0
+    assert "trained cpu preset for 20 steps in" in capsys.readouterr().out
+    before = dir_snapshot(out)
+    # rerunning the same command: says so, exit 0, writes nothing
+    assert main([*args, "--steps", "20"]) == 0
+    assert capsys.readouterr().out.startswith(f"already finished: {out} holds the finished cpu preset run (20 steps); "
+                                              "nothing was trained or written")
+    assert dir_snapshot(out) == before
+    # another --steps, --seed or both: exit 2 naming each field with both values, nothing written
+    for extra, named in ((["--steps", "5"], "steps: 20 there, 5 asked"),
+                         (["--steps", "40"], "steps: 20 there, 40 asked); nothing was changed: add --extend"),
+                         (["--steps", "20", "--seed", "1"], "seed: 0 there, 1 asked"),
+                         (["--steps", "5", "--seed", "1", "--extend"], "steps: 20 there, 5 asked; seed: 0 there, 1 asked"),
+                         (["--steps", "5", "--extend"], "--extend only lengthens a run")):
+        assert main([*args, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert f"{out} holds a different run (" in err and named in err and "Traceback" not in err, (extra, err)
+        assert dir_snapshot(out) == before, extra
+    # --extend trains on, and reports the steps it ran
+    assert main([*args, "--steps", "30", "--extend"]) == 0
+    assert "trained cpu preset for steps 21..30 (resumed at step 20) in" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 30
+    assert (out / "history.csv").read_text().count("\n") == 4  # header + steps 10, 20, 30
 
 
 @pytest.fixture(scope="module")
