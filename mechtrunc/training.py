@@ -270,6 +270,11 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
 
     start_step, rows = 0, []
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if ckpt_path is not None and not ckpt_path.exists():
+        theirs = [n for n in ("config.json", "model.safetensors", "history.csv") if (Path(out_dir) / n).exists()]
+        if theirs:
+            raise ValueError(f"{out_dir} holds {', '.join(theirs)} but no training checkpoint (checkpoint.pt): not a "
+                             "run this command can resume; nothing was changed: use a new --out directory")
     if ckpt_path is not None and ckpt_path.exists():
         try:
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)

@@ -115,6 +115,10 @@ BAD_INPUTS: list[Bad] = [
     cli("pythia checkpoints --model TINY_PYTHIA --steps 0 --mode hook --out OUT",
         "--layers, --matrices, --keeps and --mode only apply with --grid"),
     cli("memory train --out OUT --n-inputs 1", "argument --n-inputs: expected an integer >= 2, got '1'"),
+    cli("memory train --out TOY_RUN --steps 5", "exists and holds no memory run (a config.json with its memory and train "
+        "configurations); nothing was changed"),
+    cli("memory dynamics --out TOY_RUN --steps 5", "exists and holds no `memory dynamics` run (config.json); nothing was "
+        "changed"),
     cli("memory train --out OUT --embeddings sphere",
         "argument --embeddings: unknown embeddings 'sphere'; valid embeddings: gaussian, orthonormal"),
     cli("memory spectrum NO_SUCH_DIR --top 0", "argument --top: expected a positive integer, got '0'"),

@@ -299,5 +299,18 @@ def test_a_different_config_is_refused_naming_each_field(tmp_path, change, named
     assert dir_snapshot(tmp_path) == before  # config.json, weights, checkpoint, history untouched
 
 
+def test_a_model_directory_without_checkpoint_is_not_overwritten(tmp_path):
+    r = train(_tiny(steps=3, eval_every=3), out_dir=tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").unlink()  # e.g. another command's model directory
+    before = dir_snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"holds config\.json, model\.safetensors, history\.csv but no training "
+                                         r"checkpoint \(checkpoint\.pt\).*nothing was changed"):
+        train(_tiny(steps=3, eval_every=3), out_dir=tmp_path, progress=False)
+    assert dir_snapshot(tmp_path) == before
+    r.model.save(tmp_path / "memo")  # another model's files (config.json, model.safetensors)
+    with pytest.raises(ValueError, match=r"holds config\.json, model\.safetensors but no training checkpoint"):
+        train(_tiny(steps=3, eval_every=3), out_dir=tmp_path / "memo", progress=False)
+
+
 # The end-to-end cpu-preset run (the demo's claim, three seeds, docs numbers) is in
 # tests/test_docs_results.py.
