@@ -510,14 +510,17 @@ def render_doc() -> str:
         "status 2 and prints `mechtrunc: error: ...` (or argparse's usage line and `error: ...`), never a "
         "traceback.  Argument values (ranges, choices, Pythia checkpoint steps, prompt-file names) are "
         "checked before torch is imported, so those errors come back at once "
-        "(`python benchmarks/bench_cli_startup.py`).",
+        "(`python benchmarks/bench_cli_startup.py`).  A training command pointed at a directory that holds "
+        "a run of another configuration (`--steps` included) names every differing field with both values "
+        "and changes nothing; `--extend` is the one way to train a run on to more steps (docs/api.md, "
+        "\"Training runs and their output directory\").",
         "",
         "UPPERCASE words are paths the test creates: `OUT` a new output directory, `NO_SUCH_DIR` a missing "
         "one, `EMPTY_DIR` / `EMPTY_FILE` empty ones, `TINY_PYTHIA` a 1-layer Pythia-shaped model with "
         "Pythia's tokenizer and a 64-token context (saved with `save_pretrained`), `TOY_RUN` a finished toy "
         "run, `UNFINISHED_LM_RUN` a `mechtrunc lm train --preset nano` directory holding only its `run.json`, "
         "`HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
-        "files as named.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
+        "files as named, `RUN_OTHER_CONFIG` a toy training checkpoint of `alpha` 0.1 and 3 steps.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
         "`neox` a 3-layer GPT-NeoX bridge (vocabulary 512, context 64), `tok` Pythia's tokenizer "
         "(`mt.pythia.tokenizer()`), `small_tok` a word-level tokenizer, `apply(model, iv)` enters and leaves "
         "`mt.intervene(model, iv)`.  \"(no GPU)\": run as if CUDA were absent.",
