@@ -21,7 +21,8 @@ from dataclasses import fields
 
 from mechtrunc._scalars import as_int, as_real
 
-__all__ = ["check_int", "check_real", "check_fraction", "check_choice", "check_preset", "config_from_dict"]
+__all__ = ["check_int", "check_real", "check_fraction", "check_choice", "check_preset", "config_from_dict",
+           "config_changes", "check_resume"]
 
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
@@ -79,3 +80,67 @@ def config_from_dict(cls, data: dict, tuples: tuple[str, ...] = ()):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid: {', '.join(sorted(known))}")
     return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in data.items()})
+
+
+_ABSENT = "<absent>"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """``d`` with nested dicts flattened to dotted names (``corpus.seed``); tuples as lists."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_changes(stored: dict, requested: dict, ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """Every field whose value differs between a run's stored configuration and a requested one,
+    as ``{name: (stored, requested)}`` in field order; nested dicts are compared field by field
+    under dotted names (``corpus.seed``), a field missing on one side shows as ``'<absent>'``, and
+    the fields ``ignore`` are left out."""
+    a, b = _flat(stored), _flat(requested)
+    names = [*a, *(k for k in b if k not in a)]
+    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in names
+            if k not in ignore and a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def _show(v) -> str:
+    return v if v is _ABSENT else repr(v)
+
+
+def check_resume(where, stored: dict, requested: dict, *, ignore: tuple[str, ...] = (), extend: bool = False,
+                 extension_refused=None) -> int | None:
+    """The one check before a training run continues in a directory that already holds a run:
+    ``stored`` is the configuration found at ``where``, ``requested`` the one asked for (both as
+    dicts; fields ``ignore`` may differ, e.g. the thread count).
+
+    Returns ``None`` when the configurations agree (resume, or a finished run), and the stored
+    number of steps when ``extend`` is true and only ``steps`` grows (the caller trains the run on
+    to ``requested["steps"]``).  ``extension_refused(old_steps, new_steps)``, if given, returns why
+    such an extension would not continue the same run (a learning-rate schedule over ``steps``),
+    or ``None``.  Anything else raises a ``ValueError`` naming every differing field with both
+    values, e.g. ``runs/demo holds a different run (steps: 1000 there, 50 asked; seed: 0 there, 1
+    asked); nothing was changed: use a new --out directory``."""
+    changes = config_changes(stored, requested, ignore)
+    if not changes:
+        return None
+    shown = "; ".join(f"{k}: {_show(a)} there, {_show(b)} asked" for k, (a, b) in changes.items())
+    head = f"{where} holds a different run ({shown}); nothing was changed"
+    old, new = changes.get("steps", (None, None))
+    only_longer = set(changes) == {"steps"} and isinstance(old, int) and isinstance(new, int) and new > old
+    if only_longer:
+        why = extension_refused(old, new) if extension_refused is not None else None
+        if why is not None:
+            raise ValueError(f"{head}: it cannot be extended to {new} steps, because {why}; train {new} steps "
+                             "in a new --out directory")
+        if extend:
+            return old
+        raise ValueError(f"{head}: add --extend (extend=True) to train this run on from step {old} to {new}, "
+                         "or use a new --out directory")
+    if extend and set(changes) == {"steps"}:
+        raise ValueError(f"{head}: --extend only lengthens a run; a shorter run is another run: use a new "
+                         "--out directory")
+    raise ValueError(f"{head}: use a new --out directory" + (" (--extend changes steps only)" if extend else ""))

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from mechtrunc._checks import check_choice, check_fraction, check_int, check_real, config_from_dict
+from mechtrunc._checks import check_choice, check_fraction, check_int, check_real, check_resume, config_from_dict
 from mechtrunc._choices import MEMORY_DTYPES, MEMORY_EMBEDDINGS, MEMORY_INITS, MEMORY_INPUT_DISTS, MEMORY_METHODS
 from mechtrunc._scalars import as_int_list
 from mechtrunc.adapters import MEMORY_MATRICES, MatrixSite, ModelAdapter
@@ -60,7 +60,7 @@ from mechtrunc.stacks import Stack
 __all__ = [
     "MemoryConfig", "MemoryTrainConfig", "LinearMemory", "MemoryAdapter", "MemoryRun", "INPUT_DISTS", "EMBEDDINGS",
     "INITS", "METHODS", "population_loss", "closed_form_gradient_at_zero", "train_memory",
-    "spectrum", "noise_component", "spectrum_summary", "clean_metrics", "load_memory_run",
+    "spectrum", "noise_component", "spectrum_summary", "clean_metrics", "load_memory_run", "finished_memory_run",
 ]
 
 INPUT_DISTS, EMBEDDINGS, INITS = MEMORY_INPUT_DISTS, MEMORY_EMBEDDINGS, MEMORY_INITS
@@ -519,6 +519,28 @@ def load_memory_run(directory: str | Path) -> MemoryRun:
     return MemoryRun(model, model.cfg, MemoryTrainConfig.from_dict(meta.get("train", {})),
                      read_table(directory / "history.csv"), read_table(directory / "spectra.csv"),
                      float(meta.get("seconds", float("nan"))))
+
+
+def finished_memory_run(directory: str | Path, cfg: MemoryConfig, train_cfg: MemoryTrainConfig) -> MemoryRun | None:
+    """What an output directory holds before a run of ``(cfg, train_cfg)`` is saved there:
+    ``None`` when it is missing or empty (train and save); the stored run when it holds a run of
+    exactly these configurations (finished: nothing to train or write).  A run is never resumed
+    or overwritten (training takes seconds): a directory holding a run of another configuration
+    raises a ``ValueError`` naming every differing field with both values (``train.steps: 1000
+    there, 2000 asked``), one holding anything else raises too."""
+    d = Path(directory)
+    if not d.exists() or (d.is_dir() and not any(d.iterdir())):
+        return None
+    try:
+        meta = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or not {"memory", "train"} <= set(meta):
+        raise ValueError(f"{d} exists and holds no memory run (a config.json with its memory and train "
+                         "configurations); nothing was changed: use an empty or new --out directory")
+    check_resume(d, {"memory": meta["memory"], "train": meta["train"]},
+                 {"memory": cfg.to_dict(), "train": train_cfg.to_dict()})
+    return load_memory_run(d)
 
 
 def _spectra_at(model: LinearMemory, step: int) -> pd.DataFrame:

@@ -10,7 +10,10 @@ Presets:
 Training is resumable: with an output directory, a checkpoint (model, optimiser, step,
 history) is written at every evaluation, and ``train`` on the same directory continues from it.
 Batches are a pure function of ``(seed, step)``, so a resumed run sees the same data as an
-uninterrupted one.
+uninterrupted one.  A directory holding a run of another configuration is refused, naming every
+differing field; ``train`` on a finished run writes nothing and returns it
+(``already_finished``); ``extend=True`` trains a run on to a larger ``steps`` (the learning rate
+is constant, so an extended run has the weights of one trained straight to the larger count).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechtrunc._checks import check_choice, check_int, check_real
+from mechtrunc._checks import check_choice, check_int, check_real, check_resume
 from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
 from mechtrunc.interventions import Ablate, Intervention, Truncate
 from mechtrunc.evaluation import evaluate
@@ -188,18 +191,25 @@ def truncation_table(
 
 @dataclass
 class TrainResult:
+    """``seconds``: the training time of this call (0 when nothing was trained);
+    ``resumed_from``: the steps already done when it started; ``already_finished``: the run was
+    finished before the call, which returned it without training or writing."""
+
     model: ToyTransformer
     history: pd.DataFrame
     config: TrainConfig
     seconds: float
     final: dict = field(default_factory=dict)
+    resumed_from: int = 0
+    already_finished: bool = False
 
 
 #: training steps whose batches are generated together
 GEN_CHUNK = 8
 
-#: options that may differ when a run is resumed (extend a run, move it to another device)
-_RESUMABLE_CHANGES = ("steps", "device", "threads")
+#: options that may differ when a run is resumed: where and on how many threads it runs
+#: (``steps`` changes only with ``extend=True``)
+_RESUMABLE_CHANGES = ("device", "threads")
 
 
 def batch_seed(seed: int, step: int) -> int:
@@ -209,9 +219,19 @@ def batch_seed(seed: int, step: int) -> int:
 
 def train(
     cfg: TrainConfig, out_dir: str | Path | None = None, progress: bool = True,
-    callback: Callable[[int, ToyTransformer], dict] | None = None,
+    callback: Callable[[int, ToyTransformer], dict] | None = None, extend: bool = False,
 ) -> TrainResult:
     """Train the toy model; evaluate every ``eval_every`` steps; save to ``out_dir``.
+
+    An ``out_dir`` holding a checkpoint resumes it when the configurations agree (``device`` and
+    ``threads`` may differ); any other difference raises a ``ValueError`` naming each field with
+    both values, and nothing is written.  A finished run (checkpoint at ``cfg.steps`` and its
+    ``config.json``) is returned as it is, with ``already_finished=True``, writing nothing.  With
+    ``extend=True`` a run (finished or not) whose configuration differs only by a smaller
+    ``steps`` is trained on to ``cfg.steps``: the learning rate does not depend on ``steps`` and
+    batches depend on the step alone, so the weights equal those of a run trained straight to
+    ``cfg.steps`` (the history gains a row at the old final step when ``eval_every`` does not
+    divide it, and the next row's ``train_loss`` averages the steps after it).
 
     ``callback(step, model)``, if given, is called at every evaluation (model in eval mode,
     under ``torch.no_grad``) and returns extra history columns for that row (e.g.
@@ -223,16 +243,16 @@ def train(
     seed gives the same numbers everywhere; ``threads=None`` uses torch's default, about 1.7x
     faster on 2 cores, with numbers that can differ in the last digits)."""
     if cfg.threads is None:
-        return _train(cfg, out_dir, progress, callback)
+        return _train(cfg, out_dir, progress, callback, extend)
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, out_dir, progress, callback)
+        return _train(cfg, out_dir, progress, callback, extend)
     finally:
         torch.set_num_threads(before)
 
 
-def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callback) -> TrainResult:
+def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callback, extend: bool) -> TrainResult:
     device = torch.device(check_device(cfg.device))
     torch.manual_seed(cfg.seed)
     if cfg.precision == "tf32":
@@ -250,6 +270,11 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
 
     start_step, rows = 0, []
     ckpt_path = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    if ckpt_path is not None and not ckpt_path.exists():
+        theirs = [n for n in ("config.json", "model.safetensors", "history.csv") if (Path(out_dir) / n).exists()]
+        if theirs:
+            raise ValueError(f"{out_dir} holds {', '.join(theirs)} but no training checkpoint (checkpoint.pt): not a "
+                             "run this command can resume; nothing was changed: use a new --out directory")
     if ckpt_path is not None and ckpt_path.exists():
         try:
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -257,14 +282,16 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
         except Exception as err:  # truncated file, not a checkpoint, ...
             raise ValueError(f"{ckpt_path} is corrupt or unreadable ({type(err).__name__}: {err}); delete it to "
                              "start over, or use a new --out directory") from err
-        same = lambda c: {k: v for k, v in c.items() if k not in _RESUMABLE_CHANGES}
-        if same(ckpt["config"]) != same(asdict(cfg)):
-            raise ValueError(
-                f"{str(out_dir)!r} holds a run with a different configuration; use a new --out directory"
-            )
+        check_resume(str(out_dir), ckpt["config"], asdict(cfg), ignore=_RESUMABLE_CHANGES, extend=extend)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start_step, rows = ckpt["step"], [upgrade_record(r) for r in ckpt["history"]]
+        meta_path = Path(out_dir) / "config.json"
+        if start_step == cfg.steps and meta_path.is_file():  # finished: return it, write nothing
+            model.eval()
+            final = json.loads(meta_path.read_text()).get("final") or evaluate_toy(model, test_prompts)
+            return TrainResult(model=model, history=pd.DataFrame(rows), config=cfg, seconds=0.0, final=final,
+                               resumed_from=start_step, already_finished=True)
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext())
     t0 = time.perf_counter()
@@ -325,7 +352,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
     if out_dir is not None:
         model.save(out_dir, extra={"train": asdict(cfg), "task": task.config.to_dict(), "final": final})
         history.to_csv(Path(out_dir) / "history.csv", index=False)
-    return TrainResult(model=model, history=history, config=cfg, seconds=seconds, final=final)
+    return TrainResult(model=model, history=history, config=cfg, seconds=seconds, final=final, resumed_from=start_step)
 
 
 def load_run(directory: str | Path, device: str = "cpu") -> tuple[ToyTransformer, TrainConfig, RecallTask]:

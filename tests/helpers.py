@@ -4,6 +4,8 @@
 - :func:`save_training_checkpoints`: train the recall NeoX and save it at several steps as
   ``DIR/step{N}/`` (a local checkpoint directory for ``checkpoint_study``).
 - :class:`SlowLoader`: a picklable loader wrapper that sleeps (to kill a worker mid-task).
+- :func:`dir_snapshot`: every file of a directory with its bytes and modification time (to
+  assert that a command wrote nothing).
 
 Ray and submitit workers unpickle :class:`SlowLoader` by reference, so they need this folder
 on their ``PYTHONPATH`` (:data:`WORKER_PYTHONPATH`).
@@ -71,3 +73,11 @@ def tiny_minimal_config(**kw):
                 test_size=16, steps=10, eval_every=5)
     args.update(kw)
     return MinimalConfig(**args)
+
+
+def dir_snapshot(directory: str | os.PathLike) -> dict[str, tuple[bytes, int]]:
+    """``{relative path: (bytes, mtime_ns)}`` of every file under ``directory``: equal snapshots
+    before and after a call mean it wrote, replaced and deleted nothing there."""
+    root = Path(directory)
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}

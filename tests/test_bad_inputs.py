@@ -19,7 +19,7 @@ import json
 import re
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -63,7 +63,11 @@ BAD_INPUTS: list[Bad] = [
     cli("toy train --steps 10", "the following arguments are required: --out"),
     cli("toy train --out OUT --bogus-flag", "unrecognized arguments: --bogus-flag"),
     cli("toy train --out RUN_OTHER_CONFIG --d-model 16 --seq-len 16 --steps 2",
-        "holds a run with a different configuration; use a new --out directory"),
+        "holds a different run (alpha: 0.1 there, 0.5 asked; steps: 3 there, 2 asked); nothing was changed"),
+    cli("toy train --out RUN_OTHER_CONFIG --d-model 16 --seq-len 16 --steps 2 --alpha 0.1 --extend",
+        "(steps: 3 there, 2 asked); nothing was changed: --extend only lengthens a run"),
+    cli("toy train --out RUN_OTHER_CONFIG --d-model 16 --seq-len 16 --steps 6 --alpha 0.1",
+        "(steps: 3 there, 6 asked); nothing was changed: add --extend (extend=True) to train this run on from step 3 to 6"),
     cli("toy train --out RUN_CORRUPT_CHECKPOINT --d-model 16 --seq-len 16 --steps 2",
         "checkpoint.pt is corrupt or unreadable"),
     cli("toy eval NO_SUCH_DIR", "model directory NO_SUCH_DIR does not exist"),
@@ -111,6 +115,10 @@ BAD_INPUTS: list[Bad] = [
     cli("pythia checkpoints --model TINY_PYTHIA --steps 0 --mode hook --out OUT",
         "--layers, --matrices, --keeps and --mode only apply with --grid"),
     cli("memory train --out OUT --n-inputs 1", "argument --n-inputs: expected an integer >= 2, got '1'"),
+    cli("memory train --out TOY_RUN --steps 5", "exists and holds no memory run (a config.json with its memory and train "
+        "configurations); nothing was changed"),
+    cli("memory dynamics --out TOY_RUN --steps 5", "exists and holds no `memory dynamics` run (config.json); nothing was "
+        "changed"),
     cli("memory train --out OUT --embeddings sphere",
         "argument --embeddings: unknown embeddings 'sphere'; valid embeddings: gaussian, orthonormal"),
     cli("memory spectrum NO_SUCH_DIR --top 0", "argument --top: expected a positive integer, got '0'"),
@@ -123,6 +131,11 @@ BAD_INPUTS: list[Bad] = [
     cli("lm study EMPTY_FILE", "EMPTY_FILE is a file, not a directory"),
     cli("lm study EMPTY_DIR", "EMPTY_DIR is not a mechtrunc lm run directory (no run.json)"),
     cli("lm study UNFINISHED_LM_RUN", "has not finished training (no step200/)"),
+    cli("lm train --preset nano --out UNFINISHED_LM_RUN --steps 100 --precision bf16",
+        "holds a different run (steps: 200 there, 100 asked; precision: 'fp32' there, 'bf16' asked); nothing was changed"),
+    cli("lm train --preset nano --out UNFINISHED_LM_RUN --steps 300 --extend",
+        "(steps: 200 there, 300 asked); nothing was changed: it cannot be extended to 300 steps, because its learning "
+        "rate depends on steps"),
     cli("lm study EMPTY_DIR --n 0", "argument --n: expected a positive integer, got '0'"),
     # ---------------------------------------------------------------- CLI: lens
     cli("lens vocab TOY_RUN --matrix mlp.W_up", "argument --matrix: unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),
@@ -348,7 +361,8 @@ class Ctx(dict):
         if name == "RUN_OTHER_CONFIG":
             d = b / "run_other"
             d.mkdir(exist_ok=True)
-            torch.save({"config": {"alpha": 0.1}, "model": {}, "optimizer": {}, "step": 1, "history": []},
+            other = mt.preset("cpu", d_model=16, seq_len=16, steps=3, alpha=0.1)
+            torch.save({"config": asdict(other), "model": {}, "optimizer": {}, "step": 1, "history": []},
                        d / "checkpoint.pt")
             return d
         if name == "RUN_CORRUPT_CHECKPOINT":
@@ -496,14 +510,17 @@ def render_doc() -> str:
         "status 2 and prints `mechtrunc: error: ...` (or argparse's usage line and `error: ...`), never a "
         "traceback.  Argument values (ranges, choices, Pythia checkpoint steps, prompt-file names) are "
         "checked before torch is imported, so those errors come back at once "
-        "(`python benchmarks/bench_cli_startup.py`).",
+        "(`python benchmarks/bench_cli_startup.py`).  A training command pointed at a directory that holds "
+        "a run of another configuration (`--steps` included) names every differing field with both values "
+        "and changes nothing; `--extend` is the one way to train a run on to more steps (docs/api.md, "
+        "\"Training runs and their output directory\").",
         "",
         "UPPERCASE words are paths the test creates: `OUT` a new output directory, `NO_SUCH_DIR` a missing "
         "one, `EMPTY_DIR` / `EMPTY_FILE` empty ones, `TINY_PYTHIA` a 1-layer Pythia-shaped model with "
         "Pythia's tokenizer and a 64-token context (saved with `save_pretrained`), `TOY_RUN` a finished toy "
         "run, `UNFINISHED_LM_RUN` a `mechtrunc lm train --preset nano` directory holding only its `run.json`, "
         "`HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
-        "files as named.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
+        "files as named, `RUN_OTHER_CONFIG` a toy training checkpoint of `alpha` 0.1 and 3 steps.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
         "`neox` a 3-layer GPT-NeoX bridge (vocabulary 512, context 64), `tok` Pythia's tokenizer "
         "(`mt.pythia.tokenizer()`), `small_tok` a word-level tokenizer, `apply(model, iv)` enters and leaves "
         "`mt.intervene(model, iv)`.  \"(no GPU)\": run as if CUDA were absent.",

@@ -34,3 +34,43 @@ def test_errors_name_field_value_and_range(call, message):
     with pytest.raises(ValueError) as info:
         call()
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_config_changes_names_every_differing_field_nested_fields_by_dotted_name():
+    from mechtrunc._checks import config_changes
+
+    stored = {"steps": 10, "lr": 0.1, "keeps": [1, 2], "corpus": {"seed": 0, "share": 0.7}, "threads": 1}
+    asked = {"steps": 20, "lr": 0.1, "keeps": (1, 2), "corpus": {"seed": 3, "share": 0.7}, "threads": 2, "new": 1}
+    assert config_changes(stored, asked, ignore=("threads",)) == {
+        "steps": (10, 20), "corpus.seed": (0, 3), "new": ("<absent>", 1)}  # a tuple equals its JSON list
+    assert config_changes(stored, stored) == {}
+
+
+@pytest.mark.parametrize("asked, extend, why, message", [
+    (dict(steps=5), False, None, "run holds a different run (steps: 10 there, 5 asked); nothing was changed: use a new "
+                                 "--out directory"),
+    (dict(steps=20), False, None, "(steps: 10 there, 20 asked); nothing was changed: add --extend (extend=True) to "
+                                  "train this run on from step 10 to 20, or use a new --out directory"),
+    (dict(steps=5), True, None, "(steps: 10 there, 5 asked); nothing was changed: --extend only lengthens a run"),
+    (dict(steps=20, seed=1, opt="sgd"), True, None, "(steps: 10 there, 20 asked; seed: 0 there, 1 asked; opt: 'adam' "
+                                                    "there, 'sgd' asked); nothing was changed: use a new --out directory"),
+    (dict(steps=20), True, "the schedule moves", "(steps: 10 there, 20 asked); nothing was changed: it cannot be "
+                                                 "extended to 20 steps, because the schedule moves; train 20 steps in a new"),
+])
+def test_check_resume_refuses_naming_each_field(asked, extend, why, message):
+    from mechtrunc._checks import check_resume
+
+    stored = {"steps": 10, "seed": 0, "opt": "adam"}
+    with pytest.raises(ValueError) as e:
+        check_resume("run", stored, {**stored, **asked}, extend=extend, extension_refused=lambda old, new: why)
+    assert message in str(e.value)
+
+
+def test_check_resume_allows_the_same_run_and_an_asked_extension():
+    from mechtrunc._checks import check_resume
+
+    stored = {"steps": 10, "seed": 0, "threads": 1}
+    assert check_resume("run", stored, dict(stored)) is None
+    assert check_resume("run", stored, {**stored, "threads": 4}, ignore=("threads",)) is None
+    assert check_resume("run", stored, {**stored, "steps": 30}, extend=True) == 10
+    assert check_resume("run", stored, dict(stored), extend=True) is None  # nothing to extend

@@ -68,10 +68,37 @@ def test_train_then_eval_json(tmp_path):
         assert c["change"] == pytest.approx(data["ffn2_removed"][m] - data["full"][m], abs=1e-6)
         assert c["ci_low"] <= c["change"] <= c["ci_high"]
     assert data["intervals"]["n_boot"] == 1000 and data["intervals"]["level"] == 0.95
-    # rerunning the same command resumes: nothing left to do, same final model
-    before = (out / "model.safetensors").read_bytes()
-    assert main(args) == 0
-    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_toy_train_never_changes_a_finished_or_different_run(tmp_path, capsys):
+    from helpers import dir_snapshot
+
+    out = tmp_path / "run"
+    args = ["toy", "train", "--out", str(out), "--d-model", "16", "--seq-len", "32", "--eval-every", "10",
+            "--batch-size", "8", "--no-progress"]
+    assert main([*args, "--steps", "20"]) == 0
+    assert "trained cpu preset for 20 steps in" in capsys.readouterr().out
+    before = dir_snapshot(out)
+    # rerunning the same command: says so, exit 0, writes nothing
+    assert main([*args, "--steps", "20"]) == 0
+    assert capsys.readouterr().out.startswith(f"already finished: {out} holds the finished cpu preset run (20 steps); "
+                                              "nothing was trained or written")
+    assert dir_snapshot(out) == before
+    # another --steps, --seed or both: exit 2 naming each field with both values, nothing written
+    for extra, named in ((["--steps", "5"], "steps: 20 there, 5 asked"),
+                         (["--steps", "40"], "steps: 20 there, 40 asked); nothing was changed: add --extend"),
+                         (["--steps", "20", "--seed", "1"], "seed: 0 there, 1 asked"),
+                         (["--steps", "5", "--seed", "1", "--extend"], "steps: 20 there, 5 asked; seed: 0 there, 1 asked"),
+                         (["--steps", "5", "--extend"], "--extend only lengthens a run")):
+        assert main([*args, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert f"{out} holds a different run (" in err and named in err and "Traceback" not in err, (extra, err)
+        assert dir_snapshot(out) == before, extra
+    # --extend trains on, and reports the steps it ran
+    assert main([*args, "--steps", "30", "--extend"]) == 0
+    assert "trained cpu preset for steps 21..30 (resumed at step 20) in" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 30
+    assert (out / "history.csv").read_text().count("\n") == 4  # header + steps 10, 20, 30
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +150,67 @@ def test_command_groups_import_no_package_init_and_nothing_heavy_at_top():
         for node in tree.body:  # module top
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mechtrunc"):
                 assert node.module in light, f"{path.name} imports {node.module} at module top"
+
+
+def test_demo_twice_says_the_model_is_trained_and_goes_on_to_the_report(tmp_path, monkeypatch, capsys):
+    """`make demo` run twice: the second run trains nothing, leaves the run's files as they are
+    and still prints the table and writes the report; another --seed is refused naming it (the
+    cpu preset is shrunk here so the test takes seconds)."""
+    import mechtrunc.training as training
+    from helpers import dir_snapshot
+
+    real = training.preset
+    monkeypatch.setattr(training, "preset", lambda name, **kw: real(
+        name, **{**kw, "d_model": 16, "seq_len": 32, "steps": 20, "eval_every": 10, "batch_size": 8, "test_size": 16}))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    first = capsys.readouterr().out
+    assert "Already trained" not in first
+    run_files = ("checkpoint.pt", "model.safetensors", "config.json", "history.csv")
+    before = {k: v for k, v in dir_snapshot(out).items() if k in run_files}
+    assert len(before) == 4
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 0
+    second = capsys.readouterr().out
+    assert f"Already trained: {out} holds the finished run (20 steps); evaluating it." in second
+    table = lambda text: text[text.index("variant"):text.index("Removing")]
+    assert table(second) == table(first)
+    assert second.strip().splitlines()[-1] == f"Report: {(out / 'report.html').resolve()}"
+    assert {k: v for k, v in dir_snapshot(out).items() if k in run_files} == before
+    assert main(["demo", "--out", str(out), "--seed", "1", "--no-progress"]) == 2
+    assert f"{out} holds a different run (seed: 0 there, 1 asked)" in capsys.readouterr().err
+    assert {k: v for k, v in dir_snapshot(out).items() if k in run_files} == before
+
+
+@pytest.mark.parametrize("command, args, other, named", [
+    (["memory", "train"], ["--n-inputs", "8", "--n-outputs", "8", "--d", "16", "--steps", "20"],
+     ["--steps", "30", "--alpha", "0.2"],
+     "(memory.alpha: 0.3 there, 0.2 asked; train.steps: 20 there, 30 asked; train.spectrum_steps: [0, 10, 20] "
+     "there, [0, 10, 30] asked); nothing was changed: use a new --out directory"),
+    (["memory", "dynamics"], ["--vocab-size", "8", "--d-model", "16", "--seq-len", "24", "--batch-size", "8",
+                              "--steps", "4", "--eval-every", "2", "--snr-batches", "3"],
+     ["--steps", "6", "--seed", "2"],
+     "(steps: 4 there, 6 asked; seed: 0 there, 2 asked); nothing was changed: use a new --out directory"),
+])
+def test_memory_runs_are_never_overwritten(tmp_path, capsys, command, args, other, named):
+    """`memory train` and `memory dynamics` do not resume (a run takes seconds), so a rerun into
+    the same --out says it is finished and writes nothing, and another configuration is refused."""
+    from helpers import dir_snapshot
+
+    out = tmp_path / "run"
+    assert main([*command, *args, "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    before = dir_snapshot(out)
+    assert main([*command, *args, "--out", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert again.startswith(f"already finished: {out} holds the ") and "nothing was trained or written" in again
+    assert again.splitlines()[1:] == first.splitlines()[1:]  # the same numbers, read back
+    assert dir_snapshot(out) == before
+    assert main([*command, *args, *other, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds a different run {named}" in err and "Traceback" not in err, err
+    assert dir_snapshot(out) == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("mine")
+    assert main([*command, *args, "--out", str(tmp_path / "notes")]) == 2
+    assert "holds no" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]

@@ -264,14 +264,58 @@ def test_resume_after_interrupt_gives_the_same_weights(nano_run, tmp_path):
     b = torch.load(other / "state.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # a finished run reruns as a no-op that keeps the summary of the run that trained
-    assert train_lm(_nano(), other, progress=False) == summary == json.loads((other / "summary.json").read_text())
+    assert summary == json.loads((other / "summary.json").read_text()) and "already_finished" not in summary
+    assert train_lm(_nano(), other, progress=False) == {**summary, "already_finished": True}
     assert summary["tokens_per_second"] > 0
+
+
+def test_a_finished_run_is_never_changed(tmp_path):
+    from helpers import dir_snapshot
+
+    out = tmp_path / "run"
+    first = train_lm(_nano(steps=4), out, progress=False)
+    before = dir_snapshot(out)
+    again = train_lm(_nano(steps=4), out, progress=False)
+    assert again == {**first, "already_finished": True} and dir_snapshot(out) == before
+    for kw, extend, named in ((dict(steps=3), False, r"steps: 4 there, 3 asked\); nothing was changed: use a new"),
+                              (dict(steps=3), True, r"steps: 4 there, 3 asked\); .*--extend only lengthens a run"),
+                              (dict(steps=8, seed=1), True, r"steps: 4 there, 8 asked; seed: 0 there, 1 asked\)"),
+                              (dict(steps=4, corpus=CorpusConfig(seed=5)), False, r"corpus\.seed: 0 there, 5 asked\)")):
+        with pytest.raises(ValueError, match=rf"{out} holds a different run \({named}"):
+            train_lm(_nano(**kw), out, progress=False, extend=extend)
+        assert dir_snapshot(out) == before
+    # the presets' learning rate depends on steps (warm-up, cosine decay): an extension is refused, saying why
+    for extend in (False, True):
+        with pytest.raises(ValueError, match=r"steps: 4 there, 8 asked\); nothing was changed: it cannot be extended "
+                                             r"to 8 steps, because its learning rate depends on steps .*: update 3 had lr "
+                                             r"0\.002325 in this run and would have 0\.002866 in a 8-step run"):
+            train_lm(_nano(steps=8), out, progress=False, extend=extend)
+        assert dir_snapshot(out) == before
+
+
+def test_extension_at_a_constant_learning_rate_equals_a_straight_run(tmp_path):
+    import torch
+
+    flat = dict(warmup=0.0, min_lr_ratio=1.0)  # a learning rate that does not depend on steps
+    straight = train_lm(_nano(steps=8, **flat), tmp_path / "straight", progress=False)
+    train_lm(_nano(steps=5, **flat), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"steps: 5 there, 8 asked\); nothing was changed: add --extend"):
+        train_lm(_nano(steps=8, **flat), tmp_path / "run", progress=False)
+    ext = train_lm(_nano(steps=8, **flat), tmp_path / "run", progress=False, extend=True)
+    assert ext["resumed_from"] == 5 and ext["steps"] == 8 and ext["final_loss"] == straight["final_loss"]
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["history"] == b["history"]  # step, loss, lr, tokens of every update
+    # the old final checkpoint stays, as one more step directory
+    assert straight["checkpoints"] == [0, 1, 2, 4, 8] and ext["checkpoints"] == [0, 1, 2, 4, 5, 8]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["steps"] == 8
 
 
 def test_a_directory_holding_another_run_is_refused(nano_run, tmp_path):
     out, _ = nano_run
     before = (out / "run.json").read_text()
-    with pytest.raises(ValueError, match=r"holds another run \(d_model: 64 there, 32 here\).*nothing was overwritten"):
+    with pytest.raises(ValueError, match=r"holds a different run \(d_model: 64 there, 32 asked\); nothing was changed"):
         train_lm(_nano(d_model=32), out, progress=False)
     assert (out / "run.json").read_text() == before
     (tmp_path / "notes.txt").write_text("mine")
@@ -358,10 +402,24 @@ def test_cli_bad_usage_exits_2_without_traceback(argv, message, monkeypatch, cap
     assert message in err and "Traceback" not in err
 
 
-def test_cli_refuses_another_runs_directory(nano_run, monkeypatch, capsys):
-    out, _ = nano_run
-    before = sorted(p.name for p in out.iterdir())
-    assert _cli(["lm", "train", "--preset", "nano", "--out", str(out), "--steps", "7", "--no-progress"], monkeypatch) == 2
-    err = capsys.readouterr().err
-    assert "holds another run (steps: 200 there, 7 here)" in err and "Traceback" not in err
-    assert sorted(p.name for p in out.iterdir()) == before
+def test_cli_never_changes_a_finished_or_different_run(nano_run, monkeypatch, capsys):
+    from helpers import dir_snapshot
+
+    out, summary = nano_run
+    before = dir_snapshot(out)
+    train = ["lm", "train", "--preset", "nano", "--out", str(out), "--no-progress"]
+    for extra, named in ((["--steps", "7"], "(steps: 200 there, 7 asked); nothing was changed: use a new --out directory"),
+                         (["--seed", "1"], "(seed: 0 there, 1 asked); nothing was changed"),
+                         (["--steps", "400", "--extend"], "(steps: 200 there, 400 asked); nothing was changed: it cannot "
+                          "be extended to 400 steps, because its learning rate depends on steps")):
+        assert _cli([*train, *extra], monkeypatch) == 2
+        err = capsys.readouterr().err
+        assert f"{out} holds a different run {named}" in err and "Traceback" not in err, err
+        assert dir_snapshot(out) == before
+    # the same command again: says so, exit 0, nothing trained or written
+    assert _cli(train, monkeypatch) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"already finished: {out} holds the finished nano (2 layers, d 64, 267,264 parameters) run "
+                           f"of 200 steps (its training took {summary['seconds']:.1f} s); nothing was trained or "
+                           "written"), said
+    assert dir_snapshot(out) == before

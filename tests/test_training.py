@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mechtrunc as mt
+from helpers import dir_snapshot
 from mechtrunc.training import (
     PRESETS, TrainConfig, evaluate_toy, load_run, preset, train, trigger_margin,
 )
@@ -224,38 +225,92 @@ def test_out_dir_files_and_load_run(tmp_path):
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     n = 6
-    cfg_2n = _tiny(steps=2 * n, eval_every=3)
-    full = train(cfg_2n, progress=False)  # uninterrupted, no output directory
-    first = train(_tiny(steps=n, eval_every=3), out_dir=tmp_path / "run", progress=False)
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == n
-    assert not _state_equal(first.model, full.model)
-    resumed = train(cfg_2n, out_dir=tmp_path / "run", progress=False)
+    cfg = _tiny(steps=2 * n, eval_every=3)
+    full = train(cfg, progress=False)  # uninterrupted, no output directory
+
+    def interrupt(step, model):
+        if step == n:
+            raise KeyboardInterrupt
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out_dir=tmp_path / "run", progress=False, callback=interrupt)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == n - 3  # the last evaluation
+    resumed = train(cfg, out_dir=tmp_path / "run", progress=False)
+    assert resumed.resumed_from == n - 3 and not resumed.already_finished
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2 * n
     assert _state_equal(resumed.model, full.model)
     pd.testing.assert_frame_equal(_history_wo_time(resumed.history), _history_wo_time(full.history))
     assert resumed.final == full.final
-    # calling again on a finished run does no further training
-    again = train(cfg_2n, out_dir=tmp_path / "run", progress=False)
-    assert _state_equal(again.model, full.model)
-    assert len(again.history) == len(full.history)
 
 
-def test_resume_sgd_momentum_state(tmp_path):
-    """The optimiser state (momentum buffers) is part of the checkpoint."""
-    cfg = _tiny(optimizer="sgd", lr=0.05, momentum=0.9, steps=8, eval_every=4)
-    full = train(cfg, progress=False)
-    train(_tiny(optimizer="sgd", lr=0.05, momentum=0.9, steps=4, eval_every=4), out_dir=tmp_path, progress=False)
-    resumed = train(cfg, out_dir=tmp_path, progress=False)
-    assert _state_equal(resumed.model, full.model)
+def test_extend_equals_a_run_trained_straight_to_more_steps(tmp_path):
+    """The learning rate is constant and batches depend on the step alone: a finished run of n
+    steps extended to 2n has the weights of a 2n-step run; its history gains the row of step n."""
+    n = 7
+    straight = train(_tiny(steps=2 * n, eval_every=3), progress=False)
+    first = train(_tiny(steps=n, eval_every=3), out_dir=tmp_path, progress=False)
+    assert first.history["step"].tolist() == [3, 6, 7] and not _state_equal(first.model, straight.model)
+    with pytest.raises(ValueError, match=r"steps: 7 there, 14 asked\); nothing was changed: add --extend"):
+        train(_tiny(steps=2 * n, eval_every=3), out_dir=tmp_path, progress=False)
+    extended = train(_tiny(steps=2 * n, eval_every=3), out_dir=tmp_path, progress=False, extend=True)
+    assert extended.resumed_from == n and not extended.already_finished
+    assert _state_equal(extended.model, straight.model)
+    assert extended.final == straight.final
+    assert extended.history["step"].tolist() == [3, 6, 7, 9, 12, 14]
+    same = lambda h: _history_wo_time(h[h["step"] != 9])  # step 9's loss averages steps 8-9 here, 7-9 there
+    pd.testing.assert_frame_equal(same(extended.history[extended.history["step"] != 7]), same(straight.history))
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 2 * n
+    # SGD with momentum: the momentum buffers are part of the checkpoint
+    sgd = dict(optimizer="sgd", lr=0.05, momentum=0.9, eval_every=4)
+    full = train(_tiny(steps=8, **sgd), progress=False)
+    train(_tiny(steps=4, **sgd), out_dir=tmp_path / "sgd", progress=False)
+    assert _state_equal(train(_tiny(steps=8, **sgd), out_dir=tmp_path / "sgd", progress=False, extend=True).model,
+                        full.model)
 
 
-@pytest.mark.parametrize("change", [dict(lr=1e-2), dict(seed=1), dict(alpha=0.3), dict(d_model=32)])
-def test_mismatched_config_on_existing_dir(tmp_path, change):
-    train(_tiny(steps=3, eval_every=3), out_dir=tmp_path, progress=False)
-    before = (tmp_path / "checkpoint.pt").read_bytes()
-    with pytest.raises(ValueError, match=r"holds a run with a different configuration; use a new --out directory"):
-        train(_tiny(steps=3, eval_every=3, **change), out_dir=tmp_path, progress=False)
-    assert (tmp_path / "checkpoint.pt").read_bytes() == before  # left untouched
+def test_finished_run_is_returned_as_it_is_writing_nothing(tmp_path):
+    cfg = _tiny(steps=6, eval_every=3)
+    first = train(cfg, out_dir=tmp_path, progress=False)
+    before = dir_snapshot(tmp_path)
+    for extend in (False, True):  # --extend to the same steps: nothing to extend
+        again = train(cfg, out_dir=tmp_path, progress=False, extend=extend)
+        assert again.already_finished and again.seconds == 0.0 and again.resumed_from == 6
+        assert _state_equal(again.model, first.model) and again.final == first.final
+        pd.testing.assert_frame_equal(again.history, first.history)
+        assert dir_snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(steps=3), "steps: 6 there, 3 asked"),
+    (dict(lr=1e-2), "lr: 0.003 there, 0.01 asked"),
+    (dict(seed=1), "seed: 0 there, 1 asked"),
+    (dict(alpha=0.3), "alpha: 0.5 there, 0.3 asked"),
+    (dict(d_model=32, optimizer="sgd"), "d_model: 16 there, 32 asked; optimizer: 'adamw' there, 'sgd' asked"),
+    (dict(steps=12, seed=2), "steps: 6 there, 12 asked; seed: 0 there, 2 asked"),
+])
+@pytest.mark.parametrize("extend", [False, True])
+def test_a_different_config_is_refused_naming_each_field(tmp_path, change, named, extend):
+    train(_tiny(steps=6, eval_every=3), out_dir=tmp_path, progress=False)
+    before = dir_snapshot(tmp_path)
+    with pytest.raises(ValueError, match=rf"holds a different run \({named}\); nothing was changed: .*use a new --out "
+                                         r"directory"):
+        train(_tiny(**{"steps": 6, "eval_every": 3, **change}), out_dir=tmp_path, progress=False, extend=extend)
+    assert dir_snapshot(tmp_path) == before  # config.json, weights, checkpoint, history untouched
+
+
+def test_a_model_directory_without_checkpoint_is_not_overwritten(tmp_path):
+    r = train(_tiny(steps=3, eval_every=3), out_dir=tmp_path, progress=False)
+    (tmp_path / "checkpoint.pt").unlink()  # e.g. another command's model directory
+    before = dir_snapshot(tmp_path)
+    with pytest.raises(ValueError, match=r"holds config\.json, model\.safetensors, history\.csv but no training "
+                                         r"checkpoint \(checkpoint\.pt\).*nothing was changed"):
+        train(_tiny(steps=3, eval_every=3), out_dir=tmp_path, progress=False)
+    assert dir_snapshot(tmp_path) == before
+    r.model.save(tmp_path / "memo")  # another model's files (config.json, model.safetensors)
+    with pytest.raises(ValueError, match=r"holds config\.json, model\.safetensors but no training checkpoint"):
+        train(_tiny(steps=3, eval_every=3), out_dir=tmp_path / "memo", progress=False)
+
 
 # The end-to-end cpu-preset run (the demo's claim, three seeds, docs numbers) is in
 # tests/test_docs_results.py.

@@ -86,13 +86,20 @@ def cmd_train(args) -> int:
     over = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("device", args.device),
                               ("threads", args.threads), ("precision", args.precision)) if v is not None}
     cfg = lm_preset(args.preset, corpus=_corpus_config(args), **over)
-    summary = train_lm(cfg, args.out, progress=not args.no_progress)
+    summary = train_lm(cfg, args.out, progress=not args.no_progress, extend=args.extend)
     if args.json:
         print(json.dumps(summary))
         return 0
-    resumed = f" (resumed at step {summary['resumed_from']})" if summary["resumed_from"] else ""
-    print(f"trained {args.preset} ({cfg.n_layers} layers, d {cfg.d_model}, {summary['parameters']:,} parameters) "
-          f"for {cfg.steps} steps{resumed} in {summary['seconds']:.1f} s -> {args.out}")
+    what = f"{args.preset} ({cfg.n_layers} layers, d {cfg.d_model}, {summary['parameters']:,} parameters)"
+    start = summary["resumed_from"]
+    if summary.get("already_finished"):
+        print(f"already finished: {args.out} holds the finished {what} run of {cfg.steps} steps (its training took "
+              f"{summary['seconds']:.1f} s); nothing was trained or written")
+    elif start:
+        print(f"trained {what} for steps {start + 1}..{cfg.steps} (resumed at step {start}) in "
+              f"{summary['seconds_this_run']:.1f} s ({summary['seconds']:.1f} s in all) -> {args.out}")
+    else:
+        print(f"trained {what} for {cfg.steps} steps in {summary['seconds_this_run']:.1f} s -> {args.out}")
     print(f"final loss {summary['final_loss']:.4f}; {len(summary['checkpoints'])} checkpoints "
           f"(step0 ... step{cfg.steps}); read them with `mechtrunc pythia checkpoints --model {args.out}`")
     return 0
@@ -231,8 +238,9 @@ def add_commands(sub) -> argparse._SubParsersAction:
     tr = lsub.add_parser("train", help="train a preset; checkpoints OUT/step{N}/ at Pythia's schedule",
                          description="Train (or resume: rerun the same command) a GPT-NeoX preset on the corpus. "
                                      "OUT gets run.json, step{N}/ save_pretrained checkpoints (model and "
-                                     "tokenizer), state.pt, history.csv and summary.json.  A directory holding "
-                                     "another run is refused.")
+                                     "tokenizer), state.pt, history.csv and summary.json.  A finished run is left "
+                                     "as it is; a directory holding another run is refused, naming each "
+                                     "differing field.")
     tr.add_argument("--preset", required=True, type=choice(LM_PRESETS, "model preset"),
                     help=f"model and training preset: {', '.join(LM_PRESETS)}")
     tr.add_argument("--out", required=True, help="output directory (new, or this run's to resume)")
@@ -242,6 +250,10 @@ def add_commands(sub) -> argparse._SubParsersAction:
     tr.add_argument("--precision", type=choice(("fp32", "bf16"), "precision"), default=None,
                     help="fp32 or bf16 autocast (default: the preset's)")
     tr.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: the preset's)")
+    tr.add_argument("--extend", action="store_true",
+                    help="train the run in --out on to a larger --steps; refused, with the reason, when the "
+                         "learning rates of the updates done depend on --steps (the presets' warm-up and cosine "
+                         "decay do)")
     _corpus_options(tr, "--corpus-seed")
     tr.add_argument("--json", action="store_true", help="print the summary as JSON")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
-    choice, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int,
+    UsageError, choice, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int,
 )
 from mechtrunc.cli.toy import format_table
 from mechtrunc.results import P_ANSWER, VARIANT_METRICS
@@ -80,7 +80,7 @@ def _summary_of(spectra, step) -> dict:
 
 
 def cmd_train(args) -> int:
-    from mechtrunc.memory import MemoryConfig, MemoryTrainConfig, train_memory
+    from mechtrunc.memory import MemoryConfig, MemoryTrainConfig, finished_memory_run, train_memory
 
     _set_threads(args.threads)
     cfg = MemoryConfig(**_given(args, _MEMORY_FIELDS))
@@ -88,18 +88,26 @@ def cmd_train(args) -> int:
     spec_steps = args.spectrum_steps if args.spectrum_steps is not None else [s for s in (0, 10, 100) if s < steps] + [steps]
     tc = MemoryTrainConfig(steps=steps, lr=args.lr if args.lr is not None else float(cfg.n_inputs),
                            spectrum_steps=spec_steps, **_given(args, _TRAIN_FIELDS))
-    run = train_memory(cfg, tc)
-    run.save(args.out)
+    run = finished_memory_run(args.out, cfg, tc)
+    finished = run is not None
+    if not finished:
+        run = train_memory(cfg, tc)
+        run.save(args.out)
     final = run.history.iloc[-1]
     summary = {"out": str(args.out), "seconds": round(run.seconds, 3), "steps": steps,
                "final": {k: float(final[k]) for k in ("p_answer", "p_noise", "accuracy", "loss")},
-               "spectrum": _summary_of(run.spectra, max(tc.spectrum_steps)) if tc.spectrum_steps else {}}
+               "spectrum": _summary_of(run.spectra, max(tc.spectrum_steps)) if tc.spectrum_steps else {},
+               "already_finished": finished}
     if args.json:
         print(json.dumps(summary))
         return 0
     f = summary["final"]
-    print(f"trained the memory (N={cfg.n_inputs}, V={cfg.n_outputs}, d={cfg.d}, alpha={cfg.alpha}) for {steps} "
-          f"{tc.method} steps in {run.seconds:.1f} s -> {args.out}")
+    what = f"the memory (N={cfg.n_inputs}, V={cfg.n_outputs}, d={cfg.d}, alpha={cfg.alpha})"
+    if finished:
+        print(f"already finished: {args.out} holds {what} trained for {steps} {tc.method} steps (in "
+              f"{run.seconds:.1f} s); nothing was trained or written")
+    else:
+        print(f"trained {what} for {steps} {tc.method} steps in {run.seconds:.1f} s -> {args.out}")
     print(f"clean P(answer) {f['p_answer']:.3f}  P(noise) {f['p_noise']:.3f}  accuracy {f['accuracy']:.3f}  "
           f"population loss {f['loss']:.4f}")
     for matrix, s in summary["spectrum"].items():
@@ -219,34 +227,67 @@ def cmd_dynamics(args) -> int:
         vocab = args.vocab_size if args.vocab_size is not None else defaults["vocab_size"].default
         over["d_model"] = max(defaults["d_model"].default, 2 * vocab)
     cfg = MinimalConfig(**over)
-    model = MinimalModel(cfg)
-    snr = gradient_snr(model, RecallTask(cfg.recall_config()), cfg.batch_size, n_batches=args.snr_batches, seed=cfg.seed)
-    result = train_minimal(cfg)
-    last = result.history.iloc[-1]
-    summary = {
-        "config": asdict(cfg),
-        "order": result.order,
-        "snr_init": {r.memory: {"mean": r.mean, "std": r.std, "snr": r.snr} for r in snr.itertuples()},
-        "final": {v: {m: float(last[f"{v}_{m}"]) for m in VARIANT_METRICS}
-                  for v in ("full", "ff_removed", "attn_removed")},
-        "seconds": result.seconds,
-    }
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        result.history.to_csv(out / "history.csv", index=False)
-        snr.to_csv(out / "snr_init.csv", index=False)
-        (out / "config.json").write_text(json.dumps(summary, indent=2))
+    summary = _finished_dynamics(args.out, cfg, args.snr_batches)
+    finished = summary is not None
+    if not finished:
+        model = MinimalModel(cfg)
+        snr = gradient_snr(model, RecallTask(cfg.recall_config()), cfg.batch_size, n_batches=args.snr_batches,
+                           seed=cfg.seed)
+        result = train_minimal(cfg)
+        last = result.history.iloc[-1]
+        summary = {
+            "config": asdict(cfg),
+            "snr_init_batches": args.snr_batches,
+            "order": result.order,
+            "snr_init": {r.memory: {"mean": r.mean, "std": r.std, "snr": r.snr} for r in snr.itertuples()},
+            "final": {v: {m: float(last[f"{v}_{m}"]) for m in VARIANT_METRICS}
+                      for v in ("full", "ff_removed", "attn_removed")},
+            "seconds": result.seconds,
+        }
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            result.history.to_csv(out / "history.csv", index=False)
+            snr.to_csv(out / "snr_init.csv", index=False)
+            (out / "config.json").write_text(json.dumps(summary, indent=2))
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps({**summary, "already_finished": finished}))
         return 0
-    o = result.order
-    print(f"minimal model, alpha={cfg.alpha}, T={cfg.seq_len}, vocabulary {cfg.recall_config().d_vocab}, "
-          f"{cfg.steps} steps in {result.seconds:.1f} s")
+    o = summary["order"]
+    what = f"minimal model, alpha={cfg.alpha}, T={cfg.seq_len}, vocabulary {cfg.recall_config().d_vocab}"
+    if finished:
+        print(f"already finished: {args.out} holds the {what} trained for {cfg.steps} steps (in "
+              f"{summary['seconds']:.1f} s); nothing was trained or written")
+    else:
+        print(f"{what}, {cfg.steps} steps in {summary['seconds']:.1f} s")
     print(f"P(noise) >= {o['noise_threshold']:.2f} at step {o['step_noise']:g}; in-context accuracy (FF removed) "
           f">= {o['icl_threshold']} at step {o['step_icl']:g}; FF first: {o['ff_first']}")
     print("gradient signal at initialisation (mean / std over batches, SNR):")
-    for r in snr.itertuples():
-        print(f"  {r.memory:<5} {r.mean:+.4f} / {r.std:.4f}  SNR {r.snr:+.2f}")
+    for name, r in summary["snr_init"].items():
+        print(f"  {name:<5} {r['mean']:+.4f} / {r['std']:.4f}  SNR {r['snr']:+.2f}")
     print(format_table(summary["final"]))
     return 0
+
+
+def _finished_dynamics(out, cfg, snr_batches: int) -> dict | None:
+    """The stored summary when ``out`` holds a `memory dynamics` run of exactly this
+    configuration (finished: nothing to train or write); ``None`` when there is no ``out`` or it
+    is missing or empty.  A run is never resumed or overwritten: another configuration is
+    refused naming every differing field, a directory holding anything else is refused too."""
+    from dataclasses import asdict
+
+    from mechtrunc._checks import check_resume
+
+    if out is None or not Path(out).exists() or (Path(out).is_dir() and not any(Path(out).iterdir())):
+        return None
+    try:
+        stored = json.loads((Path(out) / "config.json").read_text())
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict) or "config" not in stored or "order" not in stored:
+        raise UsageError(f"{out} exists and holds no `memory dynamics` run (config.json); nothing was changed: "
+                         "use an empty or new --out directory")
+    check_resume(out, {**stored["config"], "snr_init_batches": stored.get("snr_init_batches")},
+                 {**asdict(cfg), "snr_init_batches": snr_batches},
+                 extension_refused=lambda old, new: "`memory dynamics` does not resume a run")
+    return stored

@@ -57,8 +57,14 @@ def cmd_toy_train(args) -> int:
     from mechtrunc.training import train
 
     cfg = _train_config(args)
-    result = train(cfg, out_dir=args.out, progress=not args.no_progress)
-    print(f"trained {cfg.preset} preset for {cfg.steps} steps in {result.seconds:.1f} s -> {args.out}")
+    result = train(cfg, out_dir=args.out, progress=not args.no_progress, extend=args.extend)
+    if result.already_finished:
+        print(f"already finished: {args.out} holds the finished {cfg.preset} preset run ({cfg.steps} steps); "
+              "nothing was trained or written (train it on with --steps N --extend)")
+    else:
+        done = (f"steps {result.resumed_from + 1}..{cfg.steps} (resumed at step {result.resumed_from})"
+                if result.resumed_from else f"{cfg.steps} steps")
+        print(f"trained {cfg.preset} preset for {done} in {result.seconds:.1f} s -> {args.out}")
     print(format_table(result.final))
     return 0
 
@@ -95,8 +101,10 @@ def cmd_demo(args) -> int:
     print(f"Training the toy model on noisy in-context recall (cpu preset: d={cfg.d_model}, "
           f"T={cfg.seq_len}, alpha={cfg.alpha}, {cfg.steps} steps)...")
     result = train(cfg, out_dir=args.out, progress=not args.no_progress)
-    print(f"\nClean test set, {len(result.history) and int(result.history['step'].iloc[-1])} steps, "
-          f"{result.seconds:.0f} s:")
+    steps = len(result.history) and int(result.history['step'].iloc[-1])
+    if result.already_finished:
+        print(f"Already trained: {args.out} holds the finished run ({steps} steps); evaluating it.")
+    print(f"\nClean test set, {steps} steps" + ("" if result.already_finished else f", {result.seconds:.0f} s") + ":")
     print(format_table(result.final))
     full, cut = result.final["full"], result.final["ffn2_removed"]
     print(f"\nRemoving the layer-2 FFN moves accuracy {full['accuracy']:.2f} -> {cut['accuracy']:.2f} "
@@ -125,9 +133,13 @@ def add_commands(sub) -> None:
     toy_sub = toy.add_subparsers(dest="toy_command", metavar="SUBCOMMAND")
     toy_sub.required = True
     tr = toy_sub.add_parser("train", help="train a toy model", description="Train the toy model on noisy "
-                            "in-context recall; rerunning with the same --out resumes.")
+                            "in-context recall; rerunning with the same --out resumes, a finished run is left as it is, "
+                            "a different configuration is refused, --extend trains a run on to more --steps.")
     tr.add_argument("--out", required=True, help="output directory (model, history.csv, checkpoint)")
     _add_train_options(tr)
+    tr.add_argument("--extend", action="store_true",
+                    help="train the run in --out on to a larger --steps (any other change of configuration is "
+                         "refused; a finished run is left as it is without this)")
     tr.set_defaults(func=cmd_toy_train)
     ev = toy_sub.add_parser("eval", help="evaluate a trained toy model",
                             description="Clean-test metrics of the full model and with the layer-2 FFN removed.")

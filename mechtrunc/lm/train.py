@@ -15,7 +15,15 @@ checkpoint schedule.
   ``CheckpointDirectory`` and ``mechtrunc pythia checkpoints --model OUT`` read them as they
   are), ``state.pt`` (weights, optimiser, history at the last checkpoint: rerunning resumes
   there and ends with the same weights as one uninterrupted run), ``history.csv`` and
-  ``summary.json``.  A directory holding another run, or other files, is refused.
+  ``summary.json``.  A directory holding another run (every differing field is named), or other
+  files, is refused; a finished run is returned as it is (``already_finished``), nothing written.
+- Extension (``extend=True``): a run whose configuration differs only by a smaller ``steps`` is
+  trained on to ``steps`` only when the learning rates of the updates it has done are the same
+  under the new ``steps`` (``lr_at``); the warm-up (``warmup x steps``) and the cosine decay (to
+  ``min_lr_ratio x lr`` at the last step) depend on ``steps``, so with the presets an extension
+  is refused with the first update whose learning rate would differ.  An allowed extension (e.g.
+  ``warmup=0, min_lr_ratio=1``: a constant rate) ends with the weights of a run trained straight
+  to the new ``steps``, and keeps the old final checkpoint as one more ``step{N}/``.
 """
 
 from __future__ import annotations
@@ -27,12 +35,12 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from mechtrunc._checks import check_int, check_preset, config_from_dict
+from mechtrunc._checks import check_int, check_preset, check_resume, config_from_dict
 from mechtrunc.lm.corpus import Corpus, CorpusConfig
 from mechtrunc._choices import LM_PRESETS, LM_RUN_FORMAT
 
@@ -142,22 +150,38 @@ def build_model(config: LMConfig, vocab_size: int):
         return GPTNeoXForCausalLM(hf)
 
 
-def _claim(out: Path, config: LMConfig) -> bool:
+def _extension_refused(config: LMConfig):
+    """``why(old_steps, new_steps)`` for :func:`~mechtrunc._checks.check_resume`: the first update
+    of a run of ``old_steps`` whose learning rate would differ in one of ``new_steps``, or None."""
+    def why(old_steps: int, new_steps: int) -> str | None:
+        old, new = replace(config, steps=old_steps), replace(config, steps=new_steps)
+        for s in range(old_steps):
+            if old.lr_at(s) != new.lr_at(s):
+                return (f"its learning rate depends on steps (a warm-up over warmup x steps updates, a cosine "
+                        f"decay to min_lr_ratio x lr at the last step): update {s + 1} had lr "
+                        f"{old.lr_at(s):.4g} in this run and would have {new.lr_at(s):.4g} in a {new_steps}-step run")
+        return None
+    return why
+
+
+def _claim(out: Path, config: LMConfig, extend: bool = False) -> bool:
     """Make ``out`` this run's directory; True when it already was (resume).  Refuses a
-    directory that holds another run or other files, touching nothing."""
-    ident = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    directory that holds another run or other files, touching nothing; with ``extend``, a run
+    that differs only by fewer ``steps`` becomes this run (``run.json`` rewritten) when
+    :func:`_extension_refused` allows it."""
     run_json = out / "run.json"
     if run_json.is_file():
         try:
             have = json.loads(run_json.read_text())
         except ValueError as e:
             raise ValueError(f"{run_json} is not valid JSON ({e}); not touching {out}") from None
-        theirs = {k: v for k, v in have.get("config", {}).items() if k not in _NOT_IDENTITY}
-        if have.get("format") != RUN_FORMAT or theirs != ident:
-            diff = sorted(k for k in set(theirs) | set(ident) if theirs.get(k) != ident.get(k))
-            shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ident.get(k)!r} here" for k in diff[:4])
-            raise ValueError(f"{out} holds another run ({shown or 'different format'}); choose another output "
-                             "directory or delete it (nothing was overwritten)")
+        if have.get("format") != RUN_FORMAT:
+            raise ValueError(f"{run_json} has format {have.get('format')!r}, not {RUN_FORMAT!r}; choose another "
+                             "output directory or delete it (nothing was changed)")
+        extended = check_resume(out, have.get("config", {}), config.to_dict(), ignore=_NOT_IDENTITY, extend=extend,
+                                extension_refused=_extension_refused(config))
+        if extended is not None:
+            run_json.write_text(json.dumps({"format": RUN_FORMAT, "config": config.to_dict()}, indent=1))
         return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not a mechtrunc lm run directory (no run.json); choose an empty or "
@@ -175,6 +199,11 @@ def _atomic_dir(final: Path, write) -> None:
     os.replace(tmp, final)
 
 
+def _saved_steps(out: Path) -> set[int]:
+    """The steps N of the ``step{N}/`` checkpoints in ``out`` (an extended run keeps its old final one)."""
+    return {int(p.name[4:]) for p in out.glob("step*") if p.is_dir() and p.name[4:].isdigit()}
+
+
 def _write_history(out: Path, history: list[tuple]) -> None:
     with open(out / "history.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -182,19 +211,21 @@ def _write_history(out: Path, history: list[tuple]) -> None:
         w.writerows(history)
 
 
-def train_lm(config: LMConfig, out, progress: bool = True, callback=None) -> dict:
-    """Train (or resume) the run ``config`` into directory ``out``; returns the summary
-    (also written to ``out/summary.json``; a finished run returns its summary untouched).  ``callback(step, loss)`` is called after each
-    update (``step`` updates done)."""
+def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend: bool = False) -> dict:
+    """Train (or resume) the run ``config`` into directory ``out``; returns the summary (also
+    written to ``out/summary.json``; ``seconds_this_run`` is the time of the updates this call
+    made).  A finished run returns its stored summary with ``already_finished: True`` and writes
+    nothing.  ``extend=True`` trains a run of fewer ``steps`` on (see the module docstring).
+    ``callback(step, loss)`` is called after each update (``step`` updates done)."""
     out = Path(out).expanduser()
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for but no CUDA device is available (use device='cpu')")
-    _claim(out, config)
+    _claim(out, config, extend)
     done_summary = out / "summary.json"
     if done_summary.is_file() and (out / f"step{config.steps}").is_dir():
         summary = json.loads(done_summary.read_text())
         if summary.get("steps") == config.steps:  # finished: nothing to train, keep its numbers
-            return summary
+            return {**summary, "already_finished": True}
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -292,7 +323,7 @@ def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
         "tokens_per_second": round(trained * tokens_per_step / wall, 1) if trained else None,
         "final_loss": history[-1][1] if history else None,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab_size": len(tok), "checkpoints": schedule,
+        "vocab_size": len(tok), "checkpoints": sorted(set(schedule) | _saved_steps(out)),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
