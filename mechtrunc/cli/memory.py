@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
     spec_steps = args.spectrum_steps if args.spectrum_steps is not None else [s for s in (0, 10, 100) if s < steps] + [steps]
     tc = MemoryTrainConfig(steps=steps, lr=args.lr if args.lr is not None else float(cfg.n_inputs),
                            spectrum_steps=spec_steps, **_given(args, _TRAIN_FIELDS))
-    run = train_memory(cfg, tc)
+    run = train_memory(cfg, tc, progress=not args.no_progress)
     run.save(args.out)
     final = run.history.iloc[-1]
     summary = {"out": str(args.out), "seconds": round(run.seconds, 3), "steps": steps,
@@ -221,7 +221,7 @@ def cmd_dynamics(args) -> int:
     cfg = MinimalConfig(**over)
     model = MinimalModel(cfg)
     snr = gradient_snr(model, RecallTask(cfg.recall_config()), cfg.batch_size, n_batches=args.snr_batches, seed=cfg.seed)
-    result = train_minimal(cfg)
+    result = train_minimal(cfg, progress=not args.no_progress)
     last = result.history.iloc[-1]
     summary = {
         "config": asdict(cfg),
