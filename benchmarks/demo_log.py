@@ -3,7 +3,8 @@ as ``make demo > log 2>&1`` or CI leave it.
 
 Off a terminal the progress of each loop is a few plain lines (at most one per tenth of the
 loop or per 30 s, and a final one), never bar frames.  Target: the whole log under 10 KB.
-Reports the bytes, the lines, the bar frames (``\\r``-separated redraws) and the progress lines.
+Reports the bytes, the lines, the bar frames (``\\r``-separated redraws) and the progress lines
+(and prints those).
 ``--checkout DIR`` runs the demo of another checkout (to compare with an older version).
 
     python benchmarks/demo_log.py
@@ -39,9 +40,9 @@ def measure(checkout: str, seed: int = 0) -> dict:
     if proc.returncode != 0:
         sys.exit(f"mechtrunc demo exited {proc.returncode}:\n{data.decode(errors='replace')[-2000:]}")
     text = data.decode(errors="replace")
+    progress = [line for line in text.splitlines() if PROGRESS_LINE.match(line)]
     return {"bytes": len(data), "lines": text.count("\n"), "bar_frames": text.count("\r"),
-            "progress_lines": sum(bool(PROGRESS_LINE.match(line)) for line in text.splitlines()),
-            "seconds": seconds}
+            "progress_lines": len(progress), "seconds": seconds, "progress": progress}
 
 
 def main() -> int:
@@ -51,10 +52,12 @@ def main() -> int:
     p.add_argument("--check", action="store_true", help="exit with status 1 when the log is over the target")
     args = p.parse_args()
     m = measure(os.path.abspath(args.checkout), args.seed)
-    print(f"`mechtrunc demo > log 2>&1` ({args.checkout}):")
+    where = "" if os.path.abspath(args.checkout) == ROOT else f" ({args.checkout})"
+    print(f"`mechtrunc demo > log 2>&1`{where}:")
     print("| bytes | lines | bar frames (\\r) | progress lines | seconds |")
     print("|---:|---:|---:|---:|---:|")
     print(f"| {m['bytes']:,} | {m['lines']} | {m['bar_frames']} | {m['progress_lines']} | {m['seconds']:.0f} |")
+    print("\nits progress lines:\n" + "\n".join(m["progress"]))
     ok = m["bytes"] < TARGET_BYTES
     print(f"RESULT demo_log bytes={m['bytes']} target=<{TARGET_BYTES} {'PASS' if ok else 'FAIL'}")
     return 0 if ok or not args.check else 1
