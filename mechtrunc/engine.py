@@ -45,6 +45,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import adapt
 from mechtrunc.decomposition import SVDCache
@@ -144,7 +145,7 @@ def run_grid(
             :class:`~mechtrunc.decomposition.SVDCache` (its method then wins over
             ``svd_method``); None: nothing kept.
         svd_method: see :func:`mechtrunc.decomposition.truncation_basis` (``"gram"`` default).
-        progress: a tqdm bar over truncations.
+        progress: show progress over the truncations (a bar on a terminal, a few lines elsewhere).
         items: also give each result's per-item values (``GridResult.items``, CPU tensors, one
             value per item of ``prompts``), the values the means are taken over: for paired
             bootstrap intervals at no extra forward pass (:mod:`mechtrunc.selection`).
@@ -164,12 +165,8 @@ def run_grid(
 
 
 def _run(adapter, prompts, plans, batch_size, cache, progress, want_baseline, items=False):
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(plans) + int(want_baseline), desc="grid", unit="config", dynamic_ncols=True)
-    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
+    bar = progress_bar(len(plans) + int(want_baseline), "grid", "config", enabled=progress)
+    tick = lambda: bar.update(1)  # noqa: E731
     try:
         fast = [p for p in plans if p.fast]
         slow = [p for p in plans if not p.fast]
@@ -179,8 +176,7 @@ def _run(adapter, prompts, plans, batch_size, cache, progress, want_baseline, it
         if slow or want_baseline:
             yield from _run_reference(adapter, prompts, slow, batch_size, tick, want_baseline, items)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def _baseline(metrics: dict, path: str, items: dict | None = None) -> GridResult:

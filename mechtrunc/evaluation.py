@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from mechtrunc._progress import progress_bar
 from mechtrunc.adapters import adapt
 from mechtrunc.interventions import Intervention, Truncate
 from mechtrunc.metrics import metrics_from_logits
@@ -90,19 +91,16 @@ def sweep(
         table, key = engine
         rows = [pd.DataFrame([{"variant": e[0].label, **table[key(e[0])]}]) for e in entries]
     else:
-        it = entries
-        if progress:
-            from tqdm.auto import tqdm
-
-            it = tqdm(entries, desc="sweep", unit="config")
         rows = []
-        for ivs in it:
-            if return_items:
-                row, items = evaluate(model, prompts, *ivs, batch_size=batch_size, items=True)
-                per_item.append(items)
-            else:
-                row = evaluate(model, prompts, *ivs, batch_size=batch_size)
-            rows.append(row)
+        with progress_bar(len(entries), "sweep", "config", enabled=progress) as bar:
+            for ivs in entries:
+                if return_items:
+                    row, items = evaluate(model, prompts, *ivs, batch_size=batch_size, items=True)
+                    per_item.append(items)
+                else:
+                    row = evaluate(model, prompts, *ivs, batch_size=batch_size)
+                rows.append(row)
+                bar.update(1)
     out = []
     for ivs, row in zip(entries, rows):
         desc = ivs[0].describe() if len(ivs) == 1 else {"intervention": row["variant"].iloc[0]}

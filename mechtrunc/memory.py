@@ -49,6 +49,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechtrunc._checks import check_choice, check_fraction, check_int, check_real, check_resume, config_from_dict
 from mechtrunc._choices import MEMORY_DTYPES, MEMORY_EMBEDDINGS, MEMORY_INITS, MEMORY_INPUT_DISTS, MEMORY_METHODS
+from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int_list
 from mechtrunc.adapters import MEMORY_MATRICES, MatrixSite, ModelAdapter
 from mechtrunc.interventions import Intervention, intervene
@@ -551,10 +552,12 @@ def _spectra_at(model: LinearMemory, step: int) -> pd.DataFrame:
 
 
 def train_memory(
-    cfg: MemoryConfig | LinearMemory, train_cfg: MemoryTrainConfig | None = None, **overrides
+    cfg: MemoryConfig | LinearMemory, train_cfg: MemoryTrainConfig | None = None, *, progress: bool = False,
+    **overrides,
 ) -> MemoryRun:
     """Train a memory (built from ``cfg``, or the given model in place).  ``overrides`` are
-    :class:`MemoryTrainConfig` fields.  Deterministic: the same configs give the same run."""
+    :class:`MemoryTrainConfig` fields; ``progress`` shows progress over the steps.
+    Deterministic: the same configs give the same run."""
     model = cfg if isinstance(cfg, LinearMemory) else LinearMemory(cfg)
     tc = train_cfg or MemoryTrainConfig()
     if overrides:
@@ -568,6 +571,7 @@ def train_memory(
     t0 = time.perf_counter()
     q = model.target_distribution()
     x_all = torch.arange(model.cfg.n_inputs, device=model.W.device)
+    bar = progress_bar(tc.steps, "memory", "step", enabled=progress)
     for step in range(tc.steps + 1):
         gd = tc.method == "gd" and step < tc.steps
         logits = loss = None
@@ -593,6 +597,8 @@ def train_memory(
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.sub_(tc.lr * g)
+        bar.update(1)
+    bar.close()
     seconds = time.perf_counter() - t0
     spec = pd.concat(spectra, ignore_index=True) if spectra else pd.DataFrame()
     if len(spec):

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from mechtrunc._choices import SITES
+from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, current_rows, intervene, record_activations
@@ -158,11 +159,7 @@ def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Ten
 
     names = sorted({s.hook for s in specs})
     groups = [specs[i:i + k] for i in range(0, len(specs), k)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(groups) * ((n + c - 1) // c), desc="patching", unit="forward")
+    bar = progress_bar(len(groups) * ((n + c - 1) // c), "patching", "forward", enabled=progress)
     forwards = rows = 0
     for spec in specs:
         spec.values = torch.empty(len(read), dtype=torch.float64)
@@ -183,10 +180,8 @@ def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Ten
                 for r, spec in enumerate(group):
                     lg = logits[r * cc + chunk.rows.to(logits.device), chunk.pos.to(logits.device)]
                     spec.values[items.cpu()] = item_metrics(lg, chunk)[metric].double().cpu()
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.update(1)
+    bar.close()
     return {"forwards": forwards, "rows": rows}
 
 

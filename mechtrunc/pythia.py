@@ -34,6 +34,7 @@ import torch
 
 from mechtrunc._choices import STEPS as _STEPS
 from mechtrunc._choices import check_device, check_step, is_pythia, pythia_steps
+from mechtrunc._progress import third_party_bars_off
 
 __all__ = [
     "PYTHIA_SIZES", "PythiaSize", "ModelNotAvailableError", "pythia_steps", "check_step", "is_pythia",
@@ -337,38 +338,13 @@ def _load_tokenizer(source, revision, local_files_only):
     return AutoTokenizer.from_pretrained(str(source), revision=revision, local_files_only=local_files_only)
 
 
-_BARS_LOCK = threading.Lock()
-_BARS_OFF = [0, False]  # [loads in progress, whether transformers' bars were on before the first]
-
-
-@contextlib.contextmanager
-def _no_weight_bars():
-    """transformers' progress bars off while a model is read from disk (its "Loading weights"
-    bar would print on every checkpoint of a study), then back to what they were.  Counted, so
-    overlapping loads (a prefetching executor) restore the setting once, after the last one."""
-    from transformers.utils import logging as hf_logging
-
-    with _BARS_LOCK:
-        if _BARS_OFF[0] == 0:
-            _BARS_OFF[1] = hf_logging.is_progress_bar_enabled()
-            if _BARS_OFF[1]:
-                hf_logging.disable_progress_bar()
-        _BARS_OFF[0] += 1
-    try:
-        yield
-    finally:
-        with _BARS_LOCK:
-            _BARS_OFF[0] -= 1
-            if _BARS_OFF[0] == 0 and _BARS_OFF[1]:
-                hf_logging.enable_progress_bar()
-
-
 def _load_hf(source: str, revision, local_files_only: bool, model_kwargs: dict):
     """The Hugging Face model; from disk (a directory or the cache) without progress bars, from
     the hub with them (a download is worth watching)."""
     from transformers import AutoModelForCausalLM
 
-    with _no_weight_bars() if local_files_only else contextlib.nullcontext():
+    # from disk: no "Loading weights" bar (it would print on every checkpoint of a study)
+    with third_party_bars_off() if local_files_only else contextlib.nullcontext():
         return AutoModelForCausalLM.from_pretrained(
             source, revision=revision, local_files_only=local_files_only, **model_kwargs
         )

@@ -24,20 +24,13 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from mechtrunc._progress import progress_bar, third_party_bars_off
 from mechtrunc.pythia import pythia_config
 
 __all__ = [
     "word_level_tokenizer_dir", "build_random_pythia", "recall_tokenizer_dir", "train_neox_recall",
     "fake_hub_cache", "tiny_bridge", "TINY_ARCHITECTURES",
 ]
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,8 +130,9 @@ def build_random_pythia(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPTNeoXForCausalLM(cfg).eval()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    with third_party_bars_off():
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
     return out
 
 
@@ -212,7 +206,7 @@ def train_neox_recall(
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     history = []
-    bar = _progress(steps, "train", progress)
+    bar = progress_bar(steps, "train", "step", enabled=progress)
     for step in range(1, steps + 1):
         batch = task.sample(batch_size, seed=batch_seed(seed, step))
         logits = model(batch.inputs).logits
@@ -223,14 +217,13 @@ def train_neox_recall(
         history.append((step, float(loss.detach())))
         if callback is not None:
             callback(step, model)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     model.eval()
     if out_dir is not None:
         out = Path(out_dir)
-        model.save_pretrained(out)
+        with third_party_bars_off():
+            model.save_pretrained(out)
         recall_tokenizer_dir(out, task.itos)
     return model, task, history
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from mechtrunc._checks import check_choice, check_int, check_real, check_resume
 from mechtrunc._choices import OPTIMIZERS, PRECISIONS, PRESETS, check_device
+from mechtrunc._progress import progress_bar
 from mechtrunc.interventions import Ablate, Intervention, Truncate
 from mechtrunc.evaluation import evaluate
 from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
@@ -295,11 +296,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext())
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    bar = progress_bar(cfg.steps, "train", "step", enabled=progress, initial=start_step)
     running = torch.zeros((), device=device)  # summed on device: no host sync per step
     n_running = 0
     chunk_id, chunk = -1, None
@@ -319,8 +316,7 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
         opt.step()
         running += loss.detach()
         n_running += 1
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             model.eval()
             ev = evaluate_toy(model, test_prompts)
@@ -335,16 +331,14 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
             rows.append(row)
             running, n_running = torch.zeros((), device=device), 0
             model.train()
-            if bar is not None:
-                bar.set_postfix(acc=f"{row['full_accuracy']:.2f}", noise=f"{row['full_p_noise']:.2f}")
+            bar.set_postfix(acc=f"{row['full_accuracy']:.2f}", noise=f"{row['full_p_noise']:.2f}")
             if ckpt_path is not None:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = ckpt_path.with_suffix(".tmp")
                 torch.save({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "step": step, "history": rows}, tmp)
                 tmp.replace(ckpt_path)
-    if bar is not None:
-        bar.close()
+    bar.close()
     model.eval()
     seconds = time.perf_counter() - t0
     history = pd.DataFrame(rows)

@@ -3,8 +3,11 @@
 Every subcommand has ``--help``.  A user mistake (bad option value, missing or corrupt model
 directory, unknown preset...) prints ``mechtrunc: error: ...`` and exits with status 2, never a
 traceback.  Long runs write their progress to their output directory; rerunning the same
-command resumes.  ``--no-progress`` silences every progress bar (ours, tqdm's and
-transformers'/huggingface_hub's "Loading weights" / download bars).
+command resumes.  Progress shows as a live bar on a terminal and as a few lines elsewhere (a
+file, a pipe, CI; :mod:`mechtrunc._progress`).  Every command accepts ``--no-progress``
+(declared once, by :func:`build_parser`), which silences every progress bar and line: ours,
+tqdm's and transformers'/huggingface_hub's "Loading weights" / download bars; so does the
+environment variable ``MECHTRUNC_PROGRESS=0``.
 
 The package has one module per command group, each with ``add_commands(sub)``:
 :mod:`~mechtrunc.cli.toy` (``demo``, ``toy train|eval``), :mod:`~mechtrunc.cli.pythia`
@@ -15,7 +18,8 @@ checkers and :class:`UsageError`.  The CLI must answer ``--help`` and usage erro
 0.5 s (``benchmarks/bench_cli_startup.py``, ``tests/test_cli_startup.py``), so every group module
 follows one pattern:
 
-1. Module top: standard library, ``mechtrunc._choices`` and ``mechtrunc.cli.checks`` only.  Never
+1. Module top: standard library, ``mechtrunc._choices``, ``mechtrunc._progress`` (standard
+   library only) and ``mechtrunc.cli.checks`` only.  Never
    import torch, transformers, transformer_lens, pandas, matplotlib or another ``mechtrunc``
    module there (``import mechtrunc`` itself is lazy and cheap).  Choices and defaults that
    belong to heavy modules (presets, matrices, grid keeps, sites, dtypes, checkpoint steps) are
@@ -28,20 +32,20 @@ follows one pattern:
 3. Import heavy modules inside the command function (``def cmd_x(args): from mechtrunc.x import y``).
 4. A command function returns an exit status; it raises ``UsageError`` / ``ValueError`` /
    ``FileNotFoundError`` for user mistakes (``main`` prints them and exits 2).
-5. Long loops take ``progress=not args.no_progress``; ``main`` also switches off third-party
-   bars for the whole command when ``--no-progress`` is given.
+5. Long loops take ``progress=not args.no_progress``; ``main`` also runs the whole command
+   inside :func:`mechtrunc._progress.silenced` when ``--no-progress`` is given (or
+   ``MECHTRUNC_PROGRESS`` is off), which silences every bar, third-party ones included.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from contextlib import contextmanager
 
+from mechtrunc import _progress
 from mechtrunc.cli.checks import UsageError
 
-__all__ = ["main", "build_parser", "progress_bars", "UsageError"]
+__all__ = ["main", "build_parser", "UsageError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,44 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for group in (toy, pythia, memory, lm, patch, lens, report):
         group.add_commands(sub)
+    _add_no_progress(parser)
     return parser
 
 
-@contextmanager
-def progress_bars(enabled: bool):
-    """Within the block, with ``enabled=False``: no tqdm bar anywhere (``TQDM_DISABLE``), no
-    huggingface_hub download bar and no transformers "Loading weights" bar.  Restored after."""
-    if enabled:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
-    os.environ.update(TQDM_DISABLE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
-    # modules imported before the block read the environment at their import: switch them off
-    # too (and back on afterwards); modules first imported inside the block read the variables
-    switched = []
-    for module, off, on in (("huggingface_hub.utils", "disable_progress_bars", "enable_progress_bars"),
-                            ("transformers.utils.logging", "disable_progress_bar", "enable_progress_bar")):
-        mod = sys.modules.get(module)
-        if mod is not None and saved["HF_HUB_DISABLE_PROGRESS_BARS"] is None:
-            getattr(mod, off)()
-            switched.append(getattr(mod, on))
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        for on in switched:
-            on()
+def _add_no_progress(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` on every command: the one place it is declared (a command without a
+    long loop accepts it too, so that it can be given to any command)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in {id(p): p for p in action.choices.values()}.values():
+                _add_no_progress(child)
+            return
+    parser.add_argument("--no-progress", action="store_true",
+                        help=f"no progress bars or progress lines (as {_progress.ENV}=0 does)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with progress_bars(not getattr(args, "no_progress", False)):
+        quiet = args.no_progress or not _progress.progress_enabled()  # a bad MECHTRUNC_PROGRESS: exit 2 now
+        with _progress.silenced(quiet):
             return int(args.func(args) or 0)
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"mechtrunc: error: {err}", file=sys.stderr)

@@ -256,7 +256,6 @@ def add_commands(sub) -> argparse._SubParsersAction:
                          "decay do)")
     _corpus_options(tr, "--corpus-seed")
     tr.add_argument("--json", action="store_true", help="print the summary as JSON")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
     st = lsub.add_parser("study", help="measure a finished run: learning curves, order of learning, truncation grid",
                          description="The study of one finished run (mechtrunc.studies.lm.study_run): learning "
@@ -268,6 +267,5 @@ def add_commands(sub) -> argparse._SubParsersAction:
     st.add_argument("run", help="the run directory (the --out of `mechtrunc lm train`)")
     st.add_argument("--n", type=positive_int, default=200, help="prompts per prompt set and draw (default 200)")
     st.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
-    st.add_argument("--no-progress", action="store_true", help="no progress bars (model loading)")
     st.set_defaults(func=cmd_study)
     return lsub

@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
     run = finished_memory_run(args.out, cfg, tc)
     finished = run is not None
     if not finished:
-        run = train_memory(cfg, tc)
+        run = train_memory(cfg, tc, progress=not args.no_progress)
         run.save(args.out)
     final = run.history.iloc[-1]
     summary = {"out": str(args.out), "seconds": round(run.seconds, 3), "steps": steps,
@@ -233,7 +233,7 @@ def cmd_dynamics(args) -> int:
         model = MinimalModel(cfg)
         snr = gradient_snr(model, RecallTask(cfg.recall_config()), cfg.batch_size, n_batches=args.snr_batches,
                            seed=cfg.seed)
-        result = train_minimal(cfg)
+        result = train_minimal(cfg, progress=not args.no_progress)
         last = result.history.iloc[-1]
         summary = {
             "config": asdict(cfg),

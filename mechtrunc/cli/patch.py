@@ -84,7 +84,6 @@ def _common(p) -> None:
     p.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", default=None, help="write the table to this CSV file")
     p.add_argument("--json", action="store_true", help="print the table as JSON records")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _default_task(args) -> None:

@@ -44,7 +44,6 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-devices", type=positive_int, default=None, help="split the model over this many GPUs")
     p.add_argument("--batch-size", type=positive_int, default=32, help="prompts per forward pass")
     p.add_argument("--out", required=True, help="output directory; rerunning with the same one resumes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _check_task(task: str) -> None:

@@ -49,5 +49,4 @@ def add_commands(sub) -> None:
                    help="studies: the prompts of the example sections: ioi, factual or a CSV/JSONL file")
     p.add_argument("--examples", type=nonneg_int, default=3, help="example prompts in a truncation report (default 3)")
     p.add_argument("--device", type=device, default="cpu", help="torch device for the example sections (default cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_report)

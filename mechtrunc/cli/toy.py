@@ -30,7 +30,6 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="toy-model initialisation: released (the authors' code, default) or normal_unembed (W_U ~ N(0, 1/d))")
     p.add_argument("--device", type=device, help="torch device, e.g. cpu or cuda")
     p.add_argument("--precision", choices=_choices.PRECISIONS, help="matmul precision (GPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _train_config(args):
@@ -125,7 +124,6 @@ def add_commands(sub) -> None:
                                       "that removing the layer-2 FFN fixes in-context recall.")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
     toy = sub.add_parser("toy", help="the paper's toy model: train, evaluate",

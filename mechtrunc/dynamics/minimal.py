@@ -66,6 +66,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechtrunc._checks import check_choice, check_int, check_real
 from mechtrunc._choices import MINIMAL_EMBEDDINGS, MINIMAL_FF, MINIMAL_MEMORIES, MINIMAL_OPTIMIZERS
+from mechtrunc._progress import progress_bar
 from mechtrunc.adapters import MatrixSite, ModelAdapter, adapt
 from mechtrunc.interventions import Ablate, intervene
 from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
@@ -705,7 +706,7 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False, call
     (``snr_W_F`` ...).  ``callback(step, model) -> dict`` (e.g. :class:`OVNoiseRecorder`), called
     at every evaluation, adds its entries to the row (it must not train the model; it does not
     change the other columns).  ``ff="none"``: W_F is not trained and stays exactly 0.  Seeded:
-    the same config gives the same history."""
+    the same config gives the same history.  ``progress`` shows progress over the steps."""
     cfg = cfg or MinimalConfig()
     torch.manual_seed(cfg.seed)
     task = RecallTask(cfg.recall_config())
@@ -744,6 +745,7 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False, call
     sig0 = gradient_signals(model, task.sample(cfg.batch_size, seed=cfg.seed + 20_000), D)
     record(0, sig0)
     params = _params(model)
+    bar = progress_bar(cfg.steps, "minimal", "step", enabled=progress)
     for step in range(1, cfg.steps + 1):
         batch = task.sample(cfg.batch_size, generator=gen)
         logits = model(batch.inputs)
@@ -762,6 +764,8 @@ def train_minimal(cfg: MinimalConfig | None = None, progress: bool = False, call
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             record(step, sig)
+        bar.update(1)
+    bar.close()
     model.eval()
     history = pd.DataFrame(rows)
     return MinimalResult(model=model, history=history, config=cfg, seconds=time.perf_counter() - t0,

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from mechtrunc._checks import check_int, check_preset, check_resume, config_from_dict
+from mechtrunc._progress import progress_bar, third_party_bars_off
 from mechtrunc.lm.corpus import Corpus, CorpusConfig
 from mechtrunc._choices import LM_PRESETS, LM_RUN_FORMAT
 
@@ -258,18 +259,11 @@ def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
 
     def save(step: int) -> None:
         model.eval()
-        from transformers.utils import logging as hf_logging
 
         def write(d: Path) -> None:
-            bar_was_on = hf_logging.is_progress_bar_enabled()
-            if not progress:  # transformers' "Writing model shards" bar
-                hf_logging.disable_progress_bar()
-            try:
+            with third_party_bars_off():  # transformers' "Writing model shards" bar, at every checkpoint
                 model.save_pretrained(d)
                 tok.save_pretrained(d)
-            finally:
-                if bar_was_on:
-                    hf_logging.enable_progress_bar()
 
         _atomic_dir(out / f"step{step}", write)
         tmp = state_path.with_suffix(".tmp")
@@ -285,9 +279,7 @@ def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
     model.train()
     tokens_per_step = config.batch_size * config.ctx
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, initial=start, desc="lm train", unit="step", disable=not progress)
+    bar = progress_bar(config.steps, "lm train", "step", enabled=progress, initial=start)
     run_start = start
     try:
         for step in range(start, config.steps):

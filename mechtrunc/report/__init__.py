@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+from mechtrunc._progress import progress_bar
 from mechtrunc.report.context import Context
 from mechtrunc.report.page import CircuitsView, Report, Section, html_table, note
 from mechtrunc.report.readers import (
@@ -190,23 +190,16 @@ def build_report(
     command = command or _python_command(result, model, prompts, task)
     builders = _sections()[result.kind]
     rep = Report(_title(result), result.kind, source=str(result.directory))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(builders), desc="report", unit="section", dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(len(builders), "report", "section", enabled=progress)
     sections = []
     for b in builders:
-        if bar is not None:
-            bar.set_postfix_str(b.__name__.replace("_section", ""), refresh=True)
+        bar.set_postfix_str(b.__name__.replace("_section", ""))
         out = b(ctx)
         for sec in (out if isinstance(out, list) else [out]):
             if sec is not None:
                 sections.append(sec)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+    bar.close()
     rep.meta = _meta(ctx, command)
     if ctx.model_missing:
         rep.meta["model-based sections"] = "missing: " + ctx.model_missing

@@ -30,20 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mechtrunc._checks import check_int
+from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int, as_real
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "SlurmExecutor", "resolve_executor", "run_unit", "run_units",
            "EXECUTORS"]
 
 EXECUTORS = ("local", "ray", "slurm")
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ckpt", dynamic_ncols=True)
 
 
 def run_unit(unit):
@@ -80,13 +73,12 @@ class LocalExecutor(Executor):
         from mechtrunc.pythia import free_model
 
         units = list(units)
-        bar = _bar(len(units), "checkpoints", progress)
+        bar = progress_bar(len(units), "checkpoints", "ckpt", enabled=progress)
         results = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechtrunc-prefetch") as pool:
             pending = pool.submit(units[0].load) if units and self.prefetch else None
             for i, unit in enumerate(units):
-                if bar is not None:
-                    bar.set_postfix_str(unit.name, refresh=True)
+                bar.set_postfix_str(unit.name, refresh=True)
                 model = pending.result() if pending is not None else unit.load()
                 pending = pool.submit(units[i + 1].load) if self.prefetch and i + 1 < len(units) else None
                 try:
@@ -94,10 +86,8 @@ class LocalExecutor(Executor):
                 finally:
                     free_model(model)
                     del model
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.update(1)
+        bar.close()
         return results
 
 
@@ -146,16 +136,14 @@ class RayExecutor(Executor):
             refs = [task.remote(u) for u in units]
             index = {ref: i for i, ref in enumerate(refs)}
             results = [None] * len(refs)
-            bar = _bar(len(refs), "checkpoints (ray)", progress)
+            bar = progress_bar(len(refs), "checkpoints (ray)", "ckpt", enabled=progress)
             remaining = list(refs)
             while remaining:
                 done, remaining = ray.wait(remaining, num_returns=1)
                 for ref in done:
                     results[index[ref]] = ray.get(ref)
-                    if bar is not None:
-                        bar.update(1)
-            if bar is not None:
-                bar.close()
+                    bar.update(1)
+            bar.close()
             return results
         finally:
             if started:
@@ -216,7 +204,7 @@ class SlurmExecutor(Executor):
         ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
         chunks = [units[i : i + self.units_per_task] for i in range(0, len(units), self.units_per_task)]
         jobs = ex.map_array(run_units, chunks)
-        bar = _bar(len(units), f"checkpoints ({self.cluster})", progress)
+        bar = progress_bar(len(units), f"checkpoints ({self.cluster})", "ckpt", enabled=progress)
         results = []
         for job, chunk in zip(jobs, chunks):
             try:
@@ -227,10 +215,8 @@ class SlurmExecutor(Executor):
                 raise RuntimeError(f"{self.cluster} job {job.job_id} (steps {[u.step for u in chunk]}) failed; "
                                    f"its log: {job.paths.stderr}. Finished checkpoints are saved: rerun the same "
                                    f"command to compute the rest") from e
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
+            bar.update(len(chunk))
+        bar.close()
         return results
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from mechtrunc._checks import check_choice
 from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
+from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
 from mechtrunc.interventions import Truncate
@@ -36,7 +37,7 @@ from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
 )
 from mechtrunc.studies.store import (
-    atomic_write_parquet, metric_values, model_fingerprint, progress_bar, prompts_fingerprint, RowStore, ShardStore, write_tables,
+    atomic_write_parquet, metric_values, model_fingerprint, prompts_fingerprint, RowStore, ShardStore, write_tables,
 )
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate",
@@ -306,7 +307,7 @@ def evaluate_grid(
     seq = prompts.rows.cpu().numpy() if items is not None else None
     todo = [g for g in configs if not done((g[0], g[1], keep_key(g[2]))) and g[4] != g[5]]
     need_base = not done(("baseline",))
-    bar = progress_bar(len(todo) + int(need_base), "truncation", progress)
+    bar = progress_bar(len(todo) + int(need_base), "truncation", "eval", enabled=progress)
 
     if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
         from mechtrunc.engine import run_grid
@@ -325,8 +326,7 @@ def evaluate_grid(
                 row = configuration_row(r.layer, r.matrix, keep, r.rank, r.max_rank, r.metrics, **common,
                                         intervention=label, seconds=seconds, path=r.path)
             store.add(row)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         need_base = False
 
     if need_base:
@@ -337,8 +337,7 @@ def evaluate_grid(
             metrics, per_item = _evaluate_items(model, prompts, (), batch_size)
             items.add(("baseline",), per_item, seq)
         store.add(baseline_row(metrics, **common, seconds=time.perf_counter() - t0))
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
     base = store.get(("baseline",))
     base_metrics = {k: v for k, v in base.items() if is_metric(k)}
 
@@ -350,8 +349,7 @@ def evaluate_grid(
             if rank == max_rank:  # the identity: reuse the baseline evaluation
                 metrics, seconds = base_metrics, 0.0
             else:
-                if bar is not None:
-                    bar.set_postfix_str(iv.label, refresh=False)
+                bar.set_postfix_str(iv.label, refresh=False)
                 t0 = time.perf_counter()
                 if items is None:
                     metrics = metric_values(evaluate(model, prompts, iv, batch_size=batch_size))
@@ -359,14 +357,12 @@ def evaluate_grid(
                     metrics, per_item = _evaluate_items(model, prompts, (iv,), batch_size)
                     items.add(key, per_item, seq)
                 seconds = time.perf_counter() - t0
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
             row = configuration_row(layer, m, keep, rank, max_rank, metrics, **common, intervention=iv.label,
                                     seconds=seconds)
             store.add(row)
         rows.append(row)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return rows
 
 
@@ -410,7 +406,7 @@ def truncation_study(
         out: a directory; finished rows are appended to ``out/rows.jsonl`` and a rerun with the
             same settings skips them; at the end ``out/truncation.csv`` and
             ``out/truncation.parquet`` hold the returned table.
-        progress: show a tqdm bar.
+        progress: show progress (a bar on a terminal, a few lines elsewhere).
         info: extra entries for ``study.json``'s ``info`` (not compared on resume), e.g. the
             ``task``, ``n`` and ``seed`` the prompts were built from, so ``mechtrunc report`` can
             rebuild them.

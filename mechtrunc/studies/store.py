@@ -25,7 +25,7 @@ from mechtrunc.prompts import PromptSet
 
 __all__ = [
     "prompts_fingerprint", "model_fingerprint", "check_meta", "atomic_write_text", "RowStore", "ShardStore",
-    "write_tables", "progress_bar", "metric_values",
+    "write_tables", "metric_values",
 ]
 
 
@@ -222,15 +222,6 @@ def write_tables(df: pd.DataFrame, out, stem: str) -> None:
             warnings.warn(f"{path.name} was not written (install pyarrow): {e}", stacklevel=3)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0):
-    """A tqdm bar counting evaluations, or None when ``enabled`` is false."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="eval", dynamic_ncols=True)
 
 
 def metric_values(df_row: pd.DataFrame) -> dict:
