@@ -118,7 +118,8 @@ def _print_heldout(model, prompts, grid, metric, args, items=None) -> None:
               f"[{part['ci_low']:+.3g}, {part['ci_high']:+.3g}] ({pct}% paired bootstrap, {h['n_boot']} resamples, "
               f"{part['n_items']} prompts)")
     if collateral is None:
-        print("  collateral: none measured (give --collateral FILE: the loss on reference text, within --budget)")
+        print(f"  collateral: none measured: {metric} alone can choose an edit that breaks the model on other text "
+              "(give --collateral FILE: the loss on reference text, within --budget)")
     else:
         budget = DEFAULT_BUDGET if args.budget is None else args.budget
         print(f"  collateral: loss on {args.collateral} {ev['collateral_truncated']:.4f} vs {ev['collateral_full']:.4f} "
