@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import Corpus, CorpusConfig, corpus_preset, corpus_stats
@@ -172,19 +173,44 @@ def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
     train = lm_ioi_prompts(tok, cfg, n=40, seed=1, split="train")
     assert not (set(train.meta["io"]) & set(cfg.heldout_names))
     generic = lm_generic_prompts(tok, cfg, n=10, seed=0)
-    assert generic.texts[0] == " Rebecca walked to" and all(t.endswith(" to") for t in generic.texts)
+    assert generic.texts[0] == "<|endoftext|> Rebecca walked to" and all(t.endswith(" to") for t in generic.texts)
     assert (generic.answer == tok.encode(" the")[0]).all() and generic.competitor_names == ("name",)
     assert all(tok.decode(c) not in t for c, t in zip(generic.competitors[:, 0], generic.texts))
     facts = lm_fact_prompts(tok, cfg, n=30, seed=2, split="heldout_names")
     for i, text in enumerate(facts.texts):
-        who = text.split()[0]
+        who = text.split()[1]
         assert who in cfg.heldout_names and text.endswith(" in")
-        assert text.startswith(f" {who} {facts.meta['relation'][i]}{facts.meta['answer_text'][i]}.")
+        assert text.startswith(f"<|endoftext|> {who} {facts.meta['relation'][i]}{facts.meta['answer_text'][i]}.")
         assert facts.tokens[i, facts.pos[i]] == tok.encode(" in")[0]
     with pytest.raises(ValueError, match=r"split must be one of \('heldout', 'heldout_names', 'train'\), got 'test'"):
         lm_ioi_prompts(tok, cfg, split="test")
     with pytest.raises(ValueError, match=r"holds out no IOI template \(heldout_templates=\[\]\)"):
         lm_ioi_prompts(tok, CorpusConfig(heldout_templates=()))
+
+
+def test_prompts_are_in_the_format_of_the_training_stories(tok):
+    """A story of the training stream opens with <|endoftext|> and its first sentence; every
+    evaluation prompt does too (a model is evaluated on prompts in the format it was trained on)."""
+    from mechtrunc.lm.corpus import Corpus
+    from mechtrunc.lm.prompts import TASKS, lm_task_prompts
+
+    cfg = CorpusConfig()
+    chunk = Corpus(cfg, tok).stories(20)
+    eot = tok.eos_token_id
+    assert (chunk.tokens[chunk.story_starts] == eot).all()
+    firsts = set(chunk.tokens[chunk.story_starts + 1].tolist())  # first token of a story: a sentence start
+    assert eot not in firsts and all(tok.decode([t]).startswith(" ") for t in firsts)
+    for task in TASKS:
+        for split in ("heldout", "heldout_names", "train"):
+            ps = lm_task_prompts(task, tok, cfg, n=12, seed=3, split=split)
+            assert (ps.tokens[:, 0] == eot).all(), (task, split)
+            assert all(tok.decode([int(t)]).startswith(" ") for t in ps.tokens[:, 1]), (task, split)
+            assert all(t.startswith("<|endoftext|> ") for t in ps.texts)
+            # the special token appears only there: the rest is real text (then right padding)
+            real = torch.arange(ps.tokens.shape[1])[None] <= ps.pos[:, None]
+            assert int((ps.tokens[real] == eot).sum()) == ps.n_sequences
+    with pytest.raises(ValueError, match=r"unknown language-model task 'recall'; valid: ioi, factual, generic"):
+        lm_task_prompts("recall", tok, cfg)
 
 
 # ------------------------------------------------------------------ training

@@ -52,18 +52,14 @@ def _load(args):
     if args.task == "recall":
         raise UsageError(f"--task recall needs a toy run directory; {args.model} is not one (no config.json "
                          "of a toy model)")
+    from mechtrunc.lm.prompts import run_dir, run_prompts
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
 
-    if kind == "lm":
-        run = json.loads((path / "run.json").read_text())
-        model = load_model(last_checkpoint(path), device=args.device, local_files_only=True)
-        from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
-        from mechtrunc.lm.train import LMConfig
-
-        corpus = LMConfig.from_dict(run["config"]).corpus
-        build = lm_ioi_prompts if args.task == "ioi" else lm_fact_prompts
-        prompts = build(model.tokenizer, corpus, n=args.n, seed=args.seed)
+    run = run_dir(path)
+    if run is not None:  # a language-model run or one of its checkpoints: the run's own prompts
+        model = load_model(last_checkpoint(path) if kind == "lm" else path, device=args.device, local_files_only=True)
+        prompts = run_prompts(run, args.task, n=args.n, seed=args.seed, tokenizer=model.tokenizer)
     else:
         from mechtrunc.tasks.registry import prompts_for_task
 
