@@ -391,3 +391,40 @@ def test_cli_refuses_another_runs_directory(nano_run, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "holds another run (steps: 200 there, 7 here)" in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_studies_of_a_run_use_its_own_prompts(nano_run, tmp_path, monkeypatch):
+    """`pythia truncate` on a checkpoint of a run and `pythia checkpoints` on the run evaluate the
+    run's own held-out prompts (prompts_for_model -> run_prompts, those of lens, patch and lm
+    study), not the Pythia IOI templates; a prompt file or another model still gets
+    prompts_for_task."""
+    import pandas as pd
+
+    import mechtrunc as mt
+    from mechtrunc.lm.prompts import run_prompts
+    from mechtrunc.pythia import load_model
+    from mechtrunc.tasks.registry import prompts_for_model, prompts_for_task, uses_run_prompts
+
+    run, _ = nano_run
+    model = load_model(run / "step200", local_files_only=True)
+    own = run_prompts(run, "ioi", n=16, seed=0)
+    for where in (run, run / "step200", str(run)):
+        assert uses_run_prompts(where, "ioi") and prompts_for_model(where, "ioi", model.tokenizer, n=16).texts == own.texts
+    assert not uses_run_prompts(run / "step200", "recall") and not uses_run_prompts(tmp_path, "ioi")
+    pythia = prompts_for_task("ioi", model.tokenizer, n=16)
+    assert prompts_for_model(tmp_path / "elsewhere", "ioi", model.tokenizer, n=16).texts == pythia.texts
+    assert pythia.texts != own.texts
+    want = mt.evaluate(model, own).iloc[0]
+    out = tmp_path / "trunc"
+    assert _cli(["pythia", "truncate", "--model", str(run / "step200"), "--task", "ioi", "--n", "16", "--layers", "1",
+                 "--matrices", "mlp.W_in", "--keeps", "0.5", "--out", str(out), "--no-progress"], monkeypatch) == 0
+    table = pd.read_csv(out / "truncation.csv")
+    base = table[table["baseline"].astype(bool)].iloc[0]
+    assert base["p_the"] == pytest.approx(want["p_the"], abs=1e-5)
+    assert base["p_answer"] == pytest.approx(want["p_answer"], abs=1e-5)
+    ck = tmp_path / "ck"
+    assert _cli(["pythia", "checkpoints", "--model", str(run), "--steps", "200", "--task", "ioi", "--n", "16",
+                 "--out", str(ck), "--no-progress"], monkeypatch) == 0
+    got = pd.read_csv(ck / "checkpoints.csv")
+    full = got[(got["step"] == 200) & (got["variant"] == "full")].iloc[0]
+    assert full["p_the"] == pytest.approx(want["p_the"], abs=1e-5)

@@ -47,17 +47,14 @@ def load_lens_model(args) -> dict:
         _, targets = model.sample(4096, torch.Generator().manual_seed(0))
         return dict(model=model, kind=kind, itos=None, prompts=model.prompts(), generic_data=targets,
                     generic_count="answers", tokenizer=None)
-    from mechtrunc.lm.prompts import TASKS as LM_TASKS, run_dir, run_prompts
+    from mechtrunc.lm.prompts import run_dir
     from mechtrunc.pythia import load_model
-    from mechtrunc.tasks import prompts_for_task
+    from mechtrunc.tasks.registry import prompts_for_model
 
-    run = run_dir(args.model)
     path = last_checkpoint(Path(args.model)) if kind == "lm" else args.model
-    model = load_model(str(path), device=args.device, **({"local_files_only": True} if run is not None else {}))
-    if run is not None and args.task in LM_TASKS:  # the run's own prompts, as patch and lm study
-        prompts = run_prompts(run, args.task, n=args.n, seed=args.seed, tokenizer=model.tokenizer)
-    else:
-        prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
+    model = load_model(str(path), device=args.device, **({"local_files_only": True} if run_dir(path) else {}))
+    # a language-model run: its own prompts, as patch and lm study
+    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)
     return dict(model=model, kind=kind, itos=None, prompts=prompts, generic_data=prompts, generic_count="tokens",
                 tokenizer=model.tokenizer)
 

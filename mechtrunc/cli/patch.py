@@ -53,19 +53,17 @@ def _load(args):
     if args.task == "recall":
         raise UsageError(f"--task recall needs a toy run directory; {args.model} is not one (no config.json "
                          "of a toy model)")
-    from mechtrunc.lm.prompts import run_dir, run_prompts
+    from mechtrunc.lm.prompts import run_dir
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
+    from mechtrunc.tasks.registry import prompts_for_model
 
-    run = run_dir(path)
-    if run is not None:  # a language-model run or one of its checkpoints: the run's own prompts
+    if run_dir(path) is not None:  # a language-model run or one of its checkpoints
         model = load_model(last_checkpoint(path) if kind == "lm" else path, device=args.device, local_files_only=True)
-        prompts = run_prompts(run, args.task, n=args.n, seed=args.seed, tokenizer=model.tokenizer)
     else:
-        from mechtrunc.tasks.registry import prompts_for_task
-
         model = load_model(args.model, device=args.device)
-        prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
+    # a language-model run: its own prompts, as lens and lm study
+    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)
     corrupt = ioi_abc if args.task == "ioi" else factual_swap
     return model, *corrupt(prompts, model.tokenizer, seed=args.seed)
 
