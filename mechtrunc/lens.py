@@ -47,10 +47,11 @@ frequency of all tokens (on English text this finds " the", "." and ","); for a
 :class:`~mechtrunc.prompts.PromptSet`, the frequency of the *answers* at the read items, i.e.
 of the targets the model is trained or scored on there (or, with ``count="tokens"``, of every
 real token of its prompts).  Special tokens (padding, end of text: the tokenizer's special ids)
-and padded positions are masked out before counting, so they can never be generic.  Pass the noisy training items (the
-toy's ``RecallBatch.to_prompts(clean=False)``, the memory's sampled targets): the noise token is
-then the most frequent answer (a fraction ``alpha`` of all targets), while among all tokens of a
-toy sequence it is rare (only after repeated triggers) and loses to the space character.
+and padded positions are masked out before counting, so they can never be generic.  Pass the
+noisy training items (the toy's ``RecallBatch.to_prompts(clean=False)``, the memory's sampled
+targets): the noise token is then the most frequent answer (a fraction ``alpha`` of all
+targets), while among all tokens of a toy sequence it is rare (only after repeated triggers) and
+loses to the space character.
 
 **resid_mid.**  Where the model has ``blocks.{l}.hook_resid_mid`` (toy, GPT-2) it is read there;
 a parallel block (GPT-NeoX, GPT-J) has none and the lens uses ``resid_pre + attn_out``, the

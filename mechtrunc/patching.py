@@ -50,7 +50,8 @@ from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.runner import check_prompts, item_logits
 
-__all__ = ["patching_scan", "path_patch", "path_patching_scan", "raw_change", "largest_moves", "DIRECTIONS", "RECEIVERS"]
+__all__ = ["patching_scan", "path_patch", "path_patching_scan", "raw_change", "largest_moves", "DIRECTIONS",
+           "RECEIVERS"]
 
 #: scan directions: run the corrupted prompts and restore (denoising), run the clean ones and break
 DIRECTIONS = ("denoising", "noising", "both")

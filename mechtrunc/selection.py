@@ -55,7 +55,8 @@ from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER
 __all__ = [
     "DEFAULT_SELECT", "DEFAULT_BUDGET", "DEFAULT_N_BOOT", "HELDOUT_METRIC", "ITEM_COLUMNS", "PARTS",
     "sequence_groups", "split_sequences", "split_prompts", "item_table", "change_intervals",
-    "best_within_budget", "choose_configuration", "heldout_choice", "table_change_intervals", "heldout_selection", "next_token_prompts", "text_prompts",
+    "best_within_budget", "choose_configuration", "heldout_choice", "table_change_intervals", "heldout_selection",
+    "next_token_prompts", "text_prompts",
 ]
 
 #: the fraction of sequences (by group) in the select part

@@ -155,8 +155,9 @@ def test_end_to_end_the_headline_directions_on_the_nano_run(nano_run, tmp_path):
     truncation removes " the" mass without giving the answer any.  Margins measured once on
     this run (24 prompts, each opening with <|endoftext|>): step_the 32; P(" the") after " to"
     0.611, drop 0.584 when layer 0's MLP is removed, -0.290 (a rise) for layer 1's; layer 0's
-    direct attribution -3.16; chosen IOI edit: P(" the") -0.092, P(IO) +0.0005.  (A study-model variant that trains ``small`` for 256
-    steps was dropped to keep the suite under 15 minutes; it measured the same signs.)"""
+    direct attribution -3.16; chosen IOI edit: P(" the") -0.092, P(IO) +0.0005.  (A study-model
+    variant that trains ``small`` for 256 steps was dropped to keep the suite under 15 minutes; it
+    measured the same signs.)"""
     import shutil
 
     run = tmp_path / "nano"

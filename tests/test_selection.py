@@ -10,7 +10,8 @@ import torch
 import mechtrunc as mt
 from mechtrunc.metrics import bootstrap_ci, bootstrap_intervals, bootstrap_means
 from mechtrunc.selection import (
-    ITEM_COLUMNS, best_within_budget, change_intervals, choose_configuration, heldout_choice, heldout_selection, item_table,
+    ITEM_COLUMNS, best_within_budget, change_intervals, choose_configuration, heldout_choice, heldout_selection,
+    item_table,
     split_prompts, split_sequences,
 )
 
@@ -276,8 +277,9 @@ def test_the_collateral_budget_closes_the_logit_difference_trap_on_a_language_mo
     """Issue 17's measured case, as a regression test on the project's own language model (the
     session's nano run): choosing in-sample by logit(IO) - logit(" the") picks an edit that wrecks
     the model (measured once, on prompts opening with <|endoftext|>: layer 0 W_in keep 0.05,
-    +5.5 logit difference, held-out text loss 2.31 -> 3.78 nats); held-out selection with the default 0.1-nat budget on that loss never
-    returns a configuration outside the budget, whatever the metric."""
+    +5.5 logit difference, held-out text loss 2.31 -> 3.78 nats); held-out selection with the
+    default 0.1-nat budget on that loss never returns a configuration outside the budget, whatever
+    the metric."""
     from mechtrunc.lm.prompts import lm_ioi_prompts
     from mechtrunc.pythia import load_model
     from mechtrunc.selection import heldout_selection, item_table, next_token_prompts

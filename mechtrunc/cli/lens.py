@@ -36,8 +36,8 @@ def load_lens_model(args) -> dict:
         model, cfg, task = load_run(args.model, device=args.device)
         prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
         noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)
-        return dict(model=model, kind=kind, itos=task.itos, prompts=prompts, generic_data=noisy, generic_count="answers",
-                    tokenizer=None)
+        return dict(model=model, kind=kind, itos=task.itos, prompts=prompts, generic_data=noisy,
+                    generic_count="answers", tokenizer=None)
     if kind == "memory":
         import torch
 

@@ -301,8 +301,8 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     if have.is_file() and (old := json.loads(have.read_text())) != settings:
         diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in settings.items() if old.get(k) != v)
         if old.get("prompt_format") != PROMPT_FORMAT:
-            raise ValueError(f"{out} holds a study on prompts of another format ({diff}): the prompts now open with "
-                             "<|endoftext|> as the training stories do; delete it and study the run again")
+            raise ValueError(f"{out} holds a study on prompts of another format ({diff}): the study's prompts open "
+                             "with <|endoftext|> as the training stories do; delete it and study the run again")
         raise ValueError(f"{out} holds a study with other settings ({diff}); delete it or use those settings")
     have.write_text(json.dumps(settings))
     prompts = lm_study_prompts(lm_tokenizer(), cfg.corpus, n=n_prompts, seed=0)
