@@ -45,10 +45,13 @@ component actually promotes on that data.  Both ends are always reported (``side
 **Generic tokens from data** (:func:`generic_tokens`): for a token tensor or text, the unigram
 frequency of all tokens (on English text this finds " the", "." and ","); for a
 :class:`~mechtrunc.prompts.PromptSet`, the frequency of the *answers* at the read items, i.e.
-of the targets the model is trained or scored on there.  Pass the noisy training items (the
-toy's ``RecallBatch.to_prompts(clean=False)``, the memory's sampled targets): the noise token is
-then the most frequent answer (a fraction ``alpha`` of all targets), while among all tokens of a
-toy sequence it is rare (only after repeated triggers) and loses to the space character.
+of the targets the model is trained or scored on there (or, with ``count="tokens"``, of every
+real token of its prompts).  Special tokens (padding, end of text: the tokenizer's special ids)
+and padded positions are masked out before counting, so they can never be generic.  Pass the
+noisy training items (the toy's ``RecallBatch.to_prompts(clean=False)``, the memory's sampled
+targets): the noise token is then the most frequent answer (a fraction ``alpha`` of all
+targets), while among all tokens of a toy sequence it is rare (only after repeated triggers) and
+loses to the space character.
 
 **resid_mid.**  Where the model has ``blocks.{l}.hook_resid_mid`` (toy, GPT-2) it is read there;
 a parallel block (GPT-NeoX, GPT-J) has none and the lens uses ``resid_pre + attn_out``, the
@@ -271,16 +274,33 @@ def vocab_lens(
 
 
 # ----------------------------------------------------------------------------- generic tokens
-def generic_tokens(data, k: int = 5, tokenizer=None, exclude: Iterable[int] = ()) -> pd.DataFrame:
+def generic_tokens(data, k: int = 5, tokenizer=None, exclude: Iterable[int] = (), *,
+                   count: str = "answers") -> pd.DataFrame:
     """The ``k`` most frequent tokens of reference data: a token tensor (any shape; all tokens),
     a text (tokenized with ``tokenizer``; all tokens), a list of texts, or a
-    :class:`~mechtrunc.prompts.PromptSet` (its answers at the read items: pass the training
-    targets, e.g. the toy's noisy ``to_prompts(clean=False)``; see the module docstring).
-    ``exclude``: ids never returned (padding, BOS...).  Columns ``token, count, frequency``
-    (``token_str`` too when a tokenizer is given), most frequent first; ties by smaller id."""
+    :class:`~mechtrunc.prompts.PromptSet`: with ``count="answers"`` (default) its answers at the
+    read items (pass the training targets, e.g. the toy's noisy ``to_prompts(clean=False)``; see
+    the module docstring), with ``count="tokens"`` every real token of its prompts (each
+    sequence's positions up to its last read item: the right padding after it never counts).
+
+    Special tokens never count, by construction: the tokenizer's special ids (``all_special_ids``:
+    padding, end of text, BOS, UNK, added specials) and ``exclude`` (more ids, e.g. a toy's
+    padding) are masked out before counting, so they are neither returned nor part of the
+    frequencies' total.  Columns ``token, count, frequency`` (``token_str`` too when a tokenizer
+    is given), most frequent first; ties by smaller id."""
+    from mechtrunc.tasks._tokens import special_ids
+
     k = _check_k(k)
+    if count not in ("answers", "tokens"):
+        raise ValueError(f"count must be 'answers' or 'tokens' (what of a PromptSet is counted), got {count!r}")
     if isinstance(data, PromptSet):
-        ids = data.answer.reshape(-1)
+        if count == "answers":
+            ids = data.answer.reshape(-1)
+        else:  # every position up to the sequence's last read item: the prompt, never its padding
+            last = torch.full((data.n_sequences,), -1, dtype=torch.long).scatter_reduce(
+                0, data.rows.long(), data.pos.long(), reduce="amax")
+            real = torch.arange(data.tokens.shape[1])[None, :] <= last[:, None]
+            ids = data.tokens[real]
     elif isinstance(data, str) or (isinstance(data, (list, tuple)) and data and all(isinstance(x, str) for x in data)):
         if tokenizer is None:
             raise ValueError("generic_tokens got text but no tokenizer: pass tokenizer= (e.g. model.tokenizer)")
@@ -295,9 +315,12 @@ def generic_tokens(data, k: int = 5, tokenizer=None, exclude: Iterable[int] = ()
                         f"got {type(data).__name__}")
     if ids.numel() == 0:
         raise ValueError("generic_tokens got no tokens")
-    counts = Counter(ids.cpu().tolist())
-    for t in exclude:
-        counts.pop(int(t), None)
+    masked = sorted(special_ids(tokenizer) | {int(t) for t in exclude})
+    ids = ids.cpu().long()
+    ids = ids[~torch.isin(ids, torch.tensor(masked, dtype=torch.long))]
+    if ids.numel() == 0:
+        raise ValueError(f"generic_tokens got only special or excluded tokens (ids {masked})")
+    counts = Counter(ids.tolist())
     total = sum(counts.values())
     top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
     df = pd.DataFrame({"token": [t for t, _ in top], "count": [c for _, c in top],

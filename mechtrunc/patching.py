@@ -7,6 +7,15 @@
   per copy of the prompts stacked in the batch.  One tidy row per patch with the metric and its
   normalised effect ``(value - corrupted) / (clean - corrupted)``: 0 = the corrupted run's
   value, 1 = the clean run's, in both directions.
+
+**When the effect is undefined.**  Normalising divides by the gap ``clean - corrupted``.  When the
+gap is not resolved, i.e. its paired bootstrap interval (the same resamples as the effects')
+contains zero, or it is exactly zero, a patch's normalised effect says nothing (on a gap of 0.003
+a value 0.01 off the corrupted run reads as an effect of 3, with an interval spanning tens):
+``effect``, ``effect_low`` and ``effect_high`` are then NaN, ``attrs["normalised"]`` is False, and
+the raw values (``value`` against ``clean`` and ``corrupted``) are what to read.  ``attrs`` always
+hold the gap and its interval (``gap``, ``gap_low``, ``gap_high``; NaN bounds with ``n_boot=0``,
+when only an exact zero makes the effect undefined).
 - :func:`path_patch` / :func:`path_patching_scan`: path patching (Wang et al. 2022) restricted to
   the edges this research needs: a sender head's output reaching (a) the logits directly, (b) a
   later layer's MLP input, (c) a later head's query, key or value input, with everything else
@@ -42,7 +51,8 @@ from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.runner import check_prompts, item_logits
 
-__all__ = ["patching_scan", "path_patch", "path_patching_scan", "DIRECTIONS", "RECEIVERS"]
+__all__ = ["patching_scan", "path_patch", "path_patching_scan", "raw_change", "largest_moves", "DIRECTIONS",
+           "RECEIVERS"]
 
 #: scan directions: run the corrupted prompts and restore (denoising), run the clean ones and break
 DIRECTIONS = ("denoising", "noising", "both")
@@ -215,7 +225,10 @@ def patching_scan(
         head, position, metric, value, clean, corrupted, effect, effect_low, effect_high``);
         ``attrs`` hold the clean and corrupted values, ``forwards`` (forward passes run, the two
         recording runs included), ``rows``, ``skipped`` (sites that do not exist at a layer, with
-        the reason), ``n_boot`` and ``level``.
+        the reason), ``n_boot``, ``level``, and ``gap``, ``gap_low``, ``gap_high``,
+        ``normalised``: the clean - corrupted gap with its paired interval, and whether it is
+        resolved (its interval excludes zero); when it is not, every ``effect`` and its interval
+        are NaN (undefined: see the module docstring) and ``value`` is what to read.
     """
     adapter = adapt(model)
     corrupted = _paired(clean, corrupted)
@@ -239,7 +252,7 @@ def patching_scan(
     cache = {"clean": record_activations(adapter, clean.tokens, names, batch_size=bs),
              "corrupted": record_activations(adapter, corrupted.tokens, names, batch_size=bs)}
     base_items = _base_items(adapter, clean, corrupted, metric, bs)
-    base = {k: float(v.mean()) for k, v in base_items.items()}
+    base = _baseline(base_items, clean, n_boot, level, seed)
     # the two recordings and the two baselines, in chunks of bs sequences
     rows, forwards, n_rows = [], 4 * -(-clean.n_sequences // bs), 0
     for d in (("denoising", "noising") if direction == "both" else (direction,)):
@@ -247,7 +260,7 @@ def patching_scan(
         specs = [_Spec(s.site, s.layer, s.head, s.group, s.pos, s.hook) for s in specs_template]
         count = _run_patches(adapter, clean, target.tokens, source, specs, metric, bs, progress)
         forwards, n_rows = forwards + count["forwards"], n_rows + count["rows"]
-        low, high = _effect_intervals(base_items, [s.values for s in specs], clean, n_boot, level, seed)
+        low, high = _effect_intervals(base_items, [s.values for s in specs], clean, n_boot, level, seed, base)
         for s, lo, hi in zip(specs, low, high):
             v = float(s.values.mean())
             rows.append((d, s.site, s.layer, s.head, s.group, metric, v, base["clean"], base["corrupted"],
@@ -255,7 +268,7 @@ def patching_scan(
     df = pd.DataFrame(rows, columns=list(PATCHING_COLUMNS))
     df["head"] = df["head"].astype("Int64")
     df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, forwards=forwards,
-                    rows=n_rows, skipped=skipped, n_boot=n_boot, level=level)
+                    rows=n_rows, skipped=skipped, n_boot=n_boot, level=level, **_gap_attrs(base))
     return df
 
 
@@ -273,17 +286,41 @@ def _base_items(adapter, clean: PromptSet, corrupted: PromptSet, metric: str, ba
             .double().cpu()}
 
 
+def _baseline(base_items: dict, read: PromptSet, n_boot: int, level: float, seed: int) -> dict:
+    """The clean and corrupted means, the gap ``clean - corrupted`` with its paired percentile
+    bootstrap interval (the resamples of :func:`_effect_intervals`: whole sequences, ``seed``), and
+    whether it is resolved enough to normalise by: nonzero, and its interval excludes zero."""
+    base = {k: float(v.mean()) for k, v in base_items.items()}
+    gap = base["clean"] - base["corrupted"]
+    low = high = float("nan")
+    if n_boot:
+        means = bootstrap_means(torch.stack([base_items["clean"], base_items["corrupted"]]), n_boot=n_boot, seed=seed,
+                                clusters=read.rows.cpu())
+        a = (1.0 - level) / 2
+        q = torch.quantile(means[0] - means[1], torch.tensor([a, 1.0 - a], dtype=torch.float64))
+        low, high = float(q[0]), float(q[1])
+    resolved = gap != 0 and not (low <= 0.0 <= high)  # NaN bounds (no bootstrap): only an exact zero fails
+    return {**base, "gap": gap, "gap_low": low, "gap_high": high, "normalised": bool(resolved)}
+
+
+def _gap_attrs(base: dict) -> dict:
+    return {k: base[k] for k in ("gap", "gap_low", "gap_high", "normalised")}
+
+
 def _effect(value: float, base: dict) -> float:
-    span = base["clean"] - base["corrupted"]
-    return (value - base["corrupted"]) / span if span != 0 else float("nan")
+    """``(value - corrupted) / (clean - corrupted)``; NaN when the gap is not resolved."""
+    if not base["normalised"]:
+        return float("nan")
+    return (value - base["corrupted"]) / (base["clean"] - base["corrupted"])
 
 
 def _effect_intervals(base_items: dict, values: list[Tensor], read: PromptSet, n_boot: int, level: float,
-                      seed: int) -> tuple[list[float], list[float]]:
+                      seed: int, base: dict) -> tuple[list[float], list[float]]:
     """Percentile bootstrap intervals of each normalised effect: the clean, corrupted and patched
     runs resampled together (whole sequences, :func:`mechtrunc.metrics.bootstrap_means`), the
-    effect recomputed on every resample.  NaN without ``n_boot``."""
-    if not n_boot or not values:
+    effect recomputed on every resample.  NaN without ``n_boot`` or when the gap is not resolved
+    (``base["normalised"]``, :func:`_baseline`)."""
+    if not n_boot or not values or not base["normalised"]:
         return [float("nan")] * len(values), [float("nan")] * len(values)
     rows = torch.stack([base_items["clean"], base_items["corrupted"], *values])
     means = bootstrap_means(rows, n_boot=n_boot, seed=seed, clusters=read.rows.cpu())
@@ -291,6 +328,28 @@ def _effect_intervals(base_items: dict, values: list[Tensor], read: PromptSet, n
     a = (1.0 - level) / 2
     q = torch.nanquantile(effects, torch.tensor([a, 1.0 - a], dtype=torch.float64), dim=1)
     return q[0].tolist(), q[1].tolist()
+
+
+def raw_change(df: pd.DataFrame) -> pd.Series:
+    """Each patch's raw change of the metric: its ``value`` minus the value of the run it was
+    patched into (the corrupted run when denoising, the clean run when noising).  Defined
+    whatever the gap; what to read when the normalised effect is not (``attrs["normalised"]``)."""
+    return df["value"] - df["corrupted"].where(df["direction"] == "denoising", df["clean"])
+
+
+def largest_moves(df: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The ``n`` patches of a scan that move the metric most: with a resolved gap by the
+    normalised effect (denoising towards 1: restores; noising towards 0: breaks), else by the
+    size of the :func:`raw_change`, whose column ``change`` is then added.  Ties keep table
+    order.  What ``mechtrunc patch scan`` prints and the report's table shows."""
+    if df.attrs.get("normalised", True):
+        moved = df["effect"].where(df["direction"] == "denoising", 1 - df["effect"])
+        out = df
+    else:
+        out = df.assign(change=raw_change(df))
+        moved = out["change"].abs()
+    top = out.assign(_moved=moved).sort_values("_moved", ascending=False, kind="stable").head(n)
+    return top.drop(columns="_moved")
 
 
 # ----------------------------------------------------------------------------------------
@@ -396,7 +455,8 @@ def path_patching_scan(
     corrupted output reaching only the receiver; ``"denoising"``: the corrupted run, with the
     sender's clean output.  Columns: ``direction, sender_layer, sender_head, receiver, metric,
     value, clean, corrupted, effect`` (0 = corrupted, 1 = clean) and the effect's bootstrap
-    interval ``effect_low, effect_high`` (as :func:`patching_scan`'s)."""
+    interval ``effect_low, effect_high``; ``attrs`` as :func:`patching_scan`'s (the gap, its
+    interval and ``normalised``: effects are NaN when the gap is not resolved)."""
     adapter = adapt(model)
     corrupted = _paired(clean, corrupted)
     metric = _metric(clean, metric)
@@ -422,13 +482,13 @@ def path_patching_scan(
     z_tgt = record_activations(adapter, target.tokens, names, batch_size=bs)
     z_src = record_activations(adapter, source.tokens, names, batch_size=bs)
     base_items = _base_items(adapter, clean, corrupted, metric, bs)
-    base = {k: float(v.mean()) for k, v in base_items.items()}
+    base = _baseline(base_items, clean, n_boot, level, seed)
     values = []
     for layer, head in senders:
         name = adapter.site_hook("z", layer)
         delta = _sender_delta(adapter, z_src[name], z_tgt[name], layer, head)
         values.append(_path_value(adapter, clean, target, delta, recs[(layer, head)], metric, bs))
-    low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed)
+    low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed, base)
     rows = []
     for (layer, head), vals, lo, hi in zip(senders, values, low, high):
         v = float(vals.mean())
@@ -436,7 +496,8 @@ def path_patching_scan(
                      base["corrupted"], _effect(v, base), lo, hi))
     df = pd.DataFrame(rows, columns=["direction", "sender_layer", "sender_head", "receiver", "metric", "value",
                                      "clean", "corrupted", "effect", "effect_low", "effect_high"])
-    df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, n_boot=n_boot, level=level)
+    df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, n_boot=n_boot, level=level,
+                    **_gap_attrs(base))
     return df
 
 

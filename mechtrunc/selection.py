@@ -24,8 +24,19 @@ pass.
 - :func:`heldout_choice` (model-free, on an item table) and :func:`heldout_selection` (a model,
   prompts and truncations): choose on the select part, report the choice on both parts with the
   paired intervals of its change against the full model.  Default metric: ``p_answer``
-  (:data:`HELDOUT_METRIC`), which destroying the model cannot raise (a logit difference or the
-  loss against a competitor can be "improved" by flattening the output).
+  (:data:`HELDOUT_METRIC`): flattening the output brings it down to ``1 / vocabulary``, while
+  a logit difference or the loss against a competitor can be "improved" that way.
+- :func:`best_within_budget`: the one rule of every choice under a collateral budget (here and
+  in :func:`mechtrunc.studies.compose_search`): the best candidate by the metric among those
+  whose collateral rises by at most the budget, the baseline when none beats it.
+
+**What protects the model is the collateral budget, not the metric.**  ``p_answer`` alone does
+not: an edit can raise P(answer) on the task's prompts while it breaks the model on other text
+(e.g. one that suppresses a frequent competitor such as " the" everywhere, which raises the
+task's answer and the loss on ordinary text together).  Give a ``collateral`` (e.g. the loss on
+reference text, :func:`text_prompts`) and a ``budget`` whenever the model must stay usable: the
+choice is then the best configuration *within* the budget, and a selection without a
+collateral says so.
 """
 
 from __future__ import annotations
@@ -44,7 +55,8 @@ from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER
 __all__ = [
     "DEFAULT_SELECT", "DEFAULT_BUDGET", "DEFAULT_N_BOOT", "HELDOUT_METRIC", "ITEM_COLUMNS", "PARTS",
     "sequence_groups", "split_sequences", "split_prompts", "item_table", "change_intervals",
-    "choose_configuration", "heldout_choice", "table_change_intervals", "heldout_selection", "next_token_prompts", "text_prompts",
+    "best_within_budget", "choose_configuration", "heldout_choice", "table_change_intervals", "heldout_selection",
+    "next_token_prompts", "text_prompts",
 ]
 
 #: the fraction of sequences (by group) in the select part
@@ -54,7 +66,7 @@ DEFAULT_BUDGET = 0.1
 #: bootstrap resamples of the intervals
 DEFAULT_N_BOOT = 1000
 #: the metric a held-out selection maximises by default: P(answer) cannot be raised by
-#: destroying the model
+#: flattening the output (but can by an edit that breaks the model elsewhere: give a collateral)
 HELDOUT_METRIC = P_ANSWER
 #: the descriptor columns of an :func:`item_table` (then one column per metric)
 ITEM_COLUMNS = ("config", "baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "intervention",
@@ -287,6 +299,41 @@ def table_change_intervals(table, items, metric: str, n_boot: int = DEFAULT_N_BO
     return out
 
 
+def best_within_budget(scores, collateral=None, budget: float | None = None, *, base_score: float,
+                       base_collateral: float | None = None, min_gain: float = 0.0) -> tuple[int | None, list]:
+    """The one rule of a choice under a collateral budget: among candidates that beat
+    ``base_score`` by more than ``min_gain`` (higher is better: negate the scores of a
+    lower-is-better metric), the best by score whose collateral (lower is better) rises by at
+    most ``budget`` over ``base_collateral``; a NaN score or collateral never qualifies.
+
+    ``scores``: one per candidate.  ``collateral``: None (no budget), a sequence of one value
+    per candidate, or a callable ``i -> value`` called only on the candidates visited: they are
+    visited best first (ties: the first in order) until one fits, so a costly collateral is
+    measured only as far as needed and the answer is the same as with every value known.
+    ``budget`` None: no budget (the best candidate that gains).
+
+    Returns ``(index or None, refused)``: the chosen candidate (None: none gains within the
+    budget, keep the baseline) and ``[(index, collateral_increase), ...]`` of the better
+    candidates refused by the budget, best first."""
+    if budget is not None and collateral is None:
+        raise ValueError("a collateral budget needs a collateral to measure it on")
+    score = np.asarray(scores, dtype=np.float64).reshape(-1)
+    value = collateral if collateral is None or callable(collateral) else \
+        np.asarray(collateral, dtype=np.float64).reshape(-1).__getitem__
+    refused = []
+    for i in np.argsort(-score, kind="stable"):
+        i = int(i)
+        if not score[i] - float(base_score) > float(min_gain):  # NaN scores sort last and stop here too
+            break
+        if budget is None:
+            return i, refused
+        increase = float(value(i)) - float(base_collateral)
+        if increase <= float(budget):  # False for NaN
+            return i, refused
+        refused.append((i, increase))
+    return None, refused
+
+
 def choose_configuration(table, metric: str = HELDOUT_METRIC, higher_is_better: bool | None = None,
                          collateral: str | None = None, budget: float | None = None) -> dict:
     """The best row of a per-configuration table (one ``baseline`` row and configuration rows,
@@ -309,15 +356,12 @@ def choose_configuration(table, metric: str = HELDOUT_METRIC, higher_is_better: 
     base = table[is_base].iloc[0]
     ident = table["identity"].astype(bool) if "identity" in table.columns else False
     cand = table[~is_base & ~ident & table[metric].notna()]
-    if collateral is not None and budget is not None:
-        cand = cand[cand[collateral] <= base[collateral] + float(budget)]
     sign = 1.0 if higher else -1.0
-    best = base
-    if len(cand):
-        score = cand[metric] * sign
-        top = cand.loc[score.idxmax()]
-        if sign * top[metric] > sign * base[metric]:
-            best = top
+    within = budget is not None and collateral is not None
+    pick, _ = best_within_budget((cand[metric] * sign).to_numpy(), cand[collateral].to_numpy() if within else None,
+                                 budget if within else None, base_score=sign * float(base[metric]),
+                                 base_collateral=float(base[collateral]) if within else None)
+    best = base if pick is None else cand.iloc[pick]
     return best.to_dict() | {
         "gain": float(sign * (best[metric] - base[metric])),
         "collateral_increase": float(best[collateral] - base[collateral]) if collateral is not None else float("nan"),
@@ -408,9 +452,10 @@ def heldout_selection(model, prompts: PromptSet, truncations: Iterable, metric: 
     Splits the sequences with :func:`split_sequences` (``select``, ``seed``, ``groups``: by
     default the IOI template when there is one), runs the baseline and every truncation once on
     all prompts (:func:`item_table`: the intervals need no extra forward pass), picks the best
-    mean ``metric`` on the select part (default ``p_answer``, which destroying the model cannot
-    raise) among the configurations whose ``collateral`` rises by at most ``budget`` (default
-    :data:`DEFAULT_BUDGET` = 0.1 when a collateral is given), and returns
+    mean ``metric`` on the select part (default ``p_answer``) among the configurations whose
+    ``collateral`` rises by at most ``budget`` (default :data:`DEFAULT_BUDGET` = 0.1 when a
+    collateral is given; without a collateral nothing bounds what the choice costs elsewhere,
+    see the module docstring), and returns
     :func:`heldout_choice`'s table: the choice's ``change`` against the full model on the
     ``select`` (in-sample) and ``eval`` (held-out) parts, each with a paired bootstrap interval
     over that part's items (``n_boot`` resamples, ``level``).

@@ -131,13 +131,16 @@ def test_an_identity_truncation_changes_nothing(toy, search):
     assert a.drop(columns="variant").equals(b.drop(columns="variant"))
 
 
+def _weight_change(snap):
+    def weight_change(m):  # squared distance of the weights from the full model's
+        return float(sum(((v.float() - snap[k].float()) ** 2).sum() for k, v in m.state_dict().items()))
+    return weight_change
+
+
 def test_collateral_budget_refuses_the_step_that_breaks_it(toy, search):
     model, sel, ev = toy
     snap = _snapshot(model)
-
-    def weight_change(m):  # squared distance of the weights from the full model's
-        return float(sum(((v.float() - snap[k].float()) ** 2).sum() for k, v in m.state_dict().items()))
-
+    weight_change = _weight_change(snap)
     free = compose_search(model, sel, ev, matrices=MATRICES, keeps=KEEPS, metric=METRIC, max_steps=3,
                           collateral=weight_change)
     inc = list(_accepted(free)["collateral_increase"])
@@ -145,18 +148,64 @@ def test_collateral_budget_refuses_the_step_that_breaks_it(toy, search):
     budget = (inc[0] + inc[1]) / 2
     df = compose_search(model, sel, ev, matrices=MATRICES, keeps=KEEPS, metric=METRIC, max_steps=3,
                         collateral=weight_change, budget=budget)
-    assert list(df["accepted"]) == [True, True, False]
-    refused, first = df.iloc[-1], free[free["step"] == 2].iloc[0]
-    assert (refused["layer"], refused["matrix"], refused["keep"]) == (first["layer"], first["matrix"], first["keep"])
-    assert refused["collateral_increase"] > budget and refused["stop"].startswith("collateral budget")
-    assert math.isnan(refused["eval_value"])
-    assert len(as_interventions(df)) == 1 and _same_weights(model, snap)
+    # step 2's best candidate of the free search is refused; the search goes on within the budget
+    first = free[free["step"] == 2].iloc[0]
+    step2 = df[df["step"] == 2]
+    refused = step2[~step2["accepted"].astype(bool)]
+    assert len(refused) >= 1
+    top = refused.iloc[0]
+    assert (top["layer"], top["matrix"], top["keep"]) == (first["layer"], first["matrix"], first["keep"])
+    assert (refused["collateral_increase"] > budget).all() and refused["stop"].str.startswith("collateral budget").all()
+    assert refused["eval_value"].isna().all()
+    assert (_accepted(df)["collateral_increase"] <= budget).all()
+    assert _same_weights(model, snap)
     # a PromptSet collateral is its loss
     with_ps = compose_search(model, sel, ev, matrices=MATRICES, keeps=KEEPS, metric=METRIC, max_steps=1,
                              collateral=ev)
     assert with_ps["collateral"].iloc[0] == pytest.approx(mt.evaluate(model, ev)["loss"].iloc[0], abs=1e-6)
     assert with_ps["collateral"].iloc[1] == pytest.approx(
         mt.evaluate(model, ev, *as_interventions(with_ps))["loss"].iloc[0], abs=1e-6)
+
+
+def test_budget_takes_the_best_candidate_within_it_as_held_out_selection_does(toy):
+    """A step whose best candidate is over the budget takes the best one within it: the choice of
+    mechtrunc.selection.choose_configuration on the step's grid with every collateral known."""
+    from mechtrunc.selection import choose_configuration
+
+    model, sel, ev = toy
+    snap = _snapshot(model)
+    weight_change = _weight_change(snap)
+    table = truncation_study(model, sel, matrices=MATRICES, keeps=KEEPS, progress=False)
+    coll = []
+    for r in table.to_dict("records"):
+        if r["baseline"]:
+            coll.append(0.0)
+            continue
+        with mt.intervene(model, mt.Truncate(r["matrix"], layer=int(r["layer"]), keep=float(r["keep"]), svd="exact",
+                                             mode="weight")):
+            coll.append(weight_change(model))
+    table["collateral"] = coll
+    base = float(table.loc[table["baseline"].astype(bool), METRIC].iloc[0])
+    gainers = table[~table["baseline"].astype(bool) & (table[METRIC] > base + 1e-5)].sort_values(METRIC, ascending=False)
+    best_coll = float(gainers["collateral"].iloc[0])
+    cheaper = gainers[gainers["collateral"] < best_coll]
+    assert len(cheaper), "the test needs a gaining candidate cheaper than the best one"
+    budget = (best_coll + float(cheaper["collateral"].max())) / 2
+    want = choose_configuration(table, METRIC, collateral="collateral", budget=budget)
+    assert not want["baseline"]
+    df = compose_search(model, sel, ev, matrices=MATRICES, keeps=KEEPS, metric=METRIC, max_steps=1,
+                        collateral=weight_change, budget=budget)
+    step1 = df[df["step"] == 1]
+    took = step1[step1["accepted"].astype(bool)]
+    assert len(took) == 1, "the search stopped although a candidate within the budget gains"
+    took = took.iloc[0]
+    assert (int(took["layer"]), took["matrix"], took["keep"]) == (int(want["layer"]), want["matrix"], want["keep"])
+    assert took["collateral_increase"] == pytest.approx(want["collateral_increase"], rel=1e-5)
+    assert took["select_value"] == pytest.approx(want[METRIC], abs=1e-5)
+    refused = step1[~step1["accepted"].astype(bool)]
+    assert len(refused) >= 1 and (refused["select_value"] > took["select_value"]).all()
+    assert (refused["collateral_increase"] > budget).all()
+    assert took["stop"] == "max_steps=1" and _same_weights(model, snap)
 
 
 def test_a_truncated_matrix_is_never_truncated_again(toy, search):

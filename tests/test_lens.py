@@ -200,6 +200,37 @@ def test_generic_tokens_of_text_and_a_tokenizer(neox_bridge):
     assert ranked["generic_score"].is_monotonic_decreasing
 
 
+def test_generic_tokens_never_count_special_tokens_or_padding():
+    """Padding and end-of-text are masked out before counting: on right-padded prompts of very
+    different lengths, and on a stream of stories each opening with <|endoftext|>, the generic
+    token is a real word, and the frequencies are shares of the real tokens."""
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.tasks._tokens import tokenize_prompts
+
+    tok = lm_tokenizer()
+    texts = ["<|endoftext|> Sarah walked to the market in the town of the river.", "<|endoftext|> Sarah went"]
+    texts += ["<|endoftext|> John ran"] * 6
+    tokens, pos = tokenize_prompts(tok, texts)
+    pad, eot = tok.pad_token_id, tok.eos_token_id
+    assert int((tokens == pad).sum()) > int((tokens == tok.encode(" the")[0]).sum())  # padding would win
+    real = [t for text in texts for t in tok.encode(text, add_special_tokens=False) if t not in (pad, eot)]
+    want = sorted(__import__("collections").Counter(real).items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+    for data, kw in ((tokens, {}), (mt.PromptSet(tokens=tokens, rows=torch.arange(8), pos=pos, answer=pos,
+                                                  competitors=pos[:, None]), {"count": "tokens"})):
+        got = mt.generic_tokens(data, k=2, tokenizer=tok, **kw)
+        assert list(zip(got["token"], got["count"])) == want, got
+        assert got["frequency"].iloc[0] == pytest.approx(want[0][1] / len(real))
+    # a PromptSet's tokens without a tokenizer: the padded positions still never count
+    ps = mt.PromptSet(tokens=torch.tensor([[5, 5, 9, 9, 9], [5, 9, 9, 9, 9]]), rows=torch.arange(2),
+                      pos=torch.tensor([1, 0]), answer=torch.tensor([1, 1]), competitors=torch.tensor([[2], [2]]))
+    assert mt.generic_tokens(ps, k=1, count="tokens")["count"].tolist() == [3]  # three 5s, no 9
+    assert mt.generic_tokens(ps, k=1)["token"].tolist() == [1]  # the answers, as before
+    with pytest.raises(ValueError, match=r"count must be 'answers' or 'tokens'"):
+        mt.generic_tokens(ps, count="all")
+    with pytest.raises(ValueError, match=r"only special or excluded tokens"):
+        mt.generic_tokens(torch.tensor([pad, eot, pad]), tokenizer=tok)
+
+
 def test_generic_components_appear_over_training(trained_toy):
     model, task, _ = trained_toy
     untrained = mt.ToyTransformer(model.cfg)
@@ -267,3 +298,36 @@ def test_a_the_component_appears_in_the_language_models_ffn(nano_run):
     for s in (8, steps[-1]):
         later = df[df["step"] == s]
         assert ((later["generic_rank"] == 1) & (later["generic_z"] > 5)).any(), later
+
+
+def test_cli_lens_on_a_language_model_run_uses_the_runs_own_prompts(nano_run, capsys):
+    """`lens logit|vocab` on a language-model run score the run's own held-out prompts (those of
+    `patch` and `lm study`, in the training stories' format): the logit lens at the last
+    resid_post gives the study's P(" the") and P(IO) on the same checkpoint and prompts; a
+    checkpoint directory of the run is read the same way; the generic token of `lens vocab` is
+    the most frequent real token of those prompts, never padding or end of text."""
+    from collections import Counter
+
+    from mechtrunc.lm.prompts import run_corpus, run_prompts
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.studies.lm import learning_curves, lm_study_prompts, run_steps
+
+    run, _ = nano_run
+    final = run_steps(run)[-1]
+    study = learning_curves(run, lm_study_prompts(lm_tokenizer(), run_corpus(run), n=24), steps=[final])
+    select = study[study["prompts"] == "ioi/select"].iloc[0]  # the select draw: prompt seed 0
+    for model in (run, run / f"step{final}"):
+        out = _cli_json(["lens", "logit", str(model), "--n", "24", "--json"], capsys)
+        assert out["n_items"] == 24
+        top = max(r["layer"] for r in out["rows"])
+        last = [r for r in out["rows"] if r["label"] == "full model" and r["layer"] == top and r["site"] == "resid_post"][0]
+        assert last["p_the"] == pytest.approx(select["p_the"], abs=1e-5)
+        assert last["p_answer"] == pytest.approx(select["p_answer"], abs=1e-5)
+    tok = lm_tokenizer()
+    vocab = _cli_json(["lens", "vocab", str(run), "--n", "24", "--n-generic", "3", "--top", "1", "--json"], capsys)
+    got = [g["token"] for g in vocab["generic"]]
+    assert not set(got) & set(tok.all_special_ids), vocab["generic"]
+    prompts = run_prompts(run, "ioi", n=24, seed=0)
+    counts = Counter(t for text in prompts.texts for t in tok.encode(text, add_special_tokens=False)
+                     if t not in tok.all_special_ids)
+    assert got == [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]]

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import Corpus, CorpusConfig, corpus_preset, corpus_stats
@@ -172,19 +173,44 @@ def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
     train = lm_ioi_prompts(tok, cfg, n=40, seed=1, split="train")
     assert not (set(train.meta["io"]) & set(cfg.heldout_names))
     generic = lm_generic_prompts(tok, cfg, n=10, seed=0)
-    assert generic.texts[0] == " Rebecca walked to" and all(t.endswith(" to") for t in generic.texts)
+    assert generic.texts[0] == "<|endoftext|> Rebecca walked to" and all(t.endswith(" to") for t in generic.texts)
     assert (generic.answer == tok.encode(" the")[0]).all() and generic.competitor_names == ("name",)
     assert all(tok.decode(c) not in t for c, t in zip(generic.competitors[:, 0], generic.texts))
     facts = lm_fact_prompts(tok, cfg, n=30, seed=2, split="heldout_names")
     for i, text in enumerate(facts.texts):
-        who = text.split()[0]
+        who = text.split()[1]
         assert who in cfg.heldout_names and text.endswith(" in")
-        assert text.startswith(f" {who} {facts.meta['relation'][i]}{facts.meta['answer_text'][i]}.")
+        assert text.startswith(f"<|endoftext|> {who} {facts.meta['relation'][i]}{facts.meta['answer_text'][i]}.")
         assert facts.tokens[i, facts.pos[i]] == tok.encode(" in")[0]
     with pytest.raises(ValueError, match=r"split must be one of \('heldout', 'heldout_names', 'train'\), got 'test'"):
         lm_ioi_prompts(tok, cfg, split="test")
     with pytest.raises(ValueError, match=r"holds out no IOI template \(heldout_templates=\[\]\)"):
         lm_ioi_prompts(tok, CorpusConfig(heldout_templates=()))
+
+
+def test_prompts_are_in_the_format_of_the_training_stories(tok):
+    """A story of the training stream opens with <|endoftext|> and its first sentence; every
+    evaluation prompt does too (a model is evaluated on prompts in the format it was trained on)."""
+    from mechtrunc.lm.corpus import Corpus
+    from mechtrunc.lm.prompts import TASKS, lm_task_prompts
+
+    cfg = CorpusConfig()
+    chunk = Corpus(cfg, tok).stories(20)
+    eot = tok.eos_token_id
+    assert (chunk.tokens[chunk.story_starts] == eot).all()
+    firsts = set(chunk.tokens[chunk.story_starts + 1].tolist())  # first token of a story: a sentence start
+    assert eot not in firsts and all(tok.decode([t]).startswith(" ") for t in firsts)
+    for task in TASKS:
+        for split in ("heldout", "heldout_names", "train"):
+            ps = lm_task_prompts(task, tok, cfg, n=12, seed=3, split=split)
+            assert (ps.tokens[:, 0] == eot).all(), (task, split)
+            assert all(tok.decode([int(t)]).startswith(" ") for t in ps.tokens[:, 1]), (task, split)
+            assert all(t.startswith("<|endoftext|> ") for t in ps.texts)
+            # the special token appears only there: the rest is real text (then right padding)
+            real = torch.arange(ps.tokens.shape[1])[None] <= ps.pos[:, None]
+            assert int((ps.tokens[real] == eot).sum()) == ps.n_sequences
+    with pytest.raises(ValueError, match=r"unknown language-model task 'recall'; valid: ioi, factual, generic"):
+        lm_task_prompts("recall", tok, cfg)
 
 
 # ------------------------------------------------------------------ training
@@ -423,3 +449,40 @@ def test_cli_never_changes_a_finished_or_different_run(nano_run, monkeypatch, ca
                            f"of 200 steps (its training took {summary['seconds']:.1f} s); nothing was trained or "
                            "written"), said
     assert dir_snapshot(out) == before
+
+
+def test_studies_of_a_run_use_its_own_prompts(nano_run, tmp_path, monkeypatch):
+    """`pythia truncate` on a checkpoint of a run and `pythia checkpoints` on the run evaluate the
+    run's own held-out prompts (prompts_for_model -> run_prompts, those of lens, patch and lm
+    study), not the Pythia IOI templates; a prompt file or another model still gets
+    prompts_for_task."""
+    import pandas as pd
+
+    import mechtrunc as mt
+    from mechtrunc.lm.prompts import run_prompts
+    from mechtrunc.pythia import load_model
+    from mechtrunc.tasks.registry import prompts_for_model, prompts_for_task, uses_run_prompts
+
+    run, _ = nano_run
+    model = load_model(run / "step200", local_files_only=True)
+    own = run_prompts(run, "ioi", n=16, seed=0)
+    for where in (run, run / "step200", str(run)):
+        assert uses_run_prompts(where, "ioi") and prompts_for_model(where, "ioi", model.tokenizer, n=16).texts == own.texts
+    assert not uses_run_prompts(run / "step200", "recall") and not uses_run_prompts(tmp_path, "ioi")
+    pythia = prompts_for_task("ioi", model.tokenizer, n=16)
+    assert prompts_for_model(tmp_path / "elsewhere", "ioi", model.tokenizer, n=16).texts == pythia.texts
+    assert pythia.texts != own.texts
+    want = mt.evaluate(model, own).iloc[0]
+    out = tmp_path / "trunc"
+    assert _cli(["pythia", "truncate", "--model", str(run / "step200"), "--task", "ioi", "--n", "16", "--layers", "1",
+                 "--matrices", "mlp.W_in", "--keeps", "0.5", "--out", str(out), "--no-progress"], monkeypatch) == 0
+    table = pd.read_csv(out / "truncation.csv")
+    base = table[table["baseline"].astype(bool)].iloc[0]
+    assert base["p_the"] == pytest.approx(want["p_the"], abs=1e-5)
+    assert base["p_answer"] == pytest.approx(want["p_answer"], abs=1e-5)
+    ck = tmp_path / "ck"
+    assert _cli(["pythia", "checkpoints", "--model", str(run), "--steps", "200", "--task", "ioi", "--n", "16",
+                 "--out", str(ck), "--no-progress"], monkeypatch) == 0
+    got = pd.read_csv(ck / "checkpoints.csv")
+    full = got[(got["step"] == 200) & (got["variant"] == "full")].iloc[0]
+    assert full["p_the"] == pytest.approx(want["p_the"], abs=1e-5)

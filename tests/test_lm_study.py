@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -152,10 +153,11 @@ def test_end_to_end_the_headline_directions_on_the_nano_run(nano_run, tmp_path):
     headline directions of docs/lm.md's 3,000-step runs: " the" after " to" is learned first and
     IOI never; layer 0's MLP holds the association and the last MLP opposes it; the chosen IOI
     truncation removes " the" mass without giving the answer any.  Margins measured once on
-    this run (24 prompts): step_the 32; P(" the") after " to" 0.605, drop 0.463 when layer 0's MLP
-    is removed, -0.259 (a rise) for layer 1's; layer 0's direct attribution -3.13; chosen IOI
-    edit: P(" the") -0.095, P(IO) +0.0005.  (A study-model variant that trains ``small`` for 256
-    steps was dropped to keep the suite under 15 minutes; it measured the same signs.)"""
+    this run (24 prompts, each opening with <|endoftext|>): step_the 32; P(" the") after " to"
+    0.611, drop 0.584 when layer 0's MLP is removed, -0.290 (a rise) for layer 1's; layer 0's
+    direct attribution -3.16; chosen IOI edit: P(" the") -0.092, P(IO) +0.0005.  (A study-model
+    variant that trains ``small`` for 256 steps was dropped to keep the suite under 15 minutes; it
+    measured the same signs.)"""
     import shutil
 
     run = tmp_path / "nano"
@@ -176,3 +178,10 @@ def test_end_to_end_the_headline_directions_on_the_nano_run(nano_run, tmp_path):
     pd.testing.assert_frame_equal(again["best"], t["best"], check_dtype=False)
     with pytest.raises(ValueError, match=r"holds a study with other settings \(n_prompts: 24 there, 30 here\)"):
         S.study_run(run, n_prompts=30)
+    # a study cached on prompts of the earlier format (no <|endoftext|> first) is refused, not mixed in
+    settings = json.loads((run / "study" / "study.json").read_text())
+    assert settings.pop("prompt_format") == "story"
+    (run / "study" / "study.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"holds a study on prompts of another format \(prompt_format: None there, "
+                                         r"'story' here\).*delete it and study the run again"):
+        S.study_run(run, n_prompts=24)

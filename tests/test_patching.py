@@ -3,6 +3,7 @@ built-in tasks (issue 16)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,13 +18,19 @@ def _toy_pair(model_cfg_task=None, n=48, seq_len=64):
     return task, *mt.recall_pair(task, n=n, seed=3)
 
 
-def _random_pair(vocab: int, n=24, length=12, seed=0):
+def _random_pair(vocab: int, n=24, length=12, seed=0, model=None):
+    """Random clean and corrupted tokens.  With ``model``, the clean answer is what the model
+    predicts on the clean prompts, so the clean - corrupted gap of p_answer is resolved (random
+    answers leave it at noise level, where normalised effects are undefined)."""
     g = torch.Generator().manual_seed(seed)
     a = torch.randint(0, vocab, (n, length), generator=g)
     b = torch.randint(0, vocab, (n, length), generator=g)
     pos = torch.full((n,), length - 1)
     clean = PromptSet(a, torch.arange(n), pos, torch.randint(0, vocab, (n,), generator=g),
                       torch.randint(0, vocab, (n, 1), generator=g), ("generic",))
+    if model is not None:
+        clean = PromptSet(a, clean.rows, pos, mt.item_logits(model, clean).argmax(-1), clean.competitors,
+                          clean.competitor_names)
     return clean, b
 
 
@@ -133,7 +140,7 @@ def test_patch_composes_and_runs_inside_sweep_and_attribution(random_toy):
 
 def test_scan_rows_equal_one_patch_at_a_time(neox_bridge):
     adapter = mt.adapt(neox_bridge)
-    clean, corrupted = _random_pair(adapter.d_vocab, n=10, length=6, seed=5)
+    clean, corrupted = _random_pair(adapter.d_vocab, n=10, length=6, seed=5, model=neox_bridge)
     bad = PromptSet(corrupted, clean.rows, clean.pos, clean.answer, clean.competitors, clean.competitor_names)
     df = mt.patching_scan(neox_bridge, clean, corrupted, sites=("resid_pre", "z"), positions=[0, 5],
                           direction="both", metric="p_answer", batch_size=32)
@@ -300,7 +307,7 @@ def test_cli_patch_scan_and_path_on_a_toy_run_and_a_language_model_run(tmp_path,
 
 def test_effects_carry_bootstrap_intervals(neox_bridge):
     adapter = mt.adapt(neox_bridge)
-    clean, corrupted = _random_pair(adapter.d_vocab, n=20, length=6, seed=8)
+    clean, corrupted = _random_pair(adapter.d_vocab, n=20, length=6, seed=8, model=neox_bridge)
     df = mt.patching_scan(neox_bridge, clean, corrupted, sites=("resid_pre", "z"), positions=[2], metric="p_answer",
                           direction="both", n_boot=500)
     assert df.attrs["n_boot"] == 500
@@ -322,3 +329,63 @@ def test_effects_carry_bootstrap_intervals(neox_bridge):
     assert path["effect_low"] <= path["effect"] <= path["effect_high"]
     with pytest.raises(ValueError, match="n_boot must be a non-negative integer"):
         mt.patching_scan(neox_bridge, clean, corrupted, n_boot=-1)
+
+
+def test_an_unresolved_gap_leaves_the_normalised_effects_undefined(neox_bridge):
+    """Normalising by a clean - corrupted gap whose bootstrap interval contains zero gives
+    numbers such as 2.5 [-13, 14]: the effects are NaN instead, the gap and its interval are in
+    attrs, and the raw values stay.  A resolved gap normalises as before."""
+    adapter = mt.adapt(neox_bridge)
+    clean, corrupted = _random_pair(adapter.d_vocab, n=24, length=8, seed=3)
+    for scan in (lambda c: mt.patching_scan(neox_bridge, c, corrupted, sites=("resid_pre", "z"), positions=[4],
+                                            direction="both", n_boot=500),
+                 lambda c: mt.path_patching_scan(neox_bridge, c, corrupted, "logits", n_boot=500)):
+        df = scan(clean)
+        a = df.attrs
+        assert a["gap"] == pytest.approx(a["clean"] - a["corrupted"]) and a["gap"] != 0
+        assert a["gap_low"] <= 0.0 <= a["gap_high"] and a["normalised"] is False
+        assert df["effect"].isna().all() and df["effect_low"].isna().all() and df["effect_high"].isna().all()
+        assert df["value"].notna().all()
+    df = mt.patching_scan(neox_bridge, clean, corrupted, sites=("resid_pre",), direction="denoising",
+                                  n_boot=500)
+    whole = df[df["position"] == "all"]
+    assert whole["value"].tolist() == pytest.approx([df.attrs["clean"]] * len(whole), abs=1e-6)  # raw values intact
+    resolved, _ = _random_pair(adapter.d_vocab, n=24, length=8, seed=3, model=neox_bridge)
+    df = mt.patching_scan(neox_bridge, resolved, corrupted, sites=("resid_pre",), positions=[4], metric="p_answer",
+                          n_boot=500)
+    a = df.attrs
+    assert a["normalised"] is True and 0.0 < a["gap_low"] <= a["gap"] <= a["gap_high"]
+    assert df["effect"].tolist() == pytest.approx(((df["value"] - a["corrupted"]) / a["gap"]).tolist())
+    assert df["effect_low"].notna().all()
+    none = mt.patching_scan(neox_bridge, clean, corrupted, sites=("z",), positions=[4], n_boot=0)
+    assert none.attrs["normalised"] is True and np.isnan(none.attrs["gap_low"])  # no interval: only a zero gap fails
+
+
+def test_cli_patch_warns_when_the_gap_cannot_be_normalised(tmp_path, capsys):
+    """A toy model trained 4 steps: clean and corrupted differ by about 0.01 with an interval
+    across zero.  `patch scan` and `patch path` print one warning line naming the gap and its
+    interval, and the raw change instead of the undefined effect; --json keeps stdout one JSON
+    document and says normalised: false (the warning on stderr)."""
+    import json
+
+    from mechtrunc.cli import main
+
+    cfg = mt.preset("cpu", d_model=16, seq_len=32, steps=4, eval_every=4, batch_size=8, test_size=8, seed=0)
+    mt.train(cfg, out_dir=tmp_path / "toy", progress=False)
+    run = str(tmp_path / "toy")
+    assert main(["patch", "scan", run, "--n", "16", "--sites", "z", "resid_pre", "--json", "--no-progress"]) == 0
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)
+    assert rep["normalised"] is False and rep["gap_low"] <= 0 <= rep["gap_high"]
+    assert all(r["effect"] is None for r in rep["rows"])
+    assert cap.err.count("warning: the clean - corrupted gap of logit_diff_noise is ") == 1
+    assert f"{rep['gap']:+.4f} [{rep['gap_low']:+.4f}, {rep['gap_high']:+.4f}]" in cap.err
+    for argv in (["patch", "scan", run, "--n", "16", "--sites", "z", "resid_pre", "--no-progress"],
+                 ["patch", "path", run, "--n", "16", "--receiver", "k:1:0"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        warn = [line for line in out.splitlines() if line.startswith("warning:")]
+        assert len(warn) == 1 and f"{rep['gap']:+.4f} [{rep['gap_low']:+.4f}, {rep['gap_high']:+.4f}]" in warn[0]
+        assert "normalised effects are undefined" in warn[0]
+        header = next(line for line in out.splitlines() if line.split()[:1] in (["direction"], ["sender_layer"]))
+        assert header.split()[-1] == "change" and "effect" not in header

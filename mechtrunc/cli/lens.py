@@ -23,9 +23,12 @@ _LENS_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV", "W")  # mechtr
 
 
 def load_lens_model(args) -> dict:
-    """``{"model", "kind", "itos", "prompts", "generic_data", "tokenizer"}`` for a lens command:
-    the clean prompts to score and the data generic tokens are counted on (toy: the noisy
-    training targets; memory: sampled targets; language models: all tokens of the prompts)."""
+    """``{"model", "kind", "itos", "prompts", "generic_data", "generic_count", "tokenizer"}`` for a
+    lens command: the clean prompts to score and the data generic tokens are counted on (toy: the
+    noisy training targets; memory: sampled targets; language models: every real token of the
+    prompts, special tokens and padding masked out).  A language-model run (or one of its
+    ``step{N}`` checkpoints) is scored on its own held-out prompts of ``--task`` ioi, factual or
+    generic (:func:`mechtrunc.lm.prompts.run_prompts`, as ``patch`` and ``lm study``)."""
     kind = model_kind(args.model)
     if kind == "toy":
         from mechtrunc.training import load_run
@@ -33,7 +36,8 @@ def load_lens_model(args) -> dict:
         model, cfg, task = load_run(args.model, device=args.device)
         prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
         noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)
-        return dict(model=model, kind=kind, itos=task.itos, prompts=prompts, generic_data=noisy, tokenizer=None)
+        return dict(model=model, kind=kind, itos=task.itos, prompts=prompts, generic_data=noisy,
+                    generic_count="answers", tokenizer=None)
     if kind == "memory":
         import torch
 
@@ -41,14 +45,18 @@ def load_lens_model(args) -> dict:
 
         model = load_memory_run(args.model).model
         _, targets = model.sample(4096, torch.Generator().manual_seed(0))
-        return dict(model=model, kind=kind, itos=None, prompts=model.prompts(), generic_data=targets, tokenizer=None)
+        return dict(model=model, kind=kind, itos=None, prompts=model.prompts(), generic_data=targets,
+                    generic_count="answers", tokenizer=None)
+    from mechtrunc.lm.prompts import run_dir
     from mechtrunc.pythia import load_model
-    from mechtrunc.tasks import prompts_for_task
+    from mechtrunc.tasks.registry import prompts_for_model
 
     path = last_checkpoint(Path(args.model)) if kind == "lm" else args.model
-    model = load_model(str(path), device=args.device)
-    prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
-    return dict(model=model, kind=kind, itos=None, prompts=prompts, generic_data=prompts.tokens, tokenizer=model.tokenizer)
+    model = load_model(str(path), device=args.device, **({"local_files_only": True} if run_dir(path) else {}))
+    # a language-model run: its own prompts, as patch and lm study
+    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)
+    return dict(model=model, kind=kind, itos=None, prompts=prompts, generic_data=prompts, generic_count="tokens",
+                tokenizer=model.tokenizer)
 
 
 def _records(df) -> list[dict]:
@@ -68,7 +76,8 @@ def cmd_vocab(args) -> int:
         generic = [int(t) if t.isdigit() else t for t in args.generic]
         found = None
     else:
-        found = generic_tokens(loaded["generic_data"], k=args.n_generic, tokenizer=loaded["tokenizer"])
+        found = generic_tokens(loaded["generic_data"], k=args.n_generic, tokenizer=loaded["tokenizer"],
+                               count=loaded["generic_count"])
         generic = found["token"].tolist()
     ranked = rank_generic_components(model, args.matrix, args.layer, generic, head=args.head, itos=itos)
     best = ranked.head(args.top)

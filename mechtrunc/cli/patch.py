@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from mechtrunc import _choices
@@ -52,23 +53,17 @@ def _load(args):
     if args.task == "recall":
         raise UsageError(f"--task recall needs a toy run directory; {args.model} is not one (no config.json "
                          "of a toy model)")
+    from mechtrunc.lm.prompts import run_dir
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
+    from mechtrunc.tasks.registry import prompts_for_model
 
-    if kind == "lm":
-        run = json.loads((path / "run.json").read_text())
-        model = load_model(last_checkpoint(path), device=args.device, local_files_only=True)
-        from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
-        from mechtrunc.lm.train import LMConfig
-
-        corpus = LMConfig.from_dict(run["config"]).corpus
-        build = lm_ioi_prompts if args.task == "ioi" else lm_fact_prompts
-        prompts = build(model.tokenizer, corpus, n=args.n, seed=args.seed)
+    if run_dir(path) is not None:  # a language-model run or one of its checkpoints
+        model = load_model(last_checkpoint(path) if kind == "lm" else path, device=args.device, local_files_only=True)
     else:
-        from mechtrunc.tasks.registry import prompts_for_task
-
         model = load_model(args.model, device=args.device)
-        prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
+    # a language-model run: its own prompts, as lens and lm study
+    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)
     corrupt = ioi_abc if args.task == "ioi" else factual_swap
     return model, *corrupt(prompts, model.tokenizer, seed=args.seed)
 
@@ -97,6 +92,28 @@ def _pairs_text(clean, task: str) -> str:
     return f"{clean.n_sequences} {task} pairs" + (f" ({dropped} left out: {why.get(task, '')})" if dropped else "")
 
 
+def _gap_warning(df) -> str:
+    """A warning line when the clean - corrupted gap is too small to normalise by, else ''."""
+    a = df.attrs
+    if a["normalised"]:
+        return ""
+    ci = f" [{a['gap_low']:+.4f}, {a['gap_high']:+.4f}] ({round(100 * a['level'])}% bootstrap)" \
+        if a["gap_low"] == a["gap_low"] else ""
+    return (f"warning: the clean - corrupted gap of {a['metric']} is {a['gap']:+.4f}{ci}, not resolved from zero: "
+            "normalised effects are undefined (NaN); the raw change (value minus the run patched into) is shown\n")
+
+
+def _shown(df, cols: list[str]) -> str:
+    """``df[cols]`` as text; with an unresolved gap, the raw ``change``
+    (:func:`mechtrunc.patching.raw_change`) in place of the undefined effect and its interval."""
+    if not df.attrs["normalised"]:
+        from mechtrunc.patching import raw_change
+
+        df = df.assign(change=raw_change(df))
+        cols = [c for c in cols if c not in ("effect", "effect_low", "effect_high")] + ["change"]
+    return df[cols].round(3).to_string(index=False)
+
+
 def _emit(df, args, text: str) -> int:
     if args.out:
         out = Path(args.out)
@@ -106,7 +123,9 @@ def _emit(df, args, text: str) -> int:
         df.to_csv(out, index=False)
     if args.json:
         print(json.dumps({"clean": df.attrs["clean"], "corrupted": df.attrs["corrupted"], "metric": df.attrs["metric"],
+                          **{k: df.attrs[k] for k in ("gap", "gap_low", "gap_high", "normalised")},
                           "rows": json.loads(df.to_json(orient="records"))}))
+        print(_gap_warning(df), end="", file=sys.stderr)  # stdout stays one JSON document
     else:
         print(text)
     return 0
@@ -117,19 +136,18 @@ def cmd_scan(args) -> int:
     if not Path(args.model).exists() and args.task == "recall":
         raise UsageError(f"{args.model} does not exist; give a toy run directory (e.g. runs/demo)")
     model, clean, corrupted = _load(args)
-    from mechtrunc.patching import patching_scan
+    from mechtrunc.patching import largest_moves, patching_scan
 
     df = patching_scan(model, clean, corrupted, sites=args.sites, metric=args.metric, direction=args.direction,
                        batch_size=args.batch_size, progress=not args.no_progress)
-    # what a patch moves: denoising restores (effect towards 1), noising breaks (towards 0)
-    moved = df["effect"].where(df["direction"] == "denoising", 1 - df["effect"])
-    top = df.assign(moved=moved).sort_values("moved", ascending=False).head(args.top)
-    shown = top[["direction", "site", "layer", "head", "position", "value", "effect", "effect_low", "effect_high"]] \
-        .round(3).to_string(index=False)
+    how = ("effect: 1 = clean, 0 = corrupted; denoising restores, noising breaks" if df.attrs["normalised"] else
+           "change: value minus the run patched into (corrupted when denoising, clean when noising)")
+    top = largest_moves(df, args.top)
+    shown = _shown(top, ["direction", "site", "layer", "head", "position", "value", "effect", "effect_low",
+                         "effect_high"])
     text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
             f"{df.attrs['corrupted']:.4f}; {len(df)} patches in {df.attrs['forwards']} forward passes\n"
-            f"the {len(top)} patches that move the metric most (effect: 1 = clean, 0 = corrupted; denoising "
-            f"restores, noising breaks):\n{shown}")
+            f"{_gap_warning(df)}the {len(top)} patches that move the metric most ({how}):\n{shown}")
     return _emit(df, args, text)
 
 
@@ -141,10 +159,10 @@ def cmd_path(args) -> int:
     senders = [tuple(args.sender)] if args.sender else None
     df = path_patching_scan(model, clean, corrupted, args.receiver, senders=senders, metric=args.metric,
                             direction=args.direction, batch_size=args.batch_size)
-    shown = df[["sender_layer", "sender_head", "receiver", "value", "effect", "effect_low", "effect_high"]] \
-        .round(3).to_string(index=False)
+    shown = _shown(df, ["sender_layer", "sender_head", "receiver", "value", "effect", "effect_low", "effect_high"])
     text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
-            f"{df.attrs['corrupted']:.4f}; paths ({args.direction}) into {df['receiver'].iloc[0]}:\n{shown}")
+            f"{df.attrs['corrupted']:.4f}; paths ({args.direction}) into {df['receiver'].iloc[0]}:\n"
+            f"{_gap_warning(df)}{shown}")
     return _emit(df, args, text)
 
 

@@ -117,7 +117,8 @@ def _print_heldout(model, prompts, grid, metric, args, items=None) -> None:
               f"[{part['ci_low']:+.3g}, {part['ci_high']:+.3g}] ({pct}% paired bootstrap, {h['n_boot']} resamples, "
               f"{part['n_items']} prompts)")
     if collateral is None:
-        print("  collateral: none measured (give --collateral FILE: the loss on reference text, within --budget)")
+        print(f"  collateral: none measured: {metric} alone can choose an edit that breaks the model on other text "
+              "(give --collateral FILE: the loss on reference text, within --budget)")
     else:
         budget = DEFAULT_BUDGET if args.budget is None else args.budget
         print(f"  collateral: loss on {args.collateral} {ev['collateral_truncated']:.4f} vs {ev['collateral_full']:.4f} "
@@ -132,12 +133,12 @@ def cmd_truncate(args) -> int:
     from mechtrunc.pythia import load_model
     from mechtrunc.results import default_metric
     from mechtrunc.studies import Grid, study_report, truncation_study
-    from mechtrunc.tasks import prompts_for_task
+    from mechtrunc.tasks.registry import prompts_for_model
 
     grid = Grid(layers=args.layers, matrices=args.matrices, keeps=args.keeps, rule=args.rule, svd=args.svd,
                 mode=args.mode)  # every grid value checked before the model loads
     model = load_model(args.model, step=args.step, device=args.device, dtype=args.dtype, n_devices=args.n_devices)
-    prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
+    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)  # an lm run: its own
     df, items = truncation_study(model, prompts, layers=grid.layers, matrices=grid.matrices, keeps=grid.keeps,
                                  rule=grid.rule, svd=grid.svd, mode=grid.mode, batch_size=args.batch_size,
                                  out=args.out, progress=not args.no_progress, return_items=True,
@@ -222,7 +223,12 @@ def cmd_checkpoints(args) -> int:
     else:
         truncation = None
     executor = _executor(args)
-    df, items = checkpoint_study(args.model, args.steps, args.task, truncation=truncation, grid=grid,
+    from mechtrunc.tasks.registry import prompts_for_model, uses_run_prompts
+
+    # a language-model run is studied on its own prompts (one tokenizer for all its checkpoints)
+    task = prompts_for_model(args.model, args.task, n=args.n, seed=args.seed) \
+        if uses_run_prompts(args.model, args.task) else args.task
+    df, items = checkpoint_study(args.model, args.steps, task, truncation=truncation, grid=grid,
                                  batch_size=args.batch_size, out=args.out, progress=not args.no_progress,
                                  n_prompts=args.n, prompt_seed=args.seed, executor=executor, return_items=True,
                                  device=args.device, dtype=args.dtype, n_devices=args.n_devices)

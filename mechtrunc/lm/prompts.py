@@ -10,8 +10,13 @@ Splits (:data:`SPLITS`):
   as a target is only ever pushed down, so P(held-out name) stays below 1e-6 (docs/lm.md: the
   9,000-step study run says the IO 0.33 of the time with training names, 4e-7 with held-out
   ones); this split probes exactly that;
-- ``"train"``: training templates and names (an in-distribution check).  Prompts start with a space,
-as every sentence of the corpus does.
+- ``"train"``: training templates and names (an in-distribution check).
+
+Every prompt is in the format of the training stream: a story of the corpus opens with
+``<|endoftext|>`` (the tokenizer's eos token, :class:`~mechtrunc.lm.corpus.Corpus`) and each of its
+sentences starts with a space, so a prompt is ``<|endoftext|>`` then the sentence(s), e.g.
+``"<|endoftext|> Sarah walked to"`` (the text holds the special token; tokenizing it with
+``add_special_tokens=False`` gives its id, so prompt files round-trip).
 
 - :func:`lm_ioi_prompts`: the corpus' IOI templates with place and object filled in, handed to
   :func:`mechtrunc.ioi_prompts` (answer: the indirect object; competitors " the" and the subject);
@@ -19,6 +24,9 @@ as every sentence of the corpus does.
   competitor " the" (the generic continuation of " in");
 - :func:`lm_generic_prompts`: "Sarah walked to" -> " the" (the generic association alone; competitor:
   another name of the split, the other continuation the corpus gives " to");
+- :func:`lm_task_prompts`: one of these by task name (``ioi``, ``factual``, ``generic``);
+  :func:`run_prompts`: the default prompts of a language-model run (its own corpus' held-out
+  prompts), what the lenses, patching and the study evaluate a run on;
 - :func:`prompt_records`: a prompt set as records of a JSONL prompt file (``mechtrunc lm
   prompts``), which :func:`mechtrunc.load_prompts` and ``--task FILE`` read back unchanged.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import torch
 
@@ -35,9 +44,12 @@ from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import CorpusConfig
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["SPLITS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "prompt_records"]
+__all__ = ["SPLITS", "TASKS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_task_prompts", "run_dir",
+           "run_corpus", "run_prompts", "prompt_records"]
 
 SPLITS = LM_SPLITS
+#: the prompt sets of a language-model run, by task name
+TASKS = ("ioi", "factual", "generic")
 _SLOT = re.compile(r"\{([A-Z])\}")
 
 
@@ -49,6 +61,15 @@ def _split(config: CorpusConfig | None, split: str) -> tuple[CorpusConfig, tuple
         return config, config.names_for_training(), config.train_templates()
     templates = tuple(lexicon.IOI[i] for i in config.heldout_templates)
     return config, config.heldout_names if split == "heldout_names" else config.names_for_training(), templates
+
+
+def _story_start(tokenizer) -> str:
+    """The text that opens every story of the training stream: the tokenizer's eos token."""
+    eos = getattr(tokenizer, "eos_token", None)
+    if not eos:
+        raise ValueError("the tokenizer has no eos token: the language model's prompts open with it, as every "
+                         "story of its corpus does (use mechtrunc.lm.tokenizer.lm_tokenizer())")
+    return str(eos)
 
 
 def _fill(template: str, rng: random.Random, names, **fixed: str) -> str:
@@ -82,7 +103,7 @@ def lm_ioi_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200, 
     rng = random.Random(seed)
     filled = []
     for t in templates:
-        stem = " " + t[: t.rindex(" {A}.")]
+        stem = _story_start(tokenizer) + " " + t[: t.rindex(" {A}.")]
         for _ in range(fillings):
             filled.append(_fill(stem, rng, names, A="{A}", B="{B}"))
     ps = ioi_prompts(tokenizer, n=n, seed=seed, names=list(names), templates=list(dict.fromkeys(filled)))
@@ -109,7 +130,7 @@ def lm_fact_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200,
         others = [x for x in names if x != who]
         middle = "".join(" " + _fill(rng.choice(pool), rng, others) for _ in range(distractors))
         stated = " " + fact.format(A=who, T=city)
-        texts.append(stated + middle + stated[: stated.rindex(" ")])
+        texts.append(_story_start(tokenizer) + stated + middle + stated[: stated.rindex(" ")])
         answers.append(" " + city)
         relations.append(fact[len("{A} "): fact.index(" {T}")])
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
@@ -143,7 +164,7 @@ def lm_generic_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 2
     for i in range(n):
         the_form = lexicon.GENERIC_TO[i % len(lexicon.GENERIC_TO)][0]
         stem = " " + the_form[: the_form.index(" to the ") + len(" to")]
-        texts.append(_fill(stem, rng, names))
+        texts.append(_story_start(tokenizer) + _fill(stem, rng, names))
         others.append(" " + rng.choice([x for x in names if " " + x not in texts[-1]]))
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     (the_id,) = tokenizer.encode(" the", add_special_tokens=False)
@@ -158,6 +179,62 @@ def lm_generic_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 2
         texts=texts,
         meta={"task": "generic", "split": split, "seed": seed},
     )
+
+
+def lm_task_prompts(task: str, tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
+                    split: str = "heldout") -> PromptSet:
+    """The prompts of ``task`` (:data:`TASKS`: :func:`lm_ioi_prompts`, :func:`lm_fact_prompts` or
+    :func:`lm_generic_prompts`) of a corpus config, ``n`` of them, seeded."""
+    build = {"ioi": lm_ioi_prompts, "factual": lm_fact_prompts, "generic": lm_generic_prompts}
+    if task not in build:
+        raise ValueError(f"unknown language-model task {task!r}; valid: {', '.join(TASKS)}")
+    return build[task](tokenizer, config, n=n, seed=seed, split=split)
+
+
+def run_dir(path) -> Path | None:
+    """The run directory of a language-model run (``mechtrunc lm train --out RUN``) that ``path``
+    is or is a checkpoint of (``RUN/step{N}``); None for anything else."""
+    p = Path(path)
+    if (p / "run.json").is_file():
+        return p
+    if re.fullmatch(r"step\d+", p.name) and (p.parent / "run.json").is_file():
+        return p.parent
+    return None
+
+
+def run_corpus(path) -> CorpusConfig:
+    """The corpus config of a language-model run (its ``run.json``), given the run directory or
+    one of its checkpoints."""
+    import json
+
+    from mechtrunc.lm.train import LMConfig
+
+    run = run_dir(path)
+    if run is None:
+        raise ValueError(f"{path} is not a language-model run (no run.json there or in its parent); train one with "
+                         "`mechtrunc lm train --out DIR`")
+    try:
+        config = json.loads((run / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{run / 'run.json'} is not readable JSON of a run ({e}); the run directory looks "
+                         "corrupt") from None
+    return LMConfig.from_dict(config).corpus
+
+
+def run_prompts(path, task: str = "ioi", n: int = 200, seed: int = 0, tokenizer=None,
+                split: str = "heldout") -> PromptSet:
+    """The default prompts of a language-model run: :func:`lm_task_prompts` of the run's own corpus
+    (``run.json``; ``path`` is the run directory or one of its ``step{N}`` checkpoints), held-out
+    split, in the training stream's format.  ``tokenizer`` defaults to
+    :func:`mechtrunc.lm.tokenizer.lm_tokenizer` (the one every checkpoint holds).  The lenses,
+    patching and the study (:func:`mechtrunc.studies.lm.lm_study_prompts`: its select and eval
+    draws are seeds ``2 seed`` and ``2 seed + 1``) all evaluate a run on these."""
+    corpus = run_corpus(path)
+    if tokenizer is None:
+        from mechtrunc.lm.tokenizer import lm_tokenizer
+
+        tokenizer = lm_tokenizer()
+    return lm_task_prompts(task, tokenizer, corpus, n=n, seed=seed, split=split)
 
 
 def prompt_records(prompts: PromptSet, tokenizer) -> list[dict]:

@@ -115,11 +115,13 @@ class Context:
             self.model_missing = ("study.json does not record the prompt task; pass it with "
                                   "`mechtrunc report DIR --task ioi|factual|FILE` (or prompts= in Python)")
             return None
-        from mechtrunc.tasks import prompts_for_task
+        from mechtrunc.report.readers import model_source
+        from mechtrunc.tasks.registry import prompts_for_model
 
-        try:
-            self._prompts = prompts_for_task(task, model.tokenizer, n=int(info.get("n", 200)),
-                                             seed=int(info.get("seed", 0)))
+        source = self.model_arg if isinstance(self.model_arg, (str, os.PathLike)) else model_source(self.result)
+        try:  # a language-model run's study ran on the run's own prompts
+            self._prompts = prompts_for_model(source, task, model.tokenizer, n=int(info.get("n", 200)),
+                                              seed=int(info.get("seed", 0)))
         except Exception as e:
             self.model_missing = f"the prompts could not be rebuilt from task {task!r}: {e}"
             return None

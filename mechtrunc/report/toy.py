@@ -325,21 +325,34 @@ def causal_scan(ctx: Context) -> pd.DataFrame:
 
 def _patching_figure(df: pd.DataFrame):
     """Plotly heatmaps of a patching scan: one row per direction, one column per site (layer x
-    position group; z: layer x head at position ``all``), colours centred at 0, 1 marked."""
+    position group; z: layer x head at position ``all``), colours centred at 0, 1 marked.  When
+    the clean - corrupted gap is not resolved (``attrs["normalised"]`` false: the effects are
+    undefined) the cells are the raw change (:func:`mechtrunc.patching.raw_change`) instead."""
     import math
 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from mechtrunc.patching import raw_change
+
+    normalised = df.attrs.get("normalised", True)
+    shown = "effect" if normalised else "change"
+    if not normalised:
+        df = df.assign(change=raw_change(df))
 
     directions = [d for d in _DIRECTION_ORDER if (df["direction"] == d).any()]
     sites = [s for s in CAUSAL_SITES if (df["site"] == s).any()]
     positions = ["all"] + [p for p in dict.fromkeys(df["position"].astype(str)) if p != "all"]
     layers = sorted(int(v) for v in df["layer"].unique())
     heads = sorted(int(h) for h in df["head"].dropna().unique())
-    vals = [abs(float(v)) for v in df["effect"] if not math.isnan(float(v))]
-    lim = min(2.0, max([1.0] + vals))
-    ticks = [-lim, -1.0, 0.0, 1.0, lim] if lim > 1.25 else [-1.0, 0.0, 1.0]
-    tick_text = {0.0: "0 = corrupted", 1.0: "1 = clean"}
+    vals = [abs(float(v)) for v in df[shown] if not math.isnan(float(v))]
+    if normalised:
+        lim = min(2.0, max([1.0] + vals))
+        ticks = [-lim, -1.0, 0.0, 1.0, lim] if lim > 1.25 else [-1.0, 0.0, 1.0]
+        tick_text = {0.0: "0 = corrupted", 1.0: "1 = clean"}
+    else:  # raw changes: their own scale, 0 = no change from the run patched into
+        lim = max(vals + [1e-9])
+        ticks, tick_text = [-lim, 0.0, lim], {0.0: "0 = no change"}
     widths = [max(2, len(heads)) if s == "z" else len(positions) for s in sites]
     fig = make_subplots(rows=len(directions), cols=len(sites), column_widths=[w / sum(widths) for w in widths],
                         horizontal_spacing=0.05, vertical_spacing=0.22 if len(directions) > 1 else 0.1,
@@ -356,7 +369,7 @@ def _patching_figure(df: pd.DataFrame):
             else:
                 cols, key = positions, sub["position"].astype(str)
                 xl = positions
-            t = sub.assign(_c=key).pivot_table(index="layer", columns="_c", values="effect", aggfunc="first",
+            t = sub.assign(_c=key).pivot_table(index="layer", columns="_c", values=shown, aggfunc="first",
                                                dropna=False).reindex(index=layers, columns=cols)
             v = sub.assign(_c=key).pivot_table(index="layer", columns="_c", values="value", aggfunc="first",
                                                dropna=False).reindex(index=layers, columns=cols)
@@ -366,9 +379,9 @@ def _patching_figure(df: pd.DataFrame):
                 z=z, x=xl, y=[f"L{l}" for l in layers], customdata=v.to_numpy(dtype=float), colorscale="RdBu",
                 zmid=0, zmin=-lim, zmax=lim, showscale=(r, c) == (1, len(sites)), name=f"{d} {s}",
                 text=text, texttemplate="%{text}" if small else None, textfont=dict(size=11),
-                hovertemplate=f"{d}, {s}<br>%{{y}} %{{x}}<br>effect %{{z:.4f}}<br>{df.attrs.get('metric', 'metric')} "
+                hovertemplate=f"{d}, {s}<br>%{{y}} %{{x}}<br>{shown} %{{z:.4f}}<br>{df.attrs.get('metric', 'metric')} "
                               "%{customdata:.4f}<extra></extra>",
-                colorbar=dict(title=dict(text="effect", side="right"), len=0.9, tickvals=ticks,
+                colorbar=dict(title=dict(text=shown, side="right"), len=0.9, tickvals=ticks,
                               ticktext=[tick_text.get(t, f"{t:.3g}") for t in ticks])), row=r, col=c)
             last_row = r == len(directions)
             fig.update_xaxes(type="category", row=r, col=c,
@@ -381,11 +394,14 @@ def _patching_figure(df: pd.DataFrame):
 
 
 def _largest_effects(df: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """The patches that move the metric most: denoising towards 1 (restores), noising towards 0
-    (breaks), as ``mechtrunc patch scan`` prints them."""
-    moved = df["effect"].where(df["direction"] == "denoising", 1 - df["effect"])
-    top = df.assign(moved=moved).sort_values("moved", ascending=False, kind="stable").head(n)
-    return top[["direction", "site", "layer", "head", "position", "value", "effect"]].reset_index(drop=True)
+    """The patches that move the metric most (:func:`mechtrunc.patching.largest_moves`, as
+    ``mechtrunc patch scan`` prints them): the effect, or the raw change when the gap is not
+    resolved."""
+    from mechtrunc.patching import largest_moves
+
+    shown = "effect" if df.attrs.get("normalised", True) else "change"
+    top = largest_moves(df, n)
+    return top[["direction", "site", "layer", "head", "position", "value", shown]].reset_index(drop=True)
 
 
 def _lens_runs(last: int) -> dict:
@@ -444,9 +460,19 @@ def causal_section(ctx: Context) -> Section | None:
     left = f", {a['dropped']} left out: trigger seen fewer than twice" if a["dropped"] else ""
     s.add(f'<p class="small">{a["pairs"]} pairs{left}; {esc(a["metric"])}: clean {a["clean"]:.4g}, corrupted '
           f'{a["corrupted"]:.4g} ({len(df)} patches in {a["forwards"]} forward passes).</p>')
-    s.add(_patching_figure(df), "<h3>Largest effects</h3>",
-          '<p class="small">Denoising patches ranked by how far they restore (effect towards 1), noising patches by '
-          "how far they break (effect towards 0).</p>", html_table(_largest_effects(df)))
+    if not a["normalised"]:
+        ci = f" [{a['gap_low']:+.4f}, {a['gap_high']:+.4f}]" if a["gap_low"] == a["gap_low"] else ""
+        s.add(note(f"The clean - corrupted gap of {esc(a['metric'])} is {a['gap']:+.4f}{ci} "
+                   f"({round(100 * a['level'])}% bootstrap over the pairs), not resolved from zero: the model does not "
+                   "yet tell the clean items from the corrupted ones, so normalised effects are undefined. The "
+                   "heatmaps and the table show the raw change instead (value minus the run patched into: the "
+                   "corrupted run when denoising, the clean run when noising).", "warning"))
+        rank = ('<p class="small">Patches ranked by the size of their raw change (the normalised effect is '
+                "undefined here).</p>")
+    else:
+        rank = ('<p class="small">Denoising patches ranked by how far they restore (effect towards 1), noising '
+                "patches by how far they break (effect towards 0).</p>")
+    s.add(_patching_figure(df), "<h3>Largest effects</h3>", rank, html_table(_largest_effects(df)))
     # logit lens on the clean test set (the CLI's prompts), full vs truncated vs FFN removed
     prompts = ctx.prompts()
     lens = mt.logit_lens_compare(model, prompts, _lens_runs(last))

@@ -10,10 +10,15 @@ best pair.  :func:`compose_search` builds a composition greedily:
 - step k applies the truncations already chosen (weight mode, reversibly, with
   :func:`mechtrunc.intervene`; the engine reads the model's current weights) and runs one grid
   over the (layer, matrix) pairs not truncated yet, and takes its best configuration;
-- the search stops when no candidate improves the selection metric by more than ``min_gain``,
-  after ``max_steps`` accepted steps, when every pair is truncated, or when the optional
-  collateral metric (e.g. the loss on reference text) of the best candidate would rise more than
-  ``budget`` above the full model's value (that candidate is refused, and shown as a refused row).
+- with the optional collateral metric (e.g. the loss on reference text) and its ``budget``, a
+  step takes the best candidate *within* the budget: the candidates that improve the selection
+  metric are tried best first, and each one whose composition would raise the collateral more
+  than ``budget`` above the full model's value is refused (and shown as a refused row), until
+  one fits (:func:`mechtrunc.selection.best_within_budget`, the rule of every held-out choice,
+  so a step picks what :func:`mechtrunc.selection.choose_configuration` would pick on the step's
+  grid with every candidate's collateral known);
+- the search stops when no candidate (within the budget) improves the selection metric by more
+  than ``min_gain``, after ``max_steps`` accepted steps, or when every pair is truncated.
 
 Each accepted composition is reported on separate *evaluation* prompts (``mt.evaluate`` with the
 composed truncations), never the ones that chose it.  :func:`as_interventions` returns the
@@ -38,7 +43,8 @@ from mechtrunc.evaluation import evaluate
 from mechtrunc.interventions import Compose, Truncate, intervene
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import LOWER_IS_BETTER, N_ITEMS, keep_key
-from mechtrunc.studies.grid import Grid, best_configuration
+from mechtrunc.selection import best_within_budget
+from mechtrunc.studies.grid import Grid
 
 __all__ = ["compose_search", "as_interventions", "COMPOSE_COLUMNS", "COMPOSE_KEEPS"]
 
@@ -108,8 +114,8 @@ def compose_search(
         collateral: None, a callable ``model -> float`` (lower is better, e.g. the loss on
             reference text; called with the composition applied) or a PromptSet whose ``loss``
             metric is used.
-        budget: with ``collateral``: refuse (and stop at) a step whose collateral value would
-            exceed the full model's by more than ``budget``.
+        budget: with ``collateral``: refuse every candidate whose collateral value would exceed
+            the full model's by more than ``budget``, and take the best candidate within it.
         batch_size: rows per forward pass of the engine and of ``evaluate``.
         svd_cache: a directory of decompositions for the engine (see
             :func:`mechtrunc.engine.run_grid`); one cache object is shared by all steps either
@@ -124,9 +130,11 @@ def compose_search(
         composition on ``eval_prompts``), ``collateral`` and its increase over the full model,
         and the step's cost: ``candidates`` (configurations in its grid, identities excluded),
         ``rows_evaluated`` ((prompt, configuration) rows the engine scored, baseline included,
-        plus the evaluation prompts), ``decompositions`` (SVDs computed) and ``seconds``.  A last
-        row with ``accepted`` false is a candidate refused by the budget (``stop`` says why the
-        search ended on every last row).  ``df.attrs["interventions"]`` holds the accepted
+        plus the evaluation prompts), ``decompositions`` (SVDs computed) and ``seconds``.  A row
+        with ``accepted`` false is a candidate refused by the budget (before its step's accepted
+        row, better than it; ``stop`` says "collateral budget: +increase > budget"; its
+        ``eval_value`` is NaN and the step's cost columns are on the step's last row).  ``stop``
+        also says why the search ended, on the last row.  ``df.attrs["interventions"]`` holds the accepted
         composition (also :func:`as_interventions`).
     """
     adapt(model)  # a model mechtrunc cannot adapt raises here, before any work
@@ -209,33 +217,38 @@ def compose_search(
             rows.append(_row(0, True, "", None, "full", metric, current, float("nan"), base_eval, base_coll,
                              0.0 if collateral_of else float("nan"), 0, len(eval_prompts), 0, base_seconds))
         by_key = {(r.layer, r.matrix, keep_key(r.keep)): r for r in results[1:]}
-        table = [{"baseline": True, "layer": None, "matrix": "none", "keep": None, "rank": None, metric: current}]
-        for l, m in pairs:
-            for k in keeps_:
-                r = by_key[(l, m, keep_key(k))]
-                table.append({"baseline": False, "layer": l, "matrix": m, "keep": float(k), "rank": r.rank,
-                              "max_rank": r.max_rank, metric: float(r.metrics[metric]), "rule": rule,
-                              "svd": "exact", "mode": "weight"})
-        best = best_configuration(pd.DataFrame(table), metric, higher_is_better=higher)
         n_cands = sum(not r.identity for r in results[1:])
         rows_eval = len(select_prompts) * (n_cands + 1)
-        gain = (best["value"] - current) * sign
-        pick = next(r for r in results[1:] if (r.layer, r.matrix, keep_key(r.keep)) ==
-                    (best["layer"], best["matrix"], keep_key(best["keep"])))
-        if not gain > threshold:
-            stop = f"no gain above {threshold:g}"
+        picks = [by_key[(l, m, keep_key(k))] for l, m in pairs for k in keeps_]  # table order
+        values = [float(r.metrics[metric]) for r in picks]
+        colls: dict[int, float] = {}
+
+        def collateral_of_candidate(i: int) -> float:
+            colls[i] = collateral_value([*chosen, picks[i].truncation])
+            return colls[i]
+
+        # the best candidate within the budget: the rule of every held-out choice
+        # (mechtrunc.selection.best_within_budget); better candidates over it are refused rows
+        i, refused = best_within_budget([sign * v for v in values],
+                                        collateral_of_candidate if budget is not None else None, budget,
+                                        base_score=sign * current, base_collateral=base_coll, min_gain=threshold)
+        for j, inc in refused:
+            rows.append(_row(step, False, f"collateral budget: +{inc:.4g} > {budget:g}", picks[j],
+                             Compose((*chosen, picks[j].truncation)).label, metric, values[j],
+                             (values[j] - current) * sign, float("nan"), colls[j], inc, n_cands, 0, 0, 0.0))
+        if i is None:
+            stop = (f"no gain above {threshold:g}" if not refused else
+                    f"no gain above {threshold:g} within the collateral budget {budget:g}")
+            if refused:  # the step's cost goes on its last row
+                rows[-1].update(rows_evaluated=rows_eval, decompositions=cache.n_computed - n0,
+                                seconds=time.perf_counter() - t0)
             break
-        trial = [*chosen, pick.truncation]
-        coll = collateral_value(trial)
+        pick = picks[i]
+        gain = (values[i] - current) * sign
+        chosen = [*chosen, pick.truncation]
+        coll = colls[i] if i in colls else collateral_value(chosen)
         coll_inc = coll - base_coll
-        if budget is not None and coll_inc > budget:
-            stop = f"collateral budget: +{coll_inc:.4g} > {budget:g}"
-            rows.append(_row(step, False, stop, pick, Compose(tuple(trial)).label,
-                             metric, best["value"], gain, float("nan"), coll, coll_inc, n_cands, rows_eval,
-                             cache.n_computed - n0, time.perf_counter() - t0))
-            break
-        chosen = trial
-        current = best["value"]
+        current = values[i]
         ev = eval_value(chosen)
         rows.append(_row(step, True, "", pick, Compose(tuple(chosen)).label, metric, current, gain, ev,
                          coll, coll_inc, n_cands, rows_eval + len(eval_prompts), cache.n_computed - n0,
@@ -244,8 +257,8 @@ def compose_search(
         if len(chosen) >= max_steps:
             stop = f"max_steps={max_steps}"
             break
-    if stop and rows[-1]["stop"] == "":
-        rows[-1]["stop"] = stop
+    if stop:
+        rows[-1]["stop"] = stop if rows[-1]["stop"] == "" else f"{rows[-1]['stop']}; {stop}"
     df = pd.DataFrame(rows, columns=list(COMPOSE_COLUMNS))
     df.attrs["interventions"] = tuple(chosen)
     df.attrs["rule"] = rule

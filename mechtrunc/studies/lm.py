@@ -56,6 +56,9 @@ __all__ = [
 #: prompt sets of the study: task -> what its answer and competitors are
 STUDY_TASKS = ("ioi", "factual", "generic")
 _DRAWS = {"select": 0, "eval": 1}
+#: the format of the study's prompts, recorded with a cached study: a story of the corpus
+#: (``<|endoftext|>`` first, :mod:`mechtrunc.lm.prompts`)
+PROMPT_FORMAT = "story"
 #: keep fractions of the study's truncation grid (layers x {W_in, W_out})
 STUDY_KEEPS = (0.0, 0.05, 0.1, 0.2, 0.5)
 
@@ -64,11 +67,11 @@ def lm_study_prompts(tokenizer, corpus=None, n: int = 200, seed: int = 0) -> dic
     """``{"ioi/select", "ioi/eval", "factual/select", ..., "generic/eval"}``, all of the
     ``heldout`` split (held-out IOI templates, training names in new combinations, see
     :mod:`mechtrunc.lm.prompts`); the select and eval draws use prompt seeds ``2 seed`` and
-    ``2 seed + 1``."""
-    from mechtrunc.lm.prompts import lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts
+    ``2 seed + 1``: the select draw is :func:`mechtrunc.lm.prompts.run_prompts` at seed ``2 seed``,
+    what ``mechtrunc lens`` and ``mechtrunc patch`` use on the run by default."""
+    from mechtrunc.lm.prompts import lm_task_prompts
 
-    build = {"ioi": lm_ioi_prompts, "factual": lm_fact_prompts, "generic": lm_generic_prompts}
-    return {f"{task}/{draw}": build[task](tokenizer, corpus, n=n, seed=2 * seed + k)
+    return {f"{task}/{draw}": lm_task_prompts(task, tokenizer, corpus, n=n, seed=2 * seed + k)
             for task in STUDY_TASKS for draw, k in _DRAWS.items()}
 
 
@@ -290,10 +293,16 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
                          "to resume, then study it")
     out = run / "study"
     out.mkdir(exist_ok=True)
-    settings = {"n_prompts": int(n_prompts), "keeps": [float(k) for k in keeps], "loss_budget": float(loss_budget)}
+    # prompt_format: the prompts open with <|endoftext|> as the training stories do (a study cached
+    # with prompts of another format is refused, not mixed in)
+    settings = {"n_prompts": int(n_prompts), "keeps": [float(k) for k in keeps], "loss_budget": float(loss_budget),
+                "prompt_format": PROMPT_FORMAT}
     have = out / "study.json"
     if have.is_file() and (old := json.loads(have.read_text())) != settings:
         diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in settings.items() if old.get(k) != v)
+        if old.get("prompt_format") != PROMPT_FORMAT:
+            raise ValueError(f"{out} holds a study on prompts of another format ({diff}): the study's prompts open "
+                             "with <|endoftext|> as the training stories do; delete it and study the run again")
         raise ValueError(f"{out} holds a study with other settings ({diff}); delete it or use those settings")
     have.write_text(json.dumps(settings))
     prompts = lm_study_prompts(lm_tokenizer(), cfg.corpus, n=n_prompts, seed=0)
