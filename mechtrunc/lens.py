@@ -72,7 +72,7 @@ from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention
 from mechtrunc.metrics import metrics_from_logits
-from mechtrunc.prompts import PromptSet
+from mechtrunc.prompts import PromptSet, special_ids
 from mechtrunc.runner import run_items
 
 __all__ = ["LENS_MATRICES", "LENS_SITES", "vocab_lens", "generic_tokens", "rank_generic_components",
@@ -288,8 +288,6 @@ def generic_tokens(data, k: int = 5, tokenizer=None, exclude: Iterable[int] = ()
     padding) are masked out before counting, so they are neither returned nor part of the
     frequencies' total.  Columns ``token, count, frequency`` (``token_str`` too when a tokenizer
     is given), most frequent first; ties by smaller id."""
-    from mechtrunc.tasks._tokens import special_ids
-
     k = _check_k(k)
     if count not in ("answers", "tokens"):
         raise ValueError(f"count must be 'answers' or 'tokens' (what of a PromptSet is counted), got {count!r}")

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["PromptSet"]
+__all__ = ["PromptSet", "special_ids"]
 
 
 @dataclass
@@ -122,3 +122,16 @@ class PromptSet:
             self.answer.to(device), self.competitors.to(device), self.competitor_names,
             self.texts, dict(self.meta),
         )
+
+
+def special_ids(tokenizer) -> set[int]:
+    """Every special token id of a tokenizer: ``all_special_ids`` (BOS, EOS, UNK, PAD and any added
+    special token) and the pad, eos and bos ids.  Empty for None."""
+    if tokenizer is None:
+        return set()
+    ids = set(int(t) for t in (getattr(tokenizer, "all_special_ids", None) or ()))
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            ids.add(int(value))
+    return ids

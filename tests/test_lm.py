@@ -459,9 +459,9 @@ def test_studies_of_a_run_use_its_own_prompts(nano_run, tmp_path, monkeypatch):
     import pandas as pd
 
     import mechtrunc as mt
-    from mechtrunc.lm.prompts import run_prompts
+    from mechtrunc.lm.prompts import prompts_for_model, run_prompts, uses_run_prompts
     from mechtrunc.pythia import load_model
-    from mechtrunc.tasks.registry import prompts_for_model, prompts_for_task, uses_run_prompts
+    from mechtrunc.tasks.registry import prompts_for_task
 
     run, _ = nano_run
     model = load_model(run / "step200", local_files_only=True)

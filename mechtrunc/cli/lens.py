@@ -49,7 +49,7 @@ def load_lens_model(args) -> dict:
                     generic_count="answers", tokenizer=None)
     from mechtrunc.lm.prompts import run_dir
     from mechtrunc.pythia import load_model
-    from mechtrunc.tasks.registry import prompts_for_model
+    from mechtrunc.lm.prompts import prompts_for_model
 
     path = last_checkpoint(Path(args.model)) if kind == "lm" else args.model
     model = load_model(str(path), device=args.device, **({"local_files_only": True} if run_dir(path) else {}))

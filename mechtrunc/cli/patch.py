@@ -56,7 +56,7 @@ def _load(args):
     from mechtrunc.lm.prompts import run_dir
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
-    from mechtrunc.tasks.registry import prompts_for_model
+    from mechtrunc.lm.prompts import prompts_for_model
 
     if run_dir(path) is not None:  # a language-model run or one of its checkpoints
         model = load_model(last_checkpoint(path) if kind == "lm" else path, device=args.device, local_files_only=True)

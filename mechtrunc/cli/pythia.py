@@ -133,7 +133,7 @@ def cmd_truncate(args) -> int:
     from mechtrunc.pythia import load_model
     from mechtrunc.results import default_metric
     from mechtrunc.studies import Grid, study_report, truncation_study
-    from mechtrunc.tasks.registry import prompts_for_model
+    from mechtrunc.lm.prompts import prompts_for_model
 
     grid = Grid(layers=args.layers, matrices=args.matrices, keeps=args.keeps, rule=args.rule, svd=args.svd,
                 mode=args.mode)  # every grid value checked before the model loads
@@ -223,7 +223,7 @@ def cmd_checkpoints(args) -> int:
     else:
         truncation = None
     executor = _executor(args)
-    from mechtrunc.tasks.registry import prompts_for_model, uses_run_prompts
+    from mechtrunc.lm.prompts import prompts_for_model, uses_run_prompts
 
     # a language-model run is studied on its own prompts (one tokenizer for all its checkpoints)
     task = prompts_for_model(args.model, args.task, n=args.n, seed=args.seed) \

@@ -33,6 +33,7 @@ sentences starts with a space, so a prompt is ``<|endoftext|>`` then the sentenc
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -44,7 +45,7 @@ from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import CorpusConfig
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["SPLITS", "TASKS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_task_prompts", "run_dir",
+__all__ = ["prompts_for_model", "uses_run_prompts", "SPLITS", "TASKS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_task_prompts", "run_dir",
            "run_corpus", "run_prompts", "prompt_records"]
 
 SPLITS = LM_SPLITS
@@ -247,3 +248,25 @@ def prompt_records(prompts: PromptSet, tokenizer) -> list[dict]:
     return [{"prompt": prompts.texts[int(prompts.rows[i])], "answer": tokenizer.decode(prompts.answer[i]),
              "competitors": [tokenizer.decode(c) for c in prompts.competitors[i]],
              **{k: v[i] for k, v in extra.items()}} for i in range(n)]
+
+
+def prompts_for_model(model, task: str | os.PathLike, tokenizer=None, n: int = 200, seed: int = 0) -> PromptSet:
+    """The default prompts of ``task`` for the model at ``model`` (a path or hub id): a
+    language-model run of ``mechtrunc lm train`` (the run directory or one of its ``step{N}``
+    checkpoints) is evaluated on its own corpus' held-out prompts of ``ioi``, ``factual`` or
+    ``generic`` (:func:`run_prompts`, in the format it was trained on);
+    anything else, or a prompt file as ``task``, on :func:`mechtrunc.tasks.prompts_for_task` with ``tokenizer``.
+    What the lenses, patching and the truncation and checkpoint studies of the command line use."""
+    if uses_run_prompts(model, task):
+        return run_prompts(run_dir(model), str(task), n=n, seed=seed, tokenizer=tokenizer)
+    if tokenizer is None:
+        raise ValueError(f"the prompts of task {str(task)!r} for {model!r} need its tokenizer (tokenizer=None)")
+    from mechtrunc.tasks.registry import prompts_for_task
+
+    return prompts_for_task(task, tokenizer, n=n, seed=seed)
+
+
+def uses_run_prompts(model, task: str | os.PathLike) -> bool:
+    """Whether :func:`prompts_for_model` gives ``model`` its run's own prompts: ``model`` is a
+    language-model run (or one of its checkpoints) and ``task`` one of its tasks."""
+    return isinstance(model, (str, os.PathLike)) and str(task) in TASKS and run_dir(model) is not None

@@ -116,7 +116,7 @@ class Context:
                                   "`mechtrunc report DIR --task ioi|factual|FILE` (or prompts= in Python)")
             return None
         from mechtrunc.report.readers import model_source
-        from mechtrunc.tasks.registry import prompts_for_model
+        from mechtrunc.lm.prompts import prompts_for_model
 
         source = self.model_arg if isinstance(self.model_arg, (str, os.PathLike)) else model_source(self.result)
         try:  # a language-model run's study ran on the run's own prompts

@@ -75,16 +75,3 @@ def tokenize_prompts(
         tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     pos = torch.tensor([len(ids) - 1 for ids in encoded], dtype=torch.long)
     return tokens, pos
-
-
-def special_ids(tokenizer) -> set[int]:
-    """Every special token id of a tokenizer: ``all_special_ids`` (BOS, EOS, UNK, PAD and any added
-    special token) and the pad, eos and bos ids.  Empty for None."""
-    if tokenizer is None:
-        return set()
-    ids = set(int(t) for t in (getattr(tokenizer, "all_special_ids", None) or ()))
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            ids.add(int(value))
-    return ids
