@@ -123,3 +123,17 @@ def test_command_groups_import_no_package_init_and_nothing_heavy_at_top():
         for node in tree.body:  # module top
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mechtrunc"):
                 assert node.module in light, f"{path.name} imports {node.module} at module top"
+
+
+def test_closed_pipe_ends_quietly_as_unix_tools_do():
+    """``mechtrunc lm corpus | head -c 10``: the reader closes the pipe after 10 bytes; the command
+    stops with SIGPIPE's shell status 141 and writes no traceback (the text, 70 KB, overflows the
+    pipe buffer, so the write after the close must fail)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mechtrunc.cli", "lm", "corpus", "--stories", "400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert len(head) == 10
+    assert err == ""

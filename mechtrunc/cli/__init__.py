@@ -2,7 +2,8 @@
 
 Every subcommand has ``--help``.  A user mistake (bad option value, missing or corrupt model
 directory, unknown preset...) prints ``mechtrunc: error: ...`` and exits with status 2, never a
-traceback.  Long runs write their progress to their output directory; rerunning the same
+traceback.  A reader that closes the pipe early (``mechtrunc lm corpus | head``) ends the command
+quietly with status 141, as a Unix tool killed by SIGPIPE.  Long runs write their progress to their output directory; rerunning the same
 command resumes.  ``--no-progress`` silences every progress bar (ours, tqdm's and
 transformers'/huggingface_hub's "Loading weights" / download bars).
 
@@ -88,12 +89,32 @@ def progress_bars(enabled: bool):
             on()
 
 
+#: exit status of a command whose reader closed the pipe (``mechtrunc lm corpus | head``): what a
+#: shell reports for a Unix tool killed by SIGPIPE (128 + 13)
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the interpreter's final flush of
+    the unwritten rest raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file descriptor (e.g. redirected in tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with progress_bars(not getattr(args, "no_progress", False)):
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe is reported here, not at interpreter exit
+            return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"mechtrunc: error: {err}", file=sys.stderr)
         return 2
