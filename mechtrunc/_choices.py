@@ -75,6 +75,13 @@ def is_pythia(name: str) -> bool:
     return bool(_PYTHIA_RE.match(str(name)))
 
 
+def looks_like_path(s: str) -> bool:
+    """Whether ``s`` is meant as a local path rather than a hub id: hub ids are ``name`` or ``owner/name``; anything else that is not a directory is a
+    missing local path."""
+    return (s.startswith((".", "/", "~", "\\")) or s.endswith(("/", "\\")) or s.count("/") > 1
+            or "\\" in s or (len(s) > 1 and s[1] == ":"))
+
+
 def check_step(step) -> int:
     """``step`` as an int if it is a Pythia checkpoint; otherwise ValueError naming the nearest
     valid steps."""

@@ -36,7 +36,7 @@ from mechtrunc._choices import SITES
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, current_rows, intervene, record_activations
-from mechtrunc.metrics import bootstrap_means, item_metrics
+from mechtrunc.metrics import bootstrap_means, check_prompt_metric, item_metrics
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.runner import check_prompts, item_logits
@@ -66,13 +66,9 @@ def _paired(clean: PromptSet, corrupted) -> PromptSet:
 
 
 def _metric(prompts: PromptSet, metric: str | None) -> str:
-    names = ["accuracy", "p_answer", "loss"] + [f"{k}_{c}" for c in prompts.competitor_names
-                                               for k in ("p", "acc_vs", "logit_diff")]
     if metric is None:
         return f"logit_diff_{prompts.competitor_names[0]}"
-    if metric not in names:
-        raise ValueError(f"unknown metric {metric!r} for these prompts; valid: {', '.join(names)}")
-    return metric
+    return check_prompt_metric(prompts, metric)
 
 
 def _groups(clean: PromptSet, positions) -> list[tuple[str, Tensor | None]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
-    UsageError, choice, device, fraction, last_checkpoint, model_kind, nonneg_int, positive_int,
+    UsageError, choice, device, fraction, model_arg, model_kind, nonneg_int, positive_int, resolve_model,
 )
 
 __all__ = ["add_commands", "load_lens_model"]
@@ -26,7 +26,7 @@ def load_lens_model(args) -> dict:
     """``{"model", "kind", "itos", "prompts", "generic_data", "tokenizer"}`` for a lens command:
     the clean prompts to score and the data generic tokens are counted on (toy: the noisy
     training targets; memory: sampled targets; language models: all tokens of the prompts)."""
-    kind = model_kind(args.model)
+    kind, source, step = resolve_model(args.model, args.step)
     if kind == "toy":
         from mechtrunc.training import load_run
 
@@ -45,8 +45,7 @@ def load_lens_model(args) -> dict:
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks import prompts_for_task
 
-    path = last_checkpoint(Path(args.model)) if kind == "lm" else args.model
-    model = load_model(str(path), device=args.device)
+    model = load_model(source, step=step, device=args.device)
     prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
     return dict(model=model, kind=kind, itos=None, prompts=prompts, generic_data=prompts.tokens, tokenizer=model.tokenizer)
 
@@ -148,8 +147,10 @@ def cmd_logit(args) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="toy run, memory run or language-model run directory, a save_pretrained directory "
-                   "or a hub id")
+    p.add_argument("model", type=model_arg, help="toy run, memory run or language-model run directory (its last "
+                   "checkpoint, or --step), a save_pretrained directory (e.g. RUN/step200) or a hub id")
+    p.add_argument("--step", type=nonneg_int, default=None,
+                   help="language-model runs and hub ids: the training checkpoint (RUN/step{N}, hub revision step{N})")
     p.add_argument("--task", default="ioi", help="language models: 'ioi', 'factual' or a CSV/JSONL prompt file "
                    "(default ioi); toy and memory runs use their own clean test set")
     p.add_argument("--n", type=positive_int, default=200, help="number of task prompts (language models)")

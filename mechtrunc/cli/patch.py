@@ -11,7 +11,9 @@ import re
 from pathlib import Path
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import UsageError, choice, device, last_checkpoint, model_kind, nonneg_int, positive_int
+from mechtrunc.cli.checks import (
+    UsageError, choice, device, model_arg, model_kind, nonneg_int, positive_int, resolve_model,
+)
 
 __all__ = ["add_commands", "parse_receiver"]
 
@@ -37,7 +39,7 @@ def parse_receiver(text: str):
 def _load(args):
     """(model, clean, corrupted) for MODEL and --task."""
     path = Path(args.model)
-    kind = model_kind(args.model)
+    kind, source, step = resolve_model(args.model, args.step)
     if kind == "memory":
         raise UsageError(f"{args.model} is a linear-memory run: patching needs a Transformer (a toy run, a language-model "
                          "run or a Hugging Face model)")
@@ -57,7 +59,7 @@ def _load(args):
 
     if kind == "lm":
         run = json.loads((path / "run.json").read_text())
-        model = load_model(last_checkpoint(path), device=args.device, local_files_only=True)
+        model = load_model(source, device=args.device, local_files_only=True)
         from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
         from mechtrunc.lm.train import LMConfig
 
@@ -67,14 +69,17 @@ def _load(args):
     else:
         from mechtrunc.tasks.registry import prompts_for_task
 
-        model = load_model(args.model, device=args.device)
+        model = load_model(source, step=step, device=args.device)
         prompts = prompts_for_task(args.task, model.tokenizer, n=args.n, seed=args.seed)
     corrupt = ioi_abc if args.task == "ioi" else factual_swap
     return model, *corrupt(prompts, model.tokenizer, seed=args.seed)
 
 
 def _common(p) -> None:
-    p.add_argument("model", help="a toy run directory, a `mechtrunc lm train` run, or a hub id / model directory")
+    p.add_argument("model", type=model_arg, help="a toy run directory, a `mechtrunc lm train` run (its last checkpoint, "
+                   "or --step), or a hub id / model directory (e.g. RUN/step200)")
+    p.add_argument("--step", type=nonneg_int, default=None,
+                   help="language-model runs and hub ids: the training checkpoint (RUN/step{N}, hub revision step{N})")
     p.add_argument("--task", type=choice(PATCH_TASKS, "task"), default=None,
                    help="recall (toy runs, the default there), ioi (default otherwise) or factual")
     p.add_argument("--n", type=positive_int, default=128, help="number of prompt pairs (default 128)")

@@ -7,7 +7,9 @@ import argparse
 import json
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import choice, device, fraction, int_at_least, nonneg_int, positive_float, positive_int
+from mechtrunc.cli.checks import (
+    choice, device, fraction, int_at_least, nonneg_int, positive_float, positive_int, run_dir,
+)
 from mechtrunc.results import VARIANT_METRICS
 
 __all__ = ["add_commands", "format_table"]
@@ -131,7 +133,8 @@ def add_commands(sub) -> None:
     tr.set_defaults(func=cmd_toy_train)
     ev = toy_sub.add_parser("eval", help="evaluate a trained toy model",
                             description="Clean-test metrics of the full model and with the layer-2 FFN removed.")
-    ev.add_argument("dir", help="directory written by `mechtrunc toy train`")
+    ev.add_argument("dir", type=run_dir("toy", "the --out directory of `mechtrunc toy train` or `mechtrunc demo`"),
+                    help="directory written by `mechtrunc toy train`")
     ev.add_argument("--json", action="store_true", help='print {"full": {...}, "ffn2_removed": {...}} as JSON')
     ev.add_argument("--device", type=device, default="cpu", help="torch device")
     ev.set_defaults(func=cmd_toy_eval)

@@ -31,6 +31,7 @@ from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
 from mechtrunc.interventions import Truncate
 from mechtrunc.evaluation import evaluate
+from mechtrunc.metrics import check_prompt_metric
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
@@ -385,6 +386,7 @@ def truncation_study(
     info: dict | None = None,
     svd_cache: str | os.PathLike | None = None,
     return_items: bool = False,
+    metric: str | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate every ``Truncate(matrix, layer, keep)`` of the grid on ``prompts``.
 
@@ -417,6 +419,9 @@ def truncation_study(
         svd_cache: ``mode="engine"``: the directory of cached decompositions (default
             ``out/svd_cache`` when ``out`` is given).
         return_items: also return the per-item side table: ``(table, items)``.
+        metric: the metric the table will be judged by (:func:`~mechtrunc.studies.study_report`,
+            :func:`heldout_configuration`), if known: checked against the prompts' competitors
+            (:func:`mechtrunc.metrics.check_prompt_metric`) before anything runs.
 
     Per-item values: the same forward passes also give each row's per-item metric values (the
     values its means are taken over; no extra forward pass).  They are kept as one shard per
@@ -432,6 +437,8 @@ def truncation_study(
     grid.resolve(model)  # every bad value raises before anything is written
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
+    if metric is not None:
+        check_prompt_metric(prompts, metric)
     cfg = getattr(model, "cfg", None)
     meta = {"kind": "truncation", "model": model_fingerprint(model), "prompts": prompts_fingerprint(prompts),
             "n_items": len(prompts), "rule": rule, "svd": svd, "mode": mode,
@@ -509,6 +516,7 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
     one pass on its own prompts).  The same result as without it."""
     from mechtrunc.selection import heldout_selection
 
+    check_prompt_metric(prompts, metric)
     grid = Grid() if grid is None else grid
     if grid.svd != "exact":
         raise ValueError(f"held-out selection runs on the grid engine: give svd='exact' (not {grid.svd!r})")
