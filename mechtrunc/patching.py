@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechtrunc._choices import SITES
+from mechtrunc._choices import DEFAULT_PATCH_DIRECTION, PATCH_DIRECTIONS, SITES
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, current_rows, intervene, record_activations
@@ -44,7 +44,8 @@ from mechtrunc.runner import check_prompts, item_logits
 __all__ = ["patching_scan", "path_patch", "path_patching_scan", "DIRECTIONS", "RECEIVERS"]
 
 #: scan directions: run the corrupted prompts and restore (denoising), run the clean ones and break
-DIRECTIONS = ("denoising", "noising", "both")
+#: (noising), or both; the default of every scan, path patching included, is DEFAULT_PATCH_DIRECTION
+DIRECTIONS = PATCH_DIRECTIONS
 #: receivers of a path: the logits, a layer's MLP input, a head's query/key/value input
 RECEIVERS = ("logits", "mlp", "q", "k", "v")
 
@@ -188,7 +189,8 @@ def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Ten
 
 def patching_scan(
     model, clean: PromptSet, corrupted, *, sites: Iterable[str] = ("resid_pre", "attn_out", "mlp_out", "z"),
-    metric: str | None = None, direction: str = "denoising", positions=None, layers: Iterable[int] | None = None,
+    metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, positions=None,
+    layers: Iterable[int] | None = None,
     batch_size: int = 64, progress: bool = False, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
 ) -> pd.DataFrame:
     """Activation patching of every (site, layer, head, position group) between a paired clean
@@ -388,14 +390,14 @@ def _path_value(adapter, read: PromptSet, target: PromptSet, delta: Tensor, rec:
 
 def path_patching_scan(
     model, clean: PromptSet, corrupted, receiver="logits", *, senders: Iterable[tuple[int, int]] | None = None,
-    metric: str | None = None, direction: str = "noising", batch_size: int = 64, n_boot: int = 1000,
+    metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, batch_size: int = 64, n_boot: int = 1000,
     level: float = 0.95, seed: int = 0,
 ) -> pd.DataFrame:
     """Path patching from each sender head (default: every head of every layer that can reach
     ``receiver``) to ``receiver`` (``"logits"``, ``("mlp", layer)`` or ``("q"|"k"|"v", layer,
-    head)``).  ``direction="noising"`` (default, Wang et al.): the clean run, with the sender's
-    corrupted output reaching only the receiver; ``"denoising"``: the corrupted run, with the
-    sender's clean output.  Columns: ``direction, sender_layer, sender_head, receiver, metric,
+    head)``).  ``direction="denoising"`` (default, as :func:`patching_scan`): the corrupted run,
+    with the sender's clean output reaching only the receiver; ``"noising"`` (Wang et al.'s
+    path patching): the clean run, with the sender's corrupted output.  Columns: ``direction, sender_layer, sender_head, receiver, metric,
     value, clean, corrupted, effect`` (0 = corrupted, 1 = clean) and the effect's bootstrap
     interval ``effect_low, effect_high`` (as :func:`patching_scan`'s)."""
     adapter = adapt(model)
@@ -442,11 +444,13 @@ def path_patching_scan(
 
 
 def path_patch(model, clean: PromptSet, corrupted, sender: tuple[int, int], receiver="logits", *,
-               metric: str | None = None, direction: str = "noising", batch_size: int = 64, n_boot: int = 1000) -> dict:
-    """One path (see :func:`path_patching_scan`): ``{"value", "clean", "corrupted", "effect",
-    "effect_low", "effect_high"}``."""
+               metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, batch_size: int = 64,
+               n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """One path (see :func:`path_patching_scan`, the same arguments): ``{"value", "clean",
+    "corrupted", "effect", "effect_low", "effect_high"}``."""
     row = path_patching_scan(model, clean, corrupted, receiver, senders=[sender], metric=metric,
-                             direction=direction, batch_size=batch_size, n_boot=n_boot).iloc[0]
+                             direction=direction, batch_size=batch_size, n_boot=n_boot, level=level,
+                             seed=seed).iloc[0]
     return {k: float(row[k]) for k in ("value", "clean", "corrupted", "effect", "effect_low", "effect_high")}
 
 

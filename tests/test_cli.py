@@ -137,3 +137,83 @@ def test_closed_pipe_ends_quietly_as_unix_tools_do():
     assert proc.wait(timeout=120) == 141, err
     assert len(head) == 10
     assert err == ""
+
+
+def _action(command: str, dest: str):
+    """The argparse action of ``dest`` in ``mechtrunc COMMAND``."""
+    import argparse
+
+    from mechtrunc.cli import build_parser
+
+    parser = build_parser()
+    for word in command.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return next(a for a in parser._actions if a.dest == dest and a.help != argparse.SUPPRESS)
+
+
+def test_the_same_thing_has_the_same_flag_and_the_librarys_default():
+    """One name per thing across the command line, and defaults read from the library: the
+    corpus seed is --corpus-seed in every lm command (--seed of lm train is the initialisation),
+    the rank rule's default is Truncate's, the patching direction's and interval level's are the
+    library functions', and the optimiser names are one vocabulary."""
+    import inspect
+
+    import mechtrunc as mt
+    from mechtrunc import _choices
+
+    for command in ("lm corpus", "lm prompts", "lm train"):
+        assert _action(command, "corpus_seed").option_strings == ["--corpus-seed"], command
+    assert _action("lm train", "seed").option_strings == ["--seed"]
+    rule = inspect.signature(mt.Truncate).parameters["rule"].default
+    assert rule == mt.studies.Grid().rule == inspect.signature(mt.rank_for_keep).parameters["rule"].default
+    for command in ("lens logit", "pythia truncate", "pythia checkpoints"):
+        assert _action(command, "rule").default == rule, command
+    for command, function in (("patch scan", mt.patching_scan), ("patch path", mt.path_patching_scan),
+                              ("patch path", mt.path_patch)):
+        params = inspect.signature(function).parameters
+        assert _action(command, "direction").default == params["direction"].default, (command, function)
+        assert _action(command, "level").default == params["level"].default, (command, function)
+        assert "seed" in params
+    toy = _action("toy train", "optimizer").type
+    minimal = _action("memory dynamics", "optimizer").type
+    assert [o for o in _choices.OPTIMIZERS if _accepts(toy, o)] == ["sgd", "adam", "adamw"]
+    assert [o for o in _choices.OPTIMIZERS if _accepts(minimal, o)] == ["sgd", "adam"]
+
+
+def _accepts(check, value) -> bool:
+    import argparse
+
+    try:
+        check(value)
+        return True
+    except argparse.ArgumentTypeError:
+        return False
+
+
+def test_lm_corpus_old_seed_flag_still_reads_the_corpus_seed_with_a_warning(capsys):
+    from mechtrunc.cli import build_parser
+
+    args = build_parser().parse_args(["lm", "corpus", "--seed", "3"])
+    assert args.corpus_seed == 3
+    assert "deprecated; the corpus seed is --corpus-seed" in capsys.readouterr().err
+    assert build_parser().parse_args(["lm", "corpus", "--corpus-seed", "4"]).corpus_seed == 4
+
+
+def test_each_optimiser_name_is_the_torch_optimiser_the_toy_trains_with(monkeypatch, tmp_path):
+    import torch
+
+    import mechtrunc as mt
+
+    made = []
+    for name in ("SGD", "Adam", "AdamW"):
+        cls = getattr(torch.optim, name)
+        monkeypatch.setattr(torch.optim, name, type(name, (cls,), {"__init__": lambda self, *a, _n=name, _c=cls, **k: (
+            made.append(_n), _c.__init__(self, *a, **k))[1]}))
+    for optimizer in ("sgd", "adam", "adamw"):
+        cfg = mt.preset("cpu", optimizer=optimizer, d_model=16, seq_len=16, steps=1, eval_every=1, batch_size=2,
+                        test_size=4)
+        mt.train(cfg, progress=False)
+    assert made == ["SGD", "Adam", "AdamW"]
+    with pytest.raises(ValueError, match="'adamw' is not one the minimal model trains with .*valid: sgd, adam"):
+        mt.dynamics.MinimalConfig(optimizer="adamw")

@@ -12,7 +12,7 @@ from pathlib import Path
 from mechtrunc._choices import looks_like_path
 
 __all__ = ["UsageError", "fraction", "int_at_least", "positive_int", "nonneg_int", "positive_float",
-           "nonneg_float", "device", "choice", "model_kind", "last_checkpoint",
+           "nonneg_float", "level", "device", "choice", "model_kind", "last_checkpoint",
            "checkpoint_steps", "resolve_model", "model_arg", "run_dir"]
 
 
@@ -57,6 +57,14 @@ def _real(text: str, what: str, ok) -> float:
     value = _number(text, float, what)
     if not (ok(value) and value != float("inf")):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def level(text: str) -> float:
+    """A confidence level: a number strictly between 0 and 1."""
+    value = _number(text, float, "a confidence level in (0, 1)")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a confidence level in (0, 1), got {text!r}")
     return value
 
 

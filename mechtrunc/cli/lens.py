@@ -188,7 +188,8 @@ def add_commands(sub) -> None:
                     help="add a run with this LASER truncation (repeatable), e.g. mlp.W_in:1:0.1")
     lg.add_argument("--remove-ffn", type=nonneg_int, action="append", metavar="LAYER",
                     help="add a run with this layer's FFN removed (repeatable)")
-    lg.add_argument("--rule", choices=_choices.RULES, default="authors",
-                    help="rank rule of --truncate (default authors, as the paper's toy table)")
+    lg.add_argument("--rule", choices=_choices.RULES, default=_choices.DEFAULT_RULE,
+                    help=f"rank rule of --truncate (default {_choices.DEFAULT_RULE}; authors: the paper's released "
+                         "code, as its toy table)")
     lg.add_argument("--batch-size", type=positive_int, default=64, help="prompts per forward pass")
     lg.set_defaults(func=cmd_logit)

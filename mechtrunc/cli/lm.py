@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
@@ -15,11 +16,20 @@ from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_RUN_FORMAT, LM_SPL
 __all__ = ["add_commands", "study_summary"]
 
 
-def _corpus_options(p: argparse.ArgumentParser, seed_flag: str) -> None:
+class _OldCorpusSeed(argparse.Action):
+    """``lm corpus --seed``: the old name of ``--corpus-seed``, still read, with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("mechtrunc: warning: `lm corpus --seed` is deprecated; the corpus seed is --corpus-seed in every "
+              "`mechtrunc lm` command", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _corpus_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("corpus (mechtrunc.lm.corpus.CorpusConfig)")
     g.add_argument("--corpus", type=choice(CORPUS_PRESETS, "corpus preset"), default="default",
                    help=f"corpus preset: {', '.join(CORPUS_PRESETS)} (default: default; rare_the is the control)")
-    g.add_argument(seed_flag, type=nonneg_int, default=None, dest="corpus_seed", help="corpus seed (default 0)")
+    g.add_argument("--corpus-seed", type=nonneg_int, default=None, dest="corpus_seed", help="corpus seed (default 0)")
     g.add_argument("--to-the-share", type=fraction, default=None,
                    help='share of generic "to" followed by " the" rather than a name (default 0.7)')
     g.add_argument("--ioi-the-share", type=fraction, default=None,
@@ -213,7 +223,8 @@ def add_commands(sub) -> argparse._SubParsersAction:
     co.add_argument("--stories", type=positive_int, default=10, help="number of stories (default 10)")
     co.add_argument("--out", default=None, help="write the text to this new file")
     co.add_argument("--json", action="store_true", help="print statistics as JSON instead of the text")
-    _corpus_options(co, "--seed")
+    _corpus_options(co)
+    co.add_argument("--seed", type=nonneg_int, dest="corpus_seed", action=_OldCorpusSeed, help=argparse.SUPPRESS)
     co.set_defaults(func=cmd_corpus)
     pr = lsub.add_parser("prompts", help="write held-out IOI or factual prompts as a JSONL prompt file",
                          description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
@@ -226,7 +237,7 @@ def add_commands(sub) -> argparse._SubParsersAction:
                     help="heldout (default: held-out templates, training names), heldout_names (held-out "
                          "templates and names: the model cannot say those) or train")
     pr.add_argument("--out", required=True, help="new .jsonl file")
-    _corpus_options(pr, "--corpus-seed")
+    _corpus_options(pr)
     pr.set_defaults(func=cmd_prompts)
     tr = lsub.add_parser("train", help="train a preset; checkpoints OUT/step{N}/ at Pythia's schedule",
                          description="Train (or resume: rerun the same command) a GPT-NeoX preset on the corpus. "
@@ -242,7 +253,7 @@ def add_commands(sub) -> argparse._SubParsersAction:
     tr.add_argument("--precision", type=choice(("fp32", "bf16"), "precision"), default=None,
                     help="fp32 or bf16 autocast (default: the preset's)")
     tr.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: the preset's)")
-    _corpus_options(tr, "--corpus-seed")
+    _corpus_options(tr)
     tr.add_argument("--json", action="store_true", help="print the summary as JSON")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)

@@ -187,7 +187,8 @@ def _add_dynamics(subparsers) -> None:
     p.add_argument("--embeddings", type=choice(_choices.MINIMAL_EMBEDDINGS, "embeddings", "embeddings"),
                    help=f"{' or '.join(_choices.MINIMAL_EMBEDDINGS)} (default {_choices.MINIMAL_EMBEDDINGS[0]})")
     p.add_argument("--optimizer", type=choice(_choices.MINIMAL_OPTIMIZERS, "optimizer"),
-                   help=f"{' or '.join(_choices.MINIMAL_OPTIMIZERS)} (default {_choices.MINIMAL_OPTIMIZERS[0]})")
+                   help=f"{' or '.join(_choices.MINIMAL_OPTIMIZERS)} (torch.optim.SGD / Adam; default "
+                        f"{_choices.MINIMAL_OPTIMIZERS[0]}; no adamw: the minimal model has no weight decay)")
     p.add_argument("--lr", type=positive_float, help="learning rate")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step")
     p.add_argument("--steps", type=positive_int, help="training steps")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
-    UsageError, choice, device, model_arg, model_kind, nonneg_int, positive_int, resolve_model,
+    UsageError, choice, device, level, model_arg, model_kind, nonneg_int, positive_int, resolve_model,
 )
 
 __all__ = ["add_commands", "parse_receiver"]
@@ -83,7 +83,10 @@ def _common(p) -> None:
     p.add_argument("--task", type=choice(PATCH_TASKS, "task"), default=None,
                    help="recall (toy runs, the default there), ioi (default otherwise) or factual")
     p.add_argument("--n", type=positive_int, default=128, help="number of prompt pairs (default 128)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the prompts and of the corruption")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the prompts, of the corruption and of the bootstrap (default 0)")
+    p.add_argument("--level", type=level, default=0.95,
+                   help="level of each effect's percentile bootstrap interval (default 0.95)")
     p.add_argument("--metric", default=None, help="metric (default logit_diff of the first competitor)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass (default 64)")
     p.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
@@ -126,7 +129,7 @@ def cmd_scan(args) -> int:
     from mechtrunc.patching import patching_scan
 
     df = patching_scan(model, clean, corrupted, sites=args.sites, metric=args.metric, direction=args.direction,
-                       batch_size=args.batch_size, progress=not args.no_progress)
+                       batch_size=args.batch_size, progress=not args.no_progress, level=args.level, seed=args.seed)
     # what a patch moves: denoising restores (effect towards 1), noising breaks (towards 0)
     moved = df["effect"].where(df["direction"] == "denoising", 1 - df["effect"])
     top = df.assign(moved=moved).sort_values("moved", ascending=False).head(args.top)
@@ -146,7 +149,7 @@ def cmd_path(args) -> int:
 
     senders = [tuple(args.sender)] if args.sender else None
     df = path_patching_scan(model, clean, corrupted, args.receiver, senders=senders, metric=args.metric,
-                            direction=args.direction, batch_size=args.batch_size)
+                            direction=args.direction, batch_size=args.batch_size, level=args.level, seed=args.seed)
     shown = df[["sender_layer", "sender_head", "receiver", "value", "effect", "effect_low", "effect_high"]] \
         .round(3).to_string(index=False)
     text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
@@ -167,8 +170,10 @@ def add_commands(sub) -> None:
     _common(sc)
     sc.add_argument("--sites", nargs="+", type=choice(_choices.SITES, "site"), default=list(_SCAN_SITES),
                     help=f"sites to scan (default {' '.join(_SCAN_SITES)}; z is per head)")
-    sc.add_argument("--direction", type=choice(("denoising", "noising", "both"), "direction"), default="denoising",
-                    help="denoising (corrupted run, one clean activation; default), noising or both")
+    sc.add_argument("--direction", type=choice(_choices.PATCH_DIRECTIONS, "direction"),
+                    default=_choices.DEFAULT_PATCH_DIRECTION,
+                    help="denoising (the corrupted run, one clean activation restored), noising (the clean run, one "
+                         f"corrupted activation) or both (default {_choices.DEFAULT_PATCH_DIRECTION})")
     sc.add_argument("--top", type=positive_int, default=15, help="rows shown in the terminal (default 15)")
     sc.set_defaults(func=cmd_scan)
     pp = psub.add_parser("path", help="path patching from sender heads into a receiver",
@@ -179,6 +184,8 @@ def add_commands(sub) -> None:
                     help="logits (default), mlp:LAYER, or q|k|v:LAYER:HEAD")
     pp.add_argument("--sender", type=nonneg_int, nargs=2, metavar=("LAYER", "HEAD"), default=None,
                     help="one sender head (default: every head that reaches the receiver)")
-    pp.add_argument("--direction", type=choice(("noising", "denoising"), "direction"), default="noising",
-                    help="noising (clean run, the sender's corrupted output; default) or denoising")
+    pp.add_argument("--direction", type=choice(_choices.PATCH_DIRECTIONS[:2], "direction"),
+                    default=_choices.DEFAULT_PATCH_DIRECTION,
+                    help="denoising (the corrupted run, the sender's clean output) or noising (the clean run, the "
+                         f"sender's corrupted output; Wang et al.) (default {_choices.DEFAULT_PATCH_DIRECTION})")
     pp.set_defaults(func=cmd_path)

@@ -24,8 +24,9 @@ def _words(values) -> str:
 
 
 def _rule_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument("--rule", choices=_choices.RULES, default=_choices.RULES[0],
-                   help=f"{prefix}rank rounding rule (default {_choices.RULES[0]})")
+    p.add_argument("--rule", choices=_choices.RULES, default=_choices.DEFAULT_RULE,
+                   help=f"{prefix}rank rounding rule (default {_choices.DEFAULT_RULE}; authors: the paper's released "
+                        "code)")
 
 
 def _mode_option(p: argparse.ArgumentParser, default, prefix: str = "") -> None:

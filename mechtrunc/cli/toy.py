@@ -25,7 +25,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, help="training iterations")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step")
     p.add_argument("--lr", type=positive_float, help="learning rate")
-    p.add_argument("--optimizer", choices=_choices.OPTIMIZERS, help="optimiser")
+    p.add_argument("--optimizer", type=choice(_choices.OPTIMIZERS, "optimizer"),
+                   help=f"{', '.join(_choices.OPTIMIZERS)} (torch.optim.SGD with the preset's momentum, Adam, AdamW; "
+                        "default: the preset's)")
     p.add_argument("--eval-every", type=positive_int, help="evaluate every N steps")
     p.add_argument("--seed", type=nonneg_int, help="random seed (model, data)")
     p.add_argument("--init", choices=_choices.INITS,

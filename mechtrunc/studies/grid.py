@@ -26,7 +26,7 @@ import pandas as pd
 from pathlib import Path
 
 from mechtrunc._checks import check_choice
-from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
+from mechtrunc._choices import DEFAULT_RULE, GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
 from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
 from mechtrunc.interventions import Truncate
@@ -210,7 +210,7 @@ class Grid:
     layers: tuple[int, ...] | None = None
     matrices: tuple[str, ...] = DEFAULT_MATRICES
     keeps: tuple[float, ...] = DEFAULT_KEEPS
-    rule: str = RULES[0]
+    rule: str = DEFAULT_RULE
     svd: str = SVD_METHODS[0]
     mode: str = GRID_MODES[0]
 
@@ -377,7 +377,7 @@ def truncation_study(
     layers: Iterable[int] | None = None,
     matrices: Sequence[str] | str = DEFAULT_MATRICES,
     keeps: Sequence[float] | float = DEFAULT_KEEPS,
-    rule: str = "round",
+    rule: str = DEFAULT_RULE,
     svd: str = "exact",
     batch_size: int = 32,
     out: str | os.PathLike | None = None,
