@@ -51,14 +51,14 @@ def main() -> None:
     spectra.to_csv(out / "dynamics_toy_spectra.csv", index=False)
     summary = mt.dynamics.noise_component_summary(spectra, keep=0.1, d_model=cfg.d_model)
     summary.to_csv(out / "dynamics_toy_summary.csv", index=False)
-    order = mt.dynamics.order_of_learning(h, cfg.alpha, icl_column="ffn2_removed_accuracy")
+    order = mt.dynamics.order_of_learning(h, cfg.alpha, icl_column="last_ffn_removed_accuracy")
     induction = mt.dynamics.first_step(h, "induction_score", 0.5)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(h["step"], h["full_p_noise"], color="C3", label="full: P(noise)")
     ax.plot(h["step"], h["full_p_answer"], color="C2", label="full: P(correct)")
-    ax.plot(h["step"], h["ffn2_removed_p_noise"], color="C3", ls="--", label="layer-2 FFN removed: P(noise)")
-    ax.plot(h["step"], h["ffn2_removed_accuracy"], color="C0", label="layer-2 FFN removed: accuracy")
+    ax.plot(h["step"], h["last_ffn_removed_p_noise"], color="C3", ls="--", label="layer-2 FFN removed: P(noise)")
+    ax.plot(h["step"], h["last_ffn_removed_accuracy"], color="C0", label="layer-2 FFN removed: accuracy")
     ax.plot(h["step"], h["induction_score"], color="C7", ls=":", label="layer-2 attention on token after trigger")
     for s, c, name in ((order["step_noise"], "C3", "P(noise) >= alpha/2"), (order["step_icl"], "C0", "FFN-removed acc >= 0.5")):
         if s == s:
@@ -93,7 +93,7 @@ def main() -> None:
     plt.close(fig)
 
     print(json.dumps({**order, "step_induction_0.5": induction}))
-    print(h[["step", "full_p_noise", "ffn2_removed_p_noise", "ffn2_removed_accuracy", "induction_score",
+    print(h[["step", "full_p_noise", "last_ffn_removed_p_noise", "last_ffn_removed_accuracy", "induction_score",
              "win_noise_component", "wout_noise_component"]].round(3).to_string(index=False))
     print(summary.round(3).to_string(index=False))
     print(f"wrote {out / 'dynamics_toy.png'}, {out / 'dynamics_toy_spectra.png'} in {time.perf_counter() - t0:.1f} s")

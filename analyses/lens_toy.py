@@ -36,8 +36,8 @@ def compute(model, cfg, task, test, top: int = 3, k: int = 5) -> dict[str, pd.Da
     vocab = pd.concat(lenses, ignore_index=True)
     logit = mt.logit_lens_compare(model, clean, {
         "full model": [],
-        "LASER L2 W_in keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
-        "L2 FFN removed": [mt.Ablate("mlp", layer=1)],
+        "mlp.W_in L1 keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
+        "FFN L1 removed": [mt.Ablate("mlp", layer=1)],
     })
     return {"generic": generic, "components": ranked, "vocab": vocab, "logit": logit}
 

@@ -23,7 +23,7 @@ def compute(model, cfg, task, test, top=(1, 2, 4, 8)) -> tuple[pd.DataFrame, pd.
     noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)
     noise = task.config.noise_id
     ranking = mt.rank_components(model, layer=1, tokens=[noise], matrix="mlp.W_out", prompts=recall)
-    variants = {"full model": [], "layer-2 FFN removed": [mt.Ablate("mlp", layer=1)],
+    variants = {"full model": [], "FFN L1 removed": [mt.Ablate("mlp", layer=1)],
                 "LASER W_in keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
                 "LASER W_out keep 0.1": [mt.Truncate("mlp.W_out", layer=1, keep=0.1, rule="authors")]}
     for n in top:

@@ -58,14 +58,14 @@ def test_train_then_eval_json(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mechtrunc.cli", "toy", "eval", str(out), "--json"],
                           capture_output=True, text=True, check=True)
     data = json.loads(proc.stdout)
-    assert set(data) == {"full", "ffn2_removed", "change", "intervals"}
-    for name in ("full", "ffn2_removed"):
+    assert set(data) == {"full", "last_ffn_removed", "change", "intervals"}
+    for name in ("full", "last_ffn_removed"):
         assert set(data[name]) == {"accuracy", "p_noise", "p_answer"}
         assert all(0.0 <= v <= 1.0 for v in data[name].values())
     # the change has its paired interval, and it is the difference of the two rows
     assert set(data["change"]) == {"accuracy", "p_noise", "p_answer"}
     for m, c in data["change"].items():
-        assert c["change"] == pytest.approx(data["ffn2_removed"][m] - data["full"][m], abs=1e-6)
+        assert c["change"] == pytest.approx(data["last_ffn_removed"][m] - data["full"][m], abs=1e-6)
         assert c["ci_low"] <= c["change"] <= c["ci_high"]
     assert data["intervals"]["n_boot"] == 1000 and data["intervals"]["level"] == 0.95
     # rerunning the same command resumes: nothing left to do, same final model

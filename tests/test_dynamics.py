@@ -174,8 +174,8 @@ def test_order_of_learning_on_a_synthetic_history():
     assert math.isnan(o["step_icl"]) and o["ff_first"]
     # unsorted histories are sorted by step
     assert order_of_learning(h.iloc[::-1], alpha=0.5)["step_noise"] == 20.0
-    with pytest.raises(ValueError, match="no column 'ffn2_removed_accuracy'"):
-        order_of_learning(h, 0.5, icl_column="ffn2_removed_accuracy")
+    with pytest.raises(ValueError, match="no column 'last_ffn_removed_accuracy'"):
+        order_of_learning(h, 0.5, icl_column="last_ffn_removed_accuracy")
     with pytest.raises(ValueError, match="alpha must be in"):
         order_of_learning(h, 1.5)
     assert math.isnan(first_step(h, "full_p_noise", 0.9))

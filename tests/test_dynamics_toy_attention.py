@@ -57,7 +57,7 @@ def test_no_ffn_model_has_no_ffn_weights_or_hooks(attn_only_run):
     _, cache = model.run_with_cache(attn_only_run[2].inputs[:2])
     assert not [n for n in cache.keys() if "mlp" in n]  # and no FFN hook fires (hook_mlp_out stays silent)
     assert all(b.mlp is None for b in model.blocks)
-    assert "ffn2_removed_accuracy" not in res.history.columns  # nothing to remove
+    assert "last_ffn_removed_accuracy" not in res.history.columns  # nothing to remove
     assert "induction_score" in res.history.columns
     # the layer-2-only variant keeps layer 1's FFN
     m2 = ToyTransformer(ToyConfig(d_model=16, n_ctx=32, ffn=["relu", "none"]))
@@ -213,7 +213,7 @@ def test_script_end_to_end_on_a_tiny_config(tmp_path):
     push = pd.read_csv(data / "theory_toy_push.csv")
     assert set(push.loc[push["variant"] == "attn_only", "term"]) == {"embed", "pos_embed", "attn.0", "attn.1"}
     inter = pd.read_csv(data / "theory_toy_interventions.csv")
-    assert {"none", "L2 OV keep 0.1", "L2 W_V remove noise component"} <= set(inter["intervention"])
+    assert {"none", "attn.OV L1 keep 0.1", "attn.W_V L1 remove noise component"} <= set(inter["intervention"])
     speed = pd.read_csv(data / "theory_toy_speed.csv")
     assert set(speed["event"]) == {"induction_0.5", "icl_accuracy_0.5", "p_noise_half_alpha"}
     targets = pd.read_csv(data / "theory_toy_attention_targets.csv")
