@@ -1,7 +1,7 @@
-"""Training dynamics of the two-layer toy Transformer (cpu preset): when the layer-2 FFN picks up
+"""Training dynamics of the two-layer toy Transformer (cpu preset): when the FFN L1 picks up
 the noise association (P(noise) of the full vs the FFN-removed model), when the induction head
-forms (layer-2 attention on the token after the trigger's earlier occurrences, clean test
-sequences), and where the noise-carrying singular components of layer-2 W_in / W_out sit in
+forms (attention L1 on the token after the trigger's earlier occurrences, clean test
+sequences), and where the noise-carrying singular components of L1 W_in / W_out sit in
 their spectra over training (W and W - W_init).  Trains with
 ``mt.dynamics.train_toy_with_dynamics`` and writes
 dynamics_toy_history.csv, dynamics_toy_spectra.csv, dynamics_toy_summary.csv,
@@ -57,9 +57,9 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(h["step"], h["full_p_noise"], color="C3", label="full: P(noise)")
     ax.plot(h["step"], h["full_p_answer"], color="C2", label="full: P(correct)")
-    ax.plot(h["step"], h["last_ffn_removed_p_noise"], color="C3", ls="--", label="layer-2 FFN removed: P(noise)")
-    ax.plot(h["step"], h["last_ffn_removed_accuracy"], color="C0", label="layer-2 FFN removed: accuracy")
-    ax.plot(h["step"], h["induction_score"], color="C7", ls=":", label="layer-2 attention on token after trigger")
+    ax.plot(h["step"], h["last_ffn_removed_p_noise"], color="C3", ls="--", label="FFN L1 removed: P(noise)")
+    ax.plot(h["step"], h["last_ffn_removed_accuracy"], color="C0", label="FFN L1 removed: accuracy")
+    ax.plot(h["step"], h["induction_score"], color="C7", ls=":", label="attention L1 on token after trigger")
     for s, c, name in ((order["step_noise"], "C3", "P(noise) >= alpha/2"), (order["step_icl"], "C0", "FFN-removed acc >= 0.5")):
         if s == s:
             ax.axvline(s, color=c, lw=0.8, alpha=0.6)
@@ -84,7 +84,7 @@ def main() -> None:
                         cmap="Reds", vmin=0, vmax=1, s=18, zorder=3, edgecolor="k", lw=0.3)
         for st, comp, sv in zip(top["step"].iloc[::4], top["component"].iloc[::4], top["singular_value"].iloc[::4]):
             ax.annotate(str(int(comp)), (st, sv), fontsize=6, xytext=(2, 3), textcoords="offset points")
-        ax.set_title(f"layer-2 {m} ({which}); dot: top noise component", fontsize=8)
+        ax.set_title(f"L1 {m} ({which}); dot: top noise component", fontsize=8)
         ax.set_yscale("log")
         if i == 1:
             ax.set_xlabel("step")

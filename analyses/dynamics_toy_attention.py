@@ -1,7 +1,7 @@
 """The toy Transformer without its feed-forward layers (issue 18, section 1), cpu preset.
 
 Trains, per seed, three variants of the two-layer toy Transformer with
-``mt.dynamics.SnapshotRecorder`` (induction score of the layer-2 head and the trainable weights at
+``mt.dynamics.SnapshotRecorder`` (induction score of the L1 head and the trainable weights at
 every evaluation):
 
 - ``full``: both FFNs (the cpu preset itself);
@@ -113,11 +113,11 @@ def main(argv=None) -> None:
 
 #: evaluations shown in the "early" table (those that exist in a run are used)
 EARLY_STEPS = (25, 50, 75, 100, 150, 200, 300, 500, 1000)
-#: steps at which the layer-2 OV gradient is measured (0 = initialisation)
+#: steps at which the L1 OV gradient is measured (0 = initialisation)
 GRADIENT_STEPS = (0, 25, 50, 100, 200, 500, 1000)
 KEEPS = (0.1, 0.5)
-TERMS = {"embed": "token embedding", "pos_embed": "positional embedding", "attn.0": "layer-1 attention",
-         "attn.1": "layer-2 attention", "mlp.0": "layer-1 FFN", "mlp.1": "layer-2 FFN"}
+TERMS = {"embed": "token embedding", "pos_embed": "positional embedding", "attn.0": "attention L0",
+         "attn.1": "attention L1", "mlp.0": "FFN L0", "mlp.1": "FFN L1"}
 MATRICES = ("attn.W_V", "attn.W_O", "attn.OV")
 
 
@@ -221,7 +221,7 @@ def intervention_table(runs, variant: str) -> pd.DataFrame:
 
 
 #: per variant: the accuracy column of the in-context answer (the FFN-removed model where the
-#: layer-2 FFN exists, else the model itself)
+#: FFN L1 exists, else the model itself)
 ICL_COLUMN = {"full": "last_ffn_removed_accuracy", "attn_only": "full_accuracy", "no_last_ffn": "full_accuracy"}
 
 
@@ -274,7 +274,7 @@ def speed_table(runs) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def gradient_table(runs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The layer-2 OV gradient on a fixed training batch (256 sequences, noisy targets) at
+    """The L1 OV gradient on a fixed training batch (256 sequences, noisy targets) at
     initialisation and at :data:`GRADIENT_STEPS` (``mt.dynamics.ov_gradient_noise``), per run;
     and mean [interval] over seeds per (variant, step, quantity)."""
     per = []
@@ -320,7 +320,7 @@ def attention_targets(runs) -> pd.DataFrame:
 
 
 def early_table(push: pd.DataFrame, summ: pd.DataFrame) -> pd.DataFrame:
-    """With vs without the FFNs, at early evaluations: the layer-2 head's direct noise push, its
+    """With vs without the FFNs, at early evaluations: the L1 head's direct noise push, its
     share of the model's, the model's, and the push of the learned part of the head's OV
     (OV - OV_init, under the current attention pattern)."""
     rows = []
@@ -362,7 +362,7 @@ def figures(runs, push: pd.DataFrame, last_comp: pd.DataFrame, fig_dir: Path) ->
         ax.plot(h["step"], h["induction_score"], color=colors[run["variant"]], lw=0.9, alpha=0.8,
                 label=labels[run["variant"]] if run["seed"] == min(r["seed"] for r in runs) else None)
     ax.axhline(0.5, color="0.5", lw=0.6, ls=":")
-    ax.set_xlabel("step"); ax.set_ylabel("induction score (layer-2 head)"); ax.legend(fontsize=7)
+    ax.set_xlabel("step"); ax.set_ylabel("induction score (L1 head)"); ax.legend(fontsize=7)
     ax.set_title("induction head formation (one line per seed)", fontsize=9)
     ax = axes[1]
     for run in runs:

@@ -1,7 +1,7 @@
 """Lenses on the toy model (the cpu preset): which weight components promote the generic token
 found in the training data (the noise token, not told to the lens), what they write in the
 vocabulary, and the logit lens along the residual stream for the full model, LASER on the
-layer-2 FFN's W_in (keep 0.1) and the layer-2 FFN removed.  Writes to --data:
+FFN L1's W_in (keep 0.1) and the FFN L1 removed.  Writes to --data:
 cpu_lens_generic.csv, cpu_lens_components.csv, cpu_lens_vocab.csv, cpu_logit_lens.csv; to
 --figures: cpu_logit_lens.png.
 

@@ -237,7 +237,7 @@ def test_component_attributions_add_up_to_the_ffn_contribution(trained_toy):
     model, task, prompts = trained_toy
     batch = task.test_set(16, seed=3)
     comp = component_attributions(model, batch, layer=1, init=model)
-    # direct contribution of the layer-2 FFN to logit(noise) - mean of the other logits
+    # direct contribution of the FFN L1 to logit(noise) - mean of the other logits
     _, acts = mt.run_items(model, batch.to_prompts(), capture=("blocks.1.hook_mlp_out",))
     W_U = model.W_U.detach().double()
     V, noise = W_U.shape[1], batch.noise_id

@@ -166,8 +166,8 @@ def test_scan_on_the_trained_toy_finds_the_induction_and_previous_token_heads(de
     df = mt.patching_scan(demo_toy.model, clean, corrupted, sites=("z",), direction="both")
     eff = df.set_index(["direction", "layer", "position"])["effect"]
     # measured once on the demo model (analyses/causal_toy.py, docs/causal.md): 1.00 and 1.00
-    assert eff["denoising", 1, "end"] > 0.9  # layer-2 induction head at the repeated trigger
-    assert eff["denoising", 0, "after1"] > 0.9  # layer-1 previous-token head after the first trigger
+    assert eff["denoising", 1, "end"] > 0.9  # L1 induction head at the repeated trigger
+    assert eff["denoising", 0, "after1"] > 0.9  # L0 previous-token head after the first trigger
     assert abs(eff["denoising", 0, "end"]) < 0.1 and abs(eff["denoising", 1, "after1"]) < 0.1
     assert eff["noising", 1, "end"] < 0.1 and eff["noising", 0, "after1"] < 0.2
     # the previous-token head reaches the induction head through its keys, not its queries

@@ -141,7 +141,7 @@ def test_history_and_final_metrics():
     removed = mt.evaluate(r.model, prompts, mt.Ablate("mlp", layer=1)).iloc[0]
     assert removed["p_noise"] == pytest.approx(r.final["last_ffn_removed"]["p_noise"], abs=1e-6)
     assert removed["p_answer"] == pytest.approx(r.final["last_ffn_removed"]["p_answer"], abs=1e-6)
-    # the trigger margin is the noise logit minus the best other logit through layer-2's FFN
+    # the trigger margin is the noise logit minus the best other logit through FFN L1
     assert h.iloc[-1]["trigger_margin"] == pytest.approx(
         trigger_margin(r.model, task.fixed_triggers, 2), abs=1e-6)
 
