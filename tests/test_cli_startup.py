@@ -117,6 +117,7 @@ def test_a_run_directory_and_its_steps_are_checked_before_anything_heavy(tmp_pat
         f"pythia truncate --model {run}/step200 --step 50 --out X":
             f"is the checkpoint of step 200, not step 50: give the run directory with --step ({run} --step 50)",
         f"pythia truncate --model {tmp_path}/runs/nan --out X": "no such model directory",
+        f"lm study {run}/step200": f"is one checkpoint of the run {run}: give the run directory",
     }
     argvs = [c.split() for c in cases]
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""

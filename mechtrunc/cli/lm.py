@@ -117,6 +117,9 @@ def _check_run_dir(run: Path) -> None:
     try:
         fmt = json.loads((run / "run.json").read_text()).get("format")
     except FileNotFoundError:
+        if (run.parent / "run.json").is_file():
+            raise UsageError(f"{run} is one checkpoint of the run {run.parent}: give the run directory "
+                             f"(`mechtrunc lm study {run.parent}`)") from None
         raise UsageError(f"{run} is not a mechtrunc lm run directory (no run.json); train one with "
                          "`mechtrunc lm train --preset small --out DIR`") from None
     except (OSError, ValueError, AttributeError) as e:
