@@ -25,7 +25,9 @@ follows one pattern:
    ``choices=``; argparse then reports a bad value before anything heavy is imported.  Checks
    that involve two options go at the top of the command function, before its first heavy
    import, raising :class:`UsageError`.  Everything else is checked once, by the value object
-   the command builds (``Grid``, ``Truncate``, the configs).
+   the command builds (``Grid``, ``Truncate``, the configs).  A model or run argument goes
+   through the shared checkers: ``model_arg`` / ``resolve_model`` (a run directory, its
+   ``--step``, a checkpoint or ``save_pretrained`` directory, or a hub id) and ``run_dir``.
 3. Import heavy modules inside the command function (``def cmd_x(args): from mechtrunc.x import y``).
 4. A command function returns an exit status; it raises ``UsageError`` / ``ValueError`` /
    ``FileNotFoundError`` for user mistakes (``main`` prints them and exits 2).

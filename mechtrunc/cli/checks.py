@@ -138,7 +138,7 @@ def last_checkpoint(run: Path) -> Path:
     return steps[max(steps)]
 
 
-def _steps_text(steps) -> str:
+def _first_few(steps) -> str:
     steps = list(steps)
     return ", ".join(map(str, steps[:12])) + (f" ... ({len(steps)} in all)" if len(steps) > 12 else "")
 
@@ -180,7 +180,7 @@ def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | 
                 siblings = checkpoint_steps(path.parent)
                 raise UsageError(f"{model} is the checkpoint of step {m.group(1)}, not step {step}: give the run "
                                  f"directory with --step ({path.parent} --step {step}"
-                                 + ("" if step in siblings else f"; its steps: {_steps_text(siblings)}") + ")")
+                                 + ("" if step in siblings else f"; its steps: {_first_few(siblings)}") + ")")
             return kind, str(path), None
         if not steps:
             what = "a language-model run without checkpoints (no step*/ directory): train it first" \
@@ -190,13 +190,13 @@ def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | 
         if step is None:
             return kind, str(steps[max(steps)]), None
         if step not in steps:
-            raise UsageError(f"{model} holds no checkpoint of step {step}; its steps: {_steps_text(steps)}")
+            raise UsageError(f"{model} holds no checkpoint of step {step}; its steps: {_first_few(steps)}")
         return kind, str(steps[step]), None
     parent = path.parent
     if looks_like_path(model) or (str(parent) not in ("", ".") and parent.is_dir()):
         held = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else None
         raise UsageError(f"no such model directory: {model!r}"
-                         + ("" if held is None else f" ({parent}/ holds: {_steps_text(held) or 'nothing'})"))
+                         + ("" if held is None else f" ({parent}/ holds: {_first_few(held) or 'nothing'})"))
     return kind, model, step
 
 
@@ -218,7 +218,8 @@ def run_dir(kind: str | None, hint: str):
     def check(text: str) -> str:
         path = Path(text).expanduser()
         if not path.exists():
-            raise argparse.ArgumentTypeError(f"model directory {text} does not exist; give {hint}")
+            raise argparse.ArgumentTypeError(f"{'model directory' if kind else 'directory'} {text} does not exist; "
+                                             f"give {hint}")
         if not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is not a directory; give {hint}")
         if kind is not None:

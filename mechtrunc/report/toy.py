@@ -395,7 +395,7 @@ def _lens_runs(last: int) -> dict:
     import mechtrunc as mt
 
     return {"full model": [],
-            f"mlp.W_in L{last} keep 0.1": [mt.Truncate("mlp.W_in", layer=last, keep=0.1, rule="authors")],
+            f"mlp.W_in L{last} keep 0.1": [mt.Truncate("mlp.W_in", layer=last, keep=0.1)],
             f"FFN L{last} removed": [mt.Ablate("mlp", layer=last)]}
 
 
