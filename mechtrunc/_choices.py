@@ -51,6 +51,8 @@ SVD_METHODS = ("exact", "randomized", "laser")
 #: (activation scans only) does each.  One default for the scan and for path patching.
 PATCH_DIRECTIONS = ("denoising", "noising", "both")
 DEFAULT_PATCH_DIRECTION = "denoising"
+#: the level of a patching effect's percentile bootstrap interval (the scans' and --level's default)
+PATCH_LEVEL = 0.95
 #: built-in prompt tasks of the language-model studies (mechtrunc.tasks.prompts_for_task)
 TASKS = ("ioi", "factual")
 

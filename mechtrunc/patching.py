@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechtrunc._choices import DEFAULT_PATCH_DIRECTION, PATCH_DIRECTIONS, SITES
+from mechtrunc._choices import DEFAULT_PATCH_DIRECTION, PATCH_DIRECTIONS, PATCH_LEVEL, SITES
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, current_rows, intervene, record_activations
@@ -191,7 +191,7 @@ def patching_scan(
     model, clean: PromptSet, corrupted, *, sites: Iterable[str] = ("resid_pre", "attn_out", "mlp_out", "z"),
     metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, positions=None,
     layers: Iterable[int] | None = None,
-    batch_size: int = 64, progress: bool = False, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+    batch_size: int = 64, progress: bool = False, n_boot: int = 1000, level: float = PATCH_LEVEL, seed: int = 0,
 ) -> pd.DataFrame:
     """Activation patching of every (site, layer, head, position group) between a paired clean
     and corrupted prompt set.
@@ -391,7 +391,7 @@ def _path_value(adapter, read: PromptSet, target: PromptSet, delta: Tensor, rec:
 def path_patching_scan(
     model, clean: PromptSet, corrupted, receiver="logits", *, senders: Iterable[tuple[int, int]] | None = None,
     metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, batch_size: int = 64, n_boot: int = 1000,
-    level: float = 0.95, seed: int = 0,
+    level: float = PATCH_LEVEL, seed: int = 0,
 ) -> pd.DataFrame:
     """Path patching from each sender head (default: every head of every layer that can reach
     ``receiver``) to ``receiver`` (``"logits"``, ``("mlp", layer)`` or ``("q"|"k"|"v", layer,
@@ -445,7 +445,7 @@ def path_patching_scan(
 
 def path_patch(model, clean: PromptSet, corrupted, sender: tuple[int, int], receiver="logits", *,
                metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, batch_size: int = 64,
-               n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+               n_boot: int = 1000, level: float = PATCH_LEVEL, seed: int = 0) -> dict:
     """One path (see :func:`path_patching_scan`, the same arguments): ``{"value", "clean",
     "corrupted", "effect", "effect_low", "effect_high"}``."""
     row = path_patching_scan(model, clean, corrupted, receiver, senders=[sender], metric=metric,

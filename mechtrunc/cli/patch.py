@@ -85,8 +85,8 @@ def _common(p) -> None:
     p.add_argument("--n", type=positive_int, default=128, help="number of prompt pairs (default 128)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the prompts, of the corruption and of the bootstrap (default 0)")
-    p.add_argument("--level", type=level, default=0.95,
-                   help="level of each effect's percentile bootstrap interval (default 0.95)")
+    p.add_argument("--level", type=level, default=_choices.PATCH_LEVEL,
+                   help=f"level of each effect's percentile bootstrap interval (default {_choices.PATCH_LEVEL})")
     p.add_argument("--metric", default=None, help="metric (default logit_diff of the first competitor)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass (default 64)")
     p.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
