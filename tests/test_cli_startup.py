@@ -140,3 +140,18 @@ def test_a_run_directory_and_its_steps_are_checked_before_anything_heavy(tmp_pat
     for given, message in cases.items():
         code, err = result["out"][given]
         assert code == 2 and message in err and "Traceback" not in err, (given, err)
+
+
+def test_the_resolver_maps_a_run_its_steps_and_a_step_directory_to_one_checkpoint(tmp_path):
+    from mechtrunc.cli.checks import resolve_model
+
+    run = tmp_path / "nano"
+    for step in (0, 50, 200):
+        (run / f"step{step}").mkdir(parents=True)
+        (run / f"step{step}" / "config.json").write_text('{"model_type": "gpt_neox"}')
+    (run / "run.json").write_text('{"format": "mechtrunc-lm-run/1"}')
+    assert resolve_model(str(run)) == ("lm", str(run / "step200"), None)
+    assert resolve_model(str(run), 50) == ("lm", str(run / "step50"), None)
+    assert resolve_model(str(run / "step50")) == ("lm", str(run / "step50"), None)  # a checkpoint of the run
+    assert resolve_model(str(run / "step50"), 50) == ("lm", str(run / "step50"), None)
+    assert resolve_model("EleutherAI/pythia-70m", 1000) == ("hf", "EleutherAI/pythia-70m", 1000)

@@ -157,7 +157,8 @@ def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | 
       checkpoints: ``RUN/step{N}`` with ``--step N`` (UsageError naming the steps it holds when it
       has no such step), else its last checkpoint;
     - one checkpoint or ``save_pretrained`` directory (``RUN/step200``): itself; ``--step``, if
-      given, must be that checkpoint's step;
+      given, must be that checkpoint's step; kind ``"lm"`` when it is a checkpoint of a
+      language-model run (its ``run.json`` is ``Path(source).parent / "run.json"``, as for a run);
     - a path that does not exist (``./x``, ``a/b/c``, or ``runs/x`` where ``runs/`` exists
       here): UsageError;
     - anything else is a hub id, with ``step`` (revision ``step{N}``; Pythia steps are checked by
@@ -181,6 +182,8 @@ def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | 
                 raise UsageError(f"{model} is the checkpoint of step {m.group(1)}, not step {step}: give the run "
                                  f"directory with --step ({path.parent} --step {step}"
                                  + ("" if step in siblings else f"; its steps: {_first_few(siblings)}") + ")")
+            if m is not None and model_kind(str(path.parent)) == "lm":
+                kind = "lm"
             return kind, str(path), None
         if not steps:
             what = "a language-model run without checkpoints (no step*/ directory): train it first" \

@@ -58,7 +58,7 @@ def _load(args):
     from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
 
     if kind == "lm":
-        run = json.loads((path / "run.json").read_text())
+        run = json.loads((Path(source).parent / "run.json").read_text())
         model = load_model(source, device=args.device, local_files_only=True)
         from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
         from mechtrunc.lm.train import LMConfig
