@@ -11,6 +11,7 @@ dynamics_toy.png and dynamics_toy_spectra.png.
 tokens at repeated triggers of the clean test set (``mt.dynamics.component_attributions``).
 
     python analyses/dynamics_toy.py --out runs/analyses
+    python analyses/dynamics_toy.py --out docs/figures --replot   # redraw the figures from the CSVs
 """
 
 from __future__ import annotations
@@ -39,21 +40,39 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: these models are small, one thread is fastest)")
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw the two figures from the CSVs already in --out (no training)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     cfg = mt.preset("cpu", steps=args.steps, eval_every=args.eval_every, seed=args.seed)
-    res, spectra = mt.dynamics.train_toy_with_dynamics(cfg)
     out = Path(args.out)
+    if args.replot:
+        from mechtrunc.results import read_table
+
+        order = plot(read_table(out / "dynamics_toy_history.csv"), read_table(out / "dynamics_toy_spectra.csv"), cfg, out)
+        print(f"redrew {out / 'dynamics_toy.png'} and {out / 'dynamics_toy_spectra.png'} ({json.dumps(order)})")
+        return
+    res, spectra = mt.dynamics.train_toy_with_dynamics(cfg)
     out.mkdir(parents=True, exist_ok=True)
     h = res.history
     h.to_csv(out / "dynamics_toy_history.csv", index=False)
     spectra.to_csv(out / "dynamics_toy_spectra.csv", index=False)
     summary = mt.dynamics.noise_component_summary(spectra, keep=0.1, d_model=cfg.d_model)
     summary.to_csv(out / "dynamics_toy_summary.csv", index=False)
-    order = mt.dynamics.order_of_learning(h, cfg.alpha, icl_column="last_ffn_removed_accuracy")
+    order = plot(h, spectra, cfg, out)
     induction = mt.dynamics.first_step(h, "induction_score", 0.5)
 
+    print(json.dumps({**order, "step_induction_0.5": induction}))
+    print(h[["step", "full_p_noise", "last_ffn_removed_p_noise", "last_ffn_removed_accuracy", "induction_score",
+             "win_noise_component", "wout_noise_component"]].round(3).to_string(index=False))
+    print(summary.round(3).to_string(index=False))
+    print(f"wrote {out / 'dynamics_toy.png'}, {out / 'dynamics_toy_spectra.png'} in {time.perf_counter() - t0:.1f} s")
+
+
+def plot(h: pd.DataFrame, spectra: pd.DataFrame, cfg, out: Path) -> dict:
+    """The two figures of a run's history and spectra (layers 0-based); returns the order of learning."""
+    order = mt.dynamics.order_of_learning(h, cfg.alpha, icl_column="last_ffn_removed_accuracy")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(h["step"], h["full_p_noise"], color="C3", label="full: P(noise)")
     ax.plot(h["step"], h["full_p_answer"], color="C2", label="full: P(correct)")
@@ -91,12 +110,7 @@ def main() -> None:
     fig.colorbar(sc, ax=axes, shrink=0.6, label="dot's share of the total noise attribution")
     fig.savefig(out / "dynamics_toy_spectra.png", dpi=120)
     plt.close(fig)
-
-    print(json.dumps({**order, "step_induction_0.5": induction}))
-    print(h[["step", "full_p_noise", "last_ffn_removed_p_noise", "last_ffn_removed_accuracy", "induction_score",
-             "win_noise_component", "wout_noise_component"]].round(3).to_string(index=False))
-    print(summary.round(3).to_string(index=False))
-    print(f"wrote {out / 'dynamics_toy.png'}, {out / 'dynamics_toy_spectra.png'} in {time.perf_counter() - t0:.1f} s")
+    return order
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ cpu_lens_generic.csv, cpu_lens_components.csv, cpu_lens_vocab.csv, cpu_logit_len
 --figures: cpu_logit_lens.png.
 
     python analyses/lens_toy.py --model runs/demo
+    python analyses/lens_toy.py --replot      # redraw docs/figures/cpu_logit_lens.png from docs/data (no model)
 """
 
 from __future__ import annotations
@@ -50,13 +51,25 @@ def write(model, cfg, task, test, data: Path, figures: Path) -> dict[str, pd.Dat
     for name, df in (("generic", out["generic"]), ("components", out["components"]), ("vocab", out["vocab"])):
         df.to_csv(data / f"cpu_lens_{name}.csv", index=False)
     out["logit"].to_csv(data / "cpu_logit_lens.csv", index=False)
-    out["png"] = mt.viz.logit_lens_plot(out["logit"], figures / "cpu_logit_lens.png", metrics=["p_answer", "p_noise"],
-                                        title="logit lens, cpu-preset toy model (clean recall items)")
+    out["png"] = plot(out["logit"], figures)
     return out
 
 
+def plot(logit: pd.DataFrame, figures: Path) -> Path:
+    return mt.viz.logit_lens_plot(logit, figures / "cpu_logit_lens.png", metrics=["p_answer", "p_noise"],
+                                  title="logit lens, cpu-preset toy model (clean recall items)")
+
+
 def main() -> None:
-    args = toy_parser(__doc__, docs_outputs=True).parse_args()
+    parser = toy_parser(__doc__, docs_outputs=True)
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the figure from --data's cpu_logit_lens.csv (no model)")
+    args = parser.parse_args()
+    if args.replot:
+        from mechtrunc.results import read_table
+
+        print(f"redrew {plot(read_table(Path(args.data) / 'cpu_logit_lens.csv'), Path(args.figures))}")
+        return
     model, cfg, task, test = load_toy(args)
     data, figures = Path(args.data), Path(args.figures)
     out = write(model, cfg, task, test, data, figures)
