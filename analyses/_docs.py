@@ -46,7 +46,7 @@ def render_metrics(df: pd.DataFrame, columns: dict[str, str]) -> str:
 def render_attribution(df: pd.DataFrame) -> str:
     rows = [[r["component"], f"{r['clean']:+.2f}", f"{r['intervened']:+.2f}", f"{r['change']:+.2f}"]
             for _, r in df.iterrows()]
-    return table(["component", "clean", "layer-2 FFN removed", "change"], rows)
+    return table(["component", "clean", "FFN L1 removed", "change"], rows)
 
 
 _METRICS = {"accuracy": "accuracy", "p_noise": "P(noise)", "p_answer": "P(correct)"}
@@ -55,12 +55,12 @@ _METRICS = {"accuracy": "accuracy", "p_noise": "P(noise)", "p_answer": "P(correc
 #: iterations on an H200): variant -> (accuracy, P(noise), P(correct))
 PAPER_REFERENCE = {
     "full model": ("0.53", "0.50", "0.50"),
-    "layer-2 FFN removed": ("0.992", "0.0005", "0.98"),
-    "layer-2 FFN W_in keep 0.1": ("0.999", "0.02", "0.97"),
-    "layer-2 FFN W_in keep 0.2": ("1.00", "0.08", "0.92"),
-    "layer-2 FFN W_out keep 0.1": ("0.02", "0.73", "0.28"),
-    "layer-1 FFN removed": ("0.02", "0.75", "0.24"),
-    "layer-2 attention W_V keep 0.1": ("0.03", "0.73", "0.27"),
+    "FFN L1 removed": ("0.992", "0.0005", "0.98"),
+    "mlp.W_in L1 keep 0.1": ("0.999", "0.02", "0.97"),
+    "mlp.W_in L1 keep 0.2": ("1.00", "0.08", "0.92"),
+    "mlp.W_out L1 keep 0.1": ("0.02", "0.73", "0.28"),
+    "FFN L0 removed": ("0.02", "0.75", "0.24"),
+    "attn.W_V L1 keep 0.1": ("0.03", "0.73", "0.27"),
 }
 
 
@@ -79,7 +79,7 @@ def render_heldout(df: pd.DataFrame) -> str:
     for seed, g in df.groupby("split_seed", sort=True):
         g = g.set_index("part")
         sel, ev = g.loc["select"], g.loc["eval"]
-        what = "full model (nothing beats it)" if bool(sel["baseline"]) else f"layer-2 FFN {sel['matrix'][4:]} keep {sel['keep']:g}"
+        what = "full model (nothing beats it)" if bool(sel["baseline"]) else f"{sel['matrix']} L{int(sel['layer'])} keep {sel['keep']:g}"
         cell = lambda r: f"{r['full']:.3f} -> {r['truncated']:.3f} ({r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}])"
         rows.append([int(seed), what, cell(sel), cell(ev), f"{int(sel['n_sequences'])} / {int(ev['n_sequences'])}"])
     return table(["split seed", "chosen on the select half", "P(correct), select half (in-sample)",
@@ -207,23 +207,23 @@ def render_patching(df: pd.DataFrame) -> str:
     for (direction, site, layer, head), g in df.groupby(["direction", "site", "layer", "head"], sort=False,
                                                         dropna=False):
         g = g.set_index("position")
-        what = f"L{layer + 1} head {int(head)}" if site == "z" else f"L{layer + 1} {site}"
+        what = f"L{layer} head {int(head)}" if site == "z" else f"L{layer} {site}"
         rows.append([direction, what, *(_effect_cell(g.loc[r]) for r in _ROLES)])
     return table(["direction", "activation", "first trigger", "after it", "repeated trigger (read)",
                   "all positions"], rows) + "\n\nEach cell: the normalised effect [its 95% bootstrap interval over the 256 sequences, 1000 resamples]."
 
 
 def _receiver(label: str) -> str:
-    """The library's 0-based receiver label (``L1H0.k``, ``L0.mlp``) in the page's 1-based layers."""
+    """The library's receiver label (``L1H0.k``, ``L0.mlp``) in words; layers stay 0-based."""
     m = re.fullmatch(r"L(\d+)H(\d+)\.([qkv])", label)
     if m:
-        return f"L{int(m.group(1)) + 1} head {m.group(2)} {m.group(3)}"
+        return f"L{m.group(1)} head {m.group(2)} {m.group(3)}"
     m = re.fullmatch(r"L(\d+)\.mlp", label)
-    return f"L{int(m.group(1)) + 1} FFN input" if m else label
+    return f"L{m.group(1)} FFN input" if m else label
 
 
 def render_path_patching(df: pd.DataFrame) -> str:
-    rows = [[r["direction"], f"L{r['sender_layer'] + 1} head {r['sender_head']}", _receiver(r["receiver"]),
+    rows = [[r["direction"], f"L{r['sender_layer']} head {r['sender_head']}", _receiver(r["receiver"]),
              f"{r['value']:+.3f}", _effect_cell(r)] for _, r in df.iterrows()]
     return table(["direction", "sender", "receiver", "logit(answer) - logit(noise)", "effect [95% CI]"], rows)
 
@@ -238,7 +238,7 @@ def render_lens_components(df: pd.DataFrame) -> str:
     rows = []
     for _, r in best.iterrows():
         head = "" if pd.isna(r["head"]) else f" head {int(r['head'])}"
-        rows.append([f"`{r['matrix']}`{head}", f"{int(r['layer'])} (layer {int(r['layer']) + 1})", int(r["component"]),
+        rows.append([f"`{r['matrix']}`{head}", int(r["layer"]), int(r["component"]),
                      f"{r['singular_value']:.3f}", f"{r['generic_score']:.3f}", f"{r['generic_z']:.2f}",
                      int(r["generic_rank"]), f"{r['activation_score']:+.2f}"])
     return table(["matrix", "layer", "component", "singular value", "generic score", "z", "rank of the generic token",
@@ -253,8 +253,8 @@ def render_logit_lens(df: pd.DataFrame) -> str:
         cell = lambda s: f"{g.loc[s, 'p_answer']:.3f} / {g.loc[s, 'p_noise']:.3f}"
         rows.append([label, cell("resid_pre"), cell("resid_mid"), cell("resid_post"),
                      f"{g.loc['resid_mid', 'accuracy']:.3f}", f"{g.loc['resid_post', 'accuracy']:.3f}"])
-    return table(["run", f"L{last + 1} resid_pre P(answer) / P(noise)", f"L{last + 1} resid_mid (after attention)",
-                  f"L{last + 1} resid_post (the output)", "accuracy at resid_mid", "accuracy at the output"], rows)
+    return table(["run", f"L{last} resid_pre P(answer) / P(noise)", f"L{last} resid_mid (after attention)",
+                  f"L{last} resid_post (the output)", "accuracy at resid_mid", "accuracy at the output"], rows)
 
 
 #: block name -> (CSV in docs/data, renderer) of docs/causal.md
@@ -272,10 +272,6 @@ _SVD_MODELS = {"toy": ("toy (cpu preset)", "logit_diff_noise"), "pythia": ("rand
                "lm": ("our LM (small, seed 0)", "logit_diff_the")}
 
 
-def _layer_label(model: str, layer: int) -> str:
-    return f"layer-{layer + 1} FFN" if model == "toy" else f"L{layer}"
-
-
 def render_svd_sensitivity(_df=None) -> str:
     """Per model and truncation: the LASER setting's distances from the float64 exact truncation
     and the metrics, exact -> LASER."""
@@ -287,7 +283,7 @@ def render_svd_sensitivity(_df=None) -> str:
             g = g.set_index("svd")
             e, l = g.loc["exact"], g.loc["laser"]
             arrow = lambda c, f: f"{e[c]:{f}} -> {l[c]:{f}}"
-            rows.append([label, f"{_layer_label(model, int(layer))} {matrix.split('.')[1]} keep {keep:g}", int(l["rank"]),
+            rows.append([label, f"L{int(layer)} {matrix.split('.')[1]} keep {keep:g}", int(l["rank"]),
                          f"{e['weight_distance']:.0e}", f"{l['weight_distance']:.3f}", f"{l['excess_error']:+.3f}",
                          f"{l['subspace_rms_sin']:.3f}", arrow("p_answer", ".3g"), arrow(ld, ".3f"),
                          arrow("accuracy", ".3f")])
@@ -300,7 +296,7 @@ def render_svd_best(df: pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
         label, _ = _SVD_MODELS[r["model"]]
-        rows.append([label, r["svd"], f"{_layer_label(r['model'], int(r['layer']))} {r['matrix'].split('.')[1]} keep {r['keep']:g}",
+        rows.append([label, r["svd"], f"L{int(r['layer'])} {r['matrix'].split('.')[1]} keep {r['keep']:g}",
                      r["metric"], f"{r['value']:.3f}", f"{r['baseline_value']:.3f}", "yes" if r["same_as_exact"] else "**no**"])
     return table(["model", "SVD", "best configuration", "metric", "value", "full model", "same as exact"], rows)
 
@@ -476,9 +472,9 @@ def _ci(est, lo, hi, fmt: str = ".3f") -> str:
     return f"{est:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
-_TOY_VARIANTS = {"full": "with FFNs", "attn_only": "attention only", "no_ffn2": "layer-2 FFN removed"}
-_TOY_TERMS = {"embed": "token embedding", "pos_embed": "positional embedding", "attn.0": "layer-1 attention",
-              "attn.1": "layer-2 attention", "mlp.0": "layer-1 FFN", "mlp.1": "layer-2 FFN"}
+_TOY_VARIANTS = {"full": "with FFNs", "attn_only": "attention only", "no_last_ffn": "FFN L1 removed"}
+_TOY_TERMS = {"embed": "token embedding", "pos_embed": "positional embedding", "attn.0": "attention L0",
+              "attn.1": "attention L1", "mlp.0": "FFN L0", "mlp.1": "FFN L1"}
 
 
 def render_toy_where(df: pd.DataFrame) -> str:
@@ -496,7 +492,7 @@ def render_toy_where_components(df: pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
         c = lambda col, fmt=".2f": _ci(r[col], r[f"{col}_lo"], r[f"{col}_hi"], fmt)
-        rows.append([_TOY_VARIANTS[r["variant"]], f"layer-{int(r['layer']) + 1} {r['matrix'][5:]}", r["noise_component"],
+        rows.append([_TOY_VARIANTS[r["variant"]], f"L{int(r['layer'])} {r['matrix'][5:]}", r["noise_component"],
                      c("noise_sv_over_median"), c("noise_share"), c("noise_total", "+.2f"), c("noise_kept"), c("correct_kept")])
     return table(["model", "matrix", "top noise component (per seed)", "its sigma / median sigma",
                   "its share of the matrix's noise push", "matrix's noise push", "noise push kept at keep 0.1",

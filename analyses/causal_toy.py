@@ -3,7 +3,7 @@ carried, between the clean test sequences and their corruption with the trigger'
 occurrence replaced (``mt.recall_pair``).  Writes to --data: cpu_patching.csv (every site x
 layer x head x role, both directions), cpu_path_patching.csv (the previous-token head's paths
 into the induction head's query, key, value and into both FFNs; both heads' paths into the
-logits and the layer-2 FFN); to --figures: cpu_patching.png.
+logits and the FFN L1); to --figures: cpu_patching.png.
 
     python analyses/causal_toy.py --model runs/demo
 """

@@ -1,13 +1,13 @@
 """The toy Transformer without its feed-forward layers (issue 18, section 1), cpu preset.
 
 Trains, per seed, three variants of the two-layer toy Transformer with
-``mt.dynamics.SnapshotRecorder`` (induction score of the layer-2 head and the trainable weights at
+``mt.dynamics.SnapshotRecorder`` (induction score of the L1 head and the trainable weights at
 every evaluation):
 
 - ``full``: both FFNs (the cpu preset itself);
 - ``attn_only``: no FFN at all (``ffn="none"``), the clean answer to "where does the noise go
   when there is no FFN";
-- ``no_ffn2``: only the layer-2 FFN (the one that holds the noise in ``full``) removed.
+- ``no_last_ffn``: only the last FFN (layer 1, 0-based; the one that holds the noise in ``full``) removed.
 
 Then measures, from the snapshots: each residual term's direct push on logit(noise) - mean of
 the other logits at repeated triggers (``mt.dynamics.residual_attributions``), where the noise
@@ -41,7 +41,7 @@ from mechtrunc.tasks.recall import RecallTask  # noqa: E402
 from mechtrunc.toy_model import ToyTransformer  # noqa: E402
 
 #: variant -> FFN kind per layer
-VARIANTS = {"full": ["relu", "relu"], "attn_only": ["none", "none"], "no_ffn2": ["relu", "none"]}
+VARIANTS = {"full": ["relu", "relu"], "attn_only": ["none", "none"], "no_last_ffn": ["relu", "none"]}
 #: a configuration small enough for the tests (seconds)
 TINY = dict(d_model=16, seq_len=32, batch_size=16, test_size=32)
 
@@ -90,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="cache of finished training runs (default runs/)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                   help="default: all three (full, attn_only, no_ffn2)")
+                   help="default: all three (full, attn_only, no_last_ffn)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000, the cpu preset)")
     p.add_argument("--eval-every", type=int, default=25, help="evaluation / snapshot interval (default 25)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -113,11 +113,11 @@ def main(argv=None) -> None:
 
 #: evaluations shown in the "early" table (those that exist in a run are used)
 EARLY_STEPS = (25, 50, 75, 100, 150, 200, 300, 500, 1000)
-#: steps at which the layer-2 OV gradient is measured (0 = initialisation)
+#: steps at which the L1 OV gradient is measured (0 = initialisation)
 GRADIENT_STEPS = (0, 25, 50, 100, 200, 500, 1000)
 KEEPS = (0.1, 0.5)
-TERMS = {"embed": "token embedding", "pos_embed": "positional embedding", "attn.0": "layer-1 attention",
-         "attn.1": "layer-2 attention", "mlp.0": "layer-1 FFN", "mlp.1": "layer-2 FFN"}
+TERMS = {"embed": "token embedding", "pos_embed": "positional embedding", "attn.0": "attention L0",
+         "attn.1": "attention L1", "mlp.0": "FFN L0", "mlp.1": "FFN L1"}
 MATRICES = ("attn.W_V", "attn.W_O", "attn.OV")
 
 
@@ -193,10 +193,10 @@ def intervention_table(runs, variant: str) -> pd.DataFrame:
             comp = mt.dynamics.attention_component_attributions(model, select, layer)
             for m in MATRICES:
                 for keep in KEEPS:
-                    ivs[f"L{layer + 1} {m[5:]} keep {keep:g}"] = [mt.Truncate(m, layer=layer, keep=keep, rule="authors")]
+                    ivs[f"{m} L{layer} keep {keep:g}"] = [mt.Truncate(m, layer=layer, keep=keep, rule="authors")]
                 c = comp[comp["matrix"] == m]
                 idx = int(c.loc[c["noise_attr"].idxmax(), "component"])
-                ivs[f"L{layer + 1} {m[5:]} remove noise component"] = [mt.RemoveComponents(m, layer=layer, indices=(idx,))]
+                ivs[f"{m} L{layer} remove noise component"] = [mt.RemoveComponents(m, layer=layer, indices=(idx,))]
         for name, iv in ivs.items():
             row = mt.evaluate(model, prompts, *iv, label=name).iloc[0]
             per.append({"variant": variant, "seed": run["seed"], "intervention": name,
@@ -222,8 +222,8 @@ def intervention_table(runs, variant: str) -> pd.DataFrame:
 
 
 #: per variant: the accuracy column of the in-context answer (the FFN-removed model where the
-#: layer-2 FFN exists, else the model itself)
-ICL_COLUMN = {"full": "ffn2_removed_accuracy", "attn_only": "full_accuracy", "no_ffn2": "full_accuracy"}
+#: FFN L1 exists, else the model itself)
+ICL_COLUMN = {"full": "last_ffn_removed_accuracy", "attn_only": "full_accuracy", "no_last_ffn": "full_accuracy"}
 
 
 def _steps_str(x) -> str:
@@ -275,7 +275,7 @@ def speed_table(runs) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def gradient_table(runs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The layer-2 OV gradient on a fixed training batch (256 sequences, noisy targets) at
+    """The L1 OV gradient on a fixed training batch (256 sequences, noisy targets) at
     initialisation and at :data:`GRADIENT_STEPS` (``mt.dynamics.ov_gradient_noise``), per run;
     and mean [interval] over seeds per (variant, step, quantity)."""
     per = []
@@ -321,7 +321,7 @@ def attention_targets(runs) -> pd.DataFrame:
 
 
 def early_table(push: pd.DataFrame, summ: pd.DataFrame) -> pd.DataFrame:
-    """With vs without the FFNs, at early evaluations: the layer-2 head's direct noise push, its
+    """With vs without the FFNs, at early evaluations: the L1 head's direct noise push, its
     share of the model's, the model's, and the push of the learned part of the head's OV
     (OV - OV_init, under the current attention pattern)."""
     rows = []
@@ -335,9 +335,11 @@ def early_table(push: pd.DataFrame, summ: pd.DataFrame) -> pd.DataFrame:
             tot = p.groupby("seed")["noise_attr"].sum()
             a = p[p["term"] == last_attn].set_index("seed")["noise_attr"]
             o = ov[(ov["variant"] == variant) & (ov["step"] == step) & (ov["which"] == "W - W_init")].set_index("seed")
-            for quantity, vals in (("L2 head noise push", a), ("L2 head share of noise push", a / tot.loc[a.index]),
+            last = summ["layer"].max()
+            for quantity, vals in ((f"attention L{last} noise push", a),
+                                   (f"attention L{last} share of noise push", a / tot.loc[a.index]),
                                    ("model noise push", tot),
-                                   ("L2 OV - OV_init noise push", o["noise_total"])):
+                                   (f"attn.OV L{last} - OV_init noise push", o["noise_total"])):
                 rows.append(interval_row(vals.sort_index(), variant=variant, step=step, quantity=quantity))
     return pd.DataFrame(rows)
 
@@ -352,8 +354,8 @@ def figures(runs, push: pd.DataFrame, last_comp: pd.DataFrame, fig_dir: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"full": "C0", "attn_only": "C3", "no_ffn2": "C2"}
-    labels = {"full": "with FFNs (cpu preset)", "attn_only": "attention only", "no_ffn2": "layer-2 FFN removed"}
+    colors = {"full": "C0", "attn_only": "C3", "no_last_ffn": "C2"}
+    labels = {"full": "with FFNs (cpu preset)", "attn_only": "attention only", "no_last_ffn": "FFN L1 removed"}
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
     ax = axes[0]
     for run in runs:
@@ -361,7 +363,7 @@ def figures(runs, push: pd.DataFrame, last_comp: pd.DataFrame, fig_dir: Path) ->
         ax.plot(h["step"], h["induction_score"], color=colors[run["variant"]], lw=0.9, alpha=0.8,
                 label=labels[run["variant"]] if run["seed"] == min(r["seed"] for r in runs) else None)
     ax.axhline(0.5, color="0.5", lw=0.6, ls=":")
-    ax.set_xlabel("step"); ax.set_ylabel("induction score (layer-2 head)"); ax.legend(fontsize=7)
+    ax.set_xlabel("step"); ax.set_ylabel("induction score (L1 head)"); ax.legend(fontsize=7)
     ax.set_title("induction head formation (one line per seed)", fontsize=9)
     ax = axes[1]
     for run in runs:
@@ -401,7 +403,7 @@ def figures(runs, push: pd.DataFrame, last_comp: pd.DataFrame, fig_dir: Path) ->
                 ax2.tick_params(labelsize=7)
                 ax.tick_params(labelsize=7)
                 ax.axvline(int(0.1 * run_d_head(runs)) - 0.5, color="C0", ls=":", lw=0.8)
-                ax.set_title(f"seed {seed}: layer-{layer + 1} OV", fontsize=8)
+                ax.set_title(f"seed {seed}: L{layer} OV", fontsize=8)
                 if j == 0:
                     ax.set_ylabel("noise push (bars)", fontsize=8)
                 if j == len(seeds) - 1:
@@ -435,7 +437,7 @@ def analyse(runs, args) -> None:
     where.to_csv(data / "theory_toy_where.csv", index=False)
     where_comp.to_csv(data / "theory_toy_where_components.csv", index=False)
     inter_per, inter = [], []
-    for variant in [v for v in ("attn_only", "no_ffn2") if v in args.variants]:
+    for variant in [v for v in ("attn_only", "no_last_ffn") if v in args.variants]:
         p, t = intervention_table(runs, variant)
         inter_per.append(p); inter.append(t)
     if inter:

@@ -1,11 +1,12 @@
 """Lenses on the toy model (the cpu preset): which weight components promote the generic token
 found in the training data (the noise token, not told to the lens), what they write in the
 vocabulary, and the logit lens along the residual stream for the full model, LASER on the
-layer-2 FFN's W_in (keep 0.1) and the layer-2 FFN removed.  Writes to --data:
+FFN L1's W_in (keep 0.1) and the FFN L1 removed.  Writes to --data:
 cpu_lens_generic.csv, cpu_lens_components.csv, cpu_lens_vocab.csv, cpu_logit_lens.csv; to
 --figures: cpu_logit_lens.png.
 
     python analyses/lens_toy.py --model runs/demo
+    python analyses/lens_toy.py --replot      # redraw docs/figures/cpu_logit_lens.png from docs/data (no model)
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def compute(model, cfg, task, test, top: int = 3, k: int = 5) -> dict[str, pd.Da
     vocab = pd.concat(lenses, ignore_index=True)
     logit = mt.logit_lens_compare(model, clean, {
         "full model": [],
-        "LASER L2 W_in keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
-        "L2 FFN removed": [mt.Ablate("mlp", layer=1)],
+        "mlp.W_in L1 keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
+        "FFN L1 removed": [mt.Ablate("mlp", layer=1)],
     })
     return {"generic": generic, "components": ranked, "vocab": vocab, "logit": logit}
 
@@ -50,13 +51,25 @@ def write(model, cfg, task, test, data: Path, figures: Path) -> dict[str, pd.Dat
     for name, df in (("generic", out["generic"]), ("components", out["components"]), ("vocab", out["vocab"])):
         df.to_csv(data / f"cpu_lens_{name}.csv", index=False)
     out["logit"].to_csv(data / "cpu_logit_lens.csv", index=False)
-    out["png"] = mt.viz.logit_lens_plot(out["logit"], figures / "cpu_logit_lens.png", metrics=["p_answer", "p_noise"],
-                                        title="logit lens, cpu-preset toy model (clean recall items)")
+    out["png"] = plot(out["logit"], figures)
     return out
 
 
+def plot(logit: pd.DataFrame, figures: Path) -> Path:
+    return mt.viz.logit_lens_plot(logit, figures / "cpu_logit_lens.png", metrics=["p_answer", "p_noise"],
+                                  title="logit lens, cpu-preset toy model (clean recall items)")
+
+
 def main() -> None:
-    args = toy_parser(__doc__, docs_outputs=True).parse_args()
+    parser = toy_parser(__doc__, docs_outputs=True)
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw the figure from --data's cpu_logit_lens.csv (no model)")
+    args = parser.parse_args()
+    if args.replot:
+        from mechtrunc.results import read_table
+
+        print(f"redrew {plot(read_table(Path(args.data) / 'cpu_logit_lens.csv'), Path(args.figures))}")
+        return
     model, cfg, task, test = load_toy(args)
     data, figures = Path(args.data), Path(args.figures)
     out = write(model, cfg, task, test, data, figures)

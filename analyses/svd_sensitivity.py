@@ -6,7 +6,7 @@ Two models, rank rule ``authors`` (the released code's ``int(keep x d_model)``),
 0.2, 0.5, methods ``exact`` and ``laser``:
 
 - the toy ``cpu``-preset model (``--model``, trained there with seed 0 when missing, as
-  ``make demo`` does), its layer-2 FFN ``W_in`` / ``W_out`` on the 256 clean test sequences;
+  ``make demo`` does), its FFN L1 ``W_in`` / ``W_out`` on the 256 clean test sequences;
 - a random Pythia-shaped GPT-NeoX (70m shape, seed 0, Pythia's shipped tokenizer), the
   ``W_in`` / ``W_out`` of layer 2 (0-based) on 16 IOI prompts (its 50,304-token unembedding
   makes each evaluation cost about a second on 2 cores).

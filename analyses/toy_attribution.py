@@ -1,5 +1,5 @@
 """Attribution of the correct-minus-noise logit difference at repeated triggers, per layer and
-head, before and after removing the layer-2 FFN.  Writes toy_attribution.csv and .png.
+head, before and after removing the FFN L1.  Writes toy_attribution.csv and .png.
 
     python analyses/toy_attribution.py --model runs/demo --out runs/analyses
 """
@@ -13,7 +13,7 @@ from _common import load_toy, toy_parser
 
 
 def compute(model, cfg, task, test):
-    """Attribution per component, clean and with the layer-2 FFN removed, and the change."""
+    """Attribution per component, clean and with the FFN L1 removed, and the change."""
     return mt.attribute_change(model, test.to_prompts(), mt.Ablate("mlp", layer=1))
 
 

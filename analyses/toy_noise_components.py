@@ -1,4 +1,4 @@
-"""Which singular components of the layer-2 FFN promote the noise token?  Rank them, then
+"""Which singular components of the FFN L1 promote the noise token?  Rank them, then
 compare removing only the top ones with removing the whole FFN and with LASER truncation.
 Collateral damage: the loss on the training distribution (noisy sequences, the target being the
 token actually sampled, noise included) and the loss at non-trigger (bigram) positions.  Writes
@@ -18,12 +18,12 @@ from _common import load_toy, toy_parser
 
 
 def compute(model, cfg, task, test, top=(1, 2, 4, 8)) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(ranking of the layer-2 W_out components by noise push, comparison table)."""
+    """(ranking of the L1 W_out components by noise push, comparison table)."""
     recall, bigram = test.to_prompts(), test.bigram_prompts()
     noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)
     noise = task.config.noise_id
     ranking = mt.rank_components(model, layer=1, tokens=[noise], matrix="mlp.W_out", prompts=recall)
-    variants = {"full model": [], "layer-2 FFN removed": [mt.Ablate("mlp", layer=1)],
+    variants = {"full model": [], "FFN L1 removed": [mt.Ablate("mlp", layer=1)],
                 "LASER W_in keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
                 "LASER W_out keep 0.1": [mt.Truncate("mlp.W_out", layer=1, keep=0.1, rule="authors")]}
     for n in top:

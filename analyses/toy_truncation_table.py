@@ -1,5 +1,5 @@
-"""The paper's toy truncation table: layer-2 FFN W_in / W_out at several keeps, layer-1 FFN
-removed, layer-2 attention W_V / W_O truncated.  Writes toy_truncation.csv.
+"""The paper's toy truncation table: FFN L1 W_in / W_out at several keeps, FFN L0
+removed, attention L1 W_V / W_O truncated.  Writes toy_truncation.csv.
 
     python analyses/toy_truncation_table.py --model runs/demo --out runs/analyses
 """

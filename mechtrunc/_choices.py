@@ -22,7 +22,11 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(d_model=64, seq_len=128, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.0,
                 steps=1000, alpha=0.5, eval_every=100, test_size=256, threads=1),
 }
-OPTIMIZERS = ("sgd", "adamw")
+#: optimiser names, one vocabulary for every training (each name is the torch optimiser it runs):
+#: sgd = torch.optim.SGD (the toy adds its preset's momentum and weight decay), adam =
+#: torch.optim.Adam, adamw = torch.optim.AdamW (decoupled weight decay).  The toy model trains
+#: with all three; the minimal model (no weight decay) with MINIMAL_OPTIMIZERS.
+OPTIMIZERS = ("sgd", "adam", "adamw")
 #: toy-model initialisations (see mechtrunc.toy_model)
 INITS = ("released", "normal_unembed")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -38,7 +42,17 @@ GRID_MATRICES = ("mlp.W_in", "mlp.W_out")
 GRID_KEEPS = (1, 0.5, 0.2, 0.1, 0.05, 0.01)
 GRID_MODES = ("engine", "weight", "hook")
 RULES = ("round", "authors")
+#: the rank rule of every truncation unless one is named (mechtrunc.Truncate, the grid, every
+#: command's --rule): round(keep * max rank); "authors" is the paper's released code
+DEFAULT_RULE = "round"
 SVD_METHODS = ("exact", "randomized", "laser")
+#: activation and path patching (mechtrunc.patching): denoising runs the corrupted prompts with one
+#: clean activation restored, noising the clean prompts with one corrupted activation; "both"
+#: (activation scans only) does each.  One default for the scan and for path patching.
+PATCH_DIRECTIONS = ("denoising", "noising", "both")
+DEFAULT_PATCH_DIRECTION = "denoising"
+#: the level of a patching effect's percentile bootstrap interval (the scans' and --level's default)
+PATCH_LEVEL = 0.95
 #: built-in prompt tasks of the language-model studies (mechtrunc.tasks.prompts_for_task)
 TASKS = ("ioi", "factual")
 
@@ -50,7 +64,7 @@ MEMORY_METHODS = ("gd", "sgd")
 MEMORY_DTYPES = ("float64", "float32")
 #: the minimal in-context model (mechtrunc.dynamics.minimal)
 MINIMAL_EMBEDDINGS = ("orthonormal", "gaussian")
-MINIMAL_OPTIMIZERS = ("sgd", "adam")
+MINIMAL_OPTIMIZERS = ("sgd", "adam")  # of OPTIMIZERS: without weight decay adamw would be adam
 #: how the minimal model's FF is wired: reads r_t (parallel), r_t + o_t (sequential), or absent
 MINIMAL_FF = ("parallel", "sequential", "none")
 #: the minimal model's learned memories (keys of MinimalConfig.lr_scale)
@@ -73,6 +87,13 @@ def pythia_steps() -> list[int]:
 def is_pythia(name: str) -> bool:
     """Whether ``name`` is a Pythia hub id (``EleutherAI/pythia-*``, ``-deduped`` included)."""
     return bool(_PYTHIA_RE.match(str(name)))
+
+
+def looks_like_path(s: str) -> bool:
+    """Whether ``s`` is meant as a local path rather than a hub id: hub ids are ``name`` or ``owner/name``; anything else that is not a directory is a
+    missing local path."""
+    return (s.startswith((".", "/", "~", "\\")) or s.endswith(("/", "\\")) or s.count("/") > 1
+            or "\\" in s or (len(s) > 1 and s[1] == ":"))
 
 
 def check_step(step) -> int:

@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechtrunc._choices import RULES
+from mechtrunc._choices import DEFAULT_RULE, RULES
 from mechtrunc._scalars import as_int, as_int_list, as_real, as_real_list, is_scalar
 from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
 
@@ -262,7 +262,7 @@ class Ablate(Intervention):
 _MODES = ("weight", "hook")
 
 
-def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: str = "round") -> int:
+def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: str = DEFAULT_RULE) -> int:
     """Number of singular components kept for a fraction ``keep`` (see the module docstring)."""
     keep = as_real(keep, "keep")
     max_rank = as_int(max_rank, "max_rank")
@@ -441,7 +441,7 @@ class Truncate(_SVDEdit):
     layer: int = 0
     keep: float | Sequence[float] | None = None
     rank: int | Sequence[int] | None = None
-    rule: str = "round"
+    rule: str = DEFAULT_RULE
     svd: str = "exact"
     mode: str = "weight"
 

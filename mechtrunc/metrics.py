@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["metrics_from_logits", "item_metrics", "masked_cross_entropy", "bootstrap_ci", "bootstrap_means",
+__all__ = ["metrics_from_logits", "item_metrics", "metric_names", "check_prompt_metric", "masked_cross_entropy", "bootstrap_ci", "bootstrap_means",
            "bootstrap_intervals"]
 
 
@@ -50,6 +50,25 @@ def item_metrics(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dic
         out[f"acc_vs_{name}"] = (la > lc).float()
         out[f"logit_diff_{name}"] = la - lc
     return out
+
+
+def metric_names(prompts: PromptSet) -> list[str]:
+    """Every metric ``prompts`` can be scored by: ``accuracy``, ``p_answer``, ``loss`` and, per
+    competitor name (``the``, ``noise``, ``c0``...), ``p_``, ``acc_vs_`` and ``logit_diff_``."""
+    return ["accuracy", "p_answer", "loss"] + [f"{k}_{c}" for c in prompts.competitor_names
+                                               for k in ("p", "acc_vs", "logit_diff")]
+
+
+def check_prompt_metric(prompts: PromptSet, metric: str) -> str:
+    """``metric`` if ``prompts`` can be scored by it (:func:`metric_names`); otherwise ValueError
+    naming it, the prompt set's competitors and the valid metrics.  Studies call it before
+    anything runs, so a metric of another prompt set (``logit_diff_the`` on prompts whose
+    competitors are ``c0``, ``c1``) fails at once, not after the grid."""
+    names = metric_names(prompts)
+    if metric not in names:
+        raise ValueError(f"unknown metric {metric!r} for these prompts (competitors: "
+                         f"{', '.join(prompts.competitor_names)}); valid: {', '.join(names)}")
+    return metric
 
 
 def metrics_from_logits(

@@ -41,12 +41,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mechtrunc._choices import SITES
+from mechtrunc._choices import DEFAULT_PATCH_DIRECTION, PATCH_DIRECTIONS, PATCH_LEVEL, SITES
 from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, current_rows, intervene, record_activations
-from mechtrunc.metrics import bootstrap_means, item_metrics
+from mechtrunc.metrics import bootstrap_means, check_prompt_metric, item_metrics
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.runner import check_prompts, item_logits
@@ -55,7 +55,8 @@ __all__ = ["patching_scan", "path_patch", "path_patching_scan", "raw_change", "l
            "RECEIVERS"]
 
 #: scan directions: run the corrupted prompts and restore (denoising), run the clean ones and break
-DIRECTIONS = ("denoising", "noising", "both")
+#: (noising), or both; the default of every scan, path patching included, is DEFAULT_PATCH_DIRECTION
+DIRECTIONS = PATCH_DIRECTIONS
 #: receivers of a path: the logits, a layer's MLP input, a head's query/key/value input
 RECEIVERS = ("logits", "mlp", "q", "k", "v")
 
@@ -77,13 +78,9 @@ def _paired(clean: PromptSet, corrupted) -> PromptSet:
 
 
 def _metric(prompts: PromptSet, metric: str | None) -> str:
-    names = ["accuracy", "p_answer", "loss"] + [f"{k}_{c}" for c in prompts.competitor_names
-                                               for k in ("p", "acc_vs", "logit_diff")]
     if metric is None:
         return f"logit_diff_{prompts.competitor_names[0]}"
-    if metric not in names:
-        raise ValueError(f"unknown metric {metric!r} for these prompts; valid: {', '.join(names)}")
-    return metric
+    return check_prompt_metric(prompts, metric)
 
 
 def _groups(clean: PromptSet, positions) -> list[tuple[str, Tensor | None]]:
@@ -197,8 +194,9 @@ def _run_patches(adapter, read: PromptSet, target: Tensor, source: dict[str, Ten
 
 def patching_scan(
     model, clean: PromptSet, corrupted, *, sites: Iterable[str] = ("resid_pre", "attn_out", "mlp_out", "z"),
-    metric: str | None = None, direction: str = "denoising", positions=None, layers: Iterable[int] | None = None,
-    batch_size: int = 64, progress: bool = False, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+    metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, positions=None,
+    layers: Iterable[int] | None = None,
+    batch_size: int = 64, progress: bool = False, n_boot: int = 1000, level: float = PATCH_LEVEL, seed: int = 0,
 ) -> pd.DataFrame:
     """Activation patching of every (site, layer, head, position group) between a paired clean
     and corrupted prompt set.
@@ -446,16 +444,16 @@ def _path_value(adapter, read: PromptSet, target: PromptSet, delta: Tensor, rec:
 
 def path_patching_scan(
     model, clean: PromptSet, corrupted, receiver="logits", *, senders: Iterable[tuple[int, int]] | None = None,
-    metric: str | None = None, direction: str = "noising", batch_size: int = 64, n_boot: int = 1000,
-    level: float = 0.95, seed: int = 0,
+    metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, batch_size: int = 64, n_boot: int = 1000,
+    level: float = PATCH_LEVEL, seed: int = 0,
 ) -> pd.DataFrame:
     """Path patching from each sender head (default: every head of every layer that can reach
     ``receiver``) to ``receiver`` (``"logits"``, ``("mlp", layer)`` or ``("q"|"k"|"v", layer,
-    head)``).  ``direction="noising"`` (default, Wang et al.): the clean run, with the sender's
-    corrupted output reaching only the receiver; ``"denoising"``: the corrupted run, with the
-    sender's clean output.  Columns: ``direction, sender_layer, sender_head, receiver, metric,
-    value, clean, corrupted, effect`` (0 = corrupted, 1 = clean) and the effect's bootstrap
-    interval ``effect_low, effect_high``; ``attrs`` as :func:`patching_scan`'s (the gap, its
+    head)``).  ``direction="denoising"`` (default, as :func:`patching_scan`): the corrupted run,
+    with the sender's clean output reaching only the receiver; ``"noising"`` (Wang et al.'s
+    path patching): the clean run, with the sender's corrupted output.  Columns: ``direction,
+    sender_layer, sender_head, receiver, metric, value, clean, corrupted, effect`` (0 = corrupted,
+    1 = clean) and the effect's bootstrap interval ``effect_low, effect_high``; ``attrs`` as :func:`patching_scan`'s (the gap, its
     interval and ``normalised``: effects are NaN when the gap is not resolved)."""
     adapter = adapt(model)
     corrupted = _paired(clean, corrupted)
@@ -502,11 +500,13 @@ def path_patching_scan(
 
 
 def path_patch(model, clean: PromptSet, corrupted, sender: tuple[int, int], receiver="logits", *,
-               metric: str | None = None, direction: str = "noising", batch_size: int = 64, n_boot: int = 1000) -> dict:
-    """One path (see :func:`path_patching_scan`): ``{"value", "clean", "corrupted", "effect",
-    "effect_low", "effect_high"}``."""
+               metric: str | None = None, direction: str = DEFAULT_PATCH_DIRECTION, batch_size: int = 64,
+               n_boot: int = 1000, level: float = PATCH_LEVEL, seed: int = 0) -> dict:
+    """One path (see :func:`path_patching_scan`, the same arguments): ``{"value", "clean",
+    "corrupted", "effect", "effect_low", "effect_high"}``."""
     row = path_patching_scan(model, clean, corrupted, receiver, senders=[sender], metric=metric,
-                             direction=direction, batch_size=batch_size, n_boot=n_boot).iloc[0]
+                             direction=direction, batch_size=batch_size, n_boot=n_boot, level=level,
+                             seed=seed).iloc[0]
     return {k: float(row[k]) for k in ("value", "clean", "corrupted", "effect", "effect_low", "effect_high")}
 
 

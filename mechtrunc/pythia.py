@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 
 from mechtrunc._choices import STEPS as _STEPS
-from mechtrunc._choices import check_device, check_step, is_pythia, pythia_steps
+from mechtrunc._choices import check_device, check_step, is_pythia, looks_like_path, pythia_steps
 from mechtrunc._progress import third_party_bars_off
 
 __all__ = [
@@ -299,13 +299,6 @@ def _not_available(name: str, revision: str | None, why: str, cause: Exception |
     if cause is not None:
         msg += f". Underlying error: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
     return ModelNotAvailableError(msg)
-
-
-def looks_like_path(s: str) -> bool:
-    """Whether ``s`` is meant as a local path rather than a hub id: hub ids are ``name`` or ``owner/name``; anything else that is not a directory is a
-    missing local path."""
-    return (s.startswith((".", "/", "~", "\\")) or s.endswith(("/", "\\")) or s.count("/") > 1
-            or "\\" in s or (len(s) > 1 and s[1] == ":"))
 
 
 def _ensure_saved_tokenizer(tok):

@@ -10,8 +10,9 @@ functions that need it), so anything may import this module, the command line in
   :data:`SECONDS`.  A checkpoint study adds :data:`CHECKPOINT_COLUMNS` (``step, variant``).
   Every other column is a metric (:func:`is_metric`).
 - :data:`P_ANSWER` (``p_answer``) is the probability of the right answer everywhere: toy,
-  memory, dynamics, Pythia and reports.  Files written before the rename call it ``p_correct``;
-  :func:`upgrade_columns` / :func:`read_table` read them under the current names.
+  memory, dynamics, Pythia and reports.  Files written before the rename call it ``p_correct``
+  (and the toy's last-FFN-removed variant ``ffn2_removed``, now ``last_ffn_removed``: layers are
+  0-based); :func:`upgrade_columns` / :func:`read_table` read them under the current names.
 - :func:`keep_key`: the one way two keep fractions are compared (rounded to 12 decimals).
 - :func:`baseline_row`, :func:`configuration_row`: the rows of a truncation table.
 - :func:`default_metric`: the metric a table is judged by when none is named.
@@ -28,7 +29,7 @@ __all__ = [
     "DEFAULT_METRICS", "is_metric", "metric_columns", "check_metric", "keep_key", "same_keep", "find_row",
     "baseline_row", "configuration_row", "variant_row", "tidy_truncation", "default_metric", "upgrade_columns",
     "read_table", "upgrade_name", "upgrade_record", "PATH", "N_ITEMS", "LOWER_IS_BETTER",
-    "VARIANT_METRICS", "PATCHING_COLUMNS",
+    "VARIANT_METRICS", "PATCHING_COLUMNS", "LAST_FFN_REMOVED",
 ]
 
 #: descriptor columns of a truncation-study row, in table order (the metrics follow them)
@@ -53,8 +54,12 @@ VARIANT_METRICS = ("accuracy", "p_noise", P_ANSWER)
 #: the number of scored items: a metric column, but not one to judge a configuration by
 N_ITEMS = "n_items"
 
-#: old column names -> current ones (files written before the rename)
-LEGACY_COLUMNS: dict[str, str] = {"p_correct": P_ANSWER}
+#: the toy's variant with its last layer's FFN removed (``mechtrunc.training.evaluate_toy``; history
+#: columns ``last_ffn_removed_accuracy``...)
+LAST_FFN_REMOVED = "last_ffn_removed"
+#: old column names -> current ones (files written before the rename; ``ffn2_removed`` numbered the
+#: layer 1-based)
+LEGACY_COLUMNS: dict[str, str] = {"p_correct": P_ANSWER, "ffn2_removed": LAST_FFN_REMOVED}
 # old names inside longer column names: ``full_p_correct`` (dynamics), ``p_correct_laser`` (analyses)
 _LEGACY_RE = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, LEGACY_COLUMNS)) + r")(?![A-Za-z0-9])")
 

@@ -32,7 +32,7 @@ weight              released code                          here
 
 ``init="normal_unembed"`` keeps everything above but draws ``W_U`` from N(0, 1/d), mechtrunc's
 default before 0.2: an unembedding sqrt(3) = 1.7x larger, which makes the logits sharper and the
-layer-2 FFN's noise association easier to truncate away (see ``docs/results.md``).
+FFN L1's noise association easier to truncate away (see ``docs/results.md``).
 """
 
 from __future__ import annotations

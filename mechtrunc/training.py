@@ -37,7 +37,7 @@ from mechtrunc.interventions import Ablate, Intervention, Truncate
 from mechtrunc.evaluation import evaluate
 from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
 from mechtrunc.prompts import PromptSet
-from mechtrunc.results import upgrade_record
+from mechtrunc.results import LAST_FFN_REMOVED, upgrade_record
 from mechtrunc.runner import item_logits
 from mechtrunc.tasks.recall import RecallConfig, RecallTask
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
@@ -126,13 +126,13 @@ def trigger_margin(model: ToyTransformer, triggers: Tensor, noise_id: int, layer
 
 def evaluate_toy(model: ToyTransformer, prompts: PromptSet, batch_size: int = 128) -> dict[str, dict[str, float]]:
     """Clean-test metrics of the full model and with the last layer's FFN removed (output
-    zeroed by a hook): ``{"full": {...}, "ffn2_removed": {...}}`` with ``accuracy``,
+    zeroed by a hook): ``{"full": {...}, "last_ffn_removed": {...}}`` with ``accuracy``,
     ``p_noise``, ``p_answer`` and ``logit_diff_noise``."""
     out = {}
     last = model.cfg.n_layers - 1
     variants = {"full": ()}
     if model.blocks[last].mlp is not None:
-        variants["ffn2_removed"] = (Ablate("mlp", layer=last),)
+        variants[LAST_FFN_REMOVED] = (Ablate("mlp", layer=last),)
     for name, ivs in variants.items():
         m = metrics_from_logits(item_logits(model, prompts, *ivs, batch_size=batch_size), prompts)
         out[name] = {"accuracy": m["accuracy"], "p_noise": m["p_noise"], "p_answer": m["p_answer"],
@@ -166,17 +166,18 @@ def truncation_variants(
     layer's FFN removed, and the last layer's attention ``W_V`` and ``W_O`` at keep 0.1.
 
     ``rule="authors"`` keeps ``int(keep * d_model)`` singular values, as the released code does.
-    Names say "layer-2" for the paper's two-layer model (layer index ``n_layers - 1``)."""
+    Names use 0-based layers, as the command line does: ``mlp.W_in L1 keep 0.1``, ``FFN L1 removed``
+    (the paper's layer-2 FFN in its two-layer model is layer 1 here)."""
     last = n_layers - 1
     out: dict[str, list[Intervention]] = {"full model": []}
     for matrix in ("mlp.W_in", "mlp.W_out"):
         for keep in keeps:
-            out[f"layer-{last + 1} FFN {matrix[4:]} keep {keep:g}"] = [Truncate(matrix, layer=last, keep=keep, rule=rule)]
-    out[f"layer-{last + 1} FFN removed"] = [Ablate("mlp", layer=last)]
+            out[f"{matrix} L{last} keep {keep:g}"] = [Truncate(matrix, layer=last, keep=keep, rule=rule)]
+    out[f"FFN L{last} removed"] = [Ablate("mlp", layer=last)]
     if last > 0:
-        out[f"layer-{last} FFN removed"] = [Ablate("mlp", layer=last - 1)]
+        out[f"FFN L{last - 1} removed"] = [Ablate("mlp", layer=last - 1)]
     for matrix in ("attn.W_V", "attn.W_O"):
-        out[f"layer-{last + 1} attention {matrix[5:]} keep 0.1"] = [Truncate(matrix, layer=last, keep=0.1, rule=rule)]
+        out[f"{matrix} L{last} keep 0.1"] = [Truncate(matrix, layer=last, keep=0.1, rule=rule)]
     return out
 
 
@@ -266,6 +267,8 @@ def _train(cfg: TrainConfig, out_dir: str | Path | None, progress: bool, callbac
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from mechtrunc.adapters import adapt
+from mechtrunc.results import LAST_FFN_REMOVED
 
 __all__ = ["attention_html", "plot_history", "plot_attribution", "truncation_heatmap", "checkpoint_plot",
            "learning_curves_plot", "logit_lens_plot", "patching_heatmap"]
@@ -81,7 +82,7 @@ def plot_history(history: pd.DataFrame, path: str | Path) -> Path:
     """Training curves of a toy run: clean accuracy and P(noise), full vs last FFN removed."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for variant, style in (("full", "-"), ("ffn2_removed", "--")):
+    for variant, style in (("full", "-"), (LAST_FFN_REMOVED, "--")):
         if f"{variant}_accuracy" not in history:
             continue
         axes[0].plot(history["step"], history[f"{variant}_accuracy"], style, label=variant)

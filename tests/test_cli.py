@@ -58,14 +58,14 @@ def test_train_then_eval_json(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mechtrunc.cli", "toy", "eval", str(out), "--json"],
                           capture_output=True, text=True, check=True)
     data = json.loads(proc.stdout)
-    assert set(data) == {"full", "ffn2_removed", "change", "intervals"}
-    for name in ("full", "ffn2_removed"):
+    assert set(data) == {"full", "last_ffn_removed", "change", "intervals"}
+    for name in ("full", "last_ffn_removed"):
         assert set(data[name]) == {"accuracy", "p_noise", "p_answer"}
         assert all(0.0 <= v <= 1.0 for v in data[name].values())
     # the change has its paired interval, and it is the difference of the two rows
     assert set(data["change"]) == {"accuracy", "p_noise", "p_answer"}
     for m, c in data["change"].items():
-        assert c["change"] == pytest.approx(data["ffn2_removed"][m] - data["full"][m], abs=1e-6)
+        assert c["change"] == pytest.approx(data["last_ffn_removed"][m] - data["full"][m], abs=1e-6)
         assert c["ci_low"] <= c["change"] <= c["ci_high"]
     assert data["intervals"]["n_boot"] == 1000 and data["intervals"]["level"] == 0.95
 
@@ -214,3 +214,97 @@ def test_memory_runs_are_never_overwritten(tmp_path, capsys, command, args, othe
     assert main([*command, *args, "--out", str(tmp_path / "notes")]) == 2
     assert "holds no" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+
+
+def test_closed_pipe_ends_quietly_as_unix_tools_do():
+    """``mechtrunc lm corpus | head -c 10``: the reader closes the pipe after 10 bytes; the command
+    stops with SIGPIPE's shell status 141 and writes no traceback (the text, 70 KB, overflows the
+    pipe buffer, so the write after the close must fail)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mechtrunc.cli", "lm", "corpus", "--stories", "400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert len(head) == 10
+    assert err == ""
+
+
+def _action(command: str, dest: str):
+    """The argparse action of ``dest`` in ``mechtrunc COMMAND``."""
+    import argparse
+
+    from mechtrunc.cli import build_parser
+
+    parser = build_parser()
+    for word in command.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return next(a for a in parser._actions if a.dest == dest and a.help != argparse.SUPPRESS)
+
+
+def test_the_same_thing_has_the_same_flag_and_the_librarys_default():
+    """One name per thing across the command line, and defaults read from the library: the
+    corpus seed is --corpus-seed in every lm command (--seed of lm train is the initialisation),
+    the rank rule's default is Truncate's, the patching direction's and interval level's are the
+    library functions', and the optimiser names are one vocabulary."""
+    import inspect
+
+    import mechtrunc as mt
+    from mechtrunc import _choices
+
+    for command in ("lm corpus", "lm prompts", "lm train"):
+        assert _action(command, "corpus_seed").option_strings == ["--corpus-seed"], command
+    assert _action("lm train", "seed").option_strings == ["--seed"]
+    rule = inspect.signature(mt.Truncate).parameters["rule"].default
+    assert rule == mt.studies.Grid().rule == inspect.signature(mt.rank_for_keep).parameters["rule"].default
+    for command in ("lens logit", "pythia truncate", "pythia checkpoints"):
+        assert _action(command, "rule").default == rule, command
+    for command, function in (("patch scan", mt.patching_scan), ("patch path", mt.path_patching_scan),
+                              ("patch path", mt.path_patch)):
+        params = inspect.signature(function).parameters
+        assert _action(command, "direction").default == params["direction"].default, (command, function)
+        assert _action(command, "level").default == params["level"].default, (command, function)
+        assert "seed" in params
+    toy = _action("toy train", "optimizer").type
+    minimal = _action("memory dynamics", "optimizer").type
+    assert [o for o in _choices.OPTIMIZERS if _accepts(toy, o)] == ["sgd", "adam", "adamw"]
+    assert [o for o in _choices.OPTIMIZERS if _accepts(minimal, o)] == ["sgd", "adam"]
+
+
+def _accepts(check, value) -> bool:
+    import argparse
+
+    try:
+        check(value)
+        return True
+    except argparse.ArgumentTypeError:
+        return False
+
+
+def test_lm_corpus_old_seed_flag_still_reads_the_corpus_seed_with_a_warning(capsys):
+    from mechtrunc.cli import build_parser
+
+    args = build_parser().parse_args(["lm", "corpus", "--seed", "3"])
+    assert args.corpus_seed == 3
+    assert "deprecated; the corpus seed is --corpus-seed" in capsys.readouterr().err
+    assert build_parser().parse_args(["lm", "corpus", "--corpus-seed", "4"]).corpus_seed == 4
+
+
+def test_each_optimiser_name_is_the_torch_optimiser_the_toy_trains_with(monkeypatch, tmp_path):
+    import torch
+
+    import mechtrunc as mt
+
+    made = []
+    for name in ("SGD", "Adam", "AdamW"):
+        cls = getattr(torch.optim, name)
+        monkeypatch.setattr(torch.optim, name, type(name, (cls,), {"__init__": lambda self, *a, _n=name, _c=cls, **k: (
+            made.append(_n), _c.__init__(self, *a, **k))[1]}))
+    for optimizer in ("sgd", "adam", "adamw"):
+        cfg = mt.preset("cpu", optimizer=optimizer, d_model=16, seq_len=16, steps=1, eval_every=1, batch_size=2,
+                        test_size=4)
+        mt.train(cfg, progress=False)
+    assert made == ["SGD", "Adam", "AdamW"]
+    with pytest.raises(ValueError, match="'adamw' is not one the minimal model trains with .*valid: sgd, adam"):
+        mt.dynamics.MinimalConfig(optimizer="adamw")

@@ -174,8 +174,8 @@ def test_order_of_learning_on_a_synthetic_history():
     assert math.isnan(o["step_icl"]) and o["ff_first"]
     # unsorted histories are sorted by step
     assert order_of_learning(h.iloc[::-1], alpha=0.5)["step_noise"] == 20.0
-    with pytest.raises(ValueError, match="no column 'ffn2_removed_accuracy'"):
-        order_of_learning(h, 0.5, icl_column="ffn2_removed_accuracy")
+    with pytest.raises(ValueError, match="no column 'last_ffn_removed_accuracy'"):
+        order_of_learning(h, 0.5, icl_column="last_ffn_removed_accuracy")
     with pytest.raises(ValueError, match="alpha must be in"):
         order_of_learning(h, 1.5)
     assert math.isnan(first_step(h, "full_p_noise", 0.9))
@@ -237,7 +237,7 @@ def test_component_attributions_add_up_to_the_ffn_contribution(trained_toy):
     model, task, prompts = trained_toy
     batch = task.test_set(16, seed=3)
     comp = component_attributions(model, batch, layer=1, init=model)
-    # direct contribution of the layer-2 FFN to logit(noise) - mean of the other logits
+    # direct contribution of the FFN L1 to logit(noise) - mean of the other logits
     _, acts = mt.run_items(model, batch.to_prompts(), capture=("blocks.1.hook_mlp_out",))
     W_U = model.W_U.detach().double()
     V, noise = W_U.shape[1], batch.noise_id

@@ -57,9 +57,9 @@ def test_no_ffn_model_has_no_ffn_weights_or_hooks(attn_only_run):
     _, cache = model.run_with_cache(attn_only_run[2].inputs[:2])
     assert not [n for n in cache.keys() if "mlp" in n]  # and no FFN hook fires (hook_mlp_out stays silent)
     assert all(b.mlp is None for b in model.blocks)
-    assert "ffn2_removed_accuracy" not in res.history.columns  # nothing to remove
+    assert "last_ffn_removed_accuracy" not in res.history.columns  # nothing to remove
     assert "induction_score" in res.history.columns
-    # the layer-2-only variant keeps layer 1's FFN
+    # the variant without the last FFN keeps FFN L0
     m2 = ToyTransformer(ToyConfig(d_model=16, n_ctx=32, ffn=["relu", "none"]))
     assert m2.blocks[0].mlp is not None and m2.blocks[1].mlp is None
 
@@ -114,7 +114,7 @@ def test_residual_terms_add_up_to_the_logit_difference(attn_only_run):
 
 
 def _planted(seed: int = 0):
-    """A tiny attention-only model whose layer-2 OV = W_V W_O has a planted component that maps
+    """A tiny attention-only model whose L1 OV = W_V W_O has a planted component that maps
     the head's mean input at repeated triggers (``xbar``, attention-weighted residual) to the
     noise readout, on top of a small random OV."""
     cfg = mt.preset("cpu", steps=1, ffn="none", **TINY)
@@ -213,7 +213,7 @@ def test_script_end_to_end_on_a_tiny_config(tmp_path):
     push = pd.read_csv(data / "theory_toy_push.csv")
     assert set(push.loc[push["variant"] == "attn_only", "term"]) == {"embed", "pos_embed", "attn.0", "attn.1"}
     inter = pd.read_csv(data / "theory_toy_interventions.csv")
-    assert {"none", "L2 OV keep 0.1", "L2 W_V remove noise component"} <= set(inter["intervention"])
+    assert {"none", "attn.OV L1 keep 0.1", "attn.W_V L1 remove noise component"} <= set(inter["intervention"])
     speed = pd.read_csv(data / "theory_toy_speed.csv")
     assert set(speed["event"]) == {"induction_0.5", "icl_accuracy_0.5", "p_noise_half_alpha"}
     targets = pd.read_csv(data / "theory_toy_attention_targets.csv")
@@ -229,7 +229,7 @@ def test_script_end_to_end_on_a_tiny_config(tmp_path):
 
 
 def test_ov_gradient_push_rate_is_the_first_order_change_of_the_head_push(attn_only_run):
-    """A small step -eps * (G_V, G_O) on layer-2 W_V, W_O changes the head's noise push (on the
+    """A small step -eps * (G_V, G_O) on L1 W_V, W_O changes the head's noise push (on the
     same sequences, pattern unchanged) by eps * noise_push_rate to first order."""
     from mechtrunc.metrics import masked_cross_entropy
 

@@ -486,3 +486,35 @@ def test_studies_of_a_run_use_its_own_prompts(nano_run, tmp_path, monkeypatch):
     got = pd.read_csv(ck / "checkpoints.csv")
     full = got[(got["step"] == 200) & (got["variant"] == "full")].iloc[0]
     assert full["p_the"] == pytest.approx(want["p_the"], abs=1e-5)
+
+
+def test_pythia_truncate_takes_the_run_directory_with_step_and_checks_the_metric_first(nano_run, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """`pythia truncate` reads a run directory as its siblings do (the shared resolver): its last
+    checkpoint, or RUN/step{N} with --step, the same numbers as the step directory itself; and a
+    metric the prompt file's competitors (c0, c1) cannot give is refused before the grid runs."""
+    import pandas as pd
+
+    run, _ = nano_run
+    prompts = tmp_path / "ioi.jsonl"
+    assert _cli(["lm", "prompts", "--out", str(prompts), "--n", "8"], monkeypatch) == 0
+    common = ["pythia", "truncate", "--task", str(prompts), "--layers", "0", "--keeps", "1", "0.5", "--matrices",
+              "mlp.W_out", "--batch-size", "8", "--no-progress"]
+
+    def table(model, *extra):
+        out = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
+        assert _cli([*common, "--model", model, *extra, "--out", str(out)], monkeypatch) == 0
+        return pd.read_csv(out / "truncation.csv")[["p_answer", "loss"]].to_numpy()
+
+    at_64 = table(str(run), "--step", "64")
+    assert at_64 == pytest.approx(table(str(run / "step64")))
+    assert at_64 == pytest.approx(table(str(run / "step64"), "--step", "64"))
+    last = table(str(run))
+    assert last == pytest.approx(table(str(run / "step200")))
+    assert abs(last[0, 1] - at_64[0, 1]) > 0.05  # two different checkpoints were read (loss of the full model)
+    out = tmp_path / "bad_metric"
+    capsys.readouterr()
+    assert _cli([*common, "--model", str(run), "--metric", "logit_diff_the", "--out", str(out)], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "unknown metric 'logit_diff_the' for these prompts (competitors: c0, c1); valid: accuracy, p_answer" in err
+    assert not (out / "rows.jsonl").exists() and not (out / "truncation.csv").exists()

@@ -305,8 +305,8 @@ def test_cli_memory_train_and_spectrum(tmp_path, capsys):
     (["train", "--out", "x", "--init", "gauss"], "unknown init 'gauss'"),
     (["train", "--out", "x", "--input-dist", "pareto"], "unknown input distribution 'pareto'"),
     (["train", "--out", "x", "--steps", "5", "--spectrum-steps", "9"], "spectrum step 9 is outside 0..5"),
-    (["spectrum", "/nonexistent/run"], "not a memory run directory"),
-    (["spectrum", "/nonexistent/run", "--keep", "abc"], "argument --keep: expected a number in [0, 1], got 'abc'"),
+    (["spectrum", "/nonexistent/run"], "model directory /nonexistent/run does not exist"),
+    (["spectrum", "/tmp", "--keep", "abc"], "argument --keep: expected a number in [0, 1], got 'abc'"),
 ])
 def test_cli_bad_input_exits_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -173,13 +173,13 @@ def test_scan_on_the_trained_toy_finds_the_induction_and_previous_token_heads(de
     df = mt.patching_scan(demo_toy.model, clean, corrupted, sites=("z",), direction="both")
     eff = df.set_index(["direction", "layer", "position"])["effect"]
     # measured once on the demo model (analyses/causal_toy.py, docs/causal.md): 1.00 and 1.00
-    assert eff["denoising", 1, "end"] > 0.9  # layer-2 induction head at the repeated trigger
-    assert eff["denoising", 0, "after1"] > 0.9  # layer-1 previous-token head after the first trigger
+    assert eff["denoising", 1, "end"] > 0.9  # L1 induction head at the repeated trigger
+    assert eff["denoising", 0, "after1"] > 0.9  # L0 previous-token head after the first trigger
     assert abs(eff["denoising", 0, "end"]) < 0.1 and abs(eff["denoising", 1, "after1"]) < 0.1
     assert eff["noising", 1, "end"] < 0.1 and eff["noising", 0, "after1"] < 0.2
     # the previous-token head reaches the induction head through its keys, not its queries
-    k = mt.path_patch(demo_toy.model, clean, corrupted, (0, 0), ("k", 1, 0))["effect"]
-    q = mt.path_patch(demo_toy.model, clean, corrupted, (0, 0), ("q", 1, 0))["effect"]
+    k = mt.path_patch(demo_toy.model, clean, corrupted, (0, 0), ("k", 1, 0), direction="noising")["effect"]
+    q = mt.path_patch(demo_toy.model, clean, corrupted, (0, 0), ("q", 1, 0), direction="noising")["effect"]
     assert k < 0.9 and q > 0.99, (k, q)
 
 
@@ -188,11 +188,12 @@ def test_path_into_the_logits_from_the_last_layer_equals_the_head_patch(neox_bri
     clean, corrupted = _random_pair(adapter.d_vocab, n=16, length=8, seed=6)
     last = adapter.n_layers - 1
     for head in range(adapter.n_heads):
-        path = mt.path_patch(neox_bridge, clean, corrupted, (last, head), "logits", metric="p_answer")
+        path = mt.path_patch(neox_bridge, clean, corrupted, (last, head), "logits", metric="p_answer",
+                             direction="noising")
         full = mt.evaluate(neox_bridge, clean, mt.Patch("z", last, head=head, source=corrupted))["p_answer"].item()
         assert path["value"] == pytest.approx(full, abs=1e-6)
     # an earlier head's path to the logits is not its total effect (it also feeds later layers)
-    path = mt.path_patch(neox_bridge, clean, corrupted, (0, 1), "logits", metric="p_answer")["value"]
+    path = mt.path_patch(neox_bridge, clean, corrupted, (0, 1), "logits", metric="p_answer", direction="noising")["value"]
     full = mt.evaluate(neox_bridge, clean, mt.Patch("z", 0, head=1, source=corrupted))["p_answer"].item()
     assert abs(path - full) > 1e-5
 
@@ -201,9 +202,9 @@ def test_path_to_a_receiver_is_zero_when_the_sender_does_not_change(neox_bridge,
     for model in (neox_bridge, gpt2_bridge):
         adapter = mt.adapt(model)
         clean, corrupted = _random_pair(adapter.d_vocab, n=8, length=6, seed=7)
-        df = mt.path_patching_scan(model, clean, clean.tokens, ("mlp", 2), metric="p_answer")
+        df = mt.path_patching_scan(model, clean, clean.tokens, ("mlp", 2), metric="p_answer", direction="noising")
         assert (df["value"] - df["clean"]).abs().max() < 1e-6
-        df = mt.path_patching_scan(model, clean, corrupted, ("v", 2, 1), metric="p_answer")
+        df = mt.path_patching_scan(model, clean, corrupted, ("v", 2, 1), metric="p_answer", direction="noising")
         assert len(df) == 2 * adapter.n_heads and (df["value"] - df["clean"]).abs().max() > 1e-6
 
 

@@ -362,7 +362,7 @@ def test_report_bad_input(tmp_path, truncation_dir, capsys):
     (bad_json / "study.json").write_text("{cut")
     cases = [
         ([str(tmp_path / "empty")], "holds none of the known results"),
-        ([str(f)], "is a file, not a directory"),
+        ([str(f)], "file.csv is not a directory; give a run or study directory"),
         ([str(tmp_path / "missing")], "does not exist"),
         ([str(half)], "has not finished a single row"),
         ([str(bad_json)], "is not readable JSON"),

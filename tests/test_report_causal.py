@@ -51,7 +51,7 @@ def direct(toy_dir):
     prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
     lens = mt.logit_lens_compare(model, prompts, {
         "full model": [],
-        "mlp.W_in L1 keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1, rule="authors")],
+        "mlp.W_in L1 keep 0.1": [mt.Truncate("mlp.W_in", layer=1, keep=0.1)],
         "FFN L1 removed": [mt.Ablate("mlp", layer=1)],
     })
     noisy = task.sample(cfg.test_size, seed=cfg.seed + 20_000).to_prompts(clean=False)

@@ -50,6 +50,6 @@ def _run_here(seed: int) -> dict:
 def test_two_processes_same_seed_identical_metrics():
     a, b = _run(0, "1"), _run(0, "2")  # different hash seeds: nothing may depend on set/dict order
     assert a == b  # floats compared exactly (JSON round-trips doubles)
-    assert set(a["final"]) == {"full", "ffn2_removed"} and len(a["history"]["step"]) == 2
+    assert set(a["final"]) == {"full", "last_ffn_removed"} and len(a["history"]["step"]) == 2
     c = _run_here(1)
     assert c["final"] != a["final"] and c["weights"] != a["weights"]  # the seed matters

@@ -91,3 +91,32 @@ def test_an_old_memory_run_reads_under_the_new_names(tmp_path):
     for loaded in (load_memory_run(tmp_path).history, read_result(tmp_path).history):
         assert "p_correct" not in loaded.columns
         assert loaded["p_answer"].tolist() == pytest.approx(hist["p_answer"].tolist())
+
+
+def test_layer_labels_are_0_based_and_old_1_based_files_still_read(tmp_path):
+    """The toy's removed-FFN variant was ``ffn2_removed`` (the layer numbered 1-based); it is
+    ``last_ffn_removed`` now, an old history reads under that name, and the committed tables hold
+    no 1-based label (tools/relabel_layers.py rewrote them once; numbers untouched)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    old = tmp_path / "history.csv"
+    old.write_text("step,full_accuracy,ffn2_removed_accuracy,ffn2_removed_p_correct\n100,0.5,0.9,0.7\n")
+    df = results.read_table(old)
+    assert list(df.columns) == ["step", "full_accuracy", "last_ffn_removed_accuracy", "last_ffn_removed_p_answer"]
+    assert df["last_ffn_removed_accuracy"].tolist() == [0.9]
+    assert results.upgrade_record({"ffn2_removed_p_noise": 0.1}) == {"last_ffn_removed_p_noise": 0.1}
+    root = Path(__file__).resolve().parents[1]
+    check = subprocess.run([sys.executable, str(root / "tools" / "relabel_layers.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+    sys.path.insert(0, str(root / "tools"))
+    try:
+        from relabel_layers import relabel
+    finally:
+        sys.path.pop(0)
+    assert relabel("variant,accuracy\nlayer-2 FFN removed,0.98700\nlayer-1 FFN removed,0.021\n"
+                   "layer-2 FFN W_in keep 0.1,0.848\nLASER L2 W_out keep 0.5,1e-3\n") == \
+        "variant,accuracy\nFFN L1 removed,0.98700\nFFN L0 removed,0.021\nmlp.W_in L1 keep 0.1,0.848\n" \
+        "mlp.W_out L1 keep 0.5,1e-3\n"

@@ -187,7 +187,7 @@ def test_best_within_budget_visits_the_best_first_and_measures_only_what_it_need
 
 
 def test_heldout_selection_on_the_toy_layer2_ffn(trained_toy):
-    """LASER on the toy's layer-2 FFN (layer 1) lowers P(noise): chosen on the select part, the
+    """LASER on the toy's FFN L1 (layer 1) lowers P(noise): chosen on the select part, the
     drop holds on the eval part with an interval below 0, computed on the eval items only."""
     model, _, prompts = trained_toy
     truncs = [mt.Truncate(m, layer=1, keep=k) for m in ("mlp.W_in", "mlp.W_out") for k in (0.01, 0.05, 0.1, 0.5)]

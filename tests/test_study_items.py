@@ -175,3 +175,27 @@ def test_cli_best_json_holds_the_intervals(tiny_pythia, tmp_path, capsys):
     i = list(df.index).index(find_row(df, best["best"]).name)
     assert iv["metrics"][m] == pytest.approx({k: t[k].iloc[i] for k in ("change", "ci_low", "ci_high")})
     assert iv["metrics"][m]["ci_low"] <= iv["metrics"][m]["change"] <= iv["metrics"][m]["ci_high"]
+
+
+def test_a_metric_the_prompts_cannot_be_scored_by_fails_before_the_grid(neox_bridge, tmp_path, monkeypatch):
+    """Competitors named c0 (a prompt file without names): ``logit_diff_the`` is refused by the
+    study itself, naming the competitors and the valid metrics, before any configuration runs;
+    study_report and heldout_configuration check the same way."""
+    from mechtrunc.studies import grid as grid_module
+    from mechtrunc.studies import study_report
+
+    p = _prompts(neox_bridge)
+    prompts = mt.PromptSet(p.tokens, p.rows, p.pos, p.answer, p.competitors, ("c0",))
+    ran = []
+    monkeypatch.setattr(grid_module, "evaluate_grid", lambda *a, **k: ran.append(1))
+    expected = "unknown metric 'logit_diff_the' for these prompts (competitors: c0); valid: accuracy, p_answer, " \
+               "loss, p_c0, acc_vs_c0, logit_diff_c0"
+    with pytest.raises(ValueError) as info:
+        truncation_study(neox_bridge, prompts, **GRID, out=tmp_path / "study", progress=False, metric="logit_diff_the")
+    assert str(info.value) == expected
+    assert ran == [] and not (tmp_path / "study" / "rows.jsonl").exists()
+    with pytest.raises(ValueError, match="competitors: c0"):
+        heldout_configuration(neox_bridge, prompts, Grid(**GRID), metric="logit_diff_the")
+    with pytest.raises(ValueError, match="competitors: c0"):
+        study_report(neox_bridge, prompts, pd.DataFrame(), metric="logit_diff_the", out_dir=tmp_path / "report")
+    assert not (tmp_path / "report").exists()

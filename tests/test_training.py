@@ -72,7 +72,7 @@ def test_unknown_override():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(optimizer="adam"), r"unknown optimizer 'adam'; valid: sgd, adamw"),
+        (dict(optimizer="rmsprop"), r"unknown optimizer 'rmsprop'; valid: sgd, adam, adamw"),
         (dict(precision="fp16"), r"unknown precision 'fp16'; valid: fp32, tf32, bf16"),
         (dict(steps=0), r"steps must be an integer >= 1, got 0"),
         (dict(steps=2.5), r"steps must be an integer, got 2\.5"),
@@ -118,14 +118,14 @@ def test_history_and_final_metrics():
     h = r.history
     assert h["step"].tolist() == [4, 8, 10]  # every eval_every steps and at the end
     cols = {"step", "train_loss", "trigger_margin", "seconds"} | {
-        f"{v}_{m}" for v in ("full", "ffn2_removed") for m in ("accuracy", "p_noise", "p_answer", "logit_diff_noise")}
+        f"{v}_{m}" for v in ("full", "last_ffn_removed") for m in ("accuracy", "p_noise", "p_answer", "logit_diff_noise")}
     assert set(h.columns) == cols
     assert (h["train_loss"] > 0).all() and (h["train_loss"] < 10).all()
     assert h["seconds"].is_monotonic_increasing
     assert r.config is cfg and r.seconds > 0
-    assert set(r.final) == {"full", "ffn2_removed"}
+    assert set(r.final) == {"full", "last_ffn_removed"}
     # the last history row is the final evaluation
-    for variant in ("full", "ffn2_removed"):
+    for variant in ("full", "last_ffn_removed"):
         for m in ("accuracy", "p_noise", "p_answer", "logit_diff_noise"):
             assert h.iloc[-1][f"{variant}_{m}"] == pytest.approx(r.final[variant][m], abs=1e-7)
             assert 0 <= r.final[variant]["accuracy"] <= 1
@@ -140,9 +140,9 @@ def test_history_and_final_metrics():
     assert full["accuracy"] == pytest.approx(r.final["full"]["accuracy"])
     assert full["p_noise"] == pytest.approx(r.final["full"]["p_noise"], abs=1e-6)
     removed = mt.evaluate(r.model, prompts, mt.Ablate("mlp", layer=1)).iloc[0]
-    assert removed["p_noise"] == pytest.approx(r.final["ffn2_removed"]["p_noise"], abs=1e-6)
-    assert removed["p_answer"] == pytest.approx(r.final["ffn2_removed"]["p_answer"], abs=1e-6)
-    # the trigger margin is the noise logit minus the best other logit through layer-2's FFN
+    assert removed["p_noise"] == pytest.approx(r.final["last_ffn_removed"]["p_noise"], abs=1e-6)
+    assert removed["p_answer"] == pytest.approx(r.final["last_ffn_removed"]["p_answer"], abs=1e-6)
+    # the trigger margin is the noise logit minus the best other logit through FFN L1
     assert h.iloc[-1]["trigger_margin"] == pytest.approx(
         trigger_margin(r.model, task.fixed_triggers, 2), abs=1e-6)
 
@@ -173,7 +173,7 @@ def test_sgd_and_ffn_variants():
     assert set(none.final) == {"full"}
     assert all(b.mlp is None for b in none.model.blocks)
     assert math.isnan(none.history.iloc[-1]["trigger_margin"])
-    assert "ffn2_removed_accuracy" not in none.history.columns
+    assert "last_ffn_removed_accuracy" not in none.history.columns
 
 
 def test_trigger_margin_manual():

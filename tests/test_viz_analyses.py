@@ -28,7 +28,7 @@ def test_attention_html_is_self_contained(random_toy, tmp_path):
 def test_plots_write_png(trained_toy, tmp_path):
     model, task, prompts = trained_toy
     hist = pd.DataFrame({"step": [1, 2], "full_accuracy": [0.1, 0.2], "full_p_noise": [0.5, 0.4],
-                         "ffn2_removed_accuracy": [0.3, 0.9], "ffn2_removed_p_noise": [0.1, 0.0]})
+                         "last_ffn_removed_accuracy": [0.3, 0.9], "last_ffn_removed_p_noise": [0.1, 0.0]})
     p1 = mt.plot_history(hist, tmp_path / "h.png")
     p2 = mt.plot_attribution(mt.attribute_change(model, prompts, mt.Ablate("mlp", layer=1)), tmp_path / "a.png")
     for p in (p1, p2):
@@ -58,8 +58,8 @@ def test_analysis_scripts(script, csv, n_rows, toy_run, tmp_path):
     if script == "toy_truncation_table.py":
         rows = table.set_index("variant")
         # keep = 1 is the identity; keep = 0 of either FFN matrix removes the FFN
-        assert rows.loc["layer-2 FFN W_in keep 1", "accuracy"] == rows.loc["full model", "accuracy"]
-        assert rows.loc["layer-2 FFN W_out keep 0", "p_noise"] == pytest.approx(rows.loc["layer-2 FFN removed", "p_noise"], abs=1e-6)
+        assert rows.loc["mlp.W_in L1 keep 1", "accuracy"] == rows.loc["full model", "accuracy"]
+        assert rows.loc["mlp.W_out L1 keep 0", "p_noise"] == pytest.approx(rows.loc["FFN L1 removed", "p_noise"], abs=1e-6)
     if script == "toy_attribution.py":
         assert (tmp_path / "toy_attribution.png").exists()
         assert {"component", "clean", "intervened", "change"} <= set(table.columns)

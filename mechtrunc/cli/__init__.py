@@ -2,8 +2,9 @@
 
 Every subcommand has ``--help``.  A user mistake (bad option value, missing or corrupt model
 directory, unknown preset...) prints ``mechtrunc: error: ...`` and exits with status 2, never a
-traceback.  Long runs write their progress to their output directory; rerunning the same
-command resumes.  Progress shows as a live bar on a terminal and as a few lines elsewhere (a
+traceback.  A reader that closes the pipe early (``mechtrunc lm corpus | head``) ends the command
+quietly with status 141, as a Unix tool killed by SIGPIPE.  Long runs write their progress to
+their output directory; rerunning the same command resumes.  Progress shows as a live bar on a terminal and as a few lines elsewhere (a
 file, a pipe, CI; :mod:`mechtrunc._progress`).  Every command accepts ``--no-progress``
 (declared once, by :func:`build_parser`), which silences every progress bar and line: ours,
 tqdm's and transformers'/huggingface_hub's "Loading weights" / download bars; so does the
@@ -28,7 +29,9 @@ follows one pattern:
    ``choices=``; argparse then reports a bad value before anything heavy is imported.  Checks
    that involve two options go at the top of the command function, before its first heavy
    import, raising :class:`UsageError`.  Everything else is checked once, by the value object
-   the command builds (``Grid``, ``Truncate``, the configs).
+   the command builds (``Grid``, ``Truncate``, the configs).  A model or run argument goes
+   through the shared checkers: ``model_arg`` / ``resolve_model`` (a run directory, its
+   ``--step``, a checkpoint or ``save_pretrained`` directory, or a hub id) and ``run_dir``.
 3. Import heavy modules inside the command function (``def cmd_x(args): from mechtrunc.x import y``).
 4. A command function returns an exit status; it raises ``UsageError`` / ``ValueError`` /
    ``FileNotFoundError`` for user mistakes (``main`` prints them and exits 2).
@@ -40,6 +43,7 @@ follows one pattern:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mechtrunc import _progress
@@ -75,13 +79,33 @@ def _add_no_progress(parser: argparse.ArgumentParser) -> None:
                         help=f"no progress bars or progress lines (as {_progress.ENV}=0 does)")
 
 
+#: exit status of a command whose reader closed the pipe (``mechtrunc lm corpus | head``): what a
+#: shell reports for a Unix tool killed by SIGPIPE (128 + 13)
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_to_devnull() -> None:
+    """After a broken pipe: point stdout at /dev/null so that the interpreter's final flush of
+    the unwritten rest raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file descriptor (e.g. redirected in tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         quiet = args.no_progress or not _progress.progress_enabled()  # a bad MECHTRUNC_PROGRESS: exit 2 now
         with _progress.silenced(quiet):
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe is reported here, not at interpreter exit
+            return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"mechtrunc: error: {err}", file=sys.stderr)
         return 2

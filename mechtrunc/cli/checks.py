@@ -9,8 +9,11 @@ import json
 import re
 from pathlib import Path
 
+from mechtrunc._choices import looks_like_path
+
 __all__ = ["UsageError", "fraction", "int_at_least", "positive_int", "nonneg_int", "positive_float",
-           "nonneg_float", "device", "choice", "model_kind", "last_checkpoint"]
+           "nonneg_float", "level", "device", "choice", "model_kind", "last_checkpoint",
+           "checkpoint_steps", "resolve_model", "model_arg", "run_dir"]
 
 
 class UsageError(ValueError):
@@ -54,6 +57,14 @@ def _real(text: str, what: str, ok) -> float:
     value = _number(text, float, what)
     if not (ok(value) and value != float("inf")):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def level(text: str) -> float:
+    """A confidence level: a number strictly between 0 and 1."""
+    value = _number(text, float, "a confidence level in (0, 1)")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a confidence level in (0, 1), got {text!r}")
     return value
 
 
@@ -112,10 +123,117 @@ def model_kind(model: str) -> str:
     return "hf"
 
 
+def checkpoint_steps(run: Path) -> dict[int, Path]:
+    """The ``step{N}/`` checkpoint directories of a language-model run or of any directory of
+    checkpoints, by step (ascending)."""
+    return dict(sorted((int(m.group(1)), p) for p in Path(run).iterdir()
+                       if (m := re.fullmatch(r"step(\d+)", p.name)) and p.is_dir()))
+
+
 def last_checkpoint(run: Path) -> Path:
     """The last ``step{N}`` checkpoint directory of a language-model run."""
-    steps = sorted((int(m.group(1)), p) for p in Path(run).iterdir()
-                   if (m := re.fullmatch(r"step(\d+)", p.name)) and p.is_dir())
+    steps = checkpoint_steps(run)
     if not steps:
         raise UsageError(f"{run} is a language-model run without checkpoints (no step*/ directory): train it first")
-    return steps[-1][1]
+    return steps[max(steps)]
+
+
+def _first_few(steps) -> str:
+    steps = list(steps)
+    return ", ".join(map(str, steps[:12])) + (f" ... ({len(steps)} in all)" if len(steps) > 12 else "")
+
+
+_KIND_NAMES = {"toy": "toy run", "memory": "linear-memory run", "lm": "language-model run"}
+
+
+def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | None]:
+    """What a command loads for ``MODEL [--step N]``: the one resolver of every command that loads
+    a model by name (``pythia truncate``, ``lens``, ``patch``), checked with the standard library
+    only, before any heavy import.  Returns ``(kind, source, step)``: ``kind`` as
+    :func:`model_kind`, ``source`` and ``step`` for :func:`mechtrunc.pythia.load_model` (or the
+    run directory itself for a toy or linear-memory run, which take no ``--step``):
+
+    - a language-model run (``mechtrunc lm train --out RUN``) or any directory of ``step{N}/``
+      checkpoints: ``RUN/step{N}`` with ``--step N`` (UsageError naming the steps it holds when it
+      has no such step), else its last checkpoint;
+    - one checkpoint or ``save_pretrained`` directory (``RUN/step200``): itself; ``--step``, if
+      given, must be that checkpoint's step; kind ``"lm"`` when it is a checkpoint of a
+      language-model run (its ``run.json`` is ``Path(source).parent / "run.json"``, as for a run);
+    - a path that does not exist (``./x``, ``a/b/c``, or ``runs/x`` where ``runs/`` exists
+      here): UsageError;
+    - anything else is a hub id, with ``step`` (revision ``step{N}``; Pythia steps are checked by
+      :func:`mechtrunc._choices.check_step`)."""
+    kind = model_kind(model)
+    if kind in ("toy", "memory"):
+        if step is not None:
+            raise UsageError(f"--step applies to language-model runs, checkpoint directories and hub ids; "
+                             f"{model} is a {_KIND_NAMES[kind]} (one model, no checkpoints)")
+        return kind, model, None
+    path = Path(model).expanduser()
+    if path.is_dir():
+        steps = checkpoint_steps(path)
+        if (path / "config.json").is_file() and not steps:  # one checkpoint
+            m = re.fullmatch(r"step(\d+)", path.name)
+            if step is not None and (m is None or int(m.group(1)) != step):
+                if m is None:
+                    raise UsageError(f"{model} is a single saved model, not step {step}: --step applies to a run "
+                                     "directory, a directory of step{N}/ checkpoints or a hub id")
+                siblings = checkpoint_steps(path.parent)
+                raise UsageError(f"{model} is the checkpoint of step {m.group(1)}, not step {step}: give the run "
+                                 f"directory with --step ({path.parent} --step {step}"
+                                 + ("" if step in siblings else f"; its steps: {_first_few(siblings)}") + ")")
+            if m is not None and model_kind(str(path.parent)) == "lm":
+                kind = "lm"
+            return kind, str(path), None
+        if not steps:
+            what = "a language-model run without checkpoints (no step*/ directory): train it first" \
+                if kind == "lm" else \
+                "not a model directory: it holds no config.json (a save_pretrained model) and no step*/ checkpoints"
+            raise UsageError(f"{model} is {what}")
+        if step is None:
+            return kind, str(steps[max(steps)]), None
+        if step not in steps:
+            raise UsageError(f"{model} holds no checkpoint of step {step}; its steps: {_first_few(steps)}")
+        return kind, str(steps[step]), None
+    parent = path.parent
+    if looks_like_path(model) or (str(parent) not in ("", ".") and parent.is_dir()):
+        held = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else None
+        raise UsageError(f"no such model directory: {model!r}"
+                         + ("" if held is None else f" ({parent}/ holds: {_first_few(held) or 'nothing'})"))
+    return kind, model, step
+
+
+def model_arg(text: str) -> str:
+    """An argparse type for MODEL: a hub id or an existing run, checkpoint or model directory
+    (:func:`resolve_model` without ``--step``; a path template with ``{step}`` passes)."""
+    if "{step}" not in text:
+        try:
+            resolve_model(text)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def run_dir(kind: str | None, hint: str):
+    """An argparse type: an existing directory; with ``kind``, not recognisably a run of another
+    kind (:func:`model_kind`; what cannot be told from the files is left to the loader)."""
+
+    def check(text: str) -> str:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"{'model directory' if kind else 'directory'} {text} does not exist; "
+                                             f"give {hint}")
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is not a directory; give {hint}")
+        if kind is not None:
+            try:
+                found = model_kind(text)
+            except UsageError:
+                return text  # e.g. a corrupt config.json: the loader says what is wrong
+            if found != kind and found in _KIND_NAMES:
+                raise argparse.ArgumentTypeError(f"{text} is a {_KIND_NAMES[found]}, not a {_KIND_NAMES[kind]}; "
+                                                 f"give {hint}")
+        return text
+
+    check.__name__ = f"{kind or 'run'}_directory"
+    return check

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
-    UsageError, choice, device, fraction, last_checkpoint, model_kind, nonneg_int, positive_int,
+    UsageError, choice, device, fraction, model_arg, model_kind, nonneg_int, positive_int, resolve_model,
 )
 
 __all__ = ["add_commands", "load_lens_model"]
@@ -29,7 +28,7 @@ def load_lens_model(args) -> dict:
     prompts, special tokens and padding masked out).  A language-model run (or one of its
     ``step{N}`` checkpoints) is scored on its own held-out prompts of ``--task`` ioi, factual or
     generic (:func:`mechtrunc.lm.prompts.run_prompts`, as ``patch`` and ``lm study``)."""
-    kind = model_kind(args.model)
+    kind, source, step = resolve_model(args.model, args.step)
     if kind == "toy":
         from mechtrunc.training import load_run
 
@@ -47,14 +46,12 @@ def load_lens_model(args) -> dict:
         _, targets = model.sample(4096, torch.Generator().manual_seed(0))
         return dict(model=model, kind=kind, itos=None, prompts=model.prompts(), generic_data=targets,
                     generic_count="answers", tokenizer=None)
-    from mechtrunc.lm.prompts import run_dir
+    from mechtrunc.lm.prompts import prompts_for_model, run_dir
     from mechtrunc.pythia import load_model
-    from mechtrunc.lm.prompts import prompts_for_model
 
-    path = last_checkpoint(Path(args.model)) if kind == "lm" else args.model
-    model = load_model(str(path), device=args.device, **({"local_files_only": True} if run_dir(path) else {}))
+    model = load_model(source, step=step, device=args.device, **({"local_files_only": True} if run_dir(source) else {}))
     # a language-model run: its own prompts, as patch and lm study
-    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)
+    prompts = prompts_for_model(source, args.task, model.tokenizer, n=args.n, seed=args.seed)
     return dict(model=model, kind=kind, itos=None, prompts=prompts, generic_data=prompts, generic_count="tokens",
                 tokenizer=model.tokenizer)
 
@@ -157,8 +154,10 @@ def cmd_logit(args) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="toy run, memory run or language-model run directory, a save_pretrained directory "
-                   "or a hub id")
+    p.add_argument("model", type=model_arg, help="toy run, memory run or language-model run directory (its last "
+                   "checkpoint, or --step), a save_pretrained directory (e.g. RUN/step200) or a hub id")
+    p.add_argument("--step", type=nonneg_int, default=None,
+                   help="language-model runs and hub ids: the training checkpoint (RUN/step{N}, hub revision step{N})")
     p.add_argument("--task", default="ioi", help="language models: 'ioi', 'factual' or a CSV/JSONL prompt file "
                    "(default ioi); toy and memory runs use their own clean test set")
     p.add_argument("--n", type=positive_int, default=200, help="number of task prompts (language models)")
@@ -196,7 +195,8 @@ def add_commands(sub) -> None:
                     help="add a run with this LASER truncation (repeatable), e.g. mlp.W_in:1:0.1")
     lg.add_argument("--remove-ffn", type=nonneg_int, action="append", metavar="LAYER",
                     help="add a run with this layer's FFN removed (repeatable)")
-    lg.add_argument("--rule", choices=_choices.RULES, default="authors",
-                    help="rank rule of --truncate (default authors, as the paper's toy table)")
+    lg.add_argument("--rule", choices=_choices.RULES, default=_choices.DEFAULT_RULE,
+                    help=f"rank rule of --truncate (default {_choices.DEFAULT_RULE}; authors: the paper's released "
+                         "code, as its toy table)")
     lg.add_argument("--batch-size", type=positive_int, default=64, help="prompts per forward pass")
     lg.set_defaults(func=cmd_logit)

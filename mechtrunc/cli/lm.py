@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
@@ -15,11 +16,20 @@ from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_RUN_FORMAT, LM_SPL
 __all__ = ["add_commands", "study_summary"]
 
 
-def _corpus_options(p: argparse.ArgumentParser, seed_flag: str) -> None:
+class _OldCorpusSeed(argparse.Action):
+    """``lm corpus --seed``: the old name of ``--corpus-seed``, still read, with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("mechtrunc: warning: `lm corpus --seed` is deprecated; the corpus seed is --corpus-seed in every "
+              "`mechtrunc lm` command", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _corpus_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("corpus (mechtrunc.lm.corpus.CorpusConfig)")
     g.add_argument("--corpus", type=choice(CORPUS_PRESETS, "corpus preset"), default="default",
                    help=f"corpus preset: {', '.join(CORPUS_PRESETS)} (default: default; rare_the is the control)")
-    g.add_argument(seed_flag, type=nonneg_int, default=None, dest="corpus_seed", help="corpus seed (default 0)")
+    g.add_argument("--corpus-seed", type=nonneg_int, default=None, dest="corpus_seed", help="corpus seed (default 0)")
     g.add_argument("--to-the-share", type=fraction, default=None,
                    help='share of generic "to" followed by " the" rather than a name (default 0.7)')
     g.add_argument("--ioi-the-share", type=fraction, default=None,
@@ -114,6 +124,9 @@ def _check_run_dir(run: Path) -> None:
     try:
         fmt = json.loads((run / "run.json").read_text()).get("format")
     except FileNotFoundError:
+        if (run.parent / "run.json").is_file():
+            raise UsageError(f"{run} is one checkpoint of the run {run.parent}: give the run directory "
+                             f"(`mechtrunc lm study {run.parent}`)") from None
         raise UsageError(f"{run} is not a mechtrunc lm run directory (no run.json); train one with "
                          "`mechtrunc lm train --preset small --out DIR`") from None
     except (OSError, ValueError, AttributeError) as e:
@@ -220,7 +233,8 @@ def add_commands(sub) -> argparse._SubParsersAction:
     co.add_argument("--stories", type=positive_int, default=10, help="number of stories (default 10)")
     co.add_argument("--out", default=None, help="write the text to this new file")
     co.add_argument("--json", action="store_true", help="print statistics as JSON instead of the text")
-    _corpus_options(co, "--seed")
+    _corpus_options(co)
+    co.add_argument("--seed", type=nonneg_int, dest="corpus_seed", action=_OldCorpusSeed, help=argparse.SUPPRESS)
     co.set_defaults(func=cmd_corpus)
     pr = lsub.add_parser("prompts", help="write held-out IOI or factual prompts as a JSONL prompt file",
                          description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
@@ -233,7 +247,7 @@ def add_commands(sub) -> argparse._SubParsersAction:
                     help="heldout (default: held-out templates, training names), heldout_names (held-out "
                          "templates and names: the model cannot say those) or train")
     pr.add_argument("--out", required=True, help="new .jsonl file")
-    _corpus_options(pr, "--corpus-seed")
+    _corpus_options(pr)
     pr.set_defaults(func=cmd_prompts)
     tr = lsub.add_parser("train", help="train a preset; checkpoints OUT/step{N}/ at Pythia's schedule",
                          description="Train (or resume: rerun the same command) a GPT-NeoX preset on the corpus. "
@@ -254,7 +268,7 @@ def add_commands(sub) -> argparse._SubParsersAction:
                     help="train the run in --out on to a larger --steps; refused, with the reason, when the "
                          "learning rates of the updates done depend on --steps (the presets' warm-up and cosine "
                          "decay do)")
-    _corpus_options(tr, "--corpus-seed")
+    _corpus_options(tr)
     tr.add_argument("--json", action="store_true", help="print the summary as JSON")
     tr.set_defaults(func=cmd_train)
     st = lsub.add_parser("study", help="measure a finished run: learning curves, order of learning, truncation grid",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
-    UsageError, choice, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int,
+    UsageError, choice, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int, run_dir,
 )
 from mechtrunc.cli.toy import format_table
 from mechtrunc.results import P_ANSWER, VARIANT_METRICS
@@ -165,7 +165,8 @@ def add_commands(sub) -> None:
                                      "direction and with the correct associations; clean metrics of the full "
                                      "memory, of LASER (mt.Truncate) and of removing the noise component "
                                      "(mt.RemoveComponents).")
-    sp.add_argument("dir", help="directory written by `mechtrunc memory train`")
+    sp.add_argument("dir", type=run_dir("memory", "the --out directory of `mechtrunc memory train`"),
+                    help="directory written by `mechtrunc memory train`")
     sp.add_argument("--keep", type=fraction, default=0.1, help="LASER kept fraction of the rank (default 0.1)")
     sp.add_argument("--top", type=positive_int, default=8, help="components to print (default 8)")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -194,7 +195,8 @@ def _add_dynamics(subparsers) -> None:
     p.add_argument("--embeddings", type=choice(_choices.MINIMAL_EMBEDDINGS, "embeddings", "embeddings"),
                    help=f"{' or '.join(_choices.MINIMAL_EMBEDDINGS)} (default {_choices.MINIMAL_EMBEDDINGS[0]})")
     p.add_argument("--optimizer", type=choice(_choices.MINIMAL_OPTIMIZERS, "optimizer"),
-                   help=f"{' or '.join(_choices.MINIMAL_OPTIMIZERS)} (default {_choices.MINIMAL_OPTIMIZERS[0]})")
+                   help=f"{' or '.join(_choices.MINIMAL_OPTIMIZERS)} (torch.optim.SGD / Adam; default "
+                        f"{_choices.MINIMAL_OPTIMIZERS[0]}; no adamw: the minimal model has no weight decay)")
     p.add_argument("--lr", type=positive_float, help="learning rate")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step")
     p.add_argument("--steps", type=positive_int, help="training steps")

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import UsageError, choice, device, last_checkpoint, model_kind, nonneg_int, positive_int
+from mechtrunc.cli.checks import (
+    UsageError, choice, device, level, model_arg, model_kind, nonneg_int, positive_int, resolve_model,
+)
 
 __all__ = ["add_commands", "parse_receiver"]
 
@@ -38,7 +40,7 @@ def parse_receiver(text: str):
 def _load(args):
     """(model, clean, corrupted) for MODEL and --task."""
     path = Path(args.model)
-    kind = model_kind(args.model)
+    kind, source, step = resolve_model(args.model, args.step)
     if kind == "memory":
         raise UsageError(f"{args.model} is a linear-memory run: patching needs a Transformer (a toy run, a language-model "
                          "run or a Hugging Face model)")
@@ -53,27 +55,32 @@ def _load(args):
     if args.task == "recall":
         raise UsageError(f"--task recall needs a toy run directory; {args.model} is not one (no config.json "
                          "of a toy model)")
-    from mechtrunc.lm.prompts import run_dir
+    from mechtrunc.lm.prompts import prompts_for_model, run_dir
     from mechtrunc.pythia import load_model
     from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
-    from mechtrunc.lm.prompts import prompts_for_model
 
-    if run_dir(path) is not None:  # a language-model run or one of its checkpoints
-        model = load_model(last_checkpoint(path) if kind == "lm" else path, device=args.device, local_files_only=True)
+    if run_dir(source) is not None:  # a language-model run or one of its checkpoints
+        model = load_model(source, device=args.device, local_files_only=True)
     else:
-        model = load_model(args.model, device=args.device)
+        model = load_model(source, step=step, device=args.device)
     # a language-model run: its own prompts, as lens and lm study
-    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)
+    prompts = prompts_for_model(source, args.task, model.tokenizer, n=args.n, seed=args.seed)
     corrupt = ioi_abc if args.task == "ioi" else factual_swap
     return model, *corrupt(prompts, model.tokenizer, seed=args.seed)
 
 
 def _common(p) -> None:
-    p.add_argument("model", help="a toy run directory, a `mechtrunc lm train` run, or a hub id / model directory")
+    p.add_argument("model", type=model_arg, help="a toy run directory, a `mechtrunc lm train` run (its last checkpoint, "
+                   "or --step), or a hub id / model directory (e.g. RUN/step200)")
+    p.add_argument("--step", type=nonneg_int, default=None,
+                   help="language-model runs and hub ids: the training checkpoint (RUN/step{N}, hub revision step{N})")
     p.add_argument("--task", type=choice(PATCH_TASKS, "task"), default=None,
                    help="recall (toy runs, the default there), ioi (default otherwise) or factual")
     p.add_argument("--n", type=positive_int, default=128, help="number of prompt pairs (default 128)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the prompts and of the corruption")
+    p.add_argument("--seed", type=nonneg_int, default=0,
+                   help="seed of the prompts, of the corruption and of the bootstrap (default 0)")
+    p.add_argument("--level", type=level, default=_choices.PATCH_LEVEL,
+                   help=f"level of each effect's percentile bootstrap interval (default {_choices.PATCH_LEVEL})")
     p.add_argument("--metric", default=None, help="metric (default logit_diff of the first competitor)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="rows per forward pass (default 64)")
     p.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
@@ -139,7 +146,7 @@ def cmd_scan(args) -> int:
     from mechtrunc.patching import largest_moves, patching_scan
 
     df = patching_scan(model, clean, corrupted, sites=args.sites, metric=args.metric, direction=args.direction,
-                       batch_size=args.batch_size, progress=not args.no_progress)
+                       batch_size=args.batch_size, progress=not args.no_progress, level=args.level, seed=args.seed)
     how = ("effect: 1 = clean, 0 = corrupted; denoising restores, noising breaks" if df.attrs["normalised"] else
            "change: value minus the run patched into (corrupted when denoising, clean when noising)")
     top = largest_moves(df, args.top)
@@ -158,7 +165,7 @@ def cmd_path(args) -> int:
 
     senders = [tuple(args.sender)] if args.sender else None
     df = path_patching_scan(model, clean, corrupted, args.receiver, senders=senders, metric=args.metric,
-                            direction=args.direction, batch_size=args.batch_size)
+                            direction=args.direction, batch_size=args.batch_size, level=args.level, seed=args.seed)
     shown = _shown(df, ["sender_layer", "sender_head", "receiver", "value", "effect", "effect_low", "effect_high"])
     text = (f"{_pairs_text(clean, args.task)}; {df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted "
             f"{df.attrs['corrupted']:.4f}; paths ({args.direction}) into {df['receiver'].iloc[0]}:\n"
@@ -179,8 +186,10 @@ def add_commands(sub) -> None:
     _common(sc)
     sc.add_argument("--sites", nargs="+", type=choice(_choices.SITES, "site"), default=list(_SCAN_SITES),
                     help=f"sites to scan (default {' '.join(_SCAN_SITES)}; z is per head)")
-    sc.add_argument("--direction", type=choice(("denoising", "noising", "both"), "direction"), default="denoising",
-                    help="denoising (corrupted run, one clean activation; default), noising or both")
+    sc.add_argument("--direction", type=choice(_choices.PATCH_DIRECTIONS, "direction"),
+                    default=_choices.DEFAULT_PATCH_DIRECTION,
+                    help="denoising (the corrupted run, one clean activation restored), noising (the clean run, one "
+                         f"corrupted activation) or both (default {_choices.DEFAULT_PATCH_DIRECTION})")
     sc.add_argument("--top", type=positive_int, default=15, help="rows shown in the terminal (default 15)")
     sc.set_defaults(func=cmd_scan)
     pp = psub.add_parser("path", help="path patching from sender heads into a receiver",
@@ -191,6 +200,8 @@ def add_commands(sub) -> None:
                     help="logits (default), mlp:LAYER, or q|k|v:LAYER:HEAD")
     pp.add_argument("--sender", type=nonneg_int, nargs=2, metavar=("LAYER", "HEAD"), default=None,
                     help="one sender head (default: every head that reaches the receiver)")
-    pp.add_argument("--direction", type=choice(("noising", "denoising"), "direction"), default="noising",
-                    help="noising (clean run, the sender's corrupted output; default) or denoising")
+    pp.add_argument("--direction", type=choice(_choices.PATCH_DIRECTIONS[:2], "direction"),
+                    default=_choices.DEFAULT_PATCH_DIRECTION,
+                    help="denoising (the corrupted run, the sender's clean output) or noising (the clean run, the "
+                         f"sender's corrupted output; Wang et al.) (default {_choices.DEFAULT_PATCH_DIRECTION})")
     pp.set_defaults(func=cmd_path)

@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_float, nonneg_int, positive_int
+from mechtrunc.cli.checks import (
+    UsageError, choice, device, fraction, model_arg, nonneg_float, nonneg_int, positive_int, resolve_model,
+)
 
 __all__ = ["add_commands"]
 
@@ -22,8 +24,9 @@ def _words(values) -> str:
 
 
 def _rule_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument("--rule", choices=_choices.RULES, default=_choices.RULES[0],
-                   help=f"{prefix}rank rounding rule (default {_choices.RULES[0]})")
+    p.add_argument("--rule", choices=_choices.RULES, default=_choices.DEFAULT_RULE,
+                   help=f"{prefix}rank rounding rule (default {_choices.DEFAULT_RULE}; authors: the paper's released "
+                        "code)")
 
 
 def _mode_option(p: argparse.ArgumentParser, default, prefix: str = "") -> None:
@@ -33,8 +36,10 @@ def _mode_option(p: argparse.ArgumentParser, default, prefix: str = "") -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="hub id (EleutherAI/pythia-160m, gpt2, ...) or local directory "
-                   "(truncate: one save_pretrained model; checkpoints: see below)")
+    p.add_argument("--model", required=True, type=model_arg,
+                   help="hub id (EleutherAI/pythia-160m, gpt2, ...) or local directory: a `mechtrunc lm train` run or "
+                        "any directory of step{N}/ checkpoints (truncate: the last one, or --step), or one "
+                        "save_pretrained model (e.g. RUN/step200)")
     p.add_argument("--task", default="ioi", help="'ioi', 'factual' or a CSV/JSONL prompt file (default ioi)")
     p.add_argument("--n", type=positive_int, default=200, help="number of IOI prompts (default 200)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the IOI prompts")
@@ -130,19 +135,23 @@ def cmd_truncate(args) -> int:
     _check_task(args.task)
     _check_steps(args.model, [args.step])
     _check_heldout(args)
+    kind, source, step = resolve_model(args.model, args.step)
+    if kind in ("toy", "memory"):
+        raise UsageError(f"{args.model} is a {kind} run: `pythia truncate` studies a Transformer language model "
+                         "(a hub id, a `mechtrunc lm train` run or a save_pretrained directory)")
+    from mechtrunc.lm.prompts import prompts_for_model
     from mechtrunc.pythia import load_model
     from mechtrunc.results import default_metric
     from mechtrunc.studies import Grid, study_report, truncation_study
-    from mechtrunc.lm.prompts import prompts_for_model
 
     grid = Grid(layers=args.layers, matrices=args.matrices, keeps=args.keeps, rule=args.rule, svd=args.svd,
                 mode=args.mode)  # every grid value checked before the model loads
-    model = load_model(args.model, step=args.step, device=args.device, dtype=args.dtype, n_devices=args.n_devices)
-    prompts = prompts_for_model(args.model, args.task, model.tokenizer, n=args.n, seed=args.seed)  # an lm run: its own
+    model = load_model(source, step=step, device=args.device, dtype=args.dtype, n_devices=args.n_devices)
+    prompts = prompts_for_model(source, args.task, model.tokenizer, n=args.n, seed=args.seed)  # an lm run: its own
     df, items = truncation_study(model, prompts, layers=grid.layers, matrices=grid.matrices, keeps=grid.keeps,
                                  rule=grid.rule, svd=grid.svd, mode=grid.mode, batch_size=args.batch_size,
                                  out=args.out, progress=not args.no_progress, return_items=True,
-                                 info={"task": str(args.task), "n": args.n, "seed": args.seed})
+                                 info={"task": str(args.task), "n": args.n, "seed": args.seed}, metric=args.metric)
     metric = args.metric or default_metric(df.columns)
     paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size,
                          items=items)
@@ -278,7 +287,9 @@ def add_commands(sub) -> None:
                                      "the task, write the table, a heatmap, the best configuration and its "
                                      "attribution change.")
     _model_options(tr)
-    tr.add_argument("--step", type=nonneg_int, default=None, help="training checkpoint (revision step{N})")
+    tr.add_argument("--step", type=nonneg_int, default=None,
+                    help="training checkpoint: hub revision step{N}, or RUN/step{N} of a run directory (default: a "
+                         "run's last checkpoint)")
     tr.add_argument("--layers", type=nonneg_int, nargs="+", default=None, help="layers (default all)")
     tr.add_argument("--matrices", nargs="+", type=_matrix, default=list(_choices.GRID_MATRICES),
                     help=f"matrices (default {_words(_choices.GRID_MATRICES)})")
@@ -318,7 +329,8 @@ def add_commands(sub) -> None:
         epilog="--model is one of:\n"
                "  a hub id                 EleutherAI/pythia-160m (revision step{N}; from the local Hugging Face\n"
                "                           cache when it holds those revisions, e.g. with HF_HUB_OFFLINE=1)\n"
-               "  a checkpoint directory   runs/neox (holding step0/, step1000/, ... each a save_pretrained model)\n"
+               "  a checkpoint directory   runs/neox (holding step0/, step1000/, ... each a save_pretrained model;\n"
+               "                           a `mechtrunc lm train` run is one)\n"
                "  a path template          /data/pythia-160m-step{step} (a save_pretrained model per step)\n")
     _model_options(ck)
     ck.add_argument("--steps", type=nonneg_int, nargs="+", required=True, help="training steps (e.g. 0 512 1000 143000)")

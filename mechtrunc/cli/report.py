@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from mechtrunc.cli.checks import device, nonneg_int
+from mechtrunc.cli.checks import device, nonneg_int, run_dir
 
 __all__ = ["add_commands", "cmd_report"]
 
@@ -41,7 +41,8 @@ def add_commands(sub) -> None:
                     "self-contained HTML file (interactive charts, attention views; opens from disk with no "
                     "network). A study is read from its files, never recomputed; only a few example prompts are "
                     "run again, when the model can be loaded.")
-    p.add_argument("dir", help="the run or study directory (e.g. runs/demo)")
+    p.add_argument("dir", type=run_dir(None, "a run or study directory (e.g. runs/demo)"),
+                   help="the run or study directory (e.g. runs/demo)")
     p.add_argument("--out", default=None, help="HTML file to write (default DIR/report.html)")
     p.add_argument("--model", default=None,
                    help="studies: the model (hub id or directory) when study.json does not record a loadable one")

@@ -7,8 +7,10 @@ import argparse
 import json
 
 from mechtrunc import _choices
-from mechtrunc.cli.checks import choice, device, fraction, int_at_least, nonneg_int, positive_float, positive_int
-from mechtrunc.results import VARIANT_METRICS
+from mechtrunc.cli.checks import (
+    choice, device, fraction, int_at_least, nonneg_int, positive_float, positive_int, run_dir,
+)
+from mechtrunc.results import LAST_FFN_REMOVED, VARIANT_METRICS
 
 __all__ = ["add_commands", "format_table"]
 
@@ -23,7 +25,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, help="training iterations")
     p.add_argument("--batch-size", type=positive_int, help="sequences per step")
     p.add_argument("--lr", type=positive_float, help="learning rate")
-    p.add_argument("--optimizer", choices=_choices.OPTIMIZERS, help="optimiser")
+    p.add_argument("--optimizer", type=choice(_choices.OPTIMIZERS, "optimizer"),
+                   help=f"{', '.join(_choices.OPTIMIZERS)} (torch.optim.SGD with the preset's momentum, Adam, AdamW; "
+                        "default: the preset's)")
     p.add_argument("--eval-every", type=positive_int, help="evaluate every N steps")
     p.add_argument("--seed", type=nonneg_int, help="random seed (model, data)")
     p.add_argument("--init", choices=_choices.INITS,
@@ -46,9 +50,9 @@ def _train_config(args):
 def format_table(final: dict) -> str:
     """``{variant: {accuracy, p_noise, p_answer}}`` (:data:`~mechtrunc.results.VARIANT_METRICS`) as
     a text table, one line per variant."""
-    lines = [f"{'variant':<14}{'accuracy':>10}{'P(noise)':>10}{'P(answer)':>12}"]
+    lines = [f"{'variant':<18}{'accuracy':>10}{'P(noise)':>10}{'P(answer)':>12}"]
     for name, m in final.items():
-        lines.append(f"{name:<14}{m['accuracy']:>10.3f}{m['p_noise']:>10.3f}{m['p_answer']:>12.3f}")
+        lines.append(f"{name:<18}{m['accuracy']:>10.3f}{m['p_noise']:>10.3f}{m['p_answer']:>12.3f}")
     return "\n".join(lines)
 
 
@@ -74,7 +78,7 @@ def cmd_toy_eval(args) -> int:
     model, cfg, task = load_run(args.dir, device=args.device)
     prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
     final = evaluate_toy(model, prompts)
-    iv = toy_change_intervals(model, prompts) if "ffn2_removed" in final else None
+    iv = toy_change_intervals(model, prompts) if LAST_FFN_REMOVED in final else None
     if args.json:
         out = {k: {m: v[m] for m in VARIANT_METRICS} for k, v in final.items()}
         if iv is not None:
@@ -88,7 +92,7 @@ def cmd_toy_eval(args) -> int:
         if iv is not None:
             cells = ", ".join(f"{r['metric']} {r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
                               for _, r in iv.iterrows() if r["metric"] in VARIANT_METRICS)
-            print(f"change with the layer-2 FFN removed: {cells} (95% paired bootstrap over the "
+            print(f"change with the last FFN (L1) removed: {cells} (95% paired bootstrap over the "
                   f"{int(prompts.rows.unique().numel())} test sequences, {int(iv['n_boot'].iloc[0])} resamples)")
     return 0
 
@@ -105,8 +109,8 @@ def cmd_demo(args) -> int:
         print(f"Already trained: {args.out} holds the finished run ({steps} steps); evaluating it.")
     print(f"\nClean test set, {steps} steps" + ("" if result.already_finished else f", {result.seconds:.0f} s") + ":")
     print(format_table(result.final))
-    full, cut = result.final["full"], result.final["ffn2_removed"]
-    print(f"\nRemoving the layer-2 FFN moves accuracy {full['accuracy']:.2f} -> {cut['accuracy']:.2f} "
+    full, cut = result.final["full"], result.final[LAST_FFN_REMOVED]
+    print(f"\nRemoving the last FFN (L1) moves accuracy {full['accuracy']:.2f} -> {cut['accuracy']:.2f} "
           f"and P(noise) {full['p_noise']:.2f} -> {cut['p_noise']:.2f}: the FFN stores the generic "
           f"noise association that competes with in-context recall.")
     print(f"Model and history saved in {args.out}; try `mechtrunc toy eval {args.out}`.")
@@ -121,7 +125,7 @@ def add_commands(sub) -> None:
     """Add ``demo`` and the ``toy`` group to the top-level subparsers ``sub``."""
     demo = sub.add_parser("demo", help="train the cpu-preset toy model and print the before/after table",
                           description="Train the toy model (cpu preset, about 75 s on 2 cores) and show "
-                                      "that removing the layer-2 FFN fixes in-context recall.")
+                                      "that removing the last FFN (L1, 0-based) fixes in-context recall.")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
     demo.set_defaults(func=cmd_demo)
@@ -140,8 +144,9 @@ def add_commands(sub) -> None:
                          "refused; a finished run is left as it is without this)")
     tr.set_defaults(func=cmd_toy_train)
     ev = toy_sub.add_parser("eval", help="evaluate a trained toy model",
-                            description="Clean-test metrics of the full model and with the layer-2 FFN removed.")
-    ev.add_argument("dir", help="directory written by `mechtrunc toy train`")
-    ev.add_argument("--json", action="store_true", help='print {"full": {...}, "ffn2_removed": {...}} as JSON')
+                            description="Clean-test metrics of the full model and with its last FFN (L1) removed.")
+    ev.add_argument("dir", type=run_dir("toy", "the --out directory of `mechtrunc toy train` or `mechtrunc demo`"),
+                    help="directory written by `mechtrunc toy train`")
+    ev.add_argument("--json", action="store_true", help='print {"full": {...}, "last_ffn_removed": {...}} as JSON')
     ev.add_argument("--device", type=device, default="cpu", help="torch device")
     ev.set_defaults(func=cmd_toy_eval)

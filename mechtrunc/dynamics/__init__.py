@@ -5,7 +5,7 @@ systems, measured the same way.
   associative memories over fixed embeddings), its gradient signals and their closed forms,
   gradient signal-to-noise ratios, and its training loop;
 - :mod:`mechtrunc.dynamics.toy`: the toy Transformer's dynamics (induction score, where the
-  noise-carrying singular components of the layer-2 FFN sit) as a training callback;
+  noise-carrying singular components of the FFN L1 sit) as a training callback;
 - :mod:`mechtrunc.dynamics.measures`: the induction score and the order of learning, shared by both.
 
 Everything returns tidy pandas DataFrames.

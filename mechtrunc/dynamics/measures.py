@@ -45,7 +45,7 @@ def order_of_learning(
     ``step_icl``: first step where the in-context answer (the model with its FF removed) reaches
     accuracy ``icl_threshold``; ``ff_first``: ``step_noise < step_icl`` (a run that never
     learns the in-context answer counts as FF-first if it learned the noise).  For the toy
-    Transformer pass ``icl_column="ffn2_removed_accuracy"``."""
+    Transformer pass ``icl_column="last_ffn_removed_accuracy"``."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     h = history.sort_values("step")

@@ -65,7 +65,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from mechtrunc._checks import check_choice, check_int, check_real
-from mechtrunc._choices import MINIMAL_EMBEDDINGS, MINIMAL_FF, MINIMAL_MEMORIES, MINIMAL_OPTIMIZERS
+from mechtrunc._choices import MINIMAL_EMBEDDINGS, MINIMAL_FF, MINIMAL_MEMORIES, MINIMAL_OPTIMIZERS, OPTIMIZERS
 from mechtrunc._progress import progress_bar
 from mechtrunc.adapters import MatrixSite, ModelAdapter, adapt
 from mechtrunc.interventions import Ablate, intervene
@@ -129,6 +129,9 @@ class MinimalConfig:
     def __post_init__(self) -> None:
         check_choice("embeddings", self.embeddings, EMBEDDINGS)
         check_choice("dtype", self.dtype, tuple(_DTYPES))
+        if self.optimizer in OPTIMIZERS and self.optimizer not in MINIMAL_OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is not one the minimal model trains with (it has no "
+                             f"weight decay); valid: {', '.join(MINIMAL_OPTIMIZERS)}")
         check_choice("optimizer", self.optimizer, MINIMAL_OPTIMIZERS)
         check_choice("ff", self.ff, MINIMAL_FF)
         if not isinstance(self.lr_scale, dict):

@@ -2,7 +2,7 @@
 
 :class:`ToyDynamicsRecorder` is a ``callback`` for
 :func:`mechtrunc.training.train` that logs, at every evaluation, the induction score of the
-layer-2 head, and the singular spectra of the layer-2 ``W_in`` / ``W_out`` (and ``W - W_init``)
+L1 head, and the singular spectra of the L1 ``W_in`` / ``W_out`` (and ``W - W_init``)
 with each component's contribution to the noise and to the correct logit at repeated triggers.
 
 For the model without feed-forward layers (issue 18): :func:`attention_component_attributions`

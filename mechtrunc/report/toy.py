@@ -7,6 +7,7 @@ import torch
 
 from mechtrunc.report.context import Context, visible_token
 from mechtrunc.report.page import CircuitsView, Section, esc, html_table, note
+from mechtrunc.results import LAST_FFN_REMOVED
 from mechtrunc.selection import change_intervals
 
 __all__ = ["SECTIONS"]
@@ -15,7 +16,7 @@ __all__ = ["SECTIONS"]
 N_BOOT = 1000
 
 FULL, CUT = "#1f5fa8", "#d9622b"
-LABELS = {"full": "full model", "ffn2_removed": "layer-2 FFN removed"}
+LABELS = {"full": "full model", LAST_FFN_REMOVED: "last FFN removed"}
 
 
 def _last_layer(ctx: Context) -> int:
@@ -44,7 +45,7 @@ def training_section(ctx: Context) -> Section | None:
     s = Section("training", "Training curves",
                 intro="Clean test set evaluated during training: accuracy at repeated triggers, probability of the "
                       "noise token and of the correct token, for the full model (solid) and the model without its "
-                      "layer-2 FFN (dashed).")
+                      "last FFN (dashed; layer 1, 0-based).")
     if h is None or h.empty:
         return s.add(note("history.csv is missing: no training curves.", "warning"))
     from plotly.subplots import make_subplots
@@ -53,7 +54,7 @@ def training_section(ctx: Context) -> Section | None:
     panels = [("accuracy", "accuracy"), ("p_noise", "P(noise)"), ("p_answer", "P(answer)")]
     fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels], horizontal_spacing=0.07)
     for j, (metric, _) in enumerate(panels, 1):
-        for variant, color, dash in (("full", FULL, "solid"), ("ffn2_removed", CUT, "dash")):
+        for variant, color, dash in (("full", FULL, "solid"), (LAST_FFN_REMOVED, CUT, "dash")):
             col = f"{variant}_{metric}"
             if col not in h:
                 continue
@@ -101,7 +102,7 @@ def truncation_section(ctx: Context) -> Section | None:
     s = Section("truncation", "Truncation of the trained model",
                 intro="LASER (keep a fraction of the singular components) of both FFN matrices and of W_V in each "
                       "layer, evaluated on the clean test set with <code>mt.sweep</code>; the first rows are the full "
-                      "model and the layer-2 FFN removed. Layers are 0-based: the paper's layer 2 is layer 1. "
+                      "model and FFN L1 removed. Layers are 0-based: the paper's layer 2 is layer 1. "
                       f"The change columns give each configuration's change against the full model with its 95% "
                       f"paired bootstrap interval ({N_BOOT} resamples of the test sequences, all repeated triggers of "
                       "a sequence together, seeded). The configurations are not chosen here: nothing is selected on "
@@ -161,7 +162,7 @@ def components_section(ctx: Context) -> Section | None:
         idx = ranked["component"].head(k).tolist()
         rows.append(mt.evaluate(model, prompts, mt.RemoveComponents("mlp.W_out", layer=last, indices=idx),
                                 label=f"remove top {k} {idx}"))
-    rows.append(mt.evaluate(model, prompts, mt.Ablate("mlp", layer=last), label="layer-2 FFN removed"))
+    rows.append(mt.evaluate(model, prompts, mt.Ablate("mlp", layer=last), label=f"FFN L{last} removed"))
     eff = pd.concat(rows, ignore_index=True)[["variant", "accuracy", "p_answer", "p_noise", "logit_diff_noise"]]
     return s.add(fig, html_table(ranked.head(10)), "<h3>Removing the top components</h3>", html_table(eff))
 
@@ -188,7 +189,7 @@ def attribution_section(ctx: Context) -> Section | None:
     fig = go.Figure([
         go.Bar(x=parts["component"], y=parts["clean"], name="full model", marker_color=FULL,
                hovertemplate="%{x}<br>clean %{y:.3f}<extra></extra>"),
-        go.Bar(x=parts["component"], y=parts["intervened"], name=f"layer-{last + 1} FFN removed", marker_color=CUT,
+        go.Bar(x=parts["component"], y=parts["intervened"], name=f"FFN L{last} removed", marker_color=CUT,
                hovertemplate="%{x}<br>FFN removed %{y:.3f}<extra></extra>"),
     ])
     fig.update_layout(barmode="group", height=340, margin=dict(l=50, r=20, t=20, b=40),
@@ -274,7 +275,7 @@ def token_probability_section(ctx: Context) -> Section | None:
     p_clean = clean.gather(1, target[:, None]).squeeze(1)
     p_cut = cut.gather(1, target[:, None]).squeeze(1)
     labels = _labels(task, batch, i, n)
-    for title, vals in (("full model", p_clean), (f"layer-{last + 1} FFN removed", p_cut)):
+    for title, vals in (("full model", p_clean), (f"FFN L{last} removed", p_cut)):
         s.add(CircuitsView("ColoredTokens", {"tokens": labels, "values": vals, "minValue": 0.0, "maxValue": 1.0},
                            caption=f"<b>{title}</b>: P(correct next token)", height=40))
     rep = (batch.counts[i, :n] >= 2).nonzero().squeeze(1).tolist()
@@ -282,7 +283,7 @@ def token_probability_section(ctx: Context) -> Section | None:
     fig = go.Figure([
         go.Scatter(x=x, y=p_clean.tolist(), mode="lines", name="full model", line=dict(color=FULL),
                    customdata=labels, hovertemplate="pos %{x} %{customdata}<br>P %{y:.3f}<extra>full</extra>"),
-        go.Scatter(x=x, y=p_cut.tolist(), mode="lines", name=f"layer-{last + 1} FFN removed", line=dict(color=CUT, dash="dash"),
+        go.Scatter(x=x, y=p_cut.tolist(), mode="lines", name=f"FFN L{last} removed", line=dict(color=CUT, dash="dash"),
                    customdata=labels, hovertemplate="pos %{x} %{customdata}<br>P %{y:.3f}<extra>FFN removed</extra>"),
         go.Scatter(x=rep, y=[p_clean[j].item() for j in rep], mode="markers", name="repeated trigger (full)",
                    marker=dict(color=FULL, size=10, symbol="star")),
@@ -410,7 +411,7 @@ def _lens_runs(last: int) -> dict:
     import mechtrunc as mt
 
     return {"full model": [],
-            f"mlp.W_in L{last} keep 0.1": [mt.Truncate("mlp.W_in", layer=last, keep=0.1, rule="authors")],
+            f"mlp.W_in L{last} keep 0.1": [mt.Truncate("mlp.W_in", layer=last, keep=0.1)],
             f"FFN L{last} removed": [mt.Ablate("mlp", layer=last)]}
 
 

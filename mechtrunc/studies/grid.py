@@ -26,12 +26,13 @@ import pandas as pd
 from pathlib import Path
 
 from mechtrunc._checks import check_choice
-from mechtrunc._choices import GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
+from mechtrunc._choices import DEFAULT_RULE, GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
 from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int, as_real_list
 from mechtrunc.adapters import MATRICES, adapt
 from mechtrunc.interventions import Truncate
 from mechtrunc.evaluation import evaluate
+from mechtrunc.metrics import check_prompt_metric
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
@@ -210,7 +211,7 @@ class Grid:
     layers: tuple[int, ...] | None = None
     matrices: tuple[str, ...] = DEFAULT_MATRICES
     keeps: tuple[float, ...] = DEFAULT_KEEPS
-    rule: str = RULES[0]
+    rule: str = DEFAULT_RULE
     svd: str = SVD_METHODS[0]
     mode: str = GRID_MODES[0]
 
@@ -372,7 +373,7 @@ def truncation_study(
     layers: Iterable[int] | None = None,
     matrices: Sequence[str] | str = DEFAULT_MATRICES,
     keeps: Sequence[float] | float = DEFAULT_KEEPS,
-    rule: str = "round",
+    rule: str = DEFAULT_RULE,
     svd: str = "exact",
     batch_size: int = 32,
     out: str | os.PathLike | None = None,
@@ -381,6 +382,7 @@ def truncation_study(
     info: dict | None = None,
     svd_cache: str | os.PathLike | None = None,
     return_items: bool = False,
+    metric: str | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluate every ``Truncate(matrix, layer, keep)`` of the grid on ``prompts``.
 
@@ -413,6 +415,9 @@ def truncation_study(
         svd_cache: ``mode="engine"``: the directory of cached decompositions (default
             ``out/svd_cache`` when ``out`` is given).
         return_items: also return the per-item side table: ``(table, items)``.
+        metric: the metric the table will be judged by (:func:`~mechtrunc.studies.study_report`,
+            :func:`heldout_configuration`), if known: checked against the prompts' competitors
+            (:func:`mechtrunc.metrics.check_prompt_metric`) before anything runs.
 
     Per-item values: the same forward passes also give each row's per-item metric values (the
     values its means are taken over; no extra forward pass).  They are kept as one shard per
@@ -428,6 +433,8 @@ def truncation_study(
     grid.resolve(model)  # every bad value raises before anything is written
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
+    if metric is not None:
+        check_prompt_metric(prompts, metric)
     cfg = getattr(model, "cfg", None)
     meta = {"kind": "truncation", "model": model_fingerprint(model), "prompts": prompts_fingerprint(prompts),
             "n_items": len(prompts), "rule": rule, "svd": svd, "mode": mode,
@@ -505,6 +512,7 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
     one pass on its own prompts).  The same result as without it."""
     from mechtrunc.selection import heldout_selection
 
+    check_prompt_metric(prompts, metric)
     grid = Grid() if grid is None else grid
     if grid.svd != "exact":
         raise ValueError(f"held-out selection runs on the grid engine: give svd='exact' (not {grid.svd!r})")

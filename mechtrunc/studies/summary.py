@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from mechtrunc.attribution import attribute_change
+from mechtrunc.metrics import check_prompt_metric
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import find_row, is_metric
 from mechtrunc.studies.grid import as_truncate, best_configuration
@@ -39,6 +40,7 @@ def study_report(
     model and its paired bootstrap interval ``ci_low, ci_high``
     (:func:`mechtrunc.selection.table_change_intervals`), with ``n_boot``, ``level``, ``seed``,
     ``n_items`` (in-sample: see held-out selection for an unbiased estimate)."""
+    check_prompt_metric(prompts, metric)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
