@@ -96,7 +96,9 @@ def machine_fingerprint() -> dict:
     ISA torch dispatches to: ``AVX2``, ``AVX512``, ``DEFAULT``...), ``mkl`` and ``onednn`` (the
     versions torch was built with, or None), ``env`` (the MKL / oneDNN kernel-selecting
     environment variables that are set) and, not compared, ``aten_cpu_capability`` (the
-    variable that asked for ``cpu_capability``, or None)."""
+    variable that asked for ``cpu_capability``, or None) and ``threads`` (torch's intra-op
+    threads: they can move the last digits of an evaluation, not the training of the one-thread
+    ``cpu`` preset)."""
     import torch
 
     config = torch.__config__.show()
@@ -110,6 +112,7 @@ def machine_fingerprint() -> dict:
         "onednn": _build_line(config, "MKL-DNN") if torch.backends.mkldnn.is_available() else None,
         "env": {k: os.environ[k] for k in _KERNEL_ENV if os.environ.get(k)},
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY") or None,
+        "threads": torch.get_num_threads(),
     }
 
 

@@ -57,7 +57,7 @@ def format_band_table(final: dict) -> str:
     """``final`` (as :func:`format_table`) with, under each variant, the band over seeds that
     :data:`mechtrunc.reference.CPU_PRESET_BANDS` states for it (``-`` where none), and a last line
     naming every number outside its band."""
-    from mechtrunc.reference import band
+    from mechtrunc.reference import band, in_band
 
     lines = [f"{'variant':<14}{'accuracy':>12}{'P(noise)':>12}{'P(answer)':>12}"]
     outside = []
@@ -67,7 +67,7 @@ def format_band_table(final: dict) -> str:
         for k in VARIANT_METRICS:
             b = band(name, k)
             cells.append("-" if b is None else f"{b[0]:.2f}-{b[1]:.2f}")
-            if b is not None and not b[0] <= m[k] <= b[1]:
+            if in_band(m[k], name, k) is False:
                 outside.append(f"{name} {k} {m[k]:.3f} (band {b[0]:.2f}-{b[1]:.2f})")
         lines.append(f"{'  band':<14}" + "".join(f"{c:>12}" for c in cells))
     lines.append("outside its band: " + "; ".join(outside) if outside else "every number is inside its band")
