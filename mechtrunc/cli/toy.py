@@ -140,7 +140,7 @@ def cmd_demo(args) -> int:
 def add_commands(sub) -> None:
     """Add ``demo`` and the ``toy`` group to the top-level subparsers ``sub``."""
     demo = sub.add_parser("demo", help="train the cpu-preset toy model and print the before/after table",
-                          description="Train the toy model (cpu preset, about 2 minutes on 2 cores) and show "
+                          description="Train the toy model (cpu preset, 2 to 4 minutes on 2 cores) and show "
                                       "that removing the layer-2 FFN fixes in-context recall: its numbers "
                                       "beside the bands over seeds that hold on any machine "
                                       "(mechtrunc.reference), then the run's HTML report.")
