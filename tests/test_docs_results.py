@@ -30,9 +30,9 @@ import _docs  # noqa: E402
 @pytest.mark.parametrize("name", _docs.all_blocks())
 def test_results_block_matches_its_csv(name):
     block = _docs.read_block(name)
-    page = _docs.doc_of(name).name
+    page = _docs.doc_of(name).relative_to(ROOT)
     script = _docs.script_of(name)
-    assert block is not None, f"docs/{page} lost its generated block {name!r}"
+    assert block is not None, f"{page} lost its generated block {name!r}"
     assert block == _docs.render(name), f"block {name!r} differs from docs/data: run `python analyses/{script}`"
 
 
