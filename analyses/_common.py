@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
-# The reference kernels (docs/results.md, "Same numbers on every x86-64 CPU"): torch's AVX2
-# kernels on every x86-64 CPU, so a toy analysis gives the documented numbers on AVX2 and AVX-512
-# machines alike.  Must run before torch loads: import this module before anything imports torch.
+# The kernels the docs' numbers were produced with (docs/results.md, "Numbers across machines"):
+# torch's AVX2 kernels on x86-64.  This does not make other CPUs give the same last digits (MKL,
+# oneDNN and the CPU differ too): docs/data/provenance.json records each CSV's machine.  Must run
+# before torch loads: import this module before anything imports torch.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
@@ -50,6 +52,9 @@ def save_table(df, path, digits: int = 4, columns=None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
+    import _docs
+
+    _docs.record_provenance(Path(sys.argv[0]).name, [path])  # only when path is in docs/data
     with pd.option_context("display.width", 250, "display.max_colwidth", 40):
         print((df if columns is None else df[columns]).round(digits).to_string(index=False))
     print(f"wrote {path}")

@@ -2,20 +2,57 @@
 that a committed analysis script wrote, between ``<!-- BEGIN generated:NAME -->`` and
 ``<!-- END generated:NAME -->`` markers.  ``python analyses/make_results.py`` regenerates every
 CSV and block; ``tests/test_docs_results.py`` fails when a block and its CSV disagree (and, in the
-slow suite, when the CSV and the current code disagree)."""
+slow suite, when the CSV and the current code disagree: exactly where this machine's fingerprint
+equals the one ``docs/data/provenance.json`` records for the CSV, by the bands of
+:mod:`mechtrunc.reference` elsewhere)."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 
+from mechtrunc.reference import machine_fingerprint
 from mechtrunc.results import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results.md"
 DATA = ROOT / "docs" / "data"
+#: which machine and kernels wrote each CSV of docs/data (written by the scripts, never by hand)
+PROVENANCE = DATA / "provenance.json"
+
+
+def read_provenance() -> dict:
+    """``{csv name: {"script", "date", "fingerprint"}}`` of docs/data (empty when none recorded)."""
+    return json.loads(PROVENANCE.read_text())["files"] if PROVENANCE.exists() else {}
+
+
+def provenance_of(csv: str) -> dict | None:
+    """The record of docs/data's ``csv`` (None: written before records were kept)."""
+    return read_provenance().get(csv)
+
+
+def record_provenance(script: str, paths) -> None:
+    """Record that ``script`` just wrote ``paths`` (files in docs/data; others are ignored) on
+    this machine: its :func:`mechtrunc.reference.machine_fingerprint` and the date."""
+    names = sorted({Path(p).name for p in paths if Path(p).resolve().parent == DATA.resolve()})
+    if not names:
+        return
+    files = read_provenance()
+    record = {"script": script, "date": datetime.date.today().isoformat(), "fingerprint": machine_fingerprint()}
+    files.update({name: record for name in names})
+    PROVENANCE.write_text(json.dumps({"files": dict(sorted(files.items()))}, indent=1) + "\n")
+
+
+def record_written(script: str, since: float) -> list[str]:
+    """Record every CSV of docs/data modified since the time ``since`` (seconds, as
+    ``time.time()``) as written by ``script``; returns their names."""
+    paths = [p for p in DATA.glob("*.csv") if p.stat().st_mtime >= since]
+    record_provenance(script, paths)
+    return sorted(p.name for p in paths)
 
 
 def _row(cells) -> str:
@@ -98,8 +135,21 @@ def render_compose(df: pd.DataFrame) -> str:
                   "training-distribution loss change (nats)", "candidates"], rows)
 
 
+def render_bands(df: pd.DataFrame) -> str:
+    """The bands of :data:`mechtrunc.reference.CPU_PRESET_BANDS` beside this page's seeds."""
+    from mechtrunc.reference import CPU_PRESET_BANDS
+
+    seeds = sorted(df["seed"].unique())
+    rows = []
+    for (variant, metric), (lo, hi) in CPU_PRESET_BANDS.items():
+        values = df[df["variant"] == variant].set_index("seed").loc[seeds, metric]
+        rows.append([variant, _METRICS[metric], f"{lo:.2f} - {hi:.2f}", " / ".join(f"{v:.3f}" for v in values)])
+    return table(["variant", "metric", "band (seeds 0 / 1 / 2, every machine measured)", f"this page (seeds {' / '.join(map(str, seeds))})"], rows)
+
+
 #: block name -> (CSV in docs/data, renderer)
 BLOCKS = {
+    "cpu-bands": ("cpu_seeds_truncation.csv", render_bands),
     "cpu-compose": ("cpu_compose.csv", render_compose),
     "cpu-heldout": ("cpu_heldout.csv", render_heldout),
     "cpu-seeds": ("cpu_seeds_truncation.csv", render_seeds),
@@ -447,7 +497,7 @@ def render_theory_assumptions_final(df: pd.DataFrame) -> str:
                   "attention's noise push"], rows)
 
 
-#: block name -> (CSV in docs/data, renderer) of docs/theory.md's minimal-model sections (issue 18)
+#: block name -> (CSV in docs/data, renderer) of docs/theory.md's minimal-model sections
 THEORY_MINIMAL_BLOCKS: dict = {
     "theory-noff-where": ("theory_noff_where.csv", render_theory_noff_where),
     "theory-noff-truncation": ("theory_noff_truncation.csv", render_theory_noff_truncation),
@@ -553,7 +603,7 @@ def render_toy_early(df: pd.DataFrame) -> str:
     return table(["model", "step", *quantities], rows)
 
 
-#: block name -> (CSV in docs/data, renderer) of docs/theory.md's toy attention-only section (issue 18)
+#: block name -> (CSV in docs/data, renderer) of docs/theory.md's toy attention-only section
 THEORY_TOY_BLOCKS: dict = {
     "theory-toy-where": ("theory_toy_where.csv", render_toy_where),
     "theory-toy-where-components": ("theory_toy_where_components.csv", render_toy_where_components),
@@ -563,8 +613,44 @@ THEORY_TOY_BLOCKS: dict = {
     "theory-toy-ov-gradient": ("theory_toy_ov_gradient.csv", render_toy_gradient),
 }
 
+README = ROOT / "README.md"
+
+
+def render_readme_toy(df: pd.DataFrame) -> str:
+    """The FFN-removal effect on the demo's model with its paired interval (``cpu_ffn_removed.csv``)."""
+    rows = []
+    for _, r in df[df["metric"].isin(list(_METRICS))].iterrows():
+        rows.append([_METRICS[r["metric"]], f"{r['full']:.3f}", f"{r['intervened']:.3f}",
+                     f"{r['change']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"])
+    n, level = int(df["n_sequences"].iloc[0]), float(df["level"].iloc[0])
+    return table(["toy model, `cpu` preset, seed 0", "full model", "FFN L1 removed (the paper's layer-2 FFN)",
+                  f"change [{level:.0%} CI, {n} test sequences]"], rows)
+
+
+#: the language-model runs of the README's order-of-learning table
+_README_LM_RUNS = ("default-L4-s0", "default-L4-s1", "default-L4-s2")
+
+
+def render_readme_lm(df: pd.DataFrame) -> str:
+    """Order of learning of docs/lm.md's three 3,000-step seeds (``lm_summary.csv``)."""
+    runs = df.set_index("run").loc[list(_README_LM_RUNS)]
+    cell = lambda col: " / ".join(_step(v) for v in runs[col])
+    rows = [["\" the\" after \" to\" learned", cell("step_the")],
+            ["factual answer (a city stated in the story) beats \" the\"", cell("step_fact_beats_the")],
+            ["IOI: the indirect object beats \" the\"", cell("step_ioi_beats_the")]]
+    steps = int(runs["steps"].iloc[0])
+    return table([f"language model (4 layers, {steps:,} steps)", "step (seeds 0 / 1 / 2)"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of README.md's headline tables
+README_TOY_BLOCKS = {"readme-toy": ("cpu_ffn_removed.csv", render_readme_toy)}
+README_LM_BLOCKS = {"readme-lm": ("lm_summary.csv", render_readme_lm)}
+
+
 #: every registry of generated blocks: (blocks, page, the script that regenerates them)
 REGISTRIES = [
+    (README_TOY_BLOCKS, README, "make_results.py"),
+    (README_LM_BLOCKS, README, "lm_study.py"),
     (BLOCKS, RESULTS, "make_results.py"),
     (LM_BLOCKS, LM, "lm_study.py"),
     (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),

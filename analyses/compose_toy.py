@@ -1,4 +1,4 @@
-"""Greedy composition search (issue 17) on the trained toy model (cpu preset): the truncations are
+"""Greedy composition search on the trained toy model (cpu preset): the truncations are
 chosen on half of the clean test sequences and reported on the other half; the collateral
 metric is the loss on the training distribution (a separate draw of noisy sequences, targets as
 sampled); each step's change on the evaluation half carries a paired 95% bootstrap interval.  One search per metric (P(answer)

@@ -1,4 +1,4 @@
-"""Issue 18 on the minimal model (docs/theory.md sections 2.5-2.8): attention without an FF, the
+"""The minimal model (docs/theory.md sections 2.5-2.8): attention without an FF, the
 size of the gradient signal against its noise, how the signals scale, and the FF's wiring.
 
 Parts (``--only``; default all), each writes docs/data/theory_<part>_*.csv, one figure

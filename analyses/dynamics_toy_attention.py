@@ -1,4 +1,4 @@
-"""The toy Transformer without its feed-forward layers (issue 18, section 1), cpu preset.
+"""The toy Transformer without its feed-forward layers, cpu preset.
 
 Trains, per seed, three variants of the two-layer toy Transformer with
 ``mt.dynamics.SnapshotRecorder`` (induction score of the L1 head and the trainable weights at

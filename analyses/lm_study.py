@@ -1,4 +1,4 @@
-"""The language-model study of issue 15 (docs/lm.md, section "The study"), end to end.
+"""The language-model study (docs/lm.md, section "The study"), end to end.
 
 Trains (or resumes) every run of :data:`RUNS` with the ``small`` preset into ``RUNS_DIR/NAME``
 (``NAME = CORPUS-L{layers}-s{seed}``; the seed sets both the initialisation and the corpus
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     per_run[run_name(*RUNS[-1])]["attribution"].to_csv(_docs.DATA / "lm_attribution.csv", index=False)
     heldout_names_probe(runs / run_name(*RUNS[-1])).to_csv(_docs.DATA / "lm_heldout_names.csv", index=False)
     figures(cat("curves"), cat("grid"))
-    for name in _docs.LM_BLOCKS:
+    for name in [*_docs.LM_BLOCKS, *_docs.README_LM_BLOCKS]:
         _docs.write_block(name)
         print(f"--- {name}\n{_docs.render(name)}\n")
 

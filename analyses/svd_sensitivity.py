@@ -1,4 +1,4 @@
-"""SVD sensitivity (issue 17): the LASER paper truncates with ``torch.svd_lowrank(q=rank,
+"""SVD sensitivity: the LASER paper truncates with ``torch.svd_lowrank(q=rank,
 niter=2)`` (``svd="laser"``); how far does that move the truncated weights and the metrics from
 the exact truncation (float64 reference), and does the chosen configuration change?
 

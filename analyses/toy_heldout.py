@@ -1,4 +1,4 @@
-"""The toy headline under held-out selection (issue 17): the FFN L1 truncation (W_in or W_out,
+"""The toy headline under held-out selection: the FFN L1 truncation (W_in or W_out,
 keeps 0 = removed, 0.01, 0.05, 0.1, 0.2, 0.5) is chosen by P(correct) on half of the 256 clean
 test sequences and reported on the other half, with 95% paired bootstrap intervals of the change
 against the full model (2000 resamples of the sequences), for three split seeds.  Writes

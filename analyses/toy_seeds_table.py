@@ -1,5 +1,5 @@
 """The toy truncation table of the ``cpu`` preset at several seeds (rank rule ``authors``, 256
-clean test sequences), the comparison issue 11 makes with the released model.  Trains each seed
+clean test sequences), to compare with the released model.  Trains each seed
 into ``RUNS/cpu-seed{S}`` (resumable; an existing run is reused) and writes
 ``cpu_seeds_truncation.csv``.
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from _common import _ROOT, base_parser, machine_line, median, result, setup, sync
 
-#: CPU targets: the 70m shape >= 4x; the 160m shape not slower than the engine before issue 14
+#: CPU targets: the 70m shape >= 4x; the 160m shape not slower than the earlier engine
 #: (3.7x median, docs/benchmarks.md)
 CPU_TARGETS = {"70m": 4.0, "160m": 3.7}
 SHAPES = {  # layers, d_model, heads, vocab

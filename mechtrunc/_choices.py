@@ -161,3 +161,7 @@ LM_SPLITS = ("heldout", "heldout_names", "train")
 #: the ``format`` of a language-model run's run.json (mechtrunc.lm.train writes it; the command
 #: line and the report reader recognise a run directory by it)
 LM_RUN_FORMAT = "mechtrunc-lm-run/1"
+
+#: what ``mechtrunc report`` recognises in a directory: kind -> its name in reports and help
+REPORT_KINDS: dict[str, str] = {"toy": "toy run", "memory": "associative-memory run", "lm": "language-model run",
+                                "truncation": "truncation study", "checkpoints": "checkpoint study"}

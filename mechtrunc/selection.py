@@ -1,4 +1,4 @@
-"""Held-out selection of a truncation, with paired bootstrap intervals (issue 17).
+"""Held-out selection of a truncation, with paired bootstrap intervals.
 
 Choosing the best of many configurations on a prompt set and reporting its gain on the same
 prompts is biased upward: on a grid where no configuration changes anything, the maximum of the

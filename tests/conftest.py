@@ -12,9 +12,11 @@ import os
 import platform
 from pathlib import Path
 
-# The reference kernels (docs/results.md, "Same numbers on every x86-64 CPU"): torch's AVX2 kernels on every x86-64 CPU, so
-# that a trained model's numbers are the same on AVX2 and AVX-512 machines (the docs' numbers are
-# computed with the same setting by analyses/make_results.py).  Must precede the import of torch.
+# The kernels the docs' numbers were produced with (docs/results.md, "Numbers across machines"):
+# torch's AVX2 kernels on x86-64, as analyses/_common.py sets them.  Other CPUs may still give
+# other last digits: tests compare exact numbers only with numbers of the same run, or with
+# docs/data where docs/data/provenance.json records this machine's fingerprint.  Must precede the
+# import of torch.
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
@@ -136,8 +138,8 @@ def trained_toy():
 
 @pytest.fixture(scope="session")
 def demo_toy():
-    """The ``cpu`` preset at seed 0, trained once per session (about 2 minutes on one thread):
-    ``make demo``'s model, the one docs/results.md and docs/causal.md describe (a
+    """The ``cpu`` preset at seed 0, trained once per test run (about 2 minutes on one thread):
+    ``make demo``'s configuration, the one docs/results.md and docs/causal.md describe (a
     :class:`mechtrunc.training.TrainResult`; never edit it in place outside a reversible
     intervention)."""
     from mechtrunc.training import preset, train

@@ -1,5 +1,5 @@
 """Checkpoint studies: shards, resume after crashes and kills, checkpoint directories, the
-offline step-only hub cache, and the `pythia checkpoints` CLI (issue 8, sections 1 and 3).
+offline step-only hub cache, and the `pythia checkpoints` CLI.
 
 Checkpoints: the tiny recall-trained GPT-NeoX saved at steps 0, 1, 2, 4, 8, 16 (conftest).
 """

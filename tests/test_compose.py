@@ -1,4 +1,4 @@
-"""Greedy composition search (mechtrunc.studies.compose, issue 17) on the briefly trained toy
+"""Greedy composition search (mechtrunc.studies.compose) on the briefly trained toy
 model: the first step is the grid's best configuration, later steps see the composition applied,
 identities change nothing, the weights come back bit for bit, the collateral budget refuses a
 step, a truncated matrix is never truncated again, bad input names the bad value."""

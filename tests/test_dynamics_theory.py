@@ -1,4 +1,4 @@
-"""Issue 18 on the minimal model (mechtrunc.dynamics.minimal): the FF wiring options against their
+"""The minimal model (mechtrunc.dynamics.minimal): the FF wiring options against their
 closed-form gradients, the options that separate the size of the gradient signal from its
 noise (per-memory learning rates, a large batch for W_OV's gradient, noise injected along D_F),
 the same-criterion event detector, W_OV's components and entries, and the closed forms of the

@@ -1,4 +1,4 @@
-"""The toy Transformer without its FFNs (issue 18, section 1): attention-component noise
+"""The toy Transformer without its FFNs: attention-component noise
 attributions, residual-stream pushes, weight snapshots, seed-level intervals, and the analysis
 script end to end on a tiny configuration."""
 

@@ -1,4 +1,4 @@
-"""Checkpoint studies on Ray and on submitit give the local executor's table (issue 8, section 3).
+"""Checkpoint studies on Ray and on submitit give the local executor's table.
 
 Six checkpoints of the tiny recall-trained GPT-NeoX (conftest).  Ray: one embedded local
 cluster for the module (2 CPUs, so 2 workers), and one worker is killed with SIGKILL by its PID

@@ -278,7 +278,7 @@ def test_cli_lens_on_a_toy_run_and_a_memory_run(tmp_path, capsys):
 
 
 def test_a_the_component_appears_in_the_language_models_ffn(nano_run):
-    """On the project's own language model (the session's nano run, 200 steps): " the" is found
+    """On the project's own language model (conftest's nano run, 200 steps): " the" is found
     from held-out corpus text without being named, and an FFN output component promoting it
     appears early in training (measured once: none at step 0, rank 1 with z > 5 from step 4; the
     analysis is analyses/lens_lm.py)."""

@@ -1,4 +1,4 @@
-"""The language model of mechtrunc.lm: corpus, tokenizer, prompts, training (issue 15)."""
+"""The language model of mechtrunc.lm: corpus, tokenizer, prompts, training."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`mechtrunc lm study RUN` and the report page of a language-model run (issue 15), on the nano
+"""`mechtrunc lm study RUN` and the report page of a language-model run, on the nano
 run of conftest (copied: the fixture is shared by the session)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The language-model study (mechtrunc.studies.lm, issue 15 section 3) on the nano run."""
+"""The language-model study (mechtrunc.studies.lm) on the nano run."""
 
 from __future__ import annotations
 

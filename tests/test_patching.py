@@ -1,5 +1,5 @@
 """Activation patching (mt.Patch, mt.patching_scan), path patching and the corrupted pairs of the
-built-in tasks (issue 16)."""
+built-in tasks."""
 
 from __future__ import annotations
 

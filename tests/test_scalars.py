@@ -1,4 +1,4 @@
-"""Layers, heads, ranks and keeps as NumPy / torch scalars (issue 8, section 1), and the
+"""Layers, heads, ranks and keeps as NumPy / torch scalars, and the
 ``rule="authors"`` rank of ``attn.OV``."""
 
 from __future__ import annotations

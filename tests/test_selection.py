@@ -1,4 +1,4 @@
-"""Held-out selection and paired bootstrap intervals (mechtrunc.selection, issue 17)."""
+"""Held-out selection and paired bootstrap intervals (mechtrunc.selection)."""
 
 from __future__ import annotations
 
@@ -274,12 +274,12 @@ def test_pythia_truncate_heldout_prints_the_eval_change_and_the_collateral(tiny_
 
 
 def test_the_collateral_budget_closes_the_logit_difference_trap_on_a_language_model(nano_run):
-    """Issue 17's measured case, as a regression test on the project's own language model (the
-    session's nano run): choosing in-sample by logit(IO) - logit(" the") picks an edit that wrecks
-    the model (measured once, on prompts opening with <|endoftext|>: layer 0 W_in keep 0.05,
-    +5.5 logit difference, held-out text loss 2.31 -> 3.78 nats); held-out selection with the
-    default 0.1-nat budget on that loss never returns a configuration outside the budget, whatever
-    the metric."""
+    """A measured case, as a regression test on the project's own language model (conftest's
+    nano run): choosing in-sample by logit(IO) - logit(" the") picks an edit that wrecks the
+    model (measured once, on prompts opening with <|endoftext|>: layer 0 W_in keep 0.05, +5.5
+    logit difference, held-out text loss 2.31 -> 3.78 nats); held-out selection with the default
+    0.1-nat budget on that loss never returns a configuration outside the budget, whatever the
+    metric."""
     from mechtrunc.lm.prompts import lm_ioi_prompts
     from mechtrunc.pythia import load_model
     from mechtrunc.selection import heldout_selection, item_table, next_token_prompts

@@ -1,4 +1,4 @@
-"""The per-item side table of a truncation study (issue 17: honest numbers): one engine pass,
+"""The per-item side table of a truncation study (honest numbers): one engine pass,
 resumable, feeding held-out selection and the report's intervals."""
 
 from __future__ import annotations

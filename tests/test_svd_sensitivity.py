@@ -1,4 +1,4 @@
-"""Issue 17, SVD sensitivity: ``svd="laser"`` is the LASER paper's ``torch.svd_lowrank(q=rank,
+"""SVD sensitivity: ``svd="laser"`` is the LASER paper's ``torch.svd_lowrank(q=rank,
 niter=2)``, seeded; :func:`mechtrunc.studies.svd_sensitivity.svd_sensitivity` measures every
 method against the exact truncation computed in float64."""
 
@@ -82,7 +82,7 @@ def test_laser_setting_is_exact_on_an_exactly_low_rank_matrix():
 
 @pytest.fixture(scope="module")
 def toy():
-    """A random toy model (its own, not the session's) whose layer-1 W_in has the slow spectrum,
+    """A random toy model (its own, not conftest's) whose layer-1 W_in has the slow spectrum,
     and 64 recall test prompts."""
     cfg = mt.preset("cpu", d_model=D, seq_len=32, seed=0)
     torch.manual_seed(0)

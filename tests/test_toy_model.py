@@ -102,7 +102,7 @@ def test_unfrozen_and_trained_query_options():
 
 
 # ------------------------------------------------------------------------------------------
-# initialisation: the released code's, parameter by parameter (issue 11)
+# initialisation: the released code's, parameter by parameter
 # ------------------------------------------------------------------------------------------
 _INIT_CFG = dict(d_model=64, n_ctx=128, d_vocab=65, seed=0)
 

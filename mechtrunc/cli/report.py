@@ -1,11 +1,13 @@
-"""``mechtrunc report DIR [--out FILE]``: one self-contained HTML report of a toy run, a
-truncation study or a checkpoint study (heavy imports stay inside the command)."""
+"""``mechtrunc report DIR [--out FILE]``: one self-contained HTML report of a toy run, an
+associative-memory run, a language-model run, a truncation study or a checkpoint study
+(:data:`mechtrunc._choices.REPORT_KINDS`; heavy imports stay inside the command)."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 
+from mechtrunc._choices import REPORT_KINDS
 from mechtrunc.cli.checks import device, nonneg_int, run_dir
 
 __all__ = ["add_commands", "cmd_report"]
@@ -34,10 +36,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _kinds() -> str:
+    """``a toy run, ..., or a checkpoint study``: every kind of directory a report is written for."""
+    names = [f"{'an' if n[0] in 'aeiou' else 'a'} {n}" for n in REPORT_KINDS.values()]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser(
-        "report", help="write an offline HTML report of a toy run or a study directory",
-        description="Recognise what DIR holds (a toy run, a truncation study, a checkpoint study) and write one "
+        "report", help="write an offline HTML report of a run or a study directory",
+        description=f"Recognise what DIR holds ({_kinds()}) and write one "
                     "self-contained HTML file (interactive charts, attention views; opens from disk with no "
                     "network). A study is read from its files, never recomputed; only a few example prompts are "
                     "run again, when the model can be loaded.")

@@ -23,7 +23,7 @@ where to look.  By default (``ff="parallel"``) the attention and FF branches rea
 logits"; ``ff="sequential"`` makes the FF read ``r_t + o_t`` as in a Transformer block
 (``f_t = (r_t + o_t) W_F``), ``ff="none"`` removes it (``W_F`` stays 0, not trained).
 
-Options that separate the size of the gradient signal from its noise (issue 18, all off by
+Options that separate the size of the gradient signal from its noise (all off by
 default): ``lr_scale`` (per-memory learning-rate factors, see :func:`equal_signal_lr_scale`),
 ``ov_gradient_batch`` (``W_OV``'s gradient from a large fresh batch every step) and
 ``ff_grad_noise`` (Gaussian noise along ``D_F`` added to ``W_F``'s gradient).
@@ -115,7 +115,7 @@ class MinimalConfig:
     test_size: int = 64
     snr_batches: int = 0  # > 0: gradient SNR over this many fresh batches at every evaluation
     seed: int = 0
-    # separating the size of the gradient signal from its noise (issue 18; defaults: off)
+    # separating the size of the gradient signal from its noise (defaults: off)
     #: per-memory learning-rate factors, e.g. {"W_F": 0.02}: memory W steps with lr * lr_scale[W]
     lr_scale: dict = field(default_factory=dict)
     #: > 0: W_OV's gradient at every step comes from this many fresh sequences (drawn only for it),

@@ -5,7 +5,7 @@
 L1 head, and the singular spectra of the L1 ``W_in`` / ``W_out`` (and ``W - W_init``)
 with each component's contribution to the noise and to the correct logit at repeated triggers.
 
-For the model without feed-forward layers (issue 18): :func:`attention_component_attributions`
+For the model without feed-forward layers: :func:`attention_component_attributions`
 (the same per-component noise / correct push for an attention layer's ``W_V``, ``W_O`` and each
 head's ``W_V W_O``), :func:`residual_attributions` (each residual-stream term's direct push),
 :class:`SnapshotRecorder` (weights at every evaluation, for analyses after training) and the
@@ -163,7 +163,7 @@ def train_toy_with_dynamics(cfg, out_dir=None, progress: bool = False, layer: in
 
 
 # ----------------------------------------------------------------------------------------
-# attention without a feed-forward layer (issue 18)
+# attention without a feed-forward layer
 # ----------------------------------------------------------------------------------------
 def _readouts(W_U: Tensor, noise: int, answers: Tensor) -> tuple[Tensor, Tensor]:
     """Readout directions of "logit(tok) - mean logit of the other tokens": ``g_noise [d]`` and

@@ -1,5 +1,5 @@
 """A language model of our own: a small GPT-NeoX trained offline on a generated English corpus
-with Pythia's checkpoint schedule (issue 15).  See docs/lm.md.
+with Pythia's checkpoint schedule.  See docs/lm.md.
 
 Modules: :mod:`~mechtrunc.lm.lexicon` (words and templates), :mod:`~mechtrunc.lm.corpus` (the
 seeded generator), :mod:`~mechtrunc.lm.tokenizer` (Pythia's BPE restricted to the corpus),

@@ -20,9 +20,9 @@ sentences starts with a space, so a prompt is ``<|endoftext|>`` then the sentenc
 
 - :func:`lm_ioi_prompts`: the corpus' IOI templates with place and object filled in, handed to
   :func:`mechtrunc.ioi_prompts` (answer: the indirect object; competitors " the" and the subject);
-- :func:`lm_fact_prompts`: "Sarah lives in Oslo. <distractor sentences> Sarah lives in" -> " Oslo",
+- :func:`lm_fact_prompts`: "Mary lives in Oslo. <distractor sentences> Mary lives in" -> " Oslo",
   competitor " the" (the generic continuation of " in");
-- :func:`lm_generic_prompts`: "Sarah walked to" -> " the" (the generic association alone; competitor:
+- :func:`lm_generic_prompts`: "Mary walked to" -> " the" (the generic association alone; competitor:
   another name of the split, the other continuation the corpus gives " to");
 - :func:`lm_task_prompts`: one of these by task name (``ioi``, ``factual``, ``generic``);
   :func:`run_prompts`: the default prompts of a language-model run (its own corpus' held-out
@@ -154,7 +154,7 @@ def lm_fact_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200,
 
 def lm_generic_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
                        split: str = "heldout") -> PromptSet:
-    """``n`` prompts of the generic "to" family cut before " the" ("Sarah walked to" -> " the"),
+    """``n`` prompts of the generic "to" family cut before " the" ("Mary walked to" -> " the"),
     names from ``split``; competitor ``name``: another name of the split.  Measures the generic
     association alone: its ``p_answer`` is P(" the") after " to"."""
     config, names, _ = _split(config, split)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from mechtrunc._choices import REPORT_KINDS
 from mechtrunc._progress import progress_bar
 from mechtrunc.report.context import Context
 from mechtrunc.report.page import CircuitsView, Report, Section, html_table, note
@@ -73,8 +74,7 @@ def _version() -> str:
 
 def _meta(ctx: Context, command: str) -> dict:
     r = ctx.result
-    meta: dict = {"report kind": {"toy": "toy run", "memory": "associative-memory run", "lm": "language-model run",
-                                  "truncation": "truncation study", "checkpoints": "checkpoint study"}[r.kind],
+    meta: dict = {"report kind": REPORT_KINDS[r.kind],
                   "result directory": str(Path(r.directory).resolve())}
     if isinstance(r, ToyRun):
         m, t = r.config.get("model", {}), r.train

@@ -1,4 +1,4 @@
-"""Greedy composition search (issue 17): several LASER truncations applied together.
+"""Greedy composition search: several LASER truncations applied together.
 
 LASER's composed reductions truncate several (layer, matrix) pairs at once, and the effects of
 two truncations interact, so the best single truncations of a one-at-a-time grid are not the

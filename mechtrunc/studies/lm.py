@@ -1,4 +1,4 @@
-"""The paper's language-model findings measured on a run of :mod:`mechtrunc.lm` (issue 15).
+"""The paper's language-model findings measured on a run of :mod:`mechtrunc.lm`.
 
 A run directory (``mechtrunc lm train --out OUT``) holds ``step{N}/`` checkpoints at Pythia's
 schedule.  The pieces, each a tidy DataFrame:

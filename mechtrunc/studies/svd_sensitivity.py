@@ -1,4 +1,4 @@
-"""How much the SVD behind a truncation matters (issue 17): the LASER paper truncates with
+"""How much the SVD behind a truncation matters: the LASER paper truncates with
 ``torch.svd_lowrank(q=rank, niter=2)`` (``svd="laser"``, :func:`mechtrunc.decomposition.full_svd`),
 an approximation of the exact rank-``r`` truncation this package computes by default.
 
