@@ -19,6 +19,7 @@ docs/figures/theory_<part>.png and rewrites its generated blocks in docs/theory.
 
     python analyses/dynamics_theory.py                 # everything (several minutes)
     python analyses/dynamics_theory.py --only scaling  # one part
+    python analyses/dynamics_theory.py --replot        # redraw theory_noff.png from docs/data (no training)
 """
 
 from __future__ import annotations
@@ -181,11 +182,17 @@ def part_noff(args) -> None:
     W.to_csv(args.data / "theory_noff_where.csv", index=False)
     speedup(S, args.noff_steps, args.ff_steps).to_csv(args.data / "theory_noff_speedup.csv", index=False)
     removal(T).to_csv(args.data / "theory_noff_removal.csv", index=False)
+    noff_figure(H, args.seeds, args.figures)
+
+
+def noff_figure(H: pd.DataFrame, seeds: list[int], figures: Path) -> None:
+    """docs/figures/theory_noff.png from part noff's history (``theory_noff_history.csv``)."""
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     for (variant, seed), h in H.groupby(["variant", "seed"]):
         c = "C0" if variant == "no FF" else "C3"
-        lab = variant if seed == args.seeds[0] else None
+        lab = variant if seed == seeds[0] else None
         axes[0].plot(h.step, h.induction_score, color=c, lw=1, label=lab)
         axes[1].plot(h.step, h.ov_trigger_noise, color=c, lw=1, label=f"{variant}: trigger->noise" if lab else None)
         axes[1].plot(h.step, h.ov_copy_mean, color=c, lw=1, ls="--", label=f"{variant}: mean copy entry" if lab else None)
@@ -199,13 +206,14 @@ def part_noff(args) -> None:
     axes[1].set_title("W_OV entries e(v) W_OV u(w)", fontsize=9)
     axes[2].set_title("push on logit(noise) - mean other logit, clean test", fontsize=9)
     axes[3].set_title("no FF: index of W_OV's noise component (0 = top), selection batch", fontsize=9)
+    axes[3].yaxis.set_major_locator(MaxNLocator(integer=True))  # an index: whole numbers only
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
-    fig.suptitle(f"minimal model without an FF vs with the parallel FF (T 64, alpha 0.5, batch 32, seeds {args.seeds})",
+    fig.suptitle(f"minimal model without an FF vs with the parallel FF (T 64, alpha 0.5, batch 32, seeds {seeds})",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.figures / "theory_noff.png", dpi=110)
+    fig.savefig(figures / "theory_noff.png", dpi=110)
     plt.close(fig)
 
 
@@ -371,10 +379,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     p.add_argument("--jobs", type=int, default=2, help="training runs in parallel processes (default 2: the "
                                                       "project's 2-core machine; results do not depend on it)")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw part noff's figure from --data's theory_noff_history.csv (no training)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.data.mkdir(parents=True, exist_ok=True)
     args.figures.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        H = pd.read_csv(args.data / "theory_noff_history.csv")
+        noff_figure(H, sorted(H["seed"].unique().tolist()), args.figures)
+        return
     for part in args.only or PARTS:
         t0 = time.perf_counter()
         globals()[f"part_{part}"](args)

@@ -15,7 +15,7 @@ Splits (:data:`SPLITS`):
 Every prompt is in the format of the training stream: a story of the corpus opens with
 ``<|endoftext|>`` (the tokenizer's eos token, :class:`~mechtrunc.lm.corpus.Corpus`) and each of its
 sentences starts with a space, so a prompt is ``<|endoftext|>`` then the sentence(s), e.g.
-``"<|endoftext|> Sarah walked to"`` (the text holds the special token; tokenizing it with
+``"<|endoftext|> Mary walked to"`` (the text holds the special token; tokenizing it with
 ``add_special_tokens=False`` gives its id, so prompt files round-trip).
 
 - :func:`lm_ioi_prompts`: the corpus' IOI templates with place and object filled in, handed to
