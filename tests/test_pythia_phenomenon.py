@@ -26,10 +26,10 @@ from mechtrunc.tasks.recall import RecallConfig
 RECIPE = dict(n_layers=2, d_model=128, n_heads=4, steps=600, batch_size=64, lr=1e-3, seed=0)
 
 
-
-
 @pytest.mark.slow
-def test_removing_last_mlp_helps_trained_neox(tmp_path, single_thread):
+def test_removing_last_mlp_helps_trained_neox(tmp_path):
+    """On both cores (conftest's two threads): 105 s where one thread took 172 s; the margins
+    below hold with either (full accuracy 0.536 / 0.571, MLP removed 1.000 / 1.000)."""
     t0 = time.perf_counter()
     out = tmp_path / "neox_recall"
     hf_model, task, history = train_neox_recall(out, task_config=RecallConfig(alpha=0.5, seq_len=64), **RECIPE)
