@@ -242,6 +242,74 @@ LM_BLOCKS = {
 }
 
 
+# ------------------------------------------- docs/lm.md, "When truncation helps" (analyses/lm_dose.py)
+_ARM_LABELS = {"alpha0.1": "alpha 0.1", "alpha0.3": "alpha 0.3", "alpha0.6": "alpha 0.6",
+               "overweighted": "over-weighted (true share 0)", "default": "default corpus"}
+
+
+def _pm(est, lo, hi, fmt: str = "+.3f") -> str:
+    return _ci(est, lo, hi, fmt)
+
+
+def render_lm_dose(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        rows.append([_ARM_LABELS.get(r["arm"], r["arm"]), r["task"], int(r["n_seeds"]), f"{r['accuracy']:.2f}",
+                     f"{r['p_answer']:.3f}", f"{r['p_the']:.3f}", f"{r['p_other']:.3f}", f"{r['acc_vs_other']:.2f}",
+                     f"{r['overweighting']:+.3f}", _pm(r["gain"], r["gain_low"], r["gain_high"], "+.4f"),
+                     str(r["per_seed"]).replace(" ", " / "), r["choices"]])
+    return table(["arm", "prompts", "seeds", "accuracy", "P(answer)", "P(\" the\")", "P(other city)",
+                  "answer beats other city", "over-weighting: P(\" the\") - true share",
+                  "held-out gain in P(answer): mean [95% CI over seeds]", "per seed", "chosen truncation per seed"], rows)
+
+
+def render_lm_dose_runs(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        for task in ("recall", "binding"):
+            cell = lambda m: _pm(r[f"{task}_gain_{m}"], r[f"{task}_gain_{m}_low"], r[f"{task}_gain_{m}_high"])  # noqa: E731
+            rows.append([r["run"], task, r[f"{task}_choice"], f"{r[f'{task}_loss_increase']:+.3f}",
+                         f"{r[f'{task}_p_answer']:.3f}", cell("p_answer"), cell("p_the"), cell("p_other")])
+    return table(["run", "prompts", "chosen on select prompts", "corpus loss change", "P(answer), full model",
+                  "change of P(answer) on eval prompts [95% CI]", "P(\" the\")", "P(other city)"], rows)
+
+
+def render_lm_dose_ledger(df: pd.DataFrame) -> str:
+    rows = []
+    for run, g in df.groupby("run", sort=False):
+        g = g.sort_values("step")
+        early = g[g["step"] >= 64].iloc[0] if (g["step"] >= 64).any() else g.iloc[0]
+        for r in ([early, g.iloc[-1]] if early["step"] != g.iloc[-1]["step"] else [g.iloc[-1]]):
+            rows.append([run, f"{int(r['step']):,}", f"{r['margin']:+.2f}", f"{r['p_the']:.3f}", f"{r['p_answer']:.3f}",
+                         f"{r['mlp_most_the']} ({r['mlp_most_the_value']:+.2f})",
+                         f"{r['attn_most_answer']} ({r['attn_most_answer_value']:+.2f})",
+                         f"{r['head_most_answer']} ({r['head_most_answer_value']:+.2f})",
+                         f"L{int(r['mlp_removal_layer'])} ({r['mlp_removal_p_the_change']:+.3f})"])
+    return table(["run", "step", "margin logit(answer) - logit(\" the\")", "P(\" the\")", "P(answer)",
+                  "MLP pushing \" the\" most (its direct part of the margin)", "attention layer pushing the answer most",
+                  "head pushing the answer most", "MLP whose removal changes P(\" the\") most (change)"], rows)
+
+
+def render_lm_format_check(df: pd.DataFrame) -> str:
+    rows = []
+    for (run, fmt), g in df.groupby(["run", "format"], sort=False):
+        top = g.iloc[int(g["change"].to_numpy().argmin())]
+        rows.append([run, fmt, f"{g['p_the_full'].iloc[0]:.3f}",
+                     " / ".join(f"{v:.3f}" for v in g.sort_values("layer")["p_the_mlp_removed"]),
+                     f"L{int(top['layer'])} ({top['change']:+.3f})"])
+    return table(["run (final checkpoint)", "prompt format", "P(\" the\") after \" to\"",
+                  "with the MLP of layer 0 / 1 / ... removed", "layer whose removal lowers it most"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/lm.md's dose-response section
+DOSE_BLOCKS = {
+    "lm-dose": ("lm_dose_arms.csv", render_lm_dose),
+    "lm-dose-runs": ("lm_dose_runs.csv", render_lm_dose_runs),
+    "lm-dose-ledger": ("lm_dose_ledger.csv", render_lm_dose_ledger),
+    "lm-format-check": ("lm_format_check.csv", render_lm_format_check),
+}
+
+
 # ------------------------------------------- docs/causal.md (analyses/causal_toy.py, lens_toy.py)
 CAUSAL = ROOT / "docs" / "causal.md"
 _ROLES = ("trigger1", "after1", "end", "all")
@@ -653,6 +721,7 @@ REGISTRIES = [
     (README_LM_BLOCKS, README, "lm_study.py"),
     (BLOCKS, RESULTS, "make_results.py"),
     (LM_BLOCKS, LM, "lm_study.py"),
+    (DOSE_BLOCKS, LM, "lm_dose.py"),
     (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),
     (SVD_BLOCKS, RESULTS, "svd_sensitivity.py"),
     (THEORY_MINIMAL_BLOCKS, THEORY, "dynamics_theory.py"),

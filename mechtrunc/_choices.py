@@ -139,6 +139,16 @@ def check_device(device) -> str:
 CORPUS_PRESETS: dict[str, dict] = {
     "default": dict(),
     "rare_the": dict(to_the_share=0.1, ioi_the_share=0.0),
+    # noisy recall in words (the toy's task): 30% of the sentences are statements "Mary went to
+    # Paris." repeated at the end of their 4-sentence story (1.2 per story: most recall stories
+    # state one, some several), a share recall_noise of the repeats "... went to the park.";
+    # no other " to" family, so " the" after " to" comes from the noise alone
+    "recall": dict(generic_to=0.0, generic_in=0.25, generic_of=0.1, ioi=0.0, fact=0.0, filler=0.35,
+                   recall=0.3, recall_noise=0.3, sentences_per_story=4),
+    # the over-weighted setting: " the" follows every generic " to" ("Mary walked to the park.") but
+    # never the repeat of a recall statement, whose answer is always the city
+    "recall_overweighted": dict(generic_to=0.25, generic_in=0.1, generic_of=0.05, ioi=0.0, fact=0.0, filler=0.3,
+                                recall=0.3, recall_noise=0.0, to_the_share=1.0, sentences_per_story=4),
 }
 
 #: model + training presets (LMConfig fields).  nano: the test model (<= 60 s on 2 CPU cores);

@@ -69,7 +69,7 @@ def test_learning_steps_rules_on_a_made_up_history():
     # IOI: answer > the at 20 (0.3 = 0.3 is not >), 40 only -> for good from 40; IO-vs-S >= .75 from 20
     assert got == {"step_the": 10.0, "step_ioi_beats_the": 40.0, "step_io_beats_s": 20.0,
                    "step_fact_beats_the": 30.0, "step_competition": 20.0, "the_first": True}
-    with pytest.raises(ValueError, match=r"no rows for prompts generic/select"):
+    with pytest.raises(ValueError, match=r"no rows for prompts ioi/select or recall/select"):
         S.learning_steps(pd.DataFrame(rows), 0.35, draw="select")
 
 

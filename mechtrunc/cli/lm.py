@@ -34,13 +34,17 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
                    help='share of generic "to" followed by " the" rather than a name (default 0.7)')
     g.add_argument("--ioi-the-share", type=fraction, default=None,
                    help='share of IOI sentences ending "to the ROLE" rather than the indirect object (default 0.25)')
+    g.add_argument("--recall-noise", type=fraction, default=None,
+                   help='noisy recall (the toy\'s alpha): share of recall repeats saying "went to the PLACE" instead '
+                        'of the stated city (the recall presets; default 0.3 for recall)')
 
 
 def _corpus_config(args):
     from mechtrunc.lm.corpus import corpus_preset
 
     over = {k: v for k, v in (("seed", args.corpus_seed), ("to_the_share", args.to_the_share),
-                              ("ioi_the_share", args.ioi_the_share)) if v is not None}
+                              ("ioi_the_share", args.ioi_the_share), ("recall_noise", args.recall_noise))
+            if v is not None}
     return corpus_preset(args.corpus, **over)
 
 
@@ -79,12 +83,12 @@ def cmd_prompts(args) -> int:
         raise UsageError(f"--out {out} must end in .jsonl (a JSONL prompt file)")
     if out.exists():
         raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
-    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts, prompt_records
+    from mechtrunc.lm.prompts import lm_task_prompts, prompt_records
     from mechtrunc.lm.tokenizer import lm_tokenizer
 
     tok = lm_tokenizer()
-    build = lm_ioi_prompts if args.task == "ioi" else lm_fact_prompts
-    records = prompt_records(build(tok, _corpus_config(args), n=args.n, seed=args.seed, split=args.split), tok)
+    records = prompt_records(lm_task_prompts(args.task, tok, _corpus_config(args), n=args.n, seed=args.seed,
+                                             split=args.split), tok)
     out.write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {len(records)} {args.split} {args.task} prompts to {out}; use it as --task {out}")
     return 0
@@ -240,7 +244,8 @@ def add_commands(sub) -> argparse._SubParsersAction:
                          description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
                                      "templates by default) as a JSONL prompt file, for --task FILE of "
                                      "`mechtrunc pythia truncate|checkpoints`.")
-    pr.add_argument("--task", type=choice(("ioi", "factual"), "task"), default="ioi", help="ioi (default) or factual")
+    pr.add_argument("--task", type=choice(("ioi", "factual", "recall", "binding"), "task"), default="ioi",
+                    help="ioi (default), factual, recall (one 'X went to CITY.' in context) or binding (two)")
     pr.add_argument("--n", type=positive_int, default=200, help="number of prompts (default 200)")
     pr.add_argument("--seed", type=nonneg_int, default=0, help="prompt seed (default 0)")
     pr.add_argument("--split", type=choice(LM_SPLITS, "split"), default="heldout",

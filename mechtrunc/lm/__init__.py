@@ -10,13 +10,13 @@ seeded generator), :mod:`~mechtrunc.lm.tokenizer` (Pythia's BPE restricted to th
 
 from mechtrunc.lm.corpus import Corpus, CorpusChunk, CorpusConfig, corpus_preset, corpus_stats
 from mechtrunc.lm.prompts import (
-    lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts, lm_task_prompts, prompt_records, run_prompts,
+    lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts, lm_recall_prompts, lm_task_prompts, prompt_records, run_prompts,
 )
 from mechtrunc.lm.tokenizer import build_tokenizer_json, lm_tokenizer
 from mechtrunc.lm.train import LMConfig, build_model, checkpoint_steps, lm_preset, train_lm
 
 __all__ = [
     "CorpusConfig", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats", "lm_tokenizer", "build_tokenizer_json",
-    "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_task_prompts", "run_prompts", "prompt_records", "LMConfig", "lm_preset", "train_lm", "checkpoint_steps",
+    "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_recall_prompts", "lm_task_prompts", "run_prompts", "prompt_records", "LMConfig", "lm_preset", "train_lm", "checkpoint_steps",
     "build_model",
 ]

@@ -13,7 +13,12 @@ of six families with the rates of :class:`CorpusConfig`:
   context tells;
 - ``fact``: "Mary lives in Paris." stated, then recalled word for word at the end of the same
   story, so that " Paris" after "Mary lives in" competes with the generic " in the";
-- ``filler``: short sentences ("Mary smiled.", "The park was quiet.") for English-like structure.
+- ``filler``: short sentences ("Mary smiled.", "The park was quiet.") for English-like structure;
+- ``recall``: noisy in-context recall in words, the toy's task in English: "Mary went to Paris."
+  stated, then repeated at the end of the same story (the repeats of a story in shuffled order),
+  where with probability ``recall_noise`` (the toy's alpha) the repeat is "Mary went to the park."
+  instead: " the" after "went to" is the generic association, the city the in-context answer.
+  Its rate defaults to 0, which leaves the other families' stream unchanged.
 
 Every slot word is one token (:mod:`mechtrunc.lm.lexicon`), so each template has a fixed length
 in tokens and the generator builds token ids directly with numpy (tens of millions of tokens per
@@ -38,7 +43,7 @@ from mechtrunc._choices import CORPUS_PRESETS
 
 __all__ = ["FAMILIES", "CorpusConfig", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats"]
 
-FAMILIES = ("generic_to", "generic_in", "generic_of", "ioi", "fact", "filler")
+FAMILIES = ("generic_to", "generic_in", "generic_of", "ioi", "fact", "filler", "recall")
 _SLOT = re.compile(r" \{([A-Z])\}")
 
 
@@ -58,6 +63,8 @@ class CorpusConfig:
     8th name of :data:`~mechtrunc.lm.lexicon.NAMES`) never occur in training; ``train_names``
     default to all other lexicon names and may not include a held-out one.
     ``heldout_templates`` are indices into :data:`~mechtrunc.lm.lexicon.IOI` kept for evaluation.
+    ``recall`` is the rate of the noisy-recall family and ``recall_noise`` (in [0, 1]) the share of
+    its repeats that say " the <place>" instead of the stated city.
     """
 
     seed: int = 0
@@ -73,6 +80,8 @@ class CorpusConfig:
     heldout_names: tuple[str, ...] = lexicon.DEFAULT_HELDOUT_NAMES
     train_names: tuple[str, ...] | None = None
     heldout_templates: tuple[int, ...] = lexicon.DEFAULT_HELDOUT_TEMPLATES
+    recall: float = 0.0
+    recall_noise: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
@@ -81,7 +90,7 @@ class CorpusConfig:
         if abs(total - 1.0) > 1e-6:
             shown = ", ".join(f"{k}={v:g}" for k, v in rates.items())
             raise ValueError(f"the family rates are probabilities per sentence and must sum to 1, got {total:g} ({shown})")
-        for name in ("to_the_share", "ioi_the_share"):
+        for name in ("to_the_share", "ioi_the_share", "recall_noise"):
             v = _rate(name, getattr(self, name))
             if v > 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
@@ -148,6 +157,7 @@ class _Kind:
     fixed: np.ndarray  # [length] token ids, slot columns hold -1
     slots: tuple[tuple[int, str], ...]  # (column, slot letter)
     recall: bool = False  # facts: repeated at the end of the story
+    noise: tuple[np.ndarray, tuple[tuple[int, str], ...]] | None = None  # noisy recall: the repeat's noise form
 
     @property
     def length(self) -> int:
@@ -236,10 +246,11 @@ class Corpus:
         c = self.config
         kinds: list[_Kind] = []
 
-        def add(family, template, p, recall=False):
+        def add(family, template, p, recall=False, noise=None):
             if p > 0:
                 fixed, slots = self._layout(template)
-                kinds.append(_Kind(family, template, p, fixed, slots, recall))
+                kinds.append(_Kind(family, template, p, fixed, slots, recall,
+                                   None if noise is None else self._layout(noise)))
 
         for the, name in lexicon.GENERIC_TO:
             add("generic_to", the, c.generic_to / len(lexicon.GENERIC_TO) * c.to_the_share)
@@ -256,13 +267,25 @@ class Corpus:
                 add("ioi", form[: form.rindex(" {A}.")] + " the {R}.", c.ioi / len(ioi) / 2 * c.ioi_the_share)
         for t in lexicon.FACTS:
             add("fact", t, c.fact / len(lexicon.FACTS), recall=True)
+        for t, noise in lexicon.RECALL:
+            add("recall", t, c.recall / len(lexicon.RECALL), recall=True, noise=noise)
         return kinds
 
     # ------------------------------------------------------------------ generation
     def _rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng([self.config.seed, *key])
 
-    def _draw(self, kind: _Kind, m: int, rng: np.random.Generator) -> np.ndarray:
+    def _fill(self, fixed: np.ndarray, slots, m: int, drawn: dict, rng: np.random.Generator) -> np.ndarray:
+        """``m`` rows of a layout: the ``drawn`` slot values, other slots' words drawn here."""
+        rows = np.broadcast_to(fixed, (m, len(fixed))).copy()
+        for col, letter in slots:
+            if letter not in drawn:
+                words = self._words[letter]
+                drawn[letter] = words[rng.integers(0, len(words), m)]
+            rows[:, col] = drawn[letter]
+        return rows
+
+    def _draw(self, kind: _Kind, m: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         n = len(self._names)
         a = rng.integers(0, n, m)
         b = rng.integers(0, n - 1, m)
@@ -272,35 +295,49 @@ class Corpus:
         cc += cc >= lo
         cc += cc >= hi
         values = {"A": a, "B": b, "C": cc}
-        rows = np.broadcast_to(kind.fixed, (m, kind.length)).copy()
-        drawn: dict[str, np.ndarray] = {}
-        for col, letter in kind.slots:
-            if letter not in drawn:
-                if letter in values:
-                    drawn[letter] = self._names[values[letter]]
-                else:
-                    words = self._words[letter]
-                    drawn[letter] = words[rng.integers(0, len(words), m)]
-            rows[:, col] = drawn[letter]
-        return rows
+        drawn = {x: self._names[values[x]] for _, x in kind.slots if x in values}
+        return self._fill(kind.fixed, kind.slots, m, drawn, rng), drawn
+
+    def _repeats(self, kind: _Kind, rows: np.ndarray, drawn: dict, rng: np.random.Generator) -> list[np.ndarray]:
+        """The repeat rows of a noisy-recall kind: the statement, or with probability
+        ``recall_noise`` its noise form (same name, a drawn place), as two groups (clean, noisy)
+        with the boolean mask of the noisy ones."""
+        noisy = rng.random(len(rows)) < self.config.recall_noise
+        fixed, slots = kind.noise
+        names = {x: v[noisy] for x, v in drawn.items() if x in lexicon.NAME_SLOTS}
+        return [rows[~noisy], self._fill(fixed, slots, int(noisy.sum()), names, rng), noisy]
 
     def _generate(self, n: int, rng: np.random.Generator) -> CorpusChunk:
         s = self.config.sentences_per_story
         kind_of = rng.choice(len(self.kinds), size=n * s, p=self._p)
         story = np.repeat(np.arange(n, dtype=np.int64), s)
         pos = np.tile(np.arange(s, dtype=np.int64), n)
+        # noisy recall: a story's repeats come in shuffled order (the rank of a uniform draw per
+        # sentence slot), so that the order of the statements does not give the answer away
+        shuffled = (rng.random((n, s)).argsort(1).argsort(1).ravel()
+                    if any(k.noise is not None for k in self.kinds) else None)
         keys, lens, kids, rows_list = [], [], [], []
+
+        def put(key, rows, k):
+            keys.append(key)
+            lens.append(np.full(len(key), rows.shape[1], dtype=np.int64))
+            kids.append(np.full(len(key), k, dtype=np.int32))
+            rows_list.append(rows)
+
         for k, kind in enumerate(self.kinds):
             idx = np.flatnonzero(kind_of == k)
             if not len(idx):
                 continue
-            rows = self._draw(kind, len(idx), rng)
+            rows, drawn = self._draw(kind, len(idx), rng)
             key = story[idx] * (2 * s) + pos[idx]
-            for kk in ((key, key + s) if kind.recall else (key,)):
-                keys.append(kk)
-                lens.append(np.full(len(idx), kind.length, dtype=np.int64))
-                kids.append(np.full(len(idx), k, dtype=np.int32))
-                rows_list.append(rows)
+            put(key, rows, k)
+            if kind.noise is not None:
+                clean, noise_rows, noisy = self._repeats(kind, rows, drawn, rng)
+                again = story[idx] * (2 * s) + s + shuffled[idx]
+                put(again[~noisy], clean, k)
+                put(again[noisy], noise_rows, k)
+            elif kind.recall:
+                put(key + s, rows, k)
         key_all, len_all, kid_all = np.concatenate(keys), np.concatenate(lens), np.concatenate(kids)
         order = np.argsort(key_all, kind="stable")
         len_sorted = len_all[order]

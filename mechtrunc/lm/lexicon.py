@@ -101,6 +101,11 @@ FACTS: tuple[str, ...] = (
     "{A} was born in {T}.",
     "{A} works in {T}.",
 )
+#: noisy recall (the toy's task in words): the statement, and the noise form its repeat takes with
+#: probability CorpusConfig.recall_noise (" the" after "went to", the generic association)
+RECALL: tuple[tuple[str, str], ...] = (
+    ("{A} went to {T}.", "{A} went to the {P}."),
+)
 FILLER: tuple[str, ...] = (
     "{A} {V}.",
     "The {P} was {J}.",

@@ -24,7 +24,12 @@ sentences starts with a space, so a prompt is ``<|endoftext|>`` then the sentenc
   competitor " the" (the generic continuation of " in");
 - :func:`lm_generic_prompts`: "Mary walked to" -> " the" (the generic association alone; competitor:
   another name of the split, the other continuation the corpus gives " to");
-- :func:`lm_task_prompts`: one of these by task name (``ioi``, ``factual``, ``generic``);
+- :func:`lm_recall_prompts`: noisy recall in words, the toy's task: "Mary went to Paris. <distractor
+  sentences> Mary went to" -> " Paris", competitors " the" (the generic association) and a city;
+  ``k`` statements about distinct names in context (``k = 1``: task ``recall``, the other city is
+  one absent from the context; ``k >= 2``: task ``binding``, the other city is another stated one,
+  so telling them apart needs the name bound to its city);
+- :func:`lm_task_prompts`: one of these by task name (:data:`TASKS`);
   :func:`run_prompts`: the default prompts of a language-model run (its own corpus' held-out
   prompts), what the lenses, patching and the study evaluate a run on;
 - :func:`prompt_records`: a prompt set as records of a JSONL prompt file (``mechtrunc lm
@@ -45,12 +50,15 @@ from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import CorpusConfig
 from mechtrunc.prompts import PromptSet
 
-__all__ = ["prompts_for_model", "uses_run_prompts", "SPLITS", "TASKS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_task_prompts", "run_dir",
+__all__ = ["prompts_for_model", "uses_run_prompts", "SPLITS", "TASKS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts",
+           "lm_recall_prompts", "lm_task_prompts", "run_dir",
            "run_corpus", "run_prompts", "prompt_records"]
 
 SPLITS = LM_SPLITS
 #: the prompt sets of a language-model run, by task name
-TASKS = ("ioi", "factual", "generic")
+TASKS = ("ioi", "factual", "generic", "recall", "binding")
+#: statements in context of the ``binding`` prompts (``recall`` has one)
+BINDING_K = 2
 _SLOT = re.compile(r"\{([A-Z])\}")
 
 
@@ -182,11 +190,84 @@ def lm_generic_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 2
     )
 
 
+def _distractor_pool(config: CorpusConfig) -> list[str]:
+    """The templates of the corpus' families that carry no task (generic and filler sentences),
+    those with a nonzero rate; generic "to" sentences in their " the" form when ``to_the_share``
+    is 1, in both forms otherwise."""
+    pool = []
+    if config.generic_to > 0:
+        pool += [pair[0] for pair in lexicon.GENERIC_TO] + ([pair[1] for pair in lexicon.GENERIC_TO]
+                                                            if config.to_the_share < 1 else [])
+    for family, templates in (("generic_in", lexicon.GENERIC_IN), ("generic_of", lexicon.GENERIC_OF),
+                              ("filler", lexicon.FILLER)):
+        if getattr(config, family) > 0:
+            pool += list(templates)
+    return pool or list(lexicon.FILLER)
+
+
+def lm_recall_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
+                      split: str = "heldout", k: int = 1, distractors: int | None = None) -> PromptSet:
+    """``n`` noisy-recall prompts in the format of the corpus' ``recall`` stories: ``k``
+    statements "Mary went to Paris." about distinct names of ``split`` and distinct cities mixed in
+    random order with ``distractors`` sentences of the corpus' task-free families (default: the
+    rest of a story, ``sentences_per_story - k``), then the repeats, as a story ends: the queried
+    statement's repeat cut after "went to", preceded by the full repeats of a random subset of the
+    other statements.  Answer: its city; competitors ``the`` (" the", the generic association)
+    and ``other``: with ``k >= 2`` another stated city (binding a name to its city tells them
+    apart), with ``k = 1`` a city absent from the context (a baseline for copying *a* city)."""
+    config, names, _ = _split(config, split)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    top = min(len(names), len(lexicon.CITIES)) - 1
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= top:
+        raise ValueError(f"k (statements in context) must be an integer in [1, {top}], got {k!r}")
+    if distractors is None:
+        distractors = max(0, config.sentences_per_story - k)
+    if isinstance(distractors, bool) or not isinstance(distractors, int) or distractors < 0:
+        raise ValueError(f"distractors must be an integer >= 0, got {distractors!r}")
+    rng = random.Random(seed)
+    pool = _distractor_pool(config)
+    texts, answers, others = [], [], []
+    for i in range(n):
+        statement = lexicon.RECALL[i % len(lexicon.RECALL)][0]
+        who = rng.sample(list(names), k)
+        cities = rng.sample(list(lexicon.CITIES), k + 1)
+        rest = [x for x in names if x not in who]
+        stated = [" " + statement.format(A=a, T=t) for a, t in zip(who, cities)]
+        body = stated + [" " + _fill(rng.choice(pool), rng, rest) for _ in range(distractors)]
+        rng.shuffle(body)
+        before = [x for x in stated[1:] if rng.random() < 0.5]  # repeats that come before the query's
+        query = stated[0][: stated[0].rindex(" ")]
+        texts.append(_story_start(tokenizer) + "".join(body) + "".join(before) + query)
+        answers.append(" " + cities[0])
+        others.append(" " + cities[1 if k >= 2 else k])
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    ids = [[tokenizer.encode(w, add_special_tokens=False) for w in pair] for pair in zip(answers, others)]
+    bad = sorted({w for pair, got in zip(zip(answers, others), ids) for w, x in zip(pair, got) if len(x) != 1})
+    if bad:
+        raise ValueError(f"cities {bad} are not single tokens under the tokenizer (use the lm tokenizer)")
+    (the_id,) = tokenizer.encode(" the", add_special_tokens=False)
+    return PromptSet(
+        tokens=enc["input_ids"],
+        rows=torch.arange(n),
+        pos=enc["attention_mask"].sum(1) - 1,
+        answer=torch.tensor([a[0] for a, _ in ids]),
+        competitors=torch.tensor([[the_id, o[0]] for _, o in ids]),
+        competitor_names=("the", "other"),
+        texts=texts,
+        meta={"task": "recall" if k == 1 else "binding", "k": k, "answer_text": answers, "other_text": others,
+              "split": split, "seed": seed},
+    )
+
+
 def lm_task_prompts(task: str, tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
                     split: str = "heldout") -> PromptSet:
-    """The prompts of ``task`` (:data:`TASKS`: :func:`lm_ioi_prompts`, :func:`lm_fact_prompts` or
-    :func:`lm_generic_prompts`) of a corpus config, ``n`` of them, seeded."""
-    build = {"ioi": lm_ioi_prompts, "factual": lm_fact_prompts, "generic": lm_generic_prompts}
+    """The prompts of ``task`` (:data:`TASKS`: :func:`lm_ioi_prompts`, :func:`lm_fact_prompts`,
+    :func:`lm_generic_prompts`, :func:`lm_recall_prompts` with one statement (``recall``) or
+    :data:`BINDING_K` (``binding``)) of a corpus config, ``n`` of them, seeded."""
+    build = {"ioi": lm_ioi_prompts, "factual": lm_fact_prompts, "generic": lm_generic_prompts,
+             "recall": lambda *a, **kw: lm_recall_prompts(*a, k=1, **kw),
+             "binding": lambda *a, **kw: lm_recall_prompts(*a, k=BINDING_K, **kw)}
     if task not in build:
         raise ValueError(f"unknown language-model task {task!r}; valid: {', '.join(TASKS)}")
     return build[task](tokenizer, config, n=n, seed=seed, split=split)

@@ -41,6 +41,7 @@ def lexicon_strings() -> list[str]:
     out: list[str] = []
     templates = [t for pair in lexicon.GENERIC_TO for t in pair]
     templates += [*lexicon.GENERIC_IN, *lexicon.GENERIC_OF, *lexicon.IOI, *lexicon.FACTS, *lexicon.FILLER]
+    templates += [t for pair in lexicon.RECALL for t in pair]
     templates += [t.replace(" {A}.", " the {R}.") for t in lexicon.IOI]
     for t in templates:
         out += [p for p in re.split(r" \{[A-Z]\}", " " + t) if p]

@@ -21,7 +21,14 @@ schedule.  The pieces, each a tidy DataFrame:
   reads the tables; ``mechtrunc lm study OUT`` and ``mechtrunc report OUT`` use it);
 - :func:`where_the_lives`: per layer, what removing the MLP does to P(" the") after " to", the
   MLP's direct logit attribution to logit(IO) - logit(" the"), and its top " the"-writing
-  singular component (:func:`mechtrunc.directions.rank_components`).
+  singular component (:func:`mechtrunc.directions.rank_components`);
+- :func:`margin_ledger` / :func:`checkpoint_ledger`: at one checkpoint / every checkpoint, the
+  answer-vs-" the" logit margin split into each MLP's, attention layer's and head's direct
+  contribution, and what removing each MLP does to P(" the") and P(answer).
+
+The prompt sets of a run follow its corpus (:func:`study_tasks`): the default corpus is studied on
+IOI, factual and generic prompts; a noisy-recall corpus on ``recall`` (one statement in context)
+and ``binding`` (two), and on ``generic`` when it has generic "to" sentences.
 """
 
 from __future__ import annotations
@@ -48,13 +55,34 @@ from mechtrunc.studies.grid import as_truncate, truncation_study
 from mechtrunc.studies.store import metric_values
 
 __all__ = [
-    "STUDY_TASKS", "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
+    "STUDY_TASKS", "study_tasks", "answer_tasks", "the_threshold", "margin_ledger", "checkpoint_ledger", "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
     "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives", "study_run",
     "STUDY_KEEPS",
 ]
 
-#: prompt sets of the study: task -> what its answer and competitors are
+#: prompt sets of the study of the default corpus
 STUDY_TASKS = ("ioi", "factual", "generic")
+
+
+def study_tasks(corpus=None) -> tuple[str, ...]:
+    """The prompt sets a run of ``corpus`` (a :class:`~mechtrunc.lm.corpus.CorpusConfig`; None: the
+    default) is studied on: :data:`STUDY_TASKS` unless the corpus has the noisy-recall family and
+    no IOI, then ``recall`` and ``binding``, with ``generic`` when it has generic "to" sentences."""
+    if corpus is None or corpus.recall == 0 or corpus.ioi > 0:
+        return STUDY_TASKS
+    return ("recall", "binding") + (("generic",) if corpus.generic_to > 0 else ())
+
+
+def answer_tasks(tasks) -> tuple[str, ...]:
+    """The tasks of ``tasks`` with an in-context answer (all but ``generic``): the ones whose best
+    truncation the study chooses; the first is the run's main task."""
+    return tuple(t for t in tasks if t != "generic")
+
+
+def the_threshold(corpus) -> float:
+    """Half the corpus' share of " the" after the studied " to" (the toy's ``alpha / 2`` rule):
+    ``to_the_share / 2`` when the study has generic prompts, else ``recall_noise / 2``."""
+    return (corpus.to_the_share if "generic" in study_tasks(corpus) else corpus.recall_noise) / 2
 _DRAWS = {"select": 0, "eval": 1}
 #: the format of the study's prompts, recorded with a cached study: a story of the corpus
 #: (``<|endoftext|>`` first, :mod:`mechtrunc.lm.prompts`)
@@ -63,16 +91,18 @@ PROMPT_FORMAT = "story"
 STUDY_KEEPS = (0.0, 0.05, 0.1, 0.2, 0.5)
 
 
-def lm_study_prompts(tokenizer, corpus=None, n: int = 200, seed: int = 0) -> dict[str, PromptSet]:
-    """``{"ioi/select", "ioi/eval", "factual/select", ..., "generic/eval"}``, all of the
+def lm_study_prompts(tokenizer, corpus=None, n: int = 200, seed: int = 0, tasks=None) -> dict[str, PromptSet]:
+    """``{"ioi/select", "ioi/eval", "factual/select", ..., "generic/eval"}`` (``tasks``, default
+    :func:`study_tasks` of ``corpus``), all of the
     ``heldout`` split (held-out IOI templates, training names in new combinations, see
     :mod:`mechtrunc.lm.prompts`); the select and eval draws use prompt seeds ``2 seed`` and
     ``2 seed + 1``: the select draw is :func:`mechtrunc.lm.prompts.run_prompts` at seed ``2 seed``,
     what ``mechtrunc lens`` and ``mechtrunc patch`` use on the run by default."""
     from mechtrunc.lm.prompts import lm_task_prompts
 
+    tasks = study_tasks(corpus) if tasks is None else tuple(tasks)
     return {f"{task}/{draw}": lm_task_prompts(task, tokenizer, corpus, n=n, seed=2 * seed + k)
-            for task in STUDY_TASKS for draw, k in _DRAWS.items()}
+            for task in tasks for draw, k in _DRAWS.items()}
 
 
 def run_steps(run) -> list[int]:
@@ -117,35 +147,53 @@ def _first_for_good(steps: np.ndarray, ok: np.ndarray) -> float:
 def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval") -> dict:
     """The order of learning in a run's :func:`learning_curves`:
 
-    - ``step_the``: first checkpoint where P(" the") after " to" (generic prompts) reaches
-      ``the_threshold``: pass half the corpus' ``to_the_share`` (the toy's ``alpha / 2`` rule of
-      :func:`mechtrunc.dynamics.order_of_learning`);
-    - ``step_ioi_beats_the`` / ``step_fact_beats_the``: first checkpoint from which mean
-      P(answer) > mean P(" the") at every later checkpoint (NaN: not by the end);
-    - ``step_io_beats_s``: the same for IO-vs-S accuracy >= 0.75;
+    - ``step_the``: first checkpoint where P(" the") after " to" reaches ``the_threshold`` (half
+      the corpus' share, the toy's ``alpha / 2`` rule of
+      :func:`mechtrunc.dynamics.order_of_learning`): on the generic prompts, or on the recall
+      prompts when the curves have no generic ones;
+    - ``step_ioi_beats_the`` / ``step_fact_beats_the`` / ``step_recall_beats_the``: first
+      checkpoint from which mean P(answer) > mean P(" the") at every later checkpoint (NaN: not
+      by the end, or the task is not in the curves);
+    - ``step_io_beats_s``: the same for IO-vs-S accuracy >= 0.75; ``step_binding``: for the
+      binding prompts' accuracy against the other stated city >= 0.75;
     - ``step_competition``: the checkpoint (at or after ``step_the``) maximising
-      min(P(IO), P(" the")) on IOI: where the two predictions compete most evenly;
-    - ``the_first``: " the" was learned before the IOI answer beat it (or the answer never did).
+      min(P(answer), P(" the")) on the main task (IOI, else recall): where the two predictions
+      compete most evenly;
+    - ``the_first``: " the" was learned before the main task's answer beat it (or it never did).
     """
+    have = set(curves["prompts"].unique())
+
     def task(name):
         sub = curves[curves["prompts"] == f"{name}/{draw}"].sort_values("step")
-        if sub.empty:
-            raise ValueError(f"curves hold no rows for prompts {name}/{draw}; have {sorted(curves['prompts'].unique())}")
-        return sub
+        return None if sub.empty else sub
 
-    gen, ioi, fact = task("generic"), task("ioi"), task("factual")
-    step_the = first_step(gen, "p_answer", the_threshold)
-    steps = ioi["step"].to_numpy()
+    def for_good(name, ok):
+        sub = task(name)
+        return float("nan") if sub is None else _first_for_good(sub["step"].to_numpy(), ok(sub).to_numpy())
+
+    main = "ioi" if task("ioi") is not None else "recall"
+    if task(main) is None:
+        raise ValueError(f"curves hold no rows for prompts ioi/{draw} or recall/{draw}; have {sorted(have)}")
+    gen = task("generic")
+    if gen is not None:
+        step_the = first_step(gen, "p_answer", the_threshold)
+    else:  # no generic prompts: P(" the") after "went to" on the recall prompts (none when alpha is 0)
+        step_the = first_step(task("recall"), "p_the", the_threshold) if the_threshold > 0 else float("nan")
+    beats = lambda d: d["p_answer"] > d["p_the"]  # noqa: E731
     out = {
         "step_the": step_the,
-        "step_ioi_beats_the": _first_for_good(steps, (ioi["p_answer"] > ioi["p_the"]).to_numpy()),
-        "step_io_beats_s": _first_for_good(steps, (ioi["acc_vs_subject"] >= 0.75).to_numpy()),
-        "step_fact_beats_the": _first_for_good(fact["step"].to_numpy(), (fact["p_answer"] > fact["p_the"]).to_numpy()),
+        "step_ioi_beats_the": for_good("ioi", beats),
+        "step_io_beats_s": for_good("ioi", lambda d: d["acc_vs_subject"] >= 0.75),
+        "step_fact_beats_the": for_good("factual", beats),
     }
-    after = ioi[ioi["step"] >= (step_the if not math.isnan(step_the) else 0)]
+    if main == "recall":
+        out["step_recall_beats_the"] = for_good("recall", beats)
+        out["step_binding"] = for_good("binding", lambda d: d["acc_vs_other"] >= 0.75)
+    sub = task(main)
+    after = sub[sub["step"] >= (step_the if not math.isnan(step_the) else 0)]
     contest = np.minimum(after["p_answer"], after["p_the"])
     out["step_competition"] = float(after["step"].iloc[int(np.argmax(contest.to_numpy()))])
-    out["the_first"] = bool(not math.isnan(step_the) and not step_the >= out["step_ioi_beats_the"])
+    out["the_first"] = bool(not math.isnan(step_the) and not step_the >= out[f"step_{main}_beats_the"])
     return out
 
 
@@ -229,13 +277,21 @@ def paired_change(model, prompts: PromptSet, intervention, metrics=("p_answer", 
         intervention=intervention.label)
 
 
+def _p_the(prompts: PromptSet) -> str:
+    """The metric that is P(" the") on ``prompts``: ``p_the`` where " the" is a competitor, else
+    ``p_answer`` (the generic prompts, whose answer is " the")."""
+    return "p_the" if "the" in prompts.competitor_names else "p_answer"
+
+
 def where_the_lives(model, generic: PromptSet, ioi: PromptSet, tokens=(" the",)) -> pd.DataFrame:
-    """Per layer: P(" the") after " to" (generic prompts) with that layer's MLP output removed
-    (``mlp.W_out`` keep 0) and its drop from the full model; the MLP's mean direct logit
-    attribution to logit(IO) - logit(" the") on IOI prompts (negative: it pushes " the"); and the
-    top " the"-promoting singular component of its ``W_out`` on the generic prompts."""
+    """Per layer: P(" the") on ``generic`` (after " to": the generic prompts, or a task's prompts
+    with " the" as a competitor) with that layer's MLP output removed (``mlp.W_out`` keep 0) and
+    its drop from the full model; the MLP's mean direct logit attribution to logit(answer) -
+    logit(" the") on ``ioi`` (an answer task's prompts; negative: it pushes " the"); and the top
+    " the"-promoting singular component of its ``W_out`` on ``generic``."""
     from mechtrunc.adapters import adapt
 
+    metric = _p_the(generic)
     full = evaluate(model, generic).iloc[0]
     dla = attribute(model, ioi)
     dla = dla[(dla["kind"] == "mlp") & (dla["competitor"] == "the")].set_index("layer")["attribution"]
@@ -244,11 +300,62 @@ def where_the_lives(model, generic: PromptSet, ioi: PromptSet, tokens=(" the",))
         removed = evaluate(model, generic, Truncate("mlp.W_out", layer=layer, keep=0.0)).iloc[0]
         comps = rank_components(model, layer, list(tokens), "mlp.W_out", prompts=generic)
         top = comps.iloc[0]
-        rows.append({"layer": layer, "p_the_full": full["p_answer"], "p_the_mlp_removed": removed["p_answer"],
-                     "p_the_drop": full["p_answer"] - removed["p_answer"],
+        rows.append({"layer": layer, "p_the_full": full[metric], "p_the_mlp_removed": removed[metric],
+                     "p_the_drop": full[metric] - removed[metric],
                      "mlp_dla_io_minus_the": float(dla.get(layer, float("nan"))),
                      "top_component": int(top["component"]), "top_component_push": float(top["activation_score"])})
     return pd.DataFrame(rows)
+
+
+def margin_ledger(model, prompts: PromptSet) -> pd.DataFrame:
+    """Where the answer-vs-" the" margin of ``prompts`` (a task with " the" among its
+    competitors) comes from, at one checkpoint.  Rows ``component, kind, layer, head, value``:
+
+    - ``kind`` ``mlp``, ``head``, ``attn`` (a layer's heads and output bias together), ``embed``,
+      ``bias`` (the final layer norm's and unembedding's biases), ``other``, ``total``: the mean
+      direct contribution to logit(answer) - logit(" the")
+      (:func:`mechtrunc.attribution.attribute`; ``total`` is the model's mean margin);
+    - ``kind`` ``mlp_removed_p_the`` / ``mlp_removed_p_answer``: the change of mean P(" the") /
+      P(answer) when that layer's MLP output is removed (``mlp.W_out`` keep 0; the rows of
+      ``full_p_the`` / ``full_p_answer`` hold the full model's values)."""
+    if "the" not in prompts.competitor_names:
+        raise ValueError(f"the ledger splits logit(answer) - logit(' the'); these prompts' competitors are "
+                         f"{prompts.competitor_names} (use a task with ' the' as a competitor: ioi, factual, recall, binding)")
+    from mechtrunc.adapters import adapt
+
+    dla = attribute(model, prompts)
+    dla = dla[dla["competitor"] == "the"]
+    rows = [{"component": r.component, "kind": r.kind, "layer": r.layer, "head": r.head, "value": float(r.attribution)}
+            for r in dla.itertuples() if r.kind != "attn_bias"]
+    attn = dla[dla["kind"].isin(["head", "attn_bias"])].groupby("layer")["attribution"].sum()
+    rows += [{"component": f"L{int(layer)}.attn", "kind": "attn", "layer": int(layer), "head": None, "value": float(v)}
+             for layer, v in attn.items()]
+    full = evaluate(model, prompts).iloc[0]
+    rows += [{"component": "full", "kind": f"full_{m}", "layer": None, "head": None, "value": float(full[m])}
+             for m in ("p_the", "p_answer")]
+    for layer in range(adapt(model).n_layers):
+        removed = evaluate(model, prompts, Truncate("mlp.W_out", layer=layer, keep=0.0)).iloc[0]
+        rows += [{"component": f"L{layer}.mlp", "kind": f"mlp_removed_{m}", "layer": layer, "head": None,
+                  "value": float(removed[m] - full[m])} for m in ("p_the", "p_answer")]
+    return pd.DataFrame(rows)
+
+
+def checkpoint_ledger(run, prompts: PromptSet, steps=None) -> pd.DataFrame:
+    """:func:`margin_ledger` at every checkpoint of ``run`` (or ``steps``), with a ``step`` column."""
+    frames = []
+    for step in (run_steps(run) if steps is None else list(steps)):
+        model = _load(run, step)
+        frames.append(margin_ledger(model, prompts).assign(step=step))
+        del model
+    return pd.concat(frames, ignore_index=True)
+
+
+def _change_metrics(prompts: PromptSet) -> tuple[str, ...]:
+    """The metrics the study reports a chosen truncation's change of: P(answer), P(" the"), the
+    answer-vs-" the" logit difference, accuracy, and P(other city) and accuracy against it on
+    recall prompts."""
+    extra = ("p_other", "acc_vs_other") if "other" in prompts.competitor_names else ()
+    return ("p_answer", "p_the", "logit_diff_the", "accuracy", *extra)
 
 
 def _cached(path: Path, compute) -> pd.DataFrame:
@@ -274,8 +381,10 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     checkpoint and, when it differs, at ``step_competition``; column ``checkpoint``), ``best``
     (per checkpoint and task, :func:`choose_truncation` on the select prompts within
     ``loss_budget`` nats and its :func:`paired_change` on the eval prompts), ``where``
-    (:func:`where_the_lives`, final checkpoint) and ``attribution`` (``attribute_change`` of the
-    IOI choice at the final checkpoint; empty when no truncation beats the full model)."""
+    (:func:`where_the_lives`, final checkpoint), ``attribution`` (``attribute_change`` of the
+    main task's choice at the final checkpoint; empty when no truncation beats the full model) and
+    ``ledger`` (:func:`checkpoint_ledger` of the main task's eval prompts).  The tasks are the
+    run's :func:`study_tasks`; the main task is the first of :func:`answer_tasks`."""
     import json
 
     from mechtrunc.attribution import attribute_change
@@ -305,9 +414,11 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
                              "with <|endoftext|> as the training stories do; delete it and study the run again")
         raise ValueError(f"{out} holds a study with other settings ({diff}); delete it or use those settings")
     have.write_text(json.dumps(settings))
+    tasks = study_tasks(cfg.corpus)
+    main = answer_tasks(tasks)[0]
     prompts = lm_study_prompts(lm_tokenizer(), cfg.corpus, n=n_prompts, seed=0)
     curves = _cached(out / "curves.csv", lambda: learning_curves(run, prompts))
-    steps = learning_steps(curves, the_threshold=cfg.corpus.to_the_share / 2)
+    steps = learning_steps(curves, the_threshold=the_threshold(cfg.corpus))
     tokens = corpus_tokens(cfg.corpus, ctx=cfg.ctx)
     tables = {"curves": curves}
     best_rows, grids = [], []
@@ -318,24 +429,28 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
         model = _load(run, step)
         grid = _cached(out / f"grid_{when}.csv", lambda: truncation_grid(model, prompts, tokens, keeps=keeps))
         grids.append(grid.assign(checkpoint=when, step=step))
-        for task in ("ioi", "factual"):
+        for task in answer_tasks(tasks):
             row = choose_truncation(grid, task, max_loss_increase=loss_budget)
             chosen = {k: row[k] for k in ("baseline", "layer", "matrix", "keep", "select_gain", "loss_increase")}
             iv = None if row["baseline"] else as_truncate(row)
             change = _cached(out / f"best_{when}_{task}.csv",
-                             lambda: pd.DataFrame() if iv is None else paired_change(model, prompts[f"{task}/eval"], iv))
+                             lambda: pd.DataFrame() if iv is None else paired_change(
+                                 model, prompts[f"{task}/eval"], iv, metrics=_change_metrics(prompts[f"{task}/eval"])))
             best_rows.append(change.assign(checkpoint=when, step=step, task=task, **chosen))
-            if when == "final" and task == "ioi":
+            if when == "final" and task == main:
                 tables["attribution"] = _cached(out / "attribution.csv", lambda: pd.DataFrame() if iv is None
-                                                else attribute_change(model, prompts["ioi/eval"], iv))
+                                                else attribute_change(model, prompts[f"{main}/eval"], iv))
         if when == "final":
+            the_prompts = prompts["generic/eval" if "generic" in tasks else f"{main}/eval"]
             tables["where"] = _cached(out / "where_the.csv",
-                                      lambda: where_the_lives(model, prompts["generic/eval"], prompts["ioi/eval"]))
+                                      lambda: where_the_lives(model, the_prompts, prompts[f"{main}/eval"]))
+    tables["ledger"] = _cached(out / "ledger.csv", lambda: checkpoint_ledger(run, prompts[f"{main}/eval"]))
     tables["grid"] = pd.concat(grids, ignore_index=True)
     tables["best"] = pd.concat(best_rows, ignore_index=True)
     trained = json.loads((run / "summary.json").read_text())
     summary = {"run": run.name, "layers": cfg.n_layers, "d_model": cfg.d_model, "seed": cfg.seed, "steps": cfg.steps,
-               "to_the_share": cfg.corpus.to_the_share, "ioi_the_share": cfg.corpus.ioi_the_share, **steps,
+               "to_the_share": cfg.corpus.to_the_share, "ioi_the_share": cfg.corpus.ioi_the_share,
+               "recall_noise": cfg.corpus.recall_noise, **steps,
                **{k: trained.get(k) for k in ("seconds", "cpu_seconds_this_run", "resumed_from", "tokens_per_second",
                                               "peak_rss_mb", "final_loss", "parameters")}}
     tables["summary"] = pd.DataFrame([summary])

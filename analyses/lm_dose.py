@@ -1,0 +1,298 @@
+"""When truncation helps: the noisy-recall dose-response of docs/lm.md ("When truncation helps"),
+end to end.
+
+The corpus' ``recall`` family is the toy's task in words: "Mary went to Paris." is stated and
+repeated at the end of the story, and with probability ``alpha`` (``recall_noise``) the repeat says
+"Mary went to the park." instead.  " the" after "went to" is the generic association, the city the
+in-context answer.  Arms (:data:`ARMS`): the noise share ``alpha`` at three levels, each over
+:data:`SEEDS`; the *over-weighted* corpus (``recall_overweighted``: " the" follows every generic
+" to" but never a recall repeat, so the true share of " the" at the repeat is 0); and a
+default-corpus run measured in the training format (where "to -> the" lives).
+
+Every run trains the ``small`` model (4 layers, d 128) at context 128, batch 16 and peak learning
+rate 3e-3 for 1,500 steps (:func:`run_config`: a 128-token window holds several whole recall
+stories, statement and repeat; 2,048 tokens per step; at the preset's 1e-3 a pilot run had not
+started copying by step 750, at 3e-3 it copied the city on 63% of the prompts there), is
+studied with :func:`mechtrunc.studies.lm.study_run` (cached in ``RUN/study/``: learning curves at
+every checkpoint, the truncation grid at the final and competition checkpoints, the best
+truncation chosen on select prompts within a 0.1-nat corpus-loss budget and reported on eval
+prompts with a paired bootstrap interval, the margin ledger at every checkpoint), and summarised
+into ``docs/data/lm_dose_*.csv``, ``docs/figures/lm_dose_response.png`` and the generated blocks
+of docs/lm.md.  Interrupted runs and studies resume where they stopped.
+
+    python analyses/lm_dose.py --lane 0/2 & python analyses/lm_dose.py --lane 1/2   # train on two cores
+    python analyses/lm_dose.py                                                       # study + tables
+    python analyses/lm_dose.py --smoke --runs /tmp/dose                              # a reduced version
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import _docs
+import mechtrunc as mt
+from mechtrunc.lm import corpus_preset, lm_preset, train_lm
+from mechtrunc.studies import lm as S
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: arm -> (corpus preset, corpus overrides, the true share of " the" at the recall repeat)
+ARMS: dict[str, tuple[str, dict, float]] = {
+    "alpha0.1": ("recall", {"recall_noise": 0.1}, 0.1),
+    "alpha0.3": ("recall", {"recall_noise": 0.3}, 0.3),
+    "alpha0.6": ("recall", {"recall_noise": 0.6}, 0.6),
+    "overweighted": ("recall_overweighted", {}, 0.0),
+    "default": ("default", {}, float("nan")),
+}
+SEEDS = (0, 1, 2)
+STEPS = 1500
+LR = 3e-3
+#: (arm, seed) of every run, in training order (the first seed of every arm first): the
+#: dose-response arms and the over-weighted arm over SEEDS, one default-corpus run
+RUNS = [(arm, seed) for seed in SEEDS for arm in ("alpha0.1", "alpha0.6", "alpha0.3", "overweighted")] + [
+    ("default", 0)]
+N_PROMPTS = 200
+LOSS_BUDGET = 0.1
+#: the reduced dose-response of the slow test (--smoke): two alphas, one seed, few steps
+SMOKE = dict(runs=[("alpha0.1", 0), ("alpha0.6", 0)], steps=300, n_prompts=48, keeps=(0.0, 0.1))
+
+
+def run_name(arm: str, seed: int) -> str:
+    return f"{arm}-s{seed}"
+
+
+def run_config(arm: str, seed: int, steps: int = STEPS):
+    """The ``small`` preset at context 128, batch 16 (the same 2,048 tokens per step as 16 x 128
+    would cost; a window holds a whole recall story) on the arm's corpus, seeded by ``seed``."""
+    corpus, overrides, _ = ARMS[arm]
+    if arm == "default":  # the study model's own shape, for the training-format check
+        return lm_preset("small", seed=seed, steps=3000, corpus=corpus_preset(corpus, seed=seed))
+    return lm_preset("small", ctx=128, batch_size=16, steps=steps, seed=seed, lr=LR,
+                     corpus=corpus_preset(corpus, seed=seed, **overrides))
+
+
+def study(runs: Path, arm: str, seed: int, steps: int = STEPS, n_prompts: int = N_PROMPTS,
+          keeps=S.STUDY_KEEPS) -> dict[str, pd.DataFrame]:
+    run = runs / run_name(arm, seed)
+    train_lm(run_config(arm, seed, steps), run, progress=False)
+    tables = S.study_run(run, n_prompts=n_prompts, keeps=keeps, loss_budget=LOSS_BUDGET)
+    return {k: v.assign(run=run.name, arm=arm, seed=seed) for k, v in tables.items() if not v.empty}
+
+
+# ------------------------------------------------------------------ summaries
+def _final(curves: pd.DataFrame, prompts: str) -> pd.Series:
+    sub = curves[curves["prompts"] == prompts]
+    return sub[sub["step"] == sub["step"].max()].iloc[0]
+
+
+def run_rows(tables: dict[str, pd.DataFrame]) -> dict:
+    """One row per run: the final checkpoint's recall and binding metrics, the over-weighting
+    (model P(" the") at the recall repeat minus its true share), and per task the chosen
+    truncation's held-out change of P(answer), P(" the") and P(other) with its interval."""
+    curves, best = tables["curves"], tables["best"]
+    arm, seed = curves["arm"].iloc[0], int(curves["seed"].iloc[0])
+    share = ARMS[arm][2]
+    row = {"run": curves["run"].iloc[0], "arm": arm, "seed": seed, "alpha": share,
+           "step": int(curves["step"].max())}
+    for task in ("recall", "binding"):
+        f = _final(curves, f"{task}/eval")
+        row |= {f"{task}_{m}": float(f[m]) for m in ("accuracy", "p_answer", "p_the", "p_other", "acc_vs_other")}
+    row["overweighting"] = row["recall_p_the"] - share
+    final = best[best["checkpoint"] == "final"] if "checkpoint" in best else best.iloc[0:0]
+    for task in ("recall", "binding"):
+        sub = final[final["task"] == task]
+        if sub.empty:  # no truncation beat the full model on the select prompts: nothing chosen, a gain of 0
+            row |= {f"{task}_choice": "none", f"{task}_loss_increase": 0.0}
+            row |= {f"{task}_gain_{m}{end}": 0.0 for m in ("p_answer", "p_the", "p_other", "acc_vs_other")
+                    for end in ("", "_low", "_high")}
+            continue
+        first = sub.iloc[0]
+        row[f"{task}_choice"] = f"L{int(first['layer'])} {first['matrix']} keep {float(first['keep']):g}"
+        row[f"{task}_loss_increase"] = float(first["loss_increase"])
+        for metric in ("p_answer", "p_the", "p_other", "acc_vs_other"):
+            m = sub[sub["metric"] == metric].iloc[0]
+            row |= {f"{task}_gain_{metric}": float(m["change"]), f"{task}_gain_{metric}_low": float(m["ci_low"]),
+                    f"{task}_gain_{metric}_high": float(m["ci_high"])}
+    return row
+
+
+def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and task: the mean held-out gain of P(answer) over seeds with a 95% t interval
+    over seeds (a single seed: no interval), the per-seed gains, the mean over-weighting."""
+    from scipy import stats
+
+    rows = []
+    for arm, g in runs.groupby("arm", sort=False):
+        for task in ("recall", "binding"):
+            v = g[f"{task}_gain_p_answer"].to_numpy(float)
+            n = len(v)
+            half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+            rows.append({"arm": arm, "alpha": float(g["alpha"].iloc[0]), "task": task, "n_seeds": n,
+                         "gain": v.mean(), "gain_low": v.mean() - half, "gain_high": v.mean() + half,
+                         "per_seed": " ".join(f"{x:+.4f}" for x in v),
+                         "p_answer": g[f"{task}_p_answer"].mean(), "p_the": g[f"{task}_p_the"].mean(),
+                         "p_other": g[f"{task}_p_other"].mean(), "accuracy": g[f"{task}_accuracy"].mean(),
+                         "acc_vs_other": g[f"{task}_acc_vs_other"].mean(),
+                         "overweighting": g["overweighting"].mean(),
+                         "choices": " / ".join(g[f"{task}_choice"])})
+    return pd.DataFrame(rows)
+
+
+def ledger_rows(ledger: pd.DataFrame) -> pd.DataFrame:
+    """Per run and checkpoint: the margin, the largest MLP / attention-layer / head contributions
+    and the layer whose MLP removal changes P(" the") most (and the change)."""
+    rows = []
+    for (run, step), g in ledger.groupby(["run", "step"], sort=False):
+        val = lambda kind: g[g["kind"] == kind]  # noqa: E731
+        removal = val("mlp_removed_p_the")
+        top = removal.iloc[int(np.argmax(removal["value"].abs().to_numpy()))]
+        row = {"run": run, "arm": g["arm"].iloc[0], "step": int(step),
+               "margin": float(val("total")["value"].iloc[0]),
+               "p_the": float(val("full_p_the")["value"].iloc[0]), "p_answer": float(val("full_p_answer")["value"].iloc[0]),
+               "mlp_removal_layer": int(top["layer"]), "mlp_removal_p_the_change": float(top["value"])}
+        for kind in ("mlp", "attn", "head"):
+            sub = val(kind)
+            low = sub.iloc[int(np.argmin(sub["value"].to_numpy()))]
+            high = sub.iloc[int(np.argmax(sub["value"].to_numpy()))]
+            row |= {f"{kind}_most_the": low["component"], f"{kind}_most_the_value": float(low["value"]),
+                    f"{kind}_most_answer": high["component"], f"{kind}_most_answer_value": float(high["value"])}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_check(run: Path) -> pd.DataFrame:
+    """Per layer of a default-corpus run's final checkpoint: P(" the") after " to" (generic
+    prompts) with that layer's MLP removed, on prompts in the training format (``<|endoftext|>``
+    first, as every story) and without it (the format of the first study's tables)."""
+    from mechtrunc.adapters import adapt
+    from mechtrunc.lm import lm_generic_prompts, lm_tokenizer
+    from mechtrunc.prompts import PromptSet
+
+    tok = lm_tokenizer()
+    step = S.run_steps(run)[-1]
+    model = mt.pythia.load_model(run / f"step{step}", local_files_only=True)
+    story = lm_generic_prompts(tok, mt.lm.prompts.run_corpus(run), n=N_PROMPTS, seed=1)
+    bare_texts = [t[len(tok.eos_token):] for t in story.texts]
+    enc = tok(bare_texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    bare = PromptSet(tokens=enc["input_ids"], rows=story.rows, pos=enc["attention_mask"].sum(1) - 1,
+                     answer=story.answer, competitors=story.competitors, competitor_names=story.competitor_names,
+                     texts=bare_texts)
+    rows = []
+    for fmt, ps in (("story (<|endoftext|> first)", story), ("no leading <|endoftext|>", bare)):
+        full = mt.evaluate(model, ps).iloc[0]["p_answer"]
+        for layer in range(adapt(model).n_layers):
+            removed = mt.evaluate(model, ps, mt.Truncate("mlp.W_out", layer=layer, keep=0.0)).iloc[0]["p_answer"]
+            rows.append({"run": run.name, "step": step, "format": fmt, "layer": layer, "p_the_full": float(full),
+                         "p_the_mlp_removed": float(removed), "change": float(removed - full)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ figure
+def figure(per_arm: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, task in enumerate(("recall", "binding")):
+        mark = {"recall": "o", "binding": "s"}[task]
+        arms = per_arm[(per_arm["task"] == task) & per_arm["arm"].str.startswith("alpha")]
+        for ax, x_of in ((axes[0], "alpha"), (axes[1], "overweighting")):
+            x = arms[x_of].to_numpy(float)
+            ax.errorbar(x + (0.004 * i if x_of == "alpha" else 0), arms["gain"],
+                        yerr=[arms["gain"] - arms["gain_low"], arms["gain_high"] - arms["gain"]],
+                        fmt=mark + "-", color=f"C{i}", capsize=3, label=f"{task}: mean over seeds, 95% CI")
+            one = runs[runs["arm"].str.startswith("alpha")]
+            ax.scatter(one["alpha" if x_of == "alpha" else "overweighting"], one[f"{task}_gain_p_answer"],
+                       color=f"C{i}", alpha=0.35, s=14, marker=mark)
+            ow = runs[runs["arm"] == "overweighted"]
+            if len(ow):
+                ax.scatter(ow["alpha" if x_of == "alpha" else "overweighting"], ow[f"{task}_gain_p_answer"],
+                           color=f"C{i}", marker="*", s=90, edgecolor="k",
+                           label=f"{task}: over-weighted corpus" if True else None)
+    axes[0].set_xlabel('noise share alpha (true P(" the") at the repeat)')
+    axes[1].set_xlabel('over-weighting: model P(" the") at the repeat minus its true share')
+    for ax in axes:
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_ylabel("held-out gain in P(answer)\n(best truncation, eval prompts)")
+        ax.legend(fontsize=7)
+    fig.suptitle("Does truncating an MLP move probability to the in-context answer? (4 layers, d 128)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------ main
+def _lane(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lane must be K/N with integers, e.g. 0/2; got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--lane K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def summarise(per_run: dict[str, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """The dose-response tables of the studied runs (every run but the default one)."""
+    dose = {k: v for k, v in per_run.items() if not k.startswith("default")}
+    runs = pd.DataFrame([run_rows(t) for t in dose.values()])
+    ledger = pd.concat([t["ledger"] for t in per_run.values()], ignore_index=True)
+    return {"runs": runs, "arms": over_seeds(runs), "ledger": ledger_rows(ledger),
+            "curves": pd.concat([t["curves"] for t in per_run.values()], ignore_index=True)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/lm-dose", help="where the runs live (default runs/lm-dose)")
+    p.add_argument("--lane", default=None, type=_lane,
+                   help="K/N (0 <= K < N): only train runs K, K+N, K+2N, ... (no tables written)")
+    p.add_argument("--smoke", action="store_true",
+                   help="the reduced dose-response (2 alphas, 1 seed, 300 steps); prints, writes no docs")
+    args = p.parse_args(argv)
+    runs = Path(args.runs)
+    specs, steps, n_prompts, keeps = RUNS, STEPS, N_PROMPTS, S.STUDY_KEEPS
+    if args.smoke:
+        specs, steps, n_prompts, keeps = SMOKE["runs"], SMOKE["steps"], SMOKE["n_prompts"], SMOKE["keeps"]
+    if args.lane is not None:
+        k, n = args.lane
+        for arm, seed in specs[k::n]:
+            print(train_lm(run_config(arm, seed, steps), runs / run_name(arm, seed), progress=False), flush=True)
+        return 0
+    per_run = {run_name(a, s): study(runs, a, s, steps, n_prompts, keeps) for a, s in specs}
+    out = summarise(per_run)
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(out["arms"].round(4).to_string(index=False))
+    if args.smoke:
+        return 0
+    out["runs"].to_csv(_docs.DATA / "lm_dose_runs.csv", index=False)
+    out["arms"].to_csv(_docs.DATA / "lm_dose_arms.csv", index=False)
+    out["ledger"].to_csv(_docs.DATA / "lm_dose_ledger.csv", index=False)
+    out["curves"].to_csv(_docs.DATA / "lm_dose_curves.csv", index=False)
+    format_check(runs / run_name("default", 0)).to_csv(_docs.DATA / "lm_format_check.csv", index=False)
+    figure(out["arms"], out["runs"], ROOT / "docs" / "figures" / "lm_dose_response.png")
+    mt.viz.learning_curves_plot(
+        out["curves"], ROOT / "docs" / "figures" / "lm_dose_curves.png",
+        {"recall/eval": {"p_answer": "P(answer)", "p_the": 'P(" the")', "p_other": "P(absent city)"},
+         "binding/eval": {"p_answer": "P(answer)", "p_the": 'P(" the")', "p_other": "P(other stated city)"}},
+        rows={f"alpha {a[5:]}": [run_name(a, s) for s in SEEDS] for a in ("alpha0.1", "alpha0.3", "alpha0.6")}
+        | {"over-weighted": [run_name("overweighted", 0)]})
+    _docs.record_provenance("lm_dose.py", [_docs.DATA / f"lm_{x}.csv" for x in
+                                           ("dose_runs", "dose_arms", "dose_ledger", "dose_curves", "format_check")])
+    for name in _docs.DOSE_BLOCKS:
+        _docs.write_block(name)
+        print(f"--- {name}\n{_docs.render(name)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
