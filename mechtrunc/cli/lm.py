@@ -1,5 +1,6 @@
-"""``mechtrunc lm corpus``, ``mechtrunc lm prompts``, ``mechtrunc lm train`` and ``mechtrunc lm study``: the language
-model of :mod:`mechtrunc.lm` (a small GPT-NeoX trained on a generated English corpus) and its study
+"""``mechtrunc lm corpus``, ``mechtrunc lm english``, ``mechtrunc lm prompts``, ``mechtrunc lm train`` and
+``mechtrunc lm study``: the language model of :mod:`mechtrunc.lm` (a small GPT-NeoX trained on a
+generated English corpus, optionally mixed with real English text) and its study
 (:func:`mechtrunc.studies.lm.study_run`).  Heavy imports happen inside the
 command functions; presets are read from the light :mod:`mechtrunc._choices`."""
 
@@ -34,14 +35,49 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
                    help='share of generic "to" followed by " the" rather than a name (default 0.7)')
     g.add_argument("--ioi-the-share", type=fraction, default=None,
                    help='share of IOI sentences ending "to the ROLE" rather than the indirect object (default 0.25)')
+    g.add_argument("--english", type=fraction, default=None,
+                   help="share of stories replaced by passages of real English (Austen, Moby-Dick; fetch it first with "
+                        "`mechtrunc lm english`; default 0)")
+    g.add_argument("--english-dir", default=None,
+                   help="directory of the English text (default: where `mechtrunc lm english` writes by default)")
+    g.add_argument("--english-vocab", type=nonneg_int, default=None,
+                   help="Pythia tokens added to the tokenizer for the English text (default 512)")
 
 
 def _corpus_config(args):
+    given = [f"--{k}" for k in ("english-dir", "english-vocab") if getattr(args, k.replace("-", "_")) is not None]
+    if given and not args.english:
+        raise UsageError(f"{' and '.join(given)} given without --english SHARE > 0 (no English text is mixed in); "
+                         "add --english or leave them out")
     from mechtrunc.lm.corpus import corpus_preset
 
     over = {k: v for k, v in (("seed", args.corpus_seed), ("to_the_share", args.to_the_share),
-                              ("ioi_the_share", args.ioi_the_share)) if v is not None}
+                              ("ioi_the_share", args.ioi_the_share), ("english", args.english),
+                              ("english_dir", args.english_dir), ("english_vocab", args.english_vocab)) if v is not None}
     return corpus_preset(args.corpus, **over)
+
+
+def cmd_english(args) -> int:
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the English text")
+    if args.debs is not None and not Path(args.debs).expanduser().is_dir():
+        raise UsageError(f"--debs {args.debs} is not a directory; give the directory holding the two .deb files")
+    from mechtrunc.lm.english import fetch_english
+
+    try:
+        manifest = fetch_english(out, debs=args.debs)
+    except ValueError as e:  # a refused checksum, a failed download, a directory holding something else
+        raise UsageError(str(e)) from None
+    where = manifest["out"]
+    if args.json:
+        print(json.dumps(manifest))
+        return 0
+    words = sum(b["words"] for b in manifest["books"].values())
+    what = "already there, verified" if manifest["already_there"] else "fetched and verified"
+    print(f"{len(manifest['books'])} books, {words:,} words: {what} in {where} (digest {manifest['digest']}); train "
+          f"on it with `mechtrunc lm train --english SHARE` (--english-dir {where} if not the default)")
+    return 0
 
 
 def cmd_corpus(args) -> int:
@@ -80,11 +116,12 @@ def cmd_prompts(args) -> int:
     if out.exists():
         raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
     from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts, prompt_records
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.lm.tokenizer import run_tokenizer
 
-    tok = lm_tokenizer()
+    corpus = _corpus_config(args)
+    tok = run_tokenizer(corpus)
     build = lm_ioi_prompts if args.task == "ioi" else lm_fact_prompts
-    records = prompt_records(build(tok, _corpus_config(args), n=args.n, seed=args.seed, split=args.split), tok)
+    records = prompt_records(build(tok, corpus, n=args.n, seed=args.seed, split=args.split), tok)
     out.write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {len(records)} {args.split} {args.task} prompts to {out}; use it as --task {out}")
     return 0
@@ -236,6 +273,17 @@ def add_commands(sub) -> argparse._SubParsersAction:
     _corpus_options(co)
     co.add_argument("--seed", type=nonneg_int, dest="corpus_seed", action=_OldCorpusSeed, help=argparse.SUPPRESS)
     co.set_defaults(func=cmd_corpus)
+    en = lsub.add_parser("english", help="fetch real English text (Austen's novels, Moby-Dick) with checksums",
+                         description="Fetch Jane Austen's six novels and Moby-Dick (public domain) from Debian's "
+                                     "packages r-cran-janeaustenr and r-cran-tokenizers (pinned SHA-256), decode "
+                                     "their R data and write one text file per book and manifest.json into --out. "
+                                     "A directory that already holds the verified text is left as it is.")
+    en.add_argument("--out", default=None,
+                    help="directory for the text (default: english/ in mechtrunc's cache, ~/.cache/mechtrunc/english)")
+    en.add_argument("--debs", default=None,
+                    help="read the two .deb files from this directory instead of downloading them (still verified)")
+    en.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    en.set_defaults(func=cmd_english)
     pr = lsub.add_parser("prompts", help="write held-out IOI or factual prompts as a JSONL prompt file",
                          description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
                                      "templates by default) as a JSONL prompt file, for --task FILE of "
