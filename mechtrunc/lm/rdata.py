@@ -44,8 +44,10 @@ class RObject:
     value: object
     attributes: dict = field(default_factory=dict)
 
-    def __getitem__(self, name: str):
-        """The element ``name`` of a named list (a data frame's column)."""
+    def __getitem__(self, name: str | int):
+        """The element ``name`` of a named list (a data frame's column), or element ``i``."""
+        if isinstance(name, int):
+            return self.value[name]
         names = self.attributes.get("names")
         if names is None or name not in names:
             raise KeyError(f"no element {name!r}; names: {names}")
