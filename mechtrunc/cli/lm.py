@@ -258,7 +258,7 @@ def cmd_study(args) -> int:
 
 def add_commands(sub) -> argparse._SubParsersAction:
     """Add the ``lm`` group to the top-level subparsers ``sub``; returns the group's subparsers."""
-    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, prompts, train, study",
+    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, english, prompts, train, study",
                         description="A language model of our own (mechtrunc.lm): a seeded generated corpus with "
                                     "IOI sentences, facts and generic 'to the', and Pythia-style training with "
                                     "Pythia's checkpoint schedule.")

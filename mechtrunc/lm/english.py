@@ -111,9 +111,9 @@ def text_digest(file_digests: dict[str, str]) -> str:
 def default_english_dir() -> Path:
     """Where :func:`fetch_english` writes by default: ``english/`` in mechtrunc's cache
     (``$MECHTRUNC_CACHE``, else ``$XDG_CACHE_HOME/mechtrunc``, i.e. ``~/.cache/mechtrunc``)."""
-    from mechtrunc.pythia import _cache_root
+    from mechtrunc._choices import cache_root
 
-    return _cache_root() / "english"
+    return cache_root() / "english"
 
 
 def excerpt_dir() -> Path:
