@@ -393,3 +393,31 @@ def test_nano_trains_on_a_mixed_stream(tmp_path):
     moved = lm_preset("nano", steps=2, checkpoint_interval=1,
                       corpus=CorpusConfig(english=0.5, english_dir=str(E.excerpt_dir()), **EXCERPT))
     assert train_lm(moved, tmp_path / "run", progress=False)["already_finished"] is True
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_english_fetches_once_and_train_records_the_texts_checksum(fake_debian, tmp_path, capsys):
+    import mechtrunc.cli as cli
+
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    (debs / "fake_all.deb").write_bytes(fake_debian["deb"])
+    out = tmp_path / "english"
+    assert cli.main(["lm", "english", "--out", str(out), "--debs", str(debs), "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["already_there"] is False and manifest["out"] == str(out) and fake_debian["urls"] == []
+    assert cli.main(["lm", "english", "--out", str(out)]) == 0
+    assert "1 books, 21 words: already there, verified in" in capsys.readouterr().out
+    (out / "prideprejudice.txt").write_text("changed\n")
+    assert cli.main(["lm", "english", "--out", str(out)]) == 2
+    assert "the file was changed" in capsys.readouterr().err
+    run = tmp_path / "run"
+    argv = ["lm", "train", "--preset", "nano", "--out", str(run), "--steps", "1", "--english", "0.4",
+            "--english-dir", str(E.excerpt_dir()), "--english-vocab", "64", "--json", "--no-progress"]
+    assert cli.main(argv) == 0
+    corpus = json.loads((run / "run.json").read_text())["config"]["corpus"]
+    assert (corpus["english"], corpus["english_vocab"], corpus["english_sha256"]) == (0.4, 64, E.EXCERPT_SHA256)
+    from mechtrunc.lm.tokenizer import run_tokenizer
+
+    vocab = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["vocab_size"]
+    assert vocab == len(run_tokenizer(CorpusConfig.from_dict(corpus))) and 1306 < vocab < 2171

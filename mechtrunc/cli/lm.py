@@ -39,7 +39,8 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
                    help="share of stories replaced by passages of real English (Austen, Moby-Dick; fetch it first with "
                         "`mechtrunc lm english`; default 0)")
     g.add_argument("--english-dir", default=None,
-                   help="directory of the English text (default: where `mechtrunc lm english` writes by default)")
+                   help="directory of the English text, e.g. the --out of `mechtrunc lm english` (default: where "
+                        "that command writes by default); its checksum is recorded in the config")
     g.add_argument("--english-vocab", type=nonneg_int, default=None,
                    help="Pythia tokens added to the tokenizer for the English text (default 512)")
 
@@ -54,6 +55,10 @@ def _corpus_config(args):
     over = {k: v for k, v in (("seed", args.corpus_seed), ("to_the_share", args.to_the_share),
                               ("ioi_the_share", args.ioi_the_share), ("english", args.english),
                               ("english_dir", args.english_dir), ("english_vocab", args.english_vocab)) if v is not None}
+    if args.english_dir is not None:  # the text in that directory, whichever it is (its digest goes in the config)
+        from mechtrunc.lm.english import english_digest
+
+        over["english_sha256"] = english_digest(args.english_dir)
     return corpus_preset(args.corpus, **over)
 
 
@@ -65,10 +70,7 @@ def cmd_english(args) -> int:
         raise UsageError(f"--debs {args.debs} is not a directory; give the directory holding the two .deb files")
     from mechtrunc.lm.english import fetch_english
 
-    try:
-        manifest = fetch_english(out, debs=args.debs)
-    except ValueError as e:  # a refused checksum, a failed download, a directory holding something else
-        raise UsageError(str(e)) from None
+    manifest = fetch_english(out, debs=args.debs)  # a refused checksum or download: ValueError, exit 2
     where = manifest["out"]
     if args.json:
         print(json.dumps(manifest))

@@ -44,7 +44,7 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = ["BOOKS", "DEBS", "MIRRORS", "ENGLISH_SHA256", "EXCERPT_SHA256", "HELDOUT_SHARE", "fetch_english",
-           "read_english", "english_split", "stream_text", "write_excerpt", "default_english_dir", "excerpt_dir", "text_digest",
+           "read_english", "english_digest", "english_split", "stream_text", "write_excerpt", "default_english_dir", "excerpt_dir", "text_digest",
            "resolve_english_dir"]
 
 MANIFEST = "manifest.json"
@@ -373,16 +373,24 @@ def _verify(path: Path, manifest: dict) -> dict[str, bytes]:
     return texts
 
 
+def english_digest(path) -> str:
+    """The combined digest a text directory's manifest records (the files are verified when the
+    text is read, :func:`read_english`)."""
+    path = Path(path).expanduser()
+    if not (path / MANIFEST).is_file():
+        raise ValueError(f"{path} holds no English text ({MANIFEST} missing); fetch it with "
+                         f"`mechtrunc lm english --out {path}`")
+    return str(_read_manifest(path).get("digest"))
+
+
 def read_english(path, digest: str | None = None) -> dict[str, list[str]]:
     """``{book: paragraphs}`` of a text directory (:func:`fetch_english`'s output or the excerpt)
     after checking every file against its manifest and, when given, the manifest's combined
     digest against ``digest`` (a corpus config's ``english_sha256``)."""
     path = Path(path).expanduser()
     if not (path / MANIFEST).is_file():
-        hint = (" (the default location: fetch the text with `mechtrunc lm english`)"
-                if path == default_english_dir() else "")
-        raise ValueError(f"{path} holds no English text ({MANIFEST} missing){hint}; fetch it with "
-                         f"`mechtrunc lm english --out {path}`")
+        command = "mechtrunc lm english" + ("" if path == default_english_dir() else f" --out {path}")
+        raise ValueError(f"{path} holds no English text ({MANIFEST} missing); fetch it with `{command}`")
     manifest = _read_manifest(path)
     if digest is not None and manifest.get("digest") != digest:
         raise ValueError(f"the English text in {path} has digest {manifest.get('digest')}, but the config asks for "

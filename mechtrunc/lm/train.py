@@ -223,6 +223,10 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend
     out = Path(out).expanduser()
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for but no CUDA device is available (use device='cpu')")
+    if config.corpus.english:  # the English text is there and verified before anything is written
+        from mechtrunc.lm.tokenizer import run_tokenizer
+
+        run_tokenizer(config.corpus)
     _claim(out, config, extend)
     done_summary = out / "summary.json"
     if done_summary.is_file() and (out / f"step{config.steps}").is_dir():
