@@ -148,6 +148,7 @@ BAD_INPUTS: list[Bad] = [
     cli("lm train --preset nano --out OUT --english-vocab 256", "--english-vocab given without --english SHARE > 0"),
     cli("lm train --preset nano --out OUT --english 0.3 --english-dir EMPTY_DIR", "holds no English text (manifest.json missing); fetch it with `mechtrunc lm english --out"),
     cli("lm train --preset nano --out OUT --english 1.5", "argument --english: expected a number in [0, 1], got '1.5'"),
+    cli("lm corpus --english 0.3", "`lm corpus` prints the generated stories only: leave --english out"),
     # ---------------------------------------------------------------- CLI: lens
     cli("lens vocab TOY_RUN --matrix mlp.W_up", "argument --matrix: unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),
     cli("lens vocab TOY_RUN --layer 5", "layer 5 is out of range: valid layers are 0..1"),

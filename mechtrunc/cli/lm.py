@@ -83,6 +83,9 @@ def cmd_english(args) -> int:
 
 
 def cmd_corpus(args) -> int:
+    if args.english:
+        raise UsageError("--english mixes real English into training batches (`mechtrunc lm train`); `lm corpus` "
+                         "prints the generated stories only: leave --english out")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists():
         raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
