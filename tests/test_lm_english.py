@@ -81,6 +81,19 @@ def test_unserialize_reads_vectors_na_encodings_and_attributes():
         unserialize(_serialize(_i(4)))
 
 
+def test_unserialize_expands_the_altrep_forms_r_writes():
+    def altrep(cls: str, state: bytes) -> bytes:
+        info = _i(2) + _i(1) + _chars(cls) + _i(2) + _i(1) + _chars("base") + _i(2) + _i(13, 1, 13) + _i(254)
+        return _i(238) + info + state + _i(254)
+
+    seq = altrep("compact_intseq", _i(14, 3) + struct.pack(">3d", 4, 10, 2))
+    assert unserialize(_serialize(seq)) == [10, 12, 14, 16]
+    wrapped = altrep("wrap_string", _i(19, 2) + _strs(["a", None]) + _i(13, 2, 0, 1))
+    assert unserialize(_serialize(wrapped)) == ["a", None]
+    with pytest.raises(RDataError, match="ALTREP class 'mmap_real' is not one this reader expands"):
+        unserialize(_serialize(altrep("mmap_real", _i(254))))
+
+
 def test_lazyload_of_r_written_files():
     # the index of janeaustenr's data, as R wrote it: offsets and lengths of the six novels in Rdata.rdb
     index = read_rds(DATA / "Rdata.rdx")

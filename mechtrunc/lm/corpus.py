@@ -55,7 +55,8 @@ from mechtrunc.lm import lexicon
 from mechtrunc.lm.english import ENGLISH_SHA256
 from mechtrunc._choices import CORPUS_PRESETS
 
-__all__ = ["FAMILIES", "ENGLISH_FIELDS", "DEFAULT_ENGLISH_VOCAB", "CorpusConfig", "EnglishStream", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats"]
+__all__ = ["FAMILIES", "ENGLISH_FIELDS", "DEFAULT_ENGLISH_VOCAB", "CorpusConfig", "EnglishStream", "Corpus", "CorpusChunk",
+           "corpus_preset", "corpus_stats"]
 
 FAMILIES = ("generic_to", "generic_in", "generic_of", "ioi", "fact", "filler")
 #: the English fields of :class:`CorpusConfig`; left out of :meth:`CorpusConfig.to_dict` while

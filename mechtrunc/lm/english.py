@@ -1,16 +1,17 @@
 """Real English text for the language model: Jane Austen's six novels and Moby-Dick, fetched by
 one command with checksums (``mechtrunc lm english --out DIR``, :func:`fetch_english`).
 
-Where the text comes from.  The novels are public domain (Project Gutenberg texts); the R
-packages ``janeaustenr`` (Julia Silge) and ``tokenizers`` (its ``mobydick`` dataset) ship them,
+Where the text comes from. The novels are public domain (Project Gutenberg texts); the R packages
+``janeaustenr`` (Julia Silge) and ``tokenizers`` (its ``mobydick`` dataset) ship them,
 MIT-licensed packaging, and Debian packages both (``r-cran-janeaustenr`` 1.0.0-1,
-``r-cran-tokenizers`` 0.3.0-1).  :func:`fetch_english` downloads the two pinned ``.deb`` files
-from Debian's package pool (:data:`MIRRORS`: ``deb.debian.org``, then ``snapshot.debian.org``)
-with ``urllib`` (no ``apt``, no root, any host), or takes them from a directory that already
-holds them (``debs=``), and refuses any file whose SHA-256 is not the pinned one
-(:data:`DEBS`).  It reads the ``.deb`` (an ``ar`` archive holding ``data.tar.xz``) in Python,
-decodes the packages' R lazy-load databases (``data/Rdata.rdx``/``.rdb``) with
-:mod:`mechtrunc.lm.rdata`, and writes one UTF-8 text file per book.
+``r-cran-tokenizers`` 0.3.0-1). :func:`fetch_english` downloads the two pinned ``.deb`` files from
+Debian's package pool (:data:`MIRRORS`: ``deb.debian.org``, then ``snapshot.debian.org``) with
+``urllib`` (no ``apt``, no root, any host; plain HTTP as ``apt`` uses, the pinned checksum is the
+integrity check), or takes them from a directory that already holds them (``debs=``), and refuses
+any file whose SHA-256 is not the pinned one (:data:`DEBS`). It reads the ``.deb`` (an ``ar``
+archive holding ``data.tar.xz``) in Python, decodes the packages' R lazy-load databases
+(``data/Rdata.rdx``/``.rdb``) with :mod:`mechtrunc.lm.rdata`, and writes one UTF-8 text file per
+book.
 
 The text files.  ``DIR/<book>.txt`` holds one paragraph per line: the books' hard-wrapped lines
 joined with single spaces, blank lines as paragraph breaks, whitespace runs collapsed, the
@@ -44,8 +45,8 @@ from importlib import resources
 from pathlib import Path
 
 __all__ = ["BOOKS", "DEBS", "MIRRORS", "ENGLISH_SHA256", "EXCERPT_SHA256", "HELDOUT_SHARE", "fetch_english",
-           "read_english", "english_digest", "english_split", "stream_text", "write_excerpt", "default_english_dir", "excerpt_dir", "text_digest",
-           "resolve_english_dir"]
+           "read_english", "english_digest", "english_split", "stream_text", "write_excerpt", "default_english_dir",
+           "excerpt_dir", "text_digest", "resolve_english_dir"]
 
 MANIFEST = "manifest.json"
 FORMAT = "mechtrunc-english-1"

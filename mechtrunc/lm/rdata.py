@@ -106,12 +106,9 @@ class _Reader:
         if n == -1:
             return None
         raw = self.take(n)
-        levels = flags >> 12
-        if levels & _LATIN1:
+        if (flags >> 12) & (_LATIN1 | _BYTES):  # latin-1, or raw bytes kept one character each
             return raw.decode("latin-1")
-        if levels & _BYTES:
-            return raw.decode("latin-1")
-        return raw.decode("utf-8")  # UTF-8, ASCII, or native (this reader assumes a UTF-8 locale)
+        return raw.decode("utf-8")  # UTF-8, ASCII, or native (read as UTF-8, the usual locale)
 
     def item(self):
         flags = self.int()
@@ -195,7 +192,7 @@ class _Reader:
         elif cls == "deferred_string":
             arg = state.items[0][1] if isinstance(state, _Pairs) else state
             arg = arg.value if isinstance(arg, RObject) else arg
-            value = [None if v is None else (str(v) if not isinstance(v, float) else f"{v:g}") for v in arg]
+            value = [None if v is None else (format(v, ".15g") if isinstance(v, float) else str(v)) for v in arg]
         else:
             raise RDataError(f"ALTREP class {cls!r} is not one this reader expands")
         attrs = _named(attr) if isinstance(attr, _Pairs) else {}
