@@ -304,6 +304,7 @@ def test_english_fields_round_trip_and_stay_out_of_configs_without_english():
     assert d["english"] == 0.25 and d["english_sha256"] == E.EXCERPT_SHA256 and d["english_dir"] is None
     assert CorpusConfig.from_dict(json.loads(json.dumps(d))) == cfg
     assert CorpusConfig(english=0.1).english_sha256 == E.ENGLISH_SHA256  # the seven books by default
+    assert CorpusConfig(english=0.1, english_dir="texts").english_dir == str(Path.cwd() / "texts")  # absolute
 
 
 # ------------------------------------------------------------------ mixing

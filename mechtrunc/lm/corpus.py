@@ -46,6 +46,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -90,8 +91,8 @@ class CorpusConfig:
     stream of every earlier config); ``english_vocab`` the number of Pythia tokens added to the
     tokenizer for the text (:func:`mechtrunc.lm.tokenizer.run_tokenizer`); ``english_sha256`` the
     text's combined checksum (default, once ``english > 0``: the seven books of ``mechtrunc lm
-    english``); ``english_dir`` where that text lives (default: the command's cache directory;
-    not part of a run's identity, the checksum is).  With ``english == 0`` the other three must
+    english``); ``english_dir`` where that text lives (made absolute; default: the command's cache
+    directory; not part of a run's identity, the checksum is).  With ``english == 0`` the other three must
     keep their defaults.
     """
 
@@ -162,8 +163,8 @@ class CorpusConfig:
             raise ValueError(f"english must be in [0, 1] (the share of stories replaced by English text), got {self.english!r}")
         object.__setattr__(self, "english", share)
         object.__setattr__(self, "english_vocab", check_int("english_vocab", self.english_vocab, 0))
-        if self.english_dir is not None:
-            object.__setattr__(self, "english_dir", str(self.english_dir))
+        if self.english_dir is not None:  # absolute: a study run from another directory finds it too
+            object.__setattr__(self, "english_dir", str(Path(self.english_dir).expanduser().absolute()))
         if share == 0:
             set_ = [f"{k}={getattr(self, k)!r}" for k, default in (("english_vocab", DEFAULT_ENGLISH_VOCAB),
                     ("english_sha256", None), ("english_dir", None)) if getattr(self, k) != default]
