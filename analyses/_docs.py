@@ -257,6 +257,12 @@ def render_english_the(df: pd.DataFrame) -> str:
     return table(["after", "P(\" the\")", "occurrences", "most frequent next token"], rows)
 
 
+def render_english_mix(df: pd.DataFrame) -> str:
+    rows = [[f"{r['english']:g}", f"{r['p_the_after_to']:.3f}", f"{r['p_the_after_in']:.3f}", f"{r['p_the_after_of']:.3f}",
+             f"{int(r['tokens']):,}"] for _, r in df.iterrows()]
+    return table(["english", "P(\" the\") after \" to\"", "after \" in\"", "after \" of\"", "tokens"], rows)
+
+
 def render_english_vocab(df: pd.DataFrame) -> str:
     rows = [[f"{int(r['english_vocab']):,}", f"{int(r['vocab_size']):,}", f"{r['missing_share']:.1%}",
              f"{r['tokens_per_pythia_token']:.2f}", f"{r['unembed_flop_share']:.0%}"] for _, r in df.iterrows()]
@@ -268,6 +274,7 @@ def render_english_vocab(df: pd.DataFrame) -> str:
 ENGLISH_BLOCKS = {
     "lm-english-books": ("lm_english_books.csv", render_english_books),
     "lm-english-the": ("lm_english_the.csv", render_english_the),
+    "lm-english-mix": ("lm_english_mix.csv", render_english_mix),
     "lm-english-vocab": ("lm_english_vocab.csv", render_english_vocab),
 }
 

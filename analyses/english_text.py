@@ -4,7 +4,9 @@ often " the" follows " to" in it, and the vocabulary the English arm needs.
 Reads the text fetched by ``mechtrunc lm english`` (default location, or ``--english-dir``) and
 writes ``docs/data/lm_english_books.csv`` (words, paragraphs and tokens per book, held-out
 share), ``docs/data/lm_english_the.csv`` (P(" the") after " to", "went to", " in", " of" in the
-training part, as the model's stream holds it) and ``docs/data/lm_english_vocab.csv`` (for each
+training part, as the model's stream holds it), ``docs/data/lm_english_mix.csv`` (the same after
+" to", " in", " of" in the mixed training stream of the default corpus, per English share) and
+``docs/data/lm_english_vocab.csv`` (for each
 ``english_vocab``: vocabulary size, the share of Pythia's tokens of the held-out English that the
 vocabulary lacks, tokens per Pythia token and the unembedding's share of the FLOPs of a forward
 pass of a 4-layer d 128 model at context 64), then the generated blocks of docs/lm.md.  Under a
@@ -25,11 +27,15 @@ import numpy as np
 import pandas as pd
 
 import _docs
-from mechtrunc.lm.corpus import DEFAULT_ENGLISH_VOCAB, CorpusConfig
+from mechtrunc.lm.corpus import DEFAULT_ENGLISH_VOCAB, Corpus, CorpusConfig, corpus_stats
 from mechtrunc.lm.english import ENGLISH_SHA256, default_english_dir, english_split, read_english, stream_text
 from mechtrunc.lm.tokenizer import build_tokenizer_json, english_extra_tokens, english_token_counts, run_tokenizer
 
 VOCABS = (0, 256, 512, 1024, 2048)
+#: English shares of the mixed training stream whose next-token statistics are measured
+SHARES = (0.0, 0.1, 0.3, 0.6)
+#: batches (of the small preset's 32 x 64 tokens) measured per share
+MIX_STEPS = 200
 #: the English arm's model: 4 layers, d 128, the small preset's context
 LAYERS, D_MODEL, CTX = 4, 128, 64
 
@@ -87,6 +93,13 @@ def main(argv=None) -> int:
         the_rows.append({"context": context.strip(), "p_the": round(float((after == the).mean()), 4), "count": len(after),
                          "top_next": tok.decode([int(top)]).strip(), "p_top_next": round(float((after == top).mean()), 4)})
     pd.DataFrame(the_rows).to_csv(_docs.DATA / "lm_english_the.csv", index=False)
+
+    mix_rows = []
+    for share in SHARES:
+        corpus = Corpus(CorpusConfig(english=share, english_dir=str(where)) if share else CorpusConfig())
+        stream = np.concatenate([corpus.batch(step, 32, CTX).ravel() for step in range(MIX_STEPS)])
+        mix_rows.append({"english": share, **corpus_stats(stream, corpus.tokenizer)})
+    pd.DataFrame(mix_rows).to_csv(_docs.DATA / "lm_english_mix.csv", index=False)
 
     counts = english_token_counts(p for paras in train.values() for p in paras)
     held_encs = full.encode_batch([stream_text(p) for paras in held.values() for p in paras], add_special_tokens=False)
