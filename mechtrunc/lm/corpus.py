@@ -92,8 +92,8 @@ class CorpusConfig:
     tokenizer for the text (:func:`mechtrunc.lm.tokenizer.run_tokenizer`); ``english_sha256`` the
     text's combined checksum (default, once ``english > 0``: the seven books of ``mechtrunc lm
     english``); ``english_dir`` where that text lives (made absolute; default: the command's cache
-    directory; not part of a run's identity, the checksum is).  With ``english == 0`` the other three must
-    keep their defaults.
+    directory; not part of a run's identity, the checksum is).  With ``english == 0`` the other
+    three must keep their defaults.
     """
 
     seed: int = 0
@@ -347,13 +347,14 @@ class Corpus:
         self._p = p / p.sum()
         s = self.config.sentences_per_story
         self.tokens_per_story = 1 + s * float(sum(pk * k.length * (2 if k.recall else 1) for pk, k in zip(self._p, self.kinds)))
-        self._english = self._english_streams(run_tokenizer) if self.config.english > 0 else None
+        self._english = self._load_english(run_tokenizer) if self.config.english > 0 else None
         if self._english is not None:  # held-out names never occur in training, English included
             held = [int(i) for i in self._single_ids(self.config.heldout_names)]
             self._banned = self._english[0].banned_counts(held)
 
-    def _english_streams(self, run_tokenizer) -> tuple[EnglishStream, EnglishStream]:
-        """(training, held-out) English token streams under the run's tokenizer."""
+    def _load_english(self, run_tokenizer) -> tuple[EnglishStream, EnglishStream]:
+        """(training, held-out) English token streams under the run's tokenizer (which the given
+        tokenizer must be)."""
         from mechtrunc.lm.english import resolve_english_dir
 
         c = self.config
