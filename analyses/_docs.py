@@ -307,6 +307,42 @@ DOSE_BLOCKS = {
     "lm-dose-runs": ("lm_dose_runs.csv", render_lm_dose_runs),
     "lm-dose-ledger": ("lm_dose_ledger.csv", render_lm_dose_ledger),
     "lm-format-check": ("lm_format_check.csv", render_lm_format_check),
+
+
+# ------------------------------------------- docs/lm.md, "Real English text" (analyses/english_text.py)
+def render_english_books(df: pd.DataFrame) -> str:
+    rows = [[r["book"], f"{r['paragraphs']:,}", f"{r['words']:,}", f"{r['pythia_tokens']:,}",
+             f"{r['heldout_words']:,} ({r['heldout_words'] / r['words']:.1%})"] for _, r in df.iterrows()]
+    rows.append(["all", f"{df['paragraphs'].sum():,}", f"{df['words'].sum():,}", f"{df['pythia_tokens'].sum():,}",
+                 f"{df['heldout_words'].sum():,} ({df['heldout_words'].sum() / df['words'].sum():.1%})"])
+    return table(["book", "paragraphs", "words", "Pythia tokens", "held out (words)"], rows)
+
+
+def render_english_the(df: pd.DataFrame) -> str:
+    rows = [[f'"{r["context"]}"', f"{r['p_the']:.3f}", f"{int(r['count']):,}", f'"{r["top_next"]}" ({r["p_top_next"]:.3f})']
+            for _, r in df.iterrows()]
+    return table(["after", "P(\" the\")", "occurrences", "most frequent next token"], rows)
+
+
+def render_english_mix(df: pd.DataFrame) -> str:
+    rows = [[f"{r['english']:g}", f"{r['p_the_after_to']:.3f}", f"{r['p_the_after_in']:.3f}", f"{r['p_the_after_of']:.3f}",
+             f"{int(r['tokens']):,}"] for _, r in df.iterrows()]
+    return table(["english", "P(\" the\") after \" to\"", "after \" in\"", "after \" of\"", "tokens"], rows)
+
+
+def render_english_vocab(df: pd.DataFrame) -> str:
+    rows = [[f"{int(r['english_vocab']):,}", f"{int(r['vocab_size']):,}", f"{r['missing_share']:.1%}",
+             f"{r['tokens_per_pythia_token']:.2f}", f"{r['unembed_flop_share']:.0%}"] for _, r in df.iterrows()]
+    return table(["english_vocab", "vocabulary", "Pythia tokens missing (held-out text)", "tokens per Pythia token",
+                  "unembedding FLOPs"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/lm.md's "Real English text"
+ENGLISH_BLOCKS = {
+    "lm-english-books": ("lm_english_books.csv", render_english_books),
+    "lm-english-the": ("lm_english_the.csv", render_english_the),
+    "lm-english-mix": ("lm_english_mix.csv", render_english_mix),
+    "lm-english-vocab": ("lm_english_vocab.csv", render_english_vocab),
 }
 
 
@@ -722,6 +758,7 @@ REGISTRIES = [
     (BLOCKS, RESULTS, "make_results.py"),
     (LM_BLOCKS, LM, "lm_study.py"),
     (DOSE_BLOCKS, LM, "lm_dose.py"),
+    (ENGLISH_BLOCKS, LM, "english_text.py"),
     (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),
     (SVD_BLOCKS, RESULTS, "svd_sensitivity.py"),
     (THEORY_MINIMAL_BLOCKS, THEORY, "dynamics_theory.py"),

@@ -13,7 +13,10 @@ memory's and the minimal model's option names (``mechtrunc.memory``,
 from __future__ import annotations
 
 import bisect
+import os
 import re
+import tempfile
+from pathlib import Path
 
 #: training presets of the toy model (see mechtrunc.training.preset)
 PRESETS: dict[str, dict] = {
@@ -175,3 +178,19 @@ LM_RUN_FORMAT = "mechtrunc-lm-run/1"
 #: what ``mechtrunc report`` recognises in a directory: kind -> its name in reports and help
 REPORT_KINDS: dict[str, str] = {"toy": "toy run", "memory": "associative-memory run", "lm": "language-model run",
                                 "truncation": "truncation study", "checkpoints": "checkpoint study"}
+
+
+def cache_root() -> Path:
+    """``$MECHTRUNC_CACHE``, else ``$XDG_CACHE_HOME/mechtrunc`` (``~/.cache/mechtrunc``), else a
+    directory under the system temporary directory when the home cache is not writable."""
+    env = os.environ.get("MECHTRUNC_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mechtrunc"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK):
+            return base
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"mechtrunc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"

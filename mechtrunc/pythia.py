@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 
 from mechtrunc._choices import STEPS as _STEPS
-from mechtrunc._choices import check_device, check_step, is_pythia, looks_like_path, pythia_steps
+from mechtrunc._choices import cache_root, check_device, check_step, is_pythia, looks_like_path, pythia_steps
 from mechtrunc._progress import third_party_bars_off
 
 __all__ = [
@@ -132,22 +132,6 @@ def pythia_config(size: str = "70m", **overrides):
 # ----------------------------------------------------------------------------------------
 # Pythia's tokenizer, offline
 # ----------------------------------------------------------------------------------------
-def _cache_root() -> Path:
-    """``$MECHTRUNC_CACHE``, else ``$XDG_CACHE_HOME/mechtrunc`` (``~/.cache/mechtrunc``), else a
-    directory under the system temporary directory when the home cache is not writable."""
-    env = os.environ.get("MECHTRUNC_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mechtrunc"
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-        if os.access(base, os.W_OK):
-            return base
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir()) / f"mechtrunc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-
-
 def tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Pythia's tokenizer (GPT-NeoX-20B BPE, shipped in the package) as a Hugging Face tokenizer
     directory, written once (``save_pretrained``) under ``cache_dir`` (default: see
@@ -159,7 +143,7 @@ def tokenizer_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
     data = PYTHIA_TOKENIZER_JSON.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:12]
-    out = Path(cache_dir).expanduser() if cache_dir is not None else _cache_root()
+    out = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     out = out / f"gpt-neox-20b-{digest}"
     if (out / "tokenizer_config.json").is_file() and (out / "tokenizer.json").is_file():
         return out

@@ -141,6 +141,14 @@ BAD_INPUTS: list[Bad] = [
         "(steps: 200 there, 300 asked); nothing was changed: it cannot be extended to 300 steps, because its learning "
         "rate depends on steps"),
     cli("lm study EMPTY_DIR --n 0", "argument --n: expected a positive integer, got '0'"),
+    # ---------------------------------------------------------------- CLI: lm english
+    cli("lm english --out EMPTY_FILE", "--out EMPTY_FILE is a file; give a directory for the English text"),
+    cli("lm english --out OUT --debs NO_SUCH_DIR", "--debs NO_SUCH_DIR is not a directory; give the directory holding the two .deb files"),
+    cli("lm english --out OUT --debs EMPTY_DIR", "does not exist; the directory given as debs must hold r-cran-janeaustenr_1.0.0-1_all.deb"),
+    cli("lm train --preset nano --out OUT --english-vocab 256", "--english-vocab given without --english SHARE > 0"),
+    cli("lm train --preset nano --out OUT --english 0.3 --english-dir EMPTY_DIR", "holds no English text (manifest.json missing); fetch it with `mechtrunc lm english --out"),
+    cli("lm train --preset nano --out OUT --english 1.5", "argument --english: expected a number in [0, 1], got '1.5'"),
+    cli("lm corpus --english 0.3", "`lm corpus` prints the generated stories only: leave --english out"),
     # ---------------------------------------------------------------- CLI: lens
     cli("lens vocab TOY_RUN --matrix mlp.W_up", "argument --matrix: unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),
     cli("lens vocab TOY_RUN --layer 5", "layer 5 is out of range: valid layers are 0..1"),

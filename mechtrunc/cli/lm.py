@@ -1,5 +1,6 @@
-"""``mechtrunc lm corpus``, ``mechtrunc lm prompts``, ``mechtrunc lm train`` and ``mechtrunc lm study``: the language
-model of :mod:`mechtrunc.lm` (a small GPT-NeoX trained on a generated English corpus) and its study
+"""``mechtrunc lm corpus``, ``mechtrunc lm english``, ``mechtrunc lm prompts``, ``mechtrunc lm train`` and
+``mechtrunc lm study``: the language model of :mod:`mechtrunc.lm` (a small GPT-NeoX trained on a
+generated English corpus, optionally mixed with real English text) and its study
 (:func:`mechtrunc.studies.lm.study_run`).  Heavy imports happen inside the
 command functions; presets are read from the light :mod:`mechtrunc._choices`."""
 
@@ -37,18 +38,58 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--recall-noise", type=fraction, default=None,
                    help='noisy recall (the toy\'s alpha): share of recall repeats saying "went to the PLACE" instead '
                         'of the stated city (the recall presets; default 0.3 for recall)')
+    g.add_argument("--english", type=fraction, default=None,
+                   help="share of stories replaced by passages of real English (Austen, Moby-Dick; fetch it first with "
+                        "`mechtrunc lm english`; default 0)")
+    g.add_argument("--english-dir", default=None,
+                   help="directory of the English text, e.g. the --out of `mechtrunc lm english` (default: where "
+                        "that command writes by default); its checksum is recorded in the config")
+    g.add_argument("--english-vocab", type=nonneg_int, default=None,
+                   help="Pythia tokens added to the tokenizer for the English text (default 512)")
 
 
 def _corpus_config(args):
+    given = [f"--{k}" for k in ("english-dir", "english-vocab") if getattr(args, k.replace("-", "_")) is not None]
+    if given and not args.english:
+        raise UsageError(f"{' and '.join(given)} given without --english SHARE > 0 (no English text is mixed in); "
+                         "add --english or leave them out")
     from mechtrunc.lm.corpus import corpus_preset
 
     over = {k: v for k, v in (("seed", args.corpus_seed), ("to_the_share", args.to_the_share),
-                              ("ioi_the_share", args.ioi_the_share), ("recall_noise", args.recall_noise))
-            if v is not None}
+                              ("ioi_the_share", args.ioi_the_share), ("recall_noise", args.recall_noise),
+                              ("english", args.english), ("english_dir", args.english_dir),
+                              ("english_vocab", args.english_vocab)) if v is not None}
+    if args.english_dir is not None:  # the text in that directory, whichever it is (its digest goes in the config)
+        from mechtrunc.lm.english import english_digest
+
+        over["english_sha256"] = english_digest(args.english_dir)
     return corpus_preset(args.corpus, **over)
 
 
+def cmd_english(args) -> int:
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a directory for the English text")
+    if args.debs is not None and not Path(args.debs).expanduser().is_dir():
+        raise UsageError(f"--debs {args.debs} is not a directory; give the directory holding the two .deb files")
+    from mechtrunc.lm.english import fetch_english
+
+    manifest = fetch_english(out, debs=args.debs)  # a refused checksum or download: ValueError, exit 2
+    where = manifest["out"]
+    if args.json:
+        print(json.dumps(manifest))
+        return 0
+    words = sum(b["words"] for b in manifest["books"].values())
+    what = "already there, verified" if manifest["already_there"] else "fetched and verified"
+    print(f"{len(manifest['books'])} books, {words:,} words: {what} in {where} (digest {manifest['digest']}); train "
+          f"on it with `mechtrunc lm train --english SHARE` (--english-dir {where} if not the default)")
+    return 0
+
+
 def cmd_corpus(args) -> int:
+    if args.english:
+        raise UsageError("--english mixes real English into training batches (`mechtrunc lm train`); `lm corpus` "
+                         "prints the generated stories only: leave --english out")
     out = Path(args.out) if args.out else None
     if out is not None and out.exists():
         raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
@@ -84,11 +125,11 @@ def cmd_prompts(args) -> int:
     if out.exists():
         raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
     from mechtrunc.lm.prompts import lm_task_prompts, prompt_records
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.lm.tokenizer import run_tokenizer
 
-    tok = lm_tokenizer()
-    records = prompt_records(lm_task_prompts(args.task, tok, _corpus_config(args), n=args.n, seed=args.seed,
-                                             split=args.split), tok)
+    corpus = _corpus_config(args)
+    tok = run_tokenizer(corpus)
+    records = prompt_records(lm_task_prompts(args.task, tok, corpus, n=args.n, seed=args.seed, split=args.split), tok)
     out.write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"wrote {len(records)} {args.split} {args.task} prompts to {out}; use it as --task {out}")
     return 0
@@ -225,7 +266,7 @@ def cmd_study(args) -> int:
 
 def add_commands(sub) -> argparse._SubParsersAction:
     """Add the ``lm`` group to the top-level subparsers ``sub``; returns the group's subparsers."""
-    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, prompts, train, study",
+    lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, english, prompts, train, study",
                         description="A language model of our own (mechtrunc.lm): a seeded generated corpus with "
                                     "IOI sentences, facts and generic 'to the', and Pythia-style training with "
                                     "Pythia's checkpoint schedule.")
@@ -240,6 +281,17 @@ def add_commands(sub) -> argparse._SubParsersAction:
     _corpus_options(co)
     co.add_argument("--seed", type=nonneg_int, dest="corpus_seed", action=_OldCorpusSeed, help=argparse.SUPPRESS)
     co.set_defaults(func=cmd_corpus)
+    en = lsub.add_parser("english", help="fetch real English text (Austen's novels, Moby-Dick) with checksums",
+                         description="Fetch Jane Austen's six novels and Moby-Dick (public domain) from Debian's "
+                                     "packages r-cran-janeaustenr and r-cran-tokenizers (pinned SHA-256), decode "
+                                     "their R data and write one text file per book and manifest.json into --out. "
+                                     "A directory that already holds the verified text is left as it is.")
+    en.add_argument("--out", default=None,
+                    help="directory for the text (default: english/ in mechtrunc's cache, ~/.cache/mechtrunc/english)")
+    en.add_argument("--debs", default=None,
+                    help="read the two .deb files from this directory instead of downloading them (still verified)")
+    en.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    en.set_defaults(func=cmd_english)
     pr = lsub.add_parser("prompts", help="write held-out IOI or factual prompts as a JSONL prompt file",
                          description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
                                      "templates by default) as a JSONL prompt file, for --task FILE of "

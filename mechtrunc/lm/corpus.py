@@ -26,6 +26,23 @@ second): a sentence is its template's fixed token fragments with the drawn word 
 columns.  Concatenating the fragments' ids equals tokenizing the decoded text (the fragments split
 at the tokenizer's pre-token boundaries; a test checks it).  Held-out names and IOI templates
 never appear in the training stream; they are for evaluation (:mod:`mechtrunc.lm.prompts`).
+
+Real English (``english > 0``): each story of a training batch is replaced, with probability
+``english``, by a passage of real English of the same length in tokens (the story's
+``<|endoftext|>`` kept, then the passage), so the share of English tokens in the stream is
+``english`` in expectation and every other token stays where it was.  The text is the one of
+checksum ``english_sha256`` (default :data:`mechtrunc.lm.english.ENGLISH_SHA256`: Jane Austen's
+six novels and Moby-Dick, fetched by ``mechtrunc lm english``) in ``english_dir`` (default: the
+cache directory the command writes to), held as its paragraphs, each with a leading space like a
+story's sentences, one after the other (:func:`mechtrunc.lm.english.stream_text`).  A passage
+starts at the first token of a paragraph, stays within one book's training part and holds no
+held-out name (Austen's Frank Churchill and Lady Russell are held-out names: a passage
+that would name one is drawn again, so held-out names still never occur in training); which
+stories are replaced and where their passages start are drawn from the generator seeded with
+(seed, 2, step), separate from the stories' own draws, so the stories of a batch are the same
+with or without English.  The last :data:`~mechtrunc.lm.english.HELDOUT_SHARE` of every book
+never enters training (:meth:`Corpus.english_windows` reads it for the collateral loss).  The
+run's tokenizer then covers the text too (:func:`mechtrunc.lm.tokenizer.run_tokenizer`).
 """
 
 from __future__ import annotations
@@ -33,17 +50,30 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from mechtrunc._checks import check_int, check_preset, config_from_dict
 from mechtrunc._scalars import as_int, as_real
 from mechtrunc.lm import lexicon
+from mechtrunc.lm.english import ENGLISH_SHA256
 from mechtrunc._choices import CORPUS_PRESETS
 
-__all__ = ["FAMILIES", "CorpusConfig", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats"]
+__all__ = ["FAMILIES", "ENGLISH_FIELDS", "DEFAULT_ENGLISH_VOCAB", "CorpusConfig", "EnglishStream", "Corpus", "CorpusChunk",
+           "corpus_preset", "corpus_stats"]
 
 FAMILIES = ("generic_to", "generic_in", "generic_of", "ioi", "fact", "filler", "recall")
+#: the English fields of :class:`CorpusConfig`; left out of :meth:`CorpusConfig.to_dict` while
+#: ``english == 0`` (then they must hold their defaults), so configs without English read and
+#: write as before
+ENGLISH_FIELDS = ("english", "english_vocab", "english_sha256", "english_dir")
+#: the noisy-recall fields of :class:`CorpusConfig`, left out of :meth:`CorpusConfig.to_dict` while
+#: both are 0
+RECALL_FIELDS = ("recall", "recall_noise")
+#: default ``english_vocab``: Pythia tokens added for the English text (docs/lm.md, "Real English text")
+DEFAULT_ENGLISH_VOCAB = 512
 _SLOT = re.compile(r" \{([A-Z])\}")
 
 
@@ -65,6 +95,15 @@ class CorpusConfig:
     ``heldout_templates`` are indices into :data:`~mechtrunc.lm.lexicon.IOI` kept for evaluation.
     ``recall`` is the rate of the noisy-recall family and ``recall_noise`` (in [0, 1]) the share of
     its repeats that say " the <place>" instead of the stated city.
+
+    Real English (module docstring): ``english`` in [0, 1] is the probability that a story of a
+    training batch is replaced by an English passage of the same token length (0: none, the
+    stream of every earlier config); ``english_vocab`` the number of Pythia tokens added to the
+    tokenizer for the text (:func:`mechtrunc.lm.tokenizer.run_tokenizer`); ``english_sha256`` the
+    text's combined checksum (default, once ``english > 0``: the seven books of ``mechtrunc lm
+    english``); ``english_dir`` where that text lives (made absolute; default: the command's cache
+    directory; not part of a run's identity, the checksum is).  With ``english == 0`` the other
+    three must keep their defaults.
     """
 
     seed: int = 0
@@ -82,6 +121,10 @@ class CorpusConfig:
     heldout_templates: tuple[int, ...] = lexicon.DEFAULT_HELDOUT_TEMPLATES
     recall: float = 0.0
     recall_noise: float = 0.0
+    english: float = 0.0
+    english_vocab: int = DEFAULT_ENGLISH_VOCAB
+    english_sha256: str | None = None
+    english_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
@@ -124,6 +167,28 @@ class CorpusConfig:
         if self.ioi > 0 and len(tpl) == len(lexicon.IOI):
             raise ValueError(f"heldout_templates {list(tpl)} hold out every IOI template while ioi={self.ioi:g} > 0")
         object.__setattr__(self, "heldout_templates", tpl)
+        self._check_english()
+
+    def _check_english(self) -> None:
+        share = _rate("english", self.english)
+        if share > 1:
+            raise ValueError(f"english must be in [0, 1] (the share of stories replaced by English text), got {self.english!r}")
+        object.__setattr__(self, "english", share)
+        object.__setattr__(self, "english_vocab", check_int("english_vocab", self.english_vocab, 0))
+        if self.english_dir is not None:  # absolute: a study run from another directory finds it too
+            object.__setattr__(self, "english_dir", str(Path(self.english_dir).expanduser().absolute()))
+        if share == 0:
+            set_ = [f"{k}={getattr(self, k)!r}" for k, default in (("english_vocab", DEFAULT_ENGLISH_VOCAB),
+                    ("english_sha256", None), ("english_dir", None)) if getattr(self, k) != default]
+            if set_:
+                raise ValueError(f"{', '.join(set_)} given but english=0 mixes in no English text; set english > 0 "
+                                 "or leave them out")
+            return
+        digest = ENGLISH_SHA256 if self.english_sha256 is None else str(self.english_sha256)
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"english_sha256 must be a SHA-256 as 64 lowercase hex digits (the digest in the text's "
+                             f"manifest.json), got {self.english_sha256!r}")
+        object.__setattr__(self, "english_sha256", digest)
 
     def names_for_training(self) -> tuple[str, ...]:
         if self.train_names is not None:
@@ -134,7 +199,14 @@ class CorpusConfig:
         return tuple(t for i, t in enumerate(lexicon.IOI) if i not in self.heldout_templates)
 
     def to_dict(self) -> dict:
+        """The fields as JSON-ready values; without the English fields when ``english == 0`` and
+        without the recall fields when the corpus has no recall family (configs without them
+        read and write as before they existed)."""
         d = asdict(self)
+        if self.english == 0:
+            d = {k: v for k, v in d.items() if k not in ENGLISH_FIELDS}
+        if self.recall == 0 and self.recall_noise == 0:
+            d = {k: v for k, v in d.items() if k not in RECALL_FIELDS}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -191,6 +263,13 @@ class CorpusChunk:
         return list(zip(self.sentence_starts[mask].tolist(), ends[mask].tolist()))
 
 
+def _ranges(lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(n) for n in lengths])``, vectorised."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    return np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
 def _order_form(template: str, order: str) -> str:
     """ABB as written; BAB swaps the first {A} and the first {B}."""
     if order == "ABB":
@@ -198,16 +277,84 @@ def _order_form(template: str, order: str) -> str:
     return template.replace("{A}", "\0", 1).replace("{B}", "{A}", 1).replace("\0", "{B}", 1)
 
 
+@dataclass(frozen=True)
+class EnglishStream:
+    """One part (training or held out) of the English text as token ids: ``ids`` the paragraphs
+    one after the other, ``starts`` the first token of each paragraph, ``ends`` for each paragraph
+    the end of its book's part (a passage from ``starts[i]`` must end by ``ends[i]``)."""
+
+    ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def build(cls, books: dict[str, list[str]], tokenizer) -> "EnglishStream":
+        from mechtrunc.lm.english import stream_text
+
+        ids, starts, ends, at = [], [], [], 0
+        for paras in books.values():
+            encs = tokenizer([stream_text(p) for p in paras], add_special_tokens=False)["input_ids"]
+            for e in encs:
+                starts.append(at)
+                ids.append(np.asarray(e, dtype=np.int32))
+                at += len(e)
+            ends += [at] * len(encs)
+        return cls(np.concatenate(ids), np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64))
+
+    def banned_counts(self, banned_ids) -> np.ndarray:
+        """``c[i]``: how many of the first ``i`` tokens are in ``banned_ids``."""
+        return np.concatenate([[0], np.cumsum(np.isin(self.ids, np.asarray(list(banned_ids), dtype=np.int32)))])
+
+    def starts_for(self, length: np.ndarray, rng: np.random.Generator, banned: np.ndarray | None = None) -> np.ndarray:
+        """A paragraph start for each passage length, drawn uniformly among the paragraphs from
+        which the passage stays within its book and, with ``banned`` (:meth:`banned_counts`),
+        holds no banned token (redrawn until it does)."""
+        length = np.asarray(length, dtype=np.int64)
+        if len(length) and length.max() > (self.ends - self.starts).max():
+            raise ValueError(f"an English passage of {int(length.max())} tokens is longer than any book's part "
+                             f"({int((self.ends - self.starts).max())} tokens at most)")
+
+        def bad_at(idx, n):
+            start = self.starts[idx]
+            bad = start + n > self.ends[idx]
+            if banned is not None:
+                stop = np.minimum(start + n, len(self.ids))
+                bad |= banned[stop] > banned[start]
+            return bad
+
+        idx = rng.integers(0, len(self.starts), len(length))
+        for _ in range(1000):
+            bad = bad_at(idx, length)
+            if not bad.any():
+                return self.starts[idx]
+            idx[bad] = rng.integers(0, len(self.starts), int(bad.sum()))
+        raise ValueError(f"found no English passage of {int(length[bad].max())} tokens without a held-out name in "
+                         "1,000 draws; the text is too short for this corpus")
+
+
+@lru_cache(maxsize=4)
+def _english_streams(where: str, digest: str, vocab: int) -> tuple[EnglishStream, EnglishStream]:
+    """(training, held-out) token streams of the text ``digest`` in ``where`` under the run
+    tokenizer of ``vocab`` added tokens (built once per process)."""
+    from mechtrunc.lm.english import english_split, read_english
+    from mechtrunc.lm.tokenizer import run_tokenizer
+
+    tokenizer = run_tokenizer(CorpusConfig(english=1.0, english_vocab=vocab, english_sha256=digest, english_dir=where))
+    train, held = english_split(read_english(where, digest))
+    return EnglishStream.build(train, tokenizer), EnglishStream.build(held, tokenizer)
+
+
 class Corpus:
     """The compiled generator of one :class:`CorpusConfig` under a tokenizer (default
-    :func:`mechtrunc.lm.tokenizer.lm_tokenizer`)."""
+    :func:`mechtrunc.lm.tokenizer.run_tokenizer` of the config; with English text, only that
+    tokenizer is accepted)."""
 
     def __init__(self, config: CorpusConfig | None = None, tokenizer=None):
-        if tokenizer is None:
-            from mechtrunc.lm.tokenizer import lm_tokenizer
+        from mechtrunc.lm.tokenizer import run_tokenizer
 
-            tokenizer = lm_tokenizer()
         self.config = config if config is not None else CorpusConfig()
+        if tokenizer is None:
+            tokenizer = run_tokenizer(self.config)
         self.tokenizer = tokenizer
         self.eot = int(tokenizer.eos_token_id)
         self._words = {k: self._single_ids(words) for k, words in lexicon.SLOTS.items()}
@@ -217,6 +364,24 @@ class Corpus:
         self._p = p / p.sum()
         s = self.config.sentences_per_story
         self.tokens_per_story = 1 + s * float(sum(pk * k.length * (2 if k.recall else 1) for pk, k in zip(self._p, self.kinds)))
+        self._english = self._load_english(run_tokenizer) if self.config.english > 0 else None
+        if self._english is not None:  # held-out names never occur in training, English included
+            held = [int(i) for i in self._single_ids(self.config.heldout_names)]
+            self._banned = self._english[0].banned_counts(held)
+
+    def _load_english(self, run_tokenizer) -> tuple[EnglishStream, EnglishStream]:
+        """(training, held-out) English token streams under the run's tokenizer (which the given
+        tokenizer must be)."""
+        from mechtrunc.lm.english import resolve_english_dir
+
+        c = self.config
+        expected = run_tokenizer(c)
+        if self.tokenizer.get_vocab() != expected.get_vocab():
+            raise ValueError(f"a corpus with english={c.english:g} needs its run's tokenizer "
+                             f"(mechtrunc.lm.tokenizer.run_tokenizer(config): {len(expected)} tokens); the one given "
+                             f"has {len(self.tokenizer)}")
+        where = str(resolve_english_dir(c.english_dir, c.english_sha256))
+        return _english_streams(where, c.english_sha256, c.english_vocab)
 
     def _single_ids(self, words) -> np.ndarray:
         ids = []
@@ -365,16 +530,51 @@ class Corpus:
 
     def batch(self, step: int, batch_size: int, ctx: int) -> np.ndarray:
         """The training batch of ``step``: ``[batch_size, ctx]`` token ids cut from freshly
-        generated stories.  A function of (config, step) only, so training can resume anywhere."""
+        generated stories (a share ``english`` of them replaced by English passages).  A function
+        of (config, step) only, so training can resume anywhere."""
         need = batch_size * ctx
         rng = self._rng(1, int(step))
-        parts = []
+        parts, starts = [], []
         have = 0
         while have < need:
             n = max(1, math.ceil((need - have) / self.tokens_per_story * 1.1))
-            parts.append(self._generate(n, rng).tokens)
-            have += len(parts[-1])
-        return np.concatenate(parts)[:need].reshape(batch_size, ctx)
+            chunk = self._generate(n, rng)
+            parts.append(chunk.tokens)
+            starts.append(chunk.story_starts + have)
+            have += len(chunk)
+        tokens = np.concatenate(parts)[:need]
+        if self._english is not None:
+            self._mix_english(tokens, np.concatenate(starts), self._rng(2, int(step)))
+        return tokens.reshape(batch_size, ctx)
+
+    def _mix_english(self, tokens: np.ndarray, story_starts: np.ndarray, rng: np.random.Generator) -> None:
+        """Replace each story (after its ``<|endoftext|>``) by an English training passage of the
+        same length with probability ``english``, in place (the last story as far as it is cut)."""
+        story_starts = story_starts[story_starts < len(tokens)]
+        ends = np.append(story_starts[1:], len(tokens))
+        pick = rng.random(len(story_starts)) < self.config.english
+        first, stop = story_starts[pick] + 1, ends[pick]
+        length = stop - first
+        src = self._english[0].starts_for(length, rng, self._banned)
+        dst = np.repeat(first, length) + _ranges(length)
+        tokens[dst] = self._english[0].ids[np.repeat(src, length) + _ranges(length)]
+
+    def english_windows(self, n: int, ctx: int) -> np.ndarray:
+        """``[n, ctx]`` windows of the held-out English text (the last part of every book, never
+        trained on): each ``<|endoftext|>`` then ``ctx - 1`` tokens from a paragraph's start, as a
+        passage opens in training; the ``n`` starts are spread evenly over every possible one
+        (no draw; when ``n`` exceeds them, some repeat)."""
+        if self._english is None:
+            raise ValueError("english_windows needs a config with english > 0 (this one mixes in no English text)")
+        held = self._english[1]
+        ok = held.starts + (ctx - 1) <= held.ends
+        if not ok.any():
+            raise ValueError(f"the held-out English text has no paragraph followed by {ctx - 1} tokens of its book")
+        starts = held.starts[ok][np.linspace(0, int(ok.sum()) - 1, n).round().astype(np.int64)]
+        out = np.empty((n, ctx), dtype=np.int32)
+        out[:, 0] = self.eot
+        out[:, 1:] = held.ids[starts[:, None] + np.arange(ctx - 1)]
+        return out
 
     def text(self, chunk: CorpusChunk) -> str:
         """The stories as text (``<|endoftext|>`` between them)."""

@@ -77,7 +77,7 @@ def _story_start(tokenizer) -> str:
     eos = getattr(tokenizer, "eos_token", None)
     if not eos:
         raise ValueError("the tokenizer has no eos token: the language model's prompts open with it, as every "
-                         "story of its corpus does (use mechtrunc.lm.tokenizer.lm_tokenizer())")
+                         "story of its corpus does (use mechtrunc.lm.tokenizer.run_tokenizer(config))")
     return str(eos)
 
 
@@ -308,14 +308,14 @@ def run_prompts(path, task: str = "ioi", n: int = 200, seed: int = 0, tokenizer=
     """The default prompts of a language-model run: :func:`lm_task_prompts` of the run's own corpus
     (``run.json``; ``path`` is the run directory or one of its ``step{N}`` checkpoints), held-out
     split, in the training stream's format.  ``tokenizer`` defaults to
-    :func:`mechtrunc.lm.tokenizer.lm_tokenizer` (the one every checkpoint holds).  The lenses,
+    :func:`mechtrunc.lm.tokenizer.run_tokenizer` of the run's corpus (the one every checkpoint holds).  The lenses,
     patching and the study (:func:`mechtrunc.studies.lm.lm_study_prompts`: its select and eval
     draws are seeds ``2 seed`` and ``2 seed + 1``) all evaluate a run on these."""
     corpus = run_corpus(path)
     if tokenizer is None:
-        from mechtrunc.lm.tokenizer import lm_tokenizer
+        from mechtrunc.lm.tokenizer import run_tokenizer
 
-        tokenizer = lm_tokenizer()
+        tokenizer = run_tokenizer(corpus)
     return lm_task_prompts(task, tokenizer, corpus, n=n, seed=seed, split=split)
 
 

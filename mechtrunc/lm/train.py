@@ -3,7 +3,8 @@ checkpoint schedule.
 
 - Model: ``transformers.GPTNeoXForCausalLM`` from :func:`mechtrunc.pythia.pythia_config`
   (rotary on 25% of each head, parallel attention and MLP, untied unembedding, GELU,
-  ``d_mlp = 4 d``), with the vocabulary of :func:`mechtrunc.lm.tokenizer.lm_tokenizer`.
+  ``d_mlp = 4 d``), with the vocabulary of :func:`mechtrunc.lm.tokenizer.run_tokenizer` (the
+  restricted tokenizer; extended for the English text of a config with ``english > 0``).
 - Optimiser as Pythia: AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.01 on matrices only),
   linear warm-up over ``warmup`` of the steps, cosine decay to ``min_lr_ratio * lr``, gradient
   clipping at 1.
@@ -49,8 +50,9 @@ __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm
 
 RUN_FORMAT = LM_RUN_FORMAT
 PRECISIONS = ("fp32", "bf16")
-#: fields that do not change the run's numbers on one device (resuming may change them)
-_NOT_IDENTITY = ("threads",)
+#: fields that do not change the run's numbers on one device (resuming may change them); the
+#: English text's directory is where to find it, its checksum (corpus.english_sha256) is what it is
+_NOT_IDENTITY = ("threads", "corpus.english_dir")
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,10 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend
     out = Path(out).expanduser()
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for but no CUDA device is available (use device='cpu')")
+    if config.corpus.english:  # the English text is there and verified before anything is written
+        from mechtrunc.lm.tokenizer import run_tokenizer
+
+        run_tokenizer(config.corpus)
     _claim(out, config, extend)
     done_summary = out / "summary.json"
     if done_summary.is_file() and (out / f"step{config.steps}").is_dir():
@@ -237,9 +243,9 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend
 
 
 def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.lm.tokenizer import run_tokenizer
 
-    tok = lm_tokenizer()
+    tok = run_tokenizer(config.corpus)
     corpus = Corpus(config.corpus, tok)
     device = torch.device(config.device)
     model = build_model(config, len(tok)).to(device)

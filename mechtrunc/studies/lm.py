@@ -55,8 +55,9 @@ from mechtrunc.studies.grid import as_truncate, truncation_study
 from mechtrunc.studies.store import metric_values
 
 __all__ = [
-    "STUDY_TASKS", "study_tasks", "answer_tasks", "the_threshold", "margin_ledger", "checkpoint_ledger", "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
-    "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives", "study_run",
+    "STUDY_TASKS", "study_tasks", "answer_tasks", "the_threshold", "margin_ledger", "checkpoint_ledger",
+    "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
+    "CORPUS_TEXT", "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives", "study_run",
     "STUDY_KEEPS",
 ]
 
@@ -197,18 +198,39 @@ def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval
     return out
 
 
-def corpus_tokens(corpus_config=None, n_windows: int = 64, ctx: int = 64, part: int = 7) -> torch.Tensor:
-    """``[n_windows, ctx]`` token ids of held-out corpus text: stories of part ``part`` of the
-    generator's evaluation stream (training batches come from another stream)."""
-    from mechtrunc.lm.corpus import Corpus
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+#: what :func:`corpus_tokens` returns: the config's mix, only stories, only held-out English
+CORPUS_TEXT = ("mixed", "stories", "english")
 
-    corpus = Corpus(corpus_config, lm_tokenizer())
-    need = n_windows * ctx
-    n = max(1, math.ceil(need / corpus.tokens_per_story * 1.2))
-    while len(chunk := corpus.stories(n, part=part)) < need:
-        n *= 2
-    return torch.from_numpy(np.asarray(chunk.tokens[:need])).long().reshape(n_windows, ctx)
+
+def corpus_tokens(corpus_config=None, n_windows: int = 64, ctx: int = 64, part: int = 7,
+                  text: str = "mixed") -> torch.Tensor:
+    """``[n_windows, ctx]`` token ids of held-out corpus text (under the run's tokenizer): stories of
+    part ``part`` of the generator's evaluation stream (training batches come from another
+    stream) and, for a config with English text (``english > 0``), ``round(english x
+    n_windows)`` windows of the held-out English text
+    (:meth:`~mechtrunc.lm.corpus.Corpus.english_windows`, never trained on) after them, the mix
+    of the training stream.  ``text`` (:data:`CORPUS_TEXT`): ``"mixed"`` (that), ``"stories"``
+    or ``"english"`` (all windows of one kind)."""
+    from mechtrunc.lm.corpus import Corpus
+
+    if text not in CORPUS_TEXT:
+        raise ValueError(f"text must be one of {CORPUS_TEXT}, got {text!r}")
+    corpus = Corpus(corpus_config)
+    share = corpus.config.english
+    if text == "english" and share == 0:
+        raise ValueError("text='english' needs a corpus config with english > 0 (this one has no English text)")
+    n_english = {"mixed": round(share * n_windows), "stories": 0, "english": n_windows}[text]
+    n_stories = n_windows - n_english
+    parts = []
+    if n_stories:
+        need = n_stories * ctx
+        n = max(1, math.ceil(need / corpus.tokens_per_story * 1.2))
+        while len(chunk := corpus.stories(n, part=part)) < need:
+            n *= 2
+        parts.append(np.asarray(chunk.tokens[:need]).reshape(n_stories, ctx))
+    if n_english:
+        parts.append(corpus.english_windows(n_english, ctx))
+    return torch.from_numpy(np.concatenate(parts)).long()
 
 
 @torch.no_grad()
@@ -388,7 +410,7 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     import json
 
     from mechtrunc.attribution import attribute_change
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.lm.tokenizer import run_tokenizer
     from mechtrunc.lm.train import LMConfig
 
     run = Path(run)
@@ -416,7 +438,7 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     have.write_text(json.dumps(settings))
     tasks = study_tasks(cfg.corpus)
     main = answer_tasks(tasks)[0]
-    prompts = lm_study_prompts(lm_tokenizer(), cfg.corpus, n=n_prompts, seed=0)
+    prompts = lm_study_prompts(run_tokenizer(cfg.corpus), cfg.corpus, n=n_prompts, seed=0)
     curves = _cached(out / "curves.csv", lambda: learning_curves(run, prompts))
     steps = learning_steps(curves, the_threshold=the_threshold(cfg.corpus))
     tokens = corpus_tokens(cfg.corpus, ctx=cfg.ctx)
