@@ -307,6 +307,7 @@ DOSE_BLOCKS = {
     "lm-dose-runs": ("lm_dose_runs.csv", render_lm_dose_runs),
     "lm-dose-ledger": ("lm_dose_ledger.csv", render_lm_dose_ledger),
     "lm-format-check": ("lm_format_check.csv", render_lm_format_check),
+}
 
 
 # ------------------------------------------- docs/lm.md, "Real English text" (analyses/english_text.py)
