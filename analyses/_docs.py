@@ -260,7 +260,7 @@ def render_lm_dose(df: pd.DataFrame) -> str:
                      str(r["per_seed"]).replace(" ", " / "), r["choices"]])
     return table(["arm", "prompts", "seeds", "accuracy", "P(answer)", "P(\" the\")", "P(other city)",
                   "answer beats other city", "over-weighting: P(\" the\") - true share",
-                  "held-out gain in P(answer): mean [95% CI over seeds]", "per seed", "chosen truncation per seed"], rows)
+                  "held-out gain in P(answer): mean [95% bootstrap CI over seeds]", "per seed", "chosen truncation per seed"], rows)
 
 
 def render_lm_dose_runs(df: pd.DataFrame) -> str:
@@ -301,12 +301,19 @@ def render_lm_format_check(df: pd.DataFrame) -> str:
                   "with the MLP of layer 0 / 1 / ... removed", "layer whose removal lowers it most"], rows)
 
 
+def render_lm_ioi_dense(df: pd.DataFrame) -> str:
+    rows = [[f"{int(r['step']):,}", f"{int(r['tokens']):,}", f"{r['acc_vs_subject']:.2f}", f"{r['p_answer']:.3f}",
+             f"{r['p_subject']:.3f}", f"{r['p_the']:.3f}"] for _, r in df.iterrows() if r["step"] >= 64]
+    return table(["step", "tokens", "IO-vs-S accuracy", "P(IO)", "P(S)", "P(\" the\")"], rows)
+
+
 #: block name -> (CSV in docs/data, renderer) of docs/lm.md's dose-response section
 DOSE_BLOCKS = {
     "lm-dose": ("lm_dose_arms.csv", render_lm_dose),
     "lm-dose-runs": ("lm_dose_runs.csv", render_lm_dose_runs),
     "lm-dose-ledger": ("lm_dose_ledger.csv", render_lm_dose_ledger),
     "lm-format-check": ("lm_format_check.csv", render_lm_format_check),
+    "lm-ioi-dense": ("lm_ioi_dense.csv", render_lm_ioi_dense),
 }
 
 

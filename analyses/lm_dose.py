@@ -28,7 +28,6 @@ of docs/lm.md.  Interrupted runs and studies resume where they stopped.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import pandas as pd
 
 import _docs
 import mechtrunc as mt
-from mechtrunc.lm import corpus_preset, lm_preset, train_lm
+from mechtrunc.lm import corpus_preset, lm_preset, run_tokenizer, train_lm
 from mechtrunc.studies import lm as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +47,13 @@ ARMS: dict[str, tuple[str, dict, float]] = {
     "alpha0.3": ("recall", {"recall_noise": 0.3}, 0.3),
     "alpha0.6": ("recall", {"recall_noise": 0.6}, 0.6),
     "overweighted": ("recall_overweighted", {}, 0.0),
+    # real English as the source of the generic statistics: 30% of the stories are passages of the
+    # seven public-domain books (`mechtrunc lm english`), no noise at the repeat
+    "english": ("recall", {"recall_noise": 0.0, "english": 0.3}, 0.0),
+    # IOI that the model might learn: 80% of the sentences are IOI (the default corpus' other families
+    # share the rest), at the recall runs' context, batch, learning rate and length
+    "ioi_dense": ("default", {"generic_to": 0.05, "generic_in": 0.05, "generic_of": 0.0, "ioi": 0.8, "fact": 0.0,
+                              "filler": 0.1}, float("nan")),
     "default": ("default", {}, float("nan")),
 }
 SEEDS = (0, 1, 2)
@@ -56,33 +62,36 @@ LR = 3e-3
 #: (arm, seed) of every run, in training order (the first seed of every arm first): the
 #: dose-response arms and the over-weighted arm over SEEDS, one default-corpus run
 RUNS = [(arm, seed) for seed in SEEDS for arm in ("alpha0.1", "alpha0.6", "alpha0.3", "overweighted")] + [
-    ("default", 0)]
+    ("default", 0), ("english", 0), ("ioi_dense", 0)]
 N_PROMPTS = 200
 LOSS_BUDGET = 0.1
-#: the reduced dose-response of the slow test (--smoke): two alphas, one seed, few steps
-SMOKE = dict(runs=[("alpha0.1", 0), ("alpha0.6", 0)], steps=300, n_prompts=48, keeps=(0.0, 0.1))
+#: the reduced dose-response of the slow test (--smoke): two alphas, one seed, a 2-layer d 64
+#: model (batch 8), few steps
+SMOKE = dict(runs=[("alpha0.1", 0), ("alpha0.6", 0)], steps=300, n_prompts=48, keeps=(0.0, 0.1),
+             model=dict(n_layers=2, d_model=64, batch_size=8))
 
 
 def run_name(arm: str, seed: int) -> str:
     return f"{arm}-s{seed}"
 
 
-def run_config(arm: str, seed: int, steps: int = STEPS):
-    """The ``small`` preset at context 128, batch 16 (the same 2,048 tokens per step as 16 x 128
-    would cost; a window holds a whole recall story) on the arm's corpus, seeded by ``seed``."""
+def run_config(arm: str, seed: int, steps: int = STEPS, **model):
+    """The ``small`` preset at context 128, batch 16, learning rate :data:`LR` (a window holds
+    several whole recall stories) on the arm's corpus, seeded by ``seed``; ``model`` overrides
+    (the smoke version's smaller model)."""
     corpus, overrides, _ = ARMS[arm]
     if arm == "default":  # the study model's own shape, for the training-format check
         return lm_preset("small", seed=seed, steps=3000, corpus=corpus_preset(corpus, seed=seed))
-    return lm_preset("small", ctx=128, batch_size=16, steps=steps, seed=seed, lr=LR,
+    return lm_preset("small", **{**dict(ctx=128, batch_size=16, steps=steps, seed=seed, lr=LR), **model},
                      corpus=corpus_preset(corpus, seed=seed, **overrides))
 
 
 def study(runs: Path, arm: str, seed: int, steps: int = STEPS, n_prompts: int = N_PROMPTS,
-          keeps=S.STUDY_KEEPS) -> dict[str, pd.DataFrame]:
+          keeps=S.STUDY_KEEPS, model: dict | None = None) -> dict[str, pd.DataFrame]:
     run = runs / run_name(arm, seed)
-    train_lm(run_config(arm, seed, steps), run, progress=False)
+    train_lm(run_config(arm, seed, steps, **(model or {})), run, progress=False)
     tables = S.study_run(run, n_prompts=n_prompts, keeps=keeps, loss_budget=LOSS_BUDGET)
-    return {k: v.assign(run=run.name, arm=arm, seed=seed) for k, v in tables.items() if not v.empty}
+    return {k: v.assign(run=run.name, arm=arm, seed=seed) if not v.empty else v for k, v in tables.items()}
 
 
 # ------------------------------------------------------------------ summaries
@@ -123,18 +132,19 @@ def run_rows(tables: dict[str, pd.DataFrame]) -> dict:
 
 
 def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per arm and task: the mean held-out gain of P(answer) over seeds with a 95% t interval
-    over seeds (a single seed: no interval), the per-seed gains, the mean over-weighting."""
-    from scipy import stats
+    """Per arm and task: the mean held-out gain of P(answer) over seeds with its 95% percentile
+    bootstrap interval over seeds (:func:`mechtrunc.dynamics.seed_interval`; with 3 seeds it is
+    close to [min, max]; a single seed: no interval), the per-seed gains, the mean over-weighting."""
+    from mechtrunc.dynamics import seed_interval
 
     rows = []
     for arm, g in runs.groupby("arm", sort=False):
         for task in ("recall", "binding"):
             v = g[f"{task}_gain_p_answer"].to_numpy(float)
             n = len(v)
-            half = stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+            ci = seed_interval(v) if n > 1 else {"lo": float("nan"), "hi": float("nan")}
             rows.append({"arm": arm, "alpha": float(g["alpha"].iloc[0]), "task": task, "n_seeds": n,
-                         "gain": v.mean(), "gain_low": v.mean() - half, "gain_high": v.mean() + half,
+                         "gain": v.mean(), "gain_low": ci["lo"], "gain_high": ci["hi"],
                          "per_seed": " ".join(f"{x:+.4f}" for x in v),
                          "p_answer": g[f"{task}_p_answer"].mean(), "p_the": g[f"{task}_p_the"].mean(),
                          "p_other": g[f"{task}_p_other"].mean(), "accuracy": g[f"{task}_accuracy"].mean(),
@@ -244,11 +254,58 @@ def _lane(text: str) -> tuple[int, int]:
 
 def summarise(per_run: dict[str, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
     """The dose-response tables of the studied runs (every run but the default one)."""
-    dose = {k: v for k, v in per_run.items() if not k.startswith("default")}
+    dose = {k: v for k, v in per_run.items() if not k.startswith(("default", "ioi_dense"))}
+    per_run = {k: v for k, v in per_run.items() if "ledger" in v}
     runs = pd.DataFrame([run_rows(t) for t in dose.values()])
     ledger = pd.concat([t["ledger"] for t in per_run.values()], ignore_index=True)
-    return {"runs": runs, "arms": over_seeds(runs), "ledger": ledger_rows(ledger),
-            "curves": pd.concat([t["curves"] for t in per_run.values()], ignore_index=True)}
+    out = {"runs": runs, "arms": over_seeds(runs), "ledger": ledger_rows(ledger),
+           "curves": pd.concat([t["curves"] for t in per_run.values()], ignore_index=True)}
+    if "ioi_dense-s0" in per_run:
+        out["ioi"] = ioi_curve(per_run["ioi_dense-s0"]["curves"], run_config("ioi_dense", 0))
+    return out
+
+
+def ioi_curve(curves: pd.DataFrame, config) -> pd.DataFrame:
+    """The IOI-dense run's held-out IOI prompts at every checkpoint (tokens seen, IO-vs-S accuracy,
+    P(IO), P(S), P(" the")) and, in ``attrs``-free columns, the token budget at which a straight
+    line through accuracy against log tokens over the last four checkpoints reaches 0.8 (NaN if
+    the accuracy is not rising there; ``reached_tokens`` when a checkpoint reached it)."""
+    ioi = curves[curves["prompts"] == "ioi/eval"].sort_values("step")
+    tokens = ioi["step"] * config.batch_size * config.ctx
+    df = pd.DataFrame({"step": ioi["step"].astype(int), "tokens": tokens.astype(int),
+                       "acc_vs_subject": ioi["acc_vs_subject"], "p_answer": ioi["p_answer"],
+                       "p_subject": ioi["p_subject"], "p_the": ioi["p_the"]})
+    hit = df[df["acc_vs_subject"] >= 0.8]
+    tail = df[df["tokens"] > 0].tail(4)
+    slope, icept = np.polyfit(np.log10(tail["tokens"]), tail["acc_vs_subject"], 1)
+    projected = 10 ** ((0.8 - icept) / slope) if slope > 0 else float("nan")
+    return df.assign(reached_tokens=float(hit["tokens"].iloc[0]) if len(hit) else float("nan"),
+                     projected_tokens=projected if not len(hit) else float("nan"))
+
+
+def curves_only(runs: Path, arm: str, seed: int) -> dict[str, pd.DataFrame]:
+    """A run that is not part of the dose-response (the default and IOI-dense arms): trained, and
+    measured by its learning curves on its own prompts and the margin ledger of its main task."""
+    import json
+
+    run = runs / run_name(arm, seed)
+    cfg = run_config(arm, seed)
+    train_lm(cfg, run, progress=False)
+    prompts = S.lm_study_prompts(run_tokenizer(cfg.corpus), cfg.corpus, n=N_PROMPTS, seed=0)
+    out = run / "study"
+    out.mkdir(exist_ok=True)
+    tables = {"curves": S.cached_table(out / "curves.csv", lambda: S.learning_curves(run, prompts)),
+              "ledger": S.cached_table(out / "ledger.csv", lambda: S.checkpoint_ledger(run, prompts["ioi/eval"]))}
+    (out / "curves_only.json").write_text(json.dumps({"n_prompts": N_PROMPTS}))
+    return {k: v.assign(run=run.name, arm=arm, seed=seed) for k, v in tables.items()}
+
+
+def smoke(runs: Path) -> dict[str, pd.DataFrame]:
+    """The reduced dose-response (:data:`SMOKE`) trained and studied under ``runs``: what the slow
+    test runs."""
+    per_run = {run_name(a, s): study(runs, a, s, SMOKE["steps"], SMOKE["n_prompts"], SMOKE["keeps"], SMOKE["model"])
+               for a, s in SMOKE["runs"]}
+    return summarise(per_run)
 
 
 def main(argv=None) -> int:
@@ -256,29 +313,41 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/lm-dose", help="where the runs live (default runs/lm-dose)")
     p.add_argument("--lane", default=None, type=_lane,
                    help="K/N (0 <= K < N): only train runs K, K+N, K+2N, ... (no tables written)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="study and tabulate only the runs whose training has finished (the others are named, not "
+                        "trained); without it, missing runs are trained first")
     p.add_argument("--smoke", action="store_true",
                    help="the reduced dose-response (2 alphas, 1 seed, 300 steps); prints, writes no docs")
     args = p.parse_args(argv)
     runs = Path(args.runs)
-    specs, steps, n_prompts, keeps = RUNS, STEPS, N_PROMPTS, S.STUDY_KEEPS
     if args.smoke:
-        specs, steps, n_prompts, keeps = SMOKE["runs"], SMOKE["steps"], SMOKE["n_prompts"], SMOKE["keeps"]
+        out = smoke(runs)
+        with pd.option_context("display.width", 250, "display.max_columns", 30):
+            print(out["runs"].round(4).T.to_string())
+        return 0
     if args.lane is not None:
         k, n = args.lane
-        for arm, seed in specs[k::n]:
-            print(train_lm(run_config(arm, seed, steps), runs / run_name(arm, seed), progress=False), flush=True)
+        for arm, seed in RUNS[k::n]:
+            print(train_lm(run_config(arm, seed), runs / run_name(arm, seed), progress=False), flush=True)
         return 0
-    per_run = {run_name(a, s): study(runs, a, s, steps, n_prompts, keeps) for a, s in specs}
+    specs = RUNS
+    if args.finished_only:
+        specs = [(a, s) for a, s in RUNS if (runs / run_name(a, s) / "summary.json").is_file()]
+        missing = [run_name(a, s) for a, s in RUNS if (a, s) not in specs]
+        print(f"studying {len(specs)} finished runs; not trained yet: {', '.join(missing) or 'none'}", flush=True)
+    per_run = {run_name(a, s): study(runs, a, s) for a, s in specs if a not in ("default", "ioi_dense")}
+    per_run |= {run_name(a, s): curves_only(runs, a, s) for a, s in specs if a in ("default", "ioi_dense")}
     out = summarise(per_run)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(out["arms"].round(4).to_string(index=False))
-    if args.smoke:
-        return 0
     out["runs"].to_csv(_docs.DATA / "lm_dose_runs.csv", index=False)
     out["arms"].to_csv(_docs.DATA / "lm_dose_arms.csv", index=False)
     out["ledger"].to_csv(_docs.DATA / "lm_dose_ledger.csv", index=False)
     out["curves"].to_csv(_docs.DATA / "lm_dose_curves.csv", index=False)
-    format_check(runs / run_name("default", 0)).to_csv(_docs.DATA / "lm_format_check.csv", index=False)
+    if "ioi" in out:
+        out["ioi"].to_csv(_docs.DATA / "lm_ioi_dense.csv", index=False)
+    if "default-s0" in per_run:
+        format_check(runs / run_name("default", 0)).to_csv(_docs.DATA / "lm_format_check.csv", index=False)
     figure(out["arms"], out["runs"], ROOT / "docs" / "figures" / "lm_dose_response.png")
     mt.viz.learning_curves_plot(
         out["curves"], ROOT / "docs" / "figures" / "lm_dose_curves.png",
@@ -287,7 +356,8 @@ def main(argv=None) -> int:
         rows={f"alpha {a[5:]}": [run_name(a, s) for s in SEEDS] for a in ("alpha0.1", "alpha0.3", "alpha0.6")}
         | {"over-weighted": [run_name("overweighted", 0)]})
     _docs.record_provenance("lm_dose.py", [_docs.DATA / f"lm_{x}.csv" for x in
-                                           ("dose_runs", "dose_arms", "dose_ledger", "dose_curves", "format_check")])
+                                           ("dose_runs", "dose_arms", "dose_ledger", "dose_curves", "format_check",
+                                            "ioi_dense")])
     for name in _docs.DOSE_BLOCKS:
         _docs.write_block(name)
         print(f"--- {name}\n{_docs.render(name)}\n")

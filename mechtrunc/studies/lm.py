@@ -55,7 +55,7 @@ from mechtrunc.studies.grid import as_truncate, truncation_study
 from mechtrunc.studies.store import metric_values
 
 __all__ = [
-    "STUDY_TASKS", "study_tasks", "answer_tasks", "the_threshold", "margin_ledger", "checkpoint_ledger",
+    "STUDY_TASKS", "study_tasks", "answer_tasks", "the_threshold", "margin_ledger", "checkpoint_ledger", "cached_table",
     "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
     "CORPUS_TEXT", "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives", "study_run",
     "STUDY_KEEPS",
@@ -380,7 +380,9 @@ def _change_metrics(prompts: PromptSet) -> tuple[str, ...]:
     return ("p_answer", "p_the", "logit_diff_the", "accuracy", *extra)
 
 
-def _cached(path: Path, compute) -> pd.DataFrame:
+def cached_table(path: Path, compute) -> pd.DataFrame:
+    """The table cached at ``path`` (a CSV), or ``compute()`` written there atomically first: how
+    every table of a study is kept, so an interrupted study loses no finished table."""
     if path.is_file():
         try:
             return pd.read_csv(path)
@@ -439,7 +441,7 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     tasks = study_tasks(cfg.corpus)
     main = answer_tasks(tasks)[0]
     prompts = lm_study_prompts(run_tokenizer(cfg.corpus), cfg.corpus, n=n_prompts, seed=0)
-    curves = _cached(out / "curves.csv", lambda: learning_curves(run, prompts))
+    curves = cached_table(out / "curves.csv", lambda: learning_curves(run, prompts))
     steps = learning_steps(curves, the_threshold=the_threshold(cfg.corpus))
     tokens = corpus_tokens(cfg.corpus, ctx=cfg.ctx)
     tables = {"curves": curves}
@@ -449,24 +451,24 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
         checkpoints["competition"] = int(steps["step_competition"])
     for when, step in checkpoints.items():
         model = _load(run, step)
-        grid = _cached(out / f"grid_{when}.csv", lambda: truncation_grid(model, prompts, tokens, keeps=keeps))
+        grid = cached_table(out / f"grid_{when}.csv", lambda: truncation_grid(model, prompts, tokens, keeps=keeps))
         grids.append(grid.assign(checkpoint=when, step=step))
         for task in answer_tasks(tasks):
             row = choose_truncation(grid, task, max_loss_increase=loss_budget)
             chosen = {k: row[k] for k in ("baseline", "layer", "matrix", "keep", "select_gain", "loss_increase")}
             iv = None if row["baseline"] else as_truncate(row)
-            change = _cached(out / f"best_{when}_{task}.csv",
+            change = cached_table(out / f"best_{when}_{task}.csv",
                              lambda: pd.DataFrame() if iv is None else paired_change(
                                  model, prompts[f"{task}/eval"], iv, metrics=_change_metrics(prompts[f"{task}/eval"])))
             best_rows.append(change.assign(checkpoint=when, step=step, task=task, **chosen))
             if when == "final" and task == main:
-                tables["attribution"] = _cached(out / "attribution.csv", lambda: pd.DataFrame() if iv is None
+                tables["attribution"] = cached_table(out / "attribution.csv", lambda: pd.DataFrame() if iv is None
                                                 else attribute_change(model, prompts[f"{main}/eval"], iv))
         if when == "final":
             the_prompts = prompts["generic/eval" if "generic" in tasks else f"{main}/eval"]
-            tables["where"] = _cached(out / "where_the.csv",
+            tables["where"] = cached_table(out / "where_the.csv",
                                       lambda: where_the_lives(model, the_prompts, prompts[f"{main}/eval"]))
-    tables["ledger"] = _cached(out / "ledger.csv", lambda: checkpoint_ledger(run, prompts[f"{main}/eval"]))
+    tables["ledger"] = cached_table(out / "ledger.csv", lambda: checkpoint_ledger(run, prompts[f"{main}/eval"]))
     tables["grid"] = pd.concat(grids, ignore_index=True)
     tables["best"] = pd.concat(best_rows, ignore_index=True)
     trained = json.loads((run / "summary.json").read_text())
