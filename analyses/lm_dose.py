@@ -90,7 +90,7 @@ def study(runs: Path, arm: str, seed: int, steps: int = STEPS, n_prompts: int = 
           keeps=S.STUDY_KEEPS, model: dict | None = None) -> dict[str, pd.DataFrame]:
     run = runs / run_name(arm, seed)
     train_lm(run_config(arm, seed, steps, **(model or {})), run, progress=False)
-    tables = S.study_run(run, n_prompts=n_prompts, keeps=keeps, loss_budget=LOSS_BUDGET)
+    tables = S.study_run(run, n_prompts=n_prompts, keeps=keeps, loss_budget=LOSS_BUDGET, competition=False)
     return {k: v.assign(run=run.name, arm=arm, seed=seed) if not v.empty else v for k, v in tables.items()}
 
 

@@ -395,14 +395,16 @@ def cached_table(path: Path, compute) -> pd.DataFrame:
     return df
 
 
-def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float = DEFAULT_BUDGET) -> dict[str, pd.DataFrame]:
+def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float = DEFAULT_BUDGET,
+              competition: bool = True) -> dict[str, pd.DataFrame]:
     """The study of one finished run directory (``mechtrunc lm train --out RUN``), every table
     cached in ``RUN/study/`` as it is finished (a rerun, or a rerun after an interruption, reads
     what is there; other settings than the cached ones raise ValueError).
 
     Returns ``curves`` (:func:`learning_curves` at every checkpoint), ``summary`` (one row:
     :func:`learning_steps`, training time and loss), ``grid`` (:func:`truncation_grid` at the final
-    checkpoint and, when it differs, at ``step_competition``; column ``checkpoint``), ``best``
+    checkpoint and, when it differs and ``competition`` is true, at ``step_competition``; column
+    ``checkpoint``), ``best``
     (per checkpoint and task, :func:`choose_truncation` on the select prompts within
     ``loss_budget`` nats and its :func:`paired_change` on the eval prompts), ``where``
     (:func:`where_the_lives`, final checkpoint), ``attribution`` (``attribute_change`` of the
@@ -447,7 +449,7 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     tables = {"curves": curves}
     best_rows, grids = [], []
     checkpoints = {"final": cfg.steps}
-    if int(steps["step_competition"]) != cfg.steps:  # else the final checkpoint is the competition's
+    if competition and int(steps["step_competition"]) != cfg.steps:  # else the final checkpoint is the competition's
         checkpoints["competition"] = int(steps["step_competition"])
     for when, step in checkpoints.items():
         model = _load(run, step)
