@@ -156,13 +156,18 @@ CORPUS_PRESETS: dict[str, dict] = {
 
 #: model + training presets (LMConfig fields).  nano: the test model (<= 60 s on 2 CPU cores);
 #: small: the study model (<= 10 min on 2 CPU cores); gpu: a larger model for an accelerator.
-#: One torch thread: at these widths a second thread only spin-waits (12x slower per step when
-#: the cores are shared, measured); run two seeds side by side to use two cores.
+#: nano and small use one torch thread: at their widths a second thread only spin-waits (12x
+#: slower per step when the cores are shared, measured); run two seeds side by side to use two
+#: cores.  fast: small's model on both cores of an otherwise idle machine, with 4x the tokens
+#: per step (batch 32 x context 128, so that each matrix product is large enough to split over
+#: two threads) and 5000 steps (20.5M tokens); benchmarks/bench_lm_train.py measures it.
 LM_PRESETS: dict[str, dict] = {
     "nano": dict(n_layers=2, d_model=64, n_heads=4, ctx=64, batch_size=8, steps=200, lr=3e-3,
                  checkpoint_interval=50, threads=1),
     "small": dict(n_layers=4, d_model=128, n_heads=4, ctx=64, batch_size=16, steps=3000, lr=1e-3,
                   checkpoint_interval=250, threads=1),
+    "fast": dict(n_layers=4, d_model=128, n_heads=4, ctx=128, batch_size=32, steps=5000, lr=1e-3,
+                 checkpoint_interval=250, threads=2),
     "gpu": dict(n_layers=8, d_model=512, n_heads=8, ctx=256, batch_size=64, steps=20000, lr=6e-4,
                 checkpoint_interval=1000, device="cuda", precision="bf16", threads=None),
 }

@@ -355,14 +355,51 @@ def test_a_directory_holding_another_run_is_refused(nano_run, tmp_path):
     (dict(steps=0), r"steps must be an integer >= 1, got 0"),
     (dict(lr=-1.0), r"lr must be a number in \(0, inf\], got -1\.0"),
     (dict(precision="fp8"), r"precision must be one of \('fp32', 'bf16'\), got 'fp8'"),
+    (dict(threads=0), r"threads must be an integer >= 1, got 0"),
 ])
 def test_bad_lm_configs_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _nano(**kwargs)
 
 
+def test_fast_preset_is_smalls_model_on_two_threads_with_four_times_the_tokens_per_step():
+    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.lm.train import build_model
+
+    small, fast = lm_preset("small"), lm_preset("fast")
+    differ = {k for k, v in small.to_dict().items() if fast.to_dict()[k] != v}
+    assert differ == {"ctx", "batch_size", "steps", "threads"}
+    assert (fast.threads, small.threads) == (2, 1)
+    assert fast.batch_size * fast.ctx == 4 * small.batch_size * small.ctx == 4096
+    assert fast.steps * fast.batch_size * fast.ctx == 20_480_000  # 20.5M tokens
+    n = len(lm_tokenizer())
+    count = [sum(p.numel() for p in build_model(c, n).parameters()) for c in (small, fast)]
+    assert count == [1_127_680, 1_127_680]  # rotary positions: the context adds no weights
+
+
+def test_same_config_and_thread_count_give_bit_identical_weights(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    # two threads, as the fast preset, on nano's model, in a child process whose OpenMP threads
+    # sleep while they wait (OMP_WAIT_POLICY=PASSIVE, read when torch loads; it changes no number):
+    # with the default policy two threads take minutes when other processes hold the cores
+    code = ("import sys, torch; from mechtrunc.lm.train import lm_preset, train_lm; "
+            "before = torch.get_num_threads(); "
+            "[train_lm(lm_preset('nano', steps=2, threads=2), sys.argv[1] + '/' + n, progress=False) for n in 'ab']; "
+            "assert torch.get_num_threads() == before, 'train_lm did not restore the thread count'")
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=env, timeout=600)
+    a, b = (torch.load(tmp_path / name / "state.pt", weights_only=False) for name in "ab")
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["history"] == b["history"] and len(a["history"]) == 2
+
+
 def test_unknown_model_preset_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown model preset 'medium'; valid presets: nano, small, gpu"):
+    with pytest.raises(ValueError, match=r"unknown model preset 'medium'; valid presets: nano, small, fast, gpu"):
         lm_preset("medium")
     assert LMConfig.from_dict(_nano().to_dict()) == _nano()
 
@@ -415,7 +452,7 @@ def test_cli_corpus_and_train(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["lm", "train", "--preset", "medium", "--out", "x"], "unknown model preset 'medium'; valid model presets: nano, small, gpu"),
+    (["lm", "train", "--preset", "medium", "--out", "x"], "unknown model preset 'medium'; valid model presets: nano, small, fast, gpu"),
     (["lm", "corpus", "--to-the-share", "1.5"], "expected a number in [0, 1], got '1.5'"),
     (["lm", "corpus", "--corpus", "nope"], "unknown corpus preset 'nope'; valid corpus presets: default, rare_the"),
     (["lm", "train", "--preset", "nano", "--out", "x", "--steps", "0"], "expected a positive integer, got '0'"),

@@ -50,8 +50,10 @@ __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm
 
 RUN_FORMAT = LM_RUN_FORMAT
 PRECISIONS = ("fp32", "bf16")
-#: fields that do not change the run's numbers on one device (resuming may change them); the
-#: English text's directory is where to find it, its checksum (corpus.english_sha256) is what it is
+#: fields a resumed run may change: the thread count changes how much wall time a step takes and
+#: the last bits of the numbers (a sum split over two threads is added in another order), so a
+#: run is bit-identical only for the same config *and* thread count; the English text's directory
+#: is where to find it, its checksum (corpus.english_sha256) is what it is
 _NOT_IDENTITY = ("threads", "corpus.english_dir")
 
 
@@ -124,7 +126,7 @@ class LMConfig:
 
 
 def lm_preset(name: str, **overrides) -> LMConfig:
-    """The preset ``name`` (``nano``, ``small``, ``gpu``; see
+    """The preset ``name`` (``nano``, ``small``, ``fast``, ``gpu``; see
     :data:`~mechtrunc._choices.LM_PRESETS`) with ``LMConfig`` overrides."""
     return LMConfig(**{**check_preset(name, LM_PRESETS, "model"), **overrides})
 
