@@ -294,8 +294,9 @@ def curves_only(runs: Path, arm: str, seed: int) -> dict[str, pd.DataFrame]:
     prompts = S.lm_study_prompts(run_tokenizer(cfg.corpus), cfg.corpus, n=N_PROMPTS, seed=0)
     out = run / "study"
     out.mkdir(exist_ok=True)
-    tables = {"curves": S.cached_table(out / "curves.csv", lambda: S.learning_curves(run, prompts)),
-              "ledger": S.cached_table(out / "ledger.csv", lambda: S.checkpoint_ledger(run, prompts["ioi/eval"]))}
+    with S.keep_checkpoints():
+        tables = {"curves": S.cached_table(out / "curves.csv", lambda: S.learning_curves(run, prompts)),
+                  "ledger": S.cached_table(out / "ledger.csv", lambda: S.checkpoint_ledger(run, prompts["ioi/eval"]))}
     (out / "curves_only.json").write_text(json.dumps({"n_prompts": N_PROMPTS}))
     return {k: v.assign(run=run.name, arm=arm, seed=seed) for k, v in tables.items()}
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ from mechtrunc.studies.store import metric_values
 
 __all__ = [
     "STUDY_TASKS", "study_tasks", "answer_tasks", "the_threshold", "margin_ledger", "checkpoint_ledger", "cached_table",
+    "keep_checkpoints",
     "lm_study_prompts", "run_steps", "learning_curves", "learning_steps", "corpus_tokens",
     "CORPUS_TEXT", "corpus_loss", "truncation_grid", "choose_truncation", "paired_change", "where_the_lives", "study_run",
     "STUDY_KEEPS",
@@ -118,10 +120,34 @@ def run_steps(run) -> list[int]:
     return steps
 
 
+#: checkpoints loaded during :func:`study_run` (a model is read once for its curves, grid and
+#: ledger instead of once per table; loading is most of the cost of a small model's study)
+_KEPT: dict | None = None
+
+
 def _load(run, step):
     from mechtrunc.pythia import load_model
 
-    return load_model(Path(run) / f"step{step}", local_files_only=True)
+    key = (str(Path(run).resolve()), int(step))
+    if _KEPT is not None and key in _KEPT:
+        return _KEPT[key]
+    model = load_model(Path(run) / f"step{step}", local_files_only=True)
+    if _KEPT is not None:
+        _KEPT[key] = model
+    return model
+
+
+@contextmanager
+def keep_checkpoints():
+    """Inside the block, every checkpoint the study's functions load stays loaded (a second
+    table of the same checkpoint reuses it): ``with keep_checkpoints(): learning_curves(...);
+    checkpoint_ledger(...)`` reads each checkpoint once."""
+    global _KEPT
+    outer, _KEPT = _KEPT, ({} if _KEPT is None else _KEPT)
+    try:
+        yield
+    finally:
+        _KEPT = outer
 
 
 def learning_curves(run, prompts: dict[str, PromptSet], steps=None, batch_size: int = 200) -> pd.DataFrame:
@@ -411,6 +437,11 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
     main task's choice at the final checkpoint; empty when no truncation beats the full model) and
     ``ledger`` (:func:`checkpoint_ledger` of the main task's eval prompts).  The tasks are the
     run's :func:`study_tasks`; the main task is the first of :func:`answer_tasks`."""
+    with keep_checkpoints():
+        return _study_run(Path(run), int(n_prompts), keeps, float(loss_budget), bool(competition))
+
+
+def _study_run(run: Path, n_prompts: int, keeps, loss_budget: float, competition: bool) -> dict[str, pd.DataFrame]:
     import json
 
     from mechtrunc.attribution import attribute_change
