@@ -244,7 +244,7 @@ LM_BLOCKS = {
 
 # ------------------------------------------- docs/lm.md, "When truncation helps" (analyses/lm_dose.py)
 _ARM_LABELS = {"alpha0.1": "alpha 0.1", "alpha0.3": "alpha 0.3", "alpha0.6": "alpha 0.6",
-               "overweighted": "over-weighted (true share 0)", "default": "default corpus"}
+               "overweighted": "over-weighted (true share 0)", "english": "real English (true share 0)"}
 
 
 def _pm(est, lo, hi, fmt: str = "+.3f") -> str:
@@ -290,17 +290,6 @@ def render_lm_dose_ledger(df: pd.DataFrame) -> str:
                   "head pushing the answer most", "MLP whose removal changes P(\" the\") most (change)"], rows)
 
 
-def render_lm_format_check(df: pd.DataFrame) -> str:
-    rows = []
-    for (run, fmt), g in df.groupby(["run", "format"], sort=False):
-        top = g.iloc[int(g["change"].to_numpy().argmin())]
-        rows.append([run, fmt, f"{g['p_the_full'].iloc[0]:.3f}",
-                     " / ".join(f"{v:.3f}" for v in g.sort_values("layer")["p_the_mlp_removed"]),
-                     f"L{int(top['layer'])} ({top['change']:+.3f})"])
-    return table(["run (final checkpoint)", "prompt format", "P(\" the\") after \" to\"",
-                  "with the MLP of layer 0 / 1 / ... removed", "layer whose removal lowers it most"], rows)
-
-
 def render_lm_ioi_dense(df: pd.DataFrame) -> str:
     rows = [[f"{int(r['step']):,}", f"{int(r['tokens']):,}", f"{r['acc_vs_subject']:.2f}", f"{r['p_answer']:.3f}",
              f"{r['p_subject']:.3f}", f"{r['p_the']:.3f}"] for _, r in df.iterrows() if r["step"] >= 64]
@@ -312,7 +301,6 @@ DOSE_BLOCKS = {
     "lm-dose": ("lm_dose_arms.csv", render_lm_dose),
     "lm-dose-runs": ("lm_dose_runs.csv", render_lm_dose_runs),
     "lm-dose-ledger": ("lm_dose_ledger.csv", render_lm_dose_ledger),
-    "lm-format-check": ("lm_format_check.csv", render_lm_format_check),
     "lm-ioi-dense": ("lm_ioi_dense.csv", render_lm_ioi_dense),
 }
 

@@ -6,8 +6,8 @@ repeated at the end of the story, and with probability ``alpha`` (``recall_noise
 "Mary went to the park." instead.  " the" after "went to" is the generic association, the city the
 in-context answer.  Arms (:data:`ARMS`): the noise share ``alpha`` at three levels, each over
 :data:`SEEDS`; the *over-weighted* corpus (``recall_overweighted``: " the" follows every generic
-" to" but never a recall repeat, so the true share of " the" at the repeat is 0); and a
-default-corpus run measured in the training format (where "to -> the" lives).
+" to" but never a recall repeat, so the true share of " the" at the repeat is 0); real English
+text as the source of the generic statistics; and an IOI-dense corpus (does IOI form?).
 
 Every run trains the ``small`` model (4 layers, d 128) at context 128, batch 16 and peak learning
 rate 3e-3 for 1,500 steps (:func:`run_config`: a 128-token window holds several whole recall
@@ -54,15 +54,14 @@ ARMS: dict[str, tuple[str, dict, float]] = {
     # share the rest), at the recall runs' context, batch, learning rate and length
     "ioi_dense": ("default", {"generic_to": 0.05, "generic_in": 0.05, "generic_of": 0.0, "ioi": 0.8, "fact": 0.0,
                               "filler": 0.1}, float("nan")),
-    "default": ("default", {}, float("nan")),
 }
 SEEDS = (0, 1, 2)
 STEPS = 1500
 LR = 3e-3
 #: (arm, seed) of every run, in training order (the first seed of every arm first): the
-#: dose-response arms and the over-weighted arm over SEEDS, one default-corpus run
+#: dose-response arms and the over-weighted arm over SEEDS, the English and IOI-dense arms
 RUNS = [(arm, seed) for seed in SEEDS for arm in ("alpha0.1", "alpha0.6", "alpha0.3", "overweighted")] + [
-    ("default", 0), ("english", 0), ("ioi_dense", 0)]
+    ("english", 0), ("ioi_dense", 0)]
 N_PROMPTS = 200
 LOSS_BUDGET = 0.1
 #: the reduced dose-response of the slow test (--smoke): two alphas, one seed, a 2-layer d 64
@@ -80,8 +79,6 @@ def run_config(arm: str, seed: int, steps: int = STEPS, **model):
     several whole recall stories) on the arm's corpus, seeded by ``seed``; ``model`` overrides
     (the smoke version's smaller model)."""
     corpus, overrides, _ = ARMS[arm]
-    if arm == "default":  # the study model's own shape, for the training-format check
-        return lm_preset("small", seed=seed, steps=3000, corpus=corpus_preset(corpus, seed=seed))
     return lm_preset("small", **{**dict(ctx=128, batch_size=16, steps=steps, seed=seed, lr=LR), **model},
                      corpus=corpus_preset(corpus, seed=seed, **overrides))
 
@@ -176,34 +173,11 @@ def ledger_rows(ledger: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def format_check(run: Path) -> pd.DataFrame:
-    """Per layer of a default-corpus run's final checkpoint: P(" the") after " to" (generic
-    prompts) with that layer's MLP removed, on prompts in the training format (``<|endoftext|>``
-    first, as every story) and without it (the format of the first study's tables)."""
-    from mechtrunc.adapters import adapt
-    from mechtrunc.lm import lm_generic_prompts, lm_tokenizer
-    from mechtrunc.prompts import PromptSet
-
-    tok = lm_tokenizer()
-    step = S.run_steps(run)[-1]
-    model = mt.pythia.load_model(run / f"step{step}", local_files_only=True)
-    story = lm_generic_prompts(tok, mt.lm.prompts.run_corpus(run), n=N_PROMPTS, seed=1)
-    bare_texts = [t[len(tok.eos_token):] for t in story.texts]
-    enc = tok(bare_texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    bare = PromptSet(tokens=enc["input_ids"], rows=story.rows, pos=enc["attention_mask"].sum(1) - 1,
-                     answer=story.answer, competitors=story.competitors, competitor_names=story.competitor_names,
-                     texts=bare_texts)
-    rows = []
-    for fmt, ps in (("story (<|endoftext|> first)", story), ("no leading <|endoftext|>", bare)):
-        full = mt.evaluate(model, ps).iloc[0]["p_answer"]
-        for layer in range(adapt(model).n_layers):
-            removed = mt.evaluate(model, ps, mt.Truncate("mlp.W_out", layer=layer, keep=0.0)).iloc[0]["p_answer"]
-            rows.append({"run": run.name, "step": step, "format": fmt, "layer": layer, "p_the_full": float(full),
-                         "p_the_mlp_removed": float(removed), "change": float(removed - full)})
-    return pd.DataFrame(rows)
-
-
 # ------------------------------------------------------------------ figure
+_ROW_TITLES = {"alpha0.1": "alpha 0.1", "alpha0.3": "alpha 0.3", "alpha0.6": "alpha 0.6",
+               "overweighted": "over-weighted", "english": "real English"}
+
+
 def figure(per_arm: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
     import matplotlib
 
@@ -222,11 +196,12 @@ def figure(per_arm: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
             one = runs[runs["arm"].str.startswith("alpha")]
             ax.scatter(one["alpha" if x_of == "alpha" else "overweighting"], one[f"{task}_gain_p_answer"],
                        color=f"C{i}", alpha=0.35, s=14, marker=mark)
-            ow = runs[runs["arm"] == "overweighted"]
-            if len(ow):
-                ax.scatter(ow["alpha" if x_of == "alpha" else "overweighting"], ow[f"{task}_gain_p_answer"],
-                           color=f"C{i}", marker="*", s=90, edgecolor="k",
-                           label=f"{task}: over-weighted corpus" if True else None)
+            for arm, marker, what in (("overweighted", "*", "over-weighted corpus"), ("english", "D", "real English")):
+                one = runs[runs["arm"] == arm]
+                if len(one):
+                    ax.scatter(one["alpha" if x_of == "alpha" else "overweighting"], one[f"{task}_gain_p_answer"],
+                               color=f"C{i}", marker=marker, s=70 if marker == "*" else 30, edgecolor="k",
+                               label=f"{task}: {what} (true share 0)")
     axes[0].set_xlabel('noise share alpha (true P(" the") at the repeat)')
     axes[1].set_xlabel('over-weighting: model P(" the") at the repeat minus its true share')
     for ax in axes:
@@ -253,8 +228,9 @@ def _lane(text: str) -> tuple[int, int]:
 
 
 def summarise(per_run: dict[str, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    """The dose-response tables of the studied runs (every run but the default one)."""
-    dose = {k: v for k, v in per_run.items() if not k.startswith(("default", "ioi_dense"))}
+    """The dose-response tables of the studied runs (every run but the IOI-dense one, whose curves
+    and ledger are kept)."""
+    dose = {k: v for k, v in per_run.items() if not k.startswith("ioi_dense")}
     per_run = {k: v for k, v in per_run.items() if "ledger" in v}
     runs = pd.DataFrame([run_rows(t) for t in dose.values()])
     ledger = pd.concat([t["ledger"] for t in per_run.values()], ignore_index=True)
@@ -284,7 +260,7 @@ def ioi_curve(curves: pd.DataFrame, config) -> pd.DataFrame:
 
 
 def curves_only(runs: Path, arm: str, seed: int) -> dict[str, pd.DataFrame]:
-    """A run that is not part of the dose-response (the default and IOI-dense arms): trained, and
+    """A run that is not part of the dose-response (the IOI-dense arm): trained, and
     measured by its learning curves on its own prompts and the margin ledger of its main task."""
     import json
 
@@ -336,8 +312,8 @@ def main(argv=None) -> int:
         specs = [(a, s) for a, s in RUNS if (runs / run_name(a, s) / "summary.json").is_file()]
         missing = [run_name(a, s) for a, s in RUNS if (a, s) not in specs]
         print(f"studying {len(specs)} finished runs; not trained yet: {', '.join(missing) or 'none'}", flush=True)
-    per_run = {run_name(a, s): study(runs, a, s) for a, s in specs if a not in ("default", "ioi_dense")}
-    per_run |= {run_name(a, s): curves_only(runs, a, s) for a, s in specs if a in ("default", "ioi_dense")}
+    per_run = {run_name(a, s): study(runs, a, s) for a, s in specs if a != "ioi_dense"}
+    per_run |= {run_name(a, s): curves_only(runs, a, s) for a, s in specs if a == "ioi_dense"}
     out = summarise(per_run)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(out["arms"].round(4).to_string(index=False))
@@ -347,19 +323,19 @@ def main(argv=None) -> int:
     out["curves"].to_csv(_docs.DATA / "lm_dose_curves.csv", index=False)
     if "ioi" in out:
         out["ioi"].to_csv(_docs.DATA / "lm_ioi_dense.csv", index=False)
-    if "default-s0" in per_run:
-        format_check(runs / run_name("default", 0)).to_csv(_docs.DATA / "lm_format_check.csv", index=False)
     figure(out["arms"], out["runs"], ROOT / "docs" / "figures" / "lm_dose_response.png")
     mt.viz.learning_curves_plot(
         out["curves"], ROOT / "docs" / "figures" / "lm_dose_curves.png",
         {"recall/eval": {"p_answer": "P(answer)", "p_the": 'P(" the")', "p_other": "P(absent city)"},
          "binding/eval": {"p_answer": "P(answer)", "p_the": 'P(" the")', "p_other": "P(other stated city)"}},
-        rows={f"alpha {a[5:]}": [run_name(a, s) for s in SEEDS] for a in ("alpha0.1", "alpha0.3", "alpha0.6")}
-        | {"over-weighted": [run_name("overweighted", 0)]})
-    _docs.record_provenance("lm_dose.py", [_docs.DATA / f"lm_{x}.csv" for x in
-                                           ("dose_runs", "dose_arms", "dose_ledger", "dose_curves", "format_check",
-                                            "ioi_dense")])
-    for name in _docs.DOSE_BLOCKS:
+        rows={_ROW_TITLES[arm]: sorted(g["run"].unique()) for arm, g in out["runs"].groupby("arm", sort=False)})
+    written = [_docs.DATA / f"lm_{x}.csv" for x in ("dose_runs", "dose_arms", "dose_ledger", "dose_curves",
+                                                    "ioi_dense")]
+    _docs.record_provenance("lm_dose.py", [p for p in written if p.is_file()])
+    for name, (csv, _) in _docs.DOSE_BLOCKS.items():
+        if not (_docs.DATA / csv).is_file():
+            print(f"--- {name}: no {csv} (its runs are not trained)")
+            continue
         _docs.write_block(name)
         print(f"--- {name}\n{_docs.render(name)}\n")
     return 0
