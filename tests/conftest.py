@@ -172,7 +172,8 @@ def pytest_collection_modifyitems(config, items):
         items.remove(item)
     items.extend(waiting)
     needed = set().union(*map(_jobs_of, waiting))
-    _BACKGROUND.append(_Background([job for job in order if job in needed]))
+    if not config.option.collectonly:
+        _BACKGROUND.append(_Background([job for job in order if job in needed]))
 
 
 def pytest_sessionfinish(session, exitstatus):
