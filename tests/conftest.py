@@ -50,62 +50,167 @@ def pytest_make_collect_report(collector):
     _skip_is_failure(outcome.get_result())
 
 
-#: the slow test that needs seeds 1 and 2 of the ``cpu`` preset: they train in one background
-#: process (one thread, niced, through the committed script that wrote docs/data) from the moment
-#: the test is collected, on the cycles the rest of the suite leaves idle, and the test runs last
-SEEDS_TEST = "test_cpu_preset_at_three_seeds_matches_released_model_and_docs"
-_SEEDS_JOB: dict = {}
+#: The models the slow tests share, trained in the background from the moment the tests that need
+#: them are collected: each job is a subprocess (one thread, niced: idle cycles only, the suite's
+#: own tests come first) running a committed script, one at a time on the core the rest of the
+#: suite leaves idle, and two at a time once a test waits for one (the suite has nothing else to
+#: do).  The tests that need a job run last, in the jobs' order, so the training has the whole
+#: suite's time.  job -> command (given the job's output directory), in the order they start.
+_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _start_seeds_job() -> None:
-    import subprocess
-    import sys
-    import tempfile
-
-    root = Path(__file__).resolve().parents[1]
-    tmp = Path(tempfile.mkdtemp(prefix="mechtrunc-seeds-"))
-    log = open(tmp / "log.txt", "w")
-    proc = subprocess.Popen([sys.executable, str(root / "analyses" / "toy_seeds_table.py"), "--seeds", "1", "2",
-                             "--runs", str(tmp / "runs"), "--out", str(tmp / "out")],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: os.nice(15))  # idle cycles only: the suite's own tests come first
-    _SEEDS_JOB.update(proc=proc, tmp=tmp, log=log)
+def _toy_seed(seed: int):
+    """The ``cpu`` preset at ``seed`` through the script that wrote docs/data (the run in
+    ``../runs/cpu-seed{seed}``, its table in the job's directory)."""
+    return lambda out: [str(_ROOT / "analyses" / "toy_seeds_table.py"), "--seeds", str(seed),
+                        "--runs", str(out.parent / "runs"), "--out", str(out)]
 
 
+BACKGROUND_JOBS = {
+    "seed0": _toy_seed(0),  # make demo's model (conftest.demo_toy)
+    "neox": lambda out: [str(_ROOT / "tests" / "test_pythia_phenomenon.py"), str(out)],  # conftest.phenomenon_neox
+    "seed1": _toy_seed(1),  # conftest.cpu_seeds_1_2
+    "seed2": _toy_seed(2),
+}
+#: fixture -> the background jobs it waits for
+BACKGROUND_FIXTURES = {"demo_toy": ("seed0",), "phenomenon_neox": ("neox",), "cpu_seeds_1_2": ("seed1", "seed2")}
+
+
+class _Background:
+    """Runs ``jobs`` (names of :data:`BACKGROUND_JOBS`, in this order) from a thread of this
+    process, each as a niced single-threaded subprocess writing into ``tmp/<job>/``: one at a
+    time until :meth:`result` waits for one, then two at a time."""
+
+    def __init__(self, jobs: list[str]):
+        import tempfile
+        import threading
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="mechtrunc-background-"))
+        self.jobs = list(jobs)
+        self.finished = {job: threading.Event() for job in jobs}
+        self.rc: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.running: dict = {}  # job -> Popen
+        self.width = 1
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _start(self, job: str):
+        import subprocess
+        import sys
+
+        out = self.tmp / job
+        out.mkdir()
+        with open(self.tmp / f"{job}.log", "w") as log:
+            proc = subprocess.Popen([sys.executable, *BACKGROUND_JOBS[job](out)], stdout=log,
+                                    stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:  # (not preexec_fn: this is not the main thread)
+            os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + 15))
+        except OSError:  # already gone: its return code says how
+            pass
+        return proc
+
+    def _run(self) -> None:
+        import time
+
+        pending = list(self.jobs)
+        while True:
+            with self.lock:
+                if self.stopped:
+                    return
+                while pending and len(self.running) < self.width:
+                    job = pending.pop(0)
+                    self.running[job] = self._start(job)
+                for job, proc in list(self.running.items()):
+                    if proc.poll() is not None:
+                        self.rc[job] = proc.returncode
+                        del self.running[job]
+                        self.finished[job].set()
+                if not pending and not self.running:
+                    return
+            time.sleep(0.2)
+
+    def result(self, job: str, timeout: float = 2400) -> Path:
+        """The job's output directory, once it finished (waits for it; fails with its log if it failed)."""
+        if not self.finished[job].is_set():
+            with self.lock:
+                self.width = 2  # the suite waits: its core is idle too
+        assert self.finished[job].wait(timeout), f"background job {job!r} still running after {timeout} s"
+        log = (self.tmp / f"{job}.log").read_text()
+        assert self.rc[job] == 0, f"background job {job!r} failed:\n{log[-4000:]}"
+        return self.tmp / job
+
+    def stop(self) -> None:
+        import shutil
+
+        with self.lock:
+            self.stopped = True
+            for proc in self.running.values():
+                proc.kill()
+                proc.wait()
+        self.thread.join(timeout=60)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_BACKGROUND: list[_Background] = []
+
+
+def _jobs_of(item) -> set[str]:
+    return {job for f in getattr(item, "fixturenames", ()) for job in BACKGROUND_FIXTURES.get(f, ())}
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: only what will run starts training
 def pytest_collection_modifyitems(config, items):
-    wanted = [item for item in items if item.name == SEEDS_TEST]
-    if wanted:
-        for item in wanted:  # last: the background training has the whole suite's time
-            items.remove(item)
-            items.append(item)
-        _start_seeds_job()
+    order = list(BACKGROUND_JOBS)
+    waiting = [item for item in items if _jobs_of(item)]
+    if not waiting:
+        return
+    # last, in the order of the latest job each waits for: the background training has the whole suite's time
+    waiting.sort(key=lambda item: max(order.index(job) for job in _jobs_of(item)))
+    for item in waiting:
+        items.remove(item)
+    items.extend(waiting)
+    needed = set().union(*map(_jobs_of, waiting))
+    if not config.option.collectonly:
+        _BACKGROUND.append(_Background([job for job in order if job in needed]))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    import shutil
+    for background in _BACKGROUND:
+        background.stop()
 
-    if _SEEDS_JOB:
-        if _SEEDS_JOB["proc"].poll() is None:
-            _SEEDS_JOB["proc"].kill()
-            _SEEDS_JOB["proc"].wait()
-        _SEEDS_JOB["log"].close()
-        shutil.rmtree(_SEEDS_JOB["tmp"], ignore_errors=True)
+
+def background_result(job: str) -> Path:
+    """The output directory of background job ``job`` (started now, alone, if no collected test
+    asked for it)."""
+    running = next((b for b in _BACKGROUND if job in b.jobs), None)
+    if running is None:
+        running = _Background([job])
+        _BACKGROUND.append(running)
+    return running.result(job)
 
 
 @pytest.fixture(scope="session")
 def cpu_seeds_1_2():
-    """The truncation table of seeds 1 and 2 of the ``cpu`` preset (``cpu_seeds_truncation.csv`` of
-    ``analyses/toy_seeds_table.py --seeds 1 2``), from the background process started at
-    collection (started now if it was not)."""
+    """A function that returns the truncation table of seeds 1 and 2 of the ``cpu`` preset
+    (``cpu_seeds_truncation.csv`` of ``analyses/toy_seeds_table.py --seeds 1`` and ``--seeds
+    2``), trained in the background: it waits for them, so a test calls it after the work that
+    does not need them."""
     import pandas as pd
 
-    if not _SEEDS_JOB:
-        _start_seeds_job()
-    proc, tmp = _SEEDS_JOB["proc"], _SEEDS_JOB["tmp"]
-    rc = proc.wait(timeout=2400)
-    _SEEDS_JOB["log"].flush()
-    assert rc == 0, (tmp / "log.txt").read_text()[-4000:]
-    return pd.read_csv(tmp / "out" / "cpu_seeds_truncation.csv")
+    def table() -> pd.DataFrame:
+        tables = [pd.read_csv(background_result(job) / "cpu_seeds_truncation.csv") for job in ("seed1", "seed2")]
+        return pd.concat(tables, ignore_index=True)
+
+    return table
+
+
+@pytest.fixture(scope="session")
+def phenomenon_neox() -> Path:
+    """The directory ``python tests/test_pythia_phenomenon.py DIR`` wrote (its trained GPT-NeoX),
+    trained in the background."""
+    return background_result("neox")
 
 
 def _word_level_tokenizer_dir(tmp: Path, vocab_size: int = 512) -> Path:
@@ -196,13 +301,17 @@ def trained_toy():
 
 @pytest.fixture(scope="session")
 def demo_toy():
-    """The ``cpu`` preset at seed 0, trained once per test run (about 2 minutes on one thread):
-    ``make demo``'s configuration, the one docs/results.md and docs/causal.md describe (a
-    :class:`mechtrunc.training.TrainResult`; never edit it in place outside a reversible
-    intervention)."""
+    """The ``cpu`` preset at seed 0, trained once per test run in the background (about 2 minutes
+    on one thread; ``analyses/toy_seeds_table.py --seeds 0``, which wrote docs/data): ``make
+    demo``'s configuration, the one docs/results.md and docs/causal.md describe (a
+    :class:`mechtrunc.training.TrainResult`, the finished run as :func:`mechtrunc.training.train`
+    returns it; never edit it in place outside a reversible intervention)."""
     from mechtrunc.training import preset, train
 
-    return train(preset("cpu", seed=0), progress=False)
+    result = train(preset("cpu", seed=0), out_dir=background_result("seed0").parent / "runs" / "cpu-seed0",
+                   progress=False)
+    assert result.already_finished, "the background run of seed 0 did not finish"
+    return result
 
 
 @pytest.fixture(scope="session")

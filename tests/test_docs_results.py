@@ -115,7 +115,7 @@ def test_committed_seed_numbers_sit_in_the_bands():
 
 
 @pytest.mark.slow
-def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(request, cpu_seeds_1_2):
+def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(demo_toy, cpu_seeds_1_2):
     import causal_toy
     import lens_toy
     import toy_attribution
@@ -123,11 +123,11 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(request, cpu_
     import toy_noise_components
     import toy_seeds_table
 
-    # seeds 1 and 2 trained in a background process through the committed script that wrote
-    # docs/data (conftest.cpu_seeds_1_2, started when this test was collected; it runs last);
-    # seed 0 is conftest.demo_toy, shared with the patching and lens tests; the cpu preset uses
-    # one thread
-    r = request.getfixturevalue("demo_toy")
+    # seeds 0, 1 and 2 trained in the suite's background process through the committed script
+    # that wrote docs/data (conftest.demo_toy and conftest.cpu_seeds_1_2, started when this test
+    # was collected; it runs last, and studies seed 0 while seeds 1 and 2 may still train); seed
+    # 0 is shared with the patching test; the cpu preset uses one thread
+    r = demo_toy
     task = mt.RecallTask(r.config.recall_config())
     tables = [toy_seeds_table.seed_table(r.model, r.config, task, 0)]
     # the demo's model: the toy analyses of docs/results.md and docs/causal.md
@@ -138,7 +138,7 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(request, cpu_
     causal = causal_toy.compute(r.model, r.config, task)
     heldout = toy_heldout.compute(r.model, test)
     demo = r.final
-    fresh = pd.concat([*tables, cpu_seeds_1_2], ignore_index=True)
+    fresh = pd.concat([*tables, cpu_seeds_1_2()], ignore_index=True)
     print(fresh.round(3).to_string(index=False))
 
     # what holds on any machine: the bands over seeds (mechtrunc.reference, printed by the demo)
