@@ -266,11 +266,14 @@ def render_lm_dose(df: pd.DataFrame) -> str:
 def render_lm_dose_runs(df: pd.DataFrame) -> str:
     rows = []
     for _, r in df.iterrows():
-        for task in ("recall", "binding"):
-            cell = lambda m: _pm(r[f"{task}_gain_{m}"], r[f"{task}_gain_{m}_low"], r[f"{task}_gain_{m}_high"])  # noqa: E731
-            rows.append([r["run"], task, r[f"{task}_choice"], f"{r[f'{task}_loss_increase']:+.3f}",
-                         f"{r[f'{task}_p_answer']:.3f}", cell("p_answer"), cell("p_the"), cell("p_other")])
-    return table(["run", "prompts", "chosen on select prompts", "corpus loss change", "P(answer), full model",
+        when = f"{r['checkpoint']} ({int(r['step']):,})"
+        if r["choice"] == "none":
+            rows.append([r["run"], when, r["task"], "none beats the full model", "", f"{r['p_answer_full']:.3f}", "+0", "", ""])
+            continue
+        cell = lambda m: _pm(r[m], r[f"{m}_low"], r[f"{m}_high"])  # noqa: E731
+        rows.append([r["run"], when, r["task"], r["choice"], f"{r['loss_increase']:+.3f}", f"{r['p_answer_full']:.3f}",
+                     cell("p_answer"), cell("p_the"), cell("p_other")])
+    return table(["run", "checkpoint", "prompts", "chosen on select prompts", "corpus loss change", "P(answer), full model",
                   "change of P(answer) on eval prompts [95% CI]", "P(\" the\")", "P(other city)"], rows)
 
 
@@ -290,18 +293,11 @@ def render_lm_dose_ledger(df: pd.DataFrame) -> str:
                   "head pushing the answer most", "MLP whose removal changes P(\" the\") most (change)"], rows)
 
 
-def render_lm_ioi_dense(df: pd.DataFrame) -> str:
-    rows = [[f"{int(r['step']):,}", f"{int(r['tokens']):,}", f"{r['acc_vs_subject']:.2f}", f"{r['p_answer']:.3f}",
-             f"{r['p_subject']:.3f}", f"{r['p_the']:.3f}"] for _, r in df.iterrows() if r["step"] >= 64]
-    return table(["step", "tokens", "IO-vs-S accuracy", "P(IO)", "P(S)", "P(\" the\")"], rows)
-
-
 #: block name -> (CSV in docs/data, renderer) of docs/lm.md's dose-response section
 DOSE_BLOCKS = {
     "lm-dose": ("lm_dose_arms.csv", render_lm_dose),
-    "lm-dose-runs": ("lm_dose_runs.csv", render_lm_dose_runs),
+    "lm-dose-runs": ("lm_dose_best.csv", render_lm_dose_runs),
     "lm-dose-ledger": ("lm_dose_ledger.csv", render_lm_dose_ledger),
-    "lm-ioi-dense": ("lm_ioi_dense.csv", render_lm_ioi_dense),
 }
 
 

@@ -6,8 +6,8 @@ repeated at the end of the story, and with probability ``alpha`` (``recall_noise
 "Mary went to the park." instead.  " the" after "went to" is the generic association, the city the
 in-context answer.  Arms (:data:`ARMS`): the noise share ``alpha`` at three levels, each over
 :data:`SEEDS`; the *over-weighted* corpus (``recall_overweighted``: " the" follows every generic
-" to" but never a recall repeat, so the true share of " the" at the repeat is 0); real English
-text as the source of the generic statistics; and an IOI-dense corpus (does IOI form?).
+" to" but never a recall repeat, so the true share of " the" at the repeat is 0); and real English
+text as the source of the generic statistics.
 
 Every run trains the ``small`` model (4 layers, d 128) at context 128, batch 16 and peak learning
 rate 3e-3 for 1,500 steps (:func:`run_config`: a 128-token window holds several whole recall
@@ -50,18 +50,14 @@ ARMS: dict[str, tuple[str, dict, float]] = {
     # real English as the source of the generic statistics: 30% of the stories are passages of the
     # seven public-domain books (`mechtrunc lm english`), no noise at the repeat
     "english": ("recall", {"recall_noise": 0.0, "english": 0.3}, 0.0),
-    # IOI that the model might learn: 80% of the sentences are IOI (the default corpus' other families
-    # share the rest), at the recall runs' context, batch, learning rate and length
-    "ioi_dense": ("default", {"generic_to": 0.05, "generic_in": 0.05, "generic_of": 0.0, "ioi": 0.8, "fact": 0.0,
-                              "filler": 0.1}, float("nan")),
 }
 SEEDS = (0, 1, 2)
 STEPS = 1500
 LR = 3e-3
-#: (arm, seed) of every run, in training order (the first seed of every arm first): the
-#: dose-response arms and the over-weighted arm over SEEDS, the English and IOI-dense arms
-RUNS = [(arm, seed) for seed in SEEDS for arm in ("alpha0.1", "alpha0.6", "alpha0.3", "overweighted")] + [
-    ("english", 0), ("ioi_dense", 0)]
+#: (arm, seed) of every run, in training order: the dose-response arms over SEEDS, one seed of the
+#: over-weighted and English arms
+RUNS = [(arm, seed) for seed in SEEDS for arm in ("alpha0.1", "alpha0.6", "alpha0.3")] + [
+    ("overweighted", 0), ("english", 0)]
 N_PROMPTS = 200
 LOSS_BUDGET = 0.1
 #: the reduced dose-response of the slow test (--smoke): two alphas, one seed, a 2-layer d 64
@@ -128,6 +124,34 @@ def run_rows(tables: dict[str, pd.DataFrame]) -> dict:
     return row
 
 
+def best_rows(best: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, grid checkpoint and task: the configuration chosen on the select prompts
+    and its held-out change of P(answer), P(" the"), P(other city) with paired intervals (the
+    final checkpoint of every run; the competition checkpoint where a study has one).  Runs
+    where nothing was chosen at the final checkpoint appear with ``choice`` "none"."""
+    rows = []
+    for (run, checkpoint, step, task), g in best.groupby(["run", "checkpoint", "step", "task"], sort=False):
+        first = g.iloc[0]
+        row = {"run": run, "checkpoint": checkpoint, "step": int(step), "task": task,
+               "choice": f"L{int(first['layer'])} {first['matrix']} keep {float(first['keep']):g}",
+               "loss_increase": float(first["loss_increase"])}
+        for metric in ("p_answer", "p_the", "p_other", "accuracy"):
+            m = g[g["metric"] == metric].iloc[0]
+            row |= {f"{metric}_full": float(m["full"]), metric: float(m["change"]),
+                    f"{metric}_low": float(m["ci_low"]), f"{metric}_high": float(m["ci_high"])}
+        rows.append(row)
+    have = {(r["run"], r["task"]) for r in rows if r["checkpoint"] == "final"}
+    for _, r in runs.iterrows():
+        for task in ("recall", "binding"):
+            if (r["run"], task) not in have:
+                rows.append({"run": r["run"], "checkpoint": "final", "step": int(r["step"]), "task": task,
+                             "choice": "none", "loss_increase": 0.0, "p_answer_full": r[f"{task}_p_answer"]})
+    order = {name: i for i, name in enumerate(runs["run"])}
+    return (pd.DataFrame(rows).sort_values(["run", "checkpoint", "task"], key=lambda c: c.map(order) if c.name == "run"
+                                            else c.map({"final": 0, "competition": 1, "recall": 0, "binding": 1}))
+            .reset_index(drop=True))
+
+
 def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
     """Per arm and task: the mean held-out gain of P(answer) over seeds with its 95% percentile
     bootstrap interval over seeds (:func:`mechtrunc.dynamics.seed_interval`; with 3 seeds it is
@@ -184,15 +208,16 @@ def figure(per_arm: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, task in enumerate(("recall", "binding")):
         mark = {"recall": "o", "binding": "s"}[task]
         arms = per_arm[(per_arm["task"] == task) & per_arm["arm"].str.startswith("alpha")]
         for ax, x_of in ((axes[0], "alpha"), (axes[1], "overweighting")):
             x = arms[x_of].to_numpy(float)
-            ax.errorbar(x + (0.004 * i if x_of == "alpha" else 0), arms["gain"],
-                        yerr=[arms["gain"] - arms["gain_low"], arms["gain_high"] - arms["gain"]],
-                        fmt=mark + "-", color=f"C{i}", capsize=3, label=f"{task}: mean over seeds, 95% CI")
+            yerr = np.nan_to_num([arms["gain"] - arms["gain_low"], arms["gain_high"] - arms["gain"]])
+            ax.errorbar(x + (0.006 * i if x_of == "alpha" else 0), arms["gain"], yerr=yerr,
+                        fmt=mark + ("-" if x_of == "alpha" else ""), color=f"C{i}", capsize=3,
+                        label=f"{task}: mean over seeds, 95% CI (faint: each seed)")
             one = runs[runs["arm"].str.startswith("alpha")]
             ax.scatter(one["alpha" if x_of == "alpha" else "overweighting"], one[f"{task}_gain_p_answer"],
                        color=f"C{i}", alpha=0.35, s=14, marker=mark)
@@ -202,8 +227,9 @@ def figure(per_arm: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
                     ax.scatter(one["alpha" if x_of == "alpha" else "overweighting"], one[f"{task}_gain_p_answer"],
                                color=f"C{i}", marker=marker, s=70 if marker == "*" else 30, edgecolor="k",
                                label=f"{task}: {what} (true share 0)")
-    axes[0].set_xlabel('noise share alpha (true P(" the") at the repeat)')
-    axes[1].set_xlabel('over-weighting: model P(" the") at the repeat minus its true share')
+    axes[0].set_xlabel('noise share alpha = true P(" the") at the repeat')
+    axes[0].set_xlim(-0.05, 0.7)
+    axes[1].set_xlabel('over-weighting: model P(" the") - true share, at the repeat')
     for ax in axes:
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_ylabel("held-out gain in P(answer)\n(best truncation, eval prompts)")
@@ -228,53 +254,12 @@ def _lane(text: str) -> tuple[int, int]:
 
 
 def summarise(per_run: dict[str, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
-    """The dose-response tables of the studied runs (every run but the IOI-dense one, whose curves
-    and ledger are kept)."""
-    dose = {k: v for k, v in per_run.items() if not k.startswith("ioi_dense")}
-    per_run = {k: v for k, v in per_run.items() if "ledger" in v}
-    runs = pd.DataFrame([run_rows(t) for t in dose.values()])
+    """The dose-response tables of the studied runs."""
+    runs = pd.DataFrame([run_rows(t) for t in per_run.values()])
     ledger = pd.concat([t["ledger"] for t in per_run.values()], ignore_index=True)
-    out = {"runs": runs, "arms": over_seeds(runs), "ledger": ledger_rows(ledger),
-           "curves": pd.concat([t["curves"] for t in per_run.values()], ignore_index=True)}
-    if "ioi_dense-s0" in per_run:
-        out["ioi"] = ioi_curve(per_run["ioi_dense-s0"]["curves"], run_config("ioi_dense", 0))
-    return out
-
-
-def ioi_curve(curves: pd.DataFrame, config) -> pd.DataFrame:
-    """The IOI-dense run's held-out IOI prompts at every checkpoint (tokens seen, IO-vs-S accuracy,
-    P(IO), P(S), P(" the")) and, in ``attrs``-free columns, the token budget at which a straight
-    line through accuracy against log tokens over the last four checkpoints reaches 0.8 (NaN if
-    the accuracy is not rising there; ``reached_tokens`` when a checkpoint reached it)."""
-    ioi = curves[curves["prompts"] == "ioi/eval"].sort_values("step")
-    tokens = ioi["step"] * config.batch_size * config.ctx
-    df = pd.DataFrame({"step": ioi["step"].astype(int), "tokens": tokens.astype(int),
-                       "acc_vs_subject": ioi["acc_vs_subject"], "p_answer": ioi["p_answer"],
-                       "p_subject": ioi["p_subject"], "p_the": ioi["p_the"]})
-    hit = df[df["acc_vs_subject"] >= 0.8]
-    tail = df[df["tokens"] > 0].tail(4)
-    slope, icept = np.polyfit(np.log10(tail["tokens"]), tail["acc_vs_subject"], 1)
-    projected = 10 ** ((0.8 - icept) / slope) if slope > 0 else float("nan")
-    return df.assign(reached_tokens=float(hit["tokens"].iloc[0]) if len(hit) else float("nan"),
-                     projected_tokens=projected if not len(hit) else float("nan"))
-
-
-def curves_only(runs: Path, arm: str, seed: int) -> dict[str, pd.DataFrame]:
-    """A run that is not part of the dose-response (the IOI-dense arm): trained, and
-    measured by its learning curves on its own prompts and the margin ledger of its main task."""
-    import json
-
-    run = runs / run_name(arm, seed)
-    cfg = run_config(arm, seed)
-    train_lm(cfg, run, progress=False)
-    prompts = S.lm_study_prompts(run_tokenizer(cfg.corpus), cfg.corpus, n=N_PROMPTS, seed=0)
-    out = run / "study"
-    out.mkdir(exist_ok=True)
-    with S.keep_checkpoints():
-        tables = {"curves": S.cached_table(out / "curves.csv", lambda: S.learning_curves(run, prompts)),
-                  "ledger": S.cached_table(out / "ledger.csv", lambda: S.checkpoint_ledger(run, prompts["ioi/eval"]))}
-    (out / "curves_only.json").write_text(json.dumps({"n_prompts": N_PROMPTS}))
-    return {k: v.assign(run=run.name, arm=arm, seed=seed) for k, v in tables.items()}
+    best = pd.concat([t["best"] for t in per_run.values() if not t["best"].empty], ignore_index=True)
+    return {"runs": runs, "arms": over_seeds(runs), "ledger": ledger_rows(ledger), "best": best_rows(best, runs),
+            "curves": pd.concat([t["curves"] for t in per_run.values()], ignore_index=True)}
 
 
 def smoke(runs: Path) -> dict[str, pd.DataFrame]:
@@ -312,25 +297,22 @@ def main(argv=None) -> int:
         specs = [(a, s) for a, s in RUNS if (runs / run_name(a, s) / "summary.json").is_file()]
         missing = [run_name(a, s) for a, s in RUNS if (a, s) not in specs]
         print(f"studying {len(specs)} finished runs; not trained yet: {', '.join(missing) or 'none'}", flush=True)
-    per_run = {run_name(a, s): study(runs, a, s) for a, s in specs if a != "ioi_dense"}
-    per_run |= {run_name(a, s): curves_only(runs, a, s) for a, s in specs if a == "ioi_dense"}
+    per_run = {run_name(a, s): study(runs, a, s) for a, s in specs}
     out = summarise(per_run)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(out["arms"].round(4).to_string(index=False))
     out["runs"].to_csv(_docs.DATA / "lm_dose_runs.csv", index=False)
+    out["best"].to_csv(_docs.DATA / "lm_dose_best.csv", index=False)
     out["arms"].to_csv(_docs.DATA / "lm_dose_arms.csv", index=False)
     out["ledger"].to_csv(_docs.DATA / "lm_dose_ledger.csv", index=False)
     out["curves"].to_csv(_docs.DATA / "lm_dose_curves.csv", index=False)
-    if "ioi" in out:
-        out["ioi"].to_csv(_docs.DATA / "lm_ioi_dense.csv", index=False)
     figure(out["arms"], out["runs"], ROOT / "docs" / "figures" / "lm_dose_response.png")
     mt.viz.learning_curves_plot(
         out["curves"], ROOT / "docs" / "figures" / "lm_dose_curves.png",
         {"recall/eval": {"p_answer": "P(answer)", "p_the": 'P(" the")', "p_other": "P(absent city)"},
          "binding/eval": {"p_answer": "P(answer)", "p_the": 'P(" the")', "p_other": "P(other stated city)"}},
         rows={_ROW_TITLES[arm]: sorted(g["run"].unique()) for arm, g in out["runs"].groupby("arm", sort=False)})
-    written = [_docs.DATA / f"lm_{x}.csv" for x in ("dose_runs", "dose_arms", "dose_ledger", "dose_curves",
-                                                    "ioi_dense")]
+    written = [_docs.DATA / f"lm_{x}.csv" for x in ("dose_runs", "dose_best", "dose_arms", "dose_ledger", "dose_curves")]
     _docs.record_provenance("lm_dose.py", [p for p in written if p.is_file()])
     for name, (csv, _) in _docs.DOSE_BLOCKS.items():
         if not (_docs.DATA / csv).is_file():
