@@ -275,9 +275,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/lm-dose", help="where the runs live (default runs/lm-dose)")
     p.add_argument("--lane", default=None, type=_lane,
                    help="K/N (0 <= K < N): only train runs K, K+N, K+2N, ... (no tables written)")
-    p.add_argument("--finished-only", action="store_true",
-                   help="study and tabulate only the runs whose training has finished (the others are named, not "
-                        "trained); without it, missing runs are trained first")
+    p.add_argument("--only", nargs="+", default=None, metavar="RUN",
+                   help="study and tabulate only these runs (names as ARM-sSEED, e.g. alpha0.3-s1); the others are "
+                        "named as left out; without it, every run is trained and studied")
     p.add_argument("--smoke", action="store_true",
                    help="the reduced dose-response (2 alphas, 1 seed, 300 steps); prints, writes no docs")
     args = p.parse_args(argv)
@@ -293,10 +293,14 @@ def main(argv=None) -> int:
             print(train_lm(run_config(arm, seed), runs / run_name(arm, seed), progress=False), flush=True)
         return 0
     specs = RUNS
-    if args.finished_only:
-        specs = [(a, s) for a, s in RUNS if (runs / run_name(a, s) / "summary.json").is_file()]
-        missing = [run_name(a, s) for a, s in RUNS if (a, s) not in specs]
-        print(f"studying {len(specs)} finished runs; not trained yet: {', '.join(missing) or 'none'}", flush=True)
+    if args.only is not None:
+        names = {run_name(a, s): (a, s) for a, s in RUNS}
+        bad = [x for x in args.only if x not in names]
+        if bad:
+            p.error(f"--only: unknown runs {bad}; valid: {', '.join(names)}")
+        specs = [names[x] for x in names if x in args.only]
+        print(f"tabulating {len(specs)} runs; left out: {', '.join(x for x in names if x not in args.only) or 'none'}",
+              flush=True)
     per_run = {run_name(a, s): study(runs, a, s) for a, s in specs}
     out = summarise(per_run)
     with pd.option_context("display.width", 250, "display.max_columns", 30):
