@@ -152,7 +152,7 @@ def test_report_of_a_studied_run(studied, tmp_path, capsys):
     for text in ("Language-model run report: nano", "Learning curves", "Order of learning", "Truncation grid",
                  "Chosen truncations", "Where the &#x27; the&#x27; association lives",
                  "Margin ledger across checkpoints",
-                 "logit(IO) - logit(&#x27; the&#x27;) split into", "to_the_share / 2 = 0.35",
+                 "logit(IO) - logit(' the') split into", "to_the_share / 2 = 0.35",
                  f"mechtrunc lm study {run} --n {N}", f"mechtrunc report {run} --out {out}"):
         assert text in html, text
     assert "No study yet" not in html
@@ -306,7 +306,7 @@ def test_report_of_a_recall_run(recall_studied, tmp_path, capsys):
                  "P(other stated city)", f"recall_noise / 2 = {RECALL_NOISE / 2:g}", "<td>step_recall_beats_the</td>",
                  "<td>step_binding</td>", "held-out recall and binding prompts", "final checkpoint, recall/eval",
                  "final checkpoint, binding/eval", "after &#x27;went to&#x27; on the recall eval prompts",
-                 "logit(answer) - logit(&#x27; the&#x27;) split into", "Every checkpoint on the recall <i>eval</i>"):
+                 "logit(answer) - logit(' the') split into", "Every checkpoint on the recall <i>eval</i>"):
         assert text in html, text
     for text in ("to_the_share / 2", "<td>step_ioi_beats_the</td>", "<td>step_fact_beats_the</td>", "ioi/eval",
                  "</code> is missing", "No study yet"):

@@ -721,10 +721,12 @@ def ledger_section(ctx: Context) -> Section | None:
             line(sub, str(component), 2, line=dict(color=color, width=1), marker=dict(size=3, color=color),
                  showlegend=False)
     last = ledger[(ledger["kind"] == "head") & (ledger["step"] == steps[-1])]
-    for rec in last.reindex(last["value"].abs().sort_values(ascending=False).index).head(3).itertuples():
-        # the three heads that move the final margin most, named at their line's end (log axis: log10 x)
+    top = last.reindex(last["value"].abs().sort_values(ascending=False).index).head(3).sort_values("value")
+    for shift, rec in zip((-11, 0, 11) if len(top) == 3 else (-6, 6) if len(top) == 2 else (0,), top.itertuples()):
+        # the three heads that move the final margin most, named at their line's end (log axis: log10 x),
+        # nudged apart so that close ones stay legible
         fig.add_annotation(x=math.log10(_log_x(steps)[0][-1]), y=rec.value, text=str(rec.component), showarrow=False,
-                           xanchor="left", xshift=4, font=dict(size=10), row=1, col=2)
+                           xanchor="left", xshift=4, yshift=shift, font=dict(size=10), row=1, col=2)
     for kind, name, style in (("embed", "embeddings", dict(color="#9aa5b1", dash="dot")),
                               ("total", "total (the margin)", dict(color="#222", width=3))):
         sub = ledger[ledger["kind"] == kind]
