@@ -103,7 +103,9 @@ def _meta(ctx: Context, command: str) -> dict:
         meta["revision"] = (f"{len(r.steps)} checkpoints, step{r.steps[0]} ... step{r.steps[-1]} of {c.get('steps')} "
                             "steps; the truncation grid uses the final one")
         if r.study:
-            meta["prompts"] = (f"held-out IOI, factual and generic ' to' prompts (mechtrunc.studies.lm.lm_study_prompts, "
+            from mechtrunc.report.lm import prompt_names
+
+            meta["prompts"] = (f"held-out {prompt_names(r)} prompts (mechtrunc.studies.lm.lm_study_prompts, "
                                f"seed 0): {r.study.get('n_prompts')} per set in a select draw (chooses a truncation) "
                                "and an eval draw (reports it)")
         else:

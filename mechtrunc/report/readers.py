@@ -41,12 +41,14 @@ KINDS = ("toy", "memory", "truncation", "checkpoints", "lm")
 
 #: the tables of a language-model run's study (``RUN/study/``, written by
 #: :func:`mechtrunc.studies.lm.study_run`): name -> file; the competition checkpoint's grid and
-#: choices exist only when that checkpoint is not the final one
+#: choices exist only when that checkpoint is not the final one, the choices of a task only when
+#: the run is studied on it (:func:`mechtrunc.studies.lm.study_tasks`: ioi and factual on the
+#: default corpus, recall and binding on a noisy-recall one)
 LM_STUDY_TABLES = {
-    "curves": "curves.csv", "grid_final": "grid_final.csv", "best_final_ioi": "best_final_ioi.csv",
-    "best_final_factual": "best_final_factual.csv", "attribution": "attribution.csv", "where": "where_the.csv",
-    "grid_competition": "grid_competition.csv", "best_competition_ioi": "best_competition_ioi.csv",
-    "best_competition_factual": "best_competition_factual.csv",
+    "curves": "curves.csv", "grid_final": "grid_final.csv", "attribution": "attribution.csv", "where": "where_the.csv",
+    "grid_competition": "grid_competition.csv", "ledger": "ledger.csv",
+    **{f"best_{when}_{task}": f"best_{when}_{task}.csv" for when in ("final", "competition")
+       for task in ("ioi", "factual", "recall", "binding")},
 }
 
 
