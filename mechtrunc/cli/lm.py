@@ -194,12 +194,16 @@ def study_summary(tables: dict, run: Path, n_prompts: int, loss_budget: float) -
     training time and loss) and, per checkpoint and task, the chosen truncation with its change on
     the eval prompts (``metrics``: full, intervened, change, ci_low, ci_high; empty when no
     truncation beats the full model within the loss budget)."""
+    from mechtrunc.lm.prompts import run_corpus
+    from mechtrunc.studies.lm import answer_tasks, study_tasks
+
     summary = {k: _plain(v) for k, v in tables["summary"].iloc[0].items()}
     best, grid = tables["best"], tables["grid"]
+    tasks = answer_tasks(study_tasks(run_corpus(run)))
     chosen = []
     for when in dict.fromkeys(grid["checkpoint"]):
         step = int(grid.loc[grid["checkpoint"] == when, "step"].iloc[0])
-        for task in ("ioi", "factual"):
+        for task in tasks:
             rows = best[(best["checkpoint"] == when) & (best["task"] == task)] if len(best) else best
             entry = {"checkpoint": when, "step": step, "task": task, "baseline": True, "layer": None, "matrix": None,
                      "keep": None, "intervention": None, "select_gain": 0.0, "loss_increase": 0.0, "n_items": None,
@@ -243,12 +247,22 @@ def cmd_study(args) -> int:
     print(f"study of {run} ({s['layers']} layers, d_model {s['d_model']}, seed {s['seed']}, {s['steps']} steps; "
           f"{args.n} prompts per set) -> {rep['study_dir']}")
     print("order of learning (eval prompts):")
-    for key, what in (("step_the", f"P(' the') after ' to' reaches {s['to_the_share'] / 2:g} (to_the_share / 2)"),
+    from mechtrunc.lm.prompts import run_corpus
+    from mechtrunc.studies.lm import the_threshold
+
+    recall = "step_recall_beats_the" in s
+    threshold = (f"P(' the') at the recall repeat reaches {the_threshold(run_corpus(run)):g} (recall_noise / 2)" if recall
+                 else f"P(' the') after ' to' reaches {s['to_the_share'] / 2:g} (to_the_share / 2)")
+    main = "recall answer (the stated city)" if recall else "IO"
+    for key, what in (("step_the", threshold),
                       ("step_fact_beats_the", "factual answer beats ' the' for good"),
                       ("step_ioi_beats_the", "IOI answer (IO) beats ' the' for good"),
                       ("step_io_beats_s", "IO beats S (accuracy >= 0.75) for good"),
-                      ("step_competition", "IO and ' the' compete most evenly (max min(P(IO), P(' the')))")):
-        print(f"  {key:20s} {_step_text(s[key]):36s} {what}")
+                      ("step_recall_beats_the", "recall answer beats ' the' for good"),
+                      ("step_binding", "binding: the city beats the other stated city (accuracy >= 0.75) for good"),
+                      ("step_competition", f"{main} and ' the' compete most evenly (max min(P(answer), P(' the')))")):
+        if key in s and not (recall and key in ("step_fact_beats_the", "step_ioi_beats_the", "step_io_beats_s")):
+            print(f"  {key:20s} {_step_text(s[key]):36s} {what}")
     print(f"chosen truncations (best P(answer) on the select prompts within +{loss_budget:g} nats of corpus loss; "
           "change on the eval prompts):")
     for t in rep["truncations"]:
@@ -257,7 +271,7 @@ def cmd_study(args) -> int:
             print(f"{where} none (no truncation beats the full model within the loss budget)")
             continue
         print(f"{where} layer {t['layer']} {t['matrix']} keep {t['keep']:g} (corpus loss {t['loss_increase']:+.3f} nats)")
-        for metric, name in (("p_answer", "P(answer)"), ("p_the", "P(' the')")):
+        for metric, name in (("p_answer", "P(answer)"), ("p_the", "P(' the')"), ("p_other", "P(other city)")):
             if metric in t["metrics"]:
                 print(f"    {_change_text(name, t['metrics'][metric])}")
     print(f"tables in {rep['study_dir']}; HTML page: mechtrunc report {run}")
