@@ -211,7 +211,7 @@ def figure(per_arm: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, task in enumerate(("recall", "binding")):
         mark = {"recall": "o", "binding": "s"}[task]
-        arms = per_arm[(per_arm["task"] == task) & per_arm["arm"].str.startswith("alpha")]
+        arms = per_arm[(per_arm["task"] == task) & per_arm["arm"].str.startswith("alpha")].sort_values("alpha")
         for ax, x_of in ((axes[0], "alpha"), (axes[1], "overweighting")):
             x = arms[x_of].to_numpy(float)
             yerr = np.nan_to_num([arms["gain"] - arms["gain_low"], arms["gain_high"] - arms["gain"]])
