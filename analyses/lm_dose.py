@@ -257,7 +257,9 @@ def summarise(per_run: dict[str, dict[str, pd.DataFrame]]) -> dict[str, pd.DataF
     """The dose-response tables of the studied runs."""
     runs = pd.DataFrame([run_rows(t) for t in per_run.values()])
     ledger = pd.concat([t["ledger"] for t in per_run.values()], ignore_index=True)
-    best = pd.concat([t["best"] for t in per_run.values() if not t["best"].empty], ignore_index=True)
+    chosen = [t["best"] for t in per_run.values() if not t["best"].empty]
+    best = (pd.concat(chosen, ignore_index=True) if chosen  # no truncation chosen anywhere: none to tabulate
+            else pd.DataFrame(columns=["run", "checkpoint", "step", "task", "metric"]))
     return {"runs": runs, "arms": over_seeds(runs), "ledger": ledger_rows(ledger), "best": best_rows(best, runs),
             "curves": pd.concat([t["curves"] for t in per_run.values()], ignore_index=True)}
 

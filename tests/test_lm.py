@@ -209,8 +209,9 @@ def test_prompts_are_in_the_format_of_the_training_stories(tok):
             # the special token appears only there: the rest is real text (then right padding)
             real = torch.arange(ps.tokens.shape[1])[None] <= ps.pos[:, None]
             assert int((ps.tokens[real] == eot).sum()) == ps.n_sequences
-    with pytest.raises(ValueError, match=r"unknown language-model task 'recall'; valid: ioi, factual, generic"):
-        lm_task_prompts("recall", tok, cfg)
+    with pytest.raises(ValueError, match=r"unknown language-model task 'recollection'; valid: ioi, factual, generic, "
+                                         r"recall, binding"):
+        lm_task_prompts("recollection", tok, cfg)
 
 
 # ------------------------------------------------------------------ training
@@ -505,7 +506,8 @@ def test_studies_of_a_run_use_its_own_prompts(nano_run, tmp_path, monkeypatch):
     own = run_prompts(run, "ioi", n=16, seed=0)
     for where in (run, run / "step200", str(run)):
         assert uses_run_prompts(where, "ioi") and prompts_for_model(where, "ioi", model.tokenizer, n=16).texts == own.texts
-    assert not uses_run_prompts(run / "step200", "recall") and not uses_run_prompts(tmp_path, "ioi")
+    assert uses_run_prompts(run / "step200", "recall")  # the run's noisy-recall prompts
+    assert not uses_run_prompts(run / "step200", "prompts.jsonl") and not uses_run_prompts(tmp_path, "ioi")
     pythia = prompts_for_task("ioi", model.tokenizer, n=16)
     assert prompts_for_model(tmp_path / "elsewhere", "ioi", model.tokenizer, n=16).texts == pythia.texts
     assert pythia.texts != own.texts
