@@ -36,6 +36,7 @@ import pandas as pd
 
 import _docs
 import mechtrunc as mt
+from lm_study import lane
 from mechtrunc.lm import corpus_preset, lm_preset, run_tokenizer, train_lm
 from mechtrunc.studies import lm as S
 
@@ -243,16 +244,6 @@ def figure(per_arm: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------ main
-def _lane(text: str) -> tuple[int, int]:
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lane must be K/N with integers, e.g. 0/2; got {text!r}") from None
-    if not 0 <= k < n:
-        raise argparse.ArgumentTypeError(f"--lane K/N needs 0 <= K < N, got {text!r}")
-    return k, n
-
-
 def summarise(per_run: dict[str, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
     """The dose-response tables of the studied runs."""
     runs = pd.DataFrame([run_rows(t) for t in per_run.values()])
@@ -275,7 +266,7 @@ def smoke(runs: Path) -> dict[str, pd.DataFrame]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/lm-dose", help="where the runs live (default runs/lm-dose)")
-    p.add_argument("--lane", default=None, type=_lane,
+    p.add_argument("--lane", default=None, type=lane,
                    help="K/N (0 <= K < N): only train runs K, K+N, K+2N, ... (no tables written)")
     p.add_argument("--only", nargs="+", default=None, metavar="RUN",
                    help="study and tabulate only these runs (names as ARM-sSEED, e.g. alpha0.3-s1); the others are "

@@ -53,7 +53,8 @@ def study_run(runs: Path, spec) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def _lane(text: str) -> tuple[int, int]:
+def lane(text: str) -> tuple[int, int]:
+    """``--lane K/N`` of the language-model analyses (train every N-th run from the K-th)."""
     try:
         k, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -66,7 +67,7 @@ def _lane(text: str) -> tuple[int, int]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default="runs/lm", help="where the runs live (default runs/lm)")
-    p.add_argument("--lane", default=None, type=_lane,
+    p.add_argument("--lane", default=None, type=lane,
                    help="K/N (0 <= K < N): only train runs K, K+N, K+2N, ... (no tables written)")
     args = p.parse_args(argv)
     runs = Path(args.runs)
