@@ -14,7 +14,7 @@ rate 3e-3 for 1,500 steps (:func:`run_config`: a 128-token window holds several 
 stories, statement and repeat; 2,048 tokens per step; at the preset's 1e-3 a pilot run had not
 started copying by step 750, at 3e-3 it copied the city on 63% of the prompts there), is
 studied with :func:`mechtrunc.studies.lm.study_run` (cached in ``RUN/study/``: learning curves at
-every checkpoint, the truncation grid at the final and competition checkpoints, the best
+every checkpoint, the truncation grid at the final checkpoint, the best
 truncation chosen on select prompts within a 0.1-nat corpus-loss budget and reported on eval
 prompts with a paired bootstrap interval, the margin ledger at every checkpoint), and summarised
 into ``docs/data/lm_dose_*.csv``, ``docs/figures/lm_dose_response.png`` and the generated blocks
@@ -37,7 +37,7 @@ import pandas as pd
 import _docs
 import mechtrunc as mt
 from lm_study import lane
-from mechtrunc.lm import corpus_preset, lm_preset, run_tokenizer, train_lm
+from mechtrunc.lm import corpus_preset, lm_preset, train_lm
 from mechtrunc.studies import lm as S
 
 ROOT = Path(__file__).resolve().parents[1]
