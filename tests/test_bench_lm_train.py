@@ -15,7 +15,10 @@ SCRIPT = ROOT / "benchmarks" / "bench_lm_train.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling _common
+    # the script imports its sibling ``_common``, a name analyses/ uses for another module: put the
+    # benchmarks' one in sys.modules only while the script loads, and restore whatever was there
+    before = sys.modules.pop("_common", None)
+    sys.path.insert(0, str(SCRIPT.parent))
     try:
         spec = importlib.util.spec_from_file_location("bench_lm_train", SCRIPT)
         module = importlib.util.module_from_spec(spec)
@@ -23,6 +26,9 @@ def bench():
         return module
     finally:
         sys.path.remove(str(SCRIPT.parent))
+        sys.modules.pop("_common", None)
+        if before is not None:
+            sys.modules["_common"] = before
 
 
 @pytest.mark.parametrize("preset", ["small", "fast"])
