@@ -142,21 +142,31 @@ def lm_fact_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200,
         texts.append(_story_start(tokenizer) + stated + middle + stated[: stated.rindex(" ")])
         answers.append(" " + city)
         relations.append(fact[len("{A} "): fact.index(" {T}")])
+    return _story_prompts(tokenizer, texts, answers, {"the": [" the"] * n}, "answers",
+                          {"task": "factual", "relation": relations, "answer_text": answers, "split": split,
+                           "seed": seed})
+
+
+def _story_prompts(tokenizer, texts: list[str], answers: list[str], competitors: dict[str, list[str]], what: str,
+                   meta: dict) -> PromptSet:
+    """One item per prompt text, scored at its last token: ``answers`` and each competitor column
+    (name -> one word per prompt) must be single tokens (``what`` names the answers in the error)."""
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    answer_ids = [tokenizer.encode(a, add_special_tokens=False) for a in answers]
-    bad = sorted({a for a, ids in zip(answers, answer_ids) if len(ids) != 1})
+    columns = [answers, *competitors.values()]
+    ids = [[tokenizer.encode(w, add_special_tokens=False) for w in col] for col in columns]
+    bad = sorted({w for col, got in zip(columns, ids) for w, x in zip(col, got) if len(x) != 1})
     if bad:
-        raise ValueError(f"answers {bad} are not single tokens under the tokenizer (use the lm tokenizer)")
-    (the_id,) = tokenizer.encode(" the", add_special_tokens=False)
+        raise ValueError(f"{what} {bad} are not single tokens under the tokenizer (use the lm tokenizer)")
+    first = [[x[0] for x in col] for col in ids]
     return PromptSet(
         tokens=enc["input_ids"],
-        rows=torch.arange(n),
+        rows=torch.arange(len(texts)),
         pos=enc["attention_mask"].sum(1) - 1,
-        answer=torch.tensor([ids[0] for ids in answer_ids]),
-        competitors=torch.full((n, 1), the_id, dtype=torch.long),
-        competitor_names=("the",),
+        answer=torch.tensor(first[0]),
+        competitors=torch.tensor(first[1:], dtype=torch.long).T.contiguous(),
+        competitor_names=tuple(competitors),
         texts=texts,
-        meta={"task": "factual", "relation": relations, "answer_text": answers, "split": split, "seed": seed},
+        meta=meta,
     )
 
 
@@ -241,23 +251,9 @@ def lm_recall_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 20
         texts.append(_story_start(tokenizer) + "".join(body) + "".join(before) + query)
         answers.append(" " + cities[0])
         others.append(" " + cities[1 if k >= 2 else k])
-    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    ids = [[tokenizer.encode(w, add_special_tokens=False) for w in pair] for pair in zip(answers, others)]
-    bad = sorted({w for pair, got in zip(zip(answers, others), ids) for w, x in zip(pair, got) if len(x) != 1})
-    if bad:
-        raise ValueError(f"cities {bad} are not single tokens under the tokenizer (use the lm tokenizer)")
-    (the_id,) = tokenizer.encode(" the", add_special_tokens=False)
-    return PromptSet(
-        tokens=enc["input_ids"],
-        rows=torch.arange(n),
-        pos=enc["attention_mask"].sum(1) - 1,
-        answer=torch.tensor([a[0] for a, _ in ids]),
-        competitors=torch.tensor([[the_id, o[0]] for _, o in ids]),
-        competitor_names=("the", "other"),
-        texts=texts,
-        meta={"task": "recall" if k == 1 else "binding", "k": k, "answer_text": answers, "other_text": others,
-              "split": split, "seed": seed},
-    )
+    return _story_prompts(tokenizer, texts, answers, {"the": [" the"] * n, "other": others}, "cities",
+                          {"task": "recall" if k == 1 else "binding", "k": k, "answer_text": answers,
+                           "other_text": others, "split": split, "seed": seed})
 
 
 def lm_task_prompts(task: str, tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
