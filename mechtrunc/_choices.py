@@ -36,6 +36,8 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 #: weight matrices an intervention can edit, and activation sites it can hook
 MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
+#: the matrix only a gated MLP has (the Llama family's gate_proj: down(act(x @ W_gate) * (x @ W_in)))
+GATED_MATRICES = ("mlp.W_gate",)
 SITES = ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post", "mlp_pre", "mlp_post", "z")
 
 #: the truncation grid (mechtrunc.studies.grid): default matrices and keeps, how a grid is

@@ -7,8 +7,10 @@ unembedding and the final LayerNorm, the decompositions of its matrices (:meth:`
 :meth:`ModelAdapter.basis`, through :mod:`mechtrunc.decomposition`), and its layer stack as the
 few operations the grid engine needs (:attr:`ModelAdapter.stack`, a :class:`mechtrunc.stacks.Stack`).
 
-Built in: any TransformerLens ``TransformerBridge`` (:class:`BridgeAdapter`; GPT-NeoX/Pythia,
-GPT-2 and GPT-J have a stack) and a bare Hugging Face ``GPTNeoXForCausalLM``
+Built in: a TransformerLens ``TransformerBridge`` of an architecture mechtrunc knows
+(:class:`BridgeAdapter`; GPT-NeoX/Pythia, GPT-2, GPT-J and the Llama family, Llama and Qwen2, as
+:data:`mechtrunc.stacks.HF_ARCHITECTURES` lists: any other is refused with an error naming it)
+and a bare Hugging Face ``GPTNeoXForCausalLM``
 (:class:`HFNeoXAdapter`, no hook points).  Any other model class joins through a
 ``mechtrunc_adapter`` class attribute naming its :class:`ModelAdapter` subclass: the toy model
 (:class:`mechtrunc.toy_model.ToyAdapter`), the linear memory
@@ -30,12 +32,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from mechtrunc._choices import MATRICES, SITES
+from mechtrunc._choices import GATED_MATRICES, MATRICES, SITES
 from mechtrunc._scalars import as_int
 from mechtrunc.decomposition import SVDCache, full_svd
-from mechtrunc.stacks import Stack, hf_stack
+from mechtrunc.stacks import Stack, hf_architecture, hf_stack
 
-__all__ = ["MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "BridgeAdapter", "HFNeoXAdapter",
+__all__ = ["MATRICES", "GATED_MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "BridgeAdapter", "HFNeoXAdapter",
            "adapt"]
 
 # MATRICES (matrices an intervention can edit, in TransformerLens names) and SITES (activation
@@ -60,6 +62,11 @@ _MATRIX_OUT_HOOK = {
     "attn.W_K": "blocks.{l}.attn.hook_k",
     "attn.W_V": "blocks.{l}.attn.hook_v",
     "attn.W_O": "blocks.{l}.hook_attn_out",
+}
+#: a gated MLP's own output hooks: ``mlp.hook_pre`` is the gate's output there, not W_in's
+_GATED_OUT_HOOK = {
+    "mlp.W_in": "blocks.{l}.mlp.hook_pre_linear",
+    "mlp.W_gate": "blocks.{l}.mlp.hook_pre",
 }
 
 
@@ -105,6 +112,8 @@ class ModelAdapter(ABC):
 
     #: whether the model has TransformerLens hook points (hook-mode interventions, attribution)
     has_hooks = True
+    #: whether the MLP is gated (``down(act(x @ W_gate) * (x @ W_in))``: matrix ``mlp.W_gate`` exists)
+    gated_mlp = False
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -205,7 +214,10 @@ class ModelAdapter(ABC):
     def matrix(self, name: str, layer: int) -> MatrixSite:
         if name in MEMORY_MATRICES:
             raise ValueError(f"matrix {name!r} exists only on a mechtrunc.memory.LinearMemory, not on a {self.kind} model")
-        if name not in MATRICES or name == "attn.OV":
+        if name in GATED_MATRICES and not self.gated_mlp:
+            raise ValueError(f"matrix {name!r} exists only in a gated MLP (the Llama family); this {self.kind} "
+                             f"model's MLP is not gated")
+        if name not in MATRICES + GATED_MATRICES or name == "attn.OV":
             valid = ", ".join(m for m in MATRICES if m != "attn.OV")
             raise ValueError(f"unknown matrix {name!r}; valid matrices: {valid} (and 'attn.OV' for truncation)")
         layer = self.check_layer(layer)
@@ -216,6 +228,10 @@ class ModelAdapter(ABC):
     def out_hook(self, name: str, layer: int) -> str:
         """The hook whose output is matrix ``name``'s output ``x @ W + b`` (TransformerLens names)."""
         return _MATRIX_OUT_HOOK[name].format(l=layer)
+
+    def check_kv(self, name: str) -> None:
+        """Refuse a matrix whose layout assumes one key-value head per query head on a model
+        with grouped key-value heads (none here; see :meth:`BridgeAdapter.check_kv`)."""
 
     @abstractmethod
     def _matrix(self, name: str, layer: int) -> MatrixSite:
@@ -282,18 +298,37 @@ class ModelAdapter(ABC):
 class BridgeAdapter(ModelAdapter):
     kind = "bridge"
     _LINEARS = {"mlp.W_in": ("mlp", "in"), "mlp.W_out": ("mlp", "out"), "attn.W_Q": ("attn", "q"),
-                "attn.W_K": ("attn", "k"), "attn.W_V": ("attn", "v"), "attn.W_O": ("attn", "o")}
+                "attn.W_K": ("attn", "k"), "attn.W_V": ("attn", "v"), "attn.W_O": ("attn", "o"),
+                "mlp.W_gate": ("mlp", "gate")}
 
     def __init__(self, model):
         super().__init__(model)
         c = model.cfg
         self.n_layers, self.n_heads, self.d_model, self.d_head, self.d_vocab = (
             c.n_layers, c.n_heads, c.d_model, c.d_head, c.d_vocab)
+        # the architecture's stack class: an architecture mechtrunc does not know is refused here
+        self.architecture = hf_architecture(model.original_model)
+        self.gated_mlp = self.architecture.gated
+        self.n_kv_heads = self.architecture.n_kv_heads(model.original_model.config)
+
+    def out_hook(self, name: str, layer: int) -> str:
+        if self.gated_mlp and name in _GATED_OUT_HOOK:
+            return _GATED_OUT_HOOK[name].format(l=layer)
+        return super().out_hook(name, layer)
+
+    def check_kv(self, name: str) -> None:
+        """Refuse the matrices whose layout assumes one key-value head per query head
+        (``attn.W_K``, ``attn.W_V``, ``attn.OV``) on a model with grouped key-value heads."""
+        if self.n_kv_heads is not None and name in ("attn.W_K", "attn.W_V", "attn.OV"):
+            raise ValueError(f"matrix {name!r} is not supported on a model with grouped key-value heads "
+                             f"({self.n_kv_heads} key-value heads for {self.n_heads} query heads); the other "
+                             f"matrices are")
 
     def mlp_input_site(self, layer: int) -> str:
         return "resid_pre" if getattr(self.model.cfg, "parallel_attn_mlp", False) else "resid_mid"
 
     def _matrix(self, name, layer):
+        self.check_kv(name)
         part, attr = self._LINEARS[name]
         linear = getattr(getattr(self.model.blocks[layer], part), attr).original_component
         hook = self.out_hook(name, layer)

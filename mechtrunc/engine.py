@@ -112,6 +112,7 @@ def _plan(adapter, truncations) -> list[_Plan]:
         seen.add(key)
         adapter.check_layer(t.layer)
         if t.matrix == "attn.OV":
+            adapter.check_kv("attn.OV")
             adapter.matrix("attn.W_O", t.layer)
             max_rank = adapter.d_head
         else:

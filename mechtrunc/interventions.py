@@ -46,7 +46,7 @@ from torch import Tensor
 
 from mechtrunc._choices import DEFAULT_RULE, RULES
 from mechtrunc._scalars import as_int, as_int_list, as_real, as_real_list, is_scalar
-from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
+from mechtrunc.adapters import GATED_MATRICES, MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
 
 __all__ = [
     "Intervention", "Compose", "Ablate", "Truncate", "RemoveComponents", "ProjectOut", "Patch",
@@ -363,9 +363,10 @@ class _SVDEdit(Intervention):
     def _validate_common(self) -> None:
         """Checks shared by the subclasses, run when the intervention is built."""
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.matrix not in MATRICES + MEMORY_MATRICES:
+        if self.matrix not in MATRICES + GATED_MATRICES + MEMORY_MATRICES:
             raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)} "
-                             f"(and {', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
+                             f"(and {', '.join(GATED_MATRICES)} in a gated MLP, "
+                             f"{', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
         if self.mode not in _MODES:
             raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(_MODES)}")
 
@@ -404,6 +405,7 @@ class _SVDEdit(Intervention):
         W_O[h] <- W_O[h] V_k V_k^T (so W_V W_O' is the truncated product); hook mode applies
         the equivalent map z_h <- z_h A_h at ``attn.hook_z``."""
         h, dh, d = adapter.n_heads, adapter.d_head, adapter.d_model
+        adapter.check_kv("attn.OV")
         site_o = adapter.matrix("attn.W_O", self.layer)
         mask = self._keep_masks(adapter, dh)
         if mask.ndim != 1:

@@ -13,8 +13,12 @@ two matrices and activation, the unembedding), from which it derives those calls
   at the read positions only.
 
 Architectures here: GPT-NeoX (:class:`NeoXStack`; Pythia; parallel or sequential residual),
-GPT-2 (:class:`GPT2Stack`) and GPT-J (:class:`GPTJStack`), on the Hugging Face modules (under
-a ``TransformerBridge`` or bare).  The toy model's stack lives with the toy model, the linear
+GPT-2 (:class:`GPT2Stack`), GPT-J (:class:`GPTJStack`) and the Llama family (:class:`LlamaStack`;
+Llama and Qwen2: RMSNorm, a gated MLP, grouped key-value heads), on the Hugging Face modules
+(under a ``TransformerBridge`` or bare).  :data:`HF_ARCHITECTURES` lists the Hugging Face model
+classes they cover; :func:`hf_architecture` refuses any other with an error naming it, so no
+model runs on another architecture's assumptions.  Adding an architecture is one stack class
+here (its primitives and :attr:`TransformerStack.gated`) and its entry in :data:`HF_ARCHITECTURES`.  The toy model's stack lives with the toy model, the linear
 memory's with the memory.  :meth:`mechtrunc.adapters.ModelAdapter.stack` gives a model's stack.
 """
 
@@ -27,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Stack", "TransformerStack", "NeoXStack", "GPT2Stack", "GPTJStack", "hf_stack", "STACK_MATRICES"]
+from mechtrunc._choices import GATED_MATRICES
+
+__all__ = ["Stack", "TransformerStack", "NeoXStack", "GPT2Stack", "GPTJStack", "LlamaStack", "hf_stack",
+           "hf_architecture", "HF_ARCHITECTURES", "STACK_MATRICES"]
 
 #: matrices whose truncation :meth:`Stack.split` expresses (``attn.OV`` through ``attn.W_O``)
 STACK_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_V", "attn.W_O", "attn.OV")
@@ -73,11 +80,19 @@ class TransformerStack(Stack):
     n_heads: int
     d_head: int
     parallel: bool = False
+    #: the MLP is gated: ``mlp_out(act(mlp_gate(x)) * mlp_in(x))`` (else ``mlp_out(act(mlp_in(x)))``)
+    gated: bool = False
 
     @staticmethod
     def supports(cfg) -> bool:
         """Whether this stack computes a model with Hugging Face config ``cfg`` exactly."""
         return True
+
+    @staticmethod
+    def n_kv_heads(cfg) -> int | None:
+        """Key-value heads of a model with Hugging Face config ``cfg`` when fewer than its query
+        heads (grouped key-value attention), else None."""
+        return None
 
     # --- primitives ----------------------------------------------------------------------
     @abstractmethod
@@ -111,12 +126,29 @@ class TransformerStack(Stack):
     def mlp_out(self, l: int, h: Tensor) -> Tensor:
         """``h @ W_out + b_out`` of layer ``l``'s MLP."""
 
+    def mlp_gate(self, l: int, x: Tensor) -> Tensor:
+        """``x @ W_gate + b_gate`` of a gated MLP."""
+        raise NotImplementedError(f"{type(self).__name__} has no gated MLP")
+
     def has_mlp(self, l: int) -> bool:
         return True
 
+    @property
+    def matrices(self) -> tuple[str, ...]:
+        """Matrices :meth:`split` handles on this architecture."""
+        return STACK_MATRICES + (GATED_MATRICES if self.gated else ())
+
     # --- derived ---------------------------------------------------------------------------
+    def hidden(self, l: int, x: Tensor, up: Tensor | None = None, gate: Tensor | None = None) -> Tensor:
+        """The MLP's hidden activation (``W_out``'s input) from its input ``x``; ``up`` / ``gate``:
+        the outputs of ``W_in`` / ``W_gate`` to use instead of the clean ones."""
+        up = self.mlp_in(l, x) if up is None else up
+        if not self.gated:
+            return self.act(l, up)
+        return self.act(l, self.mlp_gate(l, x) if gate is None else gate) * up
+
     def mlp(self, l: int, x: Tensor) -> Tensor:
-        return self.mlp_out(l, self.act(l, self.mlp_in(l, x)))
+        return self.mlp_out(l, self.hidden(l, x))
 
     def attend(self, l: int, q: Tensor, k: Tensor, v: Tensor, items=None) -> Tensor:
         """Causal attention: ``z`` ``[b, p, head * d_head]``, or ``[item, head * d_head]`` at the
@@ -174,8 +206,10 @@ class TransformerStack(Stack):
             base = once("base", lambda: resid + self.o_proj(l, z()))
             m = once("m", lambda: self.ln2(l, resid if self.parallel else base))
             if name == "mlp.W_in":
-                return m, lambda y: base + self.mlp_out(l, self.act(l, y))
-            return self.act(l, self.mlp_in(l, m)), lambda y: base + y
+                return m, lambda y: base + self.mlp_out(l, self.hidden(l, m, up=y))
+            if name in GATED_MATRICES:
+                return m, lambda y: base + self.mlp_out(l, self.hidden(l, m, gate=y))
+            return self.hidden(l, m), lambda y: base + y
         mo = once("mo", lambda: self.mlp(l, self.ln2(l, resid))) if self.parallel and self.has_mlp(l) else None
         if name == "attn.W_V":
             pat = self.pattern(l, q, k)
@@ -214,11 +248,15 @@ class _HFStack(TransformerStack):
     final_ln: object
     lm_head: object
 
+    def _norm(self, m, x: Tensor) -> Tensor:
+        """A normalisation module's output (LayerNorm here; :class:`LlamaStack`: RMSNorm)."""
+        return _ln(m, x)
+
     def ln1(self, l, x):
-        return _ln(self.layers[l]["ln1"], x)
+        return self._norm(self.layers[l]["ln1"], x)
 
     def ln2(self, l, x):
-        return _ln(self.layers[l]["ln2"], x)
+        return self._norm(self.layers[l]["ln2"], x)
 
     def _linear(self, m, x):
         if isinstance(m, torch.nn.Linear):
@@ -238,7 +276,7 @@ class _HFStack(TransformerStack):
         return self._linear(self.layers[l]["out"], h)
 
     def unembed(self, x):
-        return F.linear(_ln(self.final_ln, x), self.lm_head.weight, getattr(self.lm_head, "bias", None))
+        return F.linear(self._norm(self.final_ln, x), self.lm_head.weight, getattr(self.lm_head, "bias", None))
 
     def _heads(self, t: Tensor) -> Tensor:
         b, p, _ = t.shape
@@ -355,13 +393,98 @@ class GPTJStack(_HFStack):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-_HF_STACKS = {"GPTNeoXForCausalLM": NeoXStack, "GPT2LMHeadModel": GPT2Stack, "GPTJForCausalLM": GPTJStack}
+class LlamaStack(_HFStack):
+    """The Llama family (Llama, Qwen2): RMSNorm, a gated MLP ``down(act(gate(x)) * up(x))``,
+    separate query/key/value/output projections (biases where the config has them), rotary on
+    whole heads, sequential residual, grouped key-value heads (repeated over their query heads)."""
+
+    gated = True
+
+    @staticmethod
+    def supports(cfg) -> bool:
+        """Full causal attention in every layer (no sliding window)."""
+        return all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or ())) \
+            and not getattr(cfg, "use_sliding_window", False)
+
+    @staticmethod
+    def n_kv_heads(cfg) -> int | None:
+        kv = getattr(cfg, "num_key_value_heads", None)
+        return kv if kv is not None and kv < cfg.num_attention_heads else None
+
+    def __init__(self, hf):
+        import sys
+
+        self._rope = sys.modules[type(_raw(hf)).__module__].apply_rotary_pos_emb
+        cfg, core = hf.config, _raw(hf.model)
+        self.n_layers, self.n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
+        self.d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.n_kv = self.n_kv_heads(cfg) or self.n_heads
+        self.embed_tokens, self.rotary = _raw(core.embed_tokens), _raw(core.rotary_emb)
+        self.final_ln, self.lm_head = _raw(core.norm), _raw(hf.get_output_embeddings())
+        self.layers = []
+        for layer in core.layers:
+            layer = _raw(layer)
+            att, mlp = _raw(layer.self_attn), _raw(layer.mlp)
+            self.layers.append({"ln1": _raw(layer.input_layernorm), "ln2": _raw(layer.post_attention_layernorm),
+                                "q": _raw(att.q_proj), "k": _raw(att.k_proj), "v": _raw(att.v_proj),
+                                "o": _raw(att.o_proj), "gate": _raw(mlp.gate_proj), "in": _raw(mlp.up_proj),
+                                "out": _raw(mlp.down_proj), "act": _raw(mlp.act_fn)})
+        self._rot: dict = {}
+
+    @property
+    def matrices(self) -> tuple[str, ...]:
+        """Without ``attn.W_V``/``attn.OV`` under grouped key-value heads (a value head is shared)."""
+        own = super().matrices
+        return own if self.n_kv == self.n_heads else tuple(m for m in own if m not in ("attn.W_V", "attn.OV"))
+
+    def _norm(self, m, x):  # RMSNorm as Hugging Face computes it (in float32)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + m.variance_epsilon)
+        return m.weight * h.to(x.dtype)
+
+    def embed(self, tokens):
+        return F.embedding(tokens, self.embed_tokens.weight)
+
+    def mlp_gate(self, l, x):
+        return self._linear(self.layers[l]["gate"], x)
+
+    def qkv(self, l, x):
+        b, p, _ = x.shape
+        L = self.layers[l]
+        q, k, v = (self._linear(L[n], x).view(b, p, -1, self.d_head).transpose(1, 2) for n in ("q", "k", "v"))
+        key = (p, x.dtype, x.device)
+        if key not in self._rot:
+            self._rot[key] = self.rotary(x[:1, :p], torch.arange(p, device=x.device)[None])
+        q, k = self._rope(q, k, *self._rot[key])
+        if self.n_kv != self.n_heads:  # each key-value head serves n_heads / n_kv query heads
+            g = self.n_heads // self.n_kv
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        return q, k, v
+
+
+#: the Hugging Face model classes mechtrunc knows, and the stack that writes each
+HF_ARCHITECTURES: dict[str, type[TransformerStack]] = {
+    "GPTNeoXForCausalLM": NeoXStack, "GPT2LMHeadModel": GPT2Stack, "GPTJForCausalLM": GPTJStack,
+    "LlamaForCausalLM": LlamaStack, "Qwen2ForCausalLM": LlamaStack,
+}
+
+
+def hf_architecture(hf) -> type[TransformerStack]:
+    """The stack class of a Hugging Face causal LM (under a bridge wrapper or bare); an
+    architecture mechtrunc does not know raises a ValueError naming it and the known ones."""
+    name = type(_raw(hf)).__name__
+    cls = HF_ARCHITECTURES.get(name)
+    if cls is None:
+        raise ValueError(f"mechtrunc does not know the architecture {name!r}, so it does not run it (its "
+                         f"matrices, hooks and layers would be read with another architecture's layout); "
+                         f"known architectures: {', '.join(HF_ARCHITECTURES)}")
+    return cls
 
 
 def hf_stack(hf) -> Stack | None:
-    """The stack of a Hugging Face causal LM of a supported architecture, else None."""
+    """The stack of a Hugging Face causal LM of a known architecture (see :func:`hf_architecture`,
+    which refuses the others), or None for a variant its stack does not write (the grid engine
+    then takes the reference path)."""
     hf = _raw(hf)
-    cls = _HF_STACKS.get(type(hf).__name__)
-    if cls is None or not cls.supports(hf.config):
-        return None
-    return cls(hf)
+    cls = hf_architecture(hf)
+    return cls(hf) if cls.supports(hf.config) else None

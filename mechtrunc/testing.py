@@ -257,34 +257,42 @@ def fake_hub_cache(cache_dir: str | os.PathLike, repo_id: str, revisions: Mappin
 # tiny random bridges (offline)
 # ----------------------------------------------------------------------------------------
 #: architectures :func:`tiny_bridge` builds, and the TransformerLens name each boots as
-TINY_ARCHITECTURES = {"gpt_neox": "EleutherAI/pythia-70m", "gpt2": "gpt2", "gptj": "EleutherAI/gpt-j-6B"}
+TINY_ARCHITECTURES = {"gpt_neox": "EleutherAI/pythia-70m", "gpt2": "gpt2", "gptj": "EleutherAI/gpt-j-6B",
+                      "llama": "meta-llama/Llama-3.2-1B", "qwen2": "Qwen/Qwen2-0.5B"}
 
 
 def tiny_bridge(arch: str, tokenizer_dir: str | os.PathLike, *, seed: int = 0, **config):
     """A tiny randomly initialised ``TransformerBridge`` booted offline: ``arch`` one of
     ``"gpt_neox"`` (Pythia-shaped; ``use_parallel_residual=False`` for sequential blocks),
-    ``"gpt2"``, ``"gptj"``; 3 layers, d_model 64, 4 heads, vocabulary 512 unless ``config``
+    ``"gpt2"``, ``"gptj"``, ``"llama"``, ``"qwen2"`` (RMSNorm and a gated MLP of width 128;
+    ``num_key_value_heads=2`` for grouped key-value heads); 3 layers, d_model 64, 4 heads,
+    vocabulary 512 unless ``config``
     (Hugging Face config keyword arguments) says otherwise.  ``tokenizer_dir``: a tokenizer
     directory (e.g. :func:`word_level_tokenizer_dir`), since a bridge boots only with one."""
     from transformer_lens import TransformerBridge
-    from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPTJConfig, GPTJForCausalLM,
-                              GPTNeoXConfig, GPTNeoXForCausalLM)
+    import transformers
+    from transformers import AutoTokenizer
 
     if arch not in TINY_ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(TINY_ARCHITECTURES)}")
     if arch == "gpt_neox":
         kw = dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
                   rotary_pct=0.25, max_position_embeddings=64, attention_dropout=0.0, hidden_dropout=0.0)
-        cfg_cls, model_cls = GPTNeoXConfig, GPTNeoXForCausalLM
+        classes = "GPTNeoXConfig", "GPTNeoXForCausalLM"
     elif arch == "gpt2":
         kw = dict(vocab_size=512, n_embd=64, n_layer=3, n_head=4, n_positions=64, resid_pdrop=0.0,
                   embd_pdrop=0.0, attn_pdrop=0.0)
-        cfg_cls, model_cls = GPT2Config, GPT2LMHeadModel
-    else:
+        classes = "GPT2Config", "GPT2LMHeadModel"
+    elif arch == "gptj":
         kw = dict(vocab_size=512, n_embd=64, n_layer=3, n_head=4, rotary_dim=8, n_positions=64, resid_pdrop=0.0,
                   embd_pdrop=0.0, attn_pdrop=0.0)
-        cfg_cls, model_cls = GPTJConfig, GPTJForCausalLM
+        classes = "GPTJConfig", "GPTJForCausalLM"
+    else:  # the Llama family: Llama, Qwen2
+        kw = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=4, max_position_embeddings=64, tie_word_embeddings=False)
+        classes = ("LlamaConfig", "LlamaForCausalLM") if arch == "llama" else ("Qwen2Config", "Qwen2ForCausalLM")
     kw.update(config)
+    cfg_cls, model_cls = (getattr(transformers, c) for c in classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf = model_cls(cfg_cls(**kw)).eval()

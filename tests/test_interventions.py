@@ -693,8 +693,12 @@ def test_error_messages(model):
         with mt.intervene(model, *ivs):
             _logits(model, _tokens())
 
-    with pytest.raises(ValueError, match=r"unknown matrix 'mlp\.W_gate'; valid matrices: mlp\.W_in, mlp\.W_out, "
-                                         r"attn\.W_Q, attn\.W_K, attn\.W_V, attn\.W_O, attn\.OV"):
+    with pytest.raises(ValueError, match=r"unknown matrix 'mlp\.W_up'; valid matrices: mlp\.W_in, mlp\.W_out, "
+                                         r"attn\.W_Q, attn\.W_K, attn\.W_V, attn\.W_O, attn\.OV \(and mlp\.W_gate "
+                                         r"in a gated MLP"):
+        enter(Truncate("mlp.W_up", layer=0, keep=0.5))
+    with pytest.raises(ValueError, match=r"matrix 'mlp\.W_gate' exists only in a gated MLP \(the Llama family\); "
+                                         r"this \w+ model's MLP is not gated"):
         enter(Truncate("mlp.W_gate", layer=0, keep=0.5))
     with pytest.raises(ValueError, match=r"unknown matrix 'W_in'"):
         enter(RemoveComponents("W_in", layer=0, indices=(0,)))
