@@ -9,8 +9,8 @@ as soon as the truncation's layer is finished, so a study can store each row as 
 row says which ``path`` computed it:
 
 - ``"fast"`` (a matrix in ``adapt(model).fast_matrices``: ``mlp.W_in``, ``mlp.W_out``,
-  ``attn.W_V``, ``attn.W_O``, ``attn.OV`` on the toy model, GPT-NeoX, GPT-2 and GPT-J; ``W`` on
-  the linear memory):
+  ``attn.W_V``, ``attn.W_O``, ``attn.OV`` on the toy model, GPT-NeoX, GPT-2, GPT-J and the Llama
+  family, with ``mlp.W_gate`` on its gated MLP; ``W`` on the linear memory):
 
   - **Start at the truncated layer.** Truncating a matrix of layer ``l`` leaves everything
     before it unchanged: the engine walks the clean model layer by layer, keeps the clean

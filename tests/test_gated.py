@@ -160,6 +160,16 @@ def test_w_gate_exists_only_in_a_gated_mlp(neox_bridge, llama):
                                          r"this bridge model's MLP is not gated"):
         adapt(neox_bridge).matrix("mlp.W_gate", 0)
     assert adapt(llama).matrix("mlp.W_gate", 0).get().shape == (64, 128)
+    # a study grid takes it on a gated MLP and refuses it elsewhere, before any work
+    from mechtrunc.studies.grid import Grid
+
+    grid = Grid(layers=[1], matrices=("mlp.W_gate", "mlp.W_in"), keeps=(0.5,))
+    assert grid.resolve(llama) == ([1], ["mlp.W_gate", "mlp.W_in"], [0.5])
+    with pytest.raises(ValueError, match=r"matrix 'mlp\.W_gate' exists only in a gated MLP"):
+        grid.resolve(neox_bridge)
+    prompts = _prompts(n=3)
+    table = mt.sweep(llama, prompts, [mt.Truncate("mlp.W_gate", layer=1, rank=16)])
+    assert _worst(plain_torch(llama, prompts, "mlp.W_gate", 1, 16), table.iloc[0]) < 1e-5
 
 
 def test_an_unknown_architecture_is_refused(small_tokenizer_dir):

@@ -16,7 +16,7 @@ from mechtrunc.cli.checks import (
 __all__ = ["add_commands"]
 
 
-_matrix = choice(_choices.MATRICES, "matrix", "matrices")
+_matrix = choice(_choices.MATRICES + _choices.GATED_MATRICES, "matrix", "matrices")
 
 
 def _words(values) -> str:

@@ -29,7 +29,7 @@ from mechtrunc._checks import check_choice
 from mechtrunc._choices import DEFAULT_RULE, GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
 from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int, as_real_list
-from mechtrunc.adapters import MATRICES, adapt
+from mechtrunc.adapters import GATED_MATRICES, MATRICES, adapt
 from mechtrunc.interventions import Truncate
 from mechtrunc.evaluation import evaluate
 from mechtrunc.metrics import check_prompt_metric
@@ -225,8 +225,9 @@ class Grid:
         if not m:
             raise ValueError(f"matrices is empty: give at least one of {', '.join(MATRICES)}")
         for name in m:
-            if name not in MATRICES:
-                raise ValueError(f"unknown matrix {name!r}; valid matrices: {', '.join(MATRICES)}")
+            if name not in MATRICES + GATED_MATRICES:
+                raise ValueError(f"unknown matrix {name!r}; valid matrices: {', '.join(MATRICES + GATED_MATRICES)} "
+                                 f"({', '.join(GATED_MATRICES)} in a gated MLP)")
         object.__setattr__(self, "matrices", m)
         keeps = tuple(as_real_list(self.keeps, "keep"))
         if not keeps:
