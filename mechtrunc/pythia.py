@@ -450,6 +450,9 @@ def load_model(
             except OSError as e:  # unknown repo or revision, gated model, ...
                 raise _not_available(src, revision, "the hub could not provide it", e) from e
 
+    from mechtrunc.stacks import hf_architecture
+
+    hf_architecture(hf)  # an architecture mechtrunc does not know is refused before the bridge boots
     if dm is None and device is not None:
         hf = hf.to(device)
     hf.eval()

@@ -285,6 +285,11 @@ BAD_INPUTS: list[Bad] = [
         "ValueError", "study.json is corrupt (a half-written study?)"),
     api("mt.studies.truncation_study(neox, neox_prompts, layers=[0], keeps=[0.5], out=OTHER_STUDY, progress=False)",
         "ValueError", "holds a study with different settings"),
+    # ---------------------------------------------------------------- architectures
+    cli("pythia truncate --model OPT_DIR --out OUT",
+        "mechtrunc does not know the architecture 'OPTForCausalLM', so it does not run it"),
+    api("apply(neox, mt.Truncate('mlp.W_gate', layer=0, keep=0.5))", "ValueError",
+        "matrix 'mlp.W_gate' exists only in a gated MLP (the Llama family); this bridge model's MLP is not gated"),
 ]
 
 PLACEHOLDER = re.compile(r"\b[A-Z][A-Z0-9_]{2,}\b")
@@ -400,6 +405,17 @@ class Ctx(dict):
             return d
         if name == "TINY_PYTHIA":
             return self.request.getfixturevalue("tiny_pythia")
+        if name == "OPT_DIR":  # an architecture mechtrunc does not know
+            import torch
+            from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+            d = b / "opt"
+            torch.manual_seed(0)
+            OPTForCausalLM(OPTConfig(vocab_size=50304, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                     num_attention_heads=2, word_embed_proj_dim=16,
+                                     max_position_embeddings=64)).save_pretrained(d)
+            AutoTokenizer.from_pretrained(str(self.request.getfixturevalue("pythia_tokenizer_dir"))).save_pretrained(d)
+            return d
         if name == "PROMPTS_TXT":
             (b / "prompts.txt").write_text("prompt,answer\nThe capital of France is, Paris\n")
             return b / "prompts.txt"
@@ -533,7 +549,8 @@ def render_doc() -> str:
         "",
         "UPPERCASE words are paths the test creates: `OUT` a new output directory, `NO_SUCH_DIR` a missing "
         "one, `EMPTY_DIR` / `EMPTY_FILE` empty ones, `TINY_PYTHIA` a 1-layer Pythia-shaped model with "
-        "Pythia's tokenizer and a 64-token context (saved with `save_pretrained`), `TOY_RUN` a finished toy "
+        "Pythia's tokenizer and a 64-token context (saved with `save_pretrained`), `OPT_DIR` a tiny random OPT "
+        "(an architecture mechtrunc does not know) saved the same way, `TOY_RUN` a finished toy "
         "run, `UNFINISHED_LM_RUN` a `mechtrunc lm train --preset nano` directory holding only its `run.json`, "
         "`HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
         "files as named, `RUN_OTHER_CONFIG` a toy training checkpoint of `alpha` 0.1 and 3 steps.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
