@@ -37,8 +37,8 @@ from mechtrunc._scalars import as_int
 from mechtrunc.decomposition import SVDCache, full_svd
 from mechtrunc.stacks import Stack, hf_architecture, hf_stack
 
-__all__ = ["MATRICES", "GATED_MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "BridgeAdapter", "HFNeoXAdapter",
-           "adapt"]
+__all__ = ["MATRICES", "GATED_MATRICES", "MEMORY_MATRICES", "SITES", "ModelAdapter", "MatrixSite", "BridgeAdapter",
+           "HFNeoXAdapter", "adapt"]
 
 # MATRICES (matrices an intervention can edit, in TransformerLens names) and SITES (activation
 # sites, hook outputs, an intervention can edit) live in mechtrunc._choices, which the CLI reads.
@@ -218,7 +218,7 @@ class ModelAdapter(ABC):
             raise ValueError(f"matrix {name!r} exists only in a gated MLP (the Llama family); this {self.kind} "
                              f"model's MLP is not gated")
         if name not in MATRICES + GATED_MATRICES or name == "attn.OV":
-            valid = ", ".join(m for m in MATRICES if m != "attn.OV")
+            valid = ", ".join(m for m in MATRICES + (GATED_MATRICES if self.gated_mlp else ()) if m != "attn.OV")
             raise ValueError(f"unknown matrix {name!r}; valid matrices: {valid} (and 'attn.OV' for truncation)")
         layer = self.check_layer(layer)
         if name.startswith("mlp.") and not self.has_mlp(layer):

@@ -1,9 +1,10 @@
 """A model's layer stack as the few operations the grid engine needs, on raw weights (no hooks).
 
 :class:`Stack` is what the engine calls; :class:`TransformerStack` is a pre-LayerNorm
-Transformer written once in terms of per-architecture primitives (embedding, the two LayerNorms,
-the query/key/value projection with its positional rotation, the output projection, the MLP's
-two matrices and activation, the unembedding), from which it derives those calls:
+Transformer written once in terms of per-architecture primitives (embedding, the two LayerNorms
+or RMSNorms, the query/key/value projection with its positional rotation, the output
+projection, the MLP's two matrices (three when gated) and activation, the unembedding), from
+which it derives those calls:
 
 - :meth:`Stack.layer`: run layer ``l`` on a residual stream ``[b, p, d]``;
 - :meth:`Stack.split`: layer ``l`` seen from one of its matrices: the matrix's clean input ``x``
@@ -18,12 +19,15 @@ Llama and Qwen2: RMSNorm, a gated MLP, grouped key-value heads), on the Hugging 
 (under a ``TransformerBridge`` or bare).  :data:`HF_ARCHITECTURES` lists the Hugging Face model
 classes they cover; :func:`hf_architecture` refuses any other with an error naming it, so no
 model runs on another architecture's assumptions.  Adding an architecture is one stack class
-here (its primitives and :attr:`TransformerStack.gated`) and its entry in :data:`HF_ARCHITECTURES`.  The toy model's stack lives with the toy model, the linear
-memory's with the memory.  :meth:`mechtrunc.adapters.ModelAdapter.stack` gives a model's stack.
+here (its primitives, :attr:`TransformerStack.gated`, :meth:`TransformerStack.supports`) and its
+entry in :data:`HF_ARCHITECTURES`, plus a test (``tests/test_gated.py`` is the Llama family's).
+The toy model's stack lives with the toy model, the linear memory's with the memory.
+:meth:`mechtrunc.adapters.ModelAdapter.stack` gives a model's stack.
 """
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from typing import Callable
 
@@ -412,9 +416,7 @@ class LlamaStack(_HFStack):
         return kv if kv is not None and kv < cfg.num_attention_heads else None
 
     def __init__(self, hf):
-        import sys
-
-        self._rope = sys.modules[type(_raw(hf)).__module__].apply_rotary_pos_emb
+        self._rope = sys.modules[type(_raw(hf)).__module__].apply_rotary_pos_emb  # Llama's and Qwen2's own
         cfg, core = hf.config, _raw(hf.model)
         self.n_layers, self.n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
         self.d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
