@@ -1,6 +1,6 @@
 """``mechtrunc pythia truncate`` and ``mechtrunc pythia checkpoints``: thin wrappers over
 :mod:`mechtrunc.studies` and :func:`mechtrunc.pythia.load_model`.  Both evaluate a grid with the
-grid engine by default (``--mode engine``, :data:`mechtrunc.studies.grid.MODES`)."""
+grid engine by default (``--mode engine``, :data:`mechtrunc._choices.GRID_MODES`)."""
 
 from __future__ import annotations
 
