@@ -46,7 +46,7 @@ def _assert_matches_reference(model, prompts, configs, **kw):
         ref = mt.evaluate(model, prompts, *ivs).iloc[0]
         assert set(r.metrics) == set(ref.index) - {"variant"}
         worst = max(worst, max(abs(v - ref[k]) for k, v in r.metrics.items()))
-    assert worst < 1e-4
+    assert worst < 1e-5  # the engine's one tolerance (docs/api.md)
     return results
 
 
@@ -179,7 +179,7 @@ def test_truncation_study_engine_mode_equals_weight_mode(neox_bridge, tmp_path):
     cols = ["baseline", "layer", "matrix", "keep", "rank", "max_rank", "identity", "intervention"]
     assert weight[cols].astype(str).equals(engine[cols].astype(str))
     metrics = [c for c in weight.columns if is_metric(c)]
-    assert np.abs(weight[metrics].to_numpy(float) - engine[metrics].to_numpy(float)).max() < 1e-4
+    assert np.abs(weight[metrics].to_numpy(float) - engine[metrics].to_numpy(float)).max() < 1e-5
     assert (engine["mode"] == "engine").all() and len(list((tmp_path / "svd_cache").glob("*.pt"))) == 4
     # which path computed each row: the engine's fast path, the reference for weight mode
     computed = ~engine["baseline"] & ~engine["identity"]
