@@ -207,3 +207,16 @@ def test_items_are_the_values_the_means_are_taken_over(trained_toy):
         for k, v in b.items.items():
             assert v.shape == (len(prompts),) and v.device.type == "cpu"
             assert v.mean().item() == pytest.approx(b.metrics[k], abs=1e-6)
+
+
+def test_the_grid_defaults_have_one_name_each():
+    """GRID_KEEPS, GRID_MATRICES, GRID_MODES; the old aliases still read, with a DeprecationWarning."""
+    from mechtrunc import _choices
+    from mechtrunc.studies import grid as g
+
+    for old, new in (("DEFAULT_KEEPS", "GRID_KEEPS"), ("DEFAULT_MATRICES", "GRID_MATRICES"), ("MODES", "GRID_MODES")):
+        with pytest.warns(DeprecationWarning, match=f"grid.{old} is deprecated; use {new}"):
+            assert getattr(g, old) is getattr(_choices, new)
+    assert g.Grid().keeps == _choices.GRID_KEEPS and g.Grid().mode == _choices.GRID_MODES[0]
+    with pytest.raises(AttributeError, match="has no attribute 'KEEPS'"):
+        g.KEEPS

@@ -582,3 +582,17 @@ def _heldout_from_items(model, prompts: PromptSet, truncs: list, items: pd.DataF
     out.attrs["groups"] = sequence_groups(prompts, groups)[1]
     out.attrs["select"] = float(select)
     return out
+
+
+#: names of an earlier release -> the one name each now has (importable from here too)
+_DEPRECATED = {"DEFAULT_KEEPS": "GRID_KEEPS", "DEFAULT_MATRICES": "GRID_MATRICES", "MODES": "GRID_MODES"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"mechtrunc.studies.grid.{name} is deprecated; use {_DEPRECATED[name]} (same value)",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
