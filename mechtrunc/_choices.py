@@ -18,7 +18,6 @@ import bisect
 import os
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
@@ -72,7 +71,6 @@ Builder = Union[str, Callable]
 TASK_BUILDERS = ("prompts", "corrupt", "lm", "toy")
 
 
-@dataclass(frozen=True)
 class TaskSpec:
     """One prompt task: its name and the builders it has (any may be None).
 
@@ -91,25 +89,26 @@ class TaskSpec:
     :mod:`mechtrunc.lm` (``lm``), the layers that may call them.
     """
 
-    name: str
-    prompts: Builder | None = None
-    seeded: bool = True
-    corrupt: Builder | None = None
-    lm: Builder | None = None
-    toy: Builder | None = None
-    dropped: str = ""
+    __slots__ = ("name", "prompts", "seeded", "corrupt", "lm", "toy", "dropped")
 
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
-            raise ValueError(f"task name {self.name!r} must be lower case letters, digits and _ (it is a --task value)")
-        for f in TASK_BUILDERS:
-            b = getattr(self, f)
+    def __init__(self, name: str, prompts: Builder | None = None, seeded: bool = True, corrupt: Builder | None = None,
+                 lm: Builder | None = None, toy: Builder | None = None, dropped: str = ""):
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"task name {name!r} must be lower case letters, digits and _ (it is a --task value)")
+        builders = {"prompts": prompts, "corrupt": corrupt, "lm": lm, "toy": toy}
+        for f, b in builders.items():
             if b is None or callable(b):
                 continue
             if not isinstance(b, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", b):
-                raise ValueError(f"task {self.name!r}: {f} must be a callable or 'module:function', got {b!r}")
-        if not any(getattr(self, f) is not None for f in TASK_BUILDERS):
-            raise ValueError(f"task {self.name!r} has no builder: give one of {', '.join(TASK_BUILDERS)}")
+                raise ValueError(f"task {name!r}: {f} must be a callable or 'module:function', got {b!r}")
+        if all(b is None for b in builders.values()):
+            raise ValueError(f"task {name!r} has no builder: give one of {', '.join(TASK_BUILDERS)}")
+        self.name, self.seeded, self.dropped = name, bool(seeded), str(dropped)
+        self.prompts, self.corrupt, self.lm, self.toy = prompts, corrupt, lm, toy
+
+    def __repr__(self) -> str:
+        given = [f"{f}={getattr(self, f)!r}" for f in TASK_BUILDERS if getattr(self, f) is not None]
+        return f"TaskSpec({self.name!r}, {', '.join(given)}{'' if self.seeded else ', seeded=False'})"
 
 
 #: the tasks by name, in the order the command line lists them: one entry per task
