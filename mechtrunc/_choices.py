@@ -2,7 +2,9 @@
 
 The CLI builds its parser, its ``choices`` and its argument validation from this module, so
 ``mechtrunc --help`` and usage errors never import torch, transformers, TransformerLens or
-pandas.  The heavy modules import the same objects from here (one home per concept):
+pandas.  It holds the registry of prompt tasks (:class:`TaskSpec`, :func:`register_task`): one
+entry per task, whose builders are imported only when a task is built, and from which every
+``--task`` choice is generated.  The heavy modules import the same objects from here (one home per concept):
 :data:`PRESETS` and :data:`OPTIMIZERS` (``mechtrunc.training``), :data:`MATRICES` and
 :data:`SITES` (``mechtrunc.adapters``), the grid defaults (``mechtrunc.studies.grid``), the
 memory's and the minimal model's option names (``mechtrunc.memory``,
@@ -17,6 +19,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Callable, Union
 
 #: training presets of the toy model (see mechtrunc.training.preset)
 PRESETS: dict[str, dict] = {
@@ -58,8 +61,110 @@ PATCH_DIRECTIONS = ("denoising", "noising", "both")
 DEFAULT_PATCH_DIRECTION = "denoising"
 #: the level of a patching effect's percentile bootstrap interval (the scans' and --level's default)
 PATCH_LEVEL = 0.95
-#: built-in prompt tasks of the language-model studies (mechtrunc.tasks.prompts_for_task)
-TASKS = ("ioi", "factual")
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt tasks: the registry
+# ---------------------------------------------------------------------------------------------
+#: a task's builder: a callable, or ``"module:function"`` imported on first use (so the command
+#: line lists the task names without importing torch)
+Builder = Union[str, Callable]
+#: what a task entry can build (the fields of :class:`TaskSpec` that hold builders)
+TASK_BUILDERS = ("prompts", "corrupt", "lm", "toy")
+
+
+class TaskSpec:
+    """One prompt task: its name and the builders it has (any may be None).
+
+    - ``prompts(tokenizer, n=, seed=) -> PromptSet``: prompts for any causal language model (a
+      hub id, a Hugging Face directory); with ``seeded=False`` a fixed set, called as
+      ``prompts(tokenizer)`` (``n`` and ``seed`` do not apply);
+    - ``corrupt(prompts, tokenizer, seed=) -> (clean, corrupted)``: the corrupted twin of
+      ``prompts`` (or of the language-model variant's prompts) for activation and path patching;
+    - ``lm(tokenizer, config, n=, seed=, split=) -> PromptSet``: the variant for a language-model
+      run of ``mechtrunc lm train``, on its own corpus config (:mod:`mechtrunc.lm.prompts`);
+    - ``toy(task, n=, seed=) -> (clean, corrupted)``: clean and corrupted test sequences of the toy
+      model's :class:`~mechtrunc.tasks.recall.RecallTask`;
+    - ``dropped``: why a pair builder leaves a prompt out (the patch command says it with the count).
+
+    Built-in builders live in :mod:`mechtrunc.tasks` (``prompts``, ``corrupt``, ``toy``) and
+    :mod:`mechtrunc.lm` (``lm``), the layers that may call them.
+    """
+
+    __slots__ = ("name", "prompts", "seeded", "corrupt", "lm", "toy", "dropped")
+
+    def __init__(self, name: str, prompts: Builder | None = None, seeded: bool = True, corrupt: Builder | None = None,
+                 lm: Builder | None = None, toy: Builder | None = None, dropped: str = ""):
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ValueError(f"task name {name!r} must be lower case letters, digits and _ (it is a --task value)")
+        builders = {"prompts": prompts, "corrupt": corrupt, "lm": lm, "toy": toy}
+        for f, b in builders.items():
+            if b is None or callable(b):
+                continue
+            if not isinstance(b, str) or not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", b):
+                raise ValueError(f"task {name!r}: {f} must be a callable or 'module:function', got {b!r}")
+        if all(b is None for b in builders.values()):
+            raise ValueError(f"task {name!r} has no builder: give one of {', '.join(TASK_BUILDERS)}")
+        self.name, self.seeded, self.dropped = name, bool(seeded), str(dropped)
+        self.prompts, self.corrupt, self.lm, self.toy = prompts, corrupt, lm, toy
+
+    def __repr__(self) -> str:
+        given = [f"{f}={getattr(self, f)!r}" for f in TASK_BUILDERS if getattr(self, f) is not None]
+        return f"TaskSpec({self.name!r}, {', '.join(given)}{'' if self.seeded else ', seeded=False'})"
+
+
+#: the tasks by name, in the order the command line lists them: one entry per task
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec, *, replace: bool = False) -> TaskSpec:
+    """Add ``spec`` to the registry: its name becomes a ``--task`` choice of every command whose
+    builder it has.  A name already registered is refused unless ``replace=True``."""
+    if not isinstance(spec, TaskSpec):
+        raise TypeError(f"register_task takes a TaskSpec, got {type(spec).__name__}")
+    if spec.name in _TASKS and not replace:
+        raise ValueError(f"task {spec.name!r} is already registered (replace=True replaces it)")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def unregister_task(name: str) -> TaskSpec:
+    """Remove the task ``name`` from the registry and return its entry."""
+    return _TASKS.pop(task_spec(name).name)
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The entry of task ``name``; an unknown name is a ValueError listing the known ones."""
+    try:
+        return _TASKS[str(name)]
+    except KeyError:
+        raise ValueError(f"unknown task {str(name)!r}; valid tasks: {', '.join(_TASKS)}") from None
+
+
+def task_names(*builders: str) -> tuple[str, ...]:
+    """The registered task names, in registry order: all of them, or those with any of
+    ``builders`` (:data:`TASK_BUILDERS`)."""
+    bad = [b for b in builders if b not in TASK_BUILDERS]
+    if bad:
+        raise ValueError(f"unknown task builder {bad[0]!r}; valid: {', '.join(TASK_BUILDERS)}")
+    return tuple(n for n, t in _TASKS.items() if not builders or any(getattr(t, b) is not None for b in builders))
+
+
+def task_words(*builders: str) -> str:
+    """:func:`task_names` quoted for a message: ``'ioi', 'factual'``."""
+    return ", ".join(map(repr, task_names(*builders)))
+
+
+#: the built-in tasks
+register_task(TaskSpec("ioi", prompts="mechtrunc.tasks.ioi:ioi_prompts", corrupt="mechtrunc.tasks.corrupt:ioi_abc",
+                       lm="mechtrunc.lm.prompts:lm_ioi_prompts"))
+register_task(TaskSpec("factual", prompts="mechtrunc.tasks.factual:factual_prompts", seeded=False,
+                       corrupt="mechtrunc.tasks.corrupt:factual_swap", lm="mechtrunc.lm.prompts:lm_fact_prompts",
+                       dropped="no same-length twin with another answer"))
+register_task(TaskSpec("generic", lm="mechtrunc.lm.prompts:lm_generic_prompts"))
+register_task(TaskSpec("recall", lm="mechtrunc.lm.prompts:lm_recall_prompts", toy="mechtrunc.tasks.corrupt:recall_pair",
+                       dropped="the trigger occurs fewer than twice"))
+register_task(TaskSpec("binding", lm="mechtrunc.lm.prompts:lm_binding_prompts"))
 
 #: the linear associative memory (mechtrunc.memory)
 MEMORY_INPUT_DISTS = ("uniform", "zipf")

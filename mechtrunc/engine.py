@@ -4,7 +4,7 @@ comes from the model's adapter (its :class:`~mechtrunc.stacks.Stack`, matrices a
 decompositions), so it knows no architecture itself.
 
 :func:`run_grid` yields, for a baseline and then each :class:`~mechtrunc.Truncate`, the metric
-dictionary ``mechtrunc.evaluate(model, prompts, truncate)`` gives (equal to ~1e-5 in float32),
+dictionary ``mechtrunc.evaluate(model, prompts, truncate)`` gives (equal within 1e-5 in float32),
 as soon as the truncation's layer is finished, so a study can store each row as it comes.  Each
 row says which ``path`` computed it:
 

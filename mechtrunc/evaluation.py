@@ -76,7 +76,7 @@ def sweep(
     :meth:`~mechtrunc.interventions.Intervention.describe` columns (kind, layer, matrix, keep...)
     next to the metrics.  When every entry is a single plain :class:`~mechtrunc.Truncate` of a
     matrix the grid engine has a fast path for (``adapt(model).fast_matrices``), the rows come
-    from :func:`mechtrunc.engine.run_grid` (the same numbers to ~1e-5, much faster).  For
+    from :func:`mechtrunc.engine.run_grid` (the same numbers within 1e-5, much faster).  For
     resumable LASER grids on large models see :func:`mechtrunc.studies.truncation_study`.
 
     ``return_items``: also return each entry's per-item values (``{metric: tensor [item]}``, the

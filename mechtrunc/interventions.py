@@ -594,9 +594,6 @@ class ProjectOut(Intervention):
 # ----------------------------------------------------------------------------------------
 # activation patching from a paired source run
 # ----------------------------------------------------------------------------------------
-_PATCH_SITES = SITES
-
-
 def _positions(value, name: str):
     """None, a tuple of ints (same positions in every row) or a [seq] / [seq, m] long tensor
     (per-row positions)."""
@@ -650,8 +647,8 @@ class Patch(Intervention):
 
     def __post_init__(self):
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.site not in _PATCH_SITES:
-            raise ValueError(f"unknown site {self.site!r}; valid sites: {', '.join(_PATCH_SITES)}")
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; valid sites: {', '.join(SITES)}")
         if self.head is not None:
             object.__setattr__(self, "head", as_int(self.head, "head"))
             if self.site != "z":

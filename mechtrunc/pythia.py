@@ -285,17 +285,6 @@ def _not_available(name: str, revision: str | None, why: str, cause: Exception |
     return ModelNotAvailableError(msg)
 
 
-def _ensure_saved_tokenizer(tok):
-    """A tokenizer built purely in memory crashes the bridge's boot; round-trip it through disk."""
-    if getattr(tok, "name_or_path", ""):
-        return tok
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as d:
-        tok.save_pretrained(d)
-        return AutoTokenizer.from_pretrained(d)
-
-
 def _local_tokenizer(tok, directory: str):
     """``tok`` reloaded from a copy saved in ``directory``, unless its ``name_or_path`` already
     is a local directory: whatever reloads it by name (the bridge adds a BOS token that way)

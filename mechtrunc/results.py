@@ -10,9 +10,9 @@ functions that need it), so anything may import this module, the command line in
   :data:`SECONDS`.  A checkpoint study adds :data:`CHECKPOINT_COLUMNS` (``step, variant``).
   Every other column is a metric (:func:`is_metric`).
 - :data:`P_ANSWER` (``p_answer``) is the probability of the right answer everywhere: toy,
-  memory, dynamics, Pythia and reports.  Files written before the rename call it ``p_correct``
-  (and the toy's last-FFN-removed variant ``ffn2_removed``, now ``last_ffn_removed``: layers are
-  0-based); :func:`upgrade_columns` / :func:`read_table` read them under the current names.
+  memory, dynamics, Pythia and reports.  The toy's last-FFN-removed variant was ``ffn2_removed``
+  in files written before layers were 0-based (now ``last_ffn_removed``); :func:`upgrade_columns`
+  / :func:`read_table` read those under the current name.
 - :func:`keep_key`: the one way two keep fractions are compared (rounded to 12 decimals).
 - :func:`baseline_row`, :func:`configuration_row`: the rows of a truncation table.
 - :func:`default_metric`: the metric a table is judged by when none is named.
@@ -59,8 +59,8 @@ N_ITEMS = "n_items"
 LAST_FFN_REMOVED = "last_ffn_removed"
 #: old column names -> current ones (files written before the rename; ``ffn2_removed`` numbered the
 #: layer 1-based)
-LEGACY_COLUMNS: dict[str, str] = {"p_correct": P_ANSWER, "ffn2_removed": LAST_FFN_REMOVED}
-# old names inside longer column names: ``full_p_correct`` (dynamics), ``p_correct_laser`` (analyses)
+LEGACY_COLUMNS: dict[str, str] = {"ffn2_removed": LAST_FFN_REMOVED}
+# old names inside longer column names: ``ffn2_removed_accuracy`` (the toy's history)
 _LEGACY_RE = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(map(re.escape, LEGACY_COLUMNS)) + r")(?![A-Za-z0-9])")
 
 #: metrics a table is judged by when none is named, in order of preference: the logit
@@ -166,8 +166,8 @@ def tidy_truncation(df):
 
 
 def upgrade_name(column: str) -> str:
-    """``column`` under its current name (``p_correct`` -> ``p_answer``, ``full_p_correct`` ->
-    ``full_p_answer``, ``p_correct_laser`` -> ``p_answer_laser``)."""
+    """``column`` under its current name (``ffn2_removed`` -> ``last_ffn_removed``,
+    ``ffn2_removed_accuracy`` -> ``last_ffn_removed_accuracy``)."""
     return _LEGACY_RE.sub(lambda m: LEGACY_COLUMNS[m.group(1)], column)
 
 

@@ -336,7 +336,19 @@ def test_composition_order_many(pool, data):
     _prop_order(pool, data)
 
 
+#: the properties of this module: the name each counts its cases under -> its default-suite test
+PROPERTIES = {"restored": test_restored_bit_for_bit, "hook == weight": test_hook_mode_equals_weight_mode,
+              "order": test_composition_order}
+
+
 def test_zz_report_cases(pool):
-    """Runs last in this module: at least the configured number of cases per property ran."""
-    assert all(n >= DEFAULT_EXAMPLES for n in CASES.values()), CASES
+    """Each property of :data:`PROPERTIES` ran at least the configured number of cases.  Runs
+    last in this module; a property whose test has not run (this test run alone, reordered or
+    with the others deselected) runs here first, so the check never passes over a missing one."""
+    for name, test in PROPERTIES.items():
+        if name not in CASES:
+            test(pool=pool)
+    assert sorted(CASES) == sorted(PROPERTIES), f"properties counted {sorted(CASES)}, expected {sorted(PROPERTIES)}"
+    short = {n: CASES[n] for n in PROPERTIES if CASES[n] < DEFAULT_EXAMPLES}
+    assert not short, f"fewer than {DEFAULT_EXAMPLES} cases: {short}"
     print(f"\nHypothesis cases this run: {CASES} (total {sum(CASES.values())})")

@@ -50,19 +50,35 @@ def test_default_metric_prefers_the_logit_difference():
 
 
 def test_legacy_names_are_upgraded():
-    assert results.upgrade_name("p_correct") == "p_answer"
-    assert results.upgrade_name("full_p_correct") == "full_p_answer"
-    assert results.upgrade_name("p_correct_laser") == "p_answer_laser"
-    assert results.upgrade_name("p_correctness") == "p_correctness"
-    assert results.upgrade_record({"p_correct": 0.5, "x": 1}) == {"p_answer": 0.5, "x": 1}
-    both = pd.DataFrame({"p_correct": [0.1], "p_answer": [0.2]})
-    assert results.upgrade_columns(both).to_dict("list") == {"p_answer": [0.2]}
+    assert results.upgrade_name("ffn2_removed") == "last_ffn_removed"
+    assert results.upgrade_name("ffn2_removed_p_answer") == "last_ffn_removed_p_answer"
+    assert results.upgrade_name("ffn2_removedness") == "ffn2_removedness"
+    assert results.upgrade_record({"ffn2_removed_accuracy": 0.5, "x": 1}) == {"last_ffn_removed_accuracy": 0.5, "x": 1}
+    both = pd.DataFrame({"ffn2_removed_accuracy": [0.1], "last_ffn_removed_accuracy": [0.2]})
+    assert results.upgrade_columns(both).to_dict("list") == {"last_ffn_removed_accuracy": [0.2]}
+    # P(answer) has one name: the committed tables that said p_correct were rewritten once
+    assert results.upgrade_name("p_correct") == "p_correct" and "p_correct" not in results.LEGACY_COLUMNS
+
+
+def test_no_committed_table_names_the_old_p_correct():
+    """Every committed table calls P(answer) ``p_answer`` (no reader renames ``p_correct``)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tables = sorted(root.glob("docs/**/*.csv"))
+    assert len(tables) > 20
+    old = [str(t.relative_to(root)) for t in tables
+           if re.search(r"(?<![A-Za-z0-9])p_correct(?![A-Za-z0-9])", t.read_text().split("\n", 1)[0])]
+    assert not old, old
+    header = (root / "docs/data/paper_h100_history.csv").read_text().split("\n", 1)[0].split(",")
+    assert {"full_p_answer", "last_ffn_removed_p_answer"} <= set(header)
 
 
 @pytest.mark.parametrize("ext", ["csv", "parquet", "jsonl"])
 def test_read_table_reads_old_files_under_new_names(tmp_path, ext):
-    old = pd.DataFrame({"step": [0, 10], "p_correct": [0.25, 0.75], "full_p_correct": [0.5, 0.625],
-                        "p_noise": [0.5, 0.125]})
+    old = pd.DataFrame({"step": [0, 10], "ffn2_removed_accuracy": [0.25, 0.75], "full_p_answer": [0.5, 0.625],
+                        "ffn2_removed_p_noise": [0.5, 0.125]})
     path = tmp_path / f"history.{ext}"
     if ext == "csv":
         old.to_csv(path, index=False)
@@ -72,25 +88,10 @@ def test_read_table_reads_old_files_under_new_names(tmp_path, ext):
     else:
         path.write_text("".join(json.dumps(r) + "\n" for r in old.to_dict("records")))
     df = results.read_table(path)
-    assert list(df.columns) == ["step", "p_answer", "full_p_answer", "p_noise"]
-    assert df["p_answer"].tolist() == [0.25, 0.75] and df["full_p_answer"].tolist() == [0.5, 0.625]
+    assert list(df.columns) == ["step", "last_ffn_removed_accuracy", "full_p_answer", "last_ffn_removed_p_noise"]
+    assert df["last_ffn_removed_accuracy"].tolist() == [0.25, 0.75] and df["full_p_answer"].tolist() == [0.5, 0.625]
     with pytest.raises(ValueError, match=r"unknown table extension '\.txt'"):
         results.read_table(tmp_path / "x.txt")
-
-
-def test_an_old_memory_run_reads_under_the_new_names(tmp_path):
-    from mechtrunc.memory import MemoryConfig, load_memory_run, train_memory
-    from mechtrunc.report.readers import read_result
-
-    run = train_memory(MemoryConfig(n_inputs=6, n_outputs=6, d=8, alpha=0.3), steps=20, lr=6.0, log_every=10,
-                       spectrum_steps=[20])
-    run.save(tmp_path)
-    hist = pd.read_csv(tmp_path / "history.csv")
-    assert "p_answer" in hist.columns and "p_correct" not in hist.columns  # written under the new name
-    hist.rename(columns={"p_answer": "p_correct"}).to_csv(tmp_path / "history.csv", index=False)  # as before
-    for loaded in (load_memory_run(tmp_path).history, read_result(tmp_path).history):
-        assert "p_correct" not in loaded.columns
-        assert loaded["p_answer"].tolist() == pytest.approx(hist["p_answer"].tolist())
 
 
 def test_layer_labels_are_0_based_and_old_1_based_files_still_read(tmp_path):
@@ -102,7 +103,7 @@ def test_layer_labels_are_0_based_and_old_1_based_files_still_read(tmp_path):
     from pathlib import Path
 
     old = tmp_path / "history.csv"
-    old.write_text("step,full_accuracy,ffn2_removed_accuracy,ffn2_removed_p_correct\n100,0.5,0.9,0.7\n")
+    old.write_text("step,full_accuracy,ffn2_removed_accuracy,ffn2_removed_p_answer\n100,0.5,0.9,0.7\n")
     df = results.read_table(old)
     assert list(df.columns) == ["step", "full_accuracy", "last_ffn_removed_accuracy", "last_ffn_removed_p_answer"]
     assert df["last_ffn_removed_accuracy"].tolist() == [0.9]

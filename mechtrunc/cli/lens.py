@@ -158,8 +158,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "checkpoint, or --step), a save_pretrained directory (e.g. RUN/step200) or a hub id")
     p.add_argument("--step", type=nonneg_int, default=None,
                    help="language-model runs and hub ids: the training checkpoint (RUN/step{N}, hub revision step{N})")
-    p.add_argument("--task", default="ioi", help="language models: 'ioi', 'factual' or a CSV/JSONL prompt file "
-                   "(default ioi); toy and memory runs use their own clean test set")
+    p.add_argument("--task", default="ioi", help=f"language models: {_choices.task_words('prompts')} or a CSV/JSONL "
+                   "prompt file (default ioi); toy and memory runs use their own clean test set")
     p.add_argument("--n", type=positive_int, default=200, help="number of task prompts (language models)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the task prompts")
     p.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
-from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_RUN_FORMAT, LM_SPLITS
+from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_RUN_FORMAT, LM_SPLITS, task_names
 
 __all__ = ["add_commands", "study_summary"]
 
@@ -306,12 +306,13 @@ def add_commands(sub) -> argparse._SubParsersAction:
                     help="read the two .deb files from this directory instead of downloading them (still verified)")
     en.add_argument("--json", action="store_true", help="print the manifest as JSON")
     en.set_defaults(func=cmd_english)
-    pr = lsub.add_parser("prompts", help="write held-out IOI or factual prompts as a JSONL prompt file",
+    pr = lsub.add_parser("prompts", help="write held-out prompts of a task (IOI, factual...) as a JSONL prompt file",
                          description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
                                      "templates by default) as a JSONL prompt file, for --task FILE of "
                                      "`mechtrunc pythia truncate|checkpoints`.")
-    pr.add_argument("--task", type=choice(("ioi", "factual", "recall", "binding"), "task"), default="ioi",
-                    help="ioi (default), factual, recall (one 'X went to CITY.' in context) or binding (two)")
+    pr.add_argument("--task", type=choice(task_names("lm"), "task"), default="ioi",
+                    help=f"{', '.join(task_names('lm'))} (default ioi; recall: one 'X went to CITY.' in context, "
+                         "binding: two)")
     pr.add_argument("--n", type=positive_int, default=200, help="number of prompts (default 200)")
     pr.add_argument("--seed", type=nonneg_int, default=0, help="prompt seed (default 0)")
     pr.add_argument("--split", type=choice(LM_SPLITS, "split"), default="heldout",

@@ -2,7 +2,9 @@
 patching (:mod:`mechtrunc.patching`) between a task's clean prompts and their corrupted twins
 (:mod:`mechtrunc.tasks.corrupt`).  MODEL is a toy run directory (task ``recall``), a language-model
 run of ``mechtrunc lm train`` (its final checkpoint; tasks ``ioi``, ``factual``) or anything
-:func:`mechtrunc.pythia.load_model` loads (a hub id or a Hugging Face directory)."""
+:func:`mechtrunc.pythia.load_model` loads (a hub id or a Hugging Face directory).  The tasks are
+those of the task registry (:mod:`mechtrunc.tasks.registry`) with a corrupted twin (``corrupt``)
+or toy pairs (``toy``)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from mechtrunc.cli.checks import (
 
 __all__ = ["add_commands", "parse_receiver"]
 
-PATCH_TASKS = ("recall", "ioi", "factual")
+#: --task's default: the toy model's task on a toy run, IOI on any other model
+_DEFAULT_TASK = {"toy": "recall", "other": "ioi"}
 _SCAN_SITES = ("resid_pre", "attn_out", "mlp_out", "z")
 
 
@@ -45,19 +48,21 @@ def _load(args):
         raise UsageError(f"{args.model} is a linear-memory run: patching needs a Transformer (a toy run, a language-model "
                          "run or a Hugging Face model)")
     if kind == "toy":
-        if args.task != "recall":
-            raise UsageError(f"--task {args.task} does not fit a toy run: the toy model is studied on --task recall")
-        from mechtrunc.tasks.corrupt import recall_pair
+        if args.task not in _choices.task_names("toy"):
+            raise UsageError(f"--task {args.task} does not fit a toy run: the toy model is studied on --task "
+                             f"{' or '.join(_choices.task_names('toy'))}")
+        from mechtrunc.tasks.registry import task_builder
         from mechtrunc.training import load_run
 
         model, _, task = load_run(path, device=args.device)
-        return model, *recall_pair(task, n=args.n, seed=10_000 + args.seed)  # the test-set seeds of training
-    if args.task == "recall":
-        raise UsageError(f"--task recall needs a toy run directory; {args.model} is not one (no config.json "
+        # the test-set seeds of training
+        return model, *task_builder(args.task, "toy")(task, n=args.n, seed=10_000 + args.seed)
+    if args.task not in _choices.task_names("corrupt"):
+        raise UsageError(f"--task {args.task} needs a toy run directory; {args.model} is not one (no config.json "
                          "of a toy model)")
     from mechtrunc.lm.prompts import prompts_for_model, run_dir
     from mechtrunc.pythia import load_model
-    from mechtrunc.tasks.corrupt import factual_swap, ioi_abc
+    from mechtrunc.tasks.registry import task_builder
 
     if run_dir(source) is not None:  # a language-model run or one of its checkpoints
         model = load_model(source, device=args.device, local_files_only=True)
@@ -65,8 +70,7 @@ def _load(args):
         model = load_model(source, step=step, device=args.device)
     # a language-model run: its own prompts, as lens and lm study
     prompts = prompts_for_model(source, args.task, model.tokenizer, n=args.n, seed=args.seed)
-    corrupt = ioi_abc if args.task == "ioi" else factual_swap
-    return model, *corrupt(prompts, model.tokenizer, seed=args.seed)
+    return model, *task_builder(args.task, "corrupt")(prompts, model.tokenizer, seed=args.seed)
 
 
 def _common(p) -> None:
@@ -74,8 +78,11 @@ def _common(p) -> None:
                    "or --step), or a hub id / model directory (e.g. RUN/step200)")
     p.add_argument("--step", type=nonneg_int, default=None,
                    help="language-model runs and hub ids: the training checkpoint (RUN/step{N}, hub revision step{N})")
-    p.add_argument("--task", type=choice(PATCH_TASKS, "task"), default=None,
-                   help="recall (toy runs, the default there), ioi (default otherwise) or factual")
+    tasks = _choices.task_names("corrupt", "toy")
+    p.add_argument("--task", type=choice(tasks, "task"), default=None,
+                   help=f"{', '.join(tasks)}: toy runs take {' or '.join(_choices.task_names('toy'))}, other models "
+                        f"{' or '.join(_choices.task_names('corrupt'))} (default {_DEFAULT_TASK['toy']} on a toy run, "
+                        f"{_DEFAULT_TASK['other']} otherwise)")
     p.add_argument("--n", type=positive_int, default=128, help="number of prompt pairs (default 128)")
     p.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the prompts, of the corruption and of the bootstrap (default 0)")
@@ -90,13 +97,13 @@ def _common(p) -> None:
 
 def _default_task(args) -> None:
     if args.task is None:
-        args.task = "recall" if model_kind(args.model) == "toy" else "ioi"
+        args.task = _DEFAULT_TASK["toy" if model_kind(args.model) == "toy" else "other"]
 
 
 def _pairs_text(clean, task: str) -> str:
     dropped = int(clean.meta.get("dropped", 0) or 0)
-    why = {"recall": "the trigger occurs fewer than twice", "factual": "no same-length twin with another answer"}
-    return f"{clean.n_sequences} {task} pairs" + (f" ({dropped} left out: {why.get(task, '')})" if dropped else "")
+    why = _choices.task_spec(task).dropped
+    return f"{clean.n_sequences} {task} pairs" + (f" ({dropped} left out{': ' + why if why else ''})" if dropped else "")
 
 
 def _gap_warning(df) -> str:
@@ -140,7 +147,7 @@ def _emit(df, args, text: str) -> int:
 
 def cmd_scan(args) -> int:
     _default_task(args)
-    if not Path(args.model).exists() and args.task == "recall":
+    if not Path(args.model).exists() and args.task in _choices.task_names("toy"):
         raise UsageError(f"{args.model} does not exist; give a toy run directory (e.g. runs/demo)")
     model, clean, corrupted = _load(args)
     from mechtrunc.patching import largest_moves, patching_scan

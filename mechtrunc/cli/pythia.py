@@ -1,6 +1,6 @@
 """``mechtrunc pythia truncate`` and ``mechtrunc pythia checkpoints``: thin wrappers over
 :mod:`mechtrunc.studies` and :func:`mechtrunc.pythia.load_model`.  Both evaluate a grid with the
-grid engine by default (``--mode engine``, :data:`mechtrunc.studies.grid.MODES`)."""
+grid engine by default (``--mode engine``, :data:`mechtrunc._choices.GRID_MODES`)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="hub id (EleutherAI/pythia-160m, gpt2, ...) or local directory: a `mechtrunc lm train` run or "
                         "any directory of step{N}/ checkpoints (truncate: the last one, or --step), or one "
                         "save_pretrained model (e.g. RUN/step200)")
-    p.add_argument("--task", default="ioi", help="'ioi', 'factual' or a CSV/JSONL prompt file (default ioi)")
+    p.add_argument("--task", default="ioi", help=f"{_choices.task_words('prompts')} or a CSV/JSONL prompt file "
+                   "(default ioi)")
     p.add_argument("--n", type=positive_int, default=200, help="number of IOI prompts (default 200)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the IOI prompts")
     p.add_argument("--device", type=device, default="cpu", help="torch device (default cpu)")
@@ -52,12 +53,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_task(task: str) -> None:
-    """Before any heavy import: the task is 'ioi', 'factual' or an existing prompt file."""
-    if task in _choices.TASKS:
+    """Before any heavy import: the task is a registered task with prompts or an existing prompt file."""
+    if task in _choices.task_names("prompts"):
         return
     path = Path(task)
     if not path.is_file():
-        raise UsageError(f"unknown task {task!r}: give 'ioi', 'factual' or the path of a CSV/JSONL prompt file"
+        raise UsageError(f"unknown task {task!r}: give {_choices.task_words('prompts')} or the path of a CSV/JSONL "
+                         "prompt file"
                          + (f" ({task} is a directory)" if path.is_dir() else ""))
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise UsageError(f"{task}: unknown extension {path.suffix!r}; valid extensions are '.csv' and '.jsonl'")

@@ -12,7 +12,8 @@ with checksums; :mod:`~mechtrunc.lm.rdata` reads the R data it comes in),
 
 from mechtrunc.lm.corpus import Corpus, CorpusChunk, CorpusConfig, corpus_preset, corpus_stats
 from mechtrunc.lm.prompts import (
-    lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts, lm_recall_prompts, lm_task_prompts, prompt_records, run_prompts,
+    lm_binding_prompts, lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts, lm_recall_prompts, lm_task_prompts,
+    prompt_records, run_prompts,
 )
 from mechtrunc.lm.english import fetch_english, read_english
 from mechtrunc.lm.tokenizer import build_tokenizer_json, lm_tokenizer, run_tokenizer
@@ -21,6 +22,6 @@ from mechtrunc.lm.train import LMConfig, build_model, checkpoint_steps, lm_prese
 __all__ = [
     "CorpusConfig", "Corpus", "CorpusChunk", "corpus_preset", "corpus_stats", "lm_tokenizer", "run_tokenizer", "build_tokenizer_json",
     "fetch_english", "read_english",
-    "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_recall_prompts", "lm_task_prompts", "run_prompts", "prompt_records", "LMConfig", "lm_preset", "train_lm", "checkpoint_steps",
+    "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts", "lm_recall_prompts", "lm_binding_prompts", "lm_task_prompts", "run_prompts", "prompt_records", "LMConfig", "lm_preset", "train_lm", "checkpoint_steps",
     "build_model",
 ]

@@ -29,7 +29,9 @@ sentences starts with a space, so a prompt is ``<|endoftext|>`` then the sentenc
   ``k`` statements about distinct names in context (``k = 1``: task ``recall``, the other city is
   one absent from the context; ``k >= 2``: task ``binding``, the other city is another stated one,
   so telling them apart needs the name bound to its city);
-- :func:`lm_task_prompts`: one of these by task name (:data:`TASKS`);
+- :func:`lm_binding_prompts`: :func:`lm_recall_prompts` with :data:`BINDING_K` statements (task ``binding``);
+- :func:`lm_task_prompts`: one of these by task name (:data:`TASKS`: the tasks of the registry,
+  :mod:`mechtrunc.tasks.registry`, with a language-model variant);
   :func:`run_prompts`: the default prompts of a language-model run (its own corpus' held-out
   prompts), what the lenses, patching and the study evaluate a run on;
 - :func:`prompt_records`: a prompt set as records of a JSONL prompt file (``mechtrunc lm
@@ -45,21 +47,25 @@ from pathlib import Path
 
 import torch
 
-from mechtrunc._choices import LM_SPLITS
+from mechtrunc._choices import LM_SPLITS, task_names
 from mechtrunc.lm import lexicon
 from mechtrunc.lm.corpus import CorpusConfig
 from mechtrunc.prompts import PromptSet
 
 __all__ = ["prompts_for_model", "uses_run_prompts", "SPLITS", "TASKS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts",
-           "lm_recall_prompts", "lm_task_prompts", "run_dir",
+           "lm_recall_prompts", "lm_binding_prompts", "lm_task_prompts", "run_dir",
            "run_corpus", "run_prompts", "prompt_records"]
 
 SPLITS = LM_SPLITS
-#: the prompt sets of a language-model run, by task name
-TASKS = ("ioi", "factual", "generic", "recall", "binding")
 #: statements in context of the ``binding`` prompts (``recall`` has one)
 BINDING_K = 2
 _SLOT = re.compile(r"\{([A-Z])\}")
+
+
+def __getattr__(name: str):
+    if name == "TASKS":  # generated from the task registry: the tasks with a language-model variant
+        return task_names("lm")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _split(config: CorpusConfig | None, split: str) -> tuple[CorpusConfig, tuple[str, ...], tuple[str, ...]]:
@@ -256,17 +262,23 @@ def lm_recall_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 20
                            "other_text": others, "split": split, "seed": seed})
 
 
+def lm_binding_prompts(tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
+                       split: str = "heldout") -> PromptSet:
+    """:func:`lm_recall_prompts` with :data:`BINDING_K` statements in context (task ``binding``)."""
+    return lm_recall_prompts(tokenizer, config, n=n, seed=seed, split=split, k=BINDING_K)
+
+
 def lm_task_prompts(task: str, tokenizer, config: CorpusConfig | None = None, n: int = 200, seed: int = 0,
                     split: str = "heldout") -> PromptSet:
-    """The prompts of ``task`` (:data:`TASKS`: :func:`lm_ioi_prompts`, :func:`lm_fact_prompts`,
-    :func:`lm_generic_prompts`, :func:`lm_recall_prompts` with one statement (``recall``) or
-    :data:`BINDING_K` (``binding``)) of a corpus config, ``n`` of them, seeded."""
-    build = {"ioi": lm_ioi_prompts, "factual": lm_fact_prompts, "generic": lm_generic_prompts,
-             "recall": lambda *a, **kw: lm_recall_prompts(*a, k=1, **kw),
-             "binding": lambda *a, **kw: lm_recall_prompts(*a, k=BINDING_K, **kw)}
-    if task not in build:
-        raise ValueError(f"unknown language-model task {task!r}; valid: {', '.join(TASKS)}")
-    return build[task](tokenizer, config, n=n, seed=seed, split=split)
+    """The prompts of ``task`` of a corpus config, ``n`` of them, seeded: the language-model
+    variant of a registered task (:data:`TASKS`; the built-in ones: :func:`lm_ioi_prompts`,
+    :func:`lm_fact_prompts`, :func:`lm_generic_prompts`, :func:`lm_recall_prompts` (``recall``)
+    and :func:`lm_binding_prompts`)."""
+    if task not in task_names("lm"):
+        raise ValueError(f"unknown language-model task {task!r}; valid: {', '.join(task_names('lm'))}")
+    from mechtrunc.tasks.registry import task_builder
+
+    return task_builder(task, "lm")(tokenizer, config, n=n, seed=seed, split=split)
 
 
 def run_dir(path) -> Path | None:
@@ -330,8 +342,8 @@ def prompt_records(prompts: PromptSet, tokenizer) -> list[dict]:
 def prompts_for_model(model, task: str | os.PathLike, tokenizer=None, n: int = 200, seed: int = 0) -> PromptSet:
     """The default prompts of ``task`` for the model at ``model`` (a path or hub id): a
     language-model run of ``mechtrunc lm train`` (the run directory or one of its ``step{N}``
-    checkpoints) is evaluated on its own corpus' held-out prompts of ``ioi``, ``factual`` or
-    ``generic`` (:func:`run_prompts`, in the format it was trained on);
+    checkpoints) is evaluated on its own corpus' held-out prompts of a task with a language-model
+    variant (:data:`TASKS`; :func:`run_prompts`, in the format it was trained on);
     anything else, or a prompt file as ``task``, on :func:`mechtrunc.tasks.prompts_for_task` with ``tokenizer``.
     What the lenses, patching and the truncation and checkpoint studies of the command line use."""
     if uses_run_prompts(model, task):
@@ -346,4 +358,4 @@ def prompts_for_model(model, task: str | os.PathLike, tokenizer=None, n: int = 2
 def uses_run_prompts(model, task: str | os.PathLike) -> bool:
     """Whether :func:`prompts_for_model` gives ``model`` its run's own prompts: ``model`` is a
     language-model run (or one of its checkpoints) and ``task`` one of its tasks."""
-    return isinstance(model, (str, os.PathLike)) and str(task) in TASKS and run_dir(model) is not None
+    return isinstance(model, (str, os.PathLike)) and str(task) in task_names("lm") and run_dir(model) is not None

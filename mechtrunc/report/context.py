@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mechtrunc._choices import task_names
+
 __all__ = ["Context", "visible_token", "token_strings"]
 
 
@@ -109,11 +111,12 @@ class Context:
         info = getattr(self.result, "info", {})
         task = self.task or info.get("task")
         saved = self.result.study.get("prompts")
-        if task is None and isinstance(saved, str) and (saved in ("ioi", "factual") or Path(saved).is_file()):
+        if task is None and isinstance(saved, str) and (saved in task_names("prompts") or Path(saved).is_file()):
             task = saved
         if task is None:
             self.model_missing = ("study.json does not record the prompt task; pass it with "
-                                  "`mechtrunc report DIR --task ioi|factual|FILE` (or prompts= in Python)")
+                                  f"`mechtrunc report DIR --task {'|'.join(task_names('prompts'))}|FILE` (or prompts= "
+                                  "in Python)")
             return None
         from mechtrunc.report.readers import model_source
         from mechtrunc.lm.prompts import prompts_for_model

@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
+from mechtrunc._choices import task_names, task_spec, task_words
 from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.interventions import Compose, Intervention
 from mechtrunc.evaluation import evaluate
@@ -536,9 +537,11 @@ def checkpoint_study(
         prompt_desc = prompts_fingerprint(prompts_fn)
     elif isinstance(prompts_fn, (str, os.PathLike)):
         task = str(prompts_fn)
-        if task not in ("ioi", "factual") and not Path(task).is_file():
-            raise ValueError(f"unknown task {task!r}: give 'ioi', 'factual' or the path of a CSV/JSONL prompt file")
-        prompt_desc = task + (f" n={n_prompts} seed={prompt_seed}" if task == "ioi" else "")
+        if task not in task_names("prompts") and not Path(task).is_file():
+            raise ValueError(f"unknown task {task!r}: give {task_words('prompts')} or the path of a CSV/JSONL prompt "
+                             "file")
+        seeded = task in task_names("prompts") and task_spec(task).seeded
+        prompt_desc = task + (f" n={n_prompts} seed={prompt_seed}" if seeded else "")
     elif callable(prompts_fn):
         prompt_desc = "callable"
     else:

@@ -49,12 +49,6 @@ ITEMS_FILE = "items.parquet"
 #: where a truncation study keeps one per-item shard per finished configuration (resumable)
 ITEM_SHARDS = "item_shards"
 
-#: defaults of a grid, and how a grid is evaluated: "engine" (default;
-#: :mod:`mechtrunc.engine`: cached clean residuals, all keeps of a layer in one batched
-#: forward, logits only where read), or one reference evaluation per configuration with "weight"
-#: (LASER's dense write-back) or "hook"
-DEFAULT_KEEPS, DEFAULT_MATRICES, MODES = GRID_KEEPS, GRID_MATRICES, GRID_MODES
-
 
 def _study_key(row: dict) -> tuple:
     if row.get("baseline"):
@@ -209,8 +203,8 @@ class Grid:
     checked against a model by :meth:`resolve`; the rule / svd / mode names are checked here."""
 
     layers: tuple[int, ...] | None = None
-    matrices: tuple[str, ...] = DEFAULT_MATRICES
-    keeps: tuple[float, ...] = DEFAULT_KEEPS
+    matrices: tuple[str, ...] = GRID_MATRICES
+    keeps: tuple[float, ...] = GRID_KEEPS
     rule: str = DEFAULT_RULE
     svd: str = SVD_METHODS[0]
     mode: str = GRID_MODES[0]
@@ -236,8 +230,8 @@ class Grid:
             if not 0.0 <= k <= 1.0:
                 raise ValueError(f"keep must be in [0, 1], got {k!r}")
         object.__setattr__(self, "keeps", keeps)
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(MODES)}")
+        if self.mode not in GRID_MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(GRID_MODES)}")
         check_choice("rank rule", self.rule, RULES)
         if self.svd not in SVD_METHODS:
             raise ValueError(f"unknown svd method {self.svd!r}; valid: {', '.join(map(repr, SVD_METHODS))}")
@@ -273,14 +267,13 @@ def evaluate_grid(
 ) -> list[dict]:
     """Evaluate the unmodified model and every configuration of ``grid`` on ``prompts``.
 
-    THE grid evaluation (one model): every study funnels through this call, so a faster engine
-    (same rows to 1e-4) swaps in here.  Returns row dicts, the baseline first, then one per
+    THE grid evaluation (one model): every study funnels through this call.  Returns row dicts, the baseline first, then one per
     (layer, matrix, keep) in grid order, with the columns of :func:`truncation_study`.
     ``store`` (optional) supplies rows already computed and receives each new one as soon as it
     is finished.  Identity configurations (kept rank = maximum rank) reuse the baseline.
 
     ``grid.mode == "engine"`` computes the rows with :func:`mechtrunc.engine.run_grid`
-    (the same numbers as one ``evaluate`` per configuration, to about 1e-6 in float32; rows arrive
+    (the same numbers as one ``evaluate`` per configuration, within 1e-5 in float32; rows arrive
     a layer at a time, ``seconds`` is the time since the previous row; forwards of up to
     ``max(batch_size, 256)`` (prompt, configuration) rows); ``svd_cache`` is a directory of its
     decompositions keyed by the weights' hash, so a rerun or a second grid on the same
@@ -372,8 +365,8 @@ def truncation_study(
     model,
     prompts: PromptSet,
     layers: Iterable[int] | None = None,
-    matrices: Sequence[str] | str = DEFAULT_MATRICES,
-    keeps: Sequence[float] | float = DEFAULT_KEEPS,
+    matrices: Sequence[str] | str = GRID_MATRICES,
+    keeps: Sequence[float] | float = GRID_KEEPS,
     rule: str = DEFAULT_RULE,
     svd: str = "exact",
     batch_size: int = 32,
@@ -590,3 +583,17 @@ def _heldout_from_items(model, prompts: PromptSet, truncs: list, items: pd.DataF
     out.attrs["groups"] = sequence_groups(prompts, groups)[1]
     out.attrs["select"] = float(select)
     return out
+
+
+#: names of an earlier release -> the one name each now has (importable from here too)
+_DEPRECATED = {"DEFAULT_KEEPS": "GRID_KEEPS", "DEFAULT_MATRICES": "GRID_MATRICES", "MODES": "GRID_MODES"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(f"mechtrunc.studies.grid.{name} is deprecated; use {_DEPRECATED[name]} (same value)",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
