@@ -254,7 +254,9 @@ def _attribution(ctx: Context):
     """The attribution change under the best configuration: the study's file, else computed."""
     r = ctx.result
     if r.attribution is not None and {"component", "kind", "layer", "head", "change"} <= set(r.attribution.columns):
-        return r.attribution, "attribution_change.csv"
+        from mechtrunc.studies.truncation_files import ATTRIBUTION_FILE
+
+        return r.attribution, ATTRIBUTION_FILE
     model, prompts = ctx.model_and_prompts()
     if model is None:
         return None, None
