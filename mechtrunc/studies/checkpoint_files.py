@@ -31,7 +31,7 @@ from mechtrunc.studies.store import (
     ShardStore, StudyDirectory, atomic_write_text, has_tables, read_rows, read_tables, write_tables,
 )
 
-__all__ = ["CheckpointStudyDirectory", "read_checkpoint_items"]
+__all__ = ["CheckpointStudyDirectory", "read_checkpoint_items", "study_settings"]
 
 #: the merged table (``.csv`` and ``.parquet``)
 TABLE = "checkpoints"
@@ -47,6 +47,16 @@ HELDOUT_BY_STEP_FILE = "heldout_by_step.csv"
 INTERVALS_FILE = "intervals.csv"
 #: the SLURM executor's job scripts, pickles and logs
 SLURM = "slurm"
+
+
+def study_settings(truncation, grid, source: str, prompts: str, loader, steps) -> dict:
+    """The content of a checkpoint study's ``study.json``: what its rows depend on (the
+    truncation's label, the grid's settings, the checkpoints' source and the prompts'
+    description; compared on resume) and an ``info`` entry (the loader and the steps; not
+    compared: callables are described, and a rerun from another script may name them differently)."""
+    return {"kind": "checkpoints", "truncation": truncation.label if truncation is not None else None,
+            "grid": grid.to_dict() if grid is not None else None, "source": source, "prompts": prompts,
+            "info": {"source": getattr(loader, "__qualname__", repr(loader)), "steps": steps}}
 
 
 class CheckpointStudyDirectory(StudyDirectory):

@@ -34,7 +34,7 @@ from mechtrunc.interventions import Compose, Intervention
 from mechtrunc.evaluation import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
-from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory, read_checkpoint_items
+from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory, read_checkpoint_items, study_settings
 from mechtrunc.studies.grid import Grid, ItemStore, as_truncate, evaluate_grid
 from mechtrunc.studies.store import metric_values, prompts_fingerprint
 
@@ -517,13 +517,8 @@ def checkpoint_study(
         raise ValueError(f"the {ex.name} executor needs out= (results come back as shard files)")
 
     variants = (("full", None),) + ((("truncated", iv),) if iv is not None else ())
-    # callables are described (info), not compared: a rerun from another script may name them differently
-    meta = {"kind": "checkpoints", "truncation": iv.label if iv is not None else None,
-            "grid": the_grid.to_dict() if the_grid is not None else None,
-            "source": source, "prompts": prompt_desc,
-            "info": {"source": getattr(loader, "__qualname__", repr(loader)), "steps": steps}}
     directory = CheckpointStudyDirectory(out)
-    directory.open(meta)  # storage: settings checked, temporaries removed
+    directory.open(study_settings(iv, the_grid, source, prompt_desc, loader, steps))  # storage: settings checked
     units = [CheckpointUnit(step=s, loader=loader, prompts=prompts, variants=variants if the_grid is None else (),
                             grid=the_grid, batch_size=batch_size, out=None if out is None else str(out),
                             gpus=_gpus_for(load_kwargs))

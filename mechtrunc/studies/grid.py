@@ -39,8 +39,10 @@ from mechtrunc.prompts import PromptSet
 from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
 )
-from mechtrunc.studies.store import ITEMS_FILE, RowStore, metric_values, model_fingerprint, prompts_fingerprint
-from mechtrunc.studies.truncation_files import ItemStore, TruncationDirectory, TruncationRows, read_items, row_key
+from mechtrunc.studies.store import ITEMS_FILE, RowStore, metric_values
+from mechtrunc.studies.truncation_files import (
+    ItemStore, TruncationDirectory, TruncationRows, read_items, row_key, study_settings,
+)
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate",
            "heldout_configuration", "ItemStore", "read_items", "ITEMS_FILE"]
@@ -324,14 +326,9 @@ def truncation_study(
         raise ValueError("the prompt set has no items to score")
     if metric is not None:
         check_prompt_metric(prompts, metric)
-    cfg = getattr(model, "cfg", None)
-    meta = {"kind": "truncation", "model": model_fingerprint(model), "prompts": prompts_fingerprint(prompts),
-            "n_items": len(prompts), "rule": rule, "svd": svd, "mode": mode,
-            "info": {"model_name": str(getattr(cfg, "model_name", type(model).__name__)),
-                     "revision": getattr(cfg, "revision", None), **(info or {})}}
     # storage: the directory's settings checked, its finished rows read
     directory = TruncationDirectory(out)
-    finished = directory.open(meta)
+    finished = directory.open(study_settings(model, prompts, grid, info))
     if svd_cache is None and directory.out is not None and mode == "engine":
         svd_cache = os.fspath(directory.svd_cache)
     # evaluation: every row not finished yet, each handed to the directory as it is finished

@@ -27,10 +27,11 @@ import pandas as pd
 
 from mechtrunc.results import keep_key, tidy_truncation, upgrade_columns, upgrade_record
 from mechtrunc.studies.store import (
-    RowStore, ShardStore, StudyDirectory, has_tables, read_rows, read_tables, write_tables,
+    RowStore, ShardStore, StudyDirectory, has_tables, model_fingerprint, prompts_fingerprint, read_rows, read_tables,
+    write_tables,
 )
 
-__all__ = ["TruncationDirectory", "TruncationSummary", "TruncationRows", "ItemStore", "read_items",
+__all__ = ["TruncationDirectory", "TruncationSummary", "study_settings", "TruncationRows", "ItemStore", "read_items",
            "row_key", "BEST_FILE", "ATTRIBUTION_FILE", "HELDOUT_FILE"]
 
 #: the table (``.csv`` and ``.parquet``)
@@ -52,6 +53,17 @@ def row_key(row) -> tuple:
     if bool(row.get("baseline")):
         return ("baseline",)
     return (int(row["layer"]), str(row["matrix"]), keep_key(row["keep"]))
+
+
+def study_settings(model, prompts, grid, info: dict | None = None) -> dict:
+    """The content of a truncation study's ``study.json``: what its rows depend on (the model's
+    and the prompts' fingerprints, the number of items, the grid's rule, SVD method and mode;
+    compared on resume) and an ``info`` entry (model name, revision and ``info``; not compared)."""
+    cfg = getattr(model, "cfg", None)
+    return {"kind": "truncation", "model": model_fingerprint(model), "prompts": prompts_fingerprint(prompts),
+            "n_items": len(prompts), "rule": grid.rule, "svd": grid.svd, "mode": grid.mode,
+            "info": {"model_name": str(getattr(cfg, "model_name", type(model).__name__)),
+                     "revision": getattr(cfg, "revision", None), **(info or {})}}
 
 
 # ----------------------------------------------------------------------------------------
