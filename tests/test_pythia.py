@@ -371,12 +371,18 @@ def test_best_configuration_heatmap_and_report(bridge, ioi, ioi_study, tmp_path)
     png = truncation_heatmap(df, "logit_diff_the", tmp_path / "heat.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
-    paths = study_report(bridge, ioi, df, "logit_diff_the", tmp_path / "report")
+    rep = study_report(bridge, ioi, df, "logit_diff_the", tmp_path / "report")
+    paths = rep.paths
     assert set(paths) == {"heatmap", "best", "attribution", "attribution_by_layer"}
     assert all(Path(p).is_file() for p in paths.values())
     summary = json.loads(paths["best"].read_text())
+    assert summary == json.loads(json.dumps(rep.best))  # returned: what best.json holds, not read back
     assert summary["best"]["layer"] == best["layer"] and summary["truncated"]["logit_diff_the"] == best["value"]
     change = pd.read_csv(paths["attribution"])
+    assert list(rep.attribution["component"]) == list(change["component"])
+    assert rep.attribution["change"].to_numpy() == pytest.approx(change["change"].to_numpy())
+    by_layer = pd.read_csv(paths["attribution_by_layer"])
+    assert rep.attribution_by_layer["change"].to_numpy() == pytest.approx(by_layer["change"].to_numpy())
     assert {"L0H0", "L1H3", "L1.mlp", "total"} <= set(change["component"])
     total = change[(change.component == "total") & (change.competitor == "the")]["change"].item()
     assert total == pytest.approx(best["value"] - best["baseline_value"], abs=1e-4)

@@ -219,7 +219,9 @@ def study_summary(tables: dict, run: Path, n_prompts: int, loss_budget: float) -
                                                                              "ci_high")}
                                     for _, r in rows.iterrows()}
             chosen.append(entry)
-    return {"run": str(run), "study_dir": str(run / "study"), "n_prompts": n_prompts, "loss_budget": loss_budget,
+    from mechtrunc.studies.lm_files import LMStudyDirectory
+
+    return {"run": str(run), "study_dir": str(LMStudyDirectory(run).dir), "n_prompts": n_prompts, "loss_budget": loss_budget,
             "summary": summary, "truncations": chosen}
 
 
@@ -235,10 +237,11 @@ def _change_text(name: str, m: dict) -> str:
 def cmd_study(args) -> int:
     run = Path(args.run)
     _check_run_dir(run)
+    from mechtrunc.selection import DEFAULT_BUDGET
     from mechtrunc.studies.lm import study_run
 
-    tables = study_run(run, n_prompts=args.n)
-    loss_budget = json.loads((run / "study" / "study.json").read_text())["loss_budget"]  # the settings used
+    loss_budget = DEFAULT_BUDGET
+    tables = study_run(run, n_prompts=args.n, loss_budget=loss_budget)  # a cached study with others is refused
     rep = study_summary(tables, run, args.n, loss_budget)
     if args.json:
         print(json.dumps(rep))

@@ -5,7 +5,6 @@ grid engine by default (``--mode engine``, :data:`mechtrunc._choices.GRID_MODES`
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mechtrunc import _choices
@@ -109,10 +108,9 @@ def _print_heldout(model, prompts, grid, metric, args, items=None) -> None:
     try:
         h = heldout_configuration(model, prompts, grid, metric=metric, select=select, seed=args.seed,
                                   collateral=collateral, budget=args.budget, n_boot=n_boot, items=items,
-                                  batch_size=max(args.batch_size, 256))
+                                  batch_size=max(args.batch_size, 256), out=args.out)
     except ValueError as e:  # e.g. too few templates or prompts to split
         raise UsageError(f"--heldout: {e}") from None
-    h["table"].to_csv(Path(args.out) / "heldout.csv", index=False)
     sel, ev = h["select"], h["eval"]
     pct = round(100 * h["level"])
     what = "the full model (no configuration beat it)" if h["baseline"] else \
@@ -130,7 +128,7 @@ def _print_heldout(model, prompts, grid, metric, args, items=None) -> None:
         budget = DEFAULT_BUDGET if args.budget is None else args.budget
         print(f"  collateral: loss on {args.collateral} {ev['collateral_truncated']:.4f} vs {ev['collateral_full']:.4f} "
               f"full ({ev['collateral_change']:+.4f} nats; budget {budget:g})")
-    print(f"  heldout: {Path(args.out) / 'heldout.csv'}")
+    print(f"  heldout: {h['path']}")
 
 
 def cmd_truncate(args) -> int:
@@ -155,9 +153,9 @@ def cmd_truncate(args) -> int:
                                  out=args.out, progress=not args.no_progress, return_items=True,
                                  info={"task": str(args.task), "n": args.n, "seed": args.seed}, metric=args.metric)
     metric = args.metric or default_metric(df.columns)
-    paths = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size,
-                         items=items)
-    best = json.loads(Path(paths["best"]).read_text())
+    summary = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size,
+                           items=items)
+    best = summary.best
     b = best["best"]
     print(f"{len(df) - 1} configurations on {len(prompts)} prompts -> {args.out}")
     print(f"best by {metric}: layer {b['layer']} {b['matrix']} keep {b['keep']} (rank {b['rank']}): "
@@ -168,7 +166,7 @@ def cmd_truncate(args) -> int:
         print(f"  change {ci['change']:+.4g} [{ci['ci_low']:+.4g}, {ci['ci_high']:+.4g}] "
               f"({round(100 * iv['level'])}% paired bootstrap, {iv['n_boot']} resamples, {iv['n_items']} prompts; "
               "in-sample)")
-    for name, path in paths.items():
+    for name, path in summary.paths.items():
         print(f"  {name}: {path}")
     if args.heldout:
         from mechtrunc.selection import HELDOUT_METRIC
@@ -180,6 +178,7 @@ def cmd_truncate(args) -> int:
 
 def _executor(args):
     """The executor object of the checkpoint command's options (ValueError on bad values)."""
+    from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory
     from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
 
     slurm_opts = {"--slurm-partition": args.slurm_partition, "--slurm-time": args.slurm_time,
@@ -196,7 +195,7 @@ def _executor(args):
         raise ValueError("--no-prefetch only applies with --executor local")
     if args.executor == "ray":
         return RayExecutor(address=args.ray_address)
-    return SlurmExecutor(folder=Path(args.out) / "slurm", partition=args.slurm_partition,
+    return SlurmExecutor(folder=CheckpointStudyDirectory(args.out).slurm_dir, partition=args.slurm_partition,
                          time_min=args.slurm_time if args.slurm_time is not None else 60,
                          gpus_per_task=args.slurm_gpus,
                          array_parallelism=args.slurm_array_parallelism if args.slurm_array_parallelism else 32,
@@ -214,6 +213,7 @@ def cmd_checkpoints(args) -> int:
     from mechtrunc.results import P_ANSWER, default_metric
     from mechtrunc.studies import Grid, checkpoint_study
     from mechtrunc.selection import HELDOUT_METRIC
+    from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory
     from mechtrunc.studies.checkpoints import best_by_step, heldout_by_step, step_intervals
     from mechtrunc.viz import checkpoint_plot
 
@@ -223,10 +223,9 @@ def cmd_checkpoints(args) -> int:
         grid = Grid(rule=args.rule, **{k: v for k, v in given.items() if v is not None})
         truncation = None
     elif args.from_dir is not None:
-        best_path = Path(args.from_dir) / "best.json"
-        if not best_path.is_file():
-            raise ValueError(f"{str(best_path)!r} does not exist: run `mechtrunc pythia truncate --out {args.from_dir}` first")
-        truncation = json.loads(best_path.read_text())["best"]
+        from mechtrunc.studies.truncation_files import TruncationDirectory
+
+        truncation = TruncationDirectory(args.from_dir).read_best()["best"]
     elif args.layer is not None:
         from mechtrunc.interventions import Truncate
 
@@ -249,24 +248,23 @@ def cmd_checkpoints(args) -> int:
         metrics = (metric,)
     else:
         plot_df, metrics = df, tuple(m for m in (P_ANSWER, "p_the") if m in df.columns) or (P_ANSWER,)
-    plot = checkpoint_plot(plot_df, Path(args.out) / "checkpoints.png", metrics=metrics, title=args.model)
+    directory = CheckpointStudyDirectory(args.out)
+    plot = checkpoint_plot(plot_df, directory.figure_path, metrics=metrics, title=args.model)
     print(f"{df['step'].nunique()} checkpoints -> {args.out} (table checkpoints.csv, figure {plot.name})")
     last = int(df["step"].iloc[-1])
     try:
         if grid is not None:  # the honest choice: made on half of the prompts, reported on the other half
-            h = heldout_by_step(items, HELDOUT_METRIC, seed=args.seed)
-            h.to_csv(Path(args.out) / "heldout_by_step.csv", index=False)
+            h = heldout_by_step(items, HELDOUT_METRIC, seed=args.seed, out=args.out)
             ev = h[(h["step"] == last) & (h["part"] == "eval")].iloc[0]
             what = "the full model" if bool(ev["baseline"]) else \
                 f"layer {int(ev['layer'])} {ev['matrix']} keep {float(ev['keep']):g}"
-            print(f"held-out choice by {HELDOUT_METRIC} per step -> {Path(args.out) / 'heldout_by_step.csv'}; at step "
+            print(f"held-out choice by {HELDOUT_METRIC} per step -> {directory.heldout_by_step_path}; at step "
                   f"{last}: {what}, on the held-out prompts {ev['truncated']:.4g} vs {ev['full']:.4g} full, change "
                   f"{ev['change']:+.3g} [{ev['ci_low']:+.3g}, {ev['ci_high']:+.3g}] ({round(100 * ev['level'])}% "
                   f"paired bootstrap, {int(ev['n_boot'])} resamples, {int(ev['n_items'])} prompts)")
         else:
-            iv = step_intervals(items, P_ANSWER)
-            iv.to_csv(Path(args.out) / "intervals.csv", index=False)
-            print(f"P(answer) per step with 95% bootstrap intervals -> {Path(args.out) / 'intervals.csv'}")
+            iv = step_intervals(items, P_ANSWER, out=args.out)
+            print(f"P(answer) per step with 95% bootstrap intervals -> {directory.intervals_path}")
             t = iv[(iv["step"] == last) & (iv["config"] == 1)]
             if len(t):
                 r = t.iloc[0]

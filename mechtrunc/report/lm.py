@@ -84,8 +84,10 @@ def _study_command(r) -> str:
     return f"mechtrunc lm study {r.directory}" + (f" --n {n}" if n not in (None, 200) else "")
 
 
-def _missing(r, file: str) -> str:
-    return note(f"<code>study/{esc(file)}</code> is missing: the study was interrupted before writing it. Rerun "
+def _missing(r, table: str) -> str:
+    from mechtrunc.studies.lm_files import TABLES
+
+    return note(f"<code>study/{esc(TABLES[table])}</code> is missing: the study was interrupted before writing it. Rerun "
                 f"<code>{esc(_study_command(r))}</code> to finish it (finished tables are kept).", "warning")
 
 
@@ -335,7 +337,7 @@ def curves_section(ctx: Context) -> Section | None:
                       "order-of-learning steps (next section).")
     curves = r.tables.get("curves")
     if curves is None:
-        return s.add(_missing(r, "curves.csv"))
+        return s.add(_missing(r, "curves"))
     fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[TASK_INFO[t]["title"] for t in tasks],
                         horizontal_spacing=0.06, shared_yaxes=True)
     steps = sorted(set(curves["step"].astype(int)))
@@ -382,7 +384,7 @@ def order_section(ctx: Context) -> Section | None:
                       f"(<code>mechtrunc.studies.lm.learning_steps</code>, threshold {esc(words['rule'])}).")
     steps = study_steps(r)
     if steps is None:
-        return s.add(_missing(r, "curves.csv"))
+        return s.add(_missing(r, "curves"))
     last = int(r.tables["curves"]["step"].max())
     df = pd.DataFrame([{"step": key, "checkpoint": _fmt_step(steps.get(key), last), "meaning": label.format(**words)}
                        for key, label in STEP_LABELS.items() if key not in STEP_TASK or STEP_TASK[key] in tasks])
@@ -500,7 +502,7 @@ def grid_section(ctx: Context) -> Section | None:
                       f"on held-out corpus text (the collateral cost). Hover a cell for every number.{esc(other)}")
     grids = _grids(r)
     if "final" not in grids:
-        return s.add(_missing(r, "grid_final.csv"))
+        return s.add(_missing(r, "grid_final"))
     for when, (step, grid) in grids.items():
         for task in tasks:
             info = TASK_INFO[task]
@@ -543,7 +545,7 @@ def best_section(ctx: Context) -> Section | None:
                          if any(_other_city(t) for t in _answer_tasks(r)) else ""))
     chosen = chosen_truncations(r)
     if not chosen:
-        return s.add(_missing(r, "grid_final.csv"))
+        return s.add(_missing(r, "grid_final"))
     rows, bars, missing = [], [], []
     for c in chosen:
         config = ("none (no truncation beats the full model)" if c["baseline"]
@@ -552,7 +554,7 @@ def best_section(ctx: Context) -> Section | None:
                "select gain in P(answer)": c["select_gain"], "corpus loss increase": c["loss_increase"]}
         ch = c["change"]
         if ch is None:
-            missing.append(f"best_{c['checkpoint']}_{c['task']}.csv")
+            missing.append(f"best_{c['checkpoint']}_{c['task']}")
         elif not ch.empty:
             by = ch.set_index("metric")
             for metric, label in BEST_METRICS:
@@ -564,8 +566,8 @@ def best_section(ctx: Context) -> Section | None:
                     bars.append((f"{c['checkpoint']} {c['task']}", label, m))
         rows.append(rec)
     s.add(html_table(pd.DataFrame(rows), scroll=False))
-    for file in missing:
-        s.add(_missing(r, file))
+    for table in missing:
+        s.add(_missing(r, table))
     if bars:
         fig = go.Figure()
         for (_, label), color in zip(BEST_METRICS, (ANSWER, THE, OTHER)):
@@ -591,7 +593,7 @@ def best_section(ctx: Context) -> Section | None:
         s.add("<h3>Every metric of the chosen truncations (eval prompts)</h3>", html_table(df[cols], scroll=False))
     att = r.tables.get("attribution")
     if att is None:
-        s.add(_missing(r, "attribution.csv"))
+        s.add(_missing(r, "attribution"))
     elif not att.empty:
         top = att.reindex(att["change"].abs().sort_values(ascending=False).index).head(12)
         main = _answer_tasks(r)[0]
@@ -621,7 +623,7 @@ def where_section(ctx: Context) -> Section | None:
                       "<code>W_out</code> that pushes ' the' most (<code>mt.rank_components</code>).")
     where = r.tables.get("where")
     if where is None:
-        return s.add(_missing(r, "where_the.csv"))
+        return s.add(_missing(r, "where"))
     names = {"p_the_full": "P(' the') full", "p_the_mlp_removed": "P(' the') MLP removed",
              "p_the_drop": "drop", "mlp_dla_io_minus_the": f"MLP DLA to {answer} - ' the'",
              "top_component": "top ' the' component", "top_component_push": "its push"}

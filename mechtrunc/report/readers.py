@@ -1,7 +1,10 @@
 """Recognise and read a result directory: a toy run, a truncation study or a checkpoint study.
 
-This module is the only place that knows the files each result leaves behind; reports read
-results through it and never recompute a study.
+Reports read results through this module and never recompute a study.  A study's files are
+read by the module that owns its directory (:mod:`mechtrunc.studies.truncation_files`,
+:mod:`mechtrunc.studies.checkpoint_files`, :mod:`mechtrunc.studies.lm_files`), which also
+writes them; this module recognises the kind of a directory and wraps what they read in
+objects that render a summary.
 
 - toy run (``mechtrunc toy train`` / ``make demo``): ``config.json`` with a ``train`` entry,
   ``model.safetensors``, ``history.csv``.
@@ -25,31 +28,25 @@ from its finished rows and marked ``incomplete``; one with no finished row at al
 from __future__ import annotations
 
 import json
-import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mechtrunc._choices import LM_RUN_FORMAT
-from mechtrunc.results import upgrade_columns, upgrade_record
+from mechtrunc.results import upgrade_columns
 
 __all__ = ["NotAResultError", "ToyRun", "MemoryRun", "TruncationResults", "CheckpointResults", "LMRun", "read_result",
            "KINDS", "LM_STUDY_TABLES"]
 
 KINDS = ("toy", "memory", "truncation", "checkpoints", "lm")
 
-#: the tables of a language-model run's study (``RUN/study/``, written by
-#: :func:`mechtrunc.studies.lm.study_run`): name -> file; the competition checkpoint's grid and
-#: choices exist only when that checkpoint is not the final one, the choices of a task only when
-#: the run is studied on it (:func:`mechtrunc.studies.lm.study_tasks`: ioi and factual on the
-#: default corpus, recall and binding on a noisy-recall one)
-LM_STUDY_TABLES = {
-    "curves": "curves.csv", "grid_final": "grid_final.csv", "attribution": "attribution.csv", "where": "where_the.csv",
-    "grid_competition": "grid_competition.csv", "ledger": "ledger.csv",
-    **{f"best_{when}_{task}": f"best_{when}_{task}.csv" for when in ("final", "competition")
-       for task in ("ioi", "factual", "recall", "binding")},
-}
+
+def __getattr__(name):
+    if name == "LM_STUDY_TABLES":  # the tables of a language-model run's study: name -> file
+        from mechtrunc.studies.lm_files import TABLES
+
+        return TABLES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class NotAResultError(ValueError):
@@ -64,39 +61,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise NotAResultError(f"{str(path)!r} does not hold a JSON object")
     return data
-
-
-def _read_table(directory: Path, stem: str):
-    """``stem.parquet`` (when pyarrow can read it) or ``stem.csv``; None when neither exists."""
-    import pandas as pd
-
-    pq, csv = directory / f"{stem}.parquet", directory / f"{stem}.csv"
-    if pq.is_file():
-        try:
-            return upgrade_columns(pd.read_parquet(pq))
-        except Exception as e:  # pyarrow missing or a partly written file: fall back to the CSV
-            if not csv.is_file():
-                raise NotAResultError(f"{str(pq)!r} could not be read ({e})") from None
-    if csv.is_file():
-        try:
-            return upgrade_columns(pd.read_csv(csv))
-        except Exception as e:
-            raise NotAResultError(f"{str(csv)!r} could not be read ({e})") from None
-    return None
-
-
-def _read_rows_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(upgrade_record(json.loads(line)))
-        except json.JSONDecodeError:  # a line cut by the interruption
-            continue
-    return rows
 
 
 def _html_summary(title: str, lines: list[str], df=None, max_rows: int = 12) -> str:
@@ -275,124 +239,26 @@ def model_revision(result) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------
-def _clean_truncation_rows(rows: list[dict]):
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
-    if "baseline" not in df.columns:
-        df["baseline"] = False
-    df["baseline"] = df["baseline"].fillna(False).astype(bool)
-    for col in ("layer", "rank", "max_rank"):
-        if col in df.columns:
-            df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
-                                for v in df[col]], dtype="Int64")
-    if "keep" in df.columns:
-        df["keep"] = df["keep"].astype("float64")
-    # rows.jsonl may hold a row twice (appended again by a resumed run): keep the last
-    key = [c for c in ("baseline", "layer", "matrix", "keep") if c in df.columns]
-    return df.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+def _owned(read):
+    """What a study directory's owner reads, its ValueErrors as :class:`NotAResultError`."""
+    try:
+        return read()
+    except NotAResultError:
+        raise
+    except ValueError as e:
+        raise NotAResultError(str(e)) from None
 
 
 def _read_truncation(d: Path, study: dict) -> TruncationResults:
-    table = _read_table(d, "truncation")
-    incomplete = None
-    if table is None:
-        rows = _read_rows_jsonl(d / "rows.jsonl")
-        if not rows:
-            raise NotAResultError(
-                f"{str(d)!r} holds a truncation study that has not finished a single row yet (no truncation.csv, "
-                "no rows in rows.jsonl); rerun the study with the same output directory to resume it")
-        table = _clean_truncation_rows(rows)
-        incomplete = (f"the study was interrupted: {len(table)} finished rows read from rows.jsonl, no final "
-                      "truncation.csv; rerun the study with the same output directory to finish it")
-    if "baseline" not in table.columns:
-        raise NotAResultError(f"{str(d)!r}: the truncation table has no 'baseline' column; is it a mechtrunc study?")
-    table["baseline"] = table["baseline"].astype(bool)
-    best = _read_json(d / "best.json") if (d / "best.json").is_file() else None
-    attribution = None
-    if (d / "attribution_change.csv").is_file():
-        import pandas as pd
+    from mechtrunc.studies.truncation_files import TruncationDirectory
 
-        try:
-            attribution = pd.read_csv(d / "attribution_change.csv")
-        except Exception as e:
-            warnings.warn(f"attribution_change.csv could not be read ({e}); it will be recomputed if possible")
-    items = heldout = None
-    if incomplete is None and (d / "items.parquet").is_file():
-        import pandas as pd
-
-        try:
-            items = pd.read_parquet(d / "items.parquet")
-        except Exception as e:  # noqa: BLE001 - the report then shows no intervals
-            warnings.warn(f"items.parquet could not be read ({e}); the report shows no intervals")
-    elif incomplete is not None and (d / "item_shards").is_dir():
-        # an interrupted study: every finished row's items were written before the row itself
-        from mechtrunc.studies.grid import ItemStore
-
-        try:  # read only: the study may still be running, its writer's temporaries stay
-            items = ItemStore(d, clean=False).table(table)
-        except Exception as e:  # noqa: BLE001 - the report then shows no intervals
-            warnings.warn(f"the finished rows' per-item values could not be read ({e}); the report shows no intervals")
-    if (d / "heldout.csv").is_file():
-        import pandas as pd
-
-        try:
-            heldout = pd.read_csv(d / "heldout.csv")
-        except Exception as e:  # noqa: BLE001
-            warnings.warn(f"heldout.csv could not be read ({e})")
-    return TruncationResults(d, table, study, best, attribution, incomplete=incomplete, items=items,
-                             heldout=heldout)
-
-
-def _read_shards(d: Path):
-    """Per-checkpoint Parquet shards of an unfinished checkpoint study (any ``*.parquet`` below
-    the directory other than the merged table), concatenated."""
-    import pandas as pd
-
-    frames = []
-    for p in sorted(d.rglob("*.parquet")):
-        if p.parent == d and p.name == "checkpoints.parquet":
-            continue
-        try:
-            f = pd.read_parquet(p)
-        except Exception:  # a shard cut by the interruption
-            continue
-        if {"step", "variant"} <= set(f.columns) and "item" not in f.columns:  # not a per-item shard
-            frames.append(f)
-    return pd.concat(frames, ignore_index=True) if frames else None
+    return TruncationResults(d, study=study, **_owned(TruncationDirectory(d).read))
 
 
 def _read_checkpoints(d: Path, study: dict) -> CheckpointResults:
-    import pandas as pd
+    from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory
 
-    table = _read_table(d, "checkpoints")
-    incomplete = None
-    if table is None:
-        rows = _read_rows_jsonl(d / "rows.jsonl")
-        table = pd.DataFrame(rows) if rows else _read_shards(d)
-        if table is None or table.empty:
-            raise NotAResultError(
-                f"{str(d)!r} holds a checkpoint study that has not finished a single checkpoint yet (no "
-                "checkpoints.csv, no finished rows); rerun the study with the same output directory to resume it")
-        table = table.drop_duplicates(subset=["step", "variant"], keep="last")
-        incomplete = (f"the study was interrupted: {table['step'].nunique()} finished checkpoints read from its "
-                      "partial results, no final checkpoints.csv; rerun the study with the same output directory")
-    missing = {"step", "variant"} - set(table.columns)
-    if missing:
-        raise NotAResultError(f"{str(d)!r}: the checkpoint table lacks column(s) {sorted(missing)}")
-    table["step"] = table["step"].astype("int64")
-    items = None
-    if (d / "items.parquet").is_file() or (d / "item_shards").is_dir():  # finished, or the finished steps so far
-        from mechtrunc.studies.checkpoints import read_checkpoint_items
-
-        try:
-            items = read_checkpoint_items(d)
-            items = items[items["step"].isin(set(table["step"]))]
-        except Exception as e:  # noqa: BLE001 - the report then shows no intervals
-            warnings.warn(f"the per-item values could not be read ({e}); the report shows no intervals")
-            items = None
-    return CheckpointResults(d, table.sort_values(["step", "variant"], kind="stable").reset_index(drop=True),
-                             study, incomplete=incomplete, items=items)
+    return CheckpointResults(d, study=study, **_owned(CheckpointStudyDirectory(d).read))
 
 
 def _read_memory(d: Path, cfg: dict) -> MemoryRun:
@@ -428,7 +294,7 @@ def _read_csv_or_empty(path: Path):
 
     try:
         return pd.read_csv(path)
-    except pd.errors.EmptyDataError:  # the study writes an empty table when there is nothing to show
+    except pd.errors.EmptyDataError:  # an empty table
         return pd.DataFrame()
     except Exception as e:
         raise NotAResultError(f"{str(path)!r} could not be read ({e})") from None
@@ -452,11 +318,9 @@ def _read_lm(d: Path, run: dict) -> LMRun:
     if summary is None:
         incomplete = (f"training has not finished: the last checkpoint is step {steps[-1]} of {total}; rerun "
                       f"`mechtrunc lm train --out {d}` with the same options to resume it")
-    study, tables = None, {}
-    sd = d / "study"
-    if (sd / "study.json").is_file():
-        study = _read_json(sd / "study.json")
-        tables = {name: _read_csv_or_empty(sd / file) for name, file in LM_STUDY_TABLES.items() if (sd / file).is_file()}
+    from mechtrunc.studies.lm_files import LMStudyDirectory
+
+    study, tables = _owned(LMStudyDirectory(d).read)
     return LMRun(d, run, history, summary, steps, study, tables, incomplete=incomplete)
 
 
@@ -482,19 +346,23 @@ def _detect(d: Path) -> tuple[str, dict]:
         run = _read_json(d / "run.json")
         if run.get("format") == LM_RUN_FORMAT:
             return "lm", run
-    if (d / "study.json").is_file():
-        study = _read_json(d / "study.json")
+    from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory
+    from mechtrunc.studies.truncation_files import TruncationDirectory
+
+    settings = TruncationDirectory(d).settings_path  # every study's settings file
+    if settings.is_file():
+        study = _read_json(settings)
         kind = study.get("kind")
         if kind in ("truncation", "checkpoints"):
             return kind, study
         if kind is None and (d.parent / "run.json").is_file():
             raise NotAResultError(f"{str(d)!r} is the study folder of a language-model run; give the run directory "
                                   f"itself: mechtrunc report {d.parent}")
-        raise NotAResultError(f"{str(d / 'study.json')!r} has an unknown study kind {kind!r}; "
+        raise NotAResultError(f"{str(settings)!r} has an unknown study kind {kind!r}; "
                               "known kinds: truncation, checkpoints")
-    if (d / "truncation.csv").is_file() or (d / "truncation.parquet").is_file():
+    if TruncationDirectory(d).has_table():
         return "truncation", {}
-    if (d / "checkpoints.csv").is_file() or (d / "checkpoints.parquet").is_file():
+    if CheckpointStudyDirectory(d).has_table():
         return "checkpoints", {}
     if (d / "config.json").is_file():
         cfg = _read_json(d / "config.json")

@@ -14,6 +14,7 @@ import torch
 from mechtrunc.report.context import Context, token_strings, visible_token
 from mechtrunc.report.page import CircuitsView, Section, esc, html_table, note
 from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER, default_metric, find_row, metric_columns
+from mechtrunc.studies.truncation_files import ATTRIBUTION_FILE, BEST_FILE
 
 __all__ = ["SECTIONS", "choose_metric"]
 
@@ -214,7 +215,7 @@ def best_section(ctx: Context) -> Section:
     row = find_row(df, best)
     base = df[df["baseline"]]
     s.intro = (f"Best by <b>{esc(best['metric'])}</b>: layer {best['layer']} <code>{esc(best['matrix'])}</code> keep "
-               f"{best['keep']:g} (rank {best.get('rank')}); source: {'best.json' if r.best else 'the table'}.")
+               f"{best['keep']:g} (rank {best.get('rank')}); source: {BEST_FILE if r.best else 'the table'}.")
     cols = metric_columns(df)
     tab = pd.DataFrame({"metric": cols,
                         "full model": [float(base[c].iloc[0]) if len(base) else None for c in cols],
@@ -254,7 +255,7 @@ def _attribution(ctx: Context):
     """The attribution change under the best configuration: the study's file, else computed."""
     r = ctx.result
     if r.attribution is not None and {"component", "kind", "layer", "head", "change"} <= set(r.attribution.columns):
-        return r.attribution, "attribution_change.csv"
+        return r.attribution, ATTRIBUTION_FILE
     model, prompts = ctx.model_and_prompts()
     if model is None:
         return None, None

@@ -3,8 +3,13 @@ studies at scale, and a report tying the best truncation to attribution.
 
 Modules:
 
-- :mod:`~mechtrunc.studies.store`: fingerprints, the resumable row store (``rows.jsonl`` +
-  ``study.json``), atomic Parquet shards, the final CSV/Parquet tables.
+- :mod:`~mechtrunc.studies.store`: fingerprints, the resumable row store, atomic Parquet shards,
+  the final CSV/Parquet tables, and what every study directory shares (settings, resume log,
+  per-item side table).
+- :mod:`~mechtrunc.studies.truncation_files`, :mod:`~mechtrunc.studies.checkpoint_files`,
+  :mod:`~mechtrunc.studies.lm_files`: the one module per kind of study that knows its directory
+  (every file's name, its writer and its reader); the studies evaluate, then hand their results
+  to it, and the report reads them back through it.
 - :mod:`~mechtrunc.studies.grid`: :class:`Grid`, :func:`evaluate_grid` (the one grid evaluation
   on one model), :func:`truncation_study`, :func:`best_configuration`, :func:`as_truncate`,
   :func:`heldout_configuration` (chosen on part of the prompts, reported on the rest).

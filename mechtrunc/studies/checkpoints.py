@@ -5,8 +5,9 @@ A unit (:class:`CheckpointUnit`) loads one checkpoint, builds the prompts with i
 evaluates either the full model and one truncation (``truncation=``) or the full model and a
 whole :class:`~mechtrunc.studies.grid.Grid` (``grid=``, through
 :func:`~mechtrunc.studies.grid.evaluate_grid`), and writes ``OUT/shards/step{N}.parquet``
-(temporary file + ``os.replace``).  A rerun skips the steps whose shard exists; the final table
-is the merge of the shards, in step order.  Because a shard is written in one atomic step and
+(temporary file + ``os.replace``; the directory's files:
+:mod:`~mechtrunc.studies.checkpoint_files`).  A rerun skips the steps whose shard exists; the final
+table is the merge of the shards, in step order.  Because a shard is written in one atomic step and
 rewriting it with the same rows is harmless, a kill at any moment (or a retried task) can
 neither lose nor duplicate rows.  Units run on an executor (:mod:`mechtrunc.studies.executors`):
 in process (default), on Ray, or on SLURM through submitit.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +35,9 @@ from mechtrunc.interventions import Compose, Intervention
 from mechtrunc.evaluation import evaluate
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
-from mechtrunc.studies.grid import ITEM_SHARDS, ITEMS_FILE, Grid, ItemStore, as_truncate, evaluate_grid
-from mechtrunc.studies.store import (
-    ShardStore, metric_values, prompts_fingerprint, write_tables, atomic_write_parquet, atomic_write_text, check_meta,
-)
+from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory, read_checkpoint_items, study_settings
+from mechtrunc.studies.grid import Grid, ItemStore, as_truncate, evaluate_grid
+from mechtrunc.studies.store import metric_values, prompts_fingerprint
 
 __all__ = ["checkpoint_study", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
            "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
@@ -168,31 +167,21 @@ class CheckpointUnit:
     def name(self) -> str:
         return f"step{self.step}"
 
+    @property
+    def directory(self) -> CheckpointStudyDirectory:
+        return CheckpointStudyDirectory(self.out)
+
     def done(self) -> bool:
-        # finished = the row shard and its per-item shard (a directory written before the side
-        # table existed, or a crash between the two writes, recomputes the step)
-        return self.out is not None and ShardStore(self.out).done(self.name) and _item_shards(self.out).done(self.name)
+        return self.directory.step_done(self.step)
 
     def load(self):
         return self.loader(self.step)
-
-    def _mark_running(self) -> Path | None:
-        """``out/running/step{N}.json`` (pid, host, start time) while a worker holds the unit:
-        shows who is on which checkpoint; removed when the shard is written."""
-        if self.out is None:
-            return None
-        marker = Path(self.out) / "running" / f"{self.name}.json"
-        if not marker.is_file() or json.loads(marker.read_text() or "{}").get("pid") != os.getpid():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                  "started": time.time()}))
-        return marker
 
     def evaluate(self, model) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Evaluate the loaded checkpoint: ``(table, items)``, its rows and their per-item
         values (from the same forward passes).  With ``out`` both are written atomically, the
         items first (``out/item_shards/step{N}.parquet``, then ``out/shards/step{N}.parquet``)."""
-        marker = self._mark_running()
+        self.directory.mark_running(self.step)
         prompts = self.prompts(getattr(model, "tokenizer", None))
         seq = prompts.rows.cpu().numpy()
         if self.grid is not None:
@@ -218,10 +207,7 @@ class CheckpointUnit:
         df["step"] = df["step"].astype("int64")
         items.insert(0, "step", self.step)
         items["step"] = items["step"].astype("int64")
-        if self.out is not None:
-            _item_shards(self.out).write(self.name, items)  # the items first: a step without them is not done
-            ShardStore(self.out).write(self.name, df)
-            marker.unlink(missing_ok=True)
+        self.directory.write_step(self.step, df, items)  # storage: the items first, then the rows
         return df, items
 
     def __call__(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -229,7 +215,7 @@ class CheckpointUnit:
             return None  # finished by an earlier run or an earlier attempt of this task
         from mechtrunc.pythia import free_model
 
-        self._mark_running()
+        self.directory.mark_running(self.step)
         model = self.load()
         try:
             return self.evaluate(model)
@@ -241,32 +227,6 @@ class CheckpointUnit:
 # ----------------------------------------------------------------------------------------
 # the study
 # ----------------------------------------------------------------------------------------
-def _item_shards(out) -> ShardStore:
-    store = ShardStore(out)
-    store.dir = Path(out) / ITEM_SHARDS
-    return store
-
-
-def read_checkpoint_items(out: str | os.PathLike) -> pd.DataFrame:
-    """The per-item side table of a checkpoint study's directory: ``out/items.parquet`` when
-    the study finished, else the merge of the finished steps' ``out/item_shards/``.  One row per
-    (step, configuration, item): ``step``, the configuration's descriptors (``config`` = its
-    row within the step; with ``grid=`` the columns of
-    :func:`mechtrunc.studies.read_items`, else ``variant``), ``item, sequence`` and every
-    per-item metric (:func:`mechtrunc.metrics.item_metrics`)."""
-    out = Path(out)
-    if (out / ITEMS_FILE).is_file():
-        return pd.read_parquet(out / ITEMS_FILE)
-    store = _item_shards(out)
-    names = sorted(p.stem for p in store.dir.glob("step*.parquet")) if store.dir.is_dir() else []
-    frames = [f for f in (store.read(n) for n in names) if f is not None]
-    if not frames:
-        raise ValueError(f"{str(out)!r} holds no per-item values (no items.parquet, no item_shards/); "
-                         "rerun the checkpoint study with the same output directory to compute them")
-    return pd.concat(frames, ignore_index=True).sort_values(["step", "config", "item"], kind="stable",
-                                                            ignore_index=True)
-
-
 def _as_intervention(truncation) -> Intervention | None:
     if truncation is None or isinstance(truncation, Intervention):
         return truncation
@@ -343,7 +303,7 @@ def best_by_step(df: pd.DataFrame, metric: str = "logit_diff_the", higher_is_bet
 
 
 def step_intervals(items: pd.DataFrame, metric: str = "p_answer", n_boot: int = 1000, level: float = 0.95,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, out: str | os.PathLike | None = None) -> pd.DataFrame:
     """Per (step, configuration) of a checkpoint study's per-item side table
     (:func:`read_checkpoint_items`): the mean of ``metric`` with its percentile bootstrap
     interval (``low, high``) and its change against the same step's full model with the paired
@@ -351,7 +311,8 @@ def step_intervals(items: pd.DataFrame, metric: str = "p_answer", n_boot: int = 
     sequences are resampled (all items of a sequence together), ``n_boot`` resamples, the same
     draws at every step (seeded).  Columns: ``step, config`` (and ``variant`` / ``intervention``
     when the table has them), ``value, low, high, change, ci_low, ci_high, n_items, n_boot,
-    level``."""
+    level``.  ``out``: the study's directory, where the table is also written (``intervals.csv``,
+    :mod:`~mechtrunc.studies.checkpoint_files`)."""
     import numpy as np
     import torch
 
@@ -379,11 +340,14 @@ def step_intervals(items: pd.DataFrame, metric: str = "p_answer", n_boot: int = 
                          "value": float(vals[i].mean()), "low": float(lo[i]), "high": float(hi[i]),
                          "change": float(diff[i].mean()), "ci_low": float(dlo[i]), "ci_high": float(dhi[i]),
                          "n_items": int(vals.shape[1]), "n_boot": int(n_boot), "level": float(level)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    CheckpointStudyDirectory(out).write_intervals(table)
+    return table
 
 
 def heldout_by_step(items: pd.DataFrame, metric: str = "p_answer", select: float = 0.5, seed: int = 0,
-                    higher_is_better: bool | None = None, n_boot: int = 1000, level: float = 0.95) -> pd.DataFrame:
+                    higher_is_better: bool | None = None, n_boot: int = 1000, level: float = 0.95,
+                    out: str | os.PathLike | None = None) -> pd.DataFrame:
     """:func:`best_by_step`'s held-out sibling, from a grid checkpoint study's per-item side
     table (``checkpoint_study(..., return_items=True)`` or :func:`read_checkpoint_items`):
     at each step the configuration with the best mean ``metric`` on the *select* part of the
@@ -392,7 +356,9 @@ def heldout_by_step(items: pd.DataFrame, metric: str = "p_answer", select: float
     model (:func:`mechtrunc.selection.heldout_choice`; ``eval`` is the held-out estimate,
     ``select`` is in-sample and biased upward).  No model is run.  One row per (step, part), in
     step order, with :func:`~mechtrunc.selection.heldout_choice`'s columns (``layer, matrix,
-    keep, rank, baseline`` of the choice, ``full, truncated, change, ci_low, ci_high, n_items``...)."""
+    keep, rank, baseline`` of the choice, ``full, truncated, change, ci_low, ci_high, n_items``...).
+    ``out``: the study's directory, where the table is also written (``heldout_by_step.csv``,
+    :mod:`~mechtrunc.studies.checkpoint_files`)."""
     import numpy as np
 
     from mechtrunc.selection import heldout_choice
@@ -413,13 +379,14 @@ def heldout_by_step(items: pd.DataFrame, metric: str = "p_answer", select: float
         h = heldout_choice(sub.drop(columns="step"), metric, select_sequences, seed=seed,
                            higher_is_better=higher_is_better, n_boot=n_boot, level=level)
         frames.append(h.assign(step=int(step)))
-    out = pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
     front = ["step", "part", "baseline", "layer", "matrix", "keep", "rank", "metric", "full", "truncated", "change",
              "ci_low", "ci_high"]
-    out = out[[c for c in front if c in out.columns] + [c for c in out.columns if c not in front]]
-    out.attrs.update({"metric": metric, "select": float(select), "seed": int(seed), "n_boot": int(n_boot),
-                      "level": float(level), "select_sequences": [int(v) for v in select_sequences]})
-    return out
+    table = table[[c for c in front if c in table.columns] + [c for c in table.columns if c not in front]]
+    table.attrs.update({"metric": metric, "select": float(select), "seed": int(seed), "n_boot": int(n_boot),
+                        "level": float(level), "select_sequences": [int(v) for v in select_sequences]})
+    CheckpointStudyDirectory(out).write_heldout_by_step(table)
+    return table
 
 
 def _gpus_for(load_kwargs: dict) -> float:
@@ -553,14 +520,8 @@ def checkpoint_study(
         raise ValueError(f"the {ex.name} executor needs out= (results come back as shard files)")
 
     variants = (("full", None),) + ((("truncated", iv),) if iv is not None else ())
-    # callables are described (info), not compared: a rerun from another script may name them differently
-    meta = {"kind": "checkpoints", "truncation": iv.label if iv is not None else None,
-            "grid": the_grid.to_dict() if the_grid is not None else None,
-            "source": source, "prompts": prompt_desc,
-            "info": {"source": getattr(loader, "__qualname__", repr(loader)), "steps": steps}}
-    if out is not None:
-        check_meta(out, meta)
-        ShardStore(out).clean_temporaries()
+    directory = CheckpointStudyDirectory(out)
+    directory.open(study_settings(iv, the_grid, source, prompt_desc, loader, steps))  # storage: settings checked
     units = [CheckpointUnit(step=s, loader=loader, prompts=prompts, variants=variants if the_grid is None else (),
                             grid=the_grid, batch_size=batch_size, out=None if out is None else str(out),
                             gpus=_gpus_for(load_kwargs))
@@ -568,13 +529,11 @@ def checkpoint_study(
     todo = [u for u in units if not u.done()]
     results = dict(zip((u.step for u in todo), ex.map(todo, progress=progress))) if todo else {}
 
-    store = ShardStore(out) if out is not None else None
-    item_store = _item_shards(out) if out is not None else None
     parts, item_parts = [], []
     for s in steps:
         # with out=, the tables are the merge of the shards (the same on a first run and a rerun)
-        if store is not None:
-            df, items = store.read(f"step{s}"), item_store.read(f"step{s}")
+        if directory.out is not None:
+            df, items = directory.read_step(s)
         else:
             df, items = results.get(s) or (None, None)
         if df is None or items is None:
@@ -587,9 +546,5 @@ def checkpoint_study(
         cols = [*CHECKPOINT_COLUMNS, "intervention"]
         table = table[cols + [c for c in table.columns if c not in cols and c != SECONDS] + [SECONDS]]
     table = table.reset_index(drop=True)
-    write_tables(table, out, "checkpoints")
-    if out is not None:
-        atomic_write_parquet(items, Path(out) / ITEMS_FILE)
-    if out is not None and (Path(out) / "running").is_dir() and not any((Path(out) / "running").iterdir()):
-        (Path(out) / "running").rmdir()
+    directory.write_results(table, items)  # storage: the merged tables
     return (table, items) if return_items else table

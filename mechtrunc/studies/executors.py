@@ -194,7 +194,9 @@ class SlurmExecutor(Executor):
         units = list(units)
         if not units:
             return []
-        folder = self.folder or str(Path(units[0].out or ".") / "slurm")
+        from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory
+
+        folder = self.folder or str(CheckpointStudyDirectory(units[0].out or ".").slurm_dir)
         ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
         gpus = self.gpus_per_task if self.gpus_per_task is not None else int(max(u.gpus for u in units))
         params = dict(timeout_min=self.time_min, cpus_per_task=self.cpus_per_task, gpus_per_node=gpus or None,

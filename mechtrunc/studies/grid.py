@@ -2,17 +2,20 @@
 
 - :class:`Grid`: what to sweep (layers, matrices, keeps, rank rule, SVD method, mode).
 - :func:`evaluate_grid`: **the** grid evaluation on one model (baseline + every configuration),
-  as row dicts.  Both :func:`truncation_study` and every unit of
-  :func:`mechtrunc.studies.checkpoint_study` call it, and nothing else evaluates a grid: a faster
-  engine replaces this one function.
-- :func:`truncation_study`: :func:`evaluate_grid` with a resumable row store and the final table.
+  as row dicts, on the grid engine (:mod:`mechtrunc.engine`) by default or one reference
+  evaluation per configuration.  Both :func:`truncation_study` and every unit of
+  :func:`mechtrunc.studies.checkpoint_study` call it, and nothing else evaluates a grid.
+- :func:`truncation_study`: :func:`evaluate_grid` resumed from and stored into the study's
+  directory (:class:`~mechtrunc.studies.truncation_files.TruncationDirectory`, the one module that
+  knows its files), then the final table.
 - :func:`best_configuration`, :func:`as_truncate`: the best non-baseline row, and the
   :class:`~mechtrunc.Truncate` that reproduces it.  :func:`heldout_configuration`: its
   held-out sibling (chosen on part of the prompts, reported on the rest with paired bootstrap
   intervals: :func:`mechtrunc.selection.heldout_selection`); given a study's per-item side table
   (:func:`read_items`) it chooses on the stored values, without evaluating the grid again.
-- :class:`ItemStore`, :func:`read_items`: the per-item side table of a truncation study (the
-  values each row's means are taken over, from the same forward passes).
+- :class:`ItemStore`, :func:`read_items` (from :mod:`~mechtrunc.studies.truncation_files`): the
+  per-item side table of a truncation study (the values each row's means are taken over, from the
+  same forward passes).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import pandas as pd
-from pathlib import Path
 
 from mechtrunc._checks import check_choice
 from mechtrunc._choices import DEFAULT_RULE, GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
@@ -37,123 +39,23 @@ from mechtrunc.prompts import PromptSet
 from mechtrunc.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
 )
-from mechtrunc.studies.store import (
-    atomic_write_parquet, metric_values, model_fingerprint, prompts_fingerprint, RowStore, ShardStore, write_tables,
+from mechtrunc.studies.store import ITEMS_FILE, RowStore, metric_values
+from mechtrunc.studies.truncation_files import (
+    ItemStore, TruncationDirectory, TruncationRows, read_items, row_key, study_settings,
 )
 
 __all__ = ["Grid", "evaluate_grid", "truncation_study", "best_configuration", "as_truncate",
            "heldout_configuration", "ItemStore", "read_items", "ITEMS_FILE"]
 
-#: the per-item side table of a truncation study (in its output directory)
-ITEMS_FILE = "items.parquet"
-#: where a truncation study keeps one per-item shard per finished configuration (resumable)
-ITEM_SHARDS = "item_shards"
 
 
-def _study_key(row: dict) -> tuple:
-    if row.get("baseline"):
-        return ("baseline",)
-    return (int(row["layer"]), str(row["matrix"]), keep_key(row["keep"]))
-
-
-class ItemStore:
-    """The per-item values of a truncation study's rows, one shard per finished configuration
-    (``out/item_shards/<key>.parquet``, written atomically by :class:`ShardStore` *before* the
-    row is appended to ``rows.jsonl``), or in memory when ``out`` is None.
-
-    A row counts as finished only when its items are stored too: a row without items (a crash
-    between the two writes, or a directory written before the side table existed) is
-    recomputed, and its shard replaced, so every (configuration, item) is stored exactly once.
-    Each shard holds ``item, sequence`` and every per-item metric
-    (:func:`mechtrunc.metrics.item_metrics`)."""
-
-    def __init__(self, out=None, clean: bool = True):
-        """``clean``: remove temporaries left by an interrupted writer (False: only read, e.g.
-        a report on a study that may still be running)."""
-        self.mem: dict[tuple, pd.DataFrame] = {}
-        self.shards = None
-        if out is not None:
-            self.shards = ShardStore(out)
-            self.shards.dir = Path(out) / ITEM_SHARDS
-            if clean:
-                self.shards.clean_temporaries()
-
-    @staticmethod
-    def name(key: tuple) -> str:
-        if key == ("baseline",):
-            return "baseline"
-        layer, matrix, keep = key
-        return f"L{int(layer)}_{matrix}_k{keep!r}"
-
-    def has(self, key: tuple) -> bool:
-        return key in self.mem or (self.shards is not None and self.shards.done(self.name(key)))
-
-    def add(self, key: tuple, items: dict, sequence) -> None:
-        import numpy as np
-
-        n = len(sequence)
-        frame = pd.DataFrame({"item": np.arange(n), "sequence": np.asarray(sequence),
-                              **{m: torch_to_numpy(v) for m, v in items.items()}})
-        if self.shards is not None:
-            self.shards.write(self.name(key), frame)
-        else:
-            self.mem[key] = frame
-
-    def get(self, key: tuple) -> pd.DataFrame | None:
-        if key in self.mem:
-            return self.mem[key]
-        return None if self.shards is None else self.shards.read(self.name(key))
-
-    def table(self, df: pd.DataFrame) -> pd.DataFrame:
-        """The side table of a study table ``df``: one row per (configuration, item), columns
-        :data:`mechtrunc.selection.ITEM_COLUMNS` (``config`` is the row's index in ``df``, 0 the
-        baseline; an identity configuration holds the baseline's values) then the metrics."""
-        from mechtrunc.selection import ITEM_COLUMNS
-
-        base = self.get(("baseline",))
-        frames = []
-        for cid, row in enumerate(df.to_dict("records")):
-            key = _study_key(row)
-            frame = self.get(key)
-            if frame is None and (row.get("identity") or row.get("baseline")):
-                frame = base
-            if frame is None:
-                raise ValueError(f"no per-item values stored for {row.get('intervention') or key}")
-            desc = {c: row.get(c) for c in ITEM_COLUMNS if c not in ("item", "sequence")}
-            desc["config"] = cid
-            if row.get("baseline"):
-                desc["intervention"] = "full"
-            frames.append(frame.assign(**{c: [v] * len(frame) for c, v in desc.items()}))
-        out = pd.concat(frames, ignore_index=True)
-        metrics = [c for c in out.columns if c not in ITEM_COLUMNS]
-        out = out[[c for c in ITEM_COLUMNS] + metrics]
-        for col in ("layer", "rank", "max_rank"):
-            out[col] = pd.array([None if v is None or pd.isna(v) else int(v) for v in out[col]], dtype="Int64")
-        out["keep"] = out["keep"].astype("float64")
-        out["baseline"] = out["baseline"].fillna(False).astype(bool)
-        out["identity"] = out["identity"].fillna(False).astype(bool)
-        return out
-
-
-def torch_to_numpy(v):
-    return v.detach().double().cpu().numpy() if hasattr(v, "detach") else v
-
-
-def read_items(out: str | os.PathLike) -> pd.DataFrame:
-    """The per-item side table a finished :func:`truncation_study` wrote to ``out/items.parquet``
-    (see :meth:`ItemStore.table`); FileNotFoundError when there is none (an unfinished study, or
-    one written before the side table existed: rerun it with the same ``out``)."""
-    path = Path(out) / ITEMS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no per-item side table (an unfinished study, or one written before the "
-                                "side table existed); rerun the study with the same output directory")
-    return pd.read_parquet(path)
-
-
-def _evaluate_items(model, prompts: PromptSet, ivs, batch_size: int) -> tuple[dict, dict]:
-    """``evaluate``'s metrics and the per-item values they are the mean of, from one forward."""
-    row, per_item = evaluate(model, prompts, *ivs, batch_size=batch_size, items=True,
-                             **({} if ivs else {"label": "full"}))
+def _evaluate_items(model, prompts: PromptSet, ivs, batch_size: int, items: bool) -> tuple[dict, dict | None]:
+    """``evaluate``'s metrics and (``items``) the per-item values they are the mean of, from one
+    forward."""
+    label = {} if ivs else {"label": "full"}
+    if not items:
+        return metric_values(evaluate(model, prompts, *ivs, batch_size=batch_size, **label)), None
+    row, per_item = evaluate(model, prompts, *ivs, batch_size=batch_size, items=True, **label)
     return metric_values(row), per_item
 
 
@@ -260,17 +162,20 @@ def evaluate_grid(
     prompts: PromptSet,
     grid: Grid,
     batch_size: int = 32,
-    store: RowStore | None = None,
+    store: RowStore | TruncationRows | None = None,
     progress: bool = False,
     svd_cache: str | os.PathLike | None = None,
     items: ItemStore | None = None,
 ) -> list[dict]:
     """Evaluate the unmodified model and every configuration of ``grid`` on ``prompts``.
 
-    THE grid evaluation (one model): every study funnels through this call.  Returns row dicts, the baseline first, then one per
-    (layer, matrix, keep) in grid order, with the columns of :func:`truncation_study`.
-    ``store`` (optional) supplies rows already computed and receives each new one as soon as it
-    is finished.  Identity configurations (kept rank = maximum rank) reuse the baseline.
+    THE grid evaluation (one model): every study funnels through this call.  Returns row dicts,
+    the baseline first, then one per (layer, matrix, keep) in grid order, with the columns of
+    :func:`truncation_study`.  ``store`` (optional: a :class:`~mechtrunc.studies.store.RowStore`,
+    or the :class:`~mechtrunc.studies.truncation_files.TruncationRows` of a study directory)
+    supplies rows already computed and receives each new one as soon as it is finished; it is
+    the only storage this function touches.  Identity configurations (kept rank = maximum rank)
+    reuse the baseline.
 
     ``grid.mode == "engine"`` computes the rows with :func:`mechtrunc.engine.run_grid`
     (the same numbers as one ``evaluate`` per configuration, within 1e-5 in float32; rows arrive
@@ -286,7 +191,7 @@ def evaluate_grid(
     adapter = adapt(model)
     layers, matrices, keeps = grid.resolve(model)
     rule, svd, mode = grid.rule, grid.svd, grid.mode
-    store = store if store is not None else RowStore(None, {}, _study_key)
+    sink = store if isinstance(store, TruncationRows) else TruncationRows(store, items)
     common = {"rule": rule, "svd": svd, "mode": mode}
 
     configs = []
@@ -296,12 +201,9 @@ def evaluate_grid(
             for keep in keeps:
                 iv = Truncate(m, layer=layer, keep=keep, rule=rule, svd=svd, mode=grid.truncate_mode)
                 configs.append((layer, m, keep, iv, iv.ranks(adapter, max_rank)[0], max_rank))
-    def done(key):
-        return store.get(key) is not None and (items is None or items.has(key))
-
-    seq = prompts.rows.cpu().numpy() if items is not None else None
-    todo = [g for g in configs if not done((g[0], g[1], keep_key(g[2]))) and g[4] != g[5]]
-    need_base = not done(("baseline",))
+    seq = prompts.rows.cpu().numpy() if sink.keeps_items else None
+    todo = [g for g in configs if not sink.done((g[0], g[1], keep_key(g[2]))) and g[4] != g[5]]
+    need_base = not sink.done(("baseline",))
     bar = progress_bar(len(todo) + int(need_base), "truncation", "eval", enabled=progress)
 
     if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
@@ -310,52 +212,43 @@ def evaluate_grid(
         labels = {(g[0], g[1], keep_key(g[2])): (g[2], g[3].label) for g in todo}
         t0 = time.perf_counter()
         for r in run_grid(model, prompts, [g[3] for g in todo], batch_size=max(batch_size, 256),
-                          svd_cache=svd_cache, baseline=need_base, items=items is not None):
+                          svd_cache=svd_cache, baseline=need_base, items=sink.keeps_items):
             seconds, t0 = time.perf_counter() - t0, time.perf_counter()
-            if items is not None:  # the items first: a row without its items is not finished
-                items.add(("baseline",) if r.baseline else (r.layer, r.matrix, keep_key(r.keep)), r.items, seq)
             if r.baseline:
                 row = baseline_row(r.metrics, **common, seconds=seconds, path=r.path)
             else:
                 keep, label = labels[(r.layer, r.matrix, keep_key(r.keep))]
                 row = configuration_row(r.layer, r.matrix, keep, r.rank, r.max_rank, r.metrics, **common,
                                         intervention=label, seconds=seconds, path=r.path)
-            store.add(row)
+            sink.add(row, r.items, seq)
             bar.update(1)
         need_base = False
 
     if need_base:
         t0 = time.perf_counter()
-        if items is None:
-            metrics = metric_values(evaluate(model, prompts, batch_size=batch_size, label="full"))
-        else:
-            metrics, per_item = _evaluate_items(model, prompts, (), batch_size)
-            items.add(("baseline",), per_item, seq)
-        store.add(baseline_row(metrics, **common, seconds=time.perf_counter() - t0))
+        metrics, per_item = _evaluate_items(model, prompts, (), batch_size, sink.keeps_items)
+        sink.add(baseline_row(metrics, **common, seconds=time.perf_counter() - t0), per_item, seq)
         bar.update(1)
-    base = store.get(("baseline",))
+    base = sink.get(("baseline",))
     base_metrics = {k: v for k, v in base.items() if is_metric(k)}
 
     rows = [base]
     for layer, m, keep, iv, rank, max_rank in configs:
         key = (layer, m, keep_key(keep))
-        row = store.get(key) if (rank == max_rank or done(key)) else None
+        row = sink.get(key) if (rank == max_rank or sink.done(key)) else None
         if row is None:
+            per_item = None
             if rank == max_rank:  # the identity: reuse the baseline evaluation
                 metrics, seconds = base_metrics, 0.0
             else:
                 bar.set_postfix_str(iv.label, refresh=False)
                 t0 = time.perf_counter()
-                if items is None:
-                    metrics = metric_values(evaluate(model, prompts, iv, batch_size=batch_size))
-                else:
-                    metrics, per_item = _evaluate_items(model, prompts, (iv,), batch_size)
-                    items.add(key, per_item, seq)
+                metrics, per_item = _evaluate_items(model, prompts, (iv,), batch_size, sink.keeps_items)
                 seconds = time.perf_counter() - t0
                 bar.update(1)
             row = configuration_row(layer, m, keep, rank, max_rank, metrics, **common, intervention=iv.label,
                                     seconds=seconds)
-            store.add(row)
+            sink.add(row, per_item, seq)
         rows.append(row)
     bar.close()
     return rows
@@ -399,9 +292,9 @@ def truncation_study(
             the same table as one reference evaluation per configuration, faster; ``"weight"``
             rewrites the weight as LASER does, ``"hook"`` projects the matrix's output (one SVD per
             matrix across keeps), one evaluation per configuration each.
-        out: a directory; finished rows are appended to ``out/rows.jsonl`` and a rerun with the
-            same settings skips them; at the end ``out/truncation.csv`` and
-            ``out/truncation.parquet`` hold the returned table.
+        out: a directory (its files: :mod:`~mechtrunc.studies.truncation_files`); finished rows
+            are appended to ``out/rows.jsonl`` and a rerun with the same settings skips them; at
+            the end ``out/truncation.csv`` and ``out/truncation.parquet`` hold the returned table.
         progress: show progress (a bar on a terminal, a few lines elsewhere).
         info: extra entries for ``study.json``'s ``info`` (not compared on resume), e.g. the
             ``task``, ``n`` and ``seed`` the prompts were built from, so ``mechtrunc report`` can
@@ -429,22 +322,18 @@ def truncation_study(
         raise ValueError("the prompt set has no items to score")
     if metric is not None:
         check_prompt_metric(prompts, metric)
-    cfg = getattr(model, "cfg", None)
-    meta = {"kind": "truncation", "model": model_fingerprint(model), "prompts": prompts_fingerprint(prompts),
-            "n_items": len(prompts), "rule": rule, "svd": svd, "mode": mode,
-            "info": {"model_name": str(getattr(cfg, "model_name", type(model).__name__)),
-                     "revision": getattr(cfg, "revision", None), **(info or {})}}
-    store = RowStore(out, meta, _study_key)
-    if svd_cache is None and out is not None and mode == "engine":
-        svd_cache = os.path.join(out, "svd_cache")
-    item_store = ItemStore(out)
-    rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=store, progress=progress,
-                         svd_cache=svd_cache, items=item_store)
+    # storage: the directory's settings checked, its finished rows read
+    directory = TruncationDirectory(out)
+    finished = directory.open(study_settings(model, prompts, grid, info))
+    if svd_cache is None and directory.out is not None and mode == "engine":
+        svd_cache = os.fspath(directory.svd_cache)
+    # evaluation: every row not finished yet, each handed to the directory as it is finished
+    rows = evaluate_grid(model, prompts, grid, batch_size=batch_size, store=finished, progress=progress,
+                         svd_cache=svd_cache)
     df = tidy_truncation(pd.DataFrame(rows))
-    items = item_store.table(df)
-    if out is not None:
-        atomic_write_parquet(items, Path(out) / ITEMS_FILE)
-    write_tables(df, out, "truncation")
+    items = finished.items.table(df)
+    # storage: the final tables
+    directory.write_results(df, items)
     return (df, items) if return_items else df
 
 
@@ -490,7 +379,8 @@ def as_truncate(config: dict) -> Truncate:
 
 def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, metric: str = "p_answer",
                           select: float = 0.5, seed: int = 0, collateral=None, budget: float | None = None,
-                          n_boot: int = 1000, items: pd.DataFrame | None = None, **kwargs) -> dict:
+                          n_boot: int = 1000, items: pd.DataFrame | None = None,
+                          out: str | os.PathLike | None = None, **kwargs) -> dict:
     """:func:`best_configuration`'s held-out sibling: the grid's configurations (``grid``,
     default ``Grid()``, rule and layers checked against the model; exact SVD) chosen on the
     select part of ``prompts`` and reported on the eval part
@@ -503,7 +393,10 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
     ``items``: a per-item side table of ``prompts`` (:func:`read_items` of a
     :func:`truncation_study` run with this grid, or its ``return_items``): the choice is made on
     the stored values, with no forward pass on ``prompts`` (a collateral prompt set still takes
-    one pass on its own prompts).  The same result as without it."""
+    one pass on its own prompts).  The same result as without it.
+
+    ``out``: the study's directory: the table is also written there (``heldout.csv``,
+    :mod:`~mechtrunc.studies.truncation_files`) and ``"path"`` names it."""
     from mechtrunc.selection import heldout_selection
 
     check_prompt_metric(prompts, metric)
@@ -518,6 +411,7 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
     else:
         df = _heldout_from_items(model, prompts, truncs, items, metric=metric, select=select, seed=seed,
                                  collateral=collateral, budget=budget, n_boot=n_boot, **kwargs)
+    path = TruncationDirectory(out).write_heldout(df)  # storage: the choice's table
     rows = df.set_index("part")
     first = rows.iloc[0]
     base = bool(first["baseline"])
@@ -528,13 +422,8 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
             "keep": None if base else float(first["keep"]), "rank": None if base else int(first["rank"]),
             "rule": grid.rule, "svd": "exact", "mode": "hook", "metric": metric, "baseline": base,
             "select": part(rows.loc["select"]), "eval": part(rows.loc["eval"]), "n_boot": int(df.attrs["n_boot"]),
-            "level": float(df.attrs["level"]), "groups": df.attrs["groups"], "table": df}
-
-
-def _item_key(row) -> tuple:
-    if bool(row["baseline"]):
-        return ("baseline",)
-    return (int(row["layer"]), str(row["matrix"]), keep_key(row["keep"]))
+            "level": float(df.attrs["level"]), "groups": df.attrs["groups"], "table": df,
+            **({} if path is None else {"path": path})}
 
 
 def _heldout_from_items(model, prompts: PromptSet, truncs: list, items: pd.DataFrame, metric: str, select: float,
@@ -553,7 +442,7 @@ def _heldout_from_items(model, prompts: PromptSet, truncs: list, items: pd.DataF
     if budget is not None and collateral is None:
         raise ValueError("a collateral budget needs a collateral (a PromptSet or a callable) to measure it on")
     configs = items.drop_duplicates("config").set_index("config")
-    by_key = {_item_key(r): int(c) for c, r in configs.iterrows()}
+    by_key = {row_key(r): int(c) for c, r in configs.iterrows()}
     want = [("baseline",)] + [(t.layer, t.matrix, keep_key(t.keep)) for t in truncs]
     missing = [k for k in want if k not in by_key]
     if missing:
@@ -572,7 +461,7 @@ def _heldout_from_items(model, prompts: PromptSet, truncs: list, items: pd.DataF
                                  svd_cache=svd_cache)
             c_conf = c_items.drop_duplicates("config").set_index("config")
             means = c_items.groupby("config")["loss"].mean()
-            by_c = {_item_key(r): float(means[c]) for c, r in c_conf.iterrows()}
+            by_c = {row_key(r): float(means[c]) for c, r in c_conf.iterrows()}
             coll = {by_key[k]: by_c[k] for k in want}
         elif callable(collateral):
             coll = {by_key[k]: float(collateral(None if k == ("baseline",) else trunc_of[k])) for k in want}

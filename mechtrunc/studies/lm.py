@@ -18,7 +18,8 @@ schedule.  The pieces, each a tidy DataFrame:
 - :func:`paired_change`: an intervention's change of each metric on the same prompts, with a
   bootstrap interval over the prompts (:func:`mechtrunc.selection.change_intervals`);
 - :func:`study_run`: all of the above on one finished run, cached in ``OUT/study/`` (a rerun
-  reads the tables; ``mechtrunc lm study OUT`` and ``mechtrunc report OUT`` use it);
+  reads the tables; ``mechtrunc lm study OUT`` and ``mechtrunc report OUT`` use it; its files:
+  :mod:`~mechtrunc.studies.lm_files`);
 - :func:`where_the_lives`: per layer, what removing the MLP does to P(" the") after " to", the
   MLP's direct logit attribution to logit(IO) - logit(" the"), and its top " the"-writing
   singular component (:func:`mechtrunc.directions.rank_components`);
@@ -53,6 +54,7 @@ from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits
 from mechtrunc.selection import DEFAULT_BUDGET, change_intervals, choose_configuration
 from mechtrunc.studies.grid import as_truncate, truncation_study
+from mechtrunc.studies.lm_files import LMStudyDirectory, cached_table
 from mechtrunc.studies.store import metric_values
 
 __all__ = [
@@ -406,21 +408,6 @@ def _change_metrics(prompts: PromptSet) -> tuple[str, ...]:
     return ("p_answer", "p_the", "logit_diff_the", "accuracy", *extra)
 
 
-def cached_table(path: Path, compute) -> pd.DataFrame:
-    """The table cached at ``path`` (a CSV), or ``compute()`` written there atomically first: how
-    every table of a study is kept, so an interrupted study loses no finished table."""
-    if path.is_file():
-        try:
-            return pd.read_csv(path)
-        except pd.errors.EmptyDataError:  # an empty table (e.g. no truncation to attribute)
-            return pd.DataFrame()
-    df = compute()
-    tmp = path.with_suffix(".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return df
-
-
 def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float = DEFAULT_BUDGET,
               competition: bool = True) -> dict[str, pd.DataFrame]:
     """The study of one finished run directory (``mechtrunc lm train --out RUN``), every table
@@ -457,24 +444,16 @@ def _study_run(run: Path, n_prompts: int, keeps, loss_budget: float, competition
     if not (run / f"step{cfg.steps}").is_dir() or not (run / "summary.json").is_file():
         raise ValueError(f"{run} has not finished training (no step{cfg.steps}/); rerun `mechtrunc lm train` on it "
                          "to resume, then study it")
-    out = run / "study"
-    out.mkdir(exist_ok=True)
+    out = LMStudyDirectory(run)
     # prompt_format: the prompts open with <|endoftext|> as the training stories do (a study cached
     # with prompts of another format is refused, not mixed in)
     settings = {"n_prompts": int(n_prompts), "keeps": [float(k) for k in keeps], "loss_budget": float(loss_budget),
                 "prompt_format": PROMPT_FORMAT}
-    have = out / "study.json"
-    if have.is_file() and (old := json.loads(have.read_text())) != settings:
-        diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} here" for k, v in settings.items() if old.get(k) != v)
-        if old.get("prompt_format") != PROMPT_FORMAT:
-            raise ValueError(f"{out} holds a study on prompts of another format ({diff}): the study's prompts open "
-                             "with <|endoftext|> as the training stories do; delete it and study the run again")
-        raise ValueError(f"{out} holds a study with other settings ({diff}); delete it or use those settings")
-    have.write_text(json.dumps(settings))
+    out.check_settings(settings, format_key="prompt_format")
     tasks = study_tasks(cfg.corpus)
     main = answer_tasks(tasks)[0]
     prompts = lm_study_prompts(run_tokenizer(cfg.corpus), cfg.corpus, n=n_prompts, seed=0)
-    curves = cached_table(out / "curves.csv", lambda: learning_curves(run, prompts))
+    curves = out.table("curves", lambda: learning_curves(run, prompts))
     steps = learning_steps(curves, the_threshold=the_threshold(cfg.corpus))
     tokens = corpus_tokens(cfg.corpus, ctx=cfg.ctx)
     tables = {"curves": curves}
@@ -484,24 +463,24 @@ def _study_run(run: Path, n_prompts: int, keeps, loss_budget: float, competition
         checkpoints["competition"] = int(steps["step_competition"])
     for when, step in checkpoints.items():
         model = _load(run, step)
-        grid = cached_table(out / f"grid_{when}.csv", lambda: truncation_grid(model, prompts, tokens, keeps=keeps))
+        grid = out.table(f"grid_{when}", lambda: truncation_grid(model, prompts, tokens, keeps=keeps))
         grids.append(grid.assign(checkpoint=when, step=step))
         for task in answer_tasks(tasks):
             row = choose_truncation(grid, task, max_loss_increase=loss_budget)
             chosen = {k: row[k] for k in ("baseline", "layer", "matrix", "keep", "select_gain", "loss_increase")}
             iv = None if row["baseline"] else as_truncate(row)
-            change = cached_table(out / f"best_{when}_{task}.csv",
+            change = out.table(f"best_{when}_{task}",
                              lambda: pd.DataFrame() if iv is None else paired_change(
                                  model, prompts[f"{task}/eval"], iv, metrics=_change_metrics(prompts[f"{task}/eval"])))
             best_rows.append(change.assign(checkpoint=when, step=step, task=task, **chosen))
             if when == "final" and task == main:
-                tables["attribution"] = cached_table(out / "attribution.csv", lambda: pd.DataFrame() if iv is None
+                tables["attribution"] = out.table("attribution", lambda: pd.DataFrame() if iv is None
                                                 else attribute_change(model, prompts[f"{main}/eval"], iv))
         if when == "final":
             the_prompts = prompts["generic/eval" if "generic" in tasks else f"{main}/eval"]
-            tables["where"] = cached_table(out / "where_the.csv",
+            tables["where"] = out.table("where",
                                       lambda: where_the_lives(model, the_prompts, prompts[f"{main}/eval"]))
-    tables["ledger"] = cached_table(out / "ledger.csv", lambda: checkpoint_ledger(run, prompts[f"{main}/eval"]))
+    tables["ledger"] = out.table("ledger", lambda: checkpoint_ledger(run, prompts[f"{main}/eval"]))
     tables["grid"] = pd.concat(grids, ignore_index=True)
     tables["best"] = pd.concat(best_rows, ignore_index=True)
     trained = json.loads((run / "summary.json").read_text())

@@ -1,6 +1,10 @@
-"""Result storage for studies: fingerprints, the resumable row store of a truncation study
-(``rows.jsonl`` + ``study.json``), the per-checkpoint Parquet shards of a checkpoint study, and
-the final tables (CSV + Parquet).
+"""Result storage for studies: fingerprints, the resumable row store, Parquet shards, the final
+tables (CSV + Parquet), and :class:`StudyDirectory`, what every study directory shares: its
+settings (``study.json``), its resume log (``rows.jsonl``) and its per-item side table
+(``item_shards/``, ``items.parquet``).  Each kind of study has one module that owns the rest of
+its directory (every file name, its writer and its reader):
+:mod:`~mechtrunc.studies.truncation_files`, :mod:`~mechtrunc.studies.checkpoint_files` and
+:mod:`~mechtrunc.studies.lm_files`; nothing else names a study's files.
 
 Every file that marks work as finished is written atomically (a temporary file in the same
 directory, flushed, then ``os.replace``), so a kill at any moment leaves either the old state or
@@ -25,8 +29,16 @@ from mechtrunc.prompts import PromptSet
 
 __all__ = [
     "prompts_fingerprint", "model_fingerprint", "check_meta", "atomic_write_text", "RowStore", "ShardStore",
-    "write_tables", "metric_values",
+    "write_tables", "read_tables", "metric_values", "StudyDirectory", "SETTINGS_FILE", "ITEMS_FILE",
 ]
+
+#: a study's settings: what its rows depend on (compared on resume) and an ``info`` entry (not compared)
+SETTINGS_FILE = "study.json"
+#: a study's resume log: one finished row per line
+ROWS_FILE = "rows.jsonl"
+#: the per-item side table of a finished study, and the shards it is gathered from
+ITEMS_FILE = "items.parquet"
+ITEM_SHARDS = "item_shards"
 
 
 def prompts_fingerprint(prompts: PromptSet) -> str:
@@ -61,12 +73,13 @@ def model_fingerprint(model) -> dict:
 
 
 def check_meta(out, meta: dict) -> None:
-    """Compare ``meta`` with ``out/study.json`` (except its ``info`` entry): ValueError naming
-    every difference when they disagree; write it when there is none.  Call only after every
-    argument has been validated, so a mistaken command leaves no ``study.json`` behind."""
+    """Compare ``meta`` with the settings file ``out/study.json`` (except its ``info`` entry):
+    ValueError naming every difference when they disagree; write it when there is none.  Call
+    only after every argument has been validated, so a mistaken command leaves no settings file
+    behind."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "study.json"
+    meta_path = out / SETTINGS_FILE
     if meta_path.exists():
         try:
             old = json.loads(meta_path.read_text())
@@ -109,38 +122,47 @@ def atomic_write_parquet(df: pd.DataFrame, path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class RowStore:
-    """``rows.jsonl`` (one finished row per line) plus ``study.json`` (what rows depend on;
-    its ``info`` entry is informational and not compared)."""
+def read_rows(path) -> tuple[list[dict], list[str], list[int]]:
+    """The rows of a resume log (``rows.jsonl``): ``(rows, their lines, the numbers of the
+    unreadable lines)``; a line cut by an interruption is skipped.  No file: nothing."""
+    path = Path(path)
+    rows, good, bad = [], [], []
+    if not path.is_file():
+        return rows, good, bad
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad.append(n)
+            continue
+        good.append(line)
+    return rows, good, bad
 
-    def __init__(self, out, meta: dict, key_fn: Callable[[dict], tuple]):
+
+class RowStore:
+    """A study's resume log (one finished row per line, appended and fsynced as each row is
+    finished), or rows in memory when ``path`` is None.  Opening it drops the lines an
+    interruption cut for good (their rows are recomputed)."""
+
+    def __init__(self, path, key_fn: Callable[[dict], tuple]):
         self.key_fn = key_fn
         self.rows: dict[tuple, dict] = {}
-        self.path = None
-        if out is None:
+        self.path = None if path is None else Path(path)
+        if self.path is None or not self.path.exists():
             return
-        out = Path(out)
-        check_meta(out, meta)
-        self.path = out / "rows.jsonl"
-        if self.path.exists():
-            text = self.path.read_text()
-            good, bad = [], 0
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    bad += 1
-                    warnings.warn(f"{self.path}:{n}: skipping an unreadable (partly written?) line; "
-                                  "that row will be recomputed", stacklevel=3)
-                    continue
-                good.append(line)
-                self.rows[key_fn(row)] = row
-            if bad or (text and not text.endswith("\n")):  # drop the broken lines for good
-                tmp = self.path.with_suffix(".jsonl.tmp")
-                tmp.write_text("".join(line + "\n" for line in good))
-                tmp.replace(self.path)
+        text = self.path.read_text()
+        rows, good, bad = read_rows(self.path)
+        for row in rows:
+            self.rows[key_fn(row)] = row
+        for n in bad:
+            warnings.warn(f"{self.path}:{n}: skipping an unreadable (partly written?) line; "
+                          "that row will be recomputed", stacklevel=3)
+        if bad or (text and not text.endswith("\n")):  # drop the broken lines for good
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in good))
+            tmp.replace(self.path)
 
     def get(self, key):
         return self.rows.get(key)
@@ -155,7 +177,7 @@ class RowStore:
 
 
 class ShardStore:
-    """One Parquet file per finished unit of work: ``DIR/shards/<name>.parquet``.
+    """One Parquet file per finished unit of work: ``<directory>/<name>.parquet``.
 
     :meth:`write` is atomic and idempotent: the table goes to a uniquely named temporary file in
     the same directory, which then replaces the shard with ``os.replace``.  Two workers that
@@ -163,8 +185,8 @@ class ShardStore:
     the same rows, and the last replace wins, so every unit appears exactly once.  A shard that
     cannot be read (a foreign or damaged file) is reported as missing and recomputed."""
 
-    def __init__(self, out):
-        self.dir = Path(out) / "shards"
+    def __init__(self, directory):
+        self.dir = Path(directory)
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.parquet"
@@ -222,6 +244,79 @@ def write_tables(df: pd.DataFrame, out, stem: str) -> None:
             warnings.warn(f"{path.name} was not written (install pyarrow): {e}", stacklevel=3)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def read_tables(out, stem: str):
+    """The table :func:`write_tables` wrote: ``out/<stem>.parquet`` when pyarrow can read it, else
+    ``out/<stem>.csv``; None when neither exists.  A Parquet file that cannot be read (pyarrow
+    missing, a damaged file) falls back to the CSV; ValueError naming the file when neither reads."""
+    out = Path(out)
+    pq, csv = out / f"{stem}.parquet", out / f"{stem}.csv"
+    if pq.is_file():
+        try:
+            return pd.read_parquet(pq)
+        except Exception as e:  # noqa: BLE001 - pyarrow missing or a partly written file: the CSV
+            if not csv.is_file():
+                raise ValueError(f"{str(pq)!r} could not be read ({e})") from None
+    if csv.is_file():
+        try:
+            return pd.read_csv(csv)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{str(csv)!r} could not be read ({e})") from None
+    return None
+
+
+def has_tables(out, stem: str) -> bool:
+    """Whether :func:`write_tables` left ``out/<stem>.csv`` or ``out/<stem>.parquet``."""
+    return any((Path(out) / f"{stem}{suffix}").is_file() for suffix in (".csv", ".parquet"))
+
+
+class StudyDirectory:
+    """What every study directory shares: its settings (:data:`SETTINGS_FILE`, checked on resume
+    by :func:`check_meta`), its resume log (:data:`ROWS_FILE`) and its per-item side table
+    (:data:`ITEM_SHARDS` while it runs, :data:`ITEMS_FILE` at the end).  ``out`` None: a study
+    kept in memory (every writer does nothing, every path is None)."""
+
+    def __init__(self, out):
+        self.out = None if out is None else Path(out)
+
+    def _path(self, name: str) -> Path | None:
+        return None if self.out is None else self.out / name
+
+    @property
+    def settings_path(self) -> Path | None:
+        return self._path(SETTINGS_FILE)
+
+    @property
+    def rows_path(self) -> Path | None:
+        return self._path(ROWS_FILE)
+
+    @property
+    def items_path(self) -> Path | None:
+        return self._path(ITEMS_FILE)
+
+    @property
+    def item_shards_dir(self) -> Path | None:
+        return self._path(ITEM_SHARDS)
+
+    def has_settings(self) -> bool:
+        return self.out is not None and self.settings_path.is_file()
+
+    def check_settings(self, meta: dict) -> None:
+        """:func:`check_meta` of this directory (nothing in memory)."""
+        if self.out is not None:
+            check_meta(self.out, meta)
+
+    def write_items(self, items: pd.DataFrame) -> Path | None:
+        """The finished study's per-item side table, written atomically."""
+        if self.out is None:
+            return None
+        atomic_write_parquet(items, self.items_path)
+        return self.items_path
+
+    def read_items(self) -> pd.DataFrame | None:
+        """The finished study's per-item side table; None when there is none."""
+        return pd.read_parquet(self.items_path) if self.out is not None and self.items_path.is_file() else None
 
 
 def metric_values(df_row: pd.DataFrame) -> dict:

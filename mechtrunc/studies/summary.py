@@ -3,9 +3,7 @@ configuration's attribution change (:func:`study_report`)."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import pandas as pd
 
@@ -14,6 +12,7 @@ from mechtrunc.metrics import check_prompt_metric
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import find_row, is_metric
 from mechtrunc.studies.grid import as_truncate, best_configuration
+from mechtrunc.studies.truncation_files import TruncationDirectory, TruncationSummary
 
 __all__ = ["study_report"]
 
@@ -28,23 +27,25 @@ def study_report(
     batch_size: int = 32,
     items: pd.DataFrame | None = None,
     n_boot: int | None = None,
-) -> dict[str, Path]:
-    """Write, for a :func:`truncation_study` table: the heatmap of ``metric``
-    (``heatmap_<metric>.png``), the best configuration with the full and truncated metrics
-    (``best.json``), its :func:`mechtrunc.attribute_change` table per component, i.e. per
-    layer and head, MLP, embedding and bias (``attribution_change.csv``) and the same summed
-    per layer and kind (``attribution_change_by_layer.csv``).  Returns the paths by name.
+) -> TruncationSummary:
+    """The summary of a :func:`truncation_study` table: the heatmap of ``metric``, the best
+    configuration with the full and truncated metrics, its :func:`mechtrunc.attribute_change`
+    table per component, i.e. per layer and head, MLP, embedding and bias, and the same summed
+    per layer and kind.  Written into ``out_dir`` (``heatmap_<metric>.png``, ``best.json``,
+    ``attribution_change.csv``, ``attribution_change_by_layer.csv``: see
+    :mod:`~mechtrunc.studies.truncation_files`) and returned as a
+    :class:`~mechtrunc.studies.truncation_files.TruncationSummary` (``best``: the content of
+    ``best.json``; ``attribution``, ``attribution_by_layer``; ``paths`` by name).
 
-    ``items`` (the study's per-item side table, :func:`mechtrunc.studies.read_items`): ``best.json``
+    ``items`` (the study's per-item side table, :func:`mechtrunc.studies.read_items`): ``best``
     also holds ``intervals``: per metric, the best configuration's ``change`` against the full
     model and its paired bootstrap interval ``ci_low, ci_high``
     (:func:`mechtrunc.selection.table_change_intervals`), with ``n_boot``, ``level``, ``seed``,
     ``n_items`` (in-sample: see held-out selection for an unbiased estimate)."""
     check_prompt_metric(prompts, metric)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-    paths["heatmap"] = _heatmap(df, metric, out / f"heatmap_{metric}.png", higher_is_better=higher_is_better)
+    directory = TruncationDirectory(out_dir)
+    directory.out.mkdir(parents=True, exist_ok=True)
+    heatmap = _heatmap(df, metric, directory.heatmap_path(metric), higher_is_better=higher_is_better)
     best = best_configuration(df, metric, higher_is_better)
     iv = as_truncate(best)
     is_base = df["baseline"].astype(bool)
@@ -65,17 +66,13 @@ def study_report(
                 attrs = t.attrs
         if attrs is not None:
             summary["intervals"] = {"metrics": per, **attrs}
-    paths["best"] = out / "best.json"
-    paths["best"].write_text(json.dumps(summary, indent=2))
     change = attribute_change(model, prompts, iv, batch_size=batch_size)
-    paths["attribution"] = out / "attribution_change.csv"
-    change.to_csv(paths["attribution"], index=False)
     by_layer = (change[change["kind"] != "total"]
                 .groupby(["competitor", "kind", "layer"], dropna=False)[["clean", "intervened", "change"]]
                 .sum().reset_index())
-    paths["attribution_by_layer"] = out / "attribution_change_by_layer.csv"
-    by_layer.to_csv(paths["attribution_by_layer"], index=False)
-    return paths
+    # storage: everything above, in one place
+    paths = directory.write_summary(summary, change, by_layer, heatmap)
+    return TruncationSummary(summary, change, by_layer, paths)
 
 
 def _heatmap(*args, **kwargs):
