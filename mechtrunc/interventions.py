@@ -578,7 +578,7 @@ class ProjectOut(Intervention):
         if self.site in ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post"):
             width = adapter.d_model
         else:  # mlp_pre / mlp_post: the MLP's hidden width
-            width = adapter.matrix("mlp.W_in", self.layer).get().shape[1]
+            width = adapter.d_mlp
         if D.ndim != 2 or D.shape[1] != width:
             raise ValueError(
                 f"directions must have shape [n, {width}] for site {self.site!r}, got {tuple(D.shape)}"
