@@ -124,7 +124,8 @@ def test_hook_names_are_the_models_hooks(fixture, request):
 
 def test_hook_name_errors(random_toy):
     a = adapt(random_toy)
-    with pytest.raises(ValueError, match=r"unknown layer hook 'mlp_output'; valid: mlp_out, attn_out, .*, z, q, k, v, attn_scores, pattern$"):
+    with pytest.raises(ValueError, match=r"unknown layer hook 'mlp_output'; valid: mlp_out, attn_out, .*, "
+                                         r"z, q, k, v, attn_scores, pattern$"):
         a.hook_name("mlp_output", 0)
     with pytest.raises(ValueError, match=r"unknown layer hook 'embed'.*leave layer out"):
         a.hook_name("embed", 0)
