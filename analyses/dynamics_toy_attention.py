@@ -314,7 +314,7 @@ def attention_targets(runs) -> pd.DataFrame:
         masks = {"same_token": same, "after_same_token": F.pad(same[:, :-1], (1, 0)),
                  "self": F.one_hot(p, b.inputs.shape[1]).float(), "previous": F.one_hot(p - 1, b.inputs.shape[1]).float()}
         for layer in range(run["cfg"].n_layers):
-            pat = cache[f"blocks.{layer}.attn.hook_pattern"][r, 0, p]
+            pat = cache[mt.adapt(model).hook_name("pattern", layer)][r, 0, p]
             rows.append({"variant": run["variant"], "seed": run["seed"], "layer": layer,
                          **{k: float((pat * m).sum(1).mean()) for k, m in masks.items()}})
     return pd.DataFrame(rows)

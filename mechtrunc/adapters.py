@@ -55,6 +55,23 @@ _SITE_HOOK = {
     "mlp_post": "blocks.{l}.mlp.hook_post",
     "z": "blocks.{l}.attn.hook_z",
 }
+#: TransformerLens' names of the other hooks :meth:`ModelAdapter.hook_name` knows: a layer's ...
+_LAYER_HOOK = {
+    **_SITE_HOOK,
+    "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k",
+    "v": "blocks.{l}.attn.hook_v",
+    "attn_scores": "blocks.{l}.attn.hook_attn_scores",
+    "pattern": "blocks.{l}.attn.hook_pattern",
+}
+#: ... and the model's own (no layer)
+_MODEL_HOOK = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "final_scale": "ln_final.hook_scale",  # the final LayerNorm's scale
+}
+#: per-head products seen as matrix sites: ``name -> (the two factors)``; an edit rewrites the second
+_HEAD_PRODUCTS = {"attn.OV": ("attn.W_V", "attn.W_O")}
 _MATRIX_OUT_HOOK = {
     "mlp.W_in": "blocks.{l}.mlp.hook_pre",
     "mlp.W_out": "blocks.{l}.hook_mlp_out",
@@ -86,6 +103,18 @@ class MatrixSite:
     from_full: Callable[[Tensor], Tensor]
     bias: Tensor | None
     out_hook: str
+    #: a per-head product (``attn.OV``): the number of heads, ``get()`` being ``[head, d_in,
+    #: d_out]`` and ``out_hook`` the hook a hook-mode edit rewrites (``attn.hook_z``); None: one matrix
+    heads: int | None = None
+    #: the maximum rank when it is not ``min(d_in, d_out)`` (a head's ``W_V W_O``: ``d_head``)
+    rank_bound: int | None = None
+    #: the stored matrix whose parameter (``param``) an edit of this site rewrites
+    #: (``attn.OV``: ``attn.W_O``); defaults to ``name``
+    edits: str | None = None
+
+    def __post_init__(self):
+        if self.edits is None:
+            self.edits = self.name
 
     def get(self) -> Float[Tensor, "d_in d_out"]:
         return self.to_full(self.param.detach())
@@ -96,6 +125,8 @@ class MatrixSite:
 
     @property
     def max_rank(self) -> int:
+        if self.rank_bound is not None:
+            return self.rank_bound
         return min(self.get().shape)
 
 
@@ -210,6 +241,47 @@ class ModelAdapter(ABC):
             if handle in hp.fwd_hooks:
                 hp.fwd_hooks.remove(handle)
 
+    # --- what the floors above ask: hook names, sizes, capabilities ---------------------------
+    def hook_name(self, name: str, layer: int | None = None) -> str:
+        """The hook point of ``name`` (TransformerLens' legacy names): with a ``layer``, one of
+        that layer's: the activation sites (:data:`SITES`: ``resid_pre``, ``attn_out``,
+        ``mlp_out``, ``z``...) and ``q``, ``k``, ``v``, ``attn_scores``, ``pattern``; without,
+        one of the model's: ``embed``, ``pos_embed``, ``final_scale`` (the final LayerNorm's
+        scale).  Only the name: whether the model has that hook is :meth:`has_hook`'s question
+        (:meth:`site_hook` checks an intervention's site)."""
+        if layer is None:
+            if name not in _MODEL_HOOK:
+                hint = " (give layer= for a layer's hook)" if name in _LAYER_HOOK else ""
+                raise ValueError(f"unknown model hook {name!r}; valid: {', '.join(_MODEL_HOOK)}{hint}")
+            return _MODEL_HOOK[name]
+        if name not in _LAYER_HOOK:
+            hint = " (leave layer out for the model's own hooks)" if name in _MODEL_HOOK else ""
+            raise ValueError(f"unknown layer hook {name!r}; valid: {', '.join(_LAYER_HOOK)}{hint}")
+        return _LAYER_HOOK[name].format(l=self.check_layer(layer))
+
+    def has_hook(self, name: str) -> bool:
+        """Whether the model has the hook point ``name`` (a name from :meth:`hook_name`)."""
+        return self.has_hooks and name in getattr(self.model, "hook_dict", {})
+
+    #: the activation sites (:data:`SITES`) the model has: those an intervention may edit
+    sites: tuple[str, ...] = SITES
+    #: the matrices (:data:`MATRICES` names, or the memory's ``W``) the model has
+    matrices: tuple[str, ...] = MATRICES
+
+    @property
+    def n_ctx(self) -> int | None:
+        """The longest sequence the model takes, or None where the model sets no limit."""
+        n = getattr(getattr(self.model, "cfg", None), "n_ctx", None)
+        return n if isinstance(n, int) else None
+
+    @property
+    def d_mlp(self) -> int:
+        """The width of the MLP's hidden layer (read from the configuration: no weight is built)."""
+        n = getattr(getattr(self.model, "cfg", None), "d_mlp", None)
+        if not isinstance(n, int):
+            raise ValueError(f"this {self.kind} model has no MLP hidden layer of known width")
+        return n
+
     # --- weights -------------------------------------------------------------------------
     def matrix(self, name: str, layer: int) -> MatrixSite:
         if name in MEMORY_MATRICES:
@@ -217,12 +289,14 @@ class ModelAdapter(ABC):
         if name in GATED_MATRICES and not self.gated_mlp:
             raise ValueError(f"matrix {name!r} exists only in a gated MLP (the Llama family); this {self.kind} "
                              f"model's MLP is not gated")
-        if name not in MATRICES + GATED_MATRICES or name == "attn.OV":
-            valid = ", ".join(m for m in MATRICES + (GATED_MATRICES if self.gated_mlp else ()) if m != "attn.OV")
-            raise ValueError(f"unknown matrix {name!r}; valid matrices: {valid} (and 'attn.OV' for truncation)")
+        if name not in MATRICES + GATED_MATRICES:
+            valid = ", ".join(MATRICES + (GATED_MATRICES if self.gated_mlp else ()))
+            raise ValueError(f"unknown matrix {name!r}; valid matrices: {valid}")
         layer = self.check_layer(layer)
         if name.startswith("mlp.") and not self.has_mlp(layer):
             raise ValueError(f"layer {layer} has no MLP, so matrix {name!r} does not exist")
+        if name in _HEAD_PRODUCTS:
+            return self._head_product(name, layer)
         return self._matrix(name, layer)
 
     def out_hook(self, name: str, layer: int) -> str:
@@ -236,6 +310,26 @@ class ModelAdapter(ABC):
     @abstractmethod
     def _matrix(self, name: str, layer: int) -> MatrixSite:
         """The site of a validated matrix name and layer."""
+
+    def _head_product(self, name: str, layer: int) -> MatrixSite:
+        """``attn.OV``: each head's ``W_V[h] @ W_O[h]`` (``[head, d_model, d_model]``, maximum
+        rank ``d_head``) as a site whose edits rewrite ``W_O`` and whose hook-mode edits act on
+        ``attn.hook_z``; it cannot be written as a whole (:meth:`MatrixSite.set` refuses)."""
+        self.check_kv(name)
+        first, second = _HEAD_PRODUCTS[name]
+        v, o = self._matrix(first, layer), self._matrix(second, layer)
+        h, dh, d = self.n_heads, self.d_head, self.d_model
+
+        def product(_):
+            W_V = v.get().reshape(d, h, dh).permute(1, 0, 2)  # [head, d, d_head]
+            return W_V @ o.get().reshape(h, dh, d)
+
+        def refuse(_):
+            raise ValueError(f"{name} is the product {first} @ {second} of each head, not a stored matrix: "
+                             f"an edit of it rewrites {second}")
+
+        return MatrixSite(layer, name, o.param, product, refuse, o.bias, self.hook_name("z", layer),
+                          heads=h, rank_bound=dh, edits=second)
 
     def svd(self, site: MatrixSite, method: str = "exact", rank: int | None = None):
         """``U, S, Vh`` of a matrix (``W = U diag(S) Vh``), cached while the weight is unchanged.
@@ -382,6 +476,10 @@ class HFNeoXAdapter(ModelAdapter):
 
     def _build_stack(self):
         return hf_stack(self.model)
+
+    @property
+    def d_mlp(self) -> int:
+        return self.model.config.intermediate_size
 
     def hook_point(self, name: str):
         raise ValueError(f"a bare Hugging Face model has no hook point {name!r}: boot a TransformerBridge over it "

@@ -29,14 +29,14 @@ COMPONENT_KINDS = ("embed", "pos_embed", "head", "attn_bias", "mlp", "other", "b
 def _parts(adapter, acts: dict[str, Tensor]) -> list[tuple[str, str, int | None, int | None, Tensor]]:
     """(component, kind, layer, head, vector [item, d_model]) for every residual-stream part."""
     parts = []
-    embed = acts["blocks.0.hook_resid_pre"]
+    embed = acts[adapter.hook_name("resid_pre", 0)]
     if adapter.has_pos_embed():
-        pos = acts["hook_pos_embed"]
+        pos = acts[adapter.hook_name("pos_embed")]
         parts.append(("pos_embed", "pos_embed", None, None, pos))
         embed = embed - pos
     parts.append(("embed", "embed", None, None, embed))
     for layer in range(adapter.n_layers):
-        z = acts[f"blocks.{layer}.attn.hook_z"]  # [item, head, d_head]
+        z = acts[adapter.hook_name("z", layer)]  # [item, head, d_head]
         W_O = adapter.head_W_O(layer).float()
         heads = torch.einsum("ihe,hed->ihd", z, W_O)
         for h in range(adapter.n_heads):
@@ -45,8 +45,8 @@ def _parts(adapter, acts: dict[str, Tensor]) -> list[tuple[str, str, int | None,
         if b_O is not None:
             parts.append((f"L{layer}.attn_bias", "attn_bias", layer, None, b_O.float().expand_as(embed)))
         if adapter.has_mlp(layer):
-            parts.append((f"L{layer}.mlp", "mlp", layer, None, acts[f"blocks.{layer}.hook_mlp_out"]))
-    final = acts[f"blocks.{adapter.n_layers - 1}.hook_resid_post"]
+            parts.append((f"L{layer}.mlp", "mlp", layer, None, acts[adapter.hook_name("mlp_out", layer)]))
+    final = acts[adapter.hook_name("resid_post", adapter.n_layers - 1)]
     other = final - sum(p[-1] for p in parts)
     parts.append(("other", "other", None, None, other))
     return parts
@@ -64,16 +64,16 @@ def attribute(
     """
     adapter = adapt(model)
     L = adapter.n_layers
-    capture = ["blocks.0.hook_resid_pre", f"blocks.{L - 1}.hook_resid_post"]
+    capture = [adapter.hook_name("resid_pre", 0), adapter.hook_name("resid_post", L - 1)]
     if adapter.has_pos_embed():
-        capture.append("hook_pos_embed")
+        capture.append(adapter.hook_name("pos_embed"))
     for layer in range(L):
-        capture.append(f"blocks.{layer}.attn.hook_z")
+        capture.append(adapter.hook_name("z", layer))
         if adapter.has_mlp(layer):
-            capture.append(f"blocks.{layer}.hook_mlp_out")
+            capture.append(adapter.hook_name("mlp_out", layer))
     ln = adapter.final_ln()
     if ln is not None:
-        capture.append("ln_final.hook_scale")
+        capture.append(adapter.hook_name("final_scale"))
     with intervene(model, *interventions):  # weights read below must be the intervened ones
         logits, acts = run_items(model, prompts, capture=tuple(capture), batch_size=batch_size)
         parts = _parts(adapter, acts)
@@ -89,7 +89,7 @@ def attribute(
             bias = bias + (b_U[answer] - b_U[comp]).float()
         if ln is not None:
             w_ln, b_ln = ln
-            scale = acts["ln_final.hook_scale"].reshape(-1, 1)
+            scale = acts[adapter.hook_name("final_scale")].reshape(-1, 1)
             du_ln = du * w_ln.float()
             centre = not adapter.ln_is_rms
             if b_ln is not None:

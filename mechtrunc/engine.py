@@ -111,12 +111,7 @@ def _plan(adapter, truncations) -> list[_Plan]:
             continue
         seen.add(key)
         adapter.check_layer(t.layer)
-        if t.matrix == "attn.OV":
-            adapter.check_kv("attn.OV")
-            adapter.matrix("attn.W_O", t.layer)
-            max_rank = adapter.d_head
-        else:
-            max_rank = adapter.matrix(t.matrix, t.layer).max_rank
+        max_rank = adapter.matrix(t.matrix, t.layer).max_rank
         plans.append(_Plan(t, t.ranks(adapter, max_rank)[0], max_rank, t.matrix in adapter.fast_matrices))
     return plans
 
@@ -218,11 +213,11 @@ class _Products:
     """The truncated outputs of one matrix of one layer at every rank its plans need."""
 
     def __init__(self, adapter, cache, layer: int, matrix: str, ranks: list[int], max_rank: int, dev, dtype):
-        self.ov = matrix == "attn.OV"
-        site = adapter.matrix("attn.W_O" if self.ov else matrix, layer)
+        site = adapter.matrix(matrix, layer)
+        self.per_head = site.heads is not None
         self.bias = None if site.bias is None else site.bias.to(dev, dtype)
         need = max([r for r in ranks if r < max_rank], default=0)
-        if self.ov:  # each head's W_V W_O: a new W_O per rank
+        if self.per_head:  # each head's W_V W_O: a new W_O per rank
             W_O, Vh = ov_basis(adapter, layer)
             self.W_O = {r: ov_W_O(W_O, Vh, torch.arange(max_rank) < r).reshape(-1, W_O.shape[-1]).to(dev, dtype)
                         for r in set(ranks) if r < max_rank}
@@ -233,10 +228,10 @@ class _Products:
         self.tp = TruncatedProduct(Q.to(dev, dtype), left, W.to(dev, dtype), self.bias)
 
     def coefficients(self, x: Tensor) -> Tensor:
-        return x if self.ov else self.tp.coefficients(x)
+        return x if self.per_head else self.tp.coefficients(x)
 
     def output(self, coef: Tensor, rank: int) -> Tensor:
-        if self.ov:
+        if self.per_head:
             out = coef @ self.W_O[rank]
             return out + self.bias if self.bias is not None else out
         return self.tp.output(coef, rank)
@@ -309,7 +304,7 @@ def _run_fast(adapter, prompts, plans, batch_size, cache, tick, want_baseline, i
             for s, e, idx in chunks(max(1, batch_size // len(order))):
                 outs, memo = [], {}  # the layer's clean parts, shared by its matrices' splits
                 for m, ps in per_matrix.items():
-                    x, rest = stack.split(l, "attn.W_O" if m == "attn.OV" else m, resid_all[s:e], memo)
+                    x, rest = stack.split(l, m, resid_all[s:e], memo)
                     coef = products[m].coefficients(x)
                     outs.extend(rest(products[m].output(coef, p.rank)) for p in ps)
                     del x, rest, coef

@@ -372,10 +372,10 @@ class _SVDEdit(Intervention):
 
     def _apply(self, adapter):
         adapter.check_layer(self.layer)
-        if self.matrix == "attn.OV":
-            yield from self._apply_ov(adapter)
-            return
         site = adapter.matrix(self.matrix, self.layer)
+        if site.heads is not None:
+            yield from self._apply_heads(adapter, site)
+            return
         mask = self._keep_masks(adapter, site.max_rank)
         if mask.ndim == 1 and bool(mask.all()):
             yield  # nothing removed: identity, weights untouched
@@ -400,28 +400,27 @@ class _SVDEdit(Intervention):
             with _hooked(adapter, site.out_hook, fn):
                 yield
 
-    def _apply_ov(self, adapter):
-        """Per head, keep components of W_OV = W_V[h] @ W_O[h].  Weight mode rewrites
-        W_O[h] <- W_O[h] V_k V_k^T (so W_V W_O' is the truncated product); hook mode applies
-        the equivalent map z_h <- z_h A_h at ``attn.hook_z``."""
-        h, dh, d = adapter.n_heads, adapter.d_head, adapter.d_model
-        adapter.check_kv("attn.OV")
-        site_o = adapter.matrix("attn.W_O", self.layer)
-        mask = self._keep_masks(adapter, dh)
+    def _apply_heads(self, adapter, site: MatrixSite):
+        """A per-head product site (``attn.OV``): per head, keep components of W_OV = W_V[h] @
+        W_O[h].  Weight mode rewrites W_O[h] <- W_O[h] V_k V_k^T (so W_V W_O' is the truncated
+        product); hook mode applies the equivalent map z_h <- z_h A_h at ``site.out_hook``
+        (``attn.hook_z``)."""
+        mask = self._keep_masks(adapter, site.max_rank)
         if mask.ndim != 1:
-            raise ValueError("per-row ranks are not supported for attn.OV")
+            raise ValueError(f"per-row ranks are not supported for {site.name}")
         if bool(mask.all()):
             yield
             return
         W_O, Vh = ov_basis(adapter, self.layer)
         new_O = ov_W_O(W_O, Vh, mask)
         if self.mode == "weight":
-            with _edited(site_o, new_O.reshape(h * dh, d).to(site_o.param.dtype)):
+            edited = adapter.matrix(site.edits, self.layer)
+            with _edited(edited, new_O.reshape(-1, W_O.shape[-1]).to(edited.param.dtype)):
                 yield
         else:
             A = new_O @ torch.linalg.pinv(W_O)  # [h, dh, dh], A_h W_O[h] = W_O[h] P_h
             fn = lambda z: torch.einsum("bphe,hef->bphf", z, A.to(z.dtype))
-            with _hooked(adapter, adapter.site_hook("z", self.layer), fn):
+            with _hooked(adapter, site.out_hook, fn):
                 yield
 
 
@@ -496,8 +495,12 @@ class Truncate(_SVDEdit):
                     )
             return ranks
         # rule="authors": int(keep * d) with d = the maximum rank the released code assumes:
-        # d_model for weight matrices, d_head for a head's W_V W_O (see the module docstring)
-        d_model = adapter.d_head if self.matrix == "attn.OV" else adapter.d_model
+        # d_model for weight matrices, a per-head product's own (d_head for a head's W_V W_O;
+        # see the module docstring)
+        d_model = adapter.d_model
+        if self.rule == "authors":
+            site = adapter.matrix(self.matrix, self.layer)
+            d_model = site.max_rank if site.heads is not None else d_model
         return [rank_for_keep(float(k), max_rank, d_model, self.rule) for k in _as_list(self.keep)]
 
     def _keep_masks(self, adapter, max_rank):
@@ -580,7 +583,7 @@ class ProjectOut(Intervention):
         if self.site in ("mlp_out", "attn_out", "resid_pre", "resid_mid", "resid_post"):
             width = adapter.d_model
         else:  # mlp_pre / mlp_post: the MLP's hidden width
-            width = adapter.matrix("mlp.W_in", self.layer).get().shape[1]
+            width = adapter.d_mlp
         if D.ndim != 2 or D.shape[1] != width:
             raise ValueError(
                 f"directions must have shape [n, {width}] for site {self.site!r}, got {tuple(D.shape)}"

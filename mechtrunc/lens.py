@@ -96,10 +96,11 @@ def _check_k(k) -> int:
 def _check_matrix(adapter: ModelAdapter, matrix) -> str:
     if matrix not in LENS_MATRICES:
         raise ValueError(f"unknown matrix {matrix!r} for the vocabulary lens; valid matrices: {', '.join(LENS_MATRICES)}")
-    if adapter.kind == "memory" and matrix != "W":
-        raise ValueError(f"matrix {matrix!r} does not exist on the linear memory; its only matrix is 'W'")
-    if adapter.kind != "memory" and matrix == "W":
-        raise ValueError(f"matrix 'W' exists only on a mechtrunc.memory.LinearMemory, not on a {adapter.kind} model")
+    if matrix not in adapter.matrices:
+        if matrix == "W":
+            raise ValueError(f"matrix 'W' exists only on a mechtrunc.memory.LinearMemory, not on a {adapter.kind} model")
+        raise ValueError(f"matrix {matrix!r} does not exist on this {adapter.kind} model; its matrices: "
+                         f"{', '.join(m for m in adapter.matrices if m in LENS_MATRICES)}")
     return matrix
 
 
@@ -169,7 +170,7 @@ def component_directions(model, matrix: str, layer: int, head: int | None = None
         W_V = adapter.matrix("attn.W_V", layer).get().reshape(d, h, dh)[:, head].float()
         _, S, Vh = torch.linalg.svd(W_V @ W_O, full_matrices=False)
         S, Vh = S[:dh], Vh[:dh]
-    return {"S": S, "out": Vh, "coef_basis": Vh, "hook": f"blocks.{layer}.attn.hook_z", "W_O_head": W_O,
+    return {"S": S, "out": Vh, "coef_basis": Vh, "hook": adapter.hook_name("z", layer), "W_O_head": W_O,
             "bias": None, "head": head}
 
 
@@ -447,27 +448,27 @@ def logit_lens(
     adapter = adapt(model)
     sites = _check_sites(sites)
     stack = adapter.stack
-    if stack is None or adapter.kind == "memory" or not adapter.has_hooks:
+    if stack is None or not adapter.has_hooks or not {"resid_pre", "attn_out", "resid_post"} <= set(adapter.sites):
         raise ValueError(f"the logit lens needs a Transformer with hook points and a layer stack "
                          f"(toy model or TransformerBridge), not a {adapter.kind} model")
-    hooks = adapter.model.hook_dict
     L = adapter.n_layers
-    native_mid = all(f"blocks.{l}.hook_resid_mid" in hooks for l in range(L))
+    hook = adapter.hook_name
+    native_mid = all(adapter.has_hook(hook("resid_mid", l)) for l in range(L))
     capture = []
     for l in range(L):
-        capture += [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_post"]
+        capture += [hook("resid_pre", l), hook("resid_post", l)]
         if "resid_mid" in sites:
-            capture += [f"blocks.{l}.hook_resid_mid"] if native_mid else [f"blocks.{l}.hook_attn_out"]
+            capture += [hook("resid_mid", l)] if native_mid else [hook("attn_out", l)]
     logits, acts = run_items(model, prompts, *interventions, capture=tuple(capture), batch_size=batch_size)
     dtype = next(adapter.model.parameters()).dtype
     rows, depth = [], 0
     for l in range(L):
         for site in sites:
             if site == "resid_mid":
-                resid = acts[f"blocks.{l}.hook_resid_mid"] if native_mid else \
-                    acts[f"blocks.{l}.hook_resid_pre"] + acts[f"blocks.{l}.hook_attn_out"]
+                resid = acts[hook("resid_mid", l)] if native_mid else \
+                    acts[hook("resid_pre", l)] + acts[hook("attn_out", l)]
             else:
-                resid = acts[f"blocks.{l}.hook_{site}"]
+                resid = acts[hook(site, l)]
             lens_logits = torch.cat([stack.unembed(chunk.to(dtype)).float()
                                      for chunk in resid.split(max(1, batch_size))]) if len(resid) else resid
             m = metrics_from_logits(lens_logits, prompts)

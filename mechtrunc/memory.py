@@ -202,6 +202,8 @@ class MemoryAdapter(ModelAdapter):
     (``d_vocab_in`` = N) and outputs (``d_vocab`` = V) are different vocabularies."""
 
     kind = "memory"
+    sites = ("mlp_out",)
+    matrices = MEMORY_MATRICES
 
     def __init__(self, model):
         super().__init__(model)

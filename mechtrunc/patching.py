@@ -422,7 +422,7 @@ def _path_value(adapter, read: PromptSet, target: PromptSet, delta: Tensor, rec:
                 batch_size: int) -> Tensor:
     """The metric per item of ``read`` with the path patched."""
     if rec[0] == "logits":
-        name = f"blocks.{adapter.n_layers - 1}.hook_resid_post"
+        name = adapter.hook_name("resid_post", adapter.n_layers - 1)
         ivs = (_SetAt(name=name, values=delta, add=True),)
     elif rec[0] == "mlp":
         layer = rec[1]
@@ -434,7 +434,7 @@ def _path_value(adapter, read: PromptSet, target: PromptSet, delta: Tensor, rec:
     else:
         kind, layer, head = rec
         where = adapter.site_hook("resid_pre", layer)
-        qkv = f"blocks.{layer}.attn.hook_{kind}"
+        qkv = adapter.hook_name(kind, layer)
         with intervene(adapter, _SetAt(name=where, values=delta, add=True)):
             new = record_activations(adapter, target.tokens, [qkv], batch_size=batch_size)[qkv]
         ivs = (_SetAt(name=qkv, values=new, add=False, head=head),)

@@ -20,8 +20,8 @@ def check_prompts(model, prompts: PromptSet) -> None:
     """ValueError when ``prompts`` do not fit ``model`` (a model or its adapter): longer than
     its context, or token ids outside its vocabularies."""
     adapter = adapt(model)
-    n_ctx = getattr(getattr(adapter.model, "cfg", None), "n_ctx", None)
-    if isinstance(n_ctx, int) and prompts.tokens.shape[1] > n_ctx:
+    n_ctx = adapter.n_ctx
+    if n_ctx is not None and prompts.tokens.shape[1] > n_ctx:
         raise ValueError(
             f"the prompts are {prompts.tokens.shape[1]} tokens long but the model's context is {n_ctx} tokens: "
             "shorten the prompts"

@@ -61,7 +61,7 @@ def attention_html(model, tokens, layer: int, path: str | Path, str_tokens: list
     adapter.check_layer(layer)
     toks = torch.as_tensor(tokens).reshape(1, -1).to(adapter.device)
     store = {}
-    with adapter.hooked(f"blocks.{layer}.attn.hook_pattern", lambda p: store.__setitem__("p", p.detach())):
+    with adapter.hooked(adapter.hook_name("pattern", layer), lambda p: store.__setitem__("p", p.detach())):
         adapter.forward(toks)
     pattern = store["p"][0].float().cpu()  # [head, q, k]
     if str_tokens is None:

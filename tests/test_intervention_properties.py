@@ -73,8 +73,7 @@ class Entry:
         a = adapt(model)
         self.name, self.model = name, model
         self.n_layers, self.n_heads, self.d_model, self.vocab = a.n_layers, a.n_heads, a.d_model, a.d_vocab
-        self.max_rank = {(m, l): (a.d_head if m == "attn.OV" else a.matrix(m, l).max_rank)
-                         for m in mt.MATRICES for l in range(a.n_layers)}
+        self.max_rank = {(m, l): a.matrix(m, l).max_rank for m in mt.MATRICES for l in range(a.n_layers)}
         g = torch.Generator().manual_seed(0)
         self.tokens = torch.randint(0, min(self.vocab, 60), (2, 6), generator=g)
         self.ref = torch.randint(0, min(self.vocab, 60), (3, 6), generator=g)

@@ -89,10 +89,7 @@ def _site_output(model, hook, toks):
 
 
 def _max_rank(model, matrix, layer=LAYER):
-    a = adapt(model)
-    if matrix == "attn.OV":
-        return a.d_head
-    return a.matrix(matrix, layer).max_rank
+    return adapt(model).matrix(matrix, layer).max_rank
 
 
 # ------------------------------------------------------------------------------------------
@@ -254,6 +251,28 @@ def test_authors_rule_uses_d_model(model):
     # attn.OV under the authors' rule counts against d_head
     t = Truncate("attn.OV", layer=LAYER, keep=0.5, rule="authors")
     assert t.ranks(a, a.d_head) == [int(0.5 * a.d_head)]
+
+
+@pytest.mark.parametrize("model", MODELS, indirect=True)
+def test_attn_ov_is_a_per_head_matrix_site(model):
+    """``attn.OV`` is a site like the others: each head's ``W_V W_O`` (maximum rank ``d_head``),
+    whose edits rewrite ``W_O`` and whose hook-mode edits act on ``hook_z``; it is not stored,
+    so it cannot be written as a whole."""
+    a = adapt(model)
+    h, dh, d = a.n_heads, a.d_head, a.d_model
+    s, o = a.matrix("attn.OV", LAYER), a.matrix("attn.W_O", LAYER)
+    assert (s.heads, s.max_rank, s.edits, s.out_hook) == (h, dh, "attn.W_O", a.hook_name("z", LAYER))
+    assert (o.heads, o.max_rank, o.edits) == (None, min(o.get().shape), "attn.W_O")
+    assert s.param is o.param
+    W_V = a.matrix("attn.W_V", LAYER).get().reshape(d, h, dh)
+    P = s.get()
+    assert P.shape == (h, d, d)
+    for i in range(h):
+        torch.testing.assert_close(P[i], W_V[:, i] @ o.get().reshape(h, dh, d)[i])
+        assert int(torch.linalg.matrix_rank(P[i].double(), rtol=1e-5)) <= dh
+    with pytest.raises(ValueError, match=r"attn\.OV is the product attn\.W_V @ attn\.W_O of each head, not a stored "
+                                         r"matrix: an edit of it rewrites attn\.W_O"):
+        s.set(P)
 
 
 @pytest.mark.parametrize("model", MODELS, indirect=True)
@@ -702,8 +721,8 @@ def test_error_messages(model):
         enter(Truncate("mlp.W_gate", layer=0, keep=0.5))
     with pytest.raises(ValueError, match=r"unknown matrix 'W_in'"):
         enter(RemoveComponents("W_in", layer=0, indices=(0,)))
-    with pytest.raises(ValueError, match=r"unknown matrix 'attn\.OV'; valid matrices: mlp\.W_in"):
-        a.matrix("attn.OV", 0)
+    with pytest.raises(ValueError, match=r"unknown matrix 'attn\.W_X'; valid matrices: mlp\.W_in, .*attn\.OV"):
+        a.matrix("attn.W_X", 0)
     with pytest.raises(ValueError, match=r"unknown site 'mlp_output'; valid sites: mlp_out, attn_out"):
         ProjectOut("mlp_output", layer=0, directions=torch.randn(d))
     with pytest.raises(ValueError, match=r"unknown site 'z'"):

@@ -114,7 +114,7 @@ def induction_score(model, batch: RecallBatch, layer: int) -> float:
     uniform pattern, 1 for a perfect induction head."""
     adapter = adapt(model)
     store = {}
-    with adapter.hooked(f"blocks.{layer}.attn.hook_pattern", lambda p: store.__setitem__("p", p.detach())):
+    with adapter.hooked(adapter.hook_name("pattern", layer), lambda p: store.__setitem__("p", p.detach())):
         adapter.forward(batch.inputs.to(adapter.device))
     pat = store["p"]
     if pat.ndim == 3:

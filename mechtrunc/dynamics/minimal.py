@@ -275,6 +275,7 @@ class MinimalAdapter(ModelAdapter):
     a bilinear form, not a map into the residual stream, and is not exposed."""
 
     kind = "minimal"
+    matrices = ("mlp.W_out", "attn.W_O")
 
     def __init__(self, model: MinimalModel):
         super().__init__(model)
@@ -286,9 +287,9 @@ class MinimalAdapter(ModelAdapter):
         block = self.model.blocks[layer]
         ident = lambda t: t
         if name == "mlp.W_out":
-            return MatrixSite(layer, name, block.mlp.W_F, ident, ident, None, f"blocks.{layer}.hook_mlp_out")
+            return MatrixSite(layer, name, block.mlp.W_F, ident, ident, None, self.out_hook(name, layer))
         if name == "attn.W_O":
-            return MatrixSite(layer, name, block.attn.W_OV, ident, ident, None, f"blocks.{layer}.hook_attn_out")
+            return MatrixSite(layer, name, block.attn.W_OV, ident, ident, None, self.out_hook(name, layer))
         raise ValueError(f"the minimal model has matrices 'mlp.W_out' (W_F) and 'attn.W_O' (W_OV), not {name!r}")
 
     def W_U(self) -> Tensor:
@@ -526,7 +527,7 @@ def ov_noise_components(model: MinimalModel, prompts: PromptSet) -> pd.DataFrame
     contribution."""
     adapter = adapt(model)
     store = {}
-    with adapter.hooked("blocks.0.attn.hook_z", lambda z: store.__setitem__("z", z.detach())):
+    with adapter.hooked(adapter.hook_name("z", 0), lambda z: store.__setitem__("z", z.detach())):
         adapter.forward(prompts.tokens.to(adapter.device))
     z = store["z"][:, :, 0][prompts.rows, prompts.pos].double()  # [item, d]
     W = model.blocks[0].attn.W_OV.detach().double()

@@ -58,7 +58,7 @@ def component_attributions(model, batch: RecallBatch, layer: int = 1, init=None)
     adapter = adapt(model)
     prompts = batch.to_prompts()
     mlp = model.blocks[layer].mlp
-    hooks = (f"blocks.{layer}.hook_resid_mid", f"blocks.{layer}.mlp.hook_pre")
+    hooks = (adapter.hook_name("resid_mid", layer), adapter.hook_name("mlp_pre", layer))
     _, acts = run_items(model, prompts, capture=hooks, batch_size=len(prompts.tokens))
     x, pre = acts[hooks[0]].double(), acts[hooks[1]].double()
     mask = (pre > 0).double() if mlp.kind == "relu" else torch.ones_like(pre)
@@ -213,7 +213,7 @@ def attention_component_attributions(
         raise ValueError(f"layer {layer!r} is out of range; valid: 0..{n_layers - 1}")
     adapter = adapt(model)
     att = model.blocks[layer].attn
-    names = (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_pattern")
+    names = (adapter.hook_name("resid_pre", layer), adapter.hook_name("pattern", layer))
     acts = _capture(model, batch, names)
     rows_, pos = batch.loss_mask.nonzero(as_tuple=True)
     x, pat = acts[names[0]], acts[names[1]]
@@ -262,11 +262,11 @@ def residual_attributions(model, batch: RecallBatch) -> pd.DataFrame:
     differences (no LayerNorm in the toy model).  One row per ``term``
     (``embed``, ``pos_embed``, ``attn.{l}``, ``mlp.{l}``)."""
     adapter = adapt(model)
-    names = {"embed": "hook_embed", "pos_embed": "hook_pos_embed"}
-    for l, block in enumerate(model.blocks):
-        names[f"attn.{l}"] = f"blocks.{l}.hook_attn_out"
-        if block.mlp is not None:
-            names[f"mlp.{l}"] = f"blocks.{l}.hook_mlp_out"
+    names = {"embed": adapter.hook_name("embed"), "pos_embed": adapter.hook_name("pos_embed")}
+    for l in range(adapter.n_layers):
+        names[f"attn.{l}"] = adapter.hook_name("attn_out", l)
+        if adapter.has_mlp(l):
+            names[f"mlp.{l}"] = adapter.hook_name("mlp_out", l)
     acts = _capture(model, batch, tuple(names.values()))
     rows_, pos = batch.loss_mask.nonzero(as_tuple=True)
     answers = batch.clean_targets()[rows_, pos]
@@ -378,6 +378,7 @@ def ov_gradient_noise(model, batch: RecallBatch, layer: int = 1) -> dict:
     att = model.blocks[layer].attn
     store: dict[str, Tensor] = {}
     adapter = adapt(model)
+    names = (adapter.hook_name("resid_pre", layer), adapter.hook_name("pattern", layer))
     was_training = model.training
     model.eval()
     params = [att.W_V, att.W_O]
@@ -386,7 +387,7 @@ def ov_gradient_noise(model, batch: RecallBatch, layer: int = 1) -> dict:
             import contextlib
 
             with contextlib.ExitStack() as stack:
-                for name in (f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_pattern"):
+                for name in names:
                     stack.enter_context(adapter.hooked(name, lambda out, name=name: store.__setitem__(name, out.detach())))
                 logits = model(batch.inputs)
             loss = masked_cross_entropy(logits, batch.targets, batch.loss_mask)
@@ -396,9 +397,9 @@ def ov_gradient_noise(model, batch: RecallBatch, layer: int = 1) -> dict:
     W_V, W_O = att.W_V.detach()[0].double(), att.W_O.detach()[0].double()
     dOV = -(G_V[0].double() @ W_O + W_V @ G_O[0].double())
     rows, pos = batch.loss_mask.nonzero(as_tuple=True)
-    pat = store[f"blocks.{layer}.attn.hook_pattern"]
+    pat = store[names[1]]
     pat = (pat.unsqueeze(1) if pat.ndim == 3 else pat)[rows, 0, pos].double()
-    xbar = torch.einsum("ik,ikd->id", pat, store[f"blocks.{layer}.hook_resid_pre"][rows].double())
+    xbar = torch.einsum("ik,ikd->id", pat, store[names[0]][rows].double())
     g_noise, _ = _readouts(adapter.W_U().double(), batch.noise_id, batch.clean_targets()[rows, pos])
     u, v = xbar.mean(0) / xbar.mean(0).norm(), g_noise / g_noise.norm()
     norm2 = float((dOV ** 2).sum())

@@ -224,7 +224,7 @@ def attention_section(ctx: Context) -> Section | None:
     labels = _labels(task, batch, i, n)
     a = adapt(model)
     store = {}
-    hooks = [f"blocks.{l}.attn.hook_pattern" for l in range(a.n_layers)]
+    hooks = [a.hook_name("pattern", l) for l in range(a.n_layers)]
     with torch.no_grad():
         from contextlib import ExitStack
 

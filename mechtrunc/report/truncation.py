@@ -367,7 +367,7 @@ def examples_section(ctx: Context) -> Section:
 
                 with ExitStack() as stack:
                     for l in layers:
-                        name = f"blocks.{l}.attn.hook_pattern"
+                        name = a.hook_name("pattern", l)
                         stack.enter_context(a.hooked(name, lambda p, l=l: store.__setitem__(l, p.detach())))
                     out = a.forward(toks)
             logits[variant] = out[0, pos].float().cpu()

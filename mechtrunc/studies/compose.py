@@ -58,12 +58,10 @@ COMPOSE_COLUMNS = (
     "candidates", "rows_evaluated", "decompositions", "seconds",
 )
 
-#: truncating either of these edits the same parameter (attn.OV rewrites W_O head by head)
-_PARAMETER = {"attn.OV": "attn.W_O"}
 
-
-def _param(layer: int, matrix: str) -> tuple[int, str]:
-    return layer, _PARAMETER.get(matrix, matrix)
+def _param(adapter, layer: int, matrix: str) -> tuple[int, str]:
+    """The stored matrix a truncation of ``matrix`` rewrites (``attn.OV`` rewrites ``attn.W_O``)."""
+    return layer, adapter.matrix(matrix, layer).edits
 
 
 def _collateral_fn(collateral, batch_size: int) -> Callable | None:
@@ -137,7 +135,7 @@ def compose_search(
         also says why the search ended, on the last row.  ``df.attrs["interventions"]`` holds the accepted
         composition (also :func:`as_interventions`).
     """
-    adapt(model)  # a model mechtrunc cannot adapt raises here, before any work
+    adapter = adapt(model)  # a model mechtrunc cannot adapt raises here, before any work
     if not isinstance(select_prompts, PromptSet) or not isinstance(eval_prompts, PromptSet):
         bad = select_prompts if not isinstance(select_prompts, PromptSet) else eval_prompts
         raise TypeError(f"select_prompts and eval_prompts must be PromptSets, got {type(bad).__name__}")
@@ -199,8 +197,8 @@ def compose_search(
     step = 0
     while True:
         step += 1
-        done = {_param(t.layer, t.matrix) for t in chosen}
-        pairs = [(l, m) for l in layers_ for m in matrices_ if _param(l, m) not in done]
+        done = {_param(adapter, t.layer, t.matrix) for t in chosen}
+        pairs = [(l, m) for l in layers_ for m in matrices_ if _param(adapter, l, m) not in done]
         if not pairs:
             stop = "every matrix truncated"
             break

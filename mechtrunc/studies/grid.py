@@ -65,9 +65,8 @@ def _resolve(adapter, grid: "Grid") -> tuple[list[int], list[str], list[float]]:
     values themselves were checked when ``grid`` was built."""
     layers = list(range(adapter.n_layers)) if grid.layers is None else [adapter.check_layer(v) for v in grid.layers]
     for m in grid.matrices:
-        if m != "attn.OV":
-            for layer in layers:
-                adapter.matrix(m, layer)  # raises for a missing MLP
+        for layer in layers:
+            adapter.matrix(m, layer)  # raises for a missing MLP
     return _dedupe(layers), _dedupe(grid.matrices), _dedupe(grid.keeps, keep_key)
 
 
@@ -95,7 +94,7 @@ def _dedupe(xs, key=lambda x: x) -> list:
 
 
 def _max_rank(adapter, matrix: str, layer: int) -> int:
-    return adapter.d_head if matrix == "attn.OV" else adapter.matrix(matrix, layer).max_rank
+    return adapter.matrix(matrix, layer).max_rank
 
 
 @dataclass(frozen=True)

@@ -118,9 +118,6 @@ def _as_truncate(t, rule: str) -> Truncate:
         except (TypeError, ValueError):
             raise ValueError(f"a truncation is a Truncate, a dict or a (layer, matrix, keep) tuple, got {t!r}") from None
         iv = Truncate(matrix, layer=layer, keep=keep, rule=rule)
-    if iv.matrix == "attn.OV":
-        raise ValueError("attn.OV truncates each head's W_V W_O with an exact SVD whatever svd= says; "
-                         "give a weight matrix (mlp.W_in, mlp.W_out, attn.W_Q...)")
     if isinstance(iv.keep, tuple) or isinstance(iv.rank, tuple):
         raise ValueError(f"{iv.label}: per-row keeps/ranks are not a single truncated weight; give one value")
     return iv
@@ -169,6 +166,11 @@ def svd_sensitivity(
     if not ivs:
         raise ValueError("truncations is empty: give at least one (layer, matrix, keep)")
     adapter = adapt(model)
+    for iv in ivs:
+        site = adapter.matrix(iv.matrix, iv.layer)
+        if site.heads is not None:
+            raise ValueError(f"{iv.matrix} truncates each head's product with an exact SVD whatever svd= says; "
+                             "give a weight matrix (mlp.W_in, mlp.W_out, attn.W_Q...)")
     dtype = torch.float64 if reference == "float64" else torch.float32
 
     t0 = time.perf_counter()
