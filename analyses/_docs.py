@@ -293,6 +293,39 @@ def render_lm_dose_ledger(df: pd.DataFrame) -> str:
                   "head pushing the answer most", "MLP whose removal changes P(\" the\") most (change)"], rows)
 
 
+def _tokens(x) -> str:
+    return "not reached" if pd.isna(x) else f"{float(x) / 1e6:.2f}M"
+
+
+def render_lm_ioi(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        cell = lambda m: _pm(r[f"gain_{m}"], r[f"gain_{m}_low"], r[f"gain_{m}_high"])  # noqa: E731
+        rows.append([f"{r['share']:g}", int(r["n_seeds"]), f"{r['acc_vs_subject']:.2f}", f"{r['p_answer']:.3f}",
+                     f"{r['p_subject']:.4f}", f"{r['p_the']:.3f}", f"{r['overweighting']:+.3f}", cell("p_answer"),
+                     str(r["gain_p_answer_per_seed"]).replace(" ", " / "), cell("p_subject"), cell("p_the"),
+                     r["choices"]])
+    return table(["\" the\" share of IOI sentences", "seeds", "IO-vs-S accuracy", "P(IO)", "P(S)", "P(\" the\")",
+                  "over-weighting: P(\" the\") - share", "held-out change of P(IO): mean [95% CI over seeds]",
+                  "per seed", "P(S)", "P(\" the\")", "chosen truncation per seed"], rows)
+
+
+def render_lm_ioi_runs(df: pd.DataFrame) -> str:
+    rows = []
+    for _, r in df.iterrows():
+        cell = lambda m: _pm(r[f"gain_{m}"], r[f"gain_{m}_low"], r[f"gain_{m}_high"])  # noqa: E731
+        rows.append([r["run"], _tokens(r["reached_tokens"]), f"{r['acc_vs_subject']:.2f}", f"{r['p_answer']:.3f}",
+                     f"{r['p_subject']:.4f}", f"{r['p_the']:.3f}", r["choice"], f"{r['loss_increase']:+.3f}",
+                     cell("p_answer"), cell("p_subject"), cell("p_the"), cell("acc_vs_subject")])
+    return table(["run", "tokens to IO-vs-S 0.8", "IO-vs-S accuracy", "P(IO)", "P(S)", "P(\" the\")",
+                  "chosen on select prompts", "corpus loss change", "change of P(IO) on eval prompts [95% CI]",
+                  "P(S)", "P(\" the\")", "IO-vs-S accuracy"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/lm.md's IOI dose-response (analyses/lm_ioi.py)
+IOI_BLOCKS = {"lm-ioi": ("lm_ioi_shares.csv", render_lm_ioi), "lm-ioi-runs": ("lm_ioi_runs.csv", render_lm_ioi_runs)}
+
+
 #: block name -> (CSV in docs/data, renderer) of docs/lm.md's dose-response section
 DOSE_BLOCKS = {
     "lm-dose": ("lm_dose_arms.csv", render_lm_dose),
@@ -750,6 +783,7 @@ REGISTRIES = [
     (BLOCKS, RESULTS, "make_results.py"),
     (LM_BLOCKS, LM, "lm_study.py"),
     (DOSE_BLOCKS, LM, "lm_dose.py"),
+    (IOI_BLOCKS, LM, "lm_ioi.py"),
     (ENGLISH_BLOCKS, LM, "english_text.py"),
     (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),
     (SVD_BLOCKS, RESULTS, "svd_sensitivity.py"),

@@ -402,9 +402,9 @@ def checkpoint_ledger(run, prompts: PromptSet, steps=None) -> pd.DataFrame:
 
 def _change_metrics(prompts: PromptSet) -> tuple[str, ...]:
     """The metrics the study reports a chosen truncation's change of: P(answer), P(" the"), the
-    answer-vs-" the" logit difference, accuracy, and P(other city) and accuracy against it on
-    recall prompts."""
-    extra = ("p_other", "acc_vs_other") if "other" in prompts.competitor_names else ()
+    answer-vs-" the" logit difference, accuracy, and for every other competitor its probability
+    and the accuracy against it (P(S) on IOI prompts, P(other city) on recall prompts)."""
+    extra = tuple(m for c in prompts.competitor_names if c != "the" for m in (f"p_{c}", f"acc_vs_{c}"))
     return ("p_answer", "p_the", "logit_diff_the", "accuracy", *extra)
 
 
