@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
+
 __all__ = ["SVD_METHODS", "BASIS_METHODS", "LASER_NITER", "SVD_SEED", "full_svd", "truncation_basis", "SVDCache", "weight_key"]
 
 #: methods of :func:`full_svd`
@@ -83,8 +85,7 @@ def truncation_basis(W: Tensor, rank: int, method: str = "gram") -> tuple[Tensor
     768 x 3072 and more accurate, see docs/benchmarks.md); ``"gram32"`` the same Gram matrix
     solved in float32 (faster on GPUs); ``"gesdd"`` ``torch.linalg.svd`` (LAPACK gesdd on CPU,
     cuSOLVER's default on CUDA); ``"gesvd"``, ``"gesvdj"``, ``"gesvda"`` cuSOLVER drivers."""
-    if method not in BASIS_METHODS:
-        raise ValueError(f"unknown svd_method {method!r}; valid: {', '.join(BASIS_METHODS)}")
+    check_choice("svd_method", method, BASIS_METHODS)
     d_in, d_out = W.shape
     s = min(d_in, d_out)
     if not 0 <= rank <= s:
@@ -124,8 +125,7 @@ class SVDCache:
     decompositions computed and read from disk."""
 
     def __init__(self, directory=None, method: str = "gram"):
-        if method not in BASIS_METHODS:
-            raise ValueError(f"unknown svd_method {method!r}; valid: {', '.join(BASIS_METHODS)}")
+        check_choice("svd_method", method, BASIS_METHODS)
         self.dir = Path(directory) if directory is not None else None
         self.method = method
         self.n_computed = 0

@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import DEFAULT_RULE, RULES
 from mechtrunc._scalars import as_int, as_int_list, as_real, as_real_list, is_scalar
 from mechtrunc.adapters import MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
@@ -203,10 +204,8 @@ class Ablate(Intervention):
         if self.head is not None:
             object.__setattr__(self, "head", as_int(self.head, "head"))
         object.__setattr__(self, "seed", as_int(self.seed, "seed"))
-        if self.component not in _ABLATE_COMPONENTS:
-            raise ValueError(f"unknown component {self.component!r}; valid: {', '.join(_ABLATE_COMPONENTS)}")
-        if self.method not in _ABLATE_METHODS:
-            raise ValueError(f"unknown ablation method {self.method!r}; valid: {', '.join(_ABLATE_METHODS)}")
+        check_choice("component", self.component, _ABLATE_COMPONENTS)
+        check_choice("ablation method", self.method, _ABLATE_METHODS)
         if (self.component == "head") != (self.head is not None):
             raise ValueError("give head= exactly when component='head'")
         if self.method != "zero" and self.reference is None:
@@ -366,8 +365,7 @@ class _SVDEdit(Intervention):
         if self.matrix not in MATRICES + MEMORY_MATRICES:
             raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)} "
                              f"(and {', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
-        if self.mode not in _MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(_MODES)}")
+        check_choice("mode", self.mode, _MODES)
 
     def _apply(self, adapter):
         adapter.check_layer(self.layer)
@@ -449,8 +447,7 @@ class Truncate(_SVDEdit):
         self._validate_common()
         if (self.keep is None) == (self.rank is None):
             raise ValueError("give exactly one of keep= (fraction) or rank= (integer)")
-        if self.rule not in RULES:
-            raise ValueError(f"unknown rank rule {self.rule!r}; valid: {', '.join(RULES)}")
+        check_choice("rank rule", self.rule, RULES)
         # one value (any int/real scalar type) or one per batch row (list, array, tensor)
         if self.keep is not None:
             keeps = as_real_list(self.keep, "keep")
@@ -648,8 +645,7 @@ class Patch(Intervention):
 
     def __post_init__(self):
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.site not in _PATCH_SITES:
-            raise ValueError(f"unknown site {self.site!r}; valid sites: {', '.join(_PATCH_SITES)}")
+        check_choice("site", self.site, _PATCH_SITES, label="valid sites")
         if self.head is not None:
             object.__setattr__(self, "head", as_int(self.head, "head"))
             if self.site != "z":

@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import DEFAULT_PATCH_DIRECTION, PATCH_DIRECTIONS, PATCH_LEVEL, SITES
 from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int
@@ -231,12 +232,10 @@ def patching_scan(
     adapter = adapt(model)
     corrupted = _paired(clean, corrupted)
     metric = _metric(clean, metric)
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+    check_choice("direction", direction, DIRECTIONS)
     sites = list(sites)
     for s in sites:
-        if s not in SITES:
-            raise ValueError(f"unknown site {s!r}; valid sites: {', '.join(SITES)}")
+        check_choice("site", s, SITES, label="valid sites")
     layers = list(range(adapter.n_layers)) if layers is None else [adapter.check_layer(x) for x in layers]
     n_boot, level = check_bootstrap(n_boot, level, allow_zero=True)
     bs = as_int(batch_size, "batch_size")

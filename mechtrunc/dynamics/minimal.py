@@ -615,8 +615,7 @@ def equal_signal_lr_scale(
     initialisation are measured on ``n_batches`` batches (``gradient_snr``) and ``scale`` gets
     the factor ``mean(other) / mean(scale)`` (``"W_F"``: the FF slowed down; ``"W_OV"``:
     attention's value memory sped up)."""
-    if scale not in ("W_F", "W_OV"):
-        raise ValueError(f"unknown scale {scale!r}; valid: 'W_F', 'W_OV'")
+    check_choice("scale", scale, ("W_F", "W_OV"), quote=True)
     model, task = MinimalModel(cfg), RecallTask(cfg.recall_config())
     m = gradient_snr(model, task, cfg.batch_size, n_batches, seed=seed).set_index("memory")["mean"]
     other = "W_OV" if scale == "W_F" else "W_F"

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc.adapters import adapt
 from mechtrunc.metrics import bootstrap_draws, check_bootstrap
 from mechtrunc.runner import run_items
@@ -207,8 +208,7 @@ def attention_component_attributions(
     ``W_V W_O - W_V0 W_O0``; for ``W_V`` / ``W_O``: the learned part of that factor, the other
     factor at its current value).  Tidy: one row per (layer, head, matrix, which, component)."""
     for m in matrices:
-        if m not in ATTENTION_MATRICES:
-            raise ValueError(f"unknown attention matrix {m!r}; valid: {', '.join(ATTENTION_MATRICES)}")
+        check_choice("attention matrix", m, ATTENTION_MATRICES)
     n_layers = len(model.blocks)
     if not 0 <= int(layer) < n_layers:
         raise ValueError(f"layer {layer!r} is out of range; valid: 0..{n_layers - 1}")
