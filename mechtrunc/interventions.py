@@ -268,12 +268,11 @@ def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: 
     d_model = None if d_model is None else as_int(d_model, "d_model")
     if not 0.0 <= keep <= 1.0:
         raise ValueError(f"keep must be in [0, 1], got {keep!r}")
+    check_choice("rank rule", rule, RULES)
     if rule == "round":
         k = math.floor(keep * max_rank + 0.5)
         return max(k, 1) if keep > 0 else 0
-    if rule == "authors":
-        return min(int(keep * (d_model if d_model is not None else max_rank)), max_rank)
-    raise ValueError(f"unknown rank rule {rule!r}; valid: {', '.join(RULES)}")
+    return min(int(keep * (d_model if d_model is not None else max_rank)), max_rank)  # "authors"
 
 
 @dataclass(frozen=True)
@@ -362,9 +361,9 @@ class _SVDEdit(Intervention):
     def _validate_common(self) -> None:
         """Checks shared by the subclasses, run when the intervention is built."""
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.matrix not in MATRICES + MEMORY_MATRICES:
-            raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)} "
-                             f"(and {', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
+        if self.matrix not in MEMORY_MATRICES:
+            check_choice("matrix", self.matrix, MATRICES, label="valid matrices",
+                         extra=f" (and {', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
         check_choice("mode", self.mode, _MODES)
 
     def _apply(self, adapter):
@@ -553,9 +552,7 @@ class ProjectOut(Intervention):
 
     def __post_init__(self):
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.site not in SITES or self.site == "z":
-            valid = ", ".join(s for s in SITES if s != "z")
-            raise ValueError(f"unknown site {self.site!r}; valid sites: {valid}")
+        check_choice("site", self.site, tuple(s for s in SITES if s != "z"), label="valid sites")
         if self.directions is None:
             raise ValueError("ProjectOut needs directions= (a [n, d] tensor)")
 

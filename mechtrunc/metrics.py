@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc._scalars import as_int, as_real
 from mechtrunc.prompts import PromptSet
 
@@ -133,13 +134,11 @@ def bootstrap_draws(n: int, n_boot: int, seed: int = 0, *, stream: str = "torch"
     interval over items, clusters or batches) draws from ``torch.Generator().manual_seed(seed)``;
     ``stream="numpy"`` (the intervals over training seeds, :func:`mechtrunc.dynamics.seed_interval`)
     from ``numpy.random.default_rng(seed)``, the stream their published numbers were drawn from."""
-    if stream == "torch":
+    if check_choice("stream", stream, ("torch", "numpy")) == "torch":
         return torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(int(seed)))
-    if stream == "numpy":
-        import numpy as np
+    import numpy as np
 
-        return torch.from_numpy(np.random.default_rng(seed).integers(0, n, size=(n_boot, n)))
-    raise ValueError(f"unknown stream {stream!r}; valid: torch, numpy")
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, n, size=(n_boot, n)))
 
 
 def resample_counts(idx: Tensor) -> Float[Tensor, "n_boot n"]:

@@ -432,6 +432,7 @@ def snr_sweep(
     vocabulary size switches to a random Markov chain of that size).  ``state="copy_ov"`` sets
     ``W_OV`` to the unit copy direction first, so ``W_KQ`` has a non-zero signal (attention's
     second stage).  Tidy: one row per (grid point, memory)."""
+    check_choice("state", state, ("init", "copy_ov"), quote=True)
     base = base or MinimalConfig()
     rows = []
     for T in seq_len:
@@ -451,8 +452,6 @@ def snr_sweep(
                     if state == "copy_ov":
                         with torch.no_grad():
                             model.blocks[0].attn.W_OV.copy_(copy_directions(model, task)["W_OV"])
-                    elif state != "init":
-                        raise ValueError(f"unknown state {state!r}; valid: 'init', 'copy_ov'")
                     bs = int(B) if B is not None else cfg.batch_size
                     df = gradient_snr(model, task, bs, n_batches=n_batches, seed=seed)
                     rows.append(df.assign(seq_len=cfg.seq_len, alpha=cfg.alpha, vocab=cfg.recall_config().d_vocab,

@@ -31,7 +31,7 @@ from mechtrunc.report.readers import (
 )
 
 __all__ = ["write_report", "build_report", "register_section", "SECTIONS", "Report", "Section", "CircuitsView",
-           "Context", "NotAResultError", "read_result", "detect", "html_table", "note"]
+           "Context", "NotAResultError", "read_result", "detect", "html_table", "note", "fragment"]
 
 SectionBuilder = Callable[[Context], "Section | list[Section] | None"]
 
