@@ -58,10 +58,14 @@ def check_fraction(name: str, value) -> float:
     return v
 
 
-def check_choice(name: str, value, valid) -> str:
-    """``value`` if it is one of ``valid``; otherwise ``unknown <name> ...; valid: ...``."""
+def check_choice(name: str, value, valid, *, label: str = "valid", quote: bool = False, extra: str = "") -> str:
+    """``value`` if it is one of ``valid`` (a string); otherwise ``unknown <name> <value!r>;
+    <label>: <v1>, <v2>...<extra>``: ``label`` names the list (``"valid sites"``), ``quote``
+    shows its values as reprs (``'exact', 'randomized'``), ``extra`` follows it (``" (or a
+    torch.dtype)"``)."""
     if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        shown = ", ".join(repr(v) if quote else str(v) for v in valid)
+        raise ValueError(f"unknown {name} {value!r}; {label}: {shown}{extra}")
     return value
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
+
 __all__ = ["SVD_METHODS", "BASIS_METHODS", "LASER_NITER", "SVD_SEED", "full_svd", "truncation_basis", "SVDCache", "weight_key"]
 
 #: methods of :func:`full_svd`
@@ -50,26 +52,25 @@ def full_svd(W: Tensor, method: str = "exact", rank: int | None = None) -> tuple
       components, an approximation of the top ``rank`` whose error grows as the spectrum flattens.
       ``U diag(S) Vh`` is the weight LASER writes back.
     """
+    check_choice("svd method", method, SVD_METHODS, quote=True)
     Wf = W if W.dtype == torch.float64 else W.float()
     if method == "exact":
         return torch.linalg.svd(Wf, full_matrices=False)
-    if method in ("randomized", "laser"):
-        if method == "laser":
-            Wf = W.float()  # the authors cast to float32 whatever the weight's dtype
-            q, niter = min(min(Wf.shape), rank if rank is not None else 1), LASER_NITER
-            if q == 0:  # nothing kept (svd_lowrank needs q >= 1)
-                m, n = Wf.shape
-                return Wf.new_zeros(m, 0), Wf.new_zeros(0), Wf.new_zeros(0, n)
-        else:
-            q, niter = min(min(Wf.shape), (rank or 1) + 10), 4
-        with torch.random.fork_rng(devices=[Wf.device] if Wf.is_cuda else []):
-            torch.manual_seed(SVD_SEED)
-            if method == "laser":  # nn.Linear layout: W^T = U' S V'^T, so W = V' S U'^T
-                U_, S, V_ = torch.svd_lowrank(Wf.T.contiguous(), q=q, niter=niter)
-                return V_, S, U_.T
-            U, S, V = torch.svd_lowrank(Wf, q=q, niter=niter)
-        return U, S, V.T
-    raise ValueError(f"unknown svd method {method!r}; valid: {', '.join(repr(m) for m in SVD_METHODS)}")
+    if method == "laser":
+        Wf = W.float()  # the authors cast to float32 whatever the weight's dtype
+        q, niter = min(min(Wf.shape), rank if rank is not None else 1), LASER_NITER
+        if q == 0:  # nothing kept (svd_lowrank needs q >= 1)
+            m, n = Wf.shape
+            return Wf.new_zeros(m, 0), Wf.new_zeros(0), Wf.new_zeros(0, n)
+    else:
+        q, niter = min(min(Wf.shape), (rank or 1) + 10), 4
+    with torch.random.fork_rng(devices=[Wf.device] if Wf.is_cuda else []):
+        torch.manual_seed(SVD_SEED)
+        if method == "laser":  # nn.Linear layout: W^T = U' S V'^T, so W = V' S U'^T
+            U_, S, V_ = torch.svd_lowrank(Wf.T.contiguous(), q=q, niter=niter)
+            return V_, S, U_.T
+        U, S, V = torch.svd_lowrank(Wf, q=q, niter=niter)
+    return U, S, V.T
 
 
 def truncation_basis(W: Tensor, rank: int, method: str = "gram") -> tuple[Tensor, Tensor]:
@@ -83,8 +84,7 @@ def truncation_basis(W: Tensor, rank: int, method: str = "gram") -> tuple[Tensor
     768 x 3072 and more accurate, see docs/benchmarks.md); ``"gram32"`` the same Gram matrix
     solved in float32 (faster on GPUs); ``"gesdd"`` ``torch.linalg.svd`` (LAPACK gesdd on CPU,
     cuSOLVER's default on CUDA); ``"gesvd"``, ``"gesvdj"``, ``"gesvda"`` cuSOLVER drivers."""
-    if method not in BASIS_METHODS:
-        raise ValueError(f"unknown svd_method {method!r}; valid: {', '.join(BASIS_METHODS)}")
+    check_choice("svd_method", method, BASIS_METHODS)
     d_in, d_out = W.shape
     s = min(d_in, d_out)
     if not 0 <= rank <= s:
@@ -124,8 +124,7 @@ class SVDCache:
     decompositions computed and read from disk."""
 
     def __init__(self, directory=None, method: str = "gram"):
-        if method not in BASIS_METHODS:
-            raise ValueError(f"unknown svd_method {method!r}; valid: {', '.join(BASIS_METHODS)}")
+        check_choice("svd_method", method, BASIS_METHODS)
         self.dir = Path(directory) if directory is not None else None
         self.method = method
         self.n_computed = 0

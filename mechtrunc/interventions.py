@@ -44,6 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import DEFAULT_RULE, RULES
 from mechtrunc._scalars import as_int, as_int_list, as_real, as_real_list, is_scalar
 from mechtrunc.adapters import GATED_MATRICES, MATRICES, MEMORY_MATRICES, SITES, MatrixSite, ModelAdapter, adapt
@@ -203,10 +204,8 @@ class Ablate(Intervention):
         if self.head is not None:
             object.__setattr__(self, "head", as_int(self.head, "head"))
         object.__setattr__(self, "seed", as_int(self.seed, "seed"))
-        if self.component not in _ABLATE_COMPONENTS:
-            raise ValueError(f"unknown component {self.component!r}; valid: {', '.join(_ABLATE_COMPONENTS)}")
-        if self.method not in _ABLATE_METHODS:
-            raise ValueError(f"unknown ablation method {self.method!r}; valid: {', '.join(_ABLATE_METHODS)}")
+        check_choice("component", self.component, _ABLATE_COMPONENTS)
+        check_choice("ablation method", self.method, _ABLATE_METHODS)
         if (self.component == "head") != (self.head is not None):
             raise ValueError("give head= exactly when component='head'")
         if self.method != "zero" and self.reference is None:
@@ -269,12 +268,11 @@ def rank_for_keep(keep: float, max_rank: int, d_model: int | None = None, rule: 
     d_model = None if d_model is None else as_int(d_model, "d_model")
     if not 0.0 <= keep <= 1.0:
         raise ValueError(f"keep must be in [0, 1], got {keep!r}")
+    check_choice("rank rule", rule, RULES)
     if rule == "round":
         k = math.floor(keep * max_rank + 0.5)
         return max(k, 1) if keep > 0 else 0
-    if rule == "authors":
-        return min(int(keep * (d_model if d_model is not None else max_rank)), max_rank)
-    raise ValueError(f"unknown rank rule {rule!r}; valid: {', '.join(RULES)}")
+    return min(int(keep * (d_model if d_model is not None else max_rank)), max_rank)  # "authors"
 
 
 @dataclass(frozen=True)
@@ -363,12 +361,11 @@ class _SVDEdit(Intervention):
     def _validate_common(self) -> None:
         """Checks shared by the subclasses, run when the intervention is built."""
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.matrix not in MATRICES + GATED_MATRICES + MEMORY_MATRICES:
-            raise ValueError(f"unknown matrix {self.matrix!r}; valid matrices: {', '.join(MATRICES)} "
-                             f"(and {', '.join(GATED_MATRICES)} in a gated MLP, "
-                             f"{', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
-        if self.mode not in _MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(_MODES)}")
+        if self.matrix not in MEMORY_MATRICES + GATED_MATRICES:
+            check_choice("matrix", self.matrix, MATRICES, label="valid matrices",
+                         extra=f" (and {', '.join(GATED_MATRICES)} in a gated MLP, "
+                               f"{', '.join(MEMORY_MATRICES)} on a mechtrunc.memory.LinearMemory)")
+        check_choice("mode", self.mode, _MODES)
 
     def _apply(self, adapter):
         adapter.check_layer(self.layer)
@@ -450,8 +447,7 @@ class Truncate(_SVDEdit):
         self._validate_common()
         if (self.keep is None) == (self.rank is None):
             raise ValueError("give exactly one of keep= (fraction) or rank= (integer)")
-        if self.rule not in RULES:
-            raise ValueError(f"unknown rank rule {self.rule!r}; valid: {', '.join(RULES)}")
+        check_choice("rank rule", self.rule, RULES)
         # one value (any int/real scalar type) or one per batch row (list, array, tensor)
         if self.keep is not None:
             keeps = as_real_list(self.keep, "keep")
@@ -561,9 +557,7 @@ class ProjectOut(Intervention):
 
     def __post_init__(self):
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.site not in SITES or self.site == "z":
-            valid = ", ".join(s for s in SITES if s != "z")
-            raise ValueError(f"unknown site {self.site!r}; valid sites: {valid}")
+        check_choice("site", self.site, tuple(s for s in SITES if s != "z"), label="valid sites")
         if self.directions is None:
             raise ValueError("ProjectOut needs directions= (a [n, d] tensor)")
 
@@ -650,8 +644,7 @@ class Patch(Intervention):
 
     def __post_init__(self):
         object.__setattr__(self, "layer", as_int(self.layer, "layer"))
-        if self.site not in SITES:
-            raise ValueError(f"unknown site {self.site!r}; valid sites: {', '.join(SITES)}")
+        check_choice("site", self.site, SITES, label="valid sites")
         if self.head is not None:
             object.__setattr__(self, "head", as_int(self.head, "head"))
             if self.site != "z":

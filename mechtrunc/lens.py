@@ -68,6 +68,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention
@@ -424,8 +425,7 @@ def _check_sites(sites) -> tuple[str, ...]:
     if not sites:
         raise ValueError(f"no sites given; valid sites: {', '.join(LENS_SITES)}")
     for s in sites:
-        if s not in LENS_SITES:
-            raise ValueError(f"unknown logit-lens site {s!r}; valid sites: {', '.join(LENS_SITES)}")
+        check_choice("logit-lens site", s, LENS_SITES, label="valid sites")
     return tuple(s for s in LENS_SITES if s in sites)  # residual-stream order
 
 

@@ -445,8 +445,7 @@ def spectrum(model: LinearMemory, W: Tensor | None = None) -> pd.DataFrame:
 def noise_component(spec: pd.DataFrame, by: str = "align_noise") -> int:
     """The index of the component most aligned with the noise (``by``: ``align_noise``,
     ``align_noise_assoc`` or ``noise_logit``)."""
-    if by not in ("align_noise", "align_noise_assoc", "noise_logit"):
-        raise ValueError(f"unknown criterion {by!r}; valid: 'align_noise', 'align_noise_assoc', 'noise_logit'")
+    check_choice("criterion", by, ("align_noise", "align_noise_assoc", "noise_logit"), quote=True)
     return int(spec.loc[spec[by].idxmax(), "component"])
 
 

@@ -12,20 +12,28 @@ Given the logits at each read item of a :class:`~mechtrunc.prompts.PromptSet`:
 
 :func:`bootstrap_ci` gives a percentile interval of a mean over items (resampling the items), for
 a metric or for a paired difference of two runs on the same items; :func:`bootstrap_intervals`
-gives many at once (a grid's configurations, the same resampled items for every row).
+gives many at once (a grid's configurations, the same resampled items for every row).  They are
+built from the pieces every bootstrap of the package uses (patching's effects, the gradient SNR
+over batches, the intervals over training seeds): :func:`check_bootstrap` (the one input check),
+:func:`bootstrap_draws` (the seeded resamples), :func:`resample_counts` and
+:func:`percentile_interval`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
+from mechtrunc._scalars import as_int, as_real
 from mechtrunc.prompts import PromptSet
 
 __all__ = ["metrics_from_logits", "item_metrics", "metric_names", "check_prompt_metric", "masked_cross_entropy", "bootstrap_ci", "bootstrap_means",
-           "bootstrap_intervals"]
+           "bootstrap_intervals", "check_bootstrap", "bootstrap_draws", "resample_counts", "percentile_interval"]
 
 
 def item_metrics(logits: Float[Tensor, "item vocab"], prompts: PromptSet) -> dict[str, Tensor]:
@@ -100,11 +108,53 @@ def masked_cross_entropy(
     return F.cross_entropy(logits[mask].float(), targets[mask])
 
 
-def _check_bootstrap(n_boot, level) -> None:
-    if not 0.0 < level < 1.0:
+def check_bootstrap(n_boot, level, *, allow_zero: bool = False) -> tuple[int, float]:
+    """The one input check of every bootstrap in mechtrunc: ``n_boot`` an integer >= 1 (>= 0
+    with ``allow_zero``, where 0 means no intervals) and ``level`` in (0, 1).  Returns them as
+    ``(int, float)``."""
+    try:
+        n = as_int(n_boot, "n_boot")
+    except (TypeError, ValueError):
+        n = None
+    if n is None or n < (0 if allow_zero else 1):
+        what = "a non-negative integer (0: no intervals)" if allow_zero else "a positive integer"
+        raise ValueError(f"n_boot must be {what}, got {n_boot!r}")
+    try:
+        lv = as_real(level, "level")
+    except (TypeError, ValueError):
+        lv = math.nan
+    if not 0.0 < lv < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    return n, lv
+
+
+def bootstrap_draws(n: int, n_boot: int, seed: int = 0, *, stream: str = "torch") -> Tensor:
+    """The resamples of every bootstrap: ``[n_boot, n]`` indices into ``n`` items (or clusters,
+    seeds, batches), drawn with replacement, seeded by ``seed``.  ``stream="torch"`` (every
+    interval over items, clusters or batches) draws from ``torch.Generator().manual_seed(seed)``;
+    ``stream="numpy"`` (the intervals over training seeds, :func:`mechtrunc.dynamics.seed_interval`)
+    from ``numpy.random.default_rng(seed)``, the stream their published numbers were drawn from."""
+    if check_choice("stream", stream, ("torch", "numpy")) == "torch":
+        return torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(int(seed)))
+    import numpy as np
+
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, n, size=(n_boot, n)))
+
+
+def resample_counts(idx: Tensor) -> Float[Tensor, "n_boot n"]:
+    """How many times each of the ``n`` items enters each resample of ``idx`` (:func:`bootstrap_draws`),
+    as float64 ``[n_boot, n]``: a resample's sum of a quantity is ``counts @ values``."""
+    return torch.zeros(idx.shape, dtype=torch.double).scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.double))
+
+
+def percentile_interval(samples: Tensor, level: float, *, skip_nan: bool = False) -> tuple[Tensor, Tensor]:
+    """The percentile interval ``(low, high)`` at ``level`` of bootstrap statistics ``samples``
+    (over the last dimension; a resample whose statistic is NaN is left out with ``skip_nan``,
+    all NaN gives NaN)."""
+    a = (1.0 - level) / 2
+    q = torch.tensor([a, 1.0 - a], dtype=torch.double)
+    q = (torch.nanquantile if skip_nan else torch.quantile)(samples.double(), q, dim=-1)
+    return q[0], q[1]
 
 
 def bootstrap_means(
@@ -113,9 +163,9 @@ def bootstrap_means(
     """The means of ``n_boot`` bootstrap resamples of the items, for each of ``k`` rows of
     ``values`` (float64, CPU).  Every row is resampled with the *same* items (draw ``b`` takes
     item ``i`` as many times in every row), so rows holding two runs on the same items, or
-    their difference, are paired.  The draws are seeded by ``seed`` and do not depend on ``k``:
-    one matrix of resample counts ``[n_boot, item]`` times ``values``, so a whole grid's
-    intervals cost one matrix product.
+    their difference, are paired.  The draws (:func:`bootstrap_draws`) are seeded by ``seed``
+    and do not depend on ``k``: one matrix of resample counts ``[n_boot, item]`` times
+    ``values``, so a whole grid's intervals cost one matrix product.
 
     ``clusters`` (one id per item, e.g. the item's sequence): resample clusters instead of
     items (all items of a drawn cluster enter together; the mean is over the drawn items), for
@@ -126,7 +176,7 @@ def bootstrap_means(
         v = v[None]
     if v.ndim != 2 or v.shape[1] == 0:
         raise ValueError(f"bootstrap needs [k, item] values with at least one item, got shape {tuple(v.shape)}")
-    _check_bootstrap(n_boot, 0.5)
+    n_boot, _ = check_bootstrap(n_boot, 0.5)
     n = v.shape[1]
     size = None
     if clusters is not None:
@@ -138,9 +188,7 @@ def bootstrap_means(
         member = torch.zeros(n, n_c, dtype=torch.double)
         member[torch.arange(n), code] = 1.0
         v, size, n = v @ member, member.sum(0), n_c  # per-cluster sums and sizes
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, n, (n_boot, n), generator=gen)
-    counts = torch.zeros(n_boot, n, dtype=torch.double).scatter_add_(1, idx, torch.ones(n_boot, n, dtype=torch.double))
+    counts = resample_counts(bootstrap_draws(n, n_boot, seed))
     if size is None:
         return v @ counts.T / n
     return (v @ counts.T) / (counts @ size)[None]
@@ -153,11 +201,8 @@ def bootstrap_intervals(
     """Percentile bootstrap intervals ``(low [k], high [k])`` of the mean of each row of
     ``values`` (the rows resampled together, by item or by ``clusters``, see
     :func:`bootstrap_means`); for paired differences pass ``after - before`` row by row."""
-    _check_bootstrap(n_boot, level)
-    means = bootstrap_means(values, n_boot=n_boot, seed=seed, clusters=clusters)
-    a = (1.0 - level) / 2
-    q = torch.quantile(means, torch.tensor([a, 1.0 - a], dtype=torch.double), dim=1)
-    return q[0], q[1]
+    n_boot, level = check_bootstrap(n_boot, level)
+    return percentile_interval(bootstrap_means(values, n_boot=n_boot, seed=seed, clusters=clusters), level)
 
 
 def bootstrap_ci(

@@ -41,12 +41,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import DEFAULT_PATCH_DIRECTION, PATCH_DIRECTIONS, PATCH_LEVEL, SITES
 from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, current_rows, intervene, record_activations
-from mechtrunc.metrics import bootstrap_means, check_prompt_metric, item_metrics
+from mechtrunc.metrics import bootstrap_means, check_bootstrap, check_prompt_metric, item_metrics, percentile_interval
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.runner import check_prompts, item_logits
@@ -231,14 +232,12 @@ def patching_scan(
     adapter = adapt(model)
     corrupted = _paired(clean, corrupted)
     metric = _metric(clean, metric)
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+    check_choice("direction", direction, DIRECTIONS)
     sites = list(sites)
     for s in sites:
-        if s not in SITES:
-            raise ValueError(f"unknown site {s!r}; valid sites: {', '.join(SITES)}")
+        check_choice("site", s, SITES, label="valid sites")
     layers = list(range(adapter.n_layers)) if layers is None else [adapter.check_layer(x) for x in layers]
-    _check_boot(n_boot, level)
+    n_boot, level = check_bootstrap(n_boot, level, allow_zero=True)
     bs = as_int(batch_size, "batch_size")
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")
@@ -270,13 +269,6 @@ def patching_scan(
     return df
 
 
-def _check_boot(n_boot, level) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
-        raise ValueError(f"n_boot must be a non-negative integer (0: no intervals), got {n_boot!r}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-
-
 def _base_items(adapter, clean: PromptSet, corrupted: PromptSet, metric: str, batch_size: int) -> dict[str, Tensor]:
     """The metric per item on the clean and on the corrupted run."""
     return {"clean": item_metrics(item_logits(adapter, clean, batch_size=batch_size), clean)[metric].double().cpu(),
@@ -294,9 +286,8 @@ def _baseline(base_items: dict, read: PromptSet, n_boot: int, level: float, seed
     if n_boot:
         means = bootstrap_means(torch.stack([base_items["clean"], base_items["corrupted"]]), n_boot=n_boot, seed=seed,
                                 clusters=read.rows.cpu())
-        a = (1.0 - level) / 2
-        q = torch.quantile(means[0] - means[1], torch.tensor([a, 1.0 - a], dtype=torch.float64))
-        low, high = float(q[0]), float(q[1])
+        lo, hi = percentile_interval(means[0] - means[1], level)
+        low, high = float(lo), float(hi)
     resolved = gap != 0 and not (low <= 0.0 <= high)  # NaN bounds (no bootstrap): only an exact zero fails
     return {**base, "gap": gap, "gap_low": low, "gap_high": high, "normalised": bool(resolved)}
 
@@ -323,9 +314,8 @@ def _effect_intervals(base_items: dict, values: list[Tensor], read: PromptSet, n
     rows = torch.stack([base_items["clean"], base_items["corrupted"], *values])
     means = bootstrap_means(rows, n_boot=n_boot, seed=seed, clusters=read.rows.cpu())
     effects = (means[2:] - means[1]) / (means[0] - means[1])
-    a = (1.0 - level) / 2
-    q = torch.nanquantile(effects, torch.tensor([a, 1.0 - a], dtype=torch.float64), dim=1)
-    return q[0].tolist(), q[1].tolist()
+    low, high = percentile_interval(effects, level, skip_nan=True)
+    return low.tolist(), high.tolist()
 
 
 def raw_change(df: pd.DataFrame) -> pd.Series:
@@ -460,7 +450,7 @@ def path_patching_scan(
     metric = _metric(clean, metric)
     if direction not in ("denoising", "noising"):
         raise ValueError(f"unknown direction {direction!r} for path patching; valid: denoising, noising")
-    _check_boot(n_boot, level)
+    n_boot, level = check_bootstrap(n_boot, level, allow_zero=True)
     bs = as_int(batch_size, "batch_size")
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")

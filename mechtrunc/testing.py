@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
+from mechtrunc._checks import check_choice
 from mechtrunc._progress import progress_bar, third_party_bars_off
 from mechtrunc.pythia import pythia_config
 
@@ -273,8 +274,7 @@ def tiny_bridge(arch: str, tokenizer_dir: str | os.PathLike, *, seed: int = 0, *
     import transformers
     from transformers import AutoTokenizer
 
-    if arch not in TINY_ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(TINY_ARCHITECTURES)}")
+    check_choice("architecture", arch, TINY_ARCHITECTURES)
     if arch == "gpt_neox":
         kw = dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
                   rotary_pct=0.25, max_position_embeddings=64, attention_dropout=0.0, hidden_dropout=0.0)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import INITS
 from mechtrunc.adapters import MatrixSite, ModelAdapter
 from mechtrunc.stacks import TransformerStack
@@ -89,11 +90,9 @@ class ToyConfig:
         if len(kinds) != self.n_layers:
             raise ValueError(f"ffn lists {len(kinds)} kinds for {self.n_layers} layers")
         for kind in kinds:
-            if kind not in FFN_KINDS:
-                raise ValueError(f"unknown ffn kind {kind!r}; valid: {', '.join(FFN_KINDS)}")
+            check_choice("ffn kind", kind, FFN_KINDS)
         self.ffn = kinds
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; valid: {', '.join(INITS)}")
+        check_choice("init", self.init, INITS)
         if self.identity_query and self.n_heads * self.d_head != self.d_model:
             raise ValueError("identity_query needs n_heads * d_head == d_model")
 

@@ -100,8 +100,7 @@ class TrainConfig:
 
 def preset(name: str, **overrides) -> TrainConfig:
     """The named preset with overrides (``None`` values are ignored)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    check_choice("preset", name, PRESETS, label="valid presets")
     valid = {f.name for f in fields(TrainConfig)}
     for key in overrides:
         if key not in valid:

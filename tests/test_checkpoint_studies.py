@@ -413,3 +413,37 @@ def test_projection_script_runs_at_tiny_shape(tmp_path):
     assert proj["one_gpu_prefetch"] <= proj["one_gpu_no_prefetch"]
     assert proj["ray_8_gpus"] - startup < proj["one_gpu_no_prefetch"] / 7  # 20 rounds instead of 154 checkpoints
     assert got["validation"]["checkpoints"] == 2 and "projected 154-checkpoint study" in r.stdout
+
+
+def test_checkpoint_request_checks_the_inputs_once(tmp_path):
+    """checkpoint_study's inputs are one value object (as Grid is a grid): normalised once, every
+    bad value named before anything runs."""
+    from mechtrunc import Truncate
+    from mechtrunc.studies.checkpoints import CheckpointRequest
+
+    def load(step):
+        raise AssertionError("nothing is loaded by the checks")
+
+    r = CheckpointRequest(load, np.array([4, 0, 4, 2]), "ioi", {"layer": 1, "matrix": "mlp.W_out", "keep": 0.1},
+                          batch_size=np.int64(8), n_prompts=50.0, prompt_seed=3)
+    assert r.steps == (4, 0, 2) and r.batch_size == 8 and r.n_prompts == 50 and r.prompt_seed == 3
+    assert r.intervention == Truncate("mlp.W_out", layer=1, keep=0.1) and r.grid is None
+    assert (r.loader, r.source, r.prompt_desc) == (load, "callable", "ioi n=50 seed=3")
+    g = CheckpointRequest(load, [0], "factual", grid={"layers": [0], "keeps": [0.5]})
+    assert g.grid == Grid(layers=(0,), keeps=(0.5,)) and g.intervention is None and g.prompt_desc == "factual"
+    for kwargs, message in [
+        (dict(steps=[]), "steps is empty"),
+        (dict(steps=[0, -1]), "step must be >= 0, got -1"),
+        (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+        (dict(n_prompts=0), "n_prompts must be >= 1, got 0"),
+        (dict(prompts=str(tmp_path / "none.csv")), r"unknown task .*none\.csv.*: give 'ioi', 'factual'"),
+        (dict(truncation=Truncate("mlp.W_out", layer=0, keep=0.5), grid=True), "not both"),
+        (dict(load=str(tmp_path / "no-such-dir")), "no such checkpoint directory"),
+    ]:
+        args = {"load": load, "steps": [0], "prompts": "ioi", **kwargs}
+        with pytest.raises(ValueError, match=message):
+            CheckpointRequest(**args)
+    with pytest.raises(TypeError, match=r"load options \['dtype'\] only apply when a model name is given"):
+        CheckpointRequest(load, [0], "ioi", load_kwargs={"dtype": "float32"})
+    with pytest.raises(TypeError, match="prompts_fn must be"):
+        CheckpointRequest(load, [0], 42)

@@ -29,6 +29,12 @@ def test_values_come_back_as_plain_python():
     (lambda: check_fraction("alpha", 1.5), "alpha must be a number in [0, 1], got 1.5"),
     (lambda: check_choice("method", "adam", ("gd", "sgd")), "unknown method 'adam'; valid: gd, sgd"),
     (lambda: check_choice("method", 3, ("gd", "sgd")), "unknown method 3; valid: gd, sgd"),
+    (lambda: check_choice("site", "z", ("mlp_out", "attn_out"), label="valid sites"),
+     "unknown site 'z'; valid sites: mlp_out, attn_out"),
+    (lambda: check_choice("svd method", "full", ("exact", "laser"), quote=True),
+     "unknown svd method 'full'; valid: 'exact', 'laser'"),
+    (lambda: check_choice("matrix", "W_gate", ("W_in",), label="valid matrices", extra=" (and W on a memory)"),
+     "unknown matrix 'W_gate'; valid matrices: W_in (and W on a memory)"),
 ])
 def test_errors_name_field_value_and_range(call, message):
     with pytest.raises(ValueError) as info:

@@ -150,7 +150,7 @@ def test_report_of_a_studied_run(studied, tmp_path, capsys):
     assert printed.startswith("lm report (9 sections")
     html = out.read_text()
     for text in ("Language-model run report: nano", "Learning curves", "Order of learning", "Truncation grid",
-                 "Chosen truncations", "Where the &#x27; the&#x27; association lives",
+                 "Chosen truncations", "Where the &#39; the&#39; association lives",
                  "Margin ledger across checkpoints",
                  "logit(IO) - logit(' the') split into", "to_the_share / 2 = 0.35",
                  f"mechtrunc lm study {run} --n {N}", f"mechtrunc report {run} --out {out}"):
@@ -305,7 +305,7 @@ def test_report_of_a_recall_run(recall_studied, tmp_path, capsys):
     for text in ("recall (one city stated)", "binding (several cities stated)", "P(absent city)",
                  "P(other stated city)", f"recall_noise / 2 = {RECALL_NOISE / 2:g}", "<td>step_recall_beats_the</td>",
                  "<td>step_binding</td>", "held-out recall and binding prompts", "final checkpoint, recall/eval",
-                 "final checkpoint, binding/eval", "after &#x27;went to&#x27; on the recall eval prompts",
+                 "final checkpoint, binding/eval", "after &#39;went to&#39; on the recall eval prompts",
                  "logit(answer) - logit(' the') split into", "Every checkpoint on the recall <i>eval</i>"):
         assert text in html, text
     for text in ("to_the_share / 2", "<td>step_ioi_beats_the</td>", "<td>step_fact_beats_the</td>", "ioi/eval",

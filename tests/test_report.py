@@ -487,3 +487,23 @@ def test_toy_truncation_section_intervals_are_paired_over_sequences(trained_toy)
     lo_i, hi_i = bootstrap_intervals(diff, n_boot=N_BOOT, seed=0)
     assert float(hi[0] - lo[0]) > float(hi_i[0] - lo_i[0])
     assert len(torch.unique(prompts.rows)) < len(prompts)
+
+
+def test_report_page_escapes_injected_markup():
+    """The page templates escape every title, label, table cell and metadata value, and a value
+    a section builder puts into its text with ``fragment``: an injected ``<script>`` stays text."""
+    import pandas as pd
+
+    from mechtrunc.report import Report, Section, html_table, note
+    from mechtrunc.report.page import fragment
+
+    bad = "<script>alert('x')</script>"
+    label = fragment("<p>Best truncation: <code>{}</code>.</p>", f"L0 {bad}")
+    sec = Section("s1", f"Section {bad}", intro=fragment("Metric <b>{}</b>", bad))
+    sec.add(label, html_table(pd.DataFrame({bad: [1.5], "label": [bad]})), note(fragment("Not computed: {}", bad)))
+    page = Report(f"Title {bad}", "toy", meta={"model": bad, bad: {"k": bad}}, sections=[sec], source=bad).html()
+    assert "<script>alert" not in page and page.count("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") == 13  # each place once (the title twice)
+    # the markup written in the code stays markup
+    assert "<p>Best truncation: <code>L0 &lt;script&gt;" in page and "Metric <b>&lt;script&gt;" in page
+    assert '<td class="num">1.5</td>' in page and '<div class="note note-info">Not computed: &lt;script&gt;' in page
+    assert page.startswith("<!DOCTYPE html>\n<html lang='en'>") and page.endswith("</main></body></html>\n")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mechtrunc._checks import check_int
+from mechtrunc._checks import check_choice, check_int
 from mechtrunc.adapters import adapt
 from mechtrunc.tasks.recall import RecallBatch, RecallTask
 
@@ -71,8 +71,7 @@ def learning_events(history: pd.DataFrame, alpha: float, criterion: str = "defau
       attention removed, argmax = noise on >= 0.5 of the items; FF removed, accuracy >= 0.5.
 
     ``ff_first``: ``step_ff < step_attn`` (or the FF's event happened and attention's never)."""
-    if criterion not in EVENT_CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; valid: {', '.join(EVENT_CRITERIA)}")
+    check_choice("criterion", criterion, EVENT_CRITERIA)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     h = history.sort_values("step")

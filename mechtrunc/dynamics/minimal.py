@@ -69,7 +69,9 @@ from mechtrunc._choices import MINIMAL_EMBEDDINGS, MINIMAL_FF, MINIMAL_MEMORIES,
 from mechtrunc._progress import progress_bar
 from mechtrunc.adapters import MatrixSite, ModelAdapter, adapt
 from mechtrunc.interventions import Ablate, intervene
-from mechtrunc.metrics import masked_cross_entropy, metrics_from_logits
+from mechtrunc.metrics import (
+    bootstrap_draws, check_bootstrap, masked_cross_entropy, metrics_from_logits, percentile_interval, resample_counts,
+)
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import item_logits, run_items
 from mechtrunc.tasks.recall import RecallBatch, RecallConfig, RecallTask
@@ -381,8 +383,7 @@ def gradient_snr(
         raise ValueError(f"n_batches must be >= 2 to estimate a standard deviation, got {n_batches}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
-        raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    n_boot, level = check_bootstrap(n_boot, level, allow_zero=True)
     D = copy_directions(model, task)
     g = torch.Generator().manual_seed(1_000_003 * seed + 17)
     signals: dict[str, list[float]] = {name: [] for name in D}
@@ -394,9 +395,7 @@ def gradient_snr(
             signals[name].append(float(-(gr * D[name]).sum()))
             norms[name].append(float(gr.norm()))
             full[name].append(gr.detach().double().flatten())
-    boot = torch.Generator().manual_seed(seed) if n_boot else None
-    idx = torch.randint(0, n_batches, (n_boot, n_batches), generator=boot) if n_boot else None
-    a = (1 - level) / 2
+    idx = bootstrap_draws(n_batches, n_boot, seed) if n_boot else None
     out = []
     for name in ("W_F", "W_OV", "W_KQ"):
         s = pd.Series(signals[name])
@@ -411,18 +410,15 @@ def gradient_snr(
             sd = sig.std(1, unbiased=True)
             snr_b = torch.where(sd > 0, sig.mean(1) / sd, torch.full_like(sd, float("nan")))
             # every resample's full SNR at once: counts [n_boot, n] of each batch in the resample
-            counts = torch.zeros(n_boot, n_batches, dtype=torch.float64).scatter_add_(
-                1, idx, torch.ones(n_boot, n_batches, dtype=torch.float64))
+            counts = resample_counts(idx)
             M = counts @ G / n_batches  # resampled mean gradients
             sq = counts @ (G * G).sum(1)  # sum of squared norms over the resample
             var = (sq - n_batches * (M * M).sum(1)) / (n_batches - 1)
             full_b = torch.where(var > 0, M.norm(dim=1) / var.clamp_min(1e-300).sqrt(),
                                  torch.full_like(var, float("nan")))
             for key, vals in (("snr", snr_b), ("full_snr", full_b)):
-                ok = vals[~torch.isnan(vals)]
-                lo, hi = (torch.quantile(ok.double(), torch.tensor([a, 1 - a], dtype=torch.float64)).tolist()
-                          if ok.numel() else (float("nan"), float("nan")))
-                row[f"{key}_low"], row[f"{key}_high"] = lo, hi
+                lo, hi = percentile_interval(vals, level, skip_nan=True)  # a resample with no spread is left out
+                row[f"{key}_low"], row[f"{key}_high"] = float(lo), float(hi)
             row["n_boot"] = n_boot
         out.append(row)
     return pd.DataFrame(out)
@@ -437,6 +433,7 @@ def snr_sweep(
     vocabulary size switches to a random Markov chain of that size).  ``state="copy_ov"`` sets
     ``W_OV`` to the unit copy direction first, so ``W_KQ`` has a non-zero signal (attention's
     second stage).  Tidy: one row per (grid point, memory)."""
+    check_choice("state", state, ("init", "copy_ov"), quote=True)
     base = base or MinimalConfig()
     rows = []
     for T in seq_len:
@@ -456,8 +453,6 @@ def snr_sweep(
                     if state == "copy_ov":
                         with torch.no_grad():
                             model.blocks[0].attn.W_OV.copy_(copy_directions(model, task)["W_OV"])
-                    elif state != "init":
-                        raise ValueError(f"unknown state {state!r}; valid: 'init', 'copy_ov'")
                     bs = int(B) if B is not None else cfg.batch_size
                     df = gradient_snr(model, task, bs, n_batches=n_batches, seed=seed)
                     rows.append(df.assign(seq_len=cfg.seq_len, alpha=cfg.alpha, vocab=cfg.recall_config().d_vocab,
@@ -620,8 +615,7 @@ def equal_signal_lr_scale(
     initialisation are measured on ``n_batches`` batches (``gradient_snr``) and ``scale`` gets
     the factor ``mean(other) / mean(scale)`` (``"W_F"``: the FF slowed down; ``"W_OV"``:
     attention's value memory sped up)."""
-    if scale not in ("W_F", "W_OV"):
-        raise ValueError(f"unknown scale {scale!r}; valid: 'W_F', 'W_OV'")
+    check_choice("scale", scale, ("W_F", "W_OV"), quote=True)
     model, task = MinimalModel(cfg), RecallTask(cfg.recall_config())
     m = gradient_snr(model, task, cfg.batch_size, n_batches, seed=seed).set_index("memory")["mean"]
     other = "W_OV" if scale == "W_F" else "W_F"

@@ -22,7 +22,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc.adapters import adapt
+from mechtrunc.metrics import bootstrap_draws, check_bootstrap
 from mechtrunc.runner import run_items
 from mechtrunc.dynamics.measures import induction_score
 from mechtrunc.tasks.recall import RecallBatch, RecallTask
@@ -206,8 +208,7 @@ def attention_component_attributions(
     ``W_V W_O - W_V0 W_O0``; for ``W_V`` / ``W_O``: the learned part of that factor, the other
     factor at its current value).  Tidy: one row per (layer, head, matrix, which, component)."""
     for m in matrices:
-        if m not in ATTENTION_MATRICES:
-            raise ValueError(f"unknown attention matrix {m!r}; valid: {', '.join(ATTENTION_MATRICES)}")
+        check_choice("attention matrix", m, ATTENTION_MATRICES)
     n_layers = len(model.blocks)
     if not 0 <= int(layer) < n_layers:
         raise ValueError(f"layer {layer!r} is out of range; valid: 0..{n_layers - 1}")
@@ -308,27 +309,20 @@ class SnapshotRecorder:
         return m.eval()
 
 
-def _check_boot(n_boot: int, level: float) -> None:
-    if int(n_boot) < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot!r}")
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-
-
 def seed_interval(values: Float[np.ndarray, " seed"], n_boot: int = 10_000, level: float = 0.95,
                   seed: int = 0) -> dict:
     """Mean over seeds (replicates) of ``values`` and its percentile bootstrap interval
-    (seeds resampled with replacement): ``{"n", "mean", "lo", "hi"}``.  NaN values (a run that
-    never crossed a threshold) are an error: censoring must be handled by the caller."""
-    _check_boot(n_boot, level)
+    (seeds resampled with replacement, :func:`mechtrunc.metrics.bootstrap_draws`' numpy stream):
+    ``{"n", "mean", "lo", "hi"}``.  NaN values (a run that never crossed a threshold) are an
+    error: censoring must be handled by the caller."""
+    n_boot, level = check_bootstrap(n_boot, level)
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or v.size == 0:
         raise ValueError(f"values must be a non-empty 1-d array, got shape {v.shape}")
     if np.isnan(v).any():
         raise ValueError("values contain NaN (a threshold never crossed?): handle censored runs first")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(int(n_boot), v.size))].mean(1)
-    a = (1 - level) / 2
+    means = v[bootstrap_draws(v.size, n_boot, seed, stream="numpy").numpy()].mean(1)
+    a = (1 - level) / 2  # numpy's quantile, as the published intervals (torch's differs in the last bit at times)
     return {"n": int(v.size), "mean": float(v.mean()), "lo": float(np.quantile(means, a)),
             "hi": float(np.quantile(means, 1 - a))}
 
@@ -337,16 +331,15 @@ def paired_seed_intervals(a: Float[np.ndarray, " seed"], b: Float[np.ndarray, " 
                           level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Means of ``a`` and ``b`` (one value per seed, paired by seed), their difference
     ``mean(a) - mean(b)`` and ratio ``mean(a) / mean(b)``, each with a percentile bootstrap
-    interval from the same resamples of the seeds.  One row per ``quantity``
-    (``a``, ``b``, ``a - b``, ``a / b``) with ``estimate, lo, hi, n``."""
-    _check_boot(n_boot, level)
+    interval from the same resamples of the seeds (as :func:`seed_interval`'s).  One row per
+    ``quantity`` (``a``, ``b``, ``a - b``, ``a / b``) with ``estimate, lo, hi, n``."""
+    n_boot, level = check_bootstrap(n_boot, level)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"a and b must be 1-d arrays of the same non-zero length, got {a.shape} and {b.shape}")
     if np.isnan(a).any() or np.isnan(b).any():
         raise ValueError("a or b contains NaN (a threshold never crossed?): handle censored runs first")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, a.size, size=(int(n_boot), a.size))
+    idx = bootstrap_draws(a.size, n_boot, seed, stream="numpy").numpy()
     ma, mb = a[idx].mean(1), b[idx].mean(1)
     q = (1 - level) / 2
     with np.errstate(divide="ignore", invalid="ignore"):

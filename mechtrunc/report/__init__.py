@@ -21,16 +21,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import REPORT_KINDS
 from mechtrunc._progress import progress_bar
 from mechtrunc.report.context import Context
-from mechtrunc.report.page import CircuitsView, Report, Section, html_table, note
+from mechtrunc.report.page import CircuitsView, Report, Section, fragment, html_table, note
 from mechtrunc.report.readers import (
     CheckpointResults, NotAResultError, ToyRun, TruncationResults, detect, read_result,
 )
 
 __all__ = ["write_report", "build_report", "register_section", "SECTIONS", "Report", "Section", "CircuitsView",
-           "Context", "NotAResultError", "read_result", "detect", "html_table", "note"]
+           "Context", "NotAResultError", "read_result", "detect", "html_table", "note", "fragment"]
 
 SectionBuilder = Callable[[Context], "Section | list[Section] | None"]
 
@@ -55,8 +56,7 @@ def register_section(kind: str, builder: SectionBuilder, before: SectionBuilder 
     """Add a section builder to every report of ``kind`` (``"toy"``, ``"truncation"``,
     ``"checkpoints"``, ``"memory"``, ``"lm"``), at the end or before another builder."""
     secs = _sections()
-    if kind not in secs:
-        raise ValueError(f"unknown report kind {kind!r}; valid: {', '.join(secs)}")
+    check_choice("report kind", kind, secs)
     lst = secs[kind]
     if builder in lst:
         return
@@ -208,22 +208,16 @@ def build_report(
     lead = []
     if getattr(result, "incomplete", None):
         what = "run" if result.kind in ("toy", "memory", "lm") else "study"
-        lead.append(note(f"<b>Incomplete {what}.</b> " + _esc(result.incomplete), "warning"))
+        lead.append(note(fragment("<b>Incomplete {}.</b> {}", what, result.incomplete), "warning"))
     if ctx.model_missing:
-        lead.append(note("<b>Some sections are missing:</b> " + _esc(ctx.model_missing), "warning"))
+        lead.append(note(fragment("<b>Some sections are missing:</b> {}", ctx.model_missing), "warning"))
     for n in ctx.notes:
-        lead.append(note(_esc(n), "warning"))
+        lead.append(note(fragment("{}", n), "warning"))
     if lead and sections:
         sections[0].parts[:0] = lead
     for s in sections:
         rep.add(s)
     return rep
-
-
-def _esc(s) -> str:
-    from mechtrunc.report.page import esc
-
-    return esc(str(s))
 
 
 def _python_command(result, model, prompts, task) -> str:

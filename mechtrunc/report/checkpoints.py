@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mechtrunc.report.context import Context
-from mechtrunc.report.page import Section, esc, html_table, note
+from mechtrunc.report.page import Section, fragment, html_table, note
 from mechtrunc.report.truncation import competitor_of
 from mechtrunc.results import P_ANSWER, metric_columns
 
@@ -56,9 +56,9 @@ def curves_section(ctx: Context) -> Section:
     df = r.table
     comp = _competitor(df)
     s = Section("curves", "Answer vs competitor over training",
-                intro=f"P(answer), P({esc(comp)}) and their logit difference at each training step (log axis; step 0 "
-                      "is drawn at the left edge), full model (solid) and truncated (dashed)"
-                      + (f": <code>{esc(str(r.study.get('truncation')))}</code>" if r.study.get("truncation") else "")
+                intro=fragment("P(answer), P({}) and their logit difference at each training step (log axis; step 0 "
+                               "is drawn at the left edge), full model (solid) and truncated (dashed)", comp)
+                      + (fragment(": <code>{}</code>", str(r.study.get("truncation"))) if r.study.get("truncation") else "")
                       + ". Dotted vertical line: the step from which P(answer) stays above the competitor's probability."
                       + (" Error bars on P(answer): 95% bootstrap intervals over the prompts."
                          if _intervals(ctx, P_ANSWER) is not None else ""))

@@ -20,7 +20,7 @@ import math
 import pandas as pd
 
 from mechtrunc.report.context import Context
-from mechtrunc.report.page import Section, esc, html_table, note
+from mechtrunc.report.page import Section, fragment, html_table, note
 
 __all__ = ["SECTIONS", "study_steps", "chosen_truncations", "run_tasks", "prompt_names", "ledger_summary"]
 
@@ -87,8 +87,9 @@ def _study_command(r) -> str:
 def _missing(r, table: str) -> str:
     from mechtrunc.studies.lm_files import TABLES
 
-    return note(f"<code>study/{esc(TABLES[table])}</code> is missing: the study was interrupted before writing it. Rerun "
-                f"<code>{esc(_study_command(r))}</code> to finish it (finished tables are kept).", "warning")
+    return note(fragment("<code>study/{}</code> is missing: the study was interrupted before writing it. Rerun "
+                         "<code>{}</code> to finish it (finished tables are kept).", TABLES[table], _study_command(r)),
+                "warning")
 
 
 def _corpus(r):
@@ -240,17 +241,17 @@ def config_section(ctx: Context) -> Section:
     s = Section("config", "Configuration",
                 intro="Model and training options (LMConfig) and corpus options (CorpusConfig) saved with the run "
                       "(run.json), and the training summary (summary.json).")
-    parts = ["<div><h3>Model and training</h3>" + html_table(model, max_rows=60, scroll=False) + "</div>",
-             "<div><h3>Corpus</h3>" + html_table(corp, max_rows=60, scroll=False) + "</div>"]
+    parts = [fragment("<div><h3>Model and training</h3>{}</div>", html_table(model, max_rows=60, scroll=False)),
+             fragment("<div><h3>Corpus</h3>{}</div>", html_table(corp, max_rows=60, scroll=False))]
     if r.summary is not None:
         keys = ("parameters", "vocab_size", "steps", "final_loss", "seconds", "tokens_per_second", "resumed_from",
                 "peak_rss_mb")
         summ = pd.DataFrame({"": [k for k in keys if k in r.summary], "value": [str(r.summary[k]) for k in keys
                                                                                 if k in r.summary]})
-        parts.append("<div><h3>Training summary</h3>" + html_table(summ, scroll=False) + "</div>")
+        parts.append(fragment("<div><h3>Training summary</h3>{}</div>", html_table(summ, scroll=False)))
     s.add('<div class="flex">' + "".join(parts) + "</div>")
     if r.summary is None:
-        s.add(note(esc(r.incomplete or "summary.json is missing"), "warning"))
+        s.add(note(fragment("{}", r.incomplete or "summary.json is missing"), "warning"))
     return s
 
 
@@ -297,9 +298,10 @@ def checkpoints_section(ctx: Context) -> Section:
             rec["learning rate"] = float(hit["lr"].iloc[0]) if len(hit) and "lr" in hit else None
         rows.append(rec)
     s = Section("checkpoints", "Checkpoints",
-                intro=f"{len(r.steps)} checkpoints at Pythia's schedule (save_pretrained directories with the "
-                      "tokenizer): load one with <code>mt.pythia.load_model(RUN / 'step{N}')</code>, or study them "
-                      f"all with <code>mechtrunc pythia checkpoints --model {esc(str(r.directory))}</code>.")
+                intro=fragment("{n} checkpoints at Pythia's schedule (save_pretrained directories with the "
+                               "tokenizer): load one with <code>mt.pythia.load_model(RUN / 'step{{N}}')</code>, or study "
+                               "them all with <code>mechtrunc pythia checkpoints --model {run}</code>.",
+                               n=len(r.steps), run=str(r.directory)))
     return s.add(html_table(pd.DataFrame(rows), scroll=False))
 
 
@@ -311,12 +313,12 @@ def study_missing_section(ctx: Context) -> Section | None:
     if r.study is not None:
         return None
     why = ("it can be made once training has finished" if r.incomplete else "this run has not been studied yet")
-    return Section("study", "Study").add(note(
-        f"<b>No study yet:</b> <code>{esc(str(r.directory))}/study/</code> does not exist ({why}). Run "
-        f"<code>mechtrunc lm study {esc(str(r.directory))}</code> (learning curves of every checkpoint, the order of "
+    return Section("study", "Study").add(note(fragment(
+        "<b>No study yet:</b> <code>{run}/study/</code> does not exist ({why}). Run "
+        "<code>mechtrunc lm study {run}</code> (learning curves of every checkpoint, the order of "
         "learning, the truncation grid with its corpus loss, the chosen truncations and where the ' the' "
         "association lives; <code>--n</code> sets the prompts per set, 200 by default), then write this report "
-        "again: the study's sections appear here.", "info"))
+        "again: the study's sections appear here.", run=str(r.directory), why=why), "info"))
 
 
 def curves_section(ctx: Context) -> Section | None:
@@ -332,9 +334,9 @@ def curves_section(ctx: Context) -> Section | None:
     thr_task, thr_col = ("generic", "p_answer") if "generic" in tasks else ("recall", "p_the")
     thr_text = f", with the threshold {words['rule']}" if thr > 0 else ""
     s = Section("curves", "Learning curves",
-                intro="Every checkpoint on the held-out <i>eval</i> prompts (study/curves.csv; step 0 drawn at the "
-                      f"left edge of the log axis). {esc(listed)}{esc(thr_text)}. Dotted vertical lines: the "
-                      "order-of-learning steps (next section).")
+                intro=fragment("Every checkpoint on the held-out <i>eval</i> prompts (study/curves.csv; step 0 drawn "
+                               "at the left edge of the log axis). {}{}. Dotted vertical lines: the "
+                               "order-of-learning steps (next section).", listed, thr_text))
     curves = r.tables.get("curves")
     if curves is None:
         return s.add(_missing(r, "curves"))
@@ -380,8 +382,8 @@ def order_section(ctx: Context) -> Section | None:
         return None
     words, tasks = _wording(r), set(run_tasks(r))
     s = Section("order", "Order of learning",
-                intro="From the learning curves on the eval prompts, with the study's own rules "
-                      f"(<code>mechtrunc.studies.lm.learning_steps</code>, threshold {esc(words['rule'])}).")
+                intro=fragment("From the learning curves on the eval prompts, with the study's own rules "
+                               "(<code>mechtrunc.studies.lm.learning_steps</code>, threshold {}).", words["rule"]))
     steps = study_steps(r)
     if steps is None:
         return s.add(_missing(r, "curves"))
@@ -402,7 +404,7 @@ def order_section(ctx: Context) -> Section | None:
     else:
         verdict = (f"{answer[0].upper() + answer[1:]} beat ' the' (step {_fmt_step(beat, last)}) no later than "
                    f"{words['the']} was learned (step {_fmt_step(the, last)}).")
-    return s.add(html_table(df, scroll=False), note(esc(verdict), "info"))
+    return s.add(html_table(df, scroll=False), note(fragment("{}", verdict), "info"))
 
 
 def _grid_figure(grid, title: str, task: str = "ioi"):
@@ -496,10 +498,11 @@ def grid_section(ctx: Context) -> Section | None:
     other = (" P(other city): a city absent from the context (recall), the other stated city (binding)." if cities
              else "")
     s = Section("grid", "Truncation grid",
-                intro="LASER on each layer's <code>mlp.W_in</code> and <code>mlp.W_out</code> at the study's keeps, "
-                      f"on the held-out {esc(names)} <i>eval</i> prompts (study/grid_final.csv): mean {esc(shown)} "
-                      "coloured around the full model's value (blue: higher, red: lower), and the rise of the loss "
-                      f"on held-out corpus text (the collateral cost). Hover a cell for every number.{esc(other)}")
+                intro=fragment("LASER on each layer's <code>mlp.W_in</code> and <code>mlp.W_out</code> at the study's "
+                               "keeps, on the held-out {names} <i>eval</i> prompts (study/grid_final.csv): mean {shown} "
+                               "coloured around the full model's value (blue: higher, red: lower), and the rise of the "
+                               "loss on held-out corpus text (the collateral cost). Hover a cell for every number.{other}",
+                               names=names, shown=shown, other=other))
     grids = _grids(r)
     if "final" not in grids:
         return s.add(_missing(r, "grid_final"))
@@ -513,15 +516,15 @@ def grid_section(ctx: Context) -> Section | None:
             s.add(fig)
             if b is not None:
                 second = f", {info['second'][1]} {b['p_other']:.4f}" if _other_city(task) and "p_other" in b else ""
-                s.add(f'<p class="small">Full model at step {step}: {esc(info["answer"])} {b["p_answer"]:.4f}, '
-                      f'P(\' the\') {b["p_the"]:.4f}{esc(second)}, corpus loss {b["corpus_loss"]:.4f} nats.</p>')
+                s.add(fragment('<p class="small">Full model at step {step}: {answer} {p:.4f}, P(\' the\') {the:.4f}'
+                               '{second}, corpus loss {loss:.4f} nats.</p>', step=step, answer=info["answer"],
+                               p=b["p_answer"], the=b["p_the"], second=second, loss=b["corpus_loss"]))
             ev = grid[grid["prompts"] == f"{task}/eval"]
             cols = [c for c in ("baseline", "layer", "matrix", "keep", "rank", "p_answer", "p_the", "p_subject",
                                 "acc_vs_subject", "p_other", "acc_vs_other", "logit_diff_the", "corpus_loss")
                     if c in ev]
-            s.add(f"<details><summary>Table: {esc(when)} checkpoint, {esc(task)}/eval</summary>"
-                  + html_table(ev[cols], highlight=[i for i, v in enumerate(ev["baseline"].astype(bool)) if v])
-                  + "</details>")
+            s.add(fragment("<details><summary>Table: {} checkpoint, {}/eval</summary>{}</details>", when, task,
+                           html_table(ev[cols], highlight=[i for i, v in enumerate(ev["baseline"].astype(bool)) if v])))
     return s
 
 
@@ -597,11 +600,12 @@ def best_section(ctx: Context) -> Section | None:
     elif not att.empty:
         top = att.reindex(att["change"].abs().sort_values(ascending=False).index).head(12)
         main = _answer_tasks(r)[0]
-        s.add(f"<h3>Attribution change of the {'IOI' if main == 'ioi' else esc(main)} choice (final checkpoint)</h3>"
-              f'<p class="small">Direct logit attribution to logit({"IO" if main == "ioi" else "answer"}) - '
-              "logit(competitor) per component, full vs "
-              "truncated, on the eval prompts (study/attribution.csv, <code>mt.attribute_change</code>): the 12 "
-              "largest changes.</p>", html_table(top, scroll=False))
+        s.add(fragment("<h3>Attribution change of the {task} choice (final checkpoint)</h3>"
+                       '<p class="small">Direct logit attribution to logit({answer}) - logit(competitor) per component, '
+                       "full vs truncated, on the eval prompts (study/attribution.csv, "
+                       "<code>mt.attribute_change</code>): the 12 largest changes.</p>",
+                       task="IOI" if main == "ioi" else main, answer="IO" if main == "ioi" else "answer"),
+              html_table(top, scroll=False))
     return s
 
 
@@ -616,11 +620,12 @@ def where_section(ctx: Context) -> Section | None:
     dla_on = "IOI prompts" if main == "ioi" else f"the {main} eval prompts"
     answer = "IO" if main == "ioi" else "answer"
     s = Section("where", "Where the ' the' association lives",
-                intro=f"Final checkpoint, per layer (study/where_the.csv): P(' the') after {esc(words['after'])} on "
-                      f"{esc(on)} with that layer's MLP output removed (<code>mlp.W_out</code> keep 0) and its drop "
-                      f"from the full model; the MLP's mean direct logit attribution to logit({answer}) - logit(' the') "
-                      f"on {esc(dla_on)} (negative: it pushes ' the'); and the singular component of its "
-                      "<code>W_out</code> that pushes ' the' most (<code>mt.rank_components</code>).")
+                intro=fragment("Final checkpoint, per layer (study/where_the.csv): P(' the') after {after} on {on} "
+                               "with that layer's MLP output removed (<code>mlp.W_out</code> keep 0) and its drop from "
+                               "the full model; the MLP's mean direct logit attribution to logit({answer}) - logit(' the') "
+                               "on {dla_on} (negative: it pushes ' the'); and the singular component of its "
+                               "<code>W_out</code> that pushes ' the' most (<code>mt.rank_components</code>).",
+                               after=words["after"], on=on, answer=answer, dla_on=dla_on))
     where = r.tables.get("where")
     if where is None:
         return s.add(_missing(r, "where"))
@@ -630,8 +635,9 @@ def where_section(ctx: Context) -> Section | None:
     s.add(html_table(where.rename(columns=names), scroll=False))
     if len(where) and "p_the_drop" in where:
         top = where.loc[where["p_the_drop"].idxmax()]
-        s.add(note(f"Removing layer {int(top['layer'])}'s MLP lowers P(' the') after {esc(words['after'])} most: "
-                   f"{top['p_the_full']:.3f} -> {top['p_the_mlp_removed']:.3f}.", "info"))
+        s.add(note(fragment("Removing layer {layer}'s MLP lowers P(' the') after {after} most: {full:.3f} -> "
+                            "{cut:.3f}.", layer=int(top["layer"]), after=words["after"], full=top["p_the_full"],
+                            cut=top["p_the_mlp_removed"]), "info"))
     return s
 
 
@@ -682,21 +688,22 @@ def ledger_section(ctx: Context) -> Section | None:
     main = _answer_tasks(r)[0]
     answer = "IO" if main == "ioi" else "answer"
     s = Section("ledger", "Margin ledger across checkpoints",
-                intro=f"Every checkpoint on the {'IOI' if main == 'ioi' else esc(main)} <i>eval</i> prompts "
-                      "(study/ledger.csv, <code>mechtrunc.studies.lm.checkpoint_ledger</code>): the mean margin "
-                      f"logit({answer}) - logit(' the') split into each component's direct contribution "
-                      "(<code>mt.attribute</code>; above zero: it favours the answer, below: ' the'). Left: each "
-                      "layer's MLP (solid) and attention (dashed: its heads and output bias), the embeddings and the "
-                      "total (the model's margin); right: each head (the three that move the final margin most "
-                      "named, hover for the others). The table gives, per "
-                      "checkpoint, the MLP whose removal (<code>mlp.W_out</code> keep 0) changes P(' the') most and "
-                      "what it does to P(answer), beside the MLP whose direct contribution pushes ' the' hardest.")
+                intro=fragment("Every checkpoint on the {task} <i>eval</i> prompts "
+                               "(study/ledger.csv, <code>mechtrunc.studies.lm.checkpoint_ledger</code>): the mean "
+                               "margin logit({answer}) - logit(' the') split into each component's direct contribution "
+                               "(<code>mt.attribute</code>; above zero: it favours the answer, below: ' the'). Left: "
+                               "each layer's MLP (solid) and attention (dashed: its heads and output bias), the "
+                               "embeddings and the total (the model's margin); right: each head (the three that move the "
+                               "final margin most named, hover for the others). The table gives, per checkpoint, the MLP "
+                               "whose removal (<code>mlp.W_out</code> keep 0) changes P(' the') most and what it does to "
+                               "P(answer), beside the MLP whose direct contribution pushes ' the' hardest.",
+                               task="IOI" if main == "ioi" else main, answer=answer))
     ledger = r.tables.get("ledger")
     if ledger is None:
         return s.add(note(
-            f"<code>study/ledger.csv</code> is missing: the study predates the margin ledger or was interrupted "
-            f"before writing it. Rerun <code>{esc(_study_command(r))}</code> to add it (finished tables are kept).",
-            "warning"))
+            fragment("<code>study/ledger.csv</code> is missing: the study predates the margin ledger or was "
+                     "interrupted before writing it. Rerun <code>{}</code> to add it (finished tables are kept).",
+                     _study_command(r)), "warning"))
     if ledger.empty:
         return s.add(note("<code>study/ledger.csv</code> is empty.", "warning"))
     steps = sorted(set(ledger["step"].astype(int)))
@@ -750,8 +757,8 @@ def ledger_section(ctx: Context) -> Section | None:
     wide = table.pivot_table(index="component", columns="step", values="value", aggfunc="first")
     wide = wide.reindex(order["component"])
     wide.columns = [f"step {int(c)}" for c in wide.columns]
-    s.add("<details><summary>Table: every component's direct contribution per checkpoint</summary>"
-          + html_table(wide.reset_index(), max_rows=400) + "</details>")
+    s.add(fragment("<details><summary>Table: every component's direct contribution per checkpoint</summary>{}"
+                   "</details>", html_table(wide.reset_index(), max_rows=400)))
     return s
 
 

@@ -6,20 +6,49 @@ its props).  :class:`Report` lays the sections out in one page that works from `
 no network: plotly's JavaScript is inlined once (before the first chart) and circuitsvis' bundle
 once (before the first view); each view is then a small ``CircuitsVis.render(...)`` call.  No
 CDN, no web font (system font stack).
+
+The page is rendered from jinja2 templates with autoescaping (``mechtrunc/report/templates/``,
+package data): every title, label, table cell and metadata value is escaped there.  A section's
+intro and its string parts are markup written by the section builders; a value they put into
+markup goes through :func:`fragment` (``fragment("<code>{path}</code>", path=p)``), which
+escapes it the same way, so no builder escapes by hand.
 """
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Section", "CircuitsView", "Report", "html_table", "note", "esc"]
+from markupsafe import Markup
 
-esc = html.escape
+from mechtrunc._checks import check_choice
+
+__all__ = ["Section", "CircuitsView", "Report", "html_table", "note", "fragment", "render"]
+
+
+@functools.lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("mechtrunc.report", "templates"), autoescape=True,
+                              trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+
+
+def render(template: str, **values) -> Markup:
+    """The package template ``template`` (``mechtrunc/report/templates/``) rendered with
+    ``values``, autoescaped (a :class:`markupsafe.Markup` value is inserted as it is)."""
+    return Markup(_environment().get_template(template).render(**values))
+
+
+def fragment(markup: str, /, *args, **values) -> Markup:
+    """``markup`` (HTML written in the code) with ``{}`` / ``{name}`` fields filled by ``values``,
+    each escaped unless it is markup itself (:class:`markupsafe.Markup`, e.g. another fragment);
+    format specs work as in :meth:`str.format` (``{p:.4f}``)."""
+    return Markup(markup).format(*args, **values)
 
 
 @dataclass
@@ -56,9 +85,10 @@ def _is_plotly(obj) -> bool:
     return type(obj).__module__.startswith("plotly.") and hasattr(obj, "to_html")
 
 
-def note(text: str, kind: str = "info") -> str:
-    """A visible note (``kind``: ``info``, ``warning``)."""
-    return f'<div class="note note-{kind}">{text}</div>'
+def note(text: str, kind: str = "info") -> Markup:
+    """A visible note (``kind``: ``info``, ``warning``); ``text`` is markup (plain text with
+    values: :func:`fragment`)."""
+    return render("note.html.j2", text=Markup(text), kind=kind)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -83,56 +113,13 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def html_table(df, max_rows: int = 200, highlight: Sequence[int] = (), digits: int = 4,
-               cls: str = "data", scroll: bool = True) -> str:
+               cls: str = "data", scroll: bool = True) -> Markup:
     """A DataFrame as a plain HTML table (numbers rounded, ``highlight``: row positions to mark)."""
-    cols = list(df.columns)
-    head = "".join(f"<th>{esc(str(c))}</th>" for c in cols)
-    body = []
-    for i, row in enumerate(df.head(max_rows).itertuples(index=False)):
-        tr = ' class="hl"' if i in highlight else ""
-        tds = "".join(
-            f'<td class="num">{esc(_fmt(v, digits))}</td>' if isinstance(v, (int, float)) and not isinstance(v, bool)
-            else f"<td>{esc(_fmt(v, digits))}</td>" for v in row)
-        body.append(f"<tr{tr}>{tds}</tr>")
-    more = f'<p class="small">{len(df) - max_rows} more rows not shown</p>' if len(df) > max_rows else ""
-    wrap = "table-wrap" if scroll else "table-plain"
-    return f'<div class="{wrap}"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>{more}'
-
-
-_CSS = """
-:root { color-scheme: light; }
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif;
-       margin: 0; color: #1d2330; background: #fff; }
-header { background: #17324d; color: #fff; padding: 18px 28px; }
-header h1 { margin: 0 0 4px 0; font-size: 22px; }
-header .sub { opacity: 0.85; font-size: 14px; }
-main { padding: 8px 28px 40px 28px; max-width: 1280px; }
-nav { font-size: 13px; margin: 12px 0; }
-nav a { margin-right: 14px; color: #17324d; }
-section { border-top: 1px solid #d6dbe3; padding-top: 6px; margin-top: 18px; }
-h2 { font-size: 18px; margin: 10px 0 8px 0; }
-h3 { font-size: 15px; margin: 14px 0 6px 0; }
-.intro { font-size: 14px; color: #3a4252; max-width: 980px; }
-table.data, table.meta { border-collapse: collapse; font-size: 12.5px; margin: 6px 0; }
-table.data th, table.data td, table.meta th, table.meta td { border: 1px solid #d6dbe3; padding: 3px 7px; }
-table.data th { background: #eef1f5; position: sticky; top: 0; }
-table.meta th { text-align: left; background: #eef1f5; font-weight: 600; vertical-align: top; }
-table.meta td { font-family: ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; word-break: break-all; max-width: 900px; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.hl td { background: #fff3c4; }
-.table-wrap { max-height: 460px; overflow: auto; display: inline-block; max-width: 100%; }
-.note { padding: 8px 12px; border-radius: 4px; margin: 8px 0; font-size: 14px; }
-.note-info { background: #e8f1fb; border-left: 4px solid #3b7dd8; }
-.note-warning { background: #fdf0e0; border-left: 4px solid #e08a1e; }
-.small { font-size: 12px; color: #5a6272; }
-.cv { margin: 6px 0 14px 0; }
-.cv-caption, .fig-caption { font-size: 13px; color: #3a4252; margin: 2px 0; }
-.answer { background: #c9f0c9; font-weight: 600; }
-.the { background: #f7d4d4; }
-code, .tok { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
-.tok { background: #eef1f5; padding: 0 3px; border-radius: 3px; white-space: pre; }
-.flex { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
-"""
+    rows = [{"highlight": i in highlight,
+             "cells": [(_fmt(v, digits), isinstance(v, (int, float)) and not isinstance(v, bool)) for v in row]}
+            for i, row in enumerate(df.head(max_rows).itertuples(index=False))]
+    return render("table.html.j2", wrap="table-wrap" if scroll else "table-plain", cls=cls,
+                  columns=[str(c) for c in df.columns], rows=rows, more=max(0, len(df) - max_rows))
 
 
 class Report:
@@ -172,8 +159,7 @@ class Report:
         each chart's camera button downloads it as SVG."""
         import os
 
-        if format not in ("svg", "png", "pdf"):
-            raise ValueError(f"unknown figure format {format!r}; valid: svg, png, pdf")
+        check_choice("figure format", format, ("svg", "png", "pdf"))
         try:
             import kaleido  # noqa: F401
         except ImportError:
@@ -204,53 +190,37 @@ class Report:
 
         plotly_done = cv_done = False
         n_fig = n_cv = 0
-        body = []
+        sections = []
         for s in self.sections:
-            chunks = [f'<section id="{esc(s.id)}" data-section="{esc(s.id)}"><h2>{esc(s.title)}</h2>']
-            if s.intro:
-                chunks.append(f'<div class="intro">{s.intro}</div>')
+            parts = []
             for part in s.parts:
                 if isinstance(part, str):
-                    chunks.append(part)
+                    parts.append(Markup(part))  # markup written by a section builder
                 elif isinstance(part, CircuitsView):
-                    if not cv_done:
-                        chunks.append(f"<script>{bundles.circuitsvis_js()}</script>")
-                        cv_done = True
                     n_cv += 1
-                    div = f"{s.id}-cv{n_cv}"
-                    style = f' style="min-height:{int(part.height)}px"' if part.height else ""
-                    cap = f'<div class="cv-caption">{part.caption}</div>' if part.caption else ""
-                    props = bundles.circuitsvis_props(part.props)
-                    chunks.append(
-                        f'<div class="cv">{cap}<div id="{esc(div)}" class="cv-view" '
-                        f'data-component="{esc(part.component)}"{style}></div></div>'
-                        f"<script>CircuitsVis.render({json.dumps(div)}, CircuitsVis.{part.component}, {props});</script>")
+                    parts.append(render(
+                        "circuits_view.html.j2", bundle=None if cv_done else Markup(bundles.circuitsvis_js()),
+                        div=f"{s.id}-cv{n_cv}", component=part.component,
+                        caption=Markup(part.caption) if part.caption else None,
+                        height=int(part.height) if part.height else None,
+                        props=Markup(bundles.circuitsvis_props(part.props))))
+                    cv_done = True
                 elif _is_plotly(part):
                     n_fig += 1
                     div = f"{s.id}-fig{n_fig}"
                     cfg = {"displaylogo": False, "responsive": True,
                            "toImageButtonOptions": {"format": "svg", "filename": div}}
-                    chunks.append('<div class="fig">' + part.to_html(
+                    parts.append(Markup('<div class="fig">' + part.to_html(
                         full_html=False, include_plotlyjs=not plotly_done, include_mathjax=False,
-                        div_id=div, config=cfg) + "</div>")
+                        div_id=div, config=cfg) + "</div>"))
                     plotly_done = True
                 else:
                     raise TypeError(f"unsupported report part {type(part).__name__}")
-            chunks.append("</section>")
-            body.append("".join(chunks))
-        nav = " ".join(f'<a href="#{esc(s.id)}">{esc(s.title)}</a>' for s in self.sections)
-        meta_rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v))}</td></tr>"
-                            for k, v in self.meta.items())
-        sub = esc(self.source or "")
-        return (
-            "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{esc(self.title)}</title><style>{_CSS}</style>"
-            "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script></head>\n"
-            f"<body data-report-kind='{esc(self.kind)}'><header><h1>{esc(self.title)}</h1><div class='sub'>{sub}</div></header>"
-            f"<main><nav>{nav}</nav><section id='about' data-section='about'><h2>About this report</h2>"
-            f"<table class='meta'>{meta_rows}</table></section>\n" + "\n".join(body) + "\n</main></body></html>\n"
-        )
+            sections.append({"id": s.id, "title": s.title, "intro": Markup(s.intro) if s.intro else None,
+                             "parts": parts})
+        meta = [(str(k), _fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v)) for k, v in self.meta.items()]
+        return str(render("page.html.j2", title=self.title, kind=self.kind, source=self.source or "", meta=meta,
+                          sections=sections))
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -263,8 +233,8 @@ class Report:
 
     def _repr_html_(self) -> str:
         # an iframe keeps the page's scripts and styles apart from the notebook's
-        return (f'<iframe srcdoc="{html.escape(self.html(), quote=True)}" '
-                'style="width:100%;height:720px;border:1px solid #ccc"></iframe>')
+        return str(fragment('<iframe srcdoc="{}" style="width:100%;height:720px;border:1px solid #ccc"></iframe>',
+                            self.html()))
 
     def __repr__(self) -> str:
         where = f", saved to {str(self.path)!r}" if self.path else ""

@@ -64,11 +64,11 @@ def _read_json(path: Path) -> dict:
 
 
 def _html_summary(title: str, lines: list[str], df=None, max_rows: int = 12) -> str:
-    from mechtrunc.report.page import esc, html_table
+    from mechtrunc.report.page import fragment, html_table
 
-    items = "".join(f"<li>{esc(x)}</li>" for x in lines)
-    table = html_table(df, max_rows=max_rows) if df is not None else ""
-    return f"<div><b>{esc(title)}</b><ul>{items}</ul>{table}</div>"
+    items = fragment("").join(fragment("<li>{}</li>", x) for x in lines)
+    table = html_table(df, max_rows=max_rows) if df is not None else fragment("")
+    return fragment("<div><b>{}</b><ul>{}</ul>{}</div>", title, items, table)
 
 
 class _Result:

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from mechtrunc.report.context import Context, visible_token
-from mechtrunc.report.page import CircuitsView, Section, esc, html_table, note
+from mechtrunc.report.page import CircuitsView, Section, fragment, html_table, note
 from mechtrunc.results import LAST_FFN_REMOVED
 from mechtrunc.selection import change_intervals
 
@@ -108,7 +108,7 @@ def truncation_section(ctx: Context) -> Section | None:
                       "a sequence together, seeded). The configurations are not chosen here: nothing is selected on "
                       "these sequences, so no held-out split is needed.")
     if model is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
     import plotly.graph_objects as go
 
     df = _truncation_grid(model, prompts, _last_layer(ctx))
@@ -142,7 +142,7 @@ def components_section(ctx: Context) -> Section | None:
                       "of the FFN output on the component times its alignment with the noise direction). Removing the "
                       "top components (<code>mt.RemoveComponents</code>) shows whether they carry the association.")
     if model is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
     import mechtrunc as mt
     import plotly.graph_objects as go
 
@@ -175,7 +175,7 @@ def attribution_section(ctx: Context) -> Section | None:
                       f"layer {last}'s FFN removed; averaged over the clean test items. The parts add up to the "
                       "model's logit difference (row <i>total</i>).")
     if model is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
     import mechtrunc as mt
     import plotly.graph_objects as go
 
@@ -216,7 +216,7 @@ def attention_section(ctx: Context) -> Section | None:
                       "attends to the previous token; layer 1 attends from the trigger to the token that followed its "
                       "earlier occurrence.")
     if model is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
     from mechtrunc.adapters import adapt
 
     task, batch, i, n = _example_sequence(ctx)
@@ -261,7 +261,7 @@ def token_probability_section(ctx: Context) -> Section | None:
                       f"answer; elsewhere: the actual next character). Full model, then layer {last}'s FFN removed. "
                       "Darker = higher probability. The chart below marks the repeated triggers.")
     if model is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
     import mechtrunc as mt
     import plotly.graph_objects as go
 
@@ -439,7 +439,7 @@ def _lens_figure(lens: pd.DataFrame):
 def causal_section(ctx: Context) -> Section | None:
     model = ctx.model()
     last = _last_layer(ctx)
-    run = esc(str(ctx.result.directory))
+    run = str(ctx.result.directory)
     s = Section("causal", "Causal localisation",
                 intro="Activation patching between the clean recall items and their corruption (the trigger's first "
                       f"occurrence replaced; <code>mt.recall_pair(task, n={CAUSAL_PAIRS})</code>), scored with "
@@ -449,25 +449,28 @@ def causal_section(ctx: Context) -> Section | None:
                       "and z per head). Then the logit lens along the residual stream and the <code>mlp.W_out</code> "
                       "components that promote the generic token found in the training data. Layers are 0-based.")
     if model is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
     import mechtrunc as mt
 
     df = causal_scan(ctx)
-    s.add(f'<p class="small"><b>Effect: 1 = the clean run\'s metric, 0 = the corrupted run\'s.</b> Same numbers: '
-          f'<code>mechtrunc patch scan {run} --direction both --n {CAUSAL_PAIRS}</code>, '
-          f'<code>mechtrunc lens logit {run} --truncate mlp.W_in:{last}:0.1 --remove-ffn {last}</code>, '
-          f'<code>mechtrunc lens vocab {run} --matrix mlp.W_out --top 5</code>.</p>')
+    s.add(fragment('<p class="small"><b>Effect: 1 = the clean run\'s metric, 0 = the corrupted run\'s.</b> Same '
+                   'numbers: <code>mechtrunc patch scan {run} --direction both --n {pairs}</code>, '
+                   '<code>mechtrunc lens logit {run} --truncate mlp.W_in:{last}:0.1 --remove-ffn {last}</code>, '
+                   '<code>mechtrunc lens vocab {run} --matrix mlp.W_out --top 5</code>.</p>',
+                   run=run, pairs=CAUSAL_PAIRS, last=last))
     a = df.attrs
     left = f", {a['dropped']} left out: trigger seen fewer than twice" if a["dropped"] else ""
-    s.add(f'<p class="small">{a["pairs"]} pairs{left}; {esc(a["metric"])}: clean {a["clean"]:.4g}, corrupted '
-          f'{a["corrupted"]:.4g} ({len(df)} patches in {a["forwards"]} forward passes).</p>')
+    s.add(fragment('<p class="small">{pairs} pairs{left}; {metric}: clean {clean:.4g}, corrupted {corrupted:.4g} '
+                   '({n} patches in {forwards} forward passes).</p>', pairs=a["pairs"], left=left, metric=a["metric"],
+                   clean=a["clean"], corrupted=a["corrupted"], n=len(df), forwards=a["forwards"]))
     if not a["normalised"]:
         ci = f" [{a['gap_low']:+.4f}, {a['gap_high']:+.4f}]" if a["gap_low"] == a["gap_low"] else ""
-        s.add(note(f"The clean - corrupted gap of {esc(a['metric'])} is {a['gap']:+.4f}{ci} "
-                   f"({round(100 * a['level'])}% bootstrap over the pairs), not resolved from zero: the model does not "
-                   "yet tell the clean items from the corrupted ones, so normalised effects are undefined. The "
-                   "heatmaps and the table show the raw change instead (value minus the run patched into: the "
-                   "corrupted run when denoising, the clean run when noising).", "warning"))
+        s.add(note(fragment("The clean - corrupted gap of {metric} is {gap:+.4f}{ci} ({level}% bootstrap over the "
+                            "pairs), not resolved from zero: the model does not yet tell the clean items from the "
+                            "corrupted ones, so normalised effects are undefined. The heatmaps and the table show the "
+                            "raw change instead (value minus the run patched into: the corrupted run when denoising, "
+                            "the clean run when noising).", metric=a["metric"], gap=a["gap"], ci=ci,
+                            level=round(100 * a["level"])), "warning"))
         rank = ('<p class="small">Patches ranked by the size of their raw change (the normalised effect is '
                 "undefined here).</p>")
     else:
@@ -490,10 +493,11 @@ def causal_section(ctx: Context) -> Section | None:
     ranked = ranked.sort_values("generic_score", ascending=False, kind="stable").head(5)
     noise = "" if tok != task.config.noise_id else " (the noise token, not told to the lens)"
     s.add("<h3>Top generic components</h3>",
-          f'<p class="small">Generic token: <span class="tok">{esc(visible_token(task.itos[tok]))}</span>, the most '
-          f"frequent noisy training target ({float(generic['frequency'].iloc[0]):.1%}){noise}. Components of every "
-          "layer's <code>mlp.W_out</code> by <code>generic_score</code> (<code>mt.rank_generic_components</code>: "
-          "weights only); <code>activation_score</code>: their mean push on the clean test items.</p>",
+          fragment('<p class="small">Generic token: <span class="tok">{token}</span>, the most frequent noisy '
+                   "training target ({frequency:.1%}){noise}. Components of every layer's <code>mlp.W_out</code> by "
+                   "<code>generic_score</code> (<code>mt.rank_generic_components</code>: weights only); "
+                   "<code>activation_score</code>: their mean push on the clean test items.</p>",
+                   token=visible_token(task.itos[tok]), frequency=float(generic["frequency"].iloc[0]), noise=noise),
           html_table(ranked[["layer", "component", "singular_value", "generic_score", "generic_z", "generic_rank",
                              "top_str", "mean_coef", "activation_score"]]))
     return s

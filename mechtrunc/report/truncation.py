@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from mechtrunc.report.context import Context, token_strings, visible_token
-from mechtrunc.report.page import CircuitsView, Section, esc, html_table, note
+from mechtrunc.report.page import CircuitsView, Section, fragment, html_table, note, render
 from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER, default_metric, find_row, metric_columns
 from mechtrunc.studies.truncation_files import ATTRIBUTION_FILE, BEST_FILE
 
@@ -56,11 +56,12 @@ def change_intervals_of(result, metric: str, n_boot: int | None = None, level: f
 
 def _interval_note(iv, metric: str) -> str:
     a = iv.attrs
-    return (f'<p class="small">Change of {esc(metric)} against the full model with its {round(100 * a["level"])}% '
-            f'paired bootstrap interval [ci_low, ci_high] (the same resampled items for both; {a["n_boot"]} '
-            f'resamples of the {a["n_sequences"]} sequences, {a["n_items"]} items; seed {a["seed"]}), from the '
-            f'study\'s per-item table items.parquet. In-sample: the best of many configurations is biased upward '
-            f'(see the held-out choice).</p>')
+    return fragment('<p class="small">Change of {metric} against the full model with its {level}% paired bootstrap '
+                    'interval [ci_low, ci_high] (the same resampled items for both; {n_boot} resamples of the '
+                    '{n_sequences} sequences, {n_items} items; seed {seed}), from the study\'s per-item table '
+                    'items.parquet. In-sample: the best of many configurations is biased upward (see the held-out '
+                    'choice).</p>', metric=metric, level=round(100 * a["level"]), n_boot=a["n_boot"],
+                    n_sequences=a["n_sequences"], n_items=a["n_items"], seed=a["seed"])
 
 
 def study_section(ctx: Context) -> Section:
@@ -158,7 +159,8 @@ def heatmap_section(ctx: Context) -> Section:
     b = ranges[metric][2]
     s.add(fig)
     if not math.isnan(b):
-        s.add(f'<p class="small">Full model: {esc(metric)} = {b:.4g}. Keep 1 is the identity (the full model).</p>')
+        s.add(fragment('<p class="small">Full model: {} = {:.4g}. Keep 1 is the identity (the full model).</p>',
+                       metric, b))
     shown = df.drop(columns=[c for c in ("rule", "svd", "mode", "intervention") if c in df.columns])
     iv = change_intervals_of(r, metric)
     if iv is not None:
@@ -214,8 +216,9 @@ def best_section(ctx: Context) -> Section:
         return s.add(note("No truncation row has a value for the chosen metric yet.", "warning"))
     row = find_row(df, best)
     base = df[df["baseline"]]
-    s.intro = (f"Best by <b>{esc(best['metric'])}</b>: layer {best['layer']} <code>{esc(best['matrix'])}</code> keep "
-               f"{best['keep']:g} (rank {best.get('rank')}); source: {BEST_FILE if r.best else 'the table'}.")
+    s.intro = fragment("Best by <b>{metric}</b>: layer {layer} <code>{matrix}</code> keep {keep:g} (rank {rank}); "
+                       "source: {source}.", metric=best["metric"], layer=best["layer"], matrix=best["matrix"],
+                       keep=best["keep"], rank=best.get("rank"), source=BEST_FILE if r.best else "the table")
     cols = metric_columns(df)
     tab = pd.DataFrame({"metric": cols,
                         "full model": [float(base[c].iloc[0]) if len(base) else None for c in cols],
@@ -279,7 +282,7 @@ def attribution_section(ctx: Context) -> Section:
         return s.add(note("No best configuration.", "warning"))
     ch, source = _attribution(ctx)
     if ch is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no model')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
     comp = competitor_of(best["metric"], [f"p_{c}" for c in ch["competitor"].unique()])
     ch = ch[ch["competitor"] == comp] if comp in set(ch["competitor"]) else ch[ch["competitor"] == ch["competitor"].iloc[0]]
     comp = ch["competitor"].iloc[0]
@@ -312,7 +315,7 @@ def attribution_section(ctx: Context) -> Section:
         fig.update_xaxes(title_text="attribution", row=1, col=2)
     fig.update_layout(height=max(320, 140 + 24 * L), margin=dict(l=60, r=20, t=70, b=50), barmode="group",
                       legend=dict(orientation="h", x=1.0, xanchor="right", y=1.12, yanchor="bottom"))
-    s.add(f'<p class="small">Competitor: <b>{esc(str(comp))}</b>; source: {esc(source)}.</p>', fig)
+    s.add(fragment('<p class="small">Competitor: <b>{}</b>; source: {}.</p>', str(comp), source), fig)
     top = ch[ch["kind"] != "total"].reindex(ch[ch["kind"] != "total"]["change"].abs().sort_values(ascending=False).index)
     s.add("<h3>Largest changes</h3>", html_table(top[["component", "kind", "layer", "head", "clean", "intervened", "change"]].head(15)))
     ctx.top_heads = [(int(a), int(b)) for a, b in heads.reindex(heads["change"].abs().sort_values(ascending=False).index)[["layer", "head"]].head(3).to_numpy()]
@@ -340,7 +343,7 @@ def examples_section(ctx: Context) -> Section:
     best = best_config(ctx.result)
     model, prompts = ctx.model_and_prompts()
     if best is None or model is None:
-        return s.add(note(f"Not computed: {esc(ctx.model_missing or 'no best configuration')}", "warning"))
+        return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no best configuration'), "warning"))
     import mechtrunc as mt
     from mechtrunc.adapters import adapt
     from mechtrunc.studies import as_truncate
@@ -352,8 +355,8 @@ def examples_section(ctx: Context) -> Section:
         heads = [(a.n_layers - 1, h) for h in range(min(3, a.n_heads))]
     comp_names = list(prompts.competitor_names)
     comp_j = comp_names.index("the") if "the" in comp_names else 0
-    s.add(f'<p class="small">Best truncation: <code>{esc(iv.label)}</code>; heads shown: '
-          f'{", ".join(f"L{l}H{h}" for l, h in heads)}.</p>')
+    s.add(fragment('<p class="small">Best truncation: <code>{}</code>; heads shown: {}.</p>', iv.label,
+                   ", ".join(f"L{l}H{h}" for l, h in heads)))
     for n, i in enumerate(_example_items(prompts, ctx.examples), 1):
         row, pos = int(prompts.rows[i]), int(prompts.pos[i])
         toks = prompts.tokens[row, : pos + 1].reshape(1, -1).to(a.device)
@@ -381,9 +384,10 @@ def examples_section(ctx: Context) -> Section:
         compet = int(prompts.competitors[i, comp_j])
         text = (prompts.texts[row] if prompts.texts is not None and row < len(prompts.texts) else
                 "".join(labels))
-        s.add(f"<h3>Prompt {n}: <span class='tok'>{esc(text)}</span></h3>"
-              f"<p class='small'>answer <span class='tok answer'>{esc(token_strings(model, [answer])[0])}</span>, "
-              f"competitor ({esc(comp_names[comp_j])}) <span class='tok the'>{esc(token_strings(model, [compet])[0])}</span></p>")
+        s.add(fragment("<h3>Prompt {n}: <span class='tok'>{text}</span></h3><p class='small'>answer <span "
+                       "class='tok answer'>{answer}</span>, competitor ({name}) <span class='tok the'>{competitor}</span>"
+                       "</p>", n=n, text=text, answer=token_strings(model, [answer])[0], name=comp_names[comp_j],
+                       competitor=token_strings(model, [compet])[0]))
         s.add(_top5_html(model, logits, answer, compet))
         s.add(CircuitsView("AttentionHeads", {"attention": torch.stack(att), "tokens": labels,
                                               "attentionHeadNames": names, "maskUpperTri": True},
@@ -392,24 +396,18 @@ def examples_section(ctx: Context) -> Section:
 
 
 def _top5_html(model, logits: dict, answer: int, compet: int, k: int = 5) -> str:
-    cols = []
+    tables = []
     for variant, lg in logits.items():
         p = lg.softmax(-1)
         top = p.topk(k)
         ids = top.indices.tolist()
-        rows = []
-        for t, pv in zip(ids, top.values.tolist()):
-            cls = "answer" if t == answer else ("the" if t == compet else "")
-            rows.append(f"<tr class='{cls}'><td><span class='tok'>{esc(token_strings(model, [t])[0])}</span></td>"
-                        f"<td class='num'>{pv:.3f}</td></tr>")
-        extra = []
-        for t, cls, name in ((answer, "answer", "answer"), (compet, "the", "competitor")):
-            if t not in ids:
-                extra.append(f"<tr class='{cls}'><td>{name} <span class='tok'>{esc(token_strings(model, [t])[0])}</span> "
-                             f"(rank {int((p > p[t]).sum()) + 1})</td><td class='num'>{p[t].item():.3f}</td></tr>")
-        cols.append(f"<table class='data top5'><thead><tr><th colspan='2'>{esc(variant)}: top {k}</th></tr></thead>"
-                    f"<tbody>{''.join(rows + extra)}</tbody></table>")
-    return "<div class='flex'>" + "".join(cols) + "</div>"
+        rows = [{"cls": "answer" if t == answer else ("the" if t == compet else ""), "name": None,
+                 "token": token_strings(model, [t])[0], "p": pv} for t, pv in zip(ids, top.values.tolist())]
+        rows += [{"cls": cls, "name": name, "token": token_strings(model, [t])[0], "p": p[t].item(),
+                  "rank": int((p > p[t]).sum()) + 1}
+                 for t, cls, name in ((answer, "answer", "answer"), (compet, "the", "competitor")) if t not in ids]
+        tables.append({"variant": variant, "rows": rows})
+    return render("top_tokens.html.j2", tables=tables, k=k)
 
 
 SECTIONS = [study_section, heatmap_section, best_section, attribution_section, examples_section]

@@ -39,7 +39,7 @@ from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory, read_ch
 from mechtrunc.studies.grid import Grid, ItemStore, as_truncate, evaluate_grid
 from mechtrunc.studies.store import metric_values, prompts_fingerprint
 
-__all__ = ["checkpoint_study", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
+__all__ = ["checkpoint_study", "CheckpointRequest", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
            "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
 
 
@@ -399,6 +399,108 @@ def _gpus_for(load_kwargs: dict) -> float:
     return 0.0
 
 
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """The inputs of :func:`checkpoint_study`, checked once (as :class:`Grid` checks a grid's):
+    the model source, the steps, the prompts and one truncation or a grid.  Everything a study
+    can tell before loading a model fails here, naming the bad value: ``truncation`` with
+    ``grid``, an empty or negative step, a step that is not a Pythia checkpoint (Pythia ids), a
+    missing checkpoint directory or step, a bad dtype, load options with a callable, an unknown
+    task, a ``batch_size`` or ``n_prompts`` below 1.
+
+    Derived (not arguments): ``intervention`` and ``grid`` (the truncation or grid as objects),
+    ``steps`` as a tuple of ints in order without duplicates, ``loader`` (``step -> model``),
+    ``source`` and ``prompt_desc`` (what ``study.json`` records), ``prompt_set`` (the prompts of
+    each checkpoint)."""
+
+    load: Callable[[int], object] | str | os.PathLike
+    steps: Iterable[int]
+    prompts: Callable[[object], PromptSet] | PromptSet | str
+    truncation: Intervention | dict | None = None
+    grid: Grid | dict | bool | None = None
+    batch_size: int = 32
+    n_prompts: int = 200
+    prompt_seed: int = 0
+    load_kwargs: dict = field(default_factory=dict)
+    intervention: Intervention | None = field(init=False, default=None)
+    loader: Callable[[int], object] = field(init=False, default=None)
+    source: str = field(init=False, default="")
+    prompt_desc: str = field(init=False, default="")
+    prompt_set: _Prompts = field(init=False, default=None)
+
+    def __post_init__(self):
+        from mechtrunc import pythia
+
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        put("intervention", _as_intervention(self.truncation))
+        put("grid", _as_grid(self.grid))
+        if self.grid is not None and self.intervention is not None:
+            raise ValueError("give truncation= (one configuration) or grid= (a whole grid), not both")
+        steps = list(dict.fromkeys(as_int_list(self.steps, "step")))
+        if not steps:
+            raise ValueError("steps is empty: give at least one training step")
+        for s in steps:
+            if s < 0:
+                raise ValueError(f"step must be >= 0, got {s}")
+        n_prompts, prompt_seed = as_int(self.n_prompts, "n_prompts"), as_int(self.prompt_seed, "prompt_seed")
+        if n_prompts < 1:
+            raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
+        batch_size = as_int(self.batch_size, "batch_size")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        put("n_prompts", n_prompts)
+        put("prompt_seed", prompt_seed)
+        put("batch_size", batch_size)
+
+        load, load_kwargs = self.load, dict(self.load_kwargs)
+        if isinstance(load, (str, os.PathLike)):
+            name = str(load)
+            pythia.check_dtype(load_kwargs.get("dtype"))  # a bad dtype fails before any work
+            if CheckpointDirectory.looks_like(name):
+                loader = CheckpointDirectory(name, **load_kwargs)
+                loader.check(steps)
+                source = loader.template
+            elif pythia.looks_like_path(name):
+                raise ValueError(
+                    f"no such checkpoint directory: {name!r} (give a directory with step{{N}}/ subdirectories, "
+                    "a path template with {step}, or a hub id)"
+                )
+            else:
+                if pythia.is_pythia(name):
+                    steps = [pythia.check_step(s) for s in steps]
+                loader = HubCheckpoints(name, **load_kwargs)
+                source = name
+        elif callable(load):
+            if load_kwargs:
+                raise TypeError(f"load options {sorted(load_kwargs)} only apply when a model name is given")
+            loader = load
+            source = "callable"
+        else:
+            raise TypeError("load_fn_or_name must be a model name, a checkpoint directory or a callable step -> model")
+        put("steps", tuple(steps))
+        put("loader", loader)
+        put("source", source)
+
+        prompts = self.prompts
+        if isinstance(prompts, PromptSet):
+            prompt_desc = prompts_fingerprint(prompts)
+        elif isinstance(prompts, (str, os.PathLike)):
+            task = str(prompts)
+            if task not in task_names("prompts") and not Path(task).is_file():
+                raise ValueError(f"unknown task {task!r}: give {task_words('prompts')} or the path of a CSV/JSONL prompt "
+                                 "file")
+            seeded = task in task_names("prompts") and task_spec(task).seeded
+            prompt_desc = task + (f" n={n_prompts} seed={prompt_seed}" if seeded else "")
+        elif callable(prompts):
+            prompt_desc = "callable"
+        else:
+            raise TypeError("prompts_fn must be a callable tokenizer -> PromptSet, a PromptSet or a task name")
+        put("prompt_desc", prompt_desc)
+        put("prompt_set", _Prompts(prompts, n_prompts, prompt_seed))
+
+
 def checkpoint_study(
     load_fn_or_name: Callable[[int], object] | str | os.PathLike,
     steps: Iterable[int],
@@ -455,65 +557,12 @@ def checkpoint_study(
         from the same forward passes), which feeds paired bootstrap intervals of each step's
         change and :func:`heldout_by_step`.
     """
-    from mechtrunc import pythia
     from mechtrunc.studies.executors import resolve_executor
 
-    iv = _as_intervention(truncation)
-    the_grid = _as_grid(grid)
-    if the_grid is not None and iv is not None:
-        raise ValueError("give truncation= (one configuration) or grid= (a whole grid), not both")
-    steps = list(dict.fromkeys(as_int_list(steps, "step")))
-    if not steps:
-        raise ValueError("steps is empty: give at least one training step")
-    for s in steps:
-        if s < 0:
-            raise ValueError(f"step must be >= 0, got {s}")
-    n_prompts, prompt_seed = as_int(n_prompts, "n_prompts"), as_int(prompt_seed, "prompt_seed")
-    if n_prompts < 1:
-        raise ValueError(f"n_prompts must be >= 1, got {n_prompts}")
-    batch_size = as_int(batch_size, "batch_size")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-    if isinstance(load_fn_or_name, (str, os.PathLike)):
-        name = str(load_fn_or_name)
-        pythia.check_dtype(load_kwargs.get("dtype"))  # a bad dtype fails before any work
-        if CheckpointDirectory.looks_like(name):
-            loader = CheckpointDirectory(name, **load_kwargs)
-            loader.check(steps)
-            source = loader.template
-        elif pythia.looks_like_path(name):
-            raise ValueError(
-                f"no such checkpoint directory: {name!r} (give a directory with step{{N}}/ subdirectories, "
-                "a path template with {step}, or a hub id)"
-            )
-        else:
-            if pythia.is_pythia(name):
-                steps = [pythia.check_step(s) for s in steps]
-            loader = HubCheckpoints(name, **load_kwargs)
-            source = name
-    elif callable(load_fn_or_name):
-        if load_kwargs:
-            raise TypeError(f"load options {sorted(load_kwargs)} only apply when a model name is given")
-        loader = load_fn_or_name
-        source = "callable"
-    else:
-        raise TypeError("load_fn_or_name must be a model name, a checkpoint directory or a callable step -> model")
-
-    if isinstance(prompts_fn, PromptSet):
-        prompt_desc = prompts_fingerprint(prompts_fn)
-    elif isinstance(prompts_fn, (str, os.PathLike)):
-        task = str(prompts_fn)
-        if task not in task_names("prompts") and not Path(task).is_file():
-            raise ValueError(f"unknown task {task!r}: give {task_words('prompts')} or the path of a CSV/JSONL prompt "
-                             "file")
-        seeded = task in task_names("prompts") and task_spec(task).seeded
-        prompt_desc = task + (f" n={n_prompts} seed={prompt_seed}" if seeded else "")
-    elif callable(prompts_fn):
-        prompt_desc = "callable"
-    else:
-        raise TypeError("prompts_fn must be a callable tokenizer -> PromptSet, a PromptSet or a task name")
-    prompts = _Prompts(prompts_fn, n_prompts, prompt_seed)
+    req = CheckpointRequest(load_fn_or_name, steps, prompts_fn, truncation, grid, batch_size, n_prompts, prompt_seed,
+                            load_kwargs)
+    iv, the_grid, steps, batch_size = req.intervention, req.grid, list(req.steps), req.batch_size
+    loader, source, prompt_desc, prompts = req.loader, req.source, req.prompt_desc, req.prompt_set
     _check_layers(_n_layers_hint(loader, steps), iv, the_grid)
     ex = resolve_executor(executor)  # bad executor names fail before study.json is written
     if out is None and getattr(ex, "needs_out", False):

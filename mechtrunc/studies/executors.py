@@ -29,7 +29,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mechtrunc._checks import check_int
+from mechtrunc._checks import check_choice, check_int
 from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int, as_real
 
@@ -179,8 +179,7 @@ class SlurmExecutor(Executor):
         self.mem_gb = None if mem_gb is None else as_real(mem_gb, "mem_gb")
         self.array_parallelism = check_int("array_parallelism", array_parallelism, 1)
         self.units_per_task = check_int("units_per_task", units_per_task, 1)
-        if cluster not in ("slurm", "local", "debug"):
-            raise ValueError(f"unknown submitit cluster {cluster!r}; valid: 'slurm', 'local', 'debug'")
+        check_choice("submitit cluster", cluster, ("slurm", "local", "debug"), quote=True)
         self.cluster = cluster
         self.additional = dict(additional or {})
         _require("submitit", "slurm")

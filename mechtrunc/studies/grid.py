@@ -120,9 +120,8 @@ class Grid:
         if not m:
             raise ValueError(f"matrices is empty: give at least one of {', '.join(MATRICES)}")
         for name in m:
-            if name not in MATRICES + GATED_MATRICES:
-                raise ValueError(f"unknown matrix {name!r}; valid matrices: {', '.join(MATRICES + GATED_MATRICES)} "
-                                 f"({', '.join(GATED_MATRICES)} in a gated MLP)")
+            check_choice("matrix", name, MATRICES + GATED_MATRICES, label="valid matrices",
+                         extra=f" ({', '.join(GATED_MATRICES)} in a gated MLP)")
         object.__setattr__(self, "matrices", m)
         keeps = tuple(as_real_list(self.keeps, "keep"))
         if not keeps:
@@ -131,11 +130,9 @@ class Grid:
             if not 0.0 <= k <= 1.0:
                 raise ValueError(f"keep must be in [0, 1], got {k!r}")
         object.__setattr__(self, "keeps", keeps)
-        if self.mode not in GRID_MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; valid modes: {', '.join(GRID_MODES)}")
+        check_choice("mode", self.mode, GRID_MODES, label="valid modes")
         check_choice("rank rule", self.rule, RULES)
-        if self.svd not in SVD_METHODS:
-            raise ValueError(f"unknown svd method {self.svd!r}; valid: {', '.join(map(repr, SVD_METHODS))}")
+        check_choice("svd method", self.svd, SVD_METHODS, quote=True)
         if self.mode == "engine" and self.svd != "exact":
             raise ValueError(f"mode 'engine' computes exact decompositions; give svd='exact' (not {self.svd!r}) "
                              "or mode='weight' / 'hook'")

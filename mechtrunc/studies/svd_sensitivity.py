@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from mechtrunc._checks import check_choice
 from mechtrunc._choices import SVD_METHODS
 from mechtrunc.adapters import adapt
 from mechtrunc.evaluation import evaluate
@@ -85,8 +86,7 @@ def weight_distances(W: Tensor, W_trunc: Tensor, rank: int, reference: str = "fl
     ``svd``: ``torch.linalg.svd(W.to(reference dtype), full_matrices=False)`` when already
     computed (it does not depend on ``rank``).
     """
-    if reference not in REFERENCES:
-        raise ValueError(f"unknown reference {reference!r}; valid: {', '.join(REFERENCES)}")
+    check_choice("reference", reference, REFERENCES)
     dtype = torch.float64 if reference == "float64" else torch.float32
     U, S, Vh = svd if svd is not None else torch.linalg.svd(W.to(dtype), full_matrices=False)
     U, S, Vh = U.double(), S.double(), Vh.double()
@@ -154,12 +154,10 @@ def svd_sensitivity(
     """
     methods = list(dict.fromkeys(methods))
     for m in methods:
-        if m not in SVD_METHODS:
-            raise ValueError(f"unknown svd method {m!r}; valid: {', '.join(map(repr, SVD_METHODS))}")
+        check_choice("svd method", m, SVD_METHODS, quote=True)
     if "exact" not in methods:
         raise ValueError(f"methods {methods!r} must contain 'exact' (the metric changes are measured from it)")
-    if reference not in REFERENCES:
-        raise ValueError(f"unknown reference {reference!r}; valid: {', '.join(REFERENCES)}")
+    check_choice("reference", reference, REFERENCES)
     if len(prompts) == 0:
         raise ValueError("the prompt set has no items to score")
     ivs = [_as_truncate(t, rule) for t in truncations]
