@@ -54,6 +54,13 @@ SVD_METHODS = ("exact", "randomized", "laser")
 #: (activation scans only) does each.  One default for the scan and for path patching.
 PATCH_DIRECTIONS = ("denoising", "noising", "both")
 DEFAULT_PATCH_DIRECTION = "denoising"
+#: attribution patching (mechtrunc.circuits): first order at the target run (atp), EAP-IG over the
+#: line between the corrupted and clean input embeddings (ig-inputs), or each site's activation
+#: alone moved along its line (ig-activations); the interpolation steps of the ig methods; how a
+#: circuit's faithfulness ablates the edges outside it
+ATTRIBUTION_METHODS = ("atp", "ig-inputs", "ig-activations")
+DEFAULT_IG_STEPS = 5
+ABLATIONS = ("corrupt", "mean")
 #: the level of a patching effect's percentile bootstrap interval (the scans' and --level's default)
 PATCH_LEVEL = 0.95
 #: built-in prompt tasks of the language-model studies (mechtrunc.tasks.prompts_for_task)
