@@ -65,13 +65,13 @@ from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, batch_rows, intervene
 from mechtrunc.metrics import item_metrics
 from mechtrunc.patching import (
-    _base_items, _baseline, _check_boot, _effect, _effect_intervals, _gap_attrs, _groups, _metric, _paired, _plan,
+    _baseline, _check_boot, _effect, _effect_intervals, _gap_attrs, _groups, _metric, _paired, _plan, raw_change,
 )
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.runner import check_prompts
 
-__all__ = ["attribution_scan", "edge_attribution", "circuit_faithfulness", "top_edges", "EDGE_COLUMNS",
+__all__ = ["attribution_scan", "edge_attribution", "circuit_faithfulness", "top_edges", "agreement", "EDGE_COLUMNS",
            "FAITHFULNESS_COLUMNS"]
 
 #: one row per (direction, sender, receiver, position group) of :func:`edge_attribution`
@@ -355,6 +355,28 @@ def attribution_scan(
     return df
 
 
+def agreement(estimate: pd.DataFrame, exact: pd.DataFrame, k: int = 10) -> dict:
+    """How an :func:`attribution_scan` table agrees with the exact
+    :func:`~mechtrunc.patching.patching_scan` of the same rows, on their raw changes of the
+    metric (:func:`~mechtrunc.patching.raw_change`, defined whatever the gap): ``n`` rows
+    compared, ``spearman`` (rank correlation), ``top_k`` (the fraction of the exact scan's
+    ``k`` largest changes in size that are among the estimate's ``k`` largest; ties keep table
+    order) and ``max_abs_diff``.  Rows are paired on ``direction, site, layer, head, position``."""
+    keys = ["direction", "site", "layer", "head", "position"]
+    k = as_int(k, "k")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    m = raw_change(exact).rename("exact").to_frame().join(exact[keys]).merge(
+        raw_change(estimate).rename("estimate").to_frame().join(estimate[keys]), on=keys)
+    if m.empty:
+        raise ValueError("the two tables share no (direction, site, layer, head, position) row")
+    top = lambda col: set(m[col].abs().sort_values(ascending=False, kind="stable").index[:k])
+    kk = min(k, len(m))
+    return {"n": len(m), "spearman": float(m["exact"].rank().corr(m["estimate"].rank())),
+            "top_k": len(top("exact") & top("estimate")) / kk, "k": kk,
+            "max_abs_diff": float((m["exact"] - m["estimate"]).abs().max())}
+
+
 # ----------------------------------------------------------------------------------------
 # edges
 # ----------------------------------------------------------------------------------------
@@ -444,11 +466,18 @@ def _split_hooks(adapter, on: bool):
             m.set_use_attn_in(True)
 
 
-def _writer_values(adapter, w: _Writer, acts: dict[str, Tensor]) -> Tensor:
-    """A writer's contribution to the residual stream [seq, pos, d_model] from recorded acts."""
+def _head_W_O(adapter, writers: list[_Writer]) -> dict[int, Tensor]:
+    """``W_O`` per layer [head, d_head, d_model] (float32), read now: inside an intervention
+    block it is the edited weight."""
+    return {w.layer: adapter.head_W_O(w.layer).detach().float() for w in writers if w.kind == "head"}
+
+
+def _writer_values(w: _Writer, acts: dict[str, Tensor], W_O: dict[int, Tensor]) -> Tensor:
+    """A writer's contribution to the residual stream [seq, pos, d_model] from its hook's
+    activation: a head's ``z_h W_O[h]``, the embedding's or an MLP's output itself."""
     a = acts[w.hook]
     if w.kind == "head":
-        return a[:, :, w.head].float() @ adapter.head_W_O(w.layer).detach().float().cpu()[w.head]
+        return a[:, :, w.head].float() @ W_O[w.layer][w.head].to(a.device)
     return a.float()
 
 
@@ -481,15 +510,23 @@ def edge_attribution(
                          "per node; use attribution_scan for 'ig-activations')")
     corrupted, metric, steps, bs = _check_common(adapter, clean, corrupted, metric, direction, method, steps,
                                                  batch_size, n_boot, level, interventions)
-    writers, readers, split = _edge_graph(adapter)
     n, length = clean.tokens.shape
     masks = _masks(_groups(clean, positions), n, length)
-    record = sorted({w.hook for w in writers})
-    grad = sorted({r.hook for r in readers})
     dirs = ("denoising", "noising") if direction == "both" else (direction,)
-    with intervene(adapter, *interventions), _split_hooks(adapter, split):
-        pc, pk, grads, passes = _gradients(adapter, clean, corrupted, metric, bs, record, grad, direction, method,
-                                           steps)
+    deltas, reader_grads = {}, {}
+    with intervene(adapter, *interventions):  # the graph's weights are the edited ones
+        writers, readers, split = _edge_graph(adapter)
+        record = sorted({w.hook for w in writers})
+        grad = sorted({r.hook for r in readers})
+        with _split_hooks(adapter, split):
+            pc, pk, grads, passes = _gradients(adapter, clean, corrupted, metric, bs, record, grad, direction,
+                                               method, steps)
+        W_O = {k: v.cpu() for k, v in _head_W_O(adapter, writers).items()}
+        for d in dirs:
+            src, tgt = (pc, pk) if d == "denoising" else (pk, pc)
+            deltas[d] = torch.stack([_writer_values(w, src.acts, W_O) - _writer_values(w, tgt.acts, W_O)
+                                     for w in writers], 2).double()  # [seq, pos, writer, d]
+            reader_grads[d] = torch.stack([_reader_grad(r, grads[d]) for r in readers], 2).double()
     base_items = {"clean": pc.items, "corrupted": pk.items}
     base = _baseline(base_items, clean, n_boot, level, seed)
     rows_of_item = clean.rows.cpu()
@@ -498,13 +535,9 @@ def edge_attribution(
     pairs = valid.nonzero().tolist()
     out = []
     for d in dirs:
-        src, tgt = (pc, pk) if d == "denoising" else (pk, pc)
-        delta = torch.stack([_writer_values(adapter, w, src.acts) - _writer_values(adapter, w, tgt.acts)
-                             for w in writers], 2).double()  # [seq, pos, writer, d]
-        g = torch.stack([_reader_grad(r, grads[d]) for r in readers], 2).double()  # [seq, pos, reader, d]
         target = base_items["corrupted" if d == "denoising" else "clean"]
         for label, mask in masks:
-            score = torch.einsum("spwd,sprd,sp->swr", delta, g, mask)  # [seq, writer, reader]
+            score = torch.einsum("spwd,sprd,sp->swr", deltas[d], reader_grads[d], mask)  # [seq, writer, reader]
             values = [target + (score[:, i, j] / per_seq)[rows_of_item] for i, j in pairs]
             low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed, base)
             for (i, j), vals, lo, hi in zip(pairs, values, low, high):
@@ -571,37 +604,40 @@ def circuit_faithfulness(
     adapter = adapt(model)
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+    rows = _circuit_rows(edges)
     corrupted, metric, _, bs = _check_common(adapter, clean, corrupted, metric or edges.attrs.get("metric"),
                                              "denoising", "atp", 1, batch_size, n_boot, level, interventions)
-    rows = _circuit_rows(edges)
-    writers, readers, split = _edge_graph(adapter)
-    wl, rl = {w.label: w for w in writers}, {r.label: r for r in readers}
-    graph = [(w.label, r.label) for w in writers for r in readers if _feeds(adapter, w, r)]
-    known = set(graph)
-    unknown = [(s, r) for s, r in zip(rows["sender"], rows["receiver"]) if (s, r) not in known]
-    if unknown:
-        raise ValueError(f"edge {unknown[0]} of the table is not an edge of this model (a table of another model?)")
-    total = len(graph)
-    sizes = _default_sizes(total) if sizes is None else [as_int(s, "size") for s in sizes]
-    for s in sizes:
-        if not 0 <= s <= total:
-            raise ValueError(f"circuit size {s} is out of range: valid sizes are 0..{total} (the model's edges)")
-    ranked = top_edges(edges, total)
-    record = sorted({w.hook for w in writers})
     values = []
-    with intervene(adapter, *interventions), _split_hooks(adapter, split):
-        pc = _run(adapter, clean.tokens, clean, metric, bs)
-        pk = _run(adapter, corrupted.tokens, clean, metric, bs, record=record)
-        repl = {w.label: _writer_values(adapter, w, pk.acts) for w in writers}
-        if ablation == "mean":
-            repl = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in repl.items()}
+    with intervene(adapter, *interventions):  # the graph's weights are the edited ones
+        writers, readers, split = _edge_graph(adapter)
+        wl, rl = {w.label: w for w in writers}, {r.label: r for r in readers}
+        graph = [(w.label, r.label) for w in writers for r in readers if _feeds(adapter, w, r)]
+        known = set(graph)
+        unknown = [(s, r) for s, r in zip(rows["sender"], rows["receiver"]) if (s, r) not in known]
+        if unknown:
+            raise ValueError(f"edge {unknown[0]} of the table is not an edge of this model (a table of another "
+                             "model?)")
+        total = len(graph)
+        sizes = _default_sizes(total) if sizes is None else [as_int(s, "size") for s in sizes]
         for s in sizes:
-            kept = set(ranked[:s])
-            excluded: dict[str, list[_Writer]] = {}
-            for w_label, r_label in graph:
-                if (w_label, r_label) not in kept:
-                    excluded.setdefault(r_label, []).append(wl[w_label])
-            values.append(_ablated(adapter, clean, metric, bs, writers, excluded, rl, repl))
+            if not 0 <= s <= total:
+                raise ValueError(f"circuit size {s} is out of range: valid sizes are 0..{total} (the model's edges)")
+        ranked = top_edges(edges, total)
+        record = sorted({w.hook for w in writers})
+        W_O = _head_W_O(adapter, writers)
+        with _split_hooks(adapter, split):
+            pc = _run(adapter, clean.tokens, clean, metric, bs)
+            pk = _run(adapter, corrupted.tokens, clean, metric, bs, record=record)
+            repl = {w.label: _writer_values(w, pk.acts, {k: v.cpu() for k, v in W_O.items()}) for w in writers}
+            if ablation == "mean":
+                repl = {k: v.mean(0, keepdim=True).expand_as(v) for k, v in repl.items()}
+            for s in sizes:
+                kept = set(ranked[:s])
+                excluded: dict[str, list[_Writer]] = {}
+                for w_label, r_label in graph:
+                    if (w_label, r_label) not in kept:
+                        excluded.setdefault(r_label, []).append(wl[w_label])
+                values.append(_ablated(adapter, clean, metric, bs, writers, excluded, rl, repl, W_O))
     base_items = {"clean": pc.items, "corrupted": pk.items}
     base = _baseline(base_items, clean, n_boot, level, seed)
     low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed, base)
@@ -617,7 +653,8 @@ def circuit_faithfulness(
 
 @torch.no_grad()
 def _ablated(adapter, clean: PromptSet, metric: str, bs: int, writers: list[_Writer],
-             excluded: dict[str, list[_Writer]], readers: dict[str, _Reader], repl: dict[str, Tensor]) -> Tensor:
+             excluded: dict[str, list[_Writer]], readers: dict[str, _Reader], repl: dict[str, Tensor],
+             W_O: dict[int, Tensor]) -> Tensor:
     """The metric per item of the clean prompts with the ``excluded`` writers of each reader
     replaced by ``repl`` in that reader's input."""
     by_hook: dict[str, list[_Writer]] = {}
@@ -643,17 +680,10 @@ def _ablated(adapter, clean: PromptSet, metric: str, bs: int, writers: list[_Wri
             return act
         return fn
 
-    # writers' outputs on the device the model runs on
-    W_O = {w.layer: adapter.head_W_O(w.layer).detach().float() for w in writers if w.kind == "head"}
-
-    def writer_values(w, act):
-        a = act[:, :, w.head].float() @ W_O[w.layer][w.head] if w.kind == "head" else act.float()
-        return a
-
-    def capture_dev(hook):
+    def capture(hook):
         def fn(act):
             for w in by_hook[hook]:
-                live[w.label] = writer_values(w, act)
+                live[w.label] = _writer_values(w, {hook: act}, W_O)
             return None
         return fn
 
@@ -669,7 +699,7 @@ def _ablated(adapter, clean: PromptSet, metric: str, bs: int, writers: list[_Wri
             for hook in reader_hooks:
                 stack.enter_context(adapter.hooked(hook, rebuild(hook)))
             for hook in by_hook:
-                stack.enter_context(adapter.hooked(hook, capture_dev(hook)))
+                stack.enter_context(adapter.hooked(hook, capture(hook)))
             logits = adapter.forward(clean.tokens[start:start + chunk.n_sequences].to(adapter.device))
         dev = logits.device
         items[idx.cpu()] = item_metrics(logits[chunk.rows.to(dev), chunk.pos.to(dev)], chunk)[metric].double().cpu()
