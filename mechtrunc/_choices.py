@@ -189,7 +189,8 @@ LM_RUN_FORMAT = "mechtrunc-lm-run/1"
 
 #: what ``mechtrunc report`` recognises in a directory: kind -> its name in reports and help
 REPORT_KINDS: dict[str, str] = {"toy": "toy run", "memory": "associative-memory run", "lm": "language-model run",
-                                "truncation": "truncation study", "checkpoints": "checkpoint study"}
+                                "truncation": "truncation study", "checkpoints": "checkpoint study",
+                                "circuits": "circuit study over training"}
 
 
 def cache_root() -> Path:

@@ -10,6 +10,8 @@ results through it and never recompute a study.
   ``best.json`` and ``attribution_change.csv``.
 - checkpoint study: ``study.json`` (``kind: checkpoints``), ``checkpoints.parquet`` or
   ``checkpoints.csv``.
+- circuit study over training (``circuit_study(out=...)``, ``mechtrunc circuits checkpoints``):
+  ``study.json`` (``kind: circuits``), ``nodes``, ``edges`` and ``ledger.parquet`` or its shards.
 - associative-memory run (``mechtrunc memory train``): ``config.json`` with a ``memory`` entry,
   ``model.safetensors``, ``history.csv``, optional ``spectra.csv``.
 - language-model run (``mechtrunc lm train --out RUN``): ``run.json`` (``format:
@@ -35,9 +37,10 @@ from mechtrunc._choices import LM_RUN_FORMAT
 from mechtrunc.results import upgrade_columns, upgrade_record
 
 __all__ = ["NotAResultError", "ToyRun", "MemoryRun", "TruncationResults", "CheckpointResults", "LMRun", "read_result",
+           "CircuitResults",
            "KINDS", "LM_STUDY_TABLES"]
 
-KINDS = ("toy", "memory", "truncation", "checkpoints", "lm")
+KINDS = ("toy", "memory", "truncation", "checkpoints", "lm", "circuits")
 
 #: the tables of a language-model run's study (``RUN/study/``, written by
 #: :func:`mechtrunc.studies.lm.study_run`): name -> file; the competition checkpoint's grid and
@@ -251,6 +254,45 @@ class CheckpointResults(_StudyResult):
         if self.incomplete:
             lines.append(f"INCOMPLETE: {self.incomplete}")
         return _html_summary("mechtrunc checkpoint study", lines, self.table)
+
+
+@dataclass
+class CircuitResults(_StudyResult):
+    """A circuit study over training (:func:`mechtrunc.studies.circuits.circuit_study`): node
+    scores, top edges and the margin ledger per step."""
+
+    directory: Path
+    nodes: object
+    edges: object
+    ledger: object
+    study: dict
+    kind: str = "circuits"
+    incomplete: str | None = None
+
+    @property
+    def table(self):
+        return self.nodes
+
+    def _repr_html_(self) -> str:
+        lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
+                 f"steps: {', '.join(str(s) for s in sorted(set(self.nodes['step'].tolist())))}"]
+        if self.incomplete:
+            lines.append(f"INCOMPLETE: {self.incomplete}")
+        return _html_summary("mechtrunc circuit study over training", lines, self.nodes)
+
+
+def _read_circuits(d: Path, study: dict) -> CircuitResults:
+    from mechtrunc.studies.circuits import read_circuit_study
+
+    try:
+        tables = read_circuit_study(d)
+    except ValueError as err:
+        raise NotAResultError(f"{err}; rerun the study with the same output directory to resume it") from None
+    incomplete = None
+    if not (d / "nodes.parquet").is_file():
+        incomplete = (f"the study was interrupted: {tables.nodes['step'].nunique()} finished checkpoints read from its "
+                      "shards, no final nodes.parquet; rerun the study with the same output directory")
+    return CircuitResults(d, tables.nodes, tables.edges, tables.ledger, study, incomplete=incomplete)
 
 
 def model_source(result) -> str | None:
@@ -485,13 +527,13 @@ def _detect(d: Path) -> tuple[str, dict]:
     if (d / "study.json").is_file():
         study = _read_json(d / "study.json")
         kind = study.get("kind")
-        if kind in ("truncation", "checkpoints"):
+        if kind in ("truncation", "checkpoints", "circuits"):
             return kind, study
         if kind is None and (d.parent / "run.json").is_file():
             raise NotAResultError(f"{str(d)!r} is the study folder of a language-model run; give the run directory "
                                   f"itself: mechtrunc report {d.parent}")
         raise NotAResultError(f"{str(d / 'study.json')!r} has an unknown study kind {kind!r}; "
-                              "known kinds: truncation, checkpoints")
+                              "known kinds: truncation, checkpoints, circuits")
     if (d / "truncation.csv").is_file() or (d / "truncation.parquet").is_file():
         return "truncation", {}
     if (d / "checkpoints.csv").is_file() or (d / "checkpoints.parquet").is_file():
@@ -528,4 +570,6 @@ def read_result(path: str | os.PathLike):
         return _read_lm(d, meta)
     if kind == "truncation":
         return _read_truncation(d, meta)
+    if kind == "circuits":
+        return _read_circuits(d, meta)
     return _read_checkpoints(d, meta)

@@ -43,7 +43,7 @@ from mechtrunc.studies.store import (
     ShardStore, atomic_write_parquet, check_meta, prompts_fingerprint, write_tables,
 )
 
-__all__ = ["circuit_study", "CircuitUnit", "CircuitTables", "ToyCheckpoints", "read_circuit_study",
+__all__ = ["circuit_study", "circuit_pairs", "CIRCUIT_TASKS", "CircuitUnit", "CircuitTables", "ToyCheckpoints", "read_circuit_study",
            "evidence_by_step", "overtaking_step", "CIRCUIT_NODE_COLUMNS", "CIRCUIT_EDGE_COLUMNS",
            "CIRCUIT_LEDGER_COLUMNS", "CIRCUIT_SITES"]
 
@@ -78,9 +78,18 @@ class ToyCheckpoints(CheckpointDirectory):
 
     @staticmethod
     def looks_like(path) -> bool:
-        """Whether ``path`` holds toy checkpoints (a ``step{N}/`` with ``model.safetensors``)."""
+        """Whether ``path`` holds toy checkpoints (a ``step{N}/`` whose ``config.json`` has the toy's
+        ``model`` and ``train`` entries)."""
+        import json
+
         p = Path(str(path)).expanduser()
-        return p.is_dir() and any((d / "model.safetensors").is_file() for d in p.glob("step*"))
+        for d in (p.glob("step*") if p.is_dir() else ()):
+            try:
+                meta = json.loads((d / "config.json").read_text())
+            except (OSError, ValueError):
+                continue
+            return isinstance(meta, dict) and "train" in meta and "model" in meta
+        return False
 
     def __call__(self, step: int):
         from mechtrunc.training import load_run
@@ -192,6 +201,61 @@ def _loader(source, load_kwargs: dict, steps: list[int]):
         return HubCheckpoints(name, **load_kwargs), name
     loader.check(steps)
     return loader, loader.template
+
+
+#: tasks :func:`circuit_pairs` builds pairs for
+CIRCUIT_TASKS = ("recall", "ioi", "factual")
+
+
+def circuit_pairs(checkpoints, task: str | None = None, n: int = 64, seed: int = 0) -> tuple[PromptSet, PromptSet]:
+    """The clean and corrupted prompts of a circuit study over ``checkpoints`` (as
+    :func:`circuit_study` takes them), the same at every step:
+
+    - toy checkpoints (a toy run's ``checkpoints/``): task ``recall``,
+      :func:`mechtrunc.tasks.corrupt.recall_pair` on the run's test-set seeds (``10000 + seed``);
+    - a language-model run: its own held-out prompts (:func:`mechtrunc.lm.prompts.run_prompts`;
+      default task: its first studied one, ``recall`` on a noisy-recall corpus), corrupted by
+      :func:`~mechtrunc.tasks.corrupt.city_swap` (recall), ``ioi_abc`` (ioi) or ``factual_swap``;
+    - a hub id: ``ioi`` (default) or ``factual`` prompts under its tokenizer."""
+    from mechtrunc.tasks.corrupt import city_swap, factual_swap, ioi_abc
+
+    if task is not None and task not in CIRCUIT_TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(CIRCUIT_TASKS)}")
+    n, seed = as_int(n, "n"), as_int(seed, "seed")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    source = str(checkpoints)
+    if ToyCheckpoints.looks_like(source):
+        if task not in (None, "recall"):
+            raise ValueError(f"task {task!r} does not fit toy checkpoints: the toy model is studied on task recall")
+        from mechtrunc.tasks.corrupt import recall_pair
+        from mechtrunc.training import load_run
+
+        first = ToyCheckpoints(source).steps()[0]
+        return recall_pair(load_run(ToyCheckpoints(source).dir(first))[2], n=n, seed=10_000 + seed)
+    from mechtrunc.lm.prompts import run_corpus, run_dir, run_prompts
+    from mechtrunc.studies.lm import study_tasks
+
+    run = run_dir(source)
+    if run is not None:
+        task = task or study_tasks(run_corpus(run))[0]
+        if task == "recall":
+            return city_swap(run_prompts(run, "recall", n=n, seed=seed))
+        from mechtrunc.lm.tokenizer import run_tokenizer
+
+        tok = run_tokenizer(run_corpus(run))
+        prompts = run_prompts(run, task, n=n, seed=seed, tokenizer=tok)
+    else:
+        if task == "recall":
+            raise ValueError("task recall needs toy checkpoints or a language-model run")
+        from transformers import AutoTokenizer
+
+        from mechtrunc.tasks.registry import prompts_for_task
+
+        task = task or "ioi"
+        tok = AutoTokenizer.from_pretrained(source)
+        prompts = prompts_for_task(task, tok, n=n, seed=seed)
+    return (ioi_abc if task == "ioi" else factual_swap)(prompts, tok, seed=seed)
 
 
 def circuit_study(
