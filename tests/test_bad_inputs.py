@@ -175,6 +175,14 @@ BAD_INPUTS: list[Bad] = [
     cli("patch path TOY_RUN --receiver k:1:0 --sender 1 0", "receiver layer 1 does not read the output of a layer-1 head"),
     cli("patch path TOY_RUN --receiver k:5:0", "layer 5 is out of range: valid layers are 0..1"),
     cli("patch path TOY_RUN --receiver q:1:2", "head 2 is out of range: valid heads are 0..0"),
+    # ---------------------------------------------------------------- CLI: circuits checkpoints
+    cli("circuits checkpoints TOY_RUN --out OUT", "is a toy run without kept checkpoints: train it with `mechtrunc toy "
+        "train --out"),
+    cli("circuits checkpoints TOY_RUN --out OUT --ig-steps 3", "--ig-steps applies to --method ig-inputs"),
+    cli("circuits checkpoints TOY_RUN --out OUT --method ig-activations", "argument --method: unknown method "
+        "'ig-activations'"),
+    cli("circuits checkpoints TOY_RUN --out OUT --edges 0", "argument --edges: expected a positive integer, got '0'"),
+    cli("circuits checkpoints TOY_RUN --out OUT --task binding", "argument --task: unknown task 'binding'"),
     # ---------------------------------------------------------------- API: interventions
     api("mt.Truncate('mlp.W_up', layer=0, keep=0.5)", "ValueError", "unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),
     api("mt.Truncate('mlp.W_in', layer=0, keep=1.5)", "ValueError", "keep must be in [0, 1], got 1.5"),
