@@ -743,6 +743,52 @@ README_TOY_BLOCKS = {"readme-toy": ("cpu_ffn_removed.csv", render_readme_toy)}
 README_LM_BLOCKS = {"readme-lm": ("lm_summary.csv", render_readme_lm)}
 
 
+# ------------------------------------- docs/causal.md, attribution patching (analyses/circuits_toy.py)
+def render_circuits_agreement(df: pd.DataFrame) -> str:
+    rows = [[r["comparison"], r["method"], int(r["passes"]), int(r["n"]), f"{r['spearman']:.3f}",
+             f"{r['top_k']:.2f} (top {int(r['k'])})", f"{r['max_abs_diff']:.3f}"] for _, r in df.iterrows()]
+    return table(["against", "method", "passes per batch", "rows", "rank correlation", "top-k overlap",
+                  "largest |estimate - exact|"], rows)
+
+
+def render_circuits_convergence(df: pd.DataFrame) -> str:
+    wide = df.pivot(index="steps", columns="method", values="max_abs_diff")
+    gap = float(df["gap"].iloc[0])
+    rows = [[int(k), f"{wide.loc[k, 'ig-activations']:.2e}", f"{wide.loc[k, 'ig-inputs']:.2e}"] for k in wide.index]
+    return table(["steps", "ig-activations: largest |estimate - exact|", "ig-inputs"], rows) + \
+        f"\n\nOver the {int(df['n'].iloc[0])} whole-site rows (position `all` of `resid_pre`, `attn_out`, `mlp_out`, both " \
+        f"directions); the clean - corrupted gap is {gap:.3f}."
+
+
+def render_circuits_faithfulness(df: pd.DataFrame) -> str:
+    sizes = list(dict.fromkeys(df["n_edges"]))
+    cell = lambda r: f"{r['recovered']:.2f} [{r['recovered_low']:.2f}, {r['recovered_high']:.2f}]"
+    rows = []
+    for ablation, g in df.groupby("ablation", sort=False):
+        g = g.set_index("n_edges")
+        rows.append([ablation, *(cell(g.loc[n]) for n in sizes)])
+    return table(["ablation outside the circuit", *(f"top {n}" for n in sizes)], rows) + \
+        f"\n\nEach cell: the fraction of the clean - corrupted gap recovered [its 95% paired bootstrap interval " \
+        f"over the sequences]; {int(df['total_edges'].iloc[0])} edges in all."
+
+
+def render_circuits_tl(df: pd.DataFrame) -> str:
+    e = lambda v: "-" if pd.isna(v) else f"{v:.1e}"
+    rows = [[r["model"], e(r["node_max_abs_diff"]), e(r["edge_max_abs_diff"]), f"{r['largest_score']:.3f}",
+             e(r["logit_lens_max_abs_diff"]), e(r["dla_max_abs_diff"])] for _, r in df.iterrows()]
+    return table(["tiny random bridge", "node scores: largest difference", "edge scores", "largest edge score",
+                  "logit lens (P(answer), loss, logit difference)", "direct logit attribution (per head)"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/causal.md's attribution-patching section
+CIRCUITS_BLOCKS = {
+    "cpu-circuits-agreement": ("cpu_circuits_agreement.csv", render_circuits_agreement),
+    "cpu-circuits-convergence": ("cpu_circuits_convergence.csv", render_circuits_convergence),
+    "cpu-circuits-faithfulness": ("cpu_circuits_faithfulness.csv", render_circuits_faithfulness),
+    "circuits-transformer-lens": ("circuits_transformer_lens.csv", render_circuits_tl),
+}
+
+
 #: every registry of generated blocks: (blocks, page, the script that regenerates them)
 REGISTRIES = [
     (README_TOY_BLOCKS, README, "make_results.py"),
@@ -752,6 +798,7 @@ REGISTRIES = [
     (DOSE_BLOCKS, LM, "lm_dose.py"),
     (ENGLISH_BLOCKS, LM, "english_text.py"),
     (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),
+    (CIRCUITS_BLOCKS, CAUSAL, "circuits_toy.py"),
     (SVD_BLOCKS, RESULTS, "svd_sensitivity.py"),
     (THEORY_MINIMAL_BLOCKS, THEORY, "dynamics_theory.py"),
     (THEORY_TOY_BLOCKS, THEORY, "dynamics_toy_attention.py"),

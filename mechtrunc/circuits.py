@@ -65,7 +65,8 @@ from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, batch_rows, intervene
 from mechtrunc.metrics import item_metrics
 from mechtrunc.patching import (
-    _baseline, _check_boot, _effect, _effect_intervals, _gap_attrs, _groups, _metric, _paired, _plan, raw_change,
+    baseline, check_bootstrap, effect_intervals, gap_attrs, normalised_effect, paired_prompts, plan_rows,
+    position_groups, raw_change, scan_metric,
 )
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
@@ -118,8 +119,8 @@ def _check_common(adapter, clean, corrupted, metric, direction, method, steps, b
     if not adapter.has_hooks:
         raise ValueError(f"attribution patching needs hook points, which a {adapter.kind} model lacks: boot a "
                          "TransformerBridge over it (mechtrunc.pythia.load_model)")
-    corrupted = _paired(clean, corrupted)
-    metric = _metric(clean, metric)
+    corrupted = paired_prompts(clean, corrupted)
+    metric = scan_metric(clean, metric)
     if metric.startswith(_FLAT_METRICS):
         raise ValueError(f"metric {metric!r} is a step function of the logits (its gradient is zero): attribution "
                          "patching needs a smooth metric such as logit_diff_*, p_answer, p_* or loss")
@@ -130,7 +131,7 @@ def _check_common(adapter, clean, corrupted, metric, direction, method, steps, b
     steps = as_int(steps, "steps")
     if steps < 1:
         raise ValueError(f"steps must be >= 1 (interpolation steps of EAP-IG), got {steps}")
-    _check_boot(n_boot, level)
+    check_bootstrap(n_boot, level)
     bs = as_int(batch_size, "batch_size")
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")
@@ -298,9 +299,9 @@ def attribution_scan(
             raise ValueError(f"unknown site {s!r}; valid sites: {', '.join(SITES)}")
     layers = list(range(adapter.n_layers)) if layers is None else [adapter.check_layer(x) for x in layers]
     n, length = clean.tokens.shape
-    groups = _groups(clean, positions)
+    groups = position_groups(clean, positions)
     masks = dict(_masks(groups, n, length))
-    specs, skipped = _plan(adapter, sites, layers, groups)
+    specs, skipped = plan_rows(adapter, sites, layers, groups)
     names = sorted({s.hook for s in specs})
     dirs = ("denoising", "noising") if direction == "both" else (direction,)
     with intervene(adapter, *interventions):
@@ -324,7 +325,7 @@ def attribution_scan(
             pc, pk, grads, passes = _gradients(adapter, clean, corrupted, metric, bs, names, names, direction,
                                                method, steps)
     base_items = {"clean": pc.items, "corrupted": pk.items}
-    base = _baseline(base_items, clean, n_boot, level, seed)
+    base = baseline(base_items, clean, n_boot, level, seed)
     rows_of_item = clean.rows.cpu()
     per_seq = torch.bincount(rows_of_item, minlength=n).double().clamp_min(1)
     out = []
@@ -342,16 +343,16 @@ def attribution_scan(
                 c = c[:, :, s.head]
             per_s = (c * masks[s.group]).sum(1)  # [seq]
             values.append(target + (per_s / per_seq)[rows_of_item])
-        low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed, base)
+        low, high = effect_intervals(base_items, values, clean, n_boot, level, seed, base)
         for s, vals, lo, hi in zip(specs, values, low, high):
             v = float(vals.mean())
             out.append((d, s.site, s.layer, s.head, s.group, metric, v, base["clean"], base["corrupted"],
-                        _effect(v, base), lo, hi))
+                        normalised_effect(v, base), lo, hi))
     df = pd.DataFrame(out, columns=list(PATCHING_COLUMNS))
     df["head"] = df["head"].astype("Int64")
     df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, skipped=skipped, n_boot=n_boot,
                     level=level, method=method, steps=steps if method != "atp" else 1, passes=passes,
-                    **_gap_attrs(base))
+                    **gap_attrs(base))
     return df
 
 
@@ -511,7 +512,7 @@ def edge_attribution(
     corrupted, metric, steps, bs = _check_common(adapter, clean, corrupted, metric, direction, method, steps,
                                                  batch_size, n_boot, level, interventions)
     n, length = clean.tokens.shape
-    masks = _masks(_groups(clean, positions), n, length)
+    masks = _masks(position_groups(clean, positions), n, length)
     dirs = ("denoising", "noising") if direction == "both" else (direction,)
     deltas, reader_grads = {}, {}
     with intervene(adapter, *interventions):  # the graph's weights are the edited ones
@@ -528,7 +529,7 @@ def edge_attribution(
                                      for w in writers], 2).double()  # [seq, pos, writer, d]
             reader_grads[d] = torch.stack([_reader_grad(r, grads[d]) for r in readers], 2).double()
     base_items = {"clean": pc.items, "corrupted": pk.items}
-    base = _baseline(base_items, clean, n_boot, level, seed)
+    base = baseline(base_items, clean, n_boot, level, seed)
     rows_of_item = clean.rows.cpu()
     per_seq = torch.bincount(rows_of_item, minlength=n).double().clamp_min(1)
     valid = torch.tensor([[_feeds(adapter, w, r) for r in readers] for w in writers])
@@ -539,17 +540,17 @@ def edge_attribution(
         for label, mask in masks:
             score = torch.einsum("spwd,sprd,sp->swr", deltas[d], reader_grads[d], mask)  # [seq, writer, reader]
             values = [target + (score[:, i, j] / per_seq)[rows_of_item] for i, j in pairs]
-            low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed, base)
+            low, high = effect_intervals(base_items, values, clean, n_boot, level, seed, base)
             for (i, j), vals, lo, hi in zip(pairs, values, low, high):
                 w, r, v = writers[i], readers[j], float(vals.mean())
                 out.append((d, w.label, w.layer, w.head, r.label, r.layer, r.head, label, metric, v, base["clean"],
-                            base["corrupted"], _effect(v, base), lo, hi))
+                            base["corrupted"], normalised_effect(v, base), lo, hi))
     df = pd.DataFrame(out, columns=list(EDGE_COLUMNS))
     for c in ("sender_layer", "sender_head", "receiver_layer", "receiver_head"):
         df[c] = df[c].astype("Int64")
     df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, n_boot=n_boot, level=level,
                     method=method, steps=steps if method != "atp" else 1, passes=passes, n_edges=len(pairs),
-                    **_gap_attrs(base))
+                    **gap_attrs(base))
     return df
 
 
@@ -639,15 +640,16 @@ def circuit_faithfulness(
                         excluded.setdefault(r_label, []).append(wl[w_label])
                 values.append(_ablated(adapter, clean, metric, bs, writers, excluded, rl, repl, W_O))
     base_items = {"clean": pc.items, "corrupted": pk.items}
-    base = _baseline(base_items, clean, n_boot, level, seed)
-    low, high = _effect_intervals(base_items, values, clean, n_boot, level, seed, base)
+    base = baseline(base_items, clean, n_boot, level, seed)
+    low, high = effect_intervals(base_items, values, clean, n_boot, level, seed, base)
     out = []
     for s, vals, lo, hi in zip(sizes, values, low, high):
         v = float(vals.mean())
-        out.append((s, total, ablation, metric, v, base["clean"], base["corrupted"], _effect(v, base), lo, hi))
+        out.append((s, total, ablation, metric, v, base["clean"], base["corrupted"], normalised_effect(v, base), lo,
+                    hi))
     df = pd.DataFrame(out, columns=list(FAITHFULNESS_COLUMNS))
     df.attrs.update(clean=base["clean"], corrupted=base["corrupted"], metric=metric, n_boot=n_boot, level=level,
-                    ablation=ablation, **_gap_attrs(base))
+                    ablation=ablation, **gap_attrs(base))
     return df
 
 

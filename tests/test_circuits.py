@@ -448,6 +448,39 @@ def test_direct_logit_attribution_equals_transformer_lens(small_tokenizer_dir):
 
 
 # ----------------------------------------------------------------------------------------
+# the command line
+# ----------------------------------------------------------------------------------------
+def test_cli_patch_attribute_prints_the_librarys_tables(tmp_path, capsys):
+    import json
+
+    from mechtrunc.cli import main
+    from mechtrunc.tasks.corrupt import recall_pair
+    from mechtrunc.training import load_run
+
+    run = tmp_path / "toy_run"
+    mt.train(mt.preset("cpu", d_model=16, seq_len=16, steps=2, eval_every=2, batch_size=4, test_size=8),
+             out_dir=run, progress=False)
+    model, _, task = load_run(run)
+    clean, corrupted = recall_pair(task, n=16, seed=10_000)  # what the command builds for --n 16 --seed 0
+    assert main(["patch", "attribute", str(run), "--n", "16", "--method", "ig-inputs", "--steps", "2", "--json",
+                 "--no-progress"]) == 0
+    got = pd.DataFrame(json.loads(capsys.readouterr().out)["rows"])
+    want = attribution_scan(model, clean, corrupted, method="ig-inputs", steps=2)
+    assert got[KEYS[:2] + ["position"]].equals(want[KEYS[:2] + ["position"]])
+    torch.testing.assert_close(torch.tensor(got["value"].values), torch.tensor(want["value"].values), atol=1e-6,
+                               rtol=0)
+    out = tmp_path / "edges.csv"
+    assert main(["patch", "attribute", str(run), "--n", "16", "--edges", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "edges (atp, denoising) in 2 passes per batch" in text and "faithfulness of the top-n edges" in text
+    edges = pd.read_csv(out)
+    want = edge_attribution(model, clean, corrupted, positions=[])
+    assert list(edges.columns) == list(want.columns) and len(edges) == len(want)
+    torch.testing.assert_close(torch.tensor(edges["value"].values), torch.tensor(want["value"].values), atol=1e-6,
+                               rtol=0)
+
+
+# ----------------------------------------------------------------------------------------
 # bad inputs
 # ----------------------------------------------------------------------------------------
 def test_bad_inputs(random_toy):

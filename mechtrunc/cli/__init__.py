@@ -13,8 +13,9 @@ environment variable ``MECHTRUNC_PROGRESS=0``.
 The package has one module per command group, each with ``add_commands(sub)``:
 :mod:`~mechtrunc.cli.toy` (``demo``, ``toy train|eval``), :mod:`~mechtrunc.cli.pythia`
 (``pythia truncate|checkpoints``), :mod:`~mechtrunc.cli.memory` (``memory train|spectrum|dynamics``), :mod:`~mechtrunc.cli.lm` (``lm corpus|english|prompts|train|study``),
-:mod:`~mechtrunc.cli.patch` (``patch scan|path``), :mod:`~mechtrunc.cli.lens` (``lens vocab|logit``)
-:mod:`~mechtrunc.cli.circuits` (``circuits checkpoints``) and :mod:`~mechtrunc.cli.report` (``report``); :mod:`~mechtrunc.cli.checks` holds the argument
+:mod:`~mechtrunc.cli.patch` (``patch scan|path|attribute``), :mod:`~mechtrunc.cli.lens` (``lens vocab|logit``),
+:mod:`~mechtrunc.cli.circuits` (``circuits checkpoints``) and :mod:`~mechtrunc.cli.report` (``report``);
+:mod:`~mechtrunc.cli.checks` holds the argument
 checkers and :class:`UsageError`.  The CLI must answer ``--help`` and usage errors in well under
 0.5 s (``benchmarks/bench_cli_startup.py``, ``tests/test_cli_startup.py``), so every group module
 follows one pattern:
