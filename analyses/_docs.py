@@ -789,6 +789,46 @@ CIRCUITS_BLOCKS = {
 }
 
 
+# ----------------------- docs/causal.md, circuits across training (analyses/circuits_training.py)
+_MODEL_NAMES = {"toy": "toy (cpu preset)", "lm": "our LM (4 layers, d 128, alpha 0.1, seed 0)"}
+
+
+def _maybe_step(v) -> str:
+    return "never" if pd.isna(v) else str(int(v))
+
+
+def render_circuits_training_overtaking(df: pd.DataFrame) -> str:
+    rows = [[_MODEL_NAMES.get(r["model"], r["model"]), int(r["pairs"]), f"{r['metric']}", int(r["checkpoints"]),
+             f"{_maybe_step(r['step'])} [{_maybe_step(r['low'])}, {_maybe_step(r['high'])}]",
+             f"{100 * r['never']:.0f}%", f"{r['top_node_last']} ({r['top_node_change']:+.2f})"]
+            for _, r in df.iterrows()]
+    return table(["model", "prompt pairs", "metric", "checkpoints", "attention overtakes the MLPs' push at step "
+                  "[95% interval]", "resamples never overtaking", "largest node at the last step (its change)"], rows)
+
+
+def render_circuits_training_evidence(df: pd.DataFrame) -> str:
+    rows = [[_MODEL_NAMES.get(r["model"], r["model"]), int(r["step"]), f"{r['attention']:+.3f}",
+             f"{r['mlp_push']:+.3f}", f"{r['margin']:+.3f}", "yes" if str(r["ahead"]) == "True" else "no"]
+            for _, r in df.iterrows()]
+    return table(["model", "step", "attention's evidence", "MLPs' generic push", "margin", "attention ahead"], rows)
+
+
+def render_circuits_training_circuit(df: pd.DataFrame) -> str:
+    rows = []
+    for (model, step), g in df.groupby(["model", "step"], sort=False):
+        edges = ", ".join(f"{r['sender']} -> {r['receiver']} {r['change']:+.2f}" for _, r in g.iterrows())
+        rows.append([_MODEL_NAMES.get(model, model), int(step), edges])
+    return table(["model", "step", "top edges by estimated change of the metric"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/causal.md's "Circuits across training"
+CIRCUITS_TRAINING_BLOCKS = {
+    "circuits-training-overtaking": ("circuits_training_overtaking.csv", render_circuits_training_overtaking),
+    "circuits-training-evidence": ("circuits_training_evidence.csv", render_circuits_training_evidence),
+    "circuits-training-circuit": ("circuits_training_circuit.csv", render_circuits_training_circuit),
+}
+
+
 #: every registry of generated blocks: (blocks, page, the script that regenerates them)
 REGISTRIES = [
     (README_TOY_BLOCKS, README, "make_results.py"),
@@ -799,6 +839,7 @@ REGISTRIES = [
     (ENGLISH_BLOCKS, LM, "english_text.py"),
     (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),
     (CIRCUITS_BLOCKS, CAUSAL, "circuits_toy.py"),
+    (CIRCUITS_TRAINING_BLOCKS, CAUSAL, "circuits_training.py"),
     (SVD_BLOCKS, RESULTS, "svd_sensitivity.py"),
     (THEORY_MINIMAL_BLOCKS, THEORY, "dynamics_theory.py"),
     (THEORY_TOY_BLOCKS, THEORY, "dynamics_toy_attention.py"),
