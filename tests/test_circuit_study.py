@@ -74,16 +74,22 @@ def test_study_resumes_without_recomputing_finished_steps(toy_ckpts, tmp_path):
         circuit_study(load, [20], clean, corrupted, **{**kw, "n_edges": 6})
 
 
-def test_shard_columns_and_ledger_sums(toy_ckpts, tmp_path):
+@pytest.fixture(scope="module")
+def toy_study(toy_ckpts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("circuits") / "s"
+    clean, corrupted = circuit_pairs(toy_ckpts, n=6)
+    t = circuit_study(toy_ckpts, [20, 40], clean, corrupted, out=out, n_edges=4, n_boot=20, progress=False)
+    return out, clean, t
+
+
+def test_shard_columns_and_ledger_sums(toy_ckpts, toy_study):
     from mechtrunc.attribution import attribute
 
-    clean, corrupted = circuit_pairs(toy_ckpts, n=6)
-    t = circuit_study(toy_ckpts, [20, 40], clean, corrupted, out=tmp_path / "s", n_edges=4, n_boot=20,
-                      progress=False)
+    out, clean, t = toy_study
     assert tuple(t.nodes.columns) == CIRCUIT_NODE_COLUMNS
     assert tuple(t.edges.columns) == CIRCUIT_EDGE_COLUMNS
     assert tuple(t.ledger.columns) == CIRCUIT_LEDGER_COLUMNS
-    for got, stored in zip(t, read_circuit_study(tmp_path / "s")):
+    for got, stored in zip(t, read_circuit_study(out)):
         pd.testing.assert_frame_equal(got, stored)
     # every head's z and every MLP, position all, at each step
     assert sorted(t.nodes["site"].unique()) == ["mlp_out", "z"] and set(t.nodes["position"]) == {"all"}
@@ -99,6 +105,31 @@ def test_shard_columns_and_ledger_sums(toy_ckpts, tmp_path):
     means = led.groupby("component")["attribution"].mean()
     np.testing.assert_allclose(means.reindex(dla.index).to_numpy(), dla.to_numpy(), atol=1e-5)
     assert float(means["total"]) == pytest.approx(full.attrs["logit_diff"]["noise"], abs=1e-4)
+
+
+def test_report_of_a_circuit_study(toy_study, tmp_path):
+    from mechtrunc.report import build_report, read_result
+    from mechtrunc.report.readers import detect
+
+    out, _, t = toy_study
+    assert detect(out) == "circuits"
+    result = read_result(out)
+    assert result.incomplete is None and result.nodes.equals(t.nodes)
+    rep = build_report(result, progress=False)
+    html = rep.html()
+    assert [s.id for s in rep.sections] == ["circuit-ledger", "circuit-heatmap", "circuit-steps"]
+    ot = overtaking_step(t.ledger)
+    assert ("never overtakes for good" in html) == (ot["step"] is None)
+    assert "<h3>step 20</h3>" in html and "<h3>step 40</h3>" in html
+    # an interrupted study (no merged tables) is read from its shards and marked incomplete
+    part = tmp_path / "part"
+    (part / "shards").mkdir(parents=True)
+    for sub in ("shards", "edge_shards", "ledger_shards"):
+        (part / sub).mkdir(exist_ok=True)
+        (part / sub / "step20.parquet").write_bytes((out / sub / "step20.parquet").read_bytes())
+    (part / "study.json").write_bytes((out / "study.json").read_bytes())
+    r = read_result(part)
+    assert r.incomplete and set(r.nodes["step"]) == {20}
 
 
 def _ledger(attn: dict[int, list[float]], mlp: dict[int, list[float]]) -> pd.DataFrame:
