@@ -127,7 +127,8 @@ class CircuitUnit:
         return f"step{self.step}"
 
     def done(self) -> bool:
-        """Finished: the node shard exists (it is written last, after the edge and ledger shards)."""
+        """Finished: all three shards exist (the node shard is written last, after the edge and ledger
+        shards; a step missing any of them is recomputed)."""
         return self.out is not None and all(_store(self.out, d).done(self.name) for d in (None, _EDGE_DIR, _LEDGER_DIR))
 
     def load(self):
