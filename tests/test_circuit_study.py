@@ -230,3 +230,40 @@ def test_benchmark_counts_the_passes_of_each_method(bench, tmp_path):
         fwd()
         fwd_bwd()
     assert (c["forward"], c["backward"]) == (2, 1)
+
+
+def test_units_travel_to_workers(toy_ckpts, toy_study):
+    """A unit pickles (Ray tasks and SLURM jobs receive it so) and, unpickled, sees its finished shards."""
+    import pickle
+
+    from mechtrunc.studies.circuits import CircuitUnit
+
+    out, clean, _ = toy_study
+    unit = CircuitUnit(step=20, loader=ToyCheckpoints(toy_ckpts), clean=clean, corrupted=clean, out=str(out))
+    back = pickle.loads(pickle.dumps(unit))
+    assert back.done() and back() is None and back.load().cfg == ToyCheckpoints(toy_ckpts)(20).cfg
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_same_tables(toy_ckpts, toy_study, tmp_path):
+    import os
+
+    pytest.importorskip("submitit")
+    from helpers import WORKER_PYTHONPATH
+    from mechtrunc.studies import SlurmExecutor
+
+    _, clean, local = toy_study
+    corrupted = circuit_pairs(toy_ckpts, n=6)[1]
+    ex = SlurmExecutor(cluster="local", units_per_task=1, array_parallelism=2, time_min=10, cpus_per_task=1)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = WORKER_PYTHONPATH  # submitit's local jobs inherit the environment
+    try:
+        t = circuit_study(toy_ckpts, [20, 40], clean, corrupted, out=tmp_path / "slurm", n_edges=4, n_boot=20,
+                          progress=False, executor=ex)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = old
+    for a, b in zip(t, local):
+        pd.testing.assert_frame_equal(a, b)
