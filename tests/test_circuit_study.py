@@ -267,3 +267,24 @@ def test_submitit_local_executor_same_tables(toy_ckpts, toy_study, tmp_path):
             os.environ["PYTHONPATH"] = old
     for a, b in zip(t, local):
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_command_line_from_toy_training_to_the_study(tmp_path, capsys):
+    from mechtrunc.cli import main
+
+    run = tmp_path / "run"
+    assert main(["toy", "train", "--out", str(run), "--keep-checkpoints", "--d-model", "16", "--seq-len", "16",
+                 "--steps", "10", "--eval-every", "5", "--batch-size", "8", "--no-progress"]) == 0
+    assert ToyCheckpoints(run / "checkpoints").steps() == [5, 10]
+    capsys.readouterr()
+    out = tmp_path / "study"
+    assert main(["circuits", "checkpoints", str(run), "--out", str(out), "--n", "4", "--edges", "3",
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "2 checkpoints, metric logit_diff_noise" in text and f"mechtrunc report {out}" in text
+    t = read_circuit_study(out)
+    assert sorted(t.nodes["step"].unique()) == [5, 10] and t.edges.groupby("step").size().tolist() == [3, 3]
+    # a rerun with the same options loads nothing and prints the same table
+    assert main(["circuits", "checkpoints", str(run), "--out", str(out), "--n", "4", "--edges", "3",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out == text
