@@ -421,7 +421,8 @@ def heldout_by_step(items: pd.DataFrame, metric: str = "p_answer", select: float
     return out
 
 
-def _gpus_for(load_kwargs: dict) -> float:
+def gpus_for(load_kwargs: dict) -> float:
+    """GPUs one unit needs from its load options (``n_devices``, a ``device_map`` or a CUDA device)."""
     device = str(load_kwargs.get("device") or "cpu")
     n = load_kwargs.get("n_devices")
     if n is not None:
@@ -560,7 +561,7 @@ def checkpoint_study(
         ShardStore(out).clean_temporaries()
     units = [CheckpointUnit(step=s, loader=loader, prompts=prompts, variants=variants if the_grid is None else (),
                             grid=the_grid, batch_size=batch_size, out=None if out is None else str(out),
-                            gpus=_gpus_for(load_kwargs))
+                            gpus=gpus_for(load_kwargs))
              for s in steps]
     todo = [u for u in units if not u.done()]
     results = dict(zip((u.step for u in todo), ex.map(todo, progress=progress))) if todo else {}

@@ -38,7 +38,7 @@ from mechtrunc._choices import ATTRIBUTION_METHODS, DEFAULT_IG_STEPS, PATCH_LEVE
 from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
-from mechtrunc.studies.checkpoints import CheckpointDirectory
+from mechtrunc.studies.checkpoints import CheckpointDirectory, gpus_for
 from mechtrunc.studies.store import (
     ShardStore, atomic_write_parquet, check_meta, prompts_fingerprint, write_tables,
 )
@@ -332,10 +332,8 @@ def circuit_study(
         check_meta(out, meta)
         for sub in (None, _EDGE_DIR, _LEDGER_DIR):
             _store(out, sub).clean_temporaries()
-    from mechtrunc.studies.checkpoints import _gpus_for
-
     units = [CircuitUnit(step=s, loader=loader, clean=clean, corrupted=corrupted, options=options,
-                         out=None if out is None else str(out), gpus=_gpus_for(load_kwargs)) for s in steps]
+                         out=None if out is None else str(out), gpus=gpus_for(load_kwargs)) for s in steps]
     todo = [u for u in units if not u.done()]
     results = dict(zip((u.step for u in todo), ex.map(todo, progress=progress))) if todo else {}
     parts: dict[str, list[pd.DataFrame]] = {"nodes": [], "edges": [], "ledger": []}
