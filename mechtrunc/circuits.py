@@ -167,7 +167,7 @@ class _Pass:
 
 
 def _run(adapter, tokens: Tensor, read: PromptSet, metric: str, batch_size: int, *, record=(), grad=(),
-         edit=None, progress_name: str | None = None) -> _Pass:
+         edit=None) -> _Pass:
     """One pass over the prompts in chunks: the metric per item of ``read``, the activations of
     ``record`` and the gradient of the summed item metric at ``grad`` (a backward only when
     ``grad`` names a hook).  ``edit``: ``{hook: fn(act, seq_index) -> new act}`` applied first."""
@@ -360,9 +360,10 @@ def agreement(estimate: pd.DataFrame, exact: pd.DataFrame, k: int = 10) -> dict:
     """How an :func:`attribution_scan` table agrees with the exact
     :func:`~mechtrunc.patching.patching_scan` of the same rows, on their raw changes of the
     metric (:func:`~mechtrunc.patching.raw_change`, defined whatever the gap): ``n`` rows
-    compared, ``spearman`` (rank correlation), ``top_k`` (the fraction of the exact scan's
-    ``k`` largest changes in size that are among the estimate's ``k`` largest; ties keep table
-    order) and ``max_abs_diff``.  Rows are paired on ``direction, site, layer, head, position``."""
+    compared, ``spearman`` (rank correlation), ``top_k`` (the fraction of the estimate's ``k``
+    largest changes in size that are among the exact scan's ``k`` largest, rows tied with its
+    ``k``-th included: whole-residual patches often tie) and ``max_abs_diff``.  Rows are paired on
+    ``direction, site, layer, head, position``."""
     keys = ["direction", "site", "layer", "head", "position"]
     k = as_int(k, "k")
     if k < 1:
@@ -371,10 +372,13 @@ def agreement(estimate: pd.DataFrame, exact: pd.DataFrame, k: int = 10) -> dict:
         raw_change(estimate).rename("estimate").to_frame().join(estimate[keys]), on=keys)
     if m.empty:
         raise ValueError("the two tables share no (direction, site, layer, head, position) row")
-    top = lambda col: set(m[col].abs().sort_values(ascending=False, kind="stable").index[:k])
     kk = min(k, len(m))
+    size = m["exact"].abs()
+    kth = size.sort_values(ascending=False).iloc[kk - 1]
+    exact_top = set(m.index[size >= kth - 1e-6 * max(float(size.max()), 1e-12)])
+    est_top = set(m["estimate"].abs().sort_values(ascending=False, kind="stable").index[:kk])
     return {"n": len(m), "spearman": float(m["exact"].rank().corr(m["estimate"].rank())),
-            "top_k": len(top("exact") & top("estimate")) / kk, "k": kk,
+            "top_k": len(est_top & exact_top) / kk, "k": kk,
             "max_abs_diff": float((m["exact"] - m["estimate"]).abs().max())}
 
 
