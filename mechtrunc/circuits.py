@@ -457,18 +457,25 @@ def _split_hooks(adapter, on: bool):
         yield
         return
     m, cfg = adapter.model, adapter.model.cfg
-    saved = (cfg.use_split_qkv_input, cfg.use_hook_mlp_in, bool(getattr(cfg, "use_attn_in", False)))
+    attn_in = bool(getattr(cfg, "use_attn_in", False))  # exclusive with the split inputs
+    changed = []
     try:
-        if saved[2]:
+        if attn_in:
             m.set_use_attn_in(False)
-        m.set_use_split_qkv_input(True)
-        m.set_use_hook_mlp_in(True)
+            changed.append((m.set_use_attn_in, True))
+        for flag, setter in (("use_split_qkv_input", m.set_use_split_qkv_input),
+                             ("use_hook_mlp_in", m.set_use_hook_mlp_in)):
+            if not getattr(cfg, flag):
+                try:
+                    setter(True)
+                except NotImplementedError as e:
+                    raise ValueError(f"edge attribution reads each head's query/key/value input and each MLP's "
+                                     f"input, which this bridge's attention does not expose ({flag}: {e})") from None
+                changed.append((setter, False))
         yield
     finally:
-        m.set_use_split_qkv_input(saved[0])
-        m.set_use_hook_mlp_in(saved[1])
-        if saved[2]:
-            m.set_use_attn_in(True)
+        for setter, value in reversed(changed):
+            setter(value)
 
 
 def _head_W_O(adapter, writers: list[_Writer]) -> dict[int, Tensor]:

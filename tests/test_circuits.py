@@ -484,6 +484,15 @@ def test_cli_patch_attribute_prints_the_librarys_tables(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------
 # bad inputs
 # ----------------------------------------------------------------------------------------
+def test_a_bridge_without_split_attention_inputs_is_refused_cleanly(gptj_bridge):
+    clean, corrupted = _pair(gptj_bridge, n=2, length=5)
+    flags = (gptj_bridge.cfg.use_split_qkv_input, gptj_bridge.cfg.use_hook_mlp_in)
+    with pytest.raises(ValueError, match="edge attribution reads each head's query/key/value input"):
+        edge_attribution(gptj_bridge, clean, corrupted, n_boot=0)
+    assert (gptj_bridge.cfg.use_split_qkv_input, gptj_bridge.cfg.use_hook_mlp_in) == flags
+    assert len(attribution_scan(gptj_bridge, clean, corrupted, n_boot=0))  # nodes need no split hooks
+
+
 def test_bad_inputs(random_toy):
     model = random_toy
     clean, corrupted = _pair(model, n=4, length=6)
