@@ -39,8 +39,9 @@ Models: nodes on every model with hooks (the toy, the minimal and memory models 
 the site, TransformerBridges: our own language model and Pythia); edges on the toy (whose blocks
 have no LayerNorm, so a reader's input gradient is the gradient of its projection pulled back
 through the weight), the minimal model (head -> MLP and -> logits; its attention has no query /
-key / value projection) and bridges (their split query/key/value and MLP-input hooks, switched on
-for the run and restored).  On bridges the numbers equal TransformerLens'
+key / value projection) and bridges whose attention TransformerLens splits per head (GPT-NeoX /
+Pythia, GPT-2: their split query/key/value and MLP-input hooks, switched on for the run and
+restored; GPT-J's bridge has none, a ValueError says so).  On bridges the numbers equal TransformerLens'
 ``attribution_patch`` (its node and edge scores are the denoising ``raw_change`` per position,
 averaged over pairs; tests/test_circuits.py), which mechtrunc does not call: it scores one pair
 at a time, has no position groups, noising direction, EAP-IG, bootstrap or non-bridge models.
