@@ -748,14 +748,14 @@ def render_circuits_agreement(df: pd.DataFrame) -> str:
     rows = [[r["comparison"], r["method"], int(r["passes"]), int(r["n"]), f"{r['spearman']:.3f}",
              f"{r['top_k']:.2f} (top {int(r['k'])})", f"{r['max_abs_diff']:.3f}"] for _, r in df.iterrows()]
     return table(["against", "method", "passes per batch", "rows", "rank correlation", "top-k overlap",
-                  "largest |estimate - exact|"], rows)
+                  "largest difference from exact"], rows)
 
 
 def render_circuits_convergence(df: pd.DataFrame) -> str:
     wide = df.pivot(index="steps", columns="method", values="max_abs_diff")
     gap = float(df["gap"].iloc[0])
     rows = [[int(k), f"{wide.loc[k, 'ig-activations']:.2e}", f"{wide.loc[k, 'ig-inputs']:.2e}"] for k in wide.index]
-    return table(["steps", "ig-activations: largest |estimate - exact|", "ig-inputs"], rows) + \
+    return table(["steps", "ig-activations: largest difference from exact", "ig-inputs"], rows) + \
         f"\n\nOver the {int(df['n'].iloc[0])} whole-site rows (position `all` of `resid_pre`, `attn_out`, `mlp_out`, both " \
         f"directions); the clean - corrupted gap is {gap:.3f}."
 

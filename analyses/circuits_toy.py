@@ -52,8 +52,10 @@ def _path_agreement(model, clean, corrupted, edges: pd.DataFrame, direction: str
         est += list(raw_change(g))
     e, x = pd.Series(est), pd.Series(exact)
     k = min(5, len(e))
-    top = lambda s: set(s.abs().sort_values(ascending=False, kind="stable").index[:k])
-    return {"n": len(e), "spearman": float(e.rank().corr(x.rank())), "top_k": len(top(e) & top(x)) / k, "k": k,
+    kth = x.abs().sort_values(ascending=False).iloc[k - 1]
+    top_x = set(x.index[x.abs() >= kth - 1e-6 * float(x.abs().max())])  # ties with the k-th included
+    top_e = set(e.abs().sort_values(ascending=False, kind="stable").index[:k])
+    return {"n": len(e), "spearman": float(e.rank().corr(x.rank())), "top_k": len(top_e & top_x) / k, "k": k,
             "max_abs_diff": float((e - x).abs().max())}
 
 

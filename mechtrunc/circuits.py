@@ -39,8 +39,9 @@ Models: nodes on every model with hooks (the toy, the minimal and memory models 
 the site, TransformerBridges: our own language model and Pythia); edges on the toy (whose blocks
 have no LayerNorm, so a reader's input gradient is the gradient of its projection pulled back
 through the weight), the minimal model (head -> MLP and -> logits; its attention has no query /
-key / value projection) and bridges (their split query/key/value and MLP-input hooks, switched on
-for the run and restored).  On bridges the numbers equal TransformerLens'
+key / value projection) and bridges whose attention TransformerLens splits per head (GPT-NeoX /
+Pythia, GPT-2: their split query/key/value and MLP-input hooks, switched on for the run and
+restored; GPT-J's bridge has none, a ValueError says so).  On bridges the numbers equal TransformerLens'
 ``attribution_patch`` (its node and edge scores are the denoising ``raw_change`` per position,
 averaged over pairs; tests/test_circuits.py), which mechtrunc does not call: it scores one pair
 at a time, has no position groups, noising direction, EAP-IG, bootstrap or non-bridge models.
@@ -167,7 +168,7 @@ class _Pass:
 
 
 def _run(adapter, tokens: Tensor, read: PromptSet, metric: str, batch_size: int, *, record=(), grad=(),
-         edit=None, progress_name: str | None = None) -> _Pass:
+         edit=None) -> _Pass:
     """One pass over the prompts in chunks: the metric per item of ``read``, the activations of
     ``record`` and the gradient of the summed item metric at ``grad`` (a backward only when
     ``grad`` names a hook).  ``edit``: ``{hook: fn(act, seq_index) -> new act}`` applied first."""
@@ -360,9 +361,10 @@ def agreement(estimate: pd.DataFrame, exact: pd.DataFrame, k: int = 10) -> dict:
     """How an :func:`attribution_scan` table agrees with the exact
     :func:`~mechtrunc.patching.patching_scan` of the same rows, on their raw changes of the
     metric (:func:`~mechtrunc.patching.raw_change`, defined whatever the gap): ``n`` rows
-    compared, ``spearman`` (rank correlation), ``top_k`` (the fraction of the exact scan's
-    ``k`` largest changes in size that are among the estimate's ``k`` largest; ties keep table
-    order) and ``max_abs_diff``.  Rows are paired on ``direction, site, layer, head, position``."""
+    compared, ``spearman`` (rank correlation), ``top_k`` (the fraction of the estimate's ``k``
+    largest changes in size that are among the exact scan's ``k`` largest, rows tied with its
+    ``k``-th included: whole-residual patches often tie) and ``max_abs_diff``.  Rows are paired on
+    ``direction, site, layer, head, position``."""
     keys = ["direction", "site", "layer", "head", "position"]
     k = as_int(k, "k")
     if k < 1:
@@ -371,10 +373,13 @@ def agreement(estimate: pd.DataFrame, exact: pd.DataFrame, k: int = 10) -> dict:
         raw_change(estimate).rename("estimate").to_frame().join(estimate[keys]), on=keys)
     if m.empty:
         raise ValueError("the two tables share no (direction, site, layer, head, position) row")
-    top = lambda col: set(m[col].abs().sort_values(ascending=False, kind="stable").index[:k])
     kk = min(k, len(m))
+    size = m["exact"].abs()
+    kth = size.sort_values(ascending=False).iloc[kk - 1]
+    exact_top = set(m.index[size >= kth - 1e-6 * max(float(size.max()), 1e-12)])
+    est_top = set(m["estimate"].abs().sort_values(ascending=False, kind="stable").index[:kk])
     return {"n": len(m), "spearman": float(m["exact"].rank().corr(m["estimate"].rank())),
-            "top_k": len(top("exact") & top("estimate")) / kk, "k": kk,
+            "top_k": len(est_top & exact_top) / kk, "k": kk,
             "max_abs_diff": float((m["exact"] - m["estimate"]).abs().max())}
 
 
@@ -453,18 +458,25 @@ def _split_hooks(adapter, on: bool):
         yield
         return
     m, cfg = adapter.model, adapter.model.cfg
-    saved = (cfg.use_split_qkv_input, cfg.use_hook_mlp_in, bool(getattr(cfg, "use_attn_in", False)))
+    attn_in = bool(getattr(cfg, "use_attn_in", False))  # exclusive with the split inputs
+    changed = []
     try:
-        if saved[2]:
+        if attn_in:
             m.set_use_attn_in(False)
-        m.set_use_split_qkv_input(True)
-        m.set_use_hook_mlp_in(True)
+            changed.append((m.set_use_attn_in, True))
+        for flag, setter in (("use_split_qkv_input", m.set_use_split_qkv_input),
+                             ("use_hook_mlp_in", m.set_use_hook_mlp_in)):
+            if not getattr(cfg, flag):
+                try:
+                    setter(True)
+                except NotImplementedError as e:
+                    raise ValueError(f"edge attribution reads each head's query/key/value input and each MLP's "
+                                     f"input, which this bridge's attention does not expose ({flag}: {e})") from None
+                changed.append((setter, False))
         yield
     finally:
-        m.set_use_split_qkv_input(saved[0])
-        m.set_use_hook_mlp_in(saved[1])
-        if saved[2]:
-            m.set_use_attn_in(True)
+        for setter, value in reversed(changed):
+            setter(value)
 
 
 def _head_W_O(adapter, writers: list[_Writer]) -> dict[int, Tensor]:
