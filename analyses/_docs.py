@@ -776,6 +776,92 @@ README_TOY_BLOCKS = {"readme-toy": ("cpu_ffn_removed.csv", render_readme_toy)}
 README_LM_BLOCKS = {"readme-lm": ("lm_summary.csv", render_readme_lm)}
 
 
+# ------------------------------------- docs/causal.md, attribution patching (analyses/circuits_toy.py)
+def render_circuits_agreement(df: pd.DataFrame) -> str:
+    rows = [[r["comparison"], r["method"], int(r["passes"]), int(r["n"]), f"{r['spearman']:.3f}",
+             f"{r['top_k']:.2f} (top {int(r['k'])})", f"{r['max_abs_diff']:.3f}"] for _, r in df.iterrows()]
+    return table(["against", "method", "passes per batch", "rows", "rank correlation", "top-k overlap",
+                  "largest difference from exact"], rows)
+
+
+def render_circuits_convergence(df: pd.DataFrame) -> str:
+    wide = df.pivot(index="steps", columns="method", values="max_abs_diff")
+    gap = float(df["gap"].iloc[0])
+    rows = [[int(k), f"{wide.loc[k, 'ig-activations']:.2e}", f"{wide.loc[k, 'ig-inputs']:.2e}"] for k in wide.index]
+    return table(["steps", "ig-activations: largest difference from exact", "ig-inputs"], rows) + \
+        f"\n\nOver the {int(df['n'].iloc[0])} whole-site rows (position `all` of `resid_pre`, `attn_out`, `mlp_out`, both " \
+        f"directions); the clean - corrupted gap is {gap:.3f}."
+
+
+def render_circuits_faithfulness(df: pd.DataFrame) -> str:
+    sizes = list(dict.fromkeys(df["n_edges"]))
+    cell = lambda r: f"{r['recovered']:.2f} [{r['recovered_low']:.2f}, {r['recovered_high']:.2f}]"
+    rows = []
+    for ablation, g in df.groupby("ablation", sort=False):
+        g = g.set_index("n_edges")
+        rows.append([ablation, *(cell(g.loc[n]) for n in sizes)])
+    return table(["ablation outside the circuit", *(f"top {n}" for n in sizes)], rows) + \
+        f"\n\nEach cell: the fraction of the clean - corrupted gap recovered [its 95% paired bootstrap interval " \
+        f"over the sequences]; {int(df['total_edges'].iloc[0])} edges in all."
+
+
+def render_circuits_tl(df: pd.DataFrame) -> str:
+    e = lambda v: "-" if pd.isna(v) else f"{v:.1e}"
+    rows = [[r["model"], e(r["node_max_abs_diff"]), e(r["edge_max_abs_diff"]), f"{r['largest_score']:.3f}",
+             e(r["logit_lens_max_abs_diff"]), e(r["dla_max_abs_diff"])] for _, r in df.iterrows()]
+    return table(["tiny random bridge", "node scores: largest difference", "edge scores", "largest edge score",
+                  "logit lens (P(answer), loss, logit difference)", "direct logit attribution (per head)"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/causal.md's attribution-patching section
+CIRCUITS_BLOCKS = {
+    "cpu-circuits-agreement": ("cpu_circuits_agreement.csv", render_circuits_agreement),
+    "cpu-circuits-convergence": ("cpu_circuits_convergence.csv", render_circuits_convergence),
+    "cpu-circuits-faithfulness": ("cpu_circuits_faithfulness.csv", render_circuits_faithfulness),
+    "circuits-transformer-lens": ("circuits_transformer_lens.csv", render_circuits_tl),
+}
+
+
+# ----------------------- docs/causal.md, circuits across training (analyses/circuits_training.py)
+_MODEL_NAMES = {"toy": "toy (cpu preset)", "lm": "our LM (4 layers, d 128, alpha 0.1, seed 0)"}
+
+
+def _maybe_step(v) -> str:
+    return "never" if pd.isna(v) else str(int(v))
+
+
+def render_circuits_training_overtaking(df: pd.DataFrame) -> str:
+    rows = [[_MODEL_NAMES.get(r["model"], r["model"]), int(r["pairs"]), f"{r['metric']}", int(r["checkpoints"]),
+             f"{_maybe_step(r['step'])} [{_maybe_step(r['low'])}, {_maybe_step(r['high'])}]",
+             f"{100 * r['never']:.0f}%", f"{r['top_node_last']} ({r['top_node_change']:+.2f})"]
+            for _, r in df.iterrows()]
+    return table(["model", "prompt pairs", "metric", "checkpoints", "attention overtakes the MLPs' push at step "
+                  "[95% interval]", "resamples never overtaking", "largest node at the last step (its change)"], rows)
+
+
+def render_circuits_training_evidence(df: pd.DataFrame) -> str:
+    rows = [[_MODEL_NAMES.get(r["model"], r["model"]), int(r["step"]), f"{r['attention']:+.3f}",
+             f"{r['mlp_push']:+.3f}", f"{r['margin']:+.3f}", "yes" if str(r["ahead"]) == "True" else "no"]
+            for _, r in df.iterrows()]
+    return table(["model", "step", "attention's evidence", "MLPs' generic push", "margin", "attention ahead"], rows)
+
+
+def render_circuits_training_circuit(df: pd.DataFrame) -> str:
+    rows = []
+    for (model, step), g in df.groupby(["model", "step"], sort=False):
+        edges = ", ".join(f"{r['sender']} -> {r['receiver']} {r['change']:+.2f}" for _, r in g.iterrows())
+        rows.append([_MODEL_NAMES.get(model, model), int(step), edges])
+    return table(["model", "step", "top edges by estimated change of the metric"], rows)
+
+
+#: block name -> (CSV in docs/data, renderer) of docs/causal.md's "Circuits across training"
+CIRCUITS_TRAINING_BLOCKS = {
+    "circuits-training-overtaking": ("circuits_training_overtaking.csv", render_circuits_training_overtaking),
+    "circuits-training-evidence": ("circuits_training_evidence.csv", render_circuits_training_evidence),
+    "circuits-training-circuit": ("circuits_training_circuit.csv", render_circuits_training_circuit),
+}
+
+
 #: every registry of generated blocks: (blocks, page, the script that regenerates them)
 REGISTRIES = [
     (README_TOY_BLOCKS, README, "make_results.py"),
@@ -786,6 +872,8 @@ REGISTRIES = [
     (IOI_BLOCKS, LM, "lm_ioi.py"),
     (ENGLISH_BLOCKS, LM, "english_text.py"),
     (CAUSAL_BLOCKS, CAUSAL, "make_results.py"),
+    (CIRCUITS_BLOCKS, CAUSAL, "circuits_toy.py"),
+    (CIRCUITS_TRAINING_BLOCKS, CAUSAL, "circuits_training.py"),
     (SVD_BLOCKS, RESULTS, "svd_sensitivity.py"),
     (THEORY_MINIMAL_BLOCKS, THEORY, "dynamics_theory.py"),
     (THEORY_TOY_BLOCKS, THEORY, "dynamics_toy_attention.py"),

@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(["RecallConfig", "RecallTask", "factual_prompts", "ioi_prompts", "load_prompts", "ioi_abc",
                      "factual_swap", "recall_pair"], "mechtrunc.tasks"),
     **dict.fromkeys(["patching_scan", "path_patch", "path_patching_scan"], "mechtrunc.patching"),
+    **dict.fromkeys(["attribution_scan", "circuit_faithfulness", "edge_attribution", "top_edges"],
+                    "mechtrunc.circuits"),
     **dict.fromkeys(["ToyConfig", "ToyTransformer"], "mechtrunc.toy_model"),
     **dict.fromkeys(["PRESETS", "TrainConfig", "evaluate_toy", "load_run", "preset", "train",
                      "truncation_table", "truncation_variants"], "mechtrunc.training"),

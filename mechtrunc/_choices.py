@@ -59,6 +59,13 @@ SVD_METHODS = ("exact", "randomized", "laser")
 #: (activation scans only) does each.  One default for the scan and for path patching.
 PATCH_DIRECTIONS = ("denoising", "noising", "both")
 DEFAULT_PATCH_DIRECTION = "denoising"
+#: attribution patching (mechtrunc.circuits): first order at the target run (atp), EAP-IG over the
+#: line between the corrupted and clean input embeddings (ig-inputs), or each site's activation
+#: alone moved along its line (ig-activations); the interpolation steps of the ig methods; how a
+#: circuit's faithfulness ablates the edges outside it
+ATTRIBUTION_METHODS = ("atp", "ig-inputs", "ig-activations")
+DEFAULT_IG_STEPS = 5
+ABLATIONS = ("corrupt", "mean")
 #: the level of a patching effect's percentile bootstrap interval (the scans' and --level's default)
 PATCH_LEVEL = 0.95
 
@@ -289,7 +296,8 @@ LM_RUN_FORMAT = "mechtrunc-lm-run/1"
 
 #: what ``mechtrunc report`` recognises in a directory: kind -> its name in reports and help
 REPORT_KINDS: dict[str, str] = {"toy": "toy run", "memory": "associative-memory run", "lm": "language-model run",
-                                "truncation": "truncation study", "checkpoints": "checkpoint study"}
+                                "truncation": "truncation study", "checkpoints": "checkpoint study",
+                                "circuits": "circuit study over training"}
 
 
 def cache_root() -> Path:

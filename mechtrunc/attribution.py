@@ -21,7 +21,7 @@ from mechtrunc.interventions import Intervention, intervene
 from mechtrunc.prompts import PromptSet
 from mechtrunc.runner import run_items
 
-__all__ = ["attribute", "attribute_change", "COMPONENT_KINDS"]
+__all__ = ["attribute", "attribute_items", "attribute_change", "COMPONENT_KINDS"]
 
 COMPONENT_KINDS = ("embed", "pos_embed", "head", "attn_bias", "mlp", "other", "bias", "total")
 
@@ -52,16 +52,9 @@ def _parts(adapter, acts: dict[str, Tensor]) -> list[tuple[str, str, int | None,
     return parts
 
 
-def attribute(
-    model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64
-) -> pd.DataFrame:
-    """Mean direct logit attribution of ``logit(answer) - logit(competitor)`` over the items,
-    for each competitor of the prompt set, with the interventions active.
-
-    Returns a long DataFrame with columns ``component, kind, layer, head, competitor,
-    attribution``; the ``total`` row of each competitor is the sum of its parts and equals the
-    model's mean logit difference (``df.attrs["logit_diff"][competitor]``).
-    """
+def _capture(model, prompts: PromptSet, interventions, batch_size: int):
+    """One run with the interventions active: ``(adapter, logits, parts, W_U, b_U, ln, scale)``,
+    the residual-stream parts of :func:`_parts` and the weights that read them out."""
     adapter = adapt(model)
     L = adapter.n_layers
     capture = [adapter.hook_name("resid_pre", 0), adapter.hook_name("resid_post", L - 1)]
@@ -79,32 +72,55 @@ def attribute(
         parts = _parts(adapter, acts)
         W_U = adapter.W_U().float()
         b_U = adapter.b_U()
+    scale = acts[adapter.hook_name("final_scale")].reshape(-1, 1) if ln is not None else None
+    return adapter, logits, parts, W_U, b_U, ln, scale
+
+
+def _item_contributions(adapter, prompts: PromptSet, j: int, parts, W_U, b_U, ln, scale) -> list[tuple]:
+    """Per part, then ``bias`` and ``total``: ``(component, kind, layer, head, [item] tensor)``,
+    each item's direct contribution to ``logit(answer) - logit(competitor j)``."""
+    answer = prompts.answer.to(W_U.device)
+    comp = prompts.competitors[:, j].to(W_U.device)
+    du = (W_U[:, answer] - W_U[:, comp]).T  # [item, d_model]
+    bias = torch.zeros(len(prompts), device=W_U.device)
+    if b_U is not None:
+        bias = bias + (b_U[answer] - b_U[comp]).float()
+    if ln is not None:
+        w_ln, b_ln = ln
+        du_ln = du * w_ln.float()
+        centre = not adapter.ln_is_rms
+        if b_ln is not None:
+            bias = bias + (du * b_ln.float()).sum(-1)
+        contrib = lambda v: (((v - v.mean(-1, keepdim=True)) if centre else v) / scale * du_ln).sum(-1)
+    else:
+        contrib = lambda v: (v * du).sum(-1)
+    out, total = [], torch.zeros(len(prompts), device=W_U.device)
+    for name, kind, layer, head, vec in parts:
+        c = contrib(vec)
+        total = total + c
+        out.append((name, kind, layer, head, c))
+    out.append(("bias", "bias", None, None, bias))
+    out.append(("total", "total", None, None, total + bias))
+    return out
+
+
+def attribute(
+    model, prompts: PromptSet, *interventions: Intervention, batch_size: int = 64
+) -> pd.DataFrame:
+    """Mean direct logit attribution of ``logit(answer) - logit(competitor)`` over the items,
+    for each competitor of the prompt set, with the interventions active.
+
+    Returns a long DataFrame with columns ``component, kind, layer, head, competitor,
+    attribution``; the ``total`` row of each competitor is the sum of its parts and equals the
+    model's mean logit difference (``df.attrs["logit_diff"][competitor]``).
+    """
+    adapter, logits, parts, W_U, b_U, ln, scale = _capture(model, prompts, interventions, batch_size)
     answer = prompts.answer.to(W_U.device)
     rows, logit_diff = [], {}
     for j, comp_name in enumerate(prompts.competitor_names):
-        comp = prompts.competitors[:, j].to(W_U.device)
-        du = (W_U[:, answer] - W_U[:, comp]).T  # [item, d_model]
-        bias = torch.zeros(len(prompts), device=W_U.device)
-        if b_U is not None:
-            bias = bias + (b_U[answer] - b_U[comp]).float()
-        if ln is not None:
-            w_ln, b_ln = ln
-            scale = acts[adapter.hook_name("final_scale")].reshape(-1, 1)
-            du_ln = du * w_ln.float()
-            centre = not adapter.ln_is_rms
-            if b_ln is not None:
-                bias = bias + (du * b_ln.float()).sum(-1)
-            contrib = lambda v: (((v - v.mean(-1, keepdim=True)) if centre else v) / scale * du_ln).sum(-1)
-        else:
-            contrib = lambda v: (v * du).sum(-1)
-        total = torch.zeros(len(prompts), device=W_U.device)
-        for name, kind, layer, head, vec in parts:
-            c = contrib(vec)
-            total = total + c
+        for name, kind, layer, head, c in _item_contributions(adapter, prompts, j, parts, W_U, b_U, ln, scale):
             rows.append((name, kind, layer, head, comp_name, c.mean().item()))
-        rows.append(("bias", "bias", None, None, comp_name, bias.mean().item()))
-        total = total + bias
-        rows.append(("total", "total", None, None, comp_name, total.mean().item()))
+        comp = prompts.competitors[:, j].to(W_U.device)
         la = logits.gather(1, answer[:, None].to(logits.device)).squeeze(1)
         lc = logits.gather(1, comp[:, None].to(logits.device)).squeeze(1)
         logit_diff[comp_name] = (la - lc).mean().item()
@@ -112,6 +128,29 @@ def attribute(
     df["layer"] = df["layer"].astype("Int64")
     df["head"] = df["head"].astype("Int64")
     df.attrs["logit_diff"] = logit_diff
+    return df
+
+
+def attribute_items(
+    model, prompts: PromptSet, competitor: str, *interventions: Intervention, batch_size: int = 64
+) -> pd.DataFrame:
+    """:func:`attribute` item by item, for one competitor: one row per (component, item) with
+    columns ``component, kind, layer, head, item, sequence, attribution`` (``sequence``: the
+    item's prompt sequence, for bootstrap intervals that resample whole prompts).  The mean over
+    items of a component's rows is its :func:`attribute` value."""
+    if competitor not in prompts.competitor_names:
+        raise ValueError(f"unknown competitor {competitor!r}; this prompt set's: {', '.join(prompts.competitor_names)}")
+    adapter, _, parts, W_U, b_U, ln, scale = _capture(model, prompts, interventions, batch_size)
+    j = list(prompts.competitor_names).index(competitor)
+    contribs = _item_contributions(adapter, prompts, j, parts, W_U, b_U, ln, scale)
+    n = len(prompts)
+    seq = prompts.rows.cpu().numpy()
+    frames = [pd.DataFrame({"component": name, "kind": kind, "layer": layer, "head": head, "item": range(n),
+                            "sequence": seq, "attribution": c.detach().double().cpu().numpy()})
+              for name, kind, layer, head, c in contribs]
+    df = pd.concat(frames, ignore_index=True)
+    df["layer"] = df["layer"].astype("Int64")
+    df["head"] = df["head"].astype("Int64")
     return df
 
 

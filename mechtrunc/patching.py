@@ -521,3 +521,26 @@ def _receiver_label(rec: tuple) -> str:
     if rec[0] == "mlp":
         return f"L{rec[1]}.mlp"
     return f"L{rec[1]}H{rec[2]}.{rec[0]}"
+
+
+# ----------------------------------------------------------------------------------------
+# the pieces the gradient estimates of these scans (mechtrunc.circuits) share with them
+# ----------------------------------------------------------------------------------------
+#: ``corrupted`` (a PromptSet or tokens) as a prompt set reading the clean items; ValueError when unpaired
+paired_prompts = _paired
+#: the metric of a scan: the given one checked against the prompts, default ``logit_diff_`` of the first competitor
+scan_metric = _metric
+#: the position groups of a scan: ``[(label, [seq, m] positions or None for every position)]``
+position_groups = _groups
+#: the (site, layer, head, group) rows of a scan and the sites skipped (absent at a layer)
+plan_rows = _plan
+#: ValueError unless ``n_boot`` is a non-negative integer and ``level`` in (0, 1)
+check_bootstrap = _check_boot
+#: the clean and corrupted means, the gap with its paired interval and whether it is resolved
+baseline = _baseline
+#: the gap attributes of a scan table
+gap_attrs = _gap_attrs
+#: ``(value - corrupted) / (clean - corrupted)``; NaN when the gap is not resolved
+normalised_effect = _effect
+#: the percentile bootstrap intervals of normalised effects (clean, corrupted and patched runs resampled together)
+effect_intervals = _effect_intervals

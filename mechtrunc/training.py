@@ -43,7 +43,7 @@ from mechtrunc.tasks.recall import RecallConfig, RecallTask
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate_toy", "trigger_margin", "TrainResult",
-           "truncation_variants", "truncation_table"]
+           "truncation_variants", "truncation_table", "KeepCheckpoints"]
 
 
 
@@ -211,6 +211,22 @@ GEN_CHUNK = 8
 #: options that may differ when a run is resumed: where and on how many threads it runs
 #: (``steps`` changes only with ``extend=True``)
 _RESUMABLE_CHANGES = ("device", "threads")
+
+
+class KeepCheckpoints:
+    """A ``callback`` for :func:`train` that keeps the model of every evaluation: at each one it
+    writes ``directory/step{N}/`` (``model.safetensors`` + ``config.json`` with the training
+    configuration ``cfg``, a run directory :func:`load_run` reads), adding no history column.
+    ``mechtrunc toy train --keep-checkpoints`` writes them to ``OUT/checkpoints/``; the circuit
+    study over training reads them (:class:`mechtrunc.studies.circuits.ToyCheckpoints`)."""
+
+    def __init__(self, directory: str | Path, cfg: TrainConfig):
+        self.directory, self.cfg = Path(directory), cfg
+
+    def __call__(self, step: int, model: ToyTransformer) -> dict:
+        model.save(self.directory / f"step{int(step)}",
+                   extra={"train": asdict(self.cfg), "task": self.cfg.recall_config().to_dict()})
+        return {}
 
 
 def batch_seed(seed: int, step: int) -> int:

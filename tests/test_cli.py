@@ -261,7 +261,7 @@ def test_the_same_thing_has_the_same_flag_and_the_librarys_default():
     for command in ("lens logit", "pythia truncate", "pythia checkpoints"):
         assert _action(command, "rule").default == rule, command
     for command, function in (("patch scan", mt.patching_scan), ("patch path", mt.path_patching_scan),
-                              ("patch path", mt.path_patch)):
+                              ("patch path", mt.path_patch), ("patch attribute", mt.attribution_scan)):
         params = inspect.signature(function).parameters
         assert _action(command, "direction").default == params["direction"].default, (command, function)
         assert _action(command, "level").default == params["level"].default, (command, function)

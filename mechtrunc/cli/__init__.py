@@ -13,8 +13,9 @@ environment variable ``MECHTRUNC_PROGRESS=0``.
 The package has one module per command group, each with ``add_commands(sub)``:
 :mod:`~mechtrunc.cli.toy` (``demo``, ``toy train|eval``), :mod:`~mechtrunc.cli.pythia`
 (``pythia truncate|checkpoints``), :mod:`~mechtrunc.cli.memory` (``memory train|spectrum|dynamics``), :mod:`~mechtrunc.cli.lm` (``lm corpus|english|prompts|train|study``),
-:mod:`~mechtrunc.cli.patch` (``patch scan|path``), :mod:`~mechtrunc.cli.lens` (``lens vocab|logit``)
-and :mod:`~mechtrunc.cli.report` (``report``); :mod:`~mechtrunc.cli.checks` holds the argument
+:mod:`~mechtrunc.cli.patch` (``patch scan|path|attribute``), :mod:`~mechtrunc.cli.lens` (``lens vocab|logit``),
+:mod:`~mechtrunc.cli.circuits` (``circuits checkpoints``) and :mod:`~mechtrunc.cli.report` (``report``);
+:mod:`~mechtrunc.cli.checks` holds the argument
 checkers and :class:`UsageError`.  The CLI must answer ``--help`` and usage errors in well under
 0.5 s (``benchmarks/bench_cli_startup.py``, ``tests/test_cli_startup.py``), so every group module
 follows one pattern:
@@ -53,7 +54,7 @@ __all__ = ["main", "build_parser", "UsageError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mechtrunc.cli import lens, lm, memory, patch, pythia, report, toy
+    from mechtrunc.cli import circuits, lens, lm, memory, patch, pythia, report, toy
 
     parser = argparse.ArgumentParser(
         prog="mechtrunc",
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in (toy, pythia, memory, lm, patch, lens, report):
+    for group in (toy, pythia, memory, lm, patch, circuits, lens, report):
         group.add_commands(sub)
     _add_no_progress(parser)
     return parser

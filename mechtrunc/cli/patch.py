@@ -1,5 +1,7 @@
-"""``mechtrunc patch scan MODEL`` and ``mechtrunc patch path MODEL``: activation patching and path
-patching (:mod:`mechtrunc.patching`) between a task's clean prompts and their corrupted twins
+"""``mechtrunc patch scan MODEL``, ``mechtrunc patch path MODEL`` and ``mechtrunc patch attribute
+MODEL``: activation patching and path patching (:mod:`mechtrunc.patching`), and their gradient
+estimates, attribution patching and EAP-IG of nodes or edges with a circuit's faithfulness
+(:mod:`mechtrunc.circuits`), between a task's clean prompts and their corrupted twins
 (:mod:`mechtrunc.tasks.corrupt`).  MODEL is a toy run directory (task ``recall``), a language-model
 run of ``mechtrunc lm train`` (its final checkpoint; tasks ``ioi``, ``factual``) or anything
 :func:`mechtrunc.pythia.load_model` loads (a hub id or a Hugging Face directory).  The tasks are
@@ -138,7 +140,8 @@ def _emit(df, args, text: str) -> int:
     if args.json:
         print(json.dumps({"clean": df.attrs["clean"], "corrupted": df.attrs["corrupted"], "metric": df.attrs["metric"],
                           **{k: df.attrs[k] for k in ("gap", "gap_low", "gap_high", "normalised")},
-                          "rows": json.loads(df.to_json(orient="records"))}))
+                          "rows": json.loads(df.to_json(orient="records")),
+                          **({"faithfulness": df.attrs["faithfulness"]} if "faithfulness" in df.attrs else {})}))
         print(_gap_warning(df), end="", file=sys.stderr)  # stdout stays one JSON document
     else:
         print(text)
@@ -180,6 +183,55 @@ def cmd_path(args) -> int:
     return _emit(df, args, text)
 
 
+def cmd_attribute(args) -> int:
+    _default_task(args)
+    if args.steps is not None and args.method == "atp":
+        raise UsageError("--steps applies to --method ig-inputs or ig-activations (atp takes one gradient)")
+    if args.edges and args.method == "ig-activations":
+        raise UsageError("--edges takes --method atp or ig-inputs (ig-activations moves one node's activation)")
+    if args.edges and args.sites is not None:
+        raise UsageError("--sites applies to node attribution; --edges scores every edge of the model")
+    if args.ablation is not None and not args.edges:
+        raise UsageError("--ablation applies to the faithfulness curve of --edges")
+    if args.edges and args.direction == "both":
+        raise UsageError("--edges takes --direction denoising or noising")
+    if not Path(args.model).exists() and args.task == "recall":
+        raise UsageError(f"{args.model} does not exist; give a toy run directory (e.g. runs/demo)")
+    model, clean, corrupted = _load(args)
+    from mechtrunc.circuits import attribution_scan, circuit_faithfulness, edge_attribution
+    from mechtrunc.patching import largest_moves
+
+    steps = {} if args.steps is None else {"steps": args.steps}
+    head = f"{_pairs_text(clean, args.task)}; "
+    if not args.edges:
+        df = attribution_scan(model, clean, corrupted, sites=args.sites or list(_SCAN_SITES), metric=args.metric,
+                              direction=args.direction, method=args.method, batch_size=args.batch_size,
+                              progress=not args.no_progress, level=args.level, seed=args.seed, **steps)
+        top = largest_moves(df, args.top)
+        shown = _shown(top, ["direction", "site", "layer", "head", "position", "value", "effect", "effect_low",
+                             "effect_high"])
+        text = (f"{head}{df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted {df.attrs['corrupted']:.4f}; "
+                f"{len(df)} estimates ({args.method}) in {df.attrs['passes']} passes per batch\n"
+                f"{_gap_warning(df)}the {len(top)} estimated patches that move the metric most:\n{shown}")
+        return _emit(df, args, text)
+    df = edge_attribution(model, clean, corrupted, metric=args.metric, direction=args.direction, positions=[],
+                          method=args.method, batch_size=args.batch_size, level=args.level, seed=args.seed, **steps)
+    curve = circuit_faithfulness(model, clean, corrupted, df, ablation=args.ablation or "corrupt",
+                                 batch_size=args.batch_size, level=args.level, seed=args.seed)
+    df.attrs["faithfulness"] = curve.to_dict(orient="records")
+    from mechtrunc.patching import raw_change
+
+    top = df.assign(change=raw_change(df)).assign(_s=lambda d: d["change"].abs()) \
+        .sort_values("_s", ascending=False, kind="stable").head(args.top)
+    shown = top[["sender", "receiver", "change", "effect"]].round(4).to_string(index=False)
+    faith = curve[["n_edges", "recovered", "recovered_low", "recovered_high"]].round(3).to_string(index=False)
+    text = (f"{head}{df.attrs['metric']}: clean {df.attrs['clean']:.4f}, corrupted {df.attrs['corrupted']:.4f}; "
+            f"{len(df)} edges ({args.method}, {args.direction}) in {df.attrs['passes']} passes per batch\n"
+            f"{_gap_warning(df)}the {len(top)} edges with the largest estimated change:\n{shown}\n"
+            f"faithfulness of the top-n edges (everything else ablated: {args.ablation or 'corrupt'}):\n{faith}")
+    return _emit(df, args, text)
+
+
 def add_commands(sub) -> None:
     pa = sub.add_parser("patch", help="activation patching and path patching between clean and corrupted prompts",
                         description="Localise where a model computes the in-context answer: patch activations "
@@ -212,3 +264,27 @@ def add_commands(sub) -> None:
                     help="denoising (the corrupted run, the sender's clean output) or noising (the clean run, the "
                          f"sender's corrupted output; Wang et al.) (default {_choices.DEFAULT_PATCH_DIRECTION})")
     pp.set_defaults(func=cmd_path)
+    at = psub.add_parser("attribute", help="attribution patching (AtP, EAP-IG) of nodes or edges, and circuit "
+                                           "faithfulness",
+                         description="Gradient estimates of activation patching (mechtrunc.attribution_scan): "
+                                     "the rows of `patch scan` in two passes per batch; with --edges, every edge "
+                                     "of the residual stream (mechtrunc.edge_attribution) and the faithfulness "
+                                     "curve of the top-n edges (mechtrunc.circuit_faithfulness).")
+    _common(at)
+    at.add_argument("--sites", nargs="+", type=choice(_choices.SITES, "site"), default=None,
+                    help=f"sites to estimate (default {' '.join(_SCAN_SITES)}; z is per head)")
+    at.add_argument("--direction", type=choice(_choices.PATCH_DIRECTIONS, "direction"),
+                    default=_choices.DEFAULT_PATCH_DIRECTION,
+                    help=f"denoising, noising or both (nodes only) (default {_choices.DEFAULT_PATCH_DIRECTION})")
+    at.add_argument("--method", type=choice(_choices.ATTRIBUTION_METHODS, "method"), default="atp",
+                    help="atp (first order, default), ig-inputs (EAP-IG along the input embeddings) or "
+                         "ig-activations (each site moved alone; nodes only)")
+    at.add_argument("--steps", type=positive_int, default=None,
+                    help=f"interpolation steps of the ig methods (default {_choices.DEFAULT_IG_STEPS})")
+    at.add_argument("--edges", action="store_true",
+                    help="score the edges (embedding, heads, MLPs -> heads' q/k/v, MLPs, logits) and print the "
+                         "faithfulness curve of the top-n edges")
+    at.add_argument("--ablation", type=choice(_choices.ABLATIONS, "ablation"), default=None,
+                    help="with --edges: how the edges outside a circuit are ablated, corrupt (default) or mean")
+    at.add_argument("--top", type=positive_int, default=15, help="rows shown in the terminal (default 15)")
+    at.set_defaults(func=cmd_attribute)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
@@ -78,10 +79,11 @@ def format_band_table(final: dict) -> str:
 
 
 def cmd_toy_train(args) -> int:
-    from mechtrunc.training import train
+    from mechtrunc.training import KeepCheckpoints, train
 
     cfg = _train_config(args)
-    result = train(cfg, out_dir=args.out, progress=not args.no_progress, extend=args.extend)
+    keep = KeepCheckpoints(Path(args.out) / "checkpoints", cfg) if args.keep_checkpoints else None
+    result = train(cfg, out_dir=args.out, progress=not args.no_progress, extend=args.extend, callback=keep)
     if result.already_finished:
         print(f"already finished: {args.out} holds the finished {cfg.preset} preset run ({cfg.steps} steps); "
               "nothing was trained or written (train it on with --steps N --extend)")
@@ -171,6 +173,9 @@ def add_commands(sub) -> None:
     tr.add_argument("--extend", action="store_true",
                     help="train the run in --out on to a larger --steps (any other change of configuration is "
                          "refused; a finished run is left as it is without this)")
+    tr.add_argument("--keep-checkpoints", action="store_true",
+                    help="also save the model at every evaluation to OUT/checkpoints/step{N}/ (for `mechtrunc circuits "
+                         "checkpoints OUT/checkpoints`)")
     tr.set_defaults(func=cmd_toy_train)
     ev = toy_sub.add_parser("eval", help="evaluate a trained toy model",
                             description="Clean-test metrics of the full model and with its last FFN (L1) removed.")

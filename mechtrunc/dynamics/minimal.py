@@ -300,6 +300,10 @@ class MinimalAdapter(ModelAdapter):
     def has_pos_embed(self) -> bool:
         return False
 
+    def mlp_input_site(self, layer: int) -> str:
+        """The FF reads ``r_t`` (``resid_pre``) in parallel blocks, ``r_t + o_t`` in sequential ones."""
+        return "resid_mid" if self.model.cfg.ff == "sequential" else "resid_pre"
+
 
 def _trigger_ids(model: MinimalModel, task: RecallTask) -> Tensor:
     if task.config.fixed_triggers:

@@ -37,10 +37,11 @@ SectionBuilder = Callable[[Context], "Section | list[Section] | None"]
 
 
 def _default_sections() -> dict[str, list[SectionBuilder]]:
-    from mechtrunc.report import checkpoints, lm, memory, toy, truncation
+    from mechtrunc.report import checkpoints, circuits, lm, memory, toy, truncation
 
     return {"toy": list(toy.SECTIONS), "memory": list(memory.SECTIONS), "truncation": list(truncation.SECTIONS),
-            "checkpoints": list(checkpoints.SECTIONS), "lm": list(lm.SECTIONS)}
+            "checkpoints": list(checkpoints.SECTIONS), "lm": list(lm.SECTIONS),
+            "circuits": list(circuits.SECTIONS)}
 
 
 SECTIONS: dict[str, list[SectionBuilder]] = {}
@@ -180,7 +181,8 @@ def _title(r) -> str:
     return {"toy": f"Toy run report: {name}", "memory": f"Associative-memory run report: {name}",
             "lm": f"Language-model run report: {name}",
             "truncation": f"Truncation study report: {name}",
-            "checkpoints": f"Checkpoint study report: {name}"}[r.kind]
+            "checkpoints": f"Checkpoint study report: {name}",
+            "circuits": f"Circuits-over-training report: {name}"}[r.kind]
 
 
 def build_report(

@@ -13,6 +13,8 @@ objects that render a summary.
   ``best.json`` and ``attribution_change.csv``.
 - checkpoint study: ``study.json`` (``kind: checkpoints``), ``checkpoints.parquet`` or
   ``checkpoints.csv``.
+- circuit study over training (``circuit_study(out=...)``, ``mechtrunc circuits checkpoints``):
+  ``study.json`` (``kind: circuits``), ``nodes``, ``edges`` and ``ledger.parquet`` or its shards.
 - associative-memory run (``mechtrunc memory train``): ``config.json`` with a ``memory`` entry,
   ``model.safetensors``, ``history.csv``, optional ``spectra.csv``.
 - language-model run (``mechtrunc lm train --out RUN``): ``run.json`` (``format:
@@ -36,9 +38,10 @@ from mechtrunc._choices import LM_RUN_FORMAT
 from mechtrunc.results import upgrade_columns
 
 __all__ = ["NotAResultError", "ToyRun", "MemoryRun", "TruncationResults", "CheckpointResults", "LMRun", "read_result",
+           "CircuitResults",
            "KINDS", "LM_STUDY_TABLES"]
 
-KINDS = ("toy", "memory", "truncation", "checkpoints", "lm")
+KINDS = ("toy", "memory", "truncation", "checkpoints", "lm", "circuits")
 
 
 def __getattr__(name):
@@ -217,6 +220,45 @@ class CheckpointResults(_StudyResult):
         return _html_summary("mechtrunc checkpoint study", lines, self.table)
 
 
+@dataclass
+class CircuitResults(_StudyResult):
+    """A circuit study over training (:func:`mechtrunc.studies.circuits.circuit_study`): node
+    scores, top edges and the margin ledger per step."""
+
+    directory: Path
+    nodes: object
+    edges: object
+    ledger: object
+    study: dict
+    kind: str = "circuits"
+    incomplete: str | None = None
+
+    @property
+    def table(self):
+        return self.nodes
+
+    def _repr_html_(self) -> str:
+        lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
+                 f"steps: {', '.join(str(s) for s in sorted(set(self.nodes['step'].tolist())))}"]
+        if self.incomplete:
+            lines.append(f"INCOMPLETE: {self.incomplete}")
+        return _html_summary("mechtrunc circuit study over training", lines, self.nodes)
+
+
+def _read_circuits(d: Path, study: dict) -> CircuitResults:
+    from mechtrunc.studies.circuits import circuit_study_finished, read_circuit_study
+
+    try:
+        tables = read_circuit_study(d)
+    except ValueError as err:
+        raise NotAResultError(f"{err}; rerun the study with the same output directory to resume it") from None
+    incomplete = None
+    if not circuit_study_finished(d):
+        incomplete = (f"the study was interrupted: {tables.nodes['step'].nunique()} finished checkpoints read from its "
+                      "shards, no final tables; rerun the study with the same output directory")
+    return CircuitResults(d, tables.nodes, tables.edges, tables.ledger, study, incomplete=incomplete)
+
+
 def model_source(result) -> str | None:
     """The model id or directory a study was run on, as recorded in ``study.json``."""
     info = result.info
@@ -353,13 +395,13 @@ def _detect(d: Path) -> tuple[str, dict]:
     if settings.is_file():
         study = _read_json(settings)
         kind = study.get("kind")
-        if kind in ("truncation", "checkpoints"):
+        if kind in ("truncation", "checkpoints", "circuits"):
             return kind, study
         if kind is None and (d.parent / "run.json").is_file():
             raise NotAResultError(f"{str(d)!r} is the study folder of a language-model run; give the run directory "
                                   f"itself: mechtrunc report {d.parent}")
         raise NotAResultError(f"{str(settings)!r} has an unknown study kind {kind!r}; "
-                              "known kinds: truncation, checkpoints")
+                              "known kinds: truncation, checkpoints, circuits")
     if TruncationDirectory(d).has_table():
         return "truncation", {}
     if CheckpointStudyDirectory(d).has_table():
@@ -396,4 +438,6 @@ def read_result(path: str | os.PathLike):
         return _read_lm(d, meta)
     if kind == "truncation":
         return _read_truncation(d, meta)
+    if kind == "circuits":
+        return _read_circuits(d, meta)
     return _read_checkpoints(d, meta)

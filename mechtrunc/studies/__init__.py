@@ -17,6 +17,8 @@ Modules:
   truncations, chosen on selection prompts, reported on evaluation prompts), :func:`as_interventions`.
 - :mod:`~mechtrunc.studies.checkpoints`: :func:`checkpoint_study`, one unit per checkpoint
   (full model + one truncation, or full model + a whole grid), each written as its own shard.
+- :mod:`~mechtrunc.studies.circuits`: :func:`circuit_study`, node and edge attribution and the
+  answer-vs-generic margin ledger at every checkpoint, :func:`overtaking_step`.
 - :mod:`~mechtrunc.studies.executors`: where units run: :class:`LocalExecutor` (default,
   prefetching), :class:`RayExecutor`, :class:`SlurmExecutor` (submitit).
 - :mod:`~mechtrunc.studies.summary`: :func:`study_report` (heatmap, best configuration and its
@@ -33,6 +35,7 @@ from mechtrunc.studies.checkpoints import (
     CheckpointDirectory, HubCheckpoints, best_by_step, checkpoint_study, heldout_by_step, read_checkpoint_items,
     step_intervals,
 )
+from mechtrunc.studies.circuits import circuit_study, evidence_by_step, overtaking_step, read_circuit_study
 from mechtrunc.studies.compose import as_interventions, compose_search
 from mechtrunc.studies.executors import LocalExecutor, RayExecutor, SlurmExecutor
 from mechtrunc.studies.grid import (
@@ -46,4 +49,5 @@ __all__ = [
     "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
     "RayExecutor", "SlurmExecutor", "compose_search", "as_interventions",
     "read_items", "ItemStore", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
+    "circuit_study", "evidence_by_step", "overtaking_step", "read_circuit_study",
 ]

@@ -389,7 +389,8 @@ def heldout_by_step(items: pd.DataFrame, metric: str = "p_answer", select: float
     return table
 
 
-def _gpus_for(load_kwargs: dict) -> float:
+def gpus_for(load_kwargs: dict) -> float:
+    """GPUs one unit needs from its load options (``n_devices``, a ``device_map`` or a CUDA device)."""
     device = str(load_kwargs.get("device") or "cpu")
     n = load_kwargs.get("n_devices")
     if n is not None:
@@ -573,7 +574,7 @@ def checkpoint_study(
     directory.open(study_settings(iv, the_grid, source, prompt_desc, loader, steps))  # storage: settings checked
     units = [CheckpointUnit(step=s, loader=loader, prompts=prompts, variants=variants if the_grid is None else (),
                             grid=the_grid, batch_size=batch_size, out=None if out is None else str(out),
-                            gpus=_gpus_for(load_kwargs))
+                            gpus=gpus_for(load_kwargs))
              for s in steps]
     todo = [u for u in units if not u.done()]
     results = dict(zip((u.step for u in todo), ex.map(todo, progress=progress))) if todo else {}

@@ -18,6 +18,10 @@ patching scan reads them as its position groups (:meth:`PromptSet.role_positions
   occurrence becomes another token, so the in-context pair "trigger, output" is gone.  Roles
   ``trigger1`` (the replaced occurrence), ``after1`` (the output token after it), ``end`` (the
   second occurrence, where the answer is read).
+- :func:`city_swap`: a language model's noisy-recall prompts
+  (:func:`mechtrunc.lm.prompts.lm_recall_prompts`) with the stated city replaced by the
+  ``other`` competitor's city, so the context no longer holds the answer.  Roles ``city`` (the
+  stated city's first occurrence) and ``end``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch import Tensor
 from mechtrunc.prompts import PromptSet
 from mechtrunc.tasks._tokens import tokenize_prompts
 
-__all__ = ["ioi_abc", "factual_swap", "recall_pair"]
+__all__ = ["ioi_abc", "factual_swap", "recall_pair", "city_swap"]
 
 
 def _with_roles(p: PromptSet, tokens: Tensor, roles: tuple[str, ...], role_pos: list[tuple[int, ...]],
@@ -181,3 +185,30 @@ def recall_pair(task, n: int = 256, seed: int = 10_000) -> tuple[PromptSet, Prom
     roles = ("trigger1", "after1", "end")
     return (_with_roles(clean, tokens, roles, role_pos, None),
             _with_roles(clean, corrupted, roles, role_pos, None, {"corruption": "first trigger replaced"}))
+
+
+def city_swap(prompts: PromptSet) -> tuple[PromptSet, PromptSet]:
+    """Recall prompts (one read item per sequence, an ``other`` competitor that is a single token
+    absent from the context, as :func:`mechtrunc.lm.prompts.lm_recall_prompts` with one
+    statement builds) and their corruption: every occurrence of the answer token before the read
+    position replaced by the ``other`` token, so the stated city is another one.  Sequences whose
+    context does not hold the answer token are left out of both (``meta["dropped"]``)."""
+    if "other" not in prompts.competitor_names:
+        raise ValueError(f"city_swap needs recall prompts with an 'other' competitor; these have "
+                         f"{', '.join(prompts.competitor_names)}")
+    if len(prompts) != prompts.n_sequences or not torch.equal(prompts.rows.cpu(), torch.arange(prompts.n_sequences)):
+        raise ValueError("city_swap needs one read item per sequence (recall prompts)")
+    j = list(prompts.competitor_names).index("other")
+    tokens = prompts.tokens.cpu()
+    before = torch.arange(tokens.shape[1])[None] < prompts.pos.cpu()[:, None]
+    hit = (tokens == prompts.answer.cpu()[:, None]) & before
+    keep = hit.any(1).nonzero().squeeze(1)
+    if keep.numel() == 0:
+        raise ValueError("no recall prompt states its answer in the context")
+    clean = prompts.subset_sequences(keep)
+    hit = hit[keep]
+    corrupted = torch.where(hit, clean.competitors[:, j].cpu()[:, None], clean.tokens.cpu())
+    role_pos = [(int(h.nonzero()[0]), int(p)) for h, p in zip(hit, clean.pos.cpu())]
+    extra = {"dropped": prompts.n_sequences - int(keep.numel())}
+    return (_with_roles(clean, clean.tokens.clone(), ("city", "end"), role_pos, clean.texts, extra),
+            _with_roles(clean, corrupted, ("city", "end"), role_pos, None, {**extra, "corruption": "other city"}))
