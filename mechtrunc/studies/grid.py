@@ -298,7 +298,7 @@ def truncation_study(
         svd_cache: ``mode="engine"``: the directory of cached decompositions (default
             ``out/svd_cache`` when ``out`` is given).
         return_items: also return the per-item side table: ``(table, items)``.
-        metric: the metric the table will be judged by (:func:`~mechtrunc.studies.study_report`,
+        metric: the metric the table will be judged by (:func:`~mechtrunc.studies.summarise_study`,
             :func:`heldout_configuration`), if known: checked against the prompts' competitors
             (:func:`mechtrunc.metrics.check_prompt_metric`) before anything runs.
 
