@@ -126,3 +126,22 @@ def test_renamed_functions_warn_and_give_the_same_result(monkeypatch):
     with pytest.warns(DeprecationWarning, match="truncation_table is now toy_truncation_table"):
         assert mt.truncation_table(3, keeps=(0.5,)) == "T"
     assert calls == [("summary", (1, 2), {"metric": "m"}), ("table", (3,), {"keeps": (0.5,)})]
+
+
+def test_the_docs_define_mode_and_path_once_with_the_codes_values():
+    """docs/api.md, "Conventions": the intervention ``mode``, the grid ``mode`` and a row's
+    ``path``, each defined by one line that lists the values the code accepts or writes."""
+    import re
+
+    from mechtrunc._choices import GRID_MODES
+    from mechtrunc.engine import PATHS
+    from mechtrunc.interventions import _MODES  # the values Truncate(mode=...) accepts
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    pattern = r"\n  - (`mode` of an intervention|grid `mode`|`path`) (.*?)(?=\n  - |\n- |\n\n)"
+    found = re.findall(pattern, text, re.S)
+    assert sorted(t for t, _ in found) == ["`mode` of an intervention", "`path`", "grid `mode`"]  # once each
+    terms = dict(found)
+    for term, values in (("`mode` of an intervention", _MODES), ("grid `mode`", GRID_MODES),
+                         ("`path`", (*PATHS, "identity"))):
+        assert all(f'`"{v}"`' in terms[term] for v in values), (term, values)

@@ -75,6 +75,7 @@ def test_truncation_directory_reads_back_what_the_study_returned(neox_bridge, tm
     held = heldout_configuration(neox_bridge, prompts, Grid(**grid), metric="logit_diff_the", items=items,
                                  n_boot=50, out=out)
     assert held["path"] == out / "heldout.csv"
+    assert held["mode"] == "engine"  # the grid mode: the engine evaluated the choice, as in the study's rows
 
     got = TruncationDirectory(out).read()
     assert got["incomplete"] is None
