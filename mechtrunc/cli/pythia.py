@@ -281,7 +281,11 @@ def add_commands(sub) -> None:
                         description="LASER truncation studies on Pythia models at any training checkpoint.")
     psub = py.add_subparsers(dest="pythia_command", metavar="SUBCOMMAND")
     psub.required = True
+    _add_truncate(psub)
+    _add_checkpoints(psub)
 
+
+def _add_truncate(psub) -> None:
     tr = psub.add_parser("truncate", help="layers x {W_in, W_out} x keeps on a task",
                          description="Truncate each MLP matrix of each layer to each keep fraction, evaluate "
                                      "the task, write the table, a heatmap, the best configuration and its "
@@ -316,6 +320,8 @@ def add_commands(sub) -> None:
                     help="with --heldout: bootstrap resamples (default 1000)")
     tr.set_defaults(func=cmd_truncate)
 
+
+def _add_checkpoints(psub) -> None:
     ck = psub.add_parser(
         "checkpoints", help="task metrics over training checkpoints: full and truncated, or a whole grid",
         description="Evaluate the full model and one truncation (or, with --grid, every layer x matrix x keep) "
