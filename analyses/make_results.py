@@ -40,7 +40,7 @@ def main() -> None:
 
     model, cfg, task = mt.load_run(runs / "cpu-seed0")
     test = task.test_set(cfg.test_size, seed=cfg.seed + 10_000)
-    mt.truncation_table(model, test.to_prompts(), keeps=(0, 0.1, 0.2, 0.5, 1)).to_csv(
+    mt.toy_truncation_table(model, test.to_prompts(), keeps=(0, 0.1, 0.2, 0.5, 1)).to_csv(
         _docs.DATA / "cpu_truncation.csv", index=False)
     ranking, table = toy_noise_components.compute(model, cfg, task, test)
     table.to_csv(_docs.DATA / "cpu_noise_components.csv", index=False)

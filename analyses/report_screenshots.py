@@ -22,7 +22,7 @@ import torch
 import mechtrunc as mt
 from mechtrunc.pythia import load_model
 from mechtrunc.report.browser import check_page
-from mechtrunc.studies import best_configuration, as_truncate, checkpoint_study, study_report, truncation_study
+from mechtrunc.studies import best_configuration, as_truncate, checkpoint_study, summarise_study, truncation_study
 from mechtrunc.testing import train_neox_recall
 from mechtrunc.tasks.recall import RecallConfig
 
@@ -81,7 +81,7 @@ def main() -> None:
     prompts = task.test_set(32, seed=1).to_prompts()
     df = truncation_study(bridge, prompts, matrices=("mlp.W_in", "mlp.W_out"), keeps=(1, 0.5, 0.2, 0.1, 0.05, 0.01),
                           out=work / "truncation", progress=False)
-    study_report(bridge, prompts, df, metric="logit_diff_noise", out_dir=work / "truncation")
+    summarise_study(bridge, prompts, df, metric="logit_diff_noise", out_dir=work / "truncation")
     t0 = time.perf_counter()
     built["truncation"] = (mt.write_report(work / "truncation", model=bridge, prompts=prompts, progress=False,
                                      command="python analyses/report_screenshots.py (truncation example)"),

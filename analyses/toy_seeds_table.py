@@ -20,7 +20,7 @@ import mechtrunc as mt
 def seed_table(model, cfg, task, seed: int) -> pd.DataFrame:
     """The six-row table (keep 0.1) of one trained cpu-preset model."""
     prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
-    table = mt.truncation_table(model, prompts, rule="authors", keeps=(0.1,))
+    table = mt.toy_truncation_table(model, prompts, rule="authors", keeps=(0.1,))
     table = table[table["variant"] != "attn.W_O L1 keep 0.1"]
     return table.assign(seed=seed)[["seed", "variant", "accuracy", "p_noise", "p_answer"]]
 

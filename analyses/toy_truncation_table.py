@@ -18,7 +18,7 @@ def main() -> None:
     args = p.parse_args()
     model, cfg, task, test = load_toy(args)
     prompts = test.to_prompts()
-    table = mt.truncation_table(model, prompts, rule=args.rule, keeps=(0, 0.1, 0.2, 0.5, 1))
+    table = mt.toy_truncation_table(model, prompts, rule=args.rule, keeps=(0, 0.1, 0.2, 0.5, 1))
     save_table(table, Path(args.out) / "toy_truncation.csv", digits=3)
 
 

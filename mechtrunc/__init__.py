@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
                     "mechtrunc.circuits"),
     **dict.fromkeys(["ToyConfig", "ToyTransformer"], "mechtrunc.toy_model"),
     **dict.fromkeys(["PRESETS", "TrainConfig", "evaluate_toy", "load_run", "preset", "train",
-                     "truncation_table", "truncation_variants"], "mechtrunc.training"),
+                     "toy_truncation_table", "truncation_table", "truncation_variants"], "mechtrunc.training"),
     **dict.fromkeys(["LinearMemory", "MemoryConfig", "MemoryTrainConfig", "train_memory"], "mechtrunc.memory"),
     **dict.fromkeys(["attention_html", "plot_attribution", "plot_history"], "mechtrunc.viz"),
     **dict.fromkeys(["build_report", "write_report"], "mechtrunc.report"),

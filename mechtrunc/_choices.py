@@ -35,7 +35,10 @@ PRESETS: dict[str, dict] = {
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: toy-model initialisations (see mechtrunc.toy_model)
 INITS = ("released", "normal_unembed")
+#: matmul precisions of toy training (mechtrunc.training) and of language-model training
+#: (mechtrunc.lm.train, which has no tf32 setting)
 PRECISIONS = ("fp32", "tf32", "bf16")
+LM_PRECISIONS = ("fp32", "bf16")
 
 #: weight matrices an intervention can edit, and activation sites it can hook
 MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_Q", "attn.W_K", "attn.W_V", "attn.W_O", "attn.OV")
@@ -53,6 +56,7 @@ RULES = ("round", "authors")
 #: the rank rule of every truncation unless one is named (mechtrunc.Truncate, the grid, every
 #: command's --rule): round(keep * max rank); "authors" is the paper's released code
 DEFAULT_RULE = "round"
+#: methods of mechtrunc.decomposition.full_svd
 SVD_METHODS = ("exact", "randomized", "laser")
 #: activation and path patching (mechtrunc.patching): denoising runs the corrupted prompts with one
 #: clean activation restored, noising the clean prompts with one corrupted activation; "both"
@@ -314,3 +318,7 @@ def cache_root() -> Path:
     except OSError:
         pass
     return Path(tempfile.gettempdir()) / f"mechtrunc-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+#: the tasks a circuit study over training builds clean/corrupted pairs for
+#: (:func:`mechtrunc.studies.circuits.circuit_pairs`)
+CIRCUIT_TASKS = ("recall", "ioi", "factual")

@@ -24,11 +24,10 @@ import torch
 from torch import Tensor
 
 from mechtrunc._checks import check_choice
+from mechtrunc._choices import SVD_METHODS
 
 __all__ = ["SVD_METHODS", "BASIS_METHODS", "LASER_NITER", "SVD_SEED", "full_svd", "truncation_basis", "SVDCache", "weight_key"]
 
-#: methods of :func:`full_svd`
-SVD_METHODS = ("exact", "randomized", "laser")
 #: the LASER paper's setting of ``torch.svd_lowrank`` (pratyushasharma/laser,
 #: ``laser/matrix_utils.py: do_low_rank``): ``q`` = the kept rank (no oversampling), ``niter=2``
 LASER_NITER = 2

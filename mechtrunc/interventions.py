@@ -258,6 +258,8 @@ class Ablate(Intervention):
 # ----------------------------------------------------------------------------------------
 # low-rank edits: truncation and removal of singular components
 # ----------------------------------------------------------------------------------------
+#: an intervention's ``mode``: how it edits the model ("weight": the edited weight is written in;
+#: "hook": the matrix's output is edited at its hook); a grid's ``mode`` names its evaluator
 _MODES = ("weight", "hook")
 
 
@@ -426,7 +428,9 @@ class Truncate(_SVDEdit):
     """Low-rank truncation (LASER) of a weight matrix: keep its top singular components.
 
     Give ``keep`` (fraction of the maximum rank, rounding by ``rule``) or ``rank`` (an integer).
-    Either may be a sequence, one value per batch row, with ``mode="hook"``: the forward pass
+    ``mode``: how the model is edited: ``"weight"`` writes the truncated weight in, ``"hook"``
+    projects the matrix's output at its hook (the same numbers for a single edit).  ``keep`` or
+    ``rank`` may be a sequence, one value per batch row, with ``mode="hook"``: the forward pass
     then evaluates a different rank for each row.  ``svd="randomized"`` uses
     ``torch.svd_lowrank`` (for large matrices); ``svd="laser"`` is the LASER paper's own call
     (``torch.svd_lowrank(q=rank, niter=2)``, seeded; with ``rule="authors"`` the paper's

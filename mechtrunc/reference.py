@@ -8,7 +8,7 @@ anywhere is a band over seeds:
 
 - :data:`CPU_PRESET_BANDS`: ``(variant, metric) -> (low, high)`` for the truncation table of the
   ``cpu`` preset (rank rule ``authors``, 256 clean test sequences, variants labelled as
-  :func:`mechtrunc.truncation_table` labels them).  Each band contains seeds 0, 1 and 2 on every
+  :func:`mechtrunc.toy_truncation_table` labels them).  Each band contains seeds 0, 1 and 2 on every
   machine measured and the released model's numbers at those seeds; docs/results.md states the
   measurements.  ``mechtrunc demo`` prints its numbers beside these bands and the slow test
   ``tests/test_docs_results.py`` asserts them.

@@ -6,9 +6,10 @@ reads its column names from here.  Standard library at module top (pandas is imp
 functions that need it), so anything may import this module, the command line included.
 
 - Descriptor columns of a truncation table: :data:`CONFIG_COLUMNS` (``baseline, layer, matrix,
-  keep, rank, max_rank, identity, rule, svd, mode, intervention``), then the metrics, then
-  :data:`SECONDS`.  A checkpoint study adds :data:`CHECKPOINT_COLUMNS` (``step, variant``).
-  Every other column is a metric (:func:`is_metric`).
+  keep, rank, max_rank, identity, rule, svd, mode, intervention``; ``mode`` is the grid mode:
+  which evaluator computed the table), then the metrics, then :data:`PATH` (the route that
+  computed the row) and :data:`SECONDS`.  A checkpoint study adds :data:`CHECKPOINT_COLUMNS`
+  (``step, variant``).  Every other column is a metric (:func:`is_metric`).
 - :data:`P_ANSWER` (``p_answer``) is the probability of the right answer everywhere: toy,
   memory, dynamics, Pythia and reports.  The toy's last-FFN-removed variant was ``ffn2_removed``
   in files written before layers were 0-based (now ``last_ffn_removed``); :func:`upgrade_columns`
@@ -39,7 +40,7 @@ CONFIG_COLUMNS = ("baseline", "layer", "matrix", "keep", "rank", "max_rank", "id
 SECONDS = "seconds"
 #: columns a checkpoint study adds in front: the training step and (full/truncated/best) variant
 CHECKPOINT_COLUMNS = ("step", "variant")
-#: how a truncation row was computed: "fast" (the grid engine's low-rank path), "reference" (one
+#: which route computed a truncation row: "fast" (the grid engine's low-rank route), "reference" (one
 #: full evaluation with the intervention applied), "identity" (full rank: the baseline's metrics)
 PATH = "path"
 #: every column that is not a metric

@@ -43,7 +43,7 @@ from mechtrunc.tasks.recall import RecallConfig, RecallTask
 from mechtrunc.toy_model import ToyConfig, ToyTransformer
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate_toy", "trigger_margin", "TrainResult",
-           "truncation_variants", "truncation_table", "KeepCheckpoints"]
+           "truncation_variants", "toy_truncation_table", "KeepCheckpoints"]
 
 
 
@@ -180,14 +180,25 @@ def truncation_variants(
     return out
 
 
-def truncation_table(
+def toy_truncation_table(
     model: ToyTransformer, prompts: PromptSet, rule: str = "authors", keeps: tuple[float, ...] = (0.1,)
 ) -> pd.DataFrame:
-    """:func:`truncation_variants` evaluated on ``prompts``: one row per variant with
-    ``variant, accuracy, p_noise, p_answer, logit_diff_noise``."""
+    """The paper's toy truncation table: :func:`truncation_variants` evaluated on ``prompts``,
+    one row per variant with ``variant, accuracy, p_noise, p_answer, logit_diff_noise`` (the toy
+    task's noise competitor).  A study's table on any model is
+    :func:`mechtrunc.studies.truncation_study`."""
     variants = truncation_variants(rule, keeps, model.cfg.n_layers)
     rows = [evaluate(model, prompts, *ivs, label=name) for name, ivs in variants.items()]
     return pd.concat(rows, ignore_index=True)[["variant", "accuracy", "p_noise", "p_answer", "logit_diff_noise"]]
+
+
+def truncation_table(*args, **kwargs) -> pd.DataFrame:
+    """Deprecated name of :func:`toy_truncation_table`; it goes in the next release."""
+    import warnings
+
+    warnings.warn("mechtrunc.truncation_table is now toy_truncation_table (the paper's toy table; same "
+                  "arguments, same result); the old name goes in the next release", DeprecationWarning, stacklevel=2)
+    return toy_truncation_table(*args, **kwargs)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import mechtrunc.studies.grid as studies_grid
 from mechtrunc.pythia import (
     PYTHIA_SIZES, ModelNotAvailableError, check_step, load_model, pythia_config, pythia_steps,
 )
-from mechtrunc.studies import as_truncate, best_configuration, checkpoint_study, study_report, truncation_study
+from mechtrunc.studies import as_truncate, best_configuration, checkpoint_study, summarise_study, truncation_study
 from mechtrunc.testing import build_random_pythia
 from mechtrunc.viz import checkpoint_plot, truncation_heatmap
 
@@ -371,7 +371,7 @@ def test_best_configuration_heatmap_and_report(bridge, ioi, ioi_study, tmp_path)
     png = truncation_heatmap(df, "logit_diff_the", tmp_path / "heat.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
-    rep = study_report(bridge, ioi, df, "logit_diff_the", tmp_path / "report")
+    rep = summarise_study(bridge, ioi, df, "logit_diff_the", tmp_path / "report")
     paths = rep.paths
     assert set(paths) == {"heatmap", "best", "attribution", "attribution_by_layer"}
     assert all(Path(p).is_file() for p in paths.values())

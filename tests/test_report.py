@@ -55,13 +55,13 @@ def neox(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def truncation_dir(neox, tmp_path_factory) -> Path:
-    from mechtrunc.studies import study_report, truncation_study
+    from mechtrunc.studies import summarise_study, truncation_study
 
     model_dir, bridge, prompts = neox
     out = tmp_path_factory.mktemp("trunc") / "study"
     df = truncation_study(bridge, prompts, matrices=("mlp.W_in", "mlp.W_out"), keeps=(1, 0.5, 0.1), out=out,
                           progress=False)
-    study_report(bridge, prompts, df, metric="logit_diff_noise", out_dir=out)
+    summarise_study(bridge, prompts, df, metric="logit_diff_noise", out_dir=out)
     return out
 
 

@@ -64,17 +64,18 @@ def test_truncation_directory_reads_back_what_the_study_returned(neox_bridge, tm
     """The owner's reader gives the returned table, items, summary and held-out choice back (the
     report renders what the study computed); an interrupted study's finished rows come back in
     the final table's types and values."""
-    from mechtrunc.studies import Grid, heldout_configuration, study_report, truncation_study
+    from mechtrunc.studies import Grid, heldout_configuration, summarise_study, truncation_study
     from mechtrunc.studies.truncation_files import TruncationDirectory
 
     prompts = _prompts()
     grid = dict(layers=(0, 1), matrices=("mlp.W_out",), keeps=(1, 0.5, 0.1))
     out = tmp_path / "study"
     df, items = truncation_study(neox_bridge, prompts, **grid, out=out, progress=False, return_items=True)
-    summary = study_report(neox_bridge, prompts, df, "logit_diff_the", out, items=items)
+    summary = summarise_study(neox_bridge, prompts, df, "logit_diff_the", out, items=items)
     held = heldout_configuration(neox_bridge, prompts, Grid(**grid), metric="logit_diff_the", items=items,
                                  n_boot=50, out=out)
     assert held["path"] == out / "heldout.csv"
+    assert held["mode"] == "engine"  # the grid mode: the engine evaluated the choice, as in the study's rows
 
     got = TruncationDirectory(out).read()
     assert got["incomplete"] is None

@@ -180,9 +180,9 @@ def test_cli_best_json_holds_the_intervals(tiny_pythia, tmp_path, capsys):
 def test_a_metric_the_prompts_cannot_be_scored_by_fails_before_the_grid(neox_bridge, tmp_path, monkeypatch):
     """Competitors named c0 (a prompt file without names): ``logit_diff_the`` is refused by the
     study itself, naming the competitors and the valid metrics, before any configuration runs;
-    study_report and heldout_configuration check the same way."""
+    summarise_study and heldout_configuration check the same way."""
     from mechtrunc.studies import grid as grid_module
-    from mechtrunc.studies import study_report
+    from mechtrunc.studies import summarise_study
 
     p = _prompts(neox_bridge)
     prompts = mt.PromptSet(p.tokens, p.rows, p.pos, p.answer, p.competitors, ("c0",))
@@ -197,5 +197,5 @@ def test_a_metric_the_prompts_cannot_be_scored_by_fails_before_the_grid(neox_bri
     with pytest.raises(ValueError, match="competitors: c0"):
         heldout_configuration(neox_bridge, prompts, Grid(**GRID), metric="logit_diff_the")
     with pytest.raises(ValueError, match="competitors: c0"):
-        study_report(neox_bridge, prompts, pd.DataFrame(), metric="logit_diff_the", out_dir=tmp_path / "report")
+        summarise_study(neox_bridge, prompts, pd.DataFrame(), metric="logit_diff_the", out_dir=tmp_path / "report")
     assert not (tmp_path / "report").exists()

@@ -32,7 +32,7 @@ follows one pattern:
    import, raising :class:`UsageError`.  Everything else is checked once, by the value object
    the command builds (``Grid``, ``Truncate``, the configs).  A model or run argument goes
    through the shared checkers: ``model_arg`` / ``resolve_model`` (a run directory, its
-   ``--step``, a checkpoint or ``save_pretrained`` directory, or a hub id) and ``run_dir``.
+   ``--step``, a checkpoint or ``save_pretrained`` directory, or a hub id) and ``run_dir_arg``.
 3. Import heavy modules inside the command function (``def cmd_x(args): from mechtrunc.x import y``).
 4. A command function returns an exit status; it raises ``UsageError`` / ``ValueError`` /
    ``FileNotFoundError`` for user mistakes (``main`` prints them and exits 2).

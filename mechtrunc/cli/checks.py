@@ -13,7 +13,20 @@ from mechtrunc._choices import looks_like_path
 
 __all__ = ["UsageError", "fraction", "int_at_least", "positive_int", "nonneg_int", "positive_float",
            "nonneg_float", "level", "device", "choice", "model_kind", "last_checkpoint",
-           "checkpoint_steps", "resolve_model", "model_arg", "run_dir"]
+           "checkpoint_dirs", "resolve_model", "model_arg", "run_dir_arg"]
+
+
+def __getattr__(name):
+    # renamed: mechtrunc.lm.train.checkpoint_steps is a run's schedule of steps, and
+    # mechtrunc.lm.prompts.run_dir finds the run directory of a path
+    new = {"checkpoint_steps": "checkpoint_dirs", "run_dir": "run_dir_arg"}.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    warnings.warn(f"mechtrunc.cli.checks.{name} is now {new}; the old name goes in the next release",
+                  DeprecationWarning, stacklevel=2)
+    return globals()[new]
 
 
 class UsageError(ValueError):
@@ -123,7 +136,7 @@ def model_kind(model: str) -> str:
     return "hf"
 
 
-def checkpoint_steps(run: Path) -> dict[int, Path]:
+def checkpoint_dirs(run: Path) -> dict[int, Path]:
     """The ``step{N}/`` checkpoint directories of a language-model run or of any directory of
     checkpoints, by step (ascending)."""
     return dict(sorted((int(m.group(1)), p) for p in Path(run).iterdir()
@@ -132,7 +145,7 @@ def checkpoint_steps(run: Path) -> dict[int, Path]:
 
 def last_checkpoint(run: Path) -> Path:
     """The last ``step{N}`` checkpoint directory of a language-model run."""
-    steps = checkpoint_steps(run)
+    steps = checkpoint_dirs(run)
     if not steps:
         raise UsageError(f"{run} is a language-model run without checkpoints (no step*/ directory): train it first")
     return steps[max(steps)]
@@ -171,14 +184,14 @@ def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | 
         return kind, model, None
     path = Path(model).expanduser()
     if path.is_dir():
-        steps = checkpoint_steps(path)
+        steps = checkpoint_dirs(path)
         if (path / "config.json").is_file() and not steps:  # one checkpoint
             m = re.fullmatch(r"step(\d+)", path.name)
             if step is not None and (m is None or int(m.group(1)) != step):
                 if m is None:
                     raise UsageError(f"{model} is a single saved model, not step {step}: --step applies to a run "
                                      "directory, a directory of step{N}/ checkpoints or a hub id")
-                siblings = checkpoint_steps(path.parent)
+                siblings = checkpoint_dirs(path.parent)
                 raise UsageError(f"{model} is the checkpoint of step {m.group(1)}, not step {step}: give the run "
                                  f"directory with --step ({path.parent} --step {step}"
                                  + ("" if step in siblings else f"; its steps: {_first_few(siblings)}") + ")")
@@ -214,7 +227,7 @@ def model_arg(text: str) -> str:
     return text
 
 
-def run_dir(kind: str | None, hint: str):
+def run_dir_arg(kind: str | None, hint: str):
     """An argparse type: an existing directory; with ``kind``, not recognisably a run of another
     kind (:func:`model_kind`; what cannot be told from the files is left to the loader)."""
 

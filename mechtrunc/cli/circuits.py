@@ -15,7 +15,6 @@ from mechtrunc.cli.checks import UsageError, choice, device, level, nonneg_int, 
 
 __all__ = ["add_commands"]
 
-CIRCUIT_TASKS = ("recall", "ioi", "factual")  # mechtrunc.studies.circuits.CIRCUIT_TASKS
 CIRCUIT_METHODS = ("atp", "ig-inputs")
 
 
@@ -85,7 +84,7 @@ def add_commands(sub) -> None:
     ck.add_argument("--out", required=True, help="output directory (shards, merged tables, study.json)")
     ck.add_argument("--steps", type=nonneg_int, nargs="+", default=None,
                     help="checkpoints to study (default every step{N}/ of SOURCE)")
-    ck.add_argument("--task", type=choice(CIRCUIT_TASKS, "task"), default=None,
+    ck.add_argument("--task", type=choice(_choices.CIRCUIT_TASKS, "task"), default=None,
                     help="recall (toy runs; a noisy-recall language-model run's default), ioi or factual")
     ck.add_argument("--n", type=positive_int, default=64, help="prompt pairs (default 64)")
     ck.add_argument("--seed", type=nonneg_int, default=0, help="seed of the prompts and the bootstrap (default 0)")

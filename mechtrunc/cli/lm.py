@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
-from mechtrunc._choices import CORPUS_PRESETS, LM_PRESETS, LM_RUN_FORMAT, LM_SPLITS, task_names
+from mechtrunc._choices import CORPUS_PRESETS, LM_PRECISIONS, LM_PRESETS, LM_RUN_FORMAT, LM_SPLITS, task_names
 
 __all__ = ["add_commands", "study_summary"]
 
@@ -336,7 +336,7 @@ def add_commands(sub) -> argparse._SubParsersAction:
     tr.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the preset's)")
     tr.add_argument("--seed", type=nonneg_int, default=None, help="initialisation seed (default 0)")
     tr.add_argument("--device", type=device, default=None, help="torch device (default: the preset's)")
-    tr.add_argument("--precision", type=choice(("fp32", "bf16"), "precision"), default=None,
+    tr.add_argument("--precision", type=choice(LM_PRECISIONS, "precision"), default=None,
                     help="fp32 or bf16 autocast (default: the preset's)")
     tr.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: the preset's)")
     tr.add_argument("--extend", action="store_true",

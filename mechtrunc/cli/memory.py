@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
-    UsageError, choice, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int, run_dir,
+    UsageError, choice, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int, run_dir_arg,
 )
 from mechtrunc.cli.toy import format_table
 from mechtrunc.results import P_ANSWER, VARIANT_METRICS
@@ -165,7 +165,7 @@ def add_commands(sub) -> None:
                                      "direction and with the correct associations; clean metrics of the full "
                                      "memory, of LASER (mt.Truncate) and of removing the noise component "
                                      "(mt.RemoveComponents).")
-    sp.add_argument("dir", type=run_dir("memory", "the --out directory of `mechtrunc memory train`"),
+    sp.add_argument("dir", type=run_dir_arg("memory", "the --out directory of `mechtrunc memory train`"),
                     help="directory written by `mechtrunc memory train`")
     sp.add_argument("--keep", type=fraction, default=0.1, help="LASER kept fraction of the rank (default 0.1)")
     sp.add_argument("--top", type=positive_int, default=8, help="components to print (default 8)")

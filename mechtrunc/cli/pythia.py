@@ -142,7 +142,7 @@ def cmd_truncate(args) -> int:
     from mechtrunc.lm.prompts import prompts_for_model
     from mechtrunc.pythia import load_model
     from mechtrunc.results import default_metric
-    from mechtrunc.studies import Grid, study_report, truncation_study
+    from mechtrunc.studies import Grid, summarise_study, truncation_study
 
     grid = Grid(layers=args.layers, matrices=args.matrices, keeps=args.keeps, rule=args.rule, svd=args.svd,
                 mode=args.mode)  # every grid value checked before the model loads
@@ -153,8 +153,8 @@ def cmd_truncate(args) -> int:
                                  out=args.out, progress=not args.no_progress, return_items=True,
                                  info={"task": str(args.task), "n": args.n, "seed": args.seed}, metric=args.metric)
     metric = args.metric or default_metric(df.columns)
-    summary = study_report(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size,
-                           items=items)
+    summary = summarise_study(model, prompts, df, metric=metric, out_dir=args.out, batch_size=args.batch_size,
+                              items=items)
     best = summary.best
     b = best["best"]
     print(f"{len(df) - 1} configurations on {len(prompts)} prompts -> {args.out}")
@@ -281,7 +281,11 @@ def add_commands(sub) -> None:
                         description="LASER truncation studies on Pythia models at any training checkpoint.")
     psub = py.add_subparsers(dest="pythia_command", metavar="SUBCOMMAND")
     psub.required = True
+    _add_truncate(psub)
+    _add_checkpoints(psub)
 
+
+def _add_truncate(psub) -> None:
     tr = psub.add_parser("truncate", help="layers x {W_in, W_out} x keeps on a task",
                          description="Truncate each MLP matrix of each layer to each keep fraction, evaluate "
                                      "the task, write the table, a heatmap, the best configuration and its "
@@ -316,6 +320,8 @@ def add_commands(sub) -> None:
                     help="with --heldout: bootstrap resamples (default 1000)")
     tr.set_defaults(func=cmd_truncate)
 
+
+def _add_checkpoints(psub) -> None:
     ck = psub.add_parser(
         "checkpoints", help="task metrics over training checkpoints: full and truncated, or a whole grid",
         description="Evaluate the full model and one truncation (or, with --grid, every layer x matrix x keep) "

@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from mechtrunc._choices import REPORT_KINDS
-from mechtrunc.cli.checks import device, nonneg_int, run_dir
+from mechtrunc.cli.checks import device, nonneg_int, run_dir_arg
 
 __all__ = ["add_commands", "cmd_report"]
 
@@ -49,7 +49,7 @@ def add_commands(sub) -> None:
                     "self-contained HTML file (interactive charts, attention views; opens from disk with no "
                     "network). A study is read from its files, never recomputed; only a few example prompts are "
                     "run again, when the model can be loaded.")
-    p.add_argument("dir", type=run_dir(None, "a run or study directory (e.g. runs/demo)"),
+    p.add_argument("dir", type=run_dir_arg(None, "a run or study directory (e.g. runs/demo)"),
                    help="the run or study directory (e.g. runs/demo)")
     p.add_argument("--out", default=None, help="HTML file to write (default DIR/report.html)")
     p.add_argument("--model", default=None,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mechtrunc import _choices
 from mechtrunc.cli.checks import (
-    choice, device, fraction, int_at_least, nonneg_int, positive_float, positive_int, run_dir,
+    choice, device, fraction, int_at_least, nonneg_int, positive_float, positive_int, run_dir_arg,
 )
 from mechtrunc.results import LAST_FFN_REMOVED, VARIANT_METRICS
 
@@ -179,7 +179,7 @@ def add_commands(sub) -> None:
     tr.set_defaults(func=cmd_toy_train)
     ev = toy_sub.add_parser("eval", help="evaluate a trained toy model",
                             description="Clean-test metrics of the full model and with its last FFN (L1) removed.")
-    ev.add_argument("dir", type=run_dir("toy", "the --out directory of `mechtrunc toy train` or `mechtrunc demo`"),
+    ev.add_argument("dir", type=run_dir_arg("toy", "the --out directory of `mechtrunc toy train` or `mechtrunc demo`"),
                     help="directory written by `mechtrunc toy train`")
     ev.add_argument("--json", action="store_true", help='print {"full": {...}, "last_ffn_removed": {...}} as JSON')
     ev.add_argument("--device", type=device, default="cpu", help="torch device")

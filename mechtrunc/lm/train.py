@@ -44,12 +44,11 @@ import torch
 from mechtrunc._checks import check_int, check_preset, check_resume, config_from_dict
 from mechtrunc._progress import progress_bar, third_party_bars_off
 from mechtrunc.lm.corpus import Corpus, CorpusConfig
-from mechtrunc._choices import LM_PRESETS, LM_RUN_FORMAT
+from mechtrunc._choices import LM_PRECISIONS, LM_PRESETS, LM_RUN_FORMAT
 
 __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
 
 RUN_FORMAT = LM_RUN_FORMAT
-PRECISIONS = ("fp32", "bf16")
 #: fields a resumed run may change: the thread count changes how much wall time a step takes and
 #: the last bits of the numbers (a sum split over two threads is added in another order), so a
 #: run is bit-identical only for the same config *and* thread count; the English text's directory
@@ -93,8 +92,8 @@ class LMConfig:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi or (name == "lr" and v == 0):
                 raise ValueError(f"{name} must be a number in {'(' if name == 'lr' else '['}{lo}, {hi}], got {v!r}")
         object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in LM_PRECISIONS:
+            raise ValueError(f"precision must be one of {LM_PRECISIONS}, got {self.precision!r}")
         if self.threads is not None:
             object.__setattr__(self, "threads", check_int("threads", self.threads, 1))
         if isinstance(self.corpus, dict):

@@ -37,14 +37,20 @@ from pathlib import Path
 from mechtrunc._choices import LM_RUN_FORMAT
 from mechtrunc.results import upgrade_columns
 
-__all__ = ["NotAResultError", "ToyRun", "MemoryRun", "TruncationResults", "CheckpointResults", "LMRun", "read_result",
-           "CircuitResults",
-           "KINDS", "LM_STUDY_TABLES"]
+__all__ = ["NotAResultError", "ToyRun", "MemoryResult", "TruncationResults", "CheckpointResults", "LMRun",
+           "CircuitResults", "read_result", "KINDS", "LM_STUDY_TABLES"]
 
 KINDS = ("toy", "memory", "truncation", "checkpoints", "lm", "circuits")
 
 
 def __getattr__(name):
+    if name == "MemoryRun":  # renamed: mechtrunc.memory.MemoryRun is the run training returns
+        import warnings
+
+        warnings.warn("mechtrunc.report.readers.MemoryRun is now MemoryResult (mechtrunc.memory.MemoryRun is "
+                      "the in-memory run training returns); the old name goes in the next release",
+                      DeprecationWarning, stacklevel=2)
+        return MemoryResult
     if name == "LM_STUDY_TABLES":  # the tables of a language-model run's study: name -> file
         from mechtrunc.studies.lm_files import TABLES
 
@@ -123,7 +129,7 @@ class ToyRun(_Result):
 
 
 @dataclass
-class MemoryRun(_Result):
+class MemoryResult(_Result):
     """An associative-memory run directory (``mechtrunc memory train --out DIR``)."""
 
     directory: Path
@@ -303,7 +309,7 @@ def _read_checkpoints(d: Path, study: dict) -> CheckpointResults:
     return CheckpointResults(d, study=study, **_owned(CheckpointStudyDirectory(d).read))
 
 
-def _read_memory(d: Path, cfg: dict) -> MemoryRun:
+def _read_memory(d: Path, cfg: dict) -> MemoryResult:
     import pandas as pd
 
     for name in ("model.safetensors", "history.csv"):
@@ -314,7 +320,7 @@ def _read_memory(d: Path, cfg: dict) -> MemoryRun:
         spectra = pd.read_csv(d / "spectra.csv") if (d / "spectra.csv").is_file() else None
     except Exception as e:
         raise NotAResultError(f"{str(d)!r}: its history.csv or spectra.csv could not be read ({e})") from None
-    return MemoryRun(d, cfg, hist, spectra)
+    return MemoryResult(d, cfg, hist, spectra)
 
 
 def _read_toy(d: Path, cfg: dict) -> ToyRun:
@@ -425,7 +431,7 @@ def _detect(d: Path) -> tuple[str, dict]:
 
 
 def read_result(path: str | os.PathLike):
-    """Read the result directory at ``path``: a :class:`ToyRun`, :class:`MemoryRun`, :class:`LMRun`,
+    """Read the result directory at ``path``: a :class:`ToyRun`, :class:`MemoryResult`, :class:`LMRun`,
     :class:`TruncationResults` or :class:`CheckpointResults` (each renders a summary in Jupyter;
     :func:`mechtrunc.report.build_report` turns it into a report)."""
     d = _check_dir(path)

@@ -21,7 +21,7 @@ Modules:
   answer-vs-generic margin ledger at every checkpoint, :func:`overtaking_step`.
 - :mod:`~mechtrunc.studies.executors`: where units run: :class:`LocalExecutor` (default,
   prefetching), :class:`RayExecutor`, :class:`SlurmExecutor` (submitit).
-- :mod:`~mechtrunc.studies.summary`: :func:`study_report` (heatmap, best configuration and its
+- :mod:`~mechtrunc.studies.summary`: :func:`summarise_study` (heatmap, best configuration and its
   attribution change).  Prompt sets by task name: :func:`mechtrunc.tasks.prompts_for_task`.
 
 Figures live in :mod:`mechtrunc.viz` (``truncation_heatmap``, ``checkpoint_plot``), prompt sets
@@ -42,10 +42,11 @@ from mechtrunc.studies.grid import (
     Grid, ItemStore, as_truncate, best_configuration, evaluate_grid, heldout_configuration, read_items,
     truncation_study,
 )
-from mechtrunc.studies.summary import study_report
+from mechtrunc.studies.summary import study_report, summarise_study  # study_report: deprecated name
 
 __all__ = [
-    "truncation_study", "best_configuration", "heldout_configuration", "as_truncate", "checkpoint_study", "study_report",
+    "truncation_study", "best_configuration", "heldout_configuration", "as_truncate", "checkpoint_study",
+    "summarise_study",
     "Grid", "evaluate_grid", "CheckpointDirectory", "HubCheckpoints", "LocalExecutor",
     "RayExecutor", "SlurmExecutor", "compose_search", "as_interventions",
     "read_items", "ItemStore", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from mechtrunc._choices import ATTRIBUTION_METHODS, DEFAULT_IG_STEPS, PATCH_LEVEL
+from mechtrunc._choices import ATTRIBUTION_METHODS, CIRCUIT_TASKS, DEFAULT_IG_STEPS, PATCH_LEVEL
 from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
@@ -202,10 +202,6 @@ def _loader(source, load_kwargs: dict, steps: list[int]):
         return HubCheckpoints(name, **load_kwargs), name
     loader.check(steps)
     return loader, loader.template
-
-
-#: tasks :func:`circuit_pairs` builds pairs for
-CIRCUIT_TASKS = ("recall", "ioi", "factual")
 
 
 def circuit_pairs(checkpoints, task: str | None = None, n: int = 64, seed: int = 0) -> tuple[PromptSet, PromptSet]:

@@ -1,6 +1,7 @@
 """The LASER truncation grid on one model: every (layer, matrix, keep) evaluated on a prompt set.
 
-- :class:`Grid`: what to sweep (layers, matrices, keeps, rank rule, SVD method, mode).
+- :class:`Grid`: what to sweep (layers, matrices, keeps, rank rule, SVD method) and its
+  ``mode``, the evaluator (``"engine"``, ``"weight"``, ``"hook"``; docs/api.md, "Conventions").
 - :func:`evaluate_grid`: **the** grid evaluation on one model (baseline + every configuration),
   as row dicts, on the grid engine (:mod:`mechtrunc.engine`) by default or one reference
   evaluation per configuration.  Both :func:`truncation_study` and every unit of
@@ -99,9 +100,12 @@ def _max_rank(adapter, matrix: str, layer: int) -> int:
 
 @dataclass(frozen=True)
 class Grid:
-    """A truncation grid: every ``Truncate(matrix, layer, keep, rule, svd, mode)`` for ``layer``
-    in ``layers`` (None: all), ``matrix`` in ``matrices``, ``keep`` in ``keeps``.  Values are
-    checked against a model by :meth:`resolve`; the rule / svd / mode names are checked here."""
+    """A truncation grid: every ``Truncate(matrix, layer, keep, rule, svd)`` for ``layer`` in
+    ``layers`` (None: all), ``matrix`` in ``matrices``, ``keep`` in ``keeps``, evaluated by
+    ``mode`` (the grid mode: ``"engine"``, or one evaluation per configuration with that
+    intervention mode, ``"weight"`` or ``"hook"``; :attr:`truncate_mode` is the intervention mode
+    that reproduces a row).  Values are checked against a model by :meth:`resolve`; the rule /
+    svd / mode names are checked here."""
 
     layers: tuple[int, ...] | None = None
     matrices: tuple[str, ...] = GRID_MATRICES
@@ -141,7 +145,7 @@ class Grid:
     def truncate_mode(self) -> str:
         """The :class:`~mechtrunc.Truncate` mode that reproduces one configuration (the engine's
         rows equal hook mode's, which equals weight mode's)."""
-        return "hook" if self.mode == "engine" else self.mode
+        return _truncate_mode(self.mode)
 
     def resolve(self, model) -> tuple[list[int], list[str], list[float]]:
         """The grid's (layers, matrices, keeps) checked against ``model`` (ValueError naming
@@ -186,9 +190,9 @@ def evaluate_grid(
     """
     adapter = adapt(model)
     layers, matrices, keeps = grid.resolve(model)
-    rule, svd, mode = grid.rule, grid.svd, grid.mode
+    rule, svd = grid.rule, grid.svd
     sink = store if isinstance(store, TruncationRows) else TruncationRows(store, items)
-    common = {"rule": rule, "svd": svd, "mode": mode}
+    common = {"rule": rule, "svd": svd, "mode": grid.mode}
 
     configs = []
     for layer in layers:
@@ -202,7 +206,7 @@ def evaluate_grid(
     need_base = not sink.done(("baseline",))
     bar = progress_bar(len(todo) + int(need_base), "truncation", "eval", enabled=progress)
 
-    if mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
+    if grid.mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
         from mechtrunc.engine import run_grid
 
         labels = {(g[0], g[1], keep_key(g[2])): (g[2], g[3].label) for g in todo}
@@ -298,7 +302,7 @@ def truncation_study(
         svd_cache: ``mode="engine"``: the directory of cached decompositions (default
             ``out/svd_cache`` when ``out`` is given).
         return_items: also return the per-item side table: ``(table, items)``.
-        metric: the metric the table will be judged by (:func:`~mechtrunc.studies.study_report`,
+        metric: the metric the table will be judged by (:func:`~mechtrunc.studies.summarise_study`,
             :func:`heldout_configuration`), if known: checked against the prompts' competitors
             (:func:`mechtrunc.metrics.check_prompt_metric`) before anything runs.
 
@@ -366,10 +370,15 @@ def as_truncate(config: dict) -> Truncate:
     missing = [k for k in ("layer", "matrix", "keep") if k not in config]
     if missing:
         raise ValueError(f"configuration {config!r} lacks {', '.join(missing)}")
-    mode = config.get("mode", "weight")
     return Truncate(config["matrix"], layer=int(config["layer"]), keep=float(config["keep"]),
                     rule=config.get("rule", "round"), svd=config.get("svd", "exact"),
-                    mode="hook" if mode == "engine" else mode)
+                    mode=_truncate_mode(config.get("mode", "weight")))
+
+
+def _truncate_mode(grid_mode: str) -> str:
+    """The intervention mode (``Truncate(mode=...)``) that reproduces a row of a grid evaluated
+    in grid mode ``grid_mode`` (docs/api.md, "Conventions")."""
+    return "hook" if grid_mode == "engine" else grid_mode
 
 
 
@@ -416,7 +425,7 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
                        "collateral_change", "budget")} | {"n_items": int(r["n_items"])}
     return {"layer": None if base else int(first["layer"]), "matrix": str(first["matrix"]),
             "keep": None if base else float(first["keep"]), "rank": None if base else int(first["rank"]),
-            "rule": grid.rule, "svd": "exact", "mode": "hook", "metric": metric, "baseline": base,
+            "rule": grid.rule, "svd": "exact", "mode": "engine", "metric": metric, "baseline": base,
             "select": part(rows.loc["select"]), "eval": part(rows.loc["eval"]), "n_boot": int(df.attrs["n_boot"]),
             "level": float(df.attrs["level"]), "groups": df.attrs["groups"], "table": df,
             **({} if path is None else {"path": path})}

@@ -1,9 +1,11 @@
 """The summary of a truncation study: its heatmap, its best configuration and that
-configuration's attribution change (:func:`study_report`)."""
+configuration's attribution change (:func:`summarise_study`).  The report of a study is
+:func:`mechtrunc.write_report`, which reads these files back."""
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import pandas as pd
 
@@ -14,10 +16,10 @@ from mechtrunc.results import find_row, is_metric
 from mechtrunc.studies.grid import as_truncate, best_configuration
 from mechtrunc.studies.truncation_files import TruncationDirectory, TruncationSummary
 
-__all__ = ["study_report"]
+__all__ = ["summarise_study"]
 
 
-def study_report(
+def summarise_study(
     model,
     prompts: PromptSet,
     df: pd.DataFrame,
@@ -73,6 +75,14 @@ def study_report(
     # storage: everything above, in one place
     paths = directory.write_summary(summary, change, by_layer, heatmap)
     return TruncationSummary(summary, change, by_layer, paths)
+
+
+def study_report(*args, **kwargs) -> TruncationSummary:
+    """Deprecated name of :func:`summarise_study` (it writes a study's summary files and returns
+    them; it is not a report); it goes in the next release."""
+    warnings.warn("mechtrunc.studies.study_report is now summarise_study (same arguments, same result); "
+                  "the old name goes in the next release", DeprecationWarning, stacklevel=2)
+    return summarise_study(*args, **kwargs)
 
 
 def _heatmap(*args, **kwargs):

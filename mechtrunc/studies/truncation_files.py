@@ -1,7 +1,7 @@
 """The directory of a truncation study: every file's name, its writer and its reader.
 
 This is the one module that knows the files of a truncation study (:func:`~mechtrunc.studies.grid.truncation_study`,
-:func:`~mechtrunc.studies.summary.study_report`, :func:`~mechtrunc.studies.grid.heldout_configuration`,
+:func:`~mechtrunc.studies.summary.summarise_study`, :func:`~mechtrunc.studies.grid.heldout_configuration`,
 ``mechtrunc pythia truncate``); the studies evaluate and hand their results to
 :class:`TruncationDirectory`, and the report reads them back with :meth:`TruncationDirectory.read`.
 
@@ -11,7 +11,7 @@ This is the one module that knows the files of a truncation study (:func:`~mecht
 - ``truncation.csv`` / ``truncation.parquet``: the table;
 - ``svd_cache/``: the engine's cached decompositions;
 - ``heatmap_<metric>.png``, ``best.json``, ``attribution_change.csv``,
-  ``attribution_change_by_layer.csv``: the summary of :func:`~mechtrunc.studies.summary.study_report`;
+  ``attribution_change_by_layer.csv``: the summary of :func:`~mechtrunc.studies.summary.summarise_study`;
 - ``heldout.csv``: the held-out choice (``heldout_configuration(..., out=)``, ``pythia truncate --heldout``).
 """
 
@@ -38,7 +38,7 @@ __all__ = ["TruncationDirectory", "TruncationSummary", "study_settings", "Trunca
 TABLE = "truncation"
 #: the engine's cached decompositions
 SVD_CACHE = "svd_cache"
-#: the best configuration, its metrics and their intervals (:func:`~mechtrunc.studies.study_report`)
+#: the best configuration, its metrics and their intervals (:func:`~mechtrunc.studies.summarise_study`)
 BEST_FILE = "best.json"
 #: the best configuration's attribution change, per component and summed per layer and kind
 ATTRIBUTION_FILE = "attribution_change.csv"
@@ -71,7 +71,7 @@ def study_settings(model, prompts, grid, info: dict | None = None) -> dict:
 # ----------------------------------------------------------------------------------------
 @dataclass
 class TruncationSummary:
-    """What :func:`~mechtrunc.studies.study_report` returns: ``best`` (the content of
+    """What :func:`~mechtrunc.studies.summarise_study` returns: ``best`` (the content of
     ``best.json``: ``best``, ``intervention``, ``full``, ``truncated`` and, with per-item values,
     ``intervals``), the ``attribution`` change per component and ``attribution_by_layer``, and
     the ``paths`` written (``heatmap``, ``best``, ``attribution``, ``attribution_by_layer``)."""
