@@ -64,9 +64,9 @@ from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int
 from mechtrunc.adapters import ModelAdapter, adapt
 from mechtrunc.interventions import Intervention, batch_rows, intervene
-from mechtrunc.metrics import item_metrics
+from mechtrunc.metrics import check_bootstrap, item_metrics
 from mechtrunc.patching import (
-    baseline, check_bootstrap, effect_intervals, gap_attrs, normalised_effect, paired_prompts, plan_rows,
+    baseline, effect_intervals, gap_attrs, normalised_effect, paired_prompts, plan_rows,
     position_groups, raw_change, scan_metric,
 )
 from mechtrunc.prompts import PromptSet
@@ -117,7 +117,7 @@ def _check_common(adapter, clean, corrupted, metric, direction, method, steps, b
     steps = as_int(steps, "steps")
     if steps < 1:
         raise ValueError(f"steps must be >= 1 (interpolation steps of EAP-IG), got {steps}")
-    check_bootstrap(n_boot, level)
+    check_bootstrap(n_boot, level, allow_zero=True)
     bs = as_int(batch_size, "batch_size")
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")

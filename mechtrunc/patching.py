@@ -534,8 +534,6 @@ scan_metric = _metric
 position_groups = _groups
 #: the (site, layer, head, group) rows of a scan and the sites skipped (absent at a layer)
 plan_rows = _plan
-#: ValueError unless ``n_boot`` is a non-negative integer and ``level`` in (0, 1)
-check_bootstrap = _check_boot
 #: the clean and corrupted means, the gap with its paired interval and whether it is resolved
 baseline = _baseline
 #: the gap attributes of a scan table
