@@ -10,6 +10,7 @@ the adapter gives are the hooks the models have.
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 from pathlib import Path
 
@@ -225,3 +226,42 @@ def test_sizes_and_capabilities_come_from_the_adapter(random_toy, neox_bridge):
     with pytest.raises(ValueError, match=r"directions must have shape \[n, 128\] for site 'mlp_pre'"):
         with mt.intervene(random_toy, mt.ProjectOut("mlp_pre", 0, torch.randn(2, 32))):
             pass
+
+
+def test_residual_readers_and_split_inputs_come_from_the_adapter(random_toy, neox_bridge):
+    from mechtrunc.dynamics.minimal import MinimalConfig, MinimalModel
+    from mechtrunc.memory import LinearMemory, MemoryConfig
+
+    toy, neox = adapt(random_toy), adapt(neox_bridge)
+    minimal = adapt(MinimalModel(MinimalConfig(d_model=16, embeddings="gaussian", seq_len=8, seed=0)))
+    mem = adapt(LinearMemory(MemoryConfig(n_inputs=8, n_outputs=8, d=16)))
+    assert toy.residual_readers == neox.residual_readers == ("q", "k", "v", "mlp")
+    assert (minimal.residual_readers, minimal.embed_writes_residual, mem.residual_readers) == (("mlp",), False, ())
+    assert toy.embed_writes_residual and neox.embed_writes_residual
+    # the toy (no LayerNorm) reads through its projections, a bridge at its split inputs
+    hook, W = toy.residual_reader("k", 1)
+    assert hook == "blocks.1.attn.hook_k" and torch.equal(W, toy.matrix("attn.W_K", 1).get())
+    hook, W = toy.residual_reader("mlp", 0)
+    assert hook == "blocks.0.mlp.hook_pre" and torch.equal(W, toy.matrix("mlp.W_in", 0).get())
+    hook, W = minimal.residual_reader("mlp", 0)
+    assert hook == "blocks.0.hook_mlp_out" and torch.equal(W, minimal.matrix("mlp.W_out", 0).get())
+    assert neox.residual_reader("v", 2) == ("blocks.2.attn.hook_v_input", None)
+    assert neox.residual_reader("mlp", 0) == ("blocks.0.hook_mlp_in", None)
+    with pytest.raises(ValueError, match=r"unknown reader 'q'; valid: mlp$"):
+        minimal.residual_reader("q", 0)
+    with pytest.raises(ValueError, match="this memory model is not a residual stream of heads and MLPs"):
+        mem.residual_reader("mlp", 0)
+    # split inputs: live inside the block only, the bridge's flags restored after
+    assert not toy.has_split_inputs and neox.has_split_inputs
+    with pytest.raises(ValueError, match="this toy model has no split query/key/value-input and MLP-input hooks"):
+        with toy.split_inputs():
+            pass
+    flags = (neox_bridge.cfg.use_split_qkv_input, neox_bridge.cfg.use_hook_mlp_in)
+    seen = {}
+    names = [neox.hook_name(n, 1) for n in ("q_input", "k_input", "v_input", "mlp_in")]
+    with neox.split_inputs(), contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(neox.hooked(name, lambda act, name=name: seen.__setitem__(name, act.shape)))
+        neox_bridge(torch.zeros(1, 5, dtype=torch.long))
+    assert (neox_bridge.cfg.use_split_qkv_input, neox_bridge.cfg.use_hook_mlp_in) == flags
+    assert seen == {names[0]: (1, 5, 4, 64), names[1]: (1, 5, 4, 64), names[2]: (1, 5, 4, 64), names[3]: (1, 5, 64)}
