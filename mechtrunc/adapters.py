@@ -63,12 +63,19 @@ _LAYER_HOOK = {
     "v": "blocks.{l}.attn.hook_v",
     "attn_scores": "blocks.{l}.attn.hook_attn_scores",
     "pattern": "blocks.{l}.attn.hook_pattern",
+    # a bridge's split inputs (live inside BridgeAdapter.split_inputs): each head's query, key and
+    # value input and the MLP's input, the residual stream as each reader sees it
+    "q_input": "blocks.{l}.attn.hook_q_input",
+    "k_input": "blocks.{l}.attn.hook_k_input",
+    "v_input": "blocks.{l}.attn.hook_v_input",
+    "mlp_in": "blocks.{l}.hook_mlp_in",
 }
 #: ... and the model's own (no layer)
 _MODEL_HOOK = {
     "embed": "hook_embed",
     "pos_embed": "hook_pos_embed",
     "final_scale": "ln_final.hook_scale",  # the final LayerNorm's scale
+    "prev_embed": "hook_prev_embed",  # the minimal model's previous-token embedding
 }
 #: per-head products seen as matrix sites: ``name -> (the two factors)``; an edit rewrites the second
 _HEAD_PRODUCTS = {"attn.OV": ("attn.W_V", "attn.W_O")}
@@ -245,9 +252,10 @@ class ModelAdapter(ABC):
     def hook_name(self, name: str, layer: int | None = None) -> str:
         """The hook point of ``name`` (TransformerLens' legacy names): with a ``layer``, one of
         that layer's: the activation sites (:data:`SITES`: ``resid_pre``, ``attn_out``,
-        ``mlp_out``, ``z``...) and ``q``, ``k``, ``v``, ``attn_scores``, ``pattern``; without,
-        one of the model's: ``embed``, ``pos_embed``, ``final_scale`` (the final LayerNorm's
-        scale).  Only the name: whether the model has that hook is :meth:`has_hook`'s question
+        ``mlp_out``, ``z``...) and ``q``, ``k``, ``v``, ``attn_scores``, ``pattern``, a bridge's
+        split inputs ``q_input``, ``k_input``, ``v_input``, ``mlp_in`` (:meth:`split_inputs`);
+        without, one of the model's: ``embed``, ``pos_embed``, ``final_scale`` (the final
+        LayerNorm's scale), ``prev_embed`` (the minimal model's previous-token embedding).  Only the name: whether the model has that hook is :meth:`has_hook`'s question
         (:meth:`site_hook` checks an intervention's site)."""
         if layer is None:
             if name not in _MODEL_HOOK:
@@ -281,6 +289,47 @@ class ModelAdapter(ABC):
         if not isinstance(n, int):
             raise ValueError(f"this {self.kind} model has no MLP hidden layer of known width")
         return n
+
+    # --- the residual stream as a graph of writers and readers (edge attribution) -----------
+    #: the readers of the residual stream in each layer, in order: ``"q"``, ``"k"``, ``"v"`` (each
+    #: head's query, key and value input), ``"mlp"`` (the MLP's input, where the layer has one);
+    #: empty where the model is not a residual stream of heads and MLPs with readers it can name
+    residual_readers: tuple[str, ...] = ()
+    #: whether the token embedding (hook ``embed``) is a writer of the residual stream (an edge
+    #: sender) that every reader and the logits read
+    embed_writes_residual = True
+    #: whether the readers' hooks (:meth:`residual_reader`) are split-input hooks that fire only
+    #: inside :meth:`split_inputs`
+    has_split_inputs = False
+
+    def residual_reader(self, reader: str, layer: int) -> tuple[str, Tensor | None]:
+        """Where ``reader`` (one of :attr:`residual_readers`) of layer ``layer`` reads the residual
+        stream: the hook whose gradient is taken and the matrix ``[d_model, d_out]`` that maps the
+        residual stream linearly onto that hook's activation (for ``q``, ``k``, ``v``: ``d_out =
+        n_heads * d_head``, the hook splitting heads in its last two dimensions), or None where
+        the hook holds the reader's input itself.  The matrix is read now: inside an intervention
+        block it is the edited one."""
+        if not self.residual_readers:
+            raise ValueError(f"this {self.kind} model is not a residual stream of heads and MLPs whose readers "
+                             "mechtrunc knows")
+        if reader not in self.residual_readers:
+            raise ValueError(f"unknown reader {reader!r}; valid: {', '.join(self.residual_readers)}")
+        layer = self.check_layer(layer)
+        if reader == "mlp" and not self.has_mlp(layer):
+            raise ValueError(f"layer {layer} has no MLP, so reader 'mlp' does not exist")
+        return self._residual_reader(reader, layer)
+
+    def _residual_reader(self, reader: str, layer: int) -> tuple[str, Tensor | None]:
+        """:meth:`residual_reader` of a validated reader and layer."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def split_inputs(self):
+        """Inside the block the model's split-input hooks (``q_input``, ``k_input``, ``v_input``,
+        ``mlp_in`` of :meth:`hook_name`) fire; its flags are restored after.  Where
+        :attr:`has_split_inputs` is false the model has none: a ValueError says so."""
+        raise ValueError(f"this {self.kind} model has no split query/key/value-input and MLP-input hooks")
+        yield  # pragma: no cover  (a generator: the context manager protocol)
 
     # --- weights -------------------------------------------------------------------------
     def matrix(self, name: str, layer: int) -> MatrixSite:
@@ -420,6 +469,38 @@ class BridgeAdapter(ModelAdapter):
 
     def mlp_input_site(self, layer: int) -> str:
         return "resid_pre" if getattr(self.model.cfg, "parallel_attn_mlp", False) else "resid_mid"
+
+    residual_readers = ("q", "k", "v", "mlp")
+    has_split_inputs = True
+
+    def _residual_reader(self, reader, layer):
+        # a LayerNorm stands between the residual stream and each projection: read the split inputs
+        return self.hook_name("mlp_in" if reader == "mlp" else f"{reader}_input", layer), None
+
+    @contextlib.contextmanager
+    def split_inputs(self):
+        """Switch on TransformerLens' split query/key/value-input and MLP-input hooks (and off
+        its combined attention input, which excludes them), restoring the flags after.  A bridge
+        whose attention does not split its inputs per head (GPT-J) is refused with a ValueError."""
+        m, cfg = self.model, self.model.cfg
+        changed = []
+        try:
+            if getattr(cfg, "use_attn_in", False):
+                m.set_use_attn_in(False)
+                changed.append((m.set_use_attn_in, True))
+            for flag, setter in (("use_split_qkv_input", m.set_use_split_qkv_input),
+                                 ("use_hook_mlp_in", m.set_use_hook_mlp_in)):
+                if not getattr(cfg, flag):
+                    try:
+                        setter(True)
+                    except NotImplementedError as e:
+                        raise ValueError(f"this bridge's attention does not expose each head's query/key/value "
+                                         f"input and each MLP's input ({flag}: {e})") from None
+                    changed.append((setter, False))
+            yield
+        finally:
+            for setter, value in reversed(changed):
+                setter(value)
 
     def _matrix(self, name, layer):
         self.check_kv(name)

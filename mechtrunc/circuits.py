@@ -86,29 +86,14 @@ FAITHFULNESS_COLUMNS = ("n_edges", "total_edges", "ablation", "metric", "value",
 #: metrics whose gradient is zero almost everywhere (a step function of the logits)
 _FLAT_METRICS = ("accuracy", "acc_vs_")
 
-# hook names the adapter does not (yet) name: the only hand-written ones of this module
-_HOOKS = {
-    "embed": "hook_embed", "pos_embed": "hook_pos_embed", "prev_embed": "hook_prev_embed",
-    "q": "blocks.{l}.attn.hook_q", "k": "blocks.{l}.attn.hook_k", "v": "blocks.{l}.attn.hook_v",
-    "q_input": "blocks.{l}.attn.hook_q_input", "k_input": "blocks.{l}.attn.hook_k_input",
-    "v_input": "blocks.{l}.attn.hook_v_input", "mlp_in": "blocks.{l}.hook_mlp_in",
-}
-
-
-def _hook(adapter: ModelAdapter, what: str, layer: int | None = None) -> str:
-    """The hook name of a site (through the adapter) or of an input / reader point."""
-    if what in SITES:
-        return adapter.site_hook(what, layer)
-    return _HOOKS[what].format(l=layer)
-
 
 def _input_hooks(adapter: ModelAdapter) -> list[str]:
     """The hooks holding the model's input embeddings (what EAP-IG on inputs interpolates)."""
-    names = [_hook(adapter, "embed")]
+    names = [adapter.hook_name("embed")]
     if adapter.has_pos_embed():
-        names.append(_hook(adapter, "pos_embed"))
-    if _hook(adapter, "prev_embed") in getattr(adapter.model, "hook_dict", {}):
-        names.append(_hook(adapter, "prev_embed"))
+        names.append(adapter.hook_name("pos_embed"))
+    if adapter.has_hook(adapter.hook_name("prev_embed")):
+        names.append(adapter.hook_name("prev_embed"))
     return names
 
 
@@ -405,42 +390,37 @@ class _Reader:
     weight: Tensor | None  # the input -> hook map [d_model, d_out] when the hook is past it (no LayerNorm)
 
 
-def _edge_graph(adapter: ModelAdapter) -> tuple[list[_Writer], list[_Reader], bool]:
-    """Writers and readers of the residual stream on this model, and whether the model's own
-    split reader hooks (bridges) are used."""
-    kind, L = adapter.kind, adapter.n_layers
-    if kind not in ("bridge", "toy", "minimal"):
+def _edge_graph(adapter: ModelAdapter) -> tuple[list[_Writer], list[_Reader]]:
+    """Writers and readers of the residual stream on this model (the capabilities its adapter
+    declares: :attr:`~mechtrunc.adapters.ModelAdapter.residual_readers`,
+    :meth:`~mechtrunc.adapters.ModelAdapter.residual_reader`, ``embed_writes_residual``)."""
+    L = adapter.n_layers
+    if not adapter.residual_readers:
         raise ValueError(f"edge attribution needs a model with a residual stream of heads and MLPs (a toy model, "
-                         f"the minimal model or a TransformerBridge), not a {kind} model")
-    split = kind == "bridge"
-    writers = [] if kind == "minimal" else [_Writer("embed", None, None, _hook(adapter, "embed"), "embed")]
+                         f"the minimal model or a TransformerBridge), not a {adapter.kind} model")
+    writers = []
+    if adapter.embed_writes_residual:
+        writers.append(_Writer("embed", None, None, adapter.hook_name("embed"), "embed"))
     readers: list[_Reader] = []
     for l in range(L):
         for h in range(adapter.n_heads):
-            writers.append(_Writer(f"L{l}H{h}", l, h, _hook(adapter, "z", l), "head"))
+            writers.append(_Writer(f"L{l}H{h}", l, h, adapter.hook_name("z", l), "head"))
         if adapter.has_mlp(l):
-            writers.append(_Writer(f"L{l}.mlp", l, None, _hook(adapter, "mlp_out", l), "mlp"))
-        if kind != "minimal":
-            for q in ("q", "k", "v"):
-                W = None
-                if not split:
-                    W = adapter.matrix(f"attn.W_{q.upper()}", l).get().detach().reshape(
-                        adapter.d_model, adapter.n_heads, adapter.d_head)
-                for h in range(adapter.n_heads):
-                    readers.append(_Reader(f"L{l}H{h}.{q}", q, l, h,
-                                           _hook(adapter, f"{q}_input" if split else q, l),
-                                           None if W is None else W[:, h].float().cpu()))
-        if adapter.has_mlp(l):
-            if split:
-                readers.append(_Reader(f"L{l}.mlp", "mlp", l, None, _hook(adapter, "mlp_in", l), None))
-            elif kind == "toy":
-                W = adapter.matrix("mlp.W_in", l).get().detach().float().cpu()
-                readers.append(_Reader(f"L{l}.mlp", "mlp", l, None, _hook(adapter, "mlp_pre", l), W))
-            else:  # minimal: the FF is x @ W_F, seen at its output
-                W = adapter.matrix("mlp.W_out", l).get().detach().float().cpu()
-                readers.append(_Reader(f"L{l}.mlp", "mlp", l, None, _hook(adapter, "mlp_out", l), W))
-    readers.append(_Reader("logits", "logits", None, None, _hook(adapter, "resid_post", L - 1), None))
-    return writers, readers, split
+            writers.append(_Writer(f"L{l}.mlp", l, None, adapter.hook_name("mlp_out", l), "mlp"))
+        for part in adapter.residual_readers:  # q, k, v (per head), mlp
+            if part == "mlp" and not adapter.has_mlp(l):
+                continue
+            hook, W = adapter.residual_reader(part, l)
+            if part == "mlp":
+                readers.append(_Reader(f"L{l}.mlp", "mlp", l, None, hook, None if W is None else W.float().cpu()))
+                continue
+            if W is not None:
+                W = W.reshape(adapter.d_model, adapter.n_heads, adapter.d_head)
+            for h in range(adapter.n_heads):
+                readers.append(_Reader(f"L{l}H{h}.{part}", part, l, h, hook,
+                                       None if W is None else W[:, h].float().cpu()))
+    readers.append(_Reader("logits", "logits", None, None, adapter.hook_name("resid_post", L - 1), None))
+    return writers, readers
 
 
 def _feeds(adapter, w: _Writer, r: _Reader) -> bool:
@@ -452,31 +432,17 @@ def _feeds(adapter, w: _Writer, r: _Reader) -> bool:
 
 
 @contextlib.contextmanager
-def _split_hooks(adapter, on: bool):
-    """Switch a bridge's split query/key/value-input and MLP-input hooks on, restoring its flags."""
-    if not on:
+def _reader_hooks(adapter: ModelAdapter):
+    """The readers' hooks live for the block: a bridge's split query/key/value-input and
+    MLP-input hooks switched on (:meth:`~mechtrunc.adapters.ModelAdapter.split_inputs`)."""
+    with contextlib.ExitStack() as stack:
+        if adapter.has_split_inputs:
+            try:
+                stack.enter_context(adapter.split_inputs())
+            except ValueError as e:
+                raise ValueError(f"edge attribution reads each head's query/key/value input and each MLP's "
+                                 f"input: {e}") from None
         yield
-        return
-    m, cfg = adapter.model, adapter.model.cfg
-    attn_in = bool(getattr(cfg, "use_attn_in", False))  # exclusive with the split inputs
-    changed = []
-    try:
-        if attn_in:
-            m.set_use_attn_in(False)
-            changed.append((m.set_use_attn_in, True))
-        for flag, setter in (("use_split_qkv_input", m.set_use_split_qkv_input),
-                             ("use_hook_mlp_in", m.set_use_hook_mlp_in)):
-            if not getattr(cfg, flag):
-                try:
-                    setter(True)
-                except NotImplementedError as e:
-                    raise ValueError(f"edge attribution reads each head's query/key/value input and each MLP's "
-                                     f"input, which this bridge's attention does not expose ({flag}: {e})") from None
-                changed.append((setter, False))
-        yield
-    finally:
-        for setter, value in reversed(changed):
-            setter(value)
 
 
 def _head_W_O(adapter, writers: list[_Writer]) -> dict[int, Tensor]:
@@ -528,10 +494,10 @@ def edge_attribution(
     dirs = ("denoising", "noising") if direction == "both" else (direction,)
     deltas, reader_grads = {}, {}
     with intervene(adapter, *interventions):  # the graph's weights are the edited ones
-        writers, readers, split = _edge_graph(adapter)
+        writers, readers = _edge_graph(adapter)
         record = sorted({w.hook for w in writers})
         grad = sorted({r.hook for r in readers})
-        with _split_hooks(adapter, split):
+        with _reader_hooks(adapter):
             pc, pk, grads, passes = _gradients(adapter, clean, corrupted, metric, bs, record, grad, direction,
                                                method, steps)
         W_O = {k: v.cpu() for k, v in _head_W_O(adapter, writers).items()}
@@ -622,7 +588,7 @@ def circuit_faithfulness(
                                              "denoising", "atp", 1, batch_size, n_boot, level, interventions)
     values = []
     with intervene(adapter, *interventions):  # the graph's weights are the edited ones
-        writers, readers, split = _edge_graph(adapter)
+        writers, readers = _edge_graph(adapter)
         wl, rl = {w.label: w for w in writers}, {r.label: r for r in readers}
         graph = [(w.label, r.label) for w in writers for r in readers if _feeds(adapter, w, r)]
         known = set(graph)
@@ -638,7 +604,7 @@ def circuit_faithfulness(
         ranked = top_edges(edges, total)
         record = sorted({w.hook for w in writers})
         W_O = _head_W_O(adapter, writers)
-        with _split_hooks(adapter, split):
+        with _reader_hooks(adapter):
             pc = _run(adapter, clean.tokens, clean, metric, bs)
             pk = _run(adapter, corrupted.tokens, clean, metric, bs, record=record)
             repl = {w.label: _writer_values(w, pk.acts, {k: v.cpu() for k, v in W_O.items()}) for w in writers}

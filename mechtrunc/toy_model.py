@@ -235,6 +235,14 @@ class ToyAdapter(ModelAdapter):
     def has_mlp(self, layer: int) -> bool:
         return self.model.blocks[layer].mlp is not None
 
+    residual_readers = ("q", "k", "v", "mlp")
+
+    def _residual_reader(self, reader, layer):
+        # no LayerNorm: each reader's hook is its projection of the residual stream
+        if reader == "mlp":
+            return self.hook_name("mlp_pre", layer), self.matrix("mlp.W_in", layer).get().detach()
+        return self.hook_name(reader, layer), self.matrix(f"attn.W_{reader.upper()}", layer).get().detach()
+
     def _matrix(self, name, layer):
         block, h, d, dh = self.model.blocks[layer], self.n_heads, self.d_model, self.d_head
         hook = self.out_hook(name, layer)

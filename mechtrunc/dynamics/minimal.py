@@ -304,6 +304,16 @@ class MinimalAdapter(ModelAdapter):
         """The FF reads ``r_t`` (``resid_pre``) in parallel blocks, ``r_t + o_t`` in sequential ones."""
         return "resid_mid" if self.model.cfg.ff == "sequential" else "resid_pre"
 
+    # the attention has no query/key/value projection to read through: the FF is the one reader
+    residual_readers = ("mlp",)
+    # the logits read only the two memories' outputs (no direct path from the embeddings): its
+    # edges are head -> FF and each memory -> logits
+    embed_writes_residual = False
+
+    def _residual_reader(self, reader, layer):
+        # the FF is x @ W_F, seen at its output
+        return self.hook_name("mlp_out", layer), self.matrix("mlp.W_out", layer).get().detach()
+
 
 def _trigger_ids(model: MinimalModel, task: RecallTask) -> Tensor:
     if task.config.fixed_triggers:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mechtrunc.report.context import Context
-from mechtrunc.report.page import Section, esc, html_table, note
+from mechtrunc.report.page import Section, fragment, html_table, note
 
 __all__ = ["SECTIONS", "node_label", "chosen_steps"]
 
@@ -51,9 +51,9 @@ def heatmap_section(ctx: Context) -> Section:
     metric = r.nodes["metric"].iloc[0]
     method = r.study.get("method", "atp")
     s = Section("circuit-heatmap", "Node scores over training",
-                intro=f"Each head's and MLP's estimated change of {esc(metric)} when its activation is moved from the "
-                      f"corrupted run to the clean one ({esc(str(r.study.get('direction', 'denoising')))}, all "
-                      f"positions; {esc(method)}{'' if method == 'atp' else ', ' + str(r.study.get('ig_steps')) + ' steps'}"
+                intro=f"Each head's and MLP's estimated change of {metric} when its activation is moved from the "
+                      f"corrupted run to the clean one ({r.study.get('direction', 'denoising')}, all "
+                      f"positions; {method}{'' if method == 'atp' else ', ' + str(r.study.get('ig_steps')) + ' steps'}"
                       "), at every checkpoint (columns, equally spaced). Red raises the metric, blue lowers it.")
     zmax = float(wide.abs().max().max() or 1.0)
     fig = go.Figure(go.Heatmap(z=wide.to_numpy(), x=[str(c) for c in wide.columns], y=list(wide.index),
@@ -92,7 +92,7 @@ def ledger_section(ctx: Context) -> Section:
     ev = evidence_by_step(r.ledger)
     ot = overtaking_step(r.ledger)
     s = Section("circuit-ledger", "Attention's evidence against the MLPs' generic push",
-                intro=f"The margin logit(answer) - logit({esc(str(generic))}) split into direct contributions "
+                intro=f"The margin logit(answer) - logit({generic}) split into direct contributions "
                       "(direct logit attribution through the final layer norm): attention's evidence for the answer "
                       "(every head and attention bias) and the MLPs' push towards the generic token (minus their "
                       "summed contribution), mean over the prompts at every checkpoint.")
@@ -114,10 +114,11 @@ def ledger_section(ctx: Context) -> Section:
         text = "Attention's evidence is not above the MLPs' push at the last checkpoint: it never overtakes for good."
     else:
         bound = lambda v: "never" if v is None else str(v)  # noqa: E731
-        text = (f"Attention's evidence overtakes the MLPs' generic push for good at step <b>{ot['step']}</b> "
-                f"({lvl}% interval over the prompts: {bound(ot['low'])} to {bound(ot['high'])}; "
-                f"{ot['n_boot']} resamples of the {ot['n_sequences']} prompt sequences, the same at every step; "
-                f"{100 * ot['never']:.0f}% of them never overtake).")
+        text = fragment("Attention's evidence overtakes the MLPs' generic push for good at step <b>{step}</b> "
+                        "({lvl}% interval over the prompts: {low} to {high}; {n_boot} resamples of the {n_seq} prompt "
+                        "sequences, the same at every step; {never:.0f}% of them never overtake).",
+                        step=ot["step"], lvl=lvl, low=bound(ot["low"]), high=bound(ot["high"]), n_boot=ot["n_boot"],
+                        n_seq=ot["n_sequences"], never=100 * ot["never"])
     return s.add(note(text), fig, html_table(ev))
 
 

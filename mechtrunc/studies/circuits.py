@@ -65,10 +65,8 @@ ATTENTION_KINDS, MLP_KINDS = ("head", "attn_bias"), ("mlp",)
 
 
 def _store(out, sub: str | None = None) -> ShardStore:
-    store = ShardStore(out)
-    if sub is not None:
-        store.dir = Path(out) / sub
-    return store
+    """The shards of ``sub`` (None: the node shards, ``shards/``)."""
+    return ShardStore(Path(out) / (sub or "shards"))
 
 
 class ToyCheckpoints(CheckpointDirectory):
