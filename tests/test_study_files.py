@@ -26,6 +26,7 @@ OWNERS = {
     "studies/checkpoint_files.py": ("shards", "running", "checkpoints.png", "heldout_by_step.csv", "intervals.csv"),
     "studies/lm_files.py": ("curves.csv", "grid_final.csv", "grid_competition.csv", "attribution.csv",
                             "where_the.csv", "ledger.csv"),
+    "studies/circuits.py": ("edge_shards", "ledger_shards", "nodes.parquet", "edges.parquet", "ledger.parquet"),
 }
 #: table files composed by their owner from a stem (``write_tables``): written as a whole nowhere
 COMPOSED = ("truncation.csv", "truncation.parquet", "checkpoints.csv", "checkpoints.parquet")

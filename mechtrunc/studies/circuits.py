@@ -38,6 +38,7 @@ from mechtrunc._choices import ATTRIBUTION_METHODS, CIRCUIT_TASKS, DEFAULT_IG_ST
 from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
+from mechtrunc.studies.checkpoint_files import SHARDS
 from mechtrunc.studies.checkpoints import CheckpointDirectory, gpus_for
 from mechtrunc.studies.store import (
     ShardStore, atomic_write_parquet, check_meta, prompts_fingerprint, write_tables,
@@ -66,7 +67,7 @@ ATTENTION_KINDS, MLP_KINDS = ("head", "attn_bias"), ("mlp",)
 
 def _store(out, sub: str | None = None) -> ShardStore:
     """The shards of ``sub`` (None: the node shards, ``shards/``)."""
-    return ShardStore(Path(out) / (sub or "shards"))
+    return ShardStore(Path(out) / (sub or SHARDS))
 
 
 class ToyCheckpoints(CheckpointDirectory):
