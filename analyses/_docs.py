@@ -316,10 +316,11 @@ def render_lm_ioi_runs(df: pd.DataFrame) -> str:
         cell = lambda m: _pm(r[f"gain_{m}"], r[f"gain_{m}_low"], r[f"gain_{m}_high"])  # noqa: E731
         rows.append([r["run"], _tokens(r["reached_tokens"]), f"{r['acc_vs_subject']:.2f}", f"{r['p_answer']:.3f}",
                      f"{r['p_subject']:.4f}", f"{r['p_the']:.3f}", r["choice"], f"{r['loss_increase']:+.3f}",
-                     cell("p_answer"), cell("p_subject"), cell("p_the"), cell("acc_vs_subject")])
+                     cell("p_answer"), cell("p_subject"), cell("p_the"), cell("acc_vs_subject"),
+                     f"{-r['gain_p_answer'] / r['gain_p_the']:.2f}" if r["gain_p_the"] < 0 else "-"])
     return table(["run", "tokens to IO-vs-S 0.8", "IO-vs-S accuracy", "P(IO)", "P(S)", "P(\" the\")",
                   "chosen on select prompts", "corpus loss change", "change of P(IO) on eval prompts [95% CI]",
-                  "P(S)", "P(\" the\")", "IO-vs-S accuracy"], rows)
+                  "P(S)", "P(\" the\")", "IO-vs-S accuracy", "P(IO) gained per unit of P(\" the\") removed"], rows)
 
 
 #: block name -> (CSV in docs/data, renderer) of docs/lm.md's IOI dose-response (analyses/lm_ioi.py)
