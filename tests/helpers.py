@@ -81,3 +81,19 @@ def dir_snapshot(directory: str | os.PathLike) -> dict[str, tuple[bytes, int]]:
     root = Path(directory)
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
             for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def random_prompts(vocab: int, n: int = 5, T: int = 9, seed: int = 0, names=("the", "x")):
+    """Random prompts for equality tests across architectures: read positions anywhere, two items
+    on some sequences, two competitors named ``names``."""
+    import torch
+
+    import mechtrunc as mt
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (n, T), generator=g)
+    rows = torch.cat([torch.arange(n), torch.tensor([0, n - 1])])
+    pos = torch.cat([torch.randint(2, T, (n,), generator=g), torch.tensor([1, T - 3])])
+    k = len(rows)
+    return mt.PromptSet(tokens=tokens, rows=rows, pos=pos, answer=torch.randint(0, vocab, (k,), generator=g),
+                        competitors=torch.randint(0, vocab, (k, 2), generator=g), competitor_names=tuple(names))

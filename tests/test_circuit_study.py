@@ -265,8 +265,10 @@ def test_submitit_local_executor_same_tables(toy_ckpts, toy_study, tmp_path):
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = old
+    # the same tables; float sums in a worker process with its own thread count may differ in
+    # the last bits (measured: 3.6e-8 where the in-process value is exactly 0), so within 1e-6
     for a, b in zip(t, local):
-        pd.testing.assert_frame_equal(a, b)
+        pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, atol=1e-6)
 
 
 def test_command_line_from_toy_training_to_the_study(tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch
 import mechtrunc as mt
 from mechtrunc import engine
 from mechtrunc.adapters import adapt
+from helpers import random_prompts
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -19,14 +20,7 @@ FAST = ("mlp.W_in", "mlp.W_out", "attn.W_V", "attn.W_O", "attn.OV")
 
 
 def _prompts(vocab: int, n: int = 5, T: int = 9, seed: int = 0) -> mt.PromptSet:
-    """Random prompts, read positions anywhere, two items on some sequences."""
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (n, T), generator=g)
-    rows = torch.cat([torch.arange(n), torch.tensor([0, n - 1])])
-    pos = torch.cat([torch.randint(2, T, (n,), generator=g), torch.tensor([1, T - 3])])
-    k = len(rows)
-    return mt.PromptSet(tokens=tokens, rows=rows, pos=pos, answer=torch.randint(0, vocab, (k,), generator=g),
-                        competitors=torch.randint(0, vocab, (k, 2), generator=g), competitor_names=("the", "x"))
+    return random_prompts(vocab, n, T, seed)
 
 
 def check(model, prompts, truncations, fast=True, tol=1e-5, **kw):

@@ -15,6 +15,7 @@ from mechtrunc import engine
 from mechtrunc.adapters import adapt
 from mechtrunc.metrics import metrics_from_logits
 from mechtrunc.testing import tiny_bridge
+from helpers import random_prompts
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,13 +53,7 @@ def llama_gqa(small_tokenizer_dir):
 
 
 def _prompts(vocab: int = 512, n: int = 5, T: int = 9, seed: int = 0) -> mt.PromptSet:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (n, T), generator=g)
-    rows = torch.cat([torch.arange(n), torch.tensor([0, n - 1])])
-    pos = torch.cat([torch.randint(2, T, (n,), generator=g), torch.tensor([1, T - 3])])
-    k = len(rows)
-    return mt.PromptSet(tokens=tokens, rows=rows, pos=pos, answer=torch.randint(0, vocab, (k,), generator=g),
-                        competitors=torch.randint(0, vocab, (k, 2), generator=g), competitor_names=("a", "b"))
+    return random_prompts(vocab, n, T, seed, names=("a", "b"))
 
 
 @torch.no_grad()
