@@ -320,8 +320,10 @@ class ModelAdapter(ABC):
         return self._residual_reader(reader, layer)
 
     def _residual_reader(self, reader: str, layer: int) -> tuple[str, Tensor | None]:
-        """:meth:`residual_reader` of a validated reader and layer."""
-        raise NotImplementedError
+        """:meth:`residual_reader` of a validated reader and layer (an adapter that declares
+        :attr:`residual_readers` says here how each reads the residual stream)."""
+        raise ValueError(f"this {self.kind} model declares the residual readers {self.residual_readers} but not "
+                         f"how {reader!r} reads the residual stream")
 
     @contextlib.contextmanager
     def split_inputs(self):

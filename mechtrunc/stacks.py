@@ -132,7 +132,7 @@ class TransformerStack(Stack):
 
     def mlp_gate(self, l: int, x: Tensor) -> Tensor:
         """``x @ W_gate + b_gate`` of a gated MLP."""
-        raise NotImplementedError(f"{type(self).__name__} has no gated MLP")
+        raise ValueError(f"{type(self).__name__} has no gated MLP (mlp.W_gate exists only in the Llama family)")
 
     def has_mlp(self, l: int) -> bool:
         return True
