@@ -96,6 +96,15 @@ class _StudyResult(_Result):
         """``study.json``'s ``info`` entry (model name, revision, task...)."""
         return self.study.get("info", {}) or {}
 
+    def _steps_summary(self, title: str) -> str:
+        """The notebook summary of a study over training steps: directory, model, steps, whether
+        it is complete, and its table (``self.table``)."""
+        lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
+                 f"steps: {', '.join(str(s) for s in sorted(set(self.table['step'].tolist())))}"]
+        if self.incomplete:
+            lines.append(f"INCOMPLETE: {self.incomplete}")
+        return _html_summary(title, lines, self.table)
+
 
 @dataclass
 class ToyRun(_Result):
@@ -219,11 +228,7 @@ class CheckpointResults(_StudyResult):
     items: object = None  # per-item side table (items.parquet or the finished steps' item shards), or None
 
     def _repr_html_(self) -> str:
-        lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
-                 f"steps: {', '.join(str(s) for s in sorted(set(self.table['step'].tolist())))}"]
-        if self.incomplete:
-            lines.append(f"INCOMPLETE: {self.incomplete}")
-        return _html_summary("mechtrunc checkpoint study", lines, self.table)
+        return self._steps_summary("mechtrunc checkpoint study")
 
 
 @dataclass
@@ -244,11 +249,7 @@ class CircuitResults(_StudyResult):
         return self.nodes
 
     def _repr_html_(self) -> str:
-        lines = [f"directory: {self.directory}", f"model: {model_source(self)}",
-                 f"steps: {', '.join(str(s) for s in sorted(set(self.nodes['step'].tolist())))}"]
-        if self.incomplete:
-            lines.append(f"INCOMPLETE: {self.incomplete}")
-        return _html_summary("mechtrunc circuit study over training", lines, self.nodes)
+        return self._steps_summary("mechtrunc circuit study over training")
 
 
 def _read_circuits(d: Path, study: dict) -> CircuitResults:

@@ -39,7 +39,7 @@ from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory, read_ch
 from mechtrunc.studies.grid import Grid, ItemStore, as_truncate, evaluate_grid
 from mechtrunc.studies.store import metric_values, prompts_fingerprint
 
-__all__ = ["checkpoint_study", "CheckpointRequest", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
+__all__ = ["checkpoint_study", "CheckpointRequest", "evaluate_loaded", "best_by_step", "heldout_by_step", "step_intervals", "read_checkpoint_items",
            "CheckpointUnit", "CheckpointDirectory", "HubCheckpoints"]
 
 
@@ -144,6 +144,18 @@ class _Prompts:
         return self.source(tokenizer)
 
 
+def evaluate_loaded(load: Callable[[], object], evaluate: Callable[[object], object]):
+    """``evaluate(load())``, the model freed afterwards (also on error): one checkpoint unit's run."""
+    from mechtrunc.pythia import free_model
+
+    model = load()
+    try:
+        return evaluate(model)
+    finally:
+        free_model(model)
+        del model
+
+
 # ----------------------------------------------------------------------------------------
 # the unit of work
 # ----------------------------------------------------------------------------------------
@@ -213,15 +225,8 @@ class CheckpointUnit:
     def __call__(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         if self.done():
             return None  # finished by an earlier run or an earlier attempt of this task
-        from mechtrunc.pythia import free_model
-
         self.directory.mark_running(self.step)
-        model = self.load()
-        try:
-            return self.evaluate(model)
-        finally:
-            free_model(model)
-            del model
+        return evaluate_loaded(self.load, self.evaluate)
 
 
 # ----------------------------------------------------------------------------------------

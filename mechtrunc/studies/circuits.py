@@ -39,7 +39,7 @@ from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.prompts import PromptSet
 from mechtrunc.results import PATCHING_COLUMNS
 from mechtrunc.studies.checkpoint_files import SHARDS
-from mechtrunc.studies.checkpoints import CheckpointDirectory, gpus_for
+from mechtrunc.studies.checkpoints import CheckpointDirectory, evaluate_loaded, gpus_for
 from mechtrunc.studies.store import (
     ShardStore, atomic_write_parquet, check_meta, prompts_fingerprint, write_tables,
 )
@@ -164,14 +164,7 @@ class CircuitUnit:
     def __call__(self) -> CircuitTables | None:
         if self.done():
             return None  # finished by an earlier run or an earlier attempt of this task
-        from mechtrunc.pythia import free_model
-
-        model = self.load()
-        try:
-            return self.evaluate(model)
-        finally:
-            free_model(model)
-            del model
+        return evaluate_loaded(self.load, self.evaluate)
 
 
 def _loader(source, load_kwargs: dict, steps: list[int]):
