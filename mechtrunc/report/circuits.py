@@ -71,13 +71,14 @@ def circuit_section(ctx: Context) -> Section:
     edges = r.edges
     steps = chosen_steps(edges["step"])
     s = Section("circuit-steps", "The circuit at chosen steps",
-                intro=f"The {TOP_SHOWN} edges with the largest estimated change of the metric at "
+                intro=f"The edges with the largest estimated change of the metric (at most {TOP_SHOWN}) at "
                       f"{', '.join(map(str, steps))} (first, middle and last checkpoint; the study keeps the top "
-                      f"{r.study.get('n_edges') or 'every'} edges per step). ``change``: the first-order change of "
+                      f"{r.study.get('n_edges') or 'every'} edges per step). change: the first-order change of "
                       "the metric when only that sender's share of the receiver's input is patched.")
     for step in steps:
         sub = edges[edges["step"] == step].sort_values("rank").head(TOP_SHOWN)
         sub = sub.assign(change=_change(sub))[["rank", "sender", "receiver", "change", "effect"]]
+        sub = sub.dropna(axis=1, how="all")  # effect is NaN where the clean-corrupt gap is not resolved
         s.add(f"<h3>step {step}</h3>", html_table(sub.reset_index(drop=True)))
     return s
 
