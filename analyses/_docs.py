@@ -4,7 +4,7 @@ that a committed analysis script wrote, between ``<!-- BEGIN generated:NAME -->`
 CSV and block; ``tests/test_docs_results.py`` fails when a block and its CSV disagree (and, in the
 slow suite, when the CSV and the current code disagree: exactly where this machine's fingerprint
 equals the one ``docs/data/provenance.json`` records for the CSV, by the bands of
-:mod:`mechtrunc.reference` elsewhere)."""
+:mod:`mechtrunc.core.reference` elsewhere)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechtrunc.reference import machine_fingerprint
-from mechtrunc.results import read_table
+from mechtrunc.core.reference import machine_fingerprint
+from mechtrunc.core.results import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results.md"
@@ -37,7 +37,7 @@ def provenance_of(csv: str) -> dict | None:
 
 def record_provenance(script: str, paths) -> None:
     """Record that ``script`` just wrote ``paths`` (files in docs/data; others are ignored) on
-    this machine: its :func:`mechtrunc.reference.machine_fingerprint` and the date."""
+    this machine: its :func:`mechtrunc.core.reference.machine_fingerprint` and the date."""
     names = sorted({Path(p).name for p in paths if Path(p).resolve().parent == DATA.resolve()})
     if not names:
         return
@@ -136,8 +136,8 @@ def render_compose(df: pd.DataFrame) -> str:
 
 
 def render_bands(df: pd.DataFrame) -> str:
-    """The bands of :data:`mechtrunc.reference.CPU_PRESET_BANDS` beside this page's seeds."""
-    from mechtrunc.reference import CPU_PRESET_BANDS
+    """The bands of :data:`mechtrunc.core.reference.CPU_PRESET_BANDS` beside this page's seeds."""
+    from mechtrunc.core.reference import CPU_PRESET_BANDS
 
     seeds = sorted(df["seed"].unique())
     rows = []

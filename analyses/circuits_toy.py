@@ -23,9 +23,9 @@ import _docs  # noqa: E402
 import torch  # noqa: E402
 
 import mechtrunc as mt  # noqa: E402
-from mechtrunc.circuits import agreement, attribution_scan, circuit_faithfulness, edge_attribution  # noqa: E402
-from mechtrunc.patching import path_patching_scan, patching_scan, raw_change  # noqa: E402
-from mechtrunc.prompts import PromptSet  # noqa: E402
+from mechtrunc.analysis.circuits import agreement, attribution_scan, circuit_faithfulness, edge_attribution  # noqa: E402
+from mechtrunc.analysis.patching import path_patching_scan, patching_scan, raw_change  # noqa: E402
+from mechtrunc.core.prompts import PromptSet  # noqa: E402
 
 STEPS = 5  # the EAP-IG steps of the agreement table
 CONVERGENCE_STEPS = (1, 2, 4, 8, 16)
@@ -154,7 +154,7 @@ def _tl_attribution(model, clean, corrupted) -> tuple[float, float, float]:
 def _tl_lens(model, clean) -> float:
     from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_lens
 
-    from mechtrunc.metrics import metrics_from_logits
+    from mechtrunc.core.metrics import metrics_from_logits
 
     seq = mt.adapt(model).mlp_input_site(0) == "resid_mid"
     mine = mt.logit_lens(model, clean, sites=("resid_pre", "resid_mid", "resid_post") if seq else
@@ -173,7 +173,7 @@ def _tl_lens(model, clean) -> float:
 def _tl_dla(arch, tokenizer_dir) -> float:
     from transformer_lens.tools.analysis.direct_logit_attribution import direct_logit_attribution
 
-    from mechtrunc.testing import tiny_bridge
+    from mechtrunc.models.testing import tiny_bridge
 
     raw = tiny_bridge(arch, tokenizer_dir, seed=4)
     folded = tiny_bridge(arch, tokenizer_dir, seed=4)
@@ -190,7 +190,7 @@ def _tl_dla(arch, tokenizer_dir) -> float:
 
 
 def bridge_table() -> pd.DataFrame:
-    from mechtrunc.testing import tiny_bridge, word_level_tokenizer_dir
+    from mechtrunc.models.testing import tiny_bridge, word_level_tokenizer_dir
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,11 +24,11 @@ import _docs  # noqa: E402
 import torch  # noqa: E402
 
 import mechtrunc as mt  # noqa: E402
-from mechtrunc.patching import raw_change  # noqa: E402
+from mechtrunc.analysis.patching import raw_change  # noqa: E402
 from mechtrunc.studies.circuits import (  # noqa: E402
     ToyCheckpoints, circuit_pairs, circuit_study, evidence_by_step, overtaking_step,
 )
-from mechtrunc.training import KeepCheckpoints  # noqa: E402
+from mechtrunc.models.toy_training import KeepCheckpoints  # noqa: E402
 
 #: the language model's checkpoints studied (of its Pythia-like schedule)
 LM_STEPS = (0, 16, 64, 128, 256, 512, 750, 1000, 1500)

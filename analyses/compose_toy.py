@@ -19,7 +19,7 @@ import torch
 
 from _common import load_toy, toy_parser
 import mechtrunc as mt
-from mechtrunc.metrics import bootstrap_intervals, item_metrics
+from mechtrunc.core.metrics import bootstrap_intervals, item_metrics
 from mechtrunc.studies.compose import as_interventions, compose_search
 
 METRICS = ("p_answer", "logit_diff_noise")

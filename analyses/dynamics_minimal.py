@@ -1,4 +1,4 @@
-"""Order of learning in the minimal in-context model (mechtrunc.dynamics): P(noise) and
+"""Order of learning in the minimal in-context model (mechtrunc.studies.dynamics): P(noise) and
 P(correct) of the full model, accuracy and P(correct) of the model with its FF removed (the
 in-context answer), the induction score, and the gradient signal of each memory along training.
 Writes dynamics_minimal_history.csv and dynamics_minimal.png.

@@ -37,12 +37,12 @@ import pandas as pd
 import torch
 
 import mechtrunc as mt
-from mechtrunc.dynamics import (
+from mechtrunc.studies.dynamics import (
     MinimalConfig, OVNoiseRecorder, equal_signal_lr_scale, first_step, learning_events, ov_gradient_share,
     paired_seed_intervals, selection_set, signal_closed_forms, snr_sweep, train_minimal,
 )
-from mechtrunc.metrics import metrics_from_logits
-from mechtrunc.runner import item_logits
+from mechtrunc.core.metrics import metrics_from_logits
+from mechtrunc.core.runner import item_logits
 from mechtrunc.tasks.recall import RecallTask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

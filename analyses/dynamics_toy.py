@@ -48,7 +48,7 @@ def main() -> None:
     cfg = mt.preset("cpu", steps=args.steps, eval_every=args.eval_every, seed=args.seed)
     out = Path(args.out)
     if args.replot:
-        from mechtrunc.results import read_table
+        from mechtrunc.core.results import read_table
 
         order = plot(read_table(out / "dynamics_toy_history.csv"), read_table(out / "dynamics_toy_spectra.csv"), cfg, out)
         print(f"redrew {out / 'dynamics_toy.png'} and {out / 'dynamics_toy_spectra.png'} ({json.dumps(order)})")

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 import mechtrunc as mt  # noqa: E402
 from mechtrunc.tasks.recall import RecallTask  # noqa: E402
-from mechtrunc.toy_model import ToyTransformer  # noqa: E402
+from mechtrunc.models.toy import ToyTransformer  # noqa: E402
 
 #: variant -> FFN kind per layer
 VARIANTS = {"full": ["relu", "relu"], "attn_only": ["none", "none"], "no_last_ffn": ["relu", "none"]}

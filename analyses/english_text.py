@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 import _docs
-from mechtrunc.lm.corpus import DEFAULT_ENGLISH_VOCAB, Corpus, CorpusConfig, corpus_stats
-from mechtrunc.lm.english import ENGLISH_SHA256, default_english_dir, english_split, read_english, stream_text
-from mechtrunc.lm.tokenizer import build_tokenizer_json, english_extra_tokens, english_token_counts, run_tokenizer
+from mechtrunc.models.lm.corpus import DEFAULT_ENGLISH_VOCAB, Corpus, CorpusConfig, corpus_stats
+from mechtrunc.models.lm.english import ENGLISH_SHA256, default_english_dir, english_split, read_english, stream_text
+from mechtrunc.models.lm.tokenizer import build_tokenizer_json, english_extra_tokens, english_token_counts, run_tokenizer
 
 VOCABS = (0, 256, 512, 1024, 2048)
 #: English shares of the mixed training stream whose next-token statistics are measured
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     import mechtrunc as mt
 
-    full = mt.pythia.tokenizer().backend_tokenizer  # Pythia's own BPE, offline
+    full = mt.hf.tokenizer().backend_tokenizer  # Pythia's own BPE, offline
 
     def n_tokens(paras):
         return sum(len(e.ids) for e in full.encode_batch([stream_text(p) for p in paras], add_special_tokens=False))

@@ -66,7 +66,7 @@ def main() -> None:
                         help="only redraw the figure from --data's cpu_logit_lens.csv (no model)")
     args = parser.parse_args()
     if args.replot:
-        from mechtrunc.results import read_table
+        from mechtrunc.core.results import read_table
 
         print(f"redrew {plot(read_table(Path(args.data) / 'cpu_logit_lens.csv'), Path(args.figures))}")
         return

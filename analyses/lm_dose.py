@@ -37,7 +37,7 @@ import pandas as pd
 import _docs
 import mechtrunc as mt
 from lm_study import lane
-from mechtrunc.lm import corpus_preset, lm_preset, train_lm
+from mechtrunc.models.lm import corpus_preset, lm_preset, train_lm
 from mechtrunc.studies import lm as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,9 +155,9 @@ def best_rows(best: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
     """Per arm and task: the mean held-out gain of P(answer) over seeds with its 95% percentile
-    bootstrap interval over seeds (:func:`mechtrunc.dynamics.seed_interval`; with 3 seeds it is
+    bootstrap interval over seeds (:func:`mechtrunc.studies.dynamics.seed_interval`; with 3 seeds it is
     close to [min, max]; a single seed: no interval), the per-seed gains, the mean over-weighting."""
-    from mechtrunc.dynamics import seed_interval
+    from mechtrunc.studies.dynamics import seed_interval
 
     rows = []
     for arm, g in runs.groupby("arm", sort=False):

@@ -32,7 +32,7 @@ import pandas as pd
 import _docs
 import mechtrunc as mt
 from lm_study import lane
-from mechtrunc.lm import corpus_preset, lm_preset, run_tokenizer, train_lm
+from mechtrunc.models.lm import corpus_preset, lm_preset, run_tokenizer, train_lm
 from mechtrunc.studies import lm as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def run_rows(curve: pd.DataFrame, best: pd.DataFrame) -> dict:
 
 def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
     """Per share: the mean over seeds of the final metrics and of each held-out change, with the
-    95% percentile bootstrap interval over seeds (:func:`mechtrunc.dynamics.seed_interval`)."""
+    95% percentile bootstrap interval over seeds (:func:`mechtrunc.studies.dynamics.seed_interval`)."""
     rows = []
     for share, g in runs.groupby("share"):
         row = {"share": share, "n_seeds": len(g), **{m: g[m].mean() for m in

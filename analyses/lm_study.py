@@ -22,7 +22,7 @@ import pandas as pd
 
 import _docs
 import mechtrunc as mt
-from mechtrunc.lm import corpus_preset, lm_preset, train_lm
+from mechtrunc.models.lm import corpus_preset, lm_preset, train_lm
 from mechtrunc.studies import lm as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,10 +95,10 @@ def main(argv=None) -> None:
 def heldout_names_probe(run: Path) -> pd.DataFrame:
     """IOI at the run's final checkpoint with training names and with held-out names (the model
     never saw the latter as targets): why the study's prompts do not hold names out."""
-    from mechtrunc.lm import lm_ioi_prompts, lm_tokenizer
+    from mechtrunc.models.lm import lm_ioi_prompts, lm_tokenizer
 
     steps = S.run_steps(run)
-    model = mt.pythia.load_model(run / f"step{steps[-1]}", local_files_only=True)
+    model = mt.hf.load_model(run / f"step{steps[-1]}", local_files_only=True)
     tok = lm_tokenizer()
     rows = []
     for split in ("heldout", "heldout_names"):

@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import mechtrunc as mt  # noqa: E402
-from mechtrunc.training import toy_change_intervals  # noqa: E402
+from mechtrunc.models.toy_training import toy_change_intervals  # noqa: E402
 import _docs  # noqa: E402
 import causal_toy  # noqa: E402
 import lens_toy  # noqa: E402

@@ -4,7 +4,7 @@ Varies alpha, N (inputs), d and the scale of a random initial W one at a time ar
 configuration (N = V = 64, d = 128, alpha = 0.3, Gaussian embeddings, W = 0 at start), trains by
 full-batch gradient descent on the population loss (lr = N, so each input's logits move at the
 same speed whatever N), or by minibatch SGD (batch 16 or 256, same lr, seeded), and at steps 10, 100 and 1000 locates the component of W and of
-W - W_init most aligned with the noise output direction (mechtrunc.memory.spectrum_summary).
+W - W_init most aligned with the noise output direction (mechtrunc.models.memory.spectrum_summary).
 At each of those steps it checks what the location predicts with the library's interventions:
 LASER (mt.Truncate("W", keep=...)) versus removing the noise component of W
 (mt.RemoveComponents).

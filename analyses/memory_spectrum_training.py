@@ -6,7 +6,7 @@ d = 128, Gaussian embeddings): alpha = 0.3 from W = 0; alpha = 0.05 from W = 0 (
 association starts at the bottom of the spectrum, below the correct associations); alpha = 0.3 from a random W_init of
 scale 30, shown for W and for W - W_init.  Writes memory_spectrum_training.png and
 memory_spectrum_training.csv (the spectra: step, run, matrix, component, singular value,
-alignments, see mechtrunc.memory.spectrum; the top 16 components and the noise-aligned one).
+alignments, see mechtrunc.models.memory.spectrum; the top 16 components and the noise-aligned one).
 
     python analyses/memory_spectrum_training.py --out docs/memory
 """

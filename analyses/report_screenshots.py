@@ -4,7 +4,7 @@
 
 - toy: the report of a trained toy run (``make demo`` writes runs/demo);
 - truncation: a LASER grid on a small GPT-NeoX trained on noisy in-context recall
-  (``mechtrunc.testing.train_neox_recall``, saved with save_pretrained; everything offline);
+  (``mechtrunc.models.testing.train_neox_recall``, saved with save_pretrained; everything offline);
 - checkpoints: the same model retrained from scratch for 0, 4, 16, 64, 128 steps (training is a
   pure function of the seed, so "step s" is the model after s steps), full vs truncated.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 import mechtrunc as mt
-from mechtrunc.pythia import load_model
+from mechtrunc.models.hf import load_model
 from mechtrunc.report.browser import check_page
 from mechtrunc.studies import best_configuration, as_truncate, checkpoint_study, summarise_study, truncation_study
-from mechtrunc.testing import train_neox_recall
+from mechtrunc.models.testing import train_neox_recall
 from mechtrunc.tasks.recall import RecallConfig
 
 

@@ -40,7 +40,7 @@ import pandas as pd  # noqa: E402
 import mechtrunc as mt  # noqa: E402
 import _docs  # noqa: E402
 from mechtrunc.studies.svd_sensitivity import best_by_method, svd_sensitivity  # noqa: E402
-from mechtrunc.testing import build_random_pythia  # noqa: E402
+from mechtrunc.models.testing import build_random_pythia  # noqa: E402
 
 KEEPS = (0.05, 0.1, 0.2, 0.5)
 MATRICES = ("mlp.W_in", "mlp.W_out")
@@ -57,8 +57,8 @@ def toy(args) -> pd.DataFrame:
 
 def pythia() -> pd.DataFrame:
     with tempfile.TemporaryDirectory(prefix="svd_sensitivity_") as tmp:
-        path = build_random_pythia("70m", tokenizer_dir=mt.pythia.tokenizer_dir(), out_dir=tmp, seed=0)
-        model = mt.pythia.load_model(str(path))
+        path = build_random_pythia("70m", tokenizer_dir=mt.hf.tokenizer_dir(), out_dir=tmp, seed=0)
+        model = mt.hf.load_model(str(path))
     prompts = mt.ioi_prompts(model.tokenizer, n=N_IOI, seed=0)
     grid = [(layer, m, k) for layer in PYTHIA_LAYERS for m in MATRICES for k in KEEPS]
     return svd_sensitivity(model, prompts, grid, methods=METHODS, rule="authors")
@@ -70,8 +70,8 @@ N_LM = 200
 
 def lm(args) -> pd.DataFrame:
     import lm_study
-    from mechtrunc.lm import train_lm
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm import train_lm
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
     from mechtrunc.studies import lm as S
 
     run = Path(args.lm_run)
@@ -79,7 +79,7 @@ def lm(args) -> pd.DataFrame:
     if not (run / f"step{cfg.steps}").is_dir():
         print(f"training the language model into {run} (resumable; about 15 minutes of one core)")
     train_lm(cfg, run, progress=False)  # a finished run is only checked, not retrained
-    model = mt.pythia.load_model(run / f"step{cfg.steps}", local_files_only=True)
+    model = mt.hf.load_model(run / f"step{cfg.steps}", local_files_only=True)
     prompts = S.lm_study_prompts(lm_tokenizer(), cfg.corpus, n=N_LM, seed=0)["ioi/eval"]
     grid = [(layer, m, k) for layer in range(cfg.n_layers) for m in MATRICES for k in KEEPS]
     return svd_sensitivity(model, prompts, grid, methods=METHODS, rule="authors")

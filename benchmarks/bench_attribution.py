@@ -7,7 +7,7 @@ a TransformerLens bridge, with ``--pairs`` prompt pairs of ``--length`` random t
 - floor: a plain Hugging Face forward of the batch (no hooks, no bridge), and a forward+backward
   (the gradient of the summed last-position logit difference with respect to the input
   embeddings, as attribution patching takes gradients with respect to activations);
-- ``mechtrunc.circuits.attribution_scan`` of every head (``z``) and every MLP (``mlp_out``),
+- ``mechtrunc.analysis.circuits.attribution_scan`` of every head (``z``) and every MLP (``mlp_out``),
   position ``all``, denoising: AtP, and EAP-IG on the inputs with ``--ig-steps`` steps;
 - ``mechtrunc.patching_scan`` of the same rows (exact patching: one forward per patch).
 
@@ -49,7 +49,7 @@ def build(layers: int, vocab: int, seed: int, tmp: Path):
     from transformer_lens import TransformerBridge
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from mechtrunc.testing import word_level_tokenizer_dir
+    from mechtrunc.models.testing import word_level_tokenizer_dir
 
     tok_dir = word_level_tokenizer_dir(tmp, [f"w{i}" for i in range(vocab - 1)] + ["<unk>"], unk_token="<unk>",
                                        special_token="<unk>")
@@ -91,7 +91,7 @@ def final_norm(hf) -> torch.nn.Module:
 
 
 def prompts(n: int, length: int, vocab: int, seed: int):
-    from mechtrunc.prompts import PromptSet
+    from mechtrunc.core.prompts import PromptSet
 
     g = torch.Generator().manual_seed(seed)
     clean_tokens = torch.randint(0, vocab, (n, length), generator=g)
@@ -143,8 +143,8 @@ def main() -> None:
     device = setup(args)
     if device.type != "cpu":
         sys.exit("this benchmark runs on the CPU")
-    from mechtrunc.circuits import attribution_scan
-    from mechtrunc.patching import patching_scan
+    from mechtrunc.analysis.circuits import attribution_scan
+    from mechtrunc.analysis.patching import patching_scan
 
     n, T, k = args.pairs, args.length, args.ig_steps
     common = dict(sites=("z", "mlp_out"), positions={}, batch_size=n, n_boot=10)

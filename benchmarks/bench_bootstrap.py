@@ -5,7 +5,7 @@ booted as a TransformerLens bridge, with IOI prompts (Pythia's tokenizer, shippe
 package), the whole grid (every layer x ``mlp.W_in``/``mlp.W_out`` x 6 keeps):
 
 - ``study``: ``truncation_study(model, prompts, ...)`` (the grid engine, means only);
-- ``heldout``: ``mechtrunc.selection.heldout_selection(model, prompts, truncations,
+- ``heldout``: ``mechtrunc.analysis.selection.heldout_selection(model, prompts, truncations,
   n_boot=1000)``: one engine pass that also keeps the per-item values, the template-grouped
   split, the choice on the select part and the paired bootstrap intervals of both parts;
 - ``bootstrap``: the part of ``heldout`` after the forward passes (the choice and the
@@ -44,11 +44,11 @@ def main() -> None:
     args = p.parse_args()
     device = setup(args)
     import mechtrunc as mt
-    from mechtrunc.metrics import bootstrap_intervals
-    from mechtrunc.pythia import load_model, tokenizer_dir
-    from mechtrunc.selection import heldout_selection, item_table
+    from mechtrunc.core.metrics import bootstrap_intervals
+    from mechtrunc.models.hf import load_model, tokenizer_dir
+    from mechtrunc.analysis.selection import heldout_selection, item_table
     from mechtrunc.studies import truncation_study
-    from mechtrunc.testing import build_random_pythia
+    from mechtrunc.models.testing import build_random_pythia
 
     with tempfile.TemporaryDirectory() as tmp:
         path = build_random_pythia(args.shape, tokenizer_dir=tokenizer_dir(cache_dir=Path(tmp) / "tok"),

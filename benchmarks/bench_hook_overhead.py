@@ -39,7 +39,7 @@ TARGET = 1.1
 
 def word_level_tokenizer_dir(directory: Path, vocab_size: int) -> Path:
     """The word-level tokenizer the tests use ("w0".., "<unk>"), saved on disk for the bridge."""
-    from mechtrunc.testing import word_level_tokenizer_dir as save
+    from mechtrunc.models.testing import word_level_tokenizer_dir as save
 
     tokens = [f"w{i}" for i in range(vocab_size - 1)] + ["<unk>"]
     return save(directory, tokens, unk_token="<unk>", special_token="<unk>")

@@ -1,4 +1,4 @@
-"""The language model of ``mechtrunc.lm``: corpus speed, training speed, unembedding share, memory.
+"""The language model of ``mechtrunc.models.lm``: corpus speed, training speed, unembedding share, memory.
 
 Corpus: tokens per second on one core of ``Corpus.stories`` (the numpy generator that emits token
 ids of the restricted Pythia tokenizer directly) and of ``Corpus.batch`` (the training path),
@@ -68,7 +68,7 @@ def baseline_stories(n: int, rng: random.Random) -> list[str]:
 def bench_corpus(args) -> dict:
     from tokenizers import Tokenizer
 
-    from mechtrunc.lm.corpus import Corpus
+    from mechtrunc.models.lm.corpus import Corpus
 
     corpus = Corpus()
     n = args.stories
@@ -124,9 +124,9 @@ def unembed_seconds(cfg, vocab: int, device, repeats: int) -> float:
 
 
 def bench_train(preset: str, args, device) -> dict:
-    from mechtrunc.lm.corpus import Corpus
-    from mechtrunc.lm.tokenizer import lm_tokenizer
-    from mechtrunc.lm.train import build_model, checkpoint_steps, lm_preset
+    from mechtrunc.models.lm.corpus import Corpus
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.train import build_model, checkpoint_steps, lm_preset
 
     cfg = lm_preset(preset, device=str(device), threads=args.threads)
     tok = lm_tokenizer()
@@ -215,7 +215,7 @@ def main() -> None:
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: with one thread, cpu ms/step is "
               "what a step costs on a core of its own (the target is checked on the cpu projection)")
     if "nano" in args.presets.split(",") and not args.skip_nano_run:
-        from mechtrunc.lm.train import lm_preset, train_lm
+        from mechtrunc.models.lm.train import lm_preset, train_lm
 
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()

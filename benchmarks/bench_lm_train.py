@@ -3,7 +3,7 @@
 Three rows, timed in rounds (each round runs each row once, in this order; the table gives the
 median over rounds, the ratios the median over rounds of the ratio within a round):
 
-- **reference** (``--reference``, default ``small``): ``mechtrunc.lm.train.train_lm`` on the preset,
+- **reference** (``--reference``, default ``small``): ``mechtrunc.models.lm.train.train_lm`` on the preset,
   run for ``--warmup + --steps`` updates into a temporary directory;
 - **new** (``--new``, default ``fast``): the same, for the proposed preset;
 - **plain HF**: a training loop written here without mechtrunc: ``transformers.GPTNeoXForCausalLM``
@@ -91,7 +91,7 @@ def time_train_lm(cfg, warmup: int, steps: int) -> dict:
     """Per-update wall and CPU seconds of ``train_lm(cfg)`` (checkpoint updates and warm-up left out)."""
     from dataclasses import replace
 
-    from mechtrunc.lm.train import checkpoint_steps, train_lm
+    from mechtrunc.models.lm.train import checkpoint_steps, train_lm
 
     cfg = replace(cfg, steps=warmup + steps)
     marks = {}
@@ -149,9 +149,9 @@ def ablation(args) -> None:
     """Candidate changes of ``train_lm``'s step, each against the step itself, interleaved."""
     import torch.nn.functional as F
 
-    from mechtrunc.lm.corpus import Corpus
-    from mechtrunc.lm.tokenizer import lm_tokenizer
-    from mechtrunc.lm.train import build_model, lm_preset
+    from mechtrunc.models.lm.corpus import Corpus
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.train import build_model, lm_preset
 
     tok = lm_tokenizer()
     base = lm_preset(args.reference)
@@ -280,7 +280,7 @@ def main() -> None:
         ablation(args)
         return
 
-    from mechtrunc.lm.train import lm_preset
+    from mechtrunc.models.lm.train import lm_preset
 
     over = {} if args.threads is None else {"threads": args.threads}
     ref, new = lm_preset(args.reference, **over), lm_preset(args.new, **over)

@@ -37,7 +37,7 @@ def build(args, tmp: Path):
     from transformer_lens import TransformerBridge
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from mechtrunc.testing import word_level_tokenizer_dir
+    from mechtrunc.models.testing import word_level_tokenizer_dir
 
     vocab = args.vocab
     tok_dir = word_level_tokenizer_dir(tmp, [f"w{i}" for i in range(vocab - 1)] + ["<unk>"], unk_token="<unk>",
@@ -103,7 +103,7 @@ def main() -> None:
     if device.type != "cpu":
         sys.exit("this benchmark runs on the CPU")
     import mechtrunc as mt
-    from mechtrunc.prompts import PromptSet
+    from mechtrunc.core.prompts import PromptSet
 
     with tempfile.TemporaryDirectory() as tmp:
         hf, bridge = build(args, Path(tmp))

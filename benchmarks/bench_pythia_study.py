@@ -33,7 +33,7 @@ def build(shape: str, device: str, dtype: torch.dtype, vocab: int):
     from transformer_lens import TransformerBridge
     from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from mechtrunc.testing import word_level_tokenizer_dir
+    from mechtrunc.models.testing import word_level_tokenizer_dir
 
     n_layers, d, heads = SHAPES[shape]
     cfg = GPTNeoXConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layers, num_attention_heads=heads,

@@ -1,4 +1,4 @@
-"""The LASER grid engine (``mechtrunc.engine.run_grid``) against the naive loop, measured in the
+"""The LASER grid engine (``mechtrunc.core.engine.run_grid``) against the naive loop, measured in the
 same run, on a random Pythia-shaped GPT-NeoX.
 
 The naive loop is what LASER's scripts do, written here without mechtrunc (plain PyTorch and
@@ -20,7 +20,7 @@ times and errors on one matrix, and on CUDA the peak memory of the engine vs one
     python benchmarks/bench_sweep_engine.py --shape tiny                  # smoke run (seconds)
 
 Needs torch and transformers; transformer-lens is *not* needed (the engine runs on the Hugging
-Face model directly through :class:`mechtrunc.adapters.HFNeoXAdapter`).
+Face model directly through :class:`mechtrunc.core.adapters.HFNeoXAdapter`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ SHAPES = {  # layers, d_model, heads, vocab
 
 
 def import_engine():
-    """``mechtrunc.engine``; a missing jaxtyping (annotations only) is stubbed: the engine runs
+    """``mechtrunc.core.engine``; a missing jaxtyping (annotations only) is stubbed: the engine runs
     without it (and without transformer-lens, on a bare Hugging Face model)."""
     try:
         import jaxtyping  # noqa: F401
@@ -64,7 +64,7 @@ def import_engine():
         jt.__spec__ = importlib.machinery.ModuleSpec("jaxtyping", None)
         jt.Float = jt.Int = jt.Bool = _Ann
         sys.modules["jaxtyping"] = jt
-    return importlib.import_module("mechtrunc.engine")
+    return importlib.import_module("mechtrunc.core.engine")
 
 
 def build(shape: str, device: str, dtype: torch.dtype, seed: int):
@@ -202,8 +202,8 @@ def main() -> None:
     T = args.tokens
     eng_batch = args.engine_batch or (1024 if cuda else 512)
     ge = import_engine()
-    from mechtrunc.decomposition import SVDCache, truncation_basis
-    from mechtrunc.interventions import Truncate, rank_for_keep
+    from mechtrunc.core.decomposition import SVDCache, truncation_basis
+    from mechtrunc.core.interventions import Truncate, rank_for_keep
 
     t0 = time.perf_counter()
     model = build(args.shape, args.device, dtype, args.seed)
@@ -217,7 +217,7 @@ def main() -> None:
     answer = torch.randint(0, V, (n,), generator=g)
     comp = torch.randint(0, V, (n,), generator=g)
     pos = torch.full((n,), T - 1)
-    from mechtrunc.prompts import PromptSet
+    from mechtrunc.core.prompts import PromptSet
 
     prompts = PromptSet(tokens=tokens, rows=torch.arange(n), pos=pos, answer=answer, competitors=comp[:, None],
                         competitor_names=("the",))

@@ -1,7 +1,7 @@
 """One training step of ``mechtrunc.ToyTransformer`` vs a bare-PyTorch model of the same shape.
 
 A step is: forward, cross-entropy at the loss-mask positions (count >= 2), backward, optimiser
-step -- exactly what ``mechtrunc.training.train`` does per iteration, minus data generation
+step -- exactly what ``mechtrunc.models.toy_training.train`` does per iteration, minus data generation
 (the batches are generated once, before timing, and both implementations see the same ones).
 
 The bare model, written here, is the paper's architecture as a competent engineer would write it
@@ -86,7 +86,7 @@ class BareToy(nn.Module):
 # --- diagnosis: mechtrunc's attention with parts of its overhead removed (patched per instance at run
 # time, mechtrunc itself is untouched; same maths and same hook points) ----------------------------
 def _attn_skip_identity_q(self, x):
-    """As ``mechtrunc.toy_model.Attention.forward`` (no-hook path) but q = x instead of x @ I."""
+    """As ``mechtrunc.models.toy.Attention.forward`` (no-hook path) but q = x instead of x @ I."""
     b, p, _ = x.shape
     h, dh = self.W_K.shape[0], self.W_K.shape[2]
     q = self.hook_q(x.view(b, p, h, dh))
@@ -149,7 +149,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     from mechtrunc import RecallConfig, RecallTask, ToyConfig, ToyTransformer
-    from mechtrunc.metrics import masked_cross_entropy
+    from mechtrunc.core.metrics import masked_cross_entropy
 
     task = RecallTask(RecallConfig(alpha=0.5, k=1, seq_len=cfg["seq_len"]), device=device)
     batches = [task.sample(cfg["batch"], seed=args.seed + i) for i in range(args.n_batches)]

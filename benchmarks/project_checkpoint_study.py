@@ -53,7 +53,7 @@ SHAPES = {  # layers, d_model, heads, vocab
 def save_checkpoints(root: Path, shape: str, k: int, device: str, dtype: torch.dtype) -> list[Path]:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from mechtrunc.testing import word_level_tokenizer_dir
+    from mechtrunc.models.testing import word_level_tokenizer_dir
 
     n_layers, d, heads, vocab = SHAPES[shape]
     tok = word_level_tokenizer_dir(root / "tokenizer", [f"w{i}" for i in range(min(vocab, 4096))], special_token="w0")
@@ -105,7 +105,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
 
     import mechtrunc as mt
-    from mechtrunc.pythia import free_model, load_model
+    from mechtrunc.models.hf import free_model, load_model
     from mechtrunc.studies import Grid, checkpoint_study, evaluate_grid
 
     print(machine_line(device))

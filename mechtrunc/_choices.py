@@ -5,11 +5,11 @@ The CLI builds its parser, its ``choices`` and its argument validation from this
 pandas.  It holds the registry of prompt tasks (:class:`TaskSpec`, :func:`register_task`): one
 entry per task, whose builders are imported only when a task is built, and from which every
 ``--task`` choice is generated.  The heavy modules import the same objects from here (one home per concept):
-:data:`PRESETS` and :data:`OPTIMIZERS` (``mechtrunc.training``), :data:`MATRICES` and
-:data:`SITES` (``mechtrunc.adapters``), the grid defaults (``mechtrunc.studies.grid``), the
-memory's and the minimal model's option names (``mechtrunc.memory``,
-``mechtrunc.dynamics.minimal``), the Pythia checkpoint steps and :func:`check_step`
-(``mechtrunc.pythia``).
+:data:`PRESETS` and :data:`OPTIMIZERS` (``mechtrunc.models.toy_training``), :data:`MATRICES` and
+:data:`SITES` (``mechtrunc.core.adapters``), the grid defaults (``mechtrunc.studies.grid``), the
+memory's and the minimal model's option names (``mechtrunc.models.memory``,
+``mechtrunc.studies.dynamics.minimal``), the Pythia checkpoint steps and :func:`check_step`
+(``mechtrunc.models.hf``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Union
 
-#: training presets of the toy model (see mechtrunc.training.preset)
+#: training presets of the toy model (see mechtrunc.models.toy_training.preset)
 PRESETS: dict[str, dict] = {
     "paper": dict(d_model=256, seq_len=256, batch_size=512, optimizer="sgd", lr=0.03, momentum=0.9,
                   weight_decay=1e-4, steps=5000, alpha=0.5, eval_every=250),
@@ -33,10 +33,10 @@ PRESETS: dict[str, dict] = {
 #: torch.optim.Adam, adamw = torch.optim.AdamW (decoupled weight decay).  The toy model trains
 #: with all three; the minimal model (no weight decay) with MINIMAL_OPTIMIZERS.
 OPTIMIZERS = ("sgd", "adam", "adamw")
-#: toy-model initialisations (see mechtrunc.toy_model)
+#: toy-model initialisations (see mechtrunc.models.toy)
 INITS = ("released", "normal_unembed")
-#: matmul precisions of toy training (mechtrunc.training) and of language-model training
-#: (mechtrunc.lm.train, which has no tf32 setting)
+#: matmul precisions of toy training (mechtrunc.models.toy_training) and of language-model training
+#: (mechtrunc.models.lm.train, which has no tf32 setting)
 PRECISIONS = ("fp32", "tf32", "bf16")
 LM_PRECISIONS = ("fp32", "bf16")
 
@@ -56,14 +56,14 @@ RULES = ("round", "authors")
 #: the rank rule of every truncation unless one is named (mechtrunc.Truncate, the grid, every
 #: command's --rule): round(keep * max rank); "authors" is the paper's released code
 DEFAULT_RULE = "round"
-#: methods of mechtrunc.decomposition.full_svd
+#: methods of mechtrunc.core.decomposition.full_svd
 SVD_METHODS = ("exact", "randomized", "laser")
-#: activation and path patching (mechtrunc.patching): denoising runs the corrupted prompts with one
+#: activation and path patching (mechtrunc.analysis.patching): denoising runs the corrupted prompts with one
 #: clean activation restored, noising the clean prompts with one corrupted activation; "both"
 #: (activation scans only) does each.  One default for the scan and for path patching.
 PATCH_DIRECTIONS = ("denoising", "noising", "both")
 DEFAULT_PATCH_DIRECTION = "denoising"
-#: attribution patching (mechtrunc.circuits): first order at the target run (atp), EAP-IG over the
+#: attribution patching (mechtrunc.analysis.circuits): first order at the target run (atp), EAP-IG over the
 #: line between the corrupted and clean input embeddings (ig-inputs), or each site's activation
 #: alone moved along its line (ig-activations); the interpolation steps of the ig methods; how a
 #: circuit's faithfulness ablates the edges outside it
@@ -93,13 +93,13 @@ class TaskSpec:
     - ``corrupt(prompts, tokenizer, seed=) -> (clean, corrupted)``: the corrupted twin of
       ``prompts`` (or of the language-model variant's prompts) for activation and path patching;
     - ``lm(tokenizer, config, n=, seed=, split=) -> PromptSet``: the variant for a language-model
-      run of ``mechtrunc lm train``, on its own corpus config (:mod:`mechtrunc.lm.prompts`);
+      run of ``mechtrunc lm train``, on its own corpus config (:mod:`mechtrunc.models.lm.prompts`);
     - ``toy(task, n=, seed=) -> (clean, corrupted)``: clean and corrupted test sequences of the toy
       model's :class:`~mechtrunc.tasks.recall.RecallTask`;
     - ``dropped``: why a pair builder leaves a prompt out (the patch command says it with the count).
 
     Built-in builders live in :mod:`mechtrunc.tasks` (``prompts``, ``corrupt``, ``toy``) and
-    :mod:`mechtrunc.lm` (``lm``), the layers that may call them.
+    :mod:`mechtrunc.models.lm` (``lm``), the layers that may call them.
     """
 
     __slots__ = ("name", "prompts", "seeded", "corrupt", "lm", "toy", "dropped")
@@ -168,22 +168,22 @@ def task_words(*builders: str) -> str:
 
 #: the built-in tasks
 register_task(TaskSpec("ioi", prompts="mechtrunc.tasks.ioi:ioi_prompts", corrupt="mechtrunc.tasks.corrupt:ioi_abc",
-                       lm="mechtrunc.lm.prompts:lm_ioi_prompts"))
+                       lm="mechtrunc.models.lm.prompts:lm_ioi_prompts"))
 register_task(TaskSpec("factual", prompts="mechtrunc.tasks.factual:factual_prompts", seeded=False,
-                       corrupt="mechtrunc.tasks.corrupt:factual_swap", lm="mechtrunc.lm.prompts:lm_fact_prompts",
+                       corrupt="mechtrunc.tasks.corrupt:factual_swap", lm="mechtrunc.models.lm.prompts:lm_fact_prompts",
                        dropped="no same-length twin with another answer"))
-register_task(TaskSpec("generic", lm="mechtrunc.lm.prompts:lm_generic_prompts"))
-register_task(TaskSpec("recall", lm="mechtrunc.lm.prompts:lm_recall_prompts", toy="mechtrunc.tasks.corrupt:recall_pair",
+register_task(TaskSpec("generic", lm="mechtrunc.models.lm.prompts:lm_generic_prompts"))
+register_task(TaskSpec("recall", lm="mechtrunc.models.lm.prompts:lm_recall_prompts", toy="mechtrunc.tasks.corrupt:recall_pair",
                        dropped="the trigger occurs fewer than twice"))
-register_task(TaskSpec("binding", lm="mechtrunc.lm.prompts:lm_binding_prompts"))
+register_task(TaskSpec("binding", lm="mechtrunc.models.lm.prompts:lm_binding_prompts"))
 
-#: the linear associative memory (mechtrunc.memory)
+#: the linear associative memory (mechtrunc.models.memory)
 MEMORY_INPUT_DISTS = ("uniform", "zipf")
 MEMORY_EMBEDDINGS = ("gaussian", "orthonormal")
 MEMORY_INITS = ("zero", "random")
 MEMORY_METHODS = ("gd", "sgd")
 MEMORY_DTYPES = ("float64", "float32")
-#: the minimal in-context model (mechtrunc.dynamics.minimal)
+#: the minimal in-context model (mechtrunc.studies.dynamics.minimal)
 MINIMAL_EMBEDDINGS = ("orthonormal", "gaussian")
 MINIMAL_OPTIMIZERS = ("sgd", "adam")  # of OPTIMIZERS: without weight decay adamw would be adam
 #: how the minimal model's FF is wired: reads r_t (parallel), r_t + o_t (sequential), or absent
@@ -191,7 +191,7 @@ MINIMAL_FF = ("parallel", "sequential", "none")
 #: the minimal model's learned memories (keys of MinimalConfig.lr_scale)
 MINIMAL_MEMORIES = ("W_F", "W_OV", "W_KQ")
 
-#: dtype spellings accepted by mechtrunc.pythia.load_model
+#: dtype spellings accepted by mechtrunc.models.hf.load_model
 DTYPE_NAMES = ("float32", "fp32", "float", "float16", "fp16", "half", "bfloat16", "bf16")
 
 #: the 154 Pythia checkpoint steps (hub revisions step{N})
@@ -255,7 +255,7 @@ def check_device(device) -> str:
         raise ValueError(f"device {str(device)!r} was requested but MPS is not available here (use cpu)")
     return str(device)
 
-# the language model of our own (mechtrunc.lm)
+# the language model of our own (mechtrunc.models.lm)
 #: corpus presets (CorpusConfig fields); "rare_the" is the control where "to the" is rare
 CORPUS_PRESETS: dict[str, dict] = {
     "default": dict(),
@@ -290,11 +290,11 @@ LM_PRESETS: dict[str, dict] = {
                 checkpoint_interval=1000, device="cuda", precision="bf16", threads=None),
 }
 
-#: prompt splits of mechtrunc.lm.prompts: held-out templates with training names (default),
+#: prompt splits of mechtrunc.models.lm.prompts: held-out templates with training names (default),
 #: held-out templates and names, training templates and names
 LM_SPLITS = ("heldout", "heldout_names", "train")
 
-#: the ``format`` of a language-model run's run.json (mechtrunc.lm.train writes it; the command
+#: the ``format`` of a language-model run's run.json (mechtrunc.models.lm.train writes it; the command
 #: line and the report reader recognise a run directory by it)
 LM_RUN_FORMAT = "mechtrunc-lm-run/1"
 

@@ -215,7 +215,7 @@ def phenomenon_neox() -> Path:
 
 def _word_level_tokenizer_dir(tmp: Path, vocab_size: int = 512) -> Path:
     """A small word-level tokenizer ("w0".."w510" and "<unk>") saved on disk (bridges need one)."""
-    from mechtrunc.testing import word_level_tokenizer_dir
+    from mechtrunc.models.testing import word_level_tokenizer_dir
 
     tokens = [f"w{i}" for i in range(vocab_size - 1)] + ["<unk>"]
     return word_level_tokenizer_dir(tmp, tokens, unk_token="<unk>", special_token="<unk>")
@@ -236,7 +236,7 @@ def single_thread():
 def pythia_tokenizer_dir(tmp_path_factory) -> Path:
     """Pythia's real tokenizer (GPT-NeoX-20B BPE, shipped in the package) as a Hugging Face
     tokenizer directory (in a temporary cache, not the user's)."""
-    from mechtrunc.pythia import tokenizer_dir
+    from mechtrunc.models.hf import tokenizer_dir
 
     return tokenizer_dir(cache_dir=tmp_path_factory.mktemp("pythia_tok"))
 
@@ -289,7 +289,7 @@ def random_toy():
 @pytest.fixture(scope="session")
 def trained_toy():
     """A small toy model trained briefly (seconds) on noisy recall, with its clean test prompts."""
-    from mechtrunc.training import preset, train
+    from mechtrunc.models.toy_training import preset, train
 
     cfg = preset("cpu", d_model=32, seq_len=64, steps=300, eval_every=300, test_size=128, seed=0)
     result = train(cfg, progress=False)
@@ -304,9 +304,9 @@ def demo_toy():
     """The ``cpu`` preset at seed 0, trained once per test run in the background (about 2 minutes
     on one thread; ``analyses/toy_seeds_table.py --seeds 0``, which wrote docs/data): ``make
     demo``'s configuration, the one docs/results.md and docs/causal.md describe (a
-    :class:`mechtrunc.training.TrainResult`, the finished run as :func:`mechtrunc.training.train`
+    :class:`mechtrunc.models.toy_training.TrainResult`, the finished run as :func:`mechtrunc.models.toy_training.train`
     returns it; never edit it in place outside a reversible intervention)."""
-    from mechtrunc.training import preset, train
+    from mechtrunc.models.toy_training import preset, train
 
     result = train(preset("cpu", seed=0), out_dir=background_result("seed0").parent / "runs" / "cpu-seed0",
                    progress=False)
@@ -333,7 +333,7 @@ def recall_checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def neox_seq_bridge(small_tokenizer_dir):
     """A tiny random GPT-NeoX with sequential residual blocks (``use_parallel_residual=False``)."""
-    from mechtrunc.testing import tiny_bridge
+    from mechtrunc.models.testing import tiny_bridge
 
     return tiny_bridge("gpt_neox", small_tokenizer_dir, seed=2, use_parallel_residual=False)
 
@@ -341,15 +341,15 @@ def neox_seq_bridge(small_tokenizer_dir):
 @pytest.fixture(scope="session")
 def gptj_bridge(small_tokenizer_dir):
     """A tiny random GPT-J (parallel attention + MLP reading one LayerNorm, interleaved rotary)."""
-    from mechtrunc.testing import tiny_bridge
+    from mechtrunc.models.testing import tiny_bridge
 
     return tiny_bridge("gptj", small_tokenizer_dir, seed=3)
 
 
 @pytest.fixture(scope="session")
 def nano_run(tmp_path_factory):
-    """The ``nano`` language model (mechtrunc.lm) trained once per session: ``(run dir, summary)``."""
-    from mechtrunc.lm import lm_preset, train_lm
+    """The ``nano`` language model (mechtrunc.models.lm) trained once per session: ``(run dir, summary)``."""
+    from mechtrunc.models.lm import lm_preset, train_lm
 
     out = tmp_path_factory.mktemp("lm") / "nano"
     return out, train_lm(lm_preset("nano"), out, progress=False)

@@ -1,5 +1,5 @@
 """Helpers only this repository's tests use (user-facing model builders are in
-:mod:`mechtrunc.testing`).
+:mod:`mechtrunc.models.testing`).
 
 - :func:`save_training_checkpoints`: train the recall NeoX and save it at several steps as
   ``DIR/step{N}/`` (a local checkpoint directory for ``checkpoint_study``).
@@ -26,12 +26,12 @@ WORKER_PYTHONPATH = os.pathsep.join([str(TESTS.parent), str(TESTS)])
 def save_training_checkpoints(
     out_dir: str | os.PathLike, steps: Sequence[int], *, seed: int = 0, **train_kwargs,
 ) -> dict[int, Path]:
-    """Train :func:`mechtrunc.testing.train_neox_recall` for ``max(steps)`` steps and save the
+    """Train :func:`mechtrunc.models.testing.train_neox_recall` for ``max(steps)`` steps and save the
     model at each of ``steps`` as ``out_dir/step{N}/`` (model and tokenizer, ``save_pretrained``;
     step 0 is the initialisation).  Returns ``{step: directory}``.  A tiny recipe
     (``d_model=32``, one layer) takes well under a second per saved step on a CPU."""
     from mechtrunc.tasks.recall import RecallConfig, RecallTask
-    from mechtrunc.testing import recall_tokenizer_dir, train_neox_recall
+    from mechtrunc.models.testing import recall_tokenizer_dir, train_neox_recall
 
     out = Path(out_dir)
     want = sorted({int(s) for s in steps})
@@ -67,7 +67,7 @@ class SlowLoader:
 
 def tiny_minimal_config(**kw):
     """A minimal-model config small enough for a test (random 8-token chain, d 16, float64)."""
-    from mechtrunc.dynamics import MinimalConfig
+    from mechtrunc.studies.dynamics import MinimalConfig
 
     args = dict(bigrams="random", vocab_size=8, d_model=16, seq_len=24, batch_size=8, dtype="float64",
                 test_size=16, steps=10, eval_every=5)

@@ -155,7 +155,7 @@ BAD_INPUTS: list[Bad] = [
     cli("lens vocab TOY_RUN --matrix mlp.W_out --head 0", "--head applies only to attn.W_O and attn.OV, not to mlp.W_out"),
     cli("lens vocab TOY_RUN --matrix attn.OV --head 3", "head 3 is out of range: valid heads are 0..0"),
     cli("lens vocab TOY_RUN --k 0", "argument --k: expected a positive integer, got '0'"),
-    cli("lens vocab TOY_RUN --matrix W", "matrix 'W' exists only on a mechtrunc.memory.LinearMemory, not on a toy model"),
+    cli("lens vocab TOY_RUN --matrix W", "matrix 'W' exists only on a mechtrunc.models.memory.LinearMemory, not on a toy model"),
     cli("lens vocab TOY_RUN --generic 99", "token id 99 is out of range: valid ids are 0..64"),
     cli("lens logit TOY_RUN --truncate mlp.W_in:1", "expected MATRIX:LAYER:KEEP (e.g. mlp.W_in:1:0.1), got 'mlp.W_in:1'"),
     cli("lens logit TOY_RUN --truncate mlp.W_in:1:1.5", "argument --truncate: expected a number in [0, 1], got '1.5'"),
@@ -241,7 +241,7 @@ BAD_INPUTS: list[Bad] = [
     api("mt.edge_attribution(neox, neox_prompts, neox_prompts.tokens, method='ig-activations')", "ValueError",
         "edge attribution supports method 'atp' and 'ig-inputs'"),
     api("mt.circuit_faithfulness(neox, neox_prompts, neox_prompts.tokens, {})", "TypeError",
-        "edges must be a table of mechtrunc.circuits.edge_attribution"),
+        "edges must be a table of mechtrunc.analysis.circuits.edge_attribution"),
     # ---------------------------------------------------------------- API: models, tasks, training
     api("mt.ToyConfig(d_model=30, n_heads=4)", "ValueError", "d_model 30 is not divisible by n_heads 4"),
     api("mt.ToyConfig(ffn='gelu2')", "ValueError", "unknown ffn kind 'gelu2'"),
@@ -297,15 +297,15 @@ BAD_INPUTS: list[Bad] = [
     api("mt.ioi_prompts(tok, templates=['no names here'])", "ValueError", "must be in ABB form"),
     api("mt.factual_prompts(tok, relations=['nope'])", "ValueError", "unknown relation(s)"),
     api("mt.ioi_prompts(small_tok, n=4)", "ValueError", "IOI needs at least 2 names that are single tokens under the tokenizer /"),
-    api("mt.pythia.check_step(1500)", "ValueError", "step 1500 is not a Pythia checkpoint; nearest valid steps: 1000, 2000"),
-    api("mt.pythia.load_model('EleutherAI/pythia-70m', step=1000, revision='main')", "ValueError",
+    api("mt.hf.check_step(1500)", "ValueError", "step 1500 is not a Pythia checkpoint; nearest valid steps: 1000, 2000"),
+    api("mt.hf.load_model('EleutherAI/pythia-70m', step=1000, revision='main')", "ValueError",
         "give step= or revision=, not both"),
-    api("mt.pythia.load_model(TINY_PYTHIA, step=1000)", "ValueError", "is a local directory, which holds a single checkpoint"),
-    api("mt.pythia.load_model(TINY_PYTHIA, dtype='float8')", "ValueError", "unknown dtype 'float8'"),
-    api("mt.pythia.load_model(TINY_PYTHIA, device='cuda')", "ValueError", "no CUDA GPU is available", no_gpu=True),
-    api("mt.pythia.load_model('gpt2')", "ModelNotAvailableError", "model 'gpt2' at revision 'main' is not available"),
-    api("mt.pythia.tokenizer('./nowhere/tok')", "ModelNotAvailableError", "no such tokenizer directory: ./nowhere/tok"),
-    api("mt.pythia.pythia_config('3b')", "ValueError", "unknown Pythia size '3b'; valid sizes: 14m"),
+    api("mt.hf.load_model(TINY_PYTHIA, step=1000)", "ValueError", "is a local directory, which holds a single checkpoint"),
+    api("mt.hf.load_model(TINY_PYTHIA, dtype='float8')", "ValueError", "unknown dtype 'float8'"),
+    api("mt.hf.load_model(TINY_PYTHIA, device='cuda')", "ValueError", "no CUDA GPU is available", no_gpu=True),
+    api("mt.hf.load_model('gpt2')", "ModelNotAvailableError", "model 'gpt2' at revision 'main' is not available"),
+    api("mt.hf.tokenizer('./nowhere/tok')", "ModelNotAvailableError", "no such tokenizer directory: ./nowhere/tok"),
+    api("mt.hf.pythia_config('3b')", "ValueError", "unknown Pythia size '3b'; valid sizes: 14m"),
     api("mt.studies.truncation_study(neox, neox_prompts, layers=[0], keeps=[0.5], out=HALF_WRITTEN_STUDY, progress=False)",
         "ValueError", "study.json is corrupt (a half-written study?)"),
     api("mt.studies.truncation_study(neox, neox_prompts, layers=[0], keeps=[0.5], out=OTHER_STUDY, progress=False)",
@@ -350,7 +350,7 @@ class Ctx(dict):
         if name == "neox":
             return self.request.getfixturevalue("neox_bridge")
         if name == "tok":
-            return mt.pythia.tokenizer(cache_dir=b / "tok_cache")
+            return mt.hf.tokenizer(cache_dir=b / "tok_cache")
         if name == "small_tok":
             from transformers import AutoTokenizer
 
@@ -417,7 +417,7 @@ class Ctx(dict):
             (d / "checkpoint.pt").write_bytes(b"\x00half a checkpoint")
             return d
         if name == "UNFINISHED_LM_RUN":
-            from mechtrunc.lm import lm_preset
+            from mechtrunc.models.lm import lm_preset
 
             d = b / "lm_run_unfinished"
             d.mkdir(exist_ok=True)
@@ -477,7 +477,7 @@ class Ctx(dict):
 
 @pytest.fixture(scope="module")
 def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
-    from mechtrunc.testing import build_random_pythia
+    from mechtrunc.models.testing import build_random_pythia
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4, "max_position_embeddings": 64},
                                tokenizer_dir=pythia_tokenizer_dir, out_dir=tmp_path_factory.mktemp("tiny_pythia"),
@@ -580,7 +580,7 @@ def render_doc() -> str:
         "`HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
         "files as named, `RUN_OTHER_CONFIG` a toy training checkpoint of `alpha` 0.1 and 3 steps.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
         "`neox` a 3-layer GPT-NeoX bridge (vocabulary 512, context 64), `tok` Pythia's tokenizer "
-        "(`mt.pythia.tokenizer()`), `small_tok` a word-level tokenizer, `apply(model, iv)` enters and leaves "
+        "(`mt.hf.tokenizer()`), `small_tok` a word-level tokenizer, `apply(model, iv)` enters and leaves "
         "`mt.intervene(model, iv)`.  \"(no GPU)\": run as if CUDA were absent.",
         "",
         "| # | where | input | error | the message contains |",

@@ -35,8 +35,8 @@ def bench():
 def test_flops_per_token_counts_the_models_matrix_products(bench, preset):
     import torch
 
-    from mechtrunc.lm.tokenizer import lm_tokenizer
-    from mechtrunc.lm.train import build_model, lm_preset
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.train import build_model, lm_preset
 
     cfg = lm_preset(preset)
     model = build_model(cfg, len(lm_tokenizer()))

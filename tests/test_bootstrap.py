@@ -1,11 +1,11 @@
-"""The one bootstrap (mechtrunc.metrics): one input check, one source of resamples, one percentile
+"""The one bootstrap (mechtrunc.core.metrics): one input check, one source of resamples, one percentile
 interval, shared by the item, cluster, batch (gradient SNR) and seed intervals."""
 
 import numpy as np
 import pytest
 import torch
 
-from mechtrunc.metrics import (
+from mechtrunc.core.metrics import (
     bootstrap_draws, bootstrap_intervals, bootstrap_means, check_bootstrap, percentile_interval, resample_counts,
 )
 
@@ -62,7 +62,7 @@ def test_percentile_interval_can_leave_out_nan_resamples():
 
 
 def test_seed_intervals_draw_from_the_numpy_stream():
-    from mechtrunc.dynamics import paired_seed_intervals, seed_interval
+    from mechtrunc.studies.dynamics import paired_seed_intervals, seed_interval
 
     v, w = np.array([3.0, 5.0, 4.0, 9.0]), np.array([1.0, 2.0, 2.0, 4.0])
     idx = np.random.default_rng(0).integers(0, 4, size=(500, 4))

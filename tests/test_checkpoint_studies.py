@@ -23,7 +23,7 @@ from helpers import WORKER_PYTHONPATH, SlowLoader
 from mechtrunc.cli import main
 from mechtrunc.studies import CheckpointDirectory, Grid, LocalExecutor, checkpoint_study
 from mechtrunc.studies.checkpoints import best_by_step, heldout_by_step, read_checkpoint_items
-from mechtrunc.testing import build_random_pythia, fake_hub_cache, word_level_tokenizer_dir
+from mechtrunc.models.testing import build_random_pythia, fake_hub_cache, word_level_tokenizer_dir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -348,7 +348,7 @@ def step_only_hub(tmp_path_factory):
 
 _LOAD_SCRIPT = """
 import contextlib, io, json, sys
-from mechtrunc.pythia import load_model, ModelNotAvailableError
+from mechtrunc.models.hf import load_model, ModelNotAvailableError
 from mechtrunc.cli import main
 m = load_model("EleutherAI/pythia-14m", step=1000)
 ids = m.tokenizer("w1 w2")["input_ids"]

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def toy_ckpts(tmp_path_factory):
     """A tiny toy run trained 40 steps with its model kept every 20 steps."""
-    from mechtrunc.training import KeepCheckpoints, preset, train
+    from mechtrunc.models.toy_training import KeepCheckpoints, preset, train
 
     out = tmp_path_factory.mktemp("toy") / "run"
     cfg = preset("cpu", d_model=32, seq_len=32, steps=40, eval_every=20, test_size=16, batch_size=16, seed=0)
@@ -34,7 +34,7 @@ def toy_ckpts(tmp_path_factory):
 
 
 def test_keep_checkpoints_writes_loadable_runs(toy_ckpts):
-    from mechtrunc.training import load_run
+    from mechtrunc.models.toy_training import load_run
 
     loader = ToyCheckpoints(toy_ckpts)
     assert loader.steps() == [20, 40]
@@ -83,7 +83,7 @@ def toy_study(toy_ckpts, tmp_path_factory):
 
 
 def test_shard_columns_and_ledger_sums(toy_ckpts, toy_study):
-    from mechtrunc.attribution import attribute
+    from mechtrunc.analysis.attribution import attribute
 
     out, clean, t = toy_study
     assert tuple(t.nodes.columns) == CIRCUIT_NODE_COLUMNS
@@ -175,7 +175,7 @@ def test_overtaking_step_needs_the_same_items_at_every_step():
 
 
 def test_city_swap_replaces_the_stated_city():
-    from mechtrunc.prompts import PromptSet
+    from mechtrunc.core.prompts import PromptSet
     from mechtrunc.tasks.corrupt import city_swap
 
     tokens = torch.tensor([[1, 7, 2, 1, 3], [1, 5, 2, 1, 3], [1, 4, 2, 1, 3]])
@@ -208,8 +208,8 @@ def bench():
 
 
 def test_benchmark_counts_the_passes_of_each_method(bench, tmp_path):
-    from mechtrunc.circuits import attribution_scan
-    from mechtrunc.patching import patching_scan
+    from mechtrunc.analysis.circuits import attribution_scan
+    from mechtrunc.analysis.patching import patching_scan
 
     hf, bridge = bench.build(layers=2, vocab=64, seed=0, tmp=tmp_path)
     clean, corrupted = bench.prompts(4, 5, 64, seed=0)

@@ -1,5 +1,5 @@
-"""Attribution patching (mechtrunc.circuits) checked against exact activation and path patching
-(mechtrunc.patching, independently verified) and against TransformerLens' own
+"""Attribution patching (mechtrunc.analysis.circuits) checked against exact activation and path patching
+(mechtrunc.analysis.patching, independently verified) and against TransformerLens' own
 attribution_patch, faithfulness, logit_lens and direct_logit_attribution on bridges."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.circuits import agreement, attribution_scan, circuit_faithfulness, edge_attribution, top_edges
-from mechtrunc.patching import path_patching_scan, patching_scan, raw_change
-from mechtrunc.prompts import PromptSet
+from mechtrunc.analysis.circuits import agreement, attribution_scan, circuit_faithfulness, edge_attribution, top_edges
+from mechtrunc.analysis.patching import path_patching_scan, patching_scan, raw_change
+from mechtrunc.core.prompts import PromptSet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -109,7 +109,7 @@ def test_equal_to_exact_patching_where_the_metric_is_linear_in_the_site(toy_task
 
 
 def test_equal_to_exact_on_the_linear_memory():
-    from mechtrunc.memory import LinearMemory, MemoryConfig
+    from mechtrunc.models.memory import LinearMemory, MemoryConfig
 
     mem = LinearMemory(MemoryConfig(n_inputs=24, n_outputs=12, d=16, init="random", seed=0, dtype="float32"))
     clean, corrupted = _pair(mem, n=16, length=3, swap=2)
@@ -123,7 +123,7 @@ def test_equal_to_exact_on_the_linear_memory():
 
 
 def _minimal(ff="sequential"):
-    from mechtrunc.dynamics.minimal import MinimalConfig, MinimalModel
+    from mechtrunc.studies.dynamics.minimal import MinimalConfig, MinimalModel
 
     model = MinimalModel(MinimalConfig(d_model=160, ff=ff, seq_len=16, seed=0))
     g = torch.Generator().manual_seed(1)
@@ -152,7 +152,7 @@ def test_minimal_model_nodes_exact_and_edges_sum_to_nodes(ff):
 
 def test_edges_into_the_logits_equal_path_patching_on_the_toy(toy_task):
     """No final LayerNorm: a head's path to the logits is linear, so its edge estimate is the
-    exact path patch (mechtrunc.patching.path_patching_scan)."""
+    exact path patch (mechtrunc.analysis.patching.path_patching_scan)."""
     model, clean, corrupted = toy_task
     for direction in ("denoising", "noising"):
         exact = path_patching_scan(model, clean, corrupted, "logits", direction=direction, n_boot=0)
@@ -391,8 +391,8 @@ def _label_r(r, model):
 def test_logit_lens_equals_transformer_lens(bridges):
     from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_lens
 
-    from mechtrunc.lens import logit_lens
-    from mechtrunc.metrics import metrics_from_logits
+    from mechtrunc.analysis.lens import logit_lens
+    from mechtrunc.core.metrics import metrics_from_logits
 
     for name, model in bridges.items():
         clean, _ = _pair(model, n=6, length=7)
@@ -417,8 +417,8 @@ def test_direct_logit_attribution_equals_transformer_lens(small_tokenizer_dir):
     final LayerNorm exactly.  Two bridges over copies of one Hugging Face model agree."""
     from transformer_lens.tools.analysis.direct_logit_attribution import direct_logit_attribution
 
-    from mechtrunc.attribution import attribute
-    from mechtrunc.testing import tiny_bridge
+    from mechtrunc.analysis.attribution import attribute
+    from mechtrunc.models.testing import tiny_bridge
 
     for arch in ("gpt2", "gpt_neox"):
         raw = tiny_bridge(arch, small_tokenizer_dir, seed=4)
@@ -456,7 +456,7 @@ def test_cli_patch_attribute_prints_the_librarys_tables(tmp_path, capsys):
 
     from mechtrunc.cli import main
     from mechtrunc.tasks.corrupt import recall_pair
-    from mechtrunc.training import load_run
+    from mechtrunc.models.toy_training import load_run
 
     run = tmp_path / "toy_run"
     mt.train(mt.preset("cpu", d_model=16, seq_len=16, steps=2, eval_every=2, batch_size=4, test_size=8),

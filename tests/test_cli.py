@@ -103,7 +103,7 @@ def test_toy_train_never_changes_a_finished_or_different_run(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
-    from mechtrunc.testing import build_random_pythia
+    from mechtrunc.models.testing import build_random_pythia
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
                                out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
@@ -137,7 +137,7 @@ def test_command_groups_import_no_package_init_and_nothing_heavy_at_top():
 
     import mechtrunc.cli as cli
 
-    light = {"mechtrunc", "mechtrunc._choices", "mechtrunc.results", "mechtrunc.cli.checks", "mechtrunc.cli.toy"}
+    light = {"mechtrunc", "mechtrunc._choices", "mechtrunc.core.results", "mechtrunc.cli.checks", "mechtrunc.cli.toy"}
     for path in sorted(Path(cli.__file__).parent.glob("*.py")):
         if path.name in ("__init__.py", "__main__.py"):
             continue
@@ -156,7 +156,7 @@ def test_demo_twice_says_the_model_is_trained_and_goes_on_to_the_report(tmp_path
     """`make demo` run twice: the second run trains nothing, leaves the run's files as they are
     and still prints the table and writes the report; another --seed is refused naming it (the
     cpu preset is shrunk here so the test takes seconds)."""
-    import mechtrunc.training as training
+    import mechtrunc.models.toy_training as training
     from helpers import dir_snapshot
 
     real = training.preset

@@ -71,7 +71,7 @@ def _probe(usage_errors):
 
 
 def test_import_cli_is_light():
-    code = f"import sys, mechtrunc, mechtrunc.cli, mechtrunc.cli.toy, mechtrunc.cli.pythia, mechtrunc.cli.memory, mechtrunc.cli.report, mechtrunc.results; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    code = f"import sys, mechtrunc, mechtrunc.cli, mechtrunc.cli.toy, mechtrunc.cli.pythia, mechtrunc.cli.memory, mechtrunc.cli.report, mechtrunc.core.results; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -89,12 +89,12 @@ def test_help_and_usage_errors_import_nothing_heavy():
 def test_lazy_package_keeps_its_public_names():
     import mechtrunc as mt
 
-    assert {"Truncate", "intervene", "ToyTransformer", "PRESETS", "pythia", "studies"} <= set(mt.__all__)
+    assert {"Truncate", "intervene", "ToyTransformer", "PRESETS", "hf", "studies"} <= set(mt.__all__)
     assert set(mt.__all__) <= set(dir(mt))
     for name in mt.__all__:
         assert getattr(mt, name) is not None
-    assert mt.Truncate.__module__ == "mechtrunc.interventions"
-    assert callable(mt.pythia.load_model) and callable(mt.studies.truncation_study)
+    assert mt.Truncate.__module__ == "mechtrunc.core.interventions"
+    assert callable(mt.hf.load_model) and callable(mt.studies.truncation_study)
     from mechtrunc import Truncate, preset  # noqa: F401  (from-import goes through __getattr__ too)
 
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):

@@ -169,8 +169,8 @@ def test_collateral_budget_refuses_the_step_that_breaks_it(toy, search):
 
 def test_budget_takes_the_best_candidate_within_it_as_held_out_selection_does(toy):
     """A step whose best candidate is over the budget takes the best one within it: the choice of
-    mechtrunc.selection.choose_configuration on the step's grid with every collateral known."""
-    from mechtrunc.selection import choose_configuration
+    mechtrunc.analysis.selection.choose_configuration on the step's grid with every collateral known."""
+    from mechtrunc.analysis.selection import choose_configuration
 
     model, sel, ev = toy
     snap = _snapshot(model)

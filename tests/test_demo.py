@@ -1,13 +1,13 @@
 """`mechtrunc demo` (make demo) prints its numbers beside the bands over seeds of
-:mod:`mechtrunc.reference`, says which are outside, and names the machine and kernels."""
+:mod:`mechtrunc.core.reference`, says which are outside, and names the machine and kernels."""
 
 from __future__ import annotations
 
 import re
 
 from mechtrunc.cli.toy import format_band_table
-from mechtrunc.reference import CPU_PRESET_BANDS, TOY_VARIANT_LABELS, band
-from mechtrunc.results import VARIANT_METRICS
+from mechtrunc.core.reference import CPU_PRESET_BANDS, TOY_VARIANT_LABELS, band
+from mechtrunc.core.results import VARIANT_METRICS
 
 
 def _final(inside: bool) -> dict:
@@ -36,9 +36,9 @@ def test_band_table_names_a_number_outside_its_band():
 def test_demo_prints_its_numbers_beside_the_bands(tmp_path, monkeypatch, capsys):
     """The demo's output (a cpu preset shrunk to seconds) holds the band table of its own final
     numbers and names the machine and kernels that produced them."""
-    import mechtrunc.training as training
+    import mechtrunc.models.toy_training as training
     from mechtrunc.cli import main
-    from mechtrunc.reference import machine_fingerprint
+    from mechtrunc.core.reference import machine_fingerprint
 
     real_preset, real_train, results = training.preset, training.train, []
     monkeypatch.setattr(training, "preset", lambda name, **kw: real_preset(

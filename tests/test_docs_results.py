@@ -1,6 +1,6 @@
 """The toy numbers of docs/results.md: every generated block equals its rendering from the CSV a
 committed script wrote (fast), and in the slow suite a fresh run of the current code at seeds 0, 1,
-2 of the ``cpu`` preset sits inside the bands of :mod:`mechtrunc.reference` (which hold on any
+2 of the ``cpu`` preset sits inside the bands of :mod:`mechtrunc.core.reference` (which hold on any
 machine) and equals docs/data where docs/data/provenance.json says the CSV was produced on a
 machine with this one's fingerprint (CPU, torch, kernels); elsewhere only the bands are asserted,
 and the test says so."""
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 import mechtrunc as mt
-from mechtrunc.reference import CPU_PRESET_BANDS as BANDS
-from mechtrunc.reference import TOY_VARIANT_LABELS, fingerprint_differences, machine_fingerprint
-from mechtrunc.results import VARIANT_METRICS, read_table
+from mechtrunc.core.reference import CPU_PRESET_BANDS as BANDS
+from mechtrunc.core.reference import TOY_VARIANT_LABELS, fingerprint_differences, machine_fingerprint
+from mechtrunc.core.results import VARIANT_METRICS, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "analyses"))
@@ -141,7 +141,7 @@ def test_cpu_preset_at_three_seeds_matches_released_model_and_docs(demo_toy, cpu
     fresh = pd.concat([*tables, cpu_seeds_1_2()], ignore_index=True)
     print(fresh.round(3).to_string(index=False))
 
-    # what holds on any machine: the bands over seeds (mechtrunc.reference, printed by the demo)
+    # what holds on any machine: the bands over seeds (mechtrunc.core.reference, printed by the demo)
     for (variant, metric), (lo, hi) in BANDS.items():
         values = fresh.loc[fresh["variant"] == variant, metric]
         assert len(values) == 3 and values.between(lo, hi).all(), (variant, metric, list(values))

@@ -63,11 +63,11 @@ def test_report_help_names_every_kind_the_report_reads():
 
 
 def test_lm_examples_use_training_names():
-    """docs/lm.md and mechtrunc.lm.prompts illustrate prompts with names the model trains on (a
+    """docs/lm.md and mechtrunc.models.lm.prompts illustrate prompts with names the model trains on (a
     held-out name is never a target in training)."""
-    from mechtrunc.lm.lexicon import DEFAULT_HELDOUT_NAMES
+    from mechtrunc.models.lm.lexicon import DEFAULT_HELDOUT_NAMES
 
-    for path in (ROOT / "docs" / "lm.md", ROOT / "mechtrunc" / "lm" / "prompts.py"):
+    for path in (ROOT / "docs" / "lm.md", ROOT / "mechtrunc" / "models" / "lm" / "prompts.py"):
         quoted = " ".join(re.findall(r'"[^"\n]*"', path.read_text()))
         held = sorted({n for n in DEFAULT_HELDOUT_NAMES if re.search(rf"\b{n}\b", quoted)})
         assert not held, (path.name, held)

@@ -1,4 +1,4 @@
-"""Training dynamics (mechtrunc.dynamics): the minimal in-context model's gradients against closed
+"""Training dynamics (mechtrunc.studies.dynamics): the minimal in-context model's gradients against closed
 forms, SNR scaling with the batch size, order-of-learning detection, a short run where the FF
 learns the noise before attention learns to copy, the shared interventions on the minimal model,
 and the toy Transformer's training callback (no change to the default history, exact component
@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.dynamics import (
+from mechtrunc.studies.dynamics import (
     MinimalConfig, MinimalModel, component_attributions, copy_directions, ff_signal_closed_form,
     first_step, gradient_signals, gradient_snr, induction_score, noise_component_summary, order_of_learning,
     train_minimal, train_toy_with_dynamics, ToyDynamicsRecorder,
 )
-from mechtrunc.metrics import masked_cross_entropy
+from mechtrunc.core.metrics import masked_cross_entropy
 from mechtrunc.tasks.recall import RecallTask
 
 from helpers import tiny_minimal_config  # noqa: E402
@@ -370,7 +370,7 @@ def test_full_gradient_snr_and_bootstrap_intervals_separate_the_memories():
     model) the bootstrap intervals of the FF memory lie above attention's for both the
     directional and the full SNR (measured once: directional 14.1 [11.9, 17.5] vs 7.5 [6.5, 9.1],
     full 4.01 [3.87, 4.23] vs 3.26 [3.16, 3.43])."""
-    from mechtrunc.dynamics.minimal import _batch_gradients
+    from mechtrunc.studies.dynamics.minimal import _batch_gradients
 
     model, task, cfg = _model_task(alpha=0.5, seq_len=32)
     df = gradient_snr(model, task, batch_size=8, n_batches=12, seed=3).set_index("memory")

@@ -1,4 +1,4 @@
-"""The minimal model (mechtrunc.dynamics.minimal): the FF wiring options against their
+"""The minimal model (mechtrunc.studies.dynamics.minimal): the FF wiring options against their
 closed-form gradients, the options that separate the size of the gradient signal from its
 noise (per-memory learning rates, a large batch for W_OV's gradient, noise injected along D_F),
 the same-criterion event detector, W_OV's components and entries, and the closed forms of the
@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.dynamics import (
+from mechtrunc.studies.dynamics import (
     MinimalConfig, MinimalModel, copy_directions, equal_signal_lr_scale, ff_signal_std_at_init, gradient_snr,
     learning_events, ov_batch_gradient, ov_entry_matrix, ov_gradient_share, ov_noise_components,
     ov_signal_closed_form, signal_closed_forms, train_minimal,
 )
-from mechtrunc.dynamics.minimal import _optimizer
-from mechtrunc.metrics import masked_cross_entropy
+from mechtrunc.studies.dynamics.minimal import _optimizer
+from mechtrunc.core.metrics import masked_cross_entropy
 from mechtrunc.tasks.recall import RecallTask
 
 from helpers import tiny_minimal_config  # noqa: E402
@@ -214,7 +214,7 @@ def test_ov_entries_gradient_share_and_components():
     res = train_minimal(_tiny(alpha=0.5, ff="none", steps=20, eval_every=20, lr=5.0))
     test = task.test_set(16, seed=cfg.seed + 10_000).to_prompts()
     comp = ov_noise_components(res.model, test)
-    logits = mt.runner.item_logits(res.model, test, batch_size=16).double()  # no FF: all from attention
+    logits = mt.item_logits(res.model, test, batch_size=16).double()  # no FF: all from attention
     margin = logits[:, noise] - (logits.sum(-1) - logits[:, noise]) / (V - 1)
     assert comp["noise_push"].sum() == pytest.approx(float(margin.mean()), abs=1e-6)
     assert comp["noise_share"].sum() == pytest.approx(1.0)

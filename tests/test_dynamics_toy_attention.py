@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.dynamics import (
+from mechtrunc.studies.dynamics import (
     SnapshotRecorder, attention_component_attributions, noise_component_summary, paired_seed_intervals,
     residual_attributions, seed_interval,
 )
 from mechtrunc.tasks.recall import RecallTask
-from mechtrunc.toy_model import ToyConfig, ToyTransformer
+from mechtrunc.models.toy import ToyConfig, ToyTransformer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -231,7 +231,7 @@ def test_script_end_to_end_on_a_tiny_config(tmp_path):
 def test_ov_gradient_push_rate_is_the_first_order_change_of_the_head_push(attn_only_run):
     """A small step -eps * (G_V, G_O) on L1 W_V, W_O changes the head's noise push (on the
     same sequences, pattern unchanged) by eps * noise_push_rate to first order."""
-    from mechtrunc.metrics import masked_cross_entropy
+    from mechtrunc.core.metrics import masked_cross_entropy
 
     res, _, test, cfg = attn_only_run
     batch = RecallTask(cfg.recall_config()).sample(32, seed=7)

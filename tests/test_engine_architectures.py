@@ -1,4 +1,4 @@
-"""The grid engine (mechtrunc.engine.run_grid) on every adapted architecture: its rows equal the
+"""The grid engine (mechtrunc.core.engine.run_grid) on every adapted architecture: its rows equal the
 reference (hook mode, one ``mt.evaluate`` per truncation) within 1e-5 in float32, and the fast
 path (not the fallback) computed them for the MLP matrices, ``attn.W_V``, ``attn.W_O`` and
 ``attn.OV``; ``attn.W_Q`` takes the reference path with the same numbers.  ``mt.sweep`` over
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc import engine
-from mechtrunc.adapters import adapt
+from mechtrunc.core import engine
+from mechtrunc.core.adapters import adapt
 from helpers import random_prompts
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -79,7 +79,7 @@ def test_the_bare_hugging_face_neox_gives_the_bridge_table(neox_bridge):
 
 
 def test_linear_memory():
-    from mechtrunc.memory import LinearMemory, MemoryConfig
+    from mechtrunc.models.memory import LinearMemory, MemoryConfig
 
     mem = LinearMemory(MemoryConfig(n_inputs=24, n_outputs=12, d=16, init="random", seed=0, dtype="float32"))
     assert adapt(mem).fast_matrices == ("W",)
@@ -108,7 +108,7 @@ def test_sweep_uses_the_engine_for_plain_truncations(neox_bridge, monkeypatch):
 
 
 def test_the_minimal_model_takes_the_reference_path():
-    from mechtrunc.dynamics.minimal import MinimalConfig, MinimalModel
+    from mechtrunc.studies.dynamics.minimal import MinimalConfig, MinimalModel
     from mechtrunc.tasks.recall import RecallTask
 
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def test_the_minimal_model_takes_the_reference_path():
 
 
 def test_a_gpt2_variant_the_stack_does_not_write_takes_the_reference_path(small_tokenizer_dir):
-    from mechtrunc.testing import tiny_bridge
+    from mechtrunc.models.testing import tiny_bridge
 
     model = tiny_bridge("gpt2", small_tokenizer_dir, seed=4, n_layer=2, scale_attn_by_inverse_layer_idx=True)
     assert adapt(model).stack is None

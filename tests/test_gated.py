@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc import engine
-from mechtrunc.adapters import adapt
-from mechtrunc.metrics import metrics_from_logits
-from mechtrunc.testing import tiny_bridge
+from mechtrunc.core import engine
+from mechtrunc.core.adapters import adapt
+from mechtrunc.core.metrics import metrics_from_logits
+from mechtrunc.models.testing import tiny_bridge
 from helpers import random_prompts
 
 pytestmark = pytest.mark.usefixtures("single_thread")

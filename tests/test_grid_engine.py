@@ -1,4 +1,4 @@
-"""The grid engine (mechtrunc.engine.run_grid) gives the reference evaluation's numbers
+"""The grid engine (mechtrunc.core.engine.run_grid) gives the reference evaluation's numbers
 (``mt.evaluate(model, prompts, Truncate(...))``) on the toy model, a tiny GPT-NeoX and GPT-2;
 its decomposition cache is hit on a rerun and invalidated by a weight change; bad input is
 rejected with a clear error.  (Every architecture and matrix: tests/test_engine_architectures.py.)"""
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc import engine as ge
-from mechtrunc.decomposition import SVDCache, truncation_basis
-from mechtrunc.results import is_metric
+from mechtrunc.core import engine as ge
+from mechtrunc.core.decomposition import SVDCache, truncation_basis
+from mechtrunc.core.results import is_metric
 from mechtrunc.studies import truncation_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -144,7 +144,7 @@ def test_bad_input_is_rejected(neox_bridge, random_toy):
         run(T("mlp.W_in", layer=3, keep=0.5))
     with pytest.raises(ValueError, match=r"unknown matrix 'mlp.W_up'"):
         run(T("mlp.W_up", layer=0, keep=0.5))
-    with pytest.raises(ValueError, match=r"matrix 'W' exists only on a mechtrunc.memory.LinearMemory"):
+    with pytest.raises(ValueError, match=r"matrix 'W' exists only on a mechtrunc.models.memory.LinearMemory"):
         run(T("W", layer=0, keep=0.5))
     with pytest.raises(TypeError, match=r"evaluates mechtrunc.Truncate values, got tuple"):
         run([(0, "mlp.W_in", 0.5)])

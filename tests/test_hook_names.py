@@ -1,9 +1,9 @@
 """Architecture names stay behind the adapter: hook names come from
-:meth:`mechtrunc.adapters.ModelAdapter.hook_name`, never from a string written in a module above it.
+:meth:`mechtrunc.core.adapters.ModelAdapter.hook_name`, never from a string written in a module above it.
 
 The scan reads every module's string literals (f-string parts included, docstrings left out) and
 fails on a TransformerLens hook-name pattern (``blocks.``, ``hook_...``, ``ln_final.``) outside
-``mechtrunc/adapters.py``, except for the short allow-list below.  It also checks that the names
+``mechtrunc/core/adapters.py``, except for the short allow-list below.  It also checks that the names
 the adapter gives are the hooks the models have.
 """
 
@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.adapters import adapt
+from mechtrunc.core.adapters import adapt
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mechtrunc"
 #: the one module that writes hook names
-ADAPTER = Path("mechtrunc", "adapters.py")
+ADAPTER = Path("mechtrunc", "core", "adapters.py")
 #: a hook name, or the part of one an f-string holds
 HOOK_NAME = re.compile(r"[\w.]*(?:\bblocks\.|(?<![A-Za-z])hook_[a-z]|\bln_final\.)[\w.]*")
 
@@ -31,11 +31,11 @@ HOOK_NAME = re.compile(r"[\w.]*(?:\bblocks\.|(?<![A-Za-z])hook_[a-z]|\bln_final\
 ALLOWED = {
     # the linear memory's own adapter (MemoryAdapter) names its model's hooks: it has no blocks,
     # so no TransformerLens layer names to take from ModelAdapter.hook_name
-    ("mechtrunc/memory.py", "hook_mem_out"),
-    ("mechtrunc/memory.py", "hook_embed"),
+    ("mechtrunc/models/memory.py", "hook_mem_out"),
+    ("mechtrunc/models/memory.py", "hook_embed"),
     # a label in the logit lens' output (df.attrs["resid_mid"], printed by `mechtrunc lens logit`):
     # it says which reading was used, it is not looked up
-    ("mechtrunc/lens.py", "hook_resid_mid"),
+    ("mechtrunc/analysis/lens.py", "hook_resid_mid"),
 }
 
 
@@ -84,7 +84,7 @@ def test_the_scan_sees_plain_and_formatted_names():
 def test_no_hand_written_hook_name_above_the_adapter():
     found = _found()
     extra = sorted(found - ALLOWED)
-    assert not extra, ("hook names written outside mechtrunc/adapters.py (use adapter.hook_name): "
+    assert not extra, ("hook names written outside mechtrunc/core/adapters.py (use adapter.hook_name): "
                        + "; ".join(f"{m}: {s!r}" for m, s in extra))
     stale = sorted(ALLOWED - found)
     assert not stale, f"allow-list entries no longer needed: {stale}"
@@ -209,7 +209,7 @@ def test_hook_name_errors(random_toy):
 
 
 def test_sizes_and_capabilities_come_from_the_adapter(random_toy, neox_bridge):
-    from mechtrunc.memory import LinearMemory, MemoryConfig
+    from mechtrunc.models.memory import LinearMemory, MemoryConfig
 
     toy, neox = adapt(random_toy), adapt(neox_bridge)
     assert (toy.n_ctx, toy.d_mlp) == (64, 128) == (random_toy.cfg.n_ctx, random_toy.blocks[0].mlp.W_in.shape[1])
@@ -229,8 +229,8 @@ def test_sizes_and_capabilities_come_from_the_adapter(random_toy, neox_bridge):
 
 
 def test_residual_readers_and_split_inputs_come_from_the_adapter(random_toy, neox_bridge):
-    from mechtrunc.dynamics.minimal import MinimalConfig, MinimalModel
-    from mechtrunc.memory import LinearMemory, MemoryConfig
+    from mechtrunc.studies.dynamics.minimal import MinimalConfig, MinimalModel
+    from mechtrunc.models.memory import LinearMemory, MemoryConfig
 
     toy, neox = adapt(random_toy), adapt(neox_bridge)
     minimal = adapt(MinimalModel(MinimalConfig(d_model=16, embeddings="gaussian", seq_len=8, seed=0)))

@@ -29,7 +29,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import mechtrunc as mt  # noqa: E402
 from mechtrunc import Ablate, ProjectOut, RemoveComponents, Truncate  # noqa: E402
-from mechtrunc.adapters import adapt  # noqa: E402
+from mechtrunc.core.adapters import adapt  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,7 +11,7 @@ import torch
 
 import mechtrunc as mt
 from mechtrunc import Ablate, ProjectOut, RemoveComponents, Truncate, rank_for_keep
-from mechtrunc.adapters import adapt
+from mechtrunc.core.adapters import adapt
 
 MODELS = ["toy", "toy2h", "neox", "gpt2"]
 BRIDGES_AND_TOY = ["toy", "neox", "gpt2"]

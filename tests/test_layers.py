@@ -89,7 +89,7 @@ def test_no_module_imports_its_own_package_facade():
     assert not bad, "modules importing their own package's __init__: " + ", ".join(bad)
 
     facade = importlib.import_module(PACKAGE)
-    exposed = {m.split(".")[1] for m in facade._EXPORTS.values()} | set(facade._SUBMODULES)
+    exposed = {m.split(".")[1] for m in [*facade._EXPORTS.values(), *facade._SUBMODULES.values()]}
     position = {t: i for i, layer in enumerate(_root_layers()) for t in layer}
     too_low = []
     for module in sorted(graph.find_modules_that_directly_import(PACKAGE)):
@@ -149,11 +149,11 @@ def _private_imports(rel: Path, source: str) -> list[str]:
 
 def test_the_private_name_scan_sees_both_forms():
     source = ("from mechtrunc.studies.store import _secret\nfrom .page import _x\nfrom . import page\n"
-              "import mechtrunc.pythia as p\nimport mechtrunc\n"
-              "page._y; p._z; mechtrunc.pythia._w; mechtrunc._scalars.as_int; p.__name__\n")
+              "import mechtrunc.models.hf as p\nimport mechtrunc\n"
+              "page._y; p._z; mechtrunc.models.hf._w; mechtrunc._scalars.as_int; p.__name__\n")
     found = [f.split(": ", 1)[1] for f in _private_imports(Path(PACKAGE, "report", "probe.py"), source)]
     assert found == ["from mechtrunc.studies.store import _secret", "from mechtrunc.report.page import _x",
-                     "mechtrunc.report.page._y", "mechtrunc.pythia._z", "mechtrunc.pythia._w"], found
+                     "mechtrunc.report.page._y", "mechtrunc.models.hf._z", "mechtrunc.models.hf._w"], found
 
 
 def test_no_module_imports_a_private_name_from_another_module():
@@ -173,3 +173,66 @@ def test_each_top_level_name_lives_where_the_facade_says():
             wrong.append(f"{name}: the facade says {home}, defined in {obj.__module__}")
         assert getattr(facade, name) is obj
     assert not wrong, "; ".join(wrong)
+
+
+def test_the_layer_tables_of_the_docs_are_generated_from_the_contract():
+    """docs/api.md's "Layers" tables are what tools/api_layers.py renders from pyproject.toml and
+    mechtrunc/_moved.py, and every floor of the contract is a row."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import api_layers
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    text = (ROOT / "docs" / "api.md").read_text()
+    for name, render in api_layers.BLOCKS.items():
+        assert api_layers.read_block(name, text) == render(), f"run python tools/api_layers.py ({name})"
+    rows = api_layers.render_layers().splitlines()[2:]
+    assert len(rows) == sum(len(layer) for layer in _root_layers())
+    assert [r.split(" | ")[1].strip("`/") for r in rows] == [t for layer in _root_layers() for t in layer]
+
+
+def test_old_module_paths_import_the_moved_module_with_a_warning():
+    """Every old path of mechtrunc/_moved.py gives the module of its new path itself (a moved
+    package's submodules too), with a DeprecationWarning naming the new path; mt.pythia is mt.hf."""
+    from mechtrunc import _moved
+
+    assert _moved.new_name("mechtrunc.lm.train") == "mechtrunc.models.lm.train"
+    assert _moved.new_name("mechtrunc.studies.lm") is None and _moved.new_name("numpy.lm") is None
+    code = (
+        "import importlib, json, sys, warnings\n"
+        "import mechtrunc as mt\n"
+        "from mechtrunc._moved import MOVED\n"
+        "out = {}\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out['mt.pythia'] = [mt.pythia is mt.hf, [str(x.message) for x in w]]\n"
+        "for old, new in [*MOVED.items(), ('mechtrunc.lm.train', 'mechtrunc.models.lm.train')]:\n"
+        "    with warnings.catch_warnings(record=True) as w:\n"
+        "        warnings.simplefilter('always')\n"
+        "        mod = importlib.import_module(old)\n"
+        "    out[old] = [mod is importlib.import_module(new), mod.__name__, mod.__spec__.name,\n"
+        "                [str(x.message) for x in w if issubclass(x.category, DeprecationWarning)]]\n"
+        "print(json.dumps(out))\n")
+    import json
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out.pop("mt.pythia") == [True, ["mt.pythia is now mt.hf (the old name goes in the next release)"]]
+    new_of = {**_moved.MOVED, "mechtrunc.lm.train": "mechtrunc.models.lm.train"}
+    for old, (same, name, spec, warned) in out.items():
+        assert same and name == spec == new_of[old], old
+        assert any(f"module {old} moved to {new_of[old]}" in m for m in warned), (old, warned)
+
+
+def test_the_package_imports_no_old_module_path():
+    from mechtrunc import _moved
+
+    graph = _graph()
+    old = [m for m in graph.modules if _moved.new_name(m) is not None]
+    assert not old, f"modules found under old paths: {old}"
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(re.escape(k) for k in _moved.MOVED) + r")(?![\w])")
+    found = [f"{p.relative_to(ROOT)}: {m}" for p in (ROOT / PACKAGE).rglob("*.py") if p.name != "_moved.py"
+             for m in pattern.findall(p.read_text())]
+    assert not found, found

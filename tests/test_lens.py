@@ -1,4 +1,4 @@
-"""mechtrunc.lens: the vocabulary lens of weight components, generic tokens found from data, the
+"""mechtrunc.analysis.lens: the vocabulary lens of weight components, generic tokens found from data, the
 ranking of generic components (over checkpoints too) and the logit lens at every residual site."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.lens import LENS_SITES, component_directions
-from mechtrunc.memory import MemoryConfig, noise_component, spectrum, train_memory
+from mechtrunc.analysis.lens import LENS_SITES, component_directions
+from mechtrunc.models.memory import MemoryConfig, noise_component, spectrum, train_memory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -140,7 +140,7 @@ def test_vocab_lens_reads_through_the_final_layernorm(neox_bridge):
 
 def test_head_matrices_follow_the_interventions_basis(trained_toy, neox_bridge):
     model = trained_toy[0]
-    from mechtrunc.interventions import ov_basis
+    from mechtrunc.core.interventions import ov_basis
 
     adapter = mt.adapt(neox_bridge)
     _, Vh = ov_basis(adapter, 1)
@@ -204,7 +204,7 @@ def test_generic_tokens_never_count_special_tokens_or_padding():
     """Padding and end-of-text are masked out before counting: on right-padded prompts of very
     different lengths, and on a stream of stories each opening with <|endoftext|>, the generic
     token is a real word, and the frequencies are shares of the real tokens."""
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
     from mechtrunc.tasks._tokens import tokenize_prompts
 
     tok = lm_tokenizer()
@@ -282,7 +282,7 @@ def test_a_the_component_appears_in_the_language_models_ffn(nano_run):
     from held-out corpus text without being named, and an FFN output component promoting it
     appears early in training (measured once: none at step 0, rank 1 with z > 5 from step 4; the
     analysis is analyses/lens_lm.py)."""
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.hf import load_model
     from mechtrunc.studies.lm import corpus_tokens
 
     out, _ = nano_run
@@ -308,8 +308,8 @@ def test_cli_lens_on_a_language_model_run_uses_the_runs_own_prompts(nano_run, ca
     the most frequent real token of those prompts, never padding or end of text."""
     from collections import Counter
 
-    from mechtrunc.lm.prompts import run_corpus, run_prompts
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.prompts import run_corpus, run_prompts
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
     from mechtrunc.studies.lm import learning_curves, lm_study_prompts, run_steps
 
     run, _ = nano_run

@@ -1,4 +1,4 @@
-"""The language model of mechtrunc.lm: corpus, tokenizer, prompts, training."""
+"""The language model of mechtrunc.models.lm: corpus, tokenizer, prompts, training."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mechtrunc.lm import lexicon
-from mechtrunc.lm.corpus import Corpus, CorpusConfig, corpus_preset, corpus_stats
-from mechtrunc.lm.tokenizer import lm_tokenizer
+from mechtrunc.models.lm import lexicon
+from mechtrunc.models.lm.corpus import Corpus, CorpusConfig, corpus_preset, corpus_stats
+from mechtrunc.models.lm.tokenizer import lm_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def corpus(tok):
 def test_lexicon_words_are_single_pythia_tokens_and_keep_pythia_segmentation(tok):
     import mechtrunc as mt
 
-    pythia = mt.pythia.tokenizer()
+    pythia = mt.hf.tokenizer()
     assert len(lexicon.NAMES) >= 150
     for words in (lexicon.NAMES, *lexicon.SLOTS.values()):
         for w in words:
@@ -157,7 +157,7 @@ def test_config_round_trips_through_a_dict():
 
 # ------------------------------------------------------------------ prompts
 def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
-    from mechtrunc.lm.prompts import lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts
+    from mechtrunc.models.lm.prompts import lm_fact_prompts, lm_generic_prompts, lm_ioi_prompts
 
     cfg = CorpusConfig()
     heldout = lm_ioi_prompts(tok, cfg, n=40, seed=1)  # held-out templates, training names
@@ -191,8 +191,8 @@ def test_heldout_prompt_sets_use_only_heldout_names_and_templates(tok):
 def test_prompts_are_in_the_format_of_the_training_stories(tok):
     """A story of the training stream opens with <|endoftext|> and its first sentence; every
     evaluation prompt does too (a model is evaluated on prompts in the format it was trained on)."""
-    from mechtrunc.lm.corpus import Corpus
-    from mechtrunc.lm.prompts import TASKS, lm_task_prompts
+    from mechtrunc.models.lm.corpus import Corpus
+    from mechtrunc.models.lm.prompts import TASKS, lm_task_prompts
 
     cfg = CorpusConfig()
     chunk = Corpus(cfg, tok).stories(20)
@@ -215,7 +215,7 @@ def test_prompts_are_in_the_format_of_the_training_stories(tok):
 
 
 # ------------------------------------------------------------------ training
-from mechtrunc.lm.train import LMConfig, checkpoint_steps, lm_preset, train_lm  # noqa: E402
+from mechtrunc.models.lm.train import LMConfig, checkpoint_steps, lm_preset, train_lm  # noqa: E402
 
 
 def _nano(**kw):
@@ -231,7 +231,7 @@ def test_checkpoint_schedule_is_pythias():
 def test_nano_trains_and_its_checkpoints_load(nano_run):
     import mechtrunc as mt
     from transformers import AutoTokenizer
-    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+    from mechtrunc.models.lm.prompts import lm_fact_prompts, lm_ioi_prompts
     from mechtrunc.studies.checkpoints import CheckpointDirectory
 
     out, summary = nano_run
@@ -243,7 +243,7 @@ def test_nano_trains_and_its_checkpoints_load(nano_run):
     first, last = float(rows[0]["loss"]), summary["final_loss"]
     assert first > 6.5 and last < 3.0  # ln(1302) = 7.2 at initialisation; the corpus is learnable
     tok = AutoTokenizer.from_pretrained(out / "step200")
-    model = mt.pythia.load_model(out / "step200")
+    model = mt.hf.load_model(out / "step200")
     assert type(model).__name__ == "TransformerBridge"
     assert model.cfg.n_layers == 2 and model.cfg.d_vocab == len(tok)
     ioi = mt.evaluate(model, lm_ioi_prompts(tok, n=32)).iloc[0]
@@ -261,7 +261,7 @@ def test_nano_trains_and_its_checkpoints_load(nano_run):
 
 def test_checkpoint_study_reads_the_run_directory_as_it_is(nano_run):
     import mechtrunc as mt
-    from mechtrunc.lm.prompts import lm_ioi_prompts
+    from mechtrunc.models.lm.prompts import lm_ioi_prompts
 
     out, _ = nano_run
     table = mt.studies.checkpoint_study(out, [0, 128], lambda tok: lm_ioi_prompts(tok, n=16),
@@ -364,8 +364,8 @@ def test_bad_lm_configs_are_named(kwargs, match):
 
 
 def test_fast_preset_is_smalls_model_on_two_threads_with_four_times_the_tokens_per_step():
-    from mechtrunc.lm.tokenizer import lm_tokenizer
-    from mechtrunc.lm.train import build_model
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.train import build_model
 
     small, fast = lm_preset("small"), lm_preset("fast")
     differ = {k for k, v in small.to_dict().items() if fast.to_dict()[k] != v}
@@ -388,7 +388,7 @@ def test_same_config_and_thread_count_give_bit_identical_weights(tmp_path):
     # two threads, as the fast preset, on nano's model, in a child process whose OpenMP threads
     # sleep while they wait (OMP_WAIT_POLICY=PASSIVE, read when torch loads; it changes no number):
     # with the default policy two threads take minutes when other processes hold the cores
-    code = ("import sys, torch; from mechtrunc.lm.train import lm_preset, train_lm; "
+    code = ("import sys, torch; from mechtrunc.models.lm.train import lm_preset, train_lm; "
             "before = torch.get_num_threads(); "
             "[train_lm(lm_preset('nano', steps=2, threads=2), sys.argv[1] + '/' + n, progress=False) for n in 'ab']; "
             "assert torch.get_num_threads() == before, 'train_lm did not restore the thread count'")
@@ -425,7 +425,7 @@ def test_cli_module_imports_no_torch_or_numpy():
 
 def test_cli_prompt_file_loads_back_as_the_same_prompt_set(monkeypatch, tmp_path, tok):
     import mechtrunc as mt
-    from mechtrunc.lm.prompts import lm_fact_prompts, lm_ioi_prompts
+    from mechtrunc.models.lm.prompts import lm_fact_prompts, lm_ioi_prompts
 
     for task, build in (("ioi", lm_ioi_prompts), ("factual", lm_fact_prompts)):
         path = tmp_path / f"{task}.jsonl"
@@ -497,8 +497,8 @@ def test_studies_of_a_run_use_its_own_prompts(nano_run, tmp_path, monkeypatch):
     import pandas as pd
 
     import mechtrunc as mt
-    from mechtrunc.lm.prompts import prompts_for_model, run_prompts, uses_run_prompts
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.lm.prompts import prompts_for_model, run_prompts, uses_run_prompts
+    from mechtrunc.models.hf import load_model
     from mechtrunc.tasks.registry import prompts_for_task
 
     run, _ = nano_run

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechtrunc.lm import english as E
-from mechtrunc.lm.corpus import Corpus, CorpusConfig
-from mechtrunc.lm.rdata import RDataError, RObject, read_lazyload, read_rds, unserialize
+from mechtrunc.models.lm import english as E
+from mechtrunc.models.lm.corpus import Corpus, CorpusConfig
+from mechtrunc.models.lm.rdata import RDataError, RObject, read_lazyload, read_rds, unserialize
 
 DATA = Path(__file__).parent / "data" / "janeaustenr"
 EXCERPT = dict(english_sha256=E.EXCERPT_SHA256)
@@ -249,7 +249,7 @@ def test_split_holds_out_the_last_five_percent_of_each_book():
 
 # ------------------------------------------------------------------ tokenizer
 def test_default_configs_keep_todays_tokenizer():
-    from mechtrunc.lm.tokenizer import lm_tokenizer, run_tokenizer
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer, run_tokenizer
 
     base = lm_tokenizer()
     assert len(base) == 1306
@@ -260,8 +260,8 @@ def test_default_configs_keep_todays_tokenizer():
 
 def test_english_tokenizer_keeps_every_lexicon_id_and_adds_frequent_words():
     import mechtrunc as mt
-    from mechtrunc.lm import lexicon
-    from mechtrunc.lm.tokenizer import english_extra_tokens, english_token_counts, lm_tokenizer, run_tokenizer
+    from mechtrunc.models.lm import lexicon
+    from mechtrunc.models.lm.tokenizer import english_extra_tokens, english_token_counts, lm_tokenizer, run_tokenizer
 
     base, ext = lm_tokenizer(), run_tokenizer(CorpusConfig(english=0.3, **EXCERPT))
     assert len(ext) == 2171  # 1,306 + the 512 most frequent missing Pythia tokens of the excerpt + their merges
@@ -271,7 +271,7 @@ def test_english_tokenizer_keeps_every_lexicon_id_and_adds_frequent_words():
         for w in words:
             assert ext.encode(" " + w) == base.encode(" " + w) and len(ext.encode(" " + w)) == 1, w
     text = " Mr. Bennet replied that he had not. Mary walked to the park."
-    pythia = mt.pythia.tokenizer()
+    pythia = mt.hf.tokenizer()
     assert ext.convert_ids_to_tokens(ext.encode(text)) == pythia.convert_ids_to_tokens(pythia.encode(text))
     assert len(base.encode(text)) > len(ext.encode(text))
     train, _ = E.english_split(E.read_english(E.excerpt_dir()))
@@ -379,7 +379,7 @@ def test_heldout_windows_never_appear_in_training_and_heldout_names_never_do():
 
 
 def test_a_corpus_with_english_needs_its_run_tokenizer():
-    from mechtrunc.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
 
     with pytest.raises(ValueError, match=r"needs its run's tokenizer .*2171 tokens\); the one given has 1306"):
         Corpus(CorpusConfig(english=0.3, **EXCERPT), lm_tokenizer())
@@ -389,15 +389,15 @@ def test_nano_trains_on_a_mixed_stream(tmp_path):
     import torch
 
     import mechtrunc as mt
-    from mechtrunc.lm.prompts import run_prompts
-    from mechtrunc.lm.tokenizer import lm_tokenizer
-    from mechtrunc.lm.train import lm_preset, train_lm
+    from mechtrunc.models.lm.prompts import run_prompts
+    from mechtrunc.models.lm.tokenizer import lm_tokenizer
+    from mechtrunc.models.lm.train import lm_preset, train_lm
 
     cfg = lm_preset("nano", steps=2, checkpoint_interval=1, corpus=CorpusConfig(english=0.5, **EXCERPT))
     summary = train_lm(cfg, tmp_path / "run", progress=False)
     assert summary["vocab_size"] == 2171 and np.isfinite(summary["final_loss"])
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["corpus"]["english"] == 0.5
-    model = mt.pythia.load_model(tmp_path / "run" / "step2")
+    model = mt.hf.load_model(tmp_path / "run" / "step2")
     assert model.cfg.d_vocab == 2171
     ioi = run_prompts(tmp_path / "run", n=8)  # the run's own tokenizer: lexicon ids as without English
     assert ioi.tokens.equal(run_prompts(tmp_path / "run", n=8, tokenizer=lm_tokenizer()).tokens)
@@ -431,7 +431,7 @@ def test_cli_english_fetches_once_and_train_records_the_texts_checksum(fake_debi
     assert cli.main(argv) == 0
     corpus = json.loads((run / "run.json").read_text())["config"]["corpus"]
     assert (corpus["english"], corpus["english_vocab"], corpus["english_sha256"]) == (0.4, 64, E.EXCERPT_SHA256)
-    from mechtrunc.lm.tokenizer import run_tokenizer
+    from mechtrunc.models.lm.tokenizer import run_tokenizer
 
     vocab = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["vocab_size"]
     assert vocab == len(run_tokenizer(CorpusConfig.from_dict(corpus))) and 1306 < vocab < 2171

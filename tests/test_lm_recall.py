@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import mechtrunc as mt
-from mechtrunc.lm import Corpus, CorpusConfig, corpus_preset, lm_recall_prompts, lm_task_prompts, lm_tokenizer
-from mechtrunc.lm import lexicon
+from mechtrunc.models.lm import Corpus, CorpusConfig, corpus_preset, lm_recall_prompts, lm_task_prompts, lm_tokenizer
+from mechtrunc.models.lm import lexicon
 from mechtrunc.studies import lm as S
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -140,7 +140,7 @@ def test_learning_steps_of_a_made_up_recall_history():
 
 
 def test_margin_ledger_splits_the_margin_and_removes_each_mlp(nano_run, tok):
-    model = mt.pythia.load_model(nano_run[0] / "step200", local_files_only=True)
+    model = mt.hf.load_model(nano_run[0] / "step200", local_files_only=True)
     ps = lm_task_prompts("ioi", tok, n=16, seed=5)
     led = S.margin_ledger(model, ps)
     parts = led[led["kind"].isin(["mlp", "head", "embed", "other", "bias"])]["value"].sum()

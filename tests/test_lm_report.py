@@ -233,7 +233,7 @@ RECALL_NOISE = 0.3
 def recall_studied(tmp_path_factory):
     """The nano model trained 100 steps on the ``recall`` corpus (recall_noise 0.3) and studied
     (8 prompts per set, keeps 0 and 0.5; about 20 s on one core): (run, study_run's tables)."""
-    from mechtrunc.lm import corpus_preset, lm_preset, train_lm
+    from mechtrunc.models.lm import corpus_preset, lm_preset, train_lm
     from mechtrunc.studies.lm import study_run
 
     run = tmp_path_factory.mktemp("lm_recall") / "recall"
@@ -245,7 +245,7 @@ def recall_studied(tmp_path_factory):
 def test_run_tasks_and_threshold_follow_the_corpus():
     from types import SimpleNamespace
 
-    from mechtrunc.lm import corpus_preset
+    from mechtrunc.models.lm import corpus_preset
     from mechtrunc.report.lm import _the_threshold, prompt_names, run_tasks
 
     def run(corpus):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.lm import CorpusConfig, lm_tokenizer
-from mechtrunc.metrics import bootstrap_ci
+from mechtrunc.models.lm import CorpusConfig, lm_tokenizer
+from mechtrunc.core.metrics import bootstrap_ci
 from mechtrunc.studies import lm as S
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -30,7 +30,7 @@ def prompts(tok):
 
 @pytest.fixture(scope="module")
 def final(nano_run):
-    return mt.pythia.load_model(nano_run[0] / "step200", local_files_only=True)
+    return mt.hf.load_model(nano_run[0] / "step200", local_files_only=True)
 
 
 def test_select_and_eval_prompts_differ_and_use_training_names(prompts, tok):

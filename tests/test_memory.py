@@ -1,4 +1,4 @@
-"""The linear associative memory (mechtrunc.memory): closed forms, the population optimum, the
+"""The linear associative memory (mechtrunc.models.memory): closed forms, the population optimum, the
 spectral location of the noise association and its removal with the shared interventions."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.memory import (
+from mechtrunc.models.memory import (
     LinearMemory, MemoryConfig, MemoryTrainConfig, clean_metrics, closed_form_gradient_at_zero,
     load_memory_run, noise_component, population_loss, spectrum, spectrum_summary, train_memory,
 )
@@ -240,13 +240,13 @@ def test_project_out_and_transformer_only_tools(trained):
 
 
 def test_memory_matrix_is_refused_on_the_toy(random_toy):
-    with pytest.raises(ValueError, match="exists only on a mechtrunc.memory.LinearMemory"):
+    with pytest.raises(ValueError, match="exists only on a mechtrunc.models.memory.LinearMemory"):
         with mt.intervene(random_toy, mt.Truncate("W", keep=0.5)):
             pass
 
 
 def test_weighted_metrics():
-    from mechtrunc.metrics import metrics_from_logits
+    from mechtrunc.core.metrics import metrics_from_logits
 
     model = LinearMemory(MemoryConfig(n_inputs=3, n_outputs=3, d=4, init="random", init_scale=3.0))
     logits = model.all_logits().detach()

@@ -90,7 +90,7 @@ def test_each_public_name_means_one_thing():
 
 def test_memory_run_is_the_trained_run_and_memory_result_the_read_directory():
     import mechtrunc as mt
-    from mechtrunc.memory import MemoryRun
+    from mechtrunc.models.memory import MemoryRun
     from mechtrunc.report import readers
 
     assert mt.memory.MemoryRun is MemoryRun and hasattr(MemoryRun, "save")
@@ -116,7 +116,8 @@ def test_renamed_attributes_warn_and_are_the_new_ones(module, old, new):
 def test_renamed_functions_warn_and_give_the_same_result(monkeypatch):
     """``study_report`` and ``truncation_table`` call their new names with the same arguments."""
     import mechtrunc as mt
-    from mechtrunc import studies, training
+    from mechtrunc import studies
+    from mechtrunc.models import toy_training as training
     from mechtrunc.studies import summary
 
     assert mt.toy_truncation_table is training.toy_truncation_table  # before the patch below
@@ -137,8 +138,8 @@ def test_the_docs_define_mode_and_path_once_with_the_codes_values():
     import re
 
     from mechtrunc._choices import GRID_MODES
-    from mechtrunc.engine import PATHS
-    from mechtrunc.interventions import _MODES  # the values Truncate(mode=...) accepts
+    from mechtrunc.core.engine import PATHS
+    from mechtrunc.core.interventions import _MODES  # the values Truncate(mode=...) accepts
 
     text = (ROOT / "docs" / "api.md").read_text()
     pattern = r"\n  - (`mode` of an intervention|grid `mode`|`path`) (.*?)(?=\n  - |\n- |\n\n)"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.prompts import PromptSet
+from mechtrunc.core.prompts import PromptSet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -301,7 +301,7 @@ def test_cli_patch_scan_and_path_on_a_toy_run_and_a_language_model_run(tmp_path,
     run, _ = nano_run
     assert main(["patch", "scan", str(run), "--task", "ioi", "--n", "8", "--sites", "z", "--json", "--no-progress"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    adapter = mt.adapt(__import__("mechtrunc.pythia", fromlist=["x"]).load_model(run / "step200", local_files_only=True))
+    adapter = mt.adapt(__import__("mechtrunc.models.hf", fromlist=["x"]).load_model(run / "step200", local_files_only=True))
     assert len(rep["rows"]) == adapter.n_layers * adapter.n_heads * 5  # groups: all, io, s1, s2, end
     assert rep["metric"] == "logit_diff_the"
 

@@ -18,7 +18,7 @@ import pytest
 from mechtrunc import _progress
 from mechtrunc._progress import LineReporter, NullBar, progress_bar, silenced, third_party_bars_off
 from mechtrunc.cli import build_parser, main
-from mechtrunc.testing import build_random_pythia
+from mechtrunc.models.testing import build_random_pythia
 
 BAR_MARKS = ("it/s", "s/it", "%|", "Loading weights", "Writing model shards", "\r")
 CLEAN_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", _progress.ENV)

@@ -18,12 +18,12 @@ import torch
 
 import mechtrunc as mt
 import mechtrunc.studies.grid as studies_grid
-from mechtrunc.pythia import (
+from mechtrunc.models.hf import (
     PYTHIA_SIZES, ModelNotAvailableError, check_step, load_model, pythia_config, pythia_steps,
 )
 from mechtrunc.studies import as_truncate, best_configuration, checkpoint_study, summarise_study, truncation_study
-from mechtrunc.testing import build_random_pythia
-from mechtrunc.viz import checkpoint_plot, truncation_heatmap
+from mechtrunc.models.testing import build_random_pythia
+from mechtrunc.analysis.viz import checkpoint_plot, truncation_heatmap
 
 SHAPE = {"size": "14m", "hidden_size": 64, "num_attention_heads": 4}
 KEEPS = (1, 0.5, 0.1, 0)

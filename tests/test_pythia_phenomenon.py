@@ -3,7 +3,7 @@
 A small Hugging Face GPT-NeoX (parallel attention + MLP, rotary on 25% of head dims, LayerNorm,
 untied unembedding) is trained on noisy in-context recall (alpha 0.5, masked loss at repeated
 triggers), saved with ``save_pretrained`` together with a character tokenizer, loaded back with
-``mechtrunc.pythia.load_model`` and studied with ``truncation_study``.  On the clean test set
+``mechtrunc.models.hf.load_model`` and studied with ``truncation_study``.  On the clean test set
 the full model still puts about half of its mass on the noise token (it learned the generic
 trigger -> noise association); removing the last layer's MLP (``keep=0`` on its ``W_out``, or
 ablating its output) raises accuracy and lowers P(noise), as on the paper's toy model.
@@ -24,9 +24,9 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.pythia import load_model
+from mechtrunc.models.hf import load_model
 from mechtrunc.studies import best_configuration, truncation_study
-from mechtrunc.testing import train_neox_recall
+from mechtrunc.models.testing import train_neox_recall
 from mechtrunc.tasks.recall import RecallConfig, RecallTask
 
 # recipe (see docs/pythia.md): d_model 128, 2 layers, 4 heads, T = 64, batch 64, AdamW lr 1e-3

@@ -346,16 +346,16 @@ def test_load_small_tokenizer_rejects_unknown(small_tok, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# mt.pythia.tokenizer(): Pythia's tokenizer offline, from the copy shipped in the package
+# mt.hf.tokenizer(): Pythia's tokenizer offline, from the copy shipped in the package
 # ------------------------------------------------------------------------------------------
 def test_shipped_pythia_tokenizer_offline(tmp_path, monkeypatch):
     import mechtrunc as mt
 
     monkeypatch.setenv("MECHTRUNC_CACHE", str(tmp_path / "cache"))
-    assert mt.pythia.PYTHIA_TOKENIZER_JSON.parent.name == "data"
-    assert mt.pythia.PYTHIA_TOKENIZER_JSON.parent.parent == __import__("pathlib").Path(mt.__file__).parent
+    assert mt.hf.PYTHIA_TOKENIZER_JSON.parent.name == "data"
+    assert mt.hf.PYTHIA_TOKENIZER_JSON.parent.parent == __import__("pathlib").Path(mt.__file__).parent
     for name in (None, "pythia", "EleutherAI/pythia-160m", "EleutherAI/pythia-1.4b-deduped"):
-        tok = mt.pythia.tokenizer(name)
+        tok = mt.hf.tokenizer(name)
         assert [tok.encode(w)[0] for w in (" Mary", " John", " Spain", " the")] == [MARY, JOHN, SPAIN, THE]
         assert len(tok) == 50280 and tok.eos_token_id == 0
         # loaded from disk (name_or_path set), so a bridge can boot with it
@@ -370,10 +370,10 @@ def test_non_pythia_tokenizer_falls_back_to_the_hub(tmp_path, monkeypatch, small
     import mechtrunc as mt
 
     # a local directory is loaded as is
-    assert mt.pythia.tokenizer(str(small_tokenizer_dir)).encode("w5 w7") == [5, 7]
+    assert mt.hf.tokenizer(str(small_tokenizer_dir)).encode("w5 w7") == [5, 7]
     # a hub id that is not cached, offline: a readable error naming it
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(mt.pythia.ModelNotAvailableError, match=r"model 'gpt2' .* offline mode is on"):
-        mt.pythia.tokenizer("gpt2")
-    with pytest.raises(mt.pythia.ModelNotAvailableError, match="no such tokenizer directory: ./nowhere/tok"):
-        mt.pythia.tokenizer("./nowhere/tok")
+    with pytest.raises(mt.hf.ModelNotAvailableError, match=r"model 'gpt2' .* offline mode is on"):
+        mt.hf.tokenizer("gpt2")
+    with pytest.raises(mt.hf.ModelNotAvailableError, match="no such tokenizer directory: ./nowhere/tok"):
+        mt.hf.tokenizer("./nowhere/tok")

@@ -1,11 +1,11 @@
-"""mechtrunc.reference: the bands over seeds of the cpu preset and the machine fingerprint that
+"""mechtrunc.core.reference: the bands over seeds of the cpu preset and the machine fingerprint that
 decides whether two runs can give equal numbers."""
 
 from __future__ import annotations
 
 import torch
 
-from mechtrunc.reference import (CPU_PRESET_BANDS, FINGERPRINT_KEYS, band, fingerprint_differences, in_band,
+from mechtrunc.core.reference import (CPU_PRESET_BANDS, FINGERPRINT_KEYS, band, fingerprint_differences, in_band,
                                  machine_fingerprint, same_machine)
 
 

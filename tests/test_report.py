@@ -25,7 +25,7 @@ MB = 1_000_000
 # ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory) -> Path:
-    from mechtrunc.training import preset, train
+    from mechtrunc.models.toy_training import preset, train
 
     out = tmp_path_factory.mktemp("toy") / "run"
     cfg = preset("cpu", d_model=16, seq_len=32, steps=40, eval_every=20, batch_size=16, test_size=32, seed=0)
@@ -34,7 +34,7 @@ def toy_dir(tmp_path_factory) -> Path:
 
 
 def _neox(out: Path, steps: int):
-    from mechtrunc.testing import train_neox_recall
+    from mechtrunc.models.testing import train_neox_recall
     from mechtrunc.tasks.recall import RecallConfig
 
     return train_neox_recall(out, task_config=RecallConfig(alpha=0.5, seq_len=24), n_layers=2, d_model=32,
@@ -45,7 +45,7 @@ def _neox(out: Path, steps: int):
 def neox(tmp_path_factory):
     """A 2-layer GPT-NeoX trained 20 steps on recall, saved with save_pretrained, as a bridge,
     with 16 clean test items."""
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.hf import load_model
 
     d = tmp_path_factory.mktemp("neox") / "model"
     _, task, _ = _neox(d, 20)
@@ -68,7 +68,7 @@ def truncation_dir(neox, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory) -> Path:
     from mechtrunc import Truncate
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.hf import load_model
     from mechtrunc.studies import checkpoint_study
 
     root = tmp_path_factory.mktemp("ckpt")
@@ -166,10 +166,10 @@ def test_truncation_report_best_and_examples(reports, truncation_dir):
 def test_truncation_report_shows_paired_intervals(reports, truncation_dir):
     """With the study's per-item table the best configuration and the main table carry the
     change against the full model and its paired bootstrap interval, n_boot stated; the numbers
-    are those of mechtrunc.selection.change_intervals on the stored items."""
+    are those of mechtrunc.analysis.selection.change_intervals on the stored items."""
     from mechtrunc.report.readers import read_result
     from mechtrunc.report.truncation import change_intervals_of
-    from mechtrunc.selection import change_intervals
+    from mechtrunc.analysis.selection import change_intervals
     from mechtrunc.studies import read_items
 
     html = reports["truncation"].path.read_text()
@@ -178,7 +178,7 @@ def test_truncation_report_shows_paired_intervals(reports, truncation_dir):
     res = read_result(truncation_dir)
     iv = change_intervals_of(res, "logit_diff_noise")
     best = json.loads((truncation_dir / "best.json").read_text())["best"]
-    from mechtrunc.results import find_row
+    from mechtrunc.core.results import find_row
 
     row = find_row(res.table, best)
     i = list(res.table.index).index(row.name)
@@ -217,7 +217,7 @@ def test_checkpoint_report_intervals(reports, checkpoint_dir):
     import pandas as pd
     import torch
 
-    from mechtrunc.metrics import bootstrap_intervals
+    from mechtrunc.core.metrics import bootstrap_intervals
     from mechtrunc.studies import read_checkpoint_items, step_intervals
 
     df = pd.read_csv(checkpoint_dir / "checkpoints.csv")
@@ -451,7 +451,7 @@ def test_report_figures_save_as_svg(reports, tmp_path):
 def test_demo_ends_with_the_report(tmp_path, monkeypatch, capsys):
     """`mechtrunc demo` (make demo) writes the toy run's report and prints its path; the cpu
     preset is shrunk here so the test takes seconds."""
-    import mechtrunc.training as training
+    import mechtrunc.models.toy_training as training
     from mechtrunc.cli import main
 
     real = training.preset
@@ -471,7 +471,7 @@ def test_toy_truncation_section_intervals_are_paired_over_sequences(trained_toy)
     import torch
 
     import mechtrunc as mt
-    from mechtrunc.metrics import bootstrap_intervals
+    from mechtrunc.core.metrics import bootstrap_intervals
     from mechtrunc.report.toy import N_BOOT, _truncation_grid
 
     model, _, prompts = trained_toy

@@ -1,5 +1,5 @@
 """The toy report's "Causal localisation" section (activation patching, logit lens, generic
-components) and :func:`mechtrunc.viz.patching_heatmap`.
+components) and :func:`mechtrunc.analysis.viz.patching_heatmap`.
 
 The numbers are read back from the written page (the plotly figures' JSON and the tables) and
 compared with direct library calls on the same model and prompts, and with the command lines the
@@ -25,7 +25,7 @@ SCAN_KEYS = ["direction", "site", "layer", "head", "position"]
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory) -> Path:
     """The same tiny toy run as tests/test_report.py's (trained 40 steps)."""
-    from mechtrunc.training import preset, train
+    from mechtrunc.models.toy_training import preset, train
 
     out = tmp_path_factory.mktemp("toy") / "run"
     cfg = preset("cpu", d_model=16, seq_len=32, steps=40, eval_every=20, batch_size=16, test_size=32, seed=0)
@@ -115,7 +115,7 @@ def test_causal_section_numbers_equal_a_direct_patching_scan(toy_report, direct)
     shown = "effect" if a["normalised"] else "change"
     if not a["normalised"]:
         assert scan["effect"].isna().all()
-        from mechtrunc.patching import raw_change
+        from mechtrunc.analysis.patching import raw_change
 
         scan = scan.assign(change=raw_change(scan))
         assert (f"The clean - corrupted gap of {a['metric']} is {a['gap']:+.4f} "

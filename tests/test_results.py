@@ -1,4 +1,4 @@
-"""The results schema (mechtrunc.results): metric columns, the keep key, row builders, the
+"""The results schema (mechtrunc.core.results): metric columns, the keep key, row builders, the
 default metric, and reading old result files with their old column names."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from mechtrunc import results
+from mechtrunc.core import results
 
 
 def test_metric_columns_exclude_descriptors_timing_and_counts():

@@ -1,4 +1,4 @@
-"""Held-out selection and paired bootstrap intervals (mechtrunc.selection)."""
+"""Held-out selection and paired bootstrap intervals (mechtrunc.analysis.selection)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.metrics import bootstrap_ci, bootstrap_intervals, bootstrap_means
-from mechtrunc.selection import (
+from mechtrunc.core.metrics import bootstrap_ci, bootstrap_intervals, bootstrap_means
+from mechtrunc.analysis.selection import (
     ITEM_COLUMNS, best_within_budget, change_intervals, choose_configuration, heldout_choice, heldout_selection,
     item_table,
     split_prompts, split_sequences,
@@ -234,7 +234,7 @@ def test_heldout_selection_on_the_toy_layer2_ffn(trained_toy):
 
 @pytest.fixture(scope="module")
 def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
-    from mechtrunc.testing import build_random_pythia
+    from mechtrunc.models.testing import build_random_pythia
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
                                out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
@@ -280,9 +280,9 @@ def test_the_collateral_budget_closes_the_logit_difference_trap_on_a_language_mo
     logit difference, held-out text loss 2.31 -> 3.78 nats); held-out selection with the default
     0.1-nat budget on that loss never returns a configuration outside the budget, whatever the
     metric."""
-    from mechtrunc.lm.prompts import lm_ioi_prompts
-    from mechtrunc.pythia import load_model
-    from mechtrunc.selection import heldout_selection, item_table, next_token_prompts
+    from mechtrunc.models.lm.prompts import lm_ioi_prompts
+    from mechtrunc.models.hf import load_model
+    from mechtrunc.analysis.selection import heldout_selection, item_table, next_token_prompts
     from mechtrunc.studies import best_configuration, truncation_study
     from mechtrunc.studies.lm import corpus_tokens
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.selection import ITEM_COLUMNS
+from mechtrunc.analysis.selection import ITEM_COLUMNS
 from mechtrunc.studies import Grid, heldout_configuration, read_items, truncation_study
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -31,8 +31,8 @@ def _prompts(model, n=24):
 
 @pytest.mark.parametrize("mode", ["engine", "hook"])
 def test_side_table_equals_evaluate_per_item(neox_bridge, tmp_path, mode):
-    from mechtrunc.metrics import item_metrics
-    from mechtrunc.runner import item_logits
+    from mechtrunc.core.metrics import item_metrics
+    from mechtrunc.core.runner import item_logits
 
     prompts = _prompts(neox_bridge)
     df, items = truncation_study(neox_bridge, prompts, **GRID, out=tmp_path, progress=False, mode=mode,
@@ -66,7 +66,7 @@ def test_side_table_equals_evaluate_per_item(neox_bridge, tmp_path, mode):
 
 
 def test_interrupted_and_resumed_study_holds_each_item_once(neox_bridge, tmp_path, monkeypatch):
-    import mechtrunc.engine as engine
+    import mechtrunc.core.engine as engine
 
     prompts = _prompts(neox_bridge)
     real = engine.run_grid
@@ -91,7 +91,7 @@ def test_interrupted_and_resumed_study_holds_each_item_once(neox_bridge, tmp_pat
     # and a row whose shard is gone (written before the side table existed) is recomputed too
     first = json.loads(lines[1])
     from mechtrunc.studies import ItemStore
-    from mechtrunc.results import keep_key
+    from mechtrunc.core.results import keep_key
 
     (tmp_path / "item_shards" / f"{ItemStore.name((first['layer'], first['matrix'], keep_key(first['keep'])))}.parquet").unlink()
     monkeypatch.setattr(engine, "run_grid", real)
@@ -106,7 +106,7 @@ def test_interrupted_and_resumed_study_holds_each_item_once(neox_bridge, tmp_pat
 
 
 def test_heldout_on_stored_items_equals_a_fresh_pass(neox_bridge, tmp_path, monkeypatch):
-    import mechtrunc.engine as engine
+    import mechtrunc.core.engine as engine
 
     prompts = _prompts(neox_bridge, n=36)
     grid = Grid(**GRID)
@@ -127,7 +127,7 @@ def test_heldout_on_stored_items_equals_a_fresh_pass(neox_bridge, tmp_path, monk
 
 
 def test_cli_heldout_makes_one_grid_pass(tiny_pythia, tmp_path, monkeypatch, capsys):
-    import mechtrunc.engine as engine
+    import mechtrunc.core.engine as engine
     from mechtrunc.cli import main
 
     calls = []
@@ -150,7 +150,7 @@ def test_cli_heldout_makes_one_grid_pass(tiny_pythia, tmp_path, monkeypatch, cap
 
 @pytest.fixture(scope="module")
 def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
-    from mechtrunc.testing import build_random_pythia
+    from mechtrunc.models.testing import build_random_pythia
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
                                out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
@@ -158,8 +158,8 @@ def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
 
 def test_cli_best_json_holds_the_intervals(tiny_pythia, tmp_path, capsys):
     from mechtrunc.cli import main
-    from mechtrunc.results import find_row
-    from mechtrunc.selection import table_change_intervals
+    from mechtrunc.core.results import find_row
+    from mechtrunc.analysis.selection import table_change_intervals
 
     out = tmp_path / "run"
     assert main(["pythia", "truncate", "--model", str(tiny_pythia), "--n", "24", "--keeps", "0.5", "0.1",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mechtrunc as mt
-from mechtrunc.decomposition import full_svd
+from mechtrunc.core.decomposition import full_svd
 from mechtrunc.studies.svd_sensitivity import DISTANCE_COLUMNS, best_by_method, svd_sensitivity, weight_distances
 
 pytestmark = pytest.mark.usefixtures("single_thread")

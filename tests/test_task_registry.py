@@ -17,7 +17,7 @@ import torch
 
 import mechtrunc as mt
 from mechtrunc.cli import build_parser, main
-from mechtrunc.lm import lexicon
+from mechtrunc.models.lm import lexicon
 from mechtrunc.tasks.registry import (
     TaskSpec, prompts_for_task, register_task, task_builder, task_names, task_spec, unregister_task,
 )
@@ -76,7 +76,7 @@ def copy_task():
 
 @pytest.fixture(scope="module")
 def tiny_pythia(pythia_tokenizer_dir, tmp_path_factory):
-    from mechtrunc.testing import build_random_pythia
+    from mechtrunc.models.testing import build_random_pythia
 
     return build_random_pythia({"hidden_size": 32, "num_attention_heads": 4}, tokenizer_dir=pythia_tokenizer_dir,
                                out_dir=tmp_path_factory.mktemp("tiny_pythia"), n_layers=2, seed=0)
@@ -97,7 +97,7 @@ def test_the_built_in_tasks_and_what_each_builds():
                      "generic": ("lm",), "recall": ("lm", "toy"), "binding": ("lm",)}
     assert task_names("prompts") == ("ioi", "factual") and task_names("corrupt", "toy") == ("ioi", "factual", "recall")
     assert task_spec("ioi").seeded and not task_spec("factual").seeded  # the built-in facts are one fixed set
-    from mechtrunc.lm.prompts import TASKS
+    from mechtrunc.models.lm.prompts import TASKS
 
     assert TASKS == ("ioi", "factual", "generic", "recall", "binding")
 
@@ -105,8 +105,8 @@ def test_the_built_in_tasks_and_what_each_builds():
 def test_built_in_builders_resolve_in_the_layer_allowed_to_call_them():
     """An entry names its builders as strings (the command line lists tasks without torch): each
     resolves to a function of mechtrunc.tasks (prompts, corrupt, toy: called from the tasks
-    layer) or of mechtrunc.lm (lm: called from mechtrunc.lm.prompts), never a layer above."""
-    from mechtrunc.lm.prompts import lm_binding_prompts, lm_ioi_prompts
+    layer) or of mechtrunc.models.lm (lm: called from mechtrunc.models.lm.prompts), never a layer above."""
+    from mechtrunc.models.lm.prompts import lm_binding_prompts, lm_ioi_prompts
     from mechtrunc.tasks.corrupt import ioi_abc, recall_pair
 
     for name in task_names():
@@ -115,7 +115,7 @@ def test_built_in_builders_resolve_in_the_layer_allowed_to_call_them():
             if target is None:
                 continue
             assert isinstance(target, str), (name, what)
-            home = "mechtrunc.lm." if what == "lm" else "mechtrunc.tasks."
+            home = "mechtrunc.models.lm." if what == "lm" else "mechtrunc.tasks."
             assert target.startswith(home), (name, what, target)
             assert task_builder(name, what).__module__ + ":" + task_builder(name, what).__name__ == target
     assert task_builder("ioi", "corrupt") is ioi_abc and task_builder("recall", "toy") is recall_pair
@@ -188,7 +188,7 @@ def test_the_new_task_runs_through_the_truncation_study_and_the_patch_command(co
                                                                              capsys):
     import pandas as pd
 
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.hf import load_model
 
     out = tmp_path / "study"
     assert main(["pythia", "truncate", "--model", str(tiny_pythia), "--task", "copy", "--n", "6", "--keeps", "1",
@@ -212,9 +212,9 @@ def test_the_new_task_runs_through_the_truncation_study_and_the_patch_command(co
 
 
 def test_the_new_task_has_its_language_model_variant(copy_task, tmp_path, capsys):
-    from mechtrunc.lm.corpus import CorpusConfig
-    from mechtrunc.lm.prompts import TASKS, lm_task_prompts
-    from mechtrunc.lm.tokenizer import run_tokenizer
+    from mechtrunc.models.lm.corpus import CorpusConfig
+    from mechtrunc.models.lm.prompts import TASKS, lm_task_prompts
+    from mechtrunc.models.lm.tokenizer import run_tokenizer
 
     assert TASKS[-1] == "copy"
     tok = run_tokenizer(CorpusConfig())

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mechtrunc import ToyConfig, ToyTransformer
-from mechtrunc.toy_model import FFN_KINDS
+from mechtrunc.models.toy import FFN_KINDS
 
 D, L, CTX, VOCAB = 32, 2, 32, 65
 

@@ -12,7 +12,7 @@ import torch
 
 import mechtrunc as mt
 from helpers import dir_snapshot
-from mechtrunc.training import (
+from mechtrunc.models.toy_training import (
     PRESETS, TrainConfig, evaluate_toy, load_run, preset, train, trigger_margin,
 )
 

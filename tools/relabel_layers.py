@@ -7,7 +7,7 @@ the attention-only study.  This step renames those labels to the names the code 
 (``last_ffn_removed``, ``mlp.W_in L1 keep 0.1``, ``FFN L1 removed``, ``no_last_ffn``...) and changes
 nothing else: every other cell, every number included, is kept as the same text.  A rewritten
 label matches no rule, so running it again changes nothing.  Old files elsewhere stay readable:
-``mechtrunc.results.read_table`` reads ``ffn2_removed`` columns under their current name.
+``mechtrunc.core.results.read_table`` reads ``ffn2_removed`` columns under their current name.
 
     python tools/relabel_layers.py           # rewrite the tables in place, list what changed
     python tools/relabel_layers.py --check   # exit 1 if a table still holds an old label

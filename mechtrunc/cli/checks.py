@@ -17,8 +17,8 @@ __all__ = ["UsageError", "fraction", "int_at_least", "positive_int", "nonneg_int
 
 
 def __getattr__(name):
-    # renamed: mechtrunc.lm.train.checkpoint_steps is a run's schedule of steps, and
-    # mechtrunc.lm.prompts.run_dir finds the run directory of a path
+    # renamed: mechtrunc.models.lm.train.checkpoint_steps is a run's schedule of steps, and
+    # mechtrunc.models.lm.prompts.run_dir finds the run directory of a path
     new = {"checkpoint_steps": "checkpoint_dirs", "run_dir": "run_dir_arg"}.get(name)
     if new is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -118,7 +118,7 @@ def choice(options, what: str, plural: str | None = None):
 def model_kind(model: str) -> str:
     """What a MODEL argument names, from its files alone: ``"toy"`` (a toy run or saved toy
     model), ``"memory"`` (a linear-memory run), ``"lm"`` (a `mechtrunc lm train` run) or ``"hf"``
-    (anything :func:`mechtrunc.pythia.load_model` reads: a hub id or a Hugging Face directory)."""
+    (anything :func:`mechtrunc.models.hf.load_model` reads: a hub id or a Hugging Face directory)."""
     d = Path(model)
     if d.is_dir() and (d / "run.json").is_file():
         return "lm"
@@ -163,7 +163,7 @@ def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | 
     """What a command loads for ``MODEL [--step N]``: the one resolver of every command that loads
     a model by name (``pythia truncate``, ``lens``, ``patch``), checked with the standard library
     only, before any heavy import.  Returns ``(kind, source, step)``: ``kind`` as
-    :func:`model_kind`, ``source`` and ``step`` for :func:`mechtrunc.pythia.load_model` (or the
+    :func:`model_kind`, ``source`` and ``step`` for :func:`mechtrunc.models.hf.load_model` (or the
     run directory itself for a toy or linear-memory run, which take no ``--step``):
 
     - a language-model run (``mechtrunc lm train --out RUN``) or any directory of ``step{N}/``

@@ -1,9 +1,9 @@
 """``mechtrunc lens vocab`` and ``mechtrunc lens logit``: the vocabulary lens of weight components
-and the logit lens at every residual site (:mod:`mechtrunc.lens`).
+and the logit lens at every residual site (:mod:`mechtrunc.analysis.lens`).
 
 MODEL is a toy run (``mechtrunc toy train`` / ``demo``), a linear-memory run (``mechtrunc memory
 train``), a language-model run (``mechtrunc lm train``: its last checkpoint) or anything
-:func:`mechtrunc.pythia.load_model` reads (a hub id, a ``save_pretrained`` directory such as
+:func:`mechtrunc.models.hf.load_model` reads (a hub id, a ``save_pretrained`` directory such as
 ``RUN/step200``)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mechtrunc.cli.checks import (
 
 __all__ = ["add_commands", "load_lens_model"]
 
-_LENS_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV", "W")  # mechtrunc.lens.LENS_MATRICES
+_LENS_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV", "W")  # mechtrunc.analysis.lens.LENS_MATRICES
 
 
 def load_lens_model(args) -> dict:
@@ -27,10 +27,10 @@ def load_lens_model(args) -> dict:
     noisy training targets; memory: sampled targets; language models: every real token of the
     prompts, special tokens and padding masked out).  A language-model run (or one of its
     ``step{N}`` checkpoints) is scored on its own held-out prompts of ``--task`` ioi, factual or
-    generic (:func:`mechtrunc.lm.prompts.run_prompts`, as ``patch`` and ``lm study``)."""
+    generic (:func:`mechtrunc.models.lm.prompts.run_prompts`, as ``patch`` and ``lm study``)."""
     kind, source, step = resolve_model(args.model, args.step)
     if kind == "toy":
-        from mechtrunc.training import load_run
+        from mechtrunc.models.toy_training import load_run
 
         model, cfg, task = load_run(args.model, device=args.device)
         prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
@@ -40,14 +40,14 @@ def load_lens_model(args) -> dict:
     if kind == "memory":
         import torch
 
-        from mechtrunc.memory import load_memory_run
+        from mechtrunc.models.memory import load_memory_run
 
         model = load_memory_run(args.model).model
         _, targets = model.sample(4096, torch.Generator().manual_seed(0))
         return dict(model=model, kind=kind, itos=None, prompts=model.prompts(), generic_data=targets,
                     generic_count="answers", tokenizer=None)
-    from mechtrunc.lm.prompts import prompts_for_model, run_dir
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.lm.prompts import prompts_for_model, run_dir
+    from mechtrunc.models.hf import load_model
 
     model = load_model(source, step=step, device=args.device, **({"local_files_only": True} if run_dir(source) else {}))
     # a language-model run: its own prompts, as patch and lm study
@@ -66,7 +66,7 @@ def cmd_vocab(args) -> int:
     if args.matrix == "W" and args.layer not in (None, 0):
         raise UsageError(f"the linear memory has one layer (0), got --layer {args.layer}")
     loaded = load_lens_model(args)
-    from mechtrunc.lens import generic_tokens, rank_generic_components, vocab_lens
+    from mechtrunc.analysis.lens import generic_tokens, rank_generic_components, vocab_lens
 
     model, itos = loaded["model"], loaded["itos"]
     if args.generic:
@@ -138,7 +138,7 @@ def cmd_logit(args) -> int:
         raise UsageError("the logit lens reads a Transformer's residual stream; the linear memory has none "
                          "(use `mechtrunc lens vocab` on it)")
     loaded = load_lens_model(args)
-    from mechtrunc.lens import logit_lens_compare
+    from mechtrunc.analysis.lens import logit_lens_compare
 
     runs = _interventions(args)
     df = logit_lens_compare(loaded["model"], loaded["prompts"], runs, batch_size=args.batch_size)

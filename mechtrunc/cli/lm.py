@@ -1,5 +1,5 @@
 """``mechtrunc lm corpus``, ``mechtrunc lm english``, ``mechtrunc lm prompts``, ``mechtrunc lm train`` and
-``mechtrunc lm study``: the language model of :mod:`mechtrunc.lm` (a small GPT-NeoX trained on a
+``mechtrunc lm study``: the language model of :mod:`mechtrunc.models.lm` (a small GPT-NeoX trained on a
 generated English corpus, optionally mixed with real English text) and its study
 (:func:`mechtrunc.studies.lm.study_run`).  Heavy imports happen inside the
 command functions; presets are read from the light :mod:`mechtrunc._choices`."""
@@ -27,7 +27,7 @@ class _OldCorpusSeed(argparse.Action):
 
 
 def _corpus_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("corpus (mechtrunc.lm.corpus.CorpusConfig)")
+    g = p.add_argument_group("corpus (mechtrunc.models.lm.corpus.CorpusConfig)")
     g.add_argument("--corpus", type=choice(CORPUS_PRESETS, "corpus preset"), default="default",
                    help=f"corpus preset: {', '.join(CORPUS_PRESETS)} (default: default; rare_the is the control)")
     g.add_argument("--corpus-seed", type=nonneg_int, default=None, dest="corpus_seed", help="corpus seed (default 0)")
@@ -53,14 +53,14 @@ def _corpus_config(args):
     if given and not args.english:
         raise UsageError(f"{' and '.join(given)} given without --english SHARE > 0 (no English text is mixed in); "
                          "add --english or leave them out")
-    from mechtrunc.lm.corpus import corpus_preset
+    from mechtrunc.models.lm.corpus import corpus_preset
 
     over = {k: v for k, v in (("seed", args.corpus_seed), ("to_the_share", args.to_the_share),
                               ("ioi_the_share", args.ioi_the_share), ("recall_noise", args.recall_noise),
                               ("english", args.english), ("english_dir", args.english_dir),
                               ("english_vocab", args.english_vocab)) if v is not None}
     if args.english_dir is not None:  # the text in that directory, whichever it is (its digest goes in the config)
-        from mechtrunc.lm.english import english_digest
+        from mechtrunc.models.lm.english import english_digest
 
         over["english_sha256"] = english_digest(args.english_dir)
     return corpus_preset(args.corpus, **over)
@@ -72,7 +72,7 @@ def cmd_english(args) -> int:
         raise UsageError(f"--out {out} is a file; give a directory for the English text")
     if args.debs is not None and not Path(args.debs).expanduser().is_dir():
         raise UsageError(f"--debs {args.debs} is not a directory; give the directory holding the two .deb files")
-    from mechtrunc.lm.english import fetch_english
+    from mechtrunc.models.lm.english import fetch_english
 
     manifest = fetch_english(out, debs=args.debs)  # a refused checksum or download: ValueError, exit 2
     where = manifest["out"]
@@ -95,7 +95,7 @@ def cmd_corpus(args) -> int:
         raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
     import time
 
-    from mechtrunc.lm.corpus import Corpus, corpus_stats
+    from mechtrunc.models.lm.corpus import Corpus, corpus_stats
 
     corpus = Corpus(_corpus_config(args))
     t0 = time.perf_counter()
@@ -124,8 +124,8 @@ def cmd_prompts(args) -> int:
         raise UsageError(f"--out {out} must end in .jsonl (a JSONL prompt file)")
     if out.exists():
         raise UsageError(f"--out {out} exists; give a new file (nothing was overwritten)")
-    from mechtrunc.lm.prompts import lm_task_prompts, prompt_records
-    from mechtrunc.lm.tokenizer import run_tokenizer
+    from mechtrunc.models.lm.prompts import lm_task_prompts, prompt_records
+    from mechtrunc.models.lm.tokenizer import run_tokenizer
 
     corpus = _corpus_config(args)
     tok = run_tokenizer(corpus)
@@ -136,7 +136,7 @@ def cmd_prompts(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from mechtrunc.lm.train import lm_preset, train_lm
+    from mechtrunc.models.lm.train import lm_preset, train_lm
 
     over = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("device", args.device),
                               ("threads", args.threads), ("precision", args.precision)) if v is not None}
@@ -194,7 +194,7 @@ def study_summary(tables: dict, run: Path, n_prompts: int, loss_budget: float) -
     training time and loss) and, per checkpoint and task, the chosen truncation with its change on
     the eval prompts (``metrics``: full, intervened, change, ci_low, ci_high; empty when no
     truncation beats the full model within the loss budget)."""
-    from mechtrunc.lm.prompts import run_corpus
+    from mechtrunc.models.lm.prompts import run_corpus
     from mechtrunc.studies.lm import answer_tasks, study_tasks
 
     summary = {k: _plain(v) for k, v in tables["summary"].iloc[0].items()}
@@ -237,7 +237,7 @@ def _change_text(name: str, m: dict) -> str:
 def cmd_study(args) -> int:
     run = Path(args.run)
     _check_run_dir(run)
-    from mechtrunc.selection import DEFAULT_BUDGET
+    from mechtrunc.analysis.selection import DEFAULT_BUDGET
     from mechtrunc.studies.lm import study_run
 
     loss_budget = DEFAULT_BUDGET
@@ -250,7 +250,7 @@ def cmd_study(args) -> int:
     print(f"study of {run} ({s['layers']} layers, d_model {s['d_model']}, seed {s['seed']}, {s['steps']} steps; "
           f"{args.n} prompts per set) -> {rep['study_dir']}")
     print("order of learning (eval prompts):")
-    from mechtrunc.lm.prompts import run_corpus
+    from mechtrunc.models.lm.prompts import run_corpus
     from mechtrunc.studies.lm import the_threshold
 
     recall = "step_recall_beats_the" in s
@@ -284,7 +284,7 @@ def cmd_study(args) -> int:
 def add_commands(sub) -> argparse._SubParsersAction:
     """Add the ``lm`` group to the top-level subparsers ``sub``; returns the group's subparsers."""
     lm = sub.add_parser("lm", help="a small GPT-NeoX trained on a generated English corpus: corpus, english, prompts, train, study",
-                        description="A language model of our own (mechtrunc.lm): a seeded generated corpus with "
+                        description="A language model of our own (mechtrunc.models.lm): a seeded generated corpus with "
                                     "IOI sentences, facts and generic 'to the', and Pythia-style training with "
                                     "Pythia's checkpoint schedule.")
     lsub = lm.add_subparsers(dest="lm_command", metavar="SUBCOMMAND")
@@ -310,7 +310,7 @@ def add_commands(sub) -> argparse._SubParsersAction:
     en.add_argument("--json", action="store_true", help="print the manifest as JSON")
     en.set_defaults(func=cmd_english)
     pr = lsub.add_parser("prompts", help="write held-out prompts of a task (IOI, factual...) as a JSONL prompt file",
-                         description="Write the evaluation prompts of mechtrunc.lm.prompts (held-out names and "
+                         description="Write the evaluation prompts of mechtrunc.models.lm.prompts (held-out names and "
                                      "templates by default) as a JSONL prompt file, for --task FILE of "
                                      "`mechtrunc pythia truncate|checkpoints`.")
     pr.add_argument("--task", type=choice(task_names("lm"), "task"), default="ioi",

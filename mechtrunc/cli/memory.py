@@ -1,6 +1,6 @@
-"""``mechtrunc memory train|spectrum``: the linear associative memory (:mod:`mechtrunc.memory`);
+"""``mechtrunc memory train|spectrum``: the linear associative memory (:mod:`mechtrunc.models.memory`);
 ``mechtrunc memory dynamics``: the minimal in-context model (attention memories + FF memory,
-:mod:`mechtrunc.dynamics.minimal`), its order of learning and the gradient signal-to-noise ratios at
+:mod:`mechtrunc.studies.dynamics.minimal`), its order of learning and the gradient signal-to-noise ratios at
 initialisation.  Heavy imports happen inside the command functions."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from mechtrunc.cli.checks import (
     UsageError, choice, fraction, int_at_least, nonneg_float, nonneg_int, positive_float, positive_int, run_dir_arg,
 )
 from mechtrunc.cli.toy import format_table
-from mechtrunc.results import P_ANSWER, VARIANT_METRICS
+from mechtrunc.core.results import P_ANSWER, VARIANT_METRICS
 
 __all__ = ["add_commands"]
 
 
 def _config_options(p: argparse.ArgumentParser) -> None:
     # no default here: an option not given keeps the library's default (MemoryConfig / MemoryTrainConfig)
-    g = p.add_argument_group("memory and data (mechtrunc.memory.MemoryConfig; defaults: its defaults)")
+    g = p.add_argument_group("memory and data (mechtrunc.models.memory.MemoryConfig; defaults: its defaults)")
     g.add_argument("--n-inputs", type=int_at_least(2), help="N, number of inputs (>= 2)")
     g.add_argument("--n-outputs", type=int_at_least(2), help="V, number of outputs (>= 2)")
     g.add_argument("--d", type=positive_int, help="embedding width")
@@ -37,7 +37,7 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-scale", type=nonneg_float, help="scale of a random initial W")
     g.add_argument("--learn-embeddings", action="store_true", default=None, help="train the embeddings too")
     g.add_argument("--seed", type=nonneg_int, help="seed of the embeddings and initial W")
-    t = p.add_argument_group("training (mechtrunc.memory.MemoryTrainConfig)")
+    t = p.add_argument_group("training (mechtrunc.models.memory.MemoryTrainConfig)")
     t.add_argument("--method", type=choice(_choices.MEMORY_METHODS, "method"),
                    help="gd (full batch, population loss; default) or sgd")
     t.add_argument("--steps", type=nonneg_int, default=1000, help="training steps (default 1000)")
@@ -72,7 +72,7 @@ def _set_threads(n: int) -> None:
 
 
 def _summary_of(spectra, step) -> dict:
-    from mechtrunc.memory import spectrum_summary
+    from mechtrunc.models.memory import spectrum_summary
 
     s = spectrum_summary(spectra[spectra["step"] == step])
     keep = ["noise_index", "noise_align", "noise_sv", "top_sv", "gap", "bulk_sv", "noise_logit_share", "location"]
@@ -80,7 +80,7 @@ def _summary_of(spectra, step) -> dict:
 
 
 def cmd_train(args) -> int:
-    from mechtrunc.memory import MemoryConfig, MemoryTrainConfig, finished_memory_run, train_memory
+    from mechtrunc.models.memory import MemoryConfig, MemoryTrainConfig, finished_memory_run, train_memory
 
     _set_threads(args.threads)
     cfg = MemoryConfig(**_given(args, _MEMORY_FIELDS))
@@ -118,8 +118,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_spectrum(args) -> int:
-    from mechtrunc.interventions import RemoveComponents, Truncate
-    from mechtrunc.memory import clean_metrics, load_memory_run, noise_component, spectrum, spectrum_summary
+    from mechtrunc.core.interventions import RemoveComponents, Truncate
+    from mechtrunc.models.memory import clean_metrics, load_memory_run, noise_component, spectrum, spectrum_summary
 
     _set_threads(args.threads)
     run = load_memory_run(args.dir)
@@ -150,7 +150,7 @@ def add_commands(sub) -> None:
     """Add the ``memory`` group (``train``, ``spectrum``, ``dynamics``) to the top-level subparsers ``sub``."""
     mem = sub.add_parser("memory", help="the linear associative memory: train, spectrum; the minimal model: dynamics",
                          description="A linear associative memory logits = U W e_x trained on a noisy map "
-                                     "(mechtrunc.memory); where the noise association sits in W's spectrum.")
+                                     "(mechtrunc.models.memory); where the noise association sits in W's spectrum.")
     msub = mem.add_subparsers(dest="memory_command", metavar="SUBCOMMAND")
     msub.required = True
     tr = msub.add_parser("train", help="train a memory, write history.csv, spectra.csv and the model",
@@ -216,7 +216,7 @@ _MINIMAL_FIELDS = {k: k for k in ("alpha", "k", "seq_len", "embeddings", "optimi
 def cmd_dynamics(args) -> int:
     from dataclasses import asdict
 
-    from mechtrunc.dynamics import MinimalConfig, MinimalModel, gradient_snr, train_minimal
+    from mechtrunc.studies.dynamics import MinimalConfig, MinimalModel, gradient_snr, train_minimal
     from mechtrunc.tasks.recall import RecallTask
 
     over = _given(args, _MINIMAL_FIELDS)

@@ -1,10 +1,10 @@
 """``mechtrunc patch scan MODEL``, ``mechtrunc patch path MODEL`` and ``mechtrunc patch attribute
-MODEL``: activation patching and path patching (:mod:`mechtrunc.patching`), and their gradient
+MODEL``: activation patching and path patching (:mod:`mechtrunc.analysis.patching`), and their gradient
 estimates, attribution patching and EAP-IG of nodes or edges with a circuit's faithfulness
-(:mod:`mechtrunc.circuits`), between a task's clean prompts and their corrupted twins
+(:mod:`mechtrunc.analysis.circuits`), between a task's clean prompts and their corrupted twins
 (:mod:`mechtrunc.tasks.corrupt`).  MODEL is a toy run directory (task ``recall``), a language-model
 run of ``mechtrunc lm train`` (its final checkpoint; tasks ``ioi``, ``factual``) or anything
-:func:`mechtrunc.pythia.load_model` loads (a hub id or a Hugging Face directory).  The tasks are
+:func:`mechtrunc.models.hf.load_model` loads (a hub id or a Hugging Face directory).  The tasks are
 those of the task registry (:mod:`mechtrunc.tasks.registry`) with a corrupted twin (``corrupt``)
 or toy pairs (``toy``)."""
 
@@ -54,7 +54,7 @@ def _load(args):
             raise UsageError(f"--task {args.task} does not fit a toy run: the toy model is studied on --task "
                              f"{' or '.join(_choices.task_names('toy'))}")
         from mechtrunc.tasks.registry import task_builder
-        from mechtrunc.training import load_run
+        from mechtrunc.models.toy_training import load_run
 
         model, _, task = load_run(path, device=args.device)
         # the test-set seeds of training
@@ -62,8 +62,8 @@ def _load(args):
     if args.task not in _choices.task_names("corrupt"):
         raise UsageError(f"--task {args.task} needs a toy run directory; {args.model} is not one (no config.json "
                          "of a toy model)")
-    from mechtrunc.lm.prompts import prompts_for_model, run_dir
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.lm.prompts import prompts_for_model, run_dir
+    from mechtrunc.models.hf import load_model
     from mechtrunc.tasks.registry import task_builder
 
     if run_dir(source) is not None:  # a language-model run or one of its checkpoints
@@ -121,9 +121,9 @@ def _gap_warning(df) -> str:
 
 def _shown(df, cols: list[str]) -> str:
     """``df[cols]`` as text; with an unresolved gap, the raw ``change``
-    (:func:`mechtrunc.patching.raw_change`) in place of the undefined effect and its interval."""
+    (:func:`mechtrunc.analysis.patching.raw_change`) in place of the undefined effect and its interval."""
     if not df.attrs["normalised"]:
-        from mechtrunc.patching import raw_change
+        from mechtrunc.analysis.patching import raw_change
 
         df = df.assign(change=raw_change(df))
         cols = [c for c in cols if c not in ("effect", "effect_low", "effect_high")] + ["change"]
@@ -153,7 +153,7 @@ def cmd_scan(args) -> int:
     if not Path(args.model).exists() and args.task in _choices.task_names("toy"):
         raise UsageError(f"{args.model} does not exist; give a toy run directory (e.g. runs/demo)")
     model, clean, corrupted = _load(args)
-    from mechtrunc.patching import largest_moves, patching_scan
+    from mechtrunc.analysis.patching import largest_moves, patching_scan
 
     df = patching_scan(model, clean, corrupted, sites=args.sites, metric=args.metric, direction=args.direction,
                        batch_size=args.batch_size, progress=not args.no_progress, level=args.level, seed=args.seed)
@@ -171,7 +171,7 @@ def cmd_scan(args) -> int:
 def cmd_path(args) -> int:
     _default_task(args)
     model, clean, corrupted = _load(args)
-    from mechtrunc.patching import path_patching_scan
+    from mechtrunc.analysis.patching import path_patching_scan
 
     senders = [tuple(args.sender)] if args.sender else None
     df = path_patching_scan(model, clean, corrupted, args.receiver, senders=senders, metric=args.metric,
@@ -198,8 +198,8 @@ def cmd_attribute(args) -> int:
     if not Path(args.model).exists() and args.task == "recall":
         raise UsageError(f"{args.model} does not exist; give a toy run directory (e.g. runs/demo)")
     model, clean, corrupted = _load(args)
-    from mechtrunc.circuits import attribution_scan, circuit_faithfulness, edge_attribution
-    from mechtrunc.patching import largest_moves
+    from mechtrunc.analysis.circuits import attribution_scan, circuit_faithfulness, edge_attribution
+    from mechtrunc.analysis.patching import largest_moves
 
     steps = {} if args.steps is None else {"steps": args.steps}
     head = f"{_pairs_text(clean, args.task)}; "
@@ -219,7 +219,7 @@ def cmd_attribute(args) -> int:
     curve = circuit_faithfulness(model, clean, corrupted, df, ablation=args.ablation or "corrupt",
                                  batch_size=args.batch_size, level=args.level, seed=args.seed)
     df.attrs["faithfulness"] = curve.to_dict(orient="records")
-    from mechtrunc.patching import raw_change
+    from mechtrunc.analysis.patching import raw_change
 
     top = df.assign(change=raw_change(df)).assign(_s=lambda d: d["change"].abs()) \
         .sort_values("_s", ascending=False, kind="stable").head(args.top)

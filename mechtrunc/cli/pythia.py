@@ -1,5 +1,5 @@
 """``mechtrunc pythia truncate`` and ``mechtrunc pythia checkpoints``: thin wrappers over
-:mod:`mechtrunc.studies` and :func:`mechtrunc.pythia.load_model`.  Both evaluate a grid with the
+:mod:`mechtrunc.studies` and :func:`mechtrunc.models.hf.load_model`.  Both evaluate a grid with the
 grid engine by default (``--mode engine``, :data:`mechtrunc._choices.GRID_MODES`)."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _check_heldout(args) -> None:
 
 
 def _print_heldout(model, prompts, grid, metric, args, items=None) -> None:
-    from mechtrunc.selection import DEFAULT_BUDGET, DEFAULT_N_BOOT, DEFAULT_SELECT, text_prompts
+    from mechtrunc.analysis.selection import DEFAULT_BUDGET, DEFAULT_N_BOOT, DEFAULT_SELECT, text_prompts
     from mechtrunc.studies import heldout_configuration
 
     collateral = None
@@ -139,9 +139,9 @@ def cmd_truncate(args) -> int:
     if kind in ("toy", "memory"):
         raise UsageError(f"{args.model} is a {kind} run: `pythia truncate` studies a Transformer language model "
                          "(a hub id, a `mechtrunc lm train` run or a save_pretrained directory)")
-    from mechtrunc.lm.prompts import prompts_for_model
-    from mechtrunc.pythia import load_model
-    from mechtrunc.results import default_metric
+    from mechtrunc.models.lm.prompts import prompts_for_model
+    from mechtrunc.models.hf import load_model
+    from mechtrunc.core.results import default_metric
     from mechtrunc.studies import Grid, summarise_study, truncation_study
 
     grid = Grid(layers=args.layers, matrices=args.matrices, keeps=args.keeps, rule=args.rule, svd=args.svd,
@@ -169,7 +169,7 @@ def cmd_truncate(args) -> int:
     for name, path in summary.paths.items():
         print(f"  {name}: {path}")
     if args.heldout:
-        from mechtrunc.selection import HELDOUT_METRIC
+        from mechtrunc.analysis.selection import HELDOUT_METRIC
 
         # chosen on the study's per-item side table: no second pass over the grid
         _print_heldout(model, prompts, grid, args.metric or HELDOUT_METRIC, args, items=items)
@@ -210,12 +210,12 @@ def cmd_checkpoints(args) -> int:
             raise UsageError("--grid evaluates the whole grid at each step: not with --from or --layer")
     elif args.layers is not None or args.keeps is not None or args.matrices is not None or args.mode is not None:
         raise UsageError("--layers, --matrices, --keeps and --mode only apply with --grid")
-    from mechtrunc.results import P_ANSWER, default_metric
+    from mechtrunc.core.results import P_ANSWER, default_metric
     from mechtrunc.studies import Grid, checkpoint_study
-    from mechtrunc.selection import HELDOUT_METRIC
+    from mechtrunc.analysis.selection import HELDOUT_METRIC
     from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory
     from mechtrunc.studies.checkpoints import best_by_step, heldout_by_step, step_intervals
-    from mechtrunc.viz import checkpoint_plot
+    from mechtrunc.analysis.viz import checkpoint_plot
 
     grid = None
     if args.grid:
@@ -227,13 +227,13 @@ def cmd_checkpoints(args) -> int:
 
         truncation = TruncationDirectory(args.from_dir).read_best()["best"]
     elif args.layer is not None:
-        from mechtrunc.interventions import Truncate
+        from mechtrunc.core.interventions import Truncate
 
         truncation = Truncate(args.matrix, layer=args.layer, keep=args.keep)
     else:
         truncation = None
     executor = _executor(args)
-    from mechtrunc.lm.prompts import prompts_for_model, uses_run_prompts
+    from mechtrunc.models.lm.prompts import prompts_for_model, uses_run_prompts
 
     # a language-model run is studied on its own prompts (one tokenizer for all its checkpoints)
     task = prompts_for_model(args.model, args.task, n=args.n, seed=args.seed) \

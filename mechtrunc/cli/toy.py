@@ -1,5 +1,5 @@
 """``mechtrunc demo`` and ``mechtrunc toy train|eval``: the paper's two-layer toy Transformer
-(:mod:`mechtrunc.training`)."""
+(:mod:`mechtrunc.models.toy_training`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mechtrunc import _choices
 from mechtrunc.cli.checks import (
     choice, device, fraction, int_at_least, nonneg_int, positive_float, positive_int, run_dir_arg,
 )
-from mechtrunc.results import LAST_FFN_REMOVED, VARIANT_METRICS
+from mechtrunc.core.results import LAST_FFN_REMOVED, VARIANT_METRICS
 
 __all__ = ["add_commands", "format_table", "format_band_table"]
 
@@ -38,7 +38,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args):
-    from mechtrunc.training import preset
+    from mechtrunc.models.toy_training import preset
 
     return preset(
         args.preset, alpha=args.alpha, k=args.k, seq_len=args.seq_len, d_model=args.d_model,
@@ -49,7 +49,7 @@ def _train_config(args):
 
 
 def format_table(final: dict) -> str:
-    """``{variant: {accuracy, p_noise, p_answer}}`` (:data:`~mechtrunc.results.VARIANT_METRICS`) as
+    """``{variant: {accuracy, p_noise, p_answer}}`` (:data:`~mechtrunc.core.results.VARIANT_METRICS`) as
     a text table, one line per variant."""
     lines = [f"{'variant':<18}{'accuracy':>10}{'P(noise)':>10}{'P(answer)':>12}"]
     for name, m in final.items():
@@ -59,9 +59,9 @@ def format_table(final: dict) -> str:
 
 def format_band_table(final: dict) -> str:
     """``final`` (as :func:`format_table`) with, under each variant, the band over seeds that
-    :data:`mechtrunc.reference.CPU_PRESET_BANDS` states for it (``-`` where none), and a last line
+    :data:`mechtrunc.core.reference.CPU_PRESET_BANDS` states for it (``-`` where none), and a last line
     naming every number outside its band."""
-    from mechtrunc.reference import band, in_band
+    from mechtrunc.core.reference import band, in_band
 
     lines = [f"{'variant':<18}{'accuracy':>12}{'P(noise)':>12}{'P(answer)':>12}"]
     outside = []
@@ -79,7 +79,7 @@ def format_band_table(final: dict) -> str:
 
 
 def cmd_toy_train(args) -> int:
-    from mechtrunc.training import KeepCheckpoints, train
+    from mechtrunc.models.toy_training import KeepCheckpoints, train
 
     cfg = _train_config(args)
     keep = KeepCheckpoints(Path(args.out) / "checkpoints", cfg) if args.keep_checkpoints else None
@@ -96,7 +96,7 @@ def cmd_toy_train(args) -> int:
 
 
 def cmd_toy_eval(args) -> int:
-    from mechtrunc.training import evaluate_toy, load_run, toy_change_intervals
+    from mechtrunc.models.toy_training import evaluate_toy, load_run, toy_change_intervals
 
     model, cfg, task = load_run(args.dir, device=args.device)
     prompts = task.test_set(cfg.test_size, seed=cfg.seed + 10_000).to_prompts()
@@ -121,13 +121,13 @@ def cmd_toy_eval(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from mechtrunc.training import preset, train
+    from mechtrunc.models.toy_training import preset, train
 
     cfg = preset("cpu", seed=args.seed)
     print(f"The toy model on noisy in-context recall (cpu preset: d={cfg.d_model}, T={cfg.seq_len}, "
           f"alpha={cfg.alpha}, {cfg.steps} steps) in {args.out}:")
     result = train(cfg, out_dir=args.out, progress=not args.no_progress)
-    from mechtrunc.reference import machine_fingerprint
+    from mechtrunc.core.reference import machine_fingerprint
 
     steps = len(result.history) and int(result.history['step'].iloc[-1])
     if result.already_finished:
@@ -156,7 +156,7 @@ def add_commands(sub) -> None:
                           description="Train the toy model (cpu preset, 2 to 4 minutes on 2 cores) and show "
                                       "that removing the last FFN (L1, 0-based) fixes in-context recall: its "
                                       "numbers beside the bands over seeds that hold on any machine "
-                                      "(mechtrunc.reference), then the run's HTML report.")
+                                      "(mechtrunc.core.reference), then the run's HTML report.")
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
     demo.set_defaults(func=cmd_demo)

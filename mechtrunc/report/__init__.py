@@ -99,7 +99,7 @@ def _meta(ctx: Context, command: str) -> dict:
         c, summ = r.config, r.summary or {}
         size = f", {summ['parameters']:,} parameters" if summ.get("parameters") else ""
         vocab = f", vocabulary {summ['vocab_size']:,}" if summ.get("vocab_size") else ""
-        meta["model"] = (f"GPT-NeoX of mechtrunc.lm: {c.get('n_layers')} layers, d_model {c.get('d_model')}, "
+        meta["model"] = (f"GPT-NeoX of mechtrunc.models.lm: {c.get('n_layers')} layers, d_model {c.get('d_model')}, "
                          f"{c.get('n_heads')} heads, context {c.get('ctx')}{size}{vocab}")
         meta["revision"] = (f"{len(r.steps)} checkpoints, step{r.steps[0]} ... step{r.steps[-1]} of {c.get('steps')} "
                             "steps; the truncation grid uses the final one")
@@ -159,7 +159,7 @@ def _meta(ctx: Context, command: str) -> dict:
 
 
 def _toy_command(r: ToyRun) -> str:
-    from mechtrunc.training import PRESETS
+    from mechtrunc.models.toy_training import PRESETS
 
     t = r.train
     name = t.get("preset", "custom")

@@ -8,7 +8,7 @@ import pandas as pd
 from mechtrunc.report.context import Context
 from mechtrunc.report.page import Section, fragment, html_table, note
 from mechtrunc.report.truncation import competitor_of
-from mechtrunc.results import P_ANSWER, metric_columns
+from mechtrunc.core.results import P_ANSWER, metric_columns
 
 __all__ = ["SECTIONS", "crossover_steps"]
 

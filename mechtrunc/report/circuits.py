@@ -34,7 +34,7 @@ def chosen_steps(steps, k: int = 3) -> list[int]:
 
 
 def _change(df: pd.DataFrame) -> pd.Series:
-    from mechtrunc.patching import raw_change
+    from mechtrunc.analysis.patching import raw_change
 
     return raw_change(df)
 

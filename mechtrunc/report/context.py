@@ -67,9 +67,9 @@ class Context:
         if self.kind == "memory":
             return r.load()
         if self.kind == "lm":  # the final (or last saved) checkpoint
-            from mechtrunc import pythia
+            from mechtrunc.models import hf
 
-            return pythia.load_model(Path(r.directory) / f"step{r.steps[-1]}", device=self.device,
+            return hf.load_model(Path(r.directory) / f"step{r.steps[-1]}", device=self.device,
                                      local_files_only=True)
         if self.kind == "toy":
             if self.model_arg is not None and not isinstance(self.model_arg, (str, os.PathLike)):
@@ -85,12 +85,12 @@ class Context:
             self.model_missing = ("study.json does not record which model the study ran on; pass it with "
                                   "`mechtrunc report DIR --model ID_OR_DIR` (or model= in Python)")
             return None
-        from mechtrunc import pythia
+        from mechtrunc.models import hf
 
         revision = None if self.model_arg is not None else model_revision(r)
         if Path(source).expanduser().is_dir():
             revision = None
-        return pythia.load_model(source, revision=revision, device=self.device, local_files_only=True)
+        return hf.load_model(source, revision=revision, device=self.device, local_files_only=True)
 
     def prompts(self):
         """The study's prompt set (for model-based sections), or None with a reason."""
@@ -119,7 +119,7 @@ class Context:
                                   "in Python)")
             return None
         from mechtrunc.report.readers import model_source
-        from mechtrunc.lm.prompts import prompts_for_model
+        from mechtrunc.models.lm.prompts import prompts_for_model
 
         source = self.model_arg if isinstance(self.model_arg, (str, os.PathLike)) else model_source(self.result)
         try:  # a language-model run's study ran on the run's own prompts

@@ -93,8 +93,8 @@ def _missing(r, table: str) -> str:
 
 
 def _corpus(r):
-    """The run's :class:`~mechtrunc.lm.corpus.CorpusConfig` (run.json)."""
-    from mechtrunc.lm.corpus import CorpusConfig
+    """The run's :class:`~mechtrunc.models.lm.corpus.CorpusConfig` (run.json)."""
+    from mechtrunc.models.lm.corpus import CorpusConfig
 
     return CorpusConfig.from_dict(dict(r.config.get("corpus") or {}))
 
@@ -299,7 +299,7 @@ def checkpoints_section(ctx: Context) -> Section:
         rows.append(rec)
     s = Section("checkpoints", "Checkpoints",
                 intro=fragment("{n} checkpoints at Pythia's schedule (save_pretrained directories with the "
-                               "tokenizer): load one with <code>mt.pythia.load_model(RUN / 'step{{N}}')</code>, or study "
+                               "tokenizer): load one with <code>mt.hf.load_model(RUN / 'step{{N}}')</code>, or study "
                                "them all with <code>mechtrunc pythia checkpoints --model {run}</code>.",
                                n=len(r.steps), run=str(r.directory)))
     return s.add(html_table(pd.DataFrame(rows), scroll=False))

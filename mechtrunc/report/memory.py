@@ -1,5 +1,5 @@
 """Sections of an associative-memory run report (a directory written by ``mechtrunc memory
-train`` or :meth:`mechtrunc.memory.MemoryRun.save`): the configuration, P(noise) / P(answer)
+train`` or :meth:`mechtrunc.models.memory.MemoryRun.save`): the configuration, P(noise) / P(answer)
 over training, the singular values of W (and W - W_init) over training with the noise-aligned
 component highlighted, and LASER against removing that one component on the trained memory."""
 
@@ -98,7 +98,7 @@ def truncation_section(ctx: Context) -> Section:
     if model is None:
         return s.add(note(f"Not computed: {ctx.model_missing}", "warning"))
     import mechtrunc as mt
-    from mechtrunc import memory
+    from mechtrunc.models import memory
 
     i = memory.noise_component(memory.spectrum(model))
     variants = {"trained memory": (), f"remove component {i} (noise-aligned)": (mt.RemoveComponents("W", indices=[i]),)}

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mechtrunc._choices import LM_RUN_FORMAT
-from mechtrunc.results import upgrade_columns
+from mechtrunc.core.results import upgrade_columns
 
 __all__ = ["NotAResultError", "ToyRun", "MemoryResult", "TruncationResults", "CheckpointResults", "LMRun",
            "CircuitResults", "read_result", "KINDS", "LM_STUDY_TABLES"]
@@ -44,10 +44,10 @@ KINDS = ("toy", "memory", "truncation", "checkpoints", "lm", "circuits")
 
 
 def __getattr__(name):
-    if name == "MemoryRun":  # renamed: mechtrunc.memory.MemoryRun is the run training returns
+    if name == "MemoryRun":  # renamed: mechtrunc.models.memory.MemoryRun is the run training returns
         import warnings
 
-        warnings.warn("mechtrunc.report.readers.MemoryRun is now MemoryResult (mechtrunc.memory.MemoryRun is "
+        warnings.warn("mechtrunc.report.readers.MemoryRun is now MemoryResult (mechtrunc.models.memory.MemoryRun is "
                       "the in-memory run training returns); the old name goes in the next release",
                       DeprecationWarning, stacklevel=2)
         return MemoryResult
@@ -121,7 +121,7 @@ class ToyRun(_Result):
         return self.config.get("train", {})
 
     def load(self, device: str = "cpu"):
-        from mechtrunc.training import load_run
+        from mechtrunc.models.toy_training import load_run
 
         return load_run(self.directory, device=device)
 
@@ -149,7 +149,7 @@ class MemoryResult(_Result):
     incomplete: str | None = None
 
     def load(self):
-        from mechtrunc.memory import LinearMemory
+        from mechtrunc.models.memory import LinearMemory
 
         return LinearMemory.load(self.directory)
 

@@ -7,8 +7,8 @@ import torch
 
 from mechtrunc.report.context import Context, visible_token
 from mechtrunc.report.page import CircuitsView, Section, fragment, html_table, note
-from mechtrunc.results import LAST_FFN_REMOVED
-from mechtrunc.selection import change_intervals
+from mechtrunc.core.results import LAST_FFN_REMOVED
+from mechtrunc.analysis.selection import change_intervals
 
 __all__ = ["SECTIONS"]
 
@@ -217,7 +217,7 @@ def attention_section(ctx: Context) -> Section | None:
                       "earlier occurrence.")
     if model is None:
         return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no model'), "warning"))
-    from mechtrunc.adapters import adapt
+    from mechtrunc.core.adapters import adapt
 
     task, batch, i, n = _example_sequence(ctx)
     toks = batch.inputs[i, :n]
@@ -328,13 +328,13 @@ def _patching_figure(df: pd.DataFrame):
     """Plotly heatmaps of a patching scan: one row per direction, one column per site (layer x
     position group; z: layer x head at position ``all``), colours centred at 0, 1 marked.  When
     the clean - corrupted gap is not resolved (``attrs["normalised"]`` false: the effects are
-    undefined) the cells are the raw change (:func:`mechtrunc.patching.raw_change`) instead."""
+    undefined) the cells are the raw change (:func:`mechtrunc.analysis.patching.raw_change`) instead."""
     import math
 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from mechtrunc.patching import raw_change
+    from mechtrunc.analysis.patching import raw_change
 
     normalised = df.attrs.get("normalised", True)
     shown = "effect" if normalised else "change"
@@ -395,10 +395,10 @@ def _patching_figure(df: pd.DataFrame):
 
 
 def _largest_effects(df: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """The patches that move the metric most (:func:`mechtrunc.patching.largest_moves`, as
+    """The patches that move the metric most (:func:`mechtrunc.analysis.patching.largest_moves`, as
     ``mechtrunc patch scan`` prints them): the effect, or the raw change when the gap is not
     resolved."""
-    from mechtrunc.patching import largest_moves
+    from mechtrunc.analysis.patching import largest_moves
 
     shown = "effect" if df.attrs.get("normalised", True) else "change"
     top = largest_moves(df, n)

@@ -13,7 +13,7 @@ import torch
 
 from mechtrunc.report.context import Context, token_strings, visible_token
 from mechtrunc.report.page import CircuitsView, Section, fragment, html_table, note, render
-from mechtrunc.results import LOWER_IS_BETTER, P_ANSWER, default_metric, find_row, metric_columns
+from mechtrunc.core.results import LOWER_IS_BETTER, P_ANSWER, default_metric, find_row, metric_columns
 from mechtrunc.studies.truncation_files import ATTRIBUTION_FILE, BEST_FILE
 
 __all__ = ["SECTIONS", "choose_metric"]
@@ -40,9 +40,9 @@ def competitor_of(metric: str, cols) -> str | None:
 
 
 def change_intervals_of(result, metric: str, n_boot: int | None = None, level: float = 0.95, seed: int = 0):
-    """:func:`mechtrunc.selection.table_change_intervals` of ``result``'s table and per-item side
+    """:func:`mechtrunc.analysis.selection.table_change_intervals` of ``result``'s table and per-item side
     table (``items.parquet``), cached on ``result``; None without a side table or the metric."""
-    from mechtrunc.selection import DEFAULT_N_BOOT, table_change_intervals
+    from mechtrunc.analysis.selection import DEFAULT_N_BOOT, table_change_intervals
 
     items = getattr(result, "items", None)
     if items is None or metric not in getattr(items, "columns", ()):
@@ -345,7 +345,7 @@ def examples_section(ctx: Context) -> Section:
     if best is None or model is None:
         return s.add(note(fragment("Not computed: {}", ctx.model_missing or 'no best configuration'), "warning"))
     import mechtrunc as mt
-    from mechtrunc.adapters import adapt
+    from mechtrunc.core.adapters import adapt
     from mechtrunc.studies import as_truncate
 
     iv = as_truncate(best)

@@ -1,5 +1,6 @@
-"""Studies on language models (Pythia and friends): the LASER truncation grid, checkpoint
-studies at scale, and a report tying the best truncation to attribution.
+"""Studies: the LASER truncation grid, composed truncations, checkpoint studies and circuits
+across training on language models (Pythia and friends, our own), and the training dynamics of
+the toy and the minimal model (:mod:`~mechtrunc.studies.dynamics`).
 
 Modules:
 
@@ -23,9 +24,12 @@ Modules:
   prefetching), :class:`RayExecutor`, :class:`SlurmExecutor` (submitit).
 - :mod:`~mechtrunc.studies.summary`: :func:`summarise_study` (heatmap, best configuration and its
   attribution change).  Prompt sets by task name: :func:`mechtrunc.tasks.prompts_for_task`.
+- :mod:`~mechtrunc.studies.lm`: the study of a run of our own language model at its checkpoints.
+- :mod:`~mechtrunc.studies.dynamics`: why the feed-forward layer learns the generic association
+  first (the minimal model, the toy's training dynamics, the measures both share); ``mt.dynamics``.
 
-Figures live in :mod:`mechtrunc.viz` (``truncation_heatmap``, ``checkpoint_plot``), prompt sets
-by task name in :mod:`mechtrunc.tasks` and model builders in :mod:`mechtrunc.testing`; this
+Figures live in :mod:`mechtrunc.analysis.viz` (``truncation_heatmap``, ``checkpoint_plot``), prompt sets
+by task name in :mod:`mechtrunc.tasks` and model builders in :mod:`mechtrunc.models.testing`; this
 package re-exports none of them (it sits below the report and the command line, above them).
 """
 

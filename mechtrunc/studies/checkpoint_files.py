@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechtrunc.results import upgrade_columns, upgrade_record
+from mechtrunc.core.results import upgrade_columns, upgrade_record
 from mechtrunc.studies.store import (
     ShardStore, StudyDirectory, atomic_write_text, has_tables, read_rows, read_tables, write_tables,
 )
@@ -237,5 +237,5 @@ def read_checkpoint_items(out: str | os.PathLike) -> pd.DataFrame:
     (step, configuration, item): ``step``, the configuration's descriptors (``config`` = its
     row within the step; with ``grid=`` the columns of
     :func:`mechtrunc.studies.read_items`, else ``variant``), ``item, sequence`` and every
-    per-item metric (:func:`mechtrunc.metrics.item_metrics`)."""
+    per-item metric (:func:`mechtrunc.core.metrics.item_metrics`)."""
     return CheckpointStudyDirectory(out).read_items()

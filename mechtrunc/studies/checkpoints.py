@@ -31,10 +31,10 @@ import pandas as pd
 
 from mechtrunc._choices import task_names, task_spec, task_words
 from mechtrunc._scalars import as_int, as_int_list
-from mechtrunc.interventions import Compose, Intervention
-from mechtrunc.evaluation import evaluate
-from mechtrunc.prompts import PromptSet
-from mechtrunc.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
+from mechtrunc.core.interventions import Compose, Intervention
+from mechtrunc.analysis.evaluation import evaluate
+from mechtrunc.core.prompts import PromptSet
+from mechtrunc.core.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
 from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory, read_checkpoint_items, study_settings
 from mechtrunc.studies.grid import Grid, ItemStore, as_truncate, evaluate_grid
 from mechtrunc.studies.store import metric_values, prompts_fingerprint
@@ -47,14 +47,14 @@ __all__ = ["checkpoint_study", "CheckpointRequest", "evaluate_loaded", "best_by_
 # where checkpoints come from (picklable, so units travel to Ray and SLURM workers)
 # ----------------------------------------------------------------------------------------
 class HubCheckpoints:
-    """``step -> model``: :func:`mechtrunc.pythia.load_model` of a hub id at revision ``step{N}``
+    """``step -> model``: :func:`mechtrunc.models.hf.load_model` of a hub id at revision ``step{N}``
     (from the local Hugging Face cache when it holds it)."""
 
     def __init__(self, name: str, **load_kwargs):
         self.name, self.load_kwargs = str(name), dict(load_kwargs)
 
     def __call__(self, step: int):
-        from mechtrunc.pythia import load_model
+        from mechtrunc.models.hf import load_model
 
         return load_model(self.name, step=step, **self.load_kwargs)
 
@@ -117,7 +117,7 @@ class CheckpointDirectory:
             )
 
     def __call__(self, step: int):
-        from mechtrunc.pythia import load_model
+        from mechtrunc.models.hf import load_model
 
         return load_model(self.dir(step), **self.load_kwargs)
 
@@ -146,7 +146,7 @@ class _Prompts:
 
 def evaluate_loaded(load: Callable[[], object], evaluate: Callable[[object], object]):
     """``evaluate(load())``, the model freed afterwards (also on error): one checkpoint unit's run."""
-    from mechtrunc.pythia import free_model
+    from mechtrunc.models.hf import free_model
 
     model = load()
     try:
@@ -261,15 +261,15 @@ def _as_grid(grid) -> Grid | None:
 def _n_layers_hint(loader, steps) -> int | None:
     """The number of layers, when it is known without loading a model (a Pythia id, or the
     config.json of a checkpoint directory); None otherwise."""
-    from mechtrunc import pythia
+    from mechtrunc.models import hf
 
     try:
         if isinstance(loader, CheckpointDirectory):
             cfg = json.loads((loader.dir(steps[0]) / "config.json").read_text())
             n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
             return int(n) if n is not None else None
-        if isinstance(loader, HubCheckpoints) and pythia.is_pythia(loader.name):
-            return pythia.pythia_size(loader.name).n_layers
+        if isinstance(loader, HubCheckpoints) and hf.is_pythia(loader.name):
+            return hf.pythia_size(loader.name).n_layers
     except (OSError, ValueError, KeyError):
         return None
     return None
@@ -321,7 +321,7 @@ def step_intervals(items: pd.DataFrame, metric: str = "p_answer", n_boot: int = 
     import numpy as np
     import torch
 
-    from mechtrunc.metrics import bootstrap_intervals
+    from mechtrunc.core.metrics import bootstrap_intervals
 
     if metric not in items.columns:
         raise ValueError(f"unknown metric {metric!r}; columns: {', '.join(map(str, items.columns))}")
@@ -358,15 +358,15 @@ def heldout_by_step(items: pd.DataFrame, metric: str = "p_answer", select: float
     at each step the configuration with the best mean ``metric`` on the *select* part of the
     prompts (one seeded split of the sequences, ``select`` of them, the same at every step),
     reported on both parts with the paired bootstrap interval of its change against the full
-    model (:func:`mechtrunc.selection.heldout_choice`; ``eval`` is the held-out estimate,
+    model (:func:`mechtrunc.analysis.selection.heldout_choice`; ``eval`` is the held-out estimate,
     ``select`` is in-sample and biased upward).  No model is run.  One row per (step, part), in
-    step order, with :func:`~mechtrunc.selection.heldout_choice`'s columns (``layer, matrix,
+    step order, with :func:`~mechtrunc.analysis.selection.heldout_choice`'s columns (``layer, matrix,
     keep, rank, baseline`` of the choice, ``full, truncated, change, ci_low, ci_high, n_items``...).
     ``out``: the study's directory, where the table is also written (``heldout_by_step.csv``,
     :mod:`~mechtrunc.studies.checkpoint_files`)."""
     import numpy as np
 
-    from mechtrunc.selection import heldout_choice
+    from mechtrunc.analysis.selection import heldout_choice
 
     if not {"baseline", "step", "layer"} <= set(items.columns):
         raise ValueError("heldout_by_step needs a grid checkpoint study's item table (columns step, baseline, layer)")
@@ -435,7 +435,7 @@ class CheckpointRequest:
     prompt_set: _Prompts = field(init=False, default=None)
 
     def __post_init__(self):
-        from mechtrunc import pythia
+        from mechtrunc.models import hf
 
         def put(name, value):
             object.__setattr__(self, name, value)
@@ -463,19 +463,19 @@ class CheckpointRequest:
         load, load_kwargs = self.load, dict(self.load_kwargs)
         if isinstance(load, (str, os.PathLike)):
             name = str(load)
-            pythia.check_dtype(load_kwargs.get("dtype"))  # a bad dtype fails before any work
+            hf.check_dtype(load_kwargs.get("dtype"))  # a bad dtype fails before any work
             if CheckpointDirectory.looks_like(name):
                 loader = CheckpointDirectory(name, **load_kwargs)
                 loader.check(steps)
                 source = loader.template
-            elif pythia.looks_like_path(name):
+            elif hf.looks_like_path(name):
                 raise ValueError(
                     f"no such checkpoint directory: {name!r} (give a directory with step{{N}}/ subdirectories, "
                     "a path template with {step}, or a hub id)"
                 )
             else:
-                if pythia.is_pythia(name):
-                    steps = [pythia.check_step(s) for s in steps]
+                if hf.is_pythia(name):
+                    steps = [hf.check_step(s) for s in steps]
                 loader = HubCheckpoints(name, **load_kwargs)
                 source = name
         elif callable(load):
@@ -528,7 +528,7 @@ def checkpoint_study(
     Args:
         load_fn_or_name: ``step -> model`` (a TransformerBridge; must be picklable for Ray and
             SLURM, e.g. a module-level function), a hub id (revision ``step{N}``, through
-            :func:`mechtrunc.pythia.load_model`; steps are checked up front for Pythia ids), or
+            :func:`mechtrunc.models.hf.load_model`; steps are checked up front for Pythia ids), or
             a local directory of checkpoints: ``DIR`` holding ``step{N}/`` subdirectories, or a
             path template with ``{step}``, each a ``save_pretrained`` model (missing steps raise
             ValueError before anything runs).  ``load_kwargs`` (``device``, ``dtype``,

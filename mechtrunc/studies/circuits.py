@@ -1,8 +1,8 @@
 """Circuits across training: at every checkpoint, the node scores
-(:func:`mechtrunc.circuits.attribution_scan`), the top edge scores
-(:func:`mechtrunc.circuits.edge_attribution`) and the ledger of the answer-vs-generic margin
+(:func:`mechtrunc.analysis.circuits.attribution_scan`), the top edge scores
+(:func:`mechtrunc.analysis.circuits.edge_attribution`) and the ledger of the answer-vs-generic margin
 (each head's, attention bias', MLP's and the embedding's direct contribution to
-``logit(answer) - logit(generic)`` per prompt: :func:`mechtrunc.attribution.attribute_items`),
+``logit(answer) - logit(generic)`` per prompt: :func:`mechtrunc.analysis.attribution.attribute_items`),
 one resumable unit per checkpoint, run by the executors of checkpoint studies (local, Ray,
 SLURM; :mod:`mechtrunc.studies.executors`).
 
@@ -19,8 +19,8 @@ with other settings raises ValueError).  ``mechtrunc report OUT`` draws them
 the answer (the heads' and attention biases' summed contribution) against the MLPs' generic push
 (minus their summed contribution), and the first step from which the evidence stays above the
 push, with a percentile interval from resampling the prompts (the same prompts at every step;
-:func:`mechtrunc.metrics.bootstrap_means`).  Toy checkpoints are kept by training with
-:class:`mechtrunc.training.KeepCheckpoints` and loaded by :class:`ToyCheckpoints`.
+:func:`mechtrunc.core.metrics.bootstrap_means`).  Toy checkpoints are kept by training with
+:class:`mechtrunc.models.toy_training.KeepCheckpoints` and loaded by :class:`ToyCheckpoints`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import pandas as pd
 
 from mechtrunc._choices import ATTRIBUTION_METHODS, CIRCUIT_TASKS, DEFAULT_IG_STEPS, PATCH_LEVEL
 from mechtrunc._scalars import as_int, as_int_list
-from mechtrunc.prompts import PromptSet
-from mechtrunc.results import PATCHING_COLUMNS
+from mechtrunc.core.prompts import PromptSet
+from mechtrunc.core.results import PATCHING_COLUMNS
 from mechtrunc.studies.checkpoint_files import SHARDS
 from mechtrunc.studies.checkpoints import CheckpointDirectory, evaluate_loaded, gpus_for
 from mechtrunc.studies.store import (
@@ -50,14 +50,14 @@ __all__ = ["circuit_study", "circuit_pairs", "CIRCUIT_TASKS", "CircuitUnit", "Ci
 
 #: node sites scored at every checkpoint by default: every head and every MLP
 CIRCUIT_SITES = ("z", "mlp_out")
-#: a node shard: the step, then :data:`mechtrunc.results.PATCHING_COLUMNS`
+#: a node shard: the step, then :data:`mechtrunc.core.results.PATCHING_COLUMNS`
 CIRCUIT_NODE_COLUMNS = ("step", *PATCHING_COLUMNS)
 #: an edge shard: the step, the edge's rank at that step (1: largest estimated change), then the
-#: columns of :func:`mechtrunc.circuits.edge_attribution`
+#: columns of :func:`mechtrunc.analysis.circuits.edge_attribution`
 CIRCUIT_EDGE_COLUMNS = ("step", "rank", "direction", "sender", "sender_layer", "sender_head", "receiver",
                         "receiver_layer", "receiver_head", "position", "metric", "value", "clean", "corrupted",
                         "effect", "effect_low", "effect_high")
-#: a ledger shard: one row per (step, component, item) (:func:`mechtrunc.attribution.attribute_items`)
+#: a ledger shard: one row per (step, component, item) (:func:`mechtrunc.analysis.attribution.attribute_items`)
 CIRCUIT_LEDGER_COLUMNS = ("step", "component", "kind", "layer", "head", "item", "sequence", "attribution")
 
 _EDGE_DIR, _LEDGER_DIR = "edge_shards", "ledger_shards"
@@ -71,7 +71,7 @@ def _store(out, sub: str | None = None) -> ShardStore:
 
 
 class ToyCheckpoints(CheckpointDirectory):
-    """``step -> toy model`` for the checkpoints :class:`mechtrunc.training.KeepCheckpoints`
+    """``step -> toy model`` for the checkpoints :class:`mechtrunc.models.toy_training.KeepCheckpoints`
     writes (``RUN/checkpoints/step{N}/``, each a toy run directory); ``steps()`` and
     ``check()`` as :class:`~mechtrunc.studies.checkpoints.CheckpointDirectory`'s."""
 
@@ -91,7 +91,7 @@ class ToyCheckpoints(CheckpointDirectory):
         return False
 
     def __call__(self, step: int):
-        from mechtrunc.training import load_run
+        from mechtrunc.models.toy_training import load_run
 
         return load_run(self.dir(step), **self.load_kwargs)[0]
 
@@ -134,8 +134,8 @@ class CircuitUnit:
         return self.loader(self.step)
 
     def evaluate(self, model) -> CircuitTables:
-        from mechtrunc.attribution import attribute_items
-        from mechtrunc.circuits import attribution_scan, edge_attribution, top_edges
+        from mechtrunc.analysis.attribution import attribute_items
+        from mechtrunc.analysis.circuits import attribution_scan, edge_attribution, top_edges
 
         o = self.options
         common = dict(metric=o["metric"], direction=o["direction"], positions=[], method=o["method"],
@@ -171,7 +171,7 @@ def _loader(source, load_kwargs: dict, steps: list[int]):
     """``(loader, description)`` of a checkpoint source: a callable, a directory of toy
     checkpoints (:class:`ToyCheckpoints`) or of ``save_pretrained`` ones (``step{N}/``, a
     language-model run), or a hub id (revision ``step{N}``)."""
-    from mechtrunc import pythia
+    from mechtrunc.models import hf
     from mechtrunc.studies.checkpoints import HubCheckpoints
 
     if callable(source) and not isinstance(source, (str, os.PathLike)):
@@ -185,12 +185,12 @@ def _loader(source, load_kwargs: dict, steps: list[int]):
         loader = ToyCheckpoints(name, **load_kwargs)
     elif CheckpointDirectory.looks_like(name):
         loader = CheckpointDirectory(name, **{"local_files_only": True, **load_kwargs})
-    elif pythia.looks_like_path(name):
+    elif hf.looks_like_path(name):
         raise ValueError(f"no such checkpoint directory: {name!r} (give a directory with step{{N}}/ subdirectories: "
                          "a language-model run, a toy run's checkpoints/, or a hub id)")
     else:
-        if pythia.is_pythia(name):
-            steps[:] = [pythia.check_step(s) for s in steps]
+        if hf.is_pythia(name):
+            steps[:] = [hf.check_step(s) for s in steps]
         return HubCheckpoints(name, **load_kwargs), name
     loader.check(steps)
     return loader, loader.template
@@ -202,7 +202,7 @@ def circuit_pairs(checkpoints, task: str | None = None, n: int = 64, seed: int =
 
     - toy checkpoints (a toy run's ``checkpoints/``): task ``recall``,
       :func:`mechtrunc.tasks.corrupt.recall_pair` on the run's test-set seeds (``10000 + seed``);
-    - a language-model run: its own held-out prompts (:func:`mechtrunc.lm.prompts.run_prompts`;
+    - a language-model run: its own held-out prompts (:func:`mechtrunc.models.lm.prompts.run_prompts`;
       default task: its first studied one, ``recall`` on a noisy-recall corpus), corrupted by
       :func:`~mechtrunc.tasks.corrupt.city_swap` (recall), ``ioi_abc`` (ioi) or ``factual_swap``;
     - a hub id: ``ioi`` (default) or ``factual`` prompts under its tokenizer."""
@@ -218,11 +218,11 @@ def circuit_pairs(checkpoints, task: str | None = None, n: int = 64, seed: int =
         if task not in (None, "recall"):
             raise ValueError(f"task {task!r} does not fit toy checkpoints: the toy model is studied on task recall")
         from mechtrunc.tasks.corrupt import recall_pair
-        from mechtrunc.training import load_run
+        from mechtrunc.models.toy_training import load_run
 
         first = ToyCheckpoints(source).steps()[0]
         return recall_pair(load_run(ToyCheckpoints(source).dir(first))[2], n=n, seed=10_000 + seed)
-    from mechtrunc.lm.prompts import run_corpus, run_dir, run_prompts
+    from mechtrunc.models.lm.prompts import run_corpus, run_dir, run_prompts
     from mechtrunc.studies.lm import study_tasks
 
     run = run_dir(source)
@@ -230,7 +230,7 @@ def circuit_pairs(checkpoints, task: str | None = None, n: int = 64, seed: int =
         task = task or study_tasks(run_corpus(run))[0]
         if task == "recall":
             return city_swap(run_prompts(run, "recall", n=n, seed=seed))
-        from mechtrunc.lm.tokenizer import run_tokenizer
+        from mechtrunc.models.lm.tokenizer import run_tokenizer
 
         tok = run_tokenizer(run_corpus(run))
         prompts = run_prompts(run, task, n=n, seed=seed, tokenizer=tok)
@@ -259,12 +259,12 @@ def circuit_study(
     Args:
         checkpoints: ``step -> model`` (picklable for Ray and SLURM), a directory of checkpoints
             (a language-model run's ``step{N}/``; a toy run's ``checkpoints/`` written by
-            :class:`mechtrunc.training.KeepCheckpoints`) or a hub id (revision ``step{N}``);
+            :class:`mechtrunc.models.toy_training.KeepCheckpoints`) or a hub id (revision ``step{N}``);
             ``load_kwargs`` go to the loader.  Missing steps raise ValueError before anything runs.
         steps: training steps (duplicates dropped; the tables are in this order).
         clean, corrupted: the prompt pairs (the same at every step), as
-            :func:`mechtrunc.circuits.attribution_scan`'s.
-        metric, method, direction: as :func:`~mechtrunc.circuits.attribution_scan`'s (``method``
+            :func:`mechtrunc.analysis.circuits.attribution_scan`'s.
+        metric, method, direction: as :func:`~mechtrunc.analysis.circuits.attribution_scan`'s (``method``
             ``atp`` or ``ig-inputs``, for nodes and edges alike; ``direction`` denoising or
             noising); ``ig_steps``: EAP-IG's interpolation steps.
         sites: node sites (default every head's ``z`` and every ``mlp_out``), position ``all``.
@@ -426,14 +426,14 @@ def overtaking_step(ledger: pd.DataFrame, n_boot: int = 1000, level: float = 0.9
     """The step from which attention's evidence for the answer stays above the MLPs' generic
     push (:func:`evidence_by_step`) at every later step, with a percentile interval over the
     prompts: ``n_boot`` resamples of the prompt sequences (all items of a sequence together, the
-    same resampled prompts at every step, :func:`mechtrunc.metrics.bootstrap_means`), the step
+    same resampled prompts at every step, :func:`mechtrunc.core.metrics.bootstrap_means`), the step
     recomputed on each.  Returns ``step`` (None: not ahead at the last step), ``low``, ``high``
     (None where more than ``(1 - level) / 2`` of the resamples are never ahead for good),
     ``never`` (the fraction of resamples never ahead for good), ``n_items``, ``n_sequences``,
     ``n_boot``, ``level``."""
     import torch
 
-    from mechtrunc.metrics import bootstrap_means
+    from mechtrunc.core.metrics import bootstrap_means
 
     steps, attn, push, seq = _evidence_items(ledger)
     point = _first_ahead(steps, (attn.mean(1) > push.mean(1))[None])[0]

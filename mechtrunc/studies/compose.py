@@ -4,7 +4,7 @@ LASER's composed reductions truncate several (layer, matrix) pairs at once, and 
 two truncations interact, so the best single truncations of a one-at-a-time grid are not the
 best pair.  :func:`compose_search` builds a composition greedily:
 
-- step 1 runs the grid (:func:`mechtrunc.engine.run_grid`) on the *selection* prompts and takes
+- step 1 runs the grid (:func:`mechtrunc.core.engine.run_grid`) on the *selection* prompts and takes
   its best configuration (the same choice as :func:`~mechtrunc.studies.grid.best_configuration`
   of a :func:`~mechtrunc.studies.grid.truncation_study` table with the same metric);
 - step k applies the truncations already chosen (weight mode, reversibly, with
@@ -14,8 +14,8 @@ best pair.  :func:`compose_search` builds a composition greedily:
   step takes the best candidate *within* the budget: the candidates that improve the selection
   metric are tried best first, and each one whose composition would raise the collateral more
   than ``budget`` above the full model's value is refused (and shown as a refused row), until
-  one fits (:func:`mechtrunc.selection.best_within_budget`, the rule of every held-out choice,
-  so a step picks what :func:`mechtrunc.selection.choose_configuration` would pick on the step's
+  one fits (:func:`mechtrunc.analysis.selection.best_within_budget`, the rule of every held-out choice,
+  so a step picks what :func:`mechtrunc.analysis.selection.choose_configuration` would pick on the step's
   grid with every candidate's collateral known);
 - the search stops when no candidate (within the budget) improves the selection metric by more
   than ``min_gain``, after ``max_steps`` accepted steps, or when every pair is truncated.
@@ -36,14 +36,14 @@ from collections.abc import Callable, Iterable, Sequence
 import pandas as pd
 
 from mechtrunc._scalars import as_int, as_real
-from mechtrunc.adapters import adapt
-from mechtrunc.decomposition import SVDCache
-from mechtrunc.engine import run_grid
-from mechtrunc.evaluation import evaluate
-from mechtrunc.interventions import Compose, Truncate, intervene
-from mechtrunc.prompts import PromptSet
-from mechtrunc.results import LOWER_IS_BETTER, N_ITEMS, keep_key
-from mechtrunc.selection import best_within_budget
+from mechtrunc.core.adapters import adapt
+from mechtrunc.core.decomposition import SVDCache
+from mechtrunc.core.engine import run_grid
+from mechtrunc.analysis.evaluation import evaluate
+from mechtrunc.core.interventions import Compose, Truncate, intervene
+from mechtrunc.core.prompts import PromptSet
+from mechtrunc.core.results import LOWER_IS_BETTER, N_ITEMS, keep_key
+from mechtrunc.analysis.selection import best_within_budget
 from mechtrunc.studies.grid import Grid
 
 __all__ = ["compose_search", "as_interventions", "COMPOSE_COLUMNS", "COMPOSE_KEEPS"]
@@ -116,7 +116,7 @@ def compose_search(
             the full model's by more than ``budget``, and take the best candidate within it.
         batch_size: rows per forward pass of the engine and of ``evaluate``.
         svd_cache: a directory of decompositions for the engine (see
-            :func:`mechtrunc.engine.run_grid`); one cache object is shared by all steps either
+            :func:`mechtrunc.core.engine.run_grid`); one cache object is shared by all steps either
             way, and ``decompositions`` counts those computed per step.
 
     Returns:
@@ -226,7 +226,7 @@ def compose_search(
             return colls[i]
 
         # the best candidate within the budget: the rule of every held-out choice
-        # (mechtrunc.selection.best_within_budget); better candidates over it are refused rows
+        # (mechtrunc.analysis.selection.best_within_budget); better candidates over it are refused rows
         i, refused = best_within_budget([sign * v for v in values],
                                         collateral_of_candidate if budget is not None else None, budget,
                                         base_score=sign * current, base_collateral=base_coll, min_gain=threshold)

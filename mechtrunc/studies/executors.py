@@ -70,7 +70,7 @@ class LocalExecutor(Executor):
         self.prefetch = bool(prefetch)
 
     def map(self, units, progress=True):
-        from mechtrunc.pythia import free_model
+        from mechtrunc.models.hf import free_model
 
         units = list(units)
         bar = progress_bar(len(units), "checkpoints", "ckpt", enabled=progress)

@@ -3,7 +3,7 @@
 - :class:`Grid`: what to sweep (layers, matrices, keeps, rank rule, SVD method) and its
   ``mode``, the evaluator (``"engine"``, ``"weight"``, ``"hook"``; docs/api.md, "Conventions").
 - :func:`evaluate_grid`: **the** grid evaluation on one model (baseline + every configuration),
-  as row dicts, on the grid engine (:mod:`mechtrunc.engine`) by default or one reference
+  as row dicts, on the grid engine (:mod:`mechtrunc.core.engine`) by default or one reference
   evaluation per configuration.  Both :func:`truncation_study` and every unit of
   :func:`mechtrunc.studies.checkpoint_study` call it, and nothing else evaluates a grid.
 - :func:`truncation_study`: :func:`evaluate_grid` resumed from and stored into the study's
@@ -12,7 +12,7 @@
 - :func:`best_configuration`, :func:`as_truncate`: the best non-baseline row, and the
   :class:`~mechtrunc.Truncate` that reproduces it.  :func:`heldout_configuration`: its
   held-out sibling (chosen on part of the prompts, reported on the rest with paired bootstrap
-  intervals: :func:`mechtrunc.selection.heldout_selection`); given a study's per-item side table
+  intervals: :func:`mechtrunc.analysis.selection.heldout_selection`); given a study's per-item side table
   (:func:`read_items`) it chooses on the stored values, without evaluating the grid again.
 - :class:`ItemStore`, :func:`read_items` (from :mod:`~mechtrunc.studies.truncation_files`): the
   per-item side table of a truncation study (the values each row's means are taken over, from the
@@ -32,12 +32,12 @@ from mechtrunc._checks import check_choice
 from mechtrunc._choices import DEFAULT_RULE, GRID_KEEPS, GRID_MATRICES, GRID_MODES, RULES, SVD_METHODS
 from mechtrunc._progress import progress_bar
 from mechtrunc._scalars import as_int, as_real_list
-from mechtrunc.adapters import GATED_MATRICES, MATRICES, adapt
-from mechtrunc.interventions import Truncate
-from mechtrunc.evaluation import evaluate
-from mechtrunc.metrics import check_prompt_metric
-from mechtrunc.prompts import PromptSet
-from mechtrunc.results import (
+from mechtrunc.core.adapters import GATED_MATRICES, MATRICES, adapt
+from mechtrunc.core.interventions import Truncate
+from mechtrunc.analysis.evaluation import evaluate
+from mechtrunc.core.metrics import check_prompt_metric
+from mechtrunc.core.prompts import PromptSet
+from mechtrunc.core.results import (
     baseline_row, check_metric, configuration_row, is_metric, keep_key, tidy_truncation,
 )
 from mechtrunc.studies.store import ITEMS_FILE, RowStore, metric_values
@@ -177,7 +177,7 @@ def evaluate_grid(
     the only storage this function touches.  Identity configurations (kept rank = maximum rank)
     reuse the baseline.
 
-    ``grid.mode == "engine"`` computes the rows with :func:`mechtrunc.engine.run_grid`
+    ``grid.mode == "engine"`` computes the rows with :func:`mechtrunc.core.engine.run_grid`
     (the same numbers as one ``evaluate`` per configuration, within 1e-5 in float32; rows arrive
     a layer at a time, ``seconds`` is the time since the previous row; forwards of up to
     ``max(batch_size, 256)`` (prompt, configuration) rows); ``svd_cache`` is a directory of its
@@ -207,7 +207,7 @@ def evaluate_grid(
     bar = progress_bar(len(todo) + int(need_base), "truncation", "eval", enabled=progress)
 
     if grid.mode == "engine" and (need_base or todo):  # rows arrive a layer at a time; stored as they come
-        from mechtrunc.engine import run_grid
+        from mechtrunc.core.engine import run_grid
 
         labels = {(g[0], g[1], keep_key(g[2])): (g[2], g[3].label) for g in todo}
         t0 = time.perf_counter()
@@ -276,7 +276,7 @@ def truncation_study(
     Returns a tidy DataFrame, one row per (layer, matrix, keep) in the requested order, after
     one ``baseline`` row (the unmodified model; ``layer``/``keep``/``rank`` empty, ``matrix``
     ``"none"``).  Columns: ``baseline, layer, matrix, keep, rank, max_rank, identity, rule,
-    svd, mode, intervention`` then every metric of :func:`mechtrunc.metrics.metrics_from_logits`
+    svd, mode, intervention`` then every metric of :func:`mechtrunc.core.metrics.metrics_from_logits`
     (``n_items, accuracy, p_answer, loss, p_<comp>, acc_vs_<comp>, logit_diff_<comp>``) and
     ``seconds``.  A configuration that keeps the full rank (``keep=1``) is the identity: its row
     reuses the baseline evaluation (``identity`` true) instead of recomputing it.
@@ -288,7 +288,7 @@ def truncation_study(
         keeps: fractions of the maximum rank in [0, 1] (rounded by ``rule``, see
             :func:`mechtrunc.rank_for_keep`); 0 removes the matrix.
         rule, svd: passed to :class:`mechtrunc.Truncate`.
-        mode: ``"engine"`` (default): :mod:`mechtrunc.engine` (see :func:`evaluate_grid`),
+        mode: ``"engine"`` (default): :mod:`mechtrunc.core.engine` (see :func:`evaluate_grid`),
             the same table as one reference evaluation per configuration, faster; ``"weight"``
             rewrites the weight as LASER does, ``"hook"`` projects the matrix's output (one SVD per
             matrix across keeps), one evaluation per configuration each.
@@ -304,7 +304,7 @@ def truncation_study(
         return_items: also return the per-item side table: ``(table, items)``.
         metric: the metric the table will be judged by (:func:`~mechtrunc.studies.summarise_study`,
             :func:`heldout_configuration`), if known: checked against the prompts' competitors
-            (:func:`mechtrunc.metrics.check_prompt_metric`) before anything runs.
+            (:func:`mechtrunc.core.metrics.check_prompt_metric`) before anything runs.
 
     Per-item values: the same forward passes also give each row's per-item metric values (the
     values its means are taken over; no extra forward pass).  They are kept as one shard per
@@ -313,7 +313,7 @@ def truncation_study(
     :class:`ItemStore`), and at the end ``out/items.parquet`` holds the side table of the
     returned table (:meth:`ItemStore.table`: ``config`` = row index, one row per
     (configuration, item); read it with :func:`read_items`).  It feeds paired bootstrap
-    intervals of a change (:mod:`mechtrunc.selection`) and :func:`heldout_configuration`
+    intervals of a change (:mod:`mechtrunc.analysis.selection`) and :func:`heldout_configuration`
     without a second pass.
     """
     grid = Grid(layers=layers, matrices=matrices, keeps=keeps, rule=rule, svd=svd, mode=mode)
@@ -389,7 +389,7 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
     """:func:`best_configuration`'s held-out sibling: the grid's configurations (``grid``,
     default ``Grid()``, rule and layers checked against the model; exact SVD) chosen on the
     select part of ``prompts`` and reported on the eval part
-    (:func:`mechtrunc.selection.heldout_selection`; ``kwargs`` go to it).  Returns
+    (:func:`mechtrunc.analysis.selection.heldout_selection`; ``kwargs`` go to it).  Returns
     ``{"layer", "matrix", "keep", "rank", "metric", "baseline" (nothing beat the full model),
     "select": {...}, "eval": {...}, "n_boot", "level", "groups", "table"}`` where each part holds
     ``full, truncated, change, ci_low, ci_high, n_items, collateral_change`` and ``table`` is the
@@ -402,7 +402,7 @@ def heldout_configuration(model, prompts: PromptSet, grid: Grid | None = None, m
 
     ``out``: the study's directory: the table is also written there (``heldout.csv``,
     :mod:`~mechtrunc.studies.truncation_files`) and ``"path"`` names it."""
-    from mechtrunc.selection import heldout_selection
+    from mechtrunc.analysis.selection import heldout_selection
 
     check_prompt_metric(prompts, metric)
     grid = Grid() if grid is None else grid
@@ -435,9 +435,9 @@ def _heldout_from_items(model, prompts: PromptSet, truncs: list, items: pd.DataF
                         seed: int, collateral, budget, n_boot: int, *, groups=None, level: float = 0.95,
                         higher_is_better: bool | None = None, batch_size: int = 256, svd_cache=None,
                         progress: bool = False) -> pd.DataFrame:
-    """:func:`mechtrunc.selection.heldout_selection` on a stored side table: the grid's
+    """:func:`mechtrunc.analysis.selection.heldout_selection` on a stored side table: the grid's
     configurations (and the baseline) picked out of ``items``, no forward pass on ``prompts``."""
-    from mechtrunc.selection import heldout_choice, item_table, sequence_groups, split_sequences
+    from mechtrunc.analysis.selection import heldout_choice, item_table, sequence_groups, split_sequences
 
     if not isinstance(prompts, PromptSet):
         raise TypeError(f"prompts must be a PromptSet, got {type(prompts).__name__}")

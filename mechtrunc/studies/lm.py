@@ -1,4 +1,4 @@
-"""The paper's language-model findings measured on a run of :mod:`mechtrunc.lm`.
+"""The paper's language-model findings measured on a run of :mod:`mechtrunc.models.lm`.
 
 A run directory (``mechtrunc lm train --out OUT``) holds ``step{N}/`` checkpoints at Pythia's
 schedule.  The pieces, each a tidy DataFrame:
@@ -13,16 +13,16 @@ schedule.  The pieces, each a tidy DataFrame:
 - :func:`truncation_grid`: the LASER grid (layers x matrices x keeps) through the engine on every
   prompt set, with the loss on held-out corpus text of every configuration (the collateral cost);
 - :func:`choose_truncation`: the best configuration on the *select* prompts within a loss budget,
-  and its numbers on the *eval* prompts (:func:`mechtrunc.selection.choose_configuration`, the
+  and its numbers on the *eval* prompts (:func:`mechtrunc.analysis.selection.choose_configuration`, the
   held-out selection every model shares);
 - :func:`paired_change`: an intervention's change of each metric on the same prompts, with a
-  bootstrap interval over the prompts (:func:`mechtrunc.selection.change_intervals`);
+  bootstrap interval over the prompts (:func:`mechtrunc.analysis.selection.change_intervals`);
 - :func:`study_run`: all of the above on one finished run, cached in ``OUT/study/`` (a rerun
   reads the tables; ``mechtrunc lm study OUT`` and ``mechtrunc report OUT`` use it; its files:
   :mod:`~mechtrunc.studies.lm_files`);
 - :func:`where_the_lives`: per layer, what removing the MLP does to P(" the") after " to", the
   MLP's direct logit attribution to logit(IO) - logit(" the"), and its top " the"-writing
-  singular component (:func:`mechtrunc.directions.rank_components`);
+  singular component (:func:`mechtrunc.analysis.directions.rank_components`);
 - :func:`margin_ledger` / :func:`checkpoint_ledger`: at one checkpoint / every checkpoint, the
   answer-vs-" the" logit margin split into each MLP's, attention layer's and head's direct
   contribution, and what removing each MLP does to P(" the") and P(answer).
@@ -44,15 +44,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mechtrunc.attribution import attribute
-from mechtrunc.directions import rank_components
-from mechtrunc.dynamics.measures import first_step
-from mechtrunc.evaluation import evaluate
-from mechtrunc.interventions import Truncate, intervene
-from mechtrunc.metrics import item_metrics
-from mechtrunc.prompts import PromptSet
-from mechtrunc.runner import item_logits
-from mechtrunc.selection import DEFAULT_BUDGET, change_intervals, choose_configuration
+from mechtrunc.analysis.attribution import attribute
+from mechtrunc.analysis.directions import rank_components
+from mechtrunc.studies.dynamics.measures import first_step
+from mechtrunc.analysis.evaluation import evaluate
+from mechtrunc.core.interventions import Truncate, intervene
+from mechtrunc.core.metrics import item_metrics
+from mechtrunc.core.prompts import PromptSet
+from mechtrunc.core.runner import item_logits
+from mechtrunc.analysis.selection import DEFAULT_BUDGET, change_intervals, choose_configuration
 from mechtrunc.studies.grid import as_truncate, truncation_study
 from mechtrunc.studies.lm_files import LMStudyDirectory, cached_table
 from mechtrunc.studies.store import metric_values
@@ -70,7 +70,7 @@ STUDY_TASKS = ("ioi", "factual", "generic")
 
 
 def study_tasks(corpus=None) -> tuple[str, ...]:
-    """The prompt sets a run of ``corpus`` (a :class:`~mechtrunc.lm.corpus.CorpusConfig`; None: the
+    """The prompt sets a run of ``corpus`` (a :class:`~mechtrunc.models.lm.corpus.CorpusConfig`; None: the
     default) is studied on: :data:`STUDY_TASKS` unless the corpus has the noisy-recall family and
     no IOI, then ``recall`` and ``binding``, with ``generic`` when it has generic "to" sentences."""
     if corpus is None or corpus.recall == 0 or corpus.ioi > 0:
@@ -90,7 +90,7 @@ def the_threshold(corpus) -> float:
     return (corpus.to_the_share if "generic" in study_tasks(corpus) else corpus.recall_noise) / 2
 _DRAWS = {"select": 0, "eval": 1}
 #: the format of the study's prompts, recorded with a cached study: a story of the corpus
-#: (``<|endoftext|>`` first, :mod:`mechtrunc.lm.prompts`)
+#: (``<|endoftext|>`` first, :mod:`mechtrunc.models.lm.prompts`)
 PROMPT_FORMAT = "story"
 #: keep fractions of the study's truncation grid (layers x {W_in, W_out})
 STUDY_KEEPS = (0.0, 0.05, 0.1, 0.2, 0.5)
@@ -100,10 +100,10 @@ def lm_study_prompts(tokenizer, corpus=None, n: int = 200, seed: int = 0, tasks=
     """``{"ioi/select", "ioi/eval", "factual/select", ..., "generic/eval"}`` (``tasks``, default
     :func:`study_tasks` of ``corpus``), all of the
     ``heldout`` split (held-out IOI templates, training names in new combinations, see
-    :mod:`mechtrunc.lm.prompts`); the select and eval draws use prompt seeds ``2 seed`` and
-    ``2 seed + 1``: the select draw is :func:`mechtrunc.lm.prompts.run_prompts` at seed ``2 seed``,
+    :mod:`mechtrunc.models.lm.prompts`); the select and eval draws use prompt seeds ``2 seed`` and
+    ``2 seed + 1``: the select draw is :func:`mechtrunc.models.lm.prompts.run_prompts` at seed ``2 seed``,
     what ``mechtrunc lens`` and ``mechtrunc patch`` use on the run by default."""
-    from mechtrunc.lm.prompts import lm_task_prompts
+    from mechtrunc.models.lm.prompts import lm_task_prompts
 
     tasks = study_tasks(corpus) if tasks is None else tuple(tasks)
     return {f"{task}/{draw}": lm_task_prompts(task, tokenizer, corpus, n=n, seed=2 * seed + k)
@@ -128,7 +128,7 @@ _KEPT: dict | None = None
 
 
 def _load(run, step):
-    from mechtrunc.pythia import load_model
+    from mechtrunc.models.hf import load_model
 
     key = (str(Path(run).resolve()), int(step))
     if _KEPT is not None and key in _KEPT:
@@ -178,7 +178,7 @@ def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval
 
     - ``step_the``: first checkpoint where P(" the") after " to" reaches ``the_threshold`` (half
       the corpus' share, the toy's ``alpha / 2`` rule of
-      :func:`mechtrunc.dynamics.order_of_learning`): on the generic prompts, or on the recall
+      :func:`mechtrunc.studies.dynamics.order_of_learning`): on the generic prompts, or on the recall
       prompts when the curves have no generic ones;
     - ``step_ioi_beats_the`` / ``step_fact_beats_the`` / ``step_recall_beats_the``: first
       checkpoint from which mean P(answer) > mean P(" the") at every later checkpoint (NaN: not
@@ -236,10 +236,10 @@ def corpus_tokens(corpus_config=None, n_windows: int = 64, ctx: int = 64, part: 
     part ``part`` of the generator's evaluation stream (training batches come from another
     stream) and, for a config with English text (``english > 0``), ``round(english x
     n_windows)`` windows of the held-out English text
-    (:meth:`~mechtrunc.lm.corpus.Corpus.english_windows`, never trained on) after them, the mix
+    (:meth:`~mechtrunc.models.lm.corpus.Corpus.english_windows`, never trained on) after them, the mix
     of the training stream.  ``text`` (:data:`CORPUS_TEXT`): ``"mixed"`` (that), ``"stories"``
     or ``"english"`` (all windows of one kind)."""
-    from mechtrunc.lm.corpus import Corpus
+    from mechtrunc.models.lm.corpus import Corpus
 
     if text not in CORPUS_TEXT:
         raise ValueError(f"text must be one of {CORPUS_TEXT}, got {text!r}")
@@ -320,7 +320,7 @@ def paired_change(model, prompts: PromptSet, intervention, metrics=("p_answer", 
     """Per metric: the mean over ``prompts`` of the full model (``full``) and with
     ``intervention`` (``intervened``), the ``change`` and its 95% bootstrap interval over the
     prompts (``ci_low``, ``ci_high``; the same items resampled for both runs:
-    :func:`mechtrunc.selection.change_intervals`)."""
+    :func:`mechtrunc.analysis.selection.change_intervals`)."""
     before = item_metrics(item_logits(model, prompts), prompts)
     after = item_metrics(item_logits(model, prompts, intervention), prompts)
     return change_intervals(before, after, metrics, n_boot=n_boot, seed=seed).assign(
@@ -339,7 +339,7 @@ def where_the_lives(model, generic: PromptSet, ioi: PromptSet, tokens=(" the",))
     its drop from the full model; the MLP's mean direct logit attribution to logit(answer) -
     logit(" the") on ``ioi`` (an answer task's prompts; negative: it pushes " the"); and the top
     " the"-promoting singular component of its ``W_out`` on ``generic``."""
-    from mechtrunc.adapters import adapt
+    from mechtrunc.core.adapters import adapt
 
     metric = _p_the(generic)
     full = evaluate(model, generic).iloc[0]
@@ -364,14 +364,14 @@ def margin_ledger(model, prompts: PromptSet) -> pd.DataFrame:
     - ``kind`` ``mlp``, ``head``, ``attn`` (a layer's heads and output bias together), ``embed``,
       ``bias`` (the final layer norm's and unembedding's biases), ``other``, ``total``: the mean
       direct contribution to logit(answer) - logit(" the")
-      (:func:`mechtrunc.attribution.attribute`; ``total`` is the model's mean margin);
+      (:func:`mechtrunc.analysis.attribution.attribute`; ``total`` is the model's mean margin);
     - ``kind`` ``mlp_removed_p_the`` / ``mlp_removed_p_answer``: the change of mean P(" the") /
       P(answer) when that layer's MLP output is removed (``mlp.W_out`` keep 0; the rows of
       ``full_p_the`` / ``full_p_answer`` hold the full model's values)."""
     if "the" not in prompts.competitor_names:
         raise ValueError(f"the ledger splits logit(answer) - logit(' the'); these prompts' competitors are "
                          f"{prompts.competitor_names} (use a task with ' the' as a competitor: ioi, factual, recall, binding)")
-    from mechtrunc.adapters import adapt
+    from mechtrunc.core.adapters import adapt
 
     dla = attribute(model, prompts)
     dla = dla[dla["competitor"] == "the"]
@@ -431,9 +431,9 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
 def _study_run(run: Path, n_prompts: int, keeps, loss_budget: float, competition: bool) -> dict[str, pd.DataFrame]:
     import json
 
-    from mechtrunc.attribution import attribute_change
-    from mechtrunc.lm.tokenizer import run_tokenizer
-    from mechtrunc.lm.train import LMConfig
+    from mechtrunc.analysis.attribution import attribute_change
+    from mechtrunc.models.lm.tokenizer import run_tokenizer
+    from mechtrunc.models.lm.train import LMConfig
 
     run = Path(run)
     run_json = run / "run.json"

@@ -24,8 +24,8 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from mechtrunc.adapters import adapt
-from mechtrunc.prompts import PromptSet
+from mechtrunc.core.adapters import adapt
+from mechtrunc.core.prompts import PromptSet
 
 __all__ = [
     "prompts_fingerprint", "model_fingerprint", "check_meta", "atomic_write_text", "RowStore", "ShardStore",

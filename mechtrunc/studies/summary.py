@@ -9,10 +9,10 @@ import warnings
 
 import pandas as pd
 
-from mechtrunc.attribution import attribute_change
-from mechtrunc.metrics import check_prompt_metric
-from mechtrunc.prompts import PromptSet
-from mechtrunc.results import find_row, is_metric
+from mechtrunc.analysis.attribution import attribute_change
+from mechtrunc.core.metrics import check_prompt_metric
+from mechtrunc.core.prompts import PromptSet
+from mechtrunc.core.results import find_row, is_metric
 from mechtrunc.studies.grid import as_truncate, best_configuration
 from mechtrunc.studies.truncation_files import TruncationDirectory, TruncationSummary
 
@@ -42,7 +42,7 @@ def summarise_study(
     ``items`` (the study's per-item side table, :func:`mechtrunc.studies.read_items`): ``best``
     also holds ``intervals``: per metric, the best configuration's ``change`` against the full
     model and its paired bootstrap interval ``ci_low, ci_high``
-    (:func:`mechtrunc.selection.table_change_intervals`), with ``n_boot``, ``level``, ``seed``,
+    (:func:`mechtrunc.analysis.selection.table_change_intervals`), with ``n_boot``, ``level``, ``seed``,
     ``n_items`` (in-sample: see held-out selection for an unbiased estimate)."""
     check_prompt_metric(prompts, metric)
     directory = TruncationDirectory(out_dir)
@@ -57,7 +57,7 @@ def summarise_study(
     summary = {"best": best, "intervention": iv.label, "full": pick(base_row),
                "truncated": pick(match.to_dict()) if match is not None else None}
     if items is not None and match is not None:
-        from mechtrunc.selection import DEFAULT_N_BOOT, table_change_intervals
+        from mechtrunc.analysis.selection import DEFAULT_N_BOOT, table_change_intervals
 
         i = list(df.index).index(match.name)
         per, attrs = {}, None
@@ -86,6 +86,6 @@ def study_report(*args, **kwargs) -> TruncationSummary:
 
 
 def _heatmap(*args, **kwargs):
-    from mechtrunc.viz import truncation_heatmap
+    from mechtrunc.analysis.viz import truncation_heatmap
 
     return truncation_heatmap(*args, **kwargs)

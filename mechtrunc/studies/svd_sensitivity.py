@@ -1,5 +1,5 @@
 """How much the SVD behind a truncation matters: the LASER paper truncates with
-``torch.svd_lowrank(q=rank, niter=2)`` (``svd="laser"``, :func:`mechtrunc.decomposition.full_svd`),
+``torch.svd_lowrank(q=rank, niter=2)`` (``svd="laser"``, :func:`mechtrunc.core.decomposition.full_svd`),
 an approximation of the exact rank-``r`` truncation this package computes by default.
 
 - :func:`svd_sensitivity`: per truncation (layer, matrix, keep) and SVD method, how far the weight
@@ -22,11 +22,11 @@ from torch import Tensor
 
 from mechtrunc._checks import check_choice
 from mechtrunc._choices import SVD_METHODS
-from mechtrunc.adapters import adapt
-from mechtrunc.evaluation import evaluate
-from mechtrunc.interventions import Truncate, intervene
-from mechtrunc.prompts import PromptSet
-from mechtrunc.results import (
+from mechtrunc.core.adapters import adapt
+from mechtrunc.analysis.evaluation import evaluate
+from mechtrunc.core.interventions import Truncate, intervene
+from mechtrunc.core.prompts import PromptSet
+from mechtrunc.core.results import (
     LOWER_IS_BETTER, P_ANSWER, baseline_row, configuration_row, default_metric, keep_key, tidy_truncation,
 )
 from mechtrunc.studies.grid import best_configuration
@@ -139,7 +139,7 @@ def svd_sensitivity(
         truncations: :class:`~mechtrunc.Truncate` objects (their ``svd`` and ``mode`` are
             replaced), ``(layer, matrix, keep)`` tuples or ``{"layer", "matrix", "keep"|"rank"}``
             dicts (these with rank rule ``rule``).
-        methods: names from :data:`mechtrunc.decomposition.SVD_METHODS`; must contain
+        methods: names from :data:`mechtrunc.core.decomposition.SVD_METHODS`; must contain
             ``"exact"``, the method the metric changes are measured from.  Every method is
             applied as LASER applies it: the truncated weight written back (``mode="weight"``).
         reference: ``"float64"`` (default) or ``"float32"``: precision of the exact SVD the
@@ -220,7 +220,7 @@ def best_by_method(table: pd.DataFrame, metric: str | None = None, higher_is_bet
     for each method (the grid it covers, the baseline row shared): one row per method with
     ``svd, layer, matrix, keep, rank, metric, value, baseline_value, improvement`` and
     ``same_as_exact`` (the method picks the configuration the exact SVD picks).  ``metric``
-    defaults to the table's :func:`~mechtrunc.results.default_metric`; ``higher_is_better`` to
+    defaults to the table's :func:`~mechtrunc.core.results.default_metric`; ``higher_is_better`` to
     false only for ``loss``."""
     metric = metric or default_metric(table.columns)
     hib = metric not in LOWER_IS_BETTER if higher_is_better is None else higher_is_better

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechtrunc.results import keep_key, tidy_truncation, upgrade_columns, upgrade_record
+from mechtrunc.core.results import keep_key, tidy_truncation, upgrade_columns, upgrade_record
 from mechtrunc.studies.store import (
     RowStore, ShardStore, StudyDirectory, has_tables, model_fingerprint, prompts_fingerprint, read_rows, read_tables,
     write_tables,
@@ -94,7 +94,7 @@ class ItemStore:
     between the two writes, or a directory written before the side table existed) is
     recomputed, and its shard replaced, so every (configuration, item) is stored exactly once.
     Each shard holds ``item, sequence`` and every per-item metric
-    (:func:`mechtrunc.metrics.item_metrics`)."""
+    (:func:`mechtrunc.core.metrics.item_metrics`)."""
 
     def __init__(self, out=None, clean: bool = True):
         """``clean``: remove temporaries left by an interrupted writer (False: only read, e.g.
@@ -133,9 +133,9 @@ class ItemStore:
 
     def table(self, df: pd.DataFrame) -> pd.DataFrame:
         """The side table of a study table ``df``: one row per (configuration, item), columns
-        :data:`mechtrunc.selection.ITEM_COLUMNS` (``config`` is the row's index in ``df``, 0 the
+        :data:`mechtrunc.analysis.selection.ITEM_COLUMNS` (``config`` is the row's index in ``df``, 0 the
         baseline; an identity configuration holds the baseline's values) then the metrics."""
-        from mechtrunc.selection import ITEM_COLUMNS
+        from mechtrunc.analysis.selection import ITEM_COLUMNS
 
         base = self.get(("baseline",))
         frames = []
@@ -325,7 +325,7 @@ class TruncationDirectory(StudyDirectory):
 
 def _finished_rows(rows: list[dict]) -> pd.DataFrame:
     """The finished rows of a resume log as a table (a row appended again by a resumed run: the
-    last one kept), in the types of :func:`~mechtrunc.results.tidy_truncation`."""
+    last one kept), in the types of :func:`~mechtrunc.core.results.tidy_truncation`."""
     by_key = {}
     for row in rows:
         by_key.pop(row_key(row), None)  # the last one, at its place

@@ -1,6 +1,6 @@
 """Corrupted twins of the built-in tasks, for activation and path patching.
 
-Each builder returns a ``(clean, corrupted)`` pair of :class:`~mechtrunc.prompts.PromptSet`
+Each builder returns a ``(clean, corrupted)`` pair of :class:`~mechtrunc.core.prompts.PromptSet`
 values of the same shape (same number of sequences, same length, same read items: the
 corrupted set reads the *clean* answer and competitors, so a metric measured on it says how much
 of the clean behaviour survives).  Both carry the positions of the task's roles, one per
@@ -19,7 +19,7 @@ patching scan reads them as its position groups (:meth:`PromptSet.role_positions
   ``trigger1`` (the replaced occurrence), ``after1`` (the output token after it), ``end`` (the
   second occurrence, where the answer is read).
 - :func:`city_swap`: a language model's noisy-recall prompts
-  (:func:`mechtrunc.lm.prompts.lm_recall_prompts`) with the stated city replaced by the
+  (:func:`mechtrunc.models.lm.prompts.lm_recall_prompts`) with the stated city replaced by the
   ``other`` competitor's city, so the context no longer holds the answer.  Roles ``city`` (the
   stated city's first occurrence) and ``end``.
 """
@@ -32,7 +32,7 @@ import re
 import torch
 from torch import Tensor
 
-from mechtrunc.prompts import PromptSet
+from mechtrunc.core.prompts import PromptSet
 from mechtrunc.tasks._tokens import tokenize_prompts
 
 __all__ = ["ioi_abc", "factual_swap", "recall_pair", "city_swap"]
@@ -189,7 +189,7 @@ def recall_pair(task, n: int = 256, seed: int = 10_000) -> tuple[PromptSet, Prom
 
 def city_swap(prompts: PromptSet) -> tuple[PromptSet, PromptSet]:
     """Recall prompts (one read item per sequence, an ``other`` competitor that is a single token
-    absent from the context, as :func:`mechtrunc.lm.prompts.lm_recall_prompts` with one
+    absent from the context, as :func:`mechtrunc.models.lm.prompts.lm_recall_prompts` with one
     statement builds) and their corruption: every occurrence of the answer token before the read
     position replaced by the ``other`` token, so the stated city is another one.  Sequences whose
     context does not hold the answer token are left out of both (``meta["dropped"]``)."""

@@ -15,7 +15,7 @@ from importlib import resources
 
 import torch
 
-from mechtrunc.prompts import PromptSet
+from mechtrunc.core.prompts import PromptSet
 from mechtrunc.tasks._tokens import required_token_id, single_token_id, tokenize_prompts, tokenizer_name
 
 __all__ = ["factual_facts", "factual_relations", "factual_prompts"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mechtrunc.prompts import PromptSet
+from mechtrunc.core.prompts import PromptSet
 from mechtrunc.tasks._tokens import encode, single_token_id, tokenize_prompts, tokenizer_name
 
 __all__ = ["load_prompts"]

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechtrunc.prompts import PromptSet
+from mechtrunc.core.prompts import PromptSet
 
 __all__ = ["RecallConfig", "RecallBatch", "RecallTask", "char_stats", "random_markov_stats"]
 

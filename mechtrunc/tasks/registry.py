@@ -6,7 +6,7 @@ the package (:mod:`mechtrunc._choices`), so the command line lists the task name
 importing torch; an entry names its builders as ``"module:function"`` (or holds callables), and
 :func:`task_builder` imports one when a task is built.  Adding a task is a module with its
 builders and one :func:`register_task` entry: every ``--task`` choice, :func:`prompts_for_task`,
-the patch command's corrupted twin and :func:`mechtrunc.lm.prompts.lm_task_prompts` follow.
+the patch command's corrupted twin and :func:`mechtrunc.models.lm.prompts.lm_task_prompts` follow.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Callable
 from mechtrunc._choices import (
     TASK_BUILDERS, TaskSpec, register_task, task_names, task_spec, task_words, unregister_task,
 )
-from mechtrunc.prompts import PromptSet
+from mechtrunc.core.prompts import PromptSet
 
 __all__ = ["TaskSpec", "register_task", "unregister_task", "task_names", "task_spec", "task_builder",
            "prompts_for_task"]

@@ -1,0 +1,330 @@
+"""Train a small GPT-NeoX (Pythia's architecture) on the generated corpus, with Pythia's
+checkpoint schedule.
+
+- Model: ``transformers.GPTNeoXForCausalLM`` from :func:`mechtrunc.models.hf.pythia_config`
+  (rotary on 25% of each head, parallel attention and MLP, untied unembedding, GELU,
+  ``d_mlp = 4 d``), with the vocabulary of :func:`mechtrunc.models.lm.tokenizer.run_tokenizer` (the
+  restricted tokenizer; extended for the English text of a config with ``english > 0``).
+- Optimiser as Pythia: AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.01 on matrices only),
+  linear warm-up over ``warmup`` of the steps, cosine decay to ``min_lr_ratio * lr``, gradient
+  clipping at 1.
+- Data: step ``s`` trains on :meth:`Corpus.batch(s) <mechtrunc.models.lm.corpus.Corpus.batch>`, a
+  function of (corpus config, step) only; with the seeded initialisation and no dropout, a run is
+  a function of its :class:`LMConfig`.
+- Output directory ``OUT``: ``run.json`` (the config), ``step{N}/`` at every step of
+  :func:`checkpoint_steps` (``save_pretrained`` model + tokenizer: ``mt.hf.load_model``,
+  ``CheckpointDirectory`` and ``mechtrunc pythia checkpoints --model OUT`` read them as they
+  are), ``state.pt`` (weights, optimiser, history at the last checkpoint: rerunning resumes
+  there and ends with the same weights as one uninterrupted run), ``history.csv`` and
+  ``summary.json``.  A directory holding another run (every differing field is named), or other
+  files, is refused; a finished run is returned as it is (``already_finished``), nothing written.
+- Extension (``extend=True``): a run whose configuration differs only by a smaller ``steps`` is
+  trained on to ``steps`` only when the learning rates of the updates it has done are the same
+  under the new ``steps`` (``lr_at``); the warm-up (``warmup x steps``) and the cosine decay (to
+  ``min_lr_ratio x lr`` at the last step) depend on ``steps``, so with the presets an extension
+  is refused with the first update whose learning rate would differ.  An allowed extension (e.g.
+  ``warmup=0, min_lr_ratio=1``: a constant rate) ends with the weights of a run trained straight
+  to the new ``steps``, and keeps the old final checkpoint as one more ``step{N}/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from mechtrunc._checks import check_int, check_preset, check_resume, config_from_dict
+from mechtrunc._progress import progress_bar, third_party_bars_off
+from mechtrunc.models.lm.corpus import Corpus, CorpusConfig
+from mechtrunc._choices import LM_PRECISIONS, LM_PRESETS, LM_RUN_FORMAT
+
+__all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
+
+RUN_FORMAT = LM_RUN_FORMAT
+#: fields a resumed run may change: the thread count changes how much wall time a step takes and
+#: the last bits of the numbers (a sum split over two threads is added in another order), so a
+#: run is bit-identical only for the same config *and* thread count; the English text's directory
+#: is where to find it, its checksum (corpus.english_sha256) is what it is
+_NOT_IDENTITY = ("threads", "corpus.english_dir")
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Model, optimiser and corpus of one training run (validated here)."""
+
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    ctx: int = 64
+    batch_size: int = 32
+    steps: int = 3000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: float = 0.01
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_interval: int = 250
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int | None = None
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "ctx", "batch_size", "steps", "checkpoint_interval"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if (self.d_model // self.n_heads) % 4:
+            raise ValueError(f"d_model / n_heads = {self.d_model // self.n_heads} must be a multiple of 4 "
+                             "(rotary embeddings cover 25% of each head)")
+        for name, lo, hi in (("lr", 0, math.inf), ("min_lr_ratio", 0, 1), ("warmup", 0, 1),
+                             ("weight_decay", 0, math.inf), ("grad_clip", 0, math.inf)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi or (name == "lr" and v == 0):
+                raise ValueError(f"{name} must be a number in {'(' if name == 'lr' else '['}{lo}, {hi}], got {v!r}")
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0))
+        if self.precision not in LM_PRECISIONS:
+            raise ValueError(f"precision must be one of {LM_PRECISIONS}, got {self.precision!r}")
+        if self.threads is not None:
+            object.__setattr__(self, "threads", check_int("threads", self.threads, 1))
+        if isinstance(self.corpus, dict):
+            object.__setattr__(self, "corpus", CorpusConfig.from_dict(self.corpus))
+        if not isinstance(self.corpus, CorpusConfig):
+            raise ValueError(f"corpus must be a CorpusConfig, got {type(self.corpus).__name__}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, round(self.warmup * self.steps))
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of update ``step + 1`` (``step`` updates done): linear warm-up, then
+        cosine decay to ``min_lr_ratio * lr`` at the last step."""
+        w = self.warmup_steps
+        if step < w:
+            return self.lr * (step + 1) / w
+        t = (step - w) / max(1, self.steps - w)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["corpus"] = self.corpus.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        return config_from_dict(cls, d)
+
+
+def lm_preset(name: str, **overrides) -> LMConfig:
+    """The preset ``name`` (``nano``, ``small``, ``fast``, ``gpu``; see
+    :data:`~mechtrunc._choices.LM_PRESETS`) with ``LMConfig`` overrides."""
+    return LMConfig(**{**check_preset(name, LM_PRESETS, "model"), **overrides})
+
+
+def checkpoint_steps(steps: int, interval: int) -> list[int]:
+    """Pythia's schedule scaled down: 0, 1, 2, 4, ..., 512 (those <= ``steps``), then every
+    ``interval`` steps after 512, and always the final step."""
+    steps, interval = check_int("steps", steps, 1), check_int("interval", interval, 1)
+    out = {0, steps, *(2**i for i in range(10) if 2**i <= steps)}
+    out |= {s for s in range(interval, steps + 1, interval) if s > 512}
+    return sorted(out)
+
+
+def build_model(config: LMConfig, vocab_size: int):
+    """A freshly initialised ``GPTNeoXForCausalLM`` for ``config`` (seeded by ``config.seed``)."""
+    from transformers import GPTNeoXForCausalLM
+
+    from mechtrunc.models.hf import pythia_config
+
+    hf = pythia_config(
+        "70m", vocab_size=int(vocab_size), hidden_size=config.d_model, num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads, max_position_embeddings=config.ctx, pad_token_id=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return GPTNeoXForCausalLM(hf)
+
+
+def _extension_refused(config: LMConfig):
+    """``why(old_steps, new_steps)`` for :func:`~mechtrunc._checks.check_resume`: the first update
+    of a run of ``old_steps`` whose learning rate would differ in one of ``new_steps``, or None."""
+    def why(old_steps: int, new_steps: int) -> str | None:
+        old, new = replace(config, steps=old_steps), replace(config, steps=new_steps)
+        for s in range(old_steps):
+            if old.lr_at(s) != new.lr_at(s):
+                return (f"its learning rate depends on steps (a warm-up over warmup x steps updates, a cosine "
+                        f"decay to min_lr_ratio x lr at the last step): update {s + 1} had lr "
+                        f"{old.lr_at(s):.4g} in this run and would have {new.lr_at(s):.4g} in a {new_steps}-step run")
+        return None
+    return why
+
+
+def _claim(out: Path, config: LMConfig, extend: bool = False) -> bool:
+    """Make ``out`` this run's directory; True when it already was (resume).  Refuses a
+    directory that holds another run or other files, touching nothing; with ``extend``, a run
+    that differs only by fewer ``steps`` becomes this run (``run.json`` rewritten) when
+    :func:`_extension_refused` allows it."""
+    run_json = out / "run.json"
+    if run_json.is_file():
+        try:
+            have = json.loads(run_json.read_text())
+        except ValueError as e:
+            raise ValueError(f"{run_json} is not valid JSON ({e}); not touching {out}") from None
+        if have.get("format") != RUN_FORMAT:
+            raise ValueError(f"{run_json} has format {have.get('format')!r}, not {RUN_FORMAT!r}; choose another "
+                             "output directory or delete it (nothing was changed)")
+        extended = check_resume(out, have.get("config", {}), config.to_dict(), ignore=_NOT_IDENTITY, extend=extend,
+                                extension_refused=_extension_refused(config))
+        if extended is not None:
+            run_json.write_text(json.dumps({"format": RUN_FORMAT, "config": config.to_dict()}, indent=1))
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not a mechtrunc lm run directory (no run.json); choose an empty or "
+                         "new output directory (nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    run_json.write_text(json.dumps({"format": RUN_FORMAT, "config": config.to_dict()}, indent=1))
+    return False
+
+
+def _atomic_dir(final: Path, write) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _saved_steps(out: Path) -> set[int]:
+    """The steps N of the ``step{N}/`` checkpoints in ``out`` (an extended run keeps its old final one)."""
+    return {int(p.name[4:]) for p in out.glob("step*") if p.is_dir() and p.name[4:].isdigit()}
+
+
+def _write_history(out: Path, history: list[tuple]) -> None:
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "loss", "lr", "tokens"])
+        w.writerows(history)
+
+
+def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend: bool = False) -> dict:
+    """Train (or resume) the run ``config`` into directory ``out``; returns the summary (also
+    written to ``out/summary.json``; ``seconds_this_run`` is the time of the updates this call
+    made).  A finished run returns its stored summary with ``already_finished: True`` and writes
+    nothing.  ``extend=True`` trains a run of fewer ``steps`` on (see the module docstring).
+    ``callback(step, loss)`` is called after each update (``step`` updates done)."""
+    out = Path(out).expanduser()
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {config.device!r} asked for but no CUDA device is available (use device='cpu')")
+    if config.corpus.english:  # the English text is there and verified before anything is written
+        from mechtrunc.models.lm.tokenizer import run_tokenizer
+
+        run_tokenizer(config.corpus)
+    _claim(out, config, extend)
+    done_summary = out / "summary.json"
+    if done_summary.is_file() and (out / f"step{config.steps}").is_dir():
+        summary = json.loads(done_summary.read_text())
+        if summary.get("steps") == config.steps:  # finished: nothing to train, keep its numbers
+            return {**summary, "already_finished": True}
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, out, progress, callback)
+    finally:  # the caller's thread count is not ours to keep
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
+    from mechtrunc.models.lm.tokenizer import run_tokenizer
+
+    tok = run_tokenizer(config.corpus)
+    corpus = Corpus(config.corpus, tok)
+    device = torch.device(config.device)
+    model = build_model(config, len(tok)).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    schedule = checkpoint_steps(config.steps, config.checkpoint_interval)
+    start, history, seconds = 0, [], 0.0
+    state_path = out / "state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history, seconds = state["step"], state["history"], state["seconds"]
+
+    def save(step: int) -> None:
+        model.eval()
+
+        def write(d: Path) -> None:
+            with third_party_bars_off():  # transformers' "Writing model shards" bar, at every checkpoint
+                model.save_pretrained(d)
+                tok.save_pretrained(d)
+
+        _atomic_dir(out / f"step{step}", write)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "history": history, "seconds": seconds + time.perf_counter() - t0}, tmp)
+        os.replace(tmp, state_path)
+        _write_history(out, history)
+        model.train()
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    if start == 0:
+        save(0)
+    model.train()
+    tokens_per_step = config.batch_size * config.ctx
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    bar = progress_bar(config.steps, "lm train", "step", enabled=progress, initial=start)
+    run_start = start
+    try:
+        for step in range(start, config.steps):
+            batch = torch.from_numpy(corpus.batch(step, config.batch_size, config.ctx)).long().to(device)
+            lr = config.lr_at(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast:
+                loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            done = step + 1
+            value = loss.item()
+            history.append((done, round(value, 6), lr, done * tokens_per_step))
+            bar.update(1)
+            if done % 10 == 0 or done == config.steps:
+                bar.set_postfix(loss=f"{value:.3f}")
+            if done in schedule:
+                save(done)
+            if callback is not None:
+                callback(done, value)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t0
+    trained = config.steps - run_start
+    summary = {
+        "out": str(out), "steps": config.steps, "resumed_from": run_start,
+        "seconds": round(seconds + wall, 3), "seconds_this_run": round(wall, 3),
+        "cpu_seconds_this_run": round(time.process_time() - cpu0, 3),
+        "tokens_per_second": round(trained * tokens_per_step / wall, 1) if trained else None,
+        "final_loss": history[-1][1] if history else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok), "checkpoints": sorted(set(schedule) | _saved_steps(out)),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
