@@ -371,14 +371,14 @@ def test_bad_lm_configs_are_named(kwargs, match):
         _nano(**kwargs)
 
 
-def test_fast_preset_is_smalls_model_on_two_threads_with_four_times_the_tokens_per_step():
+def test_fast_preset_is_smalls_model_on_two_processes_with_four_times_the_tokens_per_step():
     from mechtrunc.lm.tokenizer import lm_tokenizer
     from mechtrunc.lm.train import build_model
 
     small, fast = lm_preset("small"), lm_preset("fast")
     differ = {k for k, v in small.to_dict().items() if fast.to_dict()[k] != v}
-    assert differ == {"ctx", "batch_size", "steps", "threads"}
-    assert (fast.threads, small.threads) == (2, 1)
+    assert differ == {"ctx", "batch_size", "steps", "processes"}
+    assert (fast.processes, fast.threads, small.processes, small.threads) == (2, 1, 1, 1)
     assert fast.batch_size * fast.ctx == 4 * small.batch_size * small.ctx == 4096
     assert fast.steps * fast.batch_size * fast.ctx == 20_480_000  # 20.5M tokens
     n = len(lm_tokenizer())
@@ -393,7 +393,7 @@ def test_same_config_and_thread_count_give_bit_identical_weights(tmp_path):
 
     import torch
 
-    # two threads, as the fast preset, on nano's model, in a child process whose OpenMP threads
+    # two threads on nano's model, in a child process whose OpenMP threads
     # sleep while they wait (OMP_WAIT_POLICY=PASSIVE, read when torch loads; it changes no number):
     # with the default policy two threads take minutes when other processes hold the cores
     code = ("import sys, torch; from mechtrunc.lm.train import lm_preset, train_lm; "
