@@ -346,8 +346,9 @@ def _train_parallel(config: LMConfig, out: Path, progress: bool, callback) -> di
                 pass
             return summary
         except BaseException as e:
-            try:  # a rank that failed made this one's update fail: raise the rank's error when it has exited
-                ranks.join(timeout=60 if isinstance(e, _RankLost) else 0)
+            try:
+                if isinstance(e, _RankLost):  # another rank failed first: raise its error once it has exited
+                    ranks.join(timeout=60)
             finally:  # the others wait for this one at the next update (it holds the group): stop them
                 for p in ranks.processes:
                     if p.is_alive():
