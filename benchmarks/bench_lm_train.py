@@ -5,37 +5,50 @@ median over rounds, the ratios the median over rounds of the ratio within a roun
 
 - **reference** (``--reference``, default ``small``): ``mechtrunc.models.lm.train.train_lm`` on the preset,
   run for ``--warmup + --steps`` updates into a temporary directory;
-- **new** (``--new``, default ``fast``): the same, for the proposed preset;
-- **plain HF**: a training loop written here without mechtrunc: ``transformers.GPTNeoXForCausalLM``
-  built from a ``GPTNeoXConfig`` of the new preset's shape (Pythia's architecture: rotary on 25% of
-  each head, parallel attention and MLP, untied unembedding, GELU, ``d_mlp = 4 d``; vocabulary size
-  that of the restricted tokenizer), ``torch.optim.AdamW`` (lr 1e-3, betas 0.9/0.95, weight decay
-  0.01), gradient clipping at 1 (the Hugging Face ``Trainer`` default), ``model(input_ids,
-  labels=input_ids).loss``, on uniformly random token batches generated before timing, on the new
-  preset's thread count.
+- **new** (``--new``, default ``fast``): the same, for the proposed preset (``fast``: data parallel
+  over 2 processes of one thread each);
+- **plain HF**: a training loop written here without mechtrunc, using the cores as the new preset
+  does: ``transformers.GPTNeoXForCausalLM`` built from a ``GPTNeoXConfig`` of the new preset's
+  shape (Pythia's architecture: rotary on 25% of each head, parallel attention and MLP, untied
+  unembedding, GELU, ``d_mlp = 4 d``; vocabulary size that of the restricted tokenizer),
+  ``torch.optim.AdamW`` (lr 1e-3, betas 0.9/0.95, weight decay 0.01), gradient clipping at 1 (the
+  Hugging Face ``Trainer`` default), ``model(input_ids, labels=input_ids).loss``, on uniformly
+  random token batches generated before timing; with the new preset's ``processes`` P > 1, P
+  processes (``torch.multiprocessing`` spawn) of the new preset's threads, each on batch / P rows,
+  ``torch.distributed.init_process_group("gloo")`` on loopback and
+  ``torch.nn.parallel.DistributedDataParallel`` (its bucketed gradient all-reduce overlaps the
+  backward pass), the textbook data-parallel loop.
+
+``--shapes 16x64 32x128 ...`` adds rows: ``train_lm`` on the new preset with another batch x
+context (same processes and threads), to choose the preset's batch and context by measurement.
 
 A step of the ``train_lm`` rows is the interval between two calls of its ``callback`` (batch
-generation, learning-rate update, forward, loss, backward, clipping, optimiser step, history):
-the first ``--warmup`` updates and the updates that end with a checkpoint save are not counted.
-Per row: wall time per step, the process's CPU time per step (all threads), tokens per second of
-wall time and tokens per CPU-second, and the FLOP rate: model FLOPs per token x tokens/s, with
+generation, learning-rate update, forward, loss, backward, gradient all-reduce, clipping,
+optimiser step, history): the first ``--warmup`` updates and the updates that end with a
+checkpoint save are not counted.  Per row: wall time per step, CPU time per step (all threads of
+all the row's processes: this process's ``time.process_time`` plus the ranks' utime + stime from
+``/proc``, 10 ms ticks, so per-step CPU times of a multi-process row are rounded), tokens per
+second of wall time and per CPU-second, and the FLOP rate: model FLOPs per token x tokens/s, with
 
     FLOPs/token = 6 N + 12 L ctx d
 
 (N: the weights of all matrix products, the unembedding included, the input embedding, a lookup,
 excluded; 6 = forward 2 + backward 4; 12 L ctx d: the attention scores and the weighted sum over
-all ctx positions, forward and backward, without the causal half).  The arithmetic floor beside
-it is a measured peak: the fastest repeat of fp32 ``torch.mm`` products of the model's shapes
-(tokens of a step x d x 3d, 4d, vocabulary; d x tokens x 4d for the weight gradients) on each
-row's thread count.  ``tokens/s at peak`` is that peak / FLOPs per token: no run of this model on
-these threads can go faster without doing fewer FLOPs.
+all ctx positions, forward and backward, without the causal half).  The arithmetic ceiling beside
+it is a measured peak: fp32 ``torch.mm`` products of the model's shapes (tokens of one process's
+step x d x 3d, 4d, vocabulary; d x tokens x 4d for the weight gradients), the fastest of 15
+repeats per shape, on the row's threads; for P processes the P processes run the same shape at
+the same time (a barrier before each shape) and the peak is the sum of their rates, for the
+shape where that sum is highest: measured concurrently, so it includes what the processes cost
+each other.  ``tokens/s at peak`` is that peak / FLOPs per token: no run of this model on these
+processes and threads can go faster without doing fewer FLOPs.
 
 ``--ablation`` times instead the candidate changes of a training step (one at a time against
 the step of ``train_lm``, interleaved, same model and batches; column ``same weights`` says
 whether the weights after the timed steps equal bit for bit those of ``train_lm``'s step).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_lm_train.py                    # small vs fast vs plain HF
-    OMP_NUM_THREADS=1 python benchmarks/bench_lm_train.py --threads 1        # every row on one thread
+    OMP_NUM_THREADS=1 python benchmarks/bench_lm_train.py --shapes 16x64 32x64 64x64 64x128
     OMP_NUM_THREADS=1 python benchmarks/bench_lm_train.py --ablation --threads 1 --steps 20
 """
 
@@ -62,28 +75,76 @@ def flops_per_token(n_layers: int, d: int, ctx: int, vocab: int) -> tuple[float,
     return 6 * n + 12 * n_layers * ctx * d, n
 
 
-def matmul_peak(tokens: int, d: int, vocab: int, threads: int, repeats: int = 15) -> tuple[float, str]:
-    """The best GFLOP/s over fp32 ``torch.mm`` products of the model's shapes (fastest repeat), and its shape."""
-    before = torch.get_num_threads()
+def _mm_rates(tokens: int, d: int, vocab: int, threads: int, repeats: int = 15, barrier=None) -> dict[str, float]:
+    """GFLOP/s of fp32 ``torch.mm`` per product shape of the model (fastest of ``repeats``);
+    ``barrier.wait()`` before each shape (processes that measure together)."""
     torch.set_num_threads(threads)
+    rates = {}
+    for m, k, n in ((tokens, d, 3 * d), (tokens, d, 4 * d), (tokens, 4 * d, d), (tokens, d, vocab),
+                    (d, tokens, 4 * d), (4 * d, tokens, d)):
+        a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        for _ in range(3):
+            torch.mm(a, b, out=c)
+        if barrier is not None:
+            barrier.wait()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=c)
+            ts.append(time.perf_counter() - t0)
+        rates[f"{m}x{k} @ {k}x{n}"] = 2 * m * k * n / min(ts) / 1e9  # the best repeat: robust to other processes
+    return rates
+
+
+def _mm_rank(index: int, tokens: int, d: int, vocab: int, threads: int, barrier, out: str) -> None:
+    Path(out, f"{index}.json").write_text(json.dumps(_mm_rates(tokens, d, vocab, threads, barrier=barrier)))
+
+
+def matmul_peak(tokens: int, d: int, vocab: int, threads: int, processes: int = 1) -> tuple[float, str]:
+    """The matrix-product peak (GFLOP/s) of ``processes`` processes of ``threads`` threads, each with
+    ``tokens`` per step, measured together; and its shape."""
+    before = torch.get_num_threads()
     try:
-        best, where = 0.0, ""
-        for m, k, n in ((tokens, d, 3 * d), (tokens, d, 4 * d), (tokens, 4 * d, d), (tokens, d, vocab),
-                        (d, tokens, 4 * d), (4 * d, tokens, d)):
-            a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
-            for _ in range(3):
-                torch.mm(a, b, out=c)
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                torch.mm(a, b, out=c)
-                ts.append(time.perf_counter() - t0)
-            rate = 2 * m * k * n / min(ts) / 1e9  # the best repeat: a peak, robust to other processes
-            if rate > best:
-                best, where = rate, f"{m}x{k} @ {k}x{n}"
-        return best, where
+        if processes == 1:
+            rates = _mm_rates(tokens, d, vocab, threads)
+        else:
+            import multiprocessing
+
+            import torch.multiprocessing as mp
+
+            with tempfile.TemporaryDirectory() as out:
+                barrier = multiprocessing.get_context("spawn").Barrier(processes)
+                mp.start_processes(_mm_rank, args=(tokens, d, vocab, threads, barrier, out), nprocs=processes,
+                                   start_method="spawn")
+                each = [json.loads(Path(out, f"{i}.json").read_text()) for i in range(processes)]
+            rates = {shape: sum(r[shape] for r in each) for shape in each[0]}
+        where = max(rates, key=rates.get)
+        return rates[where], where
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ CPU time of a process and its ranks
+def _rank_pids() -> list[int]:
+    """The processes this one spawned with multiprocessing (the ranks of a data-parallel run), from /proc."""
+    me, pids = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == me and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds of this process (all threads) and of the processes ``pids`` (utime + stime)."""
+    total, tick = time.process_time(), os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(f[11]) + int(f[12])) / tick
+    return total
 
 
 # ------------------------------------------------------------------ the rows
@@ -94,13 +155,16 @@ def time_train_lm(cfg, warmup: int, steps: int) -> dict:
     from mechtrunc.models.lm.train import checkpoint_steps, train_lm
 
     cfg = replace(cfg, steps=warmup + steps)
-    marks = {}
+    marks, ranks = {}, []
 
     def callback(done, loss):
-        marks[done] = (time.perf_counter(), time.process_time())
+        if done == 1 and cfg.processes > 1:
+            ranks.extend(_rank_pids())
+        marks[done] = (time.perf_counter(), _cpu_seconds(ranks))
 
     with tempfile.TemporaryDirectory() as d:
         summary = train_lm(cfg, Path(d) / "run", progress=False, callback=callback)
+    assert len(ranks) == cfg.processes - 1, f"found {len(ranks)} ranks of {cfg.processes - 1}"
     saved = set(checkpoint_steps(cfg.steps, cfg.checkpoint_interval))
     wall, cpu = [], []
     for s in range(max(2, warmup + 1), cfg.steps + 1):
@@ -110,23 +174,33 @@ def time_train_lm(cfg, warmup: int, steps: int) -> dict:
     return {"wall": wall, "cpu": cpu, "params": summary["parameters"], "vocab": summary["vocab_size"]}
 
 
-def time_plain_hf(n_layers: int, d: int, n_heads: int, ctx: int, batch: int, vocab: int, threads: int,
-                  warmup: int, steps: int, seed: int) -> dict:
-    """A plain Hugging Face training loop (no mechtrunc) of the same shape; per-step wall and CPU seconds."""
+def _plain_hf_rank(rank: int, size: int, shape: dict, threads: int, warmup: int, steps: int, seed: int,
+                   store_file: str | None, out: str | None) -> dict:
+    """One process of the plain Hugging Face loop (all of it when ``size`` is 1): per-step wall and CPU seconds."""
+    import torch.distributed as dist
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    before = torch.get_num_threads()
+    hf_logging.set_verbosity_error()
     torch.set_num_threads(threads)
+    if size > 1:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=size)
     try:
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        config = GPTNeoXConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                               intermediate_size=4 * d, rotary_pct=0.25, max_position_embeddings=ctx,
-                               use_parallel_residual=True, tie_word_embeddings=False, hidden_act="gelu",
-                               attention_dropout=0.0, hidden_dropout=0.0)
+        config = GPTNeoXConfig(vocab_size=shape["vocab"], hidden_size=shape["d"], num_hidden_layers=shape["layers"],
+                               num_attention_heads=shape["heads"], intermediate_size=4 * shape["d"], rotary_pct=0.25,
+                               max_position_embeddings=shape["ctx"], use_parallel_residual=True,
+                               tie_word_embeddings=False, hidden_act="gelu", attention_dropout=0.0, hidden_dropout=0.0)
         model = GPTNeoXForCausalLM(config).train()
+        params = sum(p.numel() for p in model.parameters())
+        if size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
-        batches = torch.randint(0, vocab, (warmup + steps, batch, ctx), generator=g)
+        rows = shape["batch"] // size
+        batches = torch.randint(0, shape["vocab"], (warmup + steps, shape["batch"], shape["ctx"]), generator=g)
+        batches = batches[:, rank * rows:(rank + 1) * rows].contiguous()
         wall, cpu = [], []
         for i in range(warmup + steps):
             t0, c0 = time.perf_counter(), time.process_time()
@@ -139,9 +213,36 @@ def time_plain_hf(n_layers: int, d: int, n_heads: int, ctx: int, batch: int, voc
             if i >= warmup:
                 wall.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
-        return {"wall": wall, "cpu": cpu, "params": sum(p.numel() for p in model.parameters())}
+        timing = {"wall": wall, "cpu": cpu, "params": params}
+        if out is not None:
+            Path(out, f"{rank}.json").write_text(json.dumps(timing))
+        return timing
     finally:
-        torch.set_num_threads(before)
+        if size > 1:
+            dist.destroy_process_group()
+
+
+def time_plain_hf(cfg, vocab: int, warmup: int, steps: int, seed: int) -> dict:
+    """The plain Hugging Face loop on ``cfg``'s shape, processes and threads: per-step wall seconds
+    (rank 0's) and CPU seconds (summed over the processes)."""
+    shape = {"layers": cfg.n_layers, "d": cfg.d_model, "heads": cfg.n_heads, "ctx": cfg.ctx, "batch": cfg.batch_size,
+             "vocab": vocab}
+    threads = cfg.threads or (1 if cfg.processes > 1 else os.cpu_count() or 1)
+    if cfg.processes == 1:
+        before = torch.get_num_threads()
+        try:
+            return _plain_hf_rank(0, 1, shape, threads, warmup, steps, seed, None, None)
+        finally:
+            torch.set_num_threads(before)
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out:
+        mp.start_processes(_plain_hf_rank, args=(cfg.processes, shape, threads, warmup, steps, seed,
+                                                 str(Path(out) / "store"), out),
+                           nprocs=cfg.processes, start_method="spawn")
+        each = [json.loads(Path(out, f"{r}.json").read_text()) for r in range(cfg.processes)]
+    return {"wall": each[0]["wall"], "cpu": [sum(c) for c in zip(*(e["cpu"] for e in each))],
+            "params": each[0]["params"]}
 
 
 # ------------------------------------------------------------------ ablation of a step
@@ -249,12 +350,22 @@ def ablation(args) -> None:
                  "same weights"], rows)
 
 
+
+
 # ------------------------------------------------------------------ main
+def _layout(cfg) -> tuple[int, int]:
+    """(processes, torch threads per process) of a config, as train_lm runs it."""
+    threads = cfg.threads if cfg.threads is not None else (1 if cfg.processes > 1 else os.cpu_count() or 1)
+    return cfg.processes, threads
+
+
 def main() -> None:
     p = base_parser(__doc__.splitlines()[0], default_threads=None, repeats=3, warmup=3)
     p.add_argument("--steps", type=int, default=20, help="timed updates per row and round")
     p.add_argument("--reference", default="small", help="reference preset")
     p.add_argument("--new", default="fast", help="proposed preset")
+    p.add_argument("--shapes", nargs="*", default=[], metavar="BATCHxCTX",
+                   help="more train_lm rows: the new preset with these batch x context (e.g. 16x64 64x128)")
     p.add_argument("--ablation", action="store_true", help="time candidate changes of a step instead")
     p.add_argument("--compile", action="store_true", help="with --ablation: add torch.compile(model)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -265,8 +376,19 @@ def main() -> None:
         p.error("--steps, --repeats and --warmup must be >= 1")
     if args.device != "cpu":
         p.error(f"--device {args.device!r}: this benchmark times CPU training only (cpu)")
+    shapes = []
+    for s in args.shapes:
+        try:
+            b, c = (int(x) for x in s.lower().split("x"))
+            if b < 1 or c < 2:
+                raise ValueError
+        except ValueError:
+            p.error(f"--shapes {s!r}: expected BATCHxCTX, two positive integers such as 32x128 (context >= 2)")
+        shapes.append((b, c))
     from mechtrunc._choices import LM_PRESETS
 
+    if args.new == args.reference:
+        p.error(f"--new and --reference are both {args.new!r}; name two presets")
     for name in (args.reference, args.new):
         if name not in LM_PRESETS or LM_PRESETS[name].get("device", "cpu") != "cpu":
             p.error(f"unknown CPU preset {name!r}; valid: "
@@ -275,7 +397,8 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(args.seed)
-    print(machine_line(torch.device("cpu")).rsplit(", threads", 1)[0] + f", load average {os.getloadavg()[0]:.1f}")
+    load_start = os.getloadavg()[0]
+    print(machine_line(torch.device("cpu")).rsplit(", threads", 1)[0] + f", load average {load_start:.1f}")
     if args.ablation:
         ablation(args)
         return
@@ -284,52 +407,61 @@ def main() -> None:
 
     over = {} if args.threads is None else {"threads": args.threads}
     ref, new = lm_preset(args.reference, **over), lm_preset(args.new, **over)
-    ref_threads, new_threads = ref.threads or os.cpu_count() or 1, new.threads or os.cpu_count() or 1
-    rows_spec = [(f"{args.reference} (train_lm)", ref, ref_threads), (f"{args.new} (train_lm)", new, new_threads),
-                 ("plain HF loop, no mechtrunc", new, new_threads)]
-    runs = {name: [] for name, _, _ in rows_spec}
+    plain = f"plain HF loop, no mechtrunc{' (DDP)' if new.processes > 1 else ''}"
+    rows_spec = [(f"{args.reference} (train_lm)", ref), (f"{args.new} (train_lm)", new), (plain, new)]
+    for b, c in shapes:
+        try:
+            rows_spec.append((f"{args.new}, batch {b} x ctx {c} (train_lm)", lm_preset(args.new, batch_size=b, ctx=c, **over)))
+        except ValueError as e:
+            p.error(f"--shapes {b}x{c}: {e}")
+    runs = {name: [] for name, _ in rows_spec}
     vocab = None
     for r in range(args.repeats):
-        for name, cfg, threads in rows_spec:
-            if name.startswith("plain"):
-                t = time_plain_hf(cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.ctx, cfg.batch_size, vocab, threads,
-                                  args.warmup, args.steps, args.seed + r)
+        for name, cfg in rows_spec:
+            if name == plain:
+                t = time_plain_hf(cfg, vocab, args.warmup, args.steps, args.seed + r)
             else:
                 t = time_train_lm(cfg, args.warmup, args.steps)
                 vocab = t["vocab"]
             runs[name].append(t)
-    peaks = {(th, cfg.batch_size * cfg.ctx): matmul_peak(cfg.batch_size * cfg.ctx, cfg.d_model, vocab, th)
-             for _, cfg, th in rows_spec}
+    peaks = {}
+    for _, cfg in rows_spec:
+        key = (*_layout(cfg), cfg.batch_size * cfg.ctx // cfg.processes)
+        if key not in peaks:
+            peaks[key] = matmul_peak(key[2], cfg.d_model, vocab, key[1], key[0])
 
     figures, rows = {}, []
-    for name, cfg, threads in rows_spec:
+    for name, cfg in rows_spec:
+        processes, threads = _layout(cfg)
         fpt, n_mm = flops_per_token(cfg.n_layers, cfg.d_model, cfg.ctx, vocab)
         tokens = cfg.batch_size * cfg.ctx
         per_round = [(tokens / statistics.median(t["wall"]), tokens / statistics.median(t["cpu"])) for t in runs[name]]
         wall_rate = statistics.median(w for w, _ in per_round)
         cpu_rate = statistics.median(c for _, c in per_round)
-        peak, _ = peaks[threads, tokens]
-        figures[name] = {"threads": threads, "batch": cfg.batch_size, "ctx": cfg.ctx, "tokens_per_step": tokens,
-                         "params": runs[name][0]["params"], "matmul_weights": n_mm, "flops_per_token": fpt,
+        peak, _ = peaks[processes, threads, tokens // processes]
+        figures[name] = {"processes": processes, "threads": threads, "batch": cfg.batch_size, "ctx": cfg.ctx,
+                         "tokens_per_step": tokens, "params": runs[name][0]["params"], "matmul_weights": n_mm,
+                         "flops_per_token": fpt,
                          "wall_ms_per_step": 1e3 * statistics.median(statistics.median(t["wall"]) for t in runs[name]),
                          "cpu_ms_per_step": 1e3 * statistics.median(statistics.median(t["cpu"]) for t in runs[name]),
                          "tokens_per_s": wall_rate, "tokens_per_cpu_s": cpu_rate, "per_round": per_round,
                          "gflops_wall": fpt * wall_rate / 1e9, "gflops_per_cpu_s": fpt * cpu_rate / 1e9,
                          "peak_gflops": peak, "tokens_per_s_at_peak": peak * 1e9 / fpt}
         f = figures[name]
-        rows.append([name, threads, f"{cfg.batch_size} x {cfg.ctx}", f"{f['params']:,}", f"{fpt / 1e6:.2f}",
-                     f"{f['wall_ms_per_step']:.1f}", f"{f['cpu_ms_per_step']:.1f}", f"{wall_rate:,.0f}",
-                     f"{cpu_rate:,.0f}", f"{f['gflops_wall']:.1f}", f"{peak:.1f}", f"{f['tokens_per_s_at_peak']:,.0f}",
-                     f"{f['gflops_wall'] / peak:.0%}"])
+        rows.append([name, f"{processes} x {threads}", f"{cfg.batch_size} x {cfg.ctx}", f"{f['params']:,}",
+                     f"{fpt / 1e6:.2f}", f"{f['wall_ms_per_step']:.1f}", f"{f['cpu_ms_per_step']:.1f}",
+                     f"{wall_rate:,.0f}", f"{cpu_rate:,.0f}", f"{f['gflops_wall']:.1f}", f"{peak:.1f}",
+                     f"{f['tokens_per_s_at_peak']:,.0f}", f"{f['gflops_wall'] / peak:.0%}"])
     print(f"{args.repeats} rounds x {args.steps} timed updates per row (after {args.warmup} warm-up; checkpoint "
           "updates left out); median over rounds")
-    print_table(["run", "threads", "batch x ctx", "params", "MFLOP/token", "wall ms/step", "cpu ms/step", "tokens/s",
-                 "tokens/cpu-s", "GFLOP/s", "peak GFLOP/s", "tokens/s at peak", "of peak"], rows)
+    print_table(["run", "processes x threads", "batch x ctx", "params", "MFLOP/token", "wall ms/step", "cpu ms/step",
+                 "tokens/s", "tokens/cpu-s", "GFLOP/s", "peak GFLOP/s", "tokens/s at peak", "of peak"], rows)
     print("FLOPs/token = 6 N + 12 L ctx d (N: weights of the matrix products, unembedding included); peak: the "
-          "fastest fp32 torch.mm of the model's shapes (best of 15 repeats) on the row's threads ("
-          + "; ".join(f"{th} thread{'s' * (th > 1)}: {g:.1f} GFLOP/s at {w}" for (th, _), (g, w) in sorted(peaks.items()))
+          "fastest fp32 torch.mm of the model's shapes (best of 15 repeats) on the row's processes x threads, "
+          "the processes measuring together (" + "; ".join(
+              f"{pr} x {th}, {tk} tokens each: {g:.1f} GFLOP/s at {w}" for (pr, th, tk), (g, w) in sorted(peaks.items()))
           + ")")
-    a, b, c = (runs[name] for name, _, _ in rows_spec)
+    a, b, c = (runs[name] for name, _ in rows_spec[:3])
 
     def ratio(x, tx, y, ty, key):
         return statistics.median((tx / statistics.median(u[key])) / (ty / statistics.median(v[key]))
@@ -340,18 +472,12 @@ def main() -> None:
               "new/ref tokens/cpu-s": ratio(b, tokens[1], a, tokens[0], "cpu"),
               "new/plain tokens/s": ratio(b, tokens[1], c, tokens[2], "wall"),
               "new/plain tokens/cpu-s": ratio(b, tokens[1], c, tokens[2], "cpu")}
-    ref_fig = figures[rows_spec[0][0]]
-    floor_core = ref_fig["peak_gflops"] * 1e9 / ref_fig["flops_per_token"] / ref_threads
-    ratios["per-core bound/ref tokens/cpu-s"] = floor_core / ref_fig["tokens_per_cpu_s"]
     figures["ratios"] = ratios
-    figures["load_average_end"] = os.getloadavg()[0]
+    figures["load_average_start_end"] = [load_start, os.getloadavg()[0]]
     print(f"ratio {args.new}/{args.reference}: tokens/s (wall) {ratios['new/ref tokens/s']:.2f}x, tokens per "
-          f"CPU-second {ratios['new/ref tokens/cpu-s']:.2f}x; {args.new}/plain HF: tokens/s "
+          f"CPU-second {ratios['new/ref tokens/cpu-s']:.2f}x; {args.new}/{plain}: tokens/s "
           f"{ratios['new/plain tokens/s']:.2f}x, tokens per CPU-second {ratios['new/plain tokens/cpu-s']:.2f}x")
-    print(f"per core, the matrix-product peak bounds {args.reference}'s model at {floor_core:,.0f} tokens per "
-          f"CPU-second, {ratios['per-core bound/ref tokens/cpu-s']:.2f}x its measured rate: 2x per core needs the "
-          f"whole step, every operator, at {2 / ratios['per-core bound/ref tokens/cpu-s']:.0%} of that peak")
-    print(f"load average at the end {figures['load_average_end']:.1f} on {os.cpu_count()} cores")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     r = ratios["new/ref tokens/s"]

@@ -285,7 +285,7 @@ LM_PRESETS: dict[str, dict] = {
     "small": dict(n_layers=4, d_model=128, n_heads=4, ctx=64, batch_size=16, steps=3000, lr=1e-3,
                   checkpoint_interval=250, threads=1),
     "fast": dict(n_layers=4, d_model=128, n_heads=4, ctx=128, batch_size=32, steps=5000, lr=1e-3,
-                 checkpoint_interval=250, threads=2),
+                 checkpoint_interval=250, threads=1, processes=2),
     "gpu": dict(n_layers=8, d_model=512, n_heads=8, ctx=256, batch_size=64, steps=20000, lr=6e-4,
                 checkpoint_interval=1000, device="cuda", precision="bf16", threads=None),
 }

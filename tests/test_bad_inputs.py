@@ -148,6 +148,12 @@ BAD_INPUTS: list[Bad] = [
     cli("lm train --preset nano --out OUT --english-vocab 256", "--english-vocab given without --english SHARE > 0"),
     cli("lm train --preset nano --out OUT --english 0.3 --english-dir EMPTY_DIR", "holds no English text (manifest.json missing); fetch it with `mechtrunc lm english --out"),
     cli("lm train --preset nano --out OUT --english 1.5", "argument --english: expected a number in [0, 1], got '1.5'"),
+    cli("lm train --preset nano --out OUT --processes 0", "argument --processes: expected a positive integer, got '0'"),
+    cli("lm train --preset nano --out OUT --processes two", "argument --processes: expected a positive integer, got 'two'"),
+    cli("lm train --preset nano --out OUT --processes 9",
+        "processes must be an integer in 1..8 (each process trains on a share of the batch's 8 rows), got 9"),
+    cli("lm train --preset gpu --out OUT --processes 2",
+        "processes=2 (data parallelism over local processes) trains on the cpu only, got device 'cuda'"),
     cli("lm corpus --english 0.3", "`lm corpus` prints the generated stories only: leave --english out"),
     # ---------------------------------------------------------------- CLI: lens
     cli("lens vocab TOY_RUN --matrix mlp.W_up", "argument --matrix: unknown matrix 'mlp.W_up'; valid matrices: mlp.W_in"),

@@ -53,6 +53,9 @@ def test_flops_per_token_counts_the_models_matrix_products(bench, preset):
     (["--reference", "gpu"], "unknown CPU preset 'gpu'; valid: nano, small, fast"),
     (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--device", "cuda"], "--device 'cuda': this benchmark times CPU training only (cpu)"),
+    (["--new", "small"], "--new and --reference are both 'small'; name two presets"),
+    (["--shapes", "32by128"], "--shapes '32by128': expected BATCHxCTX, two positive integers such as 32x128"),
+    (["--shapes", "1x64"], "--shapes 1x64: processes must be an integer in 1..1 (each process trains on a share"),
 ])
 def test_bad_usage_exits_2_naming_the_valid_values(argv, message):
     r = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)

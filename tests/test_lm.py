@@ -357,20 +357,28 @@ def test_a_directory_holding_another_run_is_refused(nano_run, tmp_path):
     (dict(lr=-1.0), r"lr must be a number in \(0, inf\], got -1\.0"),
     (dict(precision="fp8"), r"precision must be one of \('fp32', 'bf16'\), got 'fp8'"),
     (dict(threads=0), r"threads must be an integer >= 1, got 0"),
+    (dict(processes=0), r"processes must be an integer >= 1, got 0"),
+    (dict(processes=-2), r"processes must be an integer >= 1, got -2"),
+    (dict(processes=1.5), r"processes must be an integer, got 1\.5"),
+    (dict(processes="two"), r"processes must be an integer \(int, NumPy or 0-d torch integer\), got 'two'"),
+    (dict(processes=9), r"processes must be an integer in 1\.\.8 \(each process trains on a share of the batch's 8 "
+                        r"rows\), got 9"),
+    (dict(processes=2, device="cuda"), r"processes=2 \(data parallelism over local processes\) trains on the cpu "
+                                       r"only, got device 'cuda'"),
 ])
 def test_bad_lm_configs_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _nano(**kwargs)
 
 
-def test_fast_preset_is_smalls_model_on_two_threads_with_four_times_the_tokens_per_step():
+def test_fast_preset_is_smalls_model_on_two_processes_with_four_times_the_tokens_per_step():
     from mechtrunc.models.lm.tokenizer import lm_tokenizer
     from mechtrunc.models.lm.train import build_model
 
     small, fast = lm_preset("small"), lm_preset("fast")
     differ = {k for k, v in small.to_dict().items() if fast.to_dict()[k] != v}
-    assert differ == {"ctx", "batch_size", "steps", "threads"}
-    assert (fast.threads, small.threads) == (2, 1)
+    assert differ == {"ctx", "batch_size", "steps", "processes"}
+    assert (fast.processes, fast.threads, small.processes, small.threads) == (2, 1, 1, 1)
     assert fast.batch_size * fast.ctx == 4 * small.batch_size * small.ctx == 4096
     assert fast.steps * fast.batch_size * fast.ctx == 20_480_000  # 20.5M tokens
     n = len(lm_tokenizer())
@@ -385,7 +393,7 @@ def test_same_config_and_thread_count_give_bit_identical_weights(tmp_path):
 
     import torch
 
-    # two threads, as the fast preset, on nano's model, in a child process whose OpenMP threads
+    # two threads on nano's model, in a child process whose OpenMP threads
     # sleep while they wait (OMP_WAIT_POLICY=PASSIVE, read when torch loads; it changes no number):
     # with the default policy two threads take minutes when other processes hold the cores
     code = ("import sys, torch; from mechtrunc.models.lm.train import lm_preset, train_lm; "
@@ -397,6 +405,95 @@ def test_same_config_and_thread_count_give_bit_identical_weights(tmp_path):
     a, b = (torch.load(tmp_path / name / "state.pt", weights_only=False) for name in "ab")
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["history"] == b["history"] and len(a["history"]) == 2
+
+
+def test_gradients_summed_over_ranks_equal_the_whole_batch():
+    """One update of three ranks (threads of this process, a real gloo group) on unequal shares
+    of nano's 8 rows (2, 3, 3) against the one-process update: the summed gradient is the
+    whole batch's, up to float summation order (unclipped: clipping to norm 1 would hide a
+    wrong scale, and AdamW's update nearly does)."""
+    import threading
+    from contextlib import nullcontext
+
+    import torch.distributed as dist
+
+    from mechtrunc.models.lm import train as lm_train
+    from mechtrunc.models.lm.tokenizer import run_tokenizer
+
+    cfg = _nano(grad_clip=0.0, processes=3)
+    tok = run_tokenizer(cfg.corpus)
+    batch = torch.from_numpy(Corpus(cfg.corpus, tok).batch(0, cfg.batch_size, cfg.ctx)).long()
+    assert [(lm_train._rows(cfg, r).start, lm_train._rows(cfg, r).stop) for r in range(3)] == [(0, 2), (2, 5), (5, 8)]
+
+    def update(config, rows, group=None, built=None):
+        model, opt = built or lm_train._model_and_optimizer(config, len(tok))
+        loss = lm_train._update(model, opt, config, batch[rows], 0, nullcontext(), group)
+        return loss, [p.grad.clone() for p in model.parameters()], model.state_dict()
+
+    store, ranks, errors = dist.HashStore(), {}, []
+    built = [lm_train._model_and_optimizer(cfg, len(tok)) for _ in range(3)]  # seeding is global: not in threads
+
+    def rank(r):
+        try:
+            ranks[r] = update(cfg, lm_train._rows(cfg, r), lm_train._gloo_group(store, r, 3), built[r])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(ranks) == 3
+    loss, grads, state = update(dataclasses.replace(cfg, processes=1), slice(None))
+    for r in (1, 2):  # every rank holds the same sum, and steps to the same weights
+        assert ranks[r][0] == ranks[0][0]
+        assert all(torch.equal(a, b) for a, b in zip(ranks[r][1], ranks[0][1]))
+        assert all(torch.equal(ranks[r][2][k], ranks[0][2][k]) for k in state)
+    assert abs(ranks[0][0] - loss) < 1e-6 * loss  # measured: equal to 6 digits
+    worst = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(ranks[0][1], grads))
+    assert worst < 1e-5  # measured 6e-7 (float32 rounding); weighting the shares equally (1/3) fails this test
+
+
+def test_two_processes_train_as_one_and_resume_bit_identically(tmp_path):
+    """nano on 2 processes: twice the same numbers (one of the two runs interrupted at step 3 and
+    resumed from its step-2 checkpoint, on new processes), and the numbers of one process on
+    the same global batches within float summation order."""
+    import time
+
+    steps, runs = 5, {}
+    for name, processes in (("one", 1), ("two", 2)):
+        t0 = time.perf_counter()
+        runs[name] = train_lm(_nano(steps=steps, processes=processes), tmp_path / name, progress=False)
+        runs[name]["wall"] = time.perf_counter() - t0
+    seen = []
+
+    def interrupt(step, loss):
+        seen.append((step, loss))
+        if step == 3:
+            raise KeyboardInterrupt
+
+    other = tmp_path / "two_resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(_nano(steps=steps, processes=2), other, progress=False, callback=interrupt)
+    assert [s for s, _ in seen] == [1, 2, 3] and (other / "step2").is_dir() and not (other / "step4").exists()
+    resumed = train_lm(_nano(steps=steps, processes=2), other, progress=False)
+    assert resumed["resumed_from"] == 2 and resumed["checkpoints"] == runs["two"]["checkpoints"] == [0, 1, 2, 4, 5]
+    one, two, again = (torch.load(tmp_path / n / "state.pt", weights_only=False) for n in ("one", "two", "two_resumed"))
+    assert all(torch.equal(two["model"][k], again["model"][k]) for k in two["model"])
+    assert two["optimizer"]["state"].keys() == again["optimizer"]["state"].keys()
+    assert all(torch.equal(two["optimizer"]["state"][i]["exp_avg_sq"], again["optimizer"]["state"][i]["exp_avg_sq"])
+               for i in two["optimizer"]["state"])
+    assert two["history"] == again["history"] and len(two["history"]) == steps
+    # the callback gets the whole batch's loss: the history's
+    assert [round(v, 6) for _, v in seen] == [h[1] for h in two["history"][:3]]
+    # against one process: the loss to float rounding; the weights to AdamW's amplification of
+    # rounding in near-zero gradients (it steps g / (sqrt(v) + 1e-8)): measured max 7.5e-5 (lr 3e-3), mean 1e-8
+    assert max(abs(a[1] - b[1]) for a, b in zip(one["history"], two["history"])) <= 2e-6
+    assert [(h[0], h[2], h[3]) for h in one["history"]] == [(h[0], h[2], h[3]) for h in two["history"]]
+    diff = torch.cat([(one["model"][k] - two["model"][k]).abs().flatten() for k in one["model"]])
+    assert diff.max() < 5e-4 and diff.mean() < 1e-7
+    assert runs["two"]["wall"] < 120  # spawning a rank costs seconds, not minutes
 
 
 def test_unknown_model_preset_names_the_valid_ones():

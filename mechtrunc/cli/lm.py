@@ -139,7 +139,8 @@ def cmd_train(args) -> int:
     from mechtrunc.models.lm.train import lm_preset, train_lm
 
     over = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("device", args.device),
-                              ("threads", args.threads), ("precision", args.precision)) if v is not None}
+                              ("threads", args.threads), ("processes", args.processes), ("precision", args.precision))
+            if v is not None}
     cfg = lm_preset(args.preset, corpus=_corpus_config(args), **over)
     summary = train_lm(cfg, args.out, progress=not args.no_progress, extend=args.extend)
     if args.json:
@@ -338,7 +339,11 @@ def add_commands(sub) -> argparse._SubParsersAction:
     tr.add_argument("--device", type=device, default=None, help="torch device (default: the preset's)")
     tr.add_argument("--precision", type=choice(LM_PRECISIONS, "precision"), default=None,
                     help="fp32 or bf16 autocast (default: the preset's)")
-    tr.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: the preset's)")
+    tr.add_argument("--threads", type=positive_int, default=None,
+                    help="torch threads of each process (default: the preset's; 1 with --processes above 1)")
+    tr.add_argument("--processes", type=positive_int, default=None,
+                    help="data-parallel processes on the CPU, each on its share of the batch's rows, at most the "
+                         "batch size (default: the preset's)")
     tr.add_argument("--extend", action="store_true",
                     help="train the run in --out on to a larger --steps; refused, with the reason, when the "
                          "learning rates of the updates done depend on --steps (the presets' warm-up and cosine "

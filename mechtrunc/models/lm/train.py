@@ -25,6 +25,16 @@ checkpoint schedule.
   is refused with the first update whose learning rate would differ.  An allowed extension (e.g.
   ``warmup=0, min_lr_ratio=1``: a constant rate) ends with the weights of a run trained straight
   to the new ``steps``, and keeps the old final checkpoint as one more ``step{N}/``.
+- Data parallelism (``processes=P > 1``, CPU only): rank 0 is the calling process, ranks 1..P-1
+  are spawned (``torch.multiprocessing``, start method ``spawn``: a script that calls
+  :func:`train_lm` needs the ``if __name__ == "__main__":`` guard), joined by a gloo process
+  group over a file store and loopback sockets.  Every rank builds the same model from the seed
+  (or restores the same ``state.pt``) and trains on its contiguous share of the rows of the same
+  global batch ``Corpus.batch(s)``; the gradients, each weighted by its share of the rows, are
+  summed over the ranks, so every rank clips and steps AdamW on the full batch's gradient (up to
+  the order of the float sums) and keeps the same weights.  Rank 0 alone writes the directory,
+  shows progress and calls ``callback``.  Each rank runs ``threads`` torch threads (1 when
+  ``threads`` is None).
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -53,7 +64,8 @@ RUN_FORMAT = LM_RUN_FORMAT
 #: the last bits of the numbers (a sum split over two threads is added in another order), so a
 #: run is bit-identical only for the same config *and* thread count; the English text's directory
 #: is where to find it, its checksum (corpus.english_sha256) is what it is
-_NOT_IDENTITY = ("threads", "corpus.english_dir")
+#: the process count likewise (each process sums its share of the batch, the shares are added)
+_NOT_IDENTITY = ("threads", "processes", "corpus.english_dir")
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,7 @@ class LMConfig:
     device: str = "cpu"
     precision: str = "fp32"
     threads: int | None = None
+    processes: int = 1
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
 
     def __post_init__(self) -> None:
@@ -96,6 +109,13 @@ class LMConfig:
             raise ValueError(f"precision must be one of {LM_PRECISIONS}, got {self.precision!r}")
         if self.threads is not None:
             object.__setattr__(self, "threads", check_int("threads", self.threads, 1))
+        object.__setattr__(self, "processes", check_int("processes", self.processes, 1))
+        if self.processes > self.batch_size:
+            raise ValueError(f"processes must be an integer in 1..{self.batch_size} (each process trains on a share "
+                             f"of the batch's {self.batch_size} rows), got {self.processes!r}")
+        if self.processes > 1 and self.device != "cpu":
+            raise ValueError(f"processes={self.processes} (data parallelism over local processes) trains on the cpu "
+                             f"only, got device {self.device!r}; use processes=1 on {self.device!r}")
         if isinstance(self.corpus, dict):
             object.__setattr__(self, "corpus", CorpusConfig.from_dict(self.corpus))
         if not isinstance(self.corpus, CorpusConfig):
@@ -218,9 +238,11 @@ def _write_history(out: Path, history: list[tuple]) -> None:
 def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend: bool = False) -> dict:
     """Train (or resume) the run ``config`` into directory ``out``; returns the summary (also
     written to ``out/summary.json``; ``seconds_this_run`` is the time of the updates this call
-    made).  A finished run returns its stored summary with ``already_finished: True`` and writes
+    made, ``cpu_seconds_this_run`` the CPU time of this process, rank 0 of a data-parallel run).
+    A finished run returns its stored summary with ``already_finished: True`` and writes
     nothing.  ``extend=True`` trains a run of fewer ``steps`` on (see the module docstring).
-    ``callback(step, loss)`` is called after each update (``step`` updates done)."""
+    ``callback(step, loss)`` is called after each update (``step`` updates done; ``loss`` that of
+    the whole batch)."""
     out = Path(out).expanduser()
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {config.device!r} asked for but no CUDA device is available (use device='cpu')")
@@ -235,30 +257,175 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend
         if summary.get("steps") == config.steps:  # finished: nothing to train, keep its numbers
             return {**summary, "already_finished": True}
     threads_before = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    if _threads(config) is not None:
+        torch.set_num_threads(_threads(config))
     try:
-        return _train(config, out, progress, callback)
+        if config.processes == 1:
+            return _train(config, out, progress, callback)
+        return _train_parallel(config, out, progress, callback)
     finally:  # the caller's thread count is not ours to keep
         torch.set_num_threads(threads_before)
 
 
-def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
+def _threads(config: LMConfig) -> int | None:
+    """The torch threads of each process: ``threads``; one per process of a data-parallel run by default."""
+    return config.threads if config.threads is not None or config.processes == 1 else 1
+
+
+# ------------------------------------------------------------------ data parallelism
+#: how long a rank waits for the others (to start, at an update) before giving up
+_RANK_TIMEOUT = timedelta(minutes=10)
+
+
+def _store(store_file: str, size: int):
+    """The rendezvous of a data-parallel run's ``size`` ranks: a file store (no network)."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(store_file, size)
+    store.set_timeout(_RANK_TIMEOUT)
+    return store
+
+
+def _gloo_group(store, rank: int, size: int):
+    """Rank ``rank`` of a gloo process group of ``size`` processes on loopback sockets; no global
+    state (torch.distributed's default group stays untouched)."""
+    import torch.distributed as dist
+
+    options = dist.ProcessGroupGloo._Options()
+    options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
+    options._timeout = _RANK_TIMEOUT
+    return dist.ProcessGroupGloo(store, rank, size, options)
+
+
+class _RankLost(RuntimeError):
+    """An update of a data-parallel run failed in the gloo group: another rank stopped."""
+
+
+def _wait(work) -> None:
+    """Wait for a collective operation of the group."""
+    try:
+        work.wait()
+    except RuntimeError as e:
+        raise _RankLost(f"another rank of the data-parallel run stopped ({e})") from e
+
+
+def _rank_main(index: int, config: dict, out: str, store_file: str) -> None:
+    """A spawned rank (``index + 1``) of :func:`_train_parallel`: trains; writes nothing."""
+    config = LMConfig.from_dict(config)
+    torch.set_num_threads(_threads(config))
+    rank, store = index + 1, _store(store_file, config.processes)
+    store.set(f"rank{rank}", "up")
+    _train(config, Path(out), progress=False, callback=None, group=_gloo_group(store, rank, config.processes))
+
+
+def _train_parallel(config: LMConfig, out: Path, progress: bool, callback) -> dict:
+    """:func:`_train` on ``config.processes`` ranks: this process is rank 0, the others are spawned.
+    A rank's failure stops them all and is raised here with its traceback."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
     from mechtrunc.models.lm.tokenizer import run_tokenizer
 
-    tok = run_tokenizer(config.corpus)
-    corpus = Corpus(config.corpus, tok)
-    device = torch.device(config.device)
-    model = build_model(config, len(tok)).to(device)
+    run_tokenizer(config.corpus)  # cached once here, before the ranks read it
+    with tempfile.TemporaryDirectory(prefix="mechtrunc-lm-ranks-") as tmp:
+        store_file = str(Path(tmp) / "store")
+        ranks = mp.start_processes(_rank_main, args=(config.to_dict(), str(out), store_file),
+                                   nprocs=config.processes - 1, join=False, start_method="spawn")
+        try:
+            store = _store(store_file, config.processes)
+            while True:  # the ranks start (imports: seconds); one that fails before it is up is raised here
+                try:
+                    store.wait([f"rank{r}" for r in range(1, config.processes)], timedelta(seconds=1))
+                    break
+                except RuntimeError:
+                    ranks.join(timeout=0)
+            group = _gloo_group(store, 0, config.processes)
+            summary = _train(config, out, progress, callback, group=group)
+            while not ranks.join():
+                pass
+            return summary
+        except BaseException as e:
+            try:
+                if isinstance(e, _RankLost):  # another rank failed first: raise its error once it has exited
+                    ranks.join(timeout=60)
+            finally:  # the others wait for this one at the next update (it holds the group): stop them
+                for p in ranks.processes:
+                    if p.is_alive():
+                        p.terminate()
+                    p.join()
+            raise
+
+
+def _rows(config: LMConfig, rank: int) -> slice:
+    """The rows of a step's batch that rank ``rank`` of ``config.processes`` trains on (contiguous)."""
+    b, p = config.batch_size, config.processes
+    return slice(rank * b // p, (rank + 1) * b // p)
+
+
+def _sum_over_ranks(model, loss: torch.Tensor, group) -> float:
+    """Sum every gradient and the (share-weighted) loss over the ranks of ``group`` in one
+    all-reduce; the summed loss, the whole batch's."""
+    grads = [p.grad for p in model.parameters()]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).float()])
+    _wait(group.allreduce([flat]))
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[-1].item()
+
+
+# ------------------------------------------------------------------ training
+def _model_and_optimizer(config: LMConfig, vocab_size: int):
+    """The seeded model on ``config.device`` and its AdamW (weight decay on matrices only)."""
+    model = build_model(config, vocab_size).to(torch.device(config.device))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+    return model, opt
+
+
+def _update(model, opt, config: LMConfig, batch: torch.Tensor, step: int, autocast, group=None) -> float:
+    """Update ``step + 1`` on ``batch`` (this rank's rows of the step's batch): learning rate,
+    forward, backward, the gradients summed over the ranks of ``group`` (when given), clipping,
+    AdamW.  The loss of the whole batch."""
+    lr = config.lr_at(step)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with autocast:
+        loss = model(input_ids=batch, labels=batch).loss
+    opt.zero_grad(set_to_none=True)
+    if group is None:
+        loss.backward()
+        value = loss.item()
+    else:  # the mean over this rank's rows, weighted by their share: the sum over ranks is the batch's mean
+        loss = loss * (batch.shape[0] / config.batch_size)
+        loss.backward()
+        value = _sum_over_ranks(model, loss, group)
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    opt.step()
+    return value
+
+
+def _train(config: LMConfig, out: Path, progress: bool, callback, group=None) -> dict | None:
+    """The training loop of every rank (``group``: the ranks of a data-parallel run, None for
+    one process); rank 0 writes the directory and returns the summary, the others None."""
+    from mechtrunc.models.lm.tokenizer import run_tokenizer
+
+    rank = 0 if group is None else group.rank()
+    lead = rank == 0
+    tok = run_tokenizer(config.corpus)
+    corpus = Corpus(config.corpus, tok)
+    device = torch.device(config.device)
+    model, opt = _model_and_optimizer(config, len(tok))
     schedule = checkpoint_steps(config.steps, config.checkpoint_interval)
     start, history, seconds = 0, [], 0.0
     state_path = out / "state.pt"
-    if state_path.is_file():
+    if state_path.is_file():  # every rank of a data-parallel run restores it
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -281,29 +448,24 @@ def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
         model.train()
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    if start == 0:
+    if group is not None:  # every rank has read state.pt (or found none) before rank 0 writes one
+        _wait(group.barrier())
+    if start == 0 and lead:
         save(0)
     model.train()
     tokens_per_step = config.batch_size * config.ctx
+    rows = _rows(config, rank)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    bar = progress_bar(config.steps, "lm train", "step", enabled=progress, initial=start)
+    bar = progress_bar(config.steps, "lm train", "step", enabled=progress and lead, initial=start)
     run_start = start
     try:
         for step in range(start, config.steps):
-            batch = torch.from_numpy(corpus.batch(step, config.batch_size, config.ctx)).long().to(device)
-            lr = config.lr_at(step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with autocast:
-                loss = model(input_ids=batch, labels=batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
+            batch = torch.from_numpy(corpus.batch(step, config.batch_size, config.ctx)[rows]).long().to(device)
+            value = _update(model, opt, config, batch, step, autocast, group)
             done = step + 1
-            value = loss.item()
-            history.append((done, round(value, 6), lr, done * tokens_per_step))
+            history.append((done, round(value, 6), config.lr_at(step), done * tokens_per_step))
+            if not lead:
+                continue
             bar.update(1)
             if done % 10 == 0 or done == config.steps:
                 bar.set_postfix(loss=f"{value:.3f}")
@@ -313,6 +475,8 @@ def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
                 callback(done, value)
     finally:
         bar.close()
+    if not lead:
+        return None
     wall = time.perf_counter() - t0
     trained = config.steps - run_start
     summary = {
@@ -327,4 +491,3 @@ def _train(config: LMConfig, out: Path, progress: bool, callback) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
