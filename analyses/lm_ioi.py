@@ -128,14 +128,17 @@ def over_seeds(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
-    """Left: IO-vs-S accuracy against training tokens, every run.  Right: the held-out change of
-    P(IO), P(S) and P(" the") under each run's chosen truncation against the corpus share."""
+    """Left: IO-vs-S accuracy against training tokens, every run.  Middle: the held-out change of
+    P(IO), P(S) and P(" the") under each run's chosen truncation against the corpus share, with
+    the mean change of P(IO) over seeds and its 95% interval over seeds (:func:`over_seeds`).
+    Right: the change of P(IO) against the run's measured over-weighting, P(" the") after the
+    prompt minus the share."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     colors = {share: f"C{i}" for i, share in enumerate(SHARES)}
     for (share, seed), g in curves.groupby(["share", "seed"], sort=True):
         g = g[g["tokens"] > 0]
@@ -152,9 +155,22 @@ def figure(curves: pd.DataFrame, runs: pd.DataFrame, path: Path) -> Path:
                          yerr=[runs[f"gain_{metric}"] - runs[f"gain_{metric}_low"],
                                runs[f"gain_{metric}_high"] - runs[f"gain_{metric}"]],
                          fmt="os^"[j], color=f"C{j + 3}", capsize=2, ls="none", label=f"{what} (each run, 95% CI over prompts)")
+    shares = over_seeds(runs)
+    axes[1].errorbar(shares["share"].to_numpy(float) - 0.025, shares["gain_p_answer"],
+                     yerr=[shares["gain_p_answer"] - shares["gain_p_answer_low"],
+                           shares["gain_p_answer_high"] - shares["gain_p_answer"]],
+                     fmt="D", color="k", capsize=3, ls="-", lw=1, label="P(IO): mean over seeds, 95% CI over seeds")
     axes[1].axhline(0, color="grey", lw=0.8)
     axes[1].set_xlabel('corpus share of IOI sentences ending "to the ROLE"')
     axes[1].set_ylabel("held-out change under the chosen truncation")
+    for share, g in runs.groupby("share", sort=True):
+        axes[2].errorbar(g["overweighting"], g["gain_p_answer"],
+                         yerr=[g["gain_p_answer"] - g["gain_p_answer_low"], g["gain_p_answer_high"] - g["gain_p_answer"]],
+                         fmt="o", color=colors.get(share, "k"), capsize=2, ls="none", label=f'" the" share {share:g}')
+    axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].axvline(0, color="grey", lw=0.8)
+    axes[2].set_xlabel('over-weighting: model P(" the" | IOI prompt) minus its share')
+    axes[2].set_ylabel("held-out change of P(IO) (95% CI over prompts)")
     for ax in axes:
         ax.legend(fontsize=7)
     fig.suptitle("IOI-dense corpus (80% IOI sentences), small model, 1,500 steps x 2,048 tokens")
