@@ -46,7 +46,8 @@ def load_lens_model(args) -> dict:
         _, targets = model.sample(4096, torch.Generator().manual_seed(0))
         return dict(model=model, kind=kind, itos=None, prompts=model.prompts(), generic_data=targets,
                     generic_count="answers", tokenizer=None)
-    from mechtrunc.models.lm.prompts import prompts_for_model, run_dir
+    from mechtrunc.models.lm.prompts import prompts_for_model
+    from mechtrunc.models.lm_run import run_dir
     from mechtrunc.models.hf import load_model
 
     model = load_model(source, step=step, device=args.device, **({"local_files_only": True} if run_dir(source) else {}))

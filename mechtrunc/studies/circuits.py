@@ -222,7 +222,8 @@ def circuit_pairs(checkpoints, task: str | None = None, n: int = 64, seed: int =
 
         first = ToyCheckpoints(source).steps()[0]
         return recall_pair(load_run(ToyCheckpoints(source).dir(first))[2], n=n, seed=10_000 + seed)
-    from mechtrunc.models.lm.prompts import run_corpus, run_dir, run_prompts
+    from mechtrunc.models.lm.prompts import run_corpus, run_prompts
+    from mechtrunc.models.lm_run import run_dir
     from mechtrunc.studies.lm import study_tasks
 
     run = run_dir(source)
