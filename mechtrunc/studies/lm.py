@@ -45,7 +45,7 @@ import torch
 
 from mechtrunc.analysis.attribution import attribute
 from mechtrunc.analysis.directions import rank_components
-from mechtrunc.studies.dynamics.measures import first_step
+from mechtrunc.studies.dynamics.measures import first_for_good, first_step
 from mechtrunc.analysis.evaluation import evaluate
 from mechtrunc.core.interventions import Truncate, intervene
 from mechtrunc.core.metrics import item_metrics
@@ -164,14 +164,6 @@ def learning_curves(run, prompts: dict[str, PromptSet], steps=None, batch_size: 
     return pd.DataFrame(rows)
 
 
-def _first_for_good(steps: np.ndarray, ok: np.ndarray) -> float:
-    """The first step from which ``ok`` holds at every later checkpoint (NaN if not at the end)."""
-    if not len(ok) or not ok[-1]:
-        return float("nan")
-    bad = np.flatnonzero(~ok)
-    return float(steps[0] if not len(bad) else steps[bad[-1] + 1])
-
-
 def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval") -> dict:
     """The order of learning in a run's :func:`learning_curves`:
 
@@ -197,7 +189,7 @@ def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval
 
     def for_good(name, ok):
         sub = task(name)
-        return float("nan") if sub is None else _first_for_good(sub["step"].to_numpy(), ok(sub).to_numpy())
+        return float("nan") if sub is None else first_for_good(sub["step"].to_numpy(), ok(sub).to_numpy())
 
     main = "ioi" if task("ioi") is not None else "recall"
     if task(main) is None:

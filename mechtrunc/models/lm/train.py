@@ -16,7 +16,7 @@ checkpoint schedule.
   ``CheckpointDirectory`` and ``mechtrunc pythia checkpoints --model OUT`` read them as they
   are), ``state.pt`` (weights, optimiser, history at the last checkpoint: rerunning resumes
   there and ends with the same weights as one uninterrupted run), ``history.csv`` and
-  ``summary.json``.  A directory holding another run (every differing field is named), or other
+  ``summary.json``, each written through :class:`mechtrunc.models.lm_run.LMRunDirectory`.  A directory holding another run (every differing field is named), or other
   files, is refused; a finished run is returned as it is (``already_finished``), nothing written.
 - Extension (``extend=True``): a run whose configuration differs only by a smaller ``steps`` is
   trained on to ``steps`` only when the learning rates of the updates it has done are the same
