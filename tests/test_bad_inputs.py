@@ -135,6 +135,10 @@ BAD_INPUTS: list[Bad] = [
     cli("lm study EMPTY_FILE", "EMPTY_FILE is a file, not a directory"),
     cli("lm study EMPTY_DIR", "EMPTY_DIR is not a mechtrunc lm run directory (no run.json)"),
     cli("lm study UNFINISHED_LM_RUN", "has not finished training (no step200/)"),
+    cli("lm study CORRUPT_LM_RUN", "run.json is not readable JSON of a run"),
+    cli("lm train --preset nano --out CORRUPT_LM_RUN",
+        "run.json is not readable JSON of a run (Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1)); the run directory looks corrupt; choose another output directory or delete it (nothing was changed)"),
     cli("lm train --preset nano --out UNFINISHED_LM_RUN --steps 100 --precision bf16",
         "holds a different run (steps: 200 there, 100 asked; precision: 'fp32' there, 'bf16' asked); nothing was changed"),
     cli("lm train --preset nano --out UNFINISHED_LM_RUN --steps 300 --extend",
@@ -429,6 +433,11 @@ class Ctx(dict):
             d.mkdir(exist_ok=True)
             (d / "run.json").write_text(json.dumps({"format": "mechtrunc-lm-run/1", "config": lm_preset("nano").to_dict()}))
             return d
+        if name == "CORRUPT_LM_RUN":
+            d = b / "lm_run_corrupt"
+            d.mkdir(exist_ok=True)
+            (d / "run.json").write_text("{cut")
+            return d
         if name == "CORRUPT_HF_DIR":
             d = b / "corrupt_hf"
             d.mkdir(exist_ok=True)
@@ -583,6 +592,7 @@ def render_doc() -> str:
         "Pythia's tokenizer and a 64-token context (saved with `save_pretrained`), `OPT_DIR` a tiny random OPT "
         "(an architecture mechtrunc does not know) saved the same way, `TOY_RUN` a finished toy "
         "run, `UNFINISHED_LM_RUN` a `mechtrunc lm train --preset nano` directory holding only its `run.json`, "
+        "`CORRUPT_LM_RUN` one whose `run.json` was cut off, "
         "`HALF_WRITTEN_STUDY` a study directory whose `study.json` was cut off, `*_CSV` / `*_JSONL` prompt "
         "files as named, `RUN_OTHER_CONFIG` a toy training checkpoint of `alpha` 0.1 and 3 steps.  In Python rows, `toy` is a ToyTransformer (d_model 32, context 64, vocabulary 65), "
         "`neox` a 3-layer GPT-NeoX bridge (vocabulary 512, context 64), `tok` Pythia's tokenizer "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -179,6 +180,24 @@ def test_order_of_learning_on_a_synthetic_history():
     with pytest.raises(ValueError, match="alpha must be in"):
         order_of_learning(h, 1.5)
     assert math.isnan(first_step(h, "full_p_noise", 0.9))
+
+
+def test_first_for_good_is_the_step_after_the_last_miss():
+    """The one rule of "from this step on, for good": one row gives a float (NaN, or ``never``,
+    when the condition fails at the last step); rows (bootstrap draws) give one step each."""
+    from mechtrunc.studies.dynamics import first_for_good
+
+    steps = np.array([0, 10, 20, 40, 80])
+    assert first_for_good(steps, [False, True, False, True, True]) == 40.0
+    assert first_for_good(steps, [True] * 5) == 0.0
+    assert math.isnan(first_for_good(steps, [True, True, True, True, False]))
+    assert first_for_good(steps, [False] * 5, never=math.inf) == math.inf
+    rows = np.array([[False, True, False, True, True], [True] * 5, [True, True, True, True, False]])
+    got = first_for_good(steps, rows, never=math.inf)
+    assert got.tolist() == [40.0, 0.0, math.inf] and got.dtype == np.float64
+    assert math.isnan(first_for_good([], []))
+    with pytest.raises(ValueError, match=r"one entry per step \(5 steps\), got shape \(4,\)"):
+        first_for_good(steps, [True] * 4)
 
 
 def test_induction_score_uniform_and_perfect():

@@ -255,6 +255,15 @@ def _cli_json(argv, capsys):
     return json.loads(capsys.readouterr().out)
 
 
+def test_the_cli_offers_the_matrices_and_heads_the_lens_reads():
+    """The command line lists the lens' matrices without importing torch; its lists are the lens'."""
+    from mechtrunc.analysis import lens
+    from mechtrunc.cli import lens as cli_lens
+
+    assert cli_lens._LENS_MATRICES == lens.LENS_MATRICES
+    assert cli_lens._HEAD_MATRICES == lens.HEAD_MATRICES
+
+
 def test_cli_lens_on_a_toy_run_and_a_memory_run(tmp_path, capsys):
     run = tmp_path / "toy"
     mt.train(mt.preset("cpu", d_model=16, seq_len=32, steps=40, eval_every=40, test_size=32), out_dir=run,

@@ -27,7 +27,12 @@ OWNERS = {
     "studies/lm_files.py": ("curves.csv", "grid_final.csv", "grid_competition.csv", "attribution.csv",
                             "where_the.csv", "ledger.csv"),
     "studies/circuits.py": ("edge_shards", "ledger_shards", "nodes.parquet", "edges.parquet", "ledger.parquet"),
+    "models/lm_run.py": ("run.json", "summary.json", "state.pt"),
 }
+#: names other kinds of run share, by their owners: a toy run and a linear-memory run keep a
+#: ``history.csv`` of their own format, written and read where each run is
+SHARED = {"history.csv": ("cli/memory.py", "models/lm_run.py", "models/memory.py", "models/toy_training.py",
+                          "report/readers.py")}
 #: table files composed by their owner from a stem (``write_tables``): written as a whole nowhere
 COMPOSED = ("truncation.csv", "truncation.parquet", "checkpoints.csv", "checkpoints.parquet")
 
@@ -51,6 +56,17 @@ def test_each_study_file_name_is_written_in_its_owner_module_alone():
     for name in COMPOSED:
         where = sorted(m for m, values in constants.items() if name in values)
         assert where == [], f"{name!r} is written in {where}; its owner composes it from the table's stem"
+    for name, owners in SHARED.items():
+        where = sorted(m for m, values in constants.items() if name in values)
+        assert where == sorted(owners), f"{name!r} is written in {where}, expected only in {sorted(owners)}"
+
+
+def test_the_string_scan_sees_a_run_file_name_written_outside_its_owner(tmp_path):
+    """The scan above finds a run file's name in an f-string or a path join, where the modules
+    that read a run used to write them."""
+    code = 'import json\nx = run / "summary.json"\ny = f"{run / \'run.json\'} is corrupt"\n'
+    values = {node.value for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Constant)}
+    assert {"summary.json", "run.json"} <= values
 
 
 def _prompts(n=12):
@@ -148,3 +164,60 @@ def test_lm_study_directory_refuses_other_settings_and_caches_tables(tmp_path):
         d.check_settings({**settings, "prompt_format": "bare"}, format_key="prompt_format")
     with pytest.raises(ValueError, match="unknown study table 'nope'"):
         d.table("nope", compute)
+
+
+def test_lm_run_directory_writes_and_reads_a_run_and_says_what_is_wrong(tmp_path):
+    """The owner of a language-model run's directory: what it writes reads back, a run is
+    finished with its last checkpoint and summary, and each way a directory is not a run gets one
+    message (the command line, the study and the report all show these)."""
+    from mechtrunc._choices import LM_RUN_FORMAT
+    from mechtrunc.models.lm_run import LMRunDirectory, RunFormatError, checkpoint_dirs, run_dir, step_name, step_of
+
+    run = LMRunDirectory(tmp_path / "run")
+    run.dir.mkdir()
+    assert not run.is_run() and run_dir(run.dir) is None
+    with pytest.raises(ValueError, match=r"run is not a mechtrunc lm run directory \(no run.json\); train one"):
+        run.read_run()
+    run.write_run({"steps": 4})
+    assert run.read_run() == {"format": LM_RUN_FORMAT, "config": {"steps": 4}} and run.read_config() == {"steps": 4}
+    assert run.read_history() is None and run.read_summary() is None and run.steps() == []
+
+    def save(d):
+        d.mkdir()
+        (d / "config.json").write_text("{}")
+
+    for step in (0, 2, 4):
+        run.write_checkpoint(step, save)
+    run.write_checkpoint(4, save)  # rewritten whole, no step4.tmp left
+    (run.dir / "step3").mkdir()  # no model: not a checkpoint to study, still a step directory
+    run.write_state(lambda path: path.write_text("state"))
+    assert sorted(p.name for p in run.dir.iterdir()) == ["run.json", "state.pt", "step0", "step2", "step3", "step4"]
+    assert run.steps() == [0, 2, 4] and list(checkpoint_dirs(run.dir)) == [0, 2, 3, 4]
+    assert step_name(200) == "step200" and step_of("step200") == 200 and step_of("step2.tmp") is None
+    assert run_dir(run.dir / "step2") == run.dir == run_dir(run.dir) and run_dir(run.dir / "study") is None
+    with pytest.raises(ValueError, match=r"step2 is one checkpoint of the run .*run: give the run directory"):
+        LMRunDirectory(run.dir / "step2").read_run()
+
+    run.write_history([(1, 2.5, 0.001, 64), (2, 2.25, 0.001, 128)])
+    assert run.read_history().to_dict("list") == {"step": [1, 2], "loss": [2.5, 2.25], "lr": [0.001, 0.001],
+                                                   "tokens": [64, 128]}
+    assert not run.finished(4)
+    with pytest.raises(ValueError, match=r"run has not finished training \(no step4/\); rerun `mechtrunc lm train`"):
+        run.check_finished(4)
+    run.write_summary({"steps": 4, "final_loss": 2.25})
+    assert run.finished(4) and not run.finished(8) and run.read_summary() == {"steps": 4, "final_loss": 2.25}
+
+    run.summary_path.write_text("{cut")
+    with pytest.raises(ValueError, match=r"summary.json' is not readable JSON"):
+        run.read_summary()
+    run.history_path.write_text("")
+    assert run.read_history().empty
+    run.run_path.write_text("{cut")
+    with pytest.raises(ValueError, match=r"run.json is not readable JSON of a run .*the run directory looks corrupt"):
+        run.read_run()
+    run.run_path.write_text(json.dumps({"format": "other/1"}))
+    with pytest.raises(RunFormatError, match=r"has format 'other/1', not 'mechtrunc-lm-run/1'"):
+        run.read_run()
+    run.run_path.write_text(json.dumps({"format": LM_RUN_FORMAT}))
+    with pytest.raises(ValueError, match=r"has no 'config' entry; the run directory looks corrupt"):
+        run.read_run()

@@ -76,14 +76,15 @@ from mechtrunc.core.metrics import metrics_from_logits
 from mechtrunc.core.prompts import PromptSet, special_ids
 from mechtrunc.core.runner import run_items
 
-__all__ = ["LENS_MATRICES", "LENS_SITES", "vocab_lens", "generic_tokens", "rank_generic_components",
+__all__ = ["LENS_MATRICES", "HEAD_MATRICES", "LENS_SITES", "vocab_lens", "generic_tokens", "rank_generic_components",
            "generic_components_by_step", "logit_lens", "logit_lens_compare", "component_directions"]
 
 #: matrices the vocabulary lens reads (``W``: the linear memory's matrix)
 LENS_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV", "W")
 #: residual-stream sites of the logit lens, in order within a layer
 LENS_SITES = ("resid_pre", "resid_mid", "resid_post")
-_HEAD_MATRICES = ("attn.W_O", "attn.OV")
+#: the lens matrices read one head at a time (each head's ``W_O[h]`` and ``W_V[h] W_O[h]``)
+HEAD_MATRICES = ("attn.W_O", "attn.OV")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -115,10 +116,10 @@ def _layers(adapter: ModelAdapter, matrix: str, layer) -> list[int]:
 
 
 def _heads(adapter: ModelAdapter, matrix: str, head) -> list[int | None]:
-    if matrix not in _HEAD_MATRICES:
+    if matrix not in HEAD_MATRICES:
         if head is not None:
             raise ValueError(f"matrix {matrix!r} has no heads: head={head!r} applies only to "
-                             f"{' and '.join(_HEAD_MATRICES)}; leave head out")
+                             f"{' and '.join(HEAD_MATRICES)}; leave head out")
         return [None]
     if head is None:
         return list(range(adapter.n_heads))
@@ -148,7 +149,7 @@ def component_directions(model, matrix: str, layer: int, head: int | None = None
     adapter = adapt(model)
     _check_matrix(adapter, matrix)
     (layer,) = _layers(adapter, matrix, layer)
-    if matrix in _HEAD_MATRICES and head is None:
+    if matrix in HEAD_MATRICES and head is None:
         raise ValueError(f"matrix {matrix!r} is read one head at a time: give head=0..{adapter.n_heads - 1}")
     (head,) = _heads(adapter, matrix, head)
     if matrix in ("mlp.W_out", "W"):

@@ -1,6 +1,7 @@
 """The argument checkers of the command line (argparse ``type=`` callables) and
 :class:`UsageError`.  Standard library only: a bad value is reported before anything heavy is
-imported."""
+imported (:mod:`mechtrunc.models.lm_run`, which recognises a language-model run and its
+``step{N}/`` checkpoints, is standard library only too)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 from pathlib import Path
 
 from mechtrunc._choices import looks_like_path
+from mechtrunc.models.lm_run import checkpoint_dirs, is_run_dir, step_of
 
 __all__ = ["UsageError", "fraction", "int_at_least", "positive_int", "nonneg_int", "positive_float",
            "nonneg_float", "level", "device", "choice", "model_kind", "last_checkpoint",
@@ -120,7 +122,7 @@ def model_kind(model: str) -> str:
     model), ``"memory"`` (a linear-memory run), ``"lm"`` (a `mechtrunc lm train` run) or ``"hf"``
     (anything :func:`mechtrunc.models.hf.load_model` reads: a hub id or a Hugging Face directory)."""
     d = Path(model)
-    if d.is_dir() and (d / "run.json").is_file():
+    if d.is_dir() and is_run_dir(d):
         return "lm"
     if d.is_dir() and (d / "config.json").is_file():
         try:
@@ -134,13 +136,6 @@ def model_kind(model: str) -> str:
     if d.exists() and not d.is_dir():
         raise UsageError(f"{model} is a file, not a model directory")
     return "hf"
-
-
-def checkpoint_dirs(run: Path) -> dict[int, Path]:
-    """The ``step{N}/`` checkpoint directories of a language-model run or of any directory of
-    checkpoints, by step (ascending)."""
-    return dict(sorted((int(m.group(1)), p) for p in Path(run).iterdir()
-                       if (m := re.fullmatch(r"step(\d+)", p.name)) and p.is_dir()))
 
 
 def last_checkpoint(run: Path) -> Path:
@@ -186,16 +181,16 @@ def resolve_model(model: str, step: int | None = None) -> tuple[str, str, int | 
     if path.is_dir():
         steps = checkpoint_dirs(path)
         if (path / "config.json").is_file() and not steps:  # one checkpoint
-            m = re.fullmatch(r"step(\d+)", path.name)
-            if step is not None and (m is None or int(m.group(1)) != step):
-                if m is None:
+            own = step_of(path.name)
+            if step is not None and own != step:
+                if own is None:
                     raise UsageError(f"{model} is a single saved model, not step {step}: --step applies to a run "
                                      "directory, a directory of step{N}/ checkpoints or a hub id")
                 siblings = checkpoint_dirs(path.parent)
-                raise UsageError(f"{model} is the checkpoint of step {m.group(1)}, not step {step}: give the run "
+                raise UsageError(f"{model} is the checkpoint of step {own}, not step {step}: give the run "
                                  f"directory with --step ({path.parent} --step {step}"
                                  + ("" if step in siblings else f"; its steps: {_first_few(siblings)}") + ")")
-            if m is not None and model_kind(str(path.parent)) == "lm":
+            if own is not None and model_kind(str(path.parent)) == "lm":
                 kind = "lm"
             return kind, str(path), None
         if not steps:

@@ -18,7 +18,10 @@ from mechtrunc.cli.checks import (
 
 __all__ = ["add_commands", "load_lens_model"]
 
-_LENS_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV", "W")  # mechtrunc.analysis.lens.LENS_MATRICES
+# mechtrunc.analysis.lens.LENS_MATRICES and HEAD_MATRICES, written here to keep torch out of the
+# argument checks (tests/test_lens.py checks they are equal)
+_LENS_MATRICES = ("mlp.W_in", "mlp.W_out", "attn.W_O", "attn.OV", "W")
+_HEAD_MATRICES = ("attn.W_O", "attn.OV")
 
 
 def load_lens_model(args) -> dict:
@@ -46,7 +49,8 @@ def load_lens_model(args) -> dict:
         _, targets = model.sample(4096, torch.Generator().manual_seed(0))
         return dict(model=model, kind=kind, itos=None, prompts=model.prompts(), generic_data=targets,
                     generic_count="answers", tokenizer=None)
-    from mechtrunc.models.lm.prompts import prompts_for_model, run_dir
+    from mechtrunc.models.lm.prompts import prompts_for_model
+    from mechtrunc.models.lm_run import run_dir
     from mechtrunc.models.hf import load_model
 
     model = load_model(source, step=step, device=args.device, **({"local_files_only": True} if run_dir(source) else {}))
@@ -61,8 +65,8 @@ def _records(df) -> list[dict]:
 
 
 def cmd_vocab(args) -> int:
-    if args.head is not None and args.matrix not in ("attn.W_O", "attn.OV"):
-        raise UsageError(f"--head applies only to attn.W_O and attn.OV, not to {args.matrix}")
+    if args.head is not None and args.matrix not in _HEAD_MATRICES:
+        raise UsageError(f"--head applies only to {' and '.join(_HEAD_MATRICES)}, not to {args.matrix}")
     if args.matrix == "W" and args.layer not in (None, 0):
         raise UsageError(f"the linear memory has one layer (0), got --layer {args.layer}")
     loaded = load_lens_model(args)
@@ -100,7 +104,7 @@ def cmd_vocab(args) -> int:
           + (" (most frequent in the data)" if found is not None else ""))
     print(f"components of {args.matrix} that promote them most (of {len(ranked)}):")
     cols = ["layer", "head", "component", "singular_value", "generic_score", "generic_z", "generic_rank", "top_str"]
-    if args.matrix not in ("attn.W_O", "attn.OV"):
+    if args.matrix not in _HEAD_MATRICES:
         cols.remove("head")
     print(best[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nvocabulary lens (top / bottom {args.k} tokens of each component's output direction):")
@@ -180,7 +184,8 @@ def add_commands(sub) -> None:
     v.add_argument("--matrix", type=choice(_LENS_MATRICES, "matrix", "matrices"), default="mlp.W_out",
                    help=f"matrix: {', '.join(_LENS_MATRICES)} (W: the linear memory's; default mlp.W_out)")
     v.add_argument("--layer", type=nonneg_int, default=None, help="0-based layer (default: every layer)")
-    v.add_argument("--head", type=nonneg_int, default=None, help="one head of attn.W_O / attn.OV (default: all)")
+    v.add_argument("--head", type=nonneg_int, default=None,
+                   help=f"one head of {' / '.join(_HEAD_MATRICES)} (default: all)")
     v.add_argument("--k", type=positive_int, default=10, help="tokens per side of each component (default 10)")
     v.add_argument("--top", type=positive_int, default=3, help="components to show through the lens (default 3)")
     v.add_argument("--generic", nargs="+", metavar="TOKEN", default=None,

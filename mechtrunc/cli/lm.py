@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from mechtrunc.cli.checks import UsageError, choice, device, fraction, nonneg_int, positive_int
-from mechtrunc._choices import CORPUS_PRESETS, LM_PRECISIONS, LM_PRESETS, LM_RUN_FORMAT, LM_SPLITS, task_names
+from mechtrunc._choices import CORPUS_PRESETS, LM_PRECISIONS, LM_PRESETS, LM_SPLITS, task_names
+from mechtrunc.models.lm_run import LMRunDirectory
 
 __all__ = ["add_commands", "study_summary"]
 
@@ -168,17 +169,9 @@ def _check_run_dir(run: Path) -> None:
     if not run.is_dir():
         raise UsageError(f"{run} is a file, not a directory; give the --out directory of `mechtrunc lm train`")
     try:
-        fmt = json.loads((run / "run.json").read_text()).get("format")
-    except FileNotFoundError:
-        if (run.parent / "run.json").is_file():
-            raise UsageError(f"{run} is one checkpoint of the run {run.parent}: give the run directory "
-                             f"(`mechtrunc lm study {run.parent}`)") from None
-        raise UsageError(f"{run} is not a mechtrunc lm run directory (no run.json); train one with "
-                         "`mechtrunc lm train --preset small --out DIR`") from None
-    except (OSError, ValueError, AttributeError) as e:
-        raise UsageError(f"{run / 'run.json'} is not readable JSON of a run ({e}); the run directory looks corrupt") from None
-    if fmt != LM_RUN_FORMAT:
-        raise UsageError(f"{run / 'run.json'} has format {fmt!r}, not {LM_RUN_FORMAT!r}: not a mechtrunc lm run directory")
+        LMRunDirectory(run).read_run()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _plain(v):

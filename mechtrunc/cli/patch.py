@@ -62,7 +62,8 @@ def _load(args):
     if args.task not in _choices.task_names("corrupt"):
         raise UsageError(f"--task {args.task} needs a toy run directory; {args.model} is not one (no config.json "
                          "of a toy model)")
-    from mechtrunc.models.lm.prompts import prompts_for_model, run_dir
+    from mechtrunc.models.lm.prompts import prompts_for_model
+    from mechtrunc.models.lm_run import run_dir
     from mechtrunc.models.hf import load_model
     from mechtrunc.tasks.registry import task_builder
 

@@ -68,9 +68,10 @@ class Context:
             return r.load()
         if self.kind == "lm":  # the final (or last saved) checkpoint
             from mechtrunc.models import hf
+            from mechtrunc.models.lm_run import LMRunDirectory
 
-            return hf.load_model(Path(r.directory) / f"step{r.steps[-1]}", device=self.device,
-                                     local_files_only=True)
+            return hf.load_model(LMRunDirectory(r.directory).step_path(r.steps[-1]), device=self.device,
+                                 local_files_only=True)
         if self.kind == "toy":
             if self.model_arg is not None and not isinstance(self.model_arg, (str, os.PathLike)):
                 return self.model_arg

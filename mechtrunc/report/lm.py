@@ -19,6 +19,7 @@ import math
 
 import pandas as pd
 
+from mechtrunc.models.lm_run import step_name
 from mechtrunc.report.context import Context
 from mechtrunc.report.page import Section, fragment, html_table, note
 
@@ -290,7 +291,7 @@ def checkpoints_section(ctx: Context) -> Section:
     h = r.history if r.history is not None and not r.history.empty else None
     rows = []
     for step in r.steps:
-        rec = {"step": step, "directory": f"step{step}/"}
+        rec = {"step": step, "directory": f"{step_name(step)}/"}
         if h is not None:
             hit = h[h["step"] == step]
             rec["tokens seen"] = int(hit["tokens"].iloc[0]) if len(hit) and "tokens" in hit else (0 if step == 0 else None)

@@ -2,9 +2,9 @@
 
 Reports read results through this module and never recompute a study.  A study's files are
 read by the module that owns its directory (:mod:`mechtrunc.studies.truncation_files`,
-:mod:`mechtrunc.studies.checkpoint_files`, :mod:`mechtrunc.studies.lm_files`), which also
-writes them; this module recognises the kind of a directory and wraps what they read in
-objects that render a summary.
+:mod:`mechtrunc.studies.checkpoint_files`, :mod:`mechtrunc.studies.lm_files`; a language-model
+run's own files: :mod:`mechtrunc.models.lm_run`), which also writes them; this module
+recognises the kind of a directory and wraps what they read in objects that render a summary.
 
 - toy run (``mechtrunc toy train`` / ``make demo``): ``config.json`` with a ``train`` entry,
   ``model.safetensors``, ``history.csv``.
@@ -34,7 +34,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mechtrunc._choices import LM_RUN_FORMAT
 from mechtrunc.core.results import upgrade_columns
 
 __all__ = ["NotAResultError", "ToyRun", "MemoryResult", "TruncationResults", "CheckpointResults", "LMRun",
@@ -338,30 +337,16 @@ def _read_toy(d: Path, cfg: dict) -> ToyRun:
     return ToyRun(d, cfg, hist)
 
 
-def _read_csv_or_empty(path: Path):
-    import pandas as pd
-
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:  # an empty table
-        return pd.DataFrame()
-    except Exception as e:
-        raise NotAResultError(f"{str(path)!r} could not be read ({e})") from None
-
-
 def _read_lm(d: Path, run: dict) -> LMRun:
-    import re
+    from mechtrunc.models.lm_run import LMRunDirectory
 
-    if not isinstance(run.get("config"), dict):
-        raise NotAResultError(f"{str(d / 'run.json')!r} has no 'config' entry; the run directory looks corrupt")
-    steps = sorted(int(m.group(1)) for p in d.iterdir()
-                   if (m := re.fullmatch(r"step(\d+)", p.name)) and (p / "config.json").is_file())
+    files = LMRunDirectory(d)
+    steps = files.steps()
     if not steps:
         raise NotAResultError(
             f"{str(d)!r} holds a language-model run that has not saved a single checkpoint yet; rerun "
             f"`mechtrunc lm train --out {d}` with the same options to resume it")
-    history = _read_csv_or_empty(d / "history.csv") if (d / "history.csv").is_file() else None
-    summary = _read_json(d / "summary.json") if (d / "summary.json").is_file() else None
+    history, summary = _owned(files.read_history), _owned(files.read_summary)
     total = run["config"].get("steps")
     incomplete = None
     if summary is None:
@@ -391,10 +376,15 @@ def _check_dir(path) -> Path:
 
 
 def _detect(d: Path) -> tuple[str, dict]:
-    if (d / "run.json").is_file():
-        run = _read_json(d / "run.json")
-        if run.get("format") == LM_RUN_FORMAT:
-            return "lm", run
+    from mechtrunc.models.lm_run import LMRunDirectory, RunFormatError, is_run_dir
+
+    if is_run_dir(d):
+        try:
+            return "lm", LMRunDirectory(d).read_run()
+        except RunFormatError:  # another tool's run.json: not a language-model run
+            pass
+        except ValueError as e:
+            raise NotAResultError(str(e)) from None
     from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory
     from mechtrunc.studies.truncation_files import TruncationDirectory
 
@@ -404,7 +394,7 @@ def _detect(d: Path) -> tuple[str, dict]:
         kind = study.get("kind")
         if kind in ("truncation", "checkpoints", "circuits"):
             return kind, study
-        if kind is None and (d.parent / "run.json").is_file():
+        if kind is None and is_run_dir(d.parent):
             raise NotAResultError(f"{str(d)!r} is the study folder of a language-model run; give the run directory "
                                   f"itself: mechtrunc report {d.parent}")
         raise NotAResultError(f"{str(settings)!r} has an unknown study kind {kind!r}; "

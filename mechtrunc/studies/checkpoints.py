@@ -34,6 +34,7 @@ from mechtrunc._scalars import as_int, as_int_list
 from mechtrunc.core.interventions import Compose, Intervention
 from mechtrunc.analysis.evaluation import evaluate
 from mechtrunc.core.prompts import PromptSet
+from mechtrunc.models.lm_run import checkpoint_dirs
 from mechtrunc.core.results import CHECKPOINT_COLUMNS, SECONDS, check_metric, tidy_truncation, variant_row
 from mechtrunc.studies.checkpoint_files import CheckpointStudyDirectory, read_checkpoint_items, study_settings
 from mechtrunc.studies.grid import Grid, ItemStore, as_truncate, evaluate_grid
@@ -62,9 +63,6 @@ class HubCheckpoints:
         return f"HubCheckpoints({self.name!r})"
 
 
-_STEP_DIR = re.compile(r"^step(\d+)$")
-
-
 class CheckpointDirectory:
     """``step -> model`` for checkpoints saved on disk with ``save_pretrained``: either a
     directory holding ``step{N}/`` subdirectories (``runs/neox`` -> ``runs/neox/step1000``) or a
@@ -86,11 +84,11 @@ class CheckpointDirectory:
         return Path(self.template.format(step=step)).expanduser()
 
     def steps(self) -> list[int]:
-        if "{step}" in self.path:
-            pattern = re.compile("^" + re.escape(Path(self.template).name).replace(r"\{step\}", r"(\d+)") + "$")
-            parent = Path(self.template).expanduser().parent
-        else:
-            pattern, parent = _STEP_DIR, Path(self.path).expanduser()
+        if "{step}" not in self.path:  # a directory of step{N}/ checkpoints, named as a run names them
+            parent = Path(self.path).expanduser()
+            return list(checkpoint_dirs(parent, with_model=True)) if parent.is_dir() else []
+        pattern = re.compile("^" + re.escape(Path(self.template).name).replace(r"\{step\}", r"(\d+)") + "$")
+        parent = Path(self.template).expanduser().parent
         if not parent.is_dir():
             return []
         found = []

@@ -222,7 +222,8 @@ def circuit_pairs(checkpoints, task: str | None = None, n: int = 64, seed: int =
 
         first = ToyCheckpoints(source).steps()[0]
         return recall_pair(load_run(ToyCheckpoints(source).dir(first))[2], n=n, seed=10_000 + seed)
-    from mechtrunc.models.lm.prompts import run_corpus, run_dir, run_prompts
+    from mechtrunc.models.lm.prompts import run_corpus, run_prompts
+    from mechtrunc.models.lm_run import run_dir
     from mechtrunc.studies.lm import study_tasks
 
     run = run_dir(source)
@@ -413,15 +414,6 @@ def evidence_by_step(ledger: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _first_ahead(steps: np.ndarray, ahead: np.ndarray) -> np.ndarray:
-    """Per row of ``ahead [draw, step]``: the first step from which it holds at every later step
-    (``inf`` when it does not hold at the last step)."""
-    later_bad = np.flip(np.cumsum(np.flip(~ahead, 1), 1), 1)  # not-ahead steps at or after each step
-    ok = later_bad == 0
-    first = np.where(ok.any(1), steps[np.argmax(ok, 1)].astype(float), math.inf)
-    return first
-
-
 def overtaking_step(ledger: pd.DataFrame, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """The step from which attention's evidence for the answer stays above the MLPs' generic
     push (:func:`evidence_by_step`) at every later step, with a percentile interval over the
@@ -434,12 +426,13 @@ def overtaking_step(ledger: pd.DataFrame, n_boot: int = 1000, level: float = 0.9
     import torch
 
     from mechtrunc.core.metrics import bootstrap_means
+    from mechtrunc.studies.dynamics.measures import first_for_good
 
     steps, attn, push, seq = _evidence_items(ledger)
-    point = _first_ahead(steps, (attn.mean(1) > push.mean(1))[None])[0]
+    point = first_for_good(steps, attn.mean(1) > push.mean(1), never=math.inf)
     diff = torch.from_numpy(attn - push)  # [step, item]: ahead where the mean is > 0
     means = bootstrap_means(diff, n_boot=n_boot, seed=seed, clusters=torch.from_numpy(seq)).numpy()  # [step, draw]
-    draws = _first_ahead(steps, (means > 0).T)
+    draws = first_for_good(steps, (means > 0).T, never=math.inf)
     a = (1.0 - level) / 2
     lo, hi = np.quantile(draws, a, method="lower"), np.quantile(draws, 1 - a, method="higher")
     as_step = lambda v: None if math.isinf(v) else int(v)  # noqa: E731

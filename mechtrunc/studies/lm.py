@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,7 +45,7 @@ import torch
 
 from mechtrunc.analysis.attribution import attribute
 from mechtrunc.analysis.directions import rank_components
-from mechtrunc.studies.dynamics.measures import first_step
+from mechtrunc.studies.dynamics.measures import first_for_good, first_step
 from mechtrunc.analysis.evaluation import evaluate
 from mechtrunc.core.interventions import Truncate, intervene
 from mechtrunc.core.metrics import item_metrics
@@ -54,6 +53,7 @@ from mechtrunc.core.prompts import PromptSet
 from mechtrunc.core.runner import item_logits
 from mechtrunc.analysis.selection import DEFAULT_BUDGET, change_intervals, choose_configuration
 from mechtrunc.studies.grid import as_truncate, truncation_study
+from mechtrunc.models.lm_run import LMRunDirectory
 from mechtrunc.studies.lm_files import LMStudyDirectory, cached_table
 from mechtrunc.studies.store import metric_values
 
@@ -115,8 +115,7 @@ def run_steps(run) -> list[int]:
     run = Path(run)
     if not run.is_dir():
         raise ValueError(f"{run} is not a directory of checkpoints (mechtrunc lm train --out DIR)")
-    steps = sorted(int(m.group(1)) for p in run.iterdir() if (m := re.fullmatch(r"step(\d+)", p.name))
-                   and (p / "config.json").is_file())
+    steps = LMRunDirectory(run).steps()
     if not steps:
         raise ValueError(f"{run} holds no step{{N}}/ checkpoint")
     return steps
@@ -133,7 +132,7 @@ def _load(run, step):
     key = (str(Path(run).resolve()), int(step))
     if _KEPT is not None and key in _KEPT:
         return _KEPT[key]
-    model = load_model(Path(run) / f"step{step}", local_files_only=True)
+    model = load_model(LMRunDirectory(run).step_path(step), local_files_only=True)
     if _KEPT is not None:
         _KEPT[key] = model
     return model
@@ -165,14 +164,6 @@ def learning_curves(run, prompts: dict[str, PromptSet], steps=None, batch_size: 
     return pd.DataFrame(rows)
 
 
-def _first_for_good(steps: np.ndarray, ok: np.ndarray) -> float:
-    """The first step from which ``ok`` holds at every later checkpoint (NaN if not at the end)."""
-    if not len(ok) or not ok[-1]:
-        return float("nan")
-    bad = np.flatnonzero(~ok)
-    return float(steps[0] if not len(bad) else steps[bad[-1] + 1])
-
-
 def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval") -> dict:
     """The order of learning in a run's :func:`learning_curves`:
 
@@ -198,7 +189,7 @@ def learning_steps(curves: pd.DataFrame, the_threshold: float, draw: str = "eval
 
     def for_good(name, ok):
         sub = task(name)
-        return float("nan") if sub is None else _first_for_good(sub["step"].to_numpy(), ok(sub).to_numpy())
+        return float("nan") if sub is None else first_for_good(sub["step"].to_numpy(), ok(sub).to_numpy())
 
     main = "ioi" if task("ioi") is not None else "recall"
     if task(main) is None:
@@ -429,21 +420,14 @@ def study_run(run, n_prompts: int = 200, keeps=STUDY_KEEPS, loss_budget: float =
 
 
 def _study_run(run: Path, n_prompts: int, keeps, loss_budget: float, competition: bool) -> dict[str, pd.DataFrame]:
-    import json
-
     from mechtrunc.analysis.attribution import attribute_change
     from mechtrunc.models.lm.tokenizer import run_tokenizer
     from mechtrunc.models.lm.train import LMConfig
 
     run = Path(run)
-    run_json = run / "run.json"
-    if not run_json.is_file():
-        raise ValueError(f"{run} is not a mechtrunc lm run directory (no run.json); train one with "
-                         "`mechtrunc lm train --preset small --out DIR`")
-    cfg = LMConfig.from_dict(json.loads(run_json.read_text())["config"])
-    if not (run / f"step{cfg.steps}").is_dir() or not (run / "summary.json").is_file():
-        raise ValueError(f"{run} has not finished training (no step{cfg.steps}/); rerun `mechtrunc lm train` on it "
-                         "to resume, then study it")
+    files = LMRunDirectory(run)
+    cfg = LMConfig.from_dict(files.read_config())
+    files.check_finished(cfg.steps)
     out = LMStudyDirectory(run)
     # prompt_format: the prompts open with <|endoftext|> as the training stories do (a study cached
     # with prompts of another format is refused, not mixed in)
@@ -483,7 +467,7 @@ def _study_run(run: Path, n_prompts: int, keeps, loss_budget: float, competition
     tables["ledger"] = out.table("ledger", lambda: checkpoint_ledger(run, prompts[f"{main}/eval"]))
     tables["grid"] = pd.concat(grids, ignore_index=True)
     tables["best"] = pd.concat(best_rows, ignore_index=True)
-    trained = json.loads((run / "summary.json").read_text())
+    trained = files.read_summary()
     summary = {"run": run.name, "layers": cfg.n_layers, "d_model": cfg.d_model, "seed": cfg.seed, "steps": cfg.steps,
                "to_the_share": cfg.corpus.to_the_share, "ioi_the_share": cfg.corpus.ioi_the_share,
                "recall_noise": cfg.corpus.recall_noise, **steps,

@@ -43,17 +43,17 @@ from __future__ import annotations
 import os
 import random
 import re
-from pathlib import Path
 
 import torch
 
 from mechtrunc._choices import LM_SPLITS, task_names
 from mechtrunc.models.lm import lexicon
 from mechtrunc.models.lm.corpus import CorpusConfig
+from mechtrunc.models.lm_run import LMRunDirectory, run_dir
 from mechtrunc.core.prompts import PromptSet
 
 __all__ = ["prompts_for_model", "uses_run_prompts", "SPLITS", "TASKS", "lm_ioi_prompts", "lm_fact_prompts", "lm_generic_prompts",
-           "lm_recall_prompts", "lm_binding_prompts", "lm_task_prompts", "run_dir",
+           "lm_recall_prompts", "lm_binding_prompts", "lm_task_prompts",
            "run_corpus", "run_prompts", "prompt_records"]
 
 SPLITS = LM_SPLITS
@@ -281,34 +281,12 @@ def lm_task_prompts(task: str, tokenizer, config: CorpusConfig | None = None, n:
     return task_builder(task, "lm")(tokenizer, config, n=n, seed=seed, split=split)
 
 
-def run_dir(path) -> Path | None:
-    """The run directory of a language-model run (``mechtrunc lm train --out RUN``) that ``path``
-    is or is a checkpoint of (``RUN/step{N}``); None for anything else."""
-    p = Path(path)
-    if (p / "run.json").is_file():
-        return p
-    if re.fullmatch(r"step\d+", p.name) and (p.parent / "run.json").is_file():
-        return p.parent
-    return None
-
-
 def run_corpus(path) -> CorpusConfig:
     """The corpus config of a language-model run (its ``run.json``), given the run directory or
     one of its checkpoints."""
-    import json
-
     from mechtrunc.models.lm.train import LMConfig
 
-    run = run_dir(path)
-    if run is None:
-        raise ValueError(f"{path} is not a language-model run (no run.json there or in its parent); train one with "
-                         "`mechtrunc lm train --out DIR`")
-    try:
-        config = json.loads((run / "run.json").read_text())["config"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{run / 'run.json'} is not readable JSON of a run ({e}); the run directory looks "
-                         "corrupt") from None
-    return LMConfig.from_dict(config).corpus
+    return LMConfig.from_dict(LMRunDirectory(run_dir(path) or path).read_config()).corpus
 
 
 def run_prompts(path, task: str = "ioi", n: int = 200, seed: int = 0, tokenizer=None,

@@ -16,7 +16,7 @@ checkpoint schedule.
   ``CheckpointDirectory`` and ``mechtrunc pythia checkpoints --model OUT`` read them as they
   are), ``state.pt`` (weights, optimiser, history at the last checkpoint: rerunning resumes
   there and ends with the same weights as one uninterrupted run), ``history.csv`` and
-  ``summary.json``.  A directory holding another run (every differing field is named), or other
+  ``summary.json``, each written through :class:`mechtrunc.models.lm_run.LMRunDirectory`.  A directory holding another run (every differing field is named), or other
   files, is refused; a finished run is returned as it is (``already_finished``), nothing written.
 - Extension (``extend=True``): a run whose configuration differs only by a smaller ``steps`` is
   trained on to ``steps`` only when the learning rates of the updates it has done are the same
@@ -39,12 +39,8 @@ checkpoint schedule.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import resource
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
@@ -55,11 +51,11 @@ import torch
 from mechtrunc._checks import check_int, check_preset, check_resume, config_from_dict
 from mechtrunc._progress import progress_bar, third_party_bars_off
 from mechtrunc.models.lm.corpus import Corpus, CorpusConfig
-from mechtrunc._choices import LM_PRECISIONS, LM_PRESETS, LM_RUN_FORMAT
+from mechtrunc._choices import LM_PRECISIONS, LM_PRESETS
+from mechtrunc.models.lm_run import RUN_FILE, LMRunDirectory, checkpoint_dirs
 
 __all__ = ["LMConfig", "lm_preset", "checkpoint_steps", "build_model", "train_lm"]
 
-RUN_FORMAT = LM_RUN_FORMAT
 #: fields a resumed run may change: the thread count changes how much wall time a step takes and
 #: the last bits of the numbers (a sum split over two threads is added in another order), so a
 #: run is bit-identical only for the same config *and* thread count; the English text's directory
@@ -193,46 +189,23 @@ def _claim(out: Path, config: LMConfig, extend: bool = False) -> bool:
     directory that holds another run or other files, touching nothing; with ``extend``, a run
     that differs only by fewer ``steps`` becomes this run (``run.json`` rewritten) when
     :func:`_extension_refused` allows it."""
-    run_json = out / "run.json"
-    if run_json.is_file():
+    run = LMRunDirectory(out)
+    if run.is_run():
         try:
-            have = json.loads(run_json.read_text())
+            have = run.read_run()
         except ValueError as e:
-            raise ValueError(f"{run_json} is not valid JSON ({e}); not touching {out}") from None
-        if have.get("format") != RUN_FORMAT:
-            raise ValueError(f"{run_json} has format {have.get('format')!r}, not {RUN_FORMAT!r}; choose another "
-                             "output directory or delete it (nothing was changed)")
-        extended = check_resume(out, have.get("config", {}), config.to_dict(), ignore=_NOT_IDENTITY, extend=extend,
+            raise ValueError(f"{e}; choose another output directory or delete it (nothing was changed)") from None
+        extended = check_resume(out, have["config"], config.to_dict(), ignore=_NOT_IDENTITY, extend=extend,
                                 extension_refused=_extension_refused(config))
         if extended is not None:
-            run_json.write_text(json.dumps({"format": RUN_FORMAT, "config": config.to_dict()}, indent=1))
+            run.write_run(config.to_dict())
         return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not a mechtrunc lm run directory (no run.json); choose an empty or "
+        raise ValueError(f"{out} exists and is not a mechtrunc lm run directory (no {RUN_FILE}); choose an empty or "
                          "new output directory (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)
-    run_json.write_text(json.dumps({"format": RUN_FORMAT, "config": config.to_dict()}, indent=1))
+    run.write_run(config.to_dict())
     return False
-
-
-def _atomic_dir(final: Path, write) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-
-
-def _saved_steps(out: Path) -> set[int]:
-    """The steps N of the ``step{N}/`` checkpoints in ``out`` (an extended run keeps its old final one)."""
-    return {int(p.name[4:]) for p in out.glob("step*") if p.is_dir() and p.name[4:].isdigit()}
-
-
-def _write_history(out: Path, history: list[tuple]) -> None:
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss", "lr", "tokens"])
-        w.writerows(history)
 
 
 def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend: bool = False) -> dict:
@@ -251,9 +224,9 @@ def train_lm(config: LMConfig, out, progress: bool = True, callback=None, extend
 
         run_tokenizer(config.corpus)
     _claim(out, config, extend)
-    done_summary = out / "summary.json"
-    if done_summary.is_file() and (out / f"step{config.steps}").is_dir():
-        summary = json.loads(done_summary.read_text())
+    run = LMRunDirectory(out)
+    if run.finished(config.steps):
+        summary = run.read_summary()
         if summary.get("steps") == config.steps:  # finished: nothing to train, keep its numbers
             return {**summary, "already_finished": True}
     threads_before = torch.get_num_threads()
@@ -424,9 +397,9 @@ def _train(config: LMConfig, out: Path, progress: bool, callback, group=None) ->
     model, opt = _model_and_optimizer(config, len(tok))
     schedule = checkpoint_steps(config.steps, config.checkpoint_interval)
     start, history, seconds = 0, [], 0.0
-    state_path = out / "state.pt"
-    if state_path.is_file():  # every rank of a data-parallel run restores it
-        state = torch.load(state_path, map_location=device, weights_only=False)
+    run = LMRunDirectory(out)
+    if run.state_path.is_file():  # every rank of a data-parallel run restores it
+        state = torch.load(run.state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, history, seconds = state["step"], state["history"], state["seconds"]
@@ -439,12 +412,11 @@ def _train(config: LMConfig, out: Path, progress: bool, callback, group=None) ->
                 model.save_pretrained(d)
                 tok.save_pretrained(d)
 
-        _atomic_dir(out / f"step{step}", write)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "history": history, "seconds": seconds + time.perf_counter() - t0}, tmp)
-        os.replace(tmp, state_path)
-        _write_history(out, history)
+        run.write_checkpoint(step, write)
+        run.write_state(lambda path: torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                 "step": step, "history": history,
+                                                 "seconds": seconds + time.perf_counter() - t0}, path))
+        run.write_history(history)
         model.train()
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -486,8 +458,8 @@ def _train(config: LMConfig, out: Path, progress: bool, callback, group=None) ->
         "tokens_per_second": round(trained * tokens_per_step / wall, 1) if trained else None,
         "final_loss": history[-1][1] if history else None,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab_size": len(tok), "checkpoints": sorted(set(schedule) | _saved_steps(out)),
+        "vocab_size": len(tok), "checkpoints": sorted(set(schedule) | set(checkpoint_dirs(out))),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    run.write_summary(summary)
     return summary

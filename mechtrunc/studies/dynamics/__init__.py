@@ -18,8 +18,8 @@ from mechtrunc.studies.dynamics.minimal import (
     ov_signal_closed_form, signal_closed_forms, snr_sweep, train_minimal,
 )
 from mechtrunc.studies.dynamics.measures import (
-    EVENT_CRITERIA, SELECTION_SEED_OFFSET, first_step, induction_score, learning_events, order_of_learning,
-    selection_set,
+    EVENT_CRITERIA, SELECTION_SEED_OFFSET, first_for_good, first_step, induction_score, learning_events,
+    order_of_learning, selection_set,
 )
 from mechtrunc.studies.dynamics.toy import (
     ATTENTION_MATRICES, SnapshotRecorder, ToyDynamicsRecorder, attention_component_attributions,
@@ -30,7 +30,7 @@ from mechtrunc.studies.dynamics.toy import (
 __all__ = [
     "MinimalConfig", "MinimalModel", "MinimalAdapter", "copy_directions", "gradient_signals",
     "gradient_snr", "snr_sweep", "ff_signal_closed_form", "train_minimal", "MinimalResult",
-    "first_step", "order_of_learning", "induction_score", "ToyDynamicsRecorder",
+    "first_step", "first_for_good", "order_of_learning", "induction_score", "ToyDynamicsRecorder",
     "component_attributions", "noise_component_summary", "train_toy_with_dynamics", "EMBEDDINGS",
     "FF_WIRINGS", "EVENT_CRITERIA", "learning_events", "ov_signal_closed_form", "ov_entry_matrix",
     "ov_gradient_share", "ov_noise_components", "equal_signal_lr_scale", "ov_batch_gradient",

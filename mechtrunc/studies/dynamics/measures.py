@@ -1,12 +1,14 @@
 """Measurements shared by the two systems: the induction score of a head, the first step a
-history column crosses a threshold, and the order of learning of the feed-forward (generic) and
-in-context associations.  Used by the minimal model (:mod:`mechtrunc.studies.dynamics.minimal`) and the
+history column crosses a threshold (and the first step from which a condition holds for good,
+which the language-model study and the circuit study also use), and the order of learning of the
+feed-forward (generic) and in-context associations.  Used by the minimal model (:mod:`mechtrunc.studies.dynamics.minimal`) and the
 toy Transformer (:mod:`mechtrunc.studies.dynamics.toy`)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -16,7 +18,7 @@ from mechtrunc._checks import check_choice, check_int
 from mechtrunc.core.adapters import adapt
 from mechtrunc.tasks.recall import RecallBatch, RecallTask
 
-__all__ = ["first_step", "order_of_learning", "learning_events", "EVENT_CRITERIA", "induction_score",
+__all__ = ["first_step", "first_for_good", "order_of_learning", "learning_events", "EVENT_CRITERIA", "induction_score",
            "SELECTION_SEED_OFFSET", "selection_set"]
 
 #: the selection batch's seed is the run's seed plus this (the clean test set's is seed + 10000)
@@ -35,6 +37,24 @@ def first_step(history: pd.DataFrame, column: str, threshold: float, step_column
         raise ValueError(f"history has no column {column!r}; columns: {', '.join(map(str, history.columns))}")
     hit = history.loc[history[column] >= threshold, step_column]
     return float(hit.iloc[0]) if len(hit) else float("nan")
+
+
+def first_for_good(steps, holds, never: float = math.nan):
+    """The first of ``steps`` from which ``holds`` is true at every later step: ``steps``
+    ascending (1-D), ``holds [..., step]`` booleans (one row, or e.g. one row per bootstrap
+    draw).  Returns a float for one row, else a float array of the leading shape; ``never``
+    (NaN, or e.g. ``inf`` to rank the draws) where ``holds`` is false at the last step."""
+    steps, holds = np.asarray(steps), np.asarray(holds, dtype=bool)
+    if steps.ndim != 1 or holds.ndim < 1 or holds.shape[-1] != len(steps):
+        raise ValueError(f"holds must end in one entry per step ({len(np.atleast_1d(steps))} steps), "
+                         f"got shape {holds.shape}")
+    if not len(steps):
+        first = np.full(holds.shape[:-1], float(never))
+    else:
+        later_bad = np.flip(np.cumsum(np.flip(~holds, -1), -1), -1)  # false entries at or after each step
+        ok = later_bad == 0
+        first = np.where(ok.any(-1), steps[np.argmax(ok, -1)].astype(float), float(never))
+    return float(first) if first.ndim == 0 else first
 
 
 def order_of_learning(
