@@ -239,3 +239,24 @@ def test_bad_input_names_the_value(toy, kwargs, match):
     with pytest.raises(ValueError, match=match):
         compose_search(model, sel, ev, **kwargs)
     assert _same_weights(model, snap)
+
+
+def test_request_checks_its_inputs_once_without_a_model(toy):
+    """ComposeRequest (compose_search's inputs) checks every value it can without a model and
+    holds them normalised; a layer the model lacks is left to ``grid.resolve(model)``."""
+    from mechtrunc.studies.compose import ComposeRequest
+
+    model, sel, ev = toy
+    req = ComposeRequest(sel, ev, layers=[7], keeps=0.5, metric="loss", min_gain=0, tol=0.25, budget=1,
+                         collateral=sel, batch_size=8.0)
+    assert (req.min_gain, req.tol, req.budget, req.batch_size) == (0.0, 0.25, 1.0, 8)
+    assert isinstance(req.budget, float) and isinstance(req.batch_size, int)
+    assert req.threshold == 0.25 and req.sign == -1.0
+    assert req.grid.layers == (7,) and req.grid.keeps == (0.5,) and req.grid.mode == "engine"
+    assert ComposeRequest(sel, ev).sign == 1.0 and ComposeRequest(sel, ev).collateral_of is None
+    with pytest.raises(ValueError, match="layer 7"):
+        req.grid.resolve(model)
+    with pytest.raises(ValueError, match="max_steps must be at least 1, got 0"):
+        ComposeRequest(sel, ev, max_steps=0)
+    with pytest.raises(TypeError, match="collateral must be None, a callable"):
+        ComposeRequest(sel, ev, collateral=3)

@@ -306,9 +306,23 @@ def patching_heatmap(
 
     Returns the matplotlib Figure (Agg canvas, pyplot untouched); with ``path`` it is also saved
     there as PNG."""
-    import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
+    directions, sites = _patching_selection(df, directions, sites)
+    panels = [[_patching_grid(df[(df["direction"] == d) & (df["site"] == s)], s) for s in sites] for d in directions]
+    limit = _patching_limit(df, limit)
+    n_cells = max(p[0].size for row in panels for p in row)
+    if annotate is None:
+        annotate = n_cells <= max_annotated
+    fig = _draw_patching(panels, directions, sites, limit, annotate)
+    fig.suptitle(_patching_title(df, title), fontsize=10)
+    if path is not None:
+        _write_png(fig, path)
+    return fig
 
+
+# data shaping: which panels, each panel's layers x columns array, the colour range, the title
+def _patching_selection(df: pd.DataFrame, directions, sites) -> tuple[list[str], list[str]]:
+    """The directions (denoising first) and sites (``z`` last) of a patching table to draw,
+    checked against the table."""
     need = ("direction", "site", "layer", "head", "position", "effect")
     missing = [c for c in need if c not in df.columns]
     if missing:
@@ -327,38 +341,57 @@ def patching_heatmap(
     bad = [s for s in sites if s not in site_have]
     if bad:
         raise ValueError(f"site(s) {bad} not in the table; it holds: {', '.join(site_have)}")
-    sites = [s for s in sites if s != "z"] + (["z"] if "z" in sites else [])  # heads last
+    return directions, [s for s in sites if s != "z"] + (["z"] if "z" in sites else [])  # heads last
 
-    def grid(sub: pd.DataFrame, site: str):
-        layers = sorted(int(v) for v in sub["layer"].unique())
-        if site == "z":
-            sub = sub[sub["position"].astype(str) == "all"] if (sub["position"].astype(str) == "all").any() else sub
-            cols = sorted(int(h) for h in sub["head"].dropna().unique())
-            table = sub.assign(_c=sub["head"].astype(int)).pivot_table(index="layer", columns="_c", values="effect",
+
+def _patching_grid(sub: pd.DataFrame, site: str):
+    """One panel's ``(effects [layers, columns], layers, column labels, column title)``: layers
+    by heads for ``z`` (its ``all`` positions when present), layers by position groups otherwise."""
+    layers = sorted(int(v) for v in sub["layer"].unique())
+    if site == "z":
+        sub = sub[sub["position"].astype(str) == "all"] if (sub["position"].astype(str) == "all").any() else sub
+        cols = sorted(int(h) for h in sub["head"].dropna().unique())
+        table = sub.assign(_c=sub["head"].astype(int)).pivot_table(index="layer", columns="_c", values="effect",
+                                                                   aggfunc="first", dropna=False)
+        xlabels, xtitle = [str(c) for c in cols], "head (all positions)"
+    else:
+        cols = _patch_positions(sub)
+        table = sub.assign(_c=sub["position"].astype(str)).pivot_table(index="layer", columns="_c", values="effect",
                                                                        aggfunc="first", dropna=False)
-            xlabels, xtitle = [str(c) for c in cols], "head (all positions)"
-        else:
-            cols = _patch_positions(sub)
-            table = sub.assign(_c=sub["position"].astype(str)).pivot_table(index="layer", columns="_c", values="effect",
-                                                                           aggfunc="first", dropna=False)
-            xlabels, xtitle = cols, "position"
-        data = table.reindex(index=layers, columns=cols).to_numpy(dtype=float)
-        return data, layers, xlabels, xtitle
+        xlabels, xtitle = cols, "position"
+    data = table.reindex(index=layers, columns=cols).to_numpy(dtype=float)
+    return data, layers, xlabels, xtitle
 
-    panels = [[grid(df[(df["direction"] == d) & (df["site"] == s)], s) for s in sites] for d in directions]
+
+def _patching_limit(df: pd.DataFrame, limit: float | None) -> float:
+    """The colour range's half-width: ``limit``, or the largest ``|effect|`` clipped to [1, 2]."""
+    import numpy as np
+
     vals = df["effect"].astype(float).to_numpy()
     finite = vals[np.isfinite(vals)]
     if limit is None:
         limit = min(2.0, max(1.0, float(np.abs(finite).max()) if finite.size else 1.0))
     if not limit > 0:
         raise ValueError(f"limit must be > 0, got {limit}")
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
-    import matplotlib
+    return limit
 
+
+def _patching_title(df: pd.DataFrame, title: str | None) -> str:
+    metric = df["metric"].iloc[0] if "metric" in df.columns else None
+    sup = title or (f"activation patching, {metric}" if metric is not None else "activation patching")
+    if "clean" in df.columns and "corrupted" in df.columns:
+        sup += f" (clean {float(df['clean'].iloc[0]):.3g}, corrupted {float(df['corrupted'].iloc[0]):.3g})"
+    return sup
+
+
+# drawing
+def _draw_patching(panels, directions: list[str], sites: list[str], limit: float, annotate: bool):
+    """The figure: one row of panels per direction, one column per site, and the colour bar."""
+    import matplotlib
+    from matplotlib.colors import TwoSlopeNorm
+
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
     cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#bdbdbd")
-    n_cells = max(p[0].size for row in panels for p in row)
-    if annotate is None:
-        annotate = n_cells <= max_annotated
     widths = [max(2, len(p[2])) for p in panels[0]]
     n_layers = max(len(p[1]) for row in panels for p in row)
     fig = _figure(min(24.0, 1.6 + 0.62 * sum(widths) + 0.5 * len(sites)),
@@ -369,26 +402,40 @@ def patching_heatmap(
     for r, d in enumerate(directions):
         for c, s in enumerate(sites):
             ax = axes[r][c]
-            data, layers, xlabels, xtitle = panels[r][c]
-            im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
-            if annotate:
-                for i in range(data.shape[0]):
-                    for j in range(data.shape[1]):
-                        v = data[i, j]
-                        if np.isnan(v):
-                            continue
-                        dark = abs(v) > 0.6 * limit
-                        text = f"{v:.2f}"
-                        ax.text(j, i, "0.00" if text == "-0.00" else text, ha="center", va="center", fontsize=fs,
-                                color="white" if dark else "#1d2330")
-            ax.set_xticks(range(len(xlabels)), xlabels, rotation=45 if max(map(len, xlabels)) > 4 else 0,
-                          ha="right" if max(map(len, xlabels)) > 4 else "center", fontsize=8)
-            ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
+            im = _draw_patching_panel(ax, panels[r][c], cmap, norm, limit, annotate, fs)
             if r == len(directions) - 1:
-                ax.set_xlabel(xtitle, fontsize=8)
+                ax.set_xlabel(panels[r][c][3], fontsize=8)
             if c == 0:
                 ax.set_ylabel(f"{d}\nlayer", fontsize=9)
             ax.set_title(f"{d}: {s}", fontsize=9)
+    _patching_colorbar(fig, im, axes, limit)
+    return fig
+
+
+def _draw_patching_panel(ax, panel, cmap, norm, limit: float, annotate: bool, fs: int):
+    """One panel's image, its cells' annotations (when ``annotate``) and its tick labels; the image."""
+    import numpy as np
+
+    data, layers, xlabels, _ = panel
+    im = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    if annotate:
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                v = data[i, j]
+                if np.isnan(v):
+                    continue
+                dark = abs(v) > 0.6 * limit
+                text = f"{v:.2f}"
+                ax.text(j, i, "0.00" if text == "-0.00" else text, ha="center", va="center", fontsize=fs,
+                        color="white" if dark else "#1d2330")
+    ax.set_xticks(range(len(xlabels)), xlabels, rotation=45 if max(map(len, xlabels)) > 4 else 0,
+                  ha="right" if max(map(len, xlabels)) > 4 else "center", fontsize=8)
+    ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
+    return im
+
+
+def _patching_colorbar(fig, im, axes, limit: float) -> None:
+    """The colour bar: 0 = corrupted, 1 = clean (marked), the range's ends."""
     cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, pad=0.02)
     ticks = sorted({-limit, 0.0, limit} | ({-1.0, 1.0} if limit >= 1 else set()))
     if 1 <= limit < 1.25:  # the range's ends would overprint -1 and 1
@@ -397,11 +444,3 @@ def patching_heatmap(
     cb.ax.axhline(1.0, color="black", lw=1.5)
     cb.ax.axhline(0.0, color="#555", lw=0.8, ls=":")
     cb.set_label("effect (normalised patching)")
-    metric = df["metric"].iloc[0] if "metric" in df.columns else None
-    sup = title or (f"activation patching, {metric}" if metric is not None else "activation patching")
-    if "clean" in df.columns and "corrupted" in df.columns:
-        sup += f" (clean {float(df['clean'].iloc[0]):.3g}, corrupted {float(df['corrupted'].iloc[0]):.3g})"
-    fig.suptitle(sup, fontsize=10)
-    if path is not None:
-        _write_png(fig, path)
-    return fig

@@ -352,17 +352,25 @@ def load_model(
             unreachable or offline mode); raised within a few seconds.
         ValueError: an invalid step, dtype, or argument combination.
     """
-    from transformer_lens import TransformerBridge
-
     if step is not None and revision is not None:
         raise ValueError("give step= or revision=, not both")
     torch_dtype = check_dtype(dtype)
     if device is not None and device_map is None and n_devices is None:
         check_device(device)
+    src, is_local, step, revision = _resolve_source(name_or_dir, step, revision)
+    dm, model_kwargs = _placement(torch_dtype, device_map, n_devices)
+    hf, tok = _load_hf_and_tokenizer(src, revision, is_local, local_files_only, tokenizer, model_kwargs)
+    return _boot_bridge(hf, tok, src, is_local, revision, step, device, dm, torch_dtype)
+
+
+def _resolve_source(name_or_dir, step, revision) -> tuple[str, bool, int | None, str | None]:
+    """Where :func:`load_model`'s model comes from, as ``(src, is_local, step, revision)``: a
+    local directory (resolved; it must hold ``config.json``; no step or revision), or a hub id
+    whose ``step`` (a Pythia checkpoint for Pythia ids, else an integer >= 0) becomes the
+    revision ``step{N}``.  A path to nothing is refused."""
     src = str(name_or_dir)
     local = Path(src).expanduser()
-    is_local = local.is_dir()
-    if is_local:
+    if local.is_dir():
         if step is not None or revision is not None:
             raise ValueError(
                 f"{src!r} is a local directory, which holds a single checkpoint: step=/revision= "
@@ -374,9 +382,10 @@ def load_model(
                 f"directory {src!r} holds no config.json: write it with model.save_pretrained(DIR) "
                 "and tokenizer.save_pretrained(DIR)"
             )
-    elif looks_like_path(src):
+        return src, True, step, revision
+    if looks_like_path(src):
         raise ModelNotAvailableError(f"no such model directory: {src!r}")
-    elif step is not None:
+    if step is not None:
         if is_pythia(src):
             step = check_step(step)
         else:
@@ -387,7 +396,12 @@ def load_model(
             if step < 0:
                 raise ValueError(f"step must be >= 0, got {step}")
         revision = f"step{step}"
+    return src, False, step, revision
 
+
+def _placement(torch_dtype: torch.dtype, device_map, n_devices: int | None) -> tuple[dict | None, dict]:
+    """``(device map or None, from_pretrained keyword arguments)``: the dtype, and with
+    ``device_map``/``n_devices`` the map and memory limits TransformerLens resolves for them."""
     if n_devices is not None or device_map is not None:
         from transformer_lens.utilities.multi_gpu import resolve_device_map
 
@@ -399,6 +413,15 @@ def load_model(
         model_kwargs["device_map"] = dm
     if max_memory is not None:
         model_kwargs["max_memory"] = max_memory
+    return dm, model_kwargs
+
+
+def _load_hf_and_tokenizer(src: str, revision, is_local: bool, local_files_only: bool | None, tokenizer,
+                           model_kwargs: dict):
+    """The Hugging Face model and its tokenizer (``tokenizer``, given as an object or a
+    directory, replaces the model's own): from a local directory, or from the local cache first
+    and then the hub (when ``local_files_only`` allows, offline mode is off and the hub answers);
+    :class:`ModelNotAvailableError` saying why otherwise."""
 
     def load(lfo: bool):
         if tokenizer is None:
@@ -411,33 +434,37 @@ def load_model(
 
     if is_local:
         try:
-            hf, tok = load(True)
+            return load(True)
         except OSError as e:
             raise ModelNotAvailableError(
                 f"could not load the model and tokenizer from directory {src!r}: {e}. The directory must "
                 "hold both, written with model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) "
                 "(or pass tokenizer=)"
             ) from e
-    else:
-        cache_err: OSError | None = None
-        if local_files_only is not False:
-            try:
-                hf, tok = load(True)  # the local cache first: fast, and no network
-            except OSError as e:
-                cache_err = e
-        if cache_err is not None or local_files_only is False:
-            if local_files_only is True:
-                raise _not_available(src, revision, "local_files_only=True was given", cache_err) from cache_err
-            if _offline_env():
-                raise _not_available(src, revision, "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)",
-                                     cache_err) from cache_err
-            if not _hub_reachable():
-                raise _not_available(src, revision, f"the Hugging Face hub ({_hub_endpoint()}) is unreachable",
-                                     cache_err) from cache_err
-            try:
-                hf, tok = load(False)
-            except OSError as e:  # unknown repo or revision, gated model, ...
-                raise _not_available(src, revision, "the hub could not provide it", e) from e
+    cache_err: OSError | None = None
+    if local_files_only is not False:
+        try:
+            return load(True)  # the local cache first: fast, and no network
+        except OSError as e:
+            cache_err = e
+    if local_files_only is True:
+        raise _not_available(src, revision, "local_files_only=True was given", cache_err) from cache_err
+    if _offline_env():
+        raise _not_available(src, revision, "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)",
+                             cache_err) from cache_err
+    if not _hub_reachable():
+        raise _not_available(src, revision, f"the Hugging Face hub ({_hub_endpoint()}) is unreachable",
+                             cache_err) from cache_err
+    try:
+        return load(False)
+    except OSError as e:  # unknown repo or revision, gated model, ...
+        raise _not_available(src, revision, "the hub could not provide it", e) from e
+
+
+def _boot_bridge(hf, tok, src: str, is_local: bool, revision, step, device, dm, torch_dtype: torch.dtype):
+    """The ``TransformerBridge`` (eval mode) around the loaded Hugging Face model ``hf``, on
+    ``device`` unless the device map ``dm`` placed it, recording the revision and step."""
+    from transformer_lens import TransformerBridge
 
     from mechtrunc.core.stacks import hf_architecture
 

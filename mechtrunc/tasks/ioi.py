@@ -13,6 +13,7 @@ import random
 import warnings
 from functools import lru_cache
 from importlib import resources
+from typing import NamedTuple
 
 import torch
 
@@ -106,12 +107,27 @@ def ioi_prompts(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    templates = _checked_templates(templates)
+    name_ids = _single_token_names(tokenizer, names)
+    the_id = required_token_id(tokenizer, " the", "competitor")
+    items = _draw_items(random.Random(seed), templates, list(name_ids), n)
+    return _tokenize_items(tokenizer, items, name_ids, the_id, templates, seed)
+
+
+# template and name selection
+def _checked_templates(templates: list[str] | None) -> list[str]:
     templates = list(IOI_TEMPLATES if templates is None else templates)
     if not templates:
         raise ValueError("templates must be a non-empty list of ABB-form IOI templates")
     for t in templates:
         _check_template(t)
+    return templates
 
+
+def _single_token_names(tokenizer, names: list[str] | None) -> dict[str, int]:
+    """``{name: token id}`` of the names (default: the built-in list) that are one token with a
+    leading space under ``tokenizer``, in order without duplicates; the others are dropped with a
+    warning (raised at :func:`ioi_prompts`' caller); fewer than 2 left is an error."""
     candidates = [nm.strip() for nm in (ioi_names() if names is None else names) if nm.strip()]
     name_ids: dict[str, int] = {}
     rejected: list[str] = []
@@ -125,17 +141,29 @@ def ioi_prompts(
         warnings.warn(
             f"dropping {len(rejected)} IOI name(s) that are not a single token (with a leading space) "
             f"under {tokenizer_name(tokenizer)}: {rejected}",
-            stacklevel=2,
+            stacklevel=3,
         )
     if len(name_ids) < 2:
         raise ValueError(
             f"IOI needs at least 2 names that are single tokens under {tokenizer_name(tokenizer)}; "
             f"{len(name_ids)} remain ({list(name_ids)}), rejected: {rejected}"
         )
-    the_id = required_token_id(tokenizer, " the", "competitor")
+    return name_ids
 
-    rng = random.Random(seed)
-    valid = list(name_ids)
+
+class _Items(NamedTuple):
+    """The drawn prompts: per item its template index, order, text, indirect object and subject."""
+
+    template: list[int]
+    order: list[str]
+    texts: list[str]
+    io: list[str]
+    subject: list[str]
+
+
+def _draw_items(rng: random.Random, templates: list[str], valid: list[str], n: int) -> _Items:
+    """``n`` items balanced over templates and orders, in a shuffled order, each with two
+    distinct names of ``valid``."""
     # item k: template slot t = k % T (a seeded permutation picks which templates get the extras);
     # its j-th use (j = k // T) has order (j + t) % 2.  Template counts, order counts and the
     # orders within each template then all differ by at most one.
@@ -145,34 +173,40 @@ def ioi_prompts(
     combos = [(tpl_perm[k % T], ORDERS[(k // T + k % T) % 2]) for k in range(n)]
     rng.shuffle(combos)
 
-    texts, answers, subjects, io_names, s_names = [], [], [], [], []
+    texts, io_names, s_names = [], [], []
     for tpl_idx, order in combos:
         io, subj = rng.sample(valid, 2)
         texts.append(_order_form(templates[tpl_idx], order).format(A=io, B=subj))
         io_names.append(io)
         s_names.append(subj)
-        answers.append(name_ids[io])
-        subjects.append(name_ids[subj])
+    return _Items([c[0] for c in combos], [c[1] for c in combos], texts, io_names, s_names)
 
-    tokens, pos = tokenize_prompts(tokenizer, texts)
-    answer = torch.tensor(answers, dtype=torch.long)
-    competitors = torch.stack([torch.full_like(answer, the_id), torch.tensor(subjects, dtype=torch.long)], 1)
+
+# tokenisation
+def _tokenize_items(tokenizer, items: _Items, name_ids: dict[str, int], the_id: int, templates: list[str],
+                    seed: int) -> PromptSet:
+    """The PromptSet of the drawn items: texts tokenised and right-padded, the indirect object as
+    the answer, " the" and the subject as competitors."""
+    tokens, pos = tokenize_prompts(tokenizer, items.texts)
+    answer = torch.tensor([name_ids[io] for io in items.io], dtype=torch.long)
+    subjects = torch.tensor([name_ids[s] for s in items.subject], dtype=torch.long)
+    competitors = torch.stack([torch.full_like(answer, the_id), subjects], 1)
     return PromptSet(
         tokens=tokens,
-        rows=torch.arange(n),
+        rows=torch.arange(len(items.texts)),
         pos=pos,
         answer=answer,
         competitors=competitors,
         competitor_names=("the", "subject"),
-        texts=texts,
+        texts=items.texts,
         meta={
             "task": "ioi",
-            "template": [c[0] for c in combos],
-            "order": [c[1] for c in combos],
-            "io": io_names,
-            "subject": s_names,
+            "template": items.template,
+            "order": items.order,
+            "io": items.io,
+            "subject": items.subject,
             "templates": templates,
-            "names": valid,
+            "names": list(name_ids),
             "seed": seed,
         },
     )
