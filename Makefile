@@ -30,9 +30,14 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected no test: that is a broken setup, not a pass.
 # tools/ensure-chromium.sh installs Debian's Chromium for the browser tests when it is missing.
+# -n auto: one pytest-xdist worker per core (at most 4, tests/conftest.py), each on one torch
+# thread; --dist worksteal: each worker runs a contiguous share of the suite (a module's fixtures
+# are built once) and an idle worker takes half of the other's remaining tests, so the long tests
+# at the end do not leave a core idle.  `make test TEST_WORKERS=` runs in one process.
+TEST_WORKERS ?= -n auto --dist worksteal
 test: $(STAMP)
 	@bash tools/ensure-chromium.sh
-	@$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -q $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests (broken setup)"; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)

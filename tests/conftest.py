@@ -8,6 +8,7 @@ a deliberate partial run."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -20,12 +21,19 @@ from pathlib import Path
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
+# A pytest-xdist worker (``make test`` runs ``-n auto``, one worker per core) runs torch on one
+# thread, and so do the processes it starts, so that the workers do not oversubscribe the cores.
+# Must precede the import of torch.
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if XDIST_WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if XDIST_WORKER else min(2, torch.get_num_threads()))
 
 ALLOW_SKIPS = os.environ.get("MECHTRUNC_ALLOW_SKIPS", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -55,7 +63,9 @@ def pytest_make_collect_report(collector):
 #: own tests come first) running a committed script, one at a time on the core the rest of the
 #: suite leaves idle, and two at a time once a test waits for one (the suite has nothing else to
 #: do).  The tests that need a job run last, in the jobs' order, so the training has the whole
-#: suite's time.  job -> command (given the job's output directory), in the order they start.
+#: suite's time.  Under pytest-xdist (``make test`` runs ``-n auto``) the controller process runs
+#: the jobs, once for all workers, and the workers wait for them (:func:`background_result`).
+#: job -> command (given the job's output directory), in the order they start.
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,20 +88,25 @@ BACKGROUND_FIXTURES = {"demo_toy": ("seed0",), "phenomenon_neox": ("neox",), "cp
 
 class _Background:
     """Runs ``jobs`` (names of :data:`BACKGROUND_JOBS`, in this order) from a thread of this
-    process, each as a niced single-threaded subprocess writing into ``tmp/<job>/``: one at a
-    time until :meth:`result` waits for one, then two at a time."""
+    process, each as a niced single-threaded subprocess writing into ``tmp/<job>/`` (its output in
+    ``tmp/<job>.log``, its return code in ``tmp/<job>.rc`` once it ended): one at a time until a
+    test waits for one (``tmp/<job>.wanted``, :func:`_wait`), then two at a time.  ``tmp`` is a
+    new temporary directory unless given (the one pytest-xdist's workers are told).
 
-    def __init__(self, jobs: list[str]):
+    Under pytest-xdist the workers keep every core busy, so niced jobs would only start when the
+    tests that need them wait, and the suite would end on minutes of training alone: there the
+    jobs run at the workers' priority (``nice=0``), two at a time from the start (``width=2``),
+    sharing the cores with the tests."""
+
+    def __init__(self, jobs: list[str], tmp: Path | None = None, nice: int = 15, width: int = 1):
         import tempfile
         import threading
 
-        self.tmp = Path(tempfile.mkdtemp(prefix="mechtrunc-background-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix="mechtrunc-background-")) if tmp is None else tmp
         self.jobs = list(jobs)
-        self.finished = {job: threading.Event() for job in jobs}
-        self.rc: dict[str, int] = {}
         self.lock = threading.Lock()
         self.running: dict = {}  # job -> Popen
-        self.width = 1
+        self.nice, self.width = nice, width
         self.stopped = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -106,7 +121,8 @@ class _Background:
             proc = subprocess.Popen([sys.executable, *BACKGROUND_JOBS[job](out)], stdout=log,
                                     stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:  # (not preexec_fn: this is not the main thread)
-            os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + 15))
+            if self.nice:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + self.nice))
         except OSError:  # already gone: its return code says how
             pass
         return proc
@@ -119,27 +135,20 @@ class _Background:
             with self.lock:
                 if self.stopped:
                     return
+                if any((self.tmp / f"{job}.wanted").exists() for job in self.jobs):
+                    self.width = 2  # a test waits: its core is idle too
                 while pending and len(self.running) < self.width:
                     job = pending.pop(0)
                     self.running[job] = self._start(job)
                 for job, proc in list(self.running.items()):
                     if proc.poll() is not None:
-                        self.rc[job] = proc.returncode
                         del self.running[job]
-                        self.finished[job].set()
+                        part = self.tmp / f"{job}.rc.part"
+                        part.write_text(str(proc.returncode))
+                        part.replace(self.tmp / f"{job}.rc")  # whole, or not there
                 if not pending and not self.running:
                     return
             time.sleep(0.2)
-
-    def result(self, job: str, timeout: float = 2400) -> Path:
-        """The job's output directory, once it finished (waits for it; fails with its log if it failed)."""
-        if not self.finished[job].is_set():
-            with self.lock:
-                self.width = 2  # the suite waits: its core is idle too
-        assert self.finished[job].wait(timeout), f"background job {job!r} still running after {timeout} s"
-        log = (self.tmp / f"{job}.log").read_text()
-        assert self.rc[job] == 0, f"background job {job!r} failed:\n{log[-4000:]}"
-        return self.tmp / job
 
     def stop(self) -> None:
         import shutil
@@ -153,7 +162,27 @@ class _Background:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _wait(tmp: Path, job: str, timeout: float = 2400) -> Path:
+    """``tmp/<job>``, once background job ``job`` ended (waits for it, saying so to whoever runs
+    it: ``tmp/<job>.wanted``; fails with its log if it failed)."""
+    import time
+
+    rc = tmp / f"{job}.rc"
+    if not rc.exists():
+        (tmp / f"{job}.wanted").touch()
+    deadline = time.monotonic() + timeout
+    while not rc.exists():
+        assert time.monotonic() < deadline, f"background job {job!r} still running after {timeout} s"
+        time.sleep(0.2)
+    log = (tmp / f"{job}.log").read_text()
+    assert rc.read_text() == "0", f"background job {job!r} failed:\n{log[-4000:]}"
+    return tmp / job
+
+
 _BACKGROUND: list[_Background] = []
+#: under pytest-xdist: the controller's directory of the background jobs ("dir") and, in a worker,
+#: the jobs the controller runs for it ("jobs")
+_SHARED: dict = {}
 
 
 def _jobs_of(item) -> set[str]:
@@ -164,31 +193,77 @@ def _jobs_of(item) -> set[str]:
 def pytest_collection_modifyitems(config, items):
     order = list(BACKGROUND_JOBS)
     waiting = [item for item in items if _jobs_of(item)]
-    if not waiting:
-        return
     # last, in the order of the latest job each waits for: the background training has the whole suite's time
     waiting.sort(key=lambda item: max(order.index(job) for job in _jobs_of(item)))
     for item in waiting:
         items.remove(item)
     items.extend(waiting)
     needed = set().union(*map(_jobs_of, waiting))
-    if not config.option.collectonly:
-        _BACKGROUND.append(_Background([job for job in order if job in needed]))
+    jobs = [job for job in order if job in needed]
+    if config.option.collectonly:
+        return
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "mechtrunc_background" in workerinput:
+        # a pytest-xdist worker: the controller trains (every worker collects the same tests)
+        shared = Path(workerinput["mechtrunc_background"])
+        (shared / f"needed-{workerinput['workerid']}.json").write_text(json.dumps(jobs))
+        _SHARED.update(dir=shared, jobs=set(jobs))
+    elif jobs:
+        _BACKGROUND.append(_Background(jobs))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist's controller, before it starts a worker: the directory of the background jobs."""
+    if "dir" not in _SHARED:
+        import tempfile
+
+        _SHARED["dir"] = Path(tempfile.mkdtemp(prefix="mechtrunc-background-"))
+    node.workerinput["mechtrunc_background"] = str(_SHARED["dir"])
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """pytest-xdist's controller, once a worker collected: it starts the background jobs that
+    worker's tests need, once (every worker collects the same tests)."""
+    if _BACKGROUND or "dir" not in _SHARED:
+        return
+    needed = _SHARED["dir"] / f"needed-{node.workerinput['workerid']}.json"
+    jobs = json.loads(needed.read_text()) if needed.exists() else []  # (absent: its collection failed)
+    if jobs:
+        _BACKGROUND.append(_Background(jobs, tmp=_SHARED["dir"], nice=0, width=2))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per CPU this process may run on, at most 4 (every worker builds its
+    own session fixtures; beyond 4 the background training and the longest tests set the time).
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still overrides it."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cpus))
 
 
 def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
     for background in _BACKGROUND:
         background.stop()
+    if not hasattr(session.config, "workerinput") and "dir" in _SHARED:  # pytest-xdist's controller
+        shutil.rmtree(_SHARED["dir"], ignore_errors=True)
 
 
 def background_result(job: str) -> Path:
     """The output directory of background job ``job`` (started now, alone, if no collected test
     asked for it)."""
+    if job in _SHARED.get("jobs", ()):
+        return _wait(_SHARED["dir"], job)
     running = next((b for b in _BACKGROUND if job in b.jobs), None)
     if running is None:
         running = _Background([job])
         _BACKGROUND.append(running)
-    return running.result(job)
+    return _wait(running.tmp, job)
 
 
 @pytest.fixture(scope="session")
