@@ -359,7 +359,7 @@ def _layout(cfg) -> tuple[int, int]:
     return cfg.processes, threads
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = base_parser(__doc__.splitlines()[0], default_threads=None, repeats=3, warmup=3)
     p.add_argument("--steps", type=int, default=20, help="timed updates per row and round")
     p.add_argument("--reference", default="small", help="reference preset")
@@ -369,7 +369,7 @@ def main() -> None:
     p.add_argument("--ablation", action="store_true", help="time candidate changes of a step instead")
     p.add_argument("--compile", action="store_true", help="with --ablation: add torch.compile(model)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if args.steps < 1 or args.repeats < 1 or args.warmup < 1:

@@ -57,6 +57,15 @@ def test_flops_per_token_counts_the_models_matrix_products(bench, preset):
     (["--shapes", "32by128"], "--shapes '32by128': expected BATCHxCTX, two positive integers such as 32x128"),
     (["--shapes", "1x64"], "--shapes 1x64: processes must be an integer in 1..1 (each process trains on a share"),
 ])
-def test_bad_usage_exits_2_naming_the_valid_values(argv, message):
-    r = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+def test_bad_usage_exits_2_naming_the_valid_values(bench, argv, message, capsys):
+    """In process (each case in a fresh interpreter would cost seconds of imports); the script's
+    own entry point is run once below."""
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_the_script_exits_2_on_bad_usage_without_a_traceback():
+    r = subprocess.run([sys.executable, str(SCRIPT), "--new", "medium"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown CPU preset 'medium'" in r.stderr and "Traceback" not in r.stderr, r.stderr
