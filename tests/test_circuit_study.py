@@ -245,9 +245,7 @@ def test_units_travel_to_workers(toy_ckpts, toy_study):
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_same_tables(toy_ckpts, toy_study, tmp_path):
-    import os
-
+def test_submitit_local_executor_same_tables(toy_ckpts, toy_study, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     from helpers import WORKER_PYTHONPATH
     from mechtrunc.studies import SlurmExecutor
@@ -255,16 +253,9 @@ def test_submitit_local_executor_same_tables(toy_ckpts, toy_study, tmp_path):
     _, clean, local = toy_study
     corrupted = circuit_pairs(toy_ckpts, n=6)[1]
     ex = SlurmExecutor(cluster="local", units_per_task=1, array_parallelism=2, time_min=10, cpus_per_task=1)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = WORKER_PYTHONPATH  # submitit's local jobs inherit the environment
-    try:
-        t = circuit_study(toy_ckpts, [20, 40], clean, corrupted, out=tmp_path / "slurm", n_edges=4, n_boot=20,
-                          progress=False, executor=ex)
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = old
+    monkeypatch.setenv("PYTHONPATH", WORKER_PYTHONPATH)  # submitit's local jobs inherit the environment
+    t = circuit_study(toy_ckpts, [20, 40], clean, corrupted, out=tmp_path / "slurm", n_edges=4, n_boot=20,
+                      progress=False, executor=ex)
     # the same tables; float sums in a worker process with its own thread count may differ in
     # the last bits (measured: 3.6e-8 where the in-process value is exactly 0), so within 1e-6
     for a, b in zip(t, local):

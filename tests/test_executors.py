@@ -80,21 +80,14 @@ def test_ray_two_workers_one_killed_mid_task(ray_cluster, recall_checkpoints, lo
     assert sorted(p.name for p in (out / "shards").glob("step*.parquet")) == sorted(f"step{s}.parquet" for s in steps)
 
 
-def test_submitit_local_executor_same_table(recall_checkpoints, local_table, tmp_path):
+def test_submitit_local_executor_same_table(recall_checkpoints, local_table, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     ckdir, steps, prompts = recall_checkpoints
     out = tmp_path / "slurm"
     ex = SlurmExecutor(cluster="local", units_per_task=3, array_parallelism=2, time_min=10, cpus_per_task=1)
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = WORKER_PYTHONPATH  # submitit's local jobs inherit the environment
-    try:
-        df = checkpoint_study(SlowLoader(CheckpointDirectory(ckdir), 0), steps, prompts, grid=GRID, out=out,
-                              progress=False, executor=ex)
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH")
-        else:
-            os.environ["PYTHONPATH"] = old
+    monkeypatch.setenv("PYTHONPATH", WORKER_PYTHONPATH)  # submitit's local jobs inherit the environment
+    df = checkpoint_study(SlowLoader(CheckpointDirectory(ckdir), 0), steps, prompts, grid=GRID, out=out,
+                          progress=False, executor=ex)
     _same(df, local_table)
     assert (out / "slurm").is_dir()  # submitit's job folder: scripts, pickles, logs
     assert len(list((out / "shards").glob("step*.parquet"))) == 6

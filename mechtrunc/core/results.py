@@ -21,11 +21,14 @@ functions that need it), so anything may import this module, the command line in
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from pathlib import Path
 from typing import Iterable, Mapping
 
 __all__ = [
+    "read_json_object",
     "CONFIG_COLUMNS", "CHECKPOINT_COLUMNS", "SECONDS", "P_ANSWER", "NON_METRIC", "LEGACY_COLUMNS",
     "DEFAULT_METRICS", "is_metric", "metric_columns", "check_metric", "keep_key", "same_keep", "find_row",
     "baseline_row", "configuration_row", "variant_row", "tidy_truncation", "default_metric", "upgrade_columns",
@@ -212,3 +215,17 @@ def read_table(path: str | os.PathLike):
     else:
         raise ValueError(f"{path!r}: unknown table extension {ext!r}; valid: '.csv', '.parquet', '.jsonl'")
     return upgrade_columns(df)
+
+
+def read_json_object(path, directory: str = "result") -> dict:
+    """The JSON object in the file ``path`` of a ``directory`` directory ("result", "run").
+    ValueError naming the file when it cannot be read or holds something else (the directory
+    "looks corrupt")."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is not readable JSON ({e}); the {directory} directory looks corrupt") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{str(path)!r} does not hold a JSON object")
+    return value

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from mechtrunc._choices import LM_RUN_FORMAT
+from mechtrunc.core.results import read_json_object
 
 __all__ = ["LMRunDirectory", "RunFormatError", "RUN_FILE", "HISTORY_FILE", "SUMMARY_FILE", "STATE_FILE",
            "HISTORY_COLUMNS", "step_name", "step_of", "checkpoint_dirs", "is_run_dir", "run_dir"]
@@ -171,14 +172,7 @@ class LMRunDirectory:
         when it cannot be read."""
         if not self.summary_path.is_file():
             return None
-        try:
-            summary = json.loads(self.summary_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{str(self.summary_path)!r} is not readable JSON ({e}); the run directory looks "
-                             "corrupt") from None
-        if not isinstance(summary, dict):
-            raise ValueError(f"{str(self.summary_path)!r} does not hold a JSON object")
-        return summary
+        return read_json_object(self.summary_path, "run")
 
     def finished(self, steps: int) -> bool:
         """Whether the run has finished training ``steps`` steps: it holds that step's checkpoint

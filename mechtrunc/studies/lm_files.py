@@ -20,6 +20,7 @@ from typing import Callable
 
 import pandas as pd
 
+from mechtrunc.core.results import read_json_object
 from mechtrunc.studies.store import SETTINGS_FILE
 
 __all__ = ["LMStudyDirectory", "TABLES", "STUDY_DIR", "cached_table"]
@@ -101,13 +102,7 @@ class LMStudyDirectory:
         cannot be read."""
         if not self.settings_path.is_file():
             return None, {}
-        try:
-            settings = json.loads(self.settings_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{str(self.settings_path)!r} is not readable JSON ({e}); the result directory looks "
-                             "corrupt") from None
-        if not isinstance(settings, dict):
-            raise ValueError(f"{str(self.settings_path)!r} does not hold a JSON object")
+        settings = read_json_object(self.settings_path)
         tables = {}
         for name in TABLES:
             path = self.path(name)

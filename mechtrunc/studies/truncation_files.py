@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechtrunc.core.results import keep_key, tidy_truncation, upgrade_columns, upgrade_record
+from mechtrunc.core.results import keep_key, read_json_object, tidy_truncation, upgrade_columns, upgrade_record
 from mechtrunc.studies.store import (
     RowStore, ShardStore, StudyDirectory, has_tables, model_fingerprint, prompts_fingerprint, read_rows, read_tables,
     write_tables,
@@ -268,7 +268,7 @@ class TruncationDirectory(StudyDirectory):
         if not self.best_path.is_file():
             raise ValueError(f"{str(self.best_path)!r} does not exist: run `mechtrunc pythia truncate --out {self.out}` "
                              "first")
-        return json.loads(self.best_path.read_text())
+        return read_json_object(self.best_path)
 
     def read(self) -> dict:
         """The study as it is on disk: ``table`` (the final table, or the finished rows of an
@@ -296,13 +296,7 @@ class TruncationDirectory(StudyDirectory):
         table["baseline"] = table["baseline"].astype(bool)
         best = None
         if self.best_path.is_file():
-            try:
-                best = json.loads(self.best_path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{str(self.best_path)!r} is not readable JSON ({e}); the result directory looks "
-                                 "corrupt") from None
-            if not isinstance(best, dict):
-                raise ValueError(f"{str(self.best_path)!r} does not hold a JSON object")
+            best = read_json_object(self.best_path)
         attribution = _read_optional_csv(self._path(ATTRIBUTION_FILE),
                                          "it will be recomputed if possible")
         items = None
